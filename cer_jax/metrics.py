@@ -1,0 +1,55 @@
+"""Exact classification metrics over a whole split (no dropped remainder), via scikit-learn."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn import metrics as skm
+
+
+def classification_metrics(
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    num_classes: int,
+    class_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Accuracy, macro F1 (sklearn's default label set, as the paper), per-class F1, confusion.
+
+    Per-class F1 and the confusion matrix always cover all `num_classes` classes, in label order.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    predictions = np.asarray(predictions).reshape(-1)
+    if labels.shape != predictions.shape:
+        raise ValueError(f"labels {labels.shape} and predictions {predictions.shape} differ")
+    if labels.size == 0:
+        raise ValueError("no examples to score")
+    all_labels = list(range(num_classes))
+    per_class = skm.f1_score(
+        labels, predictions, labels=all_labels, average=None, zero_division=0
+    )
+    names = list(class_names) if class_names is not None else [str(i) for i in all_labels]
+    return {
+        "num_examples": int(labels.size),
+        "accuracy": float(skm.accuracy_score(labels, predictions)),
+        "macro_f1": float(skm.f1_score(labels, predictions, average="macro", zero_division=0)),
+        "per_class_f1": {name: float(f) for name, f in zip(names, per_class, strict=True)},
+        "confusion_matrix": skm.confusion_matrix(
+            labels, predictions, labels=all_labels
+        ).tolist(),
+    }
+
+
+def text_report(
+    labels: np.ndarray, predictions: np.ndarray, class_names: Sequence[str]
+) -> str:
+    """scikit-learn's classification report over every class, for logs and READMEs."""
+    return skm.classification_report(
+        labels,
+        predictions,
+        labels=list(range(len(class_names))),
+        target_names=list(class_names),
+        digits=4,
+        zero_division=0,
+    )

@@ -1,0 +1,61 @@
+"""Model registry: configs name a model, code looks it up here.
+
+Every model is a Flax NNX module built by `create_model(name, num_classes=..., rngs=..., **kw)`
+and called as `model(images, train=...)` on NHWC float images (already normalised by the input
+pipeline), returning a `ModelOutput`. Modules are imported lazily so that importing the registry
+costs nothing and never pulls in TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+from flax import nnx
+
+
+class ModelOutput(NamedTuple):
+    """What every model returns.
+
+    logits: [N, K] the prediction logits (MA-Net: 0.6 * local + 0.4 * global).
+    features: [N, D] pooled features before the head(s), for feature-level fusion.
+    head_logits: the logits of each supervised head (ViT / ResNet: one; MA-Net: local, global).
+    head_weights: the loss weight of each head; the training loss is sum_i w_i * CE(head_i).
+    """
+
+    logits: jax.Array
+    features: jax.Array
+    head_logits: tuple[jax.Array, ...]
+    head_weights: tuple[float, ...]
+
+
+# name -> "module:factory". Each factory has the signature
+#   factory(*, num_classes: int, rngs: nnx.Rngs, **kwargs) -> nnx.Module
+# and the module class defines HEAD_NAMES: the attribute names of its classification head(s),
+# which weight import and fine-tuning re-initialise for a new label space.
+_FACTORIES: dict[str, str] = {
+    "vit": "cer_jax.models.vit:create",
+    "resnet": "cer_jax.models.resnet:create",
+    "manet": "cer_jax.models.manet:create",
+}
+
+
+def available_models() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+def get_factory(name: str) -> Callable[..., nnx.Module]:
+    if name not in _FACTORIES:
+        raise ValueError(
+            f"Unknown model {name!r} (config key model.name). "
+            f"Choose one of: {', '.join(available_models())}."
+        )
+    module_name, attr = _FACTORIES[name].split(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def create_model(name: str, *, num_classes: int, rngs: nnx.Rngs, **kwargs: Any) -> nnx.Module:
+    """Builds model `name` with a `num_classes`-way head; kwargs are the model's own options."""
+    return get_factory(name)(num_classes=num_classes, rngs=rngs, **kwargs)

@@ -1,0 +1,50 @@
+"""Matplotlib figures shared by the trainer (TensorBoard images) and the fusion report (PNGs)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def confusion_matrix_figure(
+    confusion: np.ndarray, class_names: Sequence[str], title: str = ""
+) -> plt.Figure:
+    """Row-normalised confusion matrix with counts, rows = true class."""
+    confusion = np.asarray(confusion, dtype=np.int64)
+    totals = np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    normalised = confusion / totals
+    size = 2.0 + 0.55 * len(class_names)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(normalised, cmap="Blues", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(class_names)), class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(confusion.shape[0]):
+        for j in range(confusion.shape[1]):
+            colour = "white" if normalised[i, j] > 0.5 else "black"
+            ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7, color=colour)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def figure_to_array(fig: plt.Figure) -> np.ndarray:
+    """RGB uint8 [H, W, 3] pixels of a figure (for CLU's write_images), then closes it."""
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return pixels
+
+
+def confusion_matrix_image(
+    confusion: np.ndarray, class_names: Sequence[str], title: str = ""
+) -> np.ndarray:
+    return figure_to_array(confusion_matrix_figure(confusion, class_names, title))

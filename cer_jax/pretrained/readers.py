@@ -1,0 +1,111 @@
+"""Read checkpoint files into flat {name: float32 numpy array} dicts.
+
+No network, ever: every reader takes a local path. PyTorch is imported only to unpickle
+`.pth` / `.pth.tar` / `.bin` files; `.npz` and `.safetensors` need no PyTorch.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+TORCH_SUFFIXES = (".pth", ".pth.tar", ".pt", ".bin", ".tar", ".ckpt")
+
+
+class CheckpointReadError(ValueError):
+    """A checkpoint file that is missing, of an unknown kind, or cannot be parsed."""
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Returns every array in the file at `path`, keyed by its name in that file.
+
+    `.npz` keys keep their '/'-joined names; PyTorch state dicts lose a DataParallel `module.`
+    prefix and are unwrapped from a `state_dict` / `model` entry when the file holds a dict of
+    training state (the MA-Net release does).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointReadError(
+            f"Pre-trained checkpoint {path!r} does not exist. Download it yourself (see README, "
+            "'Pre-trained weights') and set config.init.checkpoint to its local path."
+        )
+    name = path.lower()
+    try:
+        if name.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as data:
+                return {k: _as_float_array(data[k]) for k in data.files}
+        if name.endswith(".safetensors"):
+            return _read_safetensors(path)
+        if name.endswith(TORCH_SUFFIXES):
+            return _read_torch(path)
+    except CheckpointReadError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, RuntimeError, KeyError) as e:
+        raise CheckpointReadError(f"Cannot read checkpoint {path!r}: {e}") from e
+    raise CheckpointReadError(
+        f"Unknown checkpoint format for {path!r}: expected .npz (big_vision / AugReg), "
+        f".safetensors (Hugging Face / timm) or a PyTorch file ({', '.join(TORCH_SUFFIXES)})."
+    )
+
+
+def _as_float_array(value: Any) -> np.ndarray:
+    array = np.asarray(value)
+    if np.issubdtype(array.dtype, np.floating) or array.dtype.name == "bfloat16":
+        return array.astype(np.float32)
+    return array
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+    from safetensors import safe_open
+
+    out: dict[str, np.ndarray] = {}
+    try:
+        with safe_open(path, framework="numpy") as f:
+            for key in f.keys():
+                out[key] = _as_float_array(f.get_tensor(key))
+    except TypeError as e:  # bfloat16 tensors have no numpy dtype: go through PyTorch.
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise CheckpointReadError(
+                f"{path!r} stores bfloat16 tensors, which need PyTorch to read: "
+                "pip install torch, or save the file in float32."
+            ) from e
+        out = {k: v.float().numpy() for k, v in load_file(path).items()}
+    return out
+
+
+def _read_torch(path: str) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError as e:
+        raise CheckpointReadError(
+            f"{path!r} is a PyTorch pickle; reading it needs PyTorch (pip install torch). "
+            "Or convert it to .safetensors first."
+        ) from e
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    state = _unwrap_state_dict(obj, path)
+    out = {}
+    for key, value in state.items():
+        if not hasattr(value, "detach"):
+            continue  # num_batches_tracked-style scalars are tensors; other entries are metadata
+        tensor = value.detach().cpu()
+        if tensor.is_floating_point():
+            tensor = tensor.float()
+        out[key.removeprefix("module.")] = tensor.numpy()
+    return out
+
+
+def _unwrap_state_dict(obj: Any, path: str) -> Mapping[str, Any]:
+    if not isinstance(obj, Mapping):
+        raise CheckpointReadError(
+            f"{path!r} holds a {type(obj).__name__}, not a state dict; save model.state_dict()."
+        )
+    for key in ("state_dict", "model", "model_state_dict"):
+        if key in obj and isinstance(obj[key], Mapping):
+            return obj[key]
+    return obj

@@ -1,0 +1,1 @@
+"""TFDS builders for RAF-DB. Importing `tfds_rafdb.rafdb` registers the `rafdb` dataset."""
