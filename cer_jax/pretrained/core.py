@@ -51,7 +51,7 @@ def path_name(path: Iterable[object]) -> str:
 
 def model_arrays(model: nnx.Module) -> dict[str, nnx.Variable]:
     """The model's parameters and batch statistics by '/'-joined state path."""
-    state = nnx.state(model, nnx.Param, nnx.BatchStat)
+    state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
     return {path_name(path): var for path, var in nnx.to_flat_state(state)}
 
 

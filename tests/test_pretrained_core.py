@@ -1,0 +1,107 @@
+"""Weight-import core: file readers and the name/shape-checked assignment with its report."""
+
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+from safetensors.numpy import save_file
+
+from cer_jax.pretrained import core, readers
+
+
+class TinyNet(nnx.Module):
+    HEAD_NAMES = ("head",)
+
+    def __init__(self, num_classes: int, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(3, 4, (3, 3), use_bias=False, rngs=rngs)
+        self.bn = nnx.BatchNorm(4, rngs=rngs)
+        self.head = nnx.Linear(4, num_classes, rngs=rngs)
+
+
+def _backbone(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {
+        "conv/kernel": rng.normal(size=(3, 3, 3, 4)).astype(np.float32),
+        "bn/scale": rng.normal(size=(4,)).astype(np.float32),
+        "bn/bias": rng.normal(size=(4,)).astype(np.float32),
+        "bn/mean": rng.normal(size=(4,)).astype(np.float32),
+        "bn/var": rng.uniform(0.5, 2.0, size=(4,)).astype(np.float32),
+    }
+
+
+def test_assign_loads_backbone_and_reinitialises_head():
+    model = TinyNet(5, nnx.Rngs(0))
+    head_before = np.asarray(model.head.kernel[...]).copy()
+    arrays = _backbone(np.random.default_rng(0))
+    arrays["head/kernel"] = np.zeros((4, 1000), np.float32)  # the old 1000-way head
+    arrays["head/bias"] = np.zeros((1000,), np.float32)
+    report = core.assign(model, arrays, source="x.npz", head_names=TinyNet.HEAD_NAMES)
+    np.testing.assert_array_equal(model.conv.kernel[...], arrays["conv/kernel"])
+    np.testing.assert_array_equal(model.bn.var[...], arrays["bn/var"])
+    np.testing.assert_array_equal(model.head.kernel[...], head_before)
+    assert report.reinitialised == ["head/bias", "head/kernel"]
+    assert sorted(report.loaded) == sorted(_backbone(np.random.default_rng(0)))
+    assert "2 left at initialisation" in report.summary()
+
+
+def test_assign_keep_head_when_class_count_matches():
+    model = TinyNet(5, nnx.Rngs(0))
+    arrays = _backbone(np.random.default_rng(1))
+    arrays["head/kernel"] = np.full((4, 5), 0.5, np.float32)
+    arrays["head/bias"] = np.full((5,), -1.0, np.float32)
+    report = core.assign(model, arrays, source="x", head_names=("head",), keep_head=True)
+    np.testing.assert_array_equal(model.head.bias[...], arrays["head/bias"])
+    assert report.reinitialised == []
+
+
+def test_assign_backbone_shape_mismatch_is_an_error_and_writes_nothing():
+    model = TinyNet(5, nnx.Rngs(0))
+    before = np.asarray(model.bn.scale[...]).copy()
+    arrays = _backbone(np.random.default_rng(2))
+    arrays["conv/kernel"] = np.zeros((3, 3, 3, 8), np.float32)
+    with pytest.raises(core.WeightImportError) as error:
+        core.assign(model, arrays, source="bad.npz", head_names=("head",))
+    message = str(error.value)
+    assert "bad.npz does not fit this model" in message
+    assert "shape mismatch: conv/kernel is (3, 3, 3, 4) in the model, (3, 3, 3, 8)" in message
+    np.testing.assert_array_equal(model.bn.scale[...], before)
+
+
+def test_assign_reports_missing_and_extra_tensors():
+    model = TinyNet(5, nnx.Rngs(0))
+    arrays = _backbone(np.random.default_rng(3))
+    del arrays["bn/mean"]
+    arrays["extra/kernel"] = np.zeros((2,), np.float32)
+    with pytest.raises(core.WeightImportError) as error:
+        core.assign(model, arrays, source="s", head_names=("head",))
+    assert "missing: bn/mean (4,)" in str(error.value)
+    assert "not in the model: extra/kernel (2,)" in str(error.value)
+
+
+def test_readers_npz_and_safetensors(tmp_path):
+    arrays = {"a/b": np.arange(6, dtype=np.float64).reshape(2, 3), "c": np.ones(2, np.float32)}
+    np.savez(tmp_path / "w.npz", **arrays)
+    save_file({k: v.astype(np.float32) for k, v in arrays.items()}, tmp_path / "w.safetensors")
+    for name in ("w.npz", "w.safetensors"):
+        loaded = readers.read_checkpoint(tmp_path / name)
+        assert set(loaded) == {"a/b", "c"}
+        assert loaded["a/b"].dtype == np.float32
+        np.testing.assert_array_equal(loaded["a/b"], arrays["a/b"])
+
+
+def test_reader_torch_unwraps_state_dict_and_data_parallel_prefix(tmp_path):
+    state = {"module.conv1.weight": torch.randn(2, 3), "module.bn.num_batches_tracked": torch.tensor(7)}
+    torch.save({"epoch": 3, "state_dict": state}, tmp_path / "m.pth.tar")
+    loaded = readers.read_checkpoint(tmp_path / "m.pth.tar")
+    assert set(loaded) == {"conv1.weight", "bn.num_batches_tracked"}
+    np.testing.assert_array_equal(loaded["conv1.weight"], state["module.conv1.weight"].numpy())
+
+
+def test_reader_errors_name_the_file(tmp_path):
+    with pytest.raises(readers.CheckpointReadError, match="does not exist.*config.init.checkpoint"):
+        readers.read_checkpoint(tmp_path / "nope.npz")
+    (tmp_path / "w.h5").write_bytes(b"x")
+    with pytest.raises(readers.CheckpointReadError, match="Unknown checkpoint format"):
+        readers.read_checkpoint(tmp_path / "w.h5")
+    (tmp_path / "broken.npz").write_bytes(b"not a zip")
+    with pytest.raises(readers.CheckpointReadError, match="Cannot read checkpoint .*broken.npz"):
+        readers.read_checkpoint(tmp_path / "broken.npz")
