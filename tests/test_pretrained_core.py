@@ -89,7 +89,10 @@ def test_readers_npz_and_safetensors(tmp_path):
 
 
 def test_reader_torch_unwraps_state_dict_and_data_parallel_prefix(tmp_path):
-    state = {"module.conv1.weight": torch.randn(2, 3), "module.bn.num_batches_tracked": torch.tensor(7)}
+    state = {
+        "module.conv1.weight": torch.randn(2, 3),
+        "module.bn.num_batches_tracked": torch.tensor(7),
+    }
     torch.save({"epoch": 3, "state_dict": state}, tmp_path / "m.pth.tar")
     loaded = readers.read_checkpoint(tmp_path / "m.pth.tar")
     assert set(loaded) == {"conv1.weight", "bn.num_batches_tracked"}

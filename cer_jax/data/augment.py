@@ -1,0 +1,368 @@
+"""Image augmentations as pure TensorFlow functions of one float image in [0, 1].
+
+Every random op takes a stateless seed (int32/int64 [2]) so that a training stream is a pure
+function of (seed, example position): reproducible, and resumable from any step. Semantics
+follow torchvision (RandomResizedCrop, ColorJitter, RandomAffine, GaussianBlur, RandomErasing)
+because the recipes this project reproduces were written with it.
+
+TensorFlow is imported inside the functions: importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+Tensor = Any  # tf.Tensor; TensorFlow is imported lazily.
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NORMALIZATIONS = ("imagenet", "minus_one_one", "unit")
+_ATTEMPTS = 10  # Candidate boxes drawn at once by the crop / erasing samplers (torchvision).
+
+
+def _tf():
+    import tensorflow as tf
+
+    return tf
+
+
+def _uniform(seed: Tensor, shape: Sequence[int], lo: float, hi: float) -> Tensor:
+    tf = _tf()
+    return tf.random.stateless_uniform(shape, seed, minval=lo, maxval=hi, dtype=tf.float32)
+
+
+def _fold(seed: Tensor, i: int) -> Tensor:
+    return _tf().random.experimental.stateless_fold_in(seed, i)
+
+
+def to_unit(image: Tensor) -> Tensor:
+    """uint8 [H, W, 3] -> float32 in [0, 1]."""
+    tf = _tf()
+    return tf.image.convert_image_dtype(image, tf.float32)
+
+
+def normalize(image: Tensor, mode: str) -> Tensor:
+    """Maps a [0, 1] image to the model's input range."""
+    tf = _tf()
+    if mode == "imagenet":
+        return (image - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
+    if mode == "minus_one_one":
+        return image * 2.0 - 1.0
+    if mode == "unit":
+        return image
+    raise ValueError(f"Unknown normalization {mode!r}; choose one of {NORMALIZATIONS}.")
+
+
+def maybe(fn: Callable[[Tensor], Tensor], image: Tensor, seed: Tensor, prob: float) -> Tensor:
+    """Applies `fn` with probability `prob` (drawn from `seed`)."""
+    tf = _tf()
+    if prob <= 0.0:
+        return image
+    if prob >= 1.0:
+        return fn(image)
+    return tf.cond(_uniform(seed, [], 0.0, 1.0) < prob, lambda: fn(image), lambda: image)
+
+
+# --- geometry ---------------------------------------------------------------------------------
+
+
+def resize(image: Tensor, size: int | Sequence[int]) -> Tensor:
+    """Bilinear, antialiased resize to (size, size) or (h, w); keeps [0, 1]."""
+    tf = _tf()
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    return tf.clip_by_value(tf.image.resize(image, hw, antialias=True), 0.0, 1.0)
+
+
+def resize_shorter(image: Tensor, size: int) -> Tensor:
+    """Resizes the shorter side to `size`, keeping the aspect ratio (torchvision Resize(int))."""
+    tf = _tf()
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    new = tf.cast(tf.round(hw * (size / tf.reduce_min(hw))), tf.int32)
+    new = tf.maximum(new, size)
+    image = tf.clip_by_value(tf.image.resize(image, new, antialias=True), 0.0, 1.0)
+    return image
+
+
+def central_crop(image: Tensor, size: int) -> Tensor:
+    tf = _tf()
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    top, left = (h - size) // 2, (w - size) // 2
+    return tf.ensure_shape(image[top : top + size, left : left + size], [size, size, 3])
+
+
+def random_crop(image: Tensor, seed: Tensor, size: int) -> Tensor:
+    tf = _tf()
+    return tf.image.stateless_random_crop(image, [size, size, 3], seed)
+
+
+def random_resized_crop(
+    image: Tensor,
+    seed: Tensor,
+    size: int,
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+) -> Tensor:
+    """torchvision RandomResizedCrop: a box of random area / aspect ratio, resized to size."""
+    tf = _tf()
+    shape = tf.shape(image)
+    h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    area = h * w * _uniform(seeds[0], [_ATTEMPTS], scale[0], scale[1])
+    aspect = tf.exp(_uniform(seeds[1], [_ATTEMPTS], math.log(ratio[0]), math.log(ratio[1])))
+    cw = tf.round(tf.sqrt(area * aspect))
+    ch = tf.round(tf.sqrt(area / aspect))
+    ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+    first = tf.argmax(tf.cast(ok, tf.int32))
+    # Fallback (no candidate fits): the central crop with the aspect ratio clamped to `ratio`.
+    in_ratio = w / h
+    fw = tf.where(in_ratio < ratio[0], w, tf.where(in_ratio > ratio[1], tf.round(h * ratio[1]), w))
+    fh = tf.where(in_ratio < ratio[0], tf.round(w / ratio[0]), h)
+    any_ok = tf.reduce_any(ok)
+    cw = tf.cast(tf.where(any_ok, cw[first], fw), tf.int32)
+    ch = tf.cast(tf.where(any_ok, ch[first], fh), tf.int32)
+    u = _uniform(seeds[2], [2], 0.0, 1.0)
+    top_rand = tf.cast(u[0] * tf.cast(shape[0] - ch + 1, tf.float32), tf.int32)
+    left_rand = tf.cast(u[1] * tf.cast(shape[1] - cw + 1, tf.float32), tf.int32)
+    top = tf.where(any_ok, tf.minimum(top_rand, shape[0] - ch), (shape[0] - ch) // 2)
+    left = tf.where(any_ok, tf.minimum(left_rand, shape[1] - cw), (shape[1] - cw) // 2)
+    crop = image[top : top + ch, left : left + cw]
+    return tf.ensure_shape(resize(crop, size), [size, size, 3])
+
+
+def random_flip(image: Tensor, seed: Tensor) -> Tensor:
+    """Horizontal flip with probability 0.5."""
+    return _tf().image.stateless_random_flip_left_right(image, seed)
+
+
+def affine_matrix(
+    angle: Tensor | float,
+    translate: tuple[Tensor | float, Tensor | float],
+    scale: Tensor | float,
+    shear: tuple[Tensor | float, Tensor | float],
+    center: tuple[Tensor | float, Tensor | float],
+) -> Tensor:
+    """Forward 3x3 map of pixel coordinates (x right, y down), about `center`.
+
+    Rotation by `angle` degrees (clockwise on screen, as torchvision), shear (x, y) in degrees,
+    isotropic `scale`, then translation (tx, ty) in pixels.
+    """
+    tf = _tf()
+    f = lambda v: tf.cast(v, tf.float32)  # noqa: E731
+    rot, sx, sy = (f(v) * (math.pi / 180.0) for v in (angle, shear[0], shear[1]))
+    cx, cy = f(center[0]), f(center[1])
+    one, zero = tf.ones([]), tf.zeros([])
+    rotation = tf.stack([[tf.cos(rot), -tf.sin(rot)], [tf.sin(rot), tf.cos(rot)]])
+    shearing = tf.stack([[one, tf.tan(sx)], [tf.tan(sy), one]])
+    linear = rotation @ shearing * f(scale)
+    offset = tf.stack([cx + f(translate[0]), cy + f(translate[1])])
+    offset = offset - tf.linalg.matvec(linear, tf.stack([cx, cy]))
+    top = tf.concat([linear, offset[:, None]], axis=1)
+    return tf.concat([top, tf.stack([[zero, zero, one]])], axis=0)
+
+
+def apply_affine(image: Tensor, forward: Tensor, fill: float = 0.0) -> Tensor:
+    """Warps `image` by the forward pixel map `forward` (bilinear, constant fill)."""
+    tf = _tf()
+    inverse = tf.linalg.inv(forward)
+    inverse = inverse / inverse[2, 2]
+    transform = tf.reshape(inverse, [9])[:8][None]
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[None],
+        transforms=transform,
+        output_shape=tf.shape(image)[:2],
+        fill_value=tf.constant(fill, tf.float32),
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+    )[0]
+    return tf.ensure_shape(out, image.shape)
+
+
+def random_affine(
+    image: Tensor,
+    seed: Tensor,
+    degrees: float,
+    translate: float,
+    scale: Sequence[float],
+    shear: float,
+) -> Tensor:
+    """torchvision RandomAffine(degrees, (translate, translate), scale, shear) about the centre."""
+    tf = _tf()
+    u = _uniform(seed, [5], -1.0, 1.0)
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    h, w = hw[0], hw[1]
+    s = scale[0] + (u[3] + 1.0) * 0.5 * (scale[1] - scale[0])
+    forward = affine_matrix(
+        angle=u[0] * degrees,
+        translate=(u[1] * translate * w, u[2] * translate * h),
+        scale=s,
+        shear=(u[4] * shear, 0.0),
+        center=((w - 1.0) / 2.0, (h - 1.0) / 2.0),
+    )
+    return apply_affine(image, forward)
+
+
+# --- photometric ------------------------------------------------------------------------------
+
+
+def _gray(image: Tensor) -> Tensor:
+    return _tf().image.rgb_to_grayscale(image)
+
+
+def _blend(image: Tensor, other: Tensor, factor: Tensor) -> Tensor:
+    return _tf().clip_by_value(factor * image + (1.0 - factor) * other, 0.0, 1.0)
+
+
+def color_jitter(
+    image: Tensor,
+    seed: Tensor,
+    brightness: float = 0.0,
+    contrast: float = 0.0,
+    saturation: float = 0.0,
+    hue: float = 0.0,
+) -> Tensor:
+    """torchvision ColorJitter: the four adjustments in a random order, random strengths."""
+    tf = _tf()
+    seeds = tf.random.experimental.stateless_split(seed, 5)
+
+    def factor(i: int, amount: float) -> Tensor:
+        return _uniform(seeds[i], [], max(0.0, 1.0 - amount), 1.0 + amount)
+
+    ops = [
+        lambda x: _blend(x, tf.zeros_like(x), factor(0, brightness)),
+        lambda x: _blend(x, tf.reduce_mean(_gray(x)), factor(1, contrast)),
+        lambda x: _blend(x, _gray(x), factor(2, saturation)),
+        lambda x: tf.image.adjust_hue(x, _uniform(seeds[3], [], -hue, hue)),
+    ]
+    enabled = [i for i, v in enumerate((brightness, contrast, saturation, hue)) if v > 0]
+    if not enabled:
+        return image
+    order = tf.argsort(_uniform(seeds[4], [len(enabled)], 0.0, 1.0))
+    branches = [ops[i] for i in enabled]
+    for step in range(len(enabled)):
+        image = tf.switch_case(order[step], [lambda b=b, x=image: b(x) for b in branches])
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def gaussian_kernel(sigma: Tensor | float, size: int) -> Tensor:
+    tf = _tf()
+    x = tf.range(size, dtype=tf.float32) - (size - 1) / 2.0
+    k = tf.exp(-0.5 * tf.square(x / tf.cast(sigma, tf.float32)))
+    return k / tf.reduce_sum(k)
+
+
+def gaussian_blur(image: Tensor, sigma: Tensor | float, size: int) -> Tensor:
+    """Separable Gaussian blur with reflect padding (torchvision GaussianBlur)."""
+    tf = _tf()
+    if size % 2 != 1:
+        raise ValueError(f"Blur kernel size must be odd, got {size}.")
+    k = gaussian_kernel(sigma, size)
+    pad = size // 2
+    x = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+    x = tf.transpose(x, [2, 0, 1])[..., None]  # Channels as batch: [3, H, W, 1].
+    x = tf.nn.conv2d(x, tf.reshape(k, [size, 1, 1, 1]), 1, "VALID")
+    x = tf.nn.conv2d(x, tf.reshape(k, [1, size, 1, 1]), 1, "VALID")
+    return tf.ensure_shape(tf.transpose(x[..., 0], [1, 2, 0]), image.shape)
+
+
+def random_gaussian_blur(
+    image: Tensor, seed: Tensor, sigma: Sequence[float], size: int
+) -> Tensor:
+    return gaussian_blur(image, _uniform(seed, [], sigma[0], sigma[1]), size)
+
+
+def random_erasing(
+    image: Tensor,
+    seed: Tensor,
+    area: Sequence[float] = (0.02, 0.33),
+    ratio: Sequence[float] = (0.3, 3.3),
+) -> Tensor:
+    """Erases one random rectangle with uniform random values (torchvision RandomErasing).
+
+    Like torchvision, up to 10 candidate boxes are drawn and the first that fits is used; if
+    none fits the image is returned unchanged.
+    """
+    tf = _tf()
+    shape = tf.shape(image)
+    h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    target = h * w * _uniform(seeds[0], [_ATTEMPTS], area[0], area[1])
+    aspect = tf.exp(_uniform(seeds[1], [_ATTEMPTS], math.log(ratio[0]), math.log(ratio[1])))
+    eh = tf.round(tf.sqrt(target * aspect))
+    ew = tf.round(tf.sqrt(target / aspect))
+    ok = (eh < h) & (ew < w) & (eh > 0) & (ew > 0)
+    first = tf.argmax(tf.cast(ok, tf.int32))
+    eh = tf.where(tf.reduce_any(ok), eh[first], 0.0)
+    ew = tf.where(tf.reduce_any(ok), ew[first], 0.0)
+    u = _uniform(seeds[2], [2], 0.0, 1.0)
+    top = tf.floor(u[0] * (h - eh + 1.0))
+    left = tf.floor(u[1] * (w - ew + 1.0))
+    rows = tf.range(h)[:, None]
+    cols = tf.range(w)[None, :]
+    mask = (rows >= top) & (rows < top + eh) & (cols >= left) & (cols < left + ew)
+    noise = tf.random.stateless_uniform(shape, seeds[3], dtype=tf.float32)
+    return tf.where(mask[..., None], noise, image)
+
+
+# --- composed views ---------------------------------------------------------------------------
+
+
+def train_view(image: Tensor, seed: Tensor, cfg: ml_collections.ConfigDict) -> Tensor:
+    """uint8 image -> augmented, normalised float32 [S, S, 3] for training (`input` config)."""
+    tf = _tf()
+    size = cfg.image_size
+    x = to_unit(image)
+    # Each augmentation owns a fixed sub-seed, so switching one on leaves the others unchanged.
+    if cfg.train_resize == "random_resized_crop":
+        x = random_resized_crop(x, _fold(seed, 0), size, cfg.crop_scale, cfg.crop_ratio)
+    else:
+        x = random_crop(resize_shorter(x, cfg.resize_size), _fold(seed, 0), size)
+    if cfg.flip:
+        x = random_flip(x, _fold(seed, 1))
+    if cfg.color_jitter is not None:
+        b, c, s, h = cfg.color_jitter
+        x = maybe(
+            lambda y: color_jitter(y, _fold(seed, 2), b, c, s, h),
+            x, _fold(seed, 3), cfg.color_jitter_prob,
+        )
+    a = cfg.affine
+    x = maybe(
+        lambda y: random_affine(y, _fold(seed, 4), a.degrees, a.translate, a.scale, a.shear),
+        x, _fold(seed, 5), a.prob,
+    )
+    bl = cfg.blur
+    x = maybe(
+        lambda y: random_gaussian_blur(y, _fold(seed, 6), bl.sigma, bl.kernel),
+        x, _fold(seed, 7), bl.prob,
+    )
+    er = cfg.random_erasing
+    x = maybe(
+        lambda y: random_erasing(y, _fold(seed, 8), er.area, er.ratio),
+        x, _fold(seed, 9), er.prob,
+    )
+    x = tf.ensure_shape(x, [size, size, 3])
+    return normalize(x, cfg.normalization)
+
+
+def eval_view(image: Tensor, cfg: ml_collections.ConfigDict) -> Tensor:
+    """uint8 image -> deterministic, normalised float32 [S, S, 3] for evaluation."""
+    size = cfg.image_size
+    x = to_unit(image)
+    if cfg.eval_resize == "resize":
+        x = resize(x, size)
+    else:
+        x = central_crop(resize_shorter(x, cfg.resize_size), size)
+    return normalize(_tf().ensure_shape(x, [size, size, 3]), cfg.normalization)
+
+
+def denormalize(image: np.ndarray, mode: str) -> np.ndarray:
+    """Inverse of `normalize` in numpy (for summaries of input images)."""
+    if mode == "imagenet":
+        return image * np.asarray(IMAGENET_STD) + np.asarray(IMAGENET_MEAN)
+    if mode == "minus_one_one":
+        return (image + 1.0) / 2.0
+    return image

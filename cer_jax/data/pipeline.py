@@ -1,0 +1,255 @@
+"""tf.data input pipeline: decode once, cache, shuffle per epoch, augment, batch, per host.
+
+The training stream is a pure function of (seed, process index, step): epoch e is a shuffle of
+the host's cached examples seeded by (seed, e), and the example at stream position p is
+augmented with a stateless seed derived from (seed, p). Resuming at step k therefore starts at
+epoch (k * B) // N, skips the remaining (k * B) % N cached examples *before* augmentation, and
+reproduces batches k, k+1, ... exactly.
+
+Multi-host: each process reads a contiguous slice of every split; `jax.process_count()` and
+`jax.process_index()` are the only multi-host knowledge here. Batches are host-local numpy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from cer_jax.data import augment
+from cer_jax.data.sources import (
+    DataConfigError,
+    DatasetInfo,
+    check_split,
+    import_tf,
+    open_source,
+)
+
+__all__ = [
+    "DataConfigError",
+    "DatasetInfo",
+    "class_weights",
+    "eval_iterator",
+    "get_dataset_info",
+    "host_slice",
+    "train_iterator",
+]
+
+_FOREVER = 2**62
+_TRAIN_RESIZES = ("random_resized_crop", "resize_crop")
+_EVAL_RESIZES = ("resize_crop", "resize")
+_BALANCES = ("none", "sampling", "loss_weights")
+
+
+def check_input_config(cfg: ml_collections.ConfigDict) -> None:
+    """Rejects `input` settings that cannot work, naming the key and the allowed values."""
+
+    def need(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            raise DataConfigError(f"config.input.{key}={cfg[key]!r}: {msg}")
+
+    need(cfg.normalization in augment.NORMALIZATIONS, "normalization",
+         f"choose one of {', '.join(augment.NORMALIZATIONS)}.")
+    need(cfg.train_resize in _TRAIN_RESIZES, "train_resize",
+         f"choose one of {', '.join(_TRAIN_RESIZES)}.")
+    need(cfg.eval_resize in _EVAL_RESIZES, "eval_resize",
+         f"choose one of {', '.join(_EVAL_RESIZES)}.")
+    need(cfg.balance in _BALANCES, "balance", f"choose one of {', '.join(_BALANCES)}.")
+    need(int(cfg.image_size) > 0, "image_size", "must be a positive number of pixels.")
+    uses_resize_size = cfg.train_resize == "resize_crop" or cfg.eval_resize == "resize_crop"
+    need(not uses_resize_size or cfg.resize_size >= cfg.image_size, "resize_size",
+         f"must be >= config.input.image_size={cfg.image_size} for the resize_crop modes.")
+    need(cfg.color_jitter is None or len(cfg.color_jitter) == 4, "color_jitter",
+         "give (brightness, contrast, saturation, hue), e.g. (0.5, 0.5, 0.5, 0.1), or None.")
+    if cfg.blur.prob > 0 and cfg.blur.kernel % 2 != 1:
+        raise DataConfigError(
+            f"config.input.blur.kernel={cfg.blur.kernel!r}: the blur kernel size must be odd."
+        )
+
+
+def get_dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
+    """Prepares the data if needed and describes it; checks the configured splits exist."""
+    check_input_config(config.input)
+    info = open_source(config.dataset).info
+    check_split(info, config.dataset.train_split, "config.dataset.train_split")
+    for split in config.dataset.eval_splits:
+        check_split(info, split, "config.dataset.eval_splits")
+    return info
+
+
+def host_slice(num_examples: int, process_count: int, process_index: int) -> tuple[int, int]:
+    """The contiguous [start, end) slice of a split read by one process (sizes differ <= 1)."""
+    return (
+        process_index * num_examples // process_count,
+        (process_index + 1) * num_examples // process_count,
+    )
+
+
+def local_batch_size(global_batch_size: int) -> int:
+    count = jax.process_count()
+    if global_batch_size <= 0 or global_batch_size % count:
+        raise DataConfigError(
+            f"global batch size {global_batch_size} must be a positive multiple of the number "
+            f"of processes ({count}); change the batch size in the config."
+        )
+    return global_batch_size // count
+
+
+def _prefetch(cfg: ml_collections.ConfigDict) -> int:
+    tf = import_tf()
+    return tf.data.AUTOTUNE if cfg.prefetch is None else int(cfg.prefetch)
+
+
+def _options() -> Any:
+    tf = import_tf()
+    options = tf.data.Options()
+    options.deterministic = True
+    return options
+
+
+def train_iterator(
+    config: ml_collections.ConfigDict,
+    info: DatasetInfo,
+    *,
+    global_batch_size: int,
+    seed: int,
+    start_step: int = 0,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Infinite, resumable stream of host-local {"image": f32 [B,S,S,3], "label": i32 [B]}."""
+    tf = import_tf()
+    ds_cfg, in_cfg = config.dataset, config.input
+    check_input_config(in_cfg)
+    split = ds_cfg.train_split
+    check_split(info, split, "config.dataset.train_split")
+    batch = local_batch_size(global_batch_size)
+    source = open_source(ds_cfg)
+    process = jax.process_index()
+    start, end = host_slice(info.split_sizes[split], jax.process_count(), process)
+    n = end - start
+    if n == 0:
+        raise DataConfigError(
+            f"config.dataset.train_split={split!r} has {info.split_sizes[split]} examples, too "
+            f"few for {jax.process_count()} processes."
+        )
+
+    base = source.examples(split, start, end).map(
+        lambda ex: (ex["image"], ex["label"]), num_parallel_calls=tf.data.AUTOTUNE
+    )
+    if in_cfg.cache:
+        base = base.cache()
+        base.reduce(np.int64(0), lambda count, _: count + 1)  # Decode once, fill the cache.
+
+    key = tf.constant([seed, process], tf.int64)
+    shuffle_key = tf.random.experimental.stateless_fold_in(key, 1)
+    augment_key = tf.random.experimental.stateless_fold_in(key, 2)
+
+    def epoch_seed(epoch: Any, salt: int = 0) -> Any:
+        """A scalar int64 seed for (seed, process, epoch, salt) (tf.data shuffle needs one)."""
+        k = tf.random.experimental.stateless_fold_in(shuffle_key, epoch * 1024 + salt)
+        return tf.random.stateless_uniform([], k, minval=None, maxval=None, dtype=tf.int64)
+
+    if in_cfg.balance == "sampling":
+        labels = source.labels(split)[start:end]
+        present, counts = np.unique(labels, return_counts=True)
+        per_class = [base.filter(lambda _, y, c=int(c): y == c) for c in present]
+
+        def one_epoch(epoch):
+            # Class-balanced: each position draws a class uniformly, then the next example of
+            # that class's own reshuffled, endless stream. An "epoch" is n draws.
+            streams = [
+                d.shuffle(int(m), seed=epoch_seed(epoch, 1 + i)).repeat()
+                for i, (d, m) in enumerate(zip(per_class, counts, strict=True))
+            ]
+            choice_key = tf.random.experimental.stateless_fold_in(augment_key, -1 - epoch)
+            choices = tf.data.Dataset.range(n).map(
+                lambda j: tf.random.stateless_uniform(
+                    [], tf.random.experimental.stateless_fold_in(choice_key, j),
+                    minval=0, maxval=len(streams), dtype=tf.int64,
+                )
+            )
+            return tf.data.Dataset.choose_from_datasets(streams, choices)
+    else:
+        buffer = n if in_cfg.shuffle_buffer is None else max(1, min(in_cfg.shuffle_buffer, n))
+
+        def one_epoch(epoch):
+            return base.shuffle(buffer, seed=epoch_seed(epoch), reshuffle_each_iteration=False)
+
+    first = start_step * batch
+    epoch0, skip = divmod(first, n)
+    stream = tf.data.Dataset.range(epoch0, _FOREVER).flat_map(one_epoch).skip(skip)
+    positions = tf.data.Dataset.range(first, _FOREVER)
+
+    def view(example, position):
+        image, label = example
+        seed_p = tf.random.experimental.stateless_fold_in(augment_key, position)
+        return {"image": augment.train_view(image, seed_p, in_cfg), "label": label}
+
+    ds = tf.data.Dataset.zip(stream, positions).map(view, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch, drop_remainder=True).prefetch(_prefetch(in_cfg))
+    return ds.with_options(_options()).as_numpy_iterator()
+
+
+def eval_iterator(
+    config: ml_collections.ConfigDict,
+    info: DatasetInfo,
+    split: str,
+    *,
+    global_batch_size: int,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Every example of the host's slice of `split` once, in stored order, padded to full batches.
+
+    Yields {"image", "label", "mask" (False on padding), "file_name" (object array of str)}.
+    All processes yield the same number of batches (multi-host steps need that).
+    """
+    tf = import_tf()
+    in_cfg = config.input
+    check_input_config(in_cfg)
+    check_split(info, split, "split (config.dataset.eval_splits)")
+    batch = local_batch_size(global_batch_size)
+    total, count = info.split_sizes[split], jax.process_count()
+    start, end = host_slice(total, count, jax.process_index())
+    num_batches = math.ceil(math.ceil(total / count) / batch)
+    size = in_cfg.image_size
+
+    def view(ex):
+        return {
+            "image": augment.eval_view(ex["image"], in_cfg),
+            "label": ex["label"],
+            "mask": tf.constant(True),
+            "file_name": ex["file_name"],
+        }
+
+    padding = tf.data.Dataset.from_tensors({
+        "image": tf.zeros([size, size, 3], tf.float32),
+        "label": tf.constant(0, tf.int32),
+        "mask": tf.constant(False),
+        "file_name": tf.constant(""),
+    }).repeat(num_batches * batch - (end - start))
+    if end > start:
+        examples = open_source(config.dataset).examples(split, start, end)
+        ds = examples.map(view, num_parallel_calls=tf.data.AUTOTUNE).concatenate(padding)
+    else:
+        ds = padding
+    ds = ds.batch(batch, drop_remainder=True).prefetch(_prefetch(in_cfg))
+    for b in ds.with_options(_options()).as_numpy_iterator():
+        b["file_name"] = np.asarray([f.decode("utf-8") for f in b["file_name"]], dtype=object)
+        yield b
+
+
+def class_weights(config: ml_collections.ConfigDict, info: DatasetInfo) -> np.ndarray:
+    """Inverse class frequency over the whole train split, with mean 1 over its examples.
+
+    w_c = N / (K_present * n_c), sklearn's "balanced" weights; classes absent from the split
+    get weight 0 (they never reach the loss).
+    """
+    split = config.dataset.train_split
+    check_split(info, split, "config.dataset.train_split")
+    labels = open_source(config.dataset).labels(split)
+    counts = np.bincount(labels, minlength=info.num_classes).astype(np.float64)
+    present = np.count_nonzero(counts)
+    safe = np.maximum(counts, 1.0)
+    return np.where(counts > 0, len(labels) / (present * safe), 0.0).astype(np.float32)

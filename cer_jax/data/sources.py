@@ -1,0 +1,335 @@
+"""Where examples come from: a TFDS dataset (RAF-DB or any other) or an image-folder tree.
+
+A source knows its classes and split sizes and hands out one contiguous slice of a split as a
+tf.data.Dataset of {"image": uint8 [H, W, 3], "label": int32, "file_name": string} in the
+split's stored order. Preparing data (drawing the synthetic RAF-DB, building RAF-DB from a
+manual directory) happens here, once, on first use; nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import ml_collections
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+SMOKE_HINT = (
+    "To run without RAF-DB, use the built-in synthetic data: `--config.dataset.synthetic=True` "
+    "or one of the `:smoke` configs."
+)
+
+
+class DataConfigError(ValueError):
+    """A dataset / input config that cannot work; the message names the key and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the trainer needs to know about a dataset before reading it."""
+
+    name: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    split_sizes: dict[str, int]
+
+
+def import_tf() -> Any:
+    """Imports TensorFlow for tf.data only, hiding accelerators so that JAX keeps them."""
+    import tensorflow as tf
+
+    for kind in ("GPU", "TPU"):
+        try:
+            tf.config.set_visible_devices([], kind)
+        except (RuntimeError, ValueError):  # Unknown kind, or TF already initialised.
+            pass
+    return tf
+
+
+class Source(Protocol):
+    info: DatasetInfo
+
+    def examples(self, split: str, start: int, end: int) -> Any:
+        """Examples [start, end) of `split`, in stored order, as a tf.data.Dataset."""
+
+    def labels(self, split: str) -> np.ndarray:
+        """All labels of `split` (int64 [N]) in stored order, without decoding images."""
+
+
+def check_split(info: DatasetInfo, split: str, key: str) -> None:
+    if split not in info.split_sizes:
+        raise DataConfigError(
+            f"{key}={split!r}: dataset {info.name!r} has no split {split!r}. "
+            f"Available splits: {', '.join(sorted(info.split_sizes))}. Set {key} to one of them."
+        )
+
+
+def open_source(config: ml_collections.ConfigDict) -> Source:
+    """Opens (and prepares on first use) the source described by the `dataset` config block."""
+    if config.name == "folder":
+        return FolderSource(config)
+    return TfdsSource(config)
+
+
+# --------------------------------------------------------------------------------------------
+# TFDS
+
+
+def _expand(path: str | None) -> str | None:
+    return None if path is None else os.path.expanduser(str(path))
+
+
+def _split_name(name: str) -> tuple[str, str | None]:
+    """"rafdb/compound:1.0.0" -> ("rafdb", "compound")."""
+    base = name.split(":")[0]
+    parts = base.split("/")
+    return parts[0], (parts[1] if len(parts) > 1 else None)
+
+
+def _synthetic_tree(config: ml_collections.ConfigDict, kind: str) -> str:
+    """Draws the synthetic RAF-DB tree into cache_dir once; returns its root."""
+    from cer_jax import synthetic
+
+    cache = _expand(config.cache_dir)
+    tag = (
+        f"{kind}-{config.synthetic_num_train}-{config.synthetic_num_test}"
+        f"-seed{config.synthetic_seed}"
+    )
+    root = os.path.join(cache, "synthetic", tag)
+    if os.path.isdir(root):
+        return root
+    os.makedirs(os.path.dirname(root), exist_ok=True)
+    # Write next to the final place and rename, so an interrupted run leaves no half tree.
+    tmp = tempfile.mkdtemp(prefix=f".{tag}-", dir=os.path.dirname(root))
+    try:
+        synthetic.write_tree(
+            tmp,
+            kind=kind,
+            num_train=config.synthetic_num_train,
+            num_test=config.synthetic_num_test,
+            seed=config.synthetic_seed,
+        )
+        os.rename(tmp, root)
+    except OSError:
+        if not os.path.isdir(root):  # Not a lost race with another process: a real failure.
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+class TfdsSource:
+    """A TFDS dataset; "rafdb/*" is built from `manual_dir` (or the synthetic tree) if needed."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        import_tf()
+        import tensorflow_datasets as tfds
+
+        self._config = config
+        self._tfds = tfds
+        family, builder_config = _split_name(config.name)
+        data_dir, manual_dir = _expand(config.data_dir), _expand(config.manual_dir)
+        if config.synthetic:
+            if family != "rafdb":
+                raise DataConfigError(
+                    f"config.dataset.synthetic=True draws a synthetic RAF-DB, but "
+                    f"config.dataset.name={config.name!r}. Set config.dataset.name to "
+                    "'rafdb/compound', 'rafdb/compound_abaw7' or 'rafdb/basic', or set "
+                    "config.dataset.synthetic=False."
+                )
+            kind = "basic" if builder_config == "basic" else "compound"
+            manual_dir = _synthetic_tree(config, kind)
+            data_dir = manual_dir + "-tfds"
+        rafdb = None
+        if family == "rafdb":
+            from tfds_rafdb import rafdb  # Registers the builder with TFDS.
+        try:
+            builder = tfds.builder(config.name, data_dir=data_dir)
+        except (tfds.core.registered.DatasetNotFoundError, ValueError) as e:
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DataConfigError(
+                f"config.dataset.name={config.name!r} is not a known TFDS dataset "
+                f"({first_line}). Use a registered TFDS name (e.g. 'rafdb/compound', "
+                "'rafdb/compound_abaw7', 'rafdb/basic') or 'folder' with "
+                "config.dataset.folder pointing at a <split>/<class>/<image> tree."
+            ) from e
+        if not builder.is_prepared():
+            if rafdb is not None and manual_dir:
+                if not os.path.isdir(manual_dir):
+                    raise DataConfigError(
+                        f"config.dataset.manual_dir={manual_dir!r} does not exist. Point it at "
+                        "the unpacked RAF-DB tree (the folder holding EmoLabel/ and Image/)."
+                    )
+                try:
+                    builder = rafdb.build(
+                        builder_config or builder.builder_config.name, manual_dir, data_dir
+                    )
+                except rafdb.RafDbLayoutError as e:
+                    raise DataConfigError(
+                        f"config.dataset.manual_dir={manual_dir!r} is not a usable RAF-DB "
+                        f"tree: {e}"
+                    ) from e
+                if not builder.is_prepared():
+                    builder.download_and_prepare(
+                        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+                    )
+            elif rafdb is not None:
+                instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", "") or ""
+                raise DataConfigError(
+                    f"config.dataset.name={config.name!r} is not prepared in "
+                    f"config.dataset.data_dir={data_dir!r} and config.dataset.manual_dir is "
+                    "not set. RAF-DB cannot be downloaded automatically: obtain it from its "
+                    "owners, unpack it and set config.dataset.manual_dir to its root "
+                    f"(it is built into data_dir on first use).\n{instructions.strip()}\n"
+                    + SMOKE_HINT
+                )
+            else:
+                raise DataConfigError(
+                    f"config.dataset.name={config.name!r} is not prepared in "
+                    f"config.dataset.data_dir={data_dir!r}. This project never downloads: "
+                    f"prepare it first (e.g. `tfds build {config.name.split(':')[0]} "
+                    "--data_dir=<dir>`) and set config.dataset.data_dir to that directory."
+                )
+        self._builder = builder
+        features = builder.info.features
+        for key in ("image_key", "label_key"):
+            if config[key] not in features:
+                raise DataConfigError(
+                    f"config.dataset.{key}={config[key]!r} is not a feature of "
+                    f"{config.name!r}. Its features are: {', '.join(sorted(features))}."
+                )
+        self._has_file = bool(config.file_key) and config.file_key in features
+        label = features[config.label_key]
+        names = tuple(getattr(label, "names", None) or ())
+        if not names:
+            raise DataConfigError(
+                f"config.dataset.label_key={config.label_key!r} of {config.name!r} is not a "
+                "ClassLabel feature; point it at the feature holding the class index."
+            )
+        self.info = DatasetInfo(
+            name=config.name,
+            num_classes=len(names),
+            class_names=names,
+            split_sizes={k: int(v.num_examples) for k, v in builder.info.splits.items()},
+        )
+
+    def _read(self, split: str, start: int, end: int, decoders: Any = None) -> Any:
+        return self._builder.as_dataset(
+            split=f"{split}[{start}:{end}]",
+            shuffle_files=False,
+            decoders=decoders,
+            read_config=self._tfds.ReadConfig(interleave_cycle_length=1),
+        )
+
+    def examples(self, split: str, start: int, end: int) -> Any:
+        tf = import_tf()
+        cfg, has_file = self._config, self._has_file
+
+        def convert(index, ex):
+            image = ex[cfg.image_key]
+            if image.shape[-1] == 1:
+                image = tf.image.grayscale_to_rgb(image)
+            if has_file:
+                file_name = ex[cfg.file_key]
+            else:
+                file_name = tf.strings.format("{}/{}", (split, index + start))
+            return {
+                "image": tf.cast(image, tf.uint8),
+                "label": tf.cast(ex[cfg.label_key], tf.int32),
+                "file_name": file_name,
+            }
+
+        return self._read(split, start, end).enumerate().map(convert)
+
+    def labels(self, split: str) -> np.ndarray:
+        decoders = {self._config.image_key: self._tfds.decode.SkipDecoding()}
+        n = self.info.split_sizes[split]
+        ds = self._read(split, 0, n, decoders).map(lambda ex: ex[self._config.label_key])
+        return np.concatenate([b for b in ds.batch(8192).as_numpy_iterator()] or [[]]).astype(
+            np.int64
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Image folder
+
+
+def _subdirs(path: str) -> list[str]:
+    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+
+
+class FolderSource:
+    """A <root>/<split>/<class>/<image> tree; class names are the sorted class folder names."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        root = _expand(config.folder)
+        if not root or not os.path.isdir(root):
+            raise DataConfigError(
+                f"config.dataset.folder={config.folder!r} is not a directory. With "
+                "config.dataset.name='folder', set config.dataset.folder to the root of a "
+                "<split>/<class>/<image> tree."
+            )
+        splits = _subdirs(root)
+        if not splits:
+            raise DataConfigError(
+                f"config.dataset.folder={root!r} has no split folders; expected "
+                "<split>/<class>/<image> (e.g. train/Happily Surprised/0001.jpg)."
+            )
+        self._files: dict[str, list[tuple[str, int]]] = {}
+        classes: Sequence[str] | None = None
+        for split in splits:
+            split_classes = _subdirs(os.path.join(root, split))
+            if classes is None:
+                classes, first = split_classes, split
+            elif split_classes != classes:
+                raise DataConfigError(
+                    f"config.dataset.folder={root!r}: class folders differ between splits "
+                    f"{first!r} ({', '.join(classes)}) and {split!r} "
+                    f"({', '.join(split_classes)}). Every split needs the same class folders "
+                    "(an empty folder is fine)."
+                )
+            files = []
+            for label, name in enumerate(split_classes):
+                class_dir = os.path.join(root, split, name)
+                for f in sorted(os.listdir(class_dir)):
+                    if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
+                        files.append((f"{name}/{f}", label))
+            if not files:
+                raise DataConfigError(
+                    f"config.dataset.folder={root!r}: split folder {split!r} holds no images "
+                    f"({', '.join(IMAGE_EXTENSIONS)}) in its class folders."
+                )
+            self._files[split] = files
+        if not classes:
+            raise DataConfigError(
+                f"config.dataset.folder={root!r}: split {first!r} has no class folders."
+            )
+        self._root = root
+        self.info = DatasetInfo(
+            name=f"folder:{root}",
+            num_classes=len(classes),
+            class_names=tuple(classes),
+            split_sizes={s: len(f) for s, f in self._files.items()},
+        )
+
+    def examples(self, split: str, start: int, end: int) -> Any:
+        tf = import_tf()
+        names, labels = zip(*self._files[split][start:end], strict=True)
+        paths = [os.path.join(self._root, split, n) for n in names]
+
+        def load(path, label, name):
+            image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+            return {"image": image, "label": label, "file_name": name}
+
+        ds = tf.data.Dataset.from_tensor_slices(
+            (list(paths), np.asarray(labels, np.int32), list(names))
+        )
+        return ds.map(load)
+
+    def labels(self, split: str) -> np.ndarray:
+        return np.asarray([label for _, label in self._files[split]], np.int64)

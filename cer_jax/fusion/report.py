@@ -1,0 +1,207 @@
+"""The fusion report: report.json, report.md, PNG figures and TensorBoard scalars in one folder.
+
+Everything is written to a temporary folder inside the output folder first and moved into place
+at the end, so a failed run never leaves a half-written report behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from cer_jax import plots
+
+CONFUSION_PNG = "confusion_{strategy}_{split}.png"
+PER_CLASS_PNG = "per_class_f1_{split}.png"
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def _systems(report: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(name, kind, metrics by split) for every member, then every strategy."""
+    rows = [(m["name"], "member", m["metrics"]) for m in report["members"]]
+    for name, row in report["strategies"].items():
+        kind = "fusion"
+        if name == report["paper_strategy"]:
+            kind += " (paper)"
+        if name == report["best_strategy"]:
+            kind += f" (best on {report['select_on']})"
+        rows.append((name, kind, row["metrics"]))
+    return rows
+
+
+def _rounded(value: Any) -> Any:
+    """Floats to 4 decimals, for reading (report.json keeps them exact)."""
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def selection_note(report: dict[str, Any]) -> str:
+    """The sentence that says where weights and hyper-parameters were chosen."""
+    if report["select_on"] == "test":
+        return (
+            "**WARNING: fusion weights and hyper-parameters were chosen on the test split "
+            "(--select_on=test, the paper's protocol). Test numbers are optimistic: they are not "
+            "a held-out estimate.**"
+        )
+    held_out = [s for s in report["eval_splits"] if s != report["select_on"]]
+    return (
+        f"Fusion weights and hyper-parameters were chosen on the {report['select_on']} split; "
+        f"{', '.join(held_out) or 'no split'} is held out."
+    )
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    """Accuracy and macro F1 (%) of every member and strategy on every reported split."""
+    splits = report["eval_splits"]
+    header = ["system", "kind"] + [f"{s} {m}" for s in splits for m in ("acc %", "macro F1 %")]
+    rows = [
+        [name, kind]
+        + [_percent(metrics[s][m]) for s in splits for m in ("accuracy", "macro_f1")]
+        for name, kind, metrics in _systems(report)
+    ]
+    return selection_note(report) + "\n\n" + _table(header, rows)
+
+
+def markdown(report: dict[str, Any], figures: dict[str, str]) -> str:
+    splits = report["eval_splits"]
+    parts = [
+        "# Late-fusion report",
+        selection_note(report),
+        "## Members",
+        _table(
+            ["name", "model", "best step", "workdir"],
+            [[m["name"], str(m["model"]), str(m["step"]), m["workdir"]]
+             for m in report["members"]],
+        ),
+        "## Accuracy and macro F1",
+        summary_table(report).split("\n\n", 1)[1],
+    ]
+    for split in splits:
+        parts += [
+            f"## Per-class F1 (%) on {split}",
+            _table(
+                ["system", *report["class_names"]],
+                [[name] + [_percent(metrics[split]["per_class_f1"][c])
+                           for c in report["class_names"]]
+                 for name, _, metrics in _systems(report)],
+            ),
+        ]
+    for strategy, rows in report["ablation"].items():
+        parts += [
+            f"## Ablation over member subsets: {strategy}",
+            _table(
+                ["members"] + [f"{s} {m}" for s in splits for m in ("acc %", "macro F1 %")],
+                [[" + ".join(row["members"])]
+                 + [_percent(row["metrics"][s][m]) for s in splits
+                    for m in ("accuracy", "macro_f1")]
+                 for row in rows],
+            ),
+        ]
+    parts.append(f"## Chosen on {report['select_on']}")
+    parts.append("\n".join(
+        f"- `{name}`: `{json.dumps(_rounded(row['params']))}`"
+        for name, row in report["strategies"].items()
+    ))
+    parts.append("## Figures")
+    parts += [f"![{title}]({path})" for title, path in figures.items()]
+    return "\n\n".join(parts) + "\n"
+
+
+def per_class_f1_figure(report: dict[str, Any], split: str) -> Any:
+    """Grouped bars: per-class F1 of every member and of the best strategy on `split`."""
+    import matplotlib.pyplot as plt
+
+    classes = report["class_names"]
+    best = report["best_strategy"]
+    series = [(m["name"], m["metrics"][split]) for m in report["members"]]
+    series.append((f"fused: {best}", report["strategies"][best]["metrics"][split]))
+    width = 0.8 / len(series)
+    positions = np.arange(len(classes))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(classes) + 2), 4.5))
+    for i, (name, metrics) in enumerate(series):
+        values = [metrics["per_class_f1"][c] for c in classes]
+        ax.bar(positions + (i - (len(series) - 1) / 2) * width, values, width, label=name)
+    ax.set_xticks(positions, classes, rotation=45, ha="right", fontsize=8)
+    ax.set_ylim(0.0, 1.2)
+    ax.set_yticks(np.linspace(0.0, 1.0, 6))
+    ax.set_ylabel(f"F1 on {split}")
+    ax.set_title(f"Per-class F1 on {split}: members vs fused ({best})")
+    ax.legend(fontsize=8, loc="upper center", ncol=len(series))
+    fig.tight_layout()
+    return fig
+
+
+def _write_tensorboard(directory: str, report: dict[str, Any], confusion: np.ndarray) -> None:
+    """The same scalars as report.json (step 0) and the best confusion matrix, via CLU."""
+    import tensorflow as tf
+    from clu import metric_writers
+
+    tf.config.set_visible_devices([], "GPU")
+    scalars = {}
+    for name, _, metrics in _systems(report):
+        for split, values in metrics.items():
+            scalars[f"{name}/{split}/accuracy"] = values["accuracy"]
+            scalars[f"{name}/{split}/macro_f1"] = values["macro_f1"]
+            for class_name, f1 in values["per_class_f1"].items():
+                scalars[f"{name}/{split}/f1/{class_name}"] = f1
+    writer = metric_writers.SummaryWriter(directory)
+    writer.write_scalars(0, scalars)
+    writer.write_images(0, {f"confusion/{report['best_strategy']}": confusion[None]})
+    writer.close()
+
+
+def write_report(out: str, report: dict[str, Any]) -> dict[str, str]:
+    """Writes report.json, report.md, the figures and TensorBoard events into `out`.
+
+    Returns {what: path} of the files written.
+    """
+    os.makedirs(out, exist_ok=True)
+    split = "test" if "test" in report["eval_splits"] else report["eval_splits"][-1]
+    best = report["best_strategy"]
+    staging = tempfile.mkdtemp(prefix=".report-", dir=out)
+    try:
+        figures = {
+            f"confusion matrix, {best}, {split}": CONFUSION_PNG.format(strategy=best, split=split),
+            f"per-class F1, {split}": PER_CLASS_PNG.format(split=split),
+        }
+        confusion = np.asarray(report["strategies"][best]["metrics"][split]["confusion_matrix"])
+        title = f"{best} on {split}"
+        fig = plots.confusion_matrix_figure(confusion, report["class_names"], title)
+        fig.savefig(os.path.join(staging, figures[f"confusion matrix, {best}, {split}"]), dpi=120)
+        confusion_pixels = plots.figure_to_array(fig)
+        fig = per_class_f1_figure(report, split)
+        fig.savefig(os.path.join(staging, figures[f"per-class F1, {split}"]), dpi=120)
+        plots.figure_to_array(fig)  # closes it
+        report = {**report, "figures": figures}
+        with open(os.path.join(staging, "report.json"), "w") as f:
+            json.dump(report, f, indent=2)
+        with open(os.path.join(staging, "report.md"), "w") as f:
+            f.write(markdown(report, figures))
+        _write_tensorboard(staging, report, confusion_pixels)
+        written = {}
+        for name in sorted(os.listdir(staging)):
+            written[name] = os.path.join(out, name)
+            os.replace(os.path.join(staging, name), written[name])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return written

@@ -1,0 +1,378 @@
+"""Late-fusion strategies: each is fitted on one split (selection) and applied to any split.
+
+A strategy is a plain function `fit(select, train=None, **options) -> Fitted`. `select` holds the
+members' outputs on the split where weights and hyper-parameters are chosen (validation, unless
+the paper's protocol of choosing on the reported split is asked for); `train` is the members'
+outputs on the training split, which only the feature-level MLP uses. `Fitted.predict_proba`
+turns the members' outputs on any split into fused class probabilities [N, K].
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import scipy.optimize
+import scipy.special
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+
+@dataclasses.dataclass(frozen=True)
+class FusionData:
+    """The members' outputs on one split, rows aligned by file name across members."""
+
+    logits: np.ndarray  # [M, N, K] float
+    features: tuple[np.ndarray, ...]  # M arrays [N, D_m]
+    labels: np.ndarray  # [N] int
+
+    @property
+    def num_members(self) -> int:
+        return self.logits.shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return self.logits.shape[2]
+
+    def probabilities(self) -> np.ndarray:
+        """Each member's softmax probabilities, [M, N, K]."""
+        return scipy.special.softmax(self.logits.astype(np.float64), axis=-1)
+
+    def subset(self, members: Sequence[int]) -> FusionData:
+        """The same split restricted to some members (for the ablation)."""
+        members = list(members)
+        return FusionData(
+            logits=self.logits[members],
+            features=tuple(self.features[m] for m in members),
+            labels=self.labels,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Fitted:
+    """A fitted strategy: what was chosen (JSON-able) and how it fuses a split."""
+
+    params: dict[str, Any]
+    predict_proba: Callable[[FusionData], np.ndarray]
+
+
+def macro_f1(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> float:
+    """sklearn's default macro F1 (over classes seen in labels or predictions)."""
+    return float(batched_macro_f1(labels, predictions[None], num_classes)[0])
+
+
+def batched_macro_f1(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """Macro F1 of many prediction vectors [G, N] at once, as sklearn's f1_score(average="macro").
+
+    sklearn averages over the classes present in the labels or the predictions; per class
+    F1 = 2TP / (2TP + FP + FN), which is never 0/0 for such a class.
+    """
+    num_rows = predictions.shape[0]
+    flat = (np.arange(num_rows)[:, None] * num_classes + labels[None, :]) * num_classes
+    counts = np.bincount(
+        (flat + predictions).reshape(-1), minlength=num_rows * num_classes * num_classes
+    ).reshape(num_rows, num_classes, num_classes)
+    true_positives = np.diagonal(counts, axis1=1, axis2=2)
+    label_counts = counts.sum(axis=2)
+    predicted_counts = counts.sum(axis=1)
+    denominators = label_counts + predicted_counts
+    present = denominators > 0
+    f1 = np.where(present, 2 * true_positives / np.maximum(denominators, 1), 0.0)
+    return f1.sum(axis=1) / np.maximum(present.sum(axis=1), 1)
+
+
+def _score(labels: np.ndarray, probabilities: np.ndarray, metric: str) -> float:
+    predictions = probabilities.argmax(axis=-1)
+    if metric == "accuracy":
+        return float(np.mean(predictions == labels))
+    if metric == "macro_f1":
+        return macro_f1(labels, predictions, probabilities.shape[-1])
+    raise ValueError(
+        f"Unknown performance metric {metric!r} (config key performance_weighted.metric); "
+        "choose 'accuracy' or 'macro_f1'."
+    )
+
+
+def _weighted_probabilities(weights: np.ndarray) -> Callable[[FusionData], np.ndarray]:
+    weights = np.asarray(weights, dtype=np.float64)
+    return lambda data: np.einsum("m,mnk->nk", weights, data.probabilities())
+
+
+def performance_weighted(
+    select: FusionData, train: FusionData | None = None, *, metric: str = "macro_f1"
+) -> Fitted:
+    """The paper's fusion: probabilities averaged with weights proportional to each member's
+    performance on the selection split (uniform if every member scores 0)."""
+    del train
+    scores = np.array([_score(select.labels, p, metric) for p in select.probabilities()])
+    total = scores.sum()
+    weights = scores / total if total > 0 else np.full(len(scores), 1.0 / len(scores))
+    return Fitted(
+        {"metric": metric, "member_scores": scores.tolist(), "weights": weights.tolist()},
+        _weighted_probabilities(weights),
+    )
+
+
+def uniform_probabilities(select: FusionData, train: FusionData | None = None) -> Fitted:
+    """Plain mean of the members' probabilities."""
+    del train
+    weights = np.full(select.num_members, 1.0 / select.num_members)
+    return Fitted({"weights": weights.tolist()}, _weighted_probabilities(weights))
+
+
+def uniform_logits(select: FusionData, train: FusionData | None = None) -> Fitted:
+    """Softmax of the mean of the members' logits (a geometric mean of probabilities)."""
+    del select, train
+    return Fitted(
+        {}, lambda data: scipy.special.softmax(data.logits.astype(np.float64).mean(0), axis=-1)
+    )
+
+
+def simplex_grid(num_members: int, step: float) -> np.ndarray:
+    """Every weight vector on the simplex whose entries are multiples of `step`, [G, M]."""
+    parts = round(1.0 / step)
+    if not np.isclose(parts * step, 1.0):
+        raise ValueError(f"grid step {step} (config key optimised_weights.grid_step) must divide 1")
+    rows = [
+        np.diff([-1, *cuts, parts + num_members - 1]) - 1
+        for cuts in itertools.combinations(range(parts + num_members - 1), num_members - 1)
+    ]
+    return np.asarray(rows, dtype=np.float64).reshape(-1, num_members) / parts
+
+
+def _best_weights(
+    candidates: np.ndarray, probabilities: np.ndarray, labels: np.ndarray, chunk: int = 256
+) -> tuple[np.ndarray, float]:
+    """The candidate with the best macro F1; ties go to the candidate nearest uniform."""
+    num_classes = probabilities.shape[-1]
+    scores = np.concatenate([
+        batched_macro_f1(
+            labels,
+            np.einsum("gm,mnk->gnk", candidates[i : i + chunk], probabilities).argmax(-1),
+            num_classes,
+        )
+        for i in range(0, len(candidates), chunk)
+    ])
+    best = scores.max()
+    tied = np.flatnonzero(scores >= best - 1e-12)
+    uniform = np.full(candidates.shape[1], 1.0 / candidates.shape[1])
+    nearest = tied[np.argmin(np.linalg.norm(candidates[tied] - uniform, axis=1))]
+    return candidates[nearest], float(best)
+
+
+def optimised_weights(
+    select: FusionData,
+    train: FusionData | None = None,
+    *,
+    grid_step: float = 0.05,
+    max_grid_members: int = 4,
+    num_samples: int = 4000,
+    refine_rounds: int = 3,
+    seed: int = 0,
+) -> Fitted:
+    """Probability weights searched over the simplex for macro F1 on the selection split.
+
+    Up to `max_grid_members` members: an exhaustive grid with `grid_step`. More: Dirichlet samples
+    (plus uniform and the vertices), then rounds of samples concentrated around the best so far.
+    """
+    del train
+    probabilities = select.probabilities()
+    num_members = select.num_members
+    if num_members <= max_grid_members:
+        weights, score = _best_weights(
+            simplex_grid(num_members, grid_step), probabilities, select.labels
+        )
+        search = f"grid step {grid_step}"
+    else:
+        rng = np.random.default_rng(seed)
+        candidates = np.concatenate([
+            np.full((1, num_members), 1.0 / num_members),
+            np.eye(num_members),
+            rng.dirichlet(np.ones(num_members), size=num_samples),
+        ])
+        weights, score = _best_weights(candidates, probabilities, select.labels)
+        for concentration in (50.0, 200.0, 1000.0)[:refine_rounds]:
+            local = rng.dirichlet(weights * concentration + 1e-3, size=num_samples // 4)
+            weights, score = _best_weights(
+                np.concatenate([weights[None], local]), probabilities, select.labels
+            )
+        search = f"{num_samples} Dirichlet samples + {refine_rounds} refinement rounds"
+    return Fitted(
+        {"weights": weights.tolist(), "selection_macro_f1": score, "search": search},
+        _weighted_probabilities(weights),
+    )
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature T minimising the NLL of softmax(logits / T), searched on log T."""
+    logits = logits.astype(np.float64)
+
+    def nll(log_temperature: float) -> float:
+        scaled = logits / np.exp(log_temperature)
+        log_probs = scaled - scipy.special.logsumexp(scaled, axis=-1, keepdims=True)
+        return float(-log_probs[np.arange(len(labels)), labels].mean())
+
+    result = scipy.optimize.minimize_scalar(
+        nll, bounds=(np.log(1e-2), np.log(1e2)), method="bounded", options={"xatol": 1e-5}
+    )
+    return float(np.exp(result.x))
+
+
+def temperature_scaled(select: FusionData, train: FusionData | None = None) -> Fitted:
+    """Each member calibrated by its own temperature (NLL on the selection split), then the
+    calibrated probabilities are averaged uniformly."""
+    del train
+    temperatures = np.array([fit_temperature(z, select.labels) for z in select.logits])
+
+    def predict_proba(data: FusionData) -> np.ndarray:
+        scaled = data.logits.astype(np.float64) / temperatures[:, None, None]
+        return scipy.special.softmax(scaled, axis=-1).mean(axis=0)
+
+    return Fitted({"temperatures": temperatures.tolist()}, predict_proba)
+
+
+def _stratified_folds(labels: np.ndarray, max_folds: int, seed: int) -> StratifiedKFold:
+    smallest = int(np.bincount(labels)[np.unique(labels)].min())
+    return StratifiedKFold(n_splits=max(2, min(max_folds, smallest)), shuffle=True,
+                           random_state=seed)
+
+
+def _full_probabilities(
+    classifier: Any, inputs: np.ndarray, num_classes: int
+) -> np.ndarray:
+    """predict_proba spread over all K classes (classes absent when fitting get 0)."""
+    probabilities = np.zeros((len(inputs), num_classes))
+    probabilities[:, classifier.classes_] = classifier.predict_proba(inputs)
+    return probabilities
+
+
+def _stack_inputs(data: FusionData) -> np.ndarray:
+    return np.concatenate(list(data.logits.astype(np.float64)), axis=1)
+
+
+def stacking(
+    select: FusionData,
+    train: FusionData | None = None,
+    *,
+    inverse_regularisation: Sequence[float] = (0.01, 0.1, 1.0, 10.0, 100.0),
+    max_folds: int = 5,
+    seed: int = 0,
+) -> Fitted:
+    """Logistic regression on the members' concatenated logits, fitted on the selection split.
+
+    C is chosen by stratified k-fold cross-validation (macro F1) on the selection split, then
+    the model is refitted on all of it.
+    """
+    del train
+    search = GridSearchCV(
+        make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
+        {"logisticregression__C": list(inverse_regularisation)},
+        scoring="f1_macro",
+        cv=_stratified_folds(select.labels, max_folds, seed),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)  # tiny classes in some folds
+        warnings.simplefilter("ignore", category=ConvergenceWarning)
+        search.fit(_stack_inputs(select), select.labels)
+    model = search.best_estimator_
+    return Fitted(
+        {
+            "C": float(search.best_params_["logisticregression__C"]),
+            "cv_folds": search.cv.get_n_splits(),
+            "cv_macro_f1": float(search.best_score_),
+        },
+        lambda data: _full_probabilities(model, _stack_inputs(data), data.num_classes),
+    )
+
+
+def _concatenated_features(data: FusionData) -> np.ndarray:
+    return np.concatenate([f.astype(np.float32) for f in data.features], axis=1)
+
+
+def feature_mlp(
+    select: FusionData,
+    train: FusionData | None = None,
+    *,
+    hidden_sizes: Sequence[int] = (256,),
+    weight_decay: float = 1e-4,
+    learning_rate: float = 1e-3,
+    batch_size: int = 128,
+    max_epochs: int = 200,
+    patience: int = 20,
+    seed: int = 0,
+) -> Fitted:
+    """Feature-level fusion: an MLP on the frozen members' concatenated pooled features.
+
+    Trained on the training split, one epoch per step; the epoch with the best macro F1 on the
+    selection split is kept (early stopping after `patience` epochs without improvement).
+    """
+    if train is None:
+        raise ValueError(
+            "feature_mlp needs the members' outputs on the training split (config key "
+            "train_split); export it, or drop feature_mlp from config key strategies."
+        )
+    scaler = StandardScaler().fit(_concatenated_features(train))
+    train_inputs = scaler.transform(_concatenated_features(train))
+    select_inputs = scaler.transform(_concatenated_features(select))
+    classes = np.arange(train.num_classes)
+    mlp = MLPClassifier(
+        hidden_layer_sizes=tuple(hidden_sizes),
+        alpha=weight_decay,
+        learning_rate_init=learning_rate,
+        batch_size=min(batch_size, len(train_inputs)),
+        random_state=seed,
+    )
+    best_model, best_score, best_epoch = None, -1.0, 0
+    for epoch in range(1, max_epochs + 1):
+        mlp.partial_fit(train_inputs, train.labels, classes=classes)
+        score = macro_f1(select.labels, mlp.predict(select_inputs), train.num_classes)
+        if score > best_score:
+            best_model, best_score, best_epoch = copy.deepcopy(mlp), score, epoch
+        elif epoch - best_epoch >= patience:
+            break
+    return Fitted(
+        {
+            "best_epoch": best_epoch,
+            "epochs_run": epoch,
+            "selection_macro_f1": best_score,
+            "input_dim": int(train_inputs.shape[1]),
+        },
+        lambda data: _full_probabilities(
+            best_model, scaler.transform(_concatenated_features(data)), data.num_classes
+        ),
+    )
+
+
+STRATEGIES: dict[str, Callable[..., Fitted]] = {
+    "performance_weighted": performance_weighted,
+    "uniform_probabilities": uniform_probabilities,
+    "uniform_logits": uniform_logits,
+    "optimised_weights": optimised_weights,
+    "temperature_scaled": temperature_scaled,
+    "stacking": stacking,
+    "feature_mlp": feature_mlp,
+}
+
+PAPER_STRATEGY = "performance_weighted"
+
+
+def fit_strategy(
+    name: str, select: FusionData, train: FusionData | None = None, **options: Any
+) -> Fitted:
+    """Looks `name` up and fits it; `options` are the strategy's own keyword arguments."""
+    if name not in STRATEGIES:
+        raise ValueError(
+            f"Unknown fusion strategy {name!r} (config key strategies). "
+            f"Choose from: {', '.join(STRATEGIES)}."
+        )
+    return STRATEGIES[name](select, train, **options)
+

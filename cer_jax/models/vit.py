@@ -1,0 +1,187 @@
+"""Vision Transformer (Dosovitskiy et al.) in Flax NNX, in the shape of big_vision's ViT.
+
+Parameter layouts follow the original / AugReg `.npz` releases (attention kernels as
+(width, heads, head_dim), the class token first, its position-embedding entry included), so
+importing those files is a renaming. Differences from big_vision, chosen for parity with the
+PyTorch checkpoints users also bring: GELU is exact by default (Hugging Face and timm use the
+exact form, big_vision the tanh approximation; `gelu_approximate=True` restores it), and the
+LayerNorm epsilon is an option (`layer_norm_eps`; big_vision and timm use 1e-6, Hugging Face's
+google/vit-* configs 1e-12).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax.typing import Dtype
+
+from cer_jax.models import ModelOutput
+
+# name -> (width, depth, mlp_dim, num_heads); big_vision sizes plus tiny ones for tests and
+# CPU smoke runs.
+VARIANTS: dict[str, tuple[int, int, int, int]] = {
+    "test": (32, 2, 64, 2),
+    "mu": (64, 4, 128, 4),
+    "Ti": (192, 12, 768, 3),
+    "S": (384, 12, 1536, 6),
+    "M": (512, 12, 2048, 8),
+    "B": (768, 12, 3072, 12),
+    "L": (1024, 24, 4096, 16),
+    "H": (1280, 32, 5120, 16),
+}
+
+
+def parse_variant(variant: str) -> tuple[str, int]:
+    """'B/16' -> ('B', 16), with an error that names the config key."""
+    name, _, patch = variant.partition("/")
+    if name not in VARIANTS or not patch.isdigit() or int(patch) < 1:
+        raise ValueError(
+            f"Unknown ViT variant {variant!r} (config key model.variant); expected "
+            f"'<size>/<patch>' with size one of {', '.join(VARIANTS)}, e.g. 'B/16'."
+        )
+    return name, int(patch)
+
+
+class MlpBlock(nnx.Module):
+    def __init__(self, width, mlp_dim, *, dropout, gelu_approximate, dtype, rngs):
+        init = nnx.initializers.xavier_uniform()
+        bias_init = nnx.initializers.normal(1e-6)
+        self.fc1 = nnx.Linear(width, mlp_dim, dtype=dtype, kernel_init=init, bias_init=bias_init,
+                              rngs=rngs)
+        self.fc2 = nnx.Linear(mlp_dim, width, dtype=dtype, kernel_init=init, bias_init=bias_init,
+                              rngs=rngs)
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+        self.gelu_approximate = gelu_approximate
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = nnx.gelu(self.fc1(x), approximate=self.gelu_approximate)
+        x = self.dropout(x, deterministic=not train)
+        return self.fc2(x)
+
+
+class EncoderBlock(nnx.Module):
+    """Pre-norm block: x + attn(norm1(x)), then x + mlp(norm2(x)); dropout and stochastic depth
+    (whole-sample dropout of each residual branch) act only when training."""
+
+    def __init__(self, width, mlp_dim, num_heads, *, dropout, attention_dropout, drop_path,
+                 layer_norm_eps, gelu_approximate, dtype, rngs):
+        self.norm1 = nnx.LayerNorm(width, epsilon=layer_norm_eps, dtype=dtype, rngs=rngs)
+        self.attn = nnx.MultiHeadAttention(
+            num_heads, width, dtype=dtype, dropout_rate=attention_dropout, broadcast_dropout=False,
+            kernel_init=nnx.initializers.xavier_uniform(), decode=False, rngs=rngs,
+        )
+        self.norm2 = nnx.LayerNorm(width, epsilon=layer_norm_eps, dtype=dtype, rngs=rngs)
+        self.mlp = MlpBlock(width, mlp_dim, dropout=dropout, gelu_approximate=gelu_approximate,
+                            dtype=dtype, rngs=rngs)
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+        # Broadcasting over tokens and channels drops a sample's whole branch.
+        self.drop_path = nnx.Dropout(drop_path, broadcast_dims=(1, 2), rngs=rngs)
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        det = not train
+        y = self.norm1(x)
+        y = self.attn(y, deterministic=det)
+        x = x + self.drop_path(self.dropout(y, deterministic=det), deterministic=det)
+        y = self.mlp(self.norm2(x), train)
+        return x + self.drop_path(self.dropout(y, deterministic=det), deterministic=det)
+
+
+class ViT(nnx.Module):
+    """ViT classifier: patches -> (+cls) -> +position embedding -> encoder -> pool -> head."""
+
+    HEAD_NAMES: ClassVar[tuple[str, ...]] = ("head",)
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        variant: str = "B/16",
+        image_size: int = 224,
+        pool: Literal["cls", "gap"] = "cls",
+        representation_size: int | None = None,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+        stochastic_depth: float = 0.0,
+        layer_norm_eps: float = 1e-6,
+        gelu_approximate: bool = False,
+        head_zeroinit: bool = True,
+        dtype: Dtype | None = None,
+        rngs: nnx.Rngs,
+    ):
+        name, patch = parse_variant(variant)
+        width, depth, mlp_dim, num_heads = VARIANTS[name]
+        if image_size % patch:
+            raise ValueError(
+                f"model.image_size={image_size} is not divisible by the patch size {patch} of "
+                f"ViT variant {variant!r}; choose a multiple of {patch}."
+            )
+        if pool not in ("cls", "gap"):
+            raise ValueError(f"Unknown ViT pool {pool!r} (config key model.pool): 'cls' or 'gap'.")
+        self.variant, self.patch_size, self.image_size, self.pool = variant, patch, image_size, pool
+        self.dtype = dtype
+        self.embedding = nnx.Conv(3, width, (patch, patch), patch, padding="VALID", dtype=dtype,
+                                  rngs=rngs)
+        num_tokens = (image_size // patch) ** 2
+        if pool == "cls":
+            self.cls = nnx.Param(jnp.zeros((1, 1, width), jnp.float32))
+            num_tokens += 1
+        self.pos_embedding = nnx.Param(
+            nnx.initializers.normal(0.02)(rngs.params(), (1, num_tokens, width), jnp.float32)
+        )
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+        self.blocks = nnx.List([
+            EncoderBlock(
+                width, mlp_dim, num_heads, dropout=dropout, attention_dropout=attention_dropout,
+                drop_path=stochastic_depth * i / max(depth - 1, 1), layer_norm_eps=layer_norm_eps,
+                gelu_approximate=gelu_approximate, dtype=dtype, rngs=rngs,
+            )
+            for i in range(depth)
+        ])
+        self.encoder_norm = nnx.LayerNorm(width, epsilon=layer_norm_eps, dtype=dtype, rngs=rngs)
+        # Optional pre-logits layer (dense + tanh) of the original ViT / AugReg checkpoints.
+        self.pre_logits = (
+            nnx.Linear(width, representation_size, dtype=dtype, rngs=rngs)
+            if representation_size is not None
+            else None
+        )
+        features = representation_size or width
+        self.num_features = features
+        head_init = (
+            nnx.initializers.zeros_init() if head_zeroinit else nnx.initializers.lecun_normal()
+        )
+        self.head = nnx.Linear(features, num_classes, dtype=dtype, kernel_init=head_init,
+                               rngs=rngs)
+
+    def __call__(self, images: jax.Array, *, train: bool = False) -> ModelOutput:
+        x = self.embedding(images)
+        n, h, w, c = x.shape
+        x = x.reshape(n, h * w, c)
+        if self.pool == "cls":
+            cls = jnp.broadcast_to(self.cls[...].astype(x.dtype), (n, 1, c))
+            x = jnp.concatenate([cls, x], axis=1)
+        pos_embedding = self.pos_embedding[...]
+        if pos_embedding.shape[1] != x.shape[1]:
+            raise ValueError(
+                f"Images of size {images.shape[1]}x{images.shape[2]} give {h}x{w} patches, but "
+                f"this ViT was built for model.image_size={self.image_size}; resize the images or "
+                "set model.image_size to their size."
+            )
+        x = self.dropout(x + pos_embedding.astype(x.dtype), deterministic=not train)
+        for block in self.blocks:
+            x = block(x, train)
+        x = self.encoder_norm(x)
+        x = x[:, 0] if self.pool == "cls" else jnp.mean(x, axis=1)
+        if self.pre_logits is not None:
+            x = jnp.tanh(self.pre_logits(x))
+        logits = self.head(x).astype(jnp.float32)
+        features = x.astype(jnp.float32)
+        return ModelOutput(logits=logits, features=features, head_logits=(logits,),
+                           head_weights=(1.0,))
+
+
+def create(*, num_classes: int, rngs: nnx.Rngs, **kwargs) -> ViT:
+    """Registry factory; options as `ViT.__init__` (variant, image_size, pool, dtype, ...)."""
+    return ViT(num_classes=num_classes, rngs=rngs, **kwargs)

@@ -1,0 +1,115 @@
+"""Optimizer and learning-rate schedule from `config.optimizer` / `config.schedule`.
+
+Lengths in the config are in epochs (or steps where the key says so); `steps_per_epoch`
+converts them, so a recipe reads the same whatever the batch size or split size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import jax
+import ml_collections
+import optax
+
+
+class OptimConfigError(ValueError):
+    """A config.optimizer / config.schedule value that cannot be used."""
+
+
+def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
+    return int(math.ceil(epochs * steps_per_epoch))
+
+
+def create_schedule(
+    config: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int
+) -> optax.Schedule:
+    """The learning rate at each step: linear warm-up, then the configured decay."""
+    lr = float(config.optimizer.lr)
+    sched = config.schedule
+    warmup = sched.get("warmup_steps") or epochs_to_steps(
+        sched.get("warmup_epochs") or 0.0, steps_per_epoch
+    )
+    warmup = min(int(warmup), max(total_steps - 1, 0))
+    name = sched.name
+    if name == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0,
+            peak_value=lr,
+            warmup_steps=warmup,
+            decay_steps=max(total_steps, warmup + 1),
+            end_value=lr * sched.end_lr_fraction,
+        )
+    if name == "step":
+        every = max(epochs_to_steps(sched.step_every_epochs, steps_per_epoch), 1)
+        boundaries = {b: sched.step_factor for b in range(warmup + every, total_steps, every)}
+        decay = optax.piecewise_constant_schedule(lr, boundaries)
+    elif name == "exponential":
+        decay = optax.exponential_decay(
+            lr, transition_steps=max(steps_per_epoch, 1), decay_rate=sched.decay_per_epoch
+        )
+    elif name == "constant":
+        decay = optax.constant_schedule(lr)
+    else:
+        raise OptimConfigError(
+            f"Unknown schedule {name!r} (config key schedule.name). "
+            "Choose one of: cosine, step, exponential, constant."
+        )
+    if warmup == 0:
+        return decay
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, warmup), lambda s: decay(s - warmup)], [warmup]
+    )
+
+
+def decay_mask(params: Mapping) -> Mapping:
+    """True for the weights that get weight decay: kernels, not norm scales or biases (ndim>1)."""
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def head_mask(params: Mapping, head_names: tuple[str, ...]) -> Mapping:
+    """True for the parameters of the classification head(s) (top-level names in HEAD_NAMES)."""
+    return {
+        key: jax.tree.map(lambda _, is_head=key in head_names: is_head, sub)
+        for key, sub in params.items()
+    }
+
+
+def create_optimizer(
+    config: ml_collections.ConfigDict,
+    schedule: optax.Schedule,
+    params: Mapping,
+    head_names: tuple[str, ...] = (),
+) -> optax.GradientTransformation:
+    """Gradient clipping -> optimizer with masked weight decay -> optional head LR multiplier."""
+    opt = config.optimizer
+    wd = float(opt.weight_decay)
+    mask = None if opt.decay_norms_and_biases else decay_mask(params)
+    if opt.name == "adamw":
+        core = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=wd, mask=mask)
+    elif opt.name in ("sgd", "adam"):
+        # Coupled (L2) weight decay as in PyTorch's SGD / Adam, added to the gradient.
+        base = (
+            optax.sgd(schedule, momentum=opt.momentum or None, nesterov=opt.nesterov)
+            if opt.name == "sgd"
+            else optax.adam(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps)
+        )
+        decay = optax.add_decayed_weights(wd, mask) if wd else optax.identity()
+        core = optax.chain(decay, base)
+    else:
+        raise OptimConfigError(
+            f"Unknown optimizer {opt.name!r} (config key optimizer.name). "
+            "Choose one of: adamw, adam, sgd."
+        )
+    parts = []
+    if opt.grad_clip_norm:
+        parts.append(optax.clip_by_global_norm(float(opt.grad_clip_norm)))
+    parts.append(core)
+    if opt.head_lr_multiplier != 1.0 and head_names:
+        # Every update above is linear in the learning rate, so scaling the head's updates is
+        # the same as giving the head its own learning rate.
+        parts.append(
+            optax.masked(optax.scale(float(opt.head_lr_multiplier)), head_mask(params, head_names))
+        )
+    return optax.chain(*parts)

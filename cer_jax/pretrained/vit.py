@@ -1,0 +1,330 @@
+"""ViT checkpoints -> `cer_jax.models.vit.ViT` state paths.
+
+Three formats, told apart by their key names:
+- `.npz` of the original vision_transformer / AugReg releases (`Transformer/encoderblock_{i}/
+  MultiHeadDotProductAttention_1`, `Transformer/posembed_input/pos_embedding` with a class-token
+  entry) and of big_vision (`MultiHeadDotProductAttention_0`, top-level `pos_embedding` without
+  one; scanned `Transformer/encoderblock/...` stacks are split per layer);
+- Hugging Face `model.safetensors` of `ViTForImageClassification` / `ViTModel` (`vit.` prefix
+  optional, `classifier` head, `pooler` = pre-logits);
+- timm `vit_*` safetensors (fused `attn.qkv`).
+
+Position embeddings are resized over the patch grid when the model's image size differs, with
+`jax.image.resize(method="bilinear")` as big_vision does (half-pixel centres, i.e. PyTorch's
+`align_corners=False`, and antialiased when shrinking, i.e. `antialias=True`); the class-token
+entry is kept aside. A model with `pool="gap"` has no class token: the checkpoint's `cls` and
+its position-embedding entry are dropped and reported (the usual way to fine-tune a gap model
+from a cls checkpoint), never silently.
+
+Note on LayerNorm epsilon: Hugging Face's google/vit-* configs use `layer_norm_eps=1e-12`,
+big_vision and timm 1e-6 (this model's default). The difference is far below training noise,
+but to reproduce a Hugging Face model exactly build the ViT with `layer_norm_eps=1e-12`; the
+importer logs a warning when it sees a Hugging Face checkpoint and a different epsilon.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from cer_jax.pretrained import Converted
+from cer_jax.pretrained.core import WeightImportError
+
+HF_LAYER_NORM_EPS = 1e-12
+
+# Leaf renames shared by all formats once the block prefix is known.
+_LEAVES = {"weight": "kernel", "kernel": "kernel", "bias": "bias", "scale": "scale"}
+
+
+def convert(checkpoint: dict[str, np.ndarray], model) -> Converted:
+    """Renames / re-lays-out `checkpoint` for `model` and fits its position embedding."""
+    keys = set(checkpoint)
+    heads = model.blocks[0].attn.num_heads
+    if any(k.startswith("Transformer/") for k in keys):
+        arrays, unused = _from_npz(checkpoint, heads)
+    elif "cls_token" in keys or "pos_embed" in keys or any(k.startswith("blocks.") for k in keys):
+        arrays, unused = _from_timm(checkpoint, heads)
+    elif any("embeddings.patch_embeddings" in k for k in keys):
+        arrays, unused = _from_hf(checkpoint, heads)
+        eps = model.encoder_norm.epsilon
+        if eps != HF_LAYER_NORM_EPS:
+            logging.getLogger(__name__).warning(
+                "Importing a Hugging Face ViT checkpoint into a ViT with layer_norm_eps=%g; "
+                "Hugging Face's google/vit-* models use %g. Set model.layer_norm_eps=%g to "
+                "reproduce them exactly (the difference is tiny).",
+                eps, HF_LAYER_NORM_EPS, HF_LAYER_NORM_EPS,
+            )
+    else:
+        raise WeightImportError(
+            "Not a ViT checkpoint this importer knows (expected big_vision / AugReg .npz, "
+            "Hugging Face ViT or timm vit_* safetensors); its first keys are: "
+            + ", ".join(sorted(keys)[:8])
+        )
+    resized: list[str] = []
+    _fit_tokens(arrays, unused, resized, model)
+    return Converted(arrays=arrays, unused=unused, resized=resized)
+
+
+# ---------------------------------------------------------------------------------------------
+# Formats.
+
+
+def _split_heads(kernel: np.ndarray, heads: int) -> np.ndarray:
+    """(in, out) -> (in, heads, out // heads); left as is when it cannot fit (assign reports)."""
+    if kernel.ndim == 2 and kernel.shape[1] % heads == 0:
+        return kernel.reshape(kernel.shape[0], heads, -1)
+    return kernel
+
+
+def _split_bias(bias: np.ndarray, heads: int) -> np.ndarray:
+    return bias.reshape(heads, -1) if bias.ndim == 1 and bias.shape[0] % heads == 0 else bias
+
+
+def _merge_heads_in(kernel: np.ndarray, heads: int) -> np.ndarray:
+    """Output projection (in, out) -> (heads, in // heads, out)."""
+    if kernel.ndim == 2 and kernel.shape[0] % heads == 0:
+        return kernel.reshape(heads, -1, kernel.shape[1])
+    return kernel
+
+
+def _attention(prefix: str, name: str, leaf: str, value: np.ndarray, heads: int):
+    """Torch-layout q/k/v/out Linear tensors -> NNX MultiHeadAttention layout."""
+    if leaf == "weight":
+        value = value.T  # torch Linear (out, in) -> (in, out)
+    if name == "out":
+        value = _merge_heads_in(value, heads) if leaf == "weight" else value
+    else:
+        value = _split_heads(value, heads) if leaf == "weight" else _split_bias(value, heads)
+    return f"{prefix}/attn/{name}/{_LEAVES[leaf]}", value
+
+
+Rule = tuple[str, Callable[[re.Match[str], np.ndarray], "tuple[str, np.ndarray] | dict"]]
+
+
+def _convert_keys(
+    checkpoint: dict[str, np.ndarray], rules: list[Rule], fmt: str
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Applies the first matching (regex, fn(match, value)) rule to every key. A rule returns
+    one (name, array) pair or a dict of them. Keys no rule knows are an error: silently
+    skipping them could hide a different architecture."""
+    arrays: dict[str, np.ndarray] = {}
+    unknown: list[str] = []
+    for key, value in checkpoint.items():
+        for pattern, fn in rules:
+            match = re.fullmatch(pattern, key)
+            if match:
+                out = fn(match, value)
+                arrays.update(out if isinstance(out, dict) else dict([out]))
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise WeightImportError(
+            f"{fmt} ViT checkpoint has tensors this importer does not understand (a different "
+            "architecture?): " + ", ".join(sorted(unknown)[:20])
+        )
+    return arrays, []
+
+
+def _linear(name: str, leaf: str, value: np.ndarray) -> tuple[str, np.ndarray]:
+    """Torch Linear (out, in) -> (in, out)."""
+    return f"{name}/{_LEAVES[leaf]}", value.T if leaf == "weight" else value
+
+
+def _norm(name: str, leaf: str, value: np.ndarray) -> tuple[str, np.ndarray]:
+    return f"{name}/{'scale' if leaf == 'weight' else 'bias'}", value
+
+
+def _patch_embedding(leaf: str, value: np.ndarray) -> tuple[str, np.ndarray]:
+    """Torch conv O,I,H,W -> H,W,I,O."""
+    return f"embedding/{_LEAVES[leaf]}", value.transpose(2, 3, 1, 0) if leaf == "weight" else value
+
+
+# transformers >= 5 renames ViT modules in memory (saving restores the Hub names); a state dict
+# saved by hand has the new names, mapped back here.
+_HF_V5_NAMES = [
+    (r"^layers\.(\d+)\.attention\.q_proj\.", r"encoder.layer.\1.attention.attention.query."),
+    (r"^layers\.(\d+)\.attention\.k_proj\.", r"encoder.layer.\1.attention.attention.key."),
+    (r"^layers\.(\d+)\.attention\.v_proj\.", r"encoder.layer.\1.attention.attention.value."),
+    (r"^layers\.(\d+)\.attention\.o_proj\.", r"encoder.layer.\1.attention.output.dense."),
+    (r"^layers\.(\d+)\.mlp\.fc1\.", r"encoder.layer.\1.intermediate.dense."),
+    (r"^layers\.(\d+)\.mlp\.fc2\.", r"encoder.layer.\1.output.dense."),
+    (r"^layers\.(\d+)\.", r"encoder.layer.\1."),
+]
+
+
+def _hf_name(key: str) -> str:
+    key = key.removeprefix("vit.")
+    for pattern, repl in _HF_V5_NAMES:
+        key, n = re.subn(pattern, repl, key)
+        if n:
+            break
+    return key
+
+
+def _from_hf(checkpoint, heads):
+    ckpt = {_hf_name(k): v for k, v in checkpoint.items()}
+    block = r"encoder\.layer\.(\d+)\."
+    norms = {"before": "norm1", "after": "norm2"}
+    rules: list[Rule] = [
+        (r"embeddings\.cls_token", lambda m, v: ("cls", v)),
+        (r"embeddings\.position_embeddings", lambda m, v: ("pos_embedding", v)),
+        (r"embeddings\.patch_embeddings\.projection\.(weight|bias)",
+         lambda m, v: _patch_embedding(m.group(1), v)),
+        (block + r"attention\.attention\.(query|key|value)\.(weight|bias)",
+         lambda m, v: _attention(f"blocks/{m.group(1)}", m.group(2), m.group(3), v, heads)),
+        (block + r"attention\.output\.dense\.(weight|bias)",
+         lambda m, v: _attention(f"blocks/{m.group(1)}", "out", m.group(2), v, heads)),
+        (block + r"intermediate\.dense\.(weight|bias)",
+         lambda m, v: _linear(f"blocks/{m.group(1)}/mlp/fc1", m.group(2), v)),
+        (block + r"output\.dense\.(weight|bias)",
+         lambda m, v: _linear(f"blocks/{m.group(1)}/mlp/fc2", m.group(2), v)),
+        (block + r"layernorm_(before|after)\.(weight|bias)",
+         lambda m, v: _norm(f"blocks/{m.group(1)}/{norms[m.group(2)]}", m.group(3), v)),
+        (r"layernorm\.(weight|bias)", lambda m, v: _norm("encoder_norm", m.group(1), v)),
+        (r"pooler\.dense\.(weight|bias)", lambda m, v: _linear("pre_logits", m.group(1), v)),
+        (r"classifier\.(weight|bias)", lambda m, v: _linear("head", m.group(1), v)),
+    ]
+    return _convert_keys(ckpt, rules, "Hugging Face")
+
+
+def _from_timm(checkpoint, heads):
+    def qkv(m, v):
+        if v.shape[0] % 3:
+            raise WeightImportError(
+                f"timm tensor blocks.{m.group(1)}.attn.qkv.{m.group(2)} has shape {v.shape}; its "
+                "first axis should stack q, k and v (a multiple of 3)."
+            )
+        parts = zip(("query", "key", "value"), np.split(v, 3, axis=0), strict=True)
+        return dict(_attention(f"blocks/{m.group(1)}", n, m.group(2), p, heads) for n, p in parts)
+
+    rules: list[Rule] = [
+        (r"cls_token", lambda m, v: ("cls", v)),
+        (r"pos_embed", lambda m, v: ("pos_embedding", v)),
+        (r"patch_embed\.proj\.(weight|bias)", lambda m, v: _patch_embedding(m.group(1), v)),
+        (r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)", qkv),
+        (r"blocks\.(\d+)\.attn\.proj\.(weight|bias)",
+         lambda m, v: _attention(f"blocks/{m.group(1)}", "out", m.group(2), v, heads)),
+        (r"blocks\.(\d+)\.(norm1|norm2)\.(weight|bias)",
+         lambda m, v: _norm(f"blocks/{m.group(1)}/{m.group(2)}", m.group(3), v)),
+        (r"blocks\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)",
+         lambda m, v: _linear(f"blocks/{m.group(1)}/mlp/{m.group(2)}", m.group(3), v)),
+        (r"norm\.(weight|bias)", lambda m, v: _norm("encoder_norm", m.group(1), v)),
+        (r"head\.(weight|bias)", lambda m, v: _linear("head", m.group(1), v)),
+    ]
+    return _convert_keys(checkpoint, rules, "timm")
+
+
+def _from_npz(checkpoint, heads):
+    del heads  # .npz attention kernels already have the (in, heads, head_dim) layout.
+    checkpoint = _unstack_scanned(checkpoint)
+    renames = {
+        "LayerNorm_0": "norm1",
+        "MultiHeadDotProductAttention_1": "attn",  # vision_transformer / AugReg
+        "MultiHeadDotProductAttention_0": "attn",  # big_vision
+        "LayerNorm_2": "norm2",  # vision_transformer / AugReg
+        "LayerNorm_1": "norm2",  # big_vision
+        "MlpBlock_3": "mlp",
+        "MlpBlock_0": "mlp",
+        "Dense_0": "fc1",
+        "Dense_1": "fc2",
+    }
+
+    def in_block(m, v):
+        parts = [renames.get(p, p) for p in m.group(2).split("/")]
+        return f"blocks/{m.group(1)}/" + "/".join(parts), v
+
+    rules: list[Rule] = [
+        (r"cls", lambda m, v: ("cls", v)),
+        (r"(?:Transformer/posembed_input/)?pos_embedding", lambda m, v: ("pos_embedding", v)),
+        (r"embedding/(kernel|bias)", lambda m, v: (f"embedding/{m.group(1)}", v)),
+        (r"Transformer/encoderblock_(\d+)/((?:LayerNorm_[012]|MultiHeadDotProductAttention_[01]/"
+         r"(?:query|key|value|out)|MlpBlock_[03]/Dense_[01])/(?:kernel|bias|scale))", in_block),
+        (r"Transformer/encoder_norm/(scale|bias)", lambda m, v: (f"encoder_norm/{m.group(1)}", v)),
+        (r"(pre_logits|head)/(kernel|bias)", lambda m, v: (f"{m.group(1)}/{m.group(2)}", v)),
+    ]
+    return _convert_keys(checkpoint, rules, ".npz")
+
+
+def _unstack_scanned(checkpoint: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """big_vision with scan=True stores `Transformer/encoderblock/...` with a leading layer axis."""
+    out = {}
+    for key, value in checkpoint.items():
+        if key.startswith("Transformer/encoderblock/"):
+            rest = key.removeprefix("Transformer/encoderblock/")
+            for i, layer in enumerate(value):
+                out[f"Transformer/encoderblock_{i}/{rest}"] = layer
+        else:
+            out[key] = value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Class token and position embedding.
+
+
+def _fit_tokens(arrays: dict[str, np.ndarray], unused: list[str], resized: list[str], model):
+    """Makes `cls` / `pos_embedding` fit the model's pooling and patch grid, reporting changes.
+
+    Pre-logits in the checkpoint but not in the model are dropped (as vision_transformer does
+    when fine-tuning without a representation layer) and reported.
+    """
+    if model.pre_logits is None:
+        for name in [k for k in arrays if k.startswith("pre_logits/")]:
+            unused.append(name)
+            del arrays[name]
+    if "pos_embedding" not in arrays:
+        return  # assign reports it missing
+    posemb = np.asarray(arrays["pos_embedding"])
+    if posemb.ndim != 3 or posemb.shape[0] != 1:
+        return  # wrong rank: assign reports the shape mismatch
+    original_shape = posemb.shape
+    num_tokens = posemb.shape[1]
+    if _is_square(num_tokens - 1) and num_tokens > 1:
+        cls_entry, grid = posemb[:, :1], posemb[:, 1:]
+    elif _is_square(num_tokens):
+        cls_entry, grid = None, posemb  # big_vision: the class token has no position entry
+    else:
+        raise WeightImportError(
+            f"pos_embedding in the checkpoint has {num_tokens} tokens, which is neither a square "
+            "patch grid nor one plus a square; cannot tell its layout."
+        )
+    side = model.image_size // model.patch_size
+    notes = []
+    if grid.shape[1] != side * side:
+        old = math.isqrt(grid.shape[1])
+        grid = resize_posemb_grid(grid, side)
+        notes.append(f"grid {old}x{old} -> {side}x{side} (bilinear)")
+    if model.pool == "cls":
+        if cls_entry is None:
+            cls_entry = np.zeros_like(grid[:, :1])
+            notes.append("zero class-token entry added (big_vision layout)")
+        posemb = np.concatenate([cls_entry, grid], axis=1)
+    else:
+        if cls_entry is not None:
+            notes.append("class-token entry dropped (pool='gap')")
+        if "cls" in arrays:
+            unused.append("cls")
+            del arrays["cls"]
+        posemb = grid
+    arrays["pos_embedding"] = posemb
+    if notes:
+        resized.append(f"pos_embedding {original_shape} -> {posemb.shape}: " + ", ".join(notes))
+
+
+def _is_square(n: int) -> bool:
+    return n >= 0 and math.isqrt(n) ** 2 == n
+
+
+def resize_posemb_grid(grid: np.ndarray, side: int) -> np.ndarray:
+    """(1, g*g, D) -> (1, side*side, D), bilinear over the g x g patch grid (as big_vision)."""
+    old = math.isqrt(grid.shape[1])
+    width = grid.shape[-1]
+    image = grid.reshape(old, old, width)
+    out = jax.image.resize(image, (side, side, width), method="bilinear", antialias=True)
+    return np.asarray(out, dtype=grid.dtype).reshape(1, side * side, width)

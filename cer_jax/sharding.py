@@ -1,0 +1,53 @@
+"""One 1-D data-parallel mesh over every device of every host, and batch placement on it.
+
+The train state is replicated; batches are split along the "data" axis. Under `jax.jit` the
+model then sees the global batch, so BatchNorm statistics are global across devices for free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+
+def create_mesh() -> Mesh:
+    return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def data_sharded(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def check_batch_size(global_batch_size: int, key: str) -> None:
+    """The global batch must split evenly over every device (and so over every host)."""
+    devices = jax.device_count()
+    if global_batch_size <= 0 or global_batch_size % devices:
+        suggestion = max(devices, global_batch_size // devices * devices)
+        raise ValueError(
+            f"{key}={global_batch_size} is not divisible by the {devices} devices in use. "
+            f"Set {key} to a multiple of {devices} (e.g. {suggestion})."
+        )
+
+
+def to_global(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
+    """Host-local numpy arrays -> global arrays sharded along the data axis (strings dropped)."""
+    sharding = data_sharded(mesh)
+    return {
+        key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+        for key, value in batch.items()
+        if np.asarray(value).dtype != object and np.asarray(value).dtype.kind not in "US"
+    }
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    return jax.device_put(tree, replicated(mesh))

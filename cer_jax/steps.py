@@ -1,0 +1,179 @@
+"""Pure train and eval steps over the train-state pytree, jitted over the data mesh.
+
+`train_step(state, batch) -> (state, metrics)` merges the model from the static graphdef and the
+state, computes the loss (sum over heads of head_weight * cross-entropy, optional label
+smoothing and class weights), applies the optimizer and returns a new state. Metrics are sums
+kept on device; the loop adds them up and fetches them only when it logs.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from cer_jax import sharding
+from cer_jax.models import ModelOutput
+from cer_jax.train_state import TrainState, merge_model
+
+Metrics = dict[str, jax.Array]
+
+
+def per_example_loss(
+    output: ModelOutput, labels: jax.Array, num_classes: int, label_smoothing: float = 0.0
+) -> jax.Array:
+    """sum_i head_weight_i * CE(head_logits_i, labels), per example, in float32."""
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+    return sum(
+        weight * optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+        for logits, weight in zip(output.head_logits, output.head_weights, strict=True)
+    )
+
+
+def weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
+    return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1e-12)
+
+
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    num_classes: int,
+    label_smoothing: float,
+    class_weights: np.ndarray | None,
+) -> tuple[TrainState, Metrics]:
+    labels = batch["label"]
+    example_weights = (
+        jnp.asarray(class_weights, jnp.float32)[labels]
+        if class_weights is not None
+        else jnp.ones(labels.shape, jnp.float32)
+    )
+
+    def loss_fn(params: dict) -> tuple[jax.Array, tuple[jax.Array, dict]]:
+        model = merge_model(graphdef, params, state["rest"])
+        output = model(batch["image"], train=True)
+        losses = per_example_loss(output, labels, num_classes, label_smoothing)
+        rest = nnx.state(model, nnx.Not(nnx.Param)).to_pure_dict()
+        return weighted_mean(losses, example_weights), (output.logits, rest)
+
+    (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    grad_norm = optax.global_norm(grads)
+    count = jnp.asarray(labels.shape[0], jnp.float32)
+    metrics = {
+        "loss_sum": loss * count,
+        "correct": jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32),
+        "count": count,
+        "grad_norm_sum": grad_norm,
+        "steps": jnp.ones((), jnp.float32),
+        # Checked on the host at log / checkpoint time only: no sync inside the loop.
+        "nonfinite": jnp.logical_not(jnp.isfinite(loss) & jnp.isfinite(grad_norm)).astype(
+            jnp.float32
+        ),
+    }
+    new_state = {"step": state["step"] + 1, "params": params, "rest": rest, "opt_state": opt_state}
+    return new_state, metrics
+
+
+def eval_step(
+    state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.GraphDef, num_classes: int
+) -> dict[str, jax.Array]:
+    """Logits, features and per-example loss (no smoothing, no class weights) of one batch."""
+    model = merge_model(graphdef, state["params"], state["rest"])
+    output = model(batch["image"], train=False)
+    return {
+        "logits": output.logits.astype(jnp.float32),
+        "features": output.features.astype(jnp.float32),
+        "loss": per_example_loss(output, batch["label"], num_classes),
+        "label": batch["label"],
+        "mask": batch["mask"],
+    }
+
+
+def run_eval(
+    eval_fn: Callable[[TrainState, dict[str, jax.Array]], dict[str, jax.Array]],
+    state: TrainState,
+    batches: Iterable[dict[str, np.ndarray]],
+    mesh: Mesh,
+) -> dict[str, np.ndarray]:
+    """Every real example of a split exactly once (padding dropped by its mask), in file order:
+    {"logits", "features", "loss", "label", "file_name"} as numpy arrays over all hosts."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for batch in batches:
+        outputs = multihost_utils.process_allgather(
+            eval_fn(state, sharding.to_global(batch, mesh)), tiled=True
+        )
+        outputs["file_name"] = gather_strings(batch["file_name"])
+        mask = np.asarray(outputs.pop("mask"), bool)
+        for key, value in outputs.items():
+            parts.setdefault(key, []).append(np.asarray(value)[mask])
+    if not parts:
+        raise ValueError("the eval split yielded no batches")
+    return {key: np.concatenate(values) for key, values in parts.items()}
+
+
+def gather_strings(local: np.ndarray) -> np.ndarray:
+    """Host-local strings -> the same strings from every host, in process order."""
+    local = np.asarray(local).astype(str)
+    if jax.process_count() == 1:
+        return local
+    encoded = np.char.encode(local, "utf-8").astype("S512")
+    raw = np.frombuffer(encoded.tobytes(), np.uint8).reshape(len(local), 512)
+    gathered = np.asarray(multihost_utils.process_allgather(raw, tiled=True))
+    return np.char.decode(gathered.copy().view("S512").reshape(-1), "utf-8")
+
+
+def add_metrics(total: Metrics | None, new: Metrics) -> Metrics:
+    return new if total is None else _add(total, new)
+
+
+@jax.jit
+def _add(a: Metrics, b: Metrics) -> Metrics:
+    return jax.tree.map(jnp.add, a, b)
+
+
+def jit_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    *,
+    num_classes: int,
+    label_smoothing: float = 0.0,
+    class_weights: np.ndarray | None = None,
+) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, Metrics]]:
+    """The train step compiled once for this mesh; the input state's buffers are donated."""
+    step = functools.partial(
+        train_step,
+        graphdef=graphdef,
+        tx=tx,
+        num_classes=num_classes,
+        label_smoothing=label_smoothing,
+        class_weights=class_weights,
+    )
+    return jax.jit(
+        step,
+        in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),
+        out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+
+
+def jit_eval_step(
+    graphdef: nnx.GraphDef, mesh: Mesh, *, num_classes: int
+) -> Callable[[TrainState, dict[str, jax.Array]], dict[str, jax.Array]]:
+    step = functools.partial(eval_step, graphdef=graphdef, num_classes=num_classes)
+    return jax.jit(
+        step,
+        in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),
+        out_shardings=sharding.data_sharded(mesh),
+    )

@@ -1,0 +1,541 @@
+"""SYNTHETIC RAF-DB: procedurally drawn cartoon faces in the exact RAF-DB on-disk layout.
+
+These are not photographs of people. The tree exists so that the whole pipeline (TFDS builder,
+input pipeline, training, fusion, report) runs end to end, in CI and in demos, without the real
+RAF-DB, which is released only on request. Numbers measured on it say nothing about real faces.
+
+Each basic emotion is a set of facial-action changes (brows, eyelids, cheeks, nose, mouth) with
+a per-image intensity; a compound class blends the actions of its two emotions, so classes that
+share an emotion look alike. Identity, skin tone, pose, scale, lighting, background and noise
+vary per image. Output is byte-identical for the same arguments: every image draws from its own
+RNG seeded by (seed, split, index), JPEG quality is fixed and nothing time-dependent is written.
+
+    python -m cer_jax.synthetic --out /tmp/rafdb_synth/compound --kind compound
+    python -m cer_jax.synthetic --preview docs/synthetic_faces.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+from PIL import Image, ImageDraw
+
+JPEG_QUALITY = 92
+ALIGNED_SIZE = 100
+LABEL_FILE = "EmoLabel/list_patition_label.txt"
+
+# The actions every emotion is made of; values are intensities in [0, 1] at full expression.
+ACTIONS = (
+    "brow_raise",
+    "inner_brow_raise",
+    "brow_lower",
+    "eye_widen",
+    "lid_tighten",
+    "cheek_raise",
+    "nose_wrinkle",
+    "upper_lip_raise",
+    "corner_up",
+    "corner_down",
+    "mouth_open",
+    "lip_stretch",
+    "lip_press",
+)
+EMOTION_ACTIONS: dict[str, dict[str, float]] = {
+    "surprise": {"brow_raise": 1.0, "eye_widen": 0.8, "mouth_open": 0.9},
+    "fear": {
+        "brow_raise": 0.5,
+        "inner_brow_raise": 0.7,
+        "brow_lower": 0.3,
+        "eye_widen": 1.0,
+        "lip_stretch": 0.9,
+        "mouth_open": 0.35,
+    },
+    "disgust": {
+        "nose_wrinkle": 1.0,
+        "upper_lip_raise": 0.9,
+        "brow_lower": 0.5,
+        "lid_tighten": 0.4,
+        "corner_down": 0.3,
+    },
+    "happiness": {"corner_up": 1.0, "cheek_raise": 0.8, "mouth_open": 0.3, "lid_tighten": 0.2},
+    "sadness": {"inner_brow_raise": 1.0, "corner_down": 0.9, "lid_tighten": 0.3, "lip_press": 0.3},
+    "anger": {"brow_lower": 1.0, "lid_tighten": 0.6, "eye_widen": 0.3, "lip_press": 0.9},
+    "neutral": {},
+}
+
+# RAF-DB label ids are 1-based positions in these tuples.
+COMPOUND_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Happily Surprised", ("happiness", "surprise")),
+    ("Happily Disgusted", ("happiness", "disgust")),
+    ("Sadly Fearful", ("sadness", "fear")),
+    ("Sadly Angry", ("sadness", "anger")),
+    ("Sadly Surprised", ("sadness", "surprise")),
+    ("Sadly Disgusted", ("sadness", "disgust")),
+    ("Fearfully Angry", ("fear", "anger")),
+    ("Fearfully Surprised", ("fear", "surprise")),
+    ("Angrily Surprised", ("anger", "surprise")),
+    ("Angrily Disgusted", ("anger", "disgust")),
+    ("Disgustedly Surprised", ("disgust", "surprise")),
+)
+BASIC_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Surprise", ("surprise",)),
+    ("Fear", ("fear",)),
+    ("Disgust", ("disgust",)),
+    ("Happiness", ("happiness",)),
+    ("Sadness", ("sadness",)),
+    ("Anger", ("anger",)),
+    ("Neutral", ("neutral",)),
+)
+# Image counts per label id in the real RAF-DB (train + test); only their ratios are used.
+RAFDB_COUNTS = {
+    "compound": (697, 266, 129, 163, 86, 738, 150, 560, 176, 841, 148),
+    "basic": (1619, 355, 877, 5957, 2460, 867, 3204),
+}
+CLASSES = {"compound": COMPOUND_CLASSES, "basic": BASIC_CLASSES}
+TRAIN_DIGITS = {"compound": 4, "basic": 5}
+_SPLIT_CODES = {"train": 1, "test": 2}
+_SKIN_TONES = np.array(
+    [
+        [255, 224, 196],
+        [241, 194, 167],
+        [224, 172, 138],
+        [198, 134, 102],
+        [161, 102, 76],
+        [120, 74, 52],
+        [90, 56, 40],
+    ],
+    dtype=np.float64,
+)  # RGB, light to dark
+_HAIR_COLOURS = np.array(
+    [[30, 24, 20], [70, 45, 30], [120, 80, 45], [180, 140, 90], [200, 190, 170], [110, 40, 25]],
+    dtype=np.float64,
+)
+_README = """\
+SYNTHETIC RAF-DB-LAYOUT TREE - NOT REAL FACES, NOT RAF-DB.
+
+Written by `python -m cer_jax.synthetic` (cer_jax) with kind={kind}, seed={seed},
+{num_train} train and {num_test} test images. Cartoon faces are drawn procedurally; each class is a
+blend of facial actions. Use it to exercise the pipeline only; results on it say nothing about
+expression recognition on real faces. The layout mirrors RAF-DB so the same TFDS builder reads it:
+  EmoLabel/list_patition_label.txt, Image/original/, Image/aligned/, Annotation/manual/
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeSummary:
+    """What `write_tree` wrote: counts are per RAF-DB label id (index 0 holds id 1)."""
+
+    out_dir: pathlib.Path
+    kind: str
+    class_names: tuple[str, ...]
+    train_counts: tuple[int, ...]
+    test_counts: tuple[int, ...]
+
+    @property
+    def num_train(self) -> int:
+        return sum(self.train_counts)
+
+    @property
+    def num_test(self) -> int:
+        return sum(self.test_counts)
+
+
+def class_counts(kind: str, total: int, minimum: int) -> tuple[int, ...]:
+    """Splits `total` over the classes in RAF-DB's proportions, at least `minimum` each.
+
+    Largest-remainder rounding keeps the counts ordered like RAF-DB's (a more frequent class
+    never gets fewer images) and summing exactly to `total`.
+    """
+    weights = np.asarray(RAFDB_COUNTS[kind], dtype=np.float64)
+    num_classes = len(weights)
+    if total < minimum * num_classes:
+        raise ValueError(
+            f"{total} images cannot give each of the {num_classes} {kind} classes at least "
+            f"{minimum}: ask for at least {minimum * num_classes}."
+        )
+    share = (total - minimum * num_classes) * weights / weights.sum()
+    counts = np.floor(share).astype(np.int64)
+    remainders = share - counts
+    for i in np.argsort(-remainders, kind="stable")[: total - minimum * num_classes - counts.sum()]:
+        counts[i] += 1
+    return tuple(int(c) + minimum for c in counts)
+
+
+def _face_actions(emotions: Sequence[str], rng: np.random.Generator) -> dict[str, float]:
+    """Blends the emotions' actions with random weights, intensity and per-action jitter."""
+    intensity = rng.uniform(0.45, 1.0)
+    actions = dict.fromkeys(ACTIONS, 0.0)
+    for emotion in emotions:
+        weight = rng.uniform(0.6, 1.0) if len(emotions) > 1 else 1.0
+        for name, value in EMOTION_ACTIONS[emotion].items():
+            actions[name] = max(actions[name], weight * value)
+    return {
+        k: float(np.clip(intensity * v + rng.normal(0.0, 0.12), 0.0, 1.0))
+        for k, v in actions.items()
+    }
+
+
+def _ellipse(cx: float, cy: float, ax: float, ay: float, n: int = 40) -> np.ndarray:
+    t = np.linspace(0.0, 2.0 * np.pi, n, endpoint=False)
+    return np.stack([cx + ax * np.cos(t), cy + ay * np.sin(t)], axis=1)
+
+
+def _quad_curve(p0, p1, p2, n: int = 12) -> np.ndarray:
+    """Quadratic Bezier from p0 to p2 pulled towards p1."""
+    t = np.linspace(0.0, 1.0, n)[:, None]
+    p0, p1, p2 = (np.asarray(p, dtype=np.float64) for p in (p0, p1, p2))
+    return (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
+
+
+class _Canvas:
+    """Draws shapes given in face coordinates (face half-width = 1, y down) onto an image."""
+
+    _SHIFT = 4  # sub-pixel bits for OpenCV's anti-aliased drawing
+
+    def __init__(self, image: np.ndarray, transform: np.ndarray):
+        self.image = image
+        self.transform = transform  # 2x3, face coordinates -> pixels
+
+    def _pixels(self, points: np.ndarray) -> np.ndarray:
+        pts = points @ self.transform[:, :2].T + self.transform[:, 2]
+        return np.round(pts * (1 << self._SHIFT)).astype(np.int32)
+
+    def fill(self, points: np.ndarray, colour) -> None:
+        cv2.fillPoly(self.image, [self._pixels(points)], _bgr(colour), cv2.LINE_AA, self._SHIFT)
+
+    def line(self, points: np.ndarray, colour, width_units: float) -> None:
+        scale = float(np.hypot(*self.transform[:, 0]))
+        width = max(1, int(round(width_units * scale)))
+        cv2.polylines(
+            self.image, [self._pixels(points)], False, _bgr(colour), width, cv2.LINE_AA, self._SHIFT
+        )
+
+
+def _bgr(colour) -> tuple[float, float, float]:
+    r, g, b = colour
+    return (float(b), float(g), float(r))
+
+
+def _draw_face(canvas: _Canvas, identity: dict, a: dict[str, float], yaw: float) -> np.ndarray:
+    """Draws one face; returns the 5 landmarks (eyes, nose tip, mouth corners) in face coords."""
+    skin, hair = identity["skin"], identity["hair"]
+    fw, fh = identity["face_w"], identity["face_h"]
+    dark = skin * 0.55
+    # Hair behind the head, ears, head.
+    canvas.fill(_ellipse(0.0, -0.25 * fh, fw * 1.12, fh * 0.95 * identity["hair_len"]), hair)
+    for side in (-1, 1):
+        canvas.fill(_ellipse(side * fw * 0.97 + yaw * 0.3, 0.0, 0.14, 0.24), skin * 0.92)
+    canvas.fill(_ellipse(yaw * 0.15, 0.0, fw, fh), skin)
+    canvas.fill(_ellipse(yaw * 0.15, -fh * 0.78, fw * 0.85, fh * 0.3), hair)  # fringe
+
+    ex, ey = identity["eye_dx"], identity["eye_y"]
+    eye_w = identity["eye_w"]
+    opening = (
+        eye_w
+        * (0.48 + 0.35 * a["eye_widen"] - 0.3 * a["lid_tighten"] - 0.2 * a["cheek_raise"])
+        * identity["eye_open"]
+    )
+    brow_y = ey - 0.22 - 0.14 * a["brow_raise"] + 0.1 * a["brow_lower"] + identity["brow_dy"]
+    inner_dy = -0.14 * a["inner_brow_raise"] + 0.1 * a["brow_lower"]
+    inner_dx = -0.05 * a["brow_lower"]
+    landmarks = []
+    for side in (-1, 1):  # image-left eye first
+        cx = side * ex + yaw * 0.35
+        # Eye white, iris, pupil, then the lids drawn in skin over the white.
+        canvas.fill(_ellipse(cx, ey, eye_w, max(opening, 0.015)), (245, 245, 240))
+        iris_r = min(eye_w * 0.55, max(opening, 0.02))
+        canvas.fill(_ellipse(cx + yaw * 0.08, ey, iris_r, iris_r, 20), identity["iris"])
+        canvas.fill(_ellipse(cx + yaw * 0.08, ey, iris_r * 0.45, iris_r * 0.45, 16), (15, 15, 15))
+        upper = _quad_curve((cx - eye_w, ey), (cx, ey - 2.1 * opening), (cx + eye_w, ey))
+        canvas.line(upper, dark * 0.6, 0.035)
+        if a["cheek_raise"] > 0.15:  # lower lid pushed up by the cheek
+            lower = _quad_curve((cx - eye_w, ey + 0.02), (cx, ey - 0.02), (cx + eye_w, ey + 0.02))
+            canvas.line(lower, dark, 0.02 + 0.03 * a["cheek_raise"])
+            canvas.fill(_ellipse(cx + side * 0.1, ey + 0.38, 0.17, 0.1), skin * (1.0, 0.86, 0.86))
+        # Brow: inner end near the nose, outer end at the temple.
+        inner = (cx - side * (eye_w * 0.9 + inner_dx), brow_y + inner_dy)
+        outer = (cx + side * eye_w * 1.25, brow_y + 0.04 - 0.03 * a["brow_raise"])
+        mid = ((inner[0] + outer[0]) / 2, min(inner[1], outer[1]) - identity["brow_arch"])
+        canvas.line(_quad_curve(inner, mid, outer), hair * 0.8, identity["brow_w"])
+        landmarks.append((cx, ey))
+
+    # Nose: bridge, tip and nostrils; disgust wrinkles the bridge.
+    nx = yaw * 0.45
+    tip_y = identity["nose_y"] - 0.03 * a["nose_wrinkle"]
+    canvas.line(
+        _quad_curve((nx - 0.05, ey + 0.05), (nx - 0.1, tip_y - 0.15), (nx, tip_y)), dark, 0.03
+    )
+    flare = 0.1 + 0.05 * a["nose_wrinkle"]
+    canvas.line(
+        _quad_curve((nx - flare, tip_y - 0.03), (nx, tip_y + 0.07), (nx + flare, tip_y - 0.03)),
+        dark,
+        0.03,
+    )
+    if a["nose_wrinkle"] > 0.15:
+        for k in range(3):
+            y = ey + 0.02 + 0.05 * k
+            canvas.line(
+                np.array([[nx - 0.08, y + 0.02], [nx, y], [nx + 0.08, y + 0.02]]),
+                dark,
+                0.012 + 0.018 * a["nose_wrinkle"],
+            )
+    landmarks.append((nx, tip_y))
+
+    # Mouth: corners move up/down/out; lips open, press or raise.
+    mx, my = yaw * 0.4, identity["mouth_y"]
+    half = identity["mouth_w"] * (
+        1.0 + 0.3 * a["lip_stretch"] + 0.12 * a["corner_up"] - 0.15 * a["lip_press"]
+    )
+    corner_y = my + identity["mouth_curve"] - 0.13 * a["corner_up"] + 0.12 * a["corner_down"]
+    open_ = 0.3 * a["mouth_open"]
+    lip = identity["lip"] * (1.0 - 0.4 * a["lip_press"])
+    upper_top = my - lip - 0.1 * a["upper_lip_raise"]
+    lower_bottom = my + open_ + lip * 1.3
+    left, right = (mx - half, corner_y), (mx + half, corner_y)
+    upper_outer = _quad_curve(left, (mx, 2 * upper_top - corner_y), right)
+    lower_outer = _quad_curve(right, (mx, 2 * lower_bottom - corner_y), left)
+    lip_colour = skin * (0.8, 0.55, 0.55)
+    canvas.fill(np.concatenate([upper_outer, lower_outer]), lip_colour)
+    if open_ > 0.03:
+        gap_top = _quad_curve(left, (mx, 2 * (my - 0.3 * lip) - corner_y), right)
+        gap_bottom = _quad_curve(right, (mx, 2 * (my + open_ - 0.3 * lip) - corner_y), left)
+        canvas.fill(np.concatenate([gap_top, gap_bottom]), (60, 20, 25))
+        teeth_bottom = _quad_curve(right, (mx, 2 * (my + 0.35 * open_) - corner_y), left)
+        canvas.fill(np.concatenate([gap_top, teeth_bottom]), (240, 238, 230))
+    else:
+        seam = _quad_curve(left, (mx, 2 * my - corner_y), right)
+        canvas.line(seam, lip_colour * 0.55, 0.025 + 0.02 * a["lip_press"])
+    landmarks.extend([left, right])
+    return np.asarray(landmarks, dtype=np.float64)
+
+
+def _identity(rng: np.random.Generator) -> dict:
+    tone = rng.uniform(0, len(_SKIN_TONES) - 1)
+    low = int(np.floor(tone))
+    skin = _SKIN_TONES[low] + (tone - low) * (_SKIN_TONES[min(low + 1, 6)] - _SKIN_TONES[low])
+    return {
+        "skin": skin * rng.uniform(0.95, 1.05, 3).clip(0, 255 / np.maximum(skin, 1)),
+        "hair": _HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))] * rng.uniform(0.8, 1.2),
+        "iris": rng.choice([[60, 40, 25], [90, 60, 30], [70, 110, 150], [80, 110, 70]]),
+        "face_w": rng.uniform(0.92, 1.08),
+        "face_h": rng.uniform(1.2, 1.45),
+        "hair_len": rng.uniform(0.75, 1.15),
+        "eye_dx": rng.uniform(0.34, 0.44),
+        "eye_y": rng.uniform(-0.25, -0.1),
+        "eye_w": rng.uniform(0.13, 0.18),
+        "eye_open": rng.uniform(0.8, 1.2),
+        "brow_dy": rng.uniform(-0.05, 0.05),
+        "brow_arch": rng.uniform(0.0, 0.06),
+        "brow_w": rng.uniform(0.035, 0.07),
+        "nose_y": rng.uniform(0.2, 0.32),
+        "mouth_y": rng.uniform(0.58, 0.72),
+        "mouth_w": rng.uniform(0.24, 0.34),
+        "mouth_curve": rng.uniform(-0.03, 0.03),
+        "lip": rng.uniform(0.035, 0.06),
+    }
+
+
+def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Vertical/horizontal colour gradient with a few soft blobs of clutter (BGR uint8)."""
+    c0, c1 = rng.uniform(20, 235, 3), rng.uniform(20, 235, 3)
+    angle = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    t = (np.cos(angle) * xx / width + np.sin(angle) * yy / height + 1.0) / 2.0
+    image = (c0 + t[..., None] * (c1 - c0)).astype(np.uint8)
+    for _ in range(rng.integers(0, 4)):
+        centre = (int(rng.integers(width)), int(rng.integers(height)))
+        axes = (int(rng.integers(10, width // 2)), int(rng.integers(10, height // 2)))
+        colour = tuple(float(v) for v in rng.uniform(0, 255, 3))
+        cv2.ellipse(
+            image, centre, axes, float(rng.uniform(0, 180)), 0, 360, colour, -1, cv2.LINE_AA
+        )
+    return image
+
+
+def _similarity(scale: float, angle: float, tx: float, ty: float) -> np.ndarray:
+    c, s = scale * np.cos(angle), scale * np.sin(angle)
+    return np.array([[c, -s, tx], [s, c, ty]], dtype=np.float64)
+
+
+def render_face(
+    emotions: Sequence[str], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draws one synthetic photo; returns (original RGB, aligned 100x100 RGB, 5x2 landmarks).
+
+    Landmarks are in the original image's pixel coordinates, as RAF-DB gives them.
+    """
+    actions = _face_actions(emotions, rng)
+    identity = _identity(rng)
+    width, height = (int(v) for v in rng.integers(160, 241, 2))
+    scale = rng.uniform(0.16, 0.24) * min(width, height)
+    margin = 1.7 * identity["face_h"] * scale / 1.3
+    cx = rng.uniform(min(margin, width / 2), max(width - margin, width / 2))
+    cy = rng.uniform(min(margin, height / 2), max(height - margin, height / 2))
+    to_original = _similarity(scale, rng.uniform(-0.25, 0.25), cx, cy)
+
+    image = _background(rng, height, width)
+    canvas = _Canvas(image, to_original)
+    landmarks_face = _draw_face(canvas, identity, actions, yaw=rng.uniform(-0.2, 0.2))
+
+    # Lighting from one side, sensor noise, slight blur: applied to the whole photo.
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    direction = rng.uniform(0, 2 * np.pi)
+    ramp = np.cos(direction) * (xx / width - 0.5) + np.sin(direction) * (yy / height - 0.5)
+    gain = rng.uniform(0.85, 1.1) + rng.uniform(0.0, 0.5) * ramp
+    photo = image.astype(np.float32) * gain[..., None]
+    photo += rng.normal(0.0, rng.uniform(1.0, 7.0), photo.shape).astype(np.float32)
+    photo = np.clip(photo, 0, 255).astype(np.uint8)
+    if rng.random() < 0.4:
+        photo = cv2.GaussianBlur(photo, (3, 3), 0)
+
+    # Aligned crop: the face frame mapped to the centre of 100x100, with the small errors a
+    # landmark-based aligner makes.
+    aligned_scale = rng.uniform(31.0, 35.0) * 1.3 / identity["face_h"]
+    to_aligned = _similarity(
+        aligned_scale, rng.uniform(-0.05, 0.05), 50 + rng.normal(0, 1.5), 52 + rng.normal(0, 1.5)
+    )
+    original_to_aligned = to_aligned @ np.vstack(
+        [cv2.invertAffineTransform(to_original), [0, 0, 1]]
+    )
+    aligned = cv2.warpAffine(
+        photo,
+        original_to_aligned,
+        (ALIGNED_SIZE, ALIGNED_SIZE),
+        flags=cv2.INTER_AREA,
+        borderMode=cv2.BORDER_REFLECT,
+    )
+    landmarks = landmarks_face @ to_original[:, :2].T + to_original[:, 2]
+    return photo[..., ::-1], aligned[..., ::-1], landmarks
+
+
+def _jpeg(rgb: np.ndarray) -> bytes:
+    ok, encoded = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    assert ok, "OpenCV failed to encode a JPEG"
+    return encoded.tobytes()
+
+
+def _manual_annotation(landmarks: np.ndarray, rng: np.random.Generator) -> str:
+    """RAF-DB's manual file: 5 landmark lines, then gender, race and age-group lines."""
+    lines = [f"{x:.2f}\t{y:.2f}" for x, y in landmarks]
+    lines += [str(rng.integers(0, 3)), str(rng.integers(0, 3)), str(rng.integers(0, 5))]
+    return "\n".join(lines) + "\n"
+
+
+def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """One image's RNG: depends only on (seed, split, index), so any order gives equal bytes."""
+    return np.random.default_rng([seed, _SPLIT_CODES[split], index])
+
+
+def _labels(kind: str, counts: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+    labels = np.repeat(np.arange(1, len(counts) + 1), counts)
+    return labels[rng.permutation(len(labels))]
+
+
+def write_tree(
+    out_dir: str | pathlib.Path,
+    kind: str = "compound",
+    num_train: int = 1200,
+    num_test: int = 300,
+    seed: int = 0,
+) -> TreeSummary:
+    """Writes a synthetic tree with RAF-DB's layout, names and class imbalance into `out_dir`.
+
+    `out_dir` plays the role of RAF-DB's `basic/` or `compound/` folder: pass it to the TFDS
+    builder as `--manual_dir`. Existing files with the same names are overwritten.
+    """
+    if kind not in CLASSES:
+        raise ValueError(f"kind must be one of {sorted(CLASSES)}, got {kind!r}.")
+    root = pathlib.Path(out_dir)
+    train_counts = class_counts(kind, num_train, minimum=2)
+    test_counts = class_counts(kind, num_test, minimum=1)
+    for sub in ("EmoLabel", "Image/original", "Image/aligned", "Annotation/manual"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+
+    label_lines = []
+    for split, counts in (("train", train_counts), ("test", test_counts)):
+        digits = TRAIN_DIGITS[kind] if split == "train" else 4
+        labels = _labels(kind, counts, np.random.default_rng([seed, _SPLIT_CODES[split]]))
+        for index, label in enumerate(labels, start=1):
+            stem = f"{split}_{index:0{digits}d}"
+            rng = image_rng(seed, split, index)
+            original, aligned, landmarks = render_face(CLASSES[kind][label - 1][1], rng)
+            (root / "Image/original" / f"{stem}.jpg").write_bytes(_jpeg(original))
+            (root / "Image/aligned" / f"{stem}_aligned.jpg").write_bytes(_jpeg(aligned))
+            (root / "Annotation/manual" / f"{stem}_manu_attri.txt").write_text(
+                _manual_annotation(landmarks, rng)
+            )
+            label_lines.append(f"{stem}.jpg {label}\n")
+    (root / LABEL_FILE).write_text("".join(label_lines))
+    (root / "SYNTHETIC_README.txt").write_text(
+        _README.format(kind=kind, seed=seed, num_train=num_train, num_test=num_test)
+    )
+    return TreeSummary(
+        out_dir=root,
+        kind=kind,
+        class_names=tuple(name for name, _ in CLASSES[kind]),
+        train_counts=train_counts,
+        test_counts=test_counts,
+    )
+
+
+def preview(path: str | pathlib.Path, kind: str = "compound", per_class: int = 6, seed: int = 0):
+    """Saves a PNG grid of aligned synthetic faces, one row per class, labelled."""
+    classes = CLASSES[kind]
+    label_w, cell = 150, ALIGNED_SIZE + 4
+    sheet = Image.new("RGB", (label_w + per_class * cell, len(classes) * cell + 24), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text(
+        (4, 4), f"SYNTHETIC faces (cer_jax.synthetic, kind={kind}) - not real people", fill="black"
+    )
+    for row, (name, emotions) in enumerate(classes):
+        y = 24 + row * cell
+        draw.text((4, y + cell // 2 - 6), name, fill="black")
+        for col in range(per_class):
+            _, aligned, _ = render_face(emotions, image_rng(seed, "train", 1000 * row + col))
+            sheet.paste(Image.fromarray(aligned), (label_w + col * cell, y + 2))
+    sheet.save(path)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m cer_jax.synthetic",
+        description="Write a SYNTHETIC (drawn, not real) face tree in RAF-DB's on-disk layout.",
+    )
+    parser.add_argument("--out", help="tree root to write (becomes the builder's --manual_dir)")
+    parser.add_argument("--kind", choices=sorted(CLASSES), default="compound")
+    parser.add_argument("--num-train", type=int, default=None, help="default 1200 (compound)")
+    parser.add_argument("--num-test", type=int, default=None, help="default 300 (compound)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preview", metavar="PNG", help="also save a grid of faces per class")
+    args = parser.parse_args(argv)
+    if not args.out and not args.preview:
+        parser.error("give --out DIR (and/or --preview PNG)")
+    if args.preview:
+        preview(args.preview, kind=args.kind, seed=args.seed)
+        print(f"Wrote a preview of SYNTHETIC faces to {args.preview}")
+    if args.out:
+        default_train, default_test = (1200, 300) if args.kind == "compound" else (2400, 600)
+        summary = write_tree(
+            args.out,
+            kind=args.kind,
+            num_train=args.num_train or default_train,
+            num_test=args.num_test or default_test,
+            seed=args.seed,
+        )
+        print(
+            f"Wrote a SYNTHETIC {summary.kind} tree (drawn faces, not RAF-DB) to {summary.out_dir}"
+        )
+        print(f"  {summary.num_train} train / {summary.num_test} test images")
+        for name, n_train, n_test in zip(
+            summary.class_names, summary.train_counts, summary.test_counts, strict=True
+        ):
+            print(f"  {name:<24s} train {n_train:5d}  test {n_test:4d}")
+
+
+if __name__ == "__main__":
+    main()

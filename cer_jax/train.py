@@ -1,0 +1,40 @@
+r"""Train one model: `python -m cer_jax.train --config=configs/vit.py:smoke --workdir=/tmp/vit`.
+
+Flags:
+  --config    a config file, optionally with an argument after a colon (configs/vit.py:smoke);
+              any field can be overridden, e.g. --config.optimizer.lr=1e-4
+  --workdir   where checkpoints, TensorBoard events, config.json and the export go; running
+              again on the same workdir resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+# Config files import their shared base as `configs.common`: make the repository importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and export.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    import jax
+
+    from cer_jax import trainer
+
+    logging.info("JAX devices (process %d of %d): %s", jax.process_index(), jax.process_count(),
+                 jax.devices())
+    result = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    logging.info("Final metrics: %s", {k: v for k, v in result.items() if k != "eval"})
+
+
+if __name__ == "__main__":
+    app.run(main)

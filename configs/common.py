@@ -1,0 +1,97 @@
+"""Shared base of every training config; model configs override what their recipe needs.
+
+Every field can be overridden on the command line, e.g.
+    python -m cer_jax.train --config=configs/vit.py --workdir=/tmp/vit \\
+        --config.optimizer.lr=1e-4 --config.training.num_epochs=30
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+from cer_jax.data.config import dataset_defaults, input_defaults
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    # model.name picks the registry entry (cer_jax.models); every other key is passed to the
+    # model's create() as a keyword (dtype as a string: "float32" or "bfloat16" compute).
+    config.model = ml_collections.ConfigDict({"name": "vit"})
+
+    config.dataset = dataset_defaults()
+    config.input = input_defaults()
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "adamw"  # "adamw" (decoupled decay) | "adam" | "sgd" (coupled L2)
+    config.optimizer.lr = 1e-4  # peak learning rate (after warm-up)
+    config.optimizer.b1 = 0.9
+    config.optimizer.b2 = 0.999
+    config.optimizer.eps = 1e-8
+    config.optimizer.momentum = 0.9  # sgd only
+    config.optimizer.nesterov = False  # sgd only
+    config.optimizer.weight_decay = 0.05
+    # False: no weight decay on norm scales and biases (parameters with ndim <= 1).
+    config.optimizer.decay_norms_and_biases = False
+    config.optimizer.grad_clip_norm = placeholder(float)  # e.g. 1.0; None = no clipping
+    # Learning-rate multiplier for the freshly initialised classification head(s).
+    config.optimizer.head_lr_multiplier = 1.0
+
+    config.schedule = ml_collections.ConfigDict()
+    config.schedule.name = "cosine"  # "cosine" | "step" | "exponential" | "constant"
+    config.schedule.warmup_epochs = 1.0
+    config.schedule.warmup_steps = placeholder(int)  # overrides warmup_epochs when set
+    config.schedule.end_lr_fraction = 0.0  # cosine: final lr = lr * end_lr_fraction
+    config.schedule.step_every_epochs = 15.0  # step: multiply by step_factor every N epochs
+    config.schedule.step_factor = 0.1
+    config.schedule.decay_per_epoch = 0.9  # exponential: lr *= decay_per_epoch each epoch
+
+    config.training = ml_collections.ConfigDict()
+    config.training.global_batch_size = 96  # over all devices of all hosts
+    config.training.num_epochs = 30.0  # epochs of dataset.train_split ...
+    config.training.num_steps = placeholder(int)  # ... or a number of steps (wins when set)
+    config.training.label_smoothing = 0.1
+    config.training.log_every_steps = 50
+    config.training.eval_every_steps = placeholder(int)  # None = once per epoch
+    # Stop (with a checkpoint) once this global step is reached, as if preempted: the next
+    # run on the same workdir resumes. None = run to the end.
+    config.training.halt_after_steps = placeholder(int)
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.global_batch_size = 128
+
+    config.checkpoint = ml_collections.ConfigDict()
+    config.checkpoint.every_steps = placeholder(int)  # None = at every evaluation
+    config.checkpoint.keep = 2  # latest checkpoints kept in <workdir>/checkpoints
+    config.checkpoint.best_split = "validation"  # best/ keeps the step with its best macro F1
+
+    # Initial weights (at most one): a pre-trained file (see /work/shared/spec/weights.md), or
+    # another cer_jax workdir whose best checkpoint is loaded with a new head.
+    config.init = ml_collections.ConfigDict()
+    config.init.checkpoint = placeholder(str)
+    config.init.workdir = placeholder(str)
+    config.init.keep_head = False  # keep the loaded head when its shape fits
+
+    # Splits written to <workdir>/export at the end; None = train_split + eval_splits.
+    config.export = ml_collections.ConfigDict()
+    config.export.splits = placeholder(tuple)
+    return config
+
+
+def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """CPU-sized run on the built-in synthetic RAF-DB (generated into the cache on first use)."""
+    config.dataset.synthetic = True
+    config.input.image_size = 64
+    config.input.resize_size = 72
+    config.input.crop_scale = (0.6, 1.0)
+    config.training.global_batch_size = 32
+    config.training.num_epochs = None
+    config.training.num_steps = 150
+    config.training.label_smoothing = 0.0
+    config.training.log_every_steps = 25
+    config.training.eval_every_steps = 50
+    config.eval.global_batch_size = 64
+    config.schedule.warmup_steps = 10
+    return config

@@ -1,0 +1,63 @@
+r"""ViT on RAF-DB compound: fine-tuning recipe from an AugReg / ViT checkpoint.
+
+    python -m cer_jax.train --config=configs/vit.py --workdir=runs/vit \
+        --config.init.checkpoint=/path/to/ViT-B_16.npz     # full run (bring the weights)
+    python -m cer_jax.train --config=configs/vit.py:smoke --workdir=/tmp/vit_smoke
+
+Recipe: AdamW (decay off norms and biases), linear warm-up then cosine, label smoothing 0.1,
+gradient clipping at 1.0, head learning rate x10 (the follow-up recipe used 1e-5 head / 3e-6
+backbone). Inputs in [-1, 1] as in AugReg pre-training. Augmentations from the follow-up recipe
+(paper.md): resize 256 + random crop 224, flip, colour jitter (0.5, 0.5, 0.5, 0.1), random
+affine (15 deg, translate 0.1, scale 0.9-1.1, shear 10) and Gaussian blur.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    config = common.get_base_config()
+    config.model = ml_collections.ConfigDict(
+        dict(
+            name="vit",
+            variant="B/16",
+            image_size=config.input.get_ref("image_size"),
+            pool="cls",
+            dropout=0.0,
+            stochastic_depth=0.1,
+            dtype="float32",  # "bfloat16" for mixed precision on TPU / GPU
+        )
+    )
+    config.input.normalization = "minus_one_one"
+    config.input.train_resize = "resize_crop"
+    config.input.color_jitter = (0.5, 0.5, 0.5, 0.1)
+    config.input.color_jitter_prob = 0.8
+    config.input.affine.prob = 0.5
+    config.input.blur.prob = 0.2
+
+    config.optimizer.name = "adamw"
+    config.optimizer.lr = 3e-5
+    config.optimizer.weight_decay = 0.05
+    config.optimizer.grad_clip_norm = 1.0
+    config.optimizer.head_lr_multiplier = 10.0
+    config.schedule.name = "cosine"
+    config.schedule.warmup_epochs = 2.0
+    config.training.num_epochs = 30.0
+    config.training.global_batch_size = 96
+
+    if arg == "smoke":
+        common.smoke(config)
+        config.model.variant = "mu/8"
+        config.model.stochastic_depth = 0.0
+        config.input.color_jitter = None
+        config.input.affine.prob = 0.0
+        config.input.blur.prob = 0.0
+        config.optimizer.lr = 1e-3
+        config.optimizer.head_lr_multiplier = 1.0
+        config.optimizer.weight_decay = 1e-4
+    elif arg:
+        raise ValueError(f"Unknown config argument {arg!r} for configs/vit.py: use '' or 'smoke'.")
+    return config

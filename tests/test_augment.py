@@ -1,0 +1,151 @@
+"""Augmentations: identities, geometry against OpenCV / SciPy references, ranges, seeds."""
+
+import cv2
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy import ndimage
+
+from cer_jax.data import augment
+from cer_jax.data.config import input_defaults
+
+tf.config.set_visible_devices([], "GPU")
+
+
+def _image(h=24, w=20, seed=0):
+    return np.random.default_rng(seed).uniform(0.0, 1.0, (h, w, 3)).astype(np.float32)
+
+
+def _seed(i):
+    return tf.constant([i, 7], tf.int64)
+
+
+def test_identity_parameters_give_identity():
+    x = _image()
+    center = ((x.shape[1] - 1) / 2, (x.shape[0] - 1) / 2)
+    eye = augment.affine_matrix(0.0, (0.0, 0.0), 1.0, (0.0, 0.0), center)
+    np.testing.assert_allclose(augment.apply_affine(x, eye).numpy(), x, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(augment.color_jitter(x, _seed(0))), x)
+    tiny = augment.color_jitter(x, _seed(0), 1e-7, 1e-7, 1e-7, 1e-7).numpy()
+    np.testing.assert_allclose(tiny, x, atol=1e-5)
+    np.testing.assert_allclose(augment.gaussian_blur(x, 1e-3, 5).numpy(), x, atol=1e-6)
+    square = _image(16, 16)
+    crop = augment.random_resized_crop(square, _seed(1), 16, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    np.testing.assert_allclose(crop.numpy(), square, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(augment.normalize(x, "unit")), x)
+
+
+def test_flip_flips_about_half_the_time():
+    x = _image()
+    flipped = 0
+    for i in range(40):
+        y = augment.random_flip(x, _seed(i)).numpy()
+        if np.array_equal(y, x[:, ::-1]):
+            flipped += 1
+        else:
+            np.testing.assert_array_equal(y, x)
+    assert 8 <= flipped <= 32
+
+
+def test_pure_translation_moves_a_pixel_where_expected():
+    x = np.zeros((20, 20, 3), np.float32)
+    x[5, 7] = 1.0  # row 5, column 7
+    forward = augment.affine_matrix(0.0, (3.0, -2.0), 1.0, (0.0, 0.0), (9.5, 9.5))
+    y = augment.apply_affine(x, forward).numpy()
+    assert y[3, 10].tolist() == [1.0, 1.0, 1.0]
+    assert y.sum() == pytest.approx(3.0)
+
+
+def test_rotation_is_clockwise_on_screen():
+    x = np.zeros((21, 21, 3), np.float32)
+    x[10, 15] = 1.0  # 5 px right of the centre (10, 10)
+    forward = augment.affine_matrix(90.0, (0.0, 0.0), 1.0, (0.0, 0.0), (10.0, 10.0))
+    y = augment.apply_affine(x, forward).numpy()
+    np.testing.assert_allclose(y[15, 10], 1.0, atol=1e-5)  # now 5 px below the centre
+    assert y.sum() == pytest.approx(3.0, abs=1e-4)
+
+
+def test_affine_matches_opencv_warp():
+    x = _image(32, 32)
+    forward = augment.affine_matrix(12.0, (2.5, -1.5), 1.07, (8.0, 0.0), (15.5, 15.5))
+    ours = augment.apply_affine(x, forward).numpy()
+    ref = cv2.warpAffine(
+        x, forward.numpy()[:2].astype(np.float64), (32, 32),
+        flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0,
+    )
+    # Compare away from the border, where fill conventions differ by half a pixel.
+    np.testing.assert_allclose(ours[4:-4, 4:-4], ref[4:-4, 4:-4], atol=2e-2)
+
+
+def test_gaussian_blur_matches_scipy():
+    x = _image(17, 23)
+    ours = augment.gaussian_blur(x, 1.3, 5).numpy()
+    ref = np.stack(
+        [ndimage.gaussian_filter(x[..., c], 1.3, mode="mirror", radius=2) for c in range(3)], -1
+    )
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_random_erasing_changes_only_a_bounded_rectangle():
+    x = _image(32, 32)
+    erased = 0
+    for i in range(20):
+        y = augment.random_erasing(x, _seed(i), area=(0.02, 0.2), ratio=(0.3, 3.3)).numpy()
+        changed = np.any(y != x, axis=-1)
+        if not changed.any():
+            continue
+        erased += 1
+        rows, cols = np.nonzero(changed)
+        box_h, box_w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        assert box_h * box_w <= 0.2 * 32 * 32 * 1.15  # rounding of the sides
+        assert changed.sum() >= 0.5 * box_h * box_w  # one filled rectangle, not scattered pixels
+        assert y.min() >= 0.0 and y.max() <= 1.0
+    assert erased >= 15
+
+
+def test_color_jitter_stays_in_range_and_changes_image():
+    x = _image()
+    y = augment.color_jitter(x, _seed(3), 0.5, 0.5, 0.5, 0.1).numpy()
+    assert y.min() >= 0.0 and y.max() <= 1.0
+    assert not np.allclose(y, x)
+    b = augment.color_jitter(x, _seed(3), brightness=0.5).numpy()
+    ratio = b[x > 0.05] / x[x > 0.05]
+    unclipped = b[x > 0.05] < 1.0
+    assert np.allclose(ratio[unclipped], ratio[unclipped][0], atol=1e-4)  # one global factor
+    assert 0.5 <= ratio[unclipped][0] <= 1.5
+
+
+def _all_on() -> ml_collections.ConfigDict:
+    cfg = input_defaults()
+    cfg.image_size, cfg.resize_size = 32, 36
+    cfg.color_jitter = (0.5, 0.5, 0.5, 0.1)
+    cfg.affine.prob = cfg.blur.prob = cfg.random_erasing.prob = 1.0
+    return cfg
+
+
+@pytest.mark.parametrize("train_resize", ["random_resized_crop", "resize_crop"])
+def test_train_view_range_shape_and_seeds(train_resize):
+    cfg = _all_on()
+    cfg.train_resize, cfg.normalization = train_resize, "unit"
+    image = tf.constant((_image(50, 40) * 255).astype(np.uint8))
+    a = augment.train_view(image, _seed(1), cfg).numpy()
+    assert a.shape == (32, 32, 3) and a.dtype == np.float32
+    assert a.min() >= 0.0 and a.max() <= 1.0
+    np.testing.assert_array_equal(a, augment.train_view(image, _seed(1), cfg).numpy())
+    assert not np.array_equal(a, augment.train_view(image, _seed(2), cfg).numpy())
+
+
+def test_normalisations_and_eval_view():
+    cfg = input_defaults()
+    cfg.image_size, cfg.resize_size, cfg.eval_resize = 8, 8, "resize"
+    image = tf.constant(np.full((8, 8, 3), 255, np.uint8))
+    for mode, expected in [
+        ("unit", np.ones(3)),
+        ("minus_one_one", np.ones(3)),
+        ("imagenet", (1 - np.array(augment.IMAGENET_MEAN)) / np.array(augment.IMAGENET_STD)),
+    ]:
+        cfg.normalization = mode
+        out = augment.eval_view(image, cfg).numpy()
+        np.testing.assert_allclose(out, np.broadcast_to(expected, out.shape), rtol=1e-6)
+        np.testing.assert_allclose(augment.denormalize(out, mode), 1.0, rtol=1e-6)

@@ -1,0 +1,296 @@
+"""Input pipeline on a small synthetic RAF-DB (built once) and on a tiny image-folder tree."""
+
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.utils.class_weight import compute_class_weight
+
+from cer_jax import synthetic
+from cer_jax.data import DataConfigError, dataset_defaults, input_defaults, pipeline
+
+SIZE = 32
+NUM_CLASSES = 11
+
+
+def _config(cache_dir, **input_overrides) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.dataset = dataset_defaults()
+    c.dataset.synthetic = True
+    c.dataset.synthetic_num_train = 40
+    c.dataset.synthetic_num_test = 20
+    c.dataset.cache_dir = str(cache_dir)
+    c.input = input_defaults()
+    c.input.image_size, c.input.resize_size = SIZE, 36
+    c.input.update(input_overrides)
+    return c
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cer_jax_cache")
+
+
+@pytest.fixture(scope="module")
+def info(cache_dir):
+    return pipeline.get_dataset_info(_config(cache_dir))
+
+
+def _tree_labels(cache_dir) -> dict[str, int]:
+    """File name -> 0-based label, read straight from the synthetic tree's label file."""
+    root = os.path.join(cache_dir, "synthetic", "compound-40-20-seed0")
+    lines = open(os.path.join(root, "EmoLabel", "list_patition_label.txt")).read().split("\n")
+    return {n: int(y) - 1 for n, y in (line.split() for line in lines if line)}
+
+
+def _take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def test_info_describes_the_synthetic_dataset(info, cache_dir):
+    assert info.name == "rafdb/compound"
+    assert info.num_classes == NUM_CLASSES == len(info.class_names)
+    assert info.class_names[0] == "Happily Surprised"
+    sizes = info.split_sizes
+    assert sizes["train"] == 40 and sizes["test"] == 20
+    assert sizes["train_fit"] + sizes["validation"] == 40 and sizes["validation"] > 0
+
+
+@pytest.mark.parametrize(
+    "normalization, lo, hi",
+    [("unit", 0.0, 1.0), ("minus_one_one", -1.0, 1.0), ("imagenet", -2.12, 2.64)],
+)
+def test_train_batches_shapes_dtypes_and_ranges(cache_dir, info, normalization, lo, hi):
+    config = _config(cache_dir, normalization=normalization, color_jitter=(0.5, 0.5, 0.5, 0.1))
+    batch = next(pipeline.train_iterator(config, info, global_batch_size=8, seed=0))
+    assert set(batch) == {"image", "label"}
+    assert batch["image"].shape == (8, SIZE, SIZE, 3) and batch["image"].dtype == np.float32
+    assert batch["label"].shape == (8,) and batch["label"].dtype == np.int32
+    assert lo <= batch["image"].min() < batch["image"].max() <= hi
+    assert batch["image"].max() - batch["image"].min() > 0.3 * (hi - lo)
+    assert ((batch["label"] >= 0) & (batch["label"] < NUM_CLASSES)).all()
+
+
+def _augmented(cache_dir):
+    return _config(
+        cache_dir, color_jitter=(0.5, 0.5, 0.5, 0.1),
+        affine=dict(prob=0.5, degrees=15.0, translate=0.1, scale=(0.9, 1.1), shear=10.0),
+        blur=dict(prob=0.5, sigma=(0.1, 2.0), kernel=5),
+        random_erasing=dict(prob=0.5, area=(0.02, 0.33), ratio=(0.3, 3.3)),
+    )
+
+
+def test_resuming_reproduces_the_tail_exactly(cache_dir, info):
+    config = _augmented(cache_dir)
+    # train_fit has 29 examples: step 5 of batch 8 starts inside the second epoch.
+    full = _take(pipeline.train_iterator(config, info, global_batch_size=8, seed=3), 8)
+    resumed = pipeline.train_iterator(config, info, global_batch_size=8, seed=3, start_step=5)
+    tail = _take(resumed, 3)
+    for a, b in zip(full[5:], tail, strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+
+
+def test_deterministic_for_a_seed_and_different_for_another(cache_dir, info):
+    config = _augmented(cache_dir)
+    a = _take(pipeline.train_iterator(config, info, global_batch_size=8, seed=0), 2)
+    b = _take(pipeline.train_iterator(config, info, global_batch_size=8, seed=0), 2)
+    c = _take(pipeline.train_iterator(config, info, global_batch_size=8, seed=1), 2)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x["image"], y["image"])
+    assert not np.array_equal(a[0]["image"], c[0]["image"])
+    assert not np.array_equal(np.concatenate([x["label"] for x in a]),
+                              np.concatenate([x["label"] for x in c]))
+
+
+def test_each_epoch_visits_every_training_example_once(cache_dir, info):
+    config = _config(cache_dir)
+    n = info.split_sizes["train_fit"]
+    batches = _take(pipeline.train_iterator(config, info, global_batch_size=8, seed=0), 8)
+    labels = np.concatenate([b["label"] for b in batches])
+    expected = sorted(pipeline.open_source(config.dataset).labels("train_fit"))
+    assert sorted(labels[:n]) == expected
+    assert sorted(labels[n : 2 * n]) == expected
+    assert not np.array_equal(labels[:n], labels[n : 2 * n])  # reshuffled per epoch
+
+
+def test_eval_covers_every_example_once_with_masks_and_names(cache_dir, info):
+    config = _config(cache_dir, normalization="unit", eval_resize="resize", image_size=100)
+    truth = _tree_labels(cache_dir)
+    batches = list(pipeline.eval_iterator(config, info, "test", global_batch_size=8))
+    assert len(batches) == 3
+    mask = np.concatenate([b["mask"] for b in batches])
+    names = np.concatenate([b["file_name"] for b in batches])
+    labels = np.concatenate([b["label"] for b in batches])
+    assert mask.tolist() == [True] * 20 + [False] * 4
+    assert sorted(names[:20]) == [f"test_{i:04d}.jpg" for i in range(1, 21)]
+    assert names[20:].tolist() == [""] * 4
+    assert labels[:20].tolist() == [truth[n] for n in names[:20]]
+    assert batches[0]["image"].shape == (8, 100, 100, 3)
+    assert not batches[-1]["image"][4:].any()  # padding is zeros
+    # The image is the aligned JPEG itself (decoded independently with Pillow).
+    root = os.path.join(cache_dir, "synthetic", "compound-40-20-seed0", "Image", "aligned")
+    ref = np.asarray(Image.open(os.path.join(root, names[0].replace(".jpg", "_aligned.jpg"))))
+    diff = np.abs(batches[0]["image"][0] - ref / 255.0)  # JPEG decoders differ slightly
+    assert diff.mean() < 2 / 255 and diff.max() < 12 / 255
+    # Deterministic order.
+    again = next(pipeline.eval_iterator(config, info, "test", global_batch_size=8))
+    assert again["file_name"].tolist() == batches[0]["file_name"].tolist()
+
+
+def test_two_hosts_read_disjoint_halves(cache_dir, info, monkeypatch):
+    config = _config(cache_dir)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    names, batch_counts = [], []
+    all_labels = pipeline.open_source(config.dataset).labels("train_fit")
+    for index in (0, 1):
+        monkeypatch.setattr(jax, "process_index", lambda index=index: index)
+        batches = list(pipeline.eval_iterator(config, info, "test", global_batch_size=8))
+        batch_counts.append(len(batches))
+        assert all(b["image"].shape[0] == 4 for b in batches)
+        names.append({n for b in batches for n in b["file_name"][b["mask"]]})
+        start, end = pipeline.host_slice(len(all_labels), 2, index)
+        train = _take(pipeline.train_iterator(config, info, global_batch_size=8, seed=0), 4)
+        assert train[0]["image"].shape == (4, SIZE, SIZE, 3)
+        labels = np.concatenate([b["label"] for b in train])[: end - start]
+        assert sorted(labels) == sorted(all_labels[start:end])
+    assert batch_counts[0] == batch_counts[1]
+    assert not names[0] & names[1]
+    assert names[0] | names[1] == {f"test_{i:04d}.jpg" for i in range(1, 21)}
+
+
+def test_class_balanced_sampling_is_roughly_uniform(cache_dir, info):
+    config = _config(cache_dir, balance="sampling")
+    config.dataset.train_split = "train"
+    train_labels = np.asarray(list(_tree_labels(cache_dir).values()))[:40]
+    plain = np.bincount(train_labels, minlength=NUM_CLASSES) / 40
+    batches = _take(pipeline.train_iterator(config, info, global_batch_size=16, seed=0), 40)
+    labels = np.concatenate([b["label"] for b in batches])
+    freq = np.bincount(labels, minlength=NUM_CLASSES) / len(labels)
+    assert np.all(np.abs(freq - 1 / NUM_CLASSES) < 0.045), freq
+    assert np.abs(freq - 1 / NUM_CLASSES).max() < 0.5 * np.abs(plain - 1 / NUM_CLASSES).max()
+
+
+def test_class_weights_are_balanced_inverse_frequency(cache_dir, info):
+    config = _config(cache_dir)
+    config.dataset.train_split = "train"
+    labels = np.asarray([y for n, y in _tree_labels(cache_dir).items() if n.startswith("train")])
+    weights = pipeline.class_weights(config, info)
+    present = np.unique(labels)
+    ref = compute_class_weight("balanced", classes=present, y=labels)
+    np.testing.assert_allclose(weights[present], ref, rtol=1e-6)
+    assert weights[labels].mean() == pytest.approx(1.0)
+
+
+def _write_folder(root, splits, classes, size=(12, 10)):
+    arrays = {}
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for c in classes[split]:
+            os.makedirs(root / split / c)
+            for i in range(2):
+                rgb = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+                Image.fromarray(rgb).save(root / split / c / f"{i}.png")
+                arrays[(split, f"{c}/{i}.png")] = rgb
+    gray = rng.integers(0, 256, size, dtype=np.uint8)
+    Image.fromarray(gray).save(root / splits[0] / classes[splits[0]][0] / "g.png")
+    arrays[(splits[0], f"{classes[splits[0]][0]}/g.png")] = np.repeat(gray[..., None], 3, -1)
+    return arrays
+
+
+def test_image_folder_source(tmp_path):
+    arrays = _write_folder(tmp_path, ["train", "val"], {"train": ["b", "a"], "val": ["a", "b"]})
+    config = _config(tmp_path, normalization="unit", eval_resize="resize", image_size=12)
+    config.input.resize_size = 12
+    config.dataset.update(name="folder", folder=str(tmp_path), synthetic=False,
+                          train_split="train", eval_splits=("val",))
+    info = pipeline.get_dataset_info(config)
+    assert info.class_names == ("a", "b") and info.num_classes == 2
+    assert info.split_sizes == {"train": 5, "val": 4}
+    config.input.image_size = 12
+    batches = list(pipeline.eval_iterator(config, info, "train", global_batch_size=4))
+    names = [n for b in batches for n, m in zip(b["file_name"], b["mask"], strict=True) if m]
+    assert names == ["a/0.png", "a/1.png", "b/0.png", "b/1.png", "b/g.png"]
+    labels = np.concatenate([b["label"] for b in batches])[:5]
+    assert labels.tolist() == [0, 0, 1, 1, 1]
+    images = np.concatenate([b["image"] for b in batches])
+    for name, image in zip(names, images, strict=False):
+        # 12x10 -> 12x12: compare the resize of the Pillow-decoded file instead of raw pixels.
+        ref = arrays[("train", name)] / 255.0
+        assert image.shape == (12, 12, 3)
+        np.testing.assert_allclose(image.mean((0, 1)), ref.mean((0, 1)), atol=0.02)
+    train = next(pipeline.train_iterator(config, info, global_batch_size=4, seed=0))
+    assert train["image"].shape == (4, 12, 12, 3)
+
+
+def _error(config, match):
+    with pytest.raises(DataConfigError, match=match) as e:
+        pipeline.get_dataset_info(config)
+    return str(e.value)
+
+
+def test_config_errors_name_the_key_and_the_fix(tmp_path, cache_dir, info, monkeypatch):
+    c = _config(cache_dir)
+    c.dataset.update(name="no_such_dataset", synthetic=False)
+    _error(c, r"config\.dataset\.name='no_such_dataset' is not a known TFDS dataset")
+
+    c = _config(cache_dir)
+    c.dataset.update(synthetic=False, data_dir=str(tmp_path / "empty"))
+    msg = _error(c, r"config\.dataset\.name='rafdb/compound' is not prepared")
+    assert "config.dataset.manual_dir" in msg and "--config.dataset.synthetic=True" in msg
+    assert ":smoke" in msg and "whdeng.cn" in msg  # the builder's download instructions
+    assert not list((tmp_path / "empty").glob("**/*.tfrecord*"))
+
+    c = _config(cache_dir)
+    c.dataset.train_split = "nope"
+    msg = _error(c, r"config\.dataset\.train_split='nope'")
+    assert "train_fit" in msg and "validation" in msg
+
+    c = _config(cache_dir)
+    c.dataset.eval_splits = ("test", "dev")
+    _error(c, r"config\.dataset\.eval_splits='dev'")
+    with pytest.raises(DataConfigError, match="has no split 'dev'"):
+        next(pipeline.eval_iterator(c, info, "dev", global_batch_size=8))
+
+    c = _config(cache_dir)
+    c.dataset.update(name="folder", folder=str(tmp_path / "missing"), synthetic=False)
+    _error(c, r"config\.dataset\.folder='.*missing' is not a directory")
+
+    _write_folder(tmp_path / "tree", ["train", "test"], {"train": ["a", "b"], "test": ["a"]})
+    c.dataset.folder = str(tmp_path / "tree")
+    _error(c, r"class folders differ between splits 'test' \(a\) and 'train' \(a, b\)")
+
+    c = _config(cache_dir)
+    c.dataset.name = "mnist"
+    _error(c, r"config\.dataset\.synthetic=True draws a synthetic RAF-DB")
+
+    c = _config(cache_dir, normalization="zscore")
+    _error(c, r"config\.input\.normalization='zscore': choose one of imagenet")
+
+    c = _config(cache_dir, resize_size=16)
+    _error(c, r"config\.input\.resize_size=16: must be >= config\.input\.image_size=32")
+
+    monkeypatch.setattr(jax, "process_count", lambda: 4)
+    with pytest.raises(DataConfigError, match=r"global batch size 6 must be a positive multiple "
+                       r"of the number of processes \(4\)"):
+        pipeline.local_batch_size(6)
+
+
+def test_bad_manual_dir_is_reported(tmp_path):
+    bad = tmp_path / "raf"
+    bad.mkdir()
+    c = _config(tmp_path)
+    c.dataset.update(synthetic=False, data_dir=str(tmp_path / "d"), manual_dir=str(bad))
+    _error(c, r"config\.dataset\.manual_dir='.*raf' is not a usable RAF-DB tree")
+    assert not (tmp_path / "d" / "rafdb" / "compound" / "1.0.0").exists()
+
+
+def test_synthetic_tree_is_written_once(cache_dir, info, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("the synthetic tree should be reused, not redrawn")
+
+    monkeypatch.setattr(synthetic, "write_tree", fail)
+    assert pipeline.get_dataset_info(_config(cache_dir)) == info

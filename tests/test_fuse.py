@@ -1,0 +1,275 @@
+"""The fusion job on hand-made exported workdirs (the trainer's export format, written here)."""
+
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from cer_jax import fusion
+from cer_jax.fusion import members as members_lib
+
+CLASSES = ["Happily Surprised", "Sadly Fearful", "Sadly Angry", "Fearfully Surprised"]
+SIZES = {"train_fit": 80, "validation": 48, "test": 48}
+QUALITY_SEED = {"vit": (2.5, 1), "manet": (2.0, 2), "resnet": (1.5, 3)}
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_outputs(quality: float, seed: int, shuffle: bool = True) -> dict[str, dict]:
+    """One member's outputs on a fixed problem: logits as good as `quality`, rows shuffled."""
+    truth = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(len(CLASSES), 6)) * 3
+    outputs = {}
+    for split, n in SIZES.items():
+        labels = truth.integers(0, len(CLASSES), size=n).astype(np.int32)
+        names = np.array([f"{split}_{i:04d}.jpg" for i in range(n)])
+        logits = quality * np.eye(len(CLASSES))[labels] + rng.normal(size=(n, len(CLASSES)))
+        features = centres[labels] + rng.normal(size=(n, 6))
+        rows = rng.permutation(n) if shuffle else np.arange(n)
+        outputs[split] = {
+            "logits": logits[rows].astype(np.float32),
+            "features": features[rows].astype(np.float32),
+            "labels": labels[rows],
+            "file_names": names[rows],
+        }
+    return outputs
+
+
+def write_export(workdir: str, model: str, outputs: dict, class_names=CLASSES) -> str:
+    """A workdir holding only export/, exactly in the trainer's export format."""
+    export = os.path.join(workdir, "export")
+    os.makedirs(export)
+    for split, arrays in outputs.items():
+        np.savez(os.path.join(export, f"{split}.npz"), **arrays)
+    info = {
+        "format": 1,
+        "model": model,
+        "dataset": "rafdb/compound",
+        "class_names": list(class_names),
+        "step": 7,
+        "splits": {split: f"{split}.npz" for split in outputs},
+        "metrics": {
+            split: {
+                "accuracy": float(np.mean(a["logits"].argmax(-1) == a["labels"])),
+                "macro_f1": float(skm.f1_score(a["labels"], a["logits"].argmax(-1),
+                                               average="macro")),
+            }
+            for split, a in outputs.items() if split != "train_fit"
+        },
+    }
+    with open(os.path.join(export, "export.json"), "w") as f:
+        json.dump(info, f)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def three_members(tmp_path_factory):
+    root = tmp_path_factory.mktemp("members")
+    return [
+        write_export(str(root / name), name, make_outputs(quality, seed))
+        for name, (quality, seed) in QUALITY_SEED.items()
+    ]
+
+
+def fusion_config(workdirs, out, **overrides):
+    config = fusion.resolve_config(
+        fusion.load_default_config(), workdirs=workdirs, out=str(out)
+    )
+    config.feature_mlp.max_epochs = 30
+    config.optimised_weights.grid_step = 0.1
+    config.update(overrides)
+    return config
+
+
+def sklearn_scores(outputs: dict, split: str) -> tuple[float, float]:
+    labels, predictions = outputs[split]["labels"], outputs[split]["logits"].argmax(-1)
+    return (skm.accuracy_score(labels, predictions),
+            skm.f1_score(labels, predictions, average="macro"))
+
+
+def test_fuse_reports_every_member_and_strategy(three_members, tmp_path):
+    out = tmp_path / "fusion"
+    report = fusion.fuse(fusion_config(three_members, out))
+
+    assert [m["name"] for m in report["members"]] == ["vit", "manet", "resnet"]
+    for member, workdir in zip(report["members"], three_members, strict=True):
+        assert member["workdir"] == workdir
+        outputs = make_outputs(*QUALITY_SEED[member["name"]])
+        for split in ("validation", "test"):
+            accuracy, f1 = sklearn_scores(outputs, split)
+            assert member["metrics"][split]["accuracy"] == pytest.approx(accuracy)
+            assert member["metrics"][split]["macro_f1"] == pytest.approx(f1)
+    assert set(report["strategies"]) == {
+        "performance_weighted", "uniform_probabilities", "uniform_logits", "optimised_weights",
+        "temperature_scaled", "stacking", "feature_mlp",
+    }
+    best = report["best_strategy"]
+    select_f1 = {n: s["metrics"]["validation"]["macro_f1"] for n, s in report["strategies"].items()}
+    assert select_f1[best] == max(select_f1.values())
+    paper = report["strategies"]["performance_weighted"]["params"]
+    member_f1 = [m["metrics"]["validation"]["macro_f1"] for m in report["members"]]
+    np.testing.assert_allclose(paper["weights"], np.array(member_f1) / sum(member_f1))
+    assert set(report["ablation"]) == {"performance_weighted", best}
+    for rows in report["ablation"].values():
+        assert len(rows) == 7  # every non-empty subset of three members
+        singles = {tuple(r["members"]): r for r in rows if len(r["members"]) == 1}
+        for member in report["members"]:
+            single = singles[(member["name"],)]["metrics"]["test"]
+            assert single["accuracy"] == pytest.approx(member["metrics"]["test"]["accuracy"])
+
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["strategies"][best]["metrics"] == report["strategies"][best]["metrics"]
+    markdown = (out / "report.md").read_text()
+    assert "chosen on the validation split; test is held out" in markdown
+    assert "## Ablation over member subsets: performance_weighted" in markdown
+    paper_row = report["strategies"]["performance_weighted"]["metrics"]["test"]
+    assert f"{100 * paper_row['macro_f1']:.2f}" in markdown
+    assert (out / f"confusion_{best}_test.png").stat().st_size > 1000
+    assert (out / "per_class_f1_test.png").stat().st_size > 1000
+    assert not glob.glob(str(out / ".report-*"))
+    events = glob.glob(str(out / "events.out.tfevents.*"))
+    assert len(events) == 1
+    scalars = tensorboard_scalars(events[0])
+    assert scalars[f"{best}/test/macro_f1"] == pytest.approx(
+        report["strategies"][best]["metrics"]["test"]["macro_f1"], abs=1e-6
+    )
+    assert f"vit/validation/f1/{CLASSES[0]}" in scalars
+
+
+def tensorboard_scalars(path: str) -> dict[str, float]:
+    import tensorflow as tf
+
+    values = {}
+    for event in tf.compat.v1.train.summary_iterator(path):
+        for value in event.summary.value:
+            if value.metadata.plugin_data.plugin_name == "scalars":
+                values[value.tag] = float(tf.make_ndarray(value.tensor))
+    return values
+
+
+def test_rows_are_aligned_by_file_name(tmp_path):
+    outputs = make_outputs(2.0, seed=4, shuffle=False)
+    rng = np.random.default_rng(9)
+    shuffled = {
+        split: {k: v[rows] for k, v in arrays.items()}
+        for split, arrays in outputs.items()
+        for rows in [rng.permutation(len(arrays["labels"]))]
+    }
+    a = write_export(str(tmp_path / "a"), "vit", outputs)
+    b = write_export(str(tmp_path / "b"), "vit", shuffled)
+    members = members_lib.load_members([a, b], ["validation", "test"])
+    assert [m.name for m in members] == ["vit:a", "vit:b"]
+    _, data = members_lib.align_members(members, ["validation", "test"])
+    for split in ("validation", "test"):
+        np.testing.assert_array_equal(data[split].logits[0], data[split].logits[1])
+        np.testing.assert_array_equal(data[split].labels, outputs[split]["labels"])
+    report = fusion.fuse(fusion_config(
+        [a, b], tmp_path / "out", strategies="uniform_probabilities", ablation=False
+    ))
+    fused = report["strategies"]["uniform_probabilities"]["metrics"]["test"]
+    assert fused == report["members"][0]["metrics"]["test"]
+    assert fused["accuracy"] == pytest.approx(sklearn_scores(outputs, "test")[0])
+
+
+def refusal(tmp_path, **changes) -> str:
+    base = make_outputs(2.0, seed=5)
+    other = make_outputs(2.0, seed=6)
+    class_names = changes.pop("class_names", CLASSES)
+    for split, arrays in changes.pop("outputs", {}).items():
+        other[split].update(arrays)
+    a = write_export(str(tmp_path / "a"), "vit", base)
+    b = write_export(str(tmp_path / "b"), "resnet", other, class_names)
+    with pytest.raises(ValueError) as error:
+        fusion.fuse(fusion_config([a, b], tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+    return str(error.value).replace(str(tmp_path), "<tmp>")
+
+
+def test_refuses_different_label_spaces(tmp_path):
+    message = refusal(tmp_path, class_names=[*CLASSES[:3], "Happily Disgusted"])
+    assert message == (
+        "Members vit (<tmp>/a) and resnet (<tmp>/b) have different label spaces: only in vit: "
+        "['Fearfully Surprised']; only in resnet: ['Happily Disgusted']. Fuse only models "
+        "trained on the same dataset config."
+    )
+
+
+def test_refuses_a_different_class_order(tmp_path):
+    swapped = [CLASSES[1], CLASSES[0], *CLASSES[2:]]
+    message = refusal(tmp_path, class_names=swapped)
+    assert message == (
+        f"Members vit (<tmp>/a) and resnet (<tmp>/b) list the same classes in a different "
+        f"order: {CLASSES} vs {swapped}. Retrain or re-export them with the same class order."
+    )
+
+
+def test_refuses_different_example_sets(tmp_path):
+    names = np.array([f"test_{i:04d}.jpg" for i in range(SIZES["test"])])
+    names[names == "test_0003.jpg"] = "test_9999.jpg"
+    message = refusal(tmp_path, outputs={"test": {"file_names": names}})
+    assert message == (
+        "Members vit (<tmp>/a) and resnet (<tmp>/b) were evaluated on different test examples: "
+        "1 file(s) only in vit ['test_0003.jpg'], 1 only in resnet ['test_9999.jpg']. Export "
+        "both from the same dataset build."
+    )
+
+
+def test_refuses_a_member_without_the_needed_split(tmp_path):
+    outputs = make_outputs(2.0, seed=7)
+    del outputs["train_fit"]
+    a = write_export(str(tmp_path / "a"), "vit", outputs)
+    with pytest.raises(ValueError, match=re.escape(
+        f"Member workdir {a} has no exported train_fit split (it has: test, validation)"
+    )):
+        fusion.fuse(fusion_config([a], tmp_path / "out"))
+    with pytest.raises(FileNotFoundError, match="has neither a best checkpoint"):
+        fusion.fuse(fusion_config([str(tmp_path)], tmp_path / "out"))
+
+
+def test_select_on_test_is_flagged_in_the_report(three_members, tmp_path):
+    out = tmp_path / "fusion"
+    report = fusion.fuse(fusion_config(
+        three_members, out, select_on="test", ablation=False,
+        strategies="performance_weighted,optimised_weights",
+    ))
+    assert report["select_on"] == "test"
+    optimised = report["strategies"]["optimised_weights"]
+    assert optimised["params"]["selection_macro_f1"] == pytest.approx(
+        optimised["metrics"]["test"]["macro_f1"]
+    )
+    warning = "**WARNING: fusion weights and hyper-parameters were chosen on the test split"
+    markdown = (out / "report.md").read_text()
+    assert markdown.splitlines()[2].startswith(warning)
+    assert fusion.report_lib.summary_table(report).startswith(warning)
+
+
+def test_command_line_flags_and_config_form(three_members, tmp_path):
+    """`--workdirs/--out/--select_on` override the config file given by `--config`."""
+    out = tmp_path / "cli"
+    command = [
+        sys.executable, "-m", "cer_jax.fuse", f"--workdirs={','.join(three_members)}",
+        f"--out={out}", "--config.strategies=uniform_logits,performance_weighted",
+        "--config.ablation=False", "--config.performance_weighted.metric=accuracy",
+    ]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| performance_weighted | fusion (paper)" in result.stdout
+    assert f"Report written to {out}" in result.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["strategies"]["performance_weighted"]["params"]["metric"] == "accuracy"
+    assert report["config"]["workdirs"] == ",".join(three_members)
+
+    bad = subprocess.run(
+        [sys.executable, "-m", "cer_jax.fuse", "--config=configs/fusion.py",
+         f"--config.workdirs={three_members[0]}", f"--out={tmp_path / 'bad'}",
+         "--config.strategies=median"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert bad.returncode != 0
+    assert "Unknown fusion strategy 'median' in config key strategies" in bad.stderr

@@ -1,0 +1,166 @@
+"""Fusion strategies on hand-made member outputs whose right answer is known."""
+
+import numpy as np
+import pytest
+import scipy.special
+from sklearn import metrics as skm
+
+from cer_jax.fusion import strategies
+from cer_jax.fusion.strategies import FusionData
+
+K = 5
+
+
+def one_hot_logits(predictions: np.ndarray, scale: float = 4.0) -> np.ndarray:
+    return scale * np.eye(K)[predictions]
+
+
+def make_data(logits: list[np.ndarray], labels: np.ndarray, features=None) -> FusionData:
+    features = features or [np.zeros((len(labels), 2), np.float32) for _ in logits]
+    return FusionData(np.stack(logits).astype(np.float32), tuple(features), labels)
+
+
+def test_batched_macro_f1_matches_sklearn():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, K - 1, size=60)  # class K-1 never a label
+    predictions = rng.integers(0, K, size=(7, 60))
+    predictions[0] = labels
+    predictions[1, :] = 2  # one class predicted only
+    expected = [skm.f1_score(labels, p, average="macro", zero_division=0) for p in predictions]
+    np.testing.assert_allclose(strategies.batched_macro_f1(labels, predictions, K), expected)
+
+
+def test_simplex_grid_covers_the_simplex():
+    grid = strategies.simplex_grid(3, 0.05)
+    assert grid.shape == (231, 3)  # C(22, 2)
+    np.testing.assert_allclose(grid.sum(axis=1), 1.0)
+    assert len({tuple(np.round(w, 6)) for w in grid}) == len(grid)
+    with pytest.raises(ValueError, match="grid step 0.3 .* must divide 1"):
+        strategies.simplex_grid(3, 0.3)
+
+
+def test_uniform_fusion_of_identical_members_equals_one_member():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(40, K)) * 3
+    labels = rng.integers(0, K, size=40)
+    data = make_data([logits, logits, logits], labels)
+    member_probs = scipy.special.softmax(logits.astype(np.float32).astype(np.float64), axis=-1)
+    for name in ("uniform_probabilities", "uniform_logits", "performance_weighted"):
+        fused = strategies.fit_strategy(name, data).predict_proba(data)
+        np.testing.assert_allclose(fused, member_probs, rtol=1e-6, err_msg=name)
+
+
+def test_performance_weights_are_proportional():
+    scores = [0.9, 0.6, 0.3]
+    n = 100
+    labels = np.arange(n) % K
+    members = []
+    for score in scores:
+        predictions = labels.copy()
+        wrong = np.arange(n) >= round(score * n)
+        predictions[wrong] = (labels[wrong] + 1) % K
+        members.append(one_hot_logits(predictions))
+    fitted = strategies.performance_weighted(make_data(members, labels), metric="accuracy")
+    np.testing.assert_allclose(fitted.params["member_scores"], scores)
+    np.testing.assert_allclose(fitted.params["weights"], np.array(scores) / sum(scores))
+    f1_weights = strategies.performance_weighted(
+        make_data(members, labels), metric="macro_f1"
+    ).params
+    expected_f1 = [skm.f1_score(labels, m.argmax(-1), average="macro") for m in members]
+    np.testing.assert_allclose(f1_weights["member_scores"], expected_f1)
+    with pytest.raises(ValueError, match="config key performance_weighted.metric"):
+        strategies.performance_weighted(make_data(members, labels), metric="auc")
+
+
+def test_optimised_weights_favour_the_member_that_is_always_right():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, K, size=200)
+    right = one_hot_logits(labels, scale=2.0)
+    noisy = [rng.normal(size=(200, K)) * 6 for _ in range(2)]
+    data = make_data([noisy[0], right, noisy[1]], labels)
+    fitted = strategies.optimised_weights(data)
+    weights = np.array(fitted.params["weights"])
+    assert fitted.params["selection_macro_f1"] == 1.0
+    assert weights[1] > weights[0] and weights[1] > weights[2]
+    np.testing.assert_array_equal(fitted.predict_proba(data).argmax(-1), labels)
+    # Beyond the grid size the random search must find it as well.
+    five = make_data([noisy[0], noisy[1], right, noisy[0], noisy[1]], labels)
+    sampled = strategies.optimised_weights(five, num_samples=400)
+    assert sampled.params["selection_macro_f1"] == 1.0
+    assert np.argmax(sampled.params["weights"]) == 2
+
+
+def test_optimised_weights_break_ties_towards_uniform():
+    labels = np.arange(30) % K
+    right = one_hot_logits(labels)
+    fitted = strategies.optimised_weights(make_data([right, right], labels))
+    np.testing.assert_allclose(fitted.params["weights"], [0.5, 0.5])
+
+
+def test_temperature_scaling_recovers_a_known_temperature():
+    rng = np.random.default_rng(3)
+    calibrated = rng.normal(size=(20000, K)) * 2
+    labels = np.array([rng.choice(K, p=p) for p in scipy.special.softmax(calibrated, axis=-1)])
+    overconfident = calibrated * 3.0  # the true temperature is 3
+    underconfident = calibrated * 0.5
+    data = make_data([overconfident, underconfident], labels)
+    fitted = strategies.temperature_scaled(data)
+    np.testing.assert_allclose(fitted.params["temperatures"], [3.0, 0.5], rtol=0.05)
+    expected = scipy.special.softmax(calibrated.astype(np.float32), axis=-1)
+    np.testing.assert_allclose(fitted.predict_proba(data), expected, atol=0.05)
+
+
+def test_stacking_beats_a_bad_member():
+    rng = np.random.default_rng(4)
+
+    def split(n):
+        labels = rng.integers(0, K, size=n)
+        weak = one_hot_logits(labels, 1.0) + rng.normal(size=(n, K)) * 1.2  # mediocre
+        shifted = one_hot_logits((labels + 1) % K) + rng.normal(size=(n, K)) * 0.3  # always wrong
+        return make_data([weak, shifted], labels)
+
+    validation, test = split(300), split(300)
+    fitted = strategies.stacking(validation)
+    predictions = fitted.predict_proba(test).argmax(-1)
+    bad_f1 = strategies.macro_f1(test.labels, test.logits[1].argmax(-1), K)
+    weak_f1 = strategies.macro_f1(test.labels, test.logits[0].argmax(-1), K)
+    stacked_f1 = strategies.macro_f1(test.labels, predictions, K)
+    assert bad_f1 == 0.0
+    assert stacked_f1 > 0.95 > weak_f1
+    assert fitted.params["C"] in (0.01, 0.1, 1.0, 10.0, 100.0)
+    assert fitted.params["cv_folds"] == 5
+
+
+def test_stacking_predicts_every_class_even_if_absent_from_selection():
+    labels = np.arange(40) % (K - 1)  # the last class never occurs on validation
+    data = make_data([one_hot_logits(labels)], labels)
+    probabilities = strategies.stacking(data).predict_proba(data)
+    assert probabilities.shape == (40, K)
+    np.testing.assert_allclose(probabilities[:, K - 1], 0.0)
+
+
+def test_feature_mlp_learns_a_separable_problem():
+    rng = np.random.default_rng(5)
+    centres = [rng.normal(size=(K, 8)) * 4, rng.normal(size=(K, 4)) * 4]
+
+    def split(n):
+        labels = rng.integers(0, K, size=n)
+        features = [c[labels] + rng.normal(size=(n, c.shape[1])) for c in centres]
+        noise = [rng.normal(size=(n, K)) for _ in centres]  # logits carry no information
+        return make_data(noise, labels, features)
+
+    train, validation, test = split(400), split(100), split(200)
+    fitted = strategies.feature_mlp(
+        validation, train, hidden_sizes=(32,), max_epochs=60, patience=10
+    )
+    accuracy = np.mean(fitted.predict_proba(test).argmax(-1) == test.labels)
+    assert accuracy > 0.95
+    assert fitted.params["input_dim"] == 12
+    assert 1 <= fitted.params["best_epoch"] <= fitted.params["epochs_run"] <= 60
+    with pytest.raises(ValueError, match="feature_mlp needs the members' outputs on the training"):
+        strategies.feature_mlp(validation, None)
+
+
+def test_unknown_strategy_is_refused():
+    with pytest.raises(ValueError, match="Unknown fusion strategy 'median'"):
+        strategies.fit_strategy("median", make_data([np.zeros((2, K))], np.zeros(2, int)))

@@ -1,0 +1,395 @@
+"""MA-Net: sizes from the spec, stage shapes, head fusion, and parity with a PyTorch reference.
+
+The PyTorch reference below is written from the authors' release (model/manet.py and CBAM's
+attention module), independently of cer_jax.models.manet; weights are copied across with a
+name mapping that is also written here.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+from torch import nn
+
+from cer_jax.models import ModelOutput, create_model
+from cer_jax.models import manet as jmanet
+from cer_jax.pretrained import core
+from cer_jax.pretrained import manet as convert_manet
+
+# ----------------------------------------------------------------------------------------------
+# PyTorch reference (authors' code, with a `width` knob for tiny variants).
+
+
+def conv3x3(i, o, stride=1):
+    return nn.Conv2d(i, o, 3, stride, 1, bias=False)
+
+
+def downsample(i, o, stride):
+    if stride == 1 and i == o:
+        return None
+    return nn.Sequential(nn.Conv2d(i, o, 1, stride, bias=False), nn.BatchNorm2d(o))
+
+
+class TorchBasicBlock(nn.Module):
+    def __init__(self, i, o, stride=1):
+        super().__init__()
+        self.conv1, self.bn1 = conv3x3(i, o, stride), nn.BatchNorm2d(o)
+        self.conv2, self.bn2 = conv3x3(o, o), nn.BatchNorm2d(o)
+        self.downsample = downsample(i, o, stride)
+
+    def body(self, x):
+        return self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        return torch.relu(self.body(x) + identity)
+
+
+class TorchBasicConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, 7, 1, 3, bias=False)
+        self.bn = nn.BatchNorm2d(1, eps=1e-5, momentum=0.01, affine=True)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
+class TorchChannelGate(nn.Module):
+    def __init__(self, c, r=16):
+        super().__init__()
+        h = c // r
+        self.mlp = nn.Sequential(nn.Flatten(), nn.Linear(c, h), nn.ReLU(), nn.Linear(h, c))
+
+    def forward(self, x):
+        avg = self.mlp(nn.functional.avg_pool2d(x, x.shape[2:]))
+        mx = self.mlp(nn.functional.max_pool2d(x, x.shape[2:]))
+        return x * torch.sigmoid(avg + mx)[:, :, None, None]
+
+
+class TorchSpatialGate(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.spatial = TorchBasicConv()
+
+    def forward(self, x):
+        pooled = torch.cat([x.max(1, keepdim=True)[0], x.mean(1, keepdim=True)], dim=1)
+        return x * torch.sigmoid(self.spatial(pooled))
+
+
+class TorchCBAM(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.ChannelGate, self.SpatialGate = TorchChannelGate(c), TorchSpatialGate()
+
+    def forward(self, x):
+        return self.SpatialGate(self.ChannelGate(x))
+
+
+class TorchAttentionBlock(TorchBasicBlock):
+    def __init__(self, i, o, stride=1):
+        super().__init__(i, o, stride)
+        self.cbam = TorchCBAM(o)
+
+    def body(self, x):
+        return self.cbam(super().body(x))
+
+
+class TorchMulScaleBlock(nn.Module):
+    def __init__(self, i, o, stride=1, reverse=True):
+        super().__init__()
+        w = o // 4
+        self.reverse = reverse
+        self.conv1, self.bn1 = conv3x3(i, o, stride), nn.BatchNorm2d(o)
+        for p in (1, 2):
+            for k in (1, 2, 3, 4):
+                setattr(self, f"conv{p}_2_{k}", conv3x3(w, w))
+                setattr(self, f"bn{p}_2_{k}", nn.BatchNorm2d(w))
+        self.downsample = downsample(i, o, stride)
+
+    def forward(self, x):
+        r = torch.relu
+        s = torch.split(r(self.bn1(self.conv1(x))), self.conv1.out_channels // 4, 1)
+        a1 = self.bn1_2_1(self.conv1_2_1(s[0]))
+        a2 = self.bn1_2_2(self.conv1_2_2(r(a1) + s[1]))
+        a3 = self.bn1_2_3(self.conv1_2_3(r(a2) + s[2]))
+        a4 = self.bn1_2_4(self.conv1_2_4(r(a3) + s[3]))
+        if self.reverse:  # 2023 code
+            b4 = self.bn2_2_4(self.conv2_2_4(s[3]))
+            b3 = self.bn2_2_3(self.conv2_2_3(r(b4) + s[2]))
+            b2 = self.bn2_2_2(self.conv2_2_2(r(b3) + s[1]))
+            b1 = self.bn2_2_1(self.conv2_2_1(r(b2) + s[0]))
+        else:  # 2021 release
+            b1 = self.bn2_2_1(self.conv2_2_1(s[0]))
+            b2 = self.bn2_2_2(self.conv2_2_2(r(b1) + s[1]))
+            b3 = self.bn2_2_3(self.conv2_2_3(r(b2) + s[2]))
+            b4 = self.bn2_2_4(self.conv2_2_4(r(b3) + s[3]))
+        out = torch.cat([a1, a2, a3, a4], 1) + torch.cat([b1, b2, b3, b4], 1)
+        identity = x if self.downsample is None else self.downsample(x)
+        return torch.relu(out + identity)
+
+
+class TorchMANet(nn.Module):
+    def __init__(self, num_classes, width=64, reverse=True):
+        super().__init__()
+        w = width
+
+        def layer(block, i, o, stride, **kw):
+            return nn.Sequential(block(i, o, stride, **kw), block(o, o, 1, **kw))
+
+        self.conv1, self.bn1 = nn.Conv2d(3, w, 7, 2, 3, bias=False), nn.BatchNorm2d(w)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = layer(TorchBasicBlock, w, w, 1)
+        self.layer2 = layer(TorchBasicBlock, w, 2 * w, 2)
+        for p in (1, 2, 3, 4):
+            setattr(self, f"layer3_1_p{p}", layer(TorchAttentionBlock, 2 * w, 4 * w, 2))
+            setattr(self, f"layer4_1_p{p}", layer(TorchAttentionBlock, 4 * w, 8 * w, 1))
+        self.layer3_2 = layer(TorchMulScaleBlock, 2 * w, 4 * w, 2, reverse=reverse)
+        self.layer4_2 = layer(TorchMulScaleBlock, 4 * w, 8 * w, 2, reverse=reverse)
+        self.fc_1, self.fc_2 = nn.Linear(8 * w, num_classes), nn.Linear(8 * w, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
+        x = self.layer2(self.layer1(x))
+        h, w = x.shape[2] // 2, x.shape[3] // 2
+        patches = [x[:, :, :h, :w], x[:, :, :h, w:], x[:, :, h:, :w], x[:, :, h:, w:]]
+        outs = [getattr(self, f"layer4_1_p{p}")(getattr(self, f"layer3_1_p{p}")(patch))
+                for p, patch in enumerate(patches, start=1)]
+        local = torch.cat([torch.cat(outs[:2], 3), torch.cat(outs[2:], 3)], 2).mean((2, 3))
+        glob = self.layer4_2(self.layer3_2(x)).mean((2, 3))
+        return self.fc_1(local), self.fc_2(glob)
+
+
+def randomise(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights and BN statistics, so that every tensor matters in the comparison."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(t, low, high):
+        t.copy_(low + (high - low) * torch.rand(t.shape, generator=g))
+
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                rand(m.weight, 0.5, 1.0), rand(m.bias, -0.2, 0.2)
+                rand(m.running_mean, -0.2, 0.2), rand(m.running_var, 0.5, 1.5)
+            elif isinstance(m, (nn.Conv2d, nn.Linear)):
+                fan_in = int(np.prod(m.weight.shape[1:]))
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / np.sqrt(fan_in))
+                if m.bias is not None:
+                    rand(m.bias, -0.2, 0.2)
+    return module.eval()
+
+
+def torch_to_state(state_dict) -> dict[str, np.ndarray]:
+    """Independent mapping PyTorch name -> NNX state path, with Flax layouts."""
+    out = {}
+    for name, t in state_dict.items():
+        if name.endswith("num_batches_tracked"):
+            continue
+        a = t.detach().numpy()
+        name = name.replace("mlp.1.", "mlp.0.").replace("mlp.3.", "mlp.1.")  # Sequential indices
+        prefix, leaf = name.rsplit(".", 1)
+        if leaf == "weight" and a.ndim == 4:
+            leaf, a = "kernel", a.transpose(2, 3, 1, 0)
+        elif leaf == "weight" and a.ndim == 2:
+            leaf, a = "kernel", a.T
+        elif leaf == "weight":
+            leaf = "scale"
+        else:
+            leaf = {"running_mean": "mean", "running_var": "var", "bias": "bias"}[leaf]
+        out[prefix.replace(".", "/") + "/" + leaf] = a
+    return out
+
+
+def load_into(model: nnx.Module, arrays: dict[str, np.ndarray]) -> None:
+    targets = core.model_arrays(model)
+    assert sorted(targets) == sorted(arrays)
+    for name, value in arrays.items():
+        assert targets[name].get_value().shape == value.shape, name
+        targets[name].set_value(jnp.asarray(value))
+
+
+def nhwc(x: torch.Tensor) -> jax.Array:
+    return jnp.asarray(x.permute(0, 2, 3, 1).numpy())
+
+
+def nchw(x: jax.Array) -> np.ndarray:
+    return np.asarray(x).transpose(0, 3, 1, 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sizes.
+
+
+def count(tree) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+@pytest.fixture(scope="module")
+def full_model():
+    return nnx.eval_shape(lambda: create_model("manet", num_classes=7, rngs=nnx.Rngs(0)))
+
+
+def test_parameter_counts_match_the_spec(full_model):
+    params = nnx.state(full_model, nnx.Param)
+    assert count(params) == 50_547_214
+    part = lambda *names: sum(count(params[n]) for n in names)  # noqa: E731
+    assert part("conv1", "bn1", "layer1", "layer2") == 683_072
+    for p in (1, 2, 3, 4):
+        assert part(f"layer3_1_p{p}", f"layer4_1_p{p}") == 10_577_392
+    assert part("layer3_2", "layer4_2") == 7_547_392
+    assert part("fc_1") == part("fc_2") == 3_591
+    # BatchNorm statistics are state, not parameters.
+    assert count(nnx.state(full_model, nnx.BatchStat)) > 0
+
+
+@pytest.mark.parametrize("size, trunk, out", [((224, 224), 28, 7), ((160, 96), None, None)])
+def test_stage_shapes(full_model, size, trunk, out):
+    graphdef, state = nnx.split(full_model)
+    h, w = size
+    images = jax.ShapeDtypeStruct((2, h, w, 3), jnp.float32)
+
+    def stages(state, images):
+        model = nnx.merge(graphdef, state)
+        x = model.trunk(images, False)
+        return x, model.local_branch(x, False), model.global_branch(x, False), model(images)
+
+    x, local, glob, output = jax.eval_shape(stages, state, images)
+    assert x.shape == (2, h // 8, w // 8, 128)
+    assert local.shape == (2, h // 16, w // 16, 512)
+    assert glob.shape == (2, h // 32, w // 32, 512)
+    if trunk is not None:
+        assert (x.shape[1], local.shape[1] // 2, glob.shape[1]) == (trunk, out, out)
+    assert output.logits.shape == (2, 7) and output.features.shape == (2, 1024)
+    assert [a.shape for a in output.head_logits] == [(2, 7), (2, 7)]
+
+
+def test_rejects_sizes_not_divisible_by_32():
+    model = nnx.eval_shape(lambda: create_model("manet", num_classes=3, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match="divisible by 32.*input.image_size.*48x64"):
+        model(jnp.zeros((1, 48, 64, 3)))
+
+
+def test_rejects_bad_options():
+    with pytest.raises(ValueError, match="model.path_b_order"):
+        create_model("manet", num_classes=3, rngs=nnx.Rngs(0), path_b_order="sideways")
+    with pytest.raises(ValueError, match="model.width"):
+        create_model("manet", num_classes=3, rngs=nnx.Rngs(0), width=6)
+    with pytest.raises(TypeError):
+        create_model("manet", num_classes=3, rngs=nnx.Rngs(0), depth=18)
+
+
+def test_init_follows_the_authors():
+    model = create_model("manet", num_classes=5, rngs=nnx.Rngs(0), width=8)
+    kernel = np.asarray(model.layer4_2[0].conv1.kernel[...])  # (3, 3, 32, 64)
+    np.testing.assert_allclose(kernel.std(), np.sqrt(2.0 / (9 * 64)), rtol=0.05)
+    bn = model.layer3_1_p2[0].cbam.SpatialGate.spatial.bn
+    assert float(bn.scale[...][0]) == 1.0 and float(bn.bias[...][0]) == 0.0
+    assert bn.momentum == pytest.approx(0.99) and model.bn1.momentum == pytest.approx(0.9)
+
+
+# ----------------------------------------------------------------------------------------------
+# Heads, path orders, training mode.
+
+
+def test_prediction_is_point_six_local_plus_point_four_global():
+    model = create_model("manet", num_classes=5, rngs=nnx.Rngs(1), width=8)
+    images = jax.random.uniform(jax.random.key(0), (2, 64, 64, 3))
+    out = model(images)
+    assert isinstance(out, ModelOutput) and out.head_weights == (0.6, 0.4)
+    local, glob = out.head_logits
+    np.testing.assert_allclose(out.logits, 0.6 * local + 0.4 * glob, rtol=1e-6, atol=1e-6)
+    assert out.features.shape == (2, 128)
+    np.testing.assert_allclose(model.fc_1(out.features[:, :64]), local, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.fc_2(out.features[:, 64:]), glob, rtol=1e-5, atol=1e-6)
+
+
+def test_path_orders_give_different_outputs_from_the_same_weights():
+    reverse = create_model("manet", num_classes=5, rngs=nnx.Rngs(2), width=8)
+    forward = create_model("manet", num_classes=5, rngs=nnx.Rngs(3), width=8,
+                           path_b_order="forward")
+    nnx.update(forward, nnx.state(reverse))
+    images = jax.random.uniform(jax.random.key(1), (2, 64, 64, 3))
+    a, b = reverse(images), forward(images)
+    np.testing.assert_array_equal(a.head_logits[0], b.head_logits[0])  # local branch: same
+    assert np.abs(np.asarray(a.head_logits[1] - b.head_logits[1])).max() > 1e-4
+
+
+def test_train_mode_updates_batch_statistics_and_learns():
+    model = create_model("manet", num_classes=3, rngs=nnx.Rngs(4), width=8)
+    images = jax.random.uniform(jax.random.key(2), (6, 32, 32, 3))
+    labels = jnp.array([0, 1, 2, 0, 1, 2])
+    before = np.asarray(model.layer3_1_p4[1].cbam.SpatialGate.spatial.bn.mean[...])
+
+    def loss_fn(model):
+        out = model(images, train=True)
+        logp = [jax.nn.log_softmax(h) for h in out.head_logits]
+        return -sum(w * jnp.take_along_axis(lp, labels[:, None], 1).mean()
+                    for w, lp in zip(out.head_weights, logp, strict=True))
+
+    @nnx.jit
+    def step(model):
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        params = nnx.state(model, nnx.Param)
+        nnx.update(model, jax.tree.map(lambda p, g: p - 0.05 * g, params, grads))
+        return loss
+
+    losses = [float(step(model)) for _ in range(8)]
+    after = np.asarray(model.layer3_1_p4[1].cbam.SpatialGate.spatial.bn.mean[...])
+    assert not np.allclose(before, after)
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+# ----------------------------------------------------------------------------------------------
+# Parity with the PyTorch reference (eval mode, random weights and statistics).
+
+
+def jax_block(block_cls, i, o, stride, **kw):
+    return block_cls(i, o, stride, dtype=jnp.float32, rngs=nnx.Rngs(0), **kw)
+
+
+@pytest.mark.parametrize("i, o, stride", [(32, 64, 2), (64, 64, 1)])
+def test_attention_block_matches_pytorch(i, o, stride):
+    ref = randomise(TorchAttentionBlock(i, o, stride), seed=i + stride)
+    block = jax_block(jmanet.AttentionBlock, i, o, stride)
+    load_into(block, torch_to_state(ref.state_dict()))
+    x = torch.randn(2, i, 10, 12, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = ref(x).numpy()
+        expected_train = ref.train()(x).numpy()
+    np.testing.assert_allclose(nchw(block(nhwc(x), train=False)), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(nchw(block(nhwc(x), train=True)), expected_train,
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("order", ["reverse", "forward"])
+@pytest.mark.parametrize("i, o, stride", [(32, 64, 2), (64, 64, 1)])
+def test_mulscale_block_matches_pytorch(i, o, stride, order):
+    ref = randomise(TorchMulScaleBlock(i, o, stride, reverse=order == "reverse"), seed=o + stride)
+    block = jax_block(jmanet.MulScaleBlock, i, o, stride, path_b_order=order)
+    load_into(block, torch_to_state(ref.state_dict()))
+    x = torch.randn(2, i, 9, 9, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = ref(x).numpy()
+    np.testing.assert_allclose(nchw(block(nhwc(x))), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("order", ["reverse", "forward"])
+def test_whole_model_matches_pytorch_through_the_converter(order):
+    ref = randomise(TorchMANet(5, width=8, reverse=order == "reverse"), seed=7)
+    model = create_model("manet", num_classes=5, rngs=nnx.Rngs(0), width=8, path_b_order=order)
+    checkpoint = {k: v.numpy() for k, v in ref.state_dict().items()}
+    converted = convert_manet.convert(checkpoint, model)
+    core.assign(model, converted.arrays, source="ref", head_names=("fc_1", "fc_2"),
+                keep_head=True)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        local, glob = (t.numpy() for t in ref(x))
+    out = model(nhwc(x))
+    np.testing.assert_allclose(out.head_logits[0], local, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out.head_logits[1], glob, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out.logits, 0.6 * local + 0.4 * glob, rtol=1e-4, atol=1e-4)

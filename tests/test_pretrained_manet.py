@@ -1,0 +1,167 @@
+"""Import of the authors' MA-Net checkpoint layout (`.pth.tar`, `module.` prefix, K = 12,666).
+
+The checkpoint is built from a model's own random parameters re-keyed to PyTorch names by the
+mapping below (written independently of cer_jax.pretrained.manet), so the import must give back
+exactly those arrays.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from cer_jax.models import create_model
+from cer_jax.pretrained import WeightImportError, load_pretrained
+from cer_jax.pretrained.core import model_arrays
+from cer_jax.pretrained.readers import CheckpointReadError
+
+WIDTH, MS_CELEB_CLASSES = 8, 12_666
+HEADS = ["fc_1/bias", "fc_1/kernel", "fc_2/bias", "fc_2/kernel"]
+
+
+def pytorch_name_and_layout(path: str, value: np.ndarray) -> tuple[str, np.ndarray]:
+    """NNX state path + Flax layout -> the authors' PyTorch key + PyTorch layout."""
+    *modules, leaf = path.split("/")
+    if modules[-2:] in (["mlp", "0"], ["mlp", "1"]):  # nn.Sequential(Flatten, Linear, ReLU, Linear)
+        modules[-1] = {"0": "1", "1": "3"}[modules[-1]]
+    if leaf == "kernel":
+        leaf = "weight"
+        value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
+    else:
+        leaf = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}[
+            leaf]
+    return ".".join(modules + [leaf]), value
+
+
+def randomise(model: nnx.Module, seed: int) -> None:
+    """Random values everywhere, BN statistics included (var > 0)."""
+    rng = np.random.default_rng(seed)
+    for name, var in model_arrays(model).items():
+        shape = var.get_value().shape
+        value = rng.uniform(0.5, 1.5, shape) if name.endswith("/var") else rng.normal(0, 0.1, shape)
+        var.set_value(jnp.asarray(value, jnp.float32))
+
+
+def authors_checkpoint(model: nnx.Module) -> dict[str, torch.Tensor]:
+    """`model`'s arrays as the authors' state dict, with 12,666-way heads and BN step counters."""
+    state = {}
+    for path, var in model_arrays(model).items():
+        key, value = pytorch_name_and_layout(path, np.asarray(var.get_value()))
+        state[key] = torch.from_numpy(np.ascontiguousarray(value))
+        if key.endswith("running_var"):
+            state[key.replace("running_var", "num_batches_tracked")] = torch.tensor(1234)
+    rng = np.random.default_rng(0)
+    for head in ("fc_1", "fc_2"):
+        state[f"{head}.weight"] = torch.from_numpy(rng.normal(size=(MS_CELEB_CLASSES, 8 * WIDTH)))
+        state[f"{head}.bias"] = torch.zeros(MS_CELEB_CLASSES)
+    return state
+
+
+def save(state: dict[str, torch.Tensor], path) -> str:
+    torch.save({"epoch": 30, "best_acc": torch.tensor(0.9),
+                "state_dict": {"module." + k: v for k, v in state.items()}}, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def source():
+    model = create_model("manet", num_classes=7, rngs=nnx.Rngs(0), width=WIDTH)
+    randomise(model, seed=1)
+    return model
+
+
+@pytest.fixture(scope="module")
+def checkpoint(source):
+    return authors_checkpoint(source)
+
+
+def snapshot(model) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v.get_value()) for k, v in model_arrays(model).items()}
+
+
+def test_checkpoint_keys_look_like_the_authors(checkpoint):
+    for key in ["conv1.weight", "bn1.running_mean", "layer1.0.conv1.weight",
+                "layer2.0.downsample.0.weight", "layer2.0.downsample.1.running_var",
+                "layer3_1_p1.0.cbam.ChannelGate.mlp.1.weight",
+                "layer4_1_p4.1.cbam.ChannelGate.mlp.3.bias",
+                "layer3_1_p2.0.cbam.SpatialGate.spatial.conv.weight",
+                "layer3_1_p2.0.cbam.SpatialGate.spatial.bn.running_mean",
+                "layer3_2.0.conv1_2_1.weight", "layer3_2.0.bn2_2_4.bias", "fc_1.weight"]:
+        assert key in checkpoint, key
+    assert tuple(checkpoint["conv1.weight"].shape) == (WIDTH, 3, 7, 7)
+    assert tuple(checkpoint["fc_2.weight"].shape) == (MS_CELEB_CLASSES, 8 * WIDTH)
+
+
+@pytest.mark.parametrize("order", ["reverse", "forward"])
+def test_import_round_trips_exactly_and_replaces_heads(source, checkpoint, tmp_path, order):
+    path = save(checkpoint, tmp_path / "manet_ms_celeb.pth.tar")
+    target = create_model("manet", num_classes=7, rngs=nnx.Rngs(5), width=WIDTH,
+                          path_b_order=order)
+    before = snapshot(target)
+    report = load_pretrained(target, "manet", path)
+
+    expected, after = snapshot(source), snapshot(target)
+    assert sorted(report.reinitialised) == HEADS
+    assert sorted(report.loaded) == sorted(set(expected) - set(HEADS))
+    assert len(report.unused) == sum(k.endswith("running_var") for k in checkpoint)
+    assert all(k.endswith("num_batches_tracked") for k in report.unused)
+    for name in expected:
+        if name in HEADS:
+            np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+        else:
+            np.testing.assert_array_equal(after[name], expected[name], err_msg=name)
+    assert "fc_1/kernel" in report.summary()
+
+
+def test_imported_model_computes_the_source_features(source, checkpoint, tmp_path):
+    target = create_model("manet", num_classes=7, rngs=nnx.Rngs(6), width=WIDTH)
+    load_pretrained(target, "manet", save(checkpoint, tmp_path / "m.pth.tar"))
+    images = jax.random.uniform(jax.random.key(0), (2, 64, 64, 3))
+    np.testing.assert_allclose(target(images).features, source(images).features, rtol=1e-6)
+
+
+def broken(checkpoint, **changes) -> dict[str, torch.Tensor]:
+    state = dict(checkpoint)
+    for key, value in changes.items():
+        if value is None:
+            del state[key]
+        else:
+            state[key] = value
+    return state
+
+
+def test_wrong_shaped_backbone_tensor_names_the_tensor(checkpoint, tmp_path):
+    bad = broken(checkpoint, **{"layer2.0.conv1.weight": torch.zeros(2 * WIDTH, WIDTH, 5, 5)})
+    path = save(bad, tmp_path / "bad.pth.tar")
+    target = create_model("manet", num_classes=7, rngs=nnx.Rngs(7), width=WIDTH)
+    before = snapshot(target)
+    with pytest.raises(WeightImportError,
+                       match=r"shape mismatch: layer2/0/conv1/kernel is \(3, 3, 8, 16\) in the "
+                             r"model, \(5, 5, 8, 16\) in the checkpoint"):
+        load_pretrained(target, "manet", path)
+    after = snapshot(target)
+    assert all(np.array_equal(before[k], after[k]) for k in before)  # nothing half-written
+
+
+def test_missing_and_unknown_tensors_are_errors(checkpoint, tmp_path):
+    target = create_model("manet", num_classes=7, rngs=nnx.Rngs(8), width=WIDTH)
+    bad = broken(checkpoint, **{"layer3_2.1.bn2_2_3.running_var": None,
+                                "layer5.0.conv1.weight": torch.zeros(1, 1, 3, 3)})
+    with pytest.raises(WeightImportError) as err:
+        load_pretrained(target, "manet", save(bad, tmp_path / "a.pth.tar"))
+    assert "missing: layer3_2/1/bn2_2_3/var (8,)" in str(err.value)
+    assert "not in the model: layer5/0/conv1/kernel (3, 3, 1, 1)" in str(err.value)
+
+    bad = broken(checkpoint, **{"layer1.0.bn1.momentum_buffer": torch.zeros(8)})
+    with pytest.raises(WeightImportError, match="Unknown tensor 'layer1.0.bn1.momentum_buffer'"):
+        load_pretrained(target, "manet", save(bad, tmp_path / "b.pth.tar"))
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    target = nnx.eval_shape(lambda: create_model("manet", num_classes=7, rngs=nnx.Rngs(0)))
+    with pytest.raises(CheckpointReadError, match="does not exist.*config.init.checkpoint"):
+        load_pretrained(target, "manet", tmp_path / "nowhere.pth.tar")

@@ -1,0 +1,170 @@
+"""Bad RAF-DB trees: each gets one clear RafDbLayoutError, and leaves no dataset in data_dir."""
+
+import io
+import pathlib
+import re
+import shutil
+from unittest import mock
+
+import pytest
+from PIL import Image
+
+from cer_jax import synthetic
+from tfds_rafdb import rafdb
+from tfds_rafdb.rafdb import layout
+
+LABELS = "EmoLabel/list_patition_label.txt"
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> pathlib.Path:
+    root = tmp_path_factory.mktemp("pristine") / "compound"
+    synthetic.write_tree(root, kind="compound", num_train=22, num_test=11, seed=3)
+    return root
+
+
+@pytest.fixture
+def tree(pristine, tmp_path) -> pathlib.Path:
+    """A fresh copy of a valid compound tree (22 train, 11 test images) to break."""
+    return pathlib.Path(shutil.copytree(pristine, tmp_path / "compound"))
+
+
+def _label_lines(root: pathlib.Path) -> list[str]:
+    return (root / LABELS).read_text().splitlines()
+
+
+def _write_label_lines(root: pathlib.Path, lines: list[str]) -> None:
+    (root / LABELS).write_text("\n".join(lines) + "\n")
+
+
+def _build_fails(manual_dir: pathlib.Path, data_dir: pathlib.Path, config="compound") -> str:
+    """Builds, expects RafDbLayoutError, checks nothing was prepared; returns the message."""
+    with mock.patch.object(rafdb.Builder, "_generate_examples") as generate:
+        with pytest.raises(rafdb.RafDbLayoutError) as error:
+            rafdb.build(config, str(manual_dir), str(data_dir))
+    generate.assert_not_called()  # the whole tree was checked before any example was made
+    assert not (data_dir / "rafdb" / config / "1.0.0").exists()
+    # TFDS keeps a dataset-level `rafdb/.config/metadata.json` (not a prepared dataset); any
+    # other file (records, dataset_info.json, an `incomplete.*` folder's content) is a leftover.
+    leftovers = [p for p in data_dir.rglob("*") if p.is_file() and ".config" not in p.parts]
+    assert leftovers == [], f"a failed build left files behind: {leftovers}"
+    assert not rafdb.Builder(config=config, data_dir=str(data_dir)).is_prepared()
+    return str(error.value)
+
+
+def test_missing_label_file_shows_layout_and_flag(tree, tmp_path):
+    (tree / LABELS).unlink()
+    message = _build_fails(tree, tmp_path / "data")
+    assert message.startswith(f"RAF-DB tree at {tree} is missing {LABELS}.\n")
+    assert layout.EXPECTED_LAYOUT in message
+    assert "--manual_dir" in message
+
+
+def test_missing_image_folder(tree, tmp_path):
+    shutil.rmtree(tree / "Image/aligned")
+    message = _build_fails(tree, tmp_path / "data")
+    assert message.startswith(f"RAF-DB tree at {tree} is missing Image/aligned.\n")
+
+
+def test_manual_dir_at_the_parent_folder_points_at_the_tree(tree, tmp_path):
+    message = _build_fails(tree.parent, tmp_path / "data")
+    assert f"{tree.parent} holds compound/: point --manual_dir at one." in message
+
+
+def test_unparsable_label_line_names_file_and_line(tree, tmp_path):
+    lines = _label_lines(tree)
+    lines[2] = lines[2].split()[0]  # label missing
+    _write_label_lines(tree, lines)
+    message = _build_fails(tree, tmp_path / "data")
+    assert message == (f'{tree / LABELS}, line 3: expected "<name>.jpg <label>", got {lines[2]!r}.')
+
+
+@pytest.mark.parametrize("bad_label", [0, 12])
+def test_label_out_of_range(tree, tmp_path, bad_label):
+    lines = _label_lines(tree)
+    name = lines[4].split()[0]
+    lines[4] = f"{name} {bad_label}"
+    _write_label_lines(tree, lines)
+    message = _build_fails(tree, tmp_path / "data")
+    assert message == (
+        f"{tree / LABELS}, line 5: label {bad_label} of {name} is out of range: the compound "
+        "tree has ids 1..11."
+    )
+
+
+def test_name_without_split_prefix(tree, tmp_path):
+    lines = _label_lines(tree)
+    lines[0] = "val_0001.jpg 1"
+    _write_label_lines(tree, lines)
+    message = _build_fails(tree, tmp_path / "data")
+    assert message == (
+        f"{tree / LABELS}, line 1: image name 'val_0001.jpg' must look like train_0001.jpg or "
+        "test_0001.jpg (the prefix gives the split)."
+    )
+
+
+def test_basic_tree_given_to_a_compound_config(tmp_path):
+    basic = tmp_path / "basic"
+    synthetic.write_tree(basic, kind="basic", num_train=14, num_test=7, seed=0)
+    message = _build_fails(basic, tmp_path / "data", config="compound_abaw7")
+    assert message.endswith(
+        "line 1: train_00001.jpg has 5 digits, but the compound tree numbers train images with "
+        "4: is --manual_dir the basic tree?"
+    )
+
+
+def test_duplicate_entry_names_both_lines(tree, tmp_path):
+    lines = _label_lines(tree)
+    lines.append(lines[1])
+    _write_label_lines(tree, lines)
+    name = lines[1].split()[0]
+    message = _build_fails(tree, tmp_path / "data")
+    assert message == (
+        f"{tree / LABELS}: duplicate entry {name} on lines 2 and {len(lines)}; keep one."
+    )
+
+
+def test_listed_image_missing(tree, tmp_path):
+    (tree / "Image/aligned/test_0005_aligned.jpg").unlink()
+    line = next(i for i, x in enumerate(_label_lines(tree), 1) if x.startswith("test_0005"))
+    message = _build_fails(tree, tmp_path / "data")
+    assert message == (
+        f"1 image(s) listed in {tree / LABELS} are missing from {tree / 'Image/aligned'}: "
+        f"test_0005.jpg (line {line}). Expected <stem>_aligned.jpg for each listed <stem>.jpg."
+    )
+
+
+def test_non_jpeg_image(tree, tmp_path):
+    path = tree / "Image/aligned/train_0007_aligned.jpg"
+    Image.new("RGB", (100, 100)).save(path, format="PNG")  # PNG bytes behind a .jpg name
+    message = _build_fails(tree, tmp_path / "data")
+    assert message == f"{path} (listed as train_0007.jpg, line 7) is not a JPEG file."
+
+
+def test_corrupt_jpeg_last_in_the_list(tree, tmp_path):
+    """The truncated image is the last one listed: still caught before any example is made."""
+    name = _label_lines(tree)[-1].split()[0]
+    path = tree / "Image/aligned" / name.replace(".jpg", "_aligned.jpg")
+    data = io.BytesIO()
+    Image.new("RGB", (100, 100), "red").save(data, format="JPEG")
+    path.write_bytes(data.getvalue()[:300])
+    message = _build_fails(tree, tmp_path / "data")
+    assert message.startswith(f"{path} (listed as {name}, line 33) is a corrupt JPEG: ")
+
+
+def test_bad_landmark_line(tree, tmp_path):
+    path = tree / "Annotation/manual/train_0003_manu_attri.txt"
+    lines = path.read_text().splitlines()
+    lines[3] = "12.5"
+    path.write_text("\n".join(lines) + "\n")
+    message = _build_fails(tree, tmp_path / "data")
+    assert message == (
+        f"{path}, line 4: expected a landmark \"x<TAB>y\", got '12.5'. Fix or delete the file "
+        "(images without it get has_landmarks=False)."
+    )
+
+
+def test_empty_label_file(tree, tmp_path):
+    (tree / LABELS).write_text("\n")
+    message = _build_fails(tree, tmp_path / "data")
+    assert re.match(rf"{re.escape(str(tree / LABELS))} lists no images\.\n", message)

@@ -1,0 +1,194 @@
+"""The synthetic RAF-DB tree: determinism, exact layout, imbalance, and a build through TFDS."""
+
+import io
+import itertools
+import pathlib
+import re
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from cer_jax import synthetic
+from tfds_rafdb import rafdb
+
+LABELS = "EmoLabel/list_patition_label.txt"
+
+
+def _files(root: pathlib.Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def _entries(root: pathlib.Path) -> list[tuple[str, int]]:
+    return [(n, int(label)) for n, label in (x.split(" ") for x in _labels_text(root))]
+
+
+def _labels_text(root: pathlib.Path) -> list[str]:
+    return (root / LABELS).read_text().splitlines()
+
+
+@pytest.fixture(scope="module")
+def compound_tree(tmp_path_factory) -> tuple[pathlib.Path, synthetic.TreeSummary]:
+    root = tmp_path_factory.mktemp("synthetic") / "compound"
+    return root, synthetic.write_tree(root, kind="compound", num_train=44, num_test=15, seed=0)
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(compound_tree, tmp_path):
+    root, _ = compound_tree
+    again = tmp_path / "again"
+    synthetic.write_tree(again, kind="compound", num_train=44, num_test=15, seed=0)
+    assert _files(again) == _files(root)
+    other = tmp_path / "other"
+    synthetic.write_tree(other, kind="compound", num_train=44, num_test=15, seed=1)
+    other_files = _files(other)
+    assert other_files.keys() == _files(root).keys()
+    changed = [k for k, v in _files(root).items() if k.endswith(".jpg") and other_files[k] != v]
+    assert len(changed) == 2 * (44 + 15)  # every original and aligned image differs
+
+
+def test_layout_names_and_label_file_format(compound_tree):
+    root, summary = compound_tree
+    lines = _labels_text(root)
+    expected_names = [f"train_{i:04d}.jpg" for i in range(1, 45)] + [
+        f"test_{i:04d}.jpg" for i in range(1, 16)
+    ]
+    assert [x.split(" ")[0] for x in lines] == expected_names  # train first, then test
+    assert all(re.fullmatch(r"(train|test)_\d{4}\.jpg ([1-9]|1[01])", x) for x in lines)
+    assert (root / LABELS).read_text().endswith("\n")
+    for name in expected_names:
+        stem = name[:-4]
+        with Image.open(root / "Image/aligned" / f"{stem}_aligned.jpg") as aligned:
+            assert (aligned.format, aligned.mode, aligned.size) == ("JPEG", "RGB", (100, 100))
+        with Image.open(root / "Image/original" / name) as original:
+            assert original.format == "JPEG" and original.mode == "RGB"
+            assert all(160 <= side <= 240 for side in original.size)
+        assert (root / "Annotation/manual" / f"{stem}_manu_attri.txt").is_file()
+    assert "SYNTHETIC" in (root / "SYNTHETIC_README.txt").read_text()
+    assert summary.class_names == rafdb.COMPOUND_CLASSES
+
+
+def test_basic_tree_names_use_five_digit_train_ids(tmp_path):
+    summary = synthetic.write_tree(tmp_path, kind="basic", num_train=14, num_test=7, seed=0)
+    names = [n for n, _ in _entries(tmp_path)]
+    assert names[0] == "train_00001.jpg" and names[13] == "train_00014.jpg"
+    assert names[14:] == [f"test_{i:04d}.jpg" for i in range(1, 8)]
+    assert summary.class_names == rafdb.BASIC_CLASSES
+    assert summary.train_counts == (2,) * 7 and summary.test_counts == (1,) * 7
+
+
+def test_label_file_counts_follow_rafdb_imbalance(compound_tree):
+    root, summary = compound_tree
+    train = np.bincount([label for n, label in _entries(root) if n.startswith("train")], None, 12)
+    test = np.bincount([label for n, label in _entries(root) if n.startswith("test")], None, 12)
+    assert tuple(train[1:]) == summary.train_counts and tuple(test[1:]) == summary.test_counts
+    assert min(summary.train_counts) >= 2 and min(summary.test_counts) >= 1
+    real = synthetic.RAFDB_COUNTS["compound"]
+    for counts in (summary.train_counts, summary.test_counts):
+        for i, j in itertools.permutations(range(11), 2):
+            if real[i] > real[j]:
+                assert counts[i] >= counts[j], (i, j, counts)
+    # Scaled to the real train size, the counts are RAF-DB's proportions to within rounding.
+    scaled = synthetic.class_counts("compound", 3954, minimum=0)
+    assert sum(scaled) == 3954
+    np.testing.assert_allclose(scaled, real, atol=1)
+
+
+def test_class_counts_rejects_too_few_images():
+    with pytest.raises(ValueError, match=r"^10 images cannot give each of the 11 compound classes"):
+        synthetic.class_counts("compound", 10, minimum=1)
+
+
+def test_landmark_files(compound_tree):
+    root, _ = compound_tree
+    for name, _ in _entries(root):
+        stem = name[:-4]
+        lines = (root / "Annotation/manual" / f"{stem}_manu_attri.txt").read_text().splitlines()
+        assert len(lines) == 8
+        points = np.array([[float(v) for v in x.split("\t")] for x in lines[:5]])
+        assert all(re.fullmatch(r"-?\d+\.\d\d\t-?\d+\.\d\d", x) for x in lines[:5])
+        assert all(x.isdigit() for x in lines[5:])
+        with Image.open(root / "Image/original" / name) as original:
+            width, height = original.size
+        assert np.all((points >= 0) & (points < [width, height]))
+        left_eye, right_eye, nose, mouth_left, mouth_right = points
+        assert left_eye[0] < right_eye[0] and mouth_left[0] < mouth_right[0]
+        assert max(left_eye[1], right_eye[1]) < nose[1] < min(mouth_left[1], mouth_right[1])
+
+
+def _examples(builder, split):
+    ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    return {ex["file_name"].decode(): ex for ex in tfds.as_numpy(ds)}
+
+
+@pytest.mark.parametrize(
+    "config, kind, ids_kept",
+    [
+        ("compound", "compound", list(range(1, 12))),
+        ("compound_abaw7", "compound", [8, 1, 5, 11, 9, 3, 4]),
+        ("basic", "basic", list(range(1, 8))),
+    ],
+)
+def test_tree_builds_through_the_builder(tmp_path, config, kind, ids_kept):
+    root = tmp_path / kind
+    summary = synthetic.write_tree(root, kind=kind, num_train=40, num_test=15, seed=2)
+    # Irregularities the builder must accept: a 90x90 greyscale JPEG, an image without landmarks.
+    grey = root / "Image/aligned/test_0001_aligned.jpg"
+    Image.open(grey).convert("L").resize((90, 90)).save(grey, format="JPEG")
+    (root / "Annotation/manual/test_0002_manu_attri.txt").unlink()
+
+    builder = rafdb.build(config, str(root), str(tmp_path / "data"))
+    labels = {n: ids_kept.index(label) for n, label in _entries(root) if label in ids_kept}
+    train = {n for n in labels if n.startswith("train")}
+    splits = {s: _examples(builder, s) for s in ("train", "validation", "train_fit", "test")}
+    assert set(splits["train"]) == train
+    assert set(splits["test"]) == set(labels) - train
+    assert set(splits["validation"]) | set(splits["train_fit"]) == train
+    assert not set(splits["validation"]) & set(splits["train_fit"])
+    per_class = [summary.train_counts[i - 1] for i in ids_kept]
+    val_labels = [ex["label"] for ex in splits["validation"].values()]
+    assert np.bincount(val_labels, minlength=len(ids_kept)).tolist() == [
+        max(1, int(n * 0.1 + 0.5)) for n in per_class
+    ]
+    for split in ("train", "test"):
+        for name, ex in splits[split].items():
+            assert ex["label"] == labels[name]
+            stem = name[:-4]
+            aligned = (root / "Image/aligned" / f"{stem}_aligned.jpg").read_bytes()
+            manual = root / "Annotation/manual" / f"{stem}_manu_attri.txt"
+            if name == "test_0001.jpg":
+                with Image.open(io.BytesIO(ex["image"])) as image:
+                    assert (image.mode, image.size) == ("RGB", (100, 100))
+            else:
+                assert ex["image"] == aligned  # the original JPEG bytes, not a re-encode
+            assert ex["has_landmarks"] == manual.exists()
+            expected = (
+                np.loadtxt(manual, max_rows=5, dtype=np.float32)
+                if manual.exists()
+                else np.zeros((5, 2), np.float32)
+            )
+            np.testing.assert_array_equal(ex["landmarks"], expected)
+    assert builder.info.features["label"].names == list(
+        {"compound": rafdb.COMPOUND_CLASSES, "basic": rafdb.BASIC_CLASSES}[kind]
+        if config != "compound_abaw7"
+        else rafdb.ABAW7_CLASSES
+    )
+
+
+def test_validation_split_is_a_stable_hash_of_the_name(tmp_path):
+    """Same names -> same validation files, whatever the images and the order of the lines."""
+    a = synthetic.write_tree(tmp_path / "a", kind="compound", num_train=44, num_test=11, seed=5)
+    records = rafdb.layout.read_tree(tmp_path / "a", num_labels=11, tree="compound")
+    chosen = rafdb.layout.validation_names(records)
+    assert chosen == rafdb.layout.validation_names(records[::-1])
+    assert len(chosen) == sum(max(1, int(n * 0.1 + 0.5)) for n in a.train_counts)
+    assert all(n.startswith("train_") for n in chosen)
+
+
+def test_cli_says_synthetic(tmp_path, capsys):
+    synthetic.main(["--out", str(tmp_path / "t"), "--num-train", "22", "--num-test", "11"])
+    out = capsys.readouterr().out
+    assert out.startswith(
+        f"Wrote a SYNTHETIC compound tree (drawn faces, not RAF-DB) to {tmp_path}"
+    )
+    assert len(_entries(tmp_path / "t")) == 33
