@@ -24,6 +24,8 @@ from collections.abc import Sequence
 import ml_collections
 from absl import app, flags
 
+from cer_jax import fusion
+
 # Config files import their shared base as `configs.common`: make the repository importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -31,13 +33,15 @@ _OUT = flags.DEFINE_string("out", "/tmp/cer_jax_demo", "Folder for data, workdir
 _STEPS_SCALE = flags.DEFINE_float(
     "steps_scale", 1.0, "Multiplies every training run's number of steps (tests: e.g. 0.02)."
 )
+_NUM_TRAIN = flags.DEFINE_integer(
+    "num_train_images", 400, "Synthetic RAF-DB train images (train_fit + validation)."
+)
+_NUM_TEST = flags.DEFINE_integer("num_test_images", 120, "Synthetic RAF-DB test images.")
 _MODELS = flags.DEFINE_list(
     "models", ["vit", "manet", "resnet50"], "Members to train and fuse (configs/<name>.py:smoke)."
 )
 
-# Sized for ~8 minutes on 2 CPU cores in total.
-NUM_TRAIN_IMAGES = 400
-NUM_TEST_IMAGES = 120
+# Sized (with the image counts above) for ~8 minutes on 2 CPU cores in total.
 TRAIN_STEPS = {"vit": 240, "manet": 200, "resnet50": 200}
 EVALUATIONS_PER_RUN = 4
 
@@ -47,7 +51,7 @@ def banner(stage: int, total: int, text: str) -> None:
 
 
 def member_config(
-    model: str, data_dir: str, steps_scale: float
+    model: str, data_dir: str, steps_scale: float, num_images: tuple[int, int]
 ) -> ml_collections.ConfigDict:
     """The model's `:smoke` config on the demo's synthetic data, with the demo's step count."""
     from cer_jax.config_loading import load_config
@@ -55,11 +59,10 @@ def member_config(
     config = load_config(f"configs/{model}.py:smoke")
     config.dataset.synthetic = True
     config.dataset.cache_dir = data_dir
-    config.dataset.synthetic_num_train = NUM_TRAIN_IMAGES
-    config.dataset.synthetic_num_test = NUM_TEST_IMAGES
+    config.dataset.synthetic_num_train, config.dataset.synthetic_num_test = num_images
     steps = max(2, round(TRAIN_STEPS.get(model, 200) * steps_scale))
     config.training.num_steps = steps
-    config.training.eval_every_steps = max(1, steps // EVALUATIONS_PER_RUN)
+    config.training.eval_every_steps = max(2, steps // EVALUATIONS_PER_RUN)
     config.training.log_every_steps = max(1, steps // (2 * EVALUATIONS_PER_RUN))
     config.schedule.warmup_steps = min(config.schedule.get("warmup_steps") or 0, steps // 10)
     return config
@@ -71,9 +74,17 @@ def fusion_config(workdirs: Sequence[str], out: str) -> ml_collections.ConfigDic
     return fusion.resolve_config(fusion.load_default_config(), workdirs=workdirs, out=out)
 
 
-def run_demo(out: str, steps_scale: float = 1.0, models: Sequence[str] = TRAIN_STEPS) -> dict:
-    """Data -> three trained members -> fusion report; returns the fusion report."""
-    from cer_jax import fusion, trainer
+def run_demo(
+    out: str,
+    steps_scale: float = 1.0,
+    models: Sequence[str] = tuple(TRAIN_STEPS),
+    num_images: tuple[int, int] = (400, 120),
+) -> dict:
+    """Data -> trained members -> fusion report; returns the fusion report.
+
+    `num_images`: (train, test) images of the synthetic RAF-DB compound tree.
+    """
+    from cer_jax import trainer
     from cer_jax.data import pipeline
     from cer_jax.fusion import report as report_lib
 
@@ -82,15 +93,17 @@ def run_demo(out: str, steps_scale: float = 1.0, models: Sequence[str] = TRAIN_S
     total = len(models) + 2
     start = time.perf_counter()
 
-    banner(1, total, f"Synthetic RAF-DB compound ({NUM_TRAIN_IMAGES} train / "
-                     f"{NUM_TEST_IMAGES} test images): drawing and building into {data_dir}")
-    info = pipeline.get_dataset_info(member_config(models[0], data_dir, steps_scale))
+    banner(1, total, f"Synthetic RAF-DB compound ({num_images[0]} train / {num_images[1]} "
+                     f"test images): drawing and building into {data_dir}")
+    info = pipeline.get_dataset_info(
+        member_config(models[0], data_dir, steps_scale, num_images)
+    )
     print(f"    classes: {len(info.class_names)}; split sizes: {dict(info.split_sizes)}",
           flush=True)
 
     workdirs = []
     for stage, model in enumerate(models, start=2):
-        config = member_config(model, data_dir, steps_scale)
+        config = member_config(model, data_dir, steps_scale, num_images)
         workdir = os.path.join(out, model)
         banner(stage, total, f"Training {model} ({config.training.num_steps} steps) in {workdir}")
         result = trainer.train_and_evaluate(config, workdir)
@@ -117,7 +130,8 @@ def run_demo(out: str, steps_scale: float = 1.0, models: Sequence[str] = TRAIN_S
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    run_demo(_OUT.value, _STEPS_SCALE.value, _MODELS.value)
+    fusion.quiet_checkpoint_logs()
+    run_demo(_OUT.value, _STEPS_SCALE.value, _MODELS.value, (_NUM_TRAIN.value, _NUM_TEST.value))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ _SELECT_ON = flags.DEFINE_enum(
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    fusion.quiet_checkpoint_logs()
     config = fusion.resolve_config(_CONFIG.value, _WORKDIRS.value, _OUT.value, _SELECT_ON.value)
     report = fusion.fuse(config)
     print(report_lib.summary_table(report))

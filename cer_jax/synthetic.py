@@ -25,6 +25,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
+# Bumped whenever the drawing changes, so caches keyed on it never serve an older tree.
+VERSION = 1
 JPEG_QUALITY = 92
 ALIGNED_SIZE = 100
 LABEL_FILE = "EmoLabel/list_patition_label.txt"
@@ -118,10 +120,11 @@ _HAIR_COLOURS = np.array(
 _README = """\
 SYNTHETIC RAF-DB-LAYOUT TREE - NOT REAL FACES, NOT RAF-DB.
 
-Written by `python -m cer_jax.synthetic` (cer_jax) with kind={kind}, seed={seed},
-{num_train} train and {num_test} test images. Cartoon faces are drawn procedurally; each class is a
-blend of facial actions. Use it to exercise the pipeline only; results on it say nothing about
-expression recognition on real faces. The layout mirrors RAF-DB so the same TFDS builder reads it:
+Written by `python -m cer_jax.synthetic` (cer_jax, generator version {version}) with
+kind={kind}, seed={seed}, {num_train} train and {num_test} test images. Cartoon faces are drawn
+procedurally; each class is a blend of facial actions. Use it to exercise the pipeline only;
+results on it say nothing about expression recognition on real faces. The layout mirrors RAF-DB
+so the same TFDS builder reads it:
   EmoLabel/list_patition_label.txt, Image/original/, Image/aligned/, Annotation/manual/
 """
 
@@ -246,7 +249,7 @@ def _draw_face(canvas: _Canvas, identity: dict, a: dict[str, float], yaw: float)
     landmarks = []
     for side in (-1, 1):  # image-left eye first
         cx = side * ex + yaw * 0.35
-        # Eye white, iris, pupil, then the lids drawn in skin over the white.
+        # Eye white, iris, pupil, then the upper lid's line; its height is the eye opening.
         canvas.fill(_ellipse(cx, ey, eye_w, max(opening, 0.015)), (245, 245, 240))
         iris_r = min(eye_w * 0.55, max(opening, 0.02))
         canvas.fill(_ellipse(cx + yaw * 0.08, ey, iris_r, iris_r, 20), identity["iris"])
@@ -340,13 +343,19 @@ def _identity(rng: np.random.Generator) -> dict:
     }
 
 
+def _ramp(height: int, width: int, angle: float) -> np.ndarray:
+    """A linear gradient along `angle`: cos(angle) x + sin(angle) y, x and y in [-0.5, 0.5)."""
+    xs = (np.arange(width, dtype=np.float32) / width - 0.5) * np.float32(np.cos(angle))
+    ys = (np.arange(height, dtype=np.float32) / height - 0.5) * np.float32(np.sin(angle))
+    return ys[:, None] + xs[None, :]
+
+
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """Vertical/horizontal colour gradient with a few soft blobs of clutter (BGR uint8)."""
     c0, c1 = rng.uniform(20, 235, 3), rng.uniform(20, 235, 3)
     angle = rng.uniform(0, 2 * np.pi)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
-    t = (np.cos(angle) * xx / width + np.sin(angle) * yy / height + 1.0) / 2.0
-    image = (c0 + t[..., None] * (c1 - c0)).astype(np.uint8)
+    t = _ramp(height, width, angle)[..., None] + 0.5
+    image = np.clip(c0 + t * (c1 - c0), 0, 255).astype(np.uint8)
     for _ in range(rng.integers(0, 4)):
         centre = (int(rng.integers(width)), int(rng.integers(height)))
         axes = (int(rng.integers(10, width // 2)), int(rng.integers(10, height // 2)))
@@ -383,12 +392,10 @@ def render_face(
     landmarks_face = _draw_face(canvas, identity, actions, yaw=rng.uniform(-0.2, 0.2))
 
     # Lighting from one side, sensor noise, slight blur: applied to the whole photo.
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    direction = rng.uniform(0, 2 * np.pi)
-    ramp = np.cos(direction) * (xx / width - 0.5) + np.sin(direction) * (yy / height - 0.5)
+    ramp = _ramp(height, width, rng.uniform(0, 2 * np.pi))
     gain = rng.uniform(0.85, 1.1) + rng.uniform(0.0, 0.5) * ramp
     photo = image.astype(np.float32) * gain[..., None]
-    photo += rng.normal(0.0, rng.uniform(1.0, 7.0), photo.shape).astype(np.float32)
+    photo += rng.uniform(1.0, 7.0) * rng.standard_normal(photo.shape, dtype=np.float32)
     photo = np.clip(photo, 0, 255).astype(np.uint8)
     if rng.random() < 0.4:
         photo = cv2.GaussianBlur(photo, (3, 3), 0)
@@ -431,7 +438,7 @@ def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, _SPLIT_CODES[split], index])
 
 
-def _labels(kind: str, counts: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+def _shuffled_labels(counts: Sequence[int], rng: np.random.Generator) -> np.ndarray:
     labels = np.repeat(np.arange(1, len(counts) + 1), counts)
     return labels[rng.permutation(len(labels))]
 
@@ -446,7 +453,9 @@ def write_tree(
     """Writes a synthetic tree with RAF-DB's layout, names and class imbalance into `out_dir`.
 
     `out_dir` plays the role of RAF-DB's `basic/` or `compound/` folder: pass it to the TFDS
-    builder as `--manual_dir`. Existing files with the same names are overwritten.
+    builder as `--manual_dir`. Existing files with the same names are overwritten. The label
+    file goes first and comes back last, so an interrupted run leaves a tree that the builder
+    rejects rather than a partial one that it would read.
     """
     if kind not in CLASSES:
         raise ValueError(f"kind must be one of {sorted(CLASSES)}, got {kind!r}.")
@@ -455,11 +464,12 @@ def write_tree(
     test_counts = class_counts(kind, num_test, minimum=1)
     for sub in ("EmoLabel", "Image/original", "Image/aligned", "Annotation/manual"):
         (root / sub).mkdir(parents=True, exist_ok=True)
+    (root / LABEL_FILE).unlink(missing_ok=True)
 
     label_lines = []
     for split, counts in (("train", train_counts), ("test", test_counts)):
         digits = TRAIN_DIGITS[kind] if split == "train" else 4
-        labels = _labels(kind, counts, np.random.default_rng([seed, _SPLIT_CODES[split]]))
+        labels = _shuffled_labels(counts, np.random.default_rng([seed, _SPLIT_CODES[split]]))
         for index, label in enumerate(labels, start=1):
             stem = f"{split}_{index:0{digits}d}"
             rng = image_rng(seed, split, index)
@@ -472,7 +482,9 @@ def write_tree(
             label_lines.append(f"{stem}.jpg {label}\n")
     (root / LABEL_FILE).write_text("".join(label_lines))
     (root / "SYNTHETIC_README.txt").write_text(
-        _README.format(kind=kind, seed=seed, num_train=num_train, num_test=num_test)
+        _README.format(
+            version=VERSION, kind=kind, seed=seed, num_train=num_train, num_test=num_test
+        )
     )
     return TreeSummary(
         out_dir=root,
@@ -498,7 +510,8 @@ def preview(path: str | pathlib.Path, kind: str = "compound", per_class: int = 6
         for col in range(per_class):
             _, aligned, _ = render_face(emotions, image_rng(seed, "train", 1000 * row + col))
             sheet.paste(Image.fromarray(aligned), (label_w + col * cell, y + 2))
-    sheet.save(path)
+    # A 256-colour palette keeps the PNG small enough for the README; the faces are flat-shaded.
+    sheet.quantize(256, dither=Image.Dither.NONE).save(path, optimize=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -508,8 +521,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--out", help="tree root to write (becomes the builder's --manual_dir)")
     parser.add_argument("--kind", choices=sorted(CLASSES), default="compound")
-    parser.add_argument("--num-train", type=int, default=None, help="default 1200 (compound)")
-    parser.add_argument("--num-test", type=int, default=None, help="default 300 (compound)")
+    parser.add_argument("--num-train", type=int, default=1200)
+    parser.add_argument("--num-test", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preview", metavar="PNG", help="also save a grid of faces per class")
     args = parser.parse_args(argv)
@@ -519,12 +532,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         preview(args.preview, kind=args.kind, seed=args.seed)
         print(f"Wrote a preview of SYNTHETIC faces to {args.preview}")
     if args.out:
-        default_train, default_test = (1200, 300) if args.kind == "compound" else (2400, 600)
         summary = write_tree(
             args.out,
             kind=args.kind,
-            num_train=args.num_train or default_train,
-            num_test=args.num_test or default_test,
+            num_train=args.num_train,
+            num_test=args.num_test,
             seed=args.seed,
         )
         print(

@@ -71,8 +71,12 @@ def test_affine_matches_opencv_warp():
     forward = augment.affine_matrix(12.0, (2.5, -1.5), 1.07, (8.0, 0.0), (15.5, 15.5))
     ours = augment.apply_affine(x, forward).numpy()
     ref = cv2.warpAffine(
-        x, forward.numpy()[:2].astype(np.float64), (32, 32),
-        flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0,
+        x,
+        forward.numpy()[:2].astype(np.float64),
+        (32, 32),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
     )
     # Compare away from the border, where fill conventions differ by half a pixel.
     np.testing.assert_allclose(ours[4:-4, 4:-4], ref[4:-4, 4:-4], atol=2e-2)

@@ -76,15 +76,18 @@ def test_train_batches_shapes_dtypes_and_ranges(cache_dir, info, normalization, 
 
 def _augmented(cache_dir):
     return _config(
-        cache_dir, color_jitter=(0.5, 0.5, 0.5, 0.1),
+        cache_dir,
+        color_jitter=(0.5, 0.5, 0.5, 0.1),
         affine=dict(prob=0.5, degrees=15.0, translate=0.1, scale=(0.9, 1.1), shear=10.0),
         blur=dict(prob=0.5, sigma=(0.1, 2.0), kernel=5),
         random_erasing=dict(prob=0.5, area=(0.02, 0.33), ratio=(0.3, 3.3)),
     )
 
 
-def test_resuming_reproduces_the_tail_exactly(cache_dir, info):
-    config = _augmented(cache_dir)
+@pytest.mark.parametrize("balance, cache", [("none", True), ("sampling", False)])
+def test_resuming_reproduces_the_tail_exactly(cache_dir, info, balance, cache):
+    config = _augmented(cache_dir) if balance == "none" else _config(cache_dir)
+    config.input.update(balance=balance, cache=cache)
     # train_fit has 29 examples: step 5 of batch 8 starts inside the second epoch.
     full = _take(pipeline.train_iterator(config, info, global_batch_size=8, seed=3), 8)
     resumed = pipeline.train_iterator(config, info, global_batch_size=8, seed=3, start_step=5)
@@ -102,8 +105,9 @@ def test_deterministic_for_a_seed_and_different_for_another(cache_dir, info):
     for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x["image"], y["image"])
     assert not np.array_equal(a[0]["image"], c[0]["image"])
-    assert not np.array_equal(np.concatenate([x["label"] for x in a]),
-                              np.concatenate([x["label"] for x in c]))
+    assert not np.array_equal(
+        np.concatenate([x["label"] for x in a]), np.concatenate([x["label"] for x in c])
+    )
 
 
 def test_each_epoch_visits_every_training_example_once(cache_dir, info):
@@ -162,6 +166,15 @@ def test_two_hosts_read_disjoint_halves(cache_dir, info, monkeypatch):
     assert names[0] | names[1] == {f"test_{i:04d}.jpg" for i in range(1, 21)}
 
 
+def test_file_ids_are_synthesised_without_a_file_key(cache_dir, info, monkeypatch):
+    config = _config(cache_dir)
+    config.dataset.file_key = ""
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    batch = next(pipeline.eval_iterator(config, info, "test", global_batch_size=8))
+    assert batch["file_name"].tolist() == [f"test/{i}" for i in range(10, 14)]
+
+
 def test_class_balanced_sampling_is_roughly_uniform(cache_dir, info):
     config = _config(cache_dir, balance="sampling")
     config.dataset.train_split = "train"
@@ -205,8 +218,13 @@ def test_image_folder_source(tmp_path):
     arrays = _write_folder(tmp_path, ["train", "val"], {"train": ["b", "a"], "val": ["a", "b"]})
     config = _config(tmp_path, normalization="unit", eval_resize="resize", image_size=12)
     config.input.resize_size = 12
-    config.dataset.update(name="folder", folder=str(tmp_path), synthetic=False,
-                          train_split="train", eval_splits=("val",))
+    config.dataset.update(
+        name="folder",
+        folder=str(tmp_path),
+        synthetic=False,
+        train_split="train",
+        eval_splits=("val",),
+    )
     info = pipeline.get_dataset_info(config)
     assert info.class_names == ("a", "b") and info.num_classes == 2
     assert info.split_sizes == {"train": 5, "val": 4}
@@ -274,8 +292,11 @@ def test_config_errors_name_the_key_and_the_fix(tmp_path, cache_dir, info, monke
     _error(c, r"config\.input\.resize_size=16: must be >= config\.input\.image_size=32")
 
     monkeypatch.setattr(jax, "process_count", lambda: 4)
-    with pytest.raises(DataConfigError, match=r"global batch size 6 must be a positive multiple "
-                       r"of the number of processes \(4\)"):
+    with pytest.raises(
+        DataConfigError,
+        match=r"global batch size 6 must be a positive multiple "
+        r"of the number of processes \(4\)",
+    ):
         pipeline.local_batch_size(6)
 
 
@@ -284,7 +305,9 @@ def test_bad_manual_dir_is_reported(tmp_path):
     bad.mkdir()
     c = _config(tmp_path)
     c.dataset.update(synthetic=False, data_dir=str(tmp_path / "d"), manual_dir=str(bad))
-    _error(c, r"config\.dataset\.manual_dir='.*raf' is not a usable RAF-DB tree")
+    _error(c, r"config\.dataset\.manual_dir='.*raf' does not exist or is empty")
+    (bad / "EmoLabel").mkdir()
+    _error(c, r"config\.dataset\.manual_dir='.*raf' is not a usable RAF-DB tree: ")
     assert not (tmp_path / "d" / "rafdb" / "compound" / "1.0.0").exists()
 
 
@@ -294,3 +317,22 @@ def test_synthetic_tree_is_written_once(cache_dir, info, monkeypatch):
 
     monkeypatch.setattr(synthetic, "write_tree", fail)
     assert pipeline.get_dataset_info(_config(cache_dir)) == info
+
+
+def test_unreadable_image_is_named(tmp_path):
+    _write_folder(tmp_path, ["train"], {"train": ["a", "b"]})
+    (tmp_path / "train" / "b" / "broken.jpg").write_bytes(b"not a jpeg")
+    config = _config(tmp_path)
+    config.dataset.update(
+        name="folder",
+        folder=str(tmp_path),
+        synthetic=False,
+        train_split="train",
+        eval_splits=("train",),
+    )
+    info = pipeline.get_dataset_info(config)
+    match = r"train/b/broken\.jpg: cannot be decoded as an image \(split 'train'\)"
+    with pytest.raises(DataConfigError, match=match):
+        pipeline.train_iterator(config, info, global_batch_size=2, seed=0)
+    with pytest.raises(DataConfigError, match=match):
+        list(pipeline.eval_iterator(config, info, "train", global_batch_size=2))

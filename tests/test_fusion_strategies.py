@@ -137,6 +137,11 @@ def test_stacking_predicts_every_class_even_if_absent_from_selection():
     probabilities = strategies.stacking(data).predict_proba(data)
     assert probabilities.shape == (40, K)
     np.testing.assert_allclose(probabilities[:, K - 1], 0.0)
+    singletons = np.arange(K)  # one example per class: nothing to cross-validate
+    fitted = strategies.stacking(make_data([one_hot_logits(singletons)], singletons))
+    assert fitted.params["cv_folds"] == 0
+    with pytest.raises(ValueError, match="stacking needs at least two classes"):
+        strategies.stacking(make_data([one_hot_logits(labels * 0)], labels * 0))
 
 
 def test_feature_mlp_learns_a_separable_problem():

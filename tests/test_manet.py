@@ -213,6 +213,30 @@ def load_into(model: nnx.Module, arrays: dict[str, np.ndarray]) -> None:
         targets[name].set_value(jnp.asarray(value))
 
 
+def random_model(seed: int, *, num_classes: int = 7, width: int = 8, **kw) -> jmanet.MANet:
+    """A tiny MA-Net with random weights and BN statistics from numpy.
+
+    Much cheaper on CPU than initialising through jax.random op by op; `create`'s own
+    initialisation is checked in test_init_follows_the_authors.
+    """
+    model = nnx.eval_shape(lambda: create_model(
+        "manet", num_classes=num_classes, rngs=nnx.Rngs(0), width=width, **kw))
+    rng = np.random.default_rng(seed)
+    for name, var in core.model_arrays(model).items():
+        shape = var.get_value().shape
+        if name.endswith("/kernel"):
+            value = rng.normal(0, 1, shape) * np.sqrt(2.0 / np.prod(shape[:-1]))
+        elif name.endswith(("/scale", "/var")):
+            value = rng.uniform(0.5, 1.5, shape)
+        else:
+            value = rng.uniform(-0.2, 0.2, shape)
+        var.set_value(jnp.asarray(value, jnp.float32))
+    return model
+
+
+IMAGES = np.random.default_rng(0).uniform(0, 1, (2, 64, 64, 3)).astype(np.float32)
+
+
 def nhwc(x: torch.Tensor) -> jax.Array:
     return jnp.asarray(x.permute(0, 2, 3, 1).numpy())
 
@@ -284,12 +308,17 @@ def test_rejects_bad_options():
 
 
 def test_init_follows_the_authors():
-    model = create_model("manet", num_classes=5, rngs=nnx.Rngs(0), width=8)
-    kernel = np.asarray(model.layer4_2[0].conv1.kernel[...])  # (3, 3, 32, 64)
+    block = jmanet.AttentionBlock(32, 64, 2, dtype=jnp.float32, rngs=nnx.Rngs(0))
+    kernel = np.asarray(block.conv2.kernel[...])  # kaiming normal, fan-out = 3 * 3 * 64
     np.testing.assert_allclose(kernel.std(), np.sqrt(2.0 / (9 * 64)), rtol=0.05)
-    bn = model.layer3_1_p2[0].cbam.SpatialGate.spatial.bn
+    np.testing.assert_allclose(np.asarray(block.downsample[0].kernel[...]).std(),
+                               np.sqrt(2.0 / 64), rtol=0.1)
+    mlp = np.asarray(block.cbam.ChannelGate.mlp[0].kernel[...])  # PyTorch Linear default
+    assert np.abs(mlp).max() <= 1 / 8 and mlp.std() > 0.8 / 8 / np.sqrt(3)
+    bn = block.cbam.SpatialGate.spatial.bn
     assert float(bn.scale[...][0]) == 1.0 and float(bn.bias[...][0]) == 0.0
-    assert bn.momentum == pytest.approx(0.99) and model.bn1.momentum == pytest.approx(0.9)
+    np.testing.assert_array_equal(block.bn2.scale[...], np.ones(64))
+    assert bn.momentum == pytest.approx(0.99) and block.bn1.momentum == pytest.approx(0.9)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -297,9 +326,8 @@ def test_init_follows_the_authors():
 
 
 def test_prediction_is_point_six_local_plus_point_four_global():
-    model = create_model("manet", num_classes=5, rngs=nnx.Rngs(1), width=8)
-    images = jax.random.uniform(jax.random.key(0), (2, 64, 64, 3))
-    out = model(images)
+    model = random_model(1)
+    out = model(IMAGES)
     assert isinstance(out, ModelOutput) and out.head_weights == (0.6, 0.4)
     local, glob = out.head_logits
     np.testing.assert_allclose(out.logits, 0.6 * local + 0.4 * glob, rtol=1e-6, atol=1e-6)
@@ -309,20 +337,17 @@ def test_prediction_is_point_six_local_plus_point_four_global():
 
 
 def test_path_orders_give_different_outputs_from_the_same_weights():
-    reverse = create_model("manet", num_classes=5, rngs=nnx.Rngs(2), width=8)
-    forward = create_model("manet", num_classes=5, rngs=nnx.Rngs(3), width=8,
-                           path_b_order="forward")
+    reverse = random_model(2)
+    forward = random_model(3, path_b_order="forward")
     nnx.update(forward, nnx.state(reverse))
-    images = jax.random.uniform(jax.random.key(1), (2, 64, 64, 3))
-    a, b = reverse(images), forward(images)
+    a, b = reverse(IMAGES), forward(IMAGES)
     np.testing.assert_array_equal(a.head_logits[0], b.head_logits[0])  # local branch: same
     assert np.abs(np.asarray(a.head_logits[1] - b.head_logits[1])).max() > 1e-4
 
 
 def test_train_mode_updates_batch_statistics_and_learns():
-    model = create_model("manet", num_classes=3, rngs=nnx.Rngs(4), width=8)
-    images = jax.random.uniform(jax.random.key(2), (6, 32, 32, 3))
-    labels = jnp.array([0, 1, 2, 0, 1, 2])
+    model = random_model(4)
+    images, labels = jnp.asarray(IMAGES), jnp.array([0, 5])
     before = np.asarray(model.layer3_1_p4[1].cbam.SpatialGate.spatial.bn.mean[...])
 
     def loss_fn(model):
@@ -380,13 +405,13 @@ def test_mulscale_block_matches_pytorch(i, o, stride, order):
 
 @pytest.mark.parametrize("order", ["reverse", "forward"])
 def test_whole_model_matches_pytorch_through_the_converter(order):
-    ref = randomise(TorchMANet(5, width=8, reverse=order == "reverse"), seed=7)
-    model = create_model("manet", num_classes=5, rngs=nnx.Rngs(0), width=8, path_b_order=order)
+    ref = randomise(TorchMANet(7, width=8, reverse=order == "reverse"), seed=7)
+    model = random_model(0, path_b_order=order)
     checkpoint = {k: v.numpy() for k, v in ref.state_dict().items()}
     converted = convert_manet.convert(checkpoint, model)
     core.assign(model, converted.arrays, source="ref", head_names=("fc_1", "fc_2"),
                 keep_head=True)
-    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    x = torch.from_numpy(IMAGES).permute(0, 3, 1, 2)
     with torch.no_grad():
         local, glob = (t.numpy() for t in ref(x))
     out = model(nhwc(x))

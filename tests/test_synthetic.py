@@ -2,6 +2,7 @@
 
 import io
 import itertools
+import logging
 import pathlib
 import re
 
@@ -129,7 +130,7 @@ def _examples(builder, split):
         ("basic", "basic", list(range(1, 8))),
     ],
 )
-def test_tree_builds_through_the_builder(tmp_path, config, kind, ids_kept):
+def test_tree_builds_through_the_builder(tmp_path, caplog, config, kind, ids_kept):
     root = tmp_path / kind
     summary = synthetic.write_tree(root, kind=kind, num_train=40, num_test=15, seed=2)
     # Irregularities the builder must accept: a 90x90 greyscale JPEG, an image without landmarks.
@@ -137,7 +138,15 @@ def test_tree_builds_through_the_builder(tmp_path, config, kind, ids_kept):
     Image.open(grey).convert("L").resize((90, 90)).save(grey, format="JPEG")
     (root / "Annotation/manual/test_0002_manu_attri.txt").unlink()
 
-    builder = rafdb.build(config, str(root), str(tmp_path / "data"))
+    with caplog.at_level(logging.INFO):
+        builder = rafdb.build(config, str(root), str(tmp_path / "data"))
+    dropped = [i for i in range(1, len(summary.class_names) + 1) if i not in ids_kept]
+    if dropped:
+        counts = [summary.train_counts[i - 1] + summary.test_counts[i - 1] for i in dropped]
+        listed = ", ".join(
+            f"{summary.class_names[i - 1]}: {n}" for i, n in zip(dropped, counts, strict=True)
+        )
+        assert f"rafdb/{config} leaves out {sum(counts)} images ({listed})." in caplog.messages
     labels = {n: ids_kept.index(label) for n, label in _entries(root) if label in ids_kept}
     train = {n for n in labels if n.startswith("train")}
     splits = {s: _examples(builder, s) for s in ("train", "validation", "train_fit", "test")}

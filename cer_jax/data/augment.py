@@ -269,9 +269,7 @@ def gaussian_blur(image: Tensor, sigma: Tensor | float, size: int) -> Tensor:
     return tf.ensure_shape(tf.transpose(x[..., 0], [1, 2, 0]), image.shape)
 
 
-def random_gaussian_blur(
-    image: Tensor, seed: Tensor, sigma: Sequence[float], size: int
-) -> Tensor:
+def random_gaussian_blur(image: Tensor, seed: Tensor, sigma: Sequence[float], size: int) -> Tensor:
     return gaussian_blur(image, _uniform(seed, [], sigma[0], sigma[1]), size)
 
 
@@ -327,22 +325,30 @@ def train_view(image: Tensor, seed: Tensor, cfg: ml_collections.ConfigDict) -> T
         b, c, s, h = cfg.color_jitter
         x = maybe(
             lambda y: color_jitter(y, _fold(seed, 2), b, c, s, h),
-            x, _fold(seed, 3), cfg.color_jitter_prob,
+            x,
+            _fold(seed, 3),
+            cfg.color_jitter_prob,
         )
     a = cfg.affine
     x = maybe(
         lambda y: random_affine(y, _fold(seed, 4), a.degrees, a.translate, a.scale, a.shear),
-        x, _fold(seed, 5), a.prob,
+        x,
+        _fold(seed, 5),
+        a.prob,
     )
     bl = cfg.blur
     x = maybe(
         lambda y: random_gaussian_blur(y, _fold(seed, 6), bl.sigma, bl.kernel),
-        x, _fold(seed, 7), bl.prob,
+        x,
+        _fold(seed, 7),
+        bl.prob,
     )
     er = cfg.random_erasing
     x = maybe(
         lambda y: random_erasing(y, _fold(seed, 8), er.area, er.ratio),
-        x, _fold(seed, 9), er.prob,
+        x,
+        _fold(seed, 9),
+        er.prob,
     )
     x = tf.ensure_shape(x, [size, size, 3])
     return normalize(x, cfg.normalization)

@@ -12,6 +12,7 @@ Multi-host: each process reads a contiguous slice of every split; `jax.process_c
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +25,7 @@ from cer_jax.data import augment
 from cer_jax.data.sources import (
     DataConfigError,
     DatasetInfo,
+    Source,
     check_split,
     import_tf,
     open_source,
@@ -52,19 +54,34 @@ def check_input_config(cfg: ml_collections.ConfigDict) -> None:
         if not ok:
             raise DataConfigError(f"config.input.{key}={cfg[key]!r}: {msg}")
 
-    need(cfg.normalization in augment.NORMALIZATIONS, "normalization",
-         f"choose one of {', '.join(augment.NORMALIZATIONS)}.")
-    need(cfg.train_resize in _TRAIN_RESIZES, "train_resize",
-         f"choose one of {', '.join(_TRAIN_RESIZES)}.")
-    need(cfg.eval_resize in _EVAL_RESIZES, "eval_resize",
-         f"choose one of {', '.join(_EVAL_RESIZES)}.")
+    need(
+        cfg.normalization in augment.NORMALIZATIONS,
+        "normalization",
+        f"choose one of {', '.join(augment.NORMALIZATIONS)}.",
+    )
+    need(
+        cfg.train_resize in _TRAIN_RESIZES,
+        "train_resize",
+        f"choose one of {', '.join(_TRAIN_RESIZES)}.",
+    )
+    need(
+        cfg.eval_resize in _EVAL_RESIZES,
+        "eval_resize",
+        f"choose one of {', '.join(_EVAL_RESIZES)}.",
+    )
     need(cfg.balance in _BALANCES, "balance", f"choose one of {', '.join(_BALANCES)}.")
     need(int(cfg.image_size) > 0, "image_size", "must be a positive number of pixels.")
     uses_resize_size = cfg.train_resize == "resize_crop" or cfg.eval_resize == "resize_crop"
-    need(not uses_resize_size or cfg.resize_size >= cfg.image_size, "resize_size",
-         f"must be >= config.input.image_size={cfg.image_size} for the resize_crop modes.")
-    need(cfg.color_jitter is None or len(cfg.color_jitter) == 4, "color_jitter",
-         "give (brightness, contrast, saturation, hue), e.g. (0.5, 0.5, 0.5, 0.1), or None.")
+    need(
+        not uses_resize_size or cfg.resize_size >= cfg.image_size,
+        "resize_size",
+        f"must be >= config.input.image_size={cfg.image_size} for the resize_crop modes.",
+    )
+    need(
+        cfg.color_jitter is None or len(cfg.color_jitter) == 4,
+        "color_jitter",
+        "give (brightness, contrast, saturation, hue), e.g. (0.5, 0.5, 0.5, 0.1), or None.",
+    )
     if cfg.blur.prob > 0 and cfg.blur.kernel % 2 != 1:
         raise DataConfigError(
             f"config.input.blur.kernel={cfg.blur.kernel!r}: the blur kernel size must be odd."
@@ -97,6 +114,27 @@ def local_batch_size(global_batch_size: int) -> int:
             f"of processes ({count}); change the batch size in the config."
         )
     return global_batch_size // count
+
+
+@contextlib.contextmanager
+def _naming_bad_files(source: Source, split: str, start: int, end: int) -> Iterator[None]:
+    """Turns a tf.data decode error into one that names the unreadable file."""
+    tf = import_tf()
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as e:
+        bad = source.find_unreadable(split, start, end)
+        if bad is None:
+            raise
+        raise DataConfigError(
+            f"{bad}: cannot be decoded as an image (split {split!r}). Remove or replace the "
+            "file, then rerun."
+        ) from e
+
+
+def _numpy_batches(ds: Any, guard: contextlib.AbstractContextManager) -> Iterator[dict]:
+    with guard:
+        yield from ds.with_options(_options()).as_numpy_iterator()
 
 
 def _prefetch(cfg: ml_collections.ConfigDict) -> int:
@@ -141,7 +179,8 @@ def train_iterator(
     )
     if in_cfg.cache:
         base = base.cache()
-        base.reduce(np.int64(0), lambda count, _: count + 1)  # Decode once, fill the cache.
+        with _naming_bad_files(source, split, start, end):
+            base.reduce(np.int64(0), lambda count, _: count + 1)  # Decode once, fill the cache.
 
     key = tf.constant([seed, process], tf.int64)
     shuffle_key = tf.random.experimental.stateless_fold_in(key, 1)
@@ -167,8 +206,11 @@ def train_iterator(
             choice_key = tf.random.experimental.stateless_fold_in(augment_key, -1 - epoch)
             choices = tf.data.Dataset.range(n).map(
                 lambda j: tf.random.stateless_uniform(
-                    [], tf.random.experimental.stateless_fold_in(choice_key, j),
-                    minval=0, maxval=len(streams), dtype=tf.int64,
+                    [],
+                    tf.random.experimental.stateless_fold_in(choice_key, j),
+                    minval=0,
+                    maxval=len(streams),
+                    dtype=tf.int64,
                 )
             )
             return tf.data.Dataset.choose_from_datasets(streams, choices)
@@ -190,7 +232,7 @@ def train_iterator(
 
     ds = tf.data.Dataset.zip(stream, positions).map(view, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch, drop_remainder=True).prefetch(_prefetch(in_cfg))
-    return ds.with_options(_options()).as_numpy_iterator()
+    return _numpy_batches(ds, _naming_bad_files(source, split, start, end))
 
 
 def eval_iterator(
@@ -223,19 +265,22 @@ def eval_iterator(
             "file_name": ex["file_name"],
         }
 
-    padding = tf.data.Dataset.from_tensors({
-        "image": tf.zeros([size, size, 3], tf.float32),
-        "label": tf.constant(0, tf.int32),
-        "mask": tf.constant(False),
-        "file_name": tf.constant(""),
-    }).repeat(num_batches * batch - (end - start))
+    padding = tf.data.Dataset.from_tensors(
+        {
+            "image": tf.zeros([size, size, 3], tf.float32),
+            "label": tf.constant(0, tf.int32),
+            "mask": tf.constant(False),
+            "file_name": tf.constant(""),
+        }
+    ).repeat(num_batches * batch - (end - start))
+    source = open_source(config.dataset)
     if end > start:
-        examples = open_source(config.dataset).examples(split, start, end)
+        examples = source.examples(split, start, end)
         ds = examples.map(view, num_parallel_calls=tf.data.AUTOTUNE).concatenate(padding)
     else:
         ds = padding
     ds = ds.batch(batch, drop_remainder=True).prefetch(_prefetch(in_cfg))
-    for b in ds.with_options(_options()).as_numpy_iterator():
+    for b in _numpy_batches(ds, _naming_bad_files(source, split, start, end)):
         b["file_name"] = np.asarray([f.decode("utf-8") for f in b["file_name"]], dtype=object)
         yield b
 

@@ -9,6 +9,7 @@ manual directory) happens here, once, on first use; nothing is ever downloaded.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import shutil
 import tempfile
@@ -39,6 +40,7 @@ class DatasetInfo:
     split_sizes: dict[str, int]
 
 
+@functools.cache
 def import_tf() -> Any:
     """Imports TensorFlow for tf.data only, hiding accelerators so that JAX keeps them."""
     import tensorflow as tf
@@ -59,6 +61,9 @@ class Source(Protocol):
 
     def labels(self, split: str) -> np.ndarray:
         """All labels of `split` (int64 [N]) in stored order, without decoding images."""
+
+    def find_unreadable(self, split: str, start: int, end: int) -> str | None:
+        """The first file in [start, end) of `split` that does not decode, if the source knows."""
 
 
 def check_split(info: DatasetInfo, split: str, key: str) -> None:
@@ -85,7 +90,7 @@ def _expand(path: str | None) -> str | None:
 
 
 def _split_name(name: str) -> tuple[str, str | None]:
-    """"rafdb/compound:1.0.0" -> ("rafdb", "compound")."""
+    """ "rafdb/compound:1.0.0" -> ("rafdb", "compound")."""
     base = name.split(":")[0]
     parts = base.split("/")
     return parts[0], (parts[1] if len(parts) > 1 else None)
@@ -160,10 +165,11 @@ class TfdsSource:
             ) from e
         if not builder.is_prepared():
             if rafdb is not None and manual_dir:
-                if not os.path.isdir(manual_dir):
+                if not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
                     raise DataConfigError(
-                        f"config.dataset.manual_dir={manual_dir!r} does not exist. Point it at "
-                        "the unpacked RAF-DB tree (the folder holding EmoLabel/ and Image/)."
+                        f"config.dataset.manual_dir={manual_dir!r} does not exist or is empty. "
+                        "Point it at the unpacked RAF-DB tree (the folder holding EmoLabel/ and "
+                        "Image/)."
                     )
                 try:
                     builder = rafdb.build(
@@ -171,8 +177,7 @@ class TfdsSource:
                     )
                 except rafdb.RafDbLayoutError as e:
                     raise DataConfigError(
-                        f"config.dataset.manual_dir={manual_dir!r} is not a usable RAF-DB "
-                        f"tree: {e}"
+                        f"config.dataset.manual_dir={manual_dir!r} is not a usable RAF-DB tree: {e}"
                     ) from e
                 if not builder.is_prepared():
                     builder.download_and_prepare(
@@ -237,7 +242,7 @@ class TfdsSource:
             if has_file:
                 file_name = ex[cfg.file_key]
             else:
-                file_name = tf.strings.format("{}/{}", (split, index + start))
+                file_name = tf.strings.join([split, tf.strings.as_string(index + start)], "/")
             return {
                 "image": tf.cast(image, tf.uint8),
                 "label": tf.cast(ex[cfg.label_key], tf.int32),
@@ -253,6 +258,9 @@ class TfdsSource:
         return np.concatenate([b for b in ds.batch(8192).as_numpy_iterator()] or [[]]).astype(
             np.int64
         )
+
+    def find_unreadable(self, split: str, start: int, end: int) -> str | None:
+        return None  # TFDS validated every image when it built the dataset.
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,7 +337,18 @@ class FolderSource:
         ds = tf.data.Dataset.from_tensor_slices(
             (list(paths), np.asarray(labels, np.int32), list(names))
         )
-        return ds.map(load)
+        return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
 
     def labels(self, split: str) -> np.ndarray:
         return np.asarray([label for _, label in self._files[split]], np.int64)
+
+    def find_unreadable(self, split: str, start: int, end: int) -> str | None:
+        """Slow path after a decode error: decodes the slice file by file to name the culprit."""
+        tf = import_tf()
+        for name, _ in self._files[split][start:end]:
+            path = os.path.join(self._root, split, name)
+            try:
+                tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+            except tf.errors.InvalidArgumentError:
+                return path
+        return None

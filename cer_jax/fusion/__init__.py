@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging as std_logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -27,6 +28,16 @@ from cer_jax.fusion import strategies as strategies_lib
 from cer_jax.metrics import classification_metrics
 
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "fusion.py")
+
+
+def quiet_checkpoint_logs() -> None:
+    """Drops Orbax's INFO / WARNING lines (one per checkpoint operation) from the console, so
+    that the progress lines of command-line runs stay readable; errors still show."""
+    def keep(record: std_logging.LogRecord) -> bool:
+        is_orbax = f"{os.sep}orbax{os.sep}" in (record.pathname or "")
+        return record.levelno >= std_logging.ERROR or not is_orbax
+
+    logging.get_absl_handler().addFilter(keep)
 
 
 def load_default_config() -> ml_collections.ConfigDict:
@@ -92,13 +103,12 @@ def _ablation(
             scores = {}
             for split in config.eval_splits:
                 split_data = data[split].subset(subset)
-                predictions = fitted.predict_proba(split_data).argmax(-1)
-                scores[split] = {
-                    "accuracy": float(np.mean(predictions == split_data.labels)),
-                    "macro_f1": strategies_lib.macro_f1(
-                        split_data.labels, predictions, split_data.num_classes
-                    ),
-                }
+                metrics = classification_metrics(
+                    split_data.labels,
+                    fitted.predict_proba(split_data).argmax(-1),
+                    split_data.num_classes,
+                )
+                scores[split] = {key: metrics[key] for key in ("accuracy", "macro_f1")}
             rows.append({"members": [names[i] for i in subset], "metrics": scores})
     return rows
 
@@ -111,9 +121,12 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
     _check_config(config)
     strategy_names = _split_list(config.strategies)
     eval_splits = list(config.eval_splits)
-    needed = eval_splits + (
-        [config.train_split] if "feature_mlp" in strategy_names else []
-    )
+    needed = list(dict.fromkeys(
+        eval_splits + ([config.train_split] if "feature_mlp" in strategy_names else [])
+    ))
+    if config.select_on == "test":
+        logging.warning("Choosing fusion weights and hyper-parameters on the test split "
+                        "(select_on=test, the paper's protocol): test numbers are optimistic.")
     members = members_lib.load_members(
         _split_list(config.workdirs), needed, reexport=config.reexport
     )

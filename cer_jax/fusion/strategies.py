@@ -240,10 +240,15 @@ def temperature_scaled(select: FusionData, train: FusionData | None = None) -> F
     return Fitted({"temperatures": temperatures.tolist()}, predict_proba)
 
 
-def _stratified_folds(labels: np.ndarray, max_folds: int, seed: int) -> StratifiedKFold:
-    smallest = int(np.bincount(labels)[np.unique(labels)].min())
-    return StratifiedKFold(n_splits=max(2, min(max_folds, smallest)), shuffle=True,
-                           random_state=seed)
+def _stratified_folds(labels: np.ndarray, max_folds: int, seed: int) -> StratifiedKFold | None:
+    """k-fold with k = min(max_folds, the largest class count); None if no class has two
+    examples (nothing to cross-validate)."""
+    counts = np.bincount(labels)
+    smallest, largest = counts[counts > 0].min(), counts.max()
+    if largest < 2:
+        return None
+    folds = max(2, min(max_folds, int(smallest)))
+    return StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
 
 
 def _full_probabilities(
@@ -270,27 +275,38 @@ def stacking(
     """Logistic regression on the members' concatenated logits, fitted on the selection split.
 
     C is chosen by stratified k-fold cross-validation (macro F1) on the selection split, then
-    the model is refitted on all of it.
+    the model is refitted on all of it (with one example per class there is nothing to
+    cross-validate and C stays at 1).
     """
     del train
-    search = GridSearchCV(
-        make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
-        {"logisticregression__C": list(inverse_regularisation)},
-        scoring="f1_macro",
-        cv=_stratified_folds(select.labels, max_folds, seed),
-    )
+    if len(np.unique(select.labels)) < 2:
+        raise ValueError(
+            "stacking needs at least two classes among the selection split's labels (config key "
+            "select_on); drop stacking from config key strategies for this data."
+        )
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    folds = _stratified_folds(select.labels, max_folds, seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)  # tiny classes in some folds
         warnings.simplefilter("ignore", category=ConvergenceWarning)
-        search.fit(_stack_inputs(select), select.labels)
-    model = search.best_estimator_
+        if folds is None:  # one example per class: keep sklearn's default C
+            model = pipeline.fit(_stack_inputs(select), select.labels)
+            params = {"C": 1.0, "cv_folds": 0, "cv_macro_f1": None}
+        else:
+            search = GridSearchCV(
+                pipeline,
+                {"logisticregression__C": list(inverse_regularisation)},
+                scoring="f1_macro",
+                cv=folds,
+            ).fit(_stack_inputs(select), select.labels)
+            model = search.best_estimator_
+            params = {
+                "C": float(search.best_params_["logisticregression__C"]),
+                "cv_folds": folds.get_n_splits(),
+                "cv_macro_f1": float(search.best_score_),
+            }
     return Fitted(
-        {
-            "C": float(search.best_params_["logisticregression__C"]),
-            "cv_folds": search.cv.get_n_splits(),
-            "cv_macro_f1": float(search.best_score_),
-        },
-        lambda data: _full_probabilities(model, _stack_inputs(data), data.num_classes),
+        params, lambda data: _full_probabilities(model, _stack_inputs(data), data.num_classes)
     )
 
 

@@ -28,7 +28,7 @@ STAGE_SIZES: dict[int, tuple[int, ...]] = {
 BOTTLENECK_DEPTHS = (50, 101, 152)
 
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu").
-conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "untruncated_normal")
+conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 

@@ -50,7 +50,6 @@ class Record:
     file_name: str  # e.g. "train_0001.jpg"
     raw_label: int  # RAF-DB's 1-based label id
     split: str  # "train" or "test", from the name prefix
-    line: int  # 1-based line in the label file
     aligned_path: epath.Path
     needs_reencode: bool  # False when the file already is a 100x100 RGB JPEG
     landmarks: np.ndarray | None  # (5, 2) float32 in the ORIGINAL image's pixel coordinates
@@ -74,7 +73,7 @@ def parse_label_file(root: epath.Path, num_labels: int, tree: str) -> list[tuple
     """Returns (file name, raw label, line) per entry; raises naming the file and line on error."""
     path = root / LABEL_FILE
     entries, first_line = [], {}
-    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+    for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip():
             continue
         fields = line.split()
@@ -130,7 +129,7 @@ def _check_image(path: epath.Path, name: str, line: int) -> bool:
 def _read_landmarks(path: epath.Path) -> np.ndarray | None:
     if not path.exists():
         return None
-    lines = path.read_text().splitlines()
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
     points = []
     for line_no in range(1, NUM_LANDMARKS + 1):
         line = lines[line_no - 1] if line_no <= len(lines) else ""
@@ -172,7 +171,6 @@ def read_tree(root: epath.Path, num_labels: int, tree: str) -> list[Record]:
                 file_name=name,
                 raw_label=label,
                 split=name.split("_", 1)[0],
-                line=line,
                 aligned_path=path,
                 needs_reencode=_check_image(path, name, line),
                 landmarks=_read_landmarks(root / MANUAL_ANNOTATION_DIR / f"{stem}_manu_attri.txt"),

@@ -2,10 +2,12 @@
 
 RAF-DB is released on request only, so this builder never downloads: it reads
 `dl_manager.manual_dir`, validates the whole tree first (see `layout.py`), then writes.
+The description and citation TFDS shows come from README.md and CITATIONS.bib beside this file.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import io
 
@@ -41,30 +43,8 @@ ABAW7_CLASSES = (
     "Sadly Fearful",
     "Sadly Angry",
 )
+TREE_CLASSES = {"compound": COMPOUND_CLASSES, "basic": BASIC_CLASSES}  # by RAF-DB id - 1
 JPEG_QUALITY = 95  # only for the rare image that is not already a 100x100 RGB JPEG
-
-_DESCRIPTION = """\
-RAF-DB (Real-world Affective Faces Database): in-the-wild face images labelled by about 40
-annotators each, released as a basic-emotion tree (7 classes) and a compound-emotion tree
-(11 classes). This builder reads the 100x100 aligned faces (`Image/aligned/`) and the 5 manual
-landmarks when present. Landmarks are kept exactly as RAF-DB gives them: in the ORIGINAL photo's
-pixel coordinates (`Image/original/`), not the aligned image's.
-
-Splits: `train` and `test` as released (name prefix), plus `validation`, a stratified ~10 % of
-every class of `train` chosen by sha256 of the file name (stable across machines and builds),
-and `train_fit` = `train` minus `validation`.
-"""
-
-_CITATION = """\
-@inproceedings{li2017reliable,
-  title={Reliable Crowdsourcing and Deep Locality-Preserving Learning for Expression
-         Recognition in the Wild},
-  author={Li, Shan and Deng, Weihong and Du, JunPing},
-  booktitle={CVPR},
-  pages={2584--2593},
-  year={2017}
-}
-"""
 
 
 @dataclasses.dataclass(eq=False)
@@ -121,6 +101,7 @@ request. Ask for it at http://www.whdeng.cn/RAF/model1.html (the licence agreeme
 signed by a researcher), unpack the archive, and pass the `compound/` (or `basic/`) folder:
 
   tfds build tfds_rafdb/rafdb --config=compound --manual_dir=/data/RAF-DB/compound --data_dir=D
+  python -m tfds_rafdb.rafdb --config=compound --manual_dir=/data/RAF-DB/compound --data_dir=D
 
 {layout.EXPECTED_LAYOUT}
 """
@@ -137,7 +118,6 @@ signed by a researcher), unpack the archive, and pass the `compound/` (or `basic
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
-            description=_DESCRIPTION,
             features=tfds.features.FeaturesDict(
                 {
                     "image": tfds.features.Image(
@@ -146,14 +126,20 @@ signed by a researcher), unpack the archive, and pass the `compound/` (or `basic
                     "label": tfds.features.ClassLabel(names=self.builder_config.class_names),
                     "file_name": tfds.features.Text(),
                     "landmarks": tfds.features.Tensor(
-                        shape=(layout.NUM_LANDMARKS, 2), dtype=np.float32
+                        shape=(layout.NUM_LANDMARKS, 2),
+                        dtype=np.float32,
+                        doc=(
+                            "Manual (x, y) of the eyes, nose tip and mouth corners in the ORIGINAL "
+                            "photo's pixels, as RAF-DB gives them; zeros without has_landmarks."
+                        ),
                     ),
-                    "has_landmarks": tfds.features.Scalar(dtype=np.bool_),
+                    "has_landmarks": tfds.features.Scalar(
+                        dtype=np.bool_, doc="Whether Annotation/manual/ had this image's file."
+                    ),
                 }
             ),
             supervised_keys=("image", "label"),
             homepage="http://www.whdeng.cn/RAF/model1.html",
-            citation=_CITATION,
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -177,20 +163,16 @@ signed by a researcher), unpack the archive, and pass the `compound/` (or `basic
 
     def _generate_examples(self, records: list[layout.Record]):
         label_map = self.builder_config.label_map
+        no_landmarks = np.zeros((layout.NUM_LANDMARKS, 2), np.float32)
         for record in records:
-            has_landmarks = record.landmarks is not None
-            yield (
-                record.file_name,
-                {
-                    "image": _jpeg_bytes(record),
-                    "label": label_map[record.raw_label - 1],
-                    "file_name": record.file_name,
-                    "landmarks": record.landmarks
-                    if has_landmarks
-                    else np.zeros((layout.NUM_LANDMARKS, 2), np.float32),
-                    "has_landmarks": has_landmarks,
-                },
-            )
+            example = {
+                "image": _jpeg_bytes(record),
+                "label": label_map[record.raw_label - 1],
+                "file_name": record.file_name,
+                "landmarks": no_landmarks if record.landmarks is None else record.landmarks,
+                "has_landmarks": record.landmarks is not None,
+            }
+            yield record.file_name, example
 
 
 def _jpeg_bytes(record: layout.Record) -> bytes:
@@ -206,16 +188,14 @@ def _jpeg_bytes(record: layout.Record) -> bytes:
 
 
 def _log_left_out(records: list[layout.Record], config: RafDbConfig) -> None:
-    counts = {}
-    for record in records:
-        if config.label_map[record.raw_label - 1] is None:
-            name = COMPOUND_CLASSES[record.raw_label - 1]
-            counts[name] = counts.get(name, 0) + 1
-    if counts:
-        listed = ", ".join(f"{name}: {n}" for name, n in counts.items())
-        logging.info(
-            "rafdb/%s leaves out %d images (%s).", config.name, sum(counts.values()), listed
-        )
+    """Logs, per RAF-DB class the config leaves out, how many images it drops."""
+    left_out = collections.Counter(
+        r.raw_label for r in records if config.label_map[r.raw_label - 1] is None
+    )
+    if left_out:
+        names = TREE_CLASSES[config.tree]
+        listed = ", ".join(f"{names[i - 1]}: {left_out[i]}" for i in sorted(left_out))
+        logging.info("rafdb/%s leaves out %d images (%s).", config.name, left_out.total(), listed)
 
 
 def build(config_name: str, manual_dir: str, data_dir: str) -> tfds.core.DatasetBuilder:

@@ -1,0 +1,1 @@
+"""Benchmarks that print figures for the README (never run by the tests' timers)."""

@@ -1,0 +1,156 @@
+r"""Cost figures per model: trainable parameters and XLA-counted FLOPs per image.
+
+    python -m cer_jax.bench.costs [--image_size 224] [--models vit:B/16,resnet:50,manet]
+
+FLOPs are what XLA's cost analysis counts for the compiled program (a multiply-add is 2 FLOPs,
+so ResNet-50's often quoted "4.1 GFLOPs" are multiply-adds, 8.2 GFLOPs here): the eval-mode
+forward pass, and one training step as the trainer runs it (`cer_jax.steps.train_step`: forward
+in train mode, backward, SGD-momentum update, step metrics), divided by the batch size.
+Models are built abstractly (`nnx.eval_shape`), so nothing is allocated and no weights are
+needed; only compilation runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from cer_jax import models
+
+DEFAULT_MODELS = "vit:B/16,resnet:50,manet"
+# What the part after ':' in a model spec sets, by model name.
+SHORTHAND = {"vit": ("variant", str), "resnet": ("depth", int), "manet": ("width", int)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Costs:
+    spec: str
+    params: int
+    forward_flops: float  # per image
+    train_step_flops: float  # per image
+
+
+def parse_model_spec(spec: str, *, image_size: int) -> tuple[str, dict[str, Any]]:
+    """'vit:B/16' -> ('vit', {'variant': 'B/16', 'image_size': 224}); 'manet' -> ('manet', {})."""
+    name, _, value = spec.partition(":")
+    if name not in SHORTHAND:
+        raise ValueError(f"Unknown model {name!r} in --models {spec!r}: use one of "
+                         f"{', '.join(SHORTHAND)}, optionally followed by ':' and its "
+                         f"{', '.join(f'{n} {k}' for n, (k, _) in SHORTHAND.items())}.")
+    kwargs: dict[str, Any] = {}
+    if value:
+        key, cast = SHORTHAND[name]
+        try:
+            kwargs[key] = cast(value)
+        except ValueError as e:
+            raise ValueError(f"--models {spec!r}: {key} must be an integer.") from e
+    if name == "vit":
+        kwargs["image_size"] = image_size
+    return name, kwargs
+
+
+def xla_flops(fn, *args) -> float:
+    """FLOPs of `fn(*args)` as XLA counts them after compiling (args may be abstract)."""
+    analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
+    if isinstance(analysis, Sequence):  # older jax: one dict per device program
+        analysis = analysis[0]
+    return float(analysis["flops"])
+
+
+def abstract_model(name: str, *, num_classes: int = 7, **model_kwargs: Any) -> nnx.Module:
+    """Registry model `name` with abstract arrays: shapes only, nothing allocated."""
+    return nnx.eval_shape(lambda: models.create_model(
+        name, num_classes=num_classes, rngs=nnx.Rngs(params=0, dropout=1), **model_kwargs))
+
+
+def count_params(model: nnx.Module) -> int:
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def image_batch(batch_size: int, image_size: int) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((batch_size, image_size, image_size, 3), jnp.float32)
+
+
+def forward_flops(model: nnx.Module, *, image_size: int, batch_size: int = 1) -> float:
+    """Per-image FLOPs of the eval-mode forward pass."""
+    graphdef, state = nnx.split(model)
+
+    def forward(state, images):
+        return nnx.merge(graphdef, state)(images, train=False).logits
+
+    return xla_flops(forward, state, image_batch(batch_size, image_size)) / batch_size
+
+
+def train_step_flops(model: nnx.Module, *, image_size: int, num_classes: int,
+                     batch_size: int = 1) -> float:
+    """Per-image FLOPs of the trainer's step with SGD momentum (update cost shared by the batch)."""
+    from cer_jax import steps
+    from cer_jax.train_state import split_model
+
+    graphdef, params, rest = split_model(model)
+    tx = optax.sgd(0.01, momentum=0.9)
+    state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params, "rest": rest,
+             "opt_state": jax.eval_shape(tx.init, params)}
+    batch = {"image": image_batch(batch_size, image_size),
+             "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+    step = functools.partial(steps.train_step, graphdef=graphdef, tx=tx, num_classes=num_classes,
+                             label_smoothing=0.0, class_weights=None)
+    return xla_flops(step, state, batch) / batch_size
+
+
+def model_costs(name: str, model_kwargs: dict[str, Any] | None = None, *, image_size: int = 224,
+                batch_size: int = 1, num_classes: int = 7, spec: str | None = None) -> Costs:
+    """Parameters and per-image forward / train-step FLOPs of registry model `name`."""
+    model = abstract_model(name, num_classes=num_classes, **(model_kwargs or {}))
+    return Costs(
+        spec=spec or name,
+        params=count_params(model),
+        forward_flops=forward_flops(model, image_size=image_size, batch_size=batch_size),
+        train_step_flops=train_step_flops(model, image_size=image_size, num_classes=num_classes,
+                                          batch_size=batch_size),
+    )
+
+
+def markdown_table(costs: Sequence[Costs], *, image_size: int) -> str:
+    lines = [
+        "| model | trainable parameters | forward GFLOPs / image | train-step GFLOPs / image "
+        "| train / forward |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for c in costs:
+        lines.append(f"| {c.spec} | {c.params:,} | {c.forward_flops / 1e9:.2f} | "
+                     f"{c.train_step_flops / 1e9:.2f} | "
+                     f"{c.train_step_flops / c.forward_flops:.2f} |")
+    lines.append(f"\n{image_size}x{image_size} RGB input; FLOPs as counted by XLA "
+                 f"({jax.default_backend()} backend), a multiply-add counting as 2.")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--models", default=DEFAULT_MODELS,
+                        help="comma-separated name[:variant|depth|width] (default: %(default)s)")
+    parser.add_argument("--batch_size", type=int, default=1,
+                        help="batch the programs are compiled for; figures are per image")
+    parser.add_argument("--num_classes", type=int, default=7)
+    args = parser.parse_args(argv)
+    costs = []
+    for spec in filter(None, (s.strip() for s in args.models.split(","))):
+        name, kwargs = parse_model_spec(spec, image_size=args.image_size)
+        costs.append(model_costs(name, kwargs, image_size=args.image_size,
+                                 batch_size=args.batch_size, num_classes=args.num_classes,
+                                 spec=spec))
+    print(markdown_table(costs, image_size=args.image_size))
+
+
+if __name__ == "__main__":
+    main()

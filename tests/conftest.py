@@ -1,0 +1,54 @@
+"""Shared, session-scoped fixtures: a synthetic-data cache and trained smoke workdirs.
+
+Expensive fixtures run only when a test asks for them, once per session.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import ml_collections
+import pytest
+
+from cer_jax.config_loading import load_config
+
+# Synthetic RAF-DB compound sizes for training tests: enough images that a tiny model learns
+# something that holds on held-out images, few enough to build in seconds.
+SYNTHETIC_TRAIN = 1000
+SYNTHETIC_TEST = 200
+
+
+@pytest.fixture(scope="session")
+def synthetic_cache_dir(tmp_path_factory) -> pathlib.Path:
+    """A `dataset.cache_dir` shared by the session: each synthetic tree is drawn and built once."""
+    return tmp_path_factory.mktemp("cer_jax_cache")
+
+
+def smoke_config(name: str, cache_dir: pathlib.Path, **overrides) -> ml_collections.ConfigDict:
+    """configs/<name>.py:smoke on the session's synthetic data, with dotted-key overrides."""
+    config = load_config(f"configs/{name}.py:smoke")
+    config.dataset.cache_dir = str(cache_dir)
+    config.dataset.synthetic_num_train = SYNTHETIC_TRAIN
+    config.dataset.synthetic_num_test = SYNTHETIC_TEST
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return config
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory, synthetic_cache_dir) -> dict[str, tuple[pathlib.Path, dict]]:
+    """{"vit", "manet", "resnet50"} -> (workdir, train_and_evaluate's result) of a finished,
+    exported smoke training run on synthetic RAF-DB compound."""
+    from cer_jax import trainer
+
+    root = tmp_path_factory.mktemp("trained")
+    runs = {}
+    for name in ("vit", "manet", "resnet50"):
+        workdir = root / name
+        config = smoke_config(name, synthetic_cache_dir)
+        runs[name] = (workdir, trainer.train_and_evaluate(config, str(workdir)))
+    return runs

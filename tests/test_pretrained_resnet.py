@@ -1,0 +1,155 @@
+"""ResNet weight import: logits of the imported model match the PyTorch reference (Hugging Face
+`ResNetForImageClassification`, random weights with perturbed BatchNorm statistics, no download)
+for Hugging Face safetensors and for torchvision / timm state dicts (`.pth` and safetensors),
+the latter written here by re-keying the reference weights independently of the importer."""
+
+from __future__ import annotations
+
+import re
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+from safetensors.numpy import load_file, save_file
+from transformers import ResNetConfig, ResNetForImageClassification
+
+from cer_jax.models import create_model
+from cer_jax.pretrained import WeightImportError, load_pretrained
+
+# microsoft/resnet-50's config.json (the label count aside).
+RESNET50 = dict(embedding_size=64, hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3],
+                layer_type="bottleneck", hidden_act="relu", downsample_in_first_stage=False,
+                downsample_in_bottleneck=False)
+TINY = {
+    18: dict(embedding_size=8, hidden_sizes=[8, 16, 32, 64], depths=[2, 2, 2, 2],
+             layer_type="basic"),
+    50: dict(embedding_size=8, hidden_sizes=[32, 64, 128, 256], depths=[3, 4, 6, 3],
+             layer_type="bottleneck"),
+}
+
+
+def _reference(seed: int = 0, **config) -> ResNetForImageClassification:
+    """Random HF ResNet whose BatchNorm affine parameters and running statistics all matter."""
+    torch.manual_seed(seed)
+    model = ResNetForImageClassification(ResNetConfig(num_labels=7, **config)).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0.0, 0.2)
+                module.running_mean.normal_(0.0, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def _images(n: int, size: int, seed: int = 0) -> np.ndarray:
+    return np.random.RandomState(seed).randn(n, size, size, 3).astype(np.float32)
+
+
+def _torch_logits(model, images: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2))).logits.numpy()
+
+
+def _hf_file(model, directory):
+    model.save_pretrained(directory)
+    return directory / "model.safetensors"
+
+
+def to_torchvision(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Hugging Face ResNet names -> torchvision / timm names (layouts are the same)."""
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("resnet.")
+        key = key.replace("embedder.embedder.convolution.", "conv1.")
+        key = key.replace("embedder.embedder.normalization.", "bn1.")
+        key = key.replace("classifier.1.", "fc.")
+        m = re.fullmatch(r"encoder\.stages\.(\d)\.layers\.(\d+)\.(.*)", key)
+        if m:
+            stage, block, rest = int(m.group(1)) + 1, m.group(2), m.group(3)
+            rest = rest.replace("shortcut.convolution.", "downsample.0.")
+            rest = rest.replace("shortcut.normalization.", "downsample.1.")
+            rest = re.sub(r"layer\.(\d)\.convolution\.", lambda c: f"conv{int(c[1]) + 1}.", rest)
+            rest = re.sub(r"layer\.(\d)\.normalization\.", lambda c: f"bn{int(c[1]) + 1}.", rest)
+            key = f"layer{stage}.{block}.{rest}"
+        out[key] = value
+    return out
+
+
+def test_resnet50_hf_safetensors_logits_match(tmp_path):
+    reference = _reference(**RESNET50)
+    model = create_model("resnet", num_classes=7, rngs=nnx.Rngs(0), depth=50)
+    report = load_pretrained(model, "resnet", _hf_file(reference, tmp_path), keep_head=True)
+    assert len(report.loaded) == 267 and report.reinitialised == [] and report.resized == []
+    assert len(report.unused) == 53 and all(k.endswith("num_batches_tracked")
+                                            for k in report.unused)
+    bn = reference.resnet.embedder.embedder.normalization
+    np.testing.assert_array_equal(model.bn1.mean[...], bn.running_mean.numpy())
+    np.testing.assert_array_equal(model.bn1.var[...], bn.running_var.numpy())
+    images = _images(2, 64)
+    np.testing.assert_allclose(model(jnp.asarray(images)).logits, _torch_logits(reference, images),
+                               atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_torchvision_state_dict_logits_match(tmp_path, depth, suffix):
+    reference = _reference(seed=depth, **TINY[depth])
+    state = to_torchvision(load_file(str(_hf_file(reference, tmp_path / "hf"))))
+    assert "layer2.0.downsample.0.weight" in state and "fc.weight" in state
+    path = tmp_path / f"resnet{suffix}"
+    if suffix == ".pth":
+        torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)
+    else:
+        save_file(state, str(path))
+    model = create_model("resnet", num_classes=7, rngs=nnx.Rngs(0), depth=depth, width=8)
+    report = load_pretrained(model, "resnet", path, keep_head=True)
+    assert report.reinitialised == []
+    images = _images(2, 64, seed=depth)
+    np.testing.assert_allclose(model(jnp.asarray(images)).logits, _torch_logits(reference, images),
+                               atol=1e-4, rtol=0)
+
+
+def test_new_head_left_at_initialisation(tmp_path):
+    reference = _reference(**TINY[18])
+    model = create_model("resnet", num_classes=3, rngs=nnx.Rngs(0), depth=18, width=8)
+    report = load_pretrained(model, "resnet", _hf_file(reference, tmp_path), keep_head=True)
+    # 7-way head in the file, 3-way in the model: keep_head cannot apply.
+    assert report.reinitialised == ["head/bias", "head/kernel"]
+    assert "head/kernel" not in report.loaded and "conv1/kernel" in report.loaded
+
+
+def test_backbone_shape_mismatch_is_a_clear_error(tmp_path):
+    reference = _reference(**TINY[18])
+    model = create_model("resnet", num_classes=7, rngs=nnx.Rngs(0), depth=18, width=16)
+    before = np.asarray(model.conv1.kernel[...]).copy()
+    with pytest.raises(WeightImportError) as err:
+        load_pretrained(model, "resnet", _hf_file(reference, tmp_path))
+    message = str(err.value)
+    assert "check the model variant in config.model matches the checkpoint" in message
+    assert ("shape mismatch: conv1/kernel is (7, 7, 3, 16) in the model, (7, 7, 3, 8) in the "
+            "checkpoint") in message
+    np.testing.assert_array_equal(model.conv1.kernel[...], before)  # nothing written
+
+
+def test_depth_mismatch_names_the_missing_blocks(tmp_path):
+    reference = _reference(**TINY[18])
+    state = to_torchvision(load_file(str(_hf_file(reference, tmp_path / "hf"))))
+    save_file(state, str(tmp_path / "r18.safetensors"))
+    model = create_model("resnet", num_classes=7, rngs=nnx.Rngs(0), depth=34, width=8)
+    with pytest.raises(WeightImportError, match=r"missing: layer1/2/bn1/bias \(8,\)"):
+        load_pretrained(model, "resnet", tmp_path / "r18.safetensors")
+
+
+def test_unknown_tensor_is_an_error_not_skipped(tmp_path):
+    reference = _reference(**TINY[18])
+    state = to_torchvision(load_file(str(_hf_file(reference, tmp_path / "hf"))))
+    state["layer1.0.se.fc1.weight"] = np.ones((2, 8, 1, 1), np.float32)  # an SE-ResNet
+    save_file(state, str(tmp_path / "seresnet.safetensors"))
+    model = create_model("resnet", num_classes=7, rngs=nnx.Rngs(0), depth=18, width=8)
+    with pytest.raises(WeightImportError,
+                       match=r"torchvision / timm ResNet checkpoint has tensors this importer does "
+                             r"not understand \(a different architecture\?\): layer1\.0\.se\."):
+        load_pretrained(model, "resnet", tmp_path / "seresnet.safetensors")

@@ -1,0 +1,126 @@
+"""Interrupting and resuming, preemption (SIGTERM) and non-finite losses, on a tiny ViT."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from conftest import smoke_config
+
+from cer_jax import trainer
+
+TOTAL_STEPS = 8
+
+
+def tiny_config(cache_dir, **overrides):
+    """A seconds-long ViT run with dropout, so the RNG state must resume too."""
+    settings = {
+        "model.variant": "test/8",
+        "model.dropout": 0.1,
+        "input.image_size": 32,
+        "input.resize_size": 36,
+        "training.global_batch_size": 16,
+        "training.num_steps": TOTAL_STEPS,
+        "training.log_every_steps": 2,
+        "training.eval_every_steps": 4,
+        "schedule.warmup_steps": 2,
+        "export.splits": ("validation",),
+    }
+    settings.update(overrides)
+    return smoke_config("vit", cache_dir, **settings)
+
+
+def saved_steps(workdir) -> list[int]:
+    path = os.path.join(workdir, "checkpoints")
+    return sorted(int(name) for name in os.listdir(path) if name.isdigit())
+
+
+def saved_state(workdir, step: int) -> dict:
+    return ocp.StandardCheckpointer().restore(
+        os.path.join(workdir, "checkpoints", str(step), "default")
+    )
+
+
+@pytest.fixture(scope="module")
+def halted_workdir(tmp_path_factory, synthetic_cache_dir):
+    """A run stopped after 4 of its 8 steps by training.halt_after_steps."""
+    workdir = tmp_path_factory.mktemp("halted") / "run"
+    config = tiny_config(synthetic_cache_dir, **{"training.halt_after_steps": 4})
+    result = trainer.train_and_evaluate(config, str(workdir))
+    assert result["stopped"] == "halted" and result["step"] == 4
+    return workdir
+
+
+def test_halted_run_keeps_its_checkpoint_and_does_not_export(halted_workdir):
+    assert saved_steps(halted_workdir) == [4]
+    assert os.path.isfile(halted_workdir / "config.json")
+    assert not os.path.exists(halted_workdir / "export")
+
+
+def test_resume_gives_the_parameters_of_an_uninterrupted_run(
+    halted_workdir, tmp_path, synthetic_cache_dir
+):
+    resumed = tmp_path / "resumed"
+    shutil.copytree(halted_workdir, resumed)
+    result = trainer.train_and_evaluate(tiny_config(synthetic_cache_dir), str(resumed))
+    assert result["stopped"] is None and result["step"] == TOTAL_STEPS
+
+    straight = tmp_path / "straight"
+    expected = trainer.train_and_evaluate(tiny_config(synthetic_cache_dir), str(straight))
+    got, want = saved_state(resumed, TOTAL_STEPS), saved_state(straight, TOTAL_STEPS)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 got["params"], want["params"])
+    assert int(got["step"]) == TOTAL_STEPS
+    # The parameters did move away from the halted state.
+    halted = saved_state(halted_workdir, 4)["params"]
+    assert not np.allclose(got["params"]["head"]["kernel"], halted["head"]["kernel"])
+    assert result["eval"]["validation"]["accuracy"] == pytest.approx(
+        expected["eval"]["validation"]["accuracy"]
+    )
+
+
+def test_non_finite_loss_stops_with_a_hint_and_keeps_the_last_good_checkpoint(
+    halted_workdir, tmp_path, synthetic_cache_dir
+):
+    workdir = tmp_path / "nan"
+    shutil.copytree(halted_workdir, workdir)
+    config = tiny_config(synthetic_cache_dir, **{"optimizer.lr": 1e30})
+    with pytest.raises(trainer.NonFiniteLossError, match=r"steps 5 and \d.*optimizer\.lr"):
+        trainer.train_and_evaluate(config, str(workdir))
+    assert saved_steps(workdir) == [4]
+    state = saved_state(workdir, 4)
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state["params"]))
+
+
+def test_sigterm_saves_a_checkpoint_and_returns(tmp_path, synthetic_cache_dir):
+    workdir = tmp_path / "preempted"
+    config = tiny_config(synthetic_cache_dir, **{
+        "training.num_steps": 100_000, "training.eval_every_steps": 100_000,
+        "checkpoint.every_steps": 3,
+    })
+
+    def preempt_after_first_checkpoint() -> None:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            if os.path.isdir(workdir / "checkpoints") and saved_steps(workdir):
+                break
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    killer = threading.Thread(target=preempt_after_first_checkpoint, daemon=True)
+    killer.start()
+    result = trainer.train_and_evaluate(config, str(workdir))
+    killer.join()
+    assert result["stopped"] == "preempted"
+    assert 3 <= result["step"] < 100_000
+    assert saved_steps(workdir)[-1] == result["step"]
+    assert not os.path.exists(workdir / "export")
+    # The trainer restored the previous SIGTERM handler on the way out.
+    assert signal.getsignal(signal.SIGTERM) is not trainer.Preemption.handler

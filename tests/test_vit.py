@@ -1,0 +1,141 @@
+"""ViT: geometry of the big_vision sizes, shapes, dtypes, train/eval modes, learning progress,
+and that models (and weight import) load without TensorFlow."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from cer_jax.models import create_model
+from cer_jax.models.vit import ViT
+
+
+def _param_count(model) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
+
+
+@pytest.mark.parametrize("variant,count", [
+    # timm's vit_{tiny,small,base,large}_patch16_224 / vit_base_patch32_224 with 1000 classes.
+    ("Ti/16", 5_717_416), ("S/16", 22_050_664), ("B/16", 86_567_656), ("B/32", 88_224_232),
+    ("L/16", 304_326_632),
+])
+def test_big_vision_sizes(variant, count):
+    model = nnx.eval_shape(lambda: create_model("vit", num_classes=1000, rngs=nnx.Rngs(0),
+                                                variant=variant))
+    assert _param_count(model) == count
+
+
+def test_forward_shapes_cls_and_gap():
+    images = jnp.ones((2, 32, 32, 3))
+    cls = create_model("vit", num_classes=7, rngs=nnx.Rngs(0), variant="test/8", image_size=32)
+    out = cls(images)
+    assert out.logits.shape == (2, 7) and out.features.shape == (2, 32)
+    assert cls.pos_embedding.shape == (1, 17, 32)
+    assert out.head_logits[0] is out.logits and out.head_weights == (1.0,)
+    assert type(cls).HEAD_NAMES == ("head",)
+    gap = create_model("vit", num_classes=7, rngs=nnx.Rngs(0), variant="test/8", image_size=32,
+                       pool="gap", representation_size=16)
+    out = gap(images)
+    assert out.features.shape == (2, 16) and gap.pos_embedding.shape == (1, 16, 32)
+    assert not hasattr(gap, "cls")
+    assert float(jnp.max(jnp.abs(out.features))) <= 1.0  # tanh pre-logits
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+    model = create_model("vit", num_classes=7, rngs=nnx.Rngs(0), variant="test/8", image_size=16,
+                         dtype=jnp.bfloat16, head_zeroinit=False)
+    out = model(jnp.ones((1, 16, 16, 3)))
+    assert out.logits.dtype == jnp.float32 and out.features.dtype == jnp.float32
+    assert {x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.Param))} == {
+        jnp.dtype(jnp.float32)
+    }
+    reference = create_model("vit", num_classes=7, rngs=nnx.Rngs(0), variant="test/8",
+                             image_size=16, head_zeroinit=False)
+    np.testing.assert_allclose(out.logits, reference(jnp.ones((1, 16, 16, 3))).logits,
+                               atol=0.1, rtol=0.05)
+
+
+def test_dropout_and_stochastic_depth_only_in_training():
+    model = create_model("vit", num_classes=7, rngs=nnx.Rngs(0), variant="test/8", image_size=16,
+                         dropout=0.2, attention_dropout=0.2, stochastic_depth=0.5,
+                         head_zeroinit=False)
+    assert [b.drop_path.rate for b in model.blocks] == [0.0, 0.5]  # linear over depth
+    images = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+    eval_1, eval_2 = model(images).logits, model(images, train=False).logits
+    np.testing.assert_array_equal(eval_1, eval_2)
+    train_1, train_2 = model(images, train=True).logits, model(images, train=True).logits
+    assert not np.allclose(train_1, eval_1) and not np.allclose(train_1, train_2)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(variant="X/16"), r"Unknown ViT variant 'X/16' \(config key model.variant\)"),
+    (dict(variant="B"), r"Unknown ViT variant 'B' \(config key model.variant\)"),
+    (dict(variant="test/8", image_size=20),
+     r"model.image_size=20 is not divisible by the patch size 8 of ViT variant 'test/8'"),
+    (dict(variant="test/8", pool="map"), r"Unknown ViT pool 'map' \(config key model.pool\)"),
+])
+def test_bad_options_are_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ViT(num_classes=2, rngs=nnx.Rngs(0), **kwargs)
+
+
+def test_wrong_image_size_is_a_clear_error():
+    model = create_model("vit", num_classes=2, rngs=nnx.Rngs(0), variant="test/8", image_size=16)
+    with pytest.raises(ValueError, match=r"Images of size 24x24 give 3x3 patches, but this ViT "
+                                         r"was built for model.image_size=16"):
+        model(jnp.ones((1, 24, 24, 3)))
+
+
+def test_tiny_vit_learns_with_a_jitted_pure_step():
+    model = create_model("vit", num_classes=3, rngs=nnx.Rngs(0), variant="test/8", image_size=16,
+                         dropout=0.1, stochastic_depth=0.1)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    params, rest = params.to_pure_dict(), rest.to_pure_dict()
+    tx = optax.adam(3e-3)
+    opt_state = tx.init(params)
+    images = jax.random.normal(jax.random.key(1), (12, 16, 16, 3))
+    labels = jnp.arange(12) % 3
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+    def step(params, rest, opt_state):
+        def loss_fn(params):
+            module = nnx.merge(graphdef, params, rest)
+            logits = module(images, train=True).logits
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            return loss, nnx.state(module, nnx.Not(nnx.Param)).to_pure_dict()
+
+        (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), rest, opt_state, loss
+
+    losses = []
+    for _ in range(30):
+        params, rest, opt_state, loss = step(params, rest, opt_state)
+        losses.append(float(loss))
+    assert losses[-1] < 0.3 * losses[0], losses
+
+
+def test_models_and_weight_import_load_without_tensorflow():
+    code = (
+        "import sys; sys.modules['tensorflow'] = None\n"
+        "from flax import nnx\n"
+        "import cer_jax.models.layers, cer_jax.models.vit, cer_jax.models.resnet\n"
+        "import cer_jax.pretrained.vit, cer_jax.pretrained.resnet\n"
+        "from cer_jax.models import create_model\n"
+        "create_model('vit', num_classes=2, rngs=nnx.Rngs(0), variant='test/8', image_size=16)\n"
+        "create_model('resnet', num_classes=2, rngs=nnx.Rngs(0), depth=18, width=2)\n"
+        "assert sys.modules['tensorflow'] is None\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
