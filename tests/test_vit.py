@@ -131,7 +131,6 @@ def test_models_and_weight_import_load_without_tensorflow():
         "import cer_jax.pretrained.vit, cer_jax.pretrained.resnet\n"
         "from cer_jax.models import create_model\n"
         "create_model('vit', num_classes=2, rngs=nnx.Rngs(0), variant='test/8', image_size=16)\n"
-        "create_model('resnet', num_classes=2, rngs=nnx.Rngs(0), depth=18, width=2)\n"
         "assert sys.modules['tensorflow'] is None\n"
         "print('ok')\n"
     )
