@@ -15,6 +15,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from cer_jax.config_loading import resolve_config_path
+
 # Config files import their shared base as `configs.common`: make the repository importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -36,5 +38,16 @@ def main(argv: list[str]) -> None:
     logging.info("Final metrics: %s", {k: v for k, v in result.items() if k != "eval"})
 
 
+def resolve_config_flag(argv: list[str]) -> list[str]:
+    """--config=configs/vit.py:smoke works from any directory (cwd first, then the repo root)."""
+    resolved = []
+    for arg in argv:
+        if arg.startswith("--config="):
+            path, colon, rest = arg.removeprefix("--config=").partition(":")
+            arg = f"--config={resolve_config_path(path)}{colon}{rest}"
+        resolved.append(arg)
+    return resolved
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, argv=resolve_config_flag(sys.argv))

@@ -142,12 +142,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     {"step", "best_step", "stopped" (None | "preempted" | "halted"), "train": {...},
      "eval": {split: {accuracy, macro_f1, loss, ...} at the last evaluation},
      "export": {split: {accuracy, macro_f1, num_examples} of the best checkpoint}}."""
-    from clu import metric_writers, periodic_actions
+    config = ml_collections.ConfigDict(config.to_dict())  # resolve references, keep caller's
+    validate_config(config)
+    from clu import metric_writers, periodic_actions  # TensorFlow only once the config is good
 
     from cer_jax.data import pipeline
 
-    config = ml_collections.ConfigDict(config.to_dict())  # resolve references, keep caller's
-    validate_config(config)
     info = pipeline.get_dataset_info(config)
     mesh = sharding.create_mesh()
     train_size = info.split_sizes[config.dataset.train_split]

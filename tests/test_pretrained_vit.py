@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from flax import nnx
 from safetensors.numpy import load_file, save_file
-from transformers import ViTConfig, ViTForImageClassification
+from safetensors.torch import save_file as save_torch_file
+from transformers import ViTConfig, ViTForImageClassification, ViTModel
 
 from cer_jax.models import create_model
 from cer_jax.pretrained import WeightImportError, load_pretrained
@@ -171,16 +172,27 @@ def test_new_head_is_left_at_initialisation(tiny):
     np.testing.assert_array_equal(model.head.kernel[...], 0.0)  # head_zeroinit
 
 
-@pytest.mark.parametrize("layout", ["augreg", "big_vision"])
+def _scanned(arrays: dict) -> dict:
+    """big_vision with scan=True: one `Transformer/encoderblock/...` stack over layers."""
+    out = {k: v for k, v in arrays.items() if not k.startswith("Transformer/encoderblock_")}
+    for key in [k for k in arrays if k.startswith("Transformer/encoderblock_0/")]:
+        rest = key.removeprefix("Transformer/encoderblock_0/")
+        out["Transformer/encoderblock/" + rest] = np.stack(
+            [arrays[f"Transformer/encoderblock_{i}/{rest}"] for i in range(2)])
+    return out
+
+
+@pytest.mark.parametrize("layout", ["augreg", "big_vision", "big_vision_scan"])
 def test_npz_logits_match(tmp_path, layout):
     reference = _reference(ViTConfig(image_size=32, **TINY), seed=1)
-    big_vision = layout == "big_vision"
+    big_vision = layout.startswith("big_vision")
     if big_vision:  # big_vision adds no position embedding to the class token
         with torch.no_grad():
             reference.vit.embeddings.position_embeddings[:, 0] = 0.0
     path = tmp_path / "vit.npz"
-    state = _state(reference, tmp_path / "hf")
-    np.savez(path, **to_augreg_npz(state, depth=2, heads=2, big_vision=big_vision))
+    arrays = to_augreg_npz(_state(reference, tmp_path / "hf"), depth=2, heads=2,
+                           big_vision=big_vision)
+    np.savez(path, **(_scanned(arrays) if layout == "big_vision_scan" else arrays))
     model = _jax_vit("test/8", 32)
     report = load_pretrained(model, "vit", path, keep_head=True)
     assert len(report.loaded) == 40
@@ -198,6 +210,30 @@ def test_timm_safetensors_logits_match(tmp_path):
     images = _images(2, 32, seed=2)
     np.testing.assert_allclose(model(jnp.asarray(images)).logits, _torch_logits(reference, images),
                                atol=1e-4, rtol=0)
+
+
+def test_hf_in_memory_names_and_pooler(tmp_path):
+    """A ViTModel state dict saved by hand (transformers 5 module names, no `vit.` prefix): its
+    pooler (dense + tanh on the class token) is the pre-logits layer."""
+    torch.manual_seed(3)
+    reference = ViTModel(ViTConfig(image_size=32, **TINY), add_pooling_layer=True).eval()
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    state = reference.state_dict()
+    assert "layers.0.attention.q_proj.weight" in state and "pooler.dense.weight" in state
+    save_torch_file(state, str(tmp_path / "model.safetensors"))
+    model = _jax_vit("test/8", 32, representation_size=32)
+    report = load_pretrained(model, "vit", tmp_path / "model.safetensors")
+    assert report.reinitialised == ["head/bias", "head/kernel"] and report.unused == []
+    images = _images(2, 32, seed=3)
+    with torch.no_grad():
+        pooled = reference(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2)))
+    np.testing.assert_allclose(model(jnp.asarray(images)).features,
+                               pooled.pooler_output.numpy(), atol=1e-5, rtol=0)
+    plain = _jax_vit("test/8", 32)  # no pre-logits layer: the pooler is dropped, and reported
+    report = load_pretrained(plain, "vit", tmp_path / "model.safetensors")
+    assert report.unused == ["pre_logits/bias", "pre_logits/kernel"]
 
 
 def test_vit_b16_forward_matches(tmp_path):

@@ -11,7 +11,7 @@ from PIL import Image
 
 from cer_jax import synthetic
 from tfds_rafdb import rafdb
-from tfds_rafdb.rafdb import layout
+from tfds_rafdb.rafdb import layout, rafdb_dataset_builder
 
 LABELS = "EmoLabel/list_patition_label.txt"
 
@@ -168,3 +168,24 @@ def test_empty_label_file(tree, tmp_path):
     (tree / LABELS).write_text("\n")
     message = _build_fails(tree, tmp_path / "data")
     assert re.match(rf"{re.escape(str(tree / LABELS))} lists no images\.\n", message)
+
+
+def test_failure_while_writing_leaves_no_dataset(tree, tmp_path):
+    """A file that vanishes after validation fails the build midway; TFDS keeps nothing of it."""
+    read = rafdb_dataset_builder._jpeg_bytes
+    calls = []
+
+    def vanishing(record):
+        calls.append(record.file_name)
+        if len(calls) == 5:
+            raise FileNotFoundError(f"{record.aligned_path} vanished")
+        return read(record)
+
+    data_dir = tmp_path / "data"
+    with mock.patch.object(rafdb_dataset_builder, "_jpeg_bytes", side_effect=vanishing):
+        with pytest.raises(FileNotFoundError, match="vanished"):
+            rafdb.build("compound", str(tree), str(data_dir))
+    assert len(calls) == 5  # four examples had been written before the failure
+    assert not (data_dir / "rafdb/compound/1.0.0").exists()
+    assert not list(data_dir.rglob("*.tfrecord*")) and not list(data_dir.rglob("incomplete*"))
+    assert not rafdb.Builder(config="compound", data_dir=str(data_dir)).is_prepared()

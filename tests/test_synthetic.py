@@ -1,5 +1,6 @@
 """The synthetic RAF-DB tree: determinism, exact layout, imbalance, and a build through TFDS."""
 
+import hashlib
 import io
 import itertools
 import logging
@@ -177,21 +178,25 @@ def test_tree_builds_through_the_builder(tmp_path, caplog, config, kind, ids_kep
                 else np.zeros((5, 2), np.float32)
             )
             np.testing.assert_array_equal(ex["landmarks"], expected)
-    assert builder.info.features["label"].names == list(
-        {"compound": rafdb.COMPOUND_CLASSES, "basic": rafdb.BASIC_CLASSES}[kind]
-        if config != "compound_abaw7"
-        else rafdb.ABAW7_CLASSES
-    )
+    expected_names = [summary.class_names[i - 1] for i in ids_kept]
+    assert builder.info.features["label"].names == expected_names
 
 
 def test_validation_split_is_a_stable_hash_of_the_name(tmp_path):
-    """Same names -> same validation files, whatever the images and the order of the lines."""
+    """Validation = per class, the round(10 %) names with the smallest sha256, in any order."""
     a = synthetic.write_tree(tmp_path / "a", kind="compound", num_train=44, num_test=11, seed=5)
     records = rafdb.layout.read_tree(tmp_path / "a", num_labels=11, tree="compound")
     chosen = rafdb.layout.validation_names(records)
     assert chosen == rafdb.layout.validation_names(records[::-1])
-    assert len(chosen) == sum(max(1, int(n * 0.1 + 0.5)) for n in a.train_counts)
-    assert all(n.startswith("train_") for n in chosen)
+    expected = set()
+    for label, count in enumerate(a.train_counts, start=1):
+        names = sorted(
+            (n for n, lab in _entries(tmp_path / "a") if lab == label and n.startswith("train")),
+            key=lambda n: hashlib.sha256(n.encode()).hexdigest(),
+        )
+        assert len(names) == count
+        expected.update(names[: max(1, int(count / 10 + 0.5))])  # half rounds up
+    assert chosen == expected
 
 
 def test_cli_says_synthetic(tmp_path, capsys):

@@ -114,6 +114,7 @@ def test_sigterm_saves_a_checkpoint_and_returns(tmp_path, synthetic_cache_dir):
             time.sleep(0.2)
         os.kill(os.getpid(), signal.SIGTERM)
 
+    previous_handler = signal.getsignal(signal.SIGTERM)
     killer = threading.Thread(target=preempt_after_first_checkpoint, daemon=True)
     killer.start()
     result = trainer.train_and_evaluate(config, str(workdir))
@@ -123,4 +124,4 @@ def test_sigterm_saves_a_checkpoint_and_returns(tmp_path, synthetic_cache_dir):
     assert saved_steps(workdir)[-1] == result["step"]
     assert not os.path.exists(workdir / "export")
     # The trainer restored the previous SIGTERM handler on the way out.
-    assert signal.getsignal(signal.SIGTERM) is not trainer.Preemption.handler
+    assert signal.getsignal(signal.SIGTERM) is previous_handler

@@ -5,7 +5,9 @@ r"""Cost figures per model: trainable parameters and XLA-counted FLOPs per image
 FLOPs are what XLA's cost analysis counts for the compiled program (a multiply-add is 2 FLOPs,
 so ResNet-50's often quoted "4.1 GFLOPs" are multiply-adds, 8.2 GFLOPs here): the eval-mode
 forward pass, and one training step as the trainer runs it (`cer_jax.steps.train_step`: forward
-in train mode, backward, SGD-momentum update, step metrics), divided by the batch size.
+in train mode, backward, SGD-momentum update, step metrics), divided by the batch size. XLA
+counts only the multiply-adds that touch real pixels, not a convolution's zero padding, so its
+figures sit slightly below textbook counts that include the padding.
 Models are built abstractly (`nnx.eval_shape`), so nothing is allocated and no weights are
 needed; only compilation runs.
 """

@@ -1,0 +1,115 @@
+"""Configs load and override; bad configs stop before any work with a message naming the key."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+from conftest import smoke_config
+
+from cer_jax import sharding, trainer
+from cer_jax.config_loading import REPO_ROOT, load_config
+
+
+@pytest.mark.parametrize("name", ["vit", "manet", "resnet50"])
+def test_full_and_smoke_configs_load(name):
+    full = load_config(f"configs/{name}.py")
+    smoke = load_config(f"configs/{name}.py:smoke")
+    assert full.input.image_size == 224
+    assert smoke.dataset.synthetic and not full.dataset.synthetic
+    assert smoke.input.image_size == 64 and smoke.training.global_batch_size == 32
+    trainer.validate_config(full)
+    trainer.validate_config(smoke)
+
+
+def test_recipes_follow_the_spec():
+    manet = load_config("configs/manet.py")
+    assert (manet.optimizer.name, manet.optimizer.lr) == ("sgd", 0.01)
+    assert manet.optimizer.momentum == 0.9
+    assert manet.optimizer.weight_decay == 1e-4 and manet.input.normalization == "unit"
+    assert (manet.schedule.name, manet.schedule.step_every_epochs) == ("step", 15.0)
+    assert load_config("configs/vit.py").input.normalization == "minus_one_one"
+    assert load_config("configs/resnet50.py").input.normalization == "imagenet"
+
+
+def test_vit_image_size_follows_the_input_size():
+    config = load_config("configs/vit.py")
+    config.input.image_size = 384
+    assert config.model.image_size == 384
+
+
+def test_load_config_resolves_against_the_repository_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_config("configs/vit.py:smoke").model.name == "vit"
+    with pytest.raises(FileNotFoundError, match="configs/nope.py"):
+        load_config("configs/nope.py")
+
+
+def test_command_line_overrides_reach_the_trainer(tmp_path):
+    """The CLI applies --config.* overrides; a bad one stops it before any work."""
+    workdir = tmp_path / "cli"
+    out = subprocess.run(
+        [sys.executable, "-m", "cer_jax.train", "--config=configs/resnet50.py:smoke",
+         f"--workdir={workdir}", "--config.optimizer.lr=0.003", "--config.model.name=vgg"],
+        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=REPO_ROOT), capture_output=True,
+        text=True, timeout=120,
+    )
+    assert out.returncode != 0
+    assert "Unknown model 'vgg' (config key model.name)" in out.stderr
+    assert not workdir.exists()
+
+
+def _expect_error(config, workdir, error, pattern):
+    with pytest.raises(error, match=pattern):
+        trainer.train_and_evaluate(config, str(workdir))
+    # Stopped before any work: nothing was written to the workdir.
+    assert not os.path.exists(workdir) or not os.listdir(workdir)
+
+
+def test_unknown_model(tmp_path):
+    config = load_config("configs/vit.py:smoke")
+    config.model.name = "vgg"
+    _expect_error(config, tmp_path / "w", ValueError, r"model\.name.*manet, resnet, vit")
+
+
+def test_unknown_dataset(tmp_path, synthetic_cache_dir):
+    config = smoke_config("vit", synthetic_cache_dir, **{"dataset.synthetic": False,
+                                                        "dataset.name": "no_such_dataset"})
+    _expect_error(config, tmp_path / "w", ValueError, r"dataset\.name")
+
+
+def test_missing_manual_data(tmp_path):
+    config = load_config("configs/vit.py")
+    config.dataset.data_dir = str(tmp_path / "tfds")
+    _expect_error(config, tmp_path / "w", ValueError, r"dataset\.manual_dir")
+
+
+def test_batch_not_divisible_by_devices(tmp_path, monkeypatch):
+    monkeypatch.setattr(jax, "device_count", lambda: 4)
+    config = load_config("configs/vit.py:smoke")
+    config.training.global_batch_size = 30
+    _expect_error(config, tmp_path / "w", ValueError,
+                  r"training\.global_batch_size=30 is not divisible by the 4 devices.*e\.g\. 28")
+    assert sharding.check_batch_size(32, "k") is None
+
+
+def test_missing_pretrained_file(tmp_path):
+    config = load_config("configs/resnet50.py:smoke")
+    config.init.checkpoint = str(tmp_path / "resnet50.safetensors")
+    _expect_error(config, tmp_path / "w", trainer.ConfigError,
+                  r"init\.checkpoint=.*resnet50\.safetensors.*no such file")
+
+
+def test_init_workdir_must_be_a_training_workdir(tmp_path):
+    config = load_config("configs/vit.py:smoke")
+    config.init.workdir = str(tmp_path)
+    _expect_error(config, tmp_path / "w", trainer.ConfigError, r"init\.workdir=.*config\.json")
+
+
+def test_best_split_must_be_evaluated(tmp_path):
+    config = load_config("configs/vit.py:smoke")
+    config.checkpoint.best_split = "val"
+    _expect_error(config, tmp_path / "w", trainer.ConfigError, r"checkpoint\.best_split='val'")
