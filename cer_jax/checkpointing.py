@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -39,24 +40,30 @@ def _best_options(read_only: bool = False) -> ocp.CheckpointManagerOptions:
     )
 
 
+def workdir_path(workdir: str | os.PathLike[str], *parts: str) -> epath.Path:
+    """An absolute path inside the workdir; gs:// and other remote workdirs work too."""
+    path = epath.Path(workdir)
+    if "://" not in os.fspath(workdir):
+        path = path.absolute()
+    return path.joinpath(*parts)
+
+
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        tmp = os.path.join(workdir, CONFIG_FILE + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-        os.replace(tmp, os.path.join(workdir, CONFIG_FILE))
+        workdir_path(workdir).mkdir(parents=True, exist_ok=True)
+        tmp = workdir_path(workdir, CONFIG_FILE + ".tmp")
+        tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+        tmp.rename(workdir_path(workdir, CONFIG_FILE))
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
+    path = workdir_path(workdir, CONFIG_FILE)
+    if not path.exists():
         raise WorkdirError(
             f"{path} not found: {workdir!r} is not a cer_jax training workdir "
             "(train one with `python -m cer_jax.train --config=... --workdir=...`)."
         )
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def with_sharding(abstract: Any, mesh: Mesh) -> Any:
@@ -69,12 +76,11 @@ class Checkpoints:
     """The latest-N manager (resume) and the best-by-validation manager of one workdir."""
 
     def __init__(self, workdir: str, keep: int):
-        workdir = os.path.abspath(workdir)
         self.latest = ocp.CheckpointManager(
-            os.path.join(workdir, LATEST_DIR),
+            workdir_path(workdir, LATEST_DIR),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         )
-        self.best = ocp.CheckpointManager(os.path.join(workdir, BEST_DIR), options=_best_options())
+        self.best = ocp.CheckpointManager(workdir_path(workdir, BEST_DIR), options=_best_options())
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
@@ -113,9 +119,9 @@ class Checkpoints:
 
 
 def best_step(workdir: str) -> int:
-    path = os.path.join(os.path.abspath(workdir), BEST_DIR)
+    path = workdir_path(workdir, BEST_DIR)
     step = None
-    if os.path.isdir(path):
+    if path.is_dir():
         with ocp.CheckpointManager(path, options=_best_options(read_only=True)) as manager:
             step = manager.latest_step()
     if step is None:
@@ -128,7 +134,7 @@ def best_step(workdir: str) -> int:
 
 def restore_best_state(workdir: str, abstract: TrainState, mesh: Mesh) -> tuple[int, TrainState]:
     step = best_step(workdir)
-    path = os.path.join(os.path.abspath(workdir), BEST_DIR)
+    path = workdir_path(workdir, BEST_DIR)
     with ocp.CheckpointManager(path, options=_best_options(read_only=True)) as manager:
         state = manager.restore(step, args=ocp.args.StandardRestore(with_sharding(abstract, mesh)))
     return step, state

@@ -42,7 +42,7 @@ _MODELS = flags.DEFINE_list(
 )
 
 # Sized (with the image counts above) for ~8 minutes on 2 CPU cores in total.
-TRAIN_STEPS = {"vit": 240, "manet": 200, "resnet50": 200}
+TRAIN_STEPS = {"vit": 480, "manet": 240, "resnet50": 400}
 EVALUATIONS_PER_RUN = 4
 
 

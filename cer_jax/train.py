@@ -9,6 +9,7 @@ Flags:
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import sys
 
@@ -25,9 +26,15 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def quiet_orbax(record: std_logging.LogRecord) -> bool:
+    """Keeps Orbax's per-save INFO chatter out of the console (warnings still show)."""
+    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    logging.get_absl_handler().addFilter(quiet_orbax)
     import jax
 
     from cer_jax import trainer

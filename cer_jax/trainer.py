@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 from cer_jax import checkpointing, export, models, optim, sharding, steps, train_state
 from cer_jax.metrics import classification_metrics
@@ -75,14 +76,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     init = config.init
     if init.get("checkpoint") and init.get("workdir"):
         raise ConfigError("Set at most one of init.checkpoint and init.workdir.")
-    if init.get("checkpoint") and not os.path.isfile(os.path.expanduser(init.checkpoint)):
+    if init.get("checkpoint") and not epath.Path(init.checkpoint).expanduser().is_file():
         raise ConfigError(
             f"init.checkpoint={init.checkpoint!r}: no such file. Download the pre-trained weights "
             "(see the README, 'Pre-trained weights') and pass their local path, or unset "
             "init.checkpoint to train from scratch."
         )
     if init.get("workdir"):
-        if not os.path.isfile(os.path.join(init.workdir, checkpointing.CONFIG_FILE)):
+        if not checkpointing.workdir_path(init.workdir, checkpointing.CONFIG_FILE).exists():
             raise ConfigError(
                 f"init.workdir={init.workdir!r} is not a cer_jax training workdir (no "
                 f"{checkpointing.CONFIG_FILE}); point it at a finished run's --workdir."

@@ -25,6 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_splits = ("validation", "test")  # reported splits; must include select_on
     config.train_split = "train_fit"  # what feature_mlp trains on
     config.strategies = ",".join(ALL_STRATEGIES)
+    # The best strategy is the one with the best out-of-fold macro F1 over this many folds of
+    # the select_on split (each fold predicted by the strategy fitted on the others).
+    config.selection_folds = 5
     config.ablation = True  # every non-empty member subset, for the paper's and best strategy
     config.reexport = False  # re-export members even when their export is current
 

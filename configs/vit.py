@@ -28,6 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             pool="cls",
             dropout=0.0,
             stochastic_depth=0.1,
+            head_zeroinit=True,  # big_vision fine-tuning convention
             dtype="float32",  # "bfloat16" for mixed precision on TPU / GPU
         )
     )
@@ -52,6 +53,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         common.smoke(config)
         config.model.variant = "mu/8"
         config.model.stochastic_depth = 0.0
+        # From scratch a zero head blocks the body's gradients for the first ~100 steps.
+        config.model.head_zeroinit = False
         config.input.color_jitter = None
         config.input.affine.prob = 0.0
         config.input.blur.prob = 0.0

@@ -110,8 +110,11 @@ def test_fuse_reports_every_member_and_strategy(three_members, tmp_path):
         "temperature_scaled", "stacking", "feature_mlp",
     }
     best = report["best_strategy"]
-    select_f1 = {n: s["metrics"]["validation"]["macro_f1"] for n, s in report["strategies"].items()}
-    assert select_f1[best] == max(select_f1.values())
+    cv_f1 = {n: s["selection_cv_macro_f1"] for n, s in report["strategies"].items()}
+    assert cv_f1[best] == max(cv_f1.values())
+    assert cv_f1["uniform_probabilities"] == pytest.approx(
+        report["strategies"]["uniform_probabilities"]["metrics"]["validation"]["macro_f1"]
+    )
     paper = report["strategies"]["performance_weighted"]["params"]
     member_f1 = [m["metrics"]["validation"]["macro_f1"] for m in report["members"]]
     np.testing.assert_allclose(paper["weights"], np.array(member_f1) / sum(member_f1))

@@ -140,8 +140,9 @@ def test_stacking_predicts_every_class_even_if_absent_from_selection():
     singletons = np.arange(K)  # one example per class: nothing to cross-validate
     fitted = strategies.stacking(make_data([one_hot_logits(singletons)], singletons))
     assert fitted.params["cv_folds"] == 0
-    with pytest.raises(ValueError, match="stacking needs at least two classes"):
-        strategies.stacking(make_data([one_hot_logits(labels * 0)], labels * 0))
+    one_class = make_data([one_hot_logits(labels)], np.full(40, 2))
+    constant = strategies.stacking(one_class).predict_proba(one_class)
+    np.testing.assert_array_equal(constant.argmax(-1), 2)
 
 
 def test_feature_mlp_learns_a_separable_problem():
@@ -164,6 +165,20 @@ def test_feature_mlp_learns_a_separable_problem():
     assert 1 <= fitted.params["best_epoch"] <= fitted.params["epochs_run"] <= 60
     with pytest.raises(ValueError, match="feature_mlp needs the members' outputs on the training"):
         strategies.feature_mlp(validation, None)
+
+
+def test_cross_validation_does_not_reward_fitting_noise():
+    rng = np.random.default_rng(6)
+    labels = rng.integers(0, K, size=80)
+    data = make_data([rng.normal(size=(80, K)) for _ in range(3)], labels)
+    options = {"inverse_regularisation": (100.0,), "max_folds": 2}
+    in_sample = strategies.macro_f1(
+        labels, strategies.stacking(data, **options).predict_proba(data).argmax(-1), K
+    )
+    cross_validated = strategies.cross_validated_macro_f1("stacking", data, options=options)
+    assert cross_validated < in_sample - 0.1
+    uniform = strategies.macro_f1(labels, data.logits.mean(0).argmax(-1), K)
+    assert strategies.cross_validated_macro_f1("uniform_logits", data) == pytest.approx(uniform)
 
 
 def test_unknown_strategy_is_refused():

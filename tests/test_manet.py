@@ -271,23 +271,23 @@ def test_parameter_counts_match_the_spec(full_model):
     assert count(nnx.state(full_model, nnx.BatchStat)) > 0
 
 
-@pytest.mark.parametrize("size, trunk, out", [((224, 224), 28, 7), ((160, 96), None, None)])
-def test_stage_shapes(full_model, size, trunk, out):
+@pytest.mark.parametrize("size, trunk, local, glob", [
+    ((224, 224), (28, 28), (14, 14), (7, 7)),  # the paper's: four 14x14 patches -> 7x7 each
+    ((160, 96), (20, 12), (10, 6), (5, 3)),
+])
+def test_stage_shapes(full_model, size, trunk, local, glob):
     graphdef, state = nnx.split(full_model)
-    h, w = size
-    images = jax.ShapeDtypeStruct((2, h, w, 3), jnp.float32)
+    images = jax.ShapeDtypeStruct((2, *size, 3), jnp.float32)
 
     def stages(state, images):
         model = nnx.merge(graphdef, state)
         x = model.trunk(images, False)
         return x, model.local_branch(x, False), model.global_branch(x, False), model(images)
 
-    x, local, glob, output = jax.eval_shape(stages, state, images)
-    assert x.shape == (2, h // 8, w // 8, 128)
-    assert local.shape == (2, h // 16, w // 16, 512)
-    assert glob.shape == (2, h // 32, w // 32, 512)
-    if trunk is not None:
-        assert (x.shape[1], local.shape[1] // 2, glob.shape[1]) == (trunk, out, out)
+    x, local_map, global_map, output = jax.eval_shape(stages, state, images)
+    assert x.shape == (2, *trunk, 128)
+    assert local_map.shape == (2, *local, 512)
+    assert global_map.shape == (2, *glob, 512)
     assert output.logits.shape == (2, 7) and output.features.shape == (2, 1024)
     assert [a.shape for a in output.head_logits] == [(2, 7), (2, 7)]
 

@@ -233,7 +233,7 @@ def test_hf_in_memory_names_and_pooler(tmp_path):
                                pooled.pooler_output.numpy(), atol=1e-5, rtol=0)
     plain = _jax_vit("test/8", 32)  # no pre-logits layer: the pooler is dropped, and reported
     report = load_pretrained(plain, "vit", tmp_path / "model.safetensors")
-    assert report.unused == ["pre_logits/bias", "pre_logits/kernel"]
+    assert report.unused == ["pooler.dense.bias", "pooler.dense.weight"]
 
 
 def test_vit_b16_forward_matches(tmp_path):
@@ -282,7 +282,7 @@ def test_gap_model_drops_class_token(tiny):
     reference, path = tiny
     model = _jax_vit("test/8", 32, pool="gap")
     report = load_pretrained(model, "vit", path)
-    assert report.unused == ["cls"]
+    assert report.unused == ["vit.embeddings.cls_token"]
     assert report.resized == [
         "pos_embedding (1, 17, 32) -> (1, 16, 32): class-token entry dropped (pool='gap')"
     ]

@@ -157,18 +157,19 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
         fitted = _fit(config, name, data)
         strategy_rows[name] = {
             "params": fitted.params,
+            "selection_cv_macro_f1": strategies_lib.cross_validated_macro_f1(
+                name, data[config.select_on], data.get(config.train_split),
+                folds=config.selection_folds, options=_options(config, name),
+            ),
             "metrics": scores({s: fitted.predict_proba(data[s]) for s in eval_splits}),
         }
         logging.info("strategy %s: %s", name, _headline(strategy_rows[name]["metrics"]))
 
-    # Best by macro F1 on the selection split, then accuracy, then the configured order.
+    # The best strategy has the best out-of-fold macro F1 on the selection split (then the
+    # earlier one in config key strategies): in-sample scores would favour stacking.
     best = max(
         strategy_names,
-        key=lambda n: (
-            strategy_rows[n]["metrics"][config.select_on]["macro_f1"],
-            strategy_rows[n]["metrics"][config.select_on]["accuracy"],
-            -strategy_names.index(n),
-        ),
+        key=lambda n: (strategy_rows[n]["selection_cv_macro_f1"], -strategy_names.index(n)),
     )
     ablation = {}
     if config.ablation:

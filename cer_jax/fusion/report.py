@@ -33,7 +33,7 @@ def _systems(report: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
         if name == report["paper_strategy"]:
             kind += " (paper)"
         if name == report["best_strategy"]:
-            kind += f" (best on {report['select_on']})"
+            kind += " (best)"
         rows.append((name, kind, row["metrics"]))
     return rows
 
@@ -66,17 +66,25 @@ def selection_note(report: dict[str, Any]) -> str:
     held_out = [s for s in report["eval_splits"] if s != report["select_on"]]
     return (
         f"Fusion weights and hyper-parameters were chosen on the {report['select_on']} split; "
-        f"{', '.join(held_out) or 'no split'} is held out."
+        f"{', '.join(held_out) or 'no split'} is held out. The best strategy has the highest "
+        f"out-of-fold macro F1 on {report['select_on']} (k-fold cross-validation)."
     )
 
 
 def summary_table(report: dict[str, Any]) -> str:
-    """Accuracy and macro F1 (%) of every member and strategy on every reported split."""
+    """Accuracy and macro F1 (%) of every member and strategy on every reported split, and the
+    out-of-fold macro F1 on the selection split that picks the best strategy."""
     splits = report["eval_splits"]
-    header = ["system", "kind"] + [f"{s} {m}" for s in splits for m in ("acc %", "macro F1 %")]
+    header = (
+        ["system", "kind"]
+        + [f"{s} {m}" for s in splits for m in ("acc %", "macro F1 %")]
+        + [f"CV macro F1 % on {report['select_on']}"]
+    )
+    cv_scores = {n: r["selection_cv_macro_f1"] for n, r in report["strategies"].items()}
     rows = [
         [name, kind]
         + [_percent(metrics[s][m]) for s in splits for m in ("accuracy", "macro_f1")]
+        + [_percent(cv_scores[name]) if name in cv_scores else "-"]
         for name, kind, metrics in _systems(report)
     ]
     return selection_note(report) + "\n\n" + _table(header, rows)

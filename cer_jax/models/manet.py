@@ -5,8 +5,8 @@ one per quadrant of the stride-8 map (AttentionBlocks = BasicBlocks with CBAM), 
 multi-scale branch (MulScaleBlocks). Each branch ends in its own linear head; the prediction is
 0.6 * local + 0.4 * global. Attribute names mirror the authors' PyTorch modules (`layer3_1_p1`,
 `conv1_2_1`, `downsample/0`, `cbam/SpatialGate/spatial/bn`, ...) so that their checkpoint maps
-onto the state paths by renaming alone (see `cer_jax.pretrained.manet`). Layer-by-layer facts:
-/work/shared/spec/manet.md.
+onto the state paths by renaming alone (see `cer_jax.pretrained.manet`). Reference: the
+authors' release, github.com/zengqunzhao/MA-Net (model/manet.py).
 """
 
 from __future__ import annotations

@@ -147,7 +147,6 @@ class ResNet(nnx.Module):
                 f"choose one of {sorted(STAGE_SIZES)}."
             )
         block_cls = Bottleneck if depth in BOTTLENECK_DEPTHS else BasicBlock
-        self.dtype = dtype
         self.conv1 = nnx.Conv(
             3, width, (7, 7), 2, padding=((3, 3), (3, 3)), use_bias=False, dtype=dtype,
             kernel_init=conv_init, rngs=rngs,

@@ -121,7 +121,6 @@ class ViT(nnx.Module):
         if pool not in ("cls", "gap"):
             raise ValueError(f"Unknown ViT pool {pool!r} (config key model.pool): 'cls' or 'gap'.")
         self.variant, self.patch_size, self.image_size, self.pool = variant, patch, image_size, pool
-        self.dtype = dtype
         self.embedding = nnx.Conv(3, width, (patch, patch), patch, padding="VALID", dtype=dtype,
                                   rngs=rngs)
         num_tokens = (image_size // patch) ** 2

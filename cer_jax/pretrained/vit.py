@@ -46,11 +46,11 @@ def convert(checkpoint: dict[str, np.ndarray], model) -> Converted:
     keys = set(checkpoint)
     heads = model.blocks[0].attn.num_heads
     if any(k.startswith("Transformer/") for k in keys):
-        arrays, unused = _from_npz(checkpoint, heads)
+        arrays, origin = _from_npz(checkpoint, heads)
     elif "cls_token" in keys or "pos_embed" in keys or any(k.startswith("blocks.") for k in keys):
-        arrays, unused = _from_timm(checkpoint, heads)
+        arrays, origin = _from_timm(checkpoint, heads)
     elif any("embeddings.patch_embeddings" in k for k in keys):
-        arrays, unused = _from_hf(checkpoint, heads)
+        arrays, origin = _from_hf(checkpoint, heads)
         eps = model.encoder_norm.epsilon
         if eps != HF_LAYER_NORM_EPS:
             logging.getLogger(__name__).warning(
@@ -65,8 +65,8 @@ def convert(checkpoint: dict[str, np.ndarray], model) -> Converted:
             "Hugging Face ViT or timm vit_* safetensors); its first keys are: "
             + ", ".join(sorted(keys)[:8])
         )
-    resized: list[str] = []
-    _fit_tokens(arrays, unused, resized, model)
+    dropped, resized = _fit_tokens(arrays, model)
+    unused = sorted({origin[name] for name in dropped})
     return Converted(arrays=arrays, unused=unused, resized=resized)
 
 
@@ -103,23 +103,33 @@ def _attention(prefix: str, name: str, leaf: str, value: np.ndarray, heads: int)
     return f"{prefix}/attn/{name}/{_LEAVES[leaf]}", value
 
 
-Rule = tuple[str, Callable[[re.Match[str], np.ndarray], "tuple[str, np.ndarray] | dict"]]
+# (regex over a checkpoint key, fn(match, tensor) -> (state path, array) or a dict of them)
+Rule = tuple[
+    str, Callable[[re.Match[str], np.ndarray], tuple[str, np.ndarray] | dict[str, np.ndarray]]
+]
 
 
 def _convert_keys(
-    checkpoint: dict[str, np.ndarray], rules: list[Rule], fmt: str
-) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Applies the first matching (regex, fn(match, value)) rule to every key. A rule returns
-    one (name, array) pair or a dict of them. Keys no rule knows are an error: silently
-    skipping them could hide a different architecture."""
+    checkpoint: dict[str, np.ndarray],
+    rules: list[Rule],
+    fmt: str,
+    normalise: Callable[[str], str] = lambda key: key,
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Applies the first (regex, fn(match, value)) rule matching each normalised key. A rule
+    returns one (name, array) pair or a dict of them. Returns the arrays and, for each, the
+    file's key it came from. Keys no rule knows are an error: silently skipping them could hide
+    a different architecture."""
     arrays: dict[str, np.ndarray] = {}
+    origin: dict[str, str] = {}
     unknown: list[str] = []
     for key, value in checkpoint.items():
         for pattern, fn in rules:
-            match = re.fullmatch(pattern, key)
+            match = re.fullmatch(pattern, normalise(key))
             if match:
                 out = fn(match, value)
-                arrays.update(out if isinstance(out, dict) else dict([out]))
+                out = out if isinstance(out, dict) else dict([out])
+                arrays.update(out)
+                origin.update(dict.fromkeys(out, key))
                 break
         else:
             unknown.append(key)
@@ -128,7 +138,7 @@ def _convert_keys(
             f"{fmt} ViT checkpoint has tensors this importer does not understand (a different "
             "architecture?): " + ", ".join(sorted(unknown)[:20])
         )
-    return arrays, []
+    return arrays, origin
 
 
 def _linear(name: str, leaf: str, value: np.ndarray) -> tuple[str, np.ndarray]:
@@ -168,7 +178,6 @@ def _hf_name(key: str) -> str:
 
 
 def _from_hf(checkpoint, heads):
-    ckpt = {_hf_name(k): v for k, v in checkpoint.items()}
     block = r"encoder\.layer\.(\d+)\."
     norms = {"before": "norm1", "after": "norm2"}
     rules: list[Rule] = [
@@ -190,7 +199,7 @@ def _from_hf(checkpoint, heads):
         (r"pooler\.dense\.(weight|bias)", lambda m, v: _linear("pre_logits", m.group(1), v)),
         (r"classifier\.(weight|bias)", lambda m, v: _linear("head", m.group(1), v)),
     ]
-    return _convert_keys(ckpt, rules, "Hugging Face")
+    return _convert_keys(checkpoint, rules, "Hugging Face", normalise=_hf_name)
 
 
 def _from_timm(checkpoint, heads):
@@ -215,6 +224,7 @@ def _from_timm(checkpoint, heads):
         (r"blocks\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)",
          lambda m, v: _linear(f"blocks/{m.group(1)}/mlp/{m.group(2)}", m.group(3), v)),
         (r"norm\.(weight|bias)", lambda m, v: _norm("encoder_norm", m.group(1), v)),
+        (r"pre_logits\.fc\.(weight|bias)", lambda m, v: _linear("pre_logits", m.group(1), v)),
         (r"head\.(weight|bias)", lambda m, v: _linear("head", m.group(1), v)),
     ]
     return _convert_keys(checkpoint, rules, "timm")
@@ -268,21 +278,23 @@ def _unstack_scanned(checkpoint: dict[str, np.ndarray]) -> dict[str, np.ndarray]
 # Class token and position embedding.
 
 
-def _fit_tokens(arrays: dict[str, np.ndarray], unused: list[str], resized: list[str], model):
-    """Makes `cls` / `pos_embedding` fit the model's pooling and patch grid, reporting changes.
+def _fit_tokens(arrays: dict[str, np.ndarray], model) -> tuple[list[str], list[str]]:
+    """Makes `cls` / `pos_embedding` fit the model's pooling and patch grid, in place.
 
     Pre-logits in the checkpoint but not in the model are dropped (as vision_transformer does
-    when fine-tuning without a representation layer) and reported.
+    when fine-tuning without a representation layer). Returns (dropped names, resize notes).
     """
+    dropped: list[str] = []
+    resized: list[str] = []
     if model.pre_logits is None:
-        for name in [k for k in arrays if k.startswith("pre_logits/")]:
-            unused.append(name)
-            del arrays[name]
-    if "pos_embedding" not in arrays:
-        return  # assign reports it missing
-    posemb = np.asarray(arrays["pos_embedding"])
+        dropped += [k for k in arrays if k.startswith("pre_logits/")]
+    if model.pool == "gap" and "cls" in arrays:
+        dropped.append("cls")
+    for name in dropped:
+        del arrays[name]
+    posemb = np.asarray(arrays.get("pos_embedding"))
     if posemb.ndim != 3 or posemb.shape[0] != 1:
-        return  # wrong rank: assign reports the shape mismatch
+        return dropped, resized  # missing or of the wrong rank: assign reports it
     original_shape = posemb.shape
     num_tokens = posemb.shape[1]
     if _is_square(num_tokens - 1) and num_tokens > 1:
@@ -308,13 +320,11 @@ def _fit_tokens(arrays: dict[str, np.ndarray], unused: list[str], resized: list[
     else:
         if cls_entry is not None:
             notes.append("class-token entry dropped (pool='gap')")
-        if "cls" in arrays:
-            unused.append("cls")
-            del arrays["cls"]
         posemb = grid
     arrays["pos_embedding"] = posemb
     if notes:
         resized.append(f"pos_embedding {original_shape} -> {posemb.shape}: " + ", ".join(notes))
+    return dropped, resized
 
 
 def _is_square(n: int) -> bool:
