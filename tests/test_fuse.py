@@ -143,6 +143,11 @@ def test_fuse_reports_every_member_and_strategy(three_members, tmp_path):
         report["strategies"][best]["metrics"]["test"]["macro_f1"], abs=1e-6
     )
     assert f"vit/validation/f1/{CLASSES[0]}" in scalars
+    assert scalars[f"{best}/validation/cv_macro_f1"] == pytest.approx(cv_f1[best], abs=1e-6)
+    single = report["ablation"]["performance_weighted"][0]
+    assert scalars[f"ablation/performance_weighted/{single['members'][0]}/test/accuracy"] == (
+        pytest.approx(single["metrics"]["test"]["accuracy"], abs=1e-6)
+    )
 
 
 def tensorboard_scalars(path: str) -> dict[str, float]:

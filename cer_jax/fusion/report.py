@@ -160,7 +160,7 @@ def per_class_f1_figure(report: dict[str, Any], split: str) -> Any:
 
 
 def _write_tensorboard(directory: str, report: dict[str, Any], confusion: np.ndarray) -> None:
-    """The same scalars as report.json (step 0) and the best confusion matrix, via CLU."""
+    """The report's scalars (step 0) and the best strategy's confusion matrix, via CLU."""
     import tensorflow as tf
     from clu import metric_writers
 
@@ -172,40 +172,58 @@ def _write_tensorboard(directory: str, report: dict[str, Any], confusion: np.nda
             scalars[f"{name}/{split}/macro_f1"] = values["macro_f1"]
             for class_name, f1 in values["per_class_f1"].items():
                 scalars[f"{name}/{split}/f1/{class_name}"] = f1
+    for name, row in report["strategies"].items():
+        scalars[f"{name}/{report['select_on']}/cv_macro_f1"] = row["selection_cv_macro_f1"]
+    for strategy, rows in report["ablation"].items():
+        for row in rows:
+            for split, values in row["metrics"].items():
+                for key, value in values.items():
+                    scalars[f"ablation/{strategy}/{'+'.join(row['members'])}/{split}/{key}"] = value
     writer = metric_writers.SummaryWriter(directory)
     writer.write_scalars(0, scalars)
     writer.write_images(0, {f"confusion/{report['best_strategy']}": confusion[None]})
     writer.close()
 
 
+def _remove_previous_report(out: str) -> None:
+    """A rerun into the same folder replaces the previous report's figures and events."""
+    for name in os.listdir(out):
+        if name.startswith(("events.out.tfevents.", "confusion_", "per_class_f1_")):
+            os.remove(os.path.join(out, name))
+
+
 def write_report(out: str, report: dict[str, Any]) -> dict[str, str]:
     """Writes report.json, report.md, the figures and TensorBoard events into `out`.
 
-    Returns {what: path} of the files written.
+    Returns {file name: path} of the files written.
     """
+    import matplotlib.pyplot as plt
+
     os.makedirs(out, exist_ok=True)
     split = "test" if "test" in report["eval_splits"] else report["eval_splits"][-1]
     best = report["best_strategy"]
+    confusion_file = CONFUSION_PNG.format(strategy=best, split=split)
+    per_class_file = PER_CLASS_PNG.format(split=split)
+    figures = {
+        f"confusion matrix, {best}, {split}": confusion_file,
+        f"per-class F1, {split}": per_class_file,
+    }
+    report = {**report, "figures": figures}
     staging = tempfile.mkdtemp(prefix=".report-", dir=out)
     try:
-        figures = {
-            f"confusion matrix, {best}, {split}": CONFUSION_PNG.format(strategy=best, split=split),
-            f"per-class F1, {split}": PER_CLASS_PNG.format(split=split),
-        }
         confusion = np.asarray(report["strategies"][best]["metrics"][split]["confusion_matrix"])
-        title = f"{best} on {split}"
-        fig = plots.confusion_matrix_figure(confusion, report["class_names"], title)
-        fig.savefig(os.path.join(staging, figures[f"confusion matrix, {best}, {split}"]), dpi=120)
-        confusion_pixels = plots.figure_to_array(fig)
+        fig = plots.confusion_matrix_figure(confusion, report["class_names"], f"{best} on {split}")
+        fig.savefig(os.path.join(staging, confusion_file), dpi=120)
+        confusion_pixels = plots.figure_to_array(fig)  # closes the figure
         fig = per_class_f1_figure(report, split)
-        fig.savefig(os.path.join(staging, figures[f"per-class F1, {split}"]), dpi=120)
-        plots.figure_to_array(fig)  # closes it
-        report = {**report, "figures": figures}
+        fig.savefig(os.path.join(staging, per_class_file), dpi=120)
+        plt.close(fig)
         with open(os.path.join(staging, "report.json"), "w") as f:
             json.dump(report, f, indent=2)
         with open(os.path.join(staging, "report.md"), "w") as f:
             f.write(markdown(report, figures))
         _write_tensorboard(staging, report, confusion_pixels)
+        _remove_previous_report(out)
         written = {}
         for name in sorted(os.listdir(staging)):
             written[name] = os.path.join(out, name)
