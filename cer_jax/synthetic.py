@@ -100,6 +100,7 @@ RAFDB_COUNTS = {
 }
 CLASSES = {"compound": COMPOUND_CLASSES, "basic": BASIC_CLASSES}
 TRAIN_DIGITS = {"compound": 4, "basic": 5}
+TEST_DIGITS = 4
 _SPLIT_CODES = {"train": 1, "test": 2}
 _SKIN_TONES = np.array(
     [
@@ -459,6 +460,15 @@ def write_tree(
     """
     if kind not in CLASSES:
         raise ValueError(f"kind must be one of {sorted(CLASSES)}, got {kind!r}.")
+    for split, count, digits in (
+        ("train", num_train, TRAIN_DIGITS[kind]),
+        ("test", num_test, TEST_DIGITS),
+    ):
+        if count >= 10**digits:
+            raise ValueError(
+                f"{count} {split} images do not fit RAF-DB's {digits}-digit {kind} {split} ids "
+                f"(the TFDS builder checks them): ask for at most {10**digits - 1}."
+            )
     root = pathlib.Path(out_dir)
     train_counts = class_counts(kind, num_train, minimum=2)
     test_counts = class_counts(kind, num_test, minimum=1)
@@ -468,7 +478,7 @@ def write_tree(
 
     label_lines = []
     for split, counts in (("train", train_counts), ("test", test_counts)):
-        digits = TRAIN_DIGITS[kind] if split == "train" else 4
+        digits = TRAIN_DIGITS[kind] if split == "train" else TEST_DIGITS
         labels = _shuffled_labels(counts, np.random.default_rng([seed, _SPLIT_CODES[split]]))
         for index, label in enumerate(labels, start=1):
             stem = f"{split}_{index:0{digits}d}"

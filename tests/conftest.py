@@ -12,12 +12,6 @@ import pytest
 
 from cer_jax.config_loading import load_config
 
-# Synthetic RAF-DB compound sizes for training tests: enough images that a tiny model learns
-# something that holds on held-out images, few enough to build in seconds.
-SYNTHETIC_TRAIN = 1000
-SYNTHETIC_TEST = 200
-
-
 @pytest.fixture(scope="session")
 def synthetic_cache_dir(tmp_path_factory) -> pathlib.Path:
     """A `dataset.cache_dir` shared by the session: each synthetic tree is drawn and built once."""
@@ -28,8 +22,6 @@ def smoke_config(name: str, cache_dir: pathlib.Path, **overrides) -> ml_collecti
     """configs/<name>.py:smoke on the session's synthetic data, with dotted-key overrides."""
     config = load_config(f"configs/{name}.py:smoke")
     config.dataset.cache_dir = str(cache_dir)
-    config.dataset.synthetic_num_train = SYNTHETIC_TRAIN
-    config.dataset.synthetic_num_test = SYNTHETIC_TEST
     for key, value in overrides.items():
         *parents, leaf = key.split(".")
         node = config

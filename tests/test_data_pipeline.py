@@ -14,6 +14,8 @@ from cer_jax.data import DataConfigError, dataset_defaults, input_defaults, pipe
 
 SIZE = 32
 NUM_CLASSES = 11
+# Where the synthetic tree of _config() is cached: keyed on its sizes, seed and generator version.
+TREE = f"compound-40-20-seed0-v{synthetic.VERSION}"
 
 
 def _config(cache_dir, **input_overrides) -> ml_collections.ConfigDict:
@@ -41,7 +43,7 @@ def info(cache_dir):
 
 def _tree_labels(cache_dir) -> dict[str, int]:
     """File name -> 0-based label, read straight from the synthetic tree's label file."""
-    root = os.path.join(cache_dir, "synthetic", "compound-40-20-seed0")
+    root = os.path.join(cache_dir, "synthetic", TREE)
     lines = open(os.path.join(root, "EmoLabel", "list_patition_label.txt")).read().split("\n")
     return {n: int(y) - 1 for n, y in (line.split() for line in lines if line)}
 
@@ -136,7 +138,7 @@ def test_eval_covers_every_example_once_with_masks_and_names(cache_dir, info):
     assert batches[0]["image"].shape == (8, 100, 100, 3)
     assert not batches[-1]["image"][4:].any()  # padding is zeros
     # The image is the aligned JPEG itself (decoded independently with Pillow).
-    root = os.path.join(cache_dir, "synthetic", "compound-40-20-seed0", "Image", "aligned")
+    root = os.path.join(cache_dir, "synthetic", TREE, "Image", "aligned")
     ref = np.asarray(Image.open(os.path.join(root, names[0].replace(".jpg", "_aligned.jpg"))))
     diff = np.abs(batches[0]["image"][0] - ref / 255.0)  # JPEG decoders differ slightly
     assert diff.mean() < 2 / 255 and diff.max() < 12 / 255

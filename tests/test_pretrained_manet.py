@@ -128,6 +128,40 @@ def test_imported_model_computes_the_source_features(source, checkpoint, tmp_pat
     np.testing.assert_allclose(target(images).features, source(images).features, rtol=1e-6)
 
 
+class RecorderMeter:
+    """Like the training-curve recorder the authors' script pickles beside the weights."""
+
+    def __init__(self):
+        self.epoch_losses = np.zeros((100, 2), np.float32)
+        self.current_epoch = 30
+
+
+def test_objects_saved_beside_the_weights_are_not_needed(source, checkpoint, tmp_path):
+    """weights_only refuses the recorder's class; the weights still load, nothing is run."""
+    path = tmp_path / "with_recorder.pth.tar"
+    torch.save({"epoch": 30, "state_dict": {"module." + k: v for k, v in checkpoint.items()},
+                "optimizer": {"state": {}, "param_groups": [{"lr": 0.01}]},
+                "recorder": RecorderMeter()}, path)
+    with pytest.raises(Exception, match="Weights only load failed"):
+        torch.load(path, weights_only=True)
+    target = random_model(9)
+    report = load_pretrained(target, "manet", path)
+    expected, after = snapshot(source), snapshot(target)
+    assert sorted(report.loaded) == sorted(set(expected) - set(HEADS))
+    for name in report.loaded:
+        np.testing.assert_array_equal(after[name], expected[name], err_msg=name)
+
+
+def test_non_tensor_state_dict_entry_is_a_clear_error(checkpoint, tmp_path):
+    path = tmp_path / "odd.pth.tar"
+    state = {"module." + k: v for k, v in checkpoint.items()}
+    state["module.conv1.weight"] = RecorderMeter()
+    torch.save({"state_dict": state}, path)
+    with pytest.raises(CheckpointReadError,
+                       match=r"state-dict entry 'module\.conv1\.weight' is a pickled object"):
+        load_pretrained(random_model(10), "manet", path)
+
+
 def broken(checkpoint, **changes) -> dict[str, torch.Tensor]:
     state = dict(checkpoint)
     for key, value in changes.items():

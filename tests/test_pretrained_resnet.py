@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
+from helpers import random_images, torch_logits
 from safetensors.numpy import load_file, save_file
 from transformers import ResNetConfig, ResNetForImageClassification
 
@@ -42,15 +43,6 @@ def _reference(seed: int = 0, **config) -> ResNetForImageClassification:
                 module.running_mean.normal_(0.0, 0.2)
                 module.running_var.uniform_(0.5, 2.0)
     return model
-
-
-def _images(n: int, size: int, seed: int = 0) -> np.ndarray:
-    return np.random.RandomState(seed).randn(n, size, size, 3).astype(np.float32)
-
-
-def _torch_logits(model, images: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return model(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2))).logits.numpy()
 
 
 def _hf_file(model, directory):
@@ -88,8 +80,8 @@ def test_resnet50_hf_safetensors_logits_match(tmp_path):
     bn = reference.resnet.embedder.embedder.normalization
     np.testing.assert_array_equal(model.bn1.mean[...], bn.running_mean.numpy())
     np.testing.assert_array_equal(model.bn1.var[...], bn.running_var.numpy())
-    images = _images(2, 64)
-    np.testing.assert_allclose(model(jnp.asarray(images)).logits, _torch_logits(reference, images),
+    images = random_images(2, 64)
+    np.testing.assert_allclose(model(jnp.asarray(images)).logits, torch_logits(reference, images),
                                atol=1e-4, rtol=0)
 
 
@@ -107,8 +99,8 @@ def test_torchvision_state_dict_logits_match(tmp_path, depth, suffix):
     model = create_model("resnet", num_classes=7, rngs=nnx.Rngs(0), depth=depth, width=8)
     report = load_pretrained(model, "resnet", path, keep_head=True)
     assert report.reinitialised == []
-    images = _images(2, 64, seed=depth)
-    np.testing.assert_allclose(model(jnp.asarray(images)).logits, _torch_logits(reference, images),
+    images = random_images(2, 64, seed=depth)
+    np.testing.assert_allclose(model(jnp.asarray(images)).logits, torch_logits(reference, images),
                                atol=1e-4, rtol=0)
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from flax import nnx
+from helpers import random_images, torch_logits
 from safetensors.numpy import load_file, save_file
 from safetensors.torch import save_file as save_torch_file
 from transformers import ViTConfig, ViTForImageClassification, ViTModel
@@ -32,15 +33,6 @@ def _reference(config: ViTConfig, seed: int = 0) -> ViTForImageClassification:
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
     return model
-
-
-def _images(n: int, size: int, seed: int = 0) -> np.ndarray:
-    return np.random.RandomState(seed).randn(n, size, size, 3).astype(np.float32)
-
-
-def _torch_logits(model, images: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return model(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2))).logits.numpy()
 
 
 def _jax_vit(variant: str, image_size: int, **kwargs):
@@ -144,23 +136,23 @@ def tiny(tmp_path_factory):
 
 def test_hf_safetensors_logits_match(tiny):
     reference, path = tiny
-    images = _images(3, 32)
+    images = random_images(3, 32)
     model = _jax_vit("test/8", 32)
     report = load_pretrained(model, "vit", path, keep_head=True)
     assert report.reinitialised == [] and report.unused == [] and report.resized == []
     assert len(report.loaded) == 40
-    np.testing.assert_allclose(model(jnp.asarray(images)).logits, _torch_logits(reference, images),
+    np.testing.assert_allclose(model(jnp.asarray(images)).logits, torch_logits(reference, images),
                                atol=1e-4, rtol=0)
 
 
 def test_hf_default_eps_warns_and_stays_close(tiny, caplog):
     reference, path = tiny
-    images = _images(2, 32)
+    images = random_images(2, 32)
     model = _jax_vit("test/8", 32, layer_norm_eps=1e-6)
     with caplog.at_level(logging.WARNING):
         load_pretrained(model, "vit", path, keep_head=True)
     assert "layer_norm_eps=1e-06" in caplog.text and "1e-12" in caplog.text
-    np.testing.assert_allclose(model(jnp.asarray(images)).logits, _torch_logits(reference, images),
+    np.testing.assert_allclose(model(jnp.asarray(images)).logits, torch_logits(reference, images),
                                atol=1e-4, rtol=0)
 
 
@@ -196,8 +188,8 @@ def test_npz_logits_match(tmp_path, layout):
     model = _jax_vit("test/8", 32)
     report = load_pretrained(model, "vit", path, keep_head=True)
     assert len(report.loaded) == 40
-    images = _images(2, 32, seed=1)
-    np.testing.assert_allclose(model(jnp.asarray(images)).logits, _torch_logits(reference, images),
+    images = random_images(2, 32, seed=1)
+    np.testing.assert_allclose(model(jnp.asarray(images)).logits, torch_logits(reference, images),
                                atol=1e-4, rtol=0)
 
 
@@ -207,8 +199,8 @@ def test_timm_safetensors_logits_match(tmp_path):
     save_file(to_timm(_state(reference, tmp_path / "hf"), depth=2), str(path))
     model = _jax_vit("test/8", 32)
     load_pretrained(model, "vit", path, keep_head=True)
-    images = _images(2, 32, seed=2)
-    np.testing.assert_allclose(model(jnp.asarray(images)).logits, _torch_logits(reference, images),
+    images = random_images(2, 32, seed=2)
+    np.testing.assert_allclose(model(jnp.asarray(images)).logits, torch_logits(reference, images),
                                atol=1e-4, rtol=0)
 
 
@@ -226,7 +218,7 @@ def test_hf_in_memory_names_and_pooler(tmp_path):
     model = _jax_vit("test/8", 32, representation_size=32)
     report = load_pretrained(model, "vit", tmp_path / "model.safetensors")
     assert report.reinitialised == ["head/bias", "head/kernel"] and report.unused == []
-    images = _images(2, 32, seed=3)
+    images = random_images(2, 32, seed=3)
     with torch.no_grad():
         pooled = reference(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2)))
     np.testing.assert_allclose(model(jnp.asarray(images)).features,
@@ -245,8 +237,8 @@ def test_vit_b16_forward_matches(tmp_path):
     model = _jax_vit("B/16", 224)
     report = load_pretrained(model, "vit", tmp_path / "model.safetensors", keep_head=True)
     assert len(report.loaded) == 4 + 16 * 12 + 2 + 2
-    images = _images(1, 224)
-    np.testing.assert_allclose(model(jnp.asarray(images)).logits, _torch_logits(reference, images),
+    images = random_images(1, 224)
+    np.testing.assert_allclose(model(jnp.asarray(images)).logits, torch_logits(reference, images),
                                atol=1e-4, rtol=0)
 
 
@@ -275,7 +267,7 @@ def test_position_embedding_resized_from_224(tmp_path, image_size):
     assert got.shape == (1, 1 + side * side, 32)
     np.testing.assert_array_equal(got[:, 0], posemb[:, 0])  # the class-token entry is kept
     np.testing.assert_allclose(got[:, 1:], _interpolate(posemb[:, 1:], side), atol=1e-5)
-    assert model(jnp.asarray(_images(1, image_size))).logits.shape == (1, 7)
+    assert model(jnp.asarray(random_images(1, image_size))).logits.shape == (1, 7)
 
 
 def test_gap_model_drops_class_token(tiny):

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
+from helpers import train_losses
 
 from cer_jax.models import create_model
 from cer_jax.models.layers import PointwiseConv
@@ -101,35 +99,9 @@ def test_unknown_depth_is_a_clear_error():
         ResNet(num_classes=2, depth=42, rngs=nnx.Rngs(0))
 
 
-def _train_losses(model, images, labels, steps: int, learning_rate: float) -> list[float]:
-    """A pure, jitted train step over `nnx.split` state, as the trainer does."""
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    params, rest = params.to_pure_dict(), rest.to_pure_dict()
-    tx = optax.adam(learning_rate)
-    opt_state = tx.init(params)
-
-    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
-    def step(params, rest, opt_state):
-        def loss_fn(params):
-            module = nnx.merge(graphdef, params, rest)
-            logits = module(images, train=True).logits
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-            return loss, nnx.state(module, nnx.Not(nnx.Param)).to_pure_dict()
-
-        (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), rest, opt_state, loss
-
-    losses = []
-    for _ in range(steps):
-        params, rest, opt_state, loss = step(params, rest, opt_state)
-        losses.append(float(loss))
-    return losses
-
-
 def test_tiny_resnet_learns():
     model = create_model("resnet", num_classes=3, rngs=nnx.Rngs(0), depth=18, width=4)
     images = jax.random.normal(jax.random.key(1), (12, 32, 32, 3))
     labels = jnp.arange(12) % 3
-    losses = _train_losses(model, images, labels, steps=25, learning_rate=1e-2)
+    losses = train_losses(model, images, labels, steps=25, learning_rate=1e-2)
     assert losses[-1] < 0.3 * losses[0], losses

@@ -101,6 +101,15 @@ def test_class_counts_rejects_too_few_images():
         synthetic.class_counts("compound", 10, minimum=1)
 
 
+def test_ids_that_would_overflow_rafdb_digits_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"^10000 train images do not fit RAF-DB's 4-digit "
+                                         r"compound train ids .*at most 9999\.$"):
+        synthetic.write_tree(tmp_path / "t", kind="compound", num_train=10_000, num_test=11)
+    with pytest.raises(ValueError, match=r"^10000 test images .* 4-digit basic test ids"):
+        synthetic.write_tree(tmp_path / "t", kind="basic", num_train=14, num_test=10_000)
+    assert not (tmp_path / "t").exists()  # refused before anything is written
+
+
 def test_landmark_files(compound_tree):
     root, _ = compound_tree
     for name, _ in _entries(root):

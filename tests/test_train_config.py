@@ -20,7 +20,7 @@ def test_full_and_smoke_configs_load(name):
     smoke = load_config(f"configs/{name}.py:smoke")
     assert full.input.image_size == 224
     assert smoke.dataset.synthetic and not full.dataset.synthetic
-    assert smoke.input.image_size == 64 and smoke.training.global_batch_size == 32
+    assert smoke.input.image_size <= 64 and smoke.training.global_batch_size == 32
     trainer.validate_config(full)
     trainer.validate_config(smoke)
 

@@ -3,16 +3,15 @@ and that models (and weight import) load without TensorFlow."""
 
 from __future__ import annotations
 
-import functools
 import subprocess
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
+from helpers import train_losses
 
 from cer_jax.models import create_model
 from cer_jax.models.vit import ViT
@@ -97,29 +96,9 @@ def test_wrong_image_size_is_a_clear_error():
 def test_tiny_vit_learns_with_a_jitted_pure_step():
     model = create_model("vit", num_classes=3, rngs=nnx.Rngs(0), variant="test/8", image_size=16,
                          dropout=0.1, stochastic_depth=0.1)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    params, rest = params.to_pure_dict(), rest.to_pure_dict()
-    tx = optax.adam(3e-3)
-    opt_state = tx.init(params)
     images = jax.random.normal(jax.random.key(1), (12, 16, 16, 3))
     labels = jnp.arange(12) % 3
-
-    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
-    def step(params, rest, opt_state):
-        def loss_fn(params):
-            module = nnx.merge(graphdef, params, rest)
-            logits = module(images, train=True).logits
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-            return loss, nnx.state(module, nnx.Not(nnx.Param)).to_pure_dict()
-
-        (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), rest, opt_state, loss
-
-    losses = []
-    for _ in range(30):
-        params, rest, opt_state, loss = step(params, rest, opt_state)
-        losses.append(float(loss))
+    losses = train_losses(model, images, labels, steps=30, learning_rate=3e-3)
     assert losses[-1] < 0.3 * losses[0], losses
 
 
@@ -128,7 +107,9 @@ def test_models_and_weight_import_load_without_tensorflow():
         "import sys; sys.modules['tensorflow'] = None\n"
         "from flax import nnx\n"
         "import cer_jax.models.layers, cer_jax.models.vit, cer_jax.models.resnet\n"
+        "import cer_jax.models.manet, cer_jax.pretrained.manet\n"
         "import cer_jax.pretrained.vit, cer_jax.pretrained.resnet\n"
+        "import cer_jax.data.pipeline, cer_jax.data.augment  # TensorFlow only when used\n"
         "from cer_jax.models import create_model\n"
         "create_model('vit', num_classes=2, rngs=nnx.Rngs(0), variant='test/8', image_size=16)\n"
         "assert sys.modules['tensorflow'] is None\n"

@@ -101,9 +101,10 @@ def _synthetic_tree(config: ml_collections.ConfigDict, kind: str) -> str:
     from cer_jax import synthetic
 
     cache = _expand(config.cache_dir)
+    # The generator version is part of the key: a changed drawing never reuses an older tree.
     tag = (
         f"{kind}-{config.synthetic_num_train}-{config.synthetic_num_test}"
-        f"-seed{config.synthetic_seed}"
+        f"-seed{config.synthetic_seed}-v{synthetic.VERSION}"
     )
     root = os.path.join(cache, "synthetic", tag)
     if os.path.isdir(root):

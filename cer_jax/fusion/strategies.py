@@ -250,8 +250,8 @@ def temperature_scaled(select: FusionData, train: FusionData | None = None) -> F
 
 
 def _stratified_folds(labels: np.ndarray, max_folds: int, seed: int) -> StratifiedKFold | None:
-    """k-fold with k = min(max_folds, the largest class count); None if no class has two
-    examples (nothing to cross-validate)."""
+    """Stratified k-fold, k = min(max_folds, the smallest class count) but at least 2; None if
+    no class has two examples (nothing to cross-validate)."""
     counts = np.bincount(labels)
     smallest, largest = counts[counts > 0].min(), counts.max()
     if largest < 2:

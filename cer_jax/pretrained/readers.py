@@ -7,6 +7,7 @@ No network, ever: every reader takes a local path. PyTorch is imported only to u
 from __future__ import annotations
 
 import os
+import pickle
 import zipfile
 from collections.abc import Mapping
 from typing import Any
@@ -44,7 +45,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
             return _read_torch(path)
     except CheckpointReadError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, RuntimeError, KeyError) as e:
+    except (OSError, ValueError, zipfile.BadZipFile, RuntimeError, KeyError,
+            pickle.UnpicklingError) as e:
         raise CheckpointReadError(f"Cannot read checkpoint {path!r}: {e}") from e
     raise CheckpointReadError(
         f"Unknown checkpoint format for {path!r}: expected .npz (big_vision / AugReg), "
@@ -87,10 +89,15 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
             f"{path!r} is a PyTorch pickle; reading it needs PyTorch (pip install torch). "
             "Or convert it to .safetensors first."
         ) from e
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = _torch_load(torch, path)
     state = _unwrap_state_dict(obj, path)
     out = {}
     for key, value in state.items():
+        if isinstance(value, _Discarded):
+            raise CheckpointReadError(
+                f"{path!r}: state-dict entry {key!r} is a pickled object of a class PyTorch does "
+                "not know, not a tensor; re-save the weights with torch.save(model.state_dict())."
+            )
         if not hasattr(value, "detach"):
             continue  # num_batches_tracked-style scalars are tensors; other entries are metadata
         tensor = value.detach().cpu()
@@ -98,6 +105,34 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
             tensor = tensor.float()
         out[key.removeprefix("module.")] = tensor.numpy()
     return out
+
+
+class _Discarded:
+    """Stands in for a pickled object saved beside the weights, which is never unpickled."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        del args, kwargs
+
+    def __setstate__(self, state: Any) -> None:
+        del state
+
+
+def _torch_load(torch: Any, path: str) -> Any:
+    """`torch.load(weights_only=True)`, with objects of unknown classes replaced by stand-ins.
+
+    Training scripts save more than weights: the MA-Net authors' `.pth.tar` also holds their
+    `__main__.RecorderMeter` (training curves, numpy arrays), which `weights_only` refuses and a
+    full unpickle could not even import. No code from the file runs either way.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        find = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # >= 2.6
+        names = find(path) if find is not None else []
+        if not names:
+            raise
+    with torch.serialization.safe_globals([(_Discarded, name) for name in names]):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _unwrap_state_dict(obj: Any, path: str) -> Mapping[str, Any]:
