@@ -44,9 +44,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg == "smoke":
         common.smoke(config)
         config.model.width = 16
-        config.optimizer.lr = 0.05
-        config.schedule.warmup_steps = 0
-        config.schedule.step_every_epochs = 1000.0
     elif arg:
         raise ValueError(
             f"Unknown config argument {arg!r} for configs/manet.py: use '' or 'smoke'."

@@ -47,8 +47,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.input.color_jitter = None
         config.input.affine.prob = 0.0
         config.input.blur.prob = 0.0
-        config.optimizer.lr = 0.05
-        config.optimizer.head_lr_multiplier = 1.0
     elif arg:
         raise ValueError(
             f"Unknown config argument {arg!r} for configs/resnet50.py: use '' or 'smoke'."

@@ -66,8 +66,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.input.affine.prob = 0.0
         config.input.blur.prob = 0.0
         config.optimizer.lr = 1e-3
-        config.optimizer.head_lr_multiplier = 1.0
-        config.optimizer.weight_decay = 1e-4
     elif arg:
         raise ValueError(f"Unknown config argument {arg!r} for configs/vit.py: use '' or 'smoke'.")
     return config

@@ -12,6 +12,7 @@ import pytest
 
 from cer_jax.config_loading import load_config
 
+
 @pytest.fixture(scope="session")
 def synthetic_cache_dir(tmp_path_factory) -> pathlib.Path:
     """A `dataset.cache_dir` shared by the session: each synthetic tree is drawn and built once."""

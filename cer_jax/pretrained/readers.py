@@ -120,9 +120,9 @@ class _Discarded:
 def _torch_load(torch: Any, path: str) -> Any:
     """`torch.load(weights_only=True)`, with objects of unknown classes replaced by stand-ins.
 
-    Training scripts save more than weights: the MA-Net authors' `.pth.tar` also holds their
-    `__main__.RecorderMeter` (training curves, numpy arrays), which `weights_only` refuses and a
-    full unpickle could not even import. No code from the file runs either way.
+    Training scripts save more than weights: the MA-Net authors' script pickles its
+    `__main__.RecorderMeter` (training curves, numpy arrays) beside the state dict, which
+    `weights_only` refuses and a full unpickle could not even import. No code from the file runs.
     """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
