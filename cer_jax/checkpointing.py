@@ -53,7 +53,7 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
         workdir_path(workdir).mkdir(parents=True, exist_ok=True)
         tmp = workdir_path(workdir, CONFIG_FILE + ".tmp")
         tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
-        tmp.rename(workdir_path(workdir, CONFIG_FILE))
+        tmp.replace(workdir_path(workdir, CONFIG_FILE))
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

@@ -60,7 +60,26 @@ def export_workdir(workdir: str, splits: Sequence[str] | None = None) -> dict[st
     graphdef, step, state, config = checkpointing.restore_best(workdir, mesh)
     info = pipeline.get_dataset_info(config)
     eval_fn = steps.jit_eval_step(graphdef, mesh, num_classes=info.num_classes)
-    return write_export(workdir, config, info, eval_fn, state, step, mesh, splits)
+    manifest = write_export(workdir, config, info, eval_fn, state, step, mesh, splits)
+    export_dir = os.path.join(workdir, EXPORT_DIR)
+    return {split: os.path.join(export_dir, name) for split, name in manifest["splits"].items()}
+
+
+def predict_split(
+    eval_fn: Callable[..., dict[str, jax.Array]],
+    state: Any,
+    config: ml_collections.ConfigDict,
+    info: Any,
+    split: str,
+    mesh: jax.sharding.Mesh,
+) -> dict[str, np.ndarray]:
+    """{"logits", "features", "loss", "label", "file_name"} over every example of `split`."""
+    from cer_jax.data import pipeline
+
+    batches = pipeline.eval_iterator(
+        config, info, split, global_batch_size=config.eval.global_batch_size
+    )
+    return steps.run_eval(eval_fn, state, batches, mesh)
 
 
 def write_export(
@@ -72,25 +91,12 @@ def write_export(
     step: int,
     mesh: jax.sharding.Mesh,
     splits: Sequence[str] | None = None,
-) -> dict[str, str]:
-    """Evaluates `state` (the best checkpoint, at `step`) on each split and writes the export."""
-    from cer_jax.data import pipeline
-
+) -> dict[str, Any]:
+    """Evaluates `state` (the best checkpoint, at `step`) on each split, writes the export and
+    returns its manifest (the export.json contents). Only process 0 writes files."""
     splits = list(splits) if splits is not None else default_splits(config)
-    results = {}
-    for split in splits:
-        batches = pipeline.eval_iterator(
-            config, info, split, global_batch_size=config.eval.global_batch_size
-        )
-        results[split] = steps.run_eval(eval_fn, state, batches, mesh)
+    results = {split: predict_split(eval_fn, state, config, info, split, mesh) for split in splits}
 
-    export_dir = os.path.join(workdir, EXPORT_DIR)
-    paths = {split: os.path.join(export_dir, f"{split}.npz") for split in splits}
-    if jax.process_index() != 0:
-        return paths
-    tmp_dir = export_dir + f".tmp-{os.getpid()}"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    os.makedirs(tmp_dir)
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "model": config.model.name,
@@ -100,17 +106,16 @@ def write_export(
         "splits": {},
         "metrics": {},
     }
+    arrays = {}
     for split, out in results.items():
-        labels = out["label"].astype(np.int32)
-        np.savez(
-            os.path.join(tmp_dir, f"{split}.npz"),
-            logits=out["logits"].astype(np.float32),
-            features=out["features"].astype(np.float32),
-            labels=labels,
-            file_names=out["file_name"].astype(str),
-        )
+        arrays[split] = {
+            "logits": out["logits"].astype(np.float32),
+            "features": out["features"].astype(np.float32),
+            "labels": out["label"].astype(np.int32),
+            "file_names": out["file_name"].astype(str),
+        }
         scores = classification_metrics(
-            labels, out["logits"].argmax(-1), info.num_classes, info.class_names
+            arrays[split]["labels"], out["logits"].argmax(-1), info.num_classes, info.class_names
         )
         manifest["splits"][split] = f"{split}.npz"
         manifest["metrics"][split] = {
@@ -118,6 +123,14 @@ def write_export(
             "macro_f1": scores["macro_f1"],
             "num_examples": scores["num_examples"],
         }
+    if jax.process_index() != 0:
+        return manifest
+    export_dir = os.path.join(workdir, EXPORT_DIR)
+    tmp_dir = export_dir + f".tmp-{os.getpid()}"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    os.makedirs(tmp_dir)
+    for split, split_arrays in arrays.items():
+        np.savez(os.path.join(tmp_dir, f"{split}.npz"), **split_arrays)
     with open(os.path.join(tmp_dir, EXPORT_FILE), "w") as f:
         json.dump(manifest, f, indent=2)
     old_dir = export_dir + f".old-{os.getpid()}"
@@ -125,7 +138,7 @@ def write_export(
         os.rename(export_dir, old_dir)
     os.rename(tmp_dir, export_dir)
     shutil.rmtree(old_dir, ignore_errors=True)
-    return paths
+    return manifest
 
 
 def load_export(workdir: str) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:

@@ -106,8 +106,9 @@ def run_eval(
     batches: Iterable[dict[str, np.ndarray]],
     mesh: Mesh,
 ) -> dict[str, np.ndarray]:
-    """Every real example of a split exactly once (padding dropped by its mask), in file order:
-    {"logits", "features", "loss", "label", "file_name"} as numpy arrays over all hosts."""
+    """Every real example of a split exactly once (padding dropped by its mask), rows in the
+    iterator's order (the split's file order on one host; batch by batch, host by host on
+    several): {"logits", "features", "loss", "label", "file_name"} as numpy arrays."""
     parts: dict[str, list[np.ndarray]] = {}
     for batch in batches:
         outputs = multihost_utils.process_allgather(

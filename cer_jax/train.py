@@ -10,16 +10,15 @@ Flags:
 from __future__ import annotations
 
 import logging as std_logging
-import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cer_jax.config_loading import resolve_config_path
+from cer_jax.config_loading import REPO_ROOT, resolve_config_path
 
 # Config files import their shared base as `configs.common`: make the repository importable.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO_ROOT)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and export.")

@@ -109,12 +109,7 @@ def evaluate_split(
     eval_fn: Any, state: Any, config: ml_collections.ConfigDict, info: Any, split: str, mesh: Any
 ) -> dict[str, Any]:
     """Exact metrics over every example of `split` (padding masked out)."""
-    from cer_jax.data import pipeline
-
-    batches = pipeline.eval_iterator(
-        config, info, split, global_batch_size=config.eval.global_batch_size
-    )
-    out = steps.run_eval(eval_fn, state, batches, mesh)
+    out = export.predict_split(eval_fn, state, config, info, split, mesh)
     scores = classification_metrics(
         out["label"], out["logits"].argmax(-1), info.num_classes, info.class_names
     )
@@ -243,20 +238,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     finally:
         ckpts.wait()
         ckpts.close()
-        writer.flush()
+        writer.close()
     result["step"] = step
     if result["stopped"] is None:
         best_step, best_state = checkpointing.restore_best_state(
             workdir, jax.eval_shape(lambda: state), mesh
         )
         splits = config.export.get("splits") or export.default_splits(config)
-        export.write_export(workdir, config, info, eval_fn, best_state, best_step, mesh, splits)
-        manifest, _ = export.load_export(workdir)
+        manifest = export.write_export(
+            workdir, config, info, eval_fn, best_state, best_step, mesh, splits
+        )
         result["best_step"] = best_step
         result["export"] = manifest["metrics"]
         logging.info("Exported the best checkpoint (step %d) to %s: %s", best_step,
                      os.path.join(workdir, export.EXPORT_DIR), manifest["metrics"])
-    writer.close()
     return result
 
 

@@ -14,6 +14,7 @@ import pytest
 from cer_jax import demo, export, fusion
 
 MODELS = ("vit", "manet", "resnet50")
+STEPS_SCALE = 0.005  # 2 training steps per model
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def demo_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("demo"))
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        report = demo.run_demo(out, steps_scale=0.01, models=MODELS, num_images=(80, 30))
+        report = demo.run_demo(out, steps_scale=STEPS_SCALE, models=MODELS, num_images=(80, 30))
     return out, report, printed.getvalue()
 
 
@@ -29,7 +30,9 @@ def test_demo_trains_three_members_and_fuses_them(demo_run):
     out, report, printed = demo_run
     for stage in range(1, 6):
         assert f"=== [{stage}/5]" in printed
-    assert "Training manet (2 steps)" in printed
+    for model in MODELS:
+        steps = max(2, round(demo.TRAIN_STEPS[model] * STEPS_SCALE))
+        assert f"Training {model} ({steps} steps) in {os.path.join(out, model)}" in printed
     assert f"fusion report: {os.path.join(out, 'fusion', 'report.md')}" in printed
     assert "| performance_weighted | fusion (paper)" in printed
 

@@ -284,3 +284,26 @@ def test_bad_config_values_are_named(three_members, tmp_path):
         fusion.fuse(fusion_config(three_members, tmp_path, select_on="train_fit"))
     with pytest.raises(ValueError, match=re.escape("No members to fuse: set --workdirs=A,B,C")):
         fusion.fuse(fusion_config([], tmp_path))
+
+
+def test_fuses_the_trainers_smoke_workdirs(trained_runs, tmp_path):
+    """End to end on the trainer's own exported workdirs (the session's smoke runs)."""
+    from cer_jax import export
+
+    workdirs = [str(trained_runs[name][0]) for name in ("vit", "manet", "resnet50")]
+    steps = [export.load_export(w)[0]["step"] for w in workdirs]
+    report = fusion.fuse(fusion_config(workdirs, tmp_path / "fusion", ablation=False))
+    assert [m["step"] for m in report["members"]] == steps  # current exports were reused
+    for member, workdir in zip(report["members"], workdirs, strict=True):
+        info, outputs = export.load_export(workdir)
+        for split in ("validation", "test"):
+            assert member["metrics"][split]["accuracy"] == pytest.approx(
+                info["metrics"][split]["accuracy"]
+            )
+            assert member["metrics"][split]["num_examples"] == len(outputs[split]["labels"])
+    num_classes = len(report["class_names"])
+    for name, row in report["strategies"].items():
+        confusion = np.asarray(row["metrics"]["test"]["confusion_matrix"])
+        assert confusion.shape == (num_classes, num_classes), name
+        assert confusion.sum() == report["members"][0]["metrics"]["test"]["num_examples"]
+    assert (tmp_path / "fusion" / "report.md").exists()

@@ -124,8 +124,54 @@ def test_train_step_learns_a_fixed_batch():
     step_fn = steps.jit_train_step(graphdef, tx, mesh, num_classes=3)
     losses = []
     for _ in range(15):
+        previous = state
         state, metrics = step_fn(state, sharding.to_global(batch, mesh))
         losses.append(float(metrics["loss_sum"] / metrics["count"]))
+    # The input state's buffers were donated to the step (updated in place, not copied).
+    assert previous["params"]["head"]["kernel"].is_deleted()
     assert int(state["step"]) == 15
     assert losses[-1] < 0.5 * losses[0]
     assert float(metrics["nonfinite"]) == 0.0
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+    config = load_config("configs/vit.py:smoke")
+    config.model.variant, config.model.image_size, config.model.dtype = "test/8", 16, "bfloat16"
+    model = train_state.create_model(config, num_classes=3, seed=0)
+    graphdef, params, _ = train_state.split_model(model)
+    tx = optim.create_optimizer(config, optax.constant_schedule(1e-3), params)
+    graphdef, state = train_state.create_train_state(model, tx)
+    mesh = sharding.create_mesh()
+    step_fn = steps.jit_train_step(graphdef, tx, mesh, num_classes=3)
+    batch = {"image": np.ones((4, 16, 16, 3), np.float32), "label": np.arange(4) % 3}
+    state, metrics = step_fn(sharding.replicate(state, mesh), sharding.to_global(batch, mesh))
+    assert np.isfinite(float(metrics["loss_sum"]))
+    assert {leaf.dtype for leaf in jax.tree.leaves(state["params"])} == {jnp.dtype("float32")}
+
+
+def test_class_weights_weight_the_training_loss():
+    config = load_config("configs/vit.py:smoke")
+    config.model.variant, config.model.image_size = "test/8", 16
+    model = train_state.create_model(config, num_classes=3, seed=0)
+    graphdef, params, _ = train_state.split_model(model)
+    tx = optim.create_optimizer(config, optax.constant_schedule(1e-3), params)
+    graphdef, state = train_state.create_train_state(model, tx)
+    mesh = sharding.create_mesh()
+    state = sharding.replicate(state, mesh)
+    rng = np.random.default_rng(1)
+    batch = {"image": rng.normal(size=(6, 16, 16, 3)).astype(np.float32),
+             "label": np.array([0, 0, 0, 1, 1, 2], np.int32), "mask": np.ones(6, bool)}
+    # No dropout in this model: the eval step's per-example losses are the train step's.
+    per_example = np.asarray(
+        steps.jit_eval_step(graphdef, mesh, num_classes=3)(state, sharding.to_global(batch, mesh))[
+            "loss"
+        ]
+    )
+    weights = np.array([0.5, 1.0, 3.0], np.float32)
+    step_fn = steps.jit_train_step(graphdef, tx, mesh, num_classes=3, class_weights=weights)
+    _, metrics = step_fn(state, sharding.to_global({k: batch[k] for k in ("image", "label")},
+                                                   mesh))
+    w = weights[batch["label"]]
+    assert float(metrics["loss_sum"] / metrics["count"]) == pytest.approx(
+        float((w * per_example).sum() / w.sum()), rel=1e-5
+    )
