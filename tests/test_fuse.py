@@ -292,7 +292,9 @@ def test_fuses_the_trainers_smoke_workdirs(trained_runs, tmp_path):
 
     workdirs = [str(trained_runs[name][0]) for name in ("vit", "manet", "resnet50")]
     steps = [export.load_export(w)[0]["step"] for w in workdirs]
-    report = fusion.fuse(fusion_config(workdirs, tmp_path / "fusion", ablation=False))
+    config = fusion_config(workdirs, tmp_path / "fusion", ablation=False, selection_folds=3)
+    config.stacking.update(inverse_regularisation=(0.1, 1.0, 10.0), max_folds=3)
+    report = fusion.fuse(config)
     assert [m["step"] for m in report["members"]] == steps  # current exports were reused
     for member, workdir in zip(report["members"], workdirs, strict=True):
         info, outputs = export.load_export(workdir)

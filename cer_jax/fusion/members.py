@@ -104,14 +104,19 @@ def _preview(names: Sequence[str], limit: int = 3) -> str:
     return shown + (", ..." if len(names) > limit else "")
 
 
+def _differences(a: Sequence[str], b: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(items only in a, items only in b), each in its own order."""
+    set_a, set_b = set(a), set(b)
+    return [x for x in a if x not in set_b], [x for x in b if x not in set_a]
+
+
 def check_label_spaces(members: Sequence[Member]) -> list[str]:
     """The shared class names; refuses members whose label space or class order differ."""
     first = members[0]
     for other in members[1:]:
         a, b = first.class_names, other.class_names
         if set(a) != set(b):
-            only_a = [n for n in a if n not in b]
-            only_b = [n for n in b if n not in a]
+            only_a, only_b = _differences(a, b)
             raise ValueError(
                 f"Members {first.describe()} and {other.describe()} have different label "
                 f"spaces: only in {first.name}: [{_preview(only_a)}]; only in {other.name}: "
@@ -155,8 +160,7 @@ def align_members(
         for member in members:
             index = _row_index(member, split)
             if index.keys() != reference.keys():
-                only_first = [n for n in order if n not in index]
-                only_this = [n for n in index if n not in reference]
+                only_first, only_this = _differences(order, list(index))
                 raise ValueError(
                     f"Members {members[0].describe()} and {member.describe()} were evaluated on "
                     f"different {split} examples: {len(only_first)} file(s) only in "
