@@ -34,15 +34,15 @@ _STEPS_SCALE = flags.DEFINE_float(
     "steps_scale", 1.0, "Multiplies every training run's number of steps (tests: e.g. 0.02)."
 )
 _NUM_TRAIN = flags.DEFINE_integer(
-    "num_train_images", 800, "Synthetic RAF-DB train images (train_fit + validation)."
+    "num_train_images", 3000, "Synthetic RAF-DB train images (train_fit + validation)."
 )
-_NUM_TEST = flags.DEFINE_integer("num_test_images", 200, "Synthetic RAF-DB test images.")
+_NUM_TEST = flags.DEFINE_integer("num_test_images", 300, "Synthetic RAF-DB test images.")
 _MODELS = flags.DEFINE_list(
     "models", ["vit", "manet", "resnet50"], "Members to train and fuse (configs/<name>.py:smoke)."
 )
 
 # Sized (with the image counts above) for ~8 minutes on 2 CPU cores in total.
-TRAIN_STEPS = {"vit": 480, "manet": 300, "resnet50": 500}
+TRAIN_STEPS = {"vit": 1000, "manet": 300, "resnet50": 500}
 EVALUATIONS_PER_RUN = 4
 
 
@@ -78,7 +78,7 @@ def run_demo(
     out: str,
     steps_scale: float = 1.0,
     models: Sequence[str] = tuple(TRAIN_STEPS),
-    num_images: tuple[int, int] = (800, 200),
+    num_images: tuple[int, int] = (3000, 300),
 ) -> dict:
     """Data -> trained members -> fusion report; returns the fusion report.
 
