@@ -67,8 +67,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.checkpoint.keep = 2  # latest checkpoints kept in <workdir>/checkpoints
     config.checkpoint.best_split = "validation"  # best/ keeps the step with its best macro F1
 
-    # Initial weights (at most one): a pre-trained file (see /work/shared/spec/weights.md), or
-    # another cer_jax workdir whose best checkpoint is loaded with a new head.
+    # Initial weights (at most one): a pre-trained file (formats: README, "Bring pre-trained
+    # weights"), or another cer_jax workdir whose best checkpoint is loaded with a new head.
     config.init = ml_collections.ConfigDict()
     config.init.checkpoint = placeholder(str)
     config.init.workdir = placeholder(str)

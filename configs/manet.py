@@ -1,4 +1,4 @@
-r"""MA-Net on RAF-DB compound with the authors' recipe (spec: /work/shared/spec/manet.md).
+r"""MA-Net on RAF-DB compound with the authors' recipe (Zhao, Liu, Wang, IEEE TIP 2021).
 
     python -m cer_jax.train --config=configs/manet.py --workdir=runs/manet \
         --config.init.checkpoint=/path/to/MS-Celeb-1M_pretrained.pth.tar   # bring the weights
