@@ -230,6 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 if is_ckpt:
                     ckpts.save_latest(step, state)
                 writer.flush()
+                progress.restart_clock()  # images/s counts training only, not eval or saving
                 if stop:
                     result["stopped"] = "preempted" if preemption.requested else "halted"
                     logging.warning("Stopped at step %d (%s); run again to resume.", step,
@@ -278,6 +279,9 @@ class _Progress:
         self.total_steps = total_steps
         self.batch = global_batch_size
         self.last_step = start_step
+        self.last_time = time.perf_counter()
+
+    def restart_clock(self) -> None:
         self.last_time = time.perf_counter()
 
     def log(self, writer: Any, step: int, accumulated: dict, lr: Any) -> dict[str, float]:
