@@ -22,6 +22,20 @@ def _config(**optimizer) -> ml_collections.ConfigDict:
     return config
 
 
+def _tiny_vit_state(learning_rate: float, dtype: str = "float32", **optimizer):
+    """A 16-px `test/8` ViT's replicated train state: (graphdef, state, tx, mesh)."""
+    config = load_config("configs/vit.py:smoke")
+    config.model.variant, config.model.image_size, config.model.dtype = "test/8", 16, dtype
+    for key, value in optimizer.items():
+        config.optimizer[key] = value
+    model = train_state.create_model(config, num_classes=3, seed=0)
+    _, params, _ = train_state.split_model(model)
+    tx = optim.create_optimizer(config, optax.constant_schedule(learning_rate), params)
+    graphdef, state = train_state.create_train_state(model, tx)
+    mesh = sharding.create_mesh()
+    return graphdef, sharding.replicate(state, mesh), tx, mesh
+
+
 def _reference_ce(logits: np.ndarray, labels: np.ndarray, smoothing: float) -> np.ndarray:
     k = logits.shape[-1]
     targets = np.full(logits.shape, smoothing / k)
@@ -109,15 +123,7 @@ def test_unknown_schedule_names_the_key():
 
 
 def test_train_step_learns_a_fixed_batch():
-    config = load_config("configs/vit.py:smoke")
-    config.model.variant, config.model.image_size = "test/8", 16
-    config.optimizer.head_lr_multiplier = 1.0
-    model = train_state.create_model(config, num_classes=3, seed=0)
-    graphdef, params, _ = train_state.split_model(model)
-    tx = optim.create_optimizer(config, optax.constant_schedule(3e-3), params)
-    graphdef, state = train_state.create_train_state(model, tx)
-    mesh = sharding.create_mesh()
-    state = sharding.replicate(state, mesh)
+    graphdef, state, tx, mesh = _tiny_vit_state(3e-3, head_lr_multiplier=1.0)
     rng = np.random.default_rng(0)
     batch = {"image": rng.normal(size=(8, 16, 16, 3)).astype(np.float32),
              "label": rng.integers(0, 3, 8).astype(np.int32)}
@@ -135,29 +141,16 @@ def test_train_step_learns_a_fixed_batch():
 
 
 def test_bfloat16_compute_keeps_float32_parameters():
-    config = load_config("configs/vit.py:smoke")
-    config.model.variant, config.model.image_size, config.model.dtype = "test/8", 16, "bfloat16"
-    model = train_state.create_model(config, num_classes=3, seed=0)
-    graphdef, params, _ = train_state.split_model(model)
-    tx = optim.create_optimizer(config, optax.constant_schedule(1e-3), params)
-    graphdef, state = train_state.create_train_state(model, tx)
-    mesh = sharding.create_mesh()
+    graphdef, state, tx, mesh = _tiny_vit_state(1e-3, dtype="bfloat16")
     step_fn = steps.jit_train_step(graphdef, tx, mesh, num_classes=3)
     batch = {"image": np.ones((4, 16, 16, 3), np.float32), "label": np.arange(4) % 3}
-    state, metrics = step_fn(sharding.replicate(state, mesh), sharding.to_global(batch, mesh))
+    state, metrics = step_fn(state, sharding.to_global(batch, mesh))
     assert np.isfinite(float(metrics["loss_sum"]))
     assert {leaf.dtype for leaf in jax.tree.leaves(state["params"])} == {jnp.dtype("float32")}
 
 
 def test_class_weights_weight_the_training_loss():
-    config = load_config("configs/vit.py:smoke")
-    config.model.variant, config.model.image_size = "test/8", 16
-    model = train_state.create_model(config, num_classes=3, seed=0)
-    graphdef, params, _ = train_state.split_model(model)
-    tx = optim.create_optimizer(config, optax.constant_schedule(1e-3), params)
-    graphdef, state = train_state.create_train_state(model, tx)
-    mesh = sharding.create_mesh()
-    state = sharding.replicate(state, mesh)
+    graphdef, state, tx, mesh = _tiny_vit_state(1e-3)
     rng = np.random.default_rng(1)
     batch = {"image": rng.normal(size=(6, 16, 16, 3)).astype(np.float32),
              "label": np.array([0, 0, 0, 1, 1, 2], np.int32), "mask": np.ones(6, bool)}
