@@ -1,11 +1,14 @@
-"""Orbax checkpoints of the train-state pytree in a workdir, and restoring models from it.
+"""Orbax checkpoints in a workdir, and restoring a model from its best step.
 
     <workdir>/config.json    the resolved config (with dataset_info: num_classes, class_names)
-    <workdir>/checkpoints/   the latest `checkpoint.keep` steps, for resuming
-    <workdir>/best/          the single best step by validation macro F1, for export / fusion
+    <workdir>/checkpoints/   the latest `checkpoint.keep` train states, for resuming
+    <workdir>/best/          the model state ({"params", "rest"}, no optimizer) of the step with
+                             the best validation macro F1, for export, fusion and init.workdir
 
-Saves are asynchronous and atomic (Orbax writes to a temporary directory and renames), so an
-interrupted save never leaves a half-written step behind.
+Restoring a model therefore never rebuilds an optimizer: a workdir trained with any optimizer
+or head learning rate restores the same way. Saves are asynchronous and atomic (Orbax writes to
+a temporary directory and renames), so an interrupted save never leaves half a step behind.
+Every path goes through etils epath, so a gs:// workdir works.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
-from cer_jax import sharding
-from cer_jax.train_state import TrainState
+from cer_jax import sharding, train_state
+from cer_jax.errors import UserError
 
 CONFIG_FILE = "config.json"
 LATEST_DIR = "checkpoints"
@@ -30,21 +33,28 @@ BEST_DIR = "best"
 BEST_METRIC = "macro_f1"
 
 
-class WorkdirError(ValueError):
-    """A workdir that lacks what is asked of it (config, best checkpoint, ...)."""
+class WorkdirError(UserError):
+    """A workdir that lacks what is asked of it, or holds another run."""
 
 
 def _best_options(read_only: bool = False) -> ocp.CheckpointManagerOptions:
-    return ocp.CheckpointManagerOptions(
-        max_to_keep=1, best_fn=lambda m: m[BEST_METRIC], best_mode="max", read_only=read_only
-    )
+    if read_only:  # what a reader may not set, left unset (Orbax warns otherwise)
+        return ocp.CheckpointManagerOptions(
+            best_fn=_best_metric, best_mode="max", read_only=True, save_interval_steps=0,
+            create=False,
+        )
+    return ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=_best_metric, best_mode="max")
+
+
+def _best_metric(metrics: dict[str, float]) -> float:
+    return metrics[BEST_METRIC]
 
 
 def workdir_path(workdir: str | os.PathLike[str], *parts: str) -> epath.Path:
     """An absolute path inside the workdir; gs:// and other remote workdirs work too."""
     path = epath.Path(workdir)
     if "://" not in os.fspath(workdir):
-        path = path.absolute()
+        path = path.expanduser().absolute()
     return path.joinpath(*parts)
 
 
@@ -72,10 +82,53 @@ def with_sharding(abstract: Any, mesh: Mesh) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=target), abstract)
 
 
+# What must be equal for a workdir's checkpoints to belong to a run of this config.
+_IDENTITY_KEYS = ("member", "model", "dataset.name", "dataset.folder", "dataset.train_split")
+
+
+def _flat(config: ml_collections.ConfigDict | dict, keys: tuple[str, ...]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    as_dict = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
+
+    def visit(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, sub in value.items():
+                visit(f"{prefix}.{key}", sub)
+        else:
+            flat[prefix] = list(value) if isinstance(value, tuple) else value
+
+    for key in keys:
+        node: Any = as_dict
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        visit(key, node)
+    return flat
+
+
+def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Refuses to resume a workdir whose checkpoints come from another model or label space."""
+    path = workdir_path(workdir, CONFIG_FILE)
+    if not path.exists():
+        return
+    saved = _flat(json.loads(path.read_text()), _IDENTITY_KEYS)
+    wanted = _flat(config, _IDENTITY_KEYS)
+    differing = [
+        f"{key}={saved.get(key)!r} there, {wanted.get(key)!r} here"
+        for key in sorted(set(saved) | set(wanted))
+        if saved.get(key) != wanted.get(key)
+    ]
+    if differing:
+        raise WorkdirError(
+            f"--workdir={workdir} holds checkpoints of another run ({'; '.join(differing)}). "
+            "Use a new --workdir, or delete this one to start over."
+        )
+
+
 class Checkpoints:
-    """The latest-N manager (resume) and the best-by-validation manager of one workdir."""
+    """The latest-N train states (resume) and the best model state of one workdir."""
 
     def __init__(self, workdir: str, keep: int):
+        self.workdir = workdir
         self.latest = ocp.CheckpointManager(
             workdir_path(workdir, LATEST_DIR),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
@@ -91,23 +144,35 @@ class Checkpoints:
             return float("-inf")
         return float((self.best.metrics(step) or {}).get(BEST_METRIC, float("-inf")))
 
-    def save_latest(self, step: int, state: TrainState) -> None:
+    def save_latest(self, step: int, state: train_state.TrainState) -> None:
         if self.latest.latest_step() != step:
             self.latest.save(step, args=ocp.args.StandardSave(state))
 
-    def save_best(self, step: int, state: TrainState, metrics: dict[str, float]) -> None:
+    def save_best(
+        self, step: int, state: train_state.TrainState, metrics: dict[str, float]
+    ) -> None:
         self.best.save(
             step,
-            args=ocp.args.StandardSave(state),
+            args=ocp.args.StandardSave(train_state.model_state(state)),
             metrics={k: float(v) for k, v in metrics.items()},
             force=True,
         )
 
-    def restore_latest(self, abstract: TrainState, mesh: Mesh) -> TrainState:
+    def restore_latest(
+        self, abstract: train_state.TrainState, mesh: Mesh
+    ) -> train_state.TrainState:
         step = self.latest.latest_step()
-        return self.latest.restore(
-            step, args=ocp.args.StandardRestore(with_sharding(abstract, mesh))
-        )
+        try:
+            return self.latest.restore(
+                step, args=ocp.args.StandardRestore(with_sharding(abstract, mesh))
+            )
+        except ValueError as e:
+            raise WorkdirError(
+                f"Cannot resume {workdir_path(self.workdir, LATEST_DIR)} at step {step}: its "
+                "train state does not fit this config (the optimizer or model settings changed "
+                "since it was saved). Resume with the config it was trained with, or use a new "
+                "--workdir."
+            ) from e
 
     def wait(self) -> None:
         self.latest.wait_until_finished()
@@ -132,34 +197,22 @@ def best_step(workdir: str) -> int:
     return step
 
 
-def restore_best_state(workdir: str, abstract: TrainState, mesh: Mesh) -> tuple[int, TrainState]:
+def restore_best_state(
+    workdir: str, mesh: Mesh
+) -> tuple[nnx.GraphDef, int, train_state.ModelState, ml_collections.ConfigDict]:
+    """graphdef, step, model state (replicated on `mesh`) and config of the best checkpoint."""
+    config = load_config(workdir)
+    graphdef, abstract = train_state.abstract_model_state(
+        config, int(config.dataset_info.num_classes)
+    )
     step = best_step(workdir)
     path = workdir_path(workdir, BEST_DIR)
     with ocp.CheckpointManager(path, options=_best_options(read_only=True)) as manager:
         state = manager.restore(step, args=ocp.args.StandardRestore(with_sharding(abstract, mesh)))
-    return step, state
-
-
-def restore_best(
-    workdir: str, mesh: Mesh
-) -> tuple[nnx.GraphDef, int, TrainState, ml_collections.ConfigDict]:
-    """graphdef, step, train state and config of the workdir's best checkpoint."""
-    from cer_jax import optim
-    from cer_jax.train_state import abstract_train_state, create_model, split_model
-
-    config = load_config(workdir)
-    num_classes = int(config.dataset_info.num_classes)
-    params = jax.eval_shape(lambda: split_model(create_model(config, num_classes, seed=0))[1])
-    # The optimizer state's structure does not depend on the schedule's length.
-    tx = optim.create_optimizer(config, optim.create_schedule(config, 1, 1), params)
-    graphdef, abstract = abstract_train_state(config, num_classes, tx)
-    step, state = restore_best_state(workdir, abstract, mesh)
     return graphdef, step, state, config
 
 
 def restore_best_model(workdir: str) -> tuple[nnx.Module, ml_collections.ConfigDict]:
     """The model of the workdir's best checkpoint, rebuilt from its saved config."""
-    from cer_jax.train_state import merge_model
-
-    graphdef, _, state, config = restore_best(workdir, sharding.create_mesh())
-    return merge_model(graphdef, state["params"], state["rest"]), config
+    graphdef, _, state, config = restore_best_state(workdir, sharding.create_mesh())
+    return train_state.merge_model(graphdef, state["params"], state["rest"]), config

@@ -39,17 +39,3 @@ def classification_metrics(
             labels, predictions, labels=all_labels
         ).tolist(),
     }
-
-
-def text_report(
-    labels: np.ndarray, predictions: np.ndarray, class_names: Sequence[str]
-) -> str:
-    """scikit-learn's classification report over every class, for logs and READMEs."""
-    return skm.classification_report(
-        labels,
-        predictions,
-        labels=list(range(len(class_names))),
-        target_names=list(class_names),
-        digits=4,
-        zero_division=0,
-    )

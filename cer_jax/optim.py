@@ -13,8 +13,12 @@ import jax
 import ml_collections
 import optax
 
+from cer_jax.errors import UserError
 
-class OptimConfigError(ValueError):
+OPTIMIZERS = ("adamw", "adam", "sgd")
+
+
+class OptimConfigError(UserError):
     """A config.optimizer / config.schedule value that cannot be used."""
 
 
@@ -100,7 +104,7 @@ def create_optimizer(
     else:
         raise OptimConfigError(
             f"Unknown optimizer {opt.name!r} (config key optimizer.name). "
-            "Choose one of: adamw, adam, sgd."
+            f"Choose one of: {', '.join(OPTIMIZERS)}."
         )
     parts = []
     if opt.grad_clip_norm:

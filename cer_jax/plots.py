@@ -1,25 +1,35 @@
-"""Matplotlib figures shared by the trainer (TensorBoard images) and the fusion report (PNGs)."""
+"""Matplotlib figures shared by the trainer (TensorBoard images) and the fusion report (PNGs).
+
+Figures are built with matplotlib's object-oriented API on their own Agg canvas: no pyplot, no
+global backend, so importing or calling this module never changes a notebook's matplotlib state.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+
+def new_figure(figsize: tuple[float, float]) -> Figure:
+    """A figure on its own Agg canvas (renders to PNG or pixels without any backend)."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def confusion_matrix_figure(
     confusion: np.ndarray, class_names: Sequence[str], title: str = ""
-) -> plt.Figure:
+) -> Figure:
     """Row-normalised confusion matrix with counts, rows = true class."""
     confusion = np.asarray(confusion, dtype=np.int64)
     totals = np.maximum(confusion.sum(axis=1, keepdims=True), 1)
     normalised = confusion / totals
     size = 2.0 + 0.55 * len(class_names)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    fig = new_figure((size + 1.5, size))
+    ax = fig.subplots()
     image = ax.imshow(normalised, cmap="Blues", vmin=0.0, vmax=1.0)
     ax.set_xticks(range(len(class_names)), class_names, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(len(class_names)), class_names, fontsize=8)
@@ -36,12 +46,11 @@ def confusion_matrix_figure(
     return fig
 
 
-def figure_to_array(fig: plt.Figure) -> np.ndarray:
-    """RGB uint8 [H, W, 3] pixels of a figure (for CLU's write_images), then closes it."""
-    fig.canvas.draw()
-    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return pixels
+def figure_to_array(fig: Figure) -> np.ndarray:
+    """RGB uint8 [H, W, 3] pixels of a figure (for CLU's write_images)."""
+    canvas = FigureCanvasAgg(fig) if not isinstance(fig.canvas, FigureCanvasAgg) else fig.canvas
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def confusion_matrix_image(

@@ -6,11 +6,13 @@ model then sees the global batch, so BatchNorm statistics are global across devi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import collections
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
@@ -51,3 +53,25 @@ def to_global(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.device_put(tree, replicated(mesh))
+
+
+def prefetch_to_mesh(batches: Iterable[Mapping[str, Any]], mesh: Mesh, size: int = 2
+                     ) -> Iterator[dict[str, jax.Array]]:
+    """Keeps `size` batches' host-to-device copies in flight ahead of the step (as flax's and
+    big_vision's loops do), so the step never waits on a copy."""
+    queue: collections.deque = collections.deque()
+    for batch in batches:
+        queue.append(to_global(batch, mesh))
+        if len(queue) > size:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process when `flag` is true on any: a collective, so every process must call
+    it at the same step (the trainer does at its log points)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    flags = multihost_utils.process_allgather(np.asarray(flag, np.int32))
+    return bool(np.asarray(flags).any())

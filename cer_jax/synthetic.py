@@ -10,26 +10,34 @@ share an emotion look alike. Identity, skin tone, pose, scale, lighting, backgro
 vary per image. Output is byte-identical for the same arguments: every image draws from its own
 RNG seeded by (seed, split, index), JPEG quality is fixed and nothing time-dependent is written.
 
-    python -m cer_jax.synthetic --out /tmp/rafdb_synth/compound --kind compound
-    python -m cer_jax.synthetic --preview docs/synthetic_faces.png
+RAF-DB's classes, file names and split ids come from the TFDS builder's `layout` module, so the
+generator writes exactly what the builder reads.
+
+    python -m cer_jax.synthetic --out=/tmp/rafdb_synth/compound --kind=compound
+    python -m cer_jax.synthetic --preview=docs/synthetic_faces.png
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import pathlib
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
+from absl import flags
 from PIL import Image, ImageDraw
+
+from cer_jax import cli
+from tfds_rafdb.rafdb import layout
 
 # Bumped whenever the drawing changes, so caches keyed on it never serve an older tree.
 VERSION = 1
 JPEG_QUALITY = 92
-ALIGNED_SIZE = 100
-LABEL_FILE = "EmoLabel/list_patition_label.txt"
+# Default tree size (train, test) of the CLI, the demo and config keys
+# dataset.synthetic_num_train_images / dataset.synthetic_num_test_images.
+NUM_TRAIN_IMAGES = 3000
+NUM_TEST_IMAGES = 300
 
 # The actions every emotion is made of; values are intensities in [0, 1] at full expression.
 ACTIONS = (
@@ -70,37 +78,37 @@ EMOTION_ACTIONS: dict[str, dict[str, float]] = {
     "neutral": {},
 }
 
-# RAF-DB label ids are 1-based positions in these tuples.
-COMPOUND_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Happily Surprised", ("happiness", "surprise")),
-    ("Happily Disgusted", ("happiness", "disgust")),
-    ("Sadly Fearful", ("sadness", "fear")),
-    ("Sadly Angry", ("sadness", "anger")),
-    ("Sadly Surprised", ("sadness", "surprise")),
-    ("Sadly Disgusted", ("sadness", "disgust")),
-    ("Fearfully Angry", ("fear", "anger")),
-    ("Fearfully Surprised", ("fear", "surprise")),
-    ("Angrily Surprised", ("anger", "surprise")),
-    ("Angrily Disgusted", ("anger", "disgust")),
-    ("Disgustedly Surprised", ("disgust", "surprise")),
-)
-BASIC_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Surprise", ("surprise",)),
-    ("Fear", ("fear",)),
-    ("Disgust", ("disgust",)),
-    ("Happiness", ("happiness",)),
-    ("Sadness", ("sadness",)),
-    ("Anger", ("anger",)),
-    ("Neutral", ("neutral",)),
-)
+# The emotion a word of a RAF-DB class name names, by its stem: "Sadly Fearful" is sadness + fear.
+_EMOTION_STEMS = {
+    "happ": "happiness",
+    "sad": "sadness",
+    "fear": "fear",
+    "ang": "anger",
+    "disgust": "disgust",
+    "surpris": "surprise",
+    "neutral": "neutral",
+}
+
+
+def class_emotions(class_name: str) -> tuple[str, ...]:
+    """The basic emotions a RAF-DB class blends, in the order its name gives them."""
+    words = class_name.lower().split()
+    emotions = tuple(e for w in words for s, e in _EMOTION_STEMS.items() if w.startswith(s))
+    if len(emotions) != len(words):
+        raise ValueError(f"No drawing for RAF-DB class {class_name!r}.")
+    return emotions
+
+
+# Per tree, (class name, emotions) by RAF-DB label id - 1.
+CLASSES = {
+    tree: tuple((name, class_emotions(name)) for name in names)
+    for tree, names in layout.TREE_CLASSES.items()
+}
 # Image counts per label id in the real RAF-DB (train + test); only their ratios are used.
 RAFDB_COUNTS = {
     "compound": (697, 266, 129, 163, 86, 738, 150, 560, 176, 841, 148),
     "basic": (1619, 355, 877, 5957, 2460, 867, 3204),
 }
-CLASSES = {"compound": COMPOUND_CLASSES, "basic": BASIC_CLASSES}
-TRAIN_DIGITS = {"compound": 4, "basic": 5}
-TEST_DIGITS = 4
 _SPLIT_CODES = {"train": 1, "test": 2}
 _SKIN_TONES = np.array(
     [
@@ -126,8 +134,9 @@ kind={kind}, seed={seed}, {num_train} train and {num_test} test images. Cartoon 
 procedurally; each class is a blend of facial actions. Use it to exercise the pipeline only;
 results on it say nothing about expression recognition on real faces. The layout mirrors RAF-DB
 so the same TFDS builder reads it:
-  EmoLabel/list_patition_label.txt, Image/original/, Image/aligned/, Annotation/manual/
+  {files}
 """
+_FOLDERS = (layout.ORIGINAL_DIR, layout.ALIGNED_DIR, layout.MANUAL_ANNOTATION_DIR)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,11 +150,11 @@ class TreeSummary:
     test_counts: tuple[int, ...]
 
     @property
-    def num_train(self) -> int:
+    def num_train_images(self) -> int:
         return sum(self.train_counts)
 
     @property
-    def num_test(self) -> int:
+    def num_test_images(self) -> int:
         return sum(self.test_counts)
 
 
@@ -413,7 +422,7 @@ def render_face(
     aligned = cv2.warpAffine(
         photo,
         original_to_aligned,
-        (ALIGNED_SIZE, ALIGNED_SIZE),
+        (layout.IMAGE_SIZE, layout.IMAGE_SIZE),
         flags=cv2.INTER_AREA,
         borderMode=cv2.BORDER_REFLECT,
     )
@@ -447,8 +456,8 @@ def _shuffled_labels(counts: Sequence[int], rng: np.random.Generator) -> np.ndar
 def write_tree(
     out_dir: str | pathlib.Path,
     kind: str = "compound",
-    num_train: int = 1200,
-    num_test: int = 300,
+    num_train_images: int = NUM_TRAIN_IMAGES,
+    num_test_images: int = NUM_TEST_IMAGES,
     seed: int = 0,
 ) -> TreeSummary:
     """Writes a synthetic tree with RAF-DB's layout, names and class imbalance into `out_dir`.
@@ -460,55 +469,63 @@ def write_tree(
     """
     if kind not in CLASSES:
         raise ValueError(f"kind must be one of {sorted(CLASSES)}, got {kind!r}.")
-    for split, count, digits in (
-        ("train", num_train, TRAIN_DIGITS[kind]),
-        ("test", num_test, TEST_DIGITS),
-    ):
+    sizes = {"train": num_train_images, "test": num_test_images}
+    for split, count in sizes.items():
+        digits = layout.DIGITS[kind][split]
         if count >= 10**digits:
             raise ValueError(
                 f"{count} {split} images do not fit RAF-DB's {digits}-digit {kind} {split} ids "
                 f"(the TFDS builder checks them): ask for at most {10**digits - 1}."
             )
     root = pathlib.Path(out_dir)
-    train_counts = class_counts(kind, num_train, minimum=2)
-    test_counts = class_counts(kind, num_test, minimum=1)
-    for sub in ("EmoLabel", "Image/original", "Image/aligned", "Annotation/manual"):
+    counts = {
+        "train": class_counts(kind, num_train_images, minimum=2),
+        "test": class_counts(kind, num_test_images, minimum=1),
+    }
+    for sub in (pathlib.Path(layout.LABEL_FILE).parent, *_FOLDERS):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    (root / LABEL_FILE).unlink(missing_ok=True)
+    (root / layout.LABEL_FILE).unlink(missing_ok=True)
 
     label_lines = []
-    for split, counts in (("train", train_counts), ("test", test_counts)):
-        digits = TRAIN_DIGITS[kind] if split == "train" else TEST_DIGITS
-        labels = _shuffled_labels(counts, np.random.default_rng([seed, _SPLIT_CODES[split]]))
+    for split in layout.SPLITS:
+        labels = _shuffled_labels(counts[split], np.random.default_rng([seed, _SPLIT_CODES[split]]))
         for index, label in enumerate(labels, start=1):
-            stem = f"{split}_{index:0{digits}d}"
+            name = layout.image_name(kind, split, index)
+            stem = layout.stem(name)
             rng = image_rng(seed, split, index)
             original, aligned, landmarks = render_face(CLASSES[kind][label - 1][1], rng)
-            (root / "Image/original" / f"{stem}.jpg").write_bytes(_jpeg(original))
-            (root / "Image/aligned" / f"{stem}_aligned.jpg").write_bytes(_jpeg(aligned))
-            (root / "Annotation/manual" / f"{stem}_manu_attri.txt").write_text(
+            (root / layout.ORIGINAL_DIR / name).write_bytes(_jpeg(original))
+            (root / layout.ALIGNED_DIR / f"{stem}{layout.ALIGNED_SUFFIX}").write_bytes(
+                _jpeg(aligned)
+            )
+            (root / layout.MANUAL_ANNOTATION_DIR / f"{stem}{layout.ANNOTATION_SUFFIX}").write_text(
                 _manual_annotation(landmarks, rng)
             )
-            label_lines.append(f"{stem}.jpg {label}\n")
-    (root / LABEL_FILE).write_text("".join(label_lines))
+            label_lines.append(f"{name} {label}\n")
+    (root / layout.LABEL_FILE).write_text("".join(label_lines))
     (root / "SYNTHETIC_README.txt").write_text(
         _README.format(
-            version=VERSION, kind=kind, seed=seed, num_train=num_train, num_test=num_test
+            version=VERSION,
+            kind=kind,
+            seed=seed,
+            num_train=num_train_images,
+            num_test=num_test_images,
+            files=", ".join([layout.LABEL_FILE, *(f"{folder}/" for folder in _FOLDERS)]),
         )
     )
     return TreeSummary(
         out_dir=root,
         kind=kind,
         class_names=tuple(name for name, _ in CLASSES[kind]),
-        train_counts=train_counts,
-        test_counts=test_counts,
+        train_counts=counts["train"],
+        test_counts=counts["test"],
     )
 
 
 def preview(path: str | pathlib.Path, kind: str = "compound", per_class: int = 6, seed: int = 0):
     """Saves a PNG grid of aligned synthetic faces, one row per class, labelled."""
     classes = CLASSES[kind]
-    label_w, cell = 150, ALIGNED_SIZE + 4
+    label_w, cell = 150, layout.IMAGE_SIZE + 4
     sheet = Image.new("RGB", (label_w + per_class * cell, len(classes) * cell + 24), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text(
@@ -524,40 +541,44 @@ def preview(path: str | pathlib.Path, kind: str = "compound", per_class: int = 6
     sheet.quantize(256, dither=Image.Dither.NONE).save(path, optimize=True)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m cer_jax.synthetic",
-        description="Write a SYNTHETIC (drawn, not real) face tree in RAF-DB's on-disk layout.",
-    )
-    parser.add_argument("--out", help="tree root to write (becomes the builder's --manual_dir)")
-    parser.add_argument("--kind", choices=sorted(CLASSES), default="compound")
-    parser.add_argument("--num-train", type=int, default=1200)
-    parser.add_argument("--num-test", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--preview", metavar="PNG", help="also save a grid of faces per class")
-    args = parser.parse_args(argv)
-    if not args.out and not args.preview:
-        parser.error("give --out DIR (and/or --preview PNG)")
-    if args.preview:
-        preview(args.preview, kind=args.kind, seed=args.seed)
-        print(f"Wrote a preview of SYNTHETIC faces to {args.preview}")
-    if args.out:
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise cli.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    values = flags.FLAGS
+    if not values.out and not values.preview:
+        raise cli.UsageError("Give --out=DIR (and/or --preview=PNG).")
+    if values.preview:
+        preview(values.preview, kind=values.kind, seed=values.seed)
+        print(f"Wrote a preview of SYNTHETIC faces to {values.preview}")
+    if values.out:
         summary = write_tree(
-            args.out,
-            kind=args.kind,
-            num_train=args.num_train,
-            num_test=args.num_test,
-            seed=args.seed,
+            values.out,
+            kind=values.kind,
+            num_train_images=values.num_train_images,
+            num_test_images=values.num_test_images,
+            seed=values.seed,
         )
         print(
             f"Wrote a SYNTHETIC {summary.kind} tree (drawn faces, not RAF-DB) to {summary.out_dir}"
         )
-        print(f"  {summary.num_train} train / {summary.num_test} test images")
+        print(f"  {summary.num_train_images} train / {summary.num_test_images} test images")
         for name, n_train, n_test in zip(
             summary.class_names, summary.train_counts, summary.test_counts, strict=True
         ):
             print(f"  {name:<24s} train {n_train:5d}  test {n_test:4d}")
 
 
+def define_flags() -> None:
+    """The command line's flags; defined only when run as a program, so that importing this
+    module adds no flags to another program's command line."""
+    flags.DEFINE_string("out", None, "Tree root to write (becomes the builder's --manual_dir).")
+    flags.DEFINE_enum("kind", "compound", sorted(CLASSES), "Which RAF-DB tree to imitate.")
+    flags.DEFINE_integer("num_train_images", NUM_TRAIN_IMAGES, "Train images to draw.")
+    flags.DEFINE_integer("num_test_images", NUM_TEST_IMAGES, "Test images to draw.")
+    flags.DEFINE_integer("seed", 0, "Same seed and sizes, same bytes.")
+    flags.DEFINE_string("preview", None, "Also save a PNG grid of faces per class here.")
+
+
 if __name__ == "__main__":
-    main()
+    define_flags()
+    cli.run(main, user_errors=(ValueError,))  # e.g. more images than RAF-DB's ids can number

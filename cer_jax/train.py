@@ -2,38 +2,34 @@ r"""Train one model: `python -m cer_jax.train --config=configs/vit.py:smoke --wo
 
 Flags:
   --config    a config file, optionally with an argument after a colon (configs/vit.py:smoke);
-              any field can be overridden, e.g. --config.optimizer.lr=1e-4
-  --workdir   where checkpoints, TensorBoard events, config.json and the export go; running
-              again on the same workdir resumes.
+              any field can be overridden, e.g. --config.optimizer.lr=1e-4. A `configs/...`
+              path that is not in the working directory is read from the installed package.
+  --workdir   where checkpoints, TensorBoard events, config.json and the export go (local or
+              gs://...); running again on the same workdir resumes.
+  --distributed, --coordinator_address, --num_processes, --process_id
+              several processes (one per host of a TPU slice or GPU cluster): see cer_jax.cli.
+  --traceback show the full traceback on an input error (default: one line).
 """
 
 from __future__ import annotations
 
-import logging as std_logging
-import sys
-
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from cer_jax.config_loading import REPO_ROOT, resolve_config_path
-
-# Config files import their shared base as `configs.common`: make the repository importable.
-sys.path.insert(0, REPO_ROOT)
+from cer_jax import cli
+from cer_jax.config_loading import resolve_config_flag
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and export.")
+cli.define_distributed_flags()
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def quiet_orbax(record: std_logging.LogRecord) -> bool:
-    """Keeps Orbax's per-save INFO chatter out of the console (warnings still show)."""
-    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    logging.get_absl_handler().addFilter(quiet_orbax)
+        raise cli.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    cli.quiet_orbax()
+    cli.initialize_distributed()
     import jax
 
     from cer_jax import trainer
@@ -44,16 +40,5 @@ def main(argv: list[str]) -> None:
     logging.info("Final metrics: %s", {k: v for k, v in result.items() if k != "eval"})
 
 
-def resolve_config_flag(argv: list[str]) -> list[str]:
-    """--config=configs/vit.py:smoke works from any directory (cwd first, then the repo root)."""
-    resolved = []
-    for arg in argv:
-        if arg.startswith("--config="):
-            path, colon, rest = arg.removeprefix("--config=").partition(":")
-            arg = f"--config={resolve_config_path(path)}{colon}{rest}"
-        resolved.append(arg)
-    return resolved
-
-
 if __name__ == "__main__":
-    app.run(main, argv=resolve_config_flag(sys.argv))
+    cli.run(main, resolve_argv=resolve_config_flag)

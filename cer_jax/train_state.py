@@ -1,16 +1,16 @@
-"""The train state: one plain pytree that is sharded, donated, checkpointed and restored.
+"""The model and train state as plain pytrees: sharded, donated, checkpointed and restored.
 
-    state = {"step": int32 [], "params": {...}, "rest": {...}, "opt_state": optax state}
+    model state = {"params": {...}, "rest": {...}}
+    train state = {"step": int32 [], "params": {...}, "rest": {...}, "opt_state": optax state}
 
 `params` are the model's `nnx.Param`s and `rest` everything else the model carries (BatchNorm
 statistics, the dropout RNG key and counter), both as pure nested dicts of arrays from
 `nnx.split`. The model's graph definition is static: it is rebuilt from the config, so a saved
-config plus this pytree are enough to restore a model.
+config plus the model state restore a model, whatever optimizer trained it.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import jax
@@ -22,11 +22,18 @@ from flax import nnx
 from cer_jax import models
 
 TrainState = dict[str, Any]
+ModelState = dict[str, Any]
+MODEL_STATE_KEYS = ("params", "rest")
 
 
 def model_kwargs(model_config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """config.model minus its name, with `dtype` given as a string ("bfloat16") made a dtype."""
-    kwargs = {k: v for k, v in model_config.to_dict().items() if k != "name"}
+    """config.model minus its name and its unset (None / "auto") keys, which take the model's
+    defaults; `dtype` given as a string ("bfloat16") made a dtype. The trainer resolves "auto"
+    keys first (cer_jax.warm_start), so a saved config always names what was built."""
+    kwargs = {
+        k: v for k, v in model_config.to_dict().items()
+        if k != "name" and v is not None and v != "auto"
+    }
     if "dtype" in kwargs:
         kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
     return kwargs
@@ -54,35 +61,9 @@ def merge_model(graphdef: nnx.GraphDef, params: dict, rest: dict) -> nnx.Module:
     return nnx.merge(graphdef, params, rest)
 
 
-def initialise_weights(model: nnx.Module, config: ml_collections.ConfigDict) -> None:
-    """Loads config.init.checkpoint (a pre-trained file) or config.init.workdir (a cer_jax run's
-    best checkpoint), in place; the classification head(s) stay freshly initialised."""
-    from cer_jax import pretrained  # weight readers are only needed when asked for
-
-    init = config.init
-    if init.get("checkpoint"):
-        report = pretrained.load_pretrained(
-            model, config.model.name, init.checkpoint, keep_head=bool(init.get("keep_head"))
-        )
-    elif init.get("workdir"):
-        from cer_jax import checkpointing
-        from cer_jax.pretrained import core
-
-        source, _ = checkpointing.restore_best_model(init.workdir)
-        arrays = {
-            name: jax.device_get(var.get_value())
-            for name, var in core.model_arrays(source).items()
-        }
-        report = core.assign(
-            model,
-            arrays,
-            source=f"{init.workdir} (best checkpoint)",
-            head_names=head_names(model),
-            keep_head=bool(init.get("keep_head")),
-        )
-    else:
-        return
-    logging.info("%s", report.summary())
+def model_state(state: TrainState) -> ModelState:
+    """The part of a train state that outlives training (no optimizer, no step)."""
+    return {key: state[key] for key in MODEL_STATE_KEYS}
 
 
 def create_train_state(
@@ -98,16 +79,16 @@ def create_train_state(
     return graphdef, state
 
 
-def abstract_train_state(
-    config: ml_collections.ConfigDict, num_classes: int, tx: optax.GradientTransformation
-) -> tuple[nnx.GraphDef, TrainState]:
-    """The state's structure, shapes and dtypes without allocating it (a restore target)."""
+def abstract_model_state(
+    config: ml_collections.ConfigDict, num_classes: int
+) -> tuple[nnx.GraphDef, ModelState]:
+    """The model state's structure, shapes and dtypes without allocating it (a restore target)."""
     box: dict[str, nnx.GraphDef] = {}
 
-    def build() -> TrainState:
-        graphdef, state = create_train_state(create_model(config, num_classes, seed=0), tx)
+    def build() -> ModelState:
+        graphdef, params, rest = split_model(create_model(config, num_classes, seed=0))
         box["graphdef"] = graphdef
-        return state
+        return {"params": params, "rest": rest}
 
     abstract = jax.eval_shape(build)
     return box["graphdef"], abstract

@@ -1,19 +1,18 @@
-"""The training loop: config -> mesh -> state -> steps -> evaluation -> checkpoints -> export.
+"""The training loop: config -> checks -> mesh -> state -> steps -> evaluation -> checkpoints.
 
 `train_and_evaluate(config, workdir)` trains one model and returns its final metrics. Running it
 again on the same workdir resumes from the latest checkpoint with the same data order. SIGTERM
-(preemption) saves a checkpoint and returns cleanly; a non-finite loss stops the run with a
-message and leaves the last good checkpoint in place.
+(preemption) on any process makes every process save the same step and return cleanly; a
+non-finite loss stops the run with a message and leaves the last good checkpoint in place.
+Everything a run will read (config, weights, every image of every split) is checked before
+the first step, so a bad input never costs training time.
 """
 
 from __future__ import annotations
 
-import datetime
 import logging
-import os
 import signal
 import threading
-import time
 from typing import Any
 
 import jax
@@ -21,11 +20,23 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from cer_jax import checkpointing, export, models, optim, sharding, steps, train_state
-from cer_jax.metrics import classification_metrics
+from cer_jax import (
+    checkpointing,
+    evaluate,
+    export,
+    models,
+    optim,
+    sharding,
+    steps,
+    train_state,
+    warm_start,
+)
+from cer_jax.data import pipeline
+from cer_jax.errors import UserError
+from cer_jax.plots import confusion_matrix_image
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config value that cannot work; raised before any data is read or model built."""
 
 
@@ -34,7 +45,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class Preemption:
-    """SIGTERM sets a flag that the loop checks between steps (handlers must not do work)."""
+    """SIGTERM sets a flag that the loop reads between steps (handlers must not do work)."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -57,15 +68,18 @@ class Preemption:
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Checks what can be checked without data or models; each error names the key and the fix."""
-    models.get_factory(config.model.name)  # raises naming model.name
-    sharding.check_batch_size(config.training.global_batch_size, "training.global_batch_size")
-    sharding.check_batch_size(config.eval.global_batch_size, "eval.global_batch_size")
-    if config.optimizer.name not in ("adamw", "adam", "sgd"):
+    try:
+        models.get_factory(config.model.name)
+        sharding.check_batch_size(config.training.global_batch_size, "training.global_batch_size")
+        sharding.check_batch_size(config.eval.global_batch_size, "eval.global_batch_size")
+        optim.create_schedule(config, total_steps=10, steps_per_epoch=1)  # checks schedule.name
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if config.optimizer.name not in optim.OPTIMIZERS:
         raise ConfigError(
             f"Unknown optimizer {config.optimizer.name!r} (config key optimizer.name); "
-            "choose one of: adamw, adam, sgd."
+            f"choose one of: {', '.join(optim.OPTIMIZERS)}."
         )
-    optim.create_schedule(config, total_steps=10, steps_per_epoch=1)  # checks schedule.name
     if not config.training.get("num_steps") and not config.training.get("num_epochs"):
         raise ConfigError("Set training.num_steps or training.num_epochs (both are empty).")
     if config.checkpoint.best_split not in config.dataset.eval_splits:
@@ -79,16 +93,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if init.get("checkpoint") and not epath.Path(init.checkpoint).expanduser().is_file():
         raise ConfigError(
             f"init.checkpoint={init.checkpoint!r}: no such file. Download the pre-trained weights "
-            "(see the README, 'Pre-trained weights') and pass their local path, or unset "
+            "(see the README, 'Bring pre-trained weights') and pass their local path, or unset "
             "init.checkpoint to train from scratch."
         )
     if init.get("workdir"):
-        if not checkpointing.workdir_path(init.workdir, checkpointing.CONFIG_FILE).exists():
-            raise ConfigError(
-                f"init.workdir={init.workdir!r} is not a cer_jax training workdir (no "
-                f"{checkpointing.CONFIG_FILE}); point it at a finished run's --workdir."
-            )
-        checkpointing.best_step(init.workdir)
+        try:
+            checkpointing.load_config(init.workdir)
+            checkpointing.best_step(init.workdir)
+        except checkpointing.WorkdirError as e:
+            raise ConfigError(f"init.workdir={init.workdir!r}: {e}") from e
 
 
 def training_length(config: ml_collections.ConfigDict, train_size: int) -> tuple[int, int]:
@@ -105,21 +118,27 @@ def training_length(config: ml_collections.ConfigDict, train_size: int) -> tuple
     return optim.epochs_to_steps(config.training.num_epochs, steps_per_epoch), steps_per_epoch
 
 
-def evaluate_split(
-    eval_fn: Any, state: Any, config: ml_collections.ConfigDict, info: Any, split: str, mesh: Any
-) -> dict[str, Any]:
-    """Exact metrics over every example of `split` (padding masked out)."""
-    out = export.predict_split(eval_fn, state, config, info, split, mesh)
-    scores = classification_metrics(
-        out["label"], out["logits"].argmax(-1), info.num_classes, info.class_names
-    )
-    scores["loss"] = float(out["loss"].mean())
-    return scores
+def check_finite(sums: dict[str, float], first_step: int, last_step: int) -> None:
+    """The NaN guard: raises when any step since the last check had a non-finite loss/grad."""
+    if sums["nonfinite"] > 0 or not np.isfinite(sums["loss_sum"]):
+        raise NonFiniteLossError(
+            f"Non-finite loss or gradients between steps {first_step} and {last_step} "
+            f"(loss {sums['loss_sum'] / sums['count']:.4g}). Training stopped; the last good "
+            "checkpoint is kept. Lower optimizer.lr, or enable clipping with "
+            "optimizer.grad_clip_norm=1.0 (or use float32: model.dtype='float32')."
+        )
+
+
+def train_metrics(sums: dict[str, float], learning_rate: float) -> dict[str, float]:
+    return {
+        "train/loss": sums["loss_sum"] / sums["count"],
+        "train/accuracy": sums["correct"] / sums["count"],
+        "train/grad_norm": sums["grad_norm_sum"] / sums["steps"],
+        "train/learning_rate": float(learning_rate),
+    }
 
 
 def write_eval(writer: Any, step: int, split: str, scores: dict[str, Any], info: Any) -> None:
-    from cer_jax.plots import confusion_matrix_image
-
     scalars = {f"{split}/{k}": scores[k] for k in ("loss", "accuracy", "macro_f1")}
     scalars.update({f"{split}/f1/{name}": f for name, f in scores["per_class_f1"].items()})
     writer.write_scalars(step, scalars)
@@ -133,18 +152,30 @@ def _is_boundary(step: int, every: int | None) -> bool:
     return bool(every) and step % every == 0
 
 
+def prepare(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
+    """Every check that needs no training: config, model settings, workdir, data (all splits
+    decoded once). Returns (dataset info, resolved config)."""
+    config = ml_collections.ConfigDict(config.to_dict())  # resolve references, keep caller's
+    validate_config(config)
+    warm_start.resolve_model_settings(config)
+    checkpointing.check_same_run(config, workdir)
+    info = pipeline.get_dataset_info(config)
+    splits = list(dict.fromkeys(
+        [config.dataset.train_split, *config.dataset.eval_splits,
+         *(config.export.get("splits") or [])]
+    ))
+    pipeline.validate_splits(config, info, splits)
+    return info, config
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains, evaluates and exports one model in `workdir`; returns its final metrics:
     {"step", "best_step", "stopped" (None | "preempted" | "halted"), "train": {...},
      "eval": {split: {accuracy, macro_f1, loss, ...} at the last evaluation},
      "export": {split: {accuracy, macro_f1, num_examples} of the best checkpoint}}."""
-    config = ml_collections.ConfigDict(config.to_dict())  # resolve references, keep caller's
-    validate_config(config)
-    from clu import metric_writers, periodic_actions  # TensorFlow only once the config is good
+    from clu import metric_writers, periodic_actions  # imports TensorFlow: once checks pass
 
-    from cer_jax.data import pipeline
-
-    info = pipeline.get_dataset_info(config)
+    info, config = prepare(config, workdir)
     mesh = sharding.create_mesh()
     train_size = info.split_sizes[config.dataset.train_split]
     total_steps, steps_per_epoch = training_length(config, train_size)
@@ -159,7 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ckpts = checkpointing.Checkpoints(workdir, keep=config.checkpoint.keep)
     start_step = ckpts.latest_step() or 0
     if start_step == 0:
-        train_state.initialise_weights(model, config)
+        warm_start.load_initial_weights(model, config)
     graphdef, state = train_state.create_train_state(model, tx)
     del model, params
     state = sharding.replicate(state, mesh)
@@ -190,35 +221,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         label_smoothing=config.training.label_smoothing, class_weights=weights,
     )
     eval_fn = steps.jit_eval_step(graphdef, mesh, num_classes=info.num_classes)
-    batches = pipeline.train_iterator(
+    host_batches = pipeline.train_iterator(
         config, info, global_batch_size=config.training.global_batch_size, seed=config.seed,
         start_step=start_step,
     )
-    report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
-    progress = _Progress(total_steps, start_step, config.training.global_batch_size)
+    batches = sharding.prefetch_to_mesh(host_batches, mesh)
+    # The one throughput / ETA series: CLU's (steps_per_sec in TensorBoard, ETA in the log).
+    report = periodic_actions.ReportProgress(
+        num_train_steps=total_steps, writer=writer, every_steps=log_every
+    )
     halt = config.training.get("halt_after_steps")
     result: dict[str, Any] = {"stopped": None, "train": {}, "eval": {}}
     best_value = ckpts.best_value()
     accumulated = None
+    last_checked = start_step
     step = start_step
     try:
         with Preemption() as preemption:
             while step < total_steps:
-                state, metrics = train_fn(state, sharding.to_global(next(batches), mesh))
+                state, metrics = train_fn(state, next(batches))
                 accumulated = steps.add_metrics(accumulated, metrics)
                 step += 1
-                report(step)
-                stop = preemption.requested or (halt is not None and step >= halt)
                 is_eval = _is_boundary(step, eval_every) or step == total_steps
-                is_ckpt = _is_boundary(step, ckpt_every) or step == total_steps or stop
-                if not (_is_boundary(step, log_every) or is_eval or is_ckpt):
+                is_log = _is_boundary(step, log_every) or is_eval or step == total_steps
+                if not (is_log or _is_boundary(step, ckpt_every)):
+                    report(step)
                     continue
-                # Fetch the metrics (the only host sync) and check them before any save.
-                result["train"] = progress.log(writer, step, accumulated, schedule(step - 1))
-                accumulated = None
+                # Log points are where processes agree (a collective) on stopping, so that
+                # every host saves the same step; the metrics fetch is the only host sync.
+                stop = sharding.any_process(
+                    preemption.requested or (halt is not None and step >= halt)
+                )
+                is_ckpt = _is_boundary(step, ckpt_every) or step == total_steps or stop
+                sums = {k: float(v) for k, v in jax.device_get(accumulated).items()}
+                check_finite(sums, last_checked + 1, step)
+                last_checked, accumulated = step, None
+                result["train"] = train_metrics(sums, schedule(step - 1))
+                writer.write_scalars(step, result["train"])
+                report(step)
                 if is_eval:
                     for split in config.dataset.eval_splits:
-                        scores = evaluate_split(eval_fn, state, config, info, split, mesh)
+                        with report.timed(f"eval_{split}"):
+                            scores = evaluate.evaluate_split(
+                                eval_fn, state, config, info, split, mesh
+                            )
                         write_eval(writer, step, split, scores, info)
                         result["eval"][split] = scores
                         logging.info("step %d %s: accuracy %.4f macro F1 %.4f loss %.4f", step,
@@ -230,21 +276,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 if is_ckpt:
                     ckpts.save_latest(step, state)
                 writer.flush()
-                progress.restart_clock()  # images/s counts training only, not eval or saving
                 if stop:
                     result["stopped"] = "preempted" if preemption.requested else "halted"
                     logging.warning("Stopped at step %d (%s); run again to resume.", step,
                                     result["stopped"])
                     break
     finally:
+        batches.close()
+        host_batches.close()  # frees tf.data's threads now, so the process exits promptly
         ckpts.wait()
         ckpts.close()
         writer.close()
     result["step"] = step
     if result["stopped"] is None:
-        best_step, best_state = checkpointing.restore_best_state(
-            workdir, jax.eval_shape(lambda: state), mesh
-        )
+        graphdef, best_step, best_state, _ = checkpointing.restore_best_state(workdir, mesh)
+        eval_fn = steps.jit_eval_step(graphdef, mesh, num_classes=info.num_classes)
         splits = config.export.get("splits") or export.default_splits(config)
         manifest = export.write_export(
             workdir, config, info, eval_fn, best_state, best_step, mesh, splits
@@ -252,7 +298,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         result["best_step"] = best_step
         result["export"] = manifest["metrics"]
         logging.info("Exported the best checkpoint (step %d) to %s: %s", best_step,
-                     os.path.join(workdir, export.EXPORT_DIR), manifest["metrics"])
+                     export.export_dir(workdir), manifest["metrics"])
     return result
 
 
@@ -270,45 +316,3 @@ def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
     visit("", config.to_dict())
     return flat
-
-
-class _Progress:
-    """Host-side bookkeeping between log points: throughput, ETA, the console line."""
-
-    def __init__(self, total_steps: int, start_step: int, global_batch_size: int):
-        self.total_steps = total_steps
-        self.batch = global_batch_size
-        self.last_step = start_step
-        self.last_time = time.perf_counter()
-
-    def restart_clock(self) -> None:
-        self.last_time = time.perf_counter()
-
-    def log(self, writer: Any, step: int, accumulated: dict, lr: Any) -> dict[str, float]:
-        sums = {k: float(v) for k, v in jax.device_get(accumulated).items()}
-        if sums["nonfinite"] > 0 or not np.isfinite(sums["loss_sum"]):
-            raise NonFiniteLossError(
-                f"Non-finite loss or gradients between steps {self.last_step + 1} and {step} "
-                f"(loss {sums['loss_sum'] / sums['count']:.4g}). Training stopped; the last good "
-                "checkpoint is kept. Lower optimizer.lr, or enable clipping with "
-                "optimizer.grad_clip_norm=1.0 (or use float32: model.dtype='float32')."
-            )
-        now = time.perf_counter()
-        rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
-        self.last_step, self.last_time = step, now
-        metrics = {
-            "train/loss": sums["loss_sum"] / sums["count"],
-            "train/accuracy": sums["correct"] / sums["count"],
-            "train/grad_norm": sums["grad_norm_sum"] / sums["steps"],
-            "train/learning_rate": float(lr),
-            "train/images_per_second": rate * self.batch,
-        }
-        writer.write_scalars(step, metrics)
-        eta = (self.total_steps - step) / max(rate, 1e-9)
-        logging.info(
-            "step %d/%d (%.0f%%) loss %.4f acc %.3f lr %.3g | %.1f img/s | ETA %s",
-            step, self.total_steps, 100 * step / self.total_steps, metrics["train/loss"],
-            metrics["train/accuracy"], metrics["train/learning_rate"],
-            metrics["train/images_per_second"], datetime.timedelta(seconds=round(eta)),
-        )
-        return metrics

@@ -8,20 +8,24 @@ Recipe (authors'): SGD lr 0.01, momentum 0.9, weight decay 1e-4 (on every parame
 PyTorch's SGD), x0.1 step decay every 15 epochs, batch 128, 224 px, inputs in [0, 1] without
 mean/std, random-resized crop + horizontal flip; evaluation resizes to 224. The loss is
 0.6 * CE(local head) + 0.4 * CE(global head). The MS-Celeb weights were published with the
-2021 code, whose multi-scale path B runs in the forward order: model.path_b_order="forward".
+2021 code, whose multi-scale path B runs in the forward order: model.path_b_order="auto" takes
+it from init.manet_code_version ("2021" -> "forward", "2023" -> "reverse").
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from configs import common
+from cer_jax import config_base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    config = common.get_base_config()
+    config = config_base.get_base_config()
+    config.member = "manet"
+    # path_b_order "auto": what init.manet_code_version says for an authors' .pth.tar, else
+    # "forward" (the published weights' 2021 code).
     config.model = ml_collections.ConfigDict(
-        dict(name="manet", path_b_order="forward", width=64, dtype="float32")
+        dict(name="manet", path_b_order="auto", width=64, dtype="float32")
     )
     config.input.normalization = "unit"
     config.input.train_resize = "random_resized_crop"
@@ -42,7 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.training.global_batch_size = 128
 
     if arg == "smoke":
-        common.smoke(config)
+        config_base.smoke(config)
         config.model.width = 16
     elif arg:
         raise ValueError(

@@ -14,20 +14,17 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common
+from cer_jax import config_base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    config = common.get_base_config()
+    config = config_base.get_base_config()
+    config.member = "resnet50"
     config.model = ml_collections.ConfigDict(
         dict(name="resnet", depth=50, width=64, dtype="float32")
     )
     config.input.normalization = "imagenet"
-    config.input.train_resize = "resize_crop"
-    config.input.color_jitter = (0.5, 0.5, 0.5, 0.1)
-    config.input.color_jitter_prob = 0.8
-    config.input.affine.prob = 0.5
-    config.input.blur.prob = 0.2
+    config_base.follow_up_augmentations(config)
 
     config.optimizer.name = "sgd"
     config.optimizer.lr = 0.01
@@ -41,13 +38,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.training.global_batch_size = 96
 
     if arg == "smoke":
-        common.smoke(config)
+        config_base.smoke(config)
+        config_base.no_heavy_augmentations(config)
         config.model.depth = 18
         config.model.width = 16
         config.training.num_steps = 300  # ~2x MA-Net's speed; 150 steps leave it near chance
-        config.input.color_jitter = None
-        config.input.affine.prob = 0.0
-        config.input.blur.prob = 0.0
     elif arg:
         raise ValueError(
             f"Unknown config argument {arg!r} for configs/resnet50.py: use '' or 'smoke'."

@@ -14,12 +14,14 @@ affine (15 deg, translate 0.1, scale 0.9-1.1, shear 10) and Gaussian blur.
 from __future__ import annotations
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
-from configs import common
+from cer_jax import config_base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    config = common.get_base_config()
+    config = config_base.get_base_config()
+    config.member = "vit"
     config.model = ml_collections.ConfigDict(
         dict(
             name="vit",
@@ -30,14 +32,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             stochastic_depth=0.1,
             head_zeroinit=True,  # big_vision fine-tuning convention
             dtype="float32",  # "bfloat16" for mixed precision on TPU / GPU
+            # None = auto: what init.checkpoint's format implies (AugReg / big_vision .npz:
+            # tanh GELU, 1e-6; Hugging Face: its config.json), else the model's default.
+            gelu_approximate=placeholder(bool),
+            layer_norm_eps=placeholder(float),
         )
     )
     config.input.normalization = "minus_one_one"
-    config.input.train_resize = "resize_crop"
-    config.input.color_jitter = (0.5, 0.5, 0.5, 0.1)
-    config.input.color_jitter_prob = 0.8
-    config.input.affine.prob = 0.5
-    config.input.blur.prob = 0.2
+    config_base.follow_up_augmentations(config)
 
     config.optimizer.name = "adamw"
     config.optimizer.lr = 3e-5
@@ -50,7 +52,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.training.global_batch_size = 96
 
     if arg == "smoke":
-        common.smoke(config)
+        config_base.smoke(config)
+        config_base.no_heavy_augmentations(config)
         # A ViT from scratch learns slowly from few images: smaller and faster (16 tokens at
         # 32 px), so it gets ~7x the steps of the CNN smoke runs in the same CPU time.
         config.model.variant = "test/8"
@@ -62,9 +65,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.model.stochastic_depth = 0.0
         # From scratch a zero head blocks the body's gradients for the first ~100 steps.
         config.model.head_zeroinit = False
-        config.input.color_jitter = None
-        config.input.affine.prob = 0.0
-        config.input.blur.prob = 0.0
         config.optimizer.lr = 1e-3
     elif arg:
         raise ValueError(f"Unknown config argument {arg!r} for configs/vit.py: use '' or 'smoke'.")

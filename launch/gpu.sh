@@ -1,25 +1,70 @@
 #!/usr/bin/env bash
-# Train cer_jax on one machine with NVIDIA GPUs (all visible GPUs form the data mesh).
+# One machine with NVIDIA GPUs: one process drives every visible GPU (the data-parallel mesh
+# spans them; no jax.distributed, no coordinator).
 #
-# Usage: launch/gpu.sh CONFIG WORKDIR [--config.* overrides...]
-#   CONFIG   e.g. configs/manet.py (or configs/manet.py:smoke)
-#   WORKDIR  output directory (checkpoints, TensorBoard events, config.json, export/)
-# Environment:
-#   INSTALL [1]  install the checkout and jax[cuda12] into the active Python first (0 to skip)
-#   CUDA_VISIBLE_DEVICES  which GPUs to use
-# TensorFlow (tf.data only) is kept off the GPUs by the input pipeline. Data and weights are
-# read from local paths only: see --config.dataset.* and --config.init.checkpoint.
+# Usage: launch/gpu.sh [--dry-run] COMMAND [ARGS...]
+#   --dry-run (or DRY_RUN=1) prints the exact commands, one per line, instead of running them.
+#
+# Commands:
+#   install                         pip install this checkout with the CUDA build of JAX
+#   train CONFIG WORKDIR [OVERRIDES...]
+#                                   one training (e.g. configs/manet.py runs/manet)
+#   ensemble RUNS [OVERRIDES...]    vit, manet and resnet50 into RUNS/<name> (the OVERRIDES go to
+#                                   all three, after the data and weights flags), then `fuse`
+#   fuse RUNS [OVERRIDES...]        fuse RUNS/vit,RUNS/manet,RUNS/resnet50 into RUNS/fusion
+#
+# Environment (defaults in brackets):
+#   CUDA_VISIBLE_DEVICES [all]  the GPUs to use
+#   DATA_DIR     TFDS data_dir holding the built rafdb dataset (--config.dataset.data_dir)
+#                [unset: the config's default, ~/tensorflow_datasets]
+#   VIT_WEIGHTS MANET_WEIGHTS RESNET50_WEIGHTS  pre-trained files for `ensemble` (unset: the
+#                member trains from scratch)
+#   SMOKE [0]    1: the configs' :smoke variants on synthetic data (a quick check of the setup)
+#   PYTHON [python]  JAX_SPEC ['jax[cuda12]>=0.10.2,<0.11']
+#   XLA_PYTHON_CLIENT_PREALLOCATE [false]  XLA takes GPU memory as it needs it instead of 75 %
+#                up front (the input pipeline shares the host)
 set -euo pipefail
 
-CONFIG=${1:?usage: launch/gpu.sh CONFIG WORKDIR [overrides...]}
-WORKDIR=${2:?usage: launch/gpu.sh CONFIG WORKDIR [overrides...]}
-shift 2
-REPO=$(cd "$(dirname "$0")/.." && pwd)
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+# shellcheck source=common.sh
+source "$HERE/common.sh"
 
-if [ "${INSTALL:-1}" = 1 ]; then
-  python -m pip install -q -e "$REPO" 'jax[cuda12]>=0.10.2,<0.11'
-fi
-cd "$REPO"
-# Let XLA take what it needs rather than 75% of GPU memory up front (tf.data shares the host).
-export XLA_PYTHON_CLIENT_PREALLOCATE=${XLA_PYTHON_CLIENT_PREALLOCATE:-false}
-exec python -m cer_jax.train --config="$CONFIG" --workdir="$WORKDIR" "$@"
+PYTHON=${PYTHON:-python}
+JAX_SPEC=${JAX_SPEC:-'jax[cuda12]>=0.10.2,<0.11'}
+PREALLOCATE=${XLA_PYTHON_CLIENT_PREALLOCATE:-false}
+
+launch_python() {
+  run env XLA_PYTHON_CLIENT_PREALLOCATE="$PREALLOCATE" "$PYTHON" "$@"
+}
+
+check_workdir() {
+  [ -n "$1" ] || die "empty workdir"
+}
+
+weights_for() {
+  printf '%s' "$1"
+}
+
+parse_flags "$@"
+shift "$FLAG_COUNT"
+[ $# -ge 1 ] || { usage >&2; exit 2; }
+COMMAND=$1
+shift
+case "$COMMAND" in
+  install)
+    need "$PYTHON"
+    run "$PYTHON" -m pip install -e "$REPO" "$JAX_SPEC"
+    ;;
+  train)
+    [ $# -ge 2 ] || die "usage: launch/gpu.sh train CONFIG WORKDIR [OVERRIDES...]"
+    need "$PYTHON"
+    run_train "$@"
+    ;;
+  ensemble | fuse)
+    [ $# -ge 1 ] || die "usage: launch/gpu.sh $COMMAND RUNS [OVERRIDES...]"
+    need "$PYTHON"
+    "run_$COMMAND" "$@"
+    ;;
+  *) die "unknown command '$COMMAND' (see launch/gpu.sh --help)" ;;
+esac

@@ -108,6 +108,24 @@ def test_random_erasing_changes_only_a_bounded_rectangle():
     assert erased >= 15
 
 
+def test_box_sampler_fit_rules_and_aspect_ratio():
+    """RandomResizedCrop may take the whole image (sides <= the image's); RandomErasing may not
+    (sides <); ratio is width / height for the crop and height / width for erasing."""
+    seeds = tf.random.experimental.stateless_split(_seed(0), 4)
+    shape = tf.constant([16, 16, 3])
+    whole = augment._sample_box(seeds, shape, (1.0, 1.0), (1.0, 1.0), strict=False)
+    assert [int(v) for v in whole] == [0, 0, 16, 16, 1]
+    none = augment._sample_box(seeds, shape, (1.0, 1.0), (1.0, 1.0), strict=True)
+    assert [int(v) for v in none[2:]] == [0, 0, 0]
+    wide = augment._sample_box(seeds, tf.constant([40, 40, 3]), (0.18, 0.18), (2.0, 2.0), False)
+    assert [int(v) for v in wide[2:]] == [12, 24, 1]  # area 0.18 * 1600 = 288, width 2 x height
+    x = _image(40, 40)
+    y = augment.random_erasing(x, _seed(1), area=(0.18, 0.18), ratio=(2.0, 2.0)).numpy()
+    rows, cols = np.nonzero(np.any(y != x, axis=-1))
+    assert rows.max() - rows.min() + 1 == 24 and cols.max() - cols.min() + 1 == 12  # tall
+    np.testing.assert_array_equal(augment.random_erasing(x, _seed(1), (1.0, 1.0)).numpy(), x)
+
+
 def test_color_jitter_stays_in_range_and_changes_image():
     x = _image()
     y = augment.color_jitter(x, _seed(3), 0.5, 0.5, 0.5, 0.1).numpy()
@@ -152,4 +170,3 @@ def test_normalisations_and_eval_view():
         cfg.normalization = mode
         out = augment.eval_view(image, cfg).numpy()
         np.testing.assert_allclose(out, np.broadcast_to(expected, out.shape), rtol=1e-6)
-        np.testing.assert_allclose(augment.denormalize(out, mode), 1.0, rtol=1e-6)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from cer_jax.bench import costs
@@ -71,3 +74,12 @@ def test_table_and_model_specs():
     table = costs.markdown_table(
         [costs.Costs("manet", 50_547_214, 2.0e9, 6.5e9)], image_size=224)
     assert "| manet | 50,547,214 | 2.00 | 6.50 | 3.25 |" in table.splitlines()
+
+
+def test_costs_command_uses_absl_flags():
+    proc = subprocess.run(
+        [sys.executable, "-m", "cer_jax.bench.costs", "--models=vit:test/8", "--image_size=16"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| vit:test/8 |" in proc.stdout

@@ -22,8 +22,8 @@ def _config(cache_dir, **input_overrides) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.dataset = dataset_defaults()
     c.dataset.synthetic = True
-    c.dataset.synthetic_num_train = 40
-    c.dataset.synthetic_num_test = 20
+    c.dataset.synthetic_num_train_images = 40
+    c.dataset.synthetic_num_test_images = 20
     c.dataset.cache_dir = str(cache_dir)
     c.input = input_defaults()
     c.input.image_size, c.input.resize_size = SIZE, 36

@@ -1,7 +1,9 @@
 """The main job end to end (data -> three trained members -> fusion), with tiny step counts.
 
-The same code path as `python -m cer_jax.demo`, only with 2 training steps per model and a small
-synthetic tree; it doubles as the fusion job's end-to-end test on real trainer workdirs.
+The same code path as `python -m cer_jax.demo`, only with 2 training steps per member
+(`--steps_scale=0.0005`: every `TRAIN_STEPS` x 0.0005 rounds to at most 2, the demo's minimum)
+and a small synthetic tree (80 train / 30 test images); it doubles as the fusion job's
+end-to-end test on real trainer workdirs.
 """
 
 import contextlib
@@ -10,11 +12,14 @@ import json
 import os
 
 import pytest
+from sklearn import metrics as skm
 
-from cer_jax import demo, export, fusion
+from cer_jax import demo, export
+from cer_jax.fusion import evaluator
 
 MODELS = ("vit", "manet", "resnet50")
-STEPS_SCALE = 0.005  # 2 training steps per model
+STEPS_SCALE = 0.0005
+STEPS = 2  # per member, at STEPS_SCALE
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +27,9 @@ def demo_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("demo"))
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        report = demo.run_demo(out, steps_scale=STEPS_SCALE, models=MODELS, num_images=(80, 30))
+        report = demo.run_demo(
+            out, steps_scale=STEPS_SCALE, models=MODELS, num_train_images=80, num_test_images=30
+        )
     return out, report, printed.getvalue()
 
 
@@ -30,23 +37,29 @@ def test_demo_trains_three_members_and_fuses_them(demo_run):
     out, report, printed = demo_run
     for stage in range(1, 6):
         assert f"=== [{stage}/5]" in printed
-    for model in MODELS:
-        steps = max(2, round(demo.TRAIN_STEPS[model] * STEPS_SCALE))
-        assert f"Training {model} ({steps} steps) in {os.path.join(out, model)}" in printed
+    assert "(80 train / 30 test images)" in printed
+    for member in MODELS:
+        assert f"Training {member} ({STEPS} steps) in {os.path.join(out, member)}" in printed
     assert f"fusion report: {os.path.join(out, 'fusion', 'report.md')}" in printed
     assert "| performance_weighted | fusion (paper)" in printed
 
-    assert [m["model"] for m in report["members"]] == ["vit", "manet", "resnet"]
+    # One name per member: --models value, workdir folder and report name.
+    assert [m["name"] for m in report["members"]] == list(MODELS)
     assert len(report["class_names"]) == 11
-    assert len(report["ablation"][fusion.strategies_lib.PAPER_STRATEGY]) == 7
-    for member, model in zip(report["members"], MODELS, strict=True):
-        workdir = os.path.join(out, model)
+    assert len(report["ablation"][evaluator.strategies_lib.PAPER_STRATEGY]) == 7
+    for member, name in zip(report["members"], MODELS, strict=True):
+        workdir = os.path.join(out, name)
+        assert member["workdir"] == workdir
         assert export.export_is_current(workdir)
-        info, _ = export.load_export(workdir)
+        info, outputs = export.load_export(workdir)
         assert member["step"] == info["step"]
-        for split in ("validation", "test"):  # the trainer's own scores of the same rows
-            for key in ("accuracy", "macro_f1"):
-                assert member["metrics"][split][key] == pytest.approx(info["metrics"][split][key])
+        for split in ("validation", "test"):  # recomputed from the exported rows by sklearn
+            labels, predictions = outputs[split]["labels"], outputs[split]["logits"].argmax(-1)
+            metrics = member["metrics"][split]
+            assert metrics["accuracy"] == pytest.approx(skm.accuracy_score(labels, predictions))
+            assert metrics["macro_f1"] == pytest.approx(
+                skm.f1_score(labels, predictions, average="macro")
+            )
     on_disk = json.loads(open(os.path.join(out, "fusion", "report.json")).read())
     assert on_disk["best_strategy"] == report["best_strategy"]
 
@@ -62,15 +75,15 @@ def test_fusion_reexports_stale_or_missing_member_exports(demo_run, tmp_path):
     os.rename(os.path.join(resnet, "export"), os.path.join(tmp_path, "resnet_export_moved"))
     assert not export.export_is_current(vit) and not export.export_is_current(resnet)
 
-    config = fusion.resolve_config(
-        fusion.load_default_config(), workdirs=[vit, resnet], out=str(tmp_path / "fusion")
+    config = evaluator.resolve_config(
+        evaluator.load_default_config(), workdirs=[vit, resnet], out=str(tmp_path / "fusion")
     )
     config.strategies = "performance_weighted"
-    again = fusion.fuse(config)
+    again = evaluator.fuse(config)
     assert export.export_is_current(vit) and export.export_is_current(resnet)
-    first = {m["model"]: m for m in report["members"]}
+    first = {m["name"]: m for m in report["members"]}
     for member in again["members"]:
-        assert member["step"] == first[member["model"]]["step"]
+        assert member["step"] == first[member["name"]]["step"]
         assert member["metrics"]["test"]["accuracy"] == pytest.approx(
-            first[member["model"]]["metrics"]["test"]["accuracy"]
+            first[member["name"]]["metrics"]["test"]["accuracy"]
         )

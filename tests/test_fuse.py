@@ -9,9 +9,10 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 from sklearn import metrics as skm
 
-from cer_jax import fusion
+from cer_jax.fusion import evaluator
 from cer_jax.fusion import members as members_lib
 
 CLASSES = ["Happily Surprised", "Sadly Fearful", "Sadly Angry", "Fearfully Surprised"]
@@ -48,9 +49,11 @@ def write_export(workdir: str, model: str, outputs: dict, class_names=CLASSES) -
     for split, arrays in outputs.items():
         np.savez(os.path.join(export, f"{split}.npz"), **arrays)
     info = {
-        "format": 1,
+        "format": 2,
+        "member": model,
         "model": model,
         "dataset": "rafdb/compound",
+        "train_split": "train_fit",
         "class_names": list(class_names),
         "step": 7,
         "splits": {split: f"{split}.npz" for split in outputs},
@@ -78,8 +81,8 @@ def three_members(tmp_path_factory):
 
 
 def fusion_config(workdirs, out, **overrides):
-    config = fusion.resolve_config(
-        fusion.load_default_config(), workdirs=workdirs, out=str(out)
+    config = evaluator.resolve_config(
+        evaluator.load_default_config(), workdirs=workdirs, out=str(out)
     )
     config.feature_mlp.max_epochs = 30
     config.optimised_weights.grid_step = 0.1
@@ -95,7 +98,7 @@ def sklearn_scores(outputs: dict, split: str) -> tuple[float, float]:
 
 def test_fuse_reports_every_member_and_strategy(three_members, tmp_path):
     out = tmp_path / "fusion"
-    report = fusion.fuse(fusion_config(three_members, out))
+    report = evaluator.fuse(fusion_config(three_members, out))
 
     assert [m["name"] for m in report["members"]] == ["vit", "manet", "resnet"]
     for member, workdir in zip(report["members"], three_members, strict=True):
@@ -138,27 +141,63 @@ def test_fuse_reports_every_member_and_strategy(three_members, tmp_path):
     assert not glob.glob(str(out / ".report-*"))
     events = glob.glob(str(out / "events.out.tfevents.*"))
     assert len(events) == 1
-    scalars = tensorboard_scalars(events[0])
-    assert scalars[f"{best}/test/macro_f1"] == pytest.approx(
-        report["strategies"][best]["metrics"]["test"]["macro_f1"], abs=1e-6
-    )
-    assert f"vit/validation/f1/{CLASSES[0]}" in scalars
-    assert scalars[f"{best}/validation/cv_macro_f1"] == pytest.approx(cv_f1[best], abs=1e-6)
-    single = report["ablation"]["performance_weighted"][0]
-    assert scalars[f"ablation/performance_weighted/{single['members'][0]}/test/accuracy"] == (
-        pytest.approx(single["metrics"]["test"]["accuracy"], abs=1e-6)
-    )
+    summaries = tensorboard_summaries(events[0])
+    # The report's tables as Markdown text and its figures as images; no single-point scalars.
+    assert summaries["scalars"] == {}
+    texts = summaries["text"]
+    assert set(texts) == {
+        "fusion/summary", "fusion/members", "fusion/per_class_f1/validation",
+        "fusion/per_class_f1/test", "fusion/ablation/performance_weighted", "fusion/chosen",
+    } | {f"fusion/ablation/{best}"}
+    assert texts["fusion/summary"].startswith("Fusion weights and hyper-parameters were chosen")
+    assert "| performance_weighted | fusion (paper)" in texts["fusion/summary"]
+    assert f"{100 * paper_row['macro_f1']:.2f}" in texts["fusion/summary"]
+    assert "| vit + manet + resnet |" in texts["fusion/ablation/performance_weighted"]
+    images = summaries["images"]
+    assert set(images) == {
+        f"fusion/figures/confusion_{best}_test", "fusion/figures/per_class_f1_test"
+    }
+    for name in (f"confusion_{best}_test", "per_class_f1_test"):
+        with Image.open(out / f"{name}.png") as png:  # the same figure (the PNG at 120 dpi)
+            width, height = images[f"fusion/figures/{name}"]
+            assert width > 300 and width / height == pytest.approx(png.width / png.height, 0.01)
 
 
-def tensorboard_scalars(path: str) -> dict[str, float]:
+def tensorboard_summaries(path: str) -> dict[str, dict]:
+    """{"scalars": {tag: value}, "text": {tag: Markdown}, "images": {tag: (width, height)}}."""
     import tensorflow as tf
 
-    values = {}
+    found = {"scalars": {}, "text": {}, "images": {}}
     for event in tf.compat.v1.train.summary_iterator(path):
         for value in event.summary.value:
-            if value.metadata.plugin_data.plugin_name == "scalars":
-                values[value.tag] = float(tf.make_ndarray(value.tensor))
-    return values
+            plugin = value.metadata.plugin_data.plugin_name
+            tensor = tf.make_ndarray(value.tensor)
+            if plugin == "scalars":
+                found["scalars"][value.tag] = float(tensor)
+            elif plugin == "text":
+                found["text"][value.tag] = tensor.item().decode()
+            elif plugin == "images":
+                found["images"][value.tag] = (int(tensor[0]), int(tensor[1]))  # then the PNG
+            else:
+                raise AssertionError(f"unexpected {plugin!r} summary {value.tag}")
+    return found
+
+
+def test_importing_fusion_leaves_matplotlib_alone():
+    """No import-time side effects: importing cer_jax.fusion (report, plots) in a fresh
+    interpreter neither sets matplotlib's backend nor loads pyplot."""
+    code = (
+        "import sys, matplotlib; before = matplotlib.rcParams._get_backend_or_none(); "
+        "import cer_jax.fusion, cer_jax.fusion.report, cer_jax.plots; "
+        "print(before == matplotlib.rcParams._get_backend_or_none(), "
+        "'matplotlib.pyplot' in sys.modules)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["True", "False"]
 
 
 def test_rows_are_aligned_by_file_name(tmp_path):
@@ -177,7 +216,7 @@ def test_rows_are_aligned_by_file_name(tmp_path):
     for split in ("validation", "test"):
         np.testing.assert_array_equal(data[split].logits[0], data[split].logits[1])
         np.testing.assert_array_equal(data[split].labels, outputs[split]["labels"])
-    report = fusion.fuse(fusion_config(
+    report = evaluator.fuse(fusion_config(
         [a, b], tmp_path / "out", strategies="uniform_probabilities", ablation=False
     ))
     fused = report["strategies"]["uniform_probabilities"]["metrics"]["test"]
@@ -194,7 +233,7 @@ def refusal(tmp_path, **changes) -> str:
     a = write_export(str(tmp_path / "a"), "vit", base)
     b = write_export(str(tmp_path / "b"), "resnet", other, class_names)
     with pytest.raises(ValueError) as error:
-        fusion.fuse(fusion_config([a, b], tmp_path / "out"))
+        evaluator.fuse(fusion_config([a, b], tmp_path / "out"))
     assert not (tmp_path / "out").exists()
     return str(error.value).replace(str(tmp_path), "<tmp>")
 
@@ -235,14 +274,14 @@ def test_refuses_a_member_without_the_needed_split(tmp_path):
     with pytest.raises(ValueError, match=re.escape(
         f"Member workdir {a} has no exported train_fit split (it has: test, validation)"
     )):
-        fusion.fuse(fusion_config([a], tmp_path / "out"))
-    with pytest.raises(FileNotFoundError, match="has neither a best checkpoint"):
-        fusion.fuse(fusion_config([str(tmp_path)], tmp_path / "out"))
+        evaluator.fuse(fusion_config([a], tmp_path / "out"))
+    with pytest.raises(members_lib.MemberError, match="has neither a best checkpoint"):
+        evaluator.fuse(fusion_config([str(tmp_path)], tmp_path / "out"))
 
 
 def test_select_on_test_is_flagged_in_the_report(three_members, tmp_path):
     out = tmp_path / "fusion"
-    report = fusion.fuse(fusion_config(
+    report = evaluator.fuse(fusion_config(
         three_members, out, select_on="test", ablation=False,
         strategies="performance_weighted,optimised_weights",
     ))
@@ -254,7 +293,7 @@ def test_select_on_test_is_flagged_in_the_report(three_members, tmp_path):
     warning = "**WARNING: fusion weights and hyper-parameters were chosen on the test split"
     markdown = (out / "report.md").read_text()
     assert markdown.splitlines()[2].startswith(warning)
-    assert fusion.report_lib.summary_table(report).startswith(warning)
+    assert evaluator.report_lib.summary_table(report).startswith(warning)
 
 
 def test_command_line_flags_and_config_form(three_members, tmp_path):
@@ -277,13 +316,13 @@ def test_command_line_flags_and_config_form(three_members, tmp_path):
 
 def test_bad_config_values_are_named(three_members, tmp_path):
     with pytest.raises(ValueError, match="Unknown fusion strategy 'median' in config key "):
-        fusion.fuse(fusion_config(three_members, tmp_path, strategies="uniform_logits,median"))
+        evaluator.fuse(fusion_config(three_members, tmp_path, strategies="uniform_logits,median"))
     with pytest.raises(ValueError, match=re.escape(
         "config key select_on='train_fit' must be one of the reported splits"
     )):
-        fusion.fuse(fusion_config(three_members, tmp_path, select_on="train_fit"))
+        evaluator.fuse(fusion_config(three_members, tmp_path, select_on="train_fit"))
     with pytest.raises(ValueError, match=re.escape("No members to fuse: set --workdirs=A,B,C")):
-        fusion.fuse(fusion_config([], tmp_path))
+        evaluator.fuse(fusion_config([], tmp_path))
 
 
 def test_fuses_the_trainers_smoke_workdirs(trained_runs, tmp_path):
@@ -294,14 +333,14 @@ def test_fuses_the_trainers_smoke_workdirs(trained_runs, tmp_path):
     steps = [export.load_export(w)[0]["step"] for w in workdirs]
     config = fusion_config(workdirs, tmp_path / "fusion", ablation=False, selection_folds=3)
     config.stacking.update(inverse_regularisation=(0.1, 1.0, 10.0), max_folds=3)
-    report = fusion.fuse(config)
+    report = evaluator.fuse(config)
     assert [m["step"] for m in report["members"]] == steps  # current exports were reused
     for member, workdir in zip(report["members"], workdirs, strict=True):
-        info, outputs = export.load_export(workdir)
+        _, outputs = export.load_export(workdir)
         for split in ("validation", "test"):
-            assert member["metrics"][split]["accuracy"] == pytest.approx(
-                info["metrics"][split]["accuracy"]
-            )
+            accuracy, f1 = sklearn_scores(outputs, split)  # from the exported rows, not the report
+            assert member["metrics"][split]["accuracy"] == pytest.approx(accuracy)
+            assert member["metrics"][split]["macro_f1"] == pytest.approx(f1)
             assert member["metrics"][split]["num_examples"] == len(outputs[split]["labels"])
     num_classes = len(report["class_names"])
     for name, row in report["strategies"].items():

@@ -184,3 +184,28 @@ def test_cross_validation_does_not_reward_fitting_noise():
 def test_unknown_strategy_is_refused():
     with pytest.raises(ValueError, match="Unknown fusion strategy 'median'"):
         strategies.fit_strategy("median", make_data([np.zeros((2, K))], np.zeros(2, int)))
+
+
+@pytest.mark.parametrize("name", sorted(strategies.STRATEGIES))
+@pytest.mark.parametrize("num_labels", [K, 2, 1])
+def test_every_fitted_strategy_predicts_from_its_serialisable_state(name, num_labels):
+    """`predict_from_state(name, state)` equals the fitted closure (what the ensemble stores)."""
+    rng = np.random.default_rng(11)
+
+    def split(n):
+        labels = rng.integers(0, num_labels, size=n)
+        logits = [one_hot_logits(labels, 2.0) + rng.normal(size=(n, K)) for _ in range(2)]
+        features = [rng.normal(size=(n, 3)).astype(np.float32) + labels[:, None] for _ in range(2)]
+        return make_data(logits, labels, features)
+
+    select, train, other = split(40), split(60), split(25)
+    options = {"max_epochs": 5} if name == "feature_mlp" else {}
+    fitted = strategies.fit_strategy(name, select, train, **options)
+    assert fitted.name == name
+    for key, value in fitted.state.items():
+        assert isinstance(value, np.ndarray | int | float | str), key
+    expected = fitted.predict_proba(other)
+    got = strategies.predict_from_state(name, fitted.state, other)
+    # sklearn's MLP computes in the features' float32; the state is applied in float64.
+    tolerance = 1e-6 if name == "feature_mlp" else 1e-12
+    np.testing.assert_allclose(got, expected, rtol=0, atol=tolerance)

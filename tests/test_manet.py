@@ -337,7 +337,7 @@ def test_prediction_is_point_six_local_plus_point_four_global():
 
 
 def test_path_orders_give_different_outputs_from_the_same_weights():
-    reverse = random_model(2)
+    reverse = random_model(2, path_b_order="reverse")
     forward = random_model(3, path_b_order="forward")
     nnx.update(forward, nnx.state(reverse))
     a, b = reverse(IMAGES), forward(IMAGES)

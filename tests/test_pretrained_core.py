@@ -108,3 +108,16 @@ def test_reader_errors_name_the_file(tmp_path):
     (tmp_path / "broken.npz").write_bytes(b"not a zip")
     with pytest.raises(readers.CheckpointReadError, match="Cannot read checkpoint .*broken.npz"):
         readers.read_checkpoint(tmp_path / "broken.npz")
+
+
+def test_reader_npz_bfloat16_stored_as_void(tmp_path):
+    """np.savez writes bfloat16 as 2-byte void; read back as big_vision's recover_dtype does."""
+    import ml_dtypes
+
+    values = np.array([1.5, -2.0, 3.25], ml_dtypes.bfloat16)
+    np.savez(tmp_path / "w.npz", x=values)
+    with np.load(tmp_path / "w.npz") as data:
+        assert data["x"].dtype.kind == "V"
+    loaded = readers.read_checkpoint(tmp_path / "w.npz")
+    assert loaded["x"].dtype == np.float32
+    np.testing.assert_array_equal(loaded["x"], [1.5, -2.0, 3.25])

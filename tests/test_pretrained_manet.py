@@ -1,77 +1,40 @@
 """Import of the authors' MA-Net checkpoint layout (`.pth.tar`, `module.` prefix, K = 12,666).
 
-The checkpoint is built from a model's own random parameters re-keyed to PyTorch names by the
-mapping below (written independently of cer_jax.pretrained.manet), so the import must give back
-exactly those arrays.
+The checkpoint is built from a model's own random parameters re-keyed to PyTorch names by
+tests/weight_files.py (written independently of cer_jax.pretrained.manet), so the import must
+give back exactly those arrays.
 """
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+import weight_files as wf
 from flax import nnx
 
 from cer_jax.models import create_model
-from cer_jax.pretrained import WeightImportError, load_pretrained
-from cer_jax.pretrained.core import model_arrays
+from cer_jax.pretrained import (
+    WeightImportError,
+    implied_settings,
+    load_pretrained,
+    model_settings,
+)
 from cer_jax.pretrained.readers import CheckpointReadError
 
-WIDTH, MS_CELEB_CLASSES = 8, 12_666
+WIDTH, MS_CELEB_CLASSES = 8, wf.MS_CELEB_CLASSES
 HEADS = ["fc_1/bias", "fc_1/kernel", "fc_2/bias", "fc_2/kernel"]
-
-
-def pytorch_name_and_layout(path: str, value: np.ndarray) -> tuple[str, np.ndarray]:
-    """NNX state path + Flax layout -> the authors' PyTorch key + PyTorch layout."""
-    *modules, leaf = path.split("/")
-    if modules[-2:] in (["mlp", "0"], ["mlp", "1"]):  # nn.Sequential(Flatten, Linear, ReLU, Linear)
-        modules[-1] = {"0": "1", "1": "3"}[modules[-1]]
-    if leaf == "kernel":
-        leaf = "weight"
-        value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
-    else:
-        leaf = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}[
-            leaf]
-    return ".".join(modules + [leaf]), value
-
-
-def randomise(model: nnx.Module, seed: int) -> None:
-    """Random values everywhere, BN statistics included (var > 0)."""
-    rng = np.random.default_rng(seed)
-    for name, var in model_arrays(model).items():
-        shape = var.get_value().shape
-        value = rng.uniform(0.5, 1.5, shape) if name.endswith("/var") else rng.normal(0, 0.1, shape)
-        var.set_value(jnp.asarray(value, jnp.float32))
 
 
 def random_model(seed: int, **kwargs) -> nnx.Module:
     """A tiny MA-Net filled from numpy (cheaper on CPU than jax.random op by op)."""
     model = nnx.eval_shape(
         lambda: create_model("manet", num_classes=7, rngs=nnx.Rngs(0), width=WIDTH, **kwargs))
-    randomise(model, seed)
-    return model
-
-
-def authors_checkpoint(model: nnx.Module) -> dict[str, torch.Tensor]:
-    """`model`'s arrays as the authors' state dict, with 12,666-way heads and BN step counters."""
-    state = {}
-    for path, var in model_arrays(model).items():
-        key, value = pytorch_name_and_layout(path, np.asarray(var.get_value()))
-        state[key] = torch.from_numpy(np.array(value))
-        if key.endswith("running_var"):
-            state[key.replace("running_var", "num_batches_tracked")] = torch.tensor(1234)
-    rng = np.random.default_rng(0)
-    for head in ("fc_1", "fc_2"):
-        state[f"{head}.weight"] = torch.from_numpy(rng.normal(size=(MS_CELEB_CLASSES, 8 * WIDTH)))
-        state[f"{head}.bias"] = torch.zeros(MS_CELEB_CLASSES)
-    return state
+    return wf.randomise(model, seed)
 
 
 def save(state: dict[str, torch.Tensor], path) -> str:
-    torch.save({"epoch": 30, "best_acc": torch.tensor(0.9),
-                "state_dict": {"module." + k: v for k, v in state.items()}}, path)
-    return str(path)
+    return str(wf.save_authors_checkpoint(state, path, recorder=False))
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +44,11 @@ def source():
 
 @pytest.fixture(scope="module")
 def checkpoint(source):
-    return authors_checkpoint(source)
+    return wf.manet_state_dict(source)
 
 
 def snapshot(model) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v.get_value()) for k, v in model_arrays(model).items()}
+    return wf.arrays(model)
 
 
 def test_checkpoint_keys_look_like_the_authors(checkpoint):
@@ -101,10 +64,15 @@ def test_checkpoint_keys_look_like_the_authors(checkpoint):
     assert tuple(checkpoint["fc_2.weight"].shape) == (MS_CELEB_CLASSES, 8 * WIDTH)
 
 
-@pytest.mark.parametrize("order", ["reverse", "forward"])
-def test_import_round_trips_exactly_and_replaces_heads(source, checkpoint, tmp_path, order):
-    path = save(checkpoint, tmp_path / "manet_ms_celeb.pth.tar")
-    target = random_model(5, path_b_order=order)
+def test_default_order_is_the_published_weights(source):
+    assert model_settings(source, "manet") == {"path_b_order": "forward"}
+
+
+@pytest.mark.parametrize("fmt", sorted(wf.MANET_FORMATS))
+def test_import_round_trips_exactly_and_replaces_heads(source, checkpoint, tmp_path, fmt):
+    path = wf.MANET_FORMATS[fmt](source, tmp_path)
+    implied = implied_settings("manet", path, manet_code_version=wf.MANET_CODE_VERSIONS[fmt])
+    target = random_model(5, path_b_order=implied["path_b_order"].value)
     before = snapshot(target)
     report = load_pretrained(target, "manet", path)
 
@@ -128,20 +96,9 @@ def test_imported_model_computes_the_source_features(source, checkpoint, tmp_pat
     np.testing.assert_allclose(target(images).features, source(images).features, rtol=1e-6)
 
 
-class RecorderMeter:
-    """Like the training-curve recorder the authors' script pickles beside the weights."""
-
-    def __init__(self):
-        self.epoch_losses = np.zeros((100, 2), np.float32)
-        self.current_epoch = 30
-
-
 def test_objects_saved_beside_the_weights_are_not_needed(source, checkpoint, tmp_path):
     """weights_only refuses the recorder's class; the weights still load, nothing is run."""
-    path = tmp_path / "with_recorder.pth.tar"
-    torch.save({"epoch": 30, "state_dict": {"module." + k: v for k, v in checkpoint.items()},
-                "optimizer": {"state": {}, "param_groups": [{"lr": 0.01}]},
-                "recorder": RecorderMeter()}, path)
+    path = wf.save_authors_checkpoint(checkpoint, tmp_path / "with_recorder.pth.tar")
     with pytest.raises(Exception, match="Weights only load failed"):
         torch.load(path, weights_only=True)
     target = random_model(9)
@@ -155,7 +112,7 @@ def test_objects_saved_beside_the_weights_are_not_needed(source, checkpoint, tmp
 def test_non_tensor_state_dict_entry_is_a_clear_error(checkpoint, tmp_path):
     path = tmp_path / "odd.pth.tar"
     state = {"module." + k: v for k, v in checkpoint.items()}
-    state["module.conv1.weight"] = RecorderMeter()
+    state["module.conv1.weight"] = wf.RecorderMeter()
     torch.save({"state_dict": state}, path)
     with pytest.raises(CheckpointReadError,
                        match=r"state-dict entry 'module\.conv1\.weight' is a pickled object"):

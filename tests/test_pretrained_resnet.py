@@ -1,16 +1,15 @@
 """ResNet weight import: logits of the imported model match the PyTorch reference (Hugging Face
 `ResNetForImageClassification`, random weights with perturbed BatchNorm statistics, no download)
 for Hugging Face safetensors and for torchvision / timm state dicts (`.pth` and safetensors),
-the latter written here by re-keying the reference weights independently of the importer."""
+the latter written by tests/weight_files.py, re-keying weights independently of the importer."""
 
 from __future__ import annotations
-
-import re
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+import weight_files as wf
 from flax import nnx
 from helpers import random_images, torch_logits
 from safetensors.numpy import load_file, save_file
@@ -26,8 +25,6 @@ RESNET50 = dict(embedding_size=64, hidden_sizes=[256, 512, 1024, 2048], depths=[
 TINY = {
     18: dict(embedding_size=8, hidden_sizes=[8, 16, 32, 64], depths=[2, 2, 2, 2],
              layer_type="basic"),
-    50: dict(embedding_size=8, hidden_sizes=[32, 64, 128, 256], depths=[3, 4, 6, 3],
-             layer_type="bottleneck"),
 }
 
 
@@ -50,26 +47,6 @@ def _hf_file(model, directory):
     return directory / "model.safetensors"
 
 
-def to_torchvision(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Hugging Face ResNet names -> torchvision / timm names (layouts are the same)."""
-    out = {}
-    for key, value in state.items():
-        key = key.removeprefix("resnet.")
-        key = key.replace("embedder.embedder.convolution.", "conv1.")
-        key = key.replace("embedder.embedder.normalization.", "bn1.")
-        key = key.replace("classifier.1.", "fc.")
-        m = re.fullmatch(r"encoder\.stages\.(\d)\.layers\.(\d+)\.(.*)", key)
-        if m:
-            stage, block, rest = int(m.group(1)) + 1, m.group(2), m.group(3)
-            rest = rest.replace("shortcut.convolution.", "downsample.0.")
-            rest = rest.replace("shortcut.normalization.", "downsample.1.")
-            rest = re.sub(r"layer\.(\d)\.convolution\.", lambda c: f"conv{int(c[1]) + 1}.", rest)
-            rest = re.sub(r"layer\.(\d)\.normalization\.", lambda c: f"bn{int(c[1]) + 1}.", rest)
-            key = f"layer{stage}.{block}.{rest}"
-        out[key] = value
-    return out
-
-
 def test_resnet50_hf_safetensors_logits_match(tmp_path):
     reference = _reference(**RESNET50)
     model = create_model("resnet", num_classes=7, rngs=nnx.Rngs(0), depth=50)
@@ -85,21 +62,40 @@ def test_resnet50_hf_safetensors_logits_match(tmp_path):
                                atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("depth", [18, 50])
-@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
-def test_torchvision_state_dict_logits_match(tmp_path, depth, suffix):
-    reference = _reference(seed=depth, **TINY[depth])
-    state = to_torchvision(load_file(str(_hf_file(reference, tmp_path / "hf"))))
-    assert "layer2.0.downsample.0.weight" in state and "fc.weight" in state
-    path = tmp_path / f"resnet{suffix}"
-    if suffix == ".pth":
-        torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)
-    else:
-        save_file(state, str(path))
-    model = create_model("resnet", num_classes=7, rngs=nnx.Rngs(0), depth=depth, width=8)
+@pytest.fixture(scope="module")
+def source():
+    """A random cer_jax ResNet-50 (width 8) and its transformers twin."""
+    model = wf.randomise(nnx.eval_shape(
+        lambda: create_model("resnet", num_classes=7, rngs=nnx.Rngs(0), depth=50, width=8)))
+    return model, wf.resnet_hf_reference(model)
+
+
+@pytest.mark.parametrize("fmt", sorted(wf.RESNET_FORMATS))
+def test_every_format_round_trips_and_matches_transformers(source, tmp_path, fmt):
+    model, reference = source
+    path = wf.RESNET_FORMATS[fmt](model, tmp_path)
+    if fmt == "torchvision_pth":
+        assert "layer2.0.downsample.0.weight" in torch.load(path, weights_only=True)
+    target = create_model("resnet", num_classes=7, rngs=nnx.Rngs(1), depth=50, width=8)
+    report = load_pretrained(target, "resnet", path, keep_head=True)
+    assert report.reinitialised == [] and len(report.loaded) == 267
+    expected, got = wf.arrays(model), wf.arrays(target)
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    images = random_images(2, 64, seed=3)
+    np.testing.assert_allclose(target(jnp.asarray(images)).logits,
+                               torch_logits(reference, images), atol=1e-4, rtol=0)
+
+
+def test_resnet18_torchvision_state_dict_logits_match(tmp_path):
+    reference = _reference(seed=18, **TINY[18])
+    state = wf.to_torchvision(load_file(str(_hf_file(reference, tmp_path / "hf"))))
+    path = tmp_path / "resnet.pth"
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)
+    model = create_model("resnet", num_classes=7, rngs=nnx.Rngs(0), depth=18, width=8)
     report = load_pretrained(model, "resnet", path, keep_head=True)
     assert report.reinitialised == []
-    images = random_images(2, 64, seed=depth)
+    images = random_images(2, 64, seed=18)
     np.testing.assert_allclose(model(jnp.asarray(images)).logits, torch_logits(reference, images),
                                atol=1e-4, rtol=0)
 
@@ -128,7 +124,7 @@ def test_backbone_shape_mismatch_is_a_clear_error(tmp_path):
 
 def test_depth_mismatch_names_the_missing_blocks(tmp_path):
     reference = _reference(**TINY[18])
-    state = to_torchvision(load_file(str(_hf_file(reference, tmp_path / "hf"))))
+    state = wf.to_torchvision(load_file(str(_hf_file(reference, tmp_path / "hf"))))
     save_file(state, str(tmp_path / "r18.safetensors"))
     model = create_model("resnet", num_classes=7, rngs=nnx.Rngs(0), depth=34, width=8)
     with pytest.raises(WeightImportError, match=r"missing: layer1/2/bn1/bias \(8,\)"):
@@ -137,7 +133,7 @@ def test_depth_mismatch_names_the_missing_blocks(tmp_path):
 
 def test_unknown_tensor_is_an_error_not_skipped(tmp_path):
     reference = _reference(**TINY[18])
-    state = to_torchvision(load_file(str(_hf_file(reference, tmp_path / "hf"))))
+    state = wf.to_torchvision(load_file(str(_hf_file(reference, tmp_path / "hf"))))
     state["layer1.0.se.fc1.weight"] = np.ones((2, 8, 1, 1), np.float32)  # an SE-ResNet
     save_file(state, str(tmp_path / "seresnet.safetensors"))
     model = create_model("resnet", num_classes=7, rngs=nnx.Rngs(0), depth=18, width=8)

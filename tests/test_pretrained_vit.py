@@ -1,7 +1,8 @@
 """ViT weight import: logits of the imported model match the PyTorch reference (Hugging Face
-`transformers`, random weights, no download) for the Hugging Face, AugReg/big_vision `.npz` and
-timm layouts. The `.npz` and timm files are written here by re-keying the reference weights
-independently of the importer's code."""
+`transformers`, no download) for the Hugging Face, AugReg/big_vision `.npz` (flat, scanned,
+`params/` and `opt/target/` prefixed) and timm layouts. The files are written by
+tests/weight_files.py, re-keying weights independently of the importer's code; the reference is
+transformers' own ViT, independent of cer_jax's."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import logging
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.ndimage
 import torch
-import torch.nn.functional as F
+import weight_files as wf
 from flax import nnx
 from helpers import random_images, torch_logits
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 from safetensors.torch import save_file as save_torch_file
 from transformers import ViTConfig, ViTForImageClassification, ViTModel
 
@@ -41,101 +43,23 @@ def _jax_vit(variant: str, image_size: int, **kwargs):
                         image_size=image_size, **kwargs)
 
 
-def _state(model, directory) -> dict[str, np.ndarray]:
-    """The tensors as Hugging Face writes them (Hub names; transformers 5 renames in memory)."""
-    model.save_pretrained(directory)
-    return load_file(str(directory / "model.safetensors"))
-
-
-def _hf_block(state, i):
-    p = f"vit.encoder.layer.{i}."
-    return {name: state[p + name] for name in [
-        f"attention.attention.{q}.{leaf}" for q in ("query", "key", "value")
-        for leaf in ("weight", "bias")
-    ] + [
-        f"{m}.{leaf}" for m in ("attention.output.dense", "intermediate.dense", "output.dense",
-                                "layernorm_before", "layernorm_after")
-        for leaf in ("weight", "bias")
-    ]}
-
-
-def to_augreg_npz(state, depth: int, heads: int, big_vision: bool = False) -> dict:
-    """HF names/layouts -> vision_transformer (AugReg) or big_vision .npz names/layouts."""
-    width = state["vit.embeddings.cls_token"].shape[-1]
-    attn = "MultiHeadDotProductAttention_0" if big_vision else "MultiHeadDotProductAttention_1"
-    ln2, mlp = ("LayerNorm_1", "MlpBlock_0") if big_vision else ("LayerNorm_2", "MlpBlock_3")
-    posemb = state["vit.embeddings.position_embeddings"]
-    out = {
-        "cls": state["vit.embeddings.cls_token"],
-        "embedding/kernel": state["vit.embeddings.patch_embeddings.projection.weight"]
-        .transpose(2, 3, 1, 0),
-        "embedding/bias": state["vit.embeddings.patch_embeddings.projection.bias"],
-        "Transformer/encoder_norm/scale": state["vit.layernorm.weight"],
-        "Transformer/encoder_norm/bias": state["vit.layernorm.bias"],
-        "head/kernel": state["classifier.weight"].T,
-        "head/bias": state["classifier.bias"],
-    }
-    if big_vision:  # no position entry for the class token
-        assert np.all(posemb[:, 0] == 0)
-        out["pos_embedding"] = posemb[:, 1:]
-    else:
-        out["Transformer/posembed_input/pos_embedding"] = posemb
-    for i in range(depth):
-        b, p = _hf_block(state, i), f"Transformer/encoderblock_{i}/"
-        for q in ("query", "key", "value"):
-            out[p + f"{attn}/{q}/kernel"] = b[f"attention.attention.{q}.weight"].T.reshape(
-                width, heads, -1)
-            out[p + f"{attn}/{q}/bias"] = b[f"attention.attention.{q}.bias"].reshape(heads, -1)
-        out[p + f"{attn}/out/kernel"] = b["attention.output.dense.weight"].T.reshape(
-            heads, -1, width)
-        out[p + f"{attn}/out/bias"] = b["attention.output.dense.bias"]
-        out[p + "LayerNorm_0/scale"] = b["layernorm_before.weight"]
-        out[p + "LayerNorm_0/bias"] = b["layernorm_before.bias"]
-        out[p + f"{ln2}/scale"] = b["layernorm_after.weight"]
-        out[p + f"{ln2}/bias"] = b["layernorm_after.bias"]
-        out[p + f"{mlp}/Dense_0/kernel"] = b["intermediate.dense.weight"].T
-        out[p + f"{mlp}/Dense_0/bias"] = b["intermediate.dense.bias"]
-        out[p + f"{mlp}/Dense_1/kernel"] = b["output.dense.weight"].T
-        out[p + f"{mlp}/Dense_1/bias"] = b["output.dense.bias"]
-    return out
-
-
-def to_timm(state, depth: int) -> dict:
-    """HF names -> timm vit_* names (fused qkv, PyTorch layouts kept)."""
-    out = {
-        "cls_token": state["vit.embeddings.cls_token"],
-        "pos_embed": state["vit.embeddings.position_embeddings"],
-        "patch_embed.proj.weight": state["vit.embeddings.patch_embeddings.projection.weight"],
-        "patch_embed.proj.bias": state["vit.embeddings.patch_embeddings.projection.bias"],
-        "norm.weight": state["vit.layernorm.weight"],
-        "norm.bias": state["vit.layernorm.bias"],
-        "head.weight": state["classifier.weight"],
-        "head.bias": state["classifier.bias"],
-    }
-    for i in range(depth):
-        b, p = _hf_block(state, i), f"blocks.{i}."
-        for leaf in ("weight", "bias"):
-            out[p + f"attn.qkv.{leaf}"] = np.concatenate(
-                [b[f"attention.attention.{q}.{leaf}"] for q in ("query", "key", "value")])
-            out[p + f"attn.proj.{leaf}"] = b[f"attention.output.dense.{leaf}"]
-            out[p + f"norm1.{leaf}"] = b[f"layernorm_before.{leaf}"]
-            out[p + f"norm2.{leaf}"] = b[f"layernorm_after.{leaf}"]
-            out[p + f"mlp.fc1.{leaf}"] = b[f"intermediate.dense.{leaf}"]
-            out[p + f"mlp.fc2.{leaf}"] = b[f"output.dense.{leaf}"]
-    return out
+@pytest.fixture(scope="module")
+def source():
+    """A random cer_jax ViT (test/8, 32 px, exact GELU, epsilon 1e-12) and its transformers twin."""
+    model = wf.randomise(_jax_vit("test/8", 32), seed=0)
+    return model, wf.vit_hf_reference(model)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """(reference model, its model.safetensors path) for a 32x32 / patch-8 two-layer ViT."""
-    model = _reference(ViTConfig(image_size=32, **TINY))
-    directory = tmp_path_factory.mktemp("hf_vit")
-    model.save_pretrained(directory)
-    return model, directory / "model.safetensors"
+def tiny(source, tmp_path_factory):
+    """(reference model, its model.safetensors path written by save_pretrained)."""
+    model, reference = source
+    return reference, wf.write_hf_vit(model, tmp_path_factory.mktemp("hf_vit"))
 
 
 def test_hf_safetensors_logits_match(tiny):
     reference, path = tiny
+    assert (path.parent / "config.json").is_file()
     images = random_images(3, 32)
     model = _jax_vit("test/8", 32)
     report = load_pretrained(model, "vit", path, keep_head=True)
@@ -145,13 +69,15 @@ def test_hf_safetensors_logits_match(tiny):
                                atol=1e-4, rtol=0)
 
 
-def test_hf_default_eps_warns_and_stays_close(tiny, caplog):
+def test_model_settings_other_than_the_file_implies_warn(tiny, caplog):
+    """config.json says layer_norm_eps=1e-12; a model built with 1e-6 loads, with a warning."""
     reference, path = tiny
-    images = random_images(2, 32)
     model = _jax_vit("test/8", 32, layer_norm_eps=1e-6)
     with caplog.at_level(logging.WARNING):
         load_pretrained(model, "vit", path, keep_head=True)
-    assert "layer_norm_eps=1e-06" in caplog.text and "1e-12" in caplog.text
+    assert "implies model.layer_norm_eps=1e-12" in caplog.text
+    assert "built with 1e-06" in caplog.text and "gelu_approximate" not in caplog.text
+    images = random_images(2, 32)
     np.testing.assert_allclose(model(jnp.asarray(images)).logits, torch_logits(reference, images),
                                atol=1e-4, rtol=0)
 
@@ -164,44 +90,74 @@ def test_new_head_is_left_at_initialisation(tiny):
     np.testing.assert_array_equal(model.head.kernel[...], 0.0)  # head_zeroinit
 
 
-def _scanned(arrays: dict) -> dict:
-    """big_vision with scan=True: one `Transformer/encoderblock/...` stack over layers."""
-    out = {k: v for k, v in arrays.items() if not k.startswith("Transformer/encoderblock_")}
-    for key in [k for k in arrays if k.startswith("Transformer/encoderblock_0/")]:
-        rest = key.removeprefix("Transformer/encoderblock_0/")
-        out["Transformer/encoderblock/" + rest] = np.stack(
-            [arrays[f"Transformer/encoderblock_{i}/{rest}"] for i in range(2)])
-    return out
+@pytest.mark.parametrize("fmt", sorted(wf.VIT_FORMATS))
+def test_every_format_round_trips(source, tmp_path, fmt):
+    """Each written file gives back the source's arrays (big_vision: its class token carries its
+    position entry) and logits; the training-state .npz files' optimizer state is not read."""
+    model, _ = source
+    path = wf.VIT_FORMATS[fmt](model, tmp_path)
+    target = _jax_vit("test/8", 32)
+    report = load_pretrained(target, "vit", path, keep_head=True)
+    assert len(report.loaded) == 40 and report.unused == []
+    expected, got = wf.arrays(model), wf.arrays(target)
+    if fmt in wf.BIG_VISION_LAYOUTS:
+        assert report.resized == ["pos_embedding (1, 16, 32) -> (1, 17, 32): zero class-token "
+                                  "entry added (big_vision layout)"]
+        np.testing.assert_allclose(got["cls"], expected["cls"] + expected["pos_embedding"][:, :1],
+                                   rtol=1e-6)
+        np.testing.assert_array_equal(got["pos_embedding"][:, 0], 0.0)
+        np.testing.assert_array_equal(got["pos_embedding"][:, 1:],
+                                      expected["pos_embedding"][:, 1:])
+        del expected["cls"], expected["pos_embedding"]
+    else:
+        assert report.resized == []
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    images = jnp.asarray(random_images(2, 32, seed=4))
+    np.testing.assert_allclose(target(images).logits, model(images).logits, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("layout", ["augreg", "big_vision", "big_vision_scan"])
-def test_npz_logits_match(tmp_path, layout):
-    reference = _reference(ViTConfig(image_size=32, **TINY), seed=1)
-    big_vision = layout.startswith("big_vision")
-    if big_vision:  # big_vision adds no position embedding to the class token
-        with torch.no_grad():
-            reference.vit.embeddings.position_embeddings[:, 0] = 0.0
-    path = tmp_path / "vit.npz"
-    arrays = to_augreg_npz(_state(reference, tmp_path / "hf"), depth=2, heads=2,
-                           big_vision=big_vision)
-    np.savez(path, **(_scanned(arrays) if layout == "big_vision_scan" else arrays))
-    model = _jax_vit("test/8", 32)
-    report = load_pretrained(model, "vit", path, keep_head=True)
-    assert len(report.loaded) == 40
+@pytest.fixture(scope="module")
+def big_vision_network():
+    """A random ViT as big_vision computes it (tanh GELU, epsilon 1e-6) and its transformers twin
+    with the same activation (`gelu_pytorch_tanh`) and epsilon: an independent reference."""
+    model = wf.randomise(_jax_vit("test/8", 32, gelu_approximate=True, layer_norm_eps=1e-6),
+                        seed=1)
+    reference = wf.vit_hf_reference(model)
+    assert (reference.config.hidden_act, reference.config.layer_norm_eps) == (
+        "gelu_pytorch_tanh", 1e-6)
+    return model, reference
+
+
+@pytest.mark.parametrize("fmt", ["augreg_npz", "big_vision_scan_npz", "big_vision_params_npz"])
+def test_npz_computes_the_big_vision_network(big_vision_network, tmp_path, caplog, fmt):
+    """Loaded into a ViT with the settings the file implies, an .npz gives big_vision's logits to
+    1e-5; with the exact GELU it does not (and the import warns)."""
+    model, reference = big_vision_network
+    path = wf.VIT_FORMATS[fmt](model, tmp_path)
     images = random_images(2, 32, seed=1)
-    np.testing.assert_allclose(model(jnp.asarray(images)).logits, torch_logits(reference, images),
-                               atol=1e-4, rtol=0)
+    expected = torch_logits(reference, images)
+    target = _jax_vit("test/8", 32, gelu_approximate=True, layer_norm_eps=1e-6)
+    with caplog.at_level(logging.WARNING):
+        load_pretrained(target, "vit", path, keep_head=True)
+    assert caplog.text == ""
+    np.testing.assert_allclose(target(jnp.asarray(images)).logits, expected, atol=1e-5, rtol=0)
+
+    exact = _jax_vit("test/8", 32, gelu_approximate=False, layer_norm_eps=1e-6)
+    with caplog.at_level(logging.WARNING):
+        load_pretrained(exact, "vit", path, keep_head=True)
+    assert "implies model.gelu_approximate=True" in caplog.text
+    assert np.abs(np.asarray(exact(jnp.asarray(images)).logits) - expected).max() > 1e-5
 
 
-def test_timm_safetensors_logits_match(tmp_path):
-    reference = _reference(ViTConfig(image_size=32, **TINY), seed=2)
-    path = tmp_path / "model.safetensors"
-    save_file(to_timm(_state(reference, tmp_path / "hf"), depth=2), str(path))
-    model = _jax_vit("test/8", 32)
-    load_pretrained(model, "vit", path, keep_head=True)
+def test_timm_safetensors_logits_match(source, tmp_path):
+    model, reference = source
+    path = wf.write_timm_vit(model, tmp_path)
+    target = _jax_vit("test/8", 32)
+    load_pretrained(target, "vit", path, keep_head=True)
     images = random_images(2, 32, seed=2)
-    np.testing.assert_allclose(model(jnp.asarray(images)).logits, torch_logits(reference, images),
-                               atol=1e-4, rtol=0)
+    np.testing.assert_allclose(target(jnp.asarray(images)).logits,
+                               torch_logits(reference, images), atol=1e-4, rtol=0)
 
 
 def test_hf_in_memory_names_and_pooler(tmp_path):
@@ -242,16 +198,15 @@ def test_vit_b16_forward_matches(tmp_path):
                                atol=1e-4, rtol=0)
 
 
-def _interpolate(grid: np.ndarray, side: int) -> np.ndarray:
-    """Independent reference: torch bilinear, half-pixel centres, antialiased when shrinking."""
-    g = int(round(grid.shape[1] ** 0.5))
-    t = torch.from_numpy(grid.reshape(1, g, g, -1)).permute(0, 3, 1, 2)
-    out = F.interpolate(t, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
-    return out.permute(0, 2, 3, 1).reshape(1, side * side, -1).numpy()
+def _big_vision_resample(grid: np.ndarray, side: int) -> np.ndarray:
+    """big_vision's `resample_posemb` (big_vision/models/vit.py): SciPy order-1 zoom of the grid."""
+    old = int(round(grid.shape[1] ** 0.5))
+    zoomed = scipy.ndimage.zoom(grid.reshape(old, old, -1), (side / old, side / old, 1), order=1)
+    return zoomed.reshape(1, side * side, -1)
 
 
 @pytest.mark.parametrize("image_size", [160, 288])
-def test_position_embedding_resized_from_224(tmp_path, image_size):
+def test_position_embedding_resized_as_big_vision(tmp_path, image_size):
     config = ViTConfig(image_size=224, **{**TINY, "patch_size": 16})
     reference = _reference(config)
     reference.save_pretrained(tmp_path)
@@ -261,26 +216,29 @@ def test_position_embedding_resized_from_224(tmp_path, image_size):
     posemb = reference.vit.embeddings.position_embeddings.detach().numpy()
     assert report.resized == [
         f"pos_embedding (1, 197, 32) -> (1, {1 + side * side}, 32): grid 14x14 -> "
-        f"{side}x{side} (bilinear)"
+        f"{side}x{side} (order-1 zoom, as big_vision)"
     ]
     got = np.asarray(model.pos_embedding[...])
     assert got.shape == (1, 1 + side * side, 32)
     np.testing.assert_array_equal(got[:, 0], posemb[:, 0])  # the class-token entry is kept
-    np.testing.assert_allclose(got[:, 1:], _interpolate(posemb[:, 1:], side), atol=1e-5)
+    np.testing.assert_allclose(got[:, 1:], _big_vision_resample(posemb[:, 1:], side),
+                               rtol=0, atol=1e-6)
+    grid, old = got[0, 1:].reshape(side, side, 32), posemb[0, 1:].reshape(14, 14, 32)
+    for corner in [(0, 0), (0, -1), (-1, 0), (-1, -1)]:  # zoom keeps the corner samples
+        np.testing.assert_allclose(grid[corner], old[corner], rtol=1e-6)
     assert model(jnp.asarray(random_images(1, image_size))).logits.shape == (1, 7)
 
 
-def test_gap_model_drops_class_token(tiny):
-    reference, path = tiny
+def test_gap_model_drops_class_token(source, tiny):
+    _, path = tiny
     model = _jax_vit("test/8", 32, pool="gap")
     report = load_pretrained(model, "vit", path)
     assert report.unused == ["vit.embeddings.cls_token"]
     assert report.resized == [
         "pos_embedding (1, 17, 32) -> (1, 16, 32): class-token entry dropped (pool='gap')"
     ]
-    np.testing.assert_array_equal(
-        model.pos_embedding[...], reference.vit.embeddings.position_embeddings.detach()[:, 1:]
-    )
+    np.testing.assert_array_equal(model.pos_embedding[...],
+                                  wf.arrays(source[0])["pos_embedding"][:, 1:])
 
 
 def test_backbone_shape_mismatch_is_a_clear_error(tmp_path):
@@ -297,9 +255,8 @@ def test_backbone_shape_mismatch_is_a_clear_error(tmp_path):
     np.testing.assert_array_equal(model.blocks[0].norm1.scale[...], before)  # nothing written
 
 
-def test_unknown_tensor_is_an_error_not_skipped(tmp_path, tiny):
-    reference, _ = tiny
-    state = to_timm(_state(reference, tmp_path / "hf"), depth=2)
+def test_unknown_tensor_is_an_error_not_skipped(tmp_path, source):
+    state = wf.to_timm(wf.vit_hub_state(source[0]))
     state["blocks.0.ls1.gamma"] = np.ones(32, np.float32)  # layer scale: another architecture
     save_file(state, str(tmp_path / "model.safetensors"))
     with pytest.raises(WeightImportError, match=r"does not understand .*: blocks\.0\.ls1\.gamma"):

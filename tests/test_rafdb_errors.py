@@ -19,7 +19,7 @@ LABELS = "EmoLabel/list_patition_label.txt"
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> pathlib.Path:
     root = tmp_path_factory.mktemp("pristine") / "compound"
-    synthetic.write_tree(root, kind="compound", num_train=22, num_test=11, seed=3)
+    synthetic.write_tree(root, kind="compound", num_train_images=22, num_test_images=11, seed=3)
     return root
 
 
@@ -105,11 +105,23 @@ def test_name_without_split_prefix(tree, tmp_path):
 
 def test_basic_tree_given_to_a_compound_config(tmp_path):
     basic = tmp_path / "basic"
-    synthetic.write_tree(basic, kind="basic", num_train=14, num_test=7, seed=0)
+    synthetic.write_tree(basic, kind="basic", num_train_images=14, num_test_images=7, seed=0)
     message = _build_fails(basic, tmp_path / "data", config="compound_abaw7")
     assert message.endswith(
         "line 1: train_00001.jpg has 5 digits, but the compound tree numbers train images with "
         "4: is --manual_dir the basic tree?"
+    )
+
+
+def test_test_ids_must_have_four_digits(tree, tmp_path):
+    lines = _label_lines(tree)
+    line = next(i for i, x in enumerate(lines) if x.startswith("test_0001.jpg"))
+    lines[line] = "test_00001.jpg " + lines[line].split()[1]
+    _write_label_lines(tree, lines)
+    message = _build_fails(tree, tmp_path / "data")
+    assert message == (
+        f"{tree / LABELS}, line {line + 1}: test_00001.jpg has 5 digits, but the compound tree "
+        "numbers test images with 4."
     )
 
 

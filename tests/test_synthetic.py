@@ -6,6 +6,8 @@ import itertools
 import logging
 import pathlib
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from PIL import Image
 from cer_jax import synthetic
 from tfds_rafdb import rafdb
 
-LABELS = "EmoLabel/list_patition_label.txt"
+LABELS = "EmoLabel/list_patition_label.txt"  # RAF-DB's own name, written out independently
 
 
 def _files(root: pathlib.Path) -> dict[str, bytes]:
@@ -33,16 +35,18 @@ def _labels_text(root: pathlib.Path) -> list[str]:
 @pytest.fixture(scope="module")
 def compound_tree(tmp_path_factory) -> tuple[pathlib.Path, synthetic.TreeSummary]:
     root = tmp_path_factory.mktemp("synthetic") / "compound"
-    return root, synthetic.write_tree(root, kind="compound", num_train=44, num_test=15, seed=0)
+    return root, synthetic.write_tree(
+        root, kind="compound", num_train_images=44, num_test_images=15, seed=0
+    )
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes(compound_tree, tmp_path):
     root, _ = compound_tree
     again = tmp_path / "again"
-    synthetic.write_tree(again, kind="compound", num_train=44, num_test=15, seed=0)
+    synthetic.write_tree(again, kind="compound", num_train_images=44, num_test_images=15, seed=0)
     assert _files(again) == _files(root)
     other = tmp_path / "other"
-    synthetic.write_tree(other, kind="compound", num_train=44, num_test=15, seed=1)
+    synthetic.write_tree(other, kind="compound", num_train_images=44, num_test_images=15, seed=1)
     other_files = _files(other)
     assert other_files.keys() == _files(root).keys()
     changed = [k for k, v in _files(root).items() if k.endswith(".jpg") and other_files[k] != v]
@@ -71,7 +75,9 @@ def test_layout_names_and_label_file_format(compound_tree):
 
 
 def test_basic_tree_names_use_five_digit_train_ids(tmp_path):
-    summary = synthetic.write_tree(tmp_path, kind="basic", num_train=14, num_test=7, seed=0)
+    summary = synthetic.write_tree(
+        tmp_path, kind="basic", num_train_images=14, num_test_images=7, seed=0
+    )
     names = [n for n, _ in _entries(tmp_path)]
     assert names[0] == "train_00001.jpg" and names[13] == "train_00014.jpg"
     assert names[14:] == [f"test_{i:04d}.jpg" for i in range(1, 8)]
@@ -104,9 +110,13 @@ def test_class_counts_rejects_too_few_images():
 def test_ids_that_would_overflow_rafdb_digits_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"^10000 train images do not fit RAF-DB's 4-digit "
                                          r"compound train ids .*at most 9999\.$"):
-        synthetic.write_tree(tmp_path / "t", kind="compound", num_train=10_000, num_test=11)
+        synthetic.write_tree(
+            tmp_path / "t", kind="compound", num_train_images=10_000, num_test_images=11
+        )
     with pytest.raises(ValueError, match=r"^10000 test images .* 4-digit basic test ids"):
-        synthetic.write_tree(tmp_path / "t", kind="basic", num_train=14, num_test=10_000)
+        synthetic.write_tree(
+            tmp_path / "t", kind="basic", num_train_images=14, num_test_images=10_000
+        )
     assert not (tmp_path / "t").exists()  # refused before anything is written
 
 
@@ -142,7 +152,7 @@ def _examples(builder, split):
 )
 def test_tree_builds_through_the_builder(tmp_path, caplog, config, kind, ids_kept):
     root = tmp_path / kind
-    summary = synthetic.write_tree(root, kind=kind, num_train=40, num_test=15, seed=2)
+    summary = synthetic.write_tree(root, kind=kind, num_train_images=40, num_test_images=15, seed=2)
     # Irregularities the builder must accept: a 90x90 greyscale JPEG, an image without landmarks.
     grey = root / "Image/aligned/test_0001_aligned.jpg"
     Image.open(grey).convert("L").resize((90, 90)).save(grey, format="JPEG")
@@ -193,7 +203,9 @@ def test_tree_builds_through_the_builder(tmp_path, caplog, config, kind, ids_kep
 
 def test_validation_split_is_a_stable_hash_of_the_name(tmp_path):
     """Validation = per class, the round(10 %) names with the smallest sha256, in any order."""
-    a = synthetic.write_tree(tmp_path / "a", kind="compound", num_train=44, num_test=11, seed=5)
+    a = synthetic.write_tree(
+        tmp_path / "a", kind="compound", num_train_images=44, num_test_images=11, seed=5
+    )
     records = rafdb.layout.read_tree(tmp_path / "a", num_labels=11, tree="compound")
     chosen = rafdb.layout.validation_names(records)
     assert chosen == rafdb.layout.validation_names(records[::-1])
@@ -208,10 +220,44 @@ def test_validation_split_is_a_stable_hash_of_the_name(tmp_path):
     assert chosen == expected
 
 
-def test_cli_says_synthetic(tmp_path, capsys):
-    synthetic.main(["--out", str(tmp_path / "t"), "--num-train", "22", "--num-test", "11"])
-    out = capsys.readouterr().out
-    assert out.startswith(
-        f"Wrote a SYNTHETIC compound tree (drawn faces, not RAF-DB) to {tmp_path}"
+def test_cli_says_synthetic(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "cer_jax.synthetic", f"--out={tmp_path / 't'}",
+         "--num_train_images=22", "--num_test_images=11"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith(
+        f"Wrote a SYNTHETIC compound tree (drawn faces, not RAF-DB) to {tmp_path / 't'}\n"
+        "  22 train / 11 test images\n"
     )
     assert len(_entries(tmp_path / "t")) == 33
+
+
+def test_every_rafdb_class_is_drawn_from_its_named_emotions():
+    """The builder's class names (the one list) map to the emotions their words name."""
+    assert synthetic.class_emotions("Sadly Fearful") == ("sadness", "fear")
+    assert synthetic.class_emotions("Disgustedly Surprised") == ("disgust", "surprise")
+    assert synthetic.class_emotions("Neutral") == ("neutral",)
+    for tree, names, words in (("compound", rafdb.COMPOUND_CLASSES, 2),
+                               ("basic", rafdb.BASIC_CLASSES, 1)):
+        assert [name for name, _ in synthetic.CLASSES[tree]] == list(names)
+        for _, emotions in synthetic.CLASSES[tree]:
+            assert len(set(emotions)) == words
+            assert set(emotions) <= set(synthetic.EMOTION_ACTIONS)
+    basic = {emotions for _, emotions in synthetic.CLASSES["basic"]}
+    assert len(basic) == 7  # seven different emotions
+    with pytest.raises(ValueError, match="No drawing for RAF-DB class 'Calmly Bored'"):
+        synthetic.class_emotions("Calmly Bored")
+
+
+def test_the_builder_does_not_import_cer_jax():
+    """tfds_rafdb (the builder) depends on TFDS, epath, numpy and Pillow, never on cer_jax."""
+    code = (
+        "import sys, tfds_rafdb.rafdb, tfds_rafdb.rafdb.rafdb_dataset_builder_test; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'cer_jax'))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[]"

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
 import numpy as np
-
-from cer_jax.config_loading import REPO_ROOT
 
 SCRIPT = r"""
 import json, sys
@@ -56,8 +55,8 @@ def _run(num_devices: int) -> dict:
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}",
                JAX_PLATFORMS="cpu")
     out = subprocess.run(
-        [sys.executable, "-c", SCRIPT], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-        timeout=300,
+        [sys.executable, "-c", SCRIPT], cwd=pathlib.Path(__file__).parents[1], env=env,
+        capture_output=True, text=True, timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -1,6 +1,6 @@
 r"""Cost figures per model: trainable parameters and XLA-counted FLOPs per image.
 
-    python -m cer_jax.bench.costs [--image_size 224] [--models vit:B/16,resnet:50,manet]
+    python -m cer_jax.bench.costs [--image_size=224] [--models=vit:B/16,resnet:50,manet]
 
 FLOPs are what XLA's cost analysis counts for the compiled program (a multiply-add is 2 FLOPs,
 so ResNet-50's often quoted "4.1 GFLOPs" are multiply-adds, 8.2 GFLOPs here): the eval-mode
@@ -14,7 +14,6 @@ needed; only compilation runs.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from absl import app, flags
 from flax import nnx
 
 from cer_jax import models
@@ -59,12 +59,21 @@ def parse_model_spec(spec: str, *, image_size: int) -> tuple[str, dict[str, Any]
     return name, kwargs
 
 
-def xla_flops(fn, *args) -> float:
-    """FLOPs of `fn(*args)` as XLA counts them after compiling (args may be abstract)."""
-    analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
+def compiled_flops(compiled: Any) -> float:
+    """FLOPs of a compiled program (`jax.jit(f).lower(...).compile()`) by XLA's cost analysis.
+
+    The one place FLOPs are read: `cer_jax.bench` takes its FLOPs / image (and so FLOP/s and
+    MFU) from the very executables it times, through this function.
+    """
+    analysis = compiled.cost_analysis()
     if isinstance(analysis, Sequence):  # older jax: one dict per device program
         analysis = analysis[0]
-    return float(analysis["flops"])
+    return float(analysis.get("flops", 0.0)) if analysis else 0.0
+
+
+def xla_flops(fn, *args) -> float:
+    """FLOPs of `fn(*args)` as XLA counts them after compiling (args may be abstract)."""
+    return compiled_flops(jax.jit(fn).lower(*args).compile())
 
 
 def abstract_model(name: str, *, num_classes: int = 7, **model_kwargs: Any) -> nnx.Module:
@@ -136,23 +145,30 @@ def markdown_table(costs: Sequence[Costs], *, image_size: int) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--image_size", type=int, default=224)
-    parser.add_argument("--models", default=DEFAULT_MODELS,
-                        help="comma-separated name[:variant|depth|width] (default: %(default)s)")
-    parser.add_argument("--batch_size", type=int, default=1,
-                        help="batch the programs are compiled for; figures are per image")
-    parser.add_argument("--num_classes", type=int, default=7)
-    args = parser.parse_args(argv)
+def define_flags() -> None:
+    """The command's flags (defined only when it runs, so `cer_jax.bench` can import this)."""
+    flags.DEFINE_integer("image_size", 224, "Side of the square input.")
+    flags.DEFINE_string("models", DEFAULT_MODELS,
+                        "Comma-separated name[:variant|depth|width], e.g. "
+                        "vit:B/16,resnet:50,manet.")
+    flags.DEFINE_integer("batch_size", 1,
+                         "Batch the programs are compiled for; figures are per image.")
+    flags.DEFINE_integer("num_classes", 7, "Classes of the head.")
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    cfg = flags.FLAGS
     costs = []
-    for spec in filter(None, (s.strip() for s in args.models.split(","))):
-        name, kwargs = parse_model_spec(spec, image_size=args.image_size)
-        costs.append(model_costs(name, kwargs, image_size=args.image_size,
-                                 batch_size=args.batch_size, num_classes=args.num_classes,
+    for spec in filter(None, (s.strip() for s in cfg.models.split(","))):
+        name, kwargs = parse_model_spec(spec, image_size=cfg.image_size)
+        costs.append(model_costs(name, kwargs, image_size=cfg.image_size,
+                                 batch_size=cfg.batch_size, num_classes=cfg.num_classes,
                                  spec=spec))
-    print(markdown_table(costs, image_size=args.image_size))
+    print(markdown_table(costs, image_size=cfg.image_size))
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

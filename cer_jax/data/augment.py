@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import ml_collections
-import numpy as np
 
 Tensor = Any  # tf.Tensor; TensorFlow is imported lazily.
 
@@ -100,6 +99,42 @@ def random_crop(image: Tensor, seed: Tensor, size: int) -> Tensor:
     return tf.image.stateless_random_crop(image, [size, size, 3], seed)
 
 
+def _sample_box(
+    seeds: Tensor,
+    shape: Tensor,
+    area: Sequence[float],
+    ratio: Sequence[float],
+    strict: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """torchvision's box sampler (RandomResizedCrop, RandomErasing), written once.
+
+    Draws `_ATTEMPTS` candidate boxes at once: area = image area x U(area), aspect ratio
+    (width / height) log-uniform in `ratio`, sides rounded; takes the first that fits the image
+    (sides <= the image's, or < with `strict`) and places it uniformly at random. Uses
+    seeds[0] (area), seeds[1] (ratio) and seeds[2] (position).
+
+    Returns int32 (top, left, height, width) and `found`, whether any candidate fits; without
+    one, height = width = 0 and the caller decides.
+    """
+    tf = _tf()
+    h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+    target = h * w * _uniform(seeds[0], [_ATTEMPTS], area[0], area[1])
+    aspect = tf.exp(_uniform(seeds[1], [_ATTEMPTS], math.log(ratio[0]), math.log(ratio[1])))
+    bw = tf.round(tf.sqrt(target * aspect))
+    bh = tf.round(tf.sqrt(target / aspect))
+    fits = (bw < w) & (bh < h) if strict else (bw <= w) & (bh <= h)
+    ok = fits & (bw > 0) & (bh > 0)
+    first = tf.argmax(tf.cast(ok, tf.int32))
+    found = tf.reduce_any(ok)
+    bh = tf.cast(tf.where(found, bh[first], 0.0), tf.int32)
+    bw = tf.cast(tf.where(found, bw[first], 0.0), tf.int32)
+    u = _uniform(seeds[2], [2], 0.0, 1.0)
+    top = tf.cast(u[0] * tf.cast(shape[0] - bh + 1, tf.float32), tf.int32)
+    left = tf.cast(u[1] * tf.cast(shape[1] - bw + 1, tf.float32), tf.int32)
+    top, left = tf.minimum(top, shape[0] - bh), tf.minimum(left, shape[1] - bw)
+    return top, left, bh, bw, found
+
+
 def random_resized_crop(
     image: Tensor,
     seed: Tensor,
@@ -110,26 +145,17 @@ def random_resized_crop(
     """torchvision RandomResizedCrop: a box of random area / aspect ratio, resized to size."""
     tf = _tf()
     shape = tf.shape(image)
-    h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
     seeds = tf.random.experimental.stateless_split(seed, 4)
-    area = h * w * _uniform(seeds[0], [_ATTEMPTS], scale[0], scale[1])
-    aspect = tf.exp(_uniform(seeds[1], [_ATTEMPTS], math.log(ratio[0]), math.log(ratio[1])))
-    cw = tf.round(tf.sqrt(area * aspect))
-    ch = tf.round(tf.sqrt(area / aspect))
-    ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
-    first = tf.argmax(tf.cast(ok, tf.int32))
+    top, left, ch, cw, found = _sample_box(seeds, shape, scale, ratio, strict=False)
     # Fallback (no candidate fits): the central crop with the aspect ratio clamped to `ratio`.
+    h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
     in_ratio = w / h
     fw = tf.where(in_ratio < ratio[0], w, tf.where(in_ratio > ratio[1], tf.round(h * ratio[1]), w))
     fh = tf.where(in_ratio < ratio[0], tf.round(w / ratio[0]), h)
-    any_ok = tf.reduce_any(ok)
-    cw = tf.cast(tf.where(any_ok, cw[first], fw), tf.int32)
-    ch = tf.cast(tf.where(any_ok, ch[first], fh), tf.int32)
-    u = _uniform(seeds[2], [2], 0.0, 1.0)
-    top_rand = tf.cast(u[0] * tf.cast(shape[0] - ch + 1, tf.float32), tf.int32)
-    left_rand = tf.cast(u[1] * tf.cast(shape[1] - cw + 1, tf.float32), tf.int32)
-    top = tf.where(any_ok, tf.minimum(top_rand, shape[0] - ch), (shape[0] - ch) // 2)
-    left = tf.where(any_ok, tf.minimum(left_rand, shape[1] - cw), (shape[1] - cw) // 2)
+    fh, fw = tf.cast(fh, tf.int32), tf.cast(fw, tf.int32)
+    ch, cw = tf.where(found, ch, fh), tf.where(found, cw, fw)
+    top = tf.where(found, top, (shape[0] - ch) // 2)
+    left = tf.where(found, left, (shape[1] - cw) // 2)
     crop = image[top : top + ch, left : left + cw]
     return tf.ensure_shape(resize(crop, size), [size, size, 3])
 
@@ -286,21 +312,13 @@ def random_erasing(
     """
     tf = _tf()
     shape = tf.shape(image)
-    h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
     seeds = tf.random.experimental.stateless_split(seed, 4)
-    target = h * w * _uniform(seeds[0], [_ATTEMPTS], area[0], area[1])
-    aspect = tf.exp(_uniform(seeds[1], [_ATTEMPTS], math.log(ratio[0]), math.log(ratio[1])))
-    eh = tf.round(tf.sqrt(target * aspect))
-    ew = tf.round(tf.sqrt(target / aspect))
-    ok = (eh < h) & (ew < w) & (eh > 0) & (ew > 0)
-    first = tf.argmax(tf.cast(ok, tf.int32))
-    eh = tf.where(tf.reduce_any(ok), eh[first], 0.0)
-    ew = tf.where(tf.reduce_any(ok), ew[first], 0.0)
-    u = _uniform(seeds[2], [2], 0.0, 1.0)
-    top = tf.floor(u[0] * (h - eh + 1.0))
-    left = tf.floor(u[1] * (w - ew + 1.0))
-    rows = tf.range(h)[:, None]
-    cols = tf.range(w)[None, :]
+    # torchvision's erasing ratio is height / width; the sampler's is width / height.
+    top, left, eh, ew, _ = _sample_box(
+        seeds, shape, area, (1.0 / ratio[1], 1.0 / ratio[0]), strict=True
+    )
+    rows = tf.range(shape[0])[:, None]
+    cols = tf.range(shape[1])[None, :]
     mask = (rows >= top) & (rows < top + eh) & (cols >= left) & (cols < left + ew)
     noise = tf.random.stateless_uniform(shape, seeds[3], dtype=tf.float32)
     return tf.where(mask[..., None], noise, image)
@@ -363,12 +381,3 @@ def eval_view(image: Tensor, cfg: ml_collections.ConfigDict) -> Tensor:
     else:
         x = central_crop(resize_shorter(x, cfg.resize_size), size)
     return normalize(_tf().ensure_shape(x, [size, size, 3]), cfg.normalization)
-
-
-def denormalize(image: np.ndarray, mode: str) -> np.ndarray:
-    """Inverse of `normalize` in numpy (for summaries of input images)."""
-    if mode == "imagenet":
-        return image * np.asarray(IMAGENET_STD) + np.asarray(IMAGENET_MEAN)
-    if mode == "minus_one_one":
-        return (image + 1.0) / 2.0
-    return image

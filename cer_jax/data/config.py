@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from cer_jax import synthetic
+
 
 def dataset_defaults() -> ml_collections.ConfigDict:
     """Where the examples come from and which splits train / evaluate."""
@@ -26,14 +28,17 @@ def dataset_defaults() -> ml_collections.ConfigDict:
     # True: draw the built-in synthetic RAF-DB tree into cache_dir on first use and build its
     # TFDS dataset there too (data_dir and manual_dir are then ignored). For smoke runs / CI.
     c.synthetic = False
-    c.synthetic_num_train = 200
-    c.synthetic_num_test = 60
+    c.synthetic_num_train_images = synthetic.NUM_TRAIN_IMAGES
+    c.synthetic_num_test_images = synthetic.NUM_TEST_IMAGES
     c.synthetic_seed = 0
     # Where synthetic trees and their TFDS builds live.
     c.cache_dir = "~/.cache/cer_jax"
     # For name="folder": root of a <split>/<class>/<image> tree. Class names are the sorted
     # sub-folder names and must be identical in every split.
     c.folder = ml_collections.FieldReference(None, field_type=str)
+    # True: accept classes without training examples (their F1 will be 0); False: stop before
+    # training and name them.
+    c.allow_empty_classes = False
     # The split the trainer fits on; "train_fit" is RAF-DB train minus the held-out validation.
     c.train_split = "train_fit"
     # Splits evaluated (and exported) during / after training.

@@ -39,6 +39,7 @@ __all__ = [
     "get_dataset_info",
     "host_slice",
     "train_iterator",
+    "validate_splits",
 ]
 
 _FOREVER = 2**62
@@ -98,6 +99,33 @@ def get_dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
     return info
 
 
+def validate_splits(
+    config: ml_collections.ConfigDict, info: DatasetInfo, splits: list[str]
+) -> None:
+    """Everything a run will read, checked before it costs anything: each split exists and
+    decodes, and every class has training examples (unless dataset.allow_empty_classes)."""
+    source = open_source(config.dataset)
+    for split in splits:
+        check_split(info, split, "config.dataset.train_split / eval_splits / export.splits")
+        bad = source.unreadable_files(split)
+        if bad:
+            raise DataConfigError(
+                f"{len(bad)} file(s) of split {split!r} cannot be decoded as images: "
+                f"{', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}. Remove or replace them, "
+                "then rerun."
+            )
+    split = config.dataset.train_split
+    counts = np.bincount(source.labels(split), minlength=info.num_classes)
+    empty = [name for name, count in zip(info.class_names, counts, strict=True) if count == 0]
+    if empty and not config.dataset.get("allow_empty_classes"):
+        raise DataConfigError(
+            f"Class(es) {', '.join(repr(n) for n in empty)} have no examples in the training "
+            f"split {split!r} of {info.name}, so the model could never predict them. Add "
+            "training images, remove the class folder(s), or set "
+            "--config.dataset.allow_empty_classes=True."
+        )
+
+
 def host_slice(num_examples: int, process_count: int, process_index: int) -> tuple[int, int]:
     """The contiguous [start, end) slice of a split read by one process (sizes differ <= 1)."""
     return (
@@ -133,8 +161,14 @@ def _naming_bad_files(source: Source, split: str, start: int, end: int) -> Itera
 
 
 def _numpy_batches(ds: Any, guard: contextlib.AbstractContextManager) -> Iterator[dict]:
-    with guard:
-        yield from ds.with_options(_options()).as_numpy_iterator()
+    """numpy batches of `ds`; closing the generator frees the tf.data iterator (and its
+    prefetch / autotune threads) at once instead of at interpreter exit."""
+    iterator = ds.with_options(_options()).as_numpy_iterator()
+    try:
+        with guard:
+            yield from iterator
+    finally:
+        del iterator
 
 
 def _prefetch(cfg: ml_collections.ConfigDict) -> int:
@@ -250,7 +284,7 @@ def eval_iterator(
     tf = import_tf()
     in_cfg = config.input
     check_input_config(in_cfg)
-    check_split(info, split, "split (config.dataset.eval_splits)")
+    check_split(info, split, "split")
     batch = local_batch_size(global_batch_size)
     total, count = info.split_sizes[split], jax.process_count()
     start, end = host_slice(total, count, jax.process_index())

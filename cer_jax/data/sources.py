@@ -18,15 +18,20 @@ from typing import Any, Protocol
 
 import ml_collections
 import numpy as np
+from absl import logging
+from etils import epath
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+from cer_jax.errors import UserError
+
+# What tf.io.decode_image reads (GIF: its first frame); other files are skipped and logged.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 SMOKE_HINT = (
     "To run without RAF-DB, use the built-in synthetic data: `--config.dataset.synthetic=True` "
     "or one of the `:smoke` configs."
 )
 
 
-class DataConfigError(ValueError):
+class DataConfigError(UserError):
     """A dataset / input config that cannot work; the message names the key and the fix."""
 
 
@@ -64,6 +69,9 @@ class Source(Protocol):
 
     def find_unreadable(self, split: str, start: int, end: int) -> str | None:
         """The first file in [start, end) of `split` that does not decode, if the source knows."""
+
+    def unreadable_files(self, split: str) -> list[str]:
+        """Every file of `split` that does not decode as an image (checked before training)."""
 
 
 def check_split(info: DatasetInfo, split: str, key: str) -> None:
@@ -103,7 +111,7 @@ def _synthetic_tree(config: ml_collections.ConfigDict, kind: str) -> str:
     cache = _expand(config.cache_dir)
     # The generator version is part of the key: a changed drawing never reuses an older tree.
     tag = (
-        f"{kind}-{config.synthetic_num_train}-{config.synthetic_num_test}"
+        f"{kind}-{config.synthetic_num_train_images}-{config.synthetic_num_test_images}"
         f"-seed{config.synthetic_seed}-v{synthetic.VERSION}"
     )
     root = os.path.join(cache, "synthetic", tag)
@@ -116,8 +124,8 @@ def _synthetic_tree(config: ml_collections.ConfigDict, kind: str) -> str:
         synthetic.write_tree(
             tmp,
             kind=kind,
-            num_train=config.synthetic_num_train,
-            num_test=config.synthetic_num_test,
+            num_train_images=config.synthetic_num_train_images,
+            num_test_images=config.synthetic_num_test_images,
             seed=config.synthetic_seed,
         )
         os.rename(tmp, root)
@@ -263,21 +271,44 @@ class TfdsSource:
     def find_unreadable(self, split: str, start: int, end: int) -> str | None:
         return None  # TFDS validated every image when it built the dataset.
 
+    def unreadable_files(self, split: str) -> list[str]:
+        return []  # TFDS validated every image when it built the dataset.
+
 
 # --------------------------------------------------------------------------------------------
 # Image folder
 
 
-def _subdirs(path: str) -> list[str]:
-    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+def _subdirs(path: epath.Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _spread_classes(files: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """Orders a split so that every contiguous slice holds each class in proportion: each file
+    sits at its relative position within its class. Per-host slices are then stratified, which
+    class-balanced sampling on each host relies on."""
+    by_class: dict[int, list[tuple[str, int]]] = {}
+    for item in files:
+        by_class.setdefault(item[1], []).append(item)
+    keyed = [
+        ((rank + 0.5) / len(items), label, item)
+        for label, items in by_class.items()
+        for rank, item in enumerate(items)
+    ]
+    return [item for *_, item in sorted(keyed)]
 
 
 class FolderSource:
-    """A <root>/<split>/<class>/<image> tree; class names are the sorted class folder names."""
+    """A <root>/<split>/<class>/<image> tree; class names are the sorted class folder names.
+
+    Images are whatever tf.io.decode_image reads (IMAGE_EXTENSIONS); grayscale images become RGB
+    by repeating the channel, an alpha channel is dropped. Other files are skipped and logged.
+    The root may be any epath (a local folder or gs://...).
+    """
 
     def __init__(self, config: ml_collections.ConfigDict):
-        root = _expand(config.folder)
-        if not root or not os.path.isdir(root):
+        root = epath.Path(_expand(config.folder)) if config.folder else None
+        if root is None or not root.is_dir():
             raise DataConfigError(
                 f"config.dataset.folder={config.folder!r} is not a directory. With "
                 "config.dataset.name='folder', set config.dataset.folder to the root of a "
@@ -286,37 +317,47 @@ class FolderSource:
         splits = _subdirs(root)
         if not splits:
             raise DataConfigError(
-                f"config.dataset.folder={root!r} has no split folders; expected "
+                f"config.dataset.folder={os.fspath(root)!r} has no split folders; expected "
                 "<split>/<class>/<image> (e.g. train/Happily Surprised/0001.jpg)."
             )
         self._files: dict[str, list[tuple[str, int]]] = {}
         classes: Sequence[str] | None = None
         for split in splits:
-            split_classes = _subdirs(os.path.join(root, split))
+            split_classes = _subdirs(root / split)
             if classes is None:
                 classes, first = split_classes, split
             elif split_classes != classes:
                 raise DataConfigError(
-                    f"config.dataset.folder={root!r}: class folders differ between splits "
-                    f"{first!r} ({', '.join(classes)}) and {split!r} "
+                    f"config.dataset.folder={os.fspath(root)!r}: class folders differ between "
+                    f"splits {first!r} ({', '.join(classes)}) and {split!r} "
                     f"({', '.join(split_classes)}). Every split needs the same class folders "
                     "(an empty folder is fine)."
                 )
-            files = []
+            files, skipped = [], []
             for label, name in enumerate(split_classes):
-                class_dir = os.path.join(root, split, name)
-                for f in sorted(os.listdir(class_dir)):
-                    if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
-                        files.append((f"{name}/{f}", label))
+                for path in sorted((root / split / name).iterdir()):
+                    if path.name.startswith("."):
+                        continue
+                    if path.name.lower().endswith(IMAGE_EXTENSIONS) and not path.is_dir():
+                        files.append((f"{name}/{path.name}", label))
+                    else:
+                        skipped.append(f"{name}/{path.name}")
+            if skipped:
+                logging.warning(
+                    "config.dataset.folder=%s: %d file(s) of split %r skipped (not %s): %s%s",
+                    root, len(skipped), split, "/".join(IMAGE_EXTENSIONS),
+                    ", ".join(skipped[:5]), ", ..." if len(skipped) > 5 else "",
+                )
             if not files:
                 raise DataConfigError(
-                    f"config.dataset.folder={root!r}: split folder {split!r} holds no images "
-                    f"({', '.join(IMAGE_EXTENSIONS)}) in its class folders."
+                    f"config.dataset.folder={os.fspath(root)!r}: split folder {split!r} holds no "
+                    f"images ({', '.join(IMAGE_EXTENSIONS)}) in its class folders."
                 )
-            self._files[split] = files
+            self._files[split] = _spread_classes(files)
         if not classes:
             raise DataConfigError(
-                f"config.dataset.folder={root!r}: split {first!r} has no class folders."
+                f"config.dataset.folder={os.fspath(root)!r}: split {first!r} has no class "
+                "folders."
             )
         self._root = root
         self.info = DatasetInfo(
@@ -326,17 +367,19 @@ class FolderSource:
             split_sizes={s: len(f) for s, f in self._files.items()},
         )
 
+    def _paths(self, split: str, start: int = 0, end: int | None = None) -> list[str]:
+        return [os.fspath(self._root / split / n) for n, _ in self._files[split][start:end]]
+
     def examples(self, split: str, start: int, end: int) -> Any:
         tf = import_tf()
         names, labels = zip(*self._files[split][start:end], strict=True)
-        paths = [os.path.join(self._root, split, n) for n in names]
 
         def load(path, label, name):
             image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
             return {"image": image, "label": label, "file_name": name}
 
         ds = tf.data.Dataset.from_tensor_slices(
-            (list(paths), np.asarray(labels, np.int32), list(names))
+            (self._paths(split, start, end), np.asarray(labels, np.int32), list(names))
         )
         return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -344,12 +387,22 @@ class FolderSource:
         return np.asarray([label for _, label in self._files[split]], np.int64)
 
     def find_unreadable(self, split: str, start: int, end: int) -> str | None:
-        """Slow path after a decode error: decodes the slice file by file to name the culprit."""
+        bad = self._undecodable(self._paths(split, start, end))
+        return bad[0] if bad else None
+
+    def unreadable_files(self, split: str) -> list[str]:
+        return self._undecodable(self._paths(split))
+
+    @staticmethod
+    def _undecodable(paths: list[str]) -> list[str]:
+        """The paths that tf.io.decode_image cannot read, decoded in parallel by tf.data."""
         tf = import_tf()
-        for name, _ in self._files[split][start:end]:
-            path = os.path.join(self._root, split, name)
-            try:
-                tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-            except tf.errors.InvalidArgumentError:
-                return path
-        return None
+
+        def decode(path, index):
+            image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+            return tf.shape(image)[0], index
+
+        ds = tf.data.Dataset.from_tensor_slices((paths, np.arange(len(paths))))
+        ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+        good = {int(index) for _, index in ds.as_numpy_iterator()}
+        return [path for index, path in enumerate(paths) if index not in good]

@@ -3,21 +3,26 @@
 A member is read from `<workdir>/export/`. When the workdir has a best checkpoint, the export is
 (re)written from it first unless it is current (`cer_jax.export.export_is_current`), so fusion
 always sees the best step's outputs. A workdir without checkpoints but with an export (e.g. one
-copied from another machine) is used as it is.
+copied from another machine) is used as it is. Workdirs may be local or remote (etils epath).
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from absl import logging
 
+from cer_jax import checkpointing, export
+from cer_jax.errors import UserError
 from cer_jax.fusion.strategies import FusionData
+
+
+class MemberError(UserError):
+    """Members that cannot be fused (missing, disagreeing, or lacking a split)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,30 +44,86 @@ class Member:
 
 
 def _has_best_checkpoint(workdir: str) -> bool:
-    best = os.path.join(workdir, "best")
-    return os.path.isdir(best) and bool(os.listdir(best))
+    best = checkpointing.workdir_path(workdir, checkpointing.BEST_DIR)
+    return best.is_dir() and any(best.iterdir())
 
 
-def load_member(workdir: str, splits: Sequence[str], *, reexport: bool = False) -> Member:
-    """Loads `workdir`'s export, exporting the best checkpoint first when the export is stale,
-    missing, lacks one of `splits`, or `reexport` is set."""
-    from cer_jax import export  # the trainer's module: pulls in the models and Orbax
-
-    if not os.path.isdir(workdir):
-        raise FileNotFoundError(
+def _require_workdir(workdir: str) -> None:
+    if not checkpointing.workdir_path(workdir).is_dir():
+        raise MemberError(
             f"Member workdir {workdir} does not exist (flag --workdirs / config key workdirs); "
             "pass the directories that `python -m cer_jax.train` wrote."
         )
-    has_export = os.path.isfile(os.path.join(workdir, "export", "export.json"))
+
+
+def _untrained(workdir: str) -> MemberError:
+    return MemberError(
+        f"Member workdir {workdir} has neither a best checkpoint (best/) nor an export "
+        "(export/export.json); train the model into it first."
+    )
+
+
+def _member_splits(workdir: str) -> tuple[str, list[str]] | None:
+    """(train split, all splits) of the member's dataset, from its config.json if it has one."""
+    if not checkpointing.workdir_path(workdir, checkpointing.CONFIG_FILE).exists():
+        return None
+    config = checkpointing.load_config(workdir)
+    return config.dataset.train_split, sorted(config.dataset_info.split_sizes)
+
+
+def common_train_split(workdirs: Sequence[str]) -> str:
+    """The members' own dataset.train_split (what they were fitted on); they must agree."""
+    found = {}
+    for workdir in workdirs:
+        _require_workdir(workdir)
+        manifest = export.read_manifest(workdir)
+        splits = _member_splits(workdir)
+        if splits is not None:
+            found[workdir] = splits[0]
+        elif manifest is not None and manifest.get("train_split"):
+            found[workdir] = manifest["train_split"]
+        elif manifest is None:
+            raise _untrained(workdir)
+    if len(set(found.values())) > 1:
+        raise MemberError(
+            "Members were trained on different splits ("
+            + ", ".join(f"{w}: {s!r}" for w, s in found.items())
+            + "); choose the split feature_mlp trains on with --config.train_split=NAME."
+        )
+    if not found:
+        raise MemberError(
+            "Cannot tell which split the members were trained on (no config.json or export); "
+            "set --config.train_split=NAME."
+        )
+    return next(iter(found.values()))
+
+
+def load_member(
+    workdir: str, splits: Sequence[str], *, reexport: bool = False,
+    split_keys: dict[str, str] | None = None,
+) -> Member:
+    """Loads `workdir`'s export, exporting the best checkpoint first when the export is stale,
+    missing, lacks one of `splits`, or `reexport` is set. `split_keys` names the fusion config
+    key that asked for each split, for error messages."""
+    _require_workdir(workdir)
+    member_splits = _member_splits(workdir)
+    if member_splits is not None:
+        unknown = [s for s in splits if s not in member_splits[1]]
+        if unknown:
+            keys = split_keys or {}
+            key = keys.get(unknown[0], "eval_splits")
+            raise MemberError(
+                "; ".join(f"config key {keys.get(s, 'eval_splits')}={s!r}" for s in unknown)
+                + f": member {workdir}'s dataset has no such split (it has: "
+                f"{', '.join(member_splits[1])}). Set --config.{key} to one of those."
+            )
+    has_export = export.read_manifest(workdir) is not None
     if _has_best_checkpoint(workdir):
         if reexport or not export.export_is_current(workdir):
             logging.info("Exporting the best checkpoint of %s", workdir)
             export.export_workdir(workdir)
     elif not has_export:
-        raise FileNotFoundError(
-            f"Member workdir {workdir} has neither a best checkpoint (best/) nor an export "
-            "(export/export.json); train the model into it first."
-        )
+        raise _untrained(workdir)
     else:
         logging.info("%s has no checkpoints: using its export as it is", workdir)
     info, outputs = export.load_export(workdir)
@@ -73,26 +134,31 @@ def load_member(workdir: str, splits: Sequence[str], *, reexport: bool = False) 
         info, outputs = export.load_export(workdir)
         missing = [split for split in splits if split not in outputs]
     if missing:
-        raise ValueError(
+        raise MemberError(
             f"Member workdir {workdir} has no exported {', '.join(missing)} split "
             f"(it has: {', '.join(sorted(outputs))}); export it with "
             f"cer_jax.export.export_workdir({workdir!r}, splits=[...]) or change config keys "
             "eval_splits / train_split."
         )
-    return Member(name=str(info["model"]), workdir=workdir, info=info, outputs=outputs)
+    name = info.get("member") or info["model"]
+    return Member(name=str(name), workdir=workdir, info=info, outputs=outputs)
 
 
 def load_members(
-    workdirs: Sequence[str], splits: Sequence[str], *, reexport: bool = False
+    workdirs: Sequence[str], splits: Sequence[str], *, reexport: bool = False,
+    split_keys: dict[str, str] | None = None,
 ) -> list[Member]:
-    """Loads every member; names are the model names, made unique with the workdir's name."""
-    members = [load_member(w, splits, reexport=reexport) for w in workdirs]
+    """Loads every member; names are the configs' member names (configs/<member>.py), made
+    unique with the workdir's name."""
+    members = [
+        load_member(w, splits, reexport=reexport, split_keys=split_keys) for w in workdirs
+    ]
     counts = collections.Counter(m.name for m in members)
     named = []
     for index, member in enumerate(members):
         name = member.name
         if counts[name] > 1:
-            name = f"{name}:{os.path.basename(os.path.normpath(member.workdir)) or index}"
+            name = f"{name}:{checkpointing.workdir_path(member.workdir).name or index}"
         named.append(dataclasses.replace(member, name=name))
     if len({m.name for m in named}) != len(named):
         named = [dataclasses.replace(m, name=f"{m.name}#{i}") for i, m in enumerate(named)]
@@ -117,13 +183,13 @@ def check_label_spaces(members: Sequence[Member]) -> list[str]:
         a, b = first.class_names, other.class_names
         if set(a) != set(b):
             only_a, only_b = _differences(a, b)
-            raise ValueError(
+            raise MemberError(
                 f"Members {first.describe()} and {other.describe()} have different label "
                 f"spaces: only in {first.name}: [{_preview(only_a)}]; only in {other.name}: "
                 f"[{_preview(only_b)}]. Fuse only models trained on the same dataset config."
             )
         if a != b:
-            raise ValueError(
+            raise MemberError(
                 f"Members {first.describe()} and {other.describe()} list the same classes in a "
                 f"different order: {a} vs {b}. Retrain or re-export them with the same class "
                 "order."
@@ -136,7 +202,7 @@ def _row_index(member: Member, split: str) -> dict[str, int]:
     index = {name: row for row, name in enumerate(names)}
     if len(index) != len(names):
         duplicates = [n for n, c in collections.Counter(names).items() if c > 1]
-        raise ValueError(
+        raise MemberError(
             f"Member {member.describe()} lists {split} file names more than once "
             f"({_preview(duplicates)}); its export is corrupt: re-export it."
         )
@@ -149,7 +215,7 @@ def align_members(
     """Checks the members agree and stacks their outputs per split, rows in the first member's
     file order (rows are matched by file name, never by position)."""
     if not members:
-        raise ValueError("No members to fuse (flag --workdirs / config key workdirs is empty).")
+        raise MemberError("No members to fuse (flag --workdirs / config key workdirs is empty).")
     class_names = check_label_spaces(members)
     aligned = {}
     for split in splits:
@@ -161,7 +227,7 @@ def align_members(
             index = _row_index(member, split)
             if index.keys() != reference.keys():
                 only_first, only_this = _differences(order, list(index))
-                raise ValueError(
+                raise MemberError(
                     f"Members {members[0].describe()} and {member.describe()} were evaluated on "
                     f"different {split} examples: {len(only_first)} file(s) only in "
                     f"{members[0].name} [{_preview(only_first)}], {len(only_this)} only in "
@@ -173,7 +239,7 @@ def align_members(
             member_labels = np.asarray(outputs["labels"])[rows]
             disagree = np.flatnonzero(member_labels != labels)
             if disagree.size:
-                raise ValueError(
+                raise MemberError(
                     f"Members {members[0].describe()} and {member.describe()} disagree on the "
                     f"labels of {disagree.size} {split} file(s) "
                     f"[{_preview([order[i] for i in disagree])}]. Export both from the same "
@@ -181,7 +247,7 @@ def align_members(
                 )
             member_logits = np.asarray(outputs["logits"])[rows]
             if member_logits.shape[1] != len(class_names):
-                raise ValueError(
+                raise MemberError(
                     f"Member {member.describe()} has {member_logits.shape[1]} logits per "
                     f"{split} example but {len(class_names)} class names; re-export it."
                 )

@@ -1,4 +1,8 @@
-"""The fusion report: report.json, report.md, PNG figures and TensorBoard scalars in one folder.
+"""The fusion report: report.json, report.md, PNG figures and TensorBoard events in one folder.
+
+TensorBoard gets the report as it reads best there: its Markdown tables as text summaries and
+its figures as images, and no scalars (a fusion result is one number per system, not a curve
+over steps; scalars are left to the members' training curves).
 
 Everything is written to a temporary folder inside the output folder first and moved into place
 at the end, so a failed run never leaves a half-written report behind.
@@ -71,7 +75,7 @@ def selection_note(report: dict[str, Any]) -> str:
     )
 
 
-def summary_table(report: dict[str, Any]) -> str:
+def accuracy_table(report: dict[str, Any]) -> str:
     """Accuracy and macro F1 (%) of every member and strategy on every reported split, and the
     out-of-fold macro F1 on the selection split that picks the best strategy."""
     splits = report["eval_splits"]
@@ -87,49 +91,60 @@ def summary_table(report: dict[str, Any]) -> str:
         + [_percent(cv_scores[name]) if name in cv_scores else "-"]
         for name, kind, metrics in _systems(report)
     ]
-    return selection_note(report) + "\n\n" + _table(header, rows)
+    return _table(header, rows)
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    """Where fusion was chosen, then the accuracy table: what the CLIs print."""
+    return selection_note(report) + "\n\n" + accuracy_table(report)
+
+
+def sections(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The report's Markdown sections as (key, title, body), in reading order."""
+    splits = report["eval_splits"]
+    parts = [
+        ("summary", "Accuracy and macro F1", accuracy_table(report)),
+        (
+            "members",
+            "Members",
+            _table(
+                ["name", "best step", "workdir"],
+                [[m["name"], str(m["step"]), m["workdir"]] for m in report["members"]],
+            ),
+        ),
+    ]
+    for split in splits:
+        table = _table(
+            ["system", *report["class_names"]],
+            [
+                [name]
+                + [_percent(metrics[split]["per_class_f1"][c]) for c in report["class_names"]]
+                for name, _, metrics in _systems(report)
+            ],
+        )
+        parts.append((f"per_class_f1/{split}", f"Per-class F1 (%) on {split}", table))
+    for strategy, rows in report["ablation"].items():
+        table = _table(
+            ["members"] + [f"{s} {m}" for s in splits for m in ("acc %", "macro F1 %")],
+            [
+                [" + ".join(row["members"])]
+                + [_percent(row["metrics"][s][m]) for s in splits for m in ("accuracy", "macro_f1")]
+                for row in rows
+            ],
+        )
+        parts.append((f"ablation/{strategy}", f"Ablation over member subsets: {strategy}", table))
+    chosen = "\n".join(
+        f"- `{name}`: `{json.dumps(_rounded(row['params']))}`"
+        for name, row in report["strategies"].items()
+    )
+    parts.append(("chosen", f"Chosen on {report['select_on']}", chosen))
+    return parts
 
 
 def markdown(report: dict[str, Any], figures: dict[str, str]) -> str:
-    splits = report["eval_splits"]
-    parts = [
-        "# Late-fusion report",
-        selection_note(report),
-        "## Members",
-        _table(
-            ["name", "model", "best step", "workdir"],
-            [[m["name"], str(m["model"]), str(m["step"]), m["workdir"]]
-             for m in report["members"]],
-        ),
-        "## Accuracy and macro F1",
-        summary_table(report).split("\n\n", 1)[1],
-    ]
-    for split in splits:
-        parts += [
-            f"## Per-class F1 (%) on {split}",
-            _table(
-                ["system", *report["class_names"]],
-                [[name] + [_percent(metrics[split]["per_class_f1"][c])
-                           for c in report["class_names"]]
-                 for name, _, metrics in _systems(report)],
-            ),
-        ]
-    for strategy, rows in report["ablation"].items():
-        parts += [
-            f"## Ablation over member subsets: {strategy}",
-            _table(
-                ["members"] + [f"{s} {m}" for s in splits for m in ("acc %", "macro F1 %")],
-                [[" + ".join(row["members"])]
-                 + [_percent(row["metrics"][s][m]) for s in splits
-                    for m in ("accuracy", "macro_f1")]
-                 for row in rows],
-            ),
-        ]
-    parts.append(f"## Chosen on {report['select_on']}")
-    parts.append("\n".join(
-        f"- `{name}`: `{json.dumps(_rounded(row['params']))}`"
-        for name, row in report["strategies"].items()
-    ))
+    parts = ["# Late-fusion report", selection_note(report)]
+    for _, title, body in sections(report):
+        parts += [f"## {title}", body]
     parts.append("## Figures")
     parts += [f"![{title}]({path})" for title, path in figures.items()]
     return "\n\n".join(parts) + "\n"
@@ -137,15 +152,14 @@ def markdown(report: dict[str, Any], figures: dict[str, str]) -> str:
 
 def per_class_f1_figure(report: dict[str, Any], split: str) -> Any:
     """Grouped bars: per-class F1 of every member and of the best strategy on `split`."""
-    import matplotlib.pyplot as plt
-
     classes = report["class_names"]
     best = report["best_strategy"]
     series = [(m["name"], m["metrics"][split]) for m in report["members"]]
     series.append((f"fused: {best}", report["strategies"][best]["metrics"][split]))
     width = 0.8 / len(series)
     positions = np.arange(len(classes))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(classes) + 2), 4.5))
+    fig = plots.new_figure((max(6.0, 0.9 * len(classes) + 2), 4.5))
+    ax = fig.subplots()
     for i, (name, metrics) in enumerate(series):
         values = [metrics["per_class_f1"][c] for c in classes]
         ax.bar(positions + (i - (len(series) - 1) / 2) * width, values, width, label=name)
@@ -159,29 +173,25 @@ def per_class_f1_figure(report: dict[str, Any], split: str) -> Any:
     return fig
 
 
-def _write_tensorboard(directory: str, report: dict[str, Any], confusion: np.ndarray) -> None:
-    """The report's scalars (step 0) and the best strategy's confusion matrix, via CLU."""
+TENSORBOARD_PREFIX = "fusion"
+
+
+def _write_tensorboard(directory: str, report: dict[str, Any], images: dict[str, Any]) -> None:
+    """The report's sections as Markdown text summaries and its figures as images, via CLU."""
     import tensorflow as tf
     from clu import metric_writers
 
     tf.config.set_visible_devices([], "GPU")
-    scalars = {}
-    for name, _, metrics in _systems(report):
-        for split, values in metrics.items():
-            scalars[f"{name}/{split}/accuracy"] = values["accuracy"]
-            scalars[f"{name}/{split}/macro_f1"] = values["macro_f1"]
-            for class_name, f1 in values["per_class_f1"].items():
-                scalars[f"{name}/{split}/f1/{class_name}"] = f1
-    for name, row in report["strategies"].items():
-        scalars[f"{name}/{report['select_on']}/cv_macro_f1"] = row["selection_cv_macro_f1"]
-    for strategy, rows in report["ablation"].items():
-        for row in rows:
-            for split, values in row["metrics"].items():
-                for key, value in values.items():
-                    scalars[f"ablation/{strategy}/{'+'.join(row['members'])}/{split}/{key}"] = value
+    texts = {
+        f"{TENSORBOARD_PREFIX}/{key}": f"**{title}**\n\n{body}"
+        for key, title, body in sections(report)
+    }
+    texts[f"{TENSORBOARD_PREFIX}/summary"] = summary_table(report)  # with where it was chosen
     writer = metric_writers.SummaryWriter(directory)
-    writer.write_scalars(0, scalars)
-    writer.write_images(0, {f"confusion/{report['best_strategy']}": confusion[None]})
+    writer.write_texts(0, texts)
+    writer.write_images(
+        0, {f"{TENSORBOARD_PREFIX}/figures/{name}": pixels[None] for name, pixels in images.items()}
+    )
     writer.close()
 
 
@@ -197,8 +207,6 @@ def write_report(out: str, report: dict[str, Any]) -> dict[str, str]:
 
     Returns {file name: path} of the files written.
     """
-    import matplotlib.pyplot as plt
-
     os.makedirs(out, exist_ok=True)
     split = "test" if "test" in report["eval_splits"] else report["eval_splits"][-1]
     best = report["best_strategy"]
@@ -212,17 +220,23 @@ def write_report(out: str, report: dict[str, Any]) -> dict[str, str]:
     staging = tempfile.mkdtemp(prefix=".report-", dir=out)
     try:
         confusion = np.asarray(report["strategies"][best]["metrics"][split]["confusion_matrix"])
-        fig = plots.confusion_matrix_figure(confusion, report["class_names"], f"{best} on {split}")
-        fig.savefig(os.path.join(staging, confusion_file), dpi=120)
-        confusion_pixels = plots.figure_to_array(fig)  # closes the figure
-        fig = per_class_f1_figure(report, split)
-        fig.savefig(os.path.join(staging, per_class_file), dpi=120)
-        plt.close(fig)
+        images = {}
+        for file_name, fig in (
+            (
+                confusion_file,
+                plots.confusion_matrix_figure(
+                    confusion, report["class_names"], f"{best} on {split}"
+                ),
+            ),
+            (per_class_file, per_class_f1_figure(report, split)),
+        ):
+            fig.savefig(os.path.join(staging, file_name), dpi=120)
+            images[file_name.removesuffix(".png")] = plots.figure_to_array(fig)
         with open(os.path.join(staging, "report.json"), "w") as f:
             json.dump(report, f, indent=2)
         with open(os.path.join(staging, "report.md"), "w") as f:
             f.write(markdown(report, figures))
-        _write_tensorboard(staging, report, confusion_pixels)
+        _write_tensorboard(staging, report, images)
         _remove_previous_report(out)
         written = {}
         for name in sorted(os.listdir(staging)):

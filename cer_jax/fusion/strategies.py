@@ -68,10 +68,18 @@ class FusionData:
 
 @dataclasses.dataclass(frozen=True)
 class Fitted:
-    """A fitted strategy: what was chosen (JSON-able) and how it fuses a split."""
+    """A fitted strategy: what was chosen (JSON-able) and how it fuses a split.
+
+    `name` and `state` make it serialisable: `state` holds every fitted number as numpy arrays
+    or plain scalars / strings, and `predict_from_state(name, state, data)` fuses a split from
+    them alone (no scikit-learn object), exactly as `predict_proba` does. This is what the
+    ensemble artefact stores (`cer_jax.ensemble`).
+    """
 
     params: dict[str, Any]
     predict_proba: Callable[[FusionData], np.ndarray]
+    name: str = ""
+    state: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def macro_f1(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> float:
@@ -128,6 +136,7 @@ def performance_weighted(
     return Fitted(
         {"metric": metric, "member_scores": scores.tolist(), "weights": weights.tolist()},
         _weighted_probabilities(weights),
+        state={"weights": np.asarray(weights, np.float64)},
     )
 
 
@@ -135,7 +144,11 @@ def uniform_probabilities(select: FusionData, train: FusionData | None = None) -
     """Plain mean of the members' probabilities."""
     del train
     weights = np.full(select.num_members, 1.0 / select.num_members)
-    return Fitted({"weights": weights.tolist()}, _weighted_probabilities(weights))
+    return Fitted(
+        {"weights": weights.tolist()},
+        _weighted_probabilities(weights),
+        state={"weights": np.asarray(weights, np.float64)},
+    )
 
 
 def uniform_logits(select: FusionData, train: FusionData | None = None) -> Fitted:
@@ -218,6 +231,7 @@ def optimised_weights(
     return Fitted(
         {"weights": weights.tolist(), "selection_macro_f1": score, "search": search},
         _weighted_probabilities(weights),
+        state={"weights": np.asarray(weights, np.float64)},
     )
 
 
@@ -246,7 +260,11 @@ def temperature_scaled(select: FusionData, train: FusionData | None = None) -> F
         scaled = data.logits.astype(np.float64) / temperatures[:, None, None]
         return scipy.special.softmax(scaled, axis=-1).mean(axis=0)
 
-    return Fitted({"temperatures": temperatures.tolist()}, predict_proba)
+    return Fitted(
+        {"temperatures": temperatures.tolist()},
+        predict_proba,
+        state={"temperatures": temperatures.astype(np.float64)},
+    )
 
 
 def _stratified_folds(labels: np.ndarray, max_folds: int, seed: int) -> StratifiedKFold | None:
@@ -294,6 +312,7 @@ def stacking(
         return Fitted(
             {"constant_class": int(present[0])},
             lambda data: np.broadcast_to(constant, (data.labels.shape[0], data.num_classes)),
+            state={"constant_class": int(present[0])},
         )
     pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     folds = _stratified_folds(select.labels, max_folds, seed)
@@ -318,7 +337,9 @@ def stacking(
                 "cv_macro_f1": float(search.best_score_),
             }
     return Fitted(
-        params, lambda data: _full_probabilities(model, _stack_inputs(data), data.num_classes)
+        params,
+        lambda data: _full_probabilities(model, _stack_inputs(data), data.num_classes),
+        state=_pipeline_state(model),
     )
 
 
@@ -377,6 +398,7 @@ def feature_mlp(
         lambda data: _full_probabilities(
             best_model, scaler.transform(_concatenated_features(data)), data.num_classes
         ),
+        state=_mlp_state(scaler, best_model),
     )
 
 
@@ -427,5 +449,94 @@ def fit_strategy(
             f"Unknown fusion strategy {name!r} (config key strategies). "
             f"Choose from: {', '.join(STRATEGIES)}."
         )
-    return STRATEGIES[name](select, train, **options)
+    return dataclasses.replace(STRATEGIES[name](select, train, **options), name=name)
+
+
+# --- serialisable state -----------------------------------------------------------------------
+
+
+def _pipeline_state(pipeline: Any) -> dict[str, Any]:
+    """StandardScaler + LogisticRegression as arrays."""
+    scaler, classifier = pipeline[0], pipeline[-1]
+    return {
+        "scaler_mean": np.asarray(scaler.mean_, np.float64),
+        "scaler_scale": np.asarray(scaler.scale_, np.float64),
+        "coef": np.asarray(classifier.coef_, np.float64),
+        "intercept": np.asarray(classifier.intercept_, np.float64),
+        "classes": np.asarray(classifier.classes_, np.int64),
+    }
+
+
+def _mlp_state(scaler: StandardScaler, mlp: MLPClassifier) -> dict[str, Any]:
+    """StandardScaler + MLPClassifier as arrays (layer i: `coef_i`, `intercept_i`)."""
+    state: dict[str, Any] = {
+        "scaler_mean": np.asarray(scaler.mean_, np.float64),
+        "scaler_scale": np.asarray(scaler.scale_, np.float64),
+        "classes": np.asarray(mlp.classes_, np.int64),
+        "num_layers": len(mlp.coefs_),
+        "activation": str(mlp.activation),
+        "out_activation": str(mlp.out_activation_),
+    }
+    for i, (w, b) in enumerate(zip(mlp.coefs_, mlp.intercepts_, strict=True)):
+        state[f"coef_{i}"] = np.asarray(w, np.float64)
+        state[f"intercept_{i}"] = np.asarray(b, np.float64)
+    return state
+
+
+_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "identity": lambda x: x,
+    "relu": lambda x: np.maximum(x, 0.0),
+    "tanh": np.tanh,
+    "logistic": scipy.special.expit,
+}
+
+
+def _scattered(probabilities: np.ndarray, classes: np.ndarray, num_classes: int) -> np.ndarray:
+    full = np.zeros((len(probabilities), num_classes))
+    full[:, classes] = probabilities
+    return full
+
+
+def _two_class(positive: np.ndarray) -> np.ndarray:
+    return np.stack([1.0 - positive, positive], axis=1)
+
+
+def predict_from_state(name: str, state: dict[str, Any], data: FusionData) -> np.ndarray:
+    """Fused probabilities [N, K] of strategy `name` from its `Fitted.state` alone."""
+    if name in ("performance_weighted", "uniform_probabilities", "optimised_weights"):
+        return _weighted_probabilities(np.asarray(state["weights"]))(data)
+    if name == "uniform_logits":
+        return scipy.special.softmax(data.logits.astype(np.float64).mean(0), axis=-1)
+    if name == "temperature_scaled":
+        temperatures = np.asarray(state["temperatures"], np.float64)
+        scaled = data.logits.astype(np.float64) / temperatures[:, None, None]
+        return scipy.special.softmax(scaled, axis=-1).mean(axis=0)
+    if name == "stacking":
+        if "constant_class" in state:
+            constant = np.eye(data.num_classes)[int(state["constant_class"])]
+            return np.broadcast_to(constant, (data.logits.shape[1], data.num_classes))
+        inputs = (_stack_inputs(data) - state["scaler_mean"]) / state["scaler_scale"]
+        scores = inputs @ np.asarray(state["coef"]).T + state["intercept"]
+        if scores.shape[1] == 1:  # binary: sklearn's logistic on the one decision function
+            probabilities = _two_class(scipy.special.expit(scores[:, 0]))
+        else:
+            probabilities = scipy.special.softmax(scores, axis=1)
+        return _scattered(probabilities, np.asarray(state["classes"]), data.num_classes)
+    if name == "feature_mlp":
+        x = (_concatenated_features(data).astype(np.float64) - state["scaler_mean"])
+        x = x / state["scaler_scale"]
+        layers = int(state["num_layers"])
+        hidden = _ACTIVATIONS[str(state["activation"])]
+        for i in range(layers):
+            x = x @ state[f"coef_{i}"] + state[f"intercept_{i}"]
+            if i < layers - 1:
+                x = hidden(x)
+        if str(state["out_activation"]) == "logistic":
+            probabilities = _two_class(scipy.special.expit(x[:, 0]))
+        else:
+            probabilities = scipy.special.softmax(x, axis=1)
+        return _scattered(probabilities, np.asarray(state["classes"]), data.num_classes)
+    raise ValueError(
+        f"Unknown fusion strategy {name!r}; choose from: {', '.join(STRATEGIES)}."
+    )
 

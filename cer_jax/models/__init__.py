@@ -2,13 +2,14 @@
 
 Every model is a Flax NNX module built by `create_model(name, num_classes=..., rngs=..., **kw)`
 and called as `model(images, train=...)` on NHWC float images (already normalised by the input
-pipeline), returning a `ModelOutput`. Modules are imported lazily so that importing the registry
-costs nothing and never pulls in TensorFlow.
+pipeline), returning a `ModelOutput`. Model modules are imported only when a model is asked
+for, so configs can name models without importing them; nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -59,3 +60,16 @@ def get_factory(name: str) -> Callable[..., nnx.Module]:
 def create_model(name: str, *, num_classes: int, rngs: nnx.Rngs, **kwargs: Any) -> nnx.Module:
     """Builds model `name` with a `num_classes`-way head; kwargs are the model's own options."""
     return get_factory(name)(num_classes=num_classes, rngs=rngs, **kwargs)
+
+
+def default_options(name: str) -> dict[str, Any]:
+    """The default of every keyword option of model `name` (from its factory's signature)."""
+    factory = get_factory(name)
+    # A class's own __init__: NNX's metaclass hides the constructor's signature.
+    signature = inspect.signature(factory.__init__ if inspect.isclass(factory) else factory)
+    parameters = signature.parameters.values()
+    return {
+        p.name: p.default
+        for p in parameters
+        if p.default is not inspect.Parameter.empty and p.name not in ("num_classes", "rngs")
+    }

@@ -216,12 +216,15 @@ def global_average_pool(x: jax.Array) -> jax.Array:
 
 
 class MANet(nnx.Module):
-    """MA-Net on NHWC images whose height and width are multiples of 32 (224 in the paper)."""
+    """MA-Net on NHWC images whose height and width are multiples of 32 (224 in the paper).
+
+    `path_b_order` defaults to "forward": the published MS-Celeb-1M weights use the 2021 code's
+    forward order ("reverse" is the 2023 code's)."""
 
     HEAD_NAMES = ("fc_1", "fc_2")
     NUM_PATCHES = 4
 
-    def __init__(self, num_classes: int, *, rngs: nnx.Rngs, path_b_order: PathBOrder = "reverse",
+    def __init__(self, num_classes: int, *, rngs: nnx.Rngs, path_b_order: PathBOrder = "forward",
                  width: int = 64, dtype: Any = jnp.float32):
         if path_b_order not in PATH_B_ORDERS:
             raise ValueError(f"MA-Net path_b_order (config key model.path_b_order) is "
@@ -286,7 +289,10 @@ class MANet(nnx.Module):
         )
 
 
-def create(*, num_classes: int, rngs: nnx.Rngs, path_b_order: PathBOrder = "reverse",
+def create(*, num_classes: int, rngs: nnx.Rngs, path_b_order: PathBOrder = "forward",
            width: int = 64, dtype: Any = jnp.float32) -> MANet:
-    """Registry factory: `create_model("manet", num_classes=7, rngs=..., width=16)`."""
+    """Registry factory: `create_model("manet", num_classes=7, rngs=..., width=16)`.
+
+    `path_b_order` defaults to "forward": the published MS-Celeb-1M weights use the 2021 code's
+    forward order ("reverse" is the 2023 code's)."""
     return MANet(num_classes, rngs=rngs, path_b_order=path_b_order, width=width, dtype=dtype)

@@ -181,7 +181,6 @@ class ResNet(nnx.Module):
                            head_weights=(1.0,))
 
 
-def create(*, num_classes: int, rngs: nnx.Rngs, **kwargs) -> ResNet:
-    """Registry factory: options `depth` (18/34/50/101/152), `width`, `zero_init_last_bn`,
-    `dtype` (compute dtype; parameters stay float32)."""
-    return ResNet(num_classes=num_classes, rngs=rngs, **kwargs)
+# The registry factory: the keyword-only constructor already has the factory signature, so
+# cer_jax.models.default_options can read every option's default from it.
+create = ResNet

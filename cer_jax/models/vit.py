@@ -181,6 +181,6 @@ class ViT(nnx.Module):
                            head_weights=(1.0,))
 
 
-def create(*, num_classes: int, rngs: nnx.Rngs, **kwargs) -> ViT:
-    """Registry factory; options as `ViT.__init__` (variant, image_size, pool, dtype, ...)."""
-    return ViT(num_classes=num_classes, rngs=rngs, **kwargs)
+# The registry factory: the keyword-only constructor already has the factory signature, so
+# cer_jax.models.default_options can read every option's default from it.
+create = ViT

@@ -5,26 +5,43 @@ Each model family has a converter module exposing
 that renames / re-lays-out a checkpoint's tensors into the model's state paths; `core.assign`
 then checks and writes them. Converters are imported lazily (only MA-Net's `.pth.tar` needs
 PyTorch, and only to unpickle).
+
+`implied_settings(model_name, path)` says which model config values the file's format implies
+(ViT GELU form and LayerNorm epsilon, MA-Net path B order; see `implied.py`), cheaply, before the
+model is built; `load_pretrained` warns when a model it loads into disagrees with them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import logging
 import os
 
 import numpy as np
 from flax import nnx
 
 from cer_jax.pretrained.core import ImportReport, WeightImportError, assign
-from cer_jax.pretrained.readers import CheckpointReadError, read_checkpoint
+from cer_jax.pretrained.implied import (
+    MANET_CODE_VERSIONS,
+    Setting,
+    manet_path_b_order,
+    model_settings,
+    settings_for_keys,
+)
+from cer_jax.pretrained.readers import CheckpointReadError, checkpoint_keys, read_checkpoint
 
 __all__ = [
+    "MANET_CODE_VERSIONS",
     "CheckpointReadError",
     "Converted",
     "ImportReport",
+    "Setting",
     "WeightImportError",
+    "implied_settings",
     "load_pretrained",
+    "manet_path_b_order",
+    "model_settings",
 ]
 
 
@@ -44,20 +61,45 @@ _CONVERTERS = {
 }
 
 
-def load_pretrained(
-    model: nnx.Module, model_name: str, path: str | os.PathLike[str], *, keep_head: bool = False
-) -> ImportReport:
-    """Loads the checkpoint at `path` into `model` (in place) and reports what happened."""
+def _check_model_name(model_name: str) -> None:
     if model_name not in _CONVERTERS:
         raise ValueError(
             f"No weight import for model {model_name!r} (config key model.name); "
             f"known: {', '.join(sorted(_CONVERTERS))}."
         )
+
+
+def implied_settings(
+    model_name: str, path: str | os.PathLike[str], *, manet_code_version: str = "2021"
+) -> dict[str, Setting]:
+    """Model config keys (e.g. 'gelu_approximate') and the values the file at `path` implies.
+
+    Reads tensor names only where the format allows (`.npz`, safetensors; a PyTorch pickle is
+    loaded) plus a Hugging Face `config.json` beside the weights. An unknown or unreadable file
+    raises the error `load_pretrained` would give; an unknown `manet_code_version` a ValueError
+    naming `init.manet_code_version`. ResNet files imply nothing ({}).
+    """
+    _check_model_name(model_name)
+    if model_name == "manet":
+        manet_path_b_order(manet_code_version)  # a bad version fails before the file is read
+    return settings_for_keys(model_name, checkpoint_keys(path), os.fspath(path),
+                             manet_code_version=manet_code_version)
+
+
+def load_pretrained(
+    model: nnx.Module, model_name: str, path: str | os.PathLike[str], *, keep_head: bool = False
+) -> ImportReport:
+    """Loads the checkpoint at `path` into `model` (in place) and reports what happened.
+
+    A ViT whose GELU form or LayerNorm epsilon differs from what the file implies is loaded, with
+    a warning (it computes another function than the one the weights were trained in).
+    """
+    _check_model_name(model_name)
     checkpoint = read_checkpoint(path)
     converted: Converted = importlib.import_module(_CONVERTERS[model_name]).convert(
         checkpoint, model
     )
-    return assign(
+    report = assign(
         model,
         converted.arrays,
         source=os.fspath(path),
@@ -66,3 +108,16 @@ def load_pretrained(
         unused=converted.unused,
         resized=converted.resized,
     )
+    if model_name == "vit":
+        implied = settings_for_keys(model_name, checkpoint, os.fspath(path))
+        actual = model_settings(model, model_name)
+        for key, setting in implied.items():
+            if actual[key] != setting.value:
+                logging.getLogger(__name__).warning(
+                    "%s implies model.%s=%r (%s), but the model was built with %r: it does not "
+                    "compute the network these weights were trained in. Set "
+                    "--config.model.%s=%r (or leave it unset to apply the file's value).",
+                    os.fspath(path), key, setting.value, setting.reason, actual[key], key,
+                    setting.value,
+                )
+    return report

@@ -14,8 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from cer_jax.errors import UserError
 
-class WeightImportError(ValueError):
+
+class WeightImportError(UserError):
     """A checkpoint that does not fit the model (missing tensors or wrong shapes)."""
 
 

@@ -14,20 +14,34 @@ from typing import Any
 
 import numpy as np
 
+from cer_jax.errors import UserError
+
 TORCH_SUFFIXES = (".pth", ".pth.tar", ".pt", ".bin", ".tar", ".ckpt")
 
 
-class CheckpointReadError(ValueError):
+class CheckpointReadError(UserError):
     """A checkpoint file that is missing, of an unknown kind, or cannot be parsed."""
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Returns every array in the file at `path`, keyed by its name in that file.
 
-    `.npz` keys keep their '/'-joined names; PyTorch state dicts lose a DataParallel `module.`
+    `.npz` keys keep their '/'-joined names; a big_vision training checkpoint is unwrapped as
+    big_vision's own `utils.load_params` does (the `params/...` subtree, else `opt/target/...`;
+    the optimizer state beside it is not read). PyTorch state dicts lose a DataParallel `module.`
     prefix and are unwrapped from a `state_dict` / `model` entry when the file holds a dict of
     training state (the MA-Net release does).
     """
+    return _dispatch(path, keys_only=False)
+
+
+def checkpoint_keys(path: str | os.PathLike[str]) -> list[str]:
+    """The names `read_checkpoint` would return, cheaply where the format allows it: `.npz` and
+    safetensors read their index only; a PyTorch pickle has to be loaded."""
+    return _dispatch(path, keys_only=True)
+
+
+def _dispatch(path: str | os.PathLike[str], *, keys_only: bool) -> Any:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointReadError(
@@ -38,11 +52,20 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     try:
         if name.endswith(".npz"):
             with np.load(path, allow_pickle=False) as data:
-                return {k: _as_float_array(data[k]) for k in data.files}
+                selected = _npz_params(data.files, path)
+                if keys_only:
+                    return list(selected)
+                return {k: _as_float_array(data[key]) for k, key in selected.items()}
         if name.endswith(".safetensors"):
+            if keys_only:
+                from safetensors import safe_open
+
+                with safe_open(path, framework="numpy") as f:
+                    return list(f.keys())
             return _read_safetensors(path)
         if name.endswith(TORCH_SUFFIXES):
-            return _read_torch(path)
+            state = _read_torch(path)
+            return list(state) if keys_only else state
     except CheckpointReadError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, RuntimeError, KeyError,
@@ -54,8 +77,30 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     )
 
 
+def _npz_params(files: list[str], path: str) -> dict[str, str]:
+    """{name: key in the file} for the parameters of an `.npz`, as big_vision's
+    `utils.load_params` selects them: a top-level `params` subtree (checkpoints with optax state),
+    else `opt/target` (checkpoints of the old flax.optim optimizer), else the whole file."""
+    tops = {key.split("/", 1)[0] for key in files}
+    for prefix, top in (("params/", "params"), ("opt/target/", "opt")):
+        if top in tops:
+            selected = {k.removeprefix(prefix): k for k in files if k.startswith(prefix)}
+            if not selected:
+                raise CheckpointReadError(
+                    f"{path!r} has a top-level {top!r} entry but no {prefix!r} parameters; "
+                    "big_vision's loader would not find parameters in it either."
+                )
+            return selected
+    return {key: key for key in files}
+
+
 def _as_float_array(value: Any) -> np.ndarray:
     array = np.asarray(value)
+    if array.dtype.kind == "V" and array.dtype.itemsize == 2:
+        # np.savez stores bfloat16 as 2-byte void; big_vision's `recover_dtype` reads it back so.
+        import ml_dtypes
+
+        array = array.view(ml_dtypes.bfloat16)
     if np.issubdtype(array.dtype, np.floating) or array.dtype.name == "bfloat16":
         return array.astype(np.float32)
     return array

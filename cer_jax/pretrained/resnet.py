@@ -14,6 +14,8 @@ only tensor dropped (reported as unused); any other unknown tensor is an error.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from typing import Literal
 
 import numpy as np
 
@@ -24,20 +26,27 @@ _BN_LEAVES = {"weight": "scale", "bias": "bias", "running_mean": "mean", "runnin
 _HARMLESS = "num_batches_tracked"
 
 
+def detect_format(keys: Iterable[str]) -> Literal["torchvision", "hf"]:
+    """'torchvision' (torchvision / timm names) or 'hf' (Hugging Face), from tensor names."""
+    keys = set(keys)
+    if any(k.startswith("resnet.embedder.") or k.startswith("embedder.") for k in keys):
+        return "hf"
+    if "conv1.weight" in keys:
+        return "torchvision"
+    raise WeightImportError(
+        "Not a ResNet checkpoint this importer knows (expected torchvision / timm names like "
+        "'conv1.weight', 'layer1.0.conv1.weight' or Hugging Face 'resnet.embedder...'); its "
+        "first keys are: " + ", ".join(sorted(keys)[:8])
+    )
+
+
 def convert(checkpoint: dict[str, np.ndarray], model) -> Converted:
     """Renames / re-lays-out `checkpoint` (torchvision, timm or Hugging Face) for `model`."""
     del model  # names map one to one; core.assign checks them against the model
-    keys = set(checkpoint)
-    if any(k.startswith("resnet.embedder.") or k.startswith("embedder.") for k in keys):
+    if detect_format(checkpoint) == "hf":
         rename, fmt = _hf_name, "Hugging Face"
-    elif "conv1.weight" in keys:
-        rename, fmt = _torchvision_name, "torchvision / timm"
     else:
-        raise WeightImportError(
-            "Not a ResNet checkpoint this importer knows (expected torchvision / timm names like "
-            "'conv1.weight', 'layer1.0.conv1.weight' or Hugging Face 'resnet.embedder...'); its "
-            "first keys are: " + ", ".join(sorted(keys)[:8])
-        )
+        rename, fmt = _torchvision_name, "torchvision / timm"
     arrays: dict[str, np.ndarray] = {}
     unused: list[str] = []
     unknown: list[str] = []

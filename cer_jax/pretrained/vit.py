@@ -9,62 +9,58 @@ Three formats, told apart by their key names:
   optional, `classifier` head, `pooler` = pre-logits);
 - timm `vit_*` safetensors (fused `attn.qkv`).
 
-Position embeddings are resized over the patch grid when the model's image size differs, with
-`jax.image.resize(method="bilinear")` as big_vision does (half-pixel centres, i.e. PyTorch's
-`align_corners=False`, and antialiased when shrinking, i.e. `antialias=True`); the class-token
-entry is kept aside. A model with `pool="gap"` has no class token: the checkpoint's `cls` and
-its position-embedding entry are dropped and reported (the usual way to fine-tune a gap model
-from a cls checkpoint), never silently.
+Position embeddings are resized over the patch grid when the model's image size differs exactly
+as big_vision's `vit.resample_posemb` does: the (g, g, D) grid is zoomed to (n, n, D) with
+`scipy.ndimage.zoom(grid, (n / g, n / g, 1), order=1)` (linear spline interpolation with the
+corner samples aligned and no antialiasing), so a 224 px checkpoint loaded at another size has
+the same numbers as in big_vision; the class-token entry is kept aside. A model with
+`pool="gap"` has no class token: the checkpoint's `cls` and its position-embedding entry are
+dropped and reported (the usual way to fine-tune a gap model from a cls checkpoint), never
+silently.
 
-Note on LayerNorm epsilon: Hugging Face's google/vit-* configs use `layer_norm_eps=1e-12`,
-big_vision and timm 1e-6 (this model's default). The difference is far below training noise,
-but to reproduce a Hugging Face model exactly build the ViT with `layer_norm_eps=1e-12`; the
-importer logs a warning when it sees a Hugging Face checkpoint and a different epsilon.
+The file format also implies settings that change the computed function without changing any
+shape (GELU form, LayerNorm epsilon); `cer_jax.pretrained.implied_settings` says which, and
+`load_pretrained` warns when the model disagrees with them.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Literal
 
-import jax
 import numpy as np
 
 from cer_jax.pretrained import Converted
 from cer_jax.pretrained.core import WeightImportError
 
-HF_LAYER_NORM_EPS = 1e-12
-
+Format = Literal["npz", "timm", "hf"]
 # Leaf renames shared by all formats once the block prefix is known.
 _LEAVES = {"weight": "kernel", "kernel": "kernel", "bias": "bias", "scale": "scale"}
 
 
+def detect_format(keys: Iterable[str]) -> Format:
+    """'npz' (big_vision / AugReg), 'timm' or 'hf' (Hugging Face), from tensor names alone."""
+    keys = set(keys)
+    if any(k.startswith("Transformer/") for k in keys):
+        return "npz"
+    if "cls_token" in keys or "pos_embed" in keys or any(k.startswith("blocks.") for k in keys):
+        return "timm"
+    if any("embeddings.patch_embeddings" in k for k in keys):
+        return "hf"
+    raise WeightImportError(
+        "Not a ViT checkpoint this importer knows (expected big_vision / AugReg .npz, "
+        "Hugging Face ViT or timm vit_* safetensors); its first keys are: "
+        + ", ".join(sorted(keys)[:8])
+    )
+
+
 def convert(checkpoint: dict[str, np.ndarray], model) -> Converted:
     """Renames / re-lays-out `checkpoint` for `model` and fits its position embedding."""
-    keys = set(checkpoint)
     heads = model.blocks[0].attn.num_heads
-    if any(k.startswith("Transformer/") for k in keys):
-        arrays, origin = _from_npz(checkpoint, heads)
-    elif "cls_token" in keys or "pos_embed" in keys or any(k.startswith("blocks.") for k in keys):
-        arrays, origin = _from_timm(checkpoint, heads)
-    elif any("embeddings.patch_embeddings" in k for k in keys):
-        arrays, origin = _from_hf(checkpoint, heads)
-        eps = model.encoder_norm.epsilon
-        if eps != HF_LAYER_NORM_EPS:
-            logging.getLogger(__name__).warning(
-                "Importing a Hugging Face ViT checkpoint into a ViT with layer_norm_eps=%g; "
-                "Hugging Face's google/vit-* models use %g. Set model.layer_norm_eps=%g to "
-                "reproduce them exactly (the difference is tiny).",
-                eps, HF_LAYER_NORM_EPS, HF_LAYER_NORM_EPS,
-            )
-    else:
-        raise WeightImportError(
-            "Not a ViT checkpoint this importer knows (expected big_vision / AugReg .npz, "
-            "Hugging Face ViT or timm vit_* safetensors); its first keys are: "
-            + ", ".join(sorted(keys)[:8])
-        )
+    reader = {"npz": _from_npz, "timm": _from_timm, "hf": _from_hf}[detect_format(checkpoint)]
+    arrays, origin = reader(checkpoint, heads)
     dropped, resized = _fit_tokens(arrays, model)
     unused = sorted({origin[name] for name in dropped})
     return Converted(arrays=arrays, unused=unused, resized=resized)
@@ -311,7 +307,7 @@ def _fit_tokens(arrays: dict[str, np.ndarray], model) -> tuple[list[str], list[s
     if grid.shape[1] != side * side:
         old = math.isqrt(grid.shape[1])
         grid = resize_posemb_grid(grid, side)
-        notes.append(f"grid {old}x{old} -> {side}x{side} (bilinear)")
+        notes.append(f"grid {old}x{old} -> {side}x{side} (order-1 zoom, as big_vision)")
     if model.pool == "cls":
         if cls_entry is None:
             cls_entry = np.zeros_like(grid[:, :1])
@@ -332,9 +328,11 @@ def _is_square(n: int) -> bool:
 
 
 def resize_posemb_grid(grid: np.ndarray, side: int) -> np.ndarray:
-    """(1, g*g, D) -> (1, side*side, D), bilinear over the g x g patch grid (as big_vision)."""
+    """(1, g*g, D) -> (1, side*side, D) as big_vision's `resample_posemb`:
+    `scipy.ndimage.zoom` of the (g, g, D) grid by (side / g, side / g, 1) with `order=1`."""
+    import scipy.ndimage
+
     old = math.isqrt(grid.shape[1])
-    width = grid.shape[-1]
-    image = grid.reshape(old, old, width)
-    out = jax.image.resize(image, (side, side, width), method="bilinear", antialias=True)
-    return np.asarray(out, dtype=grid.dtype).reshape(1, side * side, width)
+    image = np.asarray(grid).reshape(old, old, grid.shape[-1])
+    out = scipy.ndimage.zoom(image, (side / old, side / old, 1), order=1)
+    return out.astype(grid.dtype).reshape(1, side * side, grid.shape[-1])

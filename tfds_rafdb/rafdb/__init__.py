@@ -1,14 +1,10 @@
-"""RAF-DB TFDS builder: importing this package registers the `rafdb` dataset."""
+"""RAF-DB TFDS builder: importing this package registers the `rafdb` dataset.
 
-from .layout import RafDbLayoutError
-from .rafdb_dataset_builder import (
-    ABAW7_CLASSES,
-    BASIC_CLASSES,
-    COMPOUND_CLASSES,
-    Builder,
-    RafDbConfig,
-    build,
-)
+Depends on TFDS (and its absl), etils.epath, numpy and Pillow only, never on cer_jax.
+"""
+
+from .layout import ABAW7_CLASSES, BASIC_CLASSES, COMPOUND_CLASSES, RafDbLayoutError
+from .rafdb_dataset_builder import Builder, RafDbConfig, build
 
 __all__ = [
     "ABAW7_CLASSES",

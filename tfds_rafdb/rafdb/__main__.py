@@ -1,30 +1,45 @@
-"""`python -m tfds_rafdb.rafdb --config=compound --manual_dir=DIR --data_dir=D`.
+"""`python -m tfds_rafdb.rafdb --builder_config=compound --manual_dir=DIR --data_dir=D`.
 
-Same flags and result as `tfds build tfds_rafdb/rafdb ...`, for environments where the `tfds`
-CLI itself does not start (TFDS 4.9.10's CLI imports apache_beam and mlcroissant eagerly).
+Builds the same dataset as TFDS's own `tfds build tfds_rafdb/rafdb --config=compound ...`, for
+environments where the `tfds` CLI does not start (TFDS 4.9.10's CLI imports apache_beam and
+mlcroissant eagerly). The builder config is `--builder_config`, not `--config` as in `tfds build`,
+because in every cer_jax command `--config` is a config file.
 """
 
 from __future__ import annotations
 
-import argparse
+import sys
 from collections.abc import Sequence
 
+from absl import app, flags
+
+from .layout import RafDbLayoutError
 from .rafdb_dataset_builder import BUILDER_CONFIGS, build
 
+_BUILDER_CONFIG = flags.DEFINE_enum(
+    "builder_config",
+    "compound",
+    [c.name for c in BUILDER_CONFIGS],
+    "Which rafdb builder config to prepare (rafdb/<builder_config>).",
+)
+_MANUAL_DIR = flags.DEFINE_string(
+    "manual_dir", None, "RAF-DB's compound/ or basic/ folder, as released.", required=True
+)
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Where TFDS writes the dataset.", required=True)
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m tfds_rafdb.rafdb", description="Prepare RAF-DB as a TFDS dataset."
-    )
-    parser.add_argument("--config", choices=[c.name for c in BUILDER_CONFIGS], default="compound")
-    parser.add_argument("--manual_dir", required=True, help="RAF-DB compound/ or basic/ folder")
-    parser.add_argument("--data_dir", required=True, help="where TFDS writes the dataset")
-    args = parser.parse_args(argv)
-    builder = build(args.config, args.manual_dir, args.data_dir)
-    print(f"rafdb/{args.config} ready in {builder.data_dir}")
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        builder = build(_BUILDER_CONFIG.value, _MANUAL_DIR.value, _DATA_DIR.value)
+    except RafDbLayoutError as e:  # a bad tree: the message names the file and line
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"rafdb/{_BUILDER_CONFIG.value} ready in {builder.data_dir}")
     for name, split in builder.info.splits.items():
         print(f"  {name:<10s} {split.num_examples:6d} examples")
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

@@ -1,6 +1,8 @@
-"""Reads and validates a raw RAF-DB tree (`basic/` or `compound/`) before anything is written.
+"""RAF-DB's on-disk layout: its classes, file names and split ids, defined once, and the reader
+that validates a raw tree (`basic/` or `compound/`) before anything is written.
 
-Everything that can be wrong with the tree is found here, so the builder yields no example until
+The synthetic generator (`cer_jax.synthetic`) writes its trees with these same names. Everything
+that can be wrong with the tree is found here, so the builder yields no example until
 the whole tree has been checked and a failed build leaves no half-written dataset behind.
 """
 
@@ -16,27 +18,84 @@ import numpy as np
 from etils import epath
 from PIL import Image
 
-LABEL_FILE = "EmoLabel/list_patition_label.txt"
+# Class names in RAF-DB's label-id order: label id i (1-based) is TREE_CLASSES[tree][i - 1].
+COMPOUND_CLASSES = (
+    "Happily Surprised",
+    "Happily Disgusted",
+    "Sadly Fearful",
+    "Sadly Angry",
+    "Sadly Surprised",
+    "Sadly Disgusted",
+    "Fearfully Angry",
+    "Fearfully Surprised",
+    "Angrily Surprised",
+    "Angrily Disgusted",
+    "Disgustedly Surprised",
+)
+BASIC_CLASSES = ("Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral")
+# The 7-class ABAW / C-EXPR-DB challenge label space, in the challenge's index order.
+ABAW7_CLASSES = (
+    "Fearfully Surprised",
+    "Happily Surprised",
+    "Sadly Surprised",
+    "Disgustedly Surprised",
+    "Angrily Surprised",
+    "Sadly Fearful",
+    "Sadly Angry",
+)
+TREE_CLASSES = {"compound": COMPOUND_CLASSES, "basic": BASIC_CLASSES}
+
+# The files of a tree, relative to its root (RAF-DB's `basic/` or `compound/` folder).
+LABEL_FILE = "EmoLabel/list_patition_label.txt"  # sic: RAF-DB's spelling
 ALIGNED_DIR = "Image/aligned"
+ORIGINAL_DIR = "Image/original"  # not read by the builder
 MANUAL_ANNOTATION_DIR = "Annotation/manual"
+ALIGNED_SUFFIX = "_aligned.jpg"  # Image/aligned/<stem>_aligned.jpg for <stem>.jpg
+ANNOTATION_SUFFIX = "_manu_attri.txt"  # Annotation/manual/<stem>_manu_attri.txt
 IMAGE_SIZE = 100
 NUM_LANDMARKS = 5
+# Image names are <split>_<id>.jpg; the prefix is the split. RAF-DB numbers train images with 4
+# digits in the compound tree and 5 in the basic tree, test images with 4 in both.
+SPLITS = ("train", "test")
+DIGITS = {"compound": {"train": 4, "test": 4}, "basic": {"train": 5, "test": 4}}
 VALIDATION_FRACTION = 0.1
 JPEG_MAGIC = b"\xff\xd8\xff"
-# RAF-DB numbers train images with 4 digits in the compound tree and 5 in the basic tree.
-TRAIN_DIGITS = {"compound": 4, "basic": 5}
 
-EXPECTED_LAYOUT = """\
-Expected layout of --manual_dir (RAF-DB's `basic/` or `compound/` folder, unpacked as released):
-  <manual_dir>/
-    EmoLabel/list_patition_label.txt          # "<name>.jpg <label>" per line, labels 1-based
-    Image/aligned/<stem>_aligned.jpg           # 100x100 aligned faces (RGB JPEG)
-    Image/original/<name>.jpg                  # optional for this builder
-    Annotation/manual/<stem>_manu_attri.txt    # optional: 5 landmarks "x<TAB>y", then attributes
-Point --manual_dir (or `manual_dir=` of tfds.download.DownloadConfig) at that folder: the
-compound configs need the compound tree, the `basic` config the basic tree."""
 
-_NAME = re.compile(r"^(train|test)_(\d+)\.jpg$")
+def image_name(tree: str, split: str, index: int) -> str:
+    """RAF-DB's name of the `index`-th (1-based) image of `split`: e.g. "train_0001.jpg"."""
+    return f"{split}_{index:0{DIGITS[tree][split]}d}.jpg"
+
+
+def stem(file_name: str) -> str:
+    """ "train_0001.jpg" -> "train_0001"."""
+    return file_name.removesuffix(".jpg")
+
+
+_LAYOUT_LINES = (
+    (LABEL_FILE, '"<name>.jpg <label>" per line, labels 1-based'),
+    (
+        f"{ALIGNED_DIR}/<stem>{ALIGNED_SUFFIX}",
+        f"{IMAGE_SIZE}x{IMAGE_SIZE} aligned faces (RGB JPEG)",
+    ),
+    (f"{ORIGINAL_DIR}/<name>.jpg", "optional for this builder"),
+    (
+        f"{MANUAL_ANNOTATION_DIR}/<stem>{ANNOTATION_SUFFIX}",
+        f'optional: {NUM_LANDMARKS} landmarks "x<TAB>y", then attributes',
+    ),
+)
+EXPECTED_LAYOUT = "\n".join(
+    [
+        "Expected layout of --manual_dir (RAF-DB's `basic/` or `compound/` folder, unpacked as "
+        "released):",
+        "  <manual_dir>/",
+        *(f"    {path:<42s}# {what}" for path, what in _LAYOUT_LINES),
+        "Point --manual_dir (or `manual_dir=` of tfds.download.DownloadConfig) at that folder:",
+        "the compound configs need the compound tree, the `basic` config the basic tree.",
+    ]
+)
+
+_NAME = re.compile(rf"^({'|'.join(SPLITS)})_(\d+)\.jpg$")
 
 
 class RafDbLayoutError(ValueError):
@@ -87,11 +146,13 @@ def parse_label_file(root: epath.Path, num_labels: int, tree: str) -> list[tuple
                 f"{where}: image name {name!r} must look like train_0001.jpg or test_0001.jpg "
                 "(the prefix gives the split)."
             )
-        if match.group(1) == "train" and len(match.group(2)) != TRAIN_DIGITS[tree]:
-            other = "basic" if tree == "compound" else "compound"
+        split, digits = match.group(1), len(match.group(2))
+        if digits != DIGITS[tree][split]:
+            others = [t for t in DIGITS if DIGITS[t][split] == digits]
+            hint = f": is --manual_dir the {others[0]} tree?" if others else "."
             raise RafDbLayoutError(
-                f"{where}: {name} has {len(match.group(2))} digits, but the {tree} tree numbers "
-                f"train images with {TRAIN_DIGITS[tree]}: is --manual_dir the {other} tree?"
+                f"{where}: {name} has {digits} digits, but the {tree} tree numbers {split} "
+                f"images with {DIGITS[tree][split]}{hint}"
             )
         if not 1 <= label <= num_labels:
             raise RafDbLayoutError(
@@ -153,19 +214,19 @@ def read_tree(root: epath.Path, num_labels: int, tree: str) -> list[Record]:
     missing = [
         (name, line)
         for name, _, line in entries
-        if not (aligned / name.replace(".jpg", "_aligned.jpg")).exists()
+        if not (aligned / f"{stem(name)}{ALIGNED_SUFFIX}").exists()
     ]
     if missing:
         shown = ", ".join(f"{n} (line {ln})" for n, ln in missing[:5])
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise RafDbLayoutError(
             f"{len(missing)} image(s) listed in {root / LABEL_FILE} are missing from {aligned}: "
-            f"{shown}{more}. Expected <stem>_aligned.jpg for each listed <stem>.jpg."
+            f"{shown}{more}. Expected <stem>{ALIGNED_SUFFIX} for each listed <stem>.jpg."
         )
     records = []
     for name, label, line in entries:
-        stem = name[: -len(".jpg")]
-        path = aligned / f"{stem}_aligned.jpg"
+        path = aligned / f"{stem(name)}{ALIGNED_SUFFIX}"
+        annotation = root / MANUAL_ANNOTATION_DIR / f"{stem(name)}{ANNOTATION_SUFFIX}"
         records.append(
             Record(
                 file_name=name,
@@ -173,7 +234,7 @@ def read_tree(root: epath.Path, num_labels: int, tree: str) -> list[Record]:
                 split=name.split("_", 1)[0],
                 aligned_path=path,
                 needs_reencode=_check_image(path, name, line),
-                landmarks=_read_landmarks(root / MANUAL_ANNOTATION_DIR / f"{stem}_manu_attri.txt"),
+                landmarks=_read_landmarks(annotation),
             )
         )
     return records

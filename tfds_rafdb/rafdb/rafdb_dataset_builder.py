@@ -19,31 +19,6 @@ from PIL import Image
 
 from . import layout
 
-COMPOUND_CLASSES = (
-    "Happily Surprised",
-    "Happily Disgusted",
-    "Sadly Fearful",
-    "Sadly Angry",
-    "Sadly Surprised",
-    "Sadly Disgusted",
-    "Fearfully Angry",
-    "Fearfully Surprised",
-    "Angrily Surprised",
-    "Angrily Disgusted",
-    "Disgustedly Surprised",
-)
-BASIC_CLASSES = ("Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral")
-# The 7-class ABAW / C-EXPR-DB challenge label space, in the challenge's index order.
-ABAW7_CLASSES = (
-    "Fearfully Surprised",
-    "Happily Surprised",
-    "Sadly Surprised",
-    "Disgustedly Surprised",
-    "Angrily Surprised",
-    "Sadly Fearful",
-    "Sadly Angry",
-)
-TREE_CLASSES = {"compound": COMPOUND_CLASSES, "basic": BASIC_CLASSES}  # by RAF-DB id - 1
 JPEG_QUALITY = 95  # only for the rare image that is not already a 100x100 RGB JPEG
 
 
@@ -62,8 +37,8 @@ BUILDER_CONFIGS = [
         name="compound",
         description="11 compound classes; RAF-DB ids 1..11 -> 0..10.",
         tree="compound",
-        class_names=COMPOUND_CLASSES,
-        label_map=tuple(range(11)),
+        class_names=layout.COMPOUND_CLASSES,
+        label_map=tuple(range(len(layout.COMPOUND_CLASSES))),
     ),
     RafDbConfig(
         name="compound_abaw7",
@@ -72,18 +47,18 @@ BUILDER_CONFIGS = [
             "2, 6, 7, 10 left out."
         ),
         tree="compound",
-        class_names=ABAW7_CLASSES,
+        class_names=layout.ABAW7_CLASSES,
         label_map=tuple(
-            ABAW7_CLASSES.index(name) if name in ABAW7_CLASSES else None
-            for name in COMPOUND_CLASSES
+            layout.ABAW7_CLASSES.index(name) if name in layout.ABAW7_CLASSES else None
+            for name in layout.COMPOUND_CLASSES
         ),
     ),
     RafDbConfig(
         name="basic",
         description="7 basic classes; RAF-DB ids 1..7 -> 0..6.",
         tree="basic",
-        class_names=BASIC_CLASSES,
-        label_map=tuple(range(7)),
+        class_names=layout.BASIC_CLASSES,
+        label_map=tuple(range(len(layout.BASIC_CLASSES))),
     ),
 ]
 
@@ -100,8 +75,9 @@ RAF-DB cannot be downloaded automatically: its owners release it for non-commerc
 request. Ask for it at http://www.whdeng.cn/RAF/model1.html (the licence agreement must be
 signed by a researcher), unpack the archive, and pass the `compound/` (or `basic/`) folder:
 
+  python -m tfds_rafdb.rafdb --builder_config=compound --manual_dir=/data/RAF-DB/compound \\
+      --data_dir=D
   tfds build tfds_rafdb/rafdb --config=compound --manual_dir=/data/RAF-DB/compound --data_dir=D
-  python -m tfds_rafdb.rafdb --config=compound --manual_dir=/data/RAF-DB/compound --data_dir=D
 
 {layout.EXPECTED_LAYOUT}
 """
@@ -193,7 +169,7 @@ def _log_left_out(records: list[layout.Record], config: RafDbConfig) -> None:
         r.raw_label for r in records if config.label_map[r.raw_label - 1] is None
     )
     if left_out:
-        names = TREE_CLASSES[config.tree]
+        names = layout.TREE_CLASSES[config.tree]
         listed = ", ".join(f"{names[i - 1]}: {left_out[i]}" for i in sorted(left_out))
         logging.info("rafdb/%s leaves out %d images (%s).", config.name, left_out.total(), listed)
 

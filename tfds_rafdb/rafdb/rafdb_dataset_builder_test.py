@@ -1,6 +1,6 @@
 """TFDS builder tests on the tiny synthetic trees in dummy_data/ (one test case per config).
 
-`dummy_data/` is made by `python -m tfds_rafdb.rafdb.make_dummy_data`; every class has 2-3 train
+`dummy_data/` is made by `python tools/make_rafdb_dummy_data.py`; every class has 2-3 train
 images (so 1 goes to `validation`) and 1 test image.
 """
 

@@ -1,6 +1,7 @@
-"""Shared base of every training config; model configs override what their recipe needs.
+"""Shared base of every training config (configs/*.py); model configs override their recipe.
 
-Every field can be overridden on the command line, e.g.
+It lives in the package so that a config file works wherever cer_jax is installed. Every field
+can be overridden on the command line, e.g.
     python -m cer_jax.train --config=configs/vit.py --workdir=/tmp/vit \\
         --config.optimizer.lr=1e-4 --config.training.num_epochs=30
 """
@@ -15,10 +16,15 @@ from cer_jax.data.config import dataset_defaults, input_defaults
 
 def get_base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
+    # The member's name: the demo's --models value, the workdir folder and the fusion report all
+    # use it (configs/<member>.py sets it to its own file name).
+    config.member = "vit"
     config.seed = 0
 
     # model.name picks the registry entry (cer_jax.models); every other key is passed to the
-    # model's create() as a keyword (dtype as a string: "float32" or "bfloat16" compute).
+    # model's create() as a keyword (dtype as a string: "float32" or "bfloat16" compute). A key
+    # left at None ("auto") takes what the pre-trained file implies (init.checkpoint), or the
+    # model's default; see cer_jax.model_settings.
     config.model = ml_collections.ConfigDict({"name": "vit"})
 
     config.dataset = dataset_defaults()
@@ -73,6 +79,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.init.checkpoint = placeholder(str)
     config.init.workdir = placeholder(str)
     config.init.keep_head = False  # keep the loaded head when its shape fits
+    # MA-Net .pth.tar only: the authors' code version the weights were trained with, which fixes
+    # model.path_b_order ("2021": forward, the published MS-Celeb-1M weights; "2023": reverse).
+    config.init.manet_code_version = "2021"
 
     # Splits written to <workdir>/export at the end; None = train_split + eval_splits.
     config.export = ml_collections.ConfigDict()
@@ -83,9 +92,6 @@ def get_base_config() -> ml_collections.ConfigDict:
 def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """CPU-sized run on the built-in synthetic RAF-DB (generated into the cache on first use)."""
     config.dataset.synthetic = True
-    # Enough synthetic faces that what a tiny model learns also holds on held-out images.
-    config.dataset.synthetic_num_train = 3000
-    config.dataset.synthetic_num_test = 300
     config.input.image_size = 64
     config.input.resize_size = 72
     # Aligned faces: keep most of the face, or tiny models learn little in a few hundred steps.
@@ -107,3 +113,23 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.schedule.name = "cosine"
     config.schedule.warmup_steps = 10
     return config
+
+
+def follow_up_augmentations(config: ml_collections.ConfigDict) -> None:
+    """The follow-up paper's training augmentations (paper.md), shared by ViT and ResNet50:
+    resize 256 + random crop 224, flip, colour jitter (0.5, 0.5, 0.5, 0.1), random affine and
+    Gaussian blur."""
+    config.input.train_resize = "resize_crop"
+    config.input.flip = True
+    config.input.color_jitter = (0.5, 0.5, 0.5, 0.1)
+    config.input.color_jitter_prob = 0.8
+    config.input.affine.prob = 0.5
+    config.input.blur.prob = 0.2
+
+
+def no_heavy_augmentations(config: ml_collections.ConfigDict) -> None:
+    """Smoke runs from scratch: tiny models learn little in a few hundred steps under heavy
+    augmentation."""
+    config.input.color_jitter = None
+    config.input.affine.prob = 0.0
+    config.input.blur.prob = 0.0

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Every accelerator figure of BENCHMARKS.md in one run: ViT-B/16, ResNet-50 and MA-Net at
+# 224x224 in bfloat16 on one GPU or TPU chip. Needs the package and JAX's GPU / TPU build only
+# (pip install -e . "jax[cuda13]" or "jax[tpu]"); PyTorch is used only when it is installed.
+# Budget: under 10 minutes on one H100-class GPU, compilation included.
+#
+#   bench/accelerator.sh [--dry-run] [--out DIR] [--no-torch] [--steps N]
+#
+# Writes DIR/bench.txt (the tables), DIR/bench.json (every figure), DIR/profile/ (TensorBoard:
+# tensorboard --logdir DIR/profile, Profile tab), DIR/costs_cpu.txt (FLOPs counted by XLA:CPU,
+# a cross-check of the accelerator's cost analysis) and DIR/machine.txt.
+set -euo pipefail
+
+out="bench_out/$(date -u +%Y%m%dT%H%M%SZ)"
+dry_run=0
+torch=auto
+steps=20
+python="${PYTHON:-python}"
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --dry-run) dry_run=1 ;;
+    --out) out="$2"; shift ;;
+    --no-torch) torch=no ;;
+    --steps) steps="$2"; shift ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+run() {
+  # run LOG COMMAND...: prints the command; unless --dry-run, runs it, its output also in LOG.
+  local log="$1"
+  shift
+  printf '+ %s > %s\n' "$*" "$log"
+  if [[ "$dry_run" -eq 0 ]]; then
+    "$@" 2>&1 | tee "$log"
+  fi
+}
+
+torch_flag=()
+# The PyTorch reference only where it runs on the same GPU (CUDA build of torch installed).
+if [[ "$torch" == auto ]] \
+  && "$python" -c "import torch, transformers; assert torch.cuda.is_available()" 2>/dev/null; then
+  torch_flag=(--compare_torch)
+fi
+
+models="vit:B/16,resnet:50,manet"
+if [[ "$dry_run" -eq 0 ]]; then
+  mkdir -p "$out"
+  {
+    date -u
+    "$python" -c "import jax; print(jax.__version__, jax.devices())"
+    if command -v nvidia-smi >/dev/null; then nvidia-smi; fi
+    nproc
+    lscpu | grep 'Model name' || true
+  } > "$out/machine.txt" 2>&1
+fi
+
+# 1. Step throughput, compile time, FLOPs, MFU, memory (recipe batch sizes: 96 / 96 / 128),
+#    the input pipeline per host core (--input) and a profile of a few steps; ~6 minutes.
+run "$out/bench.txt" timeout 480 "$python" -m cer_jax.bench --models="$models" \
+  --image_size=224 --precision=bfloat16 --steps="$steps" --warmup=3 --input \
+  --input_batches=30 --profile="$out/profile" --json="$out/bench.json" "${torch_flag[@]}"
+
+# 2. FLOPs as XLA:CPU counts them (abstract models, compile only), to cross-check the
+#    accelerator's cost analysis (custom calls such as cuDNN convolutions may count differently).
+run "$out/costs_cpu.txt" env JAX_PLATFORMS=cpu timeout 150 "$python" -m cer_jax.bench.costs \
+  --models="$models" --image_size=224 || echo "costs on CPU did not finish (optional)"
+
+echo "figures in $out"

@@ -1,0 +1,53 @@
+"""Wall time of a full ensemble run estimated from measured step rates (a documented model).
+
+For each member, the trainer's full recipe on RAF-DB compound-sized data (3,162 train images:
+train_fit ~2,846, validation ~316, test 792; shared/spec/datasets.md and the ~10 % validation
+hold-out of tfds_rafdb) costs
+
+    compile (train + eval programs)
+  + epochs x (train_fit // batch) steps / train steps per s        (pipelined step rate, or the
+                                                                    input pipeline's if slower)
+  + epochs x (validation + test) images / eval images per s        (eval once per epoch)
+  + (train_fit + validation + test) images / eval images per s     (the final export)
+
+Not counted: process start, dataset preparation (once per machine), checkpoint writes (Orbax
+saves asynchronously), host gaps of the eval loop's padding and gathering, and the fusion step
+(seconds on CPU). The members are trained one after the other on one accelerator.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+TRAIN_FIT, VALIDATION, TEST = 2846, 316, 792
+
+
+def member_seconds(result: dict[str, Any], *, num_epochs: float,
+                   global_batch_size: int) -> dict[str, float]:
+    steps_per_epoch = TRAIN_FIT // global_batch_size
+    steps = int(num_epochs * steps_per_epoch + 0.999999)
+    train_rate = result.get("training_images_per_s") or result["train_images_per_s_pipelined"]
+    eval_rate = result["eval_images_per_s_pipelined"]
+    parts = {
+        "compile_s": result["compile_train_s"] + result["compile_eval_s"],
+        "train_s": steps * global_batch_size / train_rate,
+        "eval_s": (num_epochs * (VALIDATION + TEST) + TRAIN_FIT + VALIDATION + TEST) / eval_rate,
+    }
+    parts["total_s"] = sum(parts.values())
+    parts["steps"] = steps
+    return parts
+
+
+def ensemble_estimate(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per member (by result "spec") and in total; each result carries its recipe's
+    "num_epochs" and "recipe_batch_size" (measured at the benchmark's batch size)."""
+    members = {r["spec"]: member_seconds(r, num_epochs=r["num_epochs"],
+                                         global_batch_size=r["recipe_batch_size"])
+               for r in results}
+    total = sum(m["total_s"] for m in members.values())
+    dominant: dict[str, float] = {}
+    for m in members.values():
+        for key in ("compile_s", "train_s", "eval_s"):
+            dominant[key] = dominant.get(key, 0.0) + m[key]
+    return {"members": members, "total_s": total,
+            "dominated_by": max(dominant, key=dominant.get).removesuffix("_s")}

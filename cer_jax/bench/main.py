@@ -1,0 +1,247 @@
+r"""Throughput, FLOPs, MFU and memory per model; optionally input pipeline, PyTorch, profile.
+
+    python -m cer_jax.bench --models=vit:B/16,resnet:50,manet --precision=bfloat16 \
+        [--batch_size=N] [--image_size=224] [--steps=20] [--warmup=3] [--json=bench.json] \
+        [--input] [--compare_torch] [--profile=/tmp/bench_profile]
+
+--models takes shorthands (vit:<variant>, resnet:<depth>, manet[:<width>]; each runs its recipe
+config's optimizer and loss) or config files (configs/manet.py:smoke). --batch_size and
+--image_size default to the config's (the recipe's). Without --input nothing imports
+TensorFlow: batches are random arrays made on the device.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("models", "vit:B/16,resnet:50,manet",
+                    "Comma-separated model shorthands or config files.")
+flags.DEFINE_integer("batch_size", None, "Global batch; default: the config's.")
+flags.DEFINE_integer("image_size", None, "Input side; default: the config's.")
+flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"],
+                  "Compute dtype (parameters stay float32).")
+flags.DEFINE_integer("steps", 10, "Timed steps (train and eval each).")
+flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+flags.DEFINE_integer("num_classes", 11, "Classes of the head (RAF-DB compound: 11).")
+flags.DEFINE_string("json", None, "Write every figure to this JSON file.")
+flags.DEFINE_bool("input", False,
+                  "Also time the real training input pipeline (TensorFlow) per host core.")
+flags.DEFINE_integer("input_batches", 20, "Batches timed by --input.")
+flags.DEFINE_integer("input_num_train", 600, "Synthetic training images drawn for --input.")
+flags.DEFINE_string("input_cache_dir", os.path.join(tempfile.gettempdir(), "cer_jax_bench"),
+                    "Where --input draws and builds its synthetic dataset (reused).")
+flags.DEFINE_bool("compare_torch", False,
+                  "Also time the PyTorch reference (transformers ViT / ResNet, MA-Net).")
+flags.DEFINE_string("profile", None, "Write a jax.profiler trace of a few steps here.")
+
+# Goals of issue 12 (one H100-class GPU, bf16, 224 px).
+GOALS = {"vit:B/16": 4000.0, "resnet:50": 5000.0}
+ENSEMBLE_GOAL_S = 15 * 60
+
+
+def machine() -> dict[str, Any]:
+    import jax
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    device = jax.devices()[0]
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "backend": jax.default_backend(), "device_kind": device.device_kind,
+        "device_count": jax.device_count(), "host_cpu": cpu, "host_cores": os.cpu_count(),
+        "jax": jax.__version__, "python": platform.python_version(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
+def _fmt(x: float | None, spec: str = ".1f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _mib(x: int | None) -> str:
+    return "-" if x is None else f"{x / 2**20:,.0f}"
+
+
+def results_table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| model | batch | size | precision | compile train / eval s | train img/s | "
+        "eval img/s | train GFLOPs/img | achieved train TFLOP/s | train MFU | eval MFU | "
+        "peak MiB | XLA-planned train MiB |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        mfu = [_fmt(None if r[f"{p}_mfu"] is None else 100 * r[f"{p}_mfu"], ".1f")
+               + ("" if r[f"{p}_mfu"] is None else " %") for p in ("train", "eval")]
+        lines.append(
+            f"| {r['spec']} | {r['batch_size']} | {r['image_size']} | {r['precision']} | "
+            f"{r['compile_train_s']:.1f} / {r['compile_eval_s']:.1f} | "
+            f"{r['train_images_per_s']:.1f} | {r['eval_images_per_s']:.1f} | "
+            f"{r['train_flops_per_image'] / 1e9:.3g} | {r['train_flops_per_s'] / 1e12:.3f} | "
+            f"{mfu[0]} | {mfu[1]} | {_mib(r['peak_bytes_in_use'])} | "
+            f"{_mib(r['train_program_bytes'])} |")
+    lines.append("\nimg/s: median of timed steps, each blocked until ready; pipelined (back to "
+                 "back, as the trainer runs) train / eval img/s: "
+                 + ", ".join(f"{r['spec']} {r['train_images_per_s_pipelined']:.1f} / "
+                             f"{r['eval_images_per_s_pipelined']:.1f}" for r in results))
+    return "\n".join(lines)
+
+
+def torch_table(results: list[dict[str, Any]]) -> str:
+    rows = [r for r in results if "torch" in r]
+    if not rows:
+        return ""
+    lines = [
+        "| model | cer_jax train img/s | PyTorch train img/s | train ratio | "
+        "cer_jax eval img/s | PyTorch eval img/s | eval ratio | params cer_jax / PyTorch |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        t = r["torch"]
+        lines.append(
+            f"| {r['spec']} | {r['train_images_per_s']:.1f} | {t['train_images_per_s']:.1f} | "
+            f"**{r['ratio_train']:.2f}x** | {r['eval_images_per_s']:.1f} | "
+            f"{t['eval_images_per_s']:.1f} | **{r['ratio_eval']:.2f}x** | "
+            f"{r['params']:,} / {t['params']:,} |")
+    lines.append(f"\nratio = cer_jax / PyTorch images/s, same process, batch and precision "
+                 f"({rows[0]['torch']['framework']}).")
+    return "\n".join(lines)
+
+
+def input_lines(results: list[dict[str, Any]]) -> str:
+    lines = []
+    for r in results:
+        if "input" not in r:
+            continue
+        i, b = r["input"], r["input_bound"]
+        lines.append(
+            f"{r['spec']}: input pipeline {i['images_per_s']:.0f} img/s on {i['host_cores']} "
+            f"host cores ({i['images_per_s_per_core']:.0f} per core) vs the train step "
+            f"{r['train_images_per_s_pipelined']:.0f} img/s: training is bound by the "
+            f"{b['bound_by']}; keeping this step fed needs {b['host_cores_needed']} host "
+            "core(s).")
+    return "\n".join(lines)
+
+
+def ensemble_lines(results: list[dict[str, Any]], estimate: dict[str, Any]) -> str:
+    lines = ["Time to train these members on RAF-DB-sized data, full recipe (estimate from the "
+             "measured rates; cer_jax.bench.ensemble_time):"]
+    for spec, m in estimate["members"].items():
+        lines.append(f"  {spec}: {m['steps']} steps, compile {m['compile_s']:.0f} s + train "
+                     f"{m['train_s']:.0f} s + eval {m['eval_s']:.0f} s = {m['total_s']:.0f} s")
+    total = estimate["total_s"]
+    verdict = "meets" if total <= ENSEMBLE_GOAL_S else "misses"
+    lines.append(f"  total {total / 60:.1f} min ({verdict} the 15-minute goal; largest part: "
+                 f"{estimate['dominated_by']})")
+    if any(r["batch_size"] != r["recipe_batch_size"] for r in results):
+        lines.append("  (rates measured at --batch_size, not the recipe's batch: indicative)")
+    return "\n".join(lines)
+
+
+def goal_lines(results: list[dict[str, Any]], backend: str) -> str:
+    if backend == "cpu":
+        return ""
+    lines = []
+    for r in results:
+        goal = GOALS.get(r["spec"])
+        if goal is None or r["image_size"] != 224:
+            continue
+        rate = r.get("input_bound", {}).get("training_images_per_s",
+                                            r["train_images_per_s_pipelined"])
+        if rate >= goal:
+            lines.append(f"{r['spec']}: {rate:.0f} img/s meets the {goal:.0f} img/s goal.")
+            continue
+        gap = r["train_step_s"] - r["batch_size"] / r["train_images_per_s_pipelined"]
+        part = ("input" if r.get("input_bound", {}).get("bound_by") == "input"
+                else "host gaps" if gap > 0.2 * r["train_step_s"] else "step")
+        lines.append(f"{r['spec']}: {rate:.0f} img/s misses the {goal:.0f} img/s goal; "
+                     f"dominated by: {part} (train MFU {_fmt(100 * (r['train_mfu'] or 0))} %).")
+    return "\n".join(lines)
+
+
+def write_json(info: dict[str, Any], results: list[dict[str, Any]],
+               estimate: dict[str, Any] | None) -> None:
+    if not FLAGS.json:
+        return
+    payload = {"machine": info, "settings": {
+        "models": FLAGS.models, "batch_size": FLAGS.batch_size, "image_size": FLAGS.image_size,
+        "precision": FLAGS.precision, "steps": FLAGS.steps, "warmup": FLAGS.warmup,
+        "num_classes": FLAGS.num_classes, "argv": sys.argv},
+        "models": results, "ensemble": estimate}
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)
+    with open(FLAGS.json, "w") as f:
+        json.dump(payload, f, indent=1)
+        f.write("\n")
+
+
+def run(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    from cer_jax import sharding
+    from cer_jax.bench import ensemble_time, throughput
+
+    info = machine()
+    print(f"# cer_jax.bench on {info['device_count']} x {info['device_kind']} "
+          f"({info['backend']}), host {info['host_cpu']} ({info['host_cores']} cores), "
+          f"jax {info['jax']}, {info['date']}" + (f", XLA_FLAGS={info['xla_flags']}"
+                                                  if info["xla_flags"] else ""))
+    mesh = sharding.create_mesh()
+    results = []
+    for spec in filter(None, (s.strip() for s in FLAGS.models.split(","))):
+        setup = throughput.resolve(spec, image_size=FLAGS.image_size,
+                                   batch_size=FLAGS.batch_size, precision=FLAGS.precision,
+                                   num_classes=FLAGS.num_classes)
+        profile_dir = os.path.join(FLAGS.profile, spec.replace("/", "_").replace(":", "_")) \
+            if FLAGS.profile else None
+        r = throughput.bench_model(setup, mesh, steps_=FLAGS.steps, warmup=FLAGS.warmup,
+                                   profile_dir=profile_dir)
+        r["num_epochs"] = float(setup.config.training.get("num_epochs") or 0.0) or (
+            setup.config.training.num_steps * setup.config.training.global_batch_size
+            / ensemble_time.TRAIN_FIT)
+        r["recipe_batch_size"] = int(setup.config.training.global_batch_size)
+        if profile_dir:
+            r["profile_dir"] = profile_dir
+        if FLAGS.compare_torch:
+            from cer_jax.bench import torch_ref
+
+            r["torch"] = torch_ref.bench_torch(setup, steps_=FLAGS.steps, warmup=FLAGS.warmup)
+            r["ratio_train"] = r["train_images_per_s"] / r["torch"]["train_images_per_s"]
+            r["ratio_eval"] = r["eval_images_per_s"] / r["torch"]["eval_images_per_s"]
+        if FLAGS.input:
+            from cer_jax.bench import input_bench
+
+            r["input"] = input_bench.bench_input(
+                setup.config, batch_size=setup.batch_size, batches=FLAGS.input_batches,
+                cache_dir=FLAGS.input_cache_dir, num_train=FLAGS.input_num_train)
+            r["input_bound"] = input_bench.bound(r["train_images_per_s_pipelined"], r["input"])
+            r["training_images_per_s"] = r["input_bound"]["training_images_per_s"]
+        results.append(r)
+        write_json(info, results, None)  # after every model: a timeout keeps what was measured
+        print(f"{spec}: train {r['train_images_per_s']:.1f} img/s, eval "
+              f"{r['eval_images_per_s']:.1f} img/s", file=sys.stderr, flush=True)
+
+    estimate = ensemble_time.ensemble_estimate(results)
+    sections = [results_table(results), torch_table(results), input_lines(results),
+                goal_lines(results, info["backend"]), ensemble_lines(results, estimate)]
+    if FLAGS.profile:
+        sections.append(f"Profiles: {FLAGS.profile} (tensorboard --logdir={FLAGS.profile}, "
+                        "Profile tab)")
+    print("\n\n".join(s for s in sections if s))
+    write_json(info, results, estimate)
+
+
+def main() -> None:
+    app.run(run)

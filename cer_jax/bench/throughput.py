@@ -1,0 +1,224 @@
+"""Train / eval step throughput of one model, as the trainer runs it, on synthetic device batches.
+
+The state, optimizer and steps are the trainer's own (`train_state`, `optim`, `steps`) built from
+the model's config file, so the figures are those of a real run minus the input pipeline. The
+batch is drawn on the device once and reused: no host-to-device copy, no TensorFlow.
+
+Timing: the train and eval programs are lowered and compiled explicitly (compile time = trace +
+lower + compile); then `warmup` untimed steps; then `steps` steps each followed by
+`block_until_ready` (the median of these is the step time), and the same number again
+dispatched back to back with one block at the end ("pipelined": what the trainer's loop does,
+host dispatch overlapping device work). FLOPs come from XLA's cost analysis of the compiled
+executables (`costs.compiled_flops`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from cer_jax import optim, sharding, steps, train_state
+from cer_jax.bench import costs, peaks
+
+# Model shorthand -> the config file whose recipe (optimizer, loss) the benchmark runs.
+CONFIG_FILES = {"vit": "configs/vit.py", "resnet": "configs/resnet50.py",
+                "manet": "configs/manet.py"}
+PRECISIONS = ("float32", "bfloat16")
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    from cer_jax import config_loading
+
+    return config_loading.load_config(spec)
+
+
+@dataclasses.dataclass
+class Setup:
+    """One model to benchmark: its config (recipe), batch, input size and precision."""
+
+    spec: str
+    config: ml_collections.ConfigDict
+    batch_size: int
+    image_size: int
+    precision: str
+    num_classes: int
+
+    @property
+    def name(self) -> str:
+        return self.config.model.name
+
+
+def resolve(spec: str, *, image_size: int | None, batch_size: int | None, precision: str,
+            num_classes: int) -> Setup:
+    """'vit:B/16' (shorthand: the model's recipe config with that variant) or a config file
+    'configs/vit.py[:smoke]' -> Setup. None for image_size / batch_size: the config's."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision={precision!r}: use one of {', '.join(PRECISIONS)}.")
+    if ".py" in spec:
+        config = load_config(spec)
+    else:
+        name, kwargs = costs.parse_model_spec(spec, image_size=image_size or 224)
+        config = load_config(CONFIG_FILES[name])
+        kwargs.pop("image_size", None)
+        for key, value in kwargs.items():
+            config.model[key] = value
+    config = ml_collections.ConfigDict(config.to_dict())  # resolve field references
+    # Options left None / "auto" mean "what the checkpoint implies, else the model's default":
+    # no weights are loaded here, so drop them and let the model use its defaults.
+    config.model = ml_collections.ConfigDict(
+        {k: v for k, v in config.model.to_dict().items() if v is not None and v != "auto"})
+    size = image_size or config.input.image_size
+    config.input.image_size = size
+    if "image_size" in config.model:
+        config.model.image_size = size
+    config.model.dtype = precision
+    batch = batch_size or config.training.global_batch_size
+    sharding.check_batch_size(batch, "--batch_size")
+    return Setup(spec, config, batch, size, precision, num_classes)
+
+
+def synthetic_batch(mesh, batch_size: int, image_size: int, num_classes: int, *,
+                    seed: int = 0, with_mask: bool = False) -> dict[str, jax.Array]:
+    """Random images and labels drawn on the device(s), sharded like the trainer's batches."""
+    spec = sharding.data_sharded(mesh)
+    keys = ("image", "label", "mask") if with_mask else ("image", "label")
+
+    @functools.partial(jax.jit, out_shardings=dict.fromkeys(keys, spec))
+    def make(key):
+        k1, k2 = jax.random.split(key)
+        batch = {
+            "image": jax.random.normal(k1, (batch_size, image_size, image_size, 3), jnp.float32),
+            "label": jax.random.randint(k2, (batch_size,), 0, num_classes, jnp.int32),
+        }
+        if with_mask:
+            batch["mask"] = jnp.ones((batch_size,), jnp.bool_)
+        return batch
+
+    return make(jax.random.key(seed))
+
+
+def build(setup: Setup, mesh) -> tuple[Any, Any, Any, dict]:
+    """(train_fn, eval_fn, state, info) exactly as the trainer builds them (random weights)."""
+    config = setup.config
+    model = train_state.create_model(config, setup.num_classes, seed=0)
+    _, params, _ = train_state.split_model(model)
+    schedule = optim.create_schedule(config, total_steps=1000, steps_per_epoch=100)
+    tx = optim.create_optimizer(config, schedule, params, train_state.head_names(model))
+    graphdef, state = train_state.create_train_state(model, tx)
+    del model, params
+    state = sharding.replicate(state, mesh)
+    train_fn = steps.jit_train_step(
+        graphdef, tx, mesh, num_classes=setup.num_classes,
+        label_smoothing=config.training.label_smoothing,
+    )
+    eval_fn = steps.jit_eval_step(graphdef, mesh, num_classes=setup.num_classes)
+    info = {"params": train_state.num_params(state["params"]),
+            "optimizer": config.optimizer.name}
+    return train_fn, eval_fn, state, info
+
+
+def compile_timed(jitted, *args) -> tuple[Any, float]:
+    start = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    return compiled, time.perf_counter() - start
+
+
+def time_steps(step: Callable[[], Any], *, warmup: int, steps_: int) -> dict[str, float]:
+    """Median seconds of `steps_` blocked calls after `warmup`, and the mean of as many
+    back-to-back calls blocked once at the end (host dispatch overlapping device work)."""
+    for _ in range(warmup):
+        jax.block_until_ready(step())
+    times = []
+    for _ in range(steps_):
+        start = time.perf_counter()
+        jax.block_until_ready(step())
+        times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    out = None
+    for _ in range(steps_):
+        out = step()
+    jax.block_until_ready(out)
+    pipelined = (time.perf_counter() - start) / steps_
+    return {"median_s": statistics.median(times), "min_s": min(times), "pipelined_s": pipelined}
+
+
+def memory_figures(compiled_train) -> dict[str, int | None]:
+    """Peak device memory where the backend reports it (GPU / TPU; not CPU), and what XLA
+    planned for the train program (arguments + outputs + temporaries, any backend)."""
+    stats = None
+    with contextlib.suppress(Exception):
+        stats = jax.local_devices()[0].memory_stats()
+    planned = None
+    with contextlib.suppress(Exception):
+        m = compiled_train.memory_analysis()
+        planned = int(m.argument_size_in_bytes + m.output_size_in_bytes
+                      + m.temp_size_in_bytes - m.alias_size_in_bytes)
+    return {"peak_bytes_in_use": (stats or {}).get("peak_bytes_in_use"),
+            "train_program_bytes": planned}
+
+
+def bench_model(setup: Setup, mesh, *, steps_: int, warmup: int,
+                profile_dir: str | None = None) -> dict[str, Any]:
+    """Every device figure of one model (see the module docstring)."""
+    train_fn, eval_fn, state, info = build(setup, mesh)
+    b, s, k = setup.batch_size, setup.image_size, setup.num_classes
+    batch = synthetic_batch(mesh, b, s, k)
+    eval_batch = synthetic_batch(mesh, b, s, k, with_mask=True)
+    train_c, compile_train = compile_timed(train_fn, state, batch)
+    eval_c, compile_eval = compile_timed(eval_fn, state, eval_batch)
+
+    box = {"state": state}
+
+    def train_once():
+        box["state"], metrics = train_c(box["state"], batch)
+        return metrics
+
+    def eval_once():
+        return eval_c(box["state"], eval_batch)
+
+    train_t = time_steps(train_once, warmup=warmup, steps_=steps_)
+    eval_t = time_steps(eval_once, warmup=warmup, steps_=steps_)
+    if profile_dir:
+        profile(profile_dir, train_once, eval_once)
+
+    devices = jax.device_count()
+    # The compiled programs are per device (SPMD): scale to the global batch.
+    train_flops = costs.compiled_flops(train_c) * devices / b
+    eval_flops = costs.compiled_flops(eval_c) * devices / b
+    result: dict[str, Any] = {
+        "spec": setup.spec, "model": setup.name, **info,
+        "batch_size": b, "image_size": s, "precision": setup.precision,
+        "compile_train_s": compile_train, "compile_eval_s": compile_eval,
+        "train_step_s": train_t["median_s"], "eval_step_s": eval_t["median_s"],
+        "train_images_per_s": b / train_t["median_s"],
+        "eval_images_per_s": b / eval_t["median_s"],
+        "train_images_per_s_pipelined": b / train_t["pipelined_s"],
+        "eval_images_per_s_pipelined": b / eval_t["pipelined_s"],
+        "train_flops_per_image": train_flops, "eval_flops_per_image": eval_flops,
+        **memory_figures(train_c),
+    }
+    peak = peaks.peak_flops(jax.devices()[0].device_kind, setup.precision)
+    for part in ("train", "eval"):
+        achieved = result[f"{part}_flops_per_image"] * result[f"{part}_images_per_s"]
+        result[f"{part}_flops_per_s"] = achieved
+        result[f"{part}_mfu"] = achieved / (peak * devices) if peak else None
+    return result
+
+
+def profile(log_dir: str, train_once, eval_once, *, num_steps: int = 3) -> None:
+    """A jax.profiler trace of a few train steps and one eval step (TensorBoard: Profile tab)."""
+    with jax.profiler.trace(log_dir):
+        for i in range(num_steps):
+            with jax.profiler.StepTraceAnnotation("train", step_num=i):
+                jax.block_until_ready(train_once())
+        with jax.profiler.StepTraceAnnotation("eval", step_num=num_steps):
+            jax.block_until_ready(eval_once())

@@ -1,0 +1,109 @@
+"""Shared entry point of the command-line tools: input errors as one line, not a traceback.
+
+`cli.run(main)` runs an absl `main`; a `UserError` (or another error listed by the tool) is
+printed as `error: <message>` on stderr with exit status 2. `--traceback` shows the full
+traceback instead, for bug reports. `initialize_distributed()` starts JAX's multi-process
+runtime (one process per host of a TPU slice, or per GPU / node of a SLURM job) when the
+flags or the environment ask for it; it must run before any other JAX call.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging as std_logging
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+
+from absl import app, flags, logging
+
+from cer_jax.errors import UserError
+
+FLAGS = flags.FLAGS
+
+
+def define_distributed_flags() -> None:
+    """The multi-process flags, for the tools that run on every host (train, fuse). Defined by
+    the tool's module, not here, so importing this module defines no flag."""
+    flags.DEFINE_enum(
+        "distributed", "auto", ["auto", "on", "off"],
+        "Start JAX's multi-process runtime (jax.distributed.initialize, one process per host or "
+        "GPU). auto: when the environment is a TPU VM, a SLURM job step with several tasks or "
+        "sets JAX_COORDINATOR_ADDRESS, or a coordinator flag below is given.",
+    )
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+    flags.DEFINE_integer("num_processes", None, "Number of processes.")
+    flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def multi_process_environment(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether this process is one of several that JAX can find each other in by itself."""
+    slurm_tasks = environ.get("SLURM_STEP_NUM_TASKS") or environ.get("SLURM_NTASKS") or "1"
+    on_tpu_vm = any(os.path.exists(p) for p in ("/dev/accel0", "/dev/vfio/0"))
+    return (
+        "JAX_COORDINATOR_ADDRESS" in environ
+        or ("SLURM_STEP_ID" in environ and int(slurm_tasks) > 1)
+        or (on_tpu_vm and importlib.util.find_spec("libtpu") is not None)
+    )
+
+
+def initialize_distributed() -> None:
+    """jax.distributed.initialize, as --distributed and the environment say (before any other
+    JAX call). On Cloud TPU and SLURM JAX finds the coordinator itself."""
+    import jax
+
+    names = ("coordinator_address", "num_processes", "process_id")
+    given = {name: FLAGS[name].value for name in names if FLAGS[name].value is not None}
+    mode = FLAGS.distributed
+    if mode == "on" or (mode == "auto" and (given or multi_process_environment())):
+        jax.distributed.initialize(**given)
+
+
+def _not_orbax_chatter(record: std_logging.LogRecord) -> bool:
+    is_orbax = f"{os.sep}orbax{os.sep}" in (record.pathname or "")
+    return record.levelno >= std_logging.ERROR or not is_orbax
+
+
+def quiet_orbax() -> None:
+    """Keeps Orbax's per-checkpoint INFO and WARNING lines (notes on its own defaults) out of
+    the console; its errors still show."""
+    logging.get_absl_handler().addFilter(_not_orbax_chatter)
+
+
+def quiet_native_logs() -> None:
+    """TensorFlow's and XLA's C++ start-up INFO lines hide what matters (warnings still show)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+
+UsageError = app.UsageError
+
+
+def run(main: Callable[[Sequence[str]], None],
+        user_errors: tuple[type[BaseException], ...] = (),
+        resolve_argv: Callable[[list[str]], list[str]] | None = None) -> None:
+    """app.run(main) with input errors as one line; `resolve_argv` may rewrite sys.argv first
+    (its own input errors are reported the same way)."""
+    quiet_native_logs()
+    if "traceback" not in FLAGS:
+        flags.DEFINE_bool(
+            "traceback", False, "On an input error, show the full Python traceback, not one line."
+        )
+    errors = (UserError, *user_errors)
+    argv = list(sys.argv)
+    if resolve_argv is not None:
+        try:
+            argv = resolve_argv(argv)
+        except errors as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    def guarded(args: Sequence[str]) -> None:
+        try:
+            main(args)
+        except errors as e:
+            if FLAGS.traceback:
+                raise
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    app.run(guarded, argv=argv)

@@ -1,0 +1,485 @@
+"""The ensemble artefact: every member's model, preprocessing, the fitted fusion, class names.
+
+A self-contained directory that `python -m cer_jax.predict --ensemble=DIR` loads with no
+training workdir, no TFDS and no TensorFlow (only JAX / Flax, numpy and OpenCV):
+
+    DIR/ensemble.json          {"format": 1, "kind": "cer_jax.ensemble", "class_names": [...],
+                                "dataset": "rafdb/compound_abaw7", "aligned_size": 100,
+                                "strategy": {"name", "params", "state_file": "strategy.npz"},
+                                "members": [{"name", "model", "dir", "num_features",
+                                             "preprocessing": {image_size, normalization,
+                                                               eval_resize, resize_size}}]}
+    DIR/strategy.npz           the fitted fusion's numbers (`Fitted.state`); scalars and strings
+                               as 0-d arrays
+    DIR/members/<i>_<name>/config.json   the member's resolved training config (config.model
+                               rebuilds the network, config.dataset_info its label space)
+    DIR/members/<i>_<name>/model.npz     the model state: one array per leaf of
+                               {"params": ..., "rest": ...} (`nnx.split(model, nnx.Param, ...)`),
+                               keyed by its path joined with "/", e.g. "params/head/kernel";
+                               bfloat16 leaves are stored as float32, RNG keys are not stored
+                               (evaluation never draws from them)
+
+The directory is written under a temporary sibling and renamed into place. Every path goes
+through etils epath, so DIR may be remote (gs://...).
+
+Preprocessing is the training pipeline's eval view (`cer_jax.data.augment.eval_view`) in
+numpy: TF's antialiased bilinear resize (`tf.image.resize(..., antialias=True)`, i.e.
+`scale_and_translate` with a triangle kernel) as two separable weight matrices, the optional
+resize-shorter + central crop, then the member's normalisation; it matches TF to ~1e-6.
+
+API: `write_ensemble`, `write_from_fusion` (called at the end of `cer_jax.fusion.fuse`),
+`load_ensemble` -> `Ensemble.predict(faces)`, `eval_view`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import json
+import math
+import os
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from etils import epath
+from flax import nnx
+
+from cer_jax import checkpointing, train_state
+from cer_jax.fusion import strategies
+
+FORMAT = 1
+KIND = "cer_jax.ensemble"
+ENSEMBLE_FILE = "ensemble.json"
+STRATEGY_FILE = "strategy.npz"
+MODEL_FILE = "model.npz"
+CONFIG_FILE = "config.json"
+ALIGNED_SIZE = 100  # RAF-DB's aligned faces: what the members were trained on.
+
+IMAGENET_MEAN = np.asarray((0.485, 0.456, 0.406), np.float32)
+IMAGENET_STD = np.asarray((0.229, 0.224, 0.225), np.float32)
+NORMALIZATIONS = ("imagenet", "minus_one_one", "unit")
+
+
+class EnsembleError(ValueError):
+    """An ensemble directory that is missing, incomplete or of another format."""
+
+
+# --- preprocessing: the eval view in numpy ---------------------------------------------------
+
+
+@functools.lru_cache(maxsize=64)
+def _resize_weights(in_size: int, out_size: int) -> np.ndarray:
+    """[out, in] weights of TF's antialiased triangle-kernel resize along one axis.
+
+    A port of `ComputeSpansCore` (tensorflow/core/kernels/image/scale_and_translate_op.cc)
+    with scale = out / in and no translation, float32 like TF.
+    """
+    scale = np.float32(out_size) / np.float32(in_size)
+    inv_scale = np.float32(1.0) / scale
+    kernel_scale = max(inv_scale, np.float32(1.0))  # antialias: widen the kernel when shrinking
+    weights = np.zeros((out_size, in_size), np.float32)
+    for x in range(out_size):
+        sample = np.float32((x + 0.5) * inv_scale)
+        if sample < 0 or sample > in_size:
+            continue
+        start = math.ceil(sample - kernel_scale - 0.5)
+        end = math.floor(sample + kernel_scale - 0.5)
+        start, end = min(max(start, 0), in_size - 1), min(max(end, 0), in_size - 1) + 1
+        source = np.arange(start, end, dtype=np.float32)
+        w = np.maximum(
+            np.float32(0), np.float32(1) - np.abs((source + 0.5 - sample) / kernel_scale)
+        ).astype(np.float32)
+        total = w.sum(dtype=np.float32)
+        if abs(total) >= 1000.0 * np.finfo(np.float32).tiny:
+            w = w / total
+        weights[x, start:end] = w
+    return weights
+
+
+def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """float32 [H, W, C] in [0, 1] -> [height, width, C], as `augment.resize` (clipped)."""
+    rows = _resize_weights(image.shape[0], height)
+    cols = _resize_weights(image.shape[1], width)
+    out = np.einsum("oh,hwc->owc", rows, image.astype(np.float32), optimize=True)
+    out = np.einsum("pw,owc->opc", cols, out, optimize=True)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def normalize(image: np.ndarray, mode: str) -> np.ndarray:
+    if mode == "imagenet":
+        return (image - IMAGENET_MEAN) / IMAGENET_STD
+    if mode == "minus_one_one":
+        return image * np.float32(2.0) - np.float32(1.0)
+    if mode == "unit":
+        return image
+    raise EnsembleError(f"Unknown normalization {mode!r}; choose one of {NORMALIZATIONS}.")
+
+
+def eval_view(image: np.ndarray, preprocessing: dict[str, Any]) -> np.ndarray:
+    """uint8 RGB [H, W, 3] -> normalised float32 [S, S, 3]: `augment.eval_view` in numpy."""
+    size = int(preprocessing["image_size"])
+    x = image.astype(np.float32) * np.float32(1.0 / 255.0)
+    if preprocessing.get("eval_resize", "resize") == "resize":
+        x = resize(x, size, size)
+    else:
+        h, w = x.shape[:2]
+        shorter = np.float32(int(preprocessing["resize_size"])) / np.float32(min(h, w))
+        new_h = max(int(np.round(np.float32(h) * shorter)), int(preprocessing["resize_size"]))
+        new_w = max(int(np.round(np.float32(w) * shorter)), int(preprocessing["resize_size"]))
+        x = resize(x, new_h, new_w)
+        top, left = (new_h - size) // 2, (new_w - size) // 2
+        x = x[top : top + size, left : left + size]
+    return normalize(x, str(preprocessing.get("normalization", "unit"))).astype(np.float32)
+
+
+def preprocessing_of(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The eval-view settings of a member's training config (config.input)."""
+    cfg = config.input
+    return {
+        "image_size": int(cfg.image_size),
+        "normalization": str(cfg.get("normalization", "unit")),
+        "eval_resize": str(cfg.get("eval_resize", "resize")),
+        "resize_size": int(cfg.get("resize_size", cfg.image_size) or cfg.image_size),
+    }
+
+
+# --- model state as path-keyed arrays --------------------------------------------------------
+
+
+def _key_name(path: Sequence[Any]) -> str:
+    parts = []
+    for entry in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(entry, attr):
+                parts.append(str(getattr(entry, attr)))
+                break
+        else:
+            parts.append(str(entry))
+    return "/".join(parts)
+
+
+def _is_key(leaf: Any) -> bool:
+    return jnp.issubdtype(getattr(leaf, "dtype", np.float32), jax.dtypes.prng_key)
+
+
+def _flat_state(params: dict, rest: dict) -> dict[str, np.ndarray]:
+    flat = {}
+    leaves, _ = jax.tree_util.tree_flatten_with_path({"params": params, "rest": rest})
+    for path, leaf in leaves:
+        if _is_key(leaf):
+            continue
+        array = np.asarray(jax.device_get(leaf))
+        if array.dtype == jnp.bfloat16:
+            array = array.astype(np.float32)
+        flat[_key_name(path)] = array
+    return flat
+
+
+def _write_npz(path: epath.Path, arrays: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    path.write_bytes(buffer.getvalue())
+
+
+def _read_npz(path: epath.Path) -> dict[str, np.ndarray]:
+    if not path.exists():
+        raise EnsembleError(f"{path} is missing: the ensemble directory is incomplete.")
+    with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def build_model(config: ml_collections.ConfigDict, arrays: dict[str, np.ndarray], where: str):
+    """The network named by config.model with its state from path-keyed `arrays`."""
+    num_classes = int(config.dataset_info.num_classes)
+    # Built concretely: nnx.eval_shape loses static float attributes (BatchNorm's epsilon).
+    model = train_state.create_model(config, num_classes, seed=0)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    pure = {"params": params.to_pure_dict(), "rest": rest.to_pure_dict()}
+    missing = []
+
+    def fill(path, leaf):
+        if _is_key(leaf):
+            return jax.random.split(jax.random.key(0), leaf.shape) if leaf.shape else (
+                jax.random.key(0))
+        name = _key_name(path)
+        if name not in arrays:
+            missing.append(name)
+            return np.zeros(leaf.shape, leaf.dtype)
+        value = arrays[name]
+        if tuple(value.shape) != tuple(leaf.shape):
+            raise EnsembleError(
+                f"{where}: {name} has shape {value.shape}, the model built from its config.json "
+                f"expects {leaf.shape}; the member was written by an incompatible version."
+            )
+        return jnp.asarray(value, dtype=leaf.dtype)
+
+    filled = jax.tree_util.tree_map_with_path(fill, pure)
+    if missing:
+        raise EnsembleError(
+            f"{where} lacks {len(missing)} array(s) the model needs (e.g. {missing[0]!r})."
+        )
+    params.replace_by_pure_dict(filled["params"])
+    rest.replace_by_pure_dict(filled["rest"])
+    return nnx.merge(graphdef, params, rest)
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "member"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+def write_ensemble(
+    out: str | os.PathLike[str],
+    members: Sequence[tuple[str, nnx.Module, ml_collections.ConfigDict]],
+    strategy: Any,
+    class_names: Sequence[str],
+    *,
+    dataset: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> epath.Path:
+    """Writes the ensemble directory `out` (replacing one that is there) and returns its path.
+
+    members: (name, model, resolved training config) per member, in the order the fusion saw
+    them. strategy: a `cer_jax.fusion.strategies.Fitted` with its `name` and `state` set (as
+    `fit_strategy` returns it).
+    """
+    if not getattr(strategy, "name", ""):
+        raise EnsembleError("The fitted strategy has no name: fit it with fit_strategy(...).")
+    out = epath.Path(out)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True, exist_ok=False)
+    entries = []
+    for index, (name, model, config) in enumerate(members):
+        member_classes = list(config.dataset_info.class_names)
+        if member_classes != list(class_names):
+            raise EnsembleError(
+                f"Member {name} predicts {member_classes}, the ensemble {list(class_names)}."
+            )
+        subdir = f"members/{index:02d}_{_safe(name)}"
+        (tmp / subdir).mkdir(parents=True)
+        (tmp / subdir / CONFIG_FILE).write_text(
+            config.to_json_best_effort(indent=2, sort_keys=True)
+        )
+        _, params, rest = train_state.split_model(model)
+        _write_npz(tmp / subdir / MODEL_FILE, _flat_state(params, rest))
+        entries.append({
+            "name": name,
+            "model": str(config.model.name),
+            "dir": subdir,
+            "preprocessing": preprocessing_of(config),
+        })
+    state = {k: np.asarray(v) for k, v in strategy.state.items()}
+    _write_npz(tmp / STRATEGY_FILE, state)
+    manifest = {
+        "format": FORMAT,
+        "kind": KIND,
+        "class_names": list(class_names),
+        "dataset": dataset,
+        "aligned_size": ALIGNED_SIZE,
+        "strategy": {
+            "name": strategy.name,
+            "params": strategy.params,
+            "state_file": STRATEGY_FILE,
+        },
+        "members": entries,
+        **(extra or {}),
+    }
+    (tmp / ENSEMBLE_FILE).write_text(json.dumps(manifest, indent=2, default=_json_default))
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        out.rename(old)
+        tmp.rename(out)
+        old.rmtree()
+    else:
+        tmp.rename(out)
+    return out
+
+
+def write_from_fusion(
+    out: str | os.PathLike[str],
+    members: Sequence[Any],
+    strategy: Any,
+    class_names: Sequence[str],
+) -> epath.Path | None:
+    """The ensemble of `cer_jax.fusion.fuse`: each member's best checkpoint (restored with
+    `cer_jax.checkpointing.restore_best_model(member.workdir)`) plus the fitted strategy.
+
+    `members` are `cer_jax.fusion.members.Member`s (name, workdir, info). A member without a
+    best checkpoint (an export copied from elsewhere) means no ensemble: logged, None returned.
+    Only process 0 writes.
+    """
+    if jax.process_index() != 0:
+        return None
+    restored = []
+    for member in members:
+        try:
+            model, config = checkpointing.restore_best_model(member.workdir)
+        except (checkpointing.WorkdirError, FileNotFoundError, ValueError) as error:
+            logging.warning(
+                "No ensemble artefact written: member %s has no restorable best checkpoint (%s).",
+                member.name, error,
+            )
+            return None
+        restored.append((member.name, model, config))
+    datasets = {str(m.info.get("dataset")) for m in members if m.info.get("dataset")}
+    path = write_ensemble(
+        out, restored, strategy, class_names,
+        dataset=datasets.pop() if len(datasets) == 1 else None,
+        extra={"workdirs": [str(m.workdir) for m in members]},
+    )
+    logging.info("Ensemble (%s fusion of %d members) written to %s; use it with "
+                 "python -m cer_jax.predict --ensemble=%s IMAGE_OR_VIDEO...",
+                 strategy.name, len(members), path, path)
+    return path
+
+
+# --- loading and predicting ------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Member:
+    name: str
+    model_name: str
+    preprocessing: dict[str, Any]
+    graphdef: Any
+    state: Any  # (params, rest) nnx states
+
+    def __post_init__(self) -> None:
+        graphdef = self.graphdef
+
+        @jax.jit
+        def apply(state, images):
+            model = nnx.merge(graphdef, *state)
+            output = model(images, train=False)
+            return output.logits.astype(jnp.float32), output.features.astype(jnp.float32)
+
+        self._apply = apply
+
+    def outputs(self, faces: np.ndarray, batch_bucket: int) -> tuple[np.ndarray, np.ndarray]:
+        """(logits [N, K], features [N, D]) of uint8 RGB faces [N, H, W, 3]."""
+        images = np.stack([eval_view(face, self.preprocessing) for face in faces])
+        n = len(images)
+        padded = max(batch_bucket, 1)
+        while padded < n:
+            padded *= 2
+        if padded > n:
+            images = np.concatenate([images, np.zeros((padded - n, *images.shape[1:]),
+                                                      images.dtype)])
+        logits, features = self._apply(self.state, jnp.asarray(images))
+        return np.asarray(logits)[:n], np.asarray(features)[:n]
+
+
+@dataclasses.dataclass
+class Prediction:
+    probabilities: np.ndarray  # [N, K] fused
+    member_probabilities: np.ndarray  # [M, N, K]
+
+    @property
+    def classes(self) -> np.ndarray:
+        return self.probabilities.argmax(-1)
+
+
+@dataclasses.dataclass
+class Ensemble:
+    """A loaded ensemble directory. `predict(faces)` takes aligned uint8 RGB faces."""
+
+    path: str
+    class_names: list[str]
+    dataset: str | None
+    strategy_name: str
+    strategy_params: dict[str, Any]
+    strategy_state: dict[str, Any]
+    members: list[Member]
+    aligned_size: int = ALIGNED_SIZE
+
+    @property
+    def member_names(self) -> list[str]:
+        return [m.name for m in self.members]
+
+    def predict(self, faces: np.ndarray, *, flip_tta: bool = False,
+                batch_bucket: int = 8) -> Prediction:
+        """Fused and per-member probabilities of uint8 RGB faces [N, H, W, 3].
+
+        flip_tta: each member's logits and features are averaged over the face and its mirror
+        image before fusion.
+        """
+        faces = np.asarray(faces)
+        if faces.ndim != 4 or faces.shape[-1] != 3:
+            raise ValueError(f"faces must be uint8 [N, H, W, 3], got {faces.shape}")
+        logits, features = [], []
+        for member in self.members:
+            z, f = member.outputs(faces, batch_bucket)
+            if flip_tta:
+                z2, f2 = member.outputs(faces[:, :, ::-1], batch_bucket)
+                z, f = (z + z2) / 2, (f + f2) / 2
+            logits.append(z)
+            features.append(f)
+        data = strategies.FusionData(
+            logits=np.stack(logits), features=tuple(features),
+            labels=np.zeros(len(faces), np.int64),
+        )
+        fused = strategies.predict_from_state(self.strategy_name, self.strategy_state, data)
+        return Prediction(np.asarray(fused, np.float64), data.probabilities())
+
+
+def _scalar_or_array(value: np.ndarray) -> Any:
+    if value.ndim == 0:
+        return value.item()
+    return value
+
+
+def load_ensemble(path: str | os.PathLike[str]) -> Ensemble:
+    """Loads an ensemble directory written by `write_ensemble`."""
+    root = epath.Path(path)
+    manifest_path = root / ENSEMBLE_FILE
+    if not manifest_path.exists():
+        raise EnsembleError(
+            f"{manifest_path} not found: {os.fspath(path)!r} is not an ensemble directory "
+            "(`python -m cer_jax.fuse ... --out=OUT` writes one to OUT/ensemble)."
+        )
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("kind") != KIND or manifest.get("format") != FORMAT:
+        raise EnsembleError(
+            f"{manifest_path} is format {manifest.get('format')!r} of "
+            f"{manifest.get('kind')!r}; this cer_jax reads format {FORMAT} of {KIND!r}."
+        )
+    members = []
+    for entry in manifest["members"]:
+        member_dir = root / entry["dir"]
+        config = ml_collections.ConfigDict(json.loads((member_dir / CONFIG_FILE).read_text()))
+        model = build_model(config, _read_npz(member_dir / MODEL_FILE), os.fspath(member_dir))
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        members.append(Member(
+            name=entry["name"], model_name=entry["model"],
+            preprocessing=dict(entry["preprocessing"]), graphdef=graphdef,
+            state=(params, rest),
+        ))
+    strategy = manifest["strategy"]
+    state = {k: _scalar_or_array(v) for k, v in _read_npz(root / strategy["state_file"]).items()}
+    return Ensemble(
+        path=os.fspath(path),
+        class_names=list(manifest["class_names"]),
+        dataset=manifest.get("dataset"),
+        strategy_name=strategy["name"],
+        strategy_params=dict(strategy.get("params") or {}),
+        strategy_state=state,
+        members=members,
+        aligned_size=int(manifest.get("aligned_size", ALIGNED_SIZE)),
+    )

@@ -1,0 +1,221 @@
+"""The fusion evaluator: `fuse(config)` loads and checks the members, fits and scores every
+strategy on the selection split, writes the report and the ensemble artefact.
+
+The command line is `python -m cer_jax.fuse` (see there); the demo calls `fuse` directly.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from etils import epath
+
+from cer_jax import ensemble as ensemble_lib
+from cer_jax.errors import UserError
+from cer_jax.fusion import config as config_lib
+from cer_jax.fusion import members as members_lib
+from cer_jax.fusion import report as report_lib
+from cer_jax.fusion import strategies as strategies_lib
+from cer_jax.metrics import classification_metrics
+
+ENSEMBLE_DIR = "ensemble"
+
+
+class FusionConfigError(UserError):
+    """A fusion config value that cannot work."""
+
+
+def load_default_config() -> ml_collections.ConfigDict:
+    """The default fusion config (cer_jax.fusion.config), for callers without flags."""
+    return config_lib.get_config()
+
+
+def _split_list(value: str | Sequence[str]) -> list[str]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [item.strip() for item in items if item.strip()]
+
+
+def _check_config(config: ml_collections.ConfigDict) -> None:
+    if not _split_list(config.workdirs):
+        raise FusionConfigError("No members to fuse: set --workdirs=A,B,C (config key workdirs).")
+    if not config.out:
+        raise FusionConfigError("No report directory: set --out=DIR (config key out).")
+    if config.select_on not in config.eval_splits:
+        raise FusionConfigError(
+            f"config key select_on={config.select_on!r} must be one of the reported splits "
+            f"(config key eval_splits={list(config.eval_splits)})."
+        )
+    for name in _split_list(config.strategies):
+        if name not in strategies_lib.STRATEGIES:
+            raise FusionConfigError(
+                f"Unknown fusion strategy {name!r} in config key strategies; "
+                f"choose from: {', '.join(strategies_lib.STRATEGIES)}."
+            )
+
+
+def _options(config: ml_collections.ConfigDict, strategy: str) -> dict[str, Any]:
+    return config[strategy].to_dict() if strategy in config else {}
+
+
+def _fit(
+    config: ml_collections.ConfigDict,
+    strategy: str,
+    data: dict[str, strategies_lib.FusionData],
+    subset: Sequence[int] | None = None,
+) -> strategies_lib.Fitted:
+    """Fits `strategy` on the selection split (and the training split, if exported)."""
+    def pick(split: str) -> strategies_lib.FusionData | None:
+        if split not in data:
+            return None
+        return data[split] if subset is None else data[split].subset(subset)
+
+    return strategies_lib.fit_strategy(
+        strategy, pick(config.select_on), pick(config.train_split), **_options(config, strategy)
+    )
+
+
+def _ablation(
+    config: ml_collections.ConfigDict,
+    strategy: str,
+    names: Sequence[str],
+    data: dict[str, strategies_lib.FusionData],
+) -> list[dict[str, Any]]:
+    """The strategy refitted on every non-empty subset of the members."""
+    rows = []
+    for size in range(1, len(names) + 1):
+        for subset in itertools.combinations(range(len(names)), size):
+            fitted = _fit(config, strategy, data, subset)
+            scores = {}
+            for split in config.eval_splits:
+                split_data = data[split].subset(subset)
+                metrics = classification_metrics(
+                    split_data.labels,
+                    fitted.predict_proba(split_data).argmax(-1),
+                    split_data.num_classes,
+                )
+                scores[split] = {key: metrics[key] for key in ("accuracy", "macro_f1")}
+            rows.append({"members": [names[i] for i in subset], "metrics": scores})
+    return rows
+
+
+def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Loads and checks the members, fits and scores every strategy, writes the report.
+
+    Returns the report (what report.json holds).
+    """
+    _check_config(config)
+    config = copy.deepcopy(config)
+    workdirs = _split_list(config.workdirs)
+    if not config.train_split:
+        config.train_split = members_lib.common_train_split(workdirs)
+    strategy_names = _split_list(config.strategies)
+    eval_splits = list(config.eval_splits)
+    needed = list(dict.fromkeys(
+        eval_splits + ([config.train_split] if "feature_mlp" in strategy_names else [])
+    ))
+    split_keys = {split: "eval_splits" for split in eval_splits}
+    split_keys.setdefault(config.train_split, "train_split")
+    if config.select_on == "test":
+        logging.warning("Choosing fusion weights and hyper-parameters on the test split "
+                        "(select_on=test, the paper's protocol): test numbers are optimistic.")
+    members = members_lib.load_members(
+        workdirs, needed, reexport=config.reexport, split_keys=split_keys
+    )
+    class_names, data = members_lib.align_members(members, needed)
+    num_classes = len(class_names)
+
+    def scores(probabilities_by_split: dict[str, np.ndarray]) -> dict[str, Any]:
+        return {
+            split: classification_metrics(
+                data[split].labels, probabilities.argmax(-1), num_classes, class_names
+            )
+            for split, probabilities in probabilities_by_split.items()
+        }
+
+    member_rows = []
+    for index, member in enumerate(members):
+        member_rows.append({
+            "name": member.name,
+            "workdir": member.workdir,
+            "model": member.info.get("model"),
+            "step": member.info.get("step"),
+            "metrics": scores({s: data[s].logits[index] for s in eval_splits}),
+        })
+        logging.info("member %s: %s", member.name, _headline(member_rows[-1]["metrics"]))
+
+    strategy_rows, fitted = {}, {}
+    for name in strategy_names:
+        fitted[name] = _fit(config, name, data)
+        strategy_rows[name] = {
+            "params": fitted[name].params,
+            "selection_cv_macro_f1": strategies_lib.cross_validated_macro_f1(
+                name, data[config.select_on], data.get(config.train_split),
+                folds=config.selection_folds, options=_options(config, name),
+            ),
+            "metrics": scores({s: fitted[name].predict_proba(data[s]) for s in eval_splits}),
+        }
+        logging.info("strategy %s: %s", name, _headline(strategy_rows[name]["metrics"]))
+
+    # The best strategy has the best out-of-fold macro F1 on the selection split (then the
+    # earlier one in config key strategies): in-sample scores would favour stacking.
+    best = max(
+        strategy_names,
+        key=lambda n: (strategy_rows[n]["selection_cv_macro_f1"], -strategy_names.index(n)),
+    )
+    ablation = {}
+    if config.ablation:
+        names = [m.name for m in members]
+        for name in dict.fromkeys([strategies_lib.PAPER_STRATEGY, best]):
+            if name in strategy_names:
+                ablation[name] = _ablation(config, name, names, data)
+
+    report = {
+        "class_names": class_names,
+        "select_on": config.select_on,
+        "eval_splits": eval_splits,
+        "paper_strategy": strategies_lib.PAPER_STRATEGY,
+        "best_strategy": best,
+        "members": member_rows,
+        "strategies": strategy_rows,
+        "ablation": ablation,
+        "config": config.to_dict(),
+    }
+    if jax.process_index() == 0:  # every process computes the same report; one writes it
+        report_lib.write_report(config.out, report)
+        # The best strategy with the members' best checkpoints: the self-contained artefact
+        # that python -m cer_jax.predict loads (none if a member has no checkpoint).
+        ensemble_lib.write_from_fusion(
+            epath.Path(config.out) / ENSEMBLE_DIR, members, fitted[best], class_names
+        )
+    return report
+
+
+def _headline(metrics: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{split} acc {m['accuracy']:.4f} macro F1 {m['macro_f1']:.4f}"
+        for split, m in metrics.items()
+    )
+
+
+def resolve_config(
+    config: ml_collections.ConfigDict,
+    workdirs: Sequence[str] | None = None,
+    out: str | None = None,
+    select_on: str | None = None,
+) -> ml_collections.ConfigDict:
+    """The config with the command-line shorthands applied."""
+    config = copy.deepcopy(config)
+    if workdirs is not None:
+        config.workdirs = ",".join(workdirs)
+    if out is not None:
+        config.out = out
+    if select_on is not None:
+        config.select_on = select_on
+    return config

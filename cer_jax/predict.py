@@ -1,0 +1,678 @@
+r"""Predict compound expressions of the faces in photos and videos with an ensemble artefact.
+
+    python -m cer_jax.predict --ensemble=runs/fusion/ensemble photo.jpg clips/ --out=rows.csv
+    python -m cer_jax.predict --ensemble=ENS --aligned aligned_faces/ --out=rows.jsonl
+    python -m cer_jax.predict --ensemble=ENS videos/ --smooth-window=15 --annotate=annotated/
+    python -m cer_jax.predict --ensemble=ENS videos/ --abaw-frames=test_frames.txt \
+        --submission=predictions.txt
+
+Inputs are image files, video files and folders (searched recursively, sorted). Each face
+gives one row (CSV, or JSON lines when --out ends in .jsonl / .json): the source file, frame
+index and timestamp (videos), the face box in pixels, the track id (videos), the predicted
+class, every class's fused probability and each member's predicted class. A file that cannot
+be read, an image without a face and a video that cannot be decoded or ends early each give a
+row whose `status` says so; processing goes on. Exit status: 0 all inputs fine, 1 some input
+failed (its row says which), 2 a usage error (one line on stderr).
+
+Faces are found by `--detector` (see `cer_jax.faces`) and aligned like RAF-DB's 100x100
+faces; `--aligned` treats every image as an already aligned face. `--flip-tta` averages each
+member over the face and its mirror image.
+
+Videos are decoded as a stream (OpenCV; memory does not grow with the video's length apart
+from a few numbers per face), faces are tracked by IoU (`--track=iou`) or only the largest face
+of each frame is kept (`--track=largest`), faces are batched (`--batch-size`) across frames, and
+each track's probabilities are averaged over a centred window of `--smooth-window` frames.
+
+C-EXPR-DB submission (`--abaw-frames=LIST`): LIST has one `<video>/<frame>.jpg` per line
+(1-based frame numbers, as the organisers give them; an `image_location` header line is
+skipped). The videos are the inputs whose file stem is `<video>`. `--submission` gets the header
+`image_location,Fearfully_Surprised,...,Sadly_Angry` and one `<video>/<frame:05d>.jpg,<class>`
+row per listed frame, in the list's order. A frame's class is that of the video's main track
+(the track seen in most frames) if it is in that frame, else of the largest face there; a frame
+without a face takes the class of the nearest frame (in frame numbers) that has one, the earlier
+on a tie; a video without any face, or missing, gets class 1 (Happily Surprised, the most
+frequent of the 7 in RAF-DB) and makes the exit status 1. The ensemble must predict the 7
+challenge classes in the challenge's order (`rafdb/compound_abaw7` members).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+import cv2
+import numpy as np
+from absl import app, flags, logging
+from etils import epath
+
+from cer_jax import faces as faces_lib
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jfif", ".pgm",
+                    ".ppm")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv",
+                    ".flv", ".3gp")
+ABAW7_CLASSES = (
+    "Fearfully Surprised", "Happily Surprised", "Sadly Surprised", "Disgustedly Surprised",
+    "Angrily Surprised", "Sadly Fearful", "Sadly Angry",
+)
+ABAW_HEADER = "image_location," + ",".join(c.replace(" ", "_") for c in ABAW7_CLASSES)
+ABAW_FALLBACK_CLASS = 1  # Happily Surprised: the most frequent of the 7 classes in RAF-DB
+
+_FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    def alias(name: str) -> None:
+        if "_" in name:
+            flags.DEFINE_alias(name.replace("_", "-"), name)
+
+    flags.DEFINE_string("ensemble", None, "Ensemble directory (`cer_jax.fuse` writes "
+                        "<out>/ensemble).")
+    flags.DEFINE_string("out", None, "Rows file: .csv, or .jsonl / .json for JSON lines. "
+                        "Default: CSV on stdout.")
+    flags.DEFINE_bool("aligned", False, "Inputs are already aligned face crops: no detection.")
+    flags.DEFINE_bool("flip_tta", False, "Average each member over the face and its mirror.")
+    flags.DEFINE_string("detector", "haar", "haar | yunet:MODEL.onnx | package.module:attr.")
+    flags.DEFINE_integer("batch_size", 32, "Faces per forward pass.")
+    flags.DEFINE_integer("smooth_window", 1, "Videos: average each track's probabilities over "
+                         "this many frames, centred (1 = no smoothing).")
+    flags.DEFINE_integer("frame_step", 1, "Videos: process every n-th frame.")
+    flags.DEFINE_enum("track", "iou", ["iou", "largest"], "Videos: IoU tracker over all "
+                      "faces, or the largest face of each frame only.")
+    flags.DEFINE_string("annotate", None, "Folder for copies of the inputs with boxes and "
+                        "labels drawn (images as .jpg, videos as MJPG .avi).")
+    flags.DEFINE_string("abaw_frames", None, "C-EXPR-DB frame list: write the submission.")
+    flags.DEFINE_string("submission", "submission.txt", "Submission file (with --abaw-frames).")
+    for name in ("flip_tta", "batch_size", "smooth_window", "frame_step", "abaw_frames"):
+        alias(name)
+
+
+class UsageError(ValueError):
+    """A mistake in the command line: reported as one line, exit status 2."""
+
+
+# --- inputs ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    path: str
+    kind: str  # "image" or "video"
+
+
+def _walk(folder: epath.Path) -> list[epath.Path]:
+    """Every file under `folder`, sorted (epath's rglob refuses '**' on remote paths)."""
+    files, stack = [], [folder]
+    while stack:
+        for child in stack.pop().iterdir():
+            (stack.append if child.is_dir() else files.append)(child)
+    return sorted(files)
+
+
+def expand_inputs(inputs: Sequence[str]) -> list[Source]:
+    """Files as given (kind by extension; unknown extensions are tried as images) and folders
+    searched recursively for image and video files, sorted."""
+    sources = []
+    for item in inputs:
+        path = epath.Path(item)
+        if path.is_dir():
+            for child in _walk(path):
+                suffix = child.suffix.lower()
+                if suffix in IMAGE_EXTENSIONS:
+                    sources.append(Source(os.fspath(child), "image"))
+                elif suffix in VIDEO_EXTENSIONS:
+                    sources.append(Source(os.fspath(child), "video"))
+        else:
+            kind = "video" if path.suffix.lower() in VIDEO_EXTENSIONS else "image"
+            sources.append(Source(item, kind))
+    return sources
+
+
+def read_image(path: str) -> tuple[np.ndarray | None, str]:
+    """(RGB uint8 image, "ok") or (None, why not)."""
+    try:
+        data = epath.Path(path).read_bytes()
+    except FileNotFoundError:
+        return None, "error: file not found"
+    except (OSError, IsADirectoryError) as error:
+        return None, f"error: cannot read file ({error.__class__.__name__})"
+    if not data:
+        return None, "error: empty file"
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        return None, "error: not a readable image"
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), "ok"
+
+
+# --- rows --------------------------------------------------------------------------------------
+
+
+def column_name(class_name: str) -> str:
+    return "p_" + class_name.replace(" ", "_")
+
+
+class RowWriter:
+    """Writes rows as CSV or JSON lines, one per face (or per failed input)."""
+
+    def __init__(self, stream: TextIO, fmt: str, class_names: Sequence[str],
+                 member_names: Sequence[str]):
+        self.stream, self.fmt = stream, fmt
+        self.class_names, self.member_names = list(class_names), list(member_names)
+        self.fields = [
+            "source", "kind", "frame", "timestamp_s", "face", "track", "x", "y", "w", "h",
+            "status", "predicted_class", "predicted_index",
+            *[column_name(c) for c in class_names],
+            *[f"member_{m}" for m in member_names],
+        ]
+        if fmt == "csv":
+            self._csv = csv.DictWriter(stream, self.fields, lineterminator="\n")
+            self._csv.writeheader()
+
+    def write(self, source: str, kind: str, status: str, *, frame: int | None = None,
+              timestamp: float | None = None, face: int | None = None,
+              track: int | None = None, box: Sequence[float] | None = None,
+              probabilities: np.ndarray | None = None,
+              member_classes: Sequence[int] | None = None) -> None:
+        row: dict[str, Any] = {
+            "source": source, "kind": kind, "frame": frame,
+            "timestamp_s": None if timestamp is None else round(float(timestamp), 4),
+            "face": face, "track": track, "status": status,
+        }
+        if box is not None:
+            row.update(zip("xywh", (round(float(v), 1) for v in box), strict=True))
+        if probabilities is not None:
+            index = int(np.argmax(probabilities))
+            row["predicted_class"], row["predicted_index"] = self.class_names[index], index
+            probs = {c: round(float(p), 6) for c, p in zip(self.class_names, probabilities,
+                                                           strict=True)}
+            members = {m: self.class_names[int(k)] for m, k in zip(self.member_names,
+                                                                  member_classes, strict=True)}
+        else:
+            probs, members = {}, {}
+        if self.fmt == "csv":
+            row.update({column_name(c): p for c, p in probs.items()})
+            row.update({f"member_{m}": c for m, c in members.items()})
+            self._csv.writerow({k: "" if v is None else v for k, v in row.items()})
+        else:
+            row = {k: v for k, v in row.items() if v is not None}
+            if probs:
+                row["probabilities"], row["members"] = probs, members
+            self.stream.write(json.dumps(row) + "\n")
+
+
+# --- progress -------------------------------------------------------------------------------
+
+
+class Progress:
+    """tqdm's bar (with ETA) when tqdm is installed and stderr is a terminal, else a log line
+    with the rate and ETA every 10 s."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.start, self.last = total, 0, time.time(), time.time()
+        self.bar = None
+        try:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="frame", disable=None, dynamic_ncols=True)
+            if self.bar.disable:
+                self.bar = None
+        except ImportError:
+            pass
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.time()
+        if now - self.last >= 10.0 and self.total:
+            rate = self.done / max(now - self.start, 1e-9)
+            eta = (self.total - self.done) / max(rate, 1e-9)
+            logging.info("%d / %d frames, %.1f frames/s, ETA %.0f s", self.done, self.total,
+                         rate, eta)
+            self.last = now
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def video_frame_count(path: str) -> int:
+    capture = cv2.VideoCapture(path)
+    try:
+        return max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0) if capture.isOpened() else 0
+    finally:
+        capture.release()
+
+
+# --- the predictor ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class FaceRecord:
+    """One face of one video frame (no pixels kept)."""
+
+    frame: int
+    timestamp: float
+    index: int
+    track: int
+    box: tuple[float, float, float, float]
+    probabilities: np.ndarray | None = None
+    member_classes: np.ndarray | None = None
+
+
+def smooth_tracks(records: list[FaceRecord], window: int) -> None:
+    """Each record's probabilities := the mean over its track's records within +- window // 2
+    frames (in place)."""
+    if window <= 1:
+        return
+    half = window // 2
+    by_track: dict[int, list[FaceRecord]] = {}
+    for record in records:
+        by_track.setdefault(record.track, []).append(record)
+    for track in by_track.values():
+        track.sort(key=lambda r: r.frame)
+        frames = np.array([r.frame for r in track])
+        probs = np.stack([r.probabilities for r in track])
+        cumulative = np.concatenate([np.zeros((1, probs.shape[1])), np.cumsum(probs, 0)])
+        lo = np.searchsorted(frames, frames - half, side="left")
+        hi = np.searchsorted(frames, frames + half, side="right")
+        smoothed = (cumulative[hi] - cumulative[lo]) / (hi - lo)[:, None]
+        for record, p in zip(track, smoothed, strict=True):
+            record.probabilities = p
+
+
+def frame_classes(records: list[FaceRecord]) -> dict[int, int]:
+    """frame -> class: the main track's (most frames) face there, else the largest face."""
+    if not records:
+        return {}
+    counts: dict[int, int] = {}
+    for record in records:
+        counts[record.track] = counts.get(record.track, 0) + 1
+    main = max(counts, key=lambda t: (counts[t], -t))
+    chosen: dict[int, FaceRecord] = {}
+    for record in records:
+        best = chosen.get(record.frame)
+        key = (record.track == main, record.box[2] * record.box[3])
+        if best is None or key > (best.track == main, best.box[2] * best.box[3]):
+            chosen[record.frame] = record
+    return {f: int(np.argmax(r.probabilities)) for f, r in chosen.items()}
+
+
+def nearest_class(classes: dict[int, int], frame: int, sorted_frames: np.ndarray) -> int | None:
+    """The class at `frame`, or at the nearest frame with a face (the earlier on a tie)."""
+    if frame in classes:
+        return classes[frame]
+    if not len(sorted_frames):
+        return None
+    i = int(np.searchsorted(sorted_frames, frame))
+    candidates = [sorted_frames[j] for j in (i - 1, i) if 0 <= j < len(sorted_frames)]
+    best = min(candidates, key=lambda f: (abs(int(f) - frame), int(f)))
+    return classes[int(best)]
+
+
+class Predictor:
+    def __init__(self, ensemble: Any, detector: Any, writer: RowWriter, *, aligned: bool,
+                 flip_tta: bool, batch_size: int, smooth_window: int, frame_step: int,
+                 track: str, annotate: str | None, progress: Progress | None = None):
+        self.ensemble, self.detector, self.writer = ensemble, detector, writer
+        self.aligned, self.flip_tta, self.batch_size = aligned, flip_tta, batch_size
+        self.smooth_window, self.frame_step, self.track = smooth_window, frame_step, track
+        self.annotate, self.progress = annotate, progress
+        self.failures = 0
+        self.video_classes: dict[str, dict[int, int]] = {}  # stem -> frame (0-based) -> class
+        self.faces_predicted = 0
+        self._annotated_names: set[str] = set()
+
+    # faces -> probabilities
+    def classify(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(fused probabilities [N, K], member classes [N, M]) in batches of batch_size."""
+        probs, members = [], []
+        for i in range(0, len(crops), self.batch_size):
+            out = self.ensemble.predict(np.stack(crops[i : i + self.batch_size]),
+                                        flip_tta=self.flip_tta)
+            probs.append(out.probabilities)
+            members.append(out.member_probabilities.argmax(-1).T)
+        self.faces_predicted += len(crops)
+        return np.concatenate(probs), np.concatenate(members)
+
+    def find_faces(self, image: np.ndarray) -> list[faces_lib.Face]:
+        if self.aligned:
+            h, w = image.shape[:2]
+            return [faces_lib.Face((0.0, 0.0, float(w), float(h)))]
+        return sorted(self.detector(image), key=lambda f: -f.area)
+
+    def crop(self, image: np.ndarray, face: faces_lib.Face) -> np.ndarray:
+        if self.aligned:
+            return faces_lib.aligned_input(image, self.ensemble.aligned_size)
+        return faces_lib.align_face(image, face, self.ensemble.aligned_size)
+
+    def fail(self, source: Source, status: str, **kwargs: Any) -> None:
+        self.failures += 1
+        self.writer.write(source.path, source.kind, status, **kwargs)
+
+    # images: batched across images
+    def run_images(self, sources: list[Source]) -> None:
+        pending: list[tuple[Source, int, faces_lib.Face, np.ndarray]] = []
+        for source in sources:
+            image, status = read_image(source.path)
+            if image is None:
+                self.fail(source, status)
+            else:
+                found = self.find_faces(image)
+                if not found:
+                    self.fail(source, "no face found")
+                    if self.annotate:
+                        self.write_annotated_image(source, image, [], None)
+                for index, face in enumerate(found):
+                    pending.append((source, index, face, self.crop(image, face)))
+                if self.annotate and found:  # annotate needs this image's results now
+                    self.flush_images(pending, image)
+                    pending = []
+            if len(pending) >= self.batch_size:
+                self.flush_images(pending)
+                pending = []
+            if self.progress:
+                self.progress.update()
+        self.flush_images(pending)
+
+    def flush_images(self, pending: list, image: np.ndarray | None = None) -> None:
+        if not pending:
+            return
+        probs, members = self.classify([p[3] for p in pending])
+        for (source, index, face, _), p, m in zip(pending, probs, members, strict=True):
+            self.writer.write(source.path, "image", "ok", face=index, box=face.box,
+                              probabilities=p, member_classes=m)
+        if image is not None:
+            self.write_annotated_image(pending[0][0], image, [p[2] for p in pending], probs)
+
+    # videos
+    def run_video(self, source: Source) -> None:
+        capture = cv2.VideoCapture(source.path)
+        if not capture.isOpened():
+            self.fail(source, "error: cannot open video (missing, not a video, or broken)")
+            if self.progress:
+                self.progress.update(1)
+            return
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        fps = fps if fps and np.isfinite(fps) and fps > 0 else 25.0
+        expected = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
+        tracker = faces_lib.IouTracker()
+        records: list[FaceRecord] = []
+        pending: list[tuple[FaceRecord, np.ndarray]] = []
+        decoded = 0
+        try:
+            while True:
+                ok, frame = capture.read()
+                if not ok or frame is None:
+                    break
+                index = decoded
+                decoded += 1
+                if self.progress:
+                    self.progress.update()
+                if index % self.frame_step:
+                    continue
+                image = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                found = self.find_faces(image)
+                if self.track == "largest":
+                    found = found[:1]
+                ids = tracker.update(index, found)
+                for i, (face, track) in enumerate(zip(found, ids, strict=True)):
+                    record = FaceRecord(index, index / fps, i, track, face.box)
+                    pending.append((record, self.crop(image, face)))
+                if len(pending) >= self.batch_size:
+                    self._flush_video(pending, records)
+                    pending = []
+            self._flush_video(pending, records)
+        finally:
+            capture.release()
+        if decoded == 0:
+            self.fail(source, "error: no frame could be decoded (broken or empty video)")
+            return
+        smooth_tracks(records, self.smooth_window)
+        for r in records:
+            self.writer.write(source.path, "video", "ok", frame=r.frame, timestamp=r.timestamp,
+                              face=r.index, track=r.track, box=r.box,
+                              probabilities=r.probabilities, member_classes=r.member_classes)
+        self.video_classes[epath.Path(source.path).stem] = frame_classes(records)
+        if expected and decoded < expected - max(2, expected // 100):
+            self.fail(source, f"error: video ended after {decoded} of {expected} frames "
+                      "(truncated?)", frame=decoded)
+        if not records:
+            self.fail(source, "no face found in any frame")
+        if self.annotate:
+            self.write_annotated_video(source, records, fps)
+
+    def _flush_video(self, pending: list, records: list[FaceRecord]) -> None:
+        if not pending:
+            return
+        probs, members = self.classify([p[1] for p in pending])
+        for (record, _), p, m in zip(pending, probs, members, strict=True):
+            record.probabilities, record.member_classes = p, m
+            records.append(record)
+
+    # annotation
+    def _annotated_path(self, source: Source, suffix: str) -> epath.Path:
+        name = epath.Path(source.path).stem + suffix
+        base, n = name, 1
+        while name in self._annotated_names:
+            name = f"{epath.Path(base).stem}_{n}{suffix}"
+            n += 1
+        self._annotated_names.add(name)
+        folder = epath.Path(self.annotate)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / name
+
+    def draw(self, bgr: np.ndarray, box: Sequence[float], probabilities: np.ndarray,
+             track: int | None = None) -> None:
+        x, y, w, h = (int(round(v)) for v in box)
+        index = int(np.argmax(probabilities))
+        label = f"{self.ensemble.class_names[index]} {probabilities[index]:.2f}"
+        if track is not None:
+            label = f"#{track} {label}"
+        thickness = max(1, round(max(bgr.shape[:2]) / 400))
+        cv2.rectangle(bgr, (x, y), (x + w, y + h), (0, 220, 0), thickness)
+        scale = max(0.4, max(bgr.shape[:2]) / 1200)
+        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        top = max(0, y - th - base - 2)
+        cv2.rectangle(bgr, (x, top), (x + tw + 2, top + th + base + 2), (0, 220, 0), -1)
+        cv2.putText(bgr, label, (x + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                    (0, 0, 0), thickness, cv2.LINE_AA)
+
+    def write_annotated_image(self, source: Source, image: np.ndarray,
+                              found: list[faces_lib.Face], probs: np.ndarray | None) -> None:
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        for face, p in zip(found, probs if probs is not None else [], strict=False):
+            self.draw(bgr, face.box, p)
+        ok, data = cv2.imencode(".jpg", bgr)
+        if ok:
+            self._annotated_path(source, ".jpg").write_bytes(data.tobytes())
+
+    def write_annotated_video(self, source: Source, records: list[FaceRecord],
+                              fps: float) -> None:
+        """A second streamed pass over the video, drawing each frame's (smoothed) faces."""
+        by_frame: dict[int, list[FaceRecord]] = {}
+        for r in records:
+            by_frame.setdefault(r.frame, []).append(r)
+        capture = cv2.VideoCapture(source.path)
+        path = self._annotated_path(source, ".avi")
+        writer, index = None, 0
+        try:
+            while True:
+                ok, frame = capture.read()
+                if not ok or frame is None:
+                    break
+                if writer is None:
+                    writer = cv2.VideoWriter(os.fspath(path), cv2.VideoWriter_fourcc(*"MJPG"),
+                                             fps, (frame.shape[1], frame.shape[0]))
+                for r in by_frame.get(index, []):
+                    self.draw(frame, r.box, r.probabilities, r.track)
+                writer.write(frame)
+                index += 1
+        finally:
+            capture.release()
+            if writer is not None:
+                writer.release()
+
+
+# --- the C-EXPR-DB submission -----------------------------------------------------------------
+
+
+def check_abaw_classes(class_names: Sequence[str]) -> None:
+    norm = [c.replace("_", " ").strip().lower() for c in class_names]
+    if norm != [c.lower() for c in ABAW7_CLASSES]:
+        raise UsageError(
+            f"--abaw-frames needs an ensemble over the 7 C-EXPR-DB classes in the challenge's "
+            f"order, this one predicts {len(class_names)} classes ({', '.join(class_names[:3])}"
+            ", ...): train the members with --config.dataset.name=rafdb/compound_abaw7, then "
+            "fuse them with python -m cer_jax.fuse."
+        )
+
+
+def read_frame_list(path: str) -> list[tuple[str, int]]:
+    """(video, 1-based frame number) per line of the organisers' list."""
+    try:
+        lines = epath.Path(path).read_text().splitlines()
+    except (FileNotFoundError, OSError) as error:
+        raise UsageError(f"--abaw-frames file {path!r} cannot be read ({error}).") from error
+    entries = []
+    for number, line in enumerate(lines, 1):
+        item = line.strip().split(",")[0].strip()
+        if not item or item.lower() == "image_location":
+            continue
+        video, _, frame = item.rpartition("/")
+        stem = frame.rsplit(".", 1)[0]
+        if not video or not stem.isdigit() or int(stem) < 1:
+            raise UsageError(
+                f"{path}:{number}: {line.strip()!r} is not '<video>/<frame number>.jpg'."
+            )
+        entries.append((video, int(stem)))
+    return entries
+
+
+def write_submission(path: str, entries: list[tuple[str, int]],
+                     video_classes: dict[str, dict[int, int]]) -> list[str]:
+    """Writes the submission; returns the listed videos that had no face (or no input)."""
+    lines = [ABAW_HEADER]
+    missing: list[str] = []
+    sorted_frames = {v: np.array(sorted(c)) for v, c in video_classes.items()}
+    for video, frame in entries:
+        key = video if video in video_classes else video.rsplit("/", 1)[-1]
+        classes = video_classes.get(key)
+        label = None
+        if classes is not None:
+            label = nearest_class(classes, frame - 1, sorted_frames[key])
+        if label is None:
+            if video not in missing:
+                missing.append(video)
+            label = ABAW_FALLBACK_CLASS
+        lines.append(f"{video}/{frame:05d}.jpg,{label}")
+    target = epath.Path(path)
+    if str(target.parent):
+        target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("\n".join(lines) + "\n")
+    return missing
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+def run(inputs: Sequence[str], *, ensemble: str, out: str | None = None, aligned: bool = False,
+        flip_tta: bool = False, detector: str = "haar", batch_size: int = 32,
+        smooth_window: int = 1, frame_step: int = 1, track: str = "iou",
+        annotate: str | None = None, abaw_frames: str | None = None,
+        submission: str = "submission.txt", show_progress: bool = True) -> int:
+    """Everything the command does; returns the exit status (0 fine, 1 some input failed).
+    Raises UsageError for command-line mistakes."""
+    from cer_jax import ensemble as ensemble_lib
+
+    if not inputs:
+        raise UsageError("No inputs: pass image files, video files or folders after the flags.")
+    if batch_size < 1 or smooth_window < 1 or frame_step < 1:
+        raise UsageError("--batch-size, --smooth-window and --frame-step must be >= 1.")
+    entries = read_frame_list(abaw_frames) if abaw_frames else []
+    try:
+        model = ensemble_lib.load_ensemble(ensemble)
+    except ensemble_lib.EnsembleError as error:
+        raise UsageError(str(error)) from error
+    if abaw_frames:
+        check_abaw_classes(model.class_names)
+    try:
+        face_detector = None if aligned else faces_lib.load_detector(detector)
+    except faces_lib.DetectorError as error:
+        raise UsageError(str(error)) from error
+    sources = expand_inputs(inputs)
+    if not sources:
+        raise UsageError(f"No image or video files in {', '.join(inputs)}.")
+    fmt = "jsonl" if out and out.lower().endswith((".jsonl", ".json")) else "csv"
+    stream: TextIO
+    if out:
+        out_path = epath.Path(out)
+        if str(out_path.parent):
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+        stream = out_path.open("w")
+    else:
+        stream = sys.stdout
+    total = sum(1 if s.kind == "image" else max(video_frame_count(s.path), 1) for s in sources)
+    progress = Progress(total) if show_progress else None
+    start = time.time()
+    try:
+        writer = RowWriter(stream, fmt, model.class_names, model.member_names)
+        predictor = Predictor(
+            model, face_detector, writer, aligned=aligned, flip_tta=flip_tta,
+            batch_size=batch_size, smooth_window=smooth_window, frame_step=frame_step,
+            track=track, annotate=annotate, progress=progress,
+        )
+        predictor.run_images([s for s in sources if s.kind == "image"])
+        for source in sources:
+            if source.kind == "video":
+                predictor.run_video(source)
+        failures = predictor.failures
+    finally:
+        if progress:
+            progress.close()
+        if out:
+            stream.close()
+        else:
+            stream.flush()
+    elapsed = time.time() - start
+    logging.info("%d face(s) from %d input(s) in %.1f s (%.1f faces/s); %d input(s) failed.",
+                 predictor.faces_predicted, len(sources), elapsed,
+                 predictor.faces_predicted / max(elapsed, 1e-9), failures)
+    if abaw_frames:
+        missing = write_submission(submission, entries, predictor.video_classes)
+        for video in missing:
+            logging.error("Submission: video %r was not among the inputs or has no face; its "
+                          "frames got class %d.", video, ABAW_FALLBACK_CLASS)
+        failures += len(missing)
+    return 1 if failures else 0
+
+
+def main(argv: Sequence[str]) -> None:
+    if not _FLAGS.ensemble:
+        print("error: --ensemble=DIR is required (the ensemble directory that "
+              "python -m cer_jax.fuse writes to <out>/ensemble).", file=sys.stderr)
+        sys.exit(2)
+    try:
+        status = run(
+            argv[1:], ensemble=_FLAGS.ensemble, out=_FLAGS.out, aligned=_FLAGS.aligned,
+            flip_tta=_FLAGS.flip_tta, detector=_FLAGS.detector, batch_size=_FLAGS.batch_size,
+            smooth_window=_FLAGS.smooth_window, frame_step=_FLAGS.frame_step,
+            track=_FLAGS.track, annotate=_FLAGS.annotate, abaw_frames=_FLAGS.abaw_frames,
+            submission=_FLAGS.submission,
+        )
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,166 @@
+"""What a pre-trained file implies about model settings that change the computed function but no
+tensor shape, so that a checkpoint is run as the network it was trained in.
+
+- ViT, big_vision / AugReg `.npz`: `gelu_approximate=True` and `layer_norm_eps=1e-6`. Both
+  big_vision (`big_vision/models/vit.py`, `MlpBlock`: `nn.gelu(x)`; `nn.LayerNorm()`) and
+  vision_transformer (`vit_jax/models_vit.py`, same calls) use flax's defaults: `nn.gelu` is
+  `jax.nn.gelu(x, approximate=True)`, the tanh approximation, and `nn.LayerNorm` has
+  `epsilon=1e-6`.
+- ViT, Hugging Face (`vit.embeddings...` names): `hidden_act` and `layer_norm_eps` of the
+  `config.json` beside the weights (what `save_pretrained` and the Hub give); without one,
+  transformers' documented `ViTConfig` defaults, `hidden_act="gelu"` (exact) and 1e-12.
+  `gelu` / `gelu_python` are the exact GELU; `gelu_new`, `gelu_pytorch_tanh`,
+  `gelu_python_tanh`, `gelu_fast`, `gelu_accurate` the tanh approximation; anything else is an
+  activation this ViT does not compute, an error.
+- ViT, timm `vit_*`: the exact GELU (`nn.GELU`) and LayerNorm epsilon 1e-6 (timm's
+  `partial(nn.LayerNorm, eps=1e-6)`).
+- MA-Net, the authors' `.pth.tar`: `path_b_order` of the code version that trained the weights
+  (config key `init.manet_code_version`): "2021" (the published MS-Celeb-1M weights) runs the
+  multi-scale path B forward, "2023" in reverse. The tensor names are the same for both.
+- ResNet: nothing. A Hugging Face ResNet `config.json` that describes another network with the
+  same shapes (a non-ReLU activation, ResNet v1's stride on the 1x1 conv) is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from cer_jax.pretrained.core import WeightImportError
+from cer_jax.pretrained.readers import CheckpointReadError
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """A model config value implied by a pre-trained file, and why (for logs and errors)."""
+
+    value: Any
+    reason: str
+
+
+# init.manet_code_version -> model.path_b_order
+MANET_CODE_VERSIONS = {"2021": "forward", "2023": "reverse"}
+
+_HF_EXACT = ("gelu", "gelu_python")
+_HF_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_python_tanh", "gelu_fast", "gelu_accurate")
+# transformers' documented ViTConfig defaults.
+HF_VIT_DEFAULTS = {"hidden_act": "gelu", "layer_norm_eps": 1e-12}
+
+_NPZ = "big_vision / AugReg .npz (flax nn.gelu and nn.LayerNorm defaults, as in big_vision's ViT)"
+_TIMM = "timm vit_* weights (timm's ViT: nn.GELU, LayerNorm eps=1e-6)"
+
+
+def manet_path_b_order(manet_code_version: str) -> str:
+    """'2021' -> 'forward', '2023' -> 'reverse'; otherwise an error naming the config key."""
+    version = str(manet_code_version)
+    if version not in MANET_CODE_VERSIONS:
+        raise WeightImportError(
+            f"Unknown MA-Net code version {manet_code_version!r} (config key "
+            "init.manet_code_version): use '2021' for the authors' published MS-Celeb-1M weights "
+            "(path B in forward order) or '2023' for weights trained with the current code "
+            "(reverse order)."
+        )
+    return MANET_CODE_VERSIONS[version]
+
+
+def settings_for_keys(
+    model_name: str, keys: Iterable[str], path: str, *, manet_code_version: str = "2021"
+) -> dict[str, Setting]:
+    """`implied_settings` for a file whose tensor names are `keys` (already read)."""
+    if model_name == "manet":
+        order = manet_path_b_order(manet_code_version)
+        return {"path_b_order": Setting(
+            order, f"MA-Net weights trained with the {manet_code_version} code "
+                   f"(init.manet_code_version={str(manet_code_version)!r}) run path B {order}")}
+    if model_name == "vit":
+        from cer_jax.pretrained import vit
+
+        fmt = vit.detect_format(keys)
+        if fmt == "npz":
+            return {"gelu_approximate": Setting(True, _NPZ), "layer_norm_eps": Setting(1e-6, _NPZ)}
+        if fmt == "timm":
+            return {"gelu_approximate": Setting(False, _TIMM),
+                    "layer_norm_eps": Setting(1e-6, _TIMM)}
+        return _hf_vit(path)
+    if model_name == "resnet":
+        from cer_jax.pretrained import resnet
+
+        if resnet.detect_format(keys) == "hf":
+            _check_hf_resnet(path)
+        return {}
+    return {}
+
+
+def _hf_config(path: str) -> tuple[dict[str, Any] | None, str]:
+    config_path = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
+    if not os.path.isfile(config_path):
+        return None, config_path
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointReadError(f"Cannot read {config_path!r} beside {path!r}: {e}") from e
+    if not isinstance(config, dict):
+        raise CheckpointReadError(f"{config_path!r} is not a JSON object.")
+    return config, config_path
+
+
+def _hf_vit(path: str) -> dict[str, Setting]:
+    config, config_path = _hf_config(path)
+    if config is None:
+        where = (f"Hugging Face ViT weights without a config.json beside them ({config_path} is "
+                 "absent): transformers' ViTConfig default")
+        config = {}
+    else:
+        where = f"Hugging Face ViT, {config_path}"
+    act = config.get("hidden_act", HF_VIT_DEFAULTS["hidden_act"])
+    eps = config.get("layer_norm_eps", HF_VIT_DEFAULTS["layer_norm_eps"])
+    if act in _HF_EXACT:
+        approximate = False
+    elif act in _HF_TANH:
+        approximate = True
+    else:
+        raise WeightImportError(
+            f"{config_path} sets hidden_act={act!r}; cer_jax's ViT computes only the exact GELU "
+            f"({', '.join(_HF_EXACT)}) or its tanh approximation ({', '.join(_HF_TANH)})."
+        )
+    try:
+        eps = float(eps)
+    except (TypeError, ValueError) as e:
+        raise CheckpointReadError(f"{config_path}: layer_norm_eps={eps!r} is not a number") from e
+    return {
+        "gelu_approximate": Setting(approximate, f"{where} hidden_act={act!r}"),
+        "layer_norm_eps": Setting(eps, f"{where} layer_norm_eps={eps:g}"),
+    }
+
+
+def _check_hf_resnet(path: str) -> None:
+    config, config_path = _hf_config(path)
+    if config is None:
+        return
+    problems = []
+    if config.get("hidden_act", "relu") != "relu":
+        problems.append(f"hidden_act={config['hidden_act']!r} (this ResNet uses ReLU)")
+    if config.get("downsample_in_bottleneck", False):
+        problems.append("downsample_in_bottleneck=true (ResNet v1, stride on the 1x1 conv; this "
+                        "ResNet is v1.5, stride on the 3x3 conv)")
+    if config.get("downsample_in_first_stage", False):
+        problems.append("downsample_in_first_stage=true (this ResNet keeps stage 1 at stride 1)")
+    if problems:
+        raise WeightImportError(
+            f"{config_path} describes another network than cer_jax's ResNet, with the same tensor "
+            "shapes: " + "; ".join(problems)
+        )
+
+
+def model_settings(model: Any, model_name: str) -> dict[str, Any]:
+    """The values a built model actually uses for the settings a file can imply."""
+    if model_name == "vit":
+        return {"gelu_approximate": bool(model.blocks[0].mlp.gelu_approximate),
+                "layer_norm_eps": float(model.encoder_norm.epsilon)}
+    if model_name == "manet":
+        return {"path_b_order": model.layer3_2[0].path_b_order}
+    return {}

@@ -1,0 +1,99 @@
+"""What a run starts from: the model settings a pre-trained file implies, and its weights.
+
+Some model settings change the function a network computes without changing any parameter's
+shape (ViT's GELU form and LayerNorm epsilon, MA-Net's path-B order), so loading weights cannot
+detect a wrong one. A config leaves them at None / "auto"; `resolve_model_settings` then takes
+what `init.checkpoint`'s format implies (or `init.workdir`'s model), else the model's default,
+and logs it. A config that sets one differently from what the weights imply stops the run
+before anything is read, naming the key, both values and the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import jax
+import ml_collections
+from flax import nnx
+
+from cer_jax import checkpointing, models, pretrained, train_state
+from cer_jax.errors import UserError
+
+# Model config keys that change the computed function but no parameter shape.
+FUNCTION_SETTINGS = ("gelu_approximate", "layer_norm_eps", "path_b_order")
+AUTO = (None, "auto")
+
+
+class ModelSettingError(UserError):
+    """A model setting that contradicts the pre-trained weights."""
+
+
+def _implied(config: ml_collections.ConfigDict) -> tuple[dict[str, Any], dict[str, str]]:
+    """{key: value} the init source implies and {key: why}."""
+    init = config.init
+    if init.get("checkpoint"):
+        settings = pretrained.implied_settings(
+            config.model.name, init.checkpoint, manet_code_version=init.manet_code_version
+        )
+        return (
+            {key: s.value for key, s in settings.items()},
+            {key: f"init.checkpoint={init.checkpoint} implies it: {s.reason}"
+             for key, s in settings.items()},
+        )
+    if init.get("workdir"):
+        source = checkpointing.load_config(init.workdir).model
+        values = {key: source[key] for key in FUNCTION_SETTINGS if source.get(key) not in AUTO}
+        why = f"the model of init.workdir={init.workdir} was trained with it"
+        return values, dict.fromkeys(values, why)
+    return {}, {}
+
+
+def resolve_model_settings(config: ml_collections.ConfigDict) -> None:
+    """Replaces every None / "auto" function setting of config.model by a concrete value, in
+    place (so config.json records what was built); refuses contradictions."""
+    values, why = _implied(config)
+    defaults = models.default_options(config.model.name)
+    for key, value in values.items():
+        if key not in defaults:
+            continue
+        current = config.model.get(key)
+        if current in AUTO:
+            logging.info("model.%s=%r (%s).", key, value, why[key])
+            config.model[key] = value
+        elif current != value:
+            raise ModelSettingError(
+                f"model.{key}={current!r} contradicts the pre-trained weights, which need "
+                f"{value!r} ({why[key]}). Leave model.{key} unset (auto) or pass "
+                f"--config.model.{key}={value}."
+            )
+    for key in FUNCTION_SETTINGS:
+        if key in config.model and config.model[key] in AUTO:
+            config.model[key] = defaults[key]
+
+
+def load_initial_weights(model: nnx.Module, config: ml_collections.ConfigDict) -> None:
+    """Loads config.init.checkpoint (a pre-trained file) or config.init.workdir (a cer_jax run's
+    best checkpoint), in place; the classification head(s) stay freshly initialised."""
+    init = config.init
+    keep_head = bool(init.get("keep_head"))
+    if init.get("checkpoint"):
+        report = pretrained.load_pretrained(
+            model, config.model.name, init.checkpoint, keep_head=keep_head
+        )
+    elif init.get("workdir"):
+        source, _ = checkpointing.restore_best_model(init.workdir)
+        arrays = {
+            name: jax.device_get(var.get_value())
+            for name, var in pretrained.core.model_arrays(source).items()
+        }
+        report = pretrained.core.assign(
+            model,
+            arrays,
+            source=f"{init.workdir} (best checkpoint)",
+            head_names=train_state.head_names(model),
+            keep_head=keep_head,
+        )
+    else:
+        return
+    logging.info("%s", report.summary())

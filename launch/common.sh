@@ -1,0 +1,180 @@
+# shellcheck shell=bash
+# Helpers shared by launch/*.sh. Sourced, never run. Written for bash 3.2 (macOS) and later.
+#
+# Dry run: every script takes --dry-run (or DRY_RUN=1) and then prints, one per line, each
+# command it would run, quoted so that pasting the line into bash runs exactly that command
+# (printf %q: a value with spaces or quotes stays one argument). Lines that start with '#' are
+# notes. Nothing is created, copied or started, and neither gcloud nor SLURM is needed.
+#
+# A script that sources this file defines:
+#   launch_python ARG...   run `python ARG...` where the training runs (every host / task)
+#   check_workdir DIR      fail when DIR cannot be a workdir there
+#   weights_for FILE       the path the training reads a pre-trained FILE from
+
+DRY_RUN=${DRY_RUN:-0}
+SMOKE=${SMOKE:-0}
+
+# The three ensemble members; member NAME trains configs/NAME.py into RUNS/NAME.
+MEMBERS="vit manet resnet50"
+
+die() {
+  printf '%s: error: %s\n' "${0##*/}" "$*" >&2
+  exit 2
+}
+
+note() {
+  if [ "$DRY_RUN" = 1 ]; then
+    printf '# %s\n' "$*"
+  else
+    printf '[%s] %s\n' "${0##*/}" "$*" >&2
+  fi
+}
+
+# One word of shell: as it is when it has no special characters, else in single quotes
+# (of a --flag=value word only the value, which reads better and means the same).
+shell_quote() {
+  case "$1" in
+    '') printf "''" ;;
+    --*=*)
+      case "${1%%=*}" in
+        *[!A-Za-z0-9_.-]*) single_quote "$1" ;;
+        *) printf '%s=' "${1%%=*}"; shell_quote_value "${1#*=}" ;;
+      esac
+      ;;
+    *) shell_quote_value "$1" ;;
+  esac
+}
+
+shell_quote_value() {
+  case "$1" in
+    '') printf "''" ;;
+    *[!A-Za-z0-9_./:=,+@%-]*) single_quote "$1" ;;
+    *) printf '%s' "$1" ;;
+  esac
+}
+
+single_quote() {
+  printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"
+}
+
+# One line of shell that reproduces the command "$@" word for word.
+quote_cmd() {
+  local line="" word
+  for word in "$@"; do
+    line="$line${line:+ }$(shell_quote "$word")"
+  done
+  printf '%s\n' "$line"
+}
+
+# Runs "$@" (an argv, never a string that is parsed again), or prints it under --dry-run.
+run() {
+  if [ "$DRY_RUN" = 1 ]; then
+    quote_cmd "$@"
+  else
+    printf '+ %s\n' "$(quote_cmd "$@")" >&2
+    "$@"
+  fi
+}
+
+# Fails early, outside a dry run, when a tool that the real run needs is missing.
+need() {
+  [ "$DRY_RUN" = 1 ] && return 0
+  local tool
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null 2>&1 || die "'$tool' is not on PATH"
+  done
+}
+
+# Name of the variable that holds member NAME's pre-trained weights file.
+weights_var() {
+  case "$1" in
+    vit) printf 'VIT_WEIGHTS' ;;
+    manet) printf 'MANET_WEIGHTS' ;;
+    resnet50) printf 'RESNET50_WEIGHTS' ;;
+    *) die "unknown member '$1'" ;;
+  esac
+}
+
+# Member NAME's pre-trained weights file (empty when its variable is unset).
+member_weights() {
+  local var
+  var=$(weights_var "$1")
+  printf '%s' "${!var:-}"
+}
+
+# Config of member NAME: configs/NAME.py, or its :smoke variant with SMOKE=1.
+member_config() {
+  if [ "$SMOKE" = 1 ]; then
+    printf 'configs/%s.py:smoke' "$1"
+  else
+    printf 'configs/%s.py' "$1"
+  fi
+}
+
+# TRAIN_ARGV: the trainer's arguments after `python`, for CONFIG WORKDIR OVERRIDES...
+# --config.dataset.data_dir=DATA_DIR comes first (when DATA_DIR is set and the config is not
+# a :smoke one, which draws its own synthetic data), so an override can still replace it.
+train_argv() {
+  local config=$1 workdir=$2
+  shift 2
+  check_workdir "$workdir"
+  TRAIN_ARGV=(-m cer_jax.train --config="$config" --workdir="$workdir")
+  case "$config" in
+    *:smoke) ;;
+    *) if [ -n "${DATA_DIR:-}" ]; then TRAIN_ARGV+=(--config.dataset.data_dir="$DATA_DIR"); fi ;;
+  esac
+  TRAIN_ARGV+=("$@")
+}
+
+# Trains CONFIG into WORKDIR with OVERRIDES...
+run_train() {
+  train_argv "$@"
+  launch_python "${TRAIN_ARGV[@]}"
+}
+
+# Fuses RUNS/vit,RUNS/manet,RUNS/resnet50 into RUNS/fusion, with fusion OVERRIDES...
+run_fuse() {
+  local runs=$1 workdirs="" name
+  shift
+  for name in $MEMBERS; do
+    workdirs="$workdirs${workdirs:+,}$runs/$name"
+  done
+  launch_python -m cer_jax.fuse --workdirs="$workdirs" --out="$runs/fusion" "$@"
+}
+
+# The whole method: the three members into RUNS/<name> (each gets its weights, then the
+# OVERRIDES...), then the fusion into RUNS/fusion.
+run_ensemble() {
+  local runs=$1 name file
+  shift
+  for name in $MEMBERS; do
+    file=$(member_weights "$name")
+    if [ "$SMOKE" = 1 ] || [ -z "$file" ]; then
+      if [ "$SMOKE" != 1 ]; then note "$name: $(weights_var "$name") is not set: trains from scratch"; fi
+      run_train "$(member_config "$name")" "$runs/$name" "$@"
+    else
+      run_train "$(member_config "$name")" "$runs/$name" \
+        --config.init.checkpoint="$(weights_for "$file")" "$@"
+    fi
+  done
+  run_fuse "$runs"
+}
+
+# Leading --dry-run / -n / --help; FLAG_COUNT says how many arguments to shift.
+parse_flags() {
+  FLAG_COUNT=0
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --dry-run | -n) DRY_RUN=1 ;;
+      -h | --help) usage; exit 0 ;;
+      *) break ;;
+    esac
+    shift
+    FLAG_COUNT=$((FLAG_COUNT + 1))
+  done
+}
+
+# The script's header comment (after the #! line, up to the first line of code).
+usage() {
+  awk 'NR == 1 { next } /^#SBATCH/ { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
+}

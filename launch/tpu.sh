@@ -1,0 +1,270 @@
+#!/usr/bin/env bash
+# Cloud TPU, from nothing to a fused report: a TPU VM or a multi-host slice, data and weights on
+# a bucket, the three trainings and the fusion run on every worker, TensorBoard on the bucket.
+#
+# Usage: launch/tpu.sh [--dry-run] COMMAND [ARGS...]
+#   --dry-run (or DRY_RUN=1) prints the exact commands, one per line, instead of running them.
+#
+# Commands, in the order a first run needs them (`all` chains create .. ensemble):
+#   create               create the TPU VM or slice and wait until it is ready
+#                        (QUEUED=1: through a queued resource, which waits for capacity)
+#   install              copy this checkout (its tracked and untracked, not ignored, files) to
+#                        every worker, make a Python $PYTHON_VERSION venv there (uv) and install
+#                        the checkout with the TPU build of JAX; then `check`
+#   check                every worker prints its process index, process count and devices
+#   upload               build the TFDS dataset here when MANUAL_DIR is set, then copy
+#                        LOCAL_DATA_DIR/rafdb to DATA_DIR and the *_WEIGHTS files to WEIGHTS_DIR
+#   train CONFIG WORKDIR [OVERRIDES...]
+#                        one training, the same command on every worker at once; WORKDIR must
+#                        be gs://... (every host reads and writes the same run)
+#   ensemble [OVERRIDES...]
+#                        train vit, manet and resnet50 into RUNS/<name> (the OVERRIDES go to all
+#                        three, after the data and weights flags), then `fuse`
+#   fuse [OVERRIDES...]  fuse RUNS/vit,RUNS/manet,RUNS/resnet50 into RUNS/fusion on every worker,
+#                        then print RUNS/fusion/report.md
+#   tensorboard          tensorboard --logdir RUNS, on this machine (gs:// is read with your
+#                        application-default credentials: gcloud auth application-default login)
+#   all [OVERRIDES...]   create, install, upload, ensemble; CREATE=0 / INSTALL=0 / UPLOAD=0 skip
+#   delete               delete the TPU VM (QUEUED=1: the queued resource and its TPU)
+#
+# Environment (defaults in brackets):
+#   BUCKET       gs://bucket[/prefix] holding data, weights and runs; needed by every command
+#                that touches them (create it once: gcloud storage buckets create gs://bucket
+#                --location=REGION, in the TPU's region)
+#   TPU_NAME [cer-jax]  ZONE [us-central2-b]  PROJECT [gcloud's default project]
+#   ACCELERATOR [v4-8]   any type: v4-32, v5litepod-16, v6e-8, ... (multi-host is the same)
+#   VERSION      the TPU VM image [from ACCELERATOR: tpu-ubuntu2204-base for v2/v3/v4,
+#                v2-alpha-tpuv5-lite for v5e, v2-alpha-tpuv5 for v5p, v2-alpha-tpuv6e for v6e]
+#   QUEUED [0]   1: create through `gcloud compute tpus queued-resources` (QR_NAME [TPU_NAME-qr])
+#   SPOT [0]     1: spot capacity; after a preemption, `delete`, then `all` again: every
+#                training resumes from its last checkpoint on the bucket
+#   RUNS [BUCKET/runs]  DATA_DIR [BUCKET/tensorflow_datasets]  WEIGHTS_DIR [BUCKET/weights]
+#   MANUAL_DIR   the unpacked RAF-DB tree (EmoLabel/, Image/) to build the TFDS dataset from
+#   LOCAL_DATA_DIR [~/tensorflow_datasets]  TFDS_CONFIG [compound]
+#   VIT_WEIGHTS MANET_WEIGHTS RESNET50_WEIGHTS
+#                pre-trained files: local paths (upload copies them to WEIGHTS_DIR and the
+#                trainings read them there) or gs:// paths (used as they are); unset: the
+#                member trains from scratch
+#   SMOKE [0]    1: the configs' :smoke variants on synthetic data drawn on each worker (no data
+#                or weights needed; a cheap end-to-end check of a new slice)
+#   JAX_SPEC ['jax[tpu]>=0.10.2,<0.11']  PYTHON_VERSION [3.11]  PYTHON (here) [python3]
+#
+# On the workers the checkout is ~/cer_jax and the venv ~/cer_jax_venv. Every `gcloud compute
+# tpus tpu-vm ssh` uses --worker=all: JAX's multi-controller runtime needs one process per host,
+# all running the same program; the trainer finds the other hosts itself (Cloud TPU metadata).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+# shellcheck source=common.sh
+source "$HERE/common.sh"
+
+TPU_NAME=${TPU_NAME:-cer-jax}
+ZONE=${ZONE:-us-central2-b}
+ACCELERATOR=${ACCELERATOR:-v4-8}
+QUEUED=${QUEUED:-0}
+QR_NAME=${QR_NAME:-$TPU_NAME-qr}
+SPOT=${SPOT:-0}
+BUCKET=${BUCKET:-}
+BUCKET=${BUCKET%/}
+LOCAL_DATA_DIR=${LOCAL_DATA_DIR:-$HOME/tensorflow_datasets}
+TFDS_CONFIG=${TFDS_CONFIG:-compound}
+JAX_SPEC=${JAX_SPEC:-'jax[tpu]>=0.10.2,<0.11'}
+PYTHON_VERSION=${PYTHON_VERSION:-3.11}
+PYTHON=${PYTHON:-python3}
+SCOPES=https://www.googleapis.com/auth/cloud-platform
+
+GCLOUD_FLAGS=(--zone="$ZONE")
+if [ -n "${PROJECT:-}" ]; then
+  GCLOUD_FLAGS+=(--project="$PROJECT")
+fi
+
+# The TPU VM image that goes with the accelerator type.
+tpu_version() {
+  if [ -n "${VERSION:-}" ]; then
+    printf '%s' "$VERSION"
+    return
+  fi
+  case "$ACCELERATOR" in
+    v2-* | v3-* | v4-*) printf 'tpu-ubuntu2204-base' ;;
+    v5litepod-* | v5e-*) printf 'v2-alpha-tpuv5-lite' ;;
+    v5p-*) printf 'v2-alpha-tpuv5' ;;
+    v6e-*) printf 'v2-alpha-tpuv6e' ;;
+    *) die "no default image for ACCELERATOR=$ACCELERATOR: set VERSION (gcloud compute tpus tpu-vm versions list)" ;;
+  esac
+}
+
+need_bucket() {
+  case "$BUCKET" in
+    gs://?*) ;;
+    *) die "set BUCKET=gs://your-bucket[/prefix] (got '$BUCKET')" ;;
+  esac
+  RUNS=${RUNS:-$BUCKET/runs}
+  DATA_DIR=${DATA_DIR:-$BUCKET/tensorflow_datasets}
+  WEIGHTS_DIR=${WEIGHTS_DIR:-$BUCKET/weights}
+}
+
+# Runs one shell command line on every worker of the TPU at once.
+on_all_workers() {
+  run gcloud compute tpus tpu-vm ssh "$TPU_NAME" --worker=all "${GCLOUD_FLAGS[@]}" --quiet \
+    --command="$1"
+}
+
+# The same `python ARG...` on every worker, from the checkout, with its venv.
+launch_python() {
+  on_all_workers "cd ~/cer_jax && ~/cer_jax_venv/bin/python $(quote_cmd "$@")"
+}
+
+check_workdir() {
+  case "$1" in
+    gs://?*) ;;
+    *) die "a workdir on a TPU must be a gs:// path that every host shares (got '$1')" ;;
+  esac
+}
+
+# Local weights files are read from WEIGHTS_DIR, where `upload` put them; gs:// ones as they are.
+weights_for() {
+  case "$1" in
+    gs://*) printf '%s' "$1" ;;
+    *) printf '%s/%s' "$WEIGHTS_DIR" "${1##*/}" ;;
+  esac
+}
+
+cmd_create() {
+  need gcloud
+  local version
+  version=$(tpu_version)
+  local spot=()
+  if [ "$SPOT" = 1 ]; then spot=(--spot); fi
+  if [ "$QUEUED" = 1 ]; then
+    run gcloud compute tpus queued-resources create "$QR_NAME" "${GCLOUD_FLAGS[@]}" \
+      --node-id="$TPU_NAME" --accelerator-type="$ACCELERATOR" --runtime-version="$version" \
+      --scopes="$SCOPES" ${spot[@]+"${spot[@]}"}
+    local describe=(gcloud compute tpus queued-resources describe "$QR_NAME" "${GCLOUD_FLAGS[@]}"
+      --format='value(state.state)')
+    if [ "$DRY_RUN" = 1 ]; then
+      note "repeated every 30 s until the state is ACTIVE:"
+      quote_cmd "${describe[@]}"
+      return
+    fi
+    local state
+    while :; do
+      state=$("${describe[@]}")
+      note "queued resource $QR_NAME: $state"
+      case "$state" in
+        ACTIVE) break ;;
+        FAILED | SUSPENDED) die "queued resource $QR_NAME is $state" ;;
+      esac
+      sleep 30
+    done
+  else
+    # Returns when the VM (every host of a slice) is READY.
+    run gcloud compute tpus tpu-vm create "$TPU_NAME" "${GCLOUD_FLAGS[@]}" \
+      --accelerator-type="$ACCELERATOR" --version="$version" --scopes="$SCOPES" \
+      ${spot[@]+"${spot[@]}"}
+  fi
+}
+
+cmd_check() {
+  need gcloud
+  launch_python -c 'import jax; jax.distributed.initialize(); print(f"host {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local of {jax.device_count()} devices", flush=True)'
+}
+
+cmd_install() {
+  need gcloud git tar
+  local tarball=${TMPDIR:-/tmp}/cer_jax-$TPU_NAME.tgz
+  # The checkout as it is now (uncommitted edits included), without .git and ignored files.
+  # shellcheck disable=SC2016  # expanded by the inner bash
+  run bash -c 'set -o pipefail; cd "$1" && git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d "" f; do if [ -e "$f" ]; then printf "%s\0" "$f"; fi; done | tar --null -T - -czf "$2"' \
+    pack "$REPO" "$tarball"
+  run gcloud compute tpus tpu-vm scp "$tarball" "$TPU_NAME:cer_jax.tgz" --worker=all \
+    "${GCLOUD_FLAGS[@]}" --quiet
+  # On each worker: unpack, get uv (it brings Python $PYTHON_VERSION when the image has an
+  # older one), make the venv once, install the checkout with the TPU build of JAX.
+  local script
+  # shellcheck disable=SC2016  # expanded on the worker
+  script="set -eu; JAX_SPEC=$(shell_quote "$JAX_SPEC"); PYTHON_VERSION=$(shell_quote "$PYTHON_VERSION")"'; rm -rf ~/cer_jax.new; mkdir ~/cer_jax.new; tar -C ~/cer_jax.new -xzf ~/cer_jax.tgz; rm -rf ~/cer_jax; mv ~/cer_jax.new ~/cer_jax; rm ~/cer_jax.tgz; export PATH="$HOME/.local/bin:$PATH"; command -v uv >/dev/null || curl -LsSf https://astral.sh/uv/install.sh | sh; [ -x ~/cer_jax_venv/bin/python ] || uv venv --python "$PYTHON_VERSION" ~/cer_jax_venv; uv pip install --python ~/cer_jax_venv/bin/python -e ~/cer_jax "$JAX_SPEC"'
+  on_all_workers "$script"
+  cmd_check
+}
+
+cmd_upload() {
+  need_bucket
+  need gcloud
+  if [ -n "${MANUAL_DIR:-}" ]; then
+    run "$PYTHON" -m tfds_rafdb.rafdb --config="$TFDS_CONFIG" --manual_dir="$MANUAL_DIR" \
+      --data_dir="$LOCAL_DATA_DIR"
+  fi
+  if [ "$DRY_RUN" != 1 ] && [ ! -d "$LOCAL_DATA_DIR/rafdb" ]; then
+    die "no TFDS build in $LOCAL_DATA_DIR/rafdb: set MANUAL_DIR=/path/to/RAF-DB/compound (or LOCAL_DATA_DIR)"
+  fi
+  run gcloud storage rsync --recursive "$LOCAL_DATA_DIR/rafdb" "$DATA_DIR/rafdb"
+  local name file
+  for name in $MEMBERS; do
+    file=$(member_weights "$name")
+    case "$file" in
+      "" | gs://*) ;;
+      *)
+        if [ "$DRY_RUN" != 1 ] && [ ! -f "$file" ]; then die "no such weights file: $file"; fi
+        run gcloud storage cp "$file" "$(weights_for "$file")"
+        ;;
+    esac
+  done
+}
+
+cmd_train() {
+  [ $# -ge 2 ] || die "usage: launch/tpu.sh train CONFIG WORKDIR [OVERRIDES...]"
+  need_bucket
+  need gcloud
+  run_train "$@"
+}
+
+cmd_fuse() {
+  need_bucket
+  need gcloud
+  run_fuse "$RUNS" "$@"
+  run gcloud storage cat "$RUNS/fusion/report.md"
+}
+
+cmd_ensemble() {
+  need_bucket
+  need gcloud
+  run_ensemble "$RUNS" "$@"
+  run gcloud storage cat "$RUNS/fusion/report.md"
+}
+
+cmd_tensorboard() {
+  need_bucket
+  need tensorboard
+  run tensorboard --logdir "$RUNS"
+}
+
+cmd_delete() {
+  need gcloud
+  if [ "$QUEUED" = 1 ]; then
+    run gcloud compute tpus queued-resources delete "$QR_NAME" "${GCLOUD_FLAGS[@]}" --force --quiet
+  else
+    run gcloud compute tpus tpu-vm delete "$TPU_NAME" "${GCLOUD_FLAGS[@]}" --quiet
+  fi
+}
+
+cmd_all() {
+  need_bucket
+  if [ "${CREATE:-1}" = 1 ]; then cmd_create; fi
+  if [ "${INSTALL:-1}" = 1 ]; then cmd_install; fi
+  if [ "${UPLOAD:-1}" = 1 ] && [ "$SMOKE" != 1 ]; then cmd_upload; fi
+  cmd_ensemble "$@"
+  note "TensorBoard: BUCKET=$BUCKET launch/tpu.sh tensorboard (that is: tensorboard --logdir $RUNS)"
+  note "when done: launch/tpu.sh delete (a TPU is billed while it exists)"
+}
+
+parse_flags "$@"
+shift "$FLAG_COUNT"
+[ $# -ge 1 ] || { usage >&2; exit 2; }
+COMMAND=$1
+shift
+case "$COMMAND" in
+  create | install | check | upload | train | ensemble | fuse | tensorboard | all | delete)
+    "cmd_$COMMAND" "$@" ;;
+  *) die "unknown command '$COMMAND' (see launch/tpu.sh --help)" ;;
+esac

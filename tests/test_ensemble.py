@@ -1,0 +1,159 @@
+"""The ensemble artefact: numpy eval view == TF's, write / load round trip, no TensorFlow."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import cv2
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from matplotlib import cbook
+
+from cer_jax import ensemble as ensemble_lib
+from cer_jax.config_loading import load_config
+from cer_jax.fusion import strategies
+from cer_jax.train_state import create_model
+
+ABAW7 = (
+    "Fearfully Surprised", "Happily Surprised", "Sadly Surprised", "Disgustedly Surprised",
+    "Angrily Surprised", "Sadly Fearful", "Sadly Angry",
+)
+
+
+def tiny_members(class_names, seed=0):
+    """Two untrained members at smoke size: a ViT ([-1, 1], resize) and a ResNet (ImageNet
+    normalisation, resize-shorter + central crop)."""
+    members = []
+    for index, spec in enumerate(("configs/vit.py:smoke", "configs/resnet50.py:smoke")):
+        config = load_config(spec)
+        config.dataset_info = ml_collections.ConfigDict(
+            {"class_names": list(class_names), "num_classes": len(class_names)}
+        )
+        if "resnet" in spec:
+            config.input.image_size = 32
+            config.input.eval_resize = "resize_crop"
+            config.input.resize_size = 40
+        model = create_model(config, len(class_names), seed=seed + index)
+        members.append((config.model.name, model, config))
+    return members
+
+
+def build_tiny_ensemble(out, class_names=ABAW7, strategy="performance_weighted", seed=0):
+    """A written ensemble directory of untrained tiny members (no training needed)."""
+    rng = np.random.default_rng(seed)
+    n, k = 30, len(class_names)
+    labels = np.arange(n) % k
+    data = strategies.FusionData(
+        logits=rng.normal(size=(2, n, k)).astype(np.float32) + 2 * np.eye(k)[labels],
+        features=(rng.normal(size=(n, 4)), rng.normal(size=(n, 4))),
+        labels=labels,
+    )
+    fitted = strategies.fit_strategy(strategy, data)
+    members = tiny_members(class_names, seed)
+    path = ensemble_lib.write_ensemble(out, members, fitted, class_names,
+                                       dataset="rafdb/compound_abaw7")
+    return path, members, fitted
+
+
+def photo():
+    bgr = cv2.imread(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+@pytest.mark.parametrize(
+    "size, normalization, eval_resize, resize_size, source_hw",
+    [
+        (32, "minus_one_one", "resize", 36, (100, 100)),  # shrink, ViT range
+        (32, "imagenet", "resize_crop", 40, (100, 100)),
+        (224, "imagenet", "resize", 256, (100, 100)),  # enlarge (the full recipes)
+        (224, "unit", "resize_crop", 256, (100, 100)),
+        (64, "unit", "resize_crop", 72, (120, 90)),  # not square
+    ],
+)
+def test_numpy_eval_view_matches_tensorflow(size, normalization, eval_resize, resize_size,
+                                            source_hw):
+    import tensorflow as tf
+
+    from cer_jax.data import augment
+
+    cfg = ml_collections.ConfigDict(dict(
+        image_size=size, normalization=normalization, eval_resize=eval_resize,
+        resize_size=resize_size,
+    ))
+    rng = np.random.default_rng(0)
+    images = [
+        cv2.resize(photo()[60:420, 100:460], source_hw[::-1], interpolation=cv2.INTER_AREA),
+        rng.integers(0, 256, (*source_hw, 3), dtype=np.uint8),
+    ]
+    for image in images:
+        expected = augment.eval_view(tf.constant(image), cfg).numpy()
+        got = ensemble_lib.eval_view(image, ensemble_lib.preprocessing_of(
+            ml_collections.ConfigDict({"input": cfg.to_dict()})))
+        assert got.shape == expected.shape == (size, size, 3)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, expected, atol=2e-5, rtol=0)
+
+
+def test_round_trip_reproduces_every_member_and_the_fusion(tmp_path):
+    path, members, fitted = build_tiny_ensemble(tmp_path / "ens")
+    manifest = json.loads((path / "ensemble.json").read_text())
+    assert manifest["format"] == 1 and manifest["class_names"] == list(ABAW7)
+    assert manifest["strategy"]["name"] == "performance_weighted"
+    assert [m["model"] for m in manifest["members"]] == ["vit", "resnet"]
+    for entry in manifest["members"]:
+        assert (path / entry["dir"] / "config.json").exists()
+        assert (path / entry["dir"] / "model.npz").exists()
+
+    loaded = ensemble_lib.load_ensemble(path)
+    assert loaded.class_names == list(ABAW7) and loaded.member_names == ["vit", "resnet"]
+    faces = np.stack([cv2.resize(photo()[80:400, 120:440], (100, 100)),
+                      np.full((100, 100, 3), 128, np.uint8), photo()[:100, :100]])
+    out = loaded.predict(faces)
+    expected_logits = []
+    for (_, model, config), member in zip(members, loaded.members, strict=True):
+        assert member.preprocessing == ensemble_lib.preprocessing_of(config)
+        inputs = np.stack([ensemble_lib.eval_view(f, member.preprocessing) for f in faces])
+        expected_logits.append(np.asarray(model(jnp.asarray(inputs), train=False).logits))
+    expected_member = np.stack([
+        np.exp(z - z.max(-1, keepdims=True)) / np.exp(z - z.max(-1, keepdims=True)).sum(-1,
+                                                                                     keepdims=True)
+        for z in expected_logits
+    ])
+    np.testing.assert_allclose(out.member_probabilities, expected_member, atol=1e-5)
+    weights = np.asarray(fitted.params["weights"])
+    np.testing.assert_allclose(out.probabilities, np.einsum("m,mnk->nk", weights,
+                                                            out.member_probabilities), atol=1e-9)
+    np.testing.assert_allclose(out.probabilities.sum(-1), 1.0, atol=1e-6)
+    flipped = loaded.predict(faces, flip_tta=True)
+    assert flipped.probabilities.shape == (3, 7)
+
+    # Rewriting replaces the directory atomically; a broken one is refused clearly.
+    build_tiny_ensemble(tmp_path / "ens", strategy="temperature_scaled", seed=1)
+    assert ensemble_lib.load_ensemble(path).strategy_name == "temperature_scaled"
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".ens")]
+    with pytest.raises(ensemble_lib.EnsembleError, match="not an ensemble directory"):
+        ensemble_lib.load_ensemble(tmp_path / "nothing")
+
+
+def test_loading_and_predicting_needs_no_tensorflow(tmp_path):
+    path, _, _ = build_tiny_ensemble(tmp_path / "ens", strategy="stacking")
+    script = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        from cer_jax import ensemble, predict
+        ens = ensemble.load_ensemble({os.fspath(path)!r})
+        out = ens.predict(np.zeros((2, 100, 100, 3), np.uint8))
+        assert out.probabilities.shape == (2, 7)
+        bad = [m for m in ("tensorflow", "tensorflow_datasets") if m in sys.modules]
+        assert not bad, bad
+        print("OK")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "OK" in result.stdout

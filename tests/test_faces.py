@@ -1,0 +1,100 @@
+"""Face detection on real photographs shipped in installed packages, alignment, tracking."""
+
+import os
+
+import cv2
+import matplotlib
+import numpy as np
+import pytest
+from matplotlib import cbook
+
+from cer_jax import faces
+
+needs_haar = pytest.mark.skipif(
+    not faces.haar_available(),
+    reason=f"OpenCV {cv2.__version__} ships no Haar cascades (needs opencv-python-headless<5)",
+)
+
+
+def rgb(path):
+    return cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB)
+
+
+def grace_hopper():
+    return rgb(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+
+
+def no_face_photo():
+    """A photograph of a backpack (matplotlib's sample data): no person."""
+    path = os.path.join(matplotlib.get_data_path(), "sample_data", "Minduka_Present_Blue_Pack.png")
+    return rgb(path)
+
+
+def astronaut():
+    data = pytest.importorskip("skimage.data")
+    return data.astronaut()
+
+
+@needs_haar
+@pytest.mark.parametrize("photo, centre", [(grace_hopper, (264, 215)), (astronaut, (223, 113))])
+def test_a_face_is_found_where_the_person_is(photo, centre):
+    found = faces.HaarDetector()(photo())
+    assert len(found) == 1
+    x, y, w, h = found[0].box
+    assert abs(x + w / 2 - centre[0]) < 0.2 * w and abs(y + h / 2 - centre[1]) < 0.2 * h
+    crop = faces.align_face(photo(), found[0])
+    assert crop.shape == (100, 100, 3) and crop.dtype == np.uint8
+
+
+@needs_haar
+def test_no_face_in_photos_without_people():
+    assert faces.HaarDetector()(no_face_photo()) == []
+    data = pytest.importorskip("skimage.data")
+    assert faces.HaarDetector()(data.coffee()) == []
+
+
+def test_alignment_puts_landmarks_on_the_rafdb_template():
+    rng = np.random.default_rng(0)
+    # A similarity (scale 3, 20 degrees, shifted) of the template, as a detector would report.
+    angle = np.deg2rad(20)
+    rotation = 3.0 * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    landmarks = faces.RAFDB_TEMPLATE @ rotation.T + np.array([200.0, 150.0])
+    matrix = faces.similarity(landmarks, faces.RAFDB_TEMPLATE)
+    mapped = landmarks @ matrix[:, :2].T + matrix[:, 2]
+    np.testing.assert_allclose(mapped, faces.RAFDB_TEMPLATE, atol=1e-9)
+    # A dot drawn at the left eye lands at the template's left eye in the 100x100 crop.
+    image = rng.integers(0, 30, (600, 600, 3), dtype=np.uint8)
+    cv2.circle(image, tuple(int(v) for v in landmarks[0].round()), 6, (255, 255, 255), -1)
+    crop = faces.align_face(image, faces.Face((0, 0, 1, 1), landmarks=landmarks))
+    y, x = np.unravel_index(crop[..., 0].astype(int).argmax(), crop.shape[:2])
+    assert abs(x - faces.RAFDB_TEMPLATE[0, 0]) <= 2 and abs(y - faces.RAFDB_TEMPLATE[0, 1]) <= 2
+
+
+def test_box_only_crop_is_an_upright_square_around_the_box():
+    box = (100.0, 80.0, 200.0, 200.0)
+    matrix = faces.similarity(faces.box_landmarks(box), faces.RAFDB_TEMPLATE)
+    assert abs(matrix[0, 1]) < 1e-9 and abs(matrix[1, 0]) < 1e-9  # no rotation
+    side = 100.0 / matrix[0, 0]
+    assert 1.0 < side / box[2] < 1.3
+
+
+def test_iou_tracker_keeps_identities_and_starts_new_tracks():
+    tracker = faces.IouTracker(threshold=0.3, max_missed=2)
+    a, b = faces.Face((0, 0, 50, 50)), faces.Face((200, 0, 40, 40))
+    assert tracker.update(0, [a, b]) == [0, 1]
+    moved = [faces.Face((205, 2, 40, 40)), faces.Face((4, 3, 50, 50))]
+    assert tracker.update(1, moved) == [1, 0]
+    assert tracker.update(10, [a]) == [2]  # track 0 expired after max_missed frames
+
+
+def test_detector_specs():
+    with pytest.raises(faces.DetectorError, match="not found"):
+        faces.load_detector("yunet:/nonexistent.onnx")
+    with pytest.raises(faces.DetectorError, match="Unknown detector"):
+        faces.load_detector("nonsense")
+    custom = faces.load_detector("test_faces:fixed_detector")
+    assert custom(np.zeros((10, 10, 3), np.uint8))[0].box == (1, 2, 3, 4)
+
+
+def fixed_detector(image):
+    return [faces.Face((1, 2, 3, 4))]

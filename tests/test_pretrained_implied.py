@@ -1,0 +1,174 @@
+"""`implied_settings`: what each pre-trained file format implies about model settings that change
+the computed function without changing a shape; errors name the file or the config key."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import weight_files as wf
+from flax import nnx
+
+from cer_jax.models import create_model, manet
+from cer_jax.pretrained import (
+    CheckpointReadError,
+    Setting,
+    WeightImportError,
+    implied_settings,
+    load_pretrained,
+    model_settings,
+)
+from cer_jax.pretrained.readers import read_checkpoint
+
+
+def _values(settings: dict[str, Setting]) -> dict:
+    assert all(isinstance(s, Setting) and s.reason for s in settings.values())
+    return {k: s.value for k, s in settings.items()}
+
+
+@pytest.fixture(scope="module")
+def vit():
+    model = create_model("vit", num_classes=7, rngs=nnx.Rngs(0), variant="test/8", image_size=32,
+                         layer_norm_eps=1e-12)
+    return wf.randomise(model)
+
+
+@pytest.fixture(scope="module")
+def hf_vit(vit, tmp_path_factory):
+    return wf.write_hf_vit(vit, tmp_path_factory.mktemp("hf"))
+
+
+@pytest.mark.parametrize("fmt", sorted(set(wf.VIT_FORMATS) - {"hf_safetensors"}))
+def test_vit_npz_and_timm(vit, tmp_path, fmt):
+    settings = implied_settings("vit", wf.VIT_FORMATS[fmt](vit, tmp_path))
+    if fmt.endswith("npz"):  # big_vision / vision_transformer: flax nn.gelu, nn.LayerNorm defaults
+        assert _values(settings) == {"gelu_approximate": True, "layer_norm_eps": 1e-6}
+        assert "big_vision" in settings["gelu_approximate"].reason
+    else:
+        assert _values(settings) == {"gelu_approximate": False, "layer_norm_eps": 1e-6}
+        assert "timm" in settings["gelu_approximate"].reason
+
+
+def test_vit_hf_reads_config_json(vit, hf_vit):
+    settings = implied_settings("vit", hf_vit)
+    assert _values(settings) == {"gelu_approximate": False, "layer_norm_eps": 1e-12}
+    assert "config.json hidden_act='gelu'" in settings["gelu_approximate"].reason
+    assert _values(settings) == model_settings(vit, "vit")  # the writer's config is the model's
+
+
+def _hf_copy(hf_vit, directory, config: dict | None):
+    directory.mkdir()
+    shutil.copy(hf_vit, directory / "model.safetensors")
+    if config is not None:
+        original = json.loads((hf_vit.parent / "config.json").read_text())
+        (directory / "config.json").write_text(json.dumps({**original, **config}))
+    return directory / "model.safetensors"
+
+
+@pytest.mark.parametrize("act, approximate", [
+    ("gelu", False), ("gelu_new", True), ("gelu_pytorch_tanh", True), ("gelu_fast", True),
+])
+def test_vit_hf_hidden_act(hf_vit, tmp_path, act, approximate):
+    path = _hf_copy(hf_vit, tmp_path / "hf", {"hidden_act": act, "layer_norm_eps": 1e-5})
+    assert _values(implied_settings("vit", path)) == {"gelu_approximate": approximate,
+                                                      "layer_norm_eps": 1e-5}
+
+
+def test_vit_hf_without_config_json_uses_transformers_defaults(hf_vit, tmp_path):
+    settings = implied_settings("vit", _hf_copy(hf_vit, tmp_path / "hf", None))
+    assert _values(settings) == {"gelu_approximate": False, "layer_norm_eps": 1e-12}
+    assert "without a config.json" in settings["layer_norm_eps"].reason
+
+
+def test_vit_hf_activation_this_vit_cannot_compute_is_an_error(hf_vit, tmp_path):
+    path = _hf_copy(hf_vit, tmp_path / "hf", {"hidden_act": "quick_gelu"})
+    with pytest.raises(WeightImportError, match="hidden_act='quick_gelu'"):
+        implied_settings("vit", path)
+
+
+def test_vit_hf_tanh_file_loads_into_the_network_it_names(vit, tmp_path):
+    """A transformers ViT saved with a tanh GELU: implied settings build the same network."""
+    reference = wf.vit_hf_reference(vit, hidden_act="gelu_new")
+    reference.save_pretrained(tmp_path)
+    implied = _values(implied_settings("vit", tmp_path / "model.safetensors"))
+    assert implied == {"gelu_approximate": True, "layer_norm_eps": 1e-12}
+    model = create_model("vit", num_classes=7, rngs=nnx.Rngs(1), variant="test/8", image_size=32,
+                         **implied)
+    load_pretrained(model, "vit", tmp_path / "model.safetensors", keep_head=True)
+    images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = reference(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2))).logits
+    np.testing.assert_allclose(model(images).logits, expected.numpy(), atol=1e-5, rtol=0)
+
+
+def test_npz_prefixes_select_the_parameters(vit, tmp_path):
+    """big_vision's load_params: `params/` subtree, else `opt/target/`; optimizer state unread."""
+    for fmt in ("big_vision_params_npz", "big_vision_opt_target_npz"):
+        path = wf.VIT_FORMATS[fmt](vit, tmp_path / fmt)
+        with np.load(path) as data:
+            assert any(k.startswith("opt/") and "target" not in k for k in data.files)
+        plain = read_checkpoint(wf.write_big_vision_npz(vit, tmp_path / f"{fmt}_plain"))
+        loaded = read_checkpoint(path)
+        assert sorted(loaded) == sorted(plain)
+    np.savez(tmp_path / "odd.npz", **{"opt/state/step": np.zeros(())})
+    with pytest.raises(CheckpointReadError, match="no 'opt/target/' parameters"):
+        implied_settings("vit", tmp_path / "odd.npz")
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    return wf.randomise(nnx.eval_shape(lambda: create_model(
+        "resnet", num_classes=7, rngs=nnx.Rngs(0), depth=18, width=8)))
+
+
+@pytest.mark.parametrize("fmt", sorted(wf.RESNET_FORMATS))
+def test_resnet_implies_nothing(resnet, tmp_path, fmt):
+    assert implied_settings("resnet", wf.RESNET_FORMATS[fmt](resnet, tmp_path)) == {}
+
+
+def test_resnet_hf_config_of_another_network_is_an_error(resnet, tmp_path):
+    path = wf.write_hf_resnet(resnet, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "downsample_in_bottleneck": True}))
+    with pytest.raises(WeightImportError, match="downsample_in_bottleneck=true"):
+        implied_settings("resnet", path)
+
+
+def test_manet_order_follows_the_code_version(tmp_path):
+    path = wf.save_authors_checkpoint({"conv1.weight": torch.zeros(8, 3, 7, 7)},
+                                      tmp_path / "manet.pth.tar")
+    assert _values(implied_settings("manet", path)) == {"path_b_order": "forward"}
+    for fmt, version in wf.MANET_CODE_VERSIONS.items():
+        expected = {"2021": "forward", "2023": "reverse"}[version]
+        settings = implied_settings("manet", path, manet_code_version=version)
+        assert _values(settings) == {"path_b_order": expected}, fmt
+        assert version in settings["path_b_order"].reason
+    with pytest.raises(ValueError, match=r"code version '2022' \(config key "
+                                         r"init\.manet_code_version\)"):
+        implied_settings("manet", path, manet_code_version="2022")
+
+
+def test_manet_default_order_is_the_published_weights():
+    for fn in (manet.create, manet.MANet.__init__):
+        assert inspect.signature(fn).parameters["path_b_order"].default == "forward"
+
+
+def test_unknown_files_give_load_pretrained_errors(vit, tmp_path):
+    (tmp_path / "w.h5").write_bytes(b"x")
+    for model_name in ("vit", "resnet", "manet"):
+        with pytest.raises(CheckpointReadError, match="Unknown checkpoint format"):
+            implied_settings(model_name, tmp_path / "w.h5")
+        with pytest.raises(CheckpointReadError, match="does not exist"):
+            implied_settings(model_name, tmp_path / "none.npz")
+    np.savez(tmp_path / "other.npz", **{"conv1/kernel": np.zeros(3)})
+    with pytest.raises(WeightImportError, match="Not a ViT checkpoint") as implied:
+        implied_settings("vit", tmp_path / "other.npz")
+    with pytest.raises(WeightImportError, match="Not a ViT checkpoint") as loaded:
+        load_pretrained(vit, "vit", tmp_path / "other.npz")
+    assert str(implied.value) == str(loaded.value)
+    with pytest.raises(ValueError, match="config key model.name"):
+        implied_settings("vgg", tmp_path / "other.npz")

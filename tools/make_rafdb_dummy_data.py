@@ -1,0 +1,58 @@
+"""Regenerates `tfds_rafdb/rafdb/dummy_data/`, the tiny trees of `rafdb_dataset_builder_test.py`.
+
+    python tools/make_rafdb_dummy_data.py [--out=tfds_rafdb/rafdb/dummy_data]
+
+A developer tool: it draws with `cer_jax.synthetic` into the builder package's test data, so it
+lives outside both (the builder never imports cer_jax). Each tree is a small synthetic tree
+without `Image/original/` (the builder does not read it), plus two cases the builder must
+handle: one aligned image stored as a 90x90 greyscale JPEG (re-encoded to 100x100 RGB when
+built) and one image without its manual-landmark file (`has_landmarks=False`).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+from collections.abc import Sequence
+
+from absl import app, flags
+from PIL import Image
+
+from cer_jax import synthetic
+from tfds_rafdb.rafdb import layout
+
+DUMMY_DATA = pathlib.Path(layout.__file__).parent / "dummy_data"
+TREES = {"compound": (24, 11), "basic": (16, 7)}  # kind: (train images, test images)
+
+_OUT = flags.DEFINE_string("out", str(DUMMY_DATA), "Folder to write <kind>/ trees into.")
+
+
+def write_dummy_data(out: pathlib.Path) -> None:
+    for kind, (num_train_images, num_test_images) in TREES.items():
+        root = out / kind
+        if root.exists():
+            shutil.rmtree(root)
+        synthetic.write_tree(
+            root,
+            kind=kind,
+            num_train_images=num_train_images,
+            num_test_images=num_test_images,
+            seed=1,
+        )
+        shutil.rmtree(root / layout.ORIGINAL_DIR)
+        grey_name = layout.stem(layout.image_name(kind, "test", 1)) + layout.ALIGNED_SUFFIX
+        grey = root / layout.ALIGNED_DIR / grey_name
+        Image.open(grey).convert("L").resize((90, 90)).save(grey, format="JPEG", quality=90)
+        no_landmarks = layout.stem(layout.image_name(kind, "test", 2)) + layout.ANNOTATION_SUFFIX
+        (root / layout.MANUAL_ANNOTATION_DIR / no_landmarks).unlink()
+        print(f"wrote {root}")
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    write_dummy_data(pathlib.Path(_OUT.value))
+
+
+if __name__ == "__main__":
+    app.run(main)
