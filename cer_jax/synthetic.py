@@ -29,7 +29,7 @@ from absl import flags
 from PIL import Image, ImageDraw
 
 from cer_jax import cli
-from tfds_rafdb.rafdb import layout
+from tfds_rafdb import layout
 
 # Bumped whenever the drawing changes, so caches keyed on it never serve an older tree.
 VERSION = 1

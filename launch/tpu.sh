@@ -183,7 +183,7 @@ cmd_install() {
   # older one), make the venv once, install the checkout with the TPU build of JAX.
   local script
   # shellcheck disable=SC2016  # expanded on the worker
-  script="set -eu; JAX_SPEC=$(shell_quote "$JAX_SPEC"); PYTHON_VERSION=$(shell_quote "$PYTHON_VERSION")"'; rm -rf ~/cer_jax.new; mkdir ~/cer_jax.new; tar -C ~/cer_jax.new -xzf ~/cer_jax.tgz; rm -rf ~/cer_jax; mv ~/cer_jax.new ~/cer_jax; rm ~/cer_jax.tgz; export PATH="$HOME/.local/bin:$PATH"; command -v uv >/dev/null || curl -LsSf https://astral.sh/uv/install.sh | sh; [ -x ~/cer_jax_venv/bin/python ] || uv venv --python "$PYTHON_VERSION" ~/cer_jax_venv; uv pip install --python ~/cer_jax_venv/bin/python -e ~/cer_jax "$JAX_SPEC"'
+  script="set -eu; JAX_SPEC=$(shell_quote "$JAX_SPEC"); PYTHON_VERSION=$(shell_quote "$PYTHON_VERSION")"'; rm -rf ~/cer_jax.new; mkdir ~/cer_jax.new; tar -C ~/cer_jax.new -xzf ~/cer_jax.tgz; rm -rf ~/cer_jax; mv ~/cer_jax.new ~/cer_jax; rm ~/cer_jax.tgz; export PATH="$HOME/.local/bin:$PATH"; command -v uv >/dev/null || python3 -m pip install --user --quiet uv; [ -x ~/cer_jax_venv/bin/python ] || uv venv --python "$PYTHON_VERSION" ~/cer_jax_venv; uv pip install --python ~/cer_jax_venv/bin/python -e ~/cer_jax "$JAX_SPEC"'
   on_all_workers "$script"
   cmd_check
 }

@@ -1,16 +1,29 @@
 """Shared, session-scoped fixtures: a synthetic-data cache and trained smoke workdirs.
 
-Expensive fixtures run only when a test asks for them, once per session.
+Expensive fixtures run only when a test asks for them, once per session (per xdist worker;
+tests that share one carry the same `xdist_group`). Every test process, and every process a
+test starts, shares one fresh XLA compilation cache: the same model and shapes compile once.
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
+import tempfile
 
 import ml_collections
 import pytest
 
-from cer_jax.config_loading import load_config
+# Before JAX starts (the environment reaches subprocesses too). A new folder per test session,
+# shared by its xdist workers, so no cache survives from an earlier run of different code.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"cer_jax_xla_{_RUN}")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+from cer_jax.config_loading import load_config  # noqa: E402
 
 
 @pytest.fixture(scope="session")

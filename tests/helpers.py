@@ -2,39 +2,30 @@
 
 from __future__ import annotations
 
-import functools
-
-import jax
 import numpy as np
 import optax
 from flax import nnx
 
+from cer_jax import sharding, train_state
+from cer_jax import steps as cer_steps
+
 
 def train_losses(model: nnx.Module, images, labels, *, steps: int,
                  learning_rate: float) -> list[float]:
-    """Adam on softmax CE with a pure, jitted step over `nnx.split` state, as the trainer does;
-    returns the loss of every step."""
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    params, rest = params.to_pure_dict(), rest.to_pure_dict()
+    """Trains `model` with Adam through the trainer's own jitted step (cer_jax.steps) on one
+    batch; returns the loss of every step."""
     tx = optax.adam(learning_rate)
-    opt_state = tx.init(params)
-
-    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
-    def step(params, rest, opt_state):
-        def loss_fn(params):
-            module = nnx.merge(graphdef, params, rest)
-            logits = module(images, train=True).logits
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-            return loss, nnx.state(module, nnx.Not(nnx.Param)).to_pure_dict()
-
-        (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), rest, opt_state, loss
-
+    graphdef, state = train_state.create_train_state(model, tx)
+    mesh = sharding.create_mesh()
+    step = cer_steps.jit_train_step(graphdef, tx, mesh, num_classes=int(labels.max()) + 1)
+    batch = sharding.to_global(
+        {"image": np.asarray(images, np.float32), "label": np.asarray(labels, np.int32)}, mesh
+    )
+    state = sharding.replicate(state, mesh)
     losses = []
     for _ in range(steps):
-        params, rest, opt_state, loss = step(params, rest, opt_state)
-        losses.append(float(loss))
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss_sum"] / metrics["count"]))
     return losses
 
 

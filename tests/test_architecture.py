@@ -41,6 +41,7 @@ RANKS = {
     "cer_jax.export": 5,
     "cer_jax.trainer": 6,
     "cer_jax.bench": 6,
+    "cer_jax.bench.faces": 10,  # times cer_jax.predict end to end
     "cer_jax.ensemble": 5,
     "cer_jax.fusion.members": 6,
     "cer_jax.fusion.evaluator": 7,

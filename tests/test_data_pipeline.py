@@ -233,9 +233,11 @@ def test_image_folder_source(tmp_path):
     config.input.image_size = 12
     batches = list(pipeline.eval_iterator(config, info, "train", global_batch_size=4))
     names = [n for b in batches for n, m in zip(b["file_name"], b["mask"], strict=True) if m]
-    assert names == ["a/0.png", "a/1.png", "b/0.png", "b/1.png", "b/g.png"]
+    # Classes interleaved, each file at its relative position within its class (a: 1/4, 3/4;
+    # b: 1/6, 3/6, 5/6), so that every host's contiguous slice is stratified.
+    assert names == ["b/0.png", "a/0.png", "b/1.png", "a/1.png", "b/g.png"]
     labels = np.concatenate([b["label"] for b in batches])[:5]
-    assert labels.tolist() == [0, 0, 1, 1, 1]
+    assert labels.tolist() == [1, 0, 1, 0, 1]
     images = np.concatenate([b["image"] for b in batches])
     for name, image in zip(names, images, strict=False):
         # 12x10 -> 12x12: compare the resize of the Pillow-decoded file instead of raw pixels.

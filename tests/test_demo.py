@@ -17,6 +17,9 @@ from sklearn import metrics as skm
 from cer_jax import demo, export
 from cer_jax.fusion import evaluator
 
+# Both tests share the module's demo run: one xdist worker runs them.
+pytestmark = pytest.mark.xdist_group("demo")
+
 MODELS = ("vit", "manet", "resnet50")
 STEPS_SCALE = 0.0005
 STEPS = 2  # per member, at STEPS_SCALE

@@ -325,6 +325,7 @@ def test_bad_config_values_are_named(three_members, tmp_path):
         evaluator.fuse(fusion_config([], tmp_path))
 
 
+@pytest.mark.xdist_group("smoke_data")  # the same worker as the other trained_runs users
 def test_fuses_the_trainers_smoke_workdirs(trained_runs, tmp_path):
     """End to end on the trainer's own exported workdirs (the session's smoke runs)."""
     from cer_jax import export

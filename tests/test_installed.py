@@ -32,13 +32,19 @@ def test_wheel_install_trains_and_fuses_outside_the_checkout(tmp_path):
     assert where.stdout.strip().startswith(str(target))
 
     workdir = tmp_path / "vit"
+    overrides = {
+        "training.num_steps": 2, "training.eval_every_steps": 2,
+        "dataset.cache_dir": f"{tmp_path}/c", "dataset.synthetic_num_train_images": 60,
+        "dataset.synthetic_num_test_images": 20, "training.global_batch_size": 8,
+        "eval.global_batch_size": 16, "optimizer.lr": 0.003, "model.variant": "test/16",
+    }
     _run([sys.executable, "-m", "cer_jax.train", "--config=configs/vit.py:smoke",
-          f"--workdir={workdir}", "--config.training.num_steps=2",
-          "--config.training.eval_every_steps=2", f"--config.dataset.cache_dir={tmp_path}/c",
-          "--config.dataset.synthetic_num_train_images=60",
-          "--config.dataset.synthetic_num_test_images=20",
-          "--config.training.global_batch_size=8", "--config.eval.global_batch_size=16"],
+          f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in overrides.items())],
          work, env)
+    saved = json.loads((workdir / "config.json").read_text())
+    for key, value in overrides.items():  # every override reached the trainer
+        section, leaf = key.split(".")
+        assert saved[section][leaf] == value, key
     _run([sys.executable, "-m", "cer_jax.fuse", f"--workdirs={workdir}",
           f"--out={tmp_path}/fusion", "--config.strategies=uniform_probabilities"], work, env)
     report = json.loads((tmp_path / "fusion" / "report.json").read_text())

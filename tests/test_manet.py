@@ -1,8 +1,8 @@
 """MA-Net: sizes from the spec, stage shapes, head fusion, and parity with a PyTorch reference.
 
-The PyTorch reference below is written from the authors' release (model/manet.py and CBAM's
-attention module), independently of cer_jax.models.manet; weights are copied across with a
-name mapping that is also written here.
+The PyTorch reference (cer_jax.bench.torch_ref) is written from the authors' release
+(model/manet.py and CBAM's attention module), independently of cer_jax.models.manet; weights are
+copied across with a name mapping that is written here.
 """
 
 from __future__ import annotations
@@ -15,153 +15,17 @@ import torch
 from flax import nnx
 from torch import nn
 
+from cer_jax.bench import torch_ref
 from cer_jax.models import ModelOutput, create_model
 from cer_jax.models import manet as jmanet
 from cer_jax.pretrained import core
 from cer_jax.pretrained import manet as convert_manet
 
-# ----------------------------------------------------------------------------------------------
-# PyTorch reference (authors' code, with a `width` knob for tiny variants).
-
-
-def conv3x3(i, o, stride=1):
-    return nn.Conv2d(i, o, 3, stride, 1, bias=False)
-
-
-def downsample(i, o, stride):
-    if stride == 1 and i == o:
-        return None
-    return nn.Sequential(nn.Conv2d(i, o, 1, stride, bias=False), nn.BatchNorm2d(o))
-
-
-class TorchBasicBlock(nn.Module):
-    def __init__(self, i, o, stride=1):
-        super().__init__()
-        self.conv1, self.bn1 = conv3x3(i, o, stride), nn.BatchNorm2d(o)
-        self.conv2, self.bn2 = conv3x3(o, o), nn.BatchNorm2d(o)
-        self.downsample = downsample(i, o, stride)
-
-    def body(self, x):
-        return self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
-
-    def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        return torch.relu(self.body(x) + identity)
-
-
-class TorchBasicConv(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(2, 1, 7, 1, 3, bias=False)
-        self.bn = nn.BatchNorm2d(1, eps=1e-5, momentum=0.01, affine=True)
-
-    def forward(self, x):
-        return self.bn(self.conv(x))
-
-
-class TorchChannelGate(nn.Module):
-    def __init__(self, c, r=16):
-        super().__init__()
-        h = c // r
-        self.mlp = nn.Sequential(nn.Flatten(), nn.Linear(c, h), nn.ReLU(), nn.Linear(h, c))
-
-    def forward(self, x):
-        avg = self.mlp(nn.functional.avg_pool2d(x, x.shape[2:]))
-        mx = self.mlp(nn.functional.max_pool2d(x, x.shape[2:]))
-        return x * torch.sigmoid(avg + mx)[:, :, None, None]
-
-
-class TorchSpatialGate(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.spatial = TorchBasicConv()
-
-    def forward(self, x):
-        pooled = torch.cat([x.max(1, keepdim=True)[0], x.mean(1, keepdim=True)], dim=1)
-        return x * torch.sigmoid(self.spatial(pooled))
-
-
-class TorchCBAM(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.ChannelGate, self.SpatialGate = TorchChannelGate(c), TorchSpatialGate()
-
-    def forward(self, x):
-        return self.SpatialGate(self.ChannelGate(x))
-
-
-class TorchAttentionBlock(TorchBasicBlock):
-    def __init__(self, i, o, stride=1):
-        super().__init__(i, o, stride)
-        self.cbam = TorchCBAM(o)
-
-    def body(self, x):
-        return self.cbam(super().body(x))
-
-
-class TorchMulScaleBlock(nn.Module):
-    def __init__(self, i, o, stride=1, reverse=True):
-        super().__init__()
-        w = o // 4
-        self.reverse = reverse
-        self.conv1, self.bn1 = conv3x3(i, o, stride), nn.BatchNorm2d(o)
-        for p in (1, 2):
-            for k in (1, 2, 3, 4):
-                setattr(self, f"conv{p}_2_{k}", conv3x3(w, w))
-                setattr(self, f"bn{p}_2_{k}", nn.BatchNorm2d(w))
-        self.downsample = downsample(i, o, stride)
-
-    def forward(self, x):
-        r = torch.relu
-        s = torch.split(r(self.bn1(self.conv1(x))), self.conv1.out_channels // 4, 1)
-        a1 = self.bn1_2_1(self.conv1_2_1(s[0]))
-        a2 = self.bn1_2_2(self.conv1_2_2(r(a1) + s[1]))
-        a3 = self.bn1_2_3(self.conv1_2_3(r(a2) + s[2]))
-        a4 = self.bn1_2_4(self.conv1_2_4(r(a3) + s[3]))
-        if self.reverse:  # 2023 code
-            b4 = self.bn2_2_4(self.conv2_2_4(s[3]))
-            b3 = self.bn2_2_3(self.conv2_2_3(r(b4) + s[2]))
-            b2 = self.bn2_2_2(self.conv2_2_2(r(b3) + s[1]))
-            b1 = self.bn2_2_1(self.conv2_2_1(r(b2) + s[0]))
-        else:  # 2021 release
-            b1 = self.bn2_2_1(self.conv2_2_1(s[0]))
-            b2 = self.bn2_2_2(self.conv2_2_2(r(b1) + s[1]))
-            b3 = self.bn2_2_3(self.conv2_2_3(r(b2) + s[2]))
-            b4 = self.bn2_2_4(self.conv2_2_4(r(b3) + s[3]))
-        out = torch.cat([a1, a2, a3, a4], 1) + torch.cat([b1, b2, b3, b4], 1)
-        identity = x if self.downsample is None else self.downsample(x)
-        return torch.relu(out + identity)
-
-
-class TorchMANet(nn.Module):
-    def __init__(self, num_classes, width=64, reverse=True):
-        super().__init__()
-        w = width
-
-        def layer(block, i, o, stride, **kw):
-            return nn.Sequential(block(i, o, stride, **kw), block(o, o, 1, **kw))
-
-        self.conv1, self.bn1 = nn.Conv2d(3, w, 7, 2, 3, bias=False), nn.BatchNorm2d(w)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.layer1 = layer(TorchBasicBlock, w, w, 1)
-        self.layer2 = layer(TorchBasicBlock, w, 2 * w, 2)
-        for p in (1, 2, 3, 4):
-            setattr(self, f"layer3_1_p{p}", layer(TorchAttentionBlock, 2 * w, 4 * w, 2))
-            setattr(self, f"layer4_1_p{p}", layer(TorchAttentionBlock, 4 * w, 8 * w, 1))
-        self.layer3_2 = layer(TorchMulScaleBlock, 2 * w, 4 * w, 2, reverse=reverse)
-        self.layer4_2 = layer(TorchMulScaleBlock, 4 * w, 8 * w, 2, reverse=reverse)
-        self.fc_1, self.fc_2 = nn.Linear(8 * w, num_classes), nn.Linear(8 * w, num_classes)
-
-    def forward(self, x):
-        x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
-        x = self.layer2(self.layer1(x))
-        h, w = x.shape[2] // 2, x.shape[3] // 2
-        patches = [x[:, :, :h, :w], x[:, :, :h, w:], x[:, :, h:, :w], x[:, :, h:, w:]]
-        outs = [getattr(self, f"layer4_1_p{p}")(getattr(self, f"layer3_1_p{p}")(patch))
-                for p, patch in enumerate(patches, start=1)]
-        local = torch.cat([torch.cat(outs[:2], 3), torch.cat(outs[2:], 3)], 2).mean((2, 3))
-        glob = self.layer4_2(self.layer3_2(x)).mean((2, 3))
-        return self.fc_1(local), self.fc_2(glob)
+# The PyTorch reference is the authors' code (model/manet.py and CBAM's attention module, with a
+# `width` knob for tiny variants), kept once in cer_jax.bench.torch_ref for the benchmark too.
+TorchAttentionBlock = torch_ref.AttentionBlock
+TorchMulScaleBlock = torch_ref.MulScaleBlock
+TorchMANet = torch_ref.MANet
 
 
 def randomise(module: nn.Module, seed: int = 0) -> nn.Module:

@@ -32,6 +32,9 @@ from cer_jax.config_loading import load_config
 from cer_jax.fusion import evaluator
 from cer_jax.pretrained import core
 
+# One xdist worker runs this group: its fixtures are built once (see pyproject addopts).
+pytestmark = pytest.mark.xdist_group("production")
+
 MEMBERS = ("vit", "manet", "resnet50")
 MODEL_NAMES = {"vit": "vit", "manet": "manet", "resnet50": "resnet"}
 # The only keys a test changes: size, and where the data and weights are.
@@ -98,20 +101,6 @@ def data(tmp_path_factory):
         synthetic.write_tree(root / kind, kind=kind, num_train_images=220, num_test_images=44,
                              seed=3)
     return root
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """Runs of the same model and shapes compile to the same programs: compile them once."""
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    before = {name: getattr(jax.config, name) for name in names}
-    jax.config.update(names[0], str(tmp_path_factory.mktemp("xla_cache")))
-    jax.config.update(names[1], 0.0)
-    jax.config.update(names[2], 0)
-    yield
-    for name, value in before.items():
-        jax.config.update(name, value)
 
 
 def production_config(member: str, data: pathlib.Path, kind: str = "compound", **location):

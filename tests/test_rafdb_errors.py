@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from cer_jax import synthetic
-from tfds_rafdb import rafdb
-from tfds_rafdb.rafdb import layout, rafdb_dataset_builder
+from tfds_rafdb import layout, rafdb
+from tfds_rafdb.rafdb import rafdb_dataset_builder
 
 LABELS = "EmoLabel/list_patition_label.txt"
 

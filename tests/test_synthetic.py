@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from cer_jax import synthetic
-from tfds_rafdb import rafdb
+from tfds_rafdb import layout, rafdb
 
 LABELS = "EmoLabel/list_patition_label.txt"  # RAF-DB's own name, written out independently
 
@@ -206,9 +206,9 @@ def test_validation_split_is_a_stable_hash_of_the_name(tmp_path):
     a = synthetic.write_tree(
         tmp_path / "a", kind="compound", num_train_images=44, num_test_images=11, seed=5
     )
-    records = rafdb.layout.read_tree(tmp_path / "a", num_labels=11, tree="compound")
-    chosen = rafdb.layout.validation_names(records)
-    assert chosen == rafdb.layout.validation_names(records[::-1])
+    records = layout.read_tree(tmp_path / "a", num_labels=11, tree="compound")
+    chosen = layout.validation_names(records)
+    assert chosen == layout.validation_names(records[::-1])
     expected = set()
     for label, count in enumerate(a.train_counts, start=1):
         names = sorted(

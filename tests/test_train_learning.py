@@ -14,6 +14,9 @@ from sklearn.metrics import accuracy_score, f1_score
 from cer_jax import checkpointing, export, train_state, warm_start
 from cer_jax.pretrained import core
 
+# Shares its expensive session fixtures with other files: one xdist worker runs them all.
+pytestmark = pytest.mark.xdist_group("smoke_data")
+
 
 def _majority_baseline(train_labels: np.ndarray, test_labels: np.ndarray) -> tuple[float, float]:
     """Accuracy and macro F1 of always predicting the most frequent training class."""

@@ -16,6 +16,9 @@ from conftest import smoke_config
 
 from cer_jax import trainer
 
+# Shares its expensive session fixtures with other files: one xdist worker runs them all.
+pytestmark = pytest.mark.xdist_group("smoke_data")
+
 TOTAL_STEPS = 8
 
 

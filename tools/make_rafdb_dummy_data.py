@@ -19,7 +19,7 @@ from absl import app, flags
 from PIL import Image
 
 from cer_jax import synthetic
-from tfds_rafdb.rafdb import layout
+from tfds_rafdb import layout
 
 DUMMY_DATA = pathlib.Path(layout.__file__).parent / "dummy_data"
 TREES = {"compound": (24, 11), "basic": (16, 7)}  # kind: (train images, test images)

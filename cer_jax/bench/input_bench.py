@@ -25,15 +25,16 @@ def host_cores() -> int:
 
 
 def bench_input(config: ml_collections.ConfigDict, *, batch_size: int, batches: int,
-                cache_dir: str, num_train: int = 600, warmup: int = 3) -> dict[str, Any]:
+                cache_dir: str, num_train_images: int = 600, warmup: int = 3
+                ) -> dict[str, Any]:
     """Images/s of `train_iterator` on the synthetic dataset (config's input settings)."""
     from cer_jax.data import pipeline
 
     config = ml_collections.ConfigDict(config.to_dict())
     config.dataset.synthetic = True
     config.dataset.cache_dir = cache_dir
-    config.dataset.synthetic_num_train = num_train
-    config.dataset.synthetic_num_test = max(60, num_train // 10)
+    config.dataset.synthetic_num_train_images = num_train_images
+    config.dataset.synthetic_num_test_images = max(60, num_train_images // 10)
     start = time.perf_counter()
     info = pipeline.get_dataset_info(config)
     it = pipeline.train_iterator(config, info, global_batch_size=batch_size, seed=0)

@@ -37,7 +37,7 @@ flags.DEFINE_string("json", None, "Write every figure to this JSON file.")
 flags.DEFINE_bool("input", False,
                   "Also time the real training input pipeline (TensorFlow) per host core.")
 flags.DEFINE_integer("input_batches", 20, "Batches timed by --input.")
-flags.DEFINE_integer("input_num_train", 600, "Synthetic training images drawn for --input.")
+flags.DEFINE_integer("input_num_train_images", 600, "Synthetic training images drawn for --input.")
 flags.DEFINE_string("input_cache_dir", os.path.join(tempfile.gettempdir(), "cer_jax_bench"),
                     "Where --input draws and builds its synthetic dataset (reused).")
 flags.DEFINE_bool("compare_torch", False,
@@ -225,7 +225,8 @@ def run(argv: Sequence[str]) -> None:
 
             r["input"] = input_bench.bench_input(
                 setup.config, batch_size=setup.batch_size, batches=FLAGS.input_batches,
-                cache_dir=FLAGS.input_cache_dir, num_train=FLAGS.input_num_train)
+                cache_dir=FLAGS.input_cache_dir,
+                num_train_images=FLAGS.input_num_train_images)
             r["input_bound"] = input_bench.bound(r["train_images_per_s_pipelined"], r["input"])
             r["training_images_per_s"] = r["input_bound"]["training_images_per_s"]
         results.append(r)

@@ -188,10 +188,6 @@ class TfdsSource:
                     raise DataConfigError(
                         f"config.dataset.manual_dir={manual_dir!r} is not a usable RAF-DB tree: {e}"
                     ) from e
-                if not builder.is_prepared():
-                    builder.download_and_prepare(
-                        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
-                    )
             elif rafdb is not None:
                 instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", "") or ""
                 raise DataConfigError(

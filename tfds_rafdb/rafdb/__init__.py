@@ -3,7 +3,8 @@
 Depends on TFDS (and its absl), etils.epath, numpy and Pillow only, never on cer_jax.
 """
 
-from .layout import ABAW7_CLASSES, BASIC_CLASSES, COMPOUND_CLASSES, RafDbLayoutError
+from tfds_rafdb.layout import ABAW7_CLASSES, BASIC_CLASSES, COMPOUND_CLASSES, RafDbLayoutError
+
 from .rafdb_dataset_builder import Builder, RafDbConfig, build
 
 __all__ = [

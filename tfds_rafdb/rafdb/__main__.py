@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from .layout import RafDbLayoutError
+from tfds_rafdb.layout import RafDbLayoutError
+
 from .rafdb_dataset_builder import BUILDER_CONFIGS, build
 
 _BUILDER_CONFIG = flags.DEFINE_enum(

@@ -17,7 +17,7 @@ from absl import logging
 from etils import epath
 from PIL import Image
 
-from . import layout
+from tfds_rafdb import layout
 
 JPEG_QUALITY = 95  # only for the rare image that is not already a 100x100 RGB JPEG
 

@@ -1,0 +1,90 @@
+"""A run checks everything it will read before it trains: bad images, empty classes and a workdir
+of another run stop it at once, with one message that names the file or key, and cost nothing."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pytest
+from conftest import smoke_config
+from PIL import Image
+
+from cer_jax import checkpointing, trainer
+from cer_jax.data import DataConfigError
+
+CLASSES = ("calm", "cross", "glad")
+
+
+def _folder(root, counts: dict[str, dict[str, int]]) -> None:
+    """root/<split>/<class>/<i>.png, small random RGB images."""
+    rng = np.random.default_rng(0)
+    for split, per_class in counts.items():
+        for name in CLASSES:
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class.get(name, 0)):
+                pixels = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+
+
+def _config(tmp_path, **overrides):
+    return smoke_config("resnet50", tmp_path / "cache", **{
+        "dataset.synthetic": False, "dataset.name": "folder",
+        "dataset.folder": str(tmp_path / "faces"), **overrides,
+    })
+
+
+def _fails_before_training(config, workdir, pattern):
+    with pytest.raises(DataConfigError, match=pattern):
+        trainer.train_and_evaluate(config, str(workdir))
+    assert not workdir.exists() or not os.listdir(workdir)
+
+
+FULL = {"train_fit": {"calm": 4, "cross": 4, "glad": 4}, "validation": {"calm": 2, "glad": 2},
+        "test": {"calm": 2, "cross": 2, "glad": 2}}
+
+
+def test_a_corrupt_test_image_stops_the_run_before_any_training(tmp_path):
+    _folder(tmp_path / "faces", FULL)
+    (tmp_path / "faces" / "test" / "glad" / "1.png").write_bytes(b"\x89PNG truncated")
+    (tmp_path / "faces" / "test" / "cross" / "0.png").write_bytes(b"")
+    _fails_before_training(
+        _config(tmp_path), tmp_path / "run",
+        r"2 file\(s\) of split 'test' cannot be decoded as images: .*test/(cross/0|glad/1)\.png",
+    )
+
+
+def test_a_class_without_training_images_is_refused_unless_allowed(tmp_path, caplog):
+    counts = {**FULL, "train_fit": {"calm": 4, "glad": 4}}
+    _folder(tmp_path / "faces", counts)
+    (tmp_path / "faces" / "train_fit" / "calm" / "notes.txt").write_text("not an image")
+    with caplog.at_level(logging.WARNING):
+        _fails_before_training(
+            _config(tmp_path), tmp_path / "run",
+            r"Class\(es\) 'cross' have no examples in the training split 'train_fit'.*"
+            r"--config\.dataset\.allow_empty_classes=True",
+        )
+    # The skipped file is counted and named in the log.
+    assert "1 file(s) of split 'train_fit' skipped" in caplog.text
+    assert "calm/notes.txt" in caplog.text
+
+    from cer_jax.data import pipeline
+
+    config = _config(tmp_path, **{"dataset.allow_empty_classes": True})
+    info = pipeline.get_dataset_info(config)
+    pipeline.validate_splits(config, info, ["train_fit", "validation", "test"])  # no error
+
+
+def test_a_workdir_of_another_model_is_refused_naming_the_keys(tmp_path):
+    workdir = tmp_path / "run"
+    other = smoke_config("manet", tmp_path / "cache")
+    checkpointing.save_config(other, str(workdir))
+    config = smoke_config("resnet50", tmp_path / "cache")
+    with pytest.raises(checkpointing.WorkdirError) as error:
+        trainer.train_and_evaluate(config, str(workdir))
+    message = str(error.value)
+    assert "member='manet' there, 'resnet50' here" in message
+    assert "model.name='manet' there, 'resnet' here" in message
+    assert "Use a new --workdir" in message
+    assert os.listdir(workdir) == ["config.json"]
