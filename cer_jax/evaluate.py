@@ -46,14 +46,3 @@ def scores(outputs: dict[str, np.ndarray], info: pipeline.DatasetInfo) -> dict[s
     result["loss"] = float(outputs["loss"].mean())
     return result
 
-
-def evaluate_split(
-    eval_fn: EvalFn,
-    state: Any,
-    config: ml_collections.ConfigDict,
-    info: pipeline.DatasetInfo,
-    split: str,
-    mesh: jax.sharding.Mesh,
-) -> dict[str, Any]:
-    """Exact metrics over every example of `split` (padding masked out)."""
-    return scores(predict_split(eval_fn, state, config, info, split, mesh), info)

@@ -262,8 +262,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 if is_eval:
                     for split in config.dataset.eval_splits:
                         with report.timed(f"eval_{split}"):
-                            scores = evaluate.evaluate_split(
-                                eval_fn, state, config, info, split, mesh
+                            scores = evaluate.scores(
+                                evaluate.predict_split(eval_fn, state, config, info, split, mesh),
+                                info,
                             )
                         write_eval(writer, step, split, scores, info)
                         result["eval"][split] = scores

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -21,8 +22,13 @@ def _run(args, cwd, env, timeout=900):
 def test_wheel_install_trains_and_fuses_outside_the_checkout(tmp_path):
     wheels, target, work = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
     work.mkdir()
+    # Built from a copy: setuptools leaves build/ in the source tree, and a stale one there
+    # would put deleted modules into later wheels.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", "build", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache"))
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-          "-w", str(wheels), str(ROOT)], cwd=tmp_path, env=os.environ)
+          "-w", str(wheels), str(source)], cwd=tmp_path, env=os.environ)
     (wheel,) = wheels.glob("cer_jax-*.whl")
     _run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
           str(wheel)], cwd=tmp_path, env=os.environ)

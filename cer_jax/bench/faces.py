@@ -10,6 +10,7 @@ the Haar detector alone, so the table says which stage bounds the rate.
 
 from __future__ import annotations
 
+import csv
 import tempfile
 import time
 from collections.abc import Sequence
@@ -55,7 +56,7 @@ def write_video(path: str, frames: int) -> np.ndarray:
     height, width = portrait.shape[:2]
     writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 25, (width, height))
     for i in range(frames):
-        writer.write(np.roll(portrait, 2 * i, axis=1))
+        writer.write(np.roll(portrait, i % 40, axis=1))  # a small drift, the face stays whole
     writer.release()
     return cv2.cvtColor(portrait, cv2.COLOR_BGR2RGB)
 
@@ -71,17 +72,21 @@ def main(argv: Sequence[str]) -> None:
         start = time.perf_counter()
         predict.run([video], ensemble=ensemble_dir, out=f"{directory}/rows.csv",
                     show_progress=False)
-        rates.append(_FRAMES.value / (time.perf_counter() - start))
+        seconds = time.perf_counter() - start
+        with open(f"{directory}/rows.csv") as rows:
+            faces_found = sum(1 for row in csv.DictReader(rows) if row["predicted_class"])
+        rates.append((_FRAMES.value / seconds, faces_found / seconds, faces_found))
     detector = faces.load_detector("haar")
     start = time.perf_counter()
     for _ in range(20):
         detector(portrait)
     detection = 20 / (time.perf_counter() - start)
     height, width = portrait.shape[:2]
-    print(f"| video | members | end to end (first run, compiles) | end to end | Haar alone |\n"
-          f"|---|---|---:|---:|---:|\n"
-          f"| {_FRAMES.value} frames {width}x{height}, 1 face each | "
-          f"{', '.join(_MEMBERS.value)} | {rates[0]:.1f} faces/s | {rates[1]:.1f} faces/s | "
+    (_, first, _), (frames_rate, faces_rate, found) = rates
+    print(f"| video | members | faces found | end to end, first run (compiles) | end to end "
+          f"| Haar alone |\n|---|---|---:|---:|---:|---:|\n"
+          f"| {_FRAMES.value} frames {width}x{height} | {', '.join(_MEMBERS.value)} | {found} | "
+          f"{first:.1f} faces/s | {faces_rate:.1f} faces/s ({frames_rate:.1f} frames/s) | "
           f"{detection:.1f} frames/s |")
 
 
