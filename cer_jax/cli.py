@@ -94,8 +94,7 @@ def run(main: Callable[[Sequence[str]], None],
         try:
             argv = resolve_argv(argv)
         except errors as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            _exit_with(e)
 
     def guarded(args: Sequence[str]) -> None:
         try:
@@ -103,7 +102,11 @@ def run(main: Callable[[Sequence[str]], None],
         except errors as e:
             if FLAGS.traceback:
                 raise
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            _exit_with(e)
 
     app.run(guarded, argv=argv)
+
+
+def _exit_with(error: BaseException) -> None:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
