@@ -43,7 +43,16 @@ def _best_options(read_only: bool = False) -> ocp.CheckpointManagerOptions:
             best_fn=_best_metric, best_mode="max", read_only=True, save_interval_steps=0,
             create=False,
         )
-    return ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=_best_metric, best_mode="max")
+    return ocp.CheckpointManagerOptions(
+        max_to_keep=1, best_fn=_best_metric, best_mode="max",
+        multiprocessing_options=_barriers(BEST_DIR),
+    )
+
+
+def _barriers(prefix: str) -> ocp.options.MultiprocessingOptions:
+    """Own barrier names per manager: the latest and the best manager may save the same step at
+    once, and on several processes Orbax's barriers are named by step alone otherwise."""
+    return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=prefix)
 
 
 def _best_metric(metrics: dict[str, float]) -> float:
@@ -131,7 +140,9 @@ class Checkpoints:
         self.workdir = workdir
         self.latest = ocp.CheckpointManager(
             workdir_path(workdir, LATEST_DIR),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, multiprocessing_options=_barriers(LATEST_DIR)
+            ),
         )
         self.best = ocp.CheckpointManager(workdir_path(workdir, BEST_DIR), options=_best_options())
 

@@ -107,20 +107,31 @@ def run_eval(
     mesh: Mesh,
 ) -> dict[str, np.ndarray]:
     """Every real example of a split exactly once (padding dropped by its mask), rows in the
-    iterator's order (the split's file order on one host; batch by batch, host by host on
-    several): {"logits", "features", "loss", "label", "file_name"} as numpy arrays."""
+    split's stored order whatever the number of hosts: {"logits", "features", "loss",
+    "label", "file_name"} as numpy arrays."""
     parts: dict[str, list[np.ndarray]] = {}
     for batch in batches:
+        batch = dict(batch)
+        index, file_name = batch.pop("index"), batch.pop("file_name")
         outputs = multihost_utils.process_allgather(
             eval_fn(state, sharding.to_global(batch, mesh)), tiled=True
         )
-        outputs["file_name"] = gather_strings(batch["file_name"])
+        outputs["file_name"] = gather_strings(file_name)
+        outputs["index"] = gather_host_arrays(index)
         mask = np.asarray(outputs.pop("mask"), bool)
         for key, value in outputs.items():
             parts.setdefault(key, []).append(np.asarray(value)[mask])
     if not parts:
         raise ValueError("the eval split yielded no batches")
-    return {key: np.concatenate(values) for key, values in parts.items()}
+    order = np.argsort(np.concatenate(parts.pop("index")), kind="stable")
+    return {key: np.concatenate(values)[order] for key, values in parts.items()}
+
+
+def gather_host_arrays(local: np.ndarray) -> np.ndarray:
+    """Host-local numpy rows -> every host's rows, in process order."""
+    if jax.process_count() == 1:
+        return np.asarray(local)
+    return np.asarray(multihost_utils.process_allgather(np.asarray(local), tiled=True))
 
 
 def gather_strings(local: np.ndarray) -> np.ndarray:

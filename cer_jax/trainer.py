@@ -93,8 +93,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if init.get("checkpoint") and not epath.Path(init.checkpoint).expanduser().is_file():
         raise ConfigError(
             f"init.checkpoint={init.checkpoint!r}: no such file. Download the pre-trained weights "
-            "(see the README, 'Bring pre-trained weights') and pass their local path, or unset "
-            "init.checkpoint to train from scratch."
+            "(see the README, 'Bring pre-trained weights') and pass their path (local or "
+            "gs://...), or unset init.checkpoint to train from scratch."
         )
     if init.get("workdir"):
         try:
@@ -152,6 +152,17 @@ def _is_boundary(step: int, every: int | None) -> bool:
     return bool(every) and step % every == 0
 
 
+def resolve_data_shards(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """input.num_data_shards=None becomes the resumed run's count (so its data stream goes on
+    unchanged on any process count that divides it), or one shard per process; then checked."""
+    if config.input.get("num_data_shards") is None:
+        saved = None
+        if checkpointing.workdir_path(workdir, checkpointing.CONFIG_FILE).exists():
+            saved = checkpointing.load_config(workdir).input.get("num_data_shards")
+        config.input.num_data_shards = saved or jax.process_count()
+    pipeline.check_data_shards(config.input.num_data_shards, config.training.global_batch_size)
+
+
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
     """Every check that needs no training: config, model settings, workdir, data (all splits
     decoded once). Returns (dataset info, resolved config)."""
@@ -159,6 +170,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
     validate_config(config)
     warm_start.resolve_model_settings(config)
     checkpointing.check_same_run(config, workdir)
+    resolve_data_shards(config, workdir)
     info = pipeline.get_dataset_info(config)
     splits = list(dict.fromkeys(
         [config.dataset.train_split, *config.dataset.eval_splits,
@@ -249,9 +261,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     continue
                 # Log points are where processes agree (a collective) on stopping, so that
                 # every host saves the same step; the metrics fetch is the only host sync.
-                stop = sharding.any_process(
-                    preemption.requested or (halt is not None and step >= halt)
-                )
+                preempted = sharding.any_process(preemption.requested)
+                stop = preempted or (halt is not None and step >= halt)
                 is_ckpt = _is_boundary(step, ckpt_every) or step == total_steps or stop
                 sums = {k: float(v) for k, v in jax.device_get(accumulated).items()}
                 check_finite(sums, last_checked + 1, step)
@@ -278,7 +289,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     ckpts.save_latest(step, state)
                 writer.flush()
                 if stop:
-                    result["stopped"] = "preempted" if preemption.requested else "halted"
+                    result["stopped"] = "preempted" if preempted else "halted"
                     logging.warning("Stopped at step %d (%s); run again to resume.", step,
                                     result["stopped"])
                     break

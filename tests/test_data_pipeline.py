@@ -147,25 +147,146 @@ def test_eval_covers_every_example_once_with_masks_and_names(cache_dir, info):
     assert again["file_name"].tolist() == batches[0]["file_name"].tolist()
 
 
-def test_two_hosts_read_disjoint_halves(cache_dir, info, monkeypatch):
-    config = _config(cache_dir)
-    monkeypatch.setattr(jax, "process_count", lambda: 2)
-    names, batch_counts = [], []
-    all_labels = pipeline.open_source(config.dataset).labels("train_fit")
-    for index in (0, 1):
+# ---------------------------------------------------------------------------------------------
+# Several hosts, computed in one process (jax.process_count / process_index patched).
+
+IMBALANCED = {"a_many": 36, "b_some": 12, "c_few": 6}  # class folder -> training images
+
+
+@pytest.fixture(scope="module")
+def imbalanced_folder(tmp_path_factory):
+    """A train/test image folder whose classes are 6:2:1, each image a distinct flat colour."""
+    root = tmp_path_factory.mktemp("imbalanced")
+    rng = np.random.default_rng(0)
+    for split, scale in (("train", 1), ("test", 0.5)):
+        for name, count in IMBALANCED.items():
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(int(count * scale)):
+                pixels = np.broadcast_to(rng.integers(0, 256, 3, dtype=np.uint8), (12, 12, 3))
+                Image.fromarray(np.ascontiguousarray(pixels)).save(folder / f"{i:03d}.png")
+    return root
+
+
+def _folder_config(root, **input_overrides) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.dataset = dataset_defaults()
+    c.dataset.update(name="folder", folder=str(root), train_split="train", eval_splits=("test",))
+    c.input = input_defaults()
+    c.input.update(image_size=8, resize_size=10, train_resize="resize_crop", eval_resize="resize")
+    c.input.update(input_overrides)
+    return c
+
+
+def _hosts(monkeypatch, count: int):
+    """Yields each host index of a `count`-host run with jax patched to be that host."""
+    monkeypatch.setattr(jax, "process_count", lambda: count)
+    for index in range(count):
         monkeypatch.setattr(jax, "process_index", lambda index=index: index)
+        yield index
+
+
+@pytest.mark.parametrize("num_shards", [1, 2, 4, 7])
+def test_shards_are_disjoint_cover_the_split_and_hold_every_class_in_proportion(num_shards):
+    labels = np.random.default_rng(num_shards).integers(0, 5, 103)
+    shards = pipeline.shard_indices(labels, num_shards)
+    assert len(shards) == num_shards
+    everything = np.concatenate(shards)
+    assert sorted(everything.tolist()) == list(range(len(labels)))  # disjoint and covering
+    for shard in shards:
+        assert np.all(np.diff(shard) > 0)  # stored order
+    per_class = np.stack([np.bincount(labels[s], minlength=5) for s in shards])
+    assert np.all(per_class.max(0) - per_class.min(0) <= 1), per_class
+    sizes = [len(s) for s in shards]
+    assert max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("balance", ["none", "sampling"])
+@pytest.mark.parametrize("hosts", [2, 4])
+def test_global_batches_are_the_same_on_any_number_of_hosts(
+    imbalanced_folder, monkeypatch, balance, hosts
+):
+    config = _folder_config(imbalanced_folder, balance=balance, num_data_shards=4)
+    config.input.update(flip=True, color_jitter=(0.4, 0.4, 0.4, 0.1))
+    info = pipeline.get_dataset_info(config)
+
+    def steps(start_step=0):
+        stream = pipeline.train_iterator(
+            config, info, global_batch_size=8, seed=5, start_step=start_step)
+        return _take(stream, 6)
+
+    one_host = steps()
+    per_host = [steps() for _ in _hosts(monkeypatch, hosts)]
+    for step, reference in enumerate(one_host):
+        for key in ("image", "label"):
+            together = np.concatenate([batches[step][key] for batches in per_host])
+            np.testing.assert_array_equal(together, reference[key])
+    resumed = [steps(start_step=4)[:2] for _ in _hosts(monkeypatch, hosts)]  # 4 hosts resume
+    for step, reference in enumerate(one_host[4:]):
+        together = np.concatenate([batches[step]["image"] for batches in resumed])
+        np.testing.assert_array_equal(together, reference["image"])
+
+
+@pytest.mark.parametrize("hosts", [1, 2, 4])
+def test_class_balanced_sampling_is_uniform_whatever_the_host_count(
+    imbalanced_folder, monkeypatch, hosts
+):
+    config = _folder_config(imbalanced_folder, balance="sampling")  # one shard per host
+    info = pipeline.get_dataset_info(config)
+    labels = []
+    for _ in _hosts(monkeypatch, hosts):
+        stream = pipeline.train_iterator(config, info, global_batch_size=16, seed=0)
+        labels.extend(np.concatenate([b["label"] for b in _take(stream, 75)]).tolist())
+    freq = np.bincount(labels, minlength=3) / len(labels)  # 1,200 draws: sd 0.014
+    np.testing.assert_allclose(freq, 1 / 3, atol=0.05)
+
+
+@pytest.mark.parametrize("hosts", [1, 2, 4])
+def test_hosts_eval_slices_are_every_example_once(imbalanced_folder, monkeypatch, hosts):
+    config = _folder_config(imbalanced_folder)
+    info = pipeline.get_dataset_info(config)
+    names, batch_counts = [], []
+    for _ in _hosts(monkeypatch, hosts):
         batches = list(pipeline.eval_iterator(config, info, "test", global_batch_size=8))
         batch_counts.append(len(batches))
-        assert all(b["image"].shape[0] == 4 for b in batches)
-        names.append({n for b in batches for n in b["file_name"][b["mask"]]})
-        start, end = pipeline.host_slice(len(all_labels), 2, index)
-        train = _take(pipeline.train_iterator(config, info, global_batch_size=8, seed=0), 4)
-        assert train[0]["image"].shape == (4, SIZE, SIZE, 3)
-        labels = np.concatenate([b["label"] for b in train])[: end - start]
-        assert sorted(labels) == sorted(all_labels[start:end])
-    assert batch_counts[0] == batch_counts[1]
-    assert not names[0] & names[1]
-    assert names[0] | names[1] == {f"test_{i:04d}.jpg" for i in range(1, 21)}
+        assert all(b["image"].shape[0] == 8 // hosts for b in batches)
+        names.extend(n for b in batches for n in b["file_name"][b["mask"]])
+    assert len(set(batch_counts)) == 1  # multi-host steps need equal counts
+    expected = sorted(f"{c}/{i:03d}.png" for c, n in IMBALANCED.items() for i in range(n // 2))
+    assert sorted(names) == expected  # each exactly once
+
+
+def test_shard_errors_name_the_key_and_the_fix(imbalanced_folder, monkeypatch):
+    config = _folder_config(imbalanced_folder, balance="sampling", num_data_shards=8)
+    info = pipeline.get_dataset_info(config)
+    with pytest.raises(DataConfigError) as e:
+        pipeline.train_iterator(config, info, global_batch_size=8, seed=0)
+    assert str(e.value) == (
+        "config.input.balance='sampling' needs every class in each of the 8 data shards, but "
+        "split 'train' has fewer examples than shards for 'c_few' (6). Lower "
+        "config.input.num_data_shards, or use config.input.balance='loss_weights'."
+    )
+    config.input.num_data_shards = 3
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(DataConfigError, match=r"num_data_shards=3 must be a positive multiple "
+                       r"of the 2 processes"):
+        pipeline.train_iterator(config, info, global_batch_size=12, seed=0)
+    config.input.num_data_shards = 4
+    with pytest.raises(DataConfigError, match=r"training.global_batch_size=6 must be a positive "
+                       r"multiple of config.input.num_data_shards=4"):
+        pipeline.train_iterator(config, info, global_batch_size=6, seed=0)
+
+
+def test_tfds_source_reads_a_scattered_shard_like_the_whole_split(cache_dir, info):
+    source = pipeline.open_source(_config(cache_dir).dataset)
+    whole = list(source.examples("train_fit", np.arange(29)).as_numpy_iterator())
+    picked = np.asarray([1, 2, 7, 20, 28])
+    shard = list(source.examples("train_fit", picked).as_numpy_iterator())
+    assert [ex["index"] for ex in shard] == picked.tolist()
+    for ex in shard:
+        reference = whole[ex["index"]]
+        assert ex["file_name"] == reference["file_name"] and ex["label"] == reference["label"]
+        np.testing.assert_array_equal(ex["image"], reference["image"])
 
 
 def test_file_ids_are_synthesised_without_a_file_key(cache_dir, info, monkeypatch):
@@ -233,11 +354,10 @@ def test_image_folder_source(tmp_path):
     config.input.image_size = 12
     batches = list(pipeline.eval_iterator(config, info, "train", global_batch_size=4))
     names = [n for b in batches for n, m in zip(b["file_name"], b["mask"], strict=True) if m]
-    # Classes interleaved, each file at its relative position within its class (a: 1/4, 3/4;
-    # b: 1/6, 3/6, 5/6), so that every host's contiguous slice is stratified.
-    assert names == ["b/0.png", "a/0.png", "b/1.png", "a/1.png", "b/g.png"]
+    # Stored order: class folders in name order, files sorted within each.
+    assert names == ["a/0.png", "a/1.png", "b/0.png", "b/1.png", "b/g.png"]
     labels = np.concatenate([b["label"] for b in batches])[:5]
-    assert labels.tolist() == [1, 0, 1, 0, 1]
+    assert labels.tolist() == [0, 0, 1, 1, 1]
     images = np.concatenate([b["image"] for b in batches])
     for name, image in zip(names, images, strict=False):
         # 12x10 -> 12x12: compare the resize of the Pillow-decoded file instead of raw pixels.

@@ -121,3 +121,11 @@ def test_reader_npz_bfloat16_stored_as_void(tmp_path):
     loaded = readers.read_checkpoint(tmp_path / "w.npz")
     assert loaded["x"].dtype == np.float32
     np.testing.assert_array_equal(loaded["x"], [1.5, -2.0, 3.25])
+
+
+def test_reader_expands_home_as_the_trainer_check_does(tmp_path, monkeypatch):
+    """trainer checks `epath.Path(init.checkpoint).expanduser().is_file()`; the reader agrees."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    np.savez(tmp_path / "w.npz", x=np.ones(2, np.float32))
+    assert readers.checkpoint_keys("~/w.npz") == ["x"]
+    np.testing.assert_array_equal(readers.read_checkpoint("~/w.npz")["x"], [1.0, 1.0])

@@ -61,7 +61,13 @@ def input_defaults() -> ml_collections.ConfigDict:
     c.image_size = 224
     # "imagenet" (mean/std), "minus_one_one" ([-1, 1]) or "unit" ([0, 1], MA-Net's).
     c.normalization = "imagenet"
-    # True: keep the decoded (uint8, original size) images of the host's shard in memory.
+    # The training split is dealt (class by class) into this many disjoint shards; every global
+    # batch takes an equal part from each, and each process reads a contiguous block of them.
+    # The data stream depends on this number, never on the number of processes, so a run
+    # resumes exactly on any process count that divides it. None = one shard per process
+    # (recorded in the workdir's config.json at the first start and kept on resume).
+    c.num_data_shards = ml_collections.FieldReference(None, field_type=int)
+    # True: keep the decoded (uint8, original size) images of the host's shards in memory.
     c.cache = True
     # Shuffle buffer of the training stream; None = the whole host shard (an exact per-epoch
     # permutation, the right choice for small face datasets).

@@ -1,13 +1,19 @@
 """tf.data input pipeline: decode once, cache, shuffle per epoch, augment, batch, per host.
 
-The training stream is a pure function of (seed, process index, step): epoch e is a shuffle of
-the host's cached examples seeded by (seed, e), and the example at stream position p is
-augmented with a stateless seed derived from (seed, p). Resuming at step k therefore starts at
-epoch (k * B) // N, skips the remaining (k * B) % N cached examples *before* augmentation, and
-reproduces batches k, k+1, ... exactly.
+Training data is dealt into `input.num_data_shards` disjoint shards, class by class (each shard
+holds every class in proportion). Every global batch holds B / S examples of each shard, in
+shard order; a process reads only its own contiguous block of shards, so the global batch (and
+so the whole run) is the same on 1, 2 or S processes: the stream is a pure function of (seed,
+S, step), never of the host count. Within shard s, epoch e is a shuffle of the shard's cached
+examples seeded by (seed, s, e), and the example at shard position p is augmented with a
+stateless seed derived from (seed, s, p). Resuming at step k starts at epoch (k * b) // n,
+skips the remaining (k * b) % n cached examples *before* augmentation, and reproduces batches
+k, k+1, ... exactly.
 
-Multi-host: each process reads a contiguous slice of every split; `jax.process_count()` and
-`jax.process_index()` are the only multi-host knowledge here. Batches are host-local numpy.
+Evaluation reads a contiguous slice of the split per process, padded so that every process
+yields the same number of batches; the union of the slices is every example once.
+`jax.process_count()` and `jax.process_index()` are the only multi-host knowledge here.
+Batches are host-local numpy.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ __all__ = [
     "eval_iterator",
     "get_dataset_info",
     "host_slice",
+    "num_data_shards",
+    "shard_indices",
     "train_iterator",
     "validate_splits",
 ]
@@ -134,6 +142,38 @@ def host_slice(num_examples: int, process_count: int, process_index: int) -> tup
     )
 
 
+def num_data_shards(config: ml_collections.ConfigDict) -> int:
+    """input.num_data_shards; None (the default) means one shard per process."""
+    value = config.input.get("num_data_shards")
+    return jax.process_count() if value is None else int(value)
+
+
+def check_data_shards(num_shards: int, global_batch_size: int) -> None:
+    """Each process reads whole shards, and each global batch takes B / S from every shard."""
+    count = jax.process_count()
+    if num_shards <= 0 or num_shards % count:
+        raise DataConfigError(
+            f"config.input.num_data_shards={num_shards} must be a positive multiple of the "
+            f"{count} processes (each reads whole shards). Set it to a multiple of {count}, or "
+            "to None for one shard per process."
+        )
+    if global_batch_size <= 0 or global_batch_size % num_shards:
+        raise DataConfigError(
+            f"training.global_batch_size={global_batch_size} must be a positive multiple of "
+            f"config.input.num_data_shards={num_shards} (each batch takes the same number of "
+            "examples from every shard); change one of them."
+        )
+
+
+def shard_indices(labels: np.ndarray, num_shards: int) -> list[np.ndarray]:
+    """Deals a split into `num_shards` disjoint shards covering it: the examples, sorted by
+    class (stored order within a class), are dealt round robin, so every shard holds each
+    class's examples in proportion (per-class counts differ by at most one). Each shard's
+    indices are in stored order."""
+    order = np.argsort(np.asarray(labels), kind="stable")
+    return [np.sort(order[shard::num_shards]) for shard in range(num_shards)]
+
+
 def local_batch_size(global_batch_size: int) -> int:
     count = jax.process_count()
     if global_batch_size <= 0 or global_batch_size % count:
@@ -145,13 +185,13 @@ def local_batch_size(global_batch_size: int) -> int:
 
 
 @contextlib.contextmanager
-def _naming_bad_files(source: Source, split: str, start: int, end: int) -> Iterator[None]:
+def _naming_bad_files(source: Source, split: str, indices: np.ndarray) -> Iterator[None]:
     """Turns a tf.data decode error into one that names the unreadable file."""
     tf = import_tf()
     try:
         yield
     except tf.errors.InvalidArgumentError as e:
-        bad = source.find_unreadable(split, start, end)
+        bad = source.find_unreadable(split, indices)
         if bad is None:
             raise
         raise DataConfigError(
@@ -191,50 +231,106 @@ def train_iterator(
     seed: int,
     start_step: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Infinite, resumable stream of host-local {"image": f32 [B,S,S,3], "label": i32 [B]}."""
+    """Infinite, resumable stream of host-local {"image": f32 [B,S,S,3], "label": i32 [B]}:
+    this process's shards' parts of each global batch, in shard order."""
     tf = import_tf()
     ds_cfg, in_cfg = config.dataset, config.input
     check_input_config(in_cfg)
     split = ds_cfg.train_split
     check_split(info, split, "config.dataset.train_split")
-    batch = local_batch_size(global_batch_size)
+    num_shards = num_data_shards(config)
+    check_data_shards(num_shards, global_batch_size)
     source = open_source(ds_cfg)
-    process = jax.process_index()
-    start, end = host_slice(info.split_sizes[split], jax.process_count(), process)
-    n = end - start
-    if n == 0:
+    labels = source.labels(split)
+    shards = shard_indices(labels, num_shards)
+    if len(shards[-1]) == 0:
         raise DataConfigError(
-            f"config.dataset.train_split={split!r} has {info.split_sizes[split]} examples, too "
-            f"few for {jax.process_count()} processes."
+            f"config.dataset.train_split={split!r} has {len(labels)} examples, too few for "
+            f"config.input.num_data_shards={num_shards}; lower it."
+        )
+    per_host = num_shards // jax.process_count()
+    mine = range(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
+    classes = np.unique(labels)
+    if in_cfg.balance == "sampling":
+        _check_every_shard_has_every_class(labels, shards, info, split)
+    streams = [
+        _shard_stream(source, split, shards[shard], labels[shards[shard]], classes,
+                      shard=shard, in_cfg=in_cfg, seed=seed, start_step=start_step,
+                      batch=global_batch_size // num_shards)
+        for shard in mine
+    ]
+    if len(streams) == 1:
+        ds = streams[0]
+    else:
+        ds = tf.data.Dataset.zip(tuple(streams)).map(
+            lambda *parts: {key: tf.concat([p[key] for p in parts], 0) for key in parts[0]}
+        )
+    ds = ds.prefetch(_prefetch(in_cfg))
+    read = np.sort(np.concatenate([shards[shard] for shard in mine]))
+    return _numpy_batches(ds, _naming_bad_files(source, split, read))
+
+
+def _check_every_shard_has_every_class(
+    labels: np.ndarray, shards: list[np.ndarray], info: DatasetInfo, split: str
+) -> None:
+    """Class-balanced sampling draws every class on every shard, so each shard needs one."""
+    counts = np.bincount(labels, minlength=info.num_classes)
+    short = [(info.class_names[c], int(counts[c])) for c in np.unique(labels)
+             if counts[c] < len(shards)]
+    if short:
+        names = ", ".join(f"{name!r} ({count})" for name, count in short)
+        raise DataConfigError(
+            f"config.input.balance='sampling' needs every class in each of the "
+            f"{len(shards)} data shards, but split {split!r} has fewer examples than shards for "
+            f"{names}. Lower config.input.num_data_shards, or use "
+            "config.input.balance='loss_weights'."
         )
 
-    base = source.examples(split, start, end).map(
+
+def _shard_stream(
+    source: Source,
+    split: str,
+    indices: np.ndarray,
+    labels: np.ndarray,
+    classes: np.ndarray,
+    *,
+    shard: int,
+    in_cfg: ml_collections.ConfigDict,
+    seed: int,
+    start_step: int,
+    batch: int,
+) -> Any:
+    """One shard's endless stream of augmented batches of `batch`, from `start_step` on."""
+    tf = import_tf()
+    n = len(indices)
+    base = source.examples(split, indices).map(
         lambda ex: (ex["image"], ex["label"]), num_parallel_calls=tf.data.AUTOTUNE
     )
     if in_cfg.cache:
         base = base.cache()
-        with _naming_bad_files(source, split, start, end):
+        with _naming_bad_files(source, split, indices):
             base.reduce(np.int64(0), lambda count, _: count + 1)  # Decode once, fill the cache.
 
-    key = tf.constant([seed, process], tf.int64)
+    key = tf.constant([seed, shard], tf.int64)
     shuffle_key = tf.random.experimental.stateless_fold_in(key, 1)
     augment_key = tf.random.experimental.stateless_fold_in(key, 2)
 
     def epoch_seed(epoch: Any, salt: int = 0) -> Any:
-        """A scalar int64 seed for (seed, process, epoch, salt) (tf.data shuffle needs one)."""
+        """A scalar int64 seed for (seed, shard, epoch, salt) (tf.data shuffle needs one)."""
         k = tf.random.experimental.stateless_fold_in(shuffle_key, epoch * 1024 + salt)
         return tf.random.stateless_uniform([], k, minval=None, maxval=None, dtype=tf.int64)
 
     if in_cfg.balance == "sampling":
-        labels = source.labels(split)[start:end]
-        present, counts = np.unique(labels, return_counts=True)
-        per_class = [base.filter(lambda _, y, c=int(c): y == c) for c in present]
+        # Every shard holds every class of the split (checked), so drawing classes uniformly
+        # on each shard is uniform over the split whatever the number of shards or hosts.
+        per_class = [base.filter(lambda _, y, c=int(c): y == c) for c in classes]
+        counts = [int(np.sum(labels == c)) for c in classes]
 
         def one_epoch(epoch):
-            # Class-balanced: each position draws a class uniformly, then the next example of
-            # that class's own reshuffled, endless stream. An "epoch" is n draws.
+            # Each position draws a class uniformly, then the next example of that class's own
+            # reshuffled, endless stream. An "epoch" is n draws.
             streams = [
-                d.shuffle(int(m), seed=epoch_seed(epoch, 1 + i)).repeat()
+                d.shuffle(m, seed=epoch_seed(epoch, 1 + i)).repeat()
                 for i, (d, m) in enumerate(zip(per_class, counts, strict=True))
             ]
             choice_key = tf.random.experimental.stateless_fold_in(augment_key, -1 - epoch)
@@ -265,8 +361,7 @@ def train_iterator(
         return {"image": augment.train_view(image, seed_p, in_cfg), "label": label}
 
     ds = tf.data.Dataset.zip(stream, positions).map(view, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(batch, drop_remainder=True).prefetch(_prefetch(in_cfg))
-    return _numpy_batches(ds, _naming_bad_files(source, split, start, end))
+    return ds.batch(batch, drop_remainder=True)
 
 
 def eval_iterator(
@@ -278,8 +373,9 @@ def eval_iterator(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Every example of the host's slice of `split` once, in stored order, padded to full batches.
 
-    Yields {"image", "label", "mask" (False on padding), "file_name" (object array of str)}.
-    All processes yield the same number of batches (multi-host steps need that).
+    Yields {"image", "label", "mask" (False on padding), "index" (position in the split, -1 on
+    padding), "file_name" (object array of str)}. All processes yield the same number of
+    batches (multi-host steps need that).
     """
     tf = import_tf()
     in_cfg = config.input
@@ -296,6 +392,7 @@ def eval_iterator(
             "image": augment.eval_view(ex["image"], in_cfg),
             "label": ex["label"],
             "mask": tf.constant(True),
+            "index": tf.cast(ex["index"], tf.int32),
             "file_name": ex["file_name"],
         }
 
@@ -304,17 +401,18 @@ def eval_iterator(
             "image": tf.zeros([size, size, 3], tf.float32),
             "label": tf.constant(0, tf.int32),
             "mask": tf.constant(False),
+            "index": tf.constant(-1, tf.int32),
             "file_name": tf.constant(""),
         }
     ).repeat(num_batches * batch - (end - start))
     source = open_source(config.dataset)
     if end > start:
-        examples = source.examples(split, start, end)
+        examples = source.examples(split, np.arange(start, end))
         ds = examples.map(view, num_parallel_calls=tf.data.AUTOTUNE).concatenate(padding)
     else:
         ds = padding
     ds = ds.batch(batch, drop_remainder=True).prefetch(_prefetch(in_cfg))
-    for b in _numpy_batches(ds, _naming_bad_files(source, split, start, end)):
+    for b in _numpy_batches(ds, _naming_bad_files(source, split, np.arange(start, end))):
         b["file_name"] = np.asarray([f.decode("utf-8") for f in b["file_name"]], dtype=object)
         yield b
 

@@ -1,8 +1,9 @@
 """Where examples come from: a TFDS dataset (RAF-DB or any other) or an image-folder tree.
 
-A source knows its classes and split sizes and hands out one contiguous slice of a split as a
-tf.data.Dataset of {"image": uint8 [H, W, 3], "label": int32, "file_name": string} in the
-split's stored order. Preparing data (drawing the synthetic RAF-DB, building RAF-DB from a
+A source knows its classes and split sizes and hands out any subset of a split (given as
+sorted example indices: a host's shard) as a tf.data.Dataset of {"image": uint8 [H, W, 3],
+"label": int32, "file_name": string, "index": int64 (position in the split)} in the split's
+stored order. Preparing data (drawing the synthetic RAF-DB, building RAF-DB from a
 manual directory) happens here, once, on first use; nothing is ever downloaded.
 """
 
@@ -61,14 +62,14 @@ def import_tf() -> Any:
 class Source(Protocol):
     info: DatasetInfo
 
-    def examples(self, split: str, start: int, end: int) -> Any:
-        """Examples [start, end) of `split`, in stored order, as a tf.data.Dataset."""
+    def examples(self, split: str, indices: np.ndarray) -> Any:
+        """The examples of `split` at sorted `indices`, in stored order, as a tf.data.Dataset."""
 
     def labels(self, split: str) -> np.ndarray:
         """All labels of `split` (int64 [N]) in stored order, without decoding images."""
 
-    def find_unreadable(self, split: str, start: int, end: int) -> str | None:
-        """The first file in [start, end) of `split` that does not decode, if the source knows."""
+    def find_unreadable(self, split: str, indices: np.ndarray) -> str | None:
+        """The first file at `indices` of `split` that does not decode, if the source knows."""
 
     def unreadable_files(self, split: str) -> list[str]:
         """Every file of `split` that does not decode as an image (checked before training)."""
@@ -236,25 +237,40 @@ class TfdsSource:
             read_config=self._tfds.ReadConfig(interleave_cycle_length=1),
         )
 
-    def examples(self, split: str, start: int, end: int) -> Any:
+    def examples(self, split: str, indices: np.ndarray) -> Any:
         tf = import_tf()
         cfg, has_file = self._config, self._has_file
+        indices = np.asarray(indices, np.int64)
+        start, end = (int(indices[0]), int(indices[-1]) + 1) if len(indices) else (0, 0)
+        image_feature = self._builder.info.features[cfg.image_key]
 
         def convert(index, ex):
             image = ex[cfg.image_key]
+            if image.dtype == tf.string:  # Read undecoded (a scattered shard): decode now.
+                image = image_feature.decode_example(image)
             if image.shape[-1] == 1:
                 image = tf.image.grayscale_to_rgb(image)
             if has_file:
                 file_name = ex[cfg.file_key]
             else:
-                file_name = tf.strings.join([split, tf.strings.as_string(index + start)], "/")
+                file_name = tf.strings.join([split, tf.strings.as_string(index)], "/")
             return {
                 "image": tf.cast(image, tf.uint8),
                 "label": tf.cast(ex[cfg.label_key], tf.int32),
                 "file_name": file_name,
+                "index": index,
             }
 
-        return self._read(split, start, end).enumerate().map(convert)
+        if end - start == len(indices):  # Contiguous: read just that slice.
+            ds = self._read(split, start, end).enumerate(start)
+        else:
+            # A shard dealt across the split: skip the others' images undecoded.
+            wanted = np.zeros(end, bool)
+            wanted[indices] = True
+            decoders = {cfg.image_key: self._tfds.decode.SkipDecoding()}
+            ds = self._read(split, start, end, decoders).enumerate(start)
+            ds = ds.filter(lambda index, _: tf.gather(wanted, index))
+        return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
 
     def labels(self, split: str) -> np.ndarray:
         decoders = {self._config.image_key: self._tfds.decode.SkipDecoding()}
@@ -264,7 +280,7 @@ class TfdsSource:
             np.int64
         )
 
-    def find_unreadable(self, split: str, start: int, end: int) -> str | None:
+    def find_unreadable(self, split: str, indices: np.ndarray) -> str | None:
         return None  # TFDS validated every image when it built the dataset.
 
     def unreadable_files(self, split: str) -> list[str]:
@@ -277,21 +293,6 @@ class TfdsSource:
 
 def _subdirs(path: epath.Path) -> list[str]:
     return sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _spread_classes(files: list[tuple[str, int]]) -> list[tuple[str, int]]:
-    """Orders a split so that every contiguous slice holds each class in proportion: each file
-    sits at its relative position within its class. Per-host slices are then stratified, which
-    class-balanced sampling on each host relies on."""
-    by_class: dict[int, list[tuple[str, int]]] = {}
-    for item in files:
-        by_class.setdefault(item[1], []).append(item)
-    keyed = [
-        ((rank + 0.5) / len(items), label, item)
-        for label, items in by_class.items()
-        for rank, item in enumerate(items)
-    ]
-    return [item for *_, item in sorted(keyed)]
 
 
 class FolderSource:
@@ -349,7 +350,7 @@ class FolderSource:
                     f"config.dataset.folder={os.fspath(root)!r}: split folder {split!r} holds no "
                     f"images ({', '.join(IMAGE_EXTENSIONS)}) in its class folders."
                 )
-            self._files[split] = _spread_classes(files)
+            self._files[split] = files
         if not classes:
             raise DataConfigError(
                 f"config.dataset.folder={os.fspath(root)!r}: split {first!r} has no class "
@@ -363,27 +364,32 @@ class FolderSource:
             split_sizes={s: len(f) for s, f in self._files.items()},
         )
 
-    def _paths(self, split: str, start: int = 0, end: int | None = None) -> list[str]:
-        return [os.fspath(self._root / split / n) for n, _ in self._files[split][start:end]]
+    def _paths(self, split: str, indices: np.ndarray | None = None) -> list[str]:
+        files = self._files[split]
+        chosen = files if indices is None else [files[i] for i in indices]
+        return [os.fspath(self._root / split / name) for name, _ in chosen]
 
-    def examples(self, split: str, start: int, end: int) -> Any:
+    def examples(self, split: str, indices: np.ndarray) -> Any:
         tf = import_tf()
-        names, labels = zip(*self._files[split][start:end], strict=True)
+        indices = np.asarray(indices, np.int64)
+        files = self._files[split]
+        names = [files[i][0] for i in indices]
+        labels = np.asarray([files[i][1] for i in indices], np.int32)
 
-        def load(path, label, name):
+        def load(path, label, name, index):
             image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-            return {"image": image, "label": label, "file_name": name}
+            return {"image": image, "label": label, "file_name": name, "index": index}
 
-        ds = tf.data.Dataset.from_tensor_slices(
-            (self._paths(split, start, end), np.asarray(labels, np.int32), list(names))
-        )
+        ds = tf.data.Dataset.from_tensor_slices((
+            np.asarray(self._paths(split, indices), str), labels, np.asarray(names, str), indices
+        ))
         return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
 
     def labels(self, split: str) -> np.ndarray:
         return np.asarray([label for _, label in self._files[split]], np.int64)
 
-    def find_unreadable(self, split: str, start: int, end: int) -> str | None:
-        bad = self._undecodable(self._paths(split, start, end))
+    def find_unreadable(self, split: str, indices: np.ndarray) -> str | None:
+        bad = self._undecodable(self._paths(split, indices))
         return bad[0] if bad else None
 
     def unreadable_files(self, split: str) -> list[str]:

@@ -5,19 +5,20 @@ its figures as images, and no scalars (a fusion result is one number per system,
 over steps; scalars are left to the members' training curves).
 
 Everything is written to a temporary folder inside the output folder first and moved into place
-at the end, so a failed run never leaves a half-written report behind.
+at the end, so a failed run never leaves a half-written report behind. Every path goes through
+etils epath, so the output folder may be remote (gs://...).
 """
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import shutil
-import tempfile
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 from cer_jax import plots
 
@@ -195,19 +196,20 @@ def _write_tensorboard(directory: str, report: dict[str, Any], images: dict[str,
     writer.close()
 
 
-def _remove_previous_report(out: str) -> None:
+def _remove_previous_report(out: epath.Path) -> None:
     """A rerun into the same folder replaces the previous report's figures and events."""
-    for name in os.listdir(out):
-        if name.startswith(("events.out.tfevents.", "confusion_", "per_class_f1_")):
-            os.remove(os.path.join(out, name))
+    for path in out.iterdir():
+        if path.name.startswith(("events.out.tfevents.", "confusion_", "per_class_f1_")):
+            path.unlink()
 
 
-def write_report(out: str, report: dict[str, Any]) -> dict[str, str]:
+def write_report(out: str | epath.Path, report: dict[str, Any]) -> dict[str, str]:
     """Writes report.json, report.md, the figures and TensorBoard events into `out`.
 
     Returns {file name: path} of the files written.
     """
-    os.makedirs(out, exist_ok=True)
+    out = epath.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     split = "test" if "test" in report["eval_splits"] else report["eval_splits"][-1]
     best = report["best_strategy"]
     confusion_file = CONFUSION_PNG.format(strategy=best, split=split)
@@ -217,7 +219,8 @@ def write_report(out: str, report: dict[str, Any]) -> dict[str, str]:
         f"per-class F1, {split}": per_class_file,
     }
     report = {**report, "figures": figures}
-    staging = tempfile.mkdtemp(prefix=".report-", dir=out)
+    staging = out / f".report-{uuid.uuid4().hex}"
+    staging.mkdir()
     try:
         confusion = np.asarray(report["strategies"][best]["metrics"][split]["confusion_matrix"])
         images = {}
@@ -230,18 +233,19 @@ def write_report(out: str, report: dict[str, Any]) -> dict[str, str]:
             ),
             (per_class_file, per_class_f1_figure(report, split)),
         ):
-            fig.savefig(os.path.join(staging, file_name), dpi=120)
+            png = io.BytesIO()
+            fig.savefig(png, format="png", dpi=120)
+            (staging / file_name).write_bytes(png.getvalue())
             images[file_name.removesuffix(".png")] = plots.figure_to_array(fig)
-        with open(os.path.join(staging, "report.json"), "w") as f:
-            json.dump(report, f, indent=2)
-        with open(os.path.join(staging, "report.md"), "w") as f:
-            f.write(markdown(report, figures))
-        _write_tensorboard(staging, report, images)
+        (staging / "report.json").write_text(json.dumps(report, indent=2))
+        (staging / "report.md").write_text(markdown(report, figures))
+        _write_tensorboard(str(staging), report, images)
         _remove_previous_report(out)
         written = {}
-        for name in sorted(os.listdir(staging)):
-            written[name] = os.path.join(out, name)
-            os.replace(os.path.join(staging, name), written[name])
+        for path in sorted(staging.iterdir(), key=lambda p: p.name):
+            written[path.name] = str(out / path.name)
+            path.replace(out / path.name)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging.exists():
+            staging.rmtree()
     return written

@@ -19,6 +19,7 @@ import logging
 import os
 
 import numpy as np
+from etils import epath
 from flax import nnx
 
 from cer_jax.pretrained.core import ImportReport, WeightImportError, assign
@@ -70,9 +71,13 @@ def _check_model_name(model_name: str) -> None:
 
 
 def implied_settings(
-    model_name: str, path: str | os.PathLike[str], *, manet_code_version: str = "2021"
+    model_name: str,
+    path: str | os.PathLike[str] | epath.Path,
+    *,
+    manet_code_version: str = "2021",
 ) -> dict[str, Setting]:
-    """Model config keys (e.g. 'gelu_approximate') and the values the file at `path` implies.
+    """Model config keys (e.g. 'gelu_approximate') and the values the file at `path` (local or
+    remote, e.g. gs://; read through etils epath) implies.
 
     Reads tensor names only where the format allows (`.npz`, safetensors; a PyTorch pickle is
     loaded) plus a Hugging Face `config.json` beside the weights. An unknown or unreadable file
@@ -82,14 +87,19 @@ def implied_settings(
     _check_model_name(model_name)
     if model_name == "manet":
         manet_path_b_order(manet_code_version)  # a bad version fails before the file is read
-    return settings_for_keys(model_name, checkpoint_keys(path), os.fspath(path),
+    return settings_for_keys(model_name, checkpoint_keys(path), path,
                              manet_code_version=manet_code_version)
 
 
 def load_pretrained(
-    model: nnx.Module, model_name: str, path: str | os.PathLike[str], *, keep_head: bool = False
+    model: nnx.Module,
+    model_name: str,
+    path: str | os.PathLike[str] | epath.Path,
+    *,
+    keep_head: bool = False,
 ) -> ImportReport:
-    """Loads the checkpoint at `path` into `model` (in place) and reports what happened.
+    """Loads the checkpoint at `path` (local or remote, e.g. gs://; read through etils epath) into
+    `model` (in place) and reports what happened.
 
     A ViT whose GELU form or LayerNorm epsilon differs from what the file implies is loaded, with
     a warning (it computes another function than the one the weights were trained in).
@@ -109,7 +119,7 @@ def load_pretrained(
         resized=converted.resized,
     )
     if model_name == "vit":
-        implied = settings_for_keys(model_name, checkpoint, os.fspath(path))
+        implied = settings_for_keys(model_name, checkpoint, path)
         actual = model_settings(model, model_name)
         for key, setting in implied.items():
             if actual[key] != setting.value:

@@ -29,6 +29,8 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from etils import epath
+
 from cer_jax.pretrained.core import WeightImportError
 from cer_jax.pretrained.readers import CheckpointReadError
 
@@ -67,9 +69,14 @@ def manet_path_b_order(manet_code_version: str) -> str:
 
 
 def settings_for_keys(
-    model_name: str, keys: Iterable[str], path: str, *, manet_code_version: str = "2021"
+    model_name: str,
+    keys: Iterable[str],
+    path: str | os.PathLike[str] | epath.Path,
+    *,
+    manet_code_version: str = "2021",
 ) -> dict[str, Setting]:
-    """`implied_settings` for a file whose tensor names are `keys` (already read)."""
+    """`implied_settings` for a file whose tensor names are `keys` (already read); `path` (local
+    or remote, read through epath) locates a Hugging Face config.json beside it."""
     if model_name == "manet":
         order = manet_path_b_order(manet_code_version)
         return {"path_b_order": Setting(
@@ -94,21 +101,30 @@ def settings_for_keys(
     return {}
 
 
-def _hf_config(path: str) -> tuple[dict[str, Any] | None, str]:
-    config_path = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
-    if not os.path.isfile(config_path):
+def _hf_config(
+    path: str | os.PathLike[str] | epath.Path,
+) -> tuple[dict[str, Any] | None, str]:
+    """The Hugging Face config.json beside the weights at `path` (None if absent), and its path
+    as a string for messages. Read through epath: `path` may be remote (gs://...)."""
+    weights = epath.Path(path).expanduser()
+    if not weights.is_absolute():  # a relative local path: name the config by its full path
+        weights = weights.resolve()
+    config_file = weights.parent / "config.json"
+    config_path = os.fspath(config_file)
+    if not config_file.is_file():
         return None, config_path
     try:
-        with open(config_path, encoding="utf-8") as f:
-            config = json.load(f)
+        config = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise CheckpointReadError(f"Cannot read {config_path!r} beside {path!r}: {e}") from e
+        raise CheckpointReadError(
+            f"Cannot read {config_path!r} beside {os.fspath(path)!r}: {e}"
+        ) from e
     if not isinstance(config, dict):
         raise CheckpointReadError(f"{config_path!r} is not a JSON object.")
     return config, config_path
 
 
-def _hf_vit(path: str) -> dict[str, Setting]:
+def _hf_vit(path: str | os.PathLike[str] | epath.Path) -> dict[str, Setting]:
     config, config_path = _hf_config(path)
     if config is None:
         where = (f"Hugging Face ViT weights without a config.json beside them ({config_path} is "
@@ -137,7 +153,7 @@ def _hf_vit(path: str) -> dict[str, Setting]:
     }
 
 
-def _check_hf_resnet(path: str) -> None:
+def _check_hf_resnet(path: str | os.PathLike[str] | epath.Path) -> None:
     config, config_path = _hf_config(path)
     if config is None:
         return

@@ -1,0 +1,189 @@
+"""Two real processes train the production ResNet50 recipe together, as two hosts of a slice.
+
+The processes run on this machine's CPU backend (loopback coordinator, gloo collectives), one
+device each, and the run is checked against a single process driving two devices with the same
+global batch: the data stream depends on `input.num_data_shards`, not on the process count, so
+the two runs compute the same function and must agree to float tolerance. Process 1 alone gets
+SIGTERM; both processes must save the same step and exit, a relaunch resumes there, and the
+finished run's export, logs and events are written once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cer_jax import checkpointing, export, sharding
+
+ROOT = Path(__file__).resolve().parents[1]
+TOTAL_STEPS = 12
+# Only size (and where the synthetic data lives) differs from configs/resnet50.py.
+SIZE = [
+    "--config.model.width=8",
+    "--config.input.image_size=32",
+    "--config.input.resize_size=36",
+    "--config.training.global_batch_size=8",
+    "--config.eval.global_batch_size=16",
+    f"--config.training.num_steps={TOTAL_STEPS}",
+    "--config.training.eval_every_steps=6",
+    "--config.training.log_every_steps=1",
+    "--config.checkpoint.every_steps=3",
+    "--config.input.num_data_shards=2",
+    "--config.dataset.synthetic=True",
+    "--config.dataset.synthetic_num_train_images=60",
+    "--config.dataset.synthetic_num_test_images=20",
+]
+
+
+def _command(workdir: Path, cache_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "cer_jax.train", "--config=configs/resnet50.py",
+            f"--workdir={workdir}", f"--config.dataset.cache_dir={cache_dir}", *SIZE, *extra]
+
+
+def _env(devices: int) -> dict[str, str]:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch_pair(workdir: Path, cache_dir: Path, logs: Path, tag: str) -> list[subprocess.Popen]:
+    address = f"127.0.0.1:{_free_port()}"
+    procs = []
+    for index in range(2):
+        log = open(logs / f"{tag}-{index}.log", "w")  # noqa: SIM115 (closed by the OS at exit)
+        procs.append(subprocess.Popen(
+            _command(workdir, cache_dir, f"--coordinator_address={address}",
+                     "--num_processes=2", f"--process_id={index}"),
+            cwd=ROOT, env=_env(1), stdout=log, stderr=subprocess.STDOUT,
+        ))
+    return procs
+
+
+def _wait(procs: list[subprocess.Popen], logs: Path, tag: str, timeout: float = 600) -> list[str]:
+    texts = []
+    for index, proc in enumerate(procs):
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            code = "timeout"
+        text = (logs / f"{tag}-{index}.log").read_text()
+        assert code == 0, f"process {index} of {tag}: exit {code}\n{text[-4000:]}"
+        texts.append(text)
+    return texts
+
+
+def _stopped_step(log: str) -> int:
+    for line in log.splitlines():
+        if "Stopped at step" in line and "(preempted)" in line:
+            return int(line.split("Stopped at step ")[1].split()[0])
+    raise AssertionError(f"no preemption stop in the log:\n{log[-3000:]}")
+
+
+def _events_pids(workdir: Path) -> list[int]:
+    """The writer pid of each TensorBoard events file (TF names them ...<host>.<pid>.<n>...)."""
+    return sorted(int(p.name.split(".")[-3]) for p in workdir.glob("events.out.tfevents.*"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """(single-process workdir, two-process workdir, logs dir, {tag: [pids]}, stop step)."""
+    base = tmp_path_factory.mktemp("multiprocess")
+    cache_dir, logs = base / "cache", base / "logs"
+    logs.mkdir()
+    single = base / "single"
+    reference = subprocess.run(
+        _command(single, cache_dir), cwd=ROOT, env=_env(2), capture_output=True, text=True,
+        timeout=900,
+    )
+    assert reference.returncode == 0, reference.stderr[-4000:]
+
+    pair = base / "pair"
+    procs = _launch_pair(pair, cache_dir, logs, "first")
+    pids = {"first": [p.pid for p in procs]}
+    first_checkpoint = pair / checkpointing.LATEST_DIR / "3"
+    deadline = time.monotonic() + 600
+    while not first_checkpoint.exists() and time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            break
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)  # One host is told; both must stop together.
+    first = _wait(procs, logs, "first")
+    step = _stopped_step(first[0])
+    assert _stopped_step(first[1]) == step
+    assert 3 <= step < TOTAL_STEPS
+    latest = sorted(int(p.name) for p in (pair / checkpointing.LATEST_DIR).iterdir()
+                    if p.name.isdigit())
+    assert latest[-1] == step
+    assert not (pair / export.EXPORT_DIR).exists()
+
+    procs = _launch_pair(pair, cache_dir, logs, "second")
+    pids["second"] = [p.pid for p in procs]
+    second = _wait(procs, logs, "second")
+    for log in second:
+        assert f"at step {step}." in log  # "Resumed <workdir> at step <step>."
+    return single, pair, pids, step
+
+
+def test_two_processes_agree_with_one_after_a_preemption(runs):
+    single, pair, _, _ = runs
+    one, two = export.load_export(str(single)), export.load_export(str(pair))
+    assert one[0]["metrics"] == two[0]["metrics"]
+    assert one[0]["step"] == two[0]["step"]
+    for split, arrays in one[1].items():
+        other = two[1][split]
+        assert arrays["file_names"].tolist() == other["file_names"].tolist()  # stored order
+        np.testing.assert_array_equal(arrays["labels"], other["labels"])
+        np.testing.assert_allclose(other["logits"], arrays["logits"], rtol=1e-4, atol=1e-4)
+    mesh = sharding.create_mesh()
+    *_, state_one, _ = checkpointing.restore_best_state(str(single), mesh)
+    *_, state_two, _ = checkpointing.restore_best_state(str(pair), mesh)
+    flat_one = dict(_leaves(state_one))
+    flat_two = dict(_leaves(state_two))
+    assert flat_one.keys() == flat_two.keys()
+    for key, value in flat_one.items():  # parameters and BatchNorm statistics
+        np.testing.assert_allclose(flat_two[key], value, rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+def test_every_example_is_evaluated_once_across_the_hosts(runs):
+    _, pair, _, _ = runs
+    manifest, arrays = export.load_export(str(pair))
+    sizes = json.loads((pair / checkpointing.CONFIG_FILE).read_text())["dataset_info"][
+        "split_sizes"]
+    for split, split_arrays in arrays.items():
+        names = split_arrays["file_names"].tolist()
+        assert len(names) == len(set(names)) == sizes[split]
+        assert manifest["metrics"][split]["num_examples"] == sizes[split]
+
+
+def test_logs_events_and_export_are_written_once(runs):
+    _, pair, pids, _ = runs
+    # One events file per launch, each written by process 0.
+    assert _events_pids(pair) == sorted([pids["first"][0], pids["second"][0]])
+    names = sorted(p.name for p in (pair / export.EXPORT_DIR).iterdir())
+    assert names == ["export.json", "test.npz", "train_fit.npz", "validation.npz"]
+    assert not list(pair.glob(".*"))  # no temporary export or config left behind
+
+
+def _leaves(tree, prefix=""):
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _leaves(value, f"{prefix}/{key}")
+    else:
+        yield prefix, np.asarray(tree)
