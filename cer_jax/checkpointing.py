@@ -224,6 +224,7 @@ def restore_best_state(
 
 
 def restore_best_model(workdir: str) -> tuple[nnx.Module, ml_collections.ConfigDict]:
-    """The model of the workdir's best checkpoint, rebuilt from its saved config."""
-    graphdef, _, state, config = restore_best_state(workdir, sharding.create_mesh())
+    """The model of the workdir's best checkpoint, rebuilt from its saved config: a full copy on
+    each process (every process must call it: Orbax restores collectively)."""
+    graphdef, _, state, config = restore_best_state(workdir, sharding.local_mesh())
     return train_state.merge_model(graphdef, state["params"], state["rest"]), config

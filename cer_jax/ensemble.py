@@ -323,10 +323,8 @@ def write_from_fusion(
 
     `members` are `cer_jax.fusion.members.Member`s (name, workdir, info). A member without a
     best checkpoint (an export copied from elsewhere) means no ensemble: logged, None returned.
-    Only process 0 writes.
+    Every process must call it (Orbax restores collectively); only process 0 writes.
     """
-    if jax.process_index() != 0:
-        return None
     restored = []
     for member in members:
         try:
@@ -338,6 +336,8 @@ def write_from_fusion(
             )
             return None
         restored.append((member.name, model, config))
+    if jax.process_index() != 0:
+        return None
     datasets = {str(m.info.get("dataset")) for m in members if m.info.get("dataset")}
     path = write_ensemble(
         out, restored, strategy, class_names,

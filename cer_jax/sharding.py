@@ -22,6 +22,12 @@ def create_mesh() -> Mesh:
     return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
 
 
+def local_mesh() -> Mesh:
+    """This process's devices only: for a full copy of a model on each host (warm starts,
+    the ensemble artefact), whose arrays numpy can then read."""
+    return Mesh(np.asarray(jax.local_devices()), (DATA_AXIS,))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 

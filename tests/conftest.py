@@ -13,6 +13,8 @@ import tempfile
 
 import ml_collections
 import pytest
+from etils.epath import gpath
+from etils.epath import testing as epath_testing
 
 # Before JAX starts (the environment reaches subprocesses too). A new folder per test session,
 # shared by its xdist workers, so no cache survives from an earlier run of different code.
@@ -58,3 +60,51 @@ def trained_runs(tmp_path_factory, synthetic_cache_dir) -> dict[str, tuple[pathl
         config = smoke_config(name, synthetic_cache_dir)
         runs[name] = (workdir, trainer.train_and_evaluate(config, str(workdir)))
     return runs
+
+
+# A remote bucket without network: gs://test-bucket/ served by epath's own test mock.
+
+BUCKET = "gs://test-bucket"
+# The backend functions that take one path (copy / rename / replace take two; walk is unused).
+_MOCKED = ("exists", "isdir", "open", "stat", "listdir", "glob", "makedirs", "mkdir", "remove",
+           "rmtree")
+
+
+class Bucket:
+    """gs://test-bucket/ as seen through the mocked epath, backed by the local folder `root`."""
+
+    def __init__(self, root):
+        self.root = root
+        self.seen: list[str] = []  # every path epath's backend was asked about
+
+    def local(self, path) -> str:
+        path = os.fspath(path)
+        if path == BUCKET or path.startswith(BUCKET + "/"):
+            return os.fspath(self.root) + path[len(BUCKET):]
+        return path
+
+    def remote(self, local_path) -> str:
+        """The gs:// path of a file under `root`."""
+        return BUCKET + "/" + os.path.relpath(local_path, self.root).replace(os.sep, "/")
+
+    def call(self, original_fn, path, *args, **kwargs):
+        self.seen.append(os.fspath(path))
+        return original_fn(self.local(path), *args, **kwargs)
+
+
+@pytest.fixture
+def bucket(tmp_path, monkeypatch):
+    # With TensorFlow installed, epath would send gs:// to its TensorFlow backend (around the
+    # mock, and to the network); without it, every scheme goes to the mocked backend. epath
+    # caches that choice at its first gs:// path (TFDS makes one when it builds a dataset), so
+    # the cache is cleared on the way in and out.
+    monkeypatch.setenv("EPATH_USE_TF", "false")
+    gpath._is_tf_installed.cache_clear()
+    store = Bucket(tmp_path / "bucket")
+    store.root.mkdir()
+    try:
+        with epath_testing.mock_epath(**dict.fromkeys(_MOCKED, store.call)):
+            yield store
+    finally:
+        monkeypatch.delenv("EPATH_USE_TF")
+        gpath._is_tf_installed.cache_clear()

@@ -61,14 +61,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch_pair(workdir: Path, cache_dir: Path, logs: Path, tag: str) -> list[subprocess.Popen]:
+def _launch_pair(workdir: Path, cache_dir: Path, logs: Path, tag: str,
+                 command: list[str] | None = None) -> list[subprocess.Popen]:
+    """Two processes of `command` (default: the training) joined by a loopback coordinator."""
     address = f"127.0.0.1:{_free_port()}"
+    command = command or _command(workdir, cache_dir)
     procs = []
     for index in range(2):
         log = open(logs / f"{tag}-{index}.log", "w")  # noqa: SIM115 (closed by the OS at exit)
         procs.append(subprocess.Popen(
-            _command(workdir, cache_dir, f"--coordinator_address={address}",
-                     "--num_processes=2", f"--process_id={index}"),
+            [*command, f"--coordinator_address={address}", "--num_processes=2",
+             f"--process_id={index}"],
             cwd=ROOT, env=_env(1), stdout=log, stderr=subprocess.STDOUT,
         ))
     return procs
@@ -138,11 +141,11 @@ def runs(tmp_path_factory):
     second = _wait(procs, logs, "second")
     for log in second:
         assert f"at step {step}." in log  # "Resumed <workdir> at step <step>."
-    return single, pair, pids, step
+    return single, pair, pids, step, logs
 
 
 def test_two_processes_agree_with_one_after_a_preemption(runs):
-    single, pair, _, _ = runs
+    single, pair, *_ = runs
     one, two = export.load_export(str(single)), export.load_export(str(pair))
     assert one[0]["metrics"] == two[0]["metrics"]
     assert one[0]["step"] == two[0]["step"]
@@ -162,7 +165,7 @@ def test_two_processes_agree_with_one_after_a_preemption(runs):
 
 
 def test_every_example_is_evaluated_once_across_the_hosts(runs):
-    _, pair, _, _ = runs
+    _, pair, *_ = runs
     manifest, arrays = export.load_export(str(pair))
     sizes = json.loads((pair / checkpointing.CONFIG_FILE).read_text())["dataset_info"][
         "split_sizes"]
@@ -173,12 +176,30 @@ def test_every_example_is_evaluated_once_across_the_hosts(runs):
 
 
 def test_logs_events_and_export_are_written_once(runs):
-    _, pair, pids, _ = runs
+    _, pair, pids, *_ = runs
     # One events file per launch, each written by process 0.
     assert _events_pids(pair) == sorted([pids["first"][0], pids["second"][0]])
     names = sorted(p.name for p in (pair / export.EXPORT_DIR).iterdir())
     assert names == ["export.json", "test.npz", "train_fit.npz", "validation.npz"]
     assert not list(pair.glob(".*"))  # no temporary export or config left behind
+
+
+def test_two_processes_fuse_and_write_the_report_once(runs):
+    single, pair, *_, logs = runs
+    out = pair.parent / "fusion"
+    command = [sys.executable, "-m", "cer_jax.fuse", f"--workdirs={single},{pair}",
+               f"--out={out}", "--config.feature_mlp.max_epochs=5",
+               "--config.strategies=performance_weighted,uniform_probabilities,optimised_weights"]
+    procs = _launch_pair(pair, pair, logs, "fuse", command)
+    _wait(procs, logs, "fuse")
+    report = json.loads((out / "report.json").read_text())
+    exported = export.load_export(str(pair))[0]["metrics"]["test"]
+    member = report["members"][1]["metrics"]["test"]
+    assert (member["accuracy"], member["macro_f1"]) == (exported["accuracy"],
+                                                         exported["macro_f1"])
+    assert _events_pids(out) == [procs[0].pid]  # TensorBoard events from process 0 only
+    assert (out / "ensemble" / "ensemble.json").exists()
+    assert not list(out.glob(".*"))
 
 
 def _leaves(tree, prefix=""):

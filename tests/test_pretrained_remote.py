@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 import weight_files as wf
+from conftest import BUCKET
 from etils import epath
-from etils.epath import testing as epath_testing
 from flax import nnx
 from safetensors.torch import save_file as save_torch_file
 
@@ -30,44 +30,6 @@ from cer_jax.pretrained import (
     load_pretrained,
 )
 from cer_jax.pretrained.readers import checkpoint_keys, read_checkpoint
-
-BUCKET = "gs://test-bucket"
-# The backend functions that take one path (copy / rename / replace take two; walk is unused).
-_MOCKED = ("exists", "isdir", "open", "stat", "listdir", "glob", "makedirs", "mkdir", "remove",
-           "rmtree")
-
-
-class Bucket:
-    """gs://test-bucket/ as seen through the mocked epath, backed by the local folder `root`."""
-
-    def __init__(self, root):
-        self.root = root
-        self.seen: list[str] = []  # every path epath's backend was asked about
-
-    def local(self, path) -> str:
-        path = os.fspath(path)
-        if path == BUCKET or path.startswith(BUCKET + "/"):
-            return os.fspath(self.root) + path[len(BUCKET):]
-        return path
-
-    def remote(self, local_path) -> str:
-        """The gs:// path of a file under `root`."""
-        return BUCKET + "/" + os.path.relpath(local_path, self.root).replace(os.sep, "/")
-
-    def call(self, original_fn, path, *args, **kwargs):
-        self.seen.append(os.fspath(path))
-        return original_fn(self.local(path), *args, **kwargs)
-
-
-@pytest.fixture
-def bucket(tmp_path, monkeypatch):
-    # With TensorFlow installed, epath would send gs:// to its TensorFlow backend (around the
-    # mock, and to the network); without it, every scheme goes to the mocked backend.
-    monkeypatch.setenv("EPATH_USE_TF", "false")
-    store = Bucket(tmp_path / "bucket")
-    store.root.mkdir()
-    with epath_testing.mock_epath(**dict.fromkeys(_MOCKED, store.call)):
-        yield store
 
 
 def test_the_mock_serves_gs_paths_from_the_local_folder(bucket):

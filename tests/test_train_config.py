@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import subprocess
 import sys
 
 import jax
 import pytest
-from conftest import smoke_config
+from conftest import BUCKET, smoke_config
 
 from cer_jax import sharding, trainer
-from cer_jax.config_loading import ConfigFileError, load_config
+from cer_jax.config_loading import ConfigFileError, load_config, resolve_config_flag
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("name", ["vit", "manet", "resnet50"])
@@ -46,6 +49,20 @@ def test_load_config_falls_back_to_the_installed_configs(tmp_path, monkeypatch):
     assert load_config("configs/vit.py:smoke").model.name == "vit"
     with pytest.raises(ConfigFileError, match="configs/nope.py"):
         load_config("configs/nope.py")
+
+
+def test_a_config_file_on_a_bucket_is_read_through_epath(bucket):
+    source = (ROOT / "configs" / "vit.py").read_text()
+    (bucket.root / "exp").mkdir()
+    (bucket.root / "exp" / "vit.py").write_text(source)
+    remote = f"{BUCKET}/exp/vit.py"
+    assert not os.path.exists(remote)  # only epath (mocked) can find it
+    smoke = load_config("configs/vit.py:smoke").to_dict()
+    assert load_config(f"{remote}:smoke").to_dict() == smoke
+    (flag,) = resolve_config_flag([f"--config={remote}:smoke"])
+    assert flag.endswith("-vit.py:smoke") and os.path.isfile(flag.split("=")[1].split(":")[0])
+    with pytest.raises(ConfigFileError, match=f"'{BUCKET}/exp/nope.py' not found"):
+        load_config(f"{BUCKET}/exp/nope.py")
 
 
 def test_a_bad_command_line_override_stops_with_one_line(tmp_path):

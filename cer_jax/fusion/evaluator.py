@@ -189,11 +189,12 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
     }
     if jax.process_index() == 0:  # every process computes the same report; one writes it
         report_lib.write_report(config.out, report)
-        # The best strategy with the members' best checkpoints: the self-contained artefact
-        # that python -m cer_jax.predict loads (none if a member has no checkpoint).
-        ensemble_lib.write_from_fusion(
-            epath.Path(config.out) / ENSEMBLE_DIR, members, fitted[best], class_names
-        )
+    # The best strategy with the members' best checkpoints: the self-contained artefact that
+    # python -m cer_jax.predict loads (none if a member has no checkpoint). Every process
+    # restores the checkpoints (a collective); process 0 writes.
+    ensemble_lib.write_from_fusion(
+        epath.Path(config.out) / ENSEMBLE_DIR, members, fitted[best], class_names
+    )
     return report
 
 
