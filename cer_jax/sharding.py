@@ -58,7 +58,19 @@ def to_global(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    return jax.device_put(tree, replicated(mesh))
+    """The same host values on every device of every process (each process passes its own,
+    equal, copy: jax.device_put cannot address other hosts' devices)."""
+    sharding = replicated(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(value: Any) -> jax.Array:
+        if jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):  # nnx.Rngs keys
+            data = put(jax.random.key_data(value))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(value))
+        return jax.make_array_from_process_local_data(sharding, np.asarray(value))
+
+    return jax.tree.map(put, tree)
 
 
 def prefetch_to_mesh(batches: Iterable[Mapping[str, Any]], mesh: Mesh, size: int = 2
