@@ -259,8 +259,11 @@ def test_hosts_eval_slices_are_every_example_once(imbalanced_folder, monkeypatch
 def test_shard_errors_name_the_key_and_the_fix(imbalanced_folder, monkeypatch):
     config = _folder_config(imbalanced_folder, balance="sampling", num_data_shards=8)
     info = pipeline.get_dataset_info(config)
+    with pytest.raises(DataConfigError) as before_training:
+        pipeline.validate_splits(config, info, ["train"])  # the trainer's check, before work
     with pytest.raises(DataConfigError) as e:
         pipeline.train_iterator(config, info, global_batch_size=8, seed=0)
+    assert str(before_training.value) == str(e.value)
     assert str(e.value) == (
         "config.input.balance='sampling' needs every class in each of the 8 data shards, but "
         "split 'train' has fewer examples than shards for 'c_few' (6). Lower "

@@ -123,7 +123,9 @@ def validate_splits(
                 "then rerun."
             )
     split = config.dataset.train_split
-    counts = np.bincount(source.labels(split), minlength=info.num_classes)
+    labels = source.labels(split)
+    _check_shards(config, labels, info, split)
+    counts = np.bincount(labels, minlength=info.num_classes)
     empty = [name for name, count in zip(info.class_names, counts, strict=True) if count == 0]
     if empty and not config.dataset.get("allow_empty_classes"):
         raise DataConfigError(
@@ -242,17 +244,10 @@ def train_iterator(
     check_data_shards(num_shards, global_batch_size)
     source = open_source(ds_cfg)
     labels = source.labels(split)
-    shards = shard_indices(labels, num_shards)
-    if len(shards[-1]) == 0:
-        raise DataConfigError(
-            f"config.dataset.train_split={split!r} has {len(labels)} examples, too few for "
-            f"config.input.num_data_shards={num_shards}; lower it."
-        )
+    shards = _check_shards(config, labels, info, split)
     per_host = num_shards // jax.process_count()
     mine = range(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
     classes = np.unique(labels)
-    if in_cfg.balance == "sampling":
-        _check_every_shard_has_every_class(labels, shards, info, split)
     streams = [
         _shard_stream(source, split, shards[shard], labels[shards[shard]], classes,
                       shard=shard, in_cfg=in_cfg, seed=seed, start_step=start_step,
@@ -270,10 +265,19 @@ def train_iterator(
     return _numpy_batches(ds, _naming_bad_files(source, split, read))
 
 
-def _check_every_shard_has_every_class(
-    labels: np.ndarray, shards: list[np.ndarray], info: DatasetInfo, split: str
-) -> None:
-    """Class-balanced sampling draws every class on every shard, so each shard needs one."""
+def _check_shards(
+    config: ml_collections.ConfigDict, labels: np.ndarray, info: DatasetInfo, split: str
+) -> list[np.ndarray]:
+    """The training split's shards, each non-empty; with class-balanced sampling (which draws
+    every class on every shard) each must hold every class. Checked before training too."""
+    shards = shard_indices(labels, num_data_shards(config))
+    if len(shards[-1]) == 0:
+        raise DataConfigError(
+            f"config.dataset.train_split={split!r} has {len(labels)} examples, too few for "
+            f"config.input.num_data_shards={len(shards)}; lower it."
+        )
+    if config.input.balance != "sampling":
+        return shards
     counts = np.bincount(labels, minlength=info.num_classes)
     short = [(info.class_names[c], int(counts[c])) for c in np.unique(labels)
              if counts[c] < len(shards)]
@@ -285,6 +289,7 @@ def _check_every_shard_has_every_class(
             f"{names}. Lower config.input.num_data_shards, or use "
             "config.input.balance='loss_weights'."
         )
+    return shards
 
 
 def _shard_stream(
