@@ -51,7 +51,7 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
-from cer_jax import checkpointing, train_state
+from cer_jax import checkpointing, sharding, train_state
 from cer_jax.fusion import strategies
 
 FORMAT = 1
@@ -364,7 +364,7 @@ class Member:
     def __post_init__(self) -> None:
         graphdef = self.graphdef
 
-        @jax.jit
+        @functools.partial(jax.jit, compiler_options=sharding.compiler_options())
         def apply(state, images):
             model = nnx.merge(graphdef, *state)
             output = model(images, train=False)

@@ -7,6 +7,7 @@ model then sees the global batch, so BatchNorm statistics are global across devi
 from __future__ import annotations
 
 import collections
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -17,6 +18,15 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
 
+# XLA:CPU in jax 0.10 hands matmuls, convolutions and reductions to YNNPACK by default. Its
+# convolutions are several times slower than XLA's own (Eigen) kernels for weight gradients
+# (ResNet-50's stem: 207 ms against 17 ms), while its matmuls and reductions are the faster
+# ones, so the programs compiled here keep YNNPACK for those two only (BENCHMARKS.md,
+# "XLA:CPU settings").
+YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
+CPU_COMPILER_OPTIONS = {
+    YNN_OPTION: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+
 
 def create_mesh() -> Mesh:
     return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
@@ -26,6 +36,16 @@ def local_mesh() -> Mesh:
     """This process's devices only: for a full copy of a model on each host (warm starts,
     the ensemble artefact), whose arrays numpy can then read."""
     return Mesh(np.asarray(jax.local_devices()), (DATA_AXIS,))
+
+
+def compiler_options(mesh: Mesh | None = None) -> dict[str, str] | None:
+    """XLA options for a program compiled for `mesh` (default: the default device): the CPU
+    options above on CPU, unless XLA_FLAGS already chooses YNNPACK's fusions; None elsewhere
+    (GPU and TPU programs are compiled with their defaults)."""
+    device = mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
+    if device.platform != "cpu" or YNN_OPTION in os.environ.get("XLA_FLAGS", ""):
+        return None
+    return dict(CPU_COMPILER_OPTIONS)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

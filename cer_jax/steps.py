@@ -177,6 +177,7 @@ def jit_train_step(
         in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),
         out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)),
         donate_argnums=(0,),
+        compiler_options=sharding.compiler_options(mesh),
     )
 
 
@@ -188,4 +189,5 @@ def jit_eval_step(
         step,
         in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),
         out_shardings=sharding.data_sharded(mesh),
+        compiler_options=sharding.compiler_options(mesh),
     )

@@ -4,7 +4,6 @@ PyTorch ratios. Performance figures are printed by the CLI, never asserted here.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -30,13 +29,10 @@ print("TENSORFLOW_IMPORTED=" + str(any(m.split(".")[0] == "tensorflow" for m in 
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    # YNNPACK fusions compile the tiny programs several times faster on CPU (BENCHMARKS.md).
-    env = {**os.environ, "XLA_FLAGS": " ".join(filter(None, [
-        os.environ.get("XLA_FLAGS"), "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce"]))}
     proc = subprocess.run(
         [sys.executable, "-c", RUN_CLI, "--models=vit:test/8", "--image_size=32",
          "--batch_size=4", "--steps=2", "--warmup=1", "--compare_torch", f"--json={out}"],
-        capture_output=True, text=True, timeout=300, env=env,
+        capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout, json.loads(out.read_text())

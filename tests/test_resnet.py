@@ -1,4 +1,4 @@
-"""ResNet v1.5 and PointwiseConv: shapes, dtypes, BatchNorm behaviour, learning progress."""
+"""ResNet v1.5: shapes, dtypes, BatchNorm behaviour, learning progress."""
 
 from __future__ import annotations
 
@@ -10,36 +10,7 @@ from flax import nnx
 from helpers import train_losses
 
 from cer_jax.models import create_model
-from cer_jax.models.layers import PointwiseConv
 from cer_jax.models.resnet import ResNet
-
-
-@pytest.mark.parametrize("strides,size", [(1, 6), (2, 6), (2, 7)])
-def test_pointwise_conv_equals_nnx_conv(strides, size):
-    """Same outputs and gradients as a 1x1 nnx.Conv ('SAME' padding) with the same params."""
-    pointwise = PointwiseConv(3, 5, strides, rngs=nnx.Rngs(0))
-    conv = nnx.Conv(3, 5, (1, 1), strides, rngs=nnx.Rngs(1))
-    assert conv.kernel.shape == pointwise.kernel.shape and conv.bias.shape == pointwise.bias.shape
-    bias = jnp.linspace(-1.0, 1.0, 5)
-    pointwise.bias.set_value(bias)
-    conv.bias.set_value(bias)
-    conv.kernel.set_value(pointwise.kernel[...])
-    x = jax.random.normal(jax.random.key(2), (2, size, size, 3))
-    np.testing.assert_allclose(pointwise(x), conv(x), atol=1e-5)
-
-    def loss(module, x):
-        return jnp.sum(jnp.sin(module(x)))
-
-    grad_p = nnx.grad(loss)(pointwise, x)
-    grad_c = nnx.grad(loss)(conv, x)
-    np.testing.assert_allclose(grad_p["kernel"][...], grad_c["kernel"][...], atol=1e-4)
-    np.testing.assert_allclose(grad_p["bias"][...], grad_c["bias"][...], atol=1e-4)
-
-
-def test_pointwise_conv_without_bias_and_in_bfloat16():
-    layer = PointwiseConv(4, 2, use_bias=False, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
-    assert layer.bias is None and layer.kernel[...].dtype == jnp.float32
-    assert layer(jnp.ones((1, 2, 2, 4))).dtype == jnp.bfloat16
 
 
 @pytest.mark.parametrize("depth,features", [(18, 32), (50, 128)])
@@ -53,13 +24,6 @@ def test_forward_shapes_and_dtypes(depth, features):
     assert type(model).HEAD_NAMES == ("head",)
     params = nnx.state(model, nnx.Param)
     assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
-
-
-def test_every_1x1_conv_is_pointwise():
-    model = create_model("resnet", num_classes=7, rngs=nnx.Rngs(0), depth=50, width=4)
-    convs = [m for _, m in nnx.iter_graph(model) if isinstance(m, nnx.Conv | PointwiseConv)]
-    assert not [c for c in convs if isinstance(c, nnx.Conv) and c.kernel_size == (1, 1)]
-    assert sum(isinstance(c, PointwiseConv) for c in convs) == 16 * 2 + 4  # conv1, conv3, 4 proj.
 
 
 def test_resnet50_geometry_matches_torchvision():

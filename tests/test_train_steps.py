@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -168,3 +170,28 @@ def test_class_weights_weight_the_training_loss():
     assert float(metrics["loss_sum"] / metrics["count"]) == pytest.approx(
         float((w * per_example).sum() / w.sum()), rel=1e-5
     )
+
+
+def _ynn_fused_ops(hlo: str) -> set[str]:
+    """The HLO opcodes inside the YNNPACK fusions of a compiled program's text."""
+    called = set(re.findall(r'calls=%([\w.\-]+).*"kind":"__ynn_fusion"', hlo))
+    ops = set()
+    for name in called:
+        body = re.search(rf"^%{re.escape(name)} .*?^}}", hlo, re.M | re.S).group(0)
+        ops |= set(re.findall(r"= \S+ ([\w\-]+)\(", body))
+    return ops
+
+
+def test_cpu_steps_keep_convolutions_out_of_ynnpack(monkeypatch):
+    """On CPU the compiled step runs its matmuls in YNNPACK and its convolutions (here the ViT
+    patch embedding and its weight gradient) with XLA's own kernels; XLA_FLAGS can override."""
+    graphdef, state, tx, mesh = _tiny_vit_state(1e-3)
+    batch = sharding.to_global({"image": np.ones((4, 16, 16, 3), np.float32),
+                                "label": np.arange(4) % 3}, mesh)
+    hlo = steps.jit_train_step(graphdef, tx, mesh, num_classes=3).lower(
+        state, batch).compile().as_text()
+    assert "dot" in _ynn_fused_ops(hlo)
+    assert "convolution" not in _ynn_fused_ops(hlo) and " convolution(" in hlo
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
+    assert sharding.compiler_options(mesh) is None

@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 from helpers import train_losses
 
-from cer_jax.models import create_model
+from cer_jax.models import create_model, vit
 from cer_jax.models.vit import ViT
 
 
@@ -106,7 +106,7 @@ def test_models_and_weight_import_load_without_tensorflow():
     code = (
         "import sys; sys.modules['tensorflow'] = None\n"
         "from flax import nnx\n"
-        "import cer_jax.models.layers, cer_jax.models.vit, cer_jax.models.resnet\n"
+        "import cer_jax.models.vit, cer_jax.models.resnet\n"
         "import cer_jax.models.manet, cer_jax.pretrained.manet\n"
         "import cer_jax.pretrained.vit, cer_jax.pretrained.resnet\n"
         "import cer_jax.data.pipeline, cer_jax.data.augment  # TensorFlow only when used\n"
@@ -119,3 +119,18 @@ def test_models_and_weight_import_load_without_tensorflow():
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_cpu_attention_equals_flax_attention_with_gradients():
+    """The heads-first attention XLA:CPU runs computes flax's dot_product_attention."""
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 5, 3, 4)) for i in range(3))
+    np.testing.assert_allclose(vit.attention(q, k, v, deterministic=True),
+                               nnx.dot_product_attention(q, k, v), rtol=1e-5, atol=1e-6)
+
+    def loss(fn):
+        return lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v)))
+
+    got = jax.grad(loss(lambda *a: vit.attention(*a, deterministic=True)), (0, 1, 2))(q, k, v)
+    want = jax.grad(loss(nnx.dot_product_attention), (0, 1, 2))(q, k, v)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)

@@ -20,9 +20,15 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-# name -> XLA_FLAGS value (added to whatever XLA_FLAGS the caller has).
+# name -> XLA_FLAGS value (added to whatever XLA_FLAGS the caller has). "baseline" is what the
+# trainer compiles with: YNNPACK for matmuls and reductions, XLA's own convolutions
+# (`sharding.compiler_options`). Any XLA_FLAGS that names the YNN fusion types replaces that.
 SETTINGS = {
     "baseline": "",
+    # jax 0.10's own default: YNNPACK for convolutions too.
+    "xla_default": "--xla_cpu_experimental_ynn_fusion_type="
+                   "individual_dot,individual_convolution,reduce",
+    "no_ynn": "--xla_cpu_experimental_ynn_fusion_type=",
     # YNNPACK (XNNPACK's successor) fusions of dots, elementwise ops and reductions.
     "ynn": "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce",
     "ynn_dot": "--xla_cpu_experimental_ynn_fusion_type=dot",

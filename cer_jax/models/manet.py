@@ -19,7 +19,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cer_jax.models import ModelOutput
-from cer_jax.models.layers import PointwiseConv
 
 PathBOrder = Literal["reverse", "forward"]
 PATH_B_ORDERS = ("reverse", "forward")
@@ -62,8 +61,8 @@ def shortcut(in_features: int, out_features: int, stride: int, *, dtype: Any,
     if stride == 1 and in_features == out_features:
         return None
     return nnx.List([
-        PointwiseConv(in_features, out_features, stride, use_bias=False, kernel_init=conv_init,
-                      dtype=dtype, rngs=rngs),
+        nnx.Conv(in_features, out_features, (1, 1), stride, padding="VALID", use_bias=False,
+                 kernel_init=conv_init, dtype=dtype, rngs=rngs),
         batch_norm(out_features, dtype=dtype, rngs=rngs),
     ])
 

@@ -3,7 +3,7 @@
 Layer names follow torchvision (`conv1`, `bn1`, `layer{1..4}/{j}/conv{1,2,3}`, `downsample_conv`,
 `downsample_bn`) so that weight import is a renaming and a transpose. Padding is explicit and
 symmetric, as in PyTorch: 'SAME' would pad strided convs asymmetrically and break parity with
-ImageNet checkpoints. Every 1x1 conv is a `PointwiseConv` (a matmul; fast gradients on CPU).
+ImageNet checkpoints.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from flax import nnx
 from flax.typing import Dtype
 
 from cer_jax.models import ModelOutput
-from cer_jax.models.layers import PointwiseConv
 
 STAGE_SIZES: dict[int, tuple[int, ...]] = {
     18: (2, 2, 2, 2),
@@ -58,10 +57,10 @@ def _conv3x3(in_features: int, out_features: int, strides: int, dtype, rngs) -> 
     )
 
 
-def _conv1x1(in_features: int, out_features: int, strides: int, dtype, rngs) -> PointwiseConv:
-    return PointwiseConv(
-        in_features, out_features, strides, use_bias=False, dtype=dtype, kernel_init=conv_init,
-        rngs=rngs,
+def _conv1x1(in_features: int, out_features: int, strides: int, dtype, rngs) -> nnx.Conv:
+    return nnx.Conv(
+        in_features, out_features, (1, 1), strides, padding="VALID", use_bias=False,
+        dtype=dtype, kernel_init=conv_init, rngs=rngs,
     )
 
 

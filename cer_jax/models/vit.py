@@ -45,6 +45,34 @@ def parse_variant(variant: str) -> tuple[str, int]:
     return name, int(patch)
 
 
+def attention(query, key, value, bias=None, mask=None, *, dropout_rate=0.0, deterministic=False,
+              precision=None, **kwargs):
+    """`nnx.dot_product_attention`, with heads moved before positions on CPU.
+
+    Inputs are [batch, positions, heads, head_dim]. XLA:CPU runs the two attention products of
+    that layout as strided batched matmuls; as [batch, heads, positions, head_dim] they take
+    two thirds of the time (ViT-B/16 at 224 px: 19 instead of 28 ms per layer at batch 8).
+    GPU and TPU programs keep flax's einsums (`platform_dependent`); masks, biases and
+    attention dropout always take flax's path.
+    """
+    def flax_path(q, k, v):
+        return nnx.dot_product_attention(q, k, v, bias, mask, dropout_rate=dropout_rate,
+                                         deterministic=deterministic, precision=precision,
+                                         **kwargs)
+
+    if bias is not None or mask is not None or (dropout_rate > 0.0 and not deterministic):
+        return flax_path(query, key, value)
+
+    def heads_first(q, k, v):
+        q, k, v = (jnp.swapaxes(t, -3, -2) for t in (q, k, v))
+        q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+        logits = jnp.matmul(q, jnp.swapaxes(k, -1, -2), precision=precision)
+        weights = jax.nn.softmax(logits).astype(q.dtype)
+        return jnp.swapaxes(jnp.matmul(weights, v, precision=precision), -3, -2)
+
+    return jax.lax.platform_dependent(query, key, value, cpu=heads_first, default=flax_path)
+
+
 class MlpBlock(nnx.Module):
     def __init__(self, width, mlp_dim, *, dropout, gelu_approximate, dtype, rngs):
         init = nnx.initializers.xavier_uniform()
@@ -71,7 +99,8 @@ class EncoderBlock(nnx.Module):
         self.norm1 = nnx.LayerNorm(width, epsilon=layer_norm_eps, dtype=dtype, rngs=rngs)
         self.attn = nnx.MultiHeadAttention(
             num_heads, width, dtype=dtype, dropout_rate=attention_dropout, broadcast_dropout=False,
-            kernel_init=nnx.initializers.xavier_uniform(), decode=False, rngs=rngs,
+            kernel_init=nnx.initializers.xavier_uniform(), decode=False, attention_fn=attention,
+            rngs=rngs,
         )
         self.norm2 = nnx.LayerNorm(width, epsilon=layer_norm_eps, dtype=dtype, rngs=rngs)
         self.mlp = MlpBlock(width, mlp_dim, dropout=dropout, gelu_approximate=gelu_approximate,
