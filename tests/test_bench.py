@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from cer_jax.bench import costs, ensemble_time, input_bench, peaks
+from cer_jax.bench import costs, ensemble_time, input_bench, peaks, throughput
 
 # Runs the CLI in a fresh interpreter, then reports whether TensorFlow was ever imported.
 RUN_CLI = """
@@ -66,6 +66,27 @@ def test_compare_torch_gives_ratios_for_the_same_network(cli_run):
     assert r["torch"]["params"] == r["params"]  # HF ViT configured as our variant
     assert r["ratio_train"] > 0 and r["ratio_eval"] > 0
     assert "train ratio" in stdout
+
+
+def test_reference_steps_alternate_with_ours_so_drift_cancels(monkeypatch):
+    """A fake clock: the host slows threefold early in the run, and a reference step costs
+    twice ours at the speed of the moment. Paired, the ratio stays 2; timing one side after
+    the other would give 6."""
+    clock = {"now": 0.0}
+    monkeypatch.setattr(throughput.time, "perf_counter", lambda: clock["now"])
+
+    def slowdown():
+        return 1.0 if clock["now"] < 10.0 else 3.0
+
+    def ours():
+        clock["now"] += 1.0 * slowdown()
+
+    def reference():
+        clock["now"] += 2.0 * slowdown()
+
+    timed = throughput.time_steps(ours, warmup=1, steps_=5, reference=reference)
+    assert timed["ratio"] == pytest.approx(2.0)
+    assert timed["reference_median_s"] == pytest.approx(2.0 * timed["median_s"])
 
 
 def vit_matmul_flops(size: int, patch: int, width: int, depth: int, mlp: int, k: int) -> int:

@@ -121,16 +121,50 @@ def test_models_and_weight_import_load_without_tensorflow():
     assert result.stdout.strip() == "ok"
 
 
-def test_cpu_attention_equals_flax_attention_with_gradients():
-    """The heads-first attention XLA:CPU runs computes flax's dot_product_attention."""
-    q, k, v = (jax.random.normal(jax.random.key(i), (2, 5, 3, 4)) for i in range(3))
-    np.testing.assert_allclose(vit.attention(q, k, v, deterministic=True),
-                               nnx.dot_product_attention(q, k, v), rtol=1e-5, atol=1e-6)
+def _attention_pair(dtype=None):
+    """Our SelfAttention and flax's MultiHeadAttention with the same random parameters."""
+    kwargs = dict(broadcast_dropout=False, decode=False, dtype=dtype)
+    ours = vit.SelfAttention(3, 12, rngs=nnx.Rngs(0), **kwargs)
+    flax_mha = nnx.MultiHeadAttention(3, 12, rngs=nnx.Rngs(1), **kwargs)
+    params = nnx.state(ours, nnx.Param)
+    keys = iter(jax.random.split(jax.random.key(7), len(jax.tree.leaves(params))))
+    params = jax.tree.map(lambda p: jax.random.normal(next(keys), p.shape), params)
+    nnx.update(ours, params)
+    nnx.update(flax_mha, params)
+    return ours, flax_mha
 
-    def loss(fn):
-        return lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v)))
 
-    got = jax.grad(loss(lambda *a: vit.attention(*a, deterministic=True)), (0, 1, 2))(q, k, v)
-    want = jax.grad(loss(nnx.dot_product_attention), (0, 1, 2))(q, k, v)
-    for g, w in zip(got, want, strict=True):
-        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+def test_cpu_self_attention_equals_flax_attention_with_gradients():
+    """The fused-QKV, heads-first attention XLA:CPU runs computes nnx.MultiHeadAttention, and
+    is what a CPU program contains (one projection matmul of 3 x 12 outputs)."""
+    ours, flax_mha = _attention_pair()
+    x = jax.random.normal(jax.random.key(5), (2, 7, 12))
+    assert "x7x36xf32" in jax.jit(lambda x: ours(x, deterministic=True)).lower(x).as_text()
+    np.testing.assert_allclose(ours(x, deterministic=True), flax_mha(x, deterministic=True),
+                               rtol=1e-5, atol=1e-5)
+
+    def loss(module, x):
+        return jnp.sum(jnp.sin(module(x, deterministic=True)))
+
+    got = nnx.grad(loss, argnums=(0, 1))(ours, x)
+    want = nnx.grad(loss, argnums=(0, 1))(flax_mha, x)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_cpu_self_attention_keeps_flax_dtypes():
+    ours, flax_mha = _attention_pair(jnp.bfloat16)
+    x = jax.random.normal(jax.random.key(5), (2, 7, 12))
+    got, want = ours(x, deterministic=True), flax_mha(x, deterministic=True)
+    assert got.dtype == want.dtype == jnp.bfloat16
+    np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=0.02,
+                               atol=0.3)
+
+
+def test_exact_gelu_is_pytorchs_erf_form():
+    """Against jax's erfc form (an independent expansion) over the whole useful range."""
+    x = jnp.linspace(-12.0, 12.0, 10_001)
+    np.testing.assert_allclose(vit.gelu(x, approximate=False),
+                               jax.nn.gelu(x, approximate=False), rtol=0, atol=2e-6)
+    np.testing.assert_array_equal(vit.gelu(x, approximate=True),
+                                  jax.nn.gelu(x, approximate=True))

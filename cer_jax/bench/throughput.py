@@ -132,23 +132,47 @@ def compile_timed(jitted, *args) -> tuple[Any, float]:
     return compiled, time.perf_counter() - start
 
 
-def time_steps(step: Callable[[], Any], *, warmup: int, steps_: int) -> dict[str, float]:
+def time_steps(step: Callable[[], Any], *, warmup: int, steps_: int,
+               reference: Callable[[], Any] | None = None) -> dict[str, float]:
     """Median seconds of `steps_` blocked calls after `warmup`, and the mean of as many
-    back-to-back calls blocked once at the end (host dispatch overlapping device work)."""
+    back-to-back calls blocked once at the end (host dispatch overlapping device work).
+
+    With a `reference` step (PyTorch's), the two alternate: one untimed step of a side, then
+    its timed step, then the other side's; the ratio is the median of the per-pair ratios. A
+    machine whose speed drifts (shared cloud hosts drift by 25 % within minutes) slows both
+    steps of a pair alike. The untimed step absorbs the cost of the switch: the first JAX step
+    after PyTorch's ran up to 25 % slower on the 2-core CPU, while the allocators re-warm.
+    """
+    def timed(fn):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        return time.perf_counter() - start
+
     for _ in range(warmup):
         jax.block_until_ready(step())
-    times = []
+        if reference is not None:
+            reference()
+    times, reference_times = [], []
     for _ in range(steps_):
-        start = time.perf_counter()
-        jax.block_until_ready(step())
-        times.append(time.perf_counter() - start)
+        if reference is not None:
+            jax.block_until_ready(step())
+        times.append(timed(step))
+        if reference is not None:
+            reference()
+            reference_times.append(timed(reference))
     start = time.perf_counter()
     out = None
     for _ in range(steps_):
         out = step()
     jax.block_until_ready(out)
     pipelined = (time.perf_counter() - start) / steps_
-    return {"median_s": statistics.median(times), "min_s": min(times), "pipelined_s": pipelined}
+    result = {"median_s": statistics.median(times), "min_s": min(times),
+              "pipelined_s": pipelined}
+    if reference is not None:
+        result["reference_median_s"] = statistics.median(reference_times)
+        result["ratio"] = statistics.median(
+            r / t for r, t in zip(reference_times, times, strict=True))
+    return result
 
 
 def memory_figures(compiled_train) -> dict[str, int | None]:
@@ -167,8 +191,9 @@ def memory_figures(compiled_train) -> dict[str, int | None]:
 
 
 def bench_model(setup: Setup, mesh, *, steps_: int, warmup: int,
-                profile_dir: str | None = None) -> dict[str, Any]:
-    """Every device figure of one model (see the module docstring)."""
+                profile_dir: str | None = None, reference=None) -> dict[str, Any]:
+    """Every device figure of one model (see the module docstring). `reference`: the PyTorch
+    reference's steps (`torch_ref.ReferenceSteps`), timed interleaved with ours."""
     train_fn, eval_fn, state, info = build(setup, mesh)
     b, s, k = setup.batch_size, setup.image_size, setup.num_classes
     batch = synthetic_batch(mesh, b, s, k)
@@ -185,8 +210,10 @@ def bench_model(setup: Setup, mesh, *, steps_: int, warmup: int,
     def eval_once():
         return eval_c(box["state"], eval_batch)
 
-    train_t = time_steps(train_once, warmup=warmup, steps_=steps_)
-    eval_t = time_steps(eval_once, warmup=warmup, steps_=steps_)
+    train_t = time_steps(train_once, warmup=warmup, steps_=steps_,
+                         reference=reference and reference.train_step)
+    eval_t = time_steps(eval_once, warmup=warmup, steps_=steps_,
+                        reference=reference and reference.eval_step)
     if profile_dir:
         profile(profile_dir, train_once, eval_once)
 
@@ -206,6 +233,15 @@ def bench_model(setup: Setup, mesh, *, steps_: int, warmup: int,
         "train_flops_per_image": train_flops, "eval_flops_per_image": eval_flops,
         **memory_figures(train_c),
     }
+    if reference is not None:
+        result["torch"] = {
+            "framework": reference.framework, "params": reference.params,
+            "train_step_s": train_t["reference_median_s"],
+            "eval_step_s": eval_t["reference_median_s"],
+            "train_images_per_s": b / train_t["reference_median_s"],
+            "eval_images_per_s": b / eval_t["reference_median_s"],
+        }
+        result["ratio_train"], result["ratio_eval"] = train_t["ratio"], eval_t["ratio"]
     peak = peaks.peak_flops(jax.devices()[0].device_kind, setup.precision)
     for part in ("train", "eval"):
         achieved = result[f"{part}_flops_per_image"] * result[f"{part}_images_per_s"]

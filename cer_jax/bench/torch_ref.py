@@ -8,15 +8,15 @@ Same batch, input size and precision (bfloat16: `torch.autocast`, parameters in 
 the JAX models compute in bfloat16 with float32 parameters), same optimizer and loss as the
 model's recipe, eager mode, PyTorch's default threads. The train step is
 zero_grad -> forward -> loss -> backward -> (clip) -> optimizer step; eval is a forward pass
-under `torch.inference_mode`.
+under `torch.inference_mode`. The steps are timed by `throughput.bench_model`, interleaved with
+the JAX steps.
 """
 
 from __future__ import annotations
 
 import contextlib
-import statistics
-import time
-from typing import Any
+import dataclasses
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -245,19 +245,18 @@ def torch_optimizer(config, params) -> torch.optim.Optimizer:
                            foreach=True)
 
 
-def _median_times(step, *, warmup: int, steps_: int) -> dict[str, float]:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps_):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "min_s": min(times)}
+@dataclasses.dataclass
+class ReferenceSteps:
+    """One blocking train step and one blocking eval step of the PyTorch reference."""
+
+    train_step: Callable[[], None]
+    eval_step: Callable[[], None]
+    framework: str
+    params: int
 
 
-def bench_torch(setup: Setup, *, steps_: int, warmup: int, seed: int = 0) -> dict[str, Any]:
-    """Train / eval images/s of the PyTorch reference (CPU, or CUDA when available)."""
+def reference_steps(setup: Setup, *, seed: int = 0) -> ReferenceSteps:
+    """The PyTorch reference's steps (CPU, or CUDA when available) on a fixed random batch."""
     torch.manual_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = torch_model(setup).to(device)
@@ -297,13 +296,9 @@ def bench_torch(setup: Setup, *, steps_: int, warmup: int, seed: int = 0) -> dic
             head_logits(setup, out)[0][0].float().cpu()
         sync()
 
-    train_t = _median_times(train_step, warmup=warmup, steps_=steps_)
-    eval_t = _median_times(eval_step, warmup=warmup, steps_=steps_)
-    return {
-        "framework": f"torch {torch.__version__} eager ({device}, {torch.get_num_threads()} "
-                     "threads)",
-        "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "train_step_s": train_t["median_s"], "eval_step_s": eval_t["median_s"],
-        "train_images_per_s": b / train_t["median_s"],
-        "eval_images_per_s": b / eval_t["median_s"],
-    }
+    return ReferenceSteps(
+        train_step=train_step, eval_step=eval_step,
+        framework=f"torch {torch.__version__} eager ({device}, {torch.get_num_threads()} "
+                  "threads)",
+        params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+    )

@@ -45,32 +45,59 @@ def parse_variant(variant: str) -> tuple[str, int]:
     return name, int(patch)
 
 
-def attention(query, key, value, bias=None, mask=None, *, dropout_rate=0.0, deterministic=False,
-              precision=None, **kwargs):
-    """`nnx.dot_product_attention`, with heads moved before positions on CPU.
+class SelfAttention(nnx.MultiHeadAttention):
+    """`nnx.MultiHeadAttention` of a sequence with itself; on CPU, computed in the layout XLA:CPU
+    runs fastest.
 
-    Inputs are [batch, positions, heads, head_dim]. XLA:CPU runs the two attention products of
-    that layout as strided batched matmuls; as [batch, heads, positions, head_dim] they take
-    two thirds of the time (ViT-B/16 at 224 px: 19 instead of 28 ms per layer at batch 8).
-    GPU and TPU programs keep flax's einsums (`platform_dependent`); masks, biases and
-    attention dropout always take flax's path.
+    The parameters are flax's (query / key / value kernels (width, heads, head_dim), out kernel
+    (heads, head_dim, width)), so checkpoints and weight import are unchanged. On CPU the three
+    projections run as one matmul against the concatenated kernels, and the two attention
+    products as [batch, heads, positions, head_dim] batched matmuls: fewer, larger matmuls and
+    one transpose instead of six (ViT-B/16 training at 224 px, batch 8: ~8 % faster). GPU and
+    TPU programs keep flax's code (`platform_dependent`), and attention dropout always takes it.
     """
-    def flax_path(q, k, v):
-        return nnx.dot_product_attention(q, k, v, bias, mask, dropout_rate=dropout_rate,
-                                         deterministic=deterministic, precision=precision,
-                                         **kwargs)
 
-    if bias is not None or mask is not None or (dropout_rate > 0.0 and not deterministic):
-        return flax_path(query, key, value)
+    def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
+        def flax_path(x):
+            return nnx.MultiHeadAttention.__call__(self, x, deterministic=deterministic)
 
-    def heads_first(q, k, v):
-        q, k, v = (jnp.swapaxes(t, -3, -2) for t in (q, k, v))
-        q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)
-        logits = jnp.matmul(q, jnp.swapaxes(k, -1, -2), precision=precision)
-        weights = jax.nn.softmax(logits).astype(q.dtype)
-        return jnp.swapaxes(jnp.matmul(weights, v, precision=precision), -3, -2)
+        if self.dropout_rate > 0.0 and not deterministic:
+            return flax_path(x)
+        return jax.lax.platform_dependent(x, cpu=self._fused, default=flax_path)
 
-    return jax.lax.platform_dependent(query, key, value, cpu=heads_first, default=flax_path)
+    def _fused(self, x: jax.Array) -> jax.Array:
+        *batch, length, width = x.shape
+        heads, head_dim = self.num_heads, self.head_dim
+        projections = (self.query, self.key, self.value)
+        kernel = jnp.concatenate(
+            [p.kernel[...].reshape(width, heads * head_dim) for p in projections], axis=1)
+        bias = jnp.concatenate([p.bias[...].reshape(heads * head_dim) for p in projections])
+        x, kernel, bias = self.qkv_promote_dtype((x, kernel, bias), dtype=self.dtype)
+        qkv = jnp.matmul(x, kernel, precision=self.precision) + bias
+        qkv = qkv.reshape(*batch, length, 3, heads, head_dim)
+        # -> [3, *batch, heads, length, head_dim]
+        query, key, value = jnp.moveaxis(qkv, (-3, -2), (0, -3))
+        query = query / jnp.sqrt(head_dim).astype(query.dtype)
+        logits = jnp.matmul(query, jnp.swapaxes(key, -1, -2), precision=self.precision)
+        weights = jax.nn.softmax(logits).astype(query.dtype)
+        out = jnp.swapaxes(jnp.matmul(weights, value, precision=self.precision), -3, -2)
+        out = out.reshape(*batch, length, heads * head_dim)
+        out_kernel = self.out.kernel[...].reshape(heads * head_dim, -1)
+        out, out_kernel, out_bias = self.out_promote_dtype(
+            (out, out_kernel, self.out.bias[...]), dtype=self.dtype)
+        return jnp.matmul(out, out_kernel, precision=self.precision) + out_bias
+
+
+def gelu(x: jax.Array, approximate: bool) -> jax.Array:
+    """GELU; the exact form as PyTorch writes it, x * (1 + erf(x / sqrt(2))) / 2.
+
+    jax's exact GELU uses erfc (accurate far into the negative tail, where GELU is ~0), which
+    XLA expands into two approximations, an exp and selects; erf is one rational polynomial.
+    On CPU the erfc form cost ViT-B/16 ~4 % of its training step.
+    """
+    if approximate:
+        return nnx.gelu(x, approximate=True)
+    return x * (0.5 + 0.5 * jax.lax.erf(x * 2**-0.5))
 
 
 class MlpBlock(nnx.Module):
@@ -85,7 +112,7 @@ class MlpBlock(nnx.Module):
         self.gelu_approximate = gelu_approximate
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = nnx.gelu(self.fc1(x), approximate=self.gelu_approximate)
+        x = gelu(self.fc1(x), self.gelu_approximate)
         x = self.dropout(x, deterministic=not train)
         return self.fc2(x)
 
@@ -97,10 +124,9 @@ class EncoderBlock(nnx.Module):
     def __init__(self, width, mlp_dim, num_heads, *, dropout, attention_dropout, drop_path,
                  layer_norm_eps, gelu_approximate, dtype, rngs):
         self.norm1 = nnx.LayerNorm(width, epsilon=layer_norm_eps, dtype=dtype, rngs=rngs)
-        self.attn = nnx.MultiHeadAttention(
+        self.attn = SelfAttention(
             num_heads, width, dtype=dtype, dropout_rate=attention_dropout, broadcast_dropout=False,
-            kernel_init=nnx.initializers.xavier_uniform(), decode=False, attention_fn=attention,
-            rngs=rngs,
+            kernel_init=nnx.initializers.xavier_uniform(), decode=False, rngs=rngs,
         )
         self.norm2 = nnx.LayerNorm(width, epsilon=layer_norm_eps, dtype=dtype, rngs=rngs)
         self.mlp = MlpBlock(width, mlp_dim, dropout=dropout, gelu_approximate=gelu_approximate,
