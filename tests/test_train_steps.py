@@ -184,7 +184,7 @@ def _ynn_fused_ops(hlo: str) -> set[str]:
 
 def test_cpu_steps_keep_convolutions_out_of_ynnpack(monkeypatch):
     """On CPU the compiled step runs its matmuls in YNNPACK and its convolutions (here the ViT
-    patch embedding and its weight gradient) with XLA's own kernels; XLA_FLAGS can override."""
+    patch embedding and its weight gradient) with XLA's own kernels."""
     graphdef, state, tx, mesh = _tiny_vit_state(1e-3)
     batch = sharding.to_global({"image": np.ones((4, 16, 16, 3), np.float32),
                                 "label": np.arange(4) % 3}, mesh)

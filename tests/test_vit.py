@@ -152,6 +152,17 @@ def test_cpu_self_attention_equals_flax_attention_with_gradients():
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
 
 
+def test_attention_dropout_takes_flax_path():
+    """With attention dropout active, the output is flax's (same parameters, same RNG stream)."""
+    kwargs = dict(broadcast_dropout=False, decode=False, dropout_rate=0.5)
+    ours = vit.SelfAttention(3, 12, rngs=nnx.Rngs(0), **kwargs)
+    flax_mha = nnx.MultiHeadAttention(3, 12, rngs=nnx.Rngs(0), **kwargs)
+    x = jax.random.normal(jax.random.key(5), (2, 7, 12))
+    got, want = ours(x, deterministic=False), flax_mha(x, deterministic=False)
+    np.testing.assert_array_equal(got, want)
+    assert not np.allclose(got, ours(x, deterministic=True), atol=1e-3)
+
+
 def test_cpu_self_attention_keeps_flax_dtypes():
     ours, flax_mha = _attention_pair(jnp.bfloat16)
     x = jax.random.normal(jax.random.key(5), (2, 7, 12))

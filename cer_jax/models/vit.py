@@ -53,8 +53,9 @@ class SelfAttention(nnx.MultiHeadAttention):
     (heads, head_dim, width)), so checkpoints and weight import are unchanged. On CPU the three
     projections run as one matmul against the concatenated kernels, and the two attention
     products as [batch, heads, positions, head_dim] batched matmuls: fewer, larger matmuls and
-    one transpose instead of six (ViT-B/16 training at 224 px, batch 8: ~8 % faster). GPU and
-    TPU programs keep flax's code (`platform_dependent`), and attention dropout always takes it.
+    one transpose instead of six (with the erf GELU below, ViT-B/16's train step at 224 px,
+    batch 8 went from 7.00 to 6.56 s). GPU and TPU programs keep flax's code
+    (`platform_dependent`), and attention dropout always takes it.
     """
 
     def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
@@ -92,8 +93,8 @@ def gelu(x: jax.Array, approximate: bool) -> jax.Array:
     """GELU; the exact form as PyTorch writes it, x * (1 + erf(x / sqrt(2))) / 2.
 
     jax's exact GELU uses erfc (accurate far into the negative tail, where GELU is ~0), which
-    XLA expands into two approximations, an exp and selects; erf is one rational polynomial.
-    On CPU the erfc form cost ViT-B/16 ~4 % of its training step.
+    XLA expands into two approximations, an exp and selects; erf is one rational polynomial
+    (on CPU, 8x197x3072 values: 7.7 ms against 2.1 ms).
     """
     if approximate:
         return nnx.gelu(x, approximate=True)
