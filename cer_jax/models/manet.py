@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cer_jax.models import ModelOutput
+from cer_jax.models import ModelOutput, xla_cpu
 
 PathBOrder = Literal["reverse", "forward"]
 PATH_B_ORDERS = ("reverse", "forward")
@@ -251,7 +251,7 @@ class MANet(nnx.Module):
     def trunk(self, images: jax.Array, train: bool) -> jax.Array:
         """ResNet-18 stem, layer1 and layer2: the shared stride-8 map."""
         x = nnx.relu(self.bn1(self.conv1(images), use_running_average=not train))
-        x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = xla_cpu.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         return run_layer(self.layer2, run_layer(self.layer1, x, train), train)
 
     def local_branch(self, x: jax.Array, train: bool) -> jax.Array:
