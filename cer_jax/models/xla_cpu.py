@@ -22,7 +22,8 @@ compiled for an accelerator contains none of it.
   outputs are small, a conditional and a copy each cost more than the recomputation saved).
 
 Figures: old and new programs alternating in one process, median of 9 per-pair ratios, on a
-2-core AVX-512 AMD EPYC (BENCHMARKS.md).
+2-core AVX-512 AMD EPYC; the whole-step ratios against PyTorch before and after are in
+BENCHMARKS.md ("CPU").
 """
 
 from __future__ import annotations
