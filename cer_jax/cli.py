@@ -4,7 +4,8 @@
 printed as `error: <message>` on stderr with exit status 2. `--traceback` shows the full
 traceback instead, for bug reports. `initialize_distributed()` starts JAX's multi-process
 runtime (one process per host of a TPU slice, or per GPU / node of a SLURM job) when the
-flags or the environment ask for it; it must run before any other JAX call.
+flags or the environment ask for it; it must run before any other JAX call. On CPU, `run`
+first restarts the process once with huge pages for malloc where that helps (`huge_pages`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from absl import app, flags, logging
 
+from cer_jax import huge_pages
 from cer_jax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -82,7 +84,9 @@ def run(main: Callable[[Sequence[str]], None],
         user_errors: tuple[type[BaseException], ...] = (),
         resolve_argv: Callable[[list[str]], list[str]] | None = None) -> None:
     """app.run(main) with input errors as one line; `resolve_argv` may rewrite sys.argv first
-    (its own input errors are reported the same way)."""
+    (its own input errors are reported the same way). A CPU run first restarts itself once with
+    huge pages for malloc where that helps (`huge_pages`)."""
+    huge_pages.restart_if_useful()
     quiet_native_logs()
     if "traceback" not in FLAGS:
         flags.DEFINE_bool(

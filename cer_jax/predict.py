@@ -48,9 +48,10 @@ from typing import Any, TextIO
 
 import cv2
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from etils import epath
 
+from cer_jax import cli
 from cer_jax import faces as faces_lib
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jfif", ".pgm",
@@ -675,4 +676,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -25,7 +25,12 @@ os.environ.setdefault(
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+from cer_jax import huge_pages  # noqa: E402
 from cer_jax.config_loading import load_config  # noqa: E402
+
+# The xdist workers and the command-line tools that tests start get malloc's huge pages from
+# their start, as a CLI restarts itself to have them (so the tools do not restart).
+os.environ.update(huge_pages.wanted_environment() or {})
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ PyTorch ratios. Performance figures are printed by the CLI, never asserted here.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -50,6 +51,10 @@ def test_cli_writes_every_figure_and_never_imports_tensorflow(cli_run):
                 "train_flops_per_image", "eval_flops_per_image", "train_flops_per_s",
                 "eval_flops_per_s", "train_program_bytes", "params"):
         assert r[key] > 0, key
+    for key in ("train_page_faults_per_step", "eval_page_faults_per_step",
+                "train_kernel_s_per_step", "eval_kernel_s_per_step"):
+        assert r[key] >= 0, key
+    assert payload["machine"]["glibc_tunables"] == os.environ.get("GLIBC_TUNABLES", "")
     assert r["train_mfu"] is None and r["eval_mfu"] is None  # CPU: no peak, no MFU
     assert r["train_flops_per_image"] > 2 * r["eval_flops_per_image"]
     # The eval program is the forward pass plus the loss: the costs command's forward count.

@@ -25,7 +25,7 @@ import optax
 from absl import app, flags
 from flax import nnx
 
-from cer_jax import models
+from cer_jax import cli, models
 
 DEFAULT_MODELS = "vit:B/16,resnet:50,manet"
 # What the part after ':' in a model spec sets, by model name.
@@ -171,4 +171,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

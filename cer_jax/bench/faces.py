@@ -18,10 +18,10 @@ from collections.abc import Sequence
 import cv2
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 from matplotlib import cbook
 
-from cer_jax import ensemble, faces, predict, train_state
+from cer_jax import cli, ensemble, faces, predict, train_state
 from cer_jax.config_loading import load_config
 from cer_jax.fusion import strategies
 
@@ -91,4 +91,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

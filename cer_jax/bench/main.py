@@ -23,6 +23,8 @@ from typing import Any
 
 from absl import app, flags
 
+from cer_jax import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("models", "vit:B/16,resnet:50,manet",
                     "Comma-separated model shorthands or config files.")
@@ -65,6 +67,8 @@ def machine() -> dict[str, Any]:
         "device_count": jax.device_count(), "host_cpu": cpu, "host_cores": os.cpu_count(),
         "jax": jax.__version__, "python": platform.python_version(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        # malloc's huge pages (cer_jax.huge_pages) change CPU step times by up to 1.4x.
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
     }
 
 
@@ -97,6 +101,9 @@ def results_table(results: list[dict[str, Any]]) -> str:
                  "back, as the trainer runs) train / eval img/s: "
                  + ", ".join(f"{r['spec']} {r['train_images_per_s_pipelined']:.1f} / "
                              f"{r['eval_images_per_s_pipelined']:.1f}" for r in results))
+    lines.append("page faults / kernel CPU s per pipelined train step (this process): "
+                 + ", ".join(f"{r['spec']} {r['train_page_faults_per_step']:,.0f} / "
+                             f"{r['train_kernel_s_per_step']:.2f}" for r in results))
     return "\n".join(lines)
 
 
@@ -198,8 +205,10 @@ def run(argv: Sequence[str]) -> None:
     info = machine()
     print(f"# cer_jax.bench on {info['device_count']} x {info['device_kind']} "
           f"({info['backend']}), host {info['host_cpu']} ({info['host_cores']} cores), "
-          f"jax {info['jax']}, {info['date']}" + (f", XLA_FLAGS={info['xla_flags']}"
-                                                  if info["xla_flags"] else ""))
+          f"jax {info['jax']}, {info['date']}"
+          + "".join(f", {name}={info[key]}" for key, name in
+                    (("xla_flags", "XLA_FLAGS"), ("glibc_tunables", "GLIBC_TUNABLES"))
+                    if info[key]))
     mesh = sharding.create_mesh()
     results = []
     for spec in filter(None, (s.strip() for s in FLAGS.models.split(","))):
@@ -247,4 +256,4 @@ def run(argv: Sequence[str]) -> None:
 
 
 def main() -> None:
-    app.run(run)
+    cli.run(run)

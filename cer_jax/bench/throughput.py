@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -135,7 +136,9 @@ def compile_timed(jitted, *args) -> tuple[Any, float]:
 def time_steps(step: Callable[[], Any], *, warmup: int, steps_: int,
                reference: Callable[[], Any] | None = None) -> dict[str, float]:
     """Median seconds of `steps_` blocked calls after `warmup`, and the mean of as many
-    back-to-back calls blocked once at the end (host dispatch overlapping device work).
+    back-to-back calls blocked once at the end (host dispatch overlapping device work), with
+    this process's page faults and kernel CPU seconds per call over those (on CPU, what a step
+    pays the kernel for fresh memory: `cer_jax.huge_pages`).
 
     With a `reference` step (PyTorch's), the two alternate: one untimed step of a side, then
     its timed step, then the other side's; the ratio is the median of the per-pair ratios. A
@@ -160,14 +163,18 @@ def time_steps(step: Callable[[], Any], *, warmup: int, steps_: int,
         if reference is not None:
             reference()
             reference_times.append(timed(reference))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     out = None
     for _ in range(steps_):
         out = step()
     jax.block_until_ready(out)
     pipelined = (time.perf_counter() - start) / steps_
+    after = resource.getrusage(resource.RUSAGE_SELF)
     result = {"median_s": statistics.median(times), "min_s": min(times),
-              "pipelined_s": pipelined}
+              "pipelined_s": pipelined,
+              "page_faults_per_step": (after.ru_minflt - usage.ru_minflt) / steps_,
+              "kernel_s_per_step": (after.ru_stime - usage.ru_stime) / steps_}
     if reference is not None:
         result["reference_median_s"] = statistics.median(reference_times)
         result["ratio"] = statistics.median(
@@ -230,6 +237,8 @@ def bench_model(setup: Setup, mesh, *, steps_: int, warmup: int,
         "eval_images_per_s": b / eval_t["median_s"],
         "train_images_per_s_pipelined": b / train_t["pipelined_s"],
         "eval_images_per_s_pipelined": b / eval_t["pipelined_s"],
+        **{f"{part}_{key}": t[key] for part, t in (("train", train_t), ("eval", eval_t))
+           for key in ("page_faults_per_step", "kernel_s_per_step")},
         "train_flops_per_image": train_flops, "eval_flops_per_image": eval_flops,
         **memory_figures(train_c),
     }

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
+from cer_jax import cli
+
 # name -> XLA_FLAGS value (added to whatever XLA_FLAGS the caller has). "baseline" is what the
 # trainer compiles with: YNNPACK for matmuls and reductions, XLA's own convolutions
 # (`sharding.compiler_options`). Any XLA_FLAGS that names the YNN fusion types replaces that.
@@ -106,4 +108,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)
