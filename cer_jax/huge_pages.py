@@ -92,7 +92,7 @@ def restart_if_useful() -> None:
     """Restart this command-line process with huge pages for malloc where that helps; returns
     (without restarting) everywhere else. The first thing a CLI's entry point does."""
     environ = wanted_environment()
-    if environ is None:
+    if environ is None or not sys.executable or not sys.orig_argv:  # embedded interpreters
         return
     sys.stdout.flush()
     sys.stderr.flush()
