@@ -5,7 +5,7 @@ Why: XLA:CPU takes each execution's temporary buffer from malloc (ResNet-50 trai
 1.4 GB), malloc serves a block that large with a fresh mmap and unmaps it when the step ends, so
 every step faults in every 4 KiB page again. On a 2-core VM that was 342,000 page faults and
 0.8 s of kernel time per ResNet-50 training step; with malloc asking for transparent huge pages
-(THP) it is under 2,000 faults and the step is about 1.4x faster (BENCHMARKS.md, "Huge pages").
+(THP) it is under 2,000 faults and the step is 1.3-1.6x faster (BENCHMARKS.md, "Huge pages").
 
 glibc reads its tunables once, at process start, hence the restart: `os.execve` of the same
 command line (same pid), before any JAX work. It happens only where it helps and nothing else
