@@ -43,8 +43,13 @@ def thp_mode(path: str = THP_MODE_FILE) -> str | None:
 
 
 def glibc_version() -> tuple[int, ...] | None:
-    name, version = platform.libc_ver()
-    if name != "glibc" or not version:
+    """The running glibc's version (not `platform.libc_ver`'s: the newest symbol version the
+    Python binary was linked against), None for another C library."""
+    try:
+        name, version = os.confstr("CS_GNU_LIBC_VERSION").split()
+    except (AttributeError, ValueError, OSError):
+        return None
+    if name != "glibc":
         return None
     return tuple(int(part) for part in version.split(".") if part.isdigit())
 

@@ -3,6 +3,7 @@ helps (cer_jax.huge_pages)."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
 import sys
@@ -48,6 +49,16 @@ def test_thp_mode_reads_the_kernels_choice(tmp_path):
     path.write_text("always [madvise] never\n")
     assert huge_pages.thp_mode(str(path)) == "madvise"
     assert huge_pages.thp_mode(str(tmp_path / "missing")) is None
+
+
+def test_glibc_version_is_the_running_librarys():
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version.restype = ctypes.c_char_p
+        running = libc.gnu_get_libc_version().decode()
+    except (OSError, AttributeError):
+        pytest.skip("not glibc")
+    assert huge_pages.glibc_version() == tuple(int(p) for p in running.split("."))
 
 
 @pytest.mark.parametrize(("platforms", "on_cpu"), [("cpu", True), ("cuda", False),
