@@ -67,7 +67,7 @@ def machine() -> dict[str, Any]:
         "device_count": jax.device_count(), "host_cpu": cpu, "host_cores": os.cpu_count(),
         "jax": jax.__version__, "python": platform.python_version(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        # malloc's huge pages (cer_jax.huge_pages) change CPU step times by up to 1.4x.
+        # malloc's huge pages (cer_jax.huge_pages) change CPU step times by 1.2-1.6x.
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
     }
 
