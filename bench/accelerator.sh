@@ -5,6 +5,10 @@
 # Budget: under 10 minutes on one H100-class GPU, compilation included.
 #
 #   bench/accelerator.sh [--dry-run] [--out DIR] [--no-torch] [--steps N]
+#                        [--models LIST] [--image_size N] [--batch_size N] [--input_batches N]
+#
+# The defaults are the figures of BENCHMARKS.md; the size options exist so that a test runs
+# the whole script on CPU at a tiny size (tests/test_bench.py) before a device is ever lent.
 #
 # Writes DIR/bench.txt (the tables), DIR/bench.json (every figure), DIR/profile/ (TensorBoard:
 # tensorboard --logdir DIR/profile, Profile tab), DIR/costs_cpu.txt (FLOPs counted by XLA:CPU,
@@ -15,6 +19,10 @@ out="bench_out/$(date -u +%Y%m%dT%H%M%SZ)"
 dry_run=0
 torch=auto
 steps=20
+models="vit:B/16,resnet:50,manet"
+image_size=224
+batch_flag=()  # default: each recipe's batch (96 / 96 / 128)
+input_batches=30
 python="${PYTHON:-python}"
 
 while [[ $# -gt 0 ]]; do
@@ -23,7 +31,11 @@ while [[ $# -gt 0 ]]; do
     --out) out="$2"; shift ;;
     --no-torch) torch=no ;;
     --steps) steps="$2"; shift ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --models) models="$2"; shift ;;
+    --image_size) image_size="$2"; shift ;;
+    --batch_size) batch_flag=(--batch_size="$2"); shift ;;
+    --input_batches) input_batches="$2"; shift ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -44,14 +56,33 @@ torch_flag=()
 if [[ "$torch" == auto ]] \
   && "$python" -c "import torch, transformers; assert torch.cuda.is_available()" 2>/dev/null; then
   torch_flag=(--compare_torch)
+  # Both frameworks in one process: JAX preallocates 75 % of the GPU by default, which would
+  # leave PyTorch's allocator too little at the recipes' batches.
+  export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.6}"
 fi
 
-models="vit:B/16,resnet:50,manet"
+# The input pipeline (tf.data) only where TensorFlow and TFDS are installed (pip install -e .
+# brings them; a bare host with JAX preinstalled may lack them): the step figures need neither.
+input_flag=(--input --input_batches="$input_batches")
+if ! "$python" -c "import tensorflow, tensorflow_datasets" 2>/dev/null; then
+  echo "TensorFlow / TFDS not importable: the input pipeline is not measured (no --input)" >&2
+  input_flag=()
+fi
+
 if [[ "$dry_run" -eq 0 ]]; then
   mkdir -p "$out"
   {
     date -u
-    "$python" -c "import jax; print(jax.__version__, jax.devices())"
+    "$python" -c "import jax; print(jax.devices())"
+    "$python" - <<'PY'
+from importlib import metadata
+for name in ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda12-plugin", "libtpu", "flax",
+             "optax", "orbax-checkpoint", "cer_jax", "tensorflow", "torch", "transformers"):
+    try:
+        print(name, metadata.version(name))
+    except metadata.PackageNotFoundError:
+        pass
+PY
     if command -v nvidia-smi >/dev/null; then nvidia-smi; fi
     nproc
     lscpu | grep 'Model name' || true
@@ -61,12 +92,13 @@ fi
 # 1. Step throughput, compile time, FLOPs, MFU, memory (recipe batch sizes: 96 / 96 / 128),
 #    the input pipeline per host core (--input) and a profile of a few steps; ~6 minutes.
 run "$out/bench.txt" timeout 480 "$python" -m cer_jax.bench --models="$models" \
-  --image_size=224 --precision=bfloat16 --steps="$steps" --warmup=3 --input \
-  --input_batches=30 --profile="$out/profile" --json="$out/bench.json" "${torch_flag[@]}"
+  --image_size="$image_size" "${batch_flag[@]}" --precision=bfloat16 --steps="$steps" \
+  --warmup=3 "${input_flag[@]}" --profile="$out/profile" \
+  --json="$out/bench.json" "${torch_flag[@]}"
 
 # 2. FLOPs as XLA:CPU counts them (abstract models, compile only), to cross-check the
 #    accelerator's cost analysis (custom calls such as cuDNN convolutions may count differently).
 run "$out/costs_cpu.txt" env JAX_PLATFORMS=cpu timeout 150 "$python" -m cer_jax.bench.costs \
-  --models="$models" --image_size=224 || echo "costs on CPU did not finish (optional)"
+  --models="$models" --image_size="$image_size" || echo "costs on CPU did not finish (optional)"
 
 echo "figures in $out"

@@ -3,8 +3,11 @@ PyTorch ratios. Performance figures are printed by the CLI, never asserted here.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import pathlib
+import shlex
 import subprocess
 import sys
 
@@ -12,7 +15,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from cer_jax.bench import costs, ensemble_time, input_bench, peaks, throughput
+from cer_jax.bench import costs, ensemble_time, input_bench, main, peaks, throughput
+
+ACCELERATOR_SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "bench" / "accelerator.sh"
 
 # Runs the CLI in a fresh interpreter, then reports whether TensorFlow was ever imported.
 RUN_CLI = """
@@ -141,3 +146,104 @@ def test_input_bound_and_ensemble_estimate():
     m = estimate["members"]["m"]
     assert m["steps"] == steps and m["train_s"] == pytest.approx(steps * 100 / 1000.0)
     assert estimate["total_s"] == pytest.approx(m["compile_s"] + m["train_s"] + m["eval_s"])
+
+
+def _member(spec: str, *, blocked: float, pipelined: float, batch: int = 96, **extra) -> dict:
+    return {"spec": spec, "image_size": 224, "batch_size": batch, "train_step_s": batch / blocked,
+            "train_images_per_s_pipelined": pipelined, "train_mfu": 0.3, **extra}
+
+
+def test_goal_lines_name_the_part_that_dominates_a_missed_goal():
+    step_bound = _member("vit:B/16", blocked=3000.0, pipelined=3100.0)
+    host_bound = _member("resnet:50", blocked=2000.0, pipelined=3000.0)  # 33 % of a step idle
+    input_bound = _member("resnet:50", blocked=6000.0, pipelined=6000.0,
+                          input_bound={"bound_by": "input", "training_images_per_s": 1500.0})
+    fast = _member("vit:B/16", blocked=4500.0, pipelined=4200.0)
+    lines = main.goal_lines([step_bound, host_bound, input_bound, fast], "gpu").splitlines()
+    assert lines == [
+        "vit:B/16: 3100 img/s misses the 4000 img/s goal; dominated by: step (train MFU 30.0 %).",
+        "resnet:50: 3000 img/s misses the 5000 img/s goal; dominated by: host gaps "
+        "(train MFU 30.0 %).",
+        "resnet:50: 1500 img/s misses the 5000 img/s goal; dominated by: input "
+        "(train MFU 30.0 %).",
+        "vit:B/16: 4200 img/s meets the 4000 img/s goal.",
+    ]
+    assert main.goal_lines([step_bound], "cpu") == ""  # the goals are for accelerators
+
+
+def _script(*args: str, tmp_path: pathlib.Path, **environ: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHON": sys.executable,
+           "TMPDIR": str(tmp_path), **environ}  # --input draws its synthetic data in TMPDIR
+    return subprocess.run(["bash", str(ACCELERATOR_SCRIPT), *args], capture_output=True,
+                          text=True, timeout=600, env=env, cwd=ACCELERATOR_SCRIPT.parents[1])
+
+
+def test_accelerator_script_dry_run_prints_the_benchmarks_figures(tmp_path):
+    proc = _script("--dry-run", "--out", str(tmp_path / "out"), tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    bench, costs_cmd = (shlex.split(line[2:].split(" > ")[0])
+                        for line in proc.stdout.splitlines() if line.startswith("+ "))
+    assert bench[bench.index("-m") + 1] == "cer_jax.bench"
+    for flag in ("--models=vit:B/16,resnet:50,manet", "--image_size=224",
+                 "--precision=bfloat16", "--input", f"--profile={tmp_path}/out/profile"):
+        assert flag in bench, flag
+    assert not any(a.startswith("--batch_size") for a in bench)  # the recipes' batch sizes
+    assert costs_cmd[:2] == ["env", "JAX_PLATFORMS=cpu"] and "--image_size=224" in costs_cmd
+    assert not (tmp_path / "out").exists()
+
+
+def _without_tensorflow(tmp_path: pathlib.Path) -> dict[str, str]:
+    """PYTHONPATH under which `import tensorflow` fails, as on a host without it."""
+    blocker = tmp_path / "no_tf" / "tensorflow"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'tensorflow'\", name='tensorflow')\n")
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(blocker.parent),
+                                                        os.environ.get("PYTHONPATH")]))}
+
+
+def test_accelerator_script_measures_steps_without_tensorflow(tmp_path):
+    proc = _script("--dry-run", "--out", str(tmp_path / "out"), tmp_path=tmp_path,
+                   **_without_tensorflow(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    bench = shlex.split(proc.stdout.splitlines()[0][2:].split(" > ")[0])
+    assert bench[bench.index("-m") + 1] == "cer_jax.bench"
+    assert not any(a.startswith("--input") for a in bench)
+    assert "the input pipeline is not measured (no --input)" in proc.stderr
+
+
+def test_input_without_tensorflow_is_one_line_before_any_work(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "cer_jax.bench", "--models=vit:test/8", "--image_size=32",
+         "--input"], capture_output=True, text=True, timeout=300,
+        env={**os.environ, **_without_tensorflow(tmp_path)})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: --input times the tf.data pipeline, which needs TensorFlow and TFDS (No module "
+        "named 'tensorflow'): pip install -e . installs them, or drop --input.")
+    assert "Traceback" not in proc.stderr and "vit:test/8: train" not in proc.stderr
+
+
+def test_accelerator_script_runs_end_to_end(tmp_path):
+    """The one script a lent GPU runs, whole, on CPU at a tiny size: every flag it passes
+    exists, and every file it promises is written (a device's minutes are too few to debug)."""
+    out = tmp_path / "out"
+    proc = _script("--out", str(out), "--models", "vit:test/8", "--image_size", "32",
+                   "--batch_size", "4", "--steps", "2", "--input_batches", "2", "--no-torch",
+                   tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    payload = json.loads((out / "bench.json").read_text())
+    (r,) = payload["models"]
+    assert (r["spec"], r["batch_size"], r["image_size"], r["precision"]) == (
+        "vit:test/8", 4, 32, "bfloat16")
+    assert r["input"]["images_per_s_per_core"] > 0
+    assert r["input_bound"]["bound_by"] in ("input", "step")
+    assert payload["ensemble"]["total_s"] > 0
+    assert "| vit:test/8 | 4 | 32 | bfloat16 |" in (out / "bench.txt").read_text()
+    # The profile holds the annotated train and eval steps (what TensorBoard's trace viewer shows).
+    (trace,) = (out / "profile" / "vit_test_8").glob("plugins/profile/*/*.trace.json.gz")
+    assert trace.with_name(trace.name.replace(".trace.json.gz", ".xplane.pb")).exists()
+    names = {e.get("name") for e in json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]}
+    assert {"train", "eval"} <= names
+    assert "| vit:test/8 | 24,135 |" in (out / "costs_cpu.txt").read_text()
+    assert jax.__version__ in (out / "machine.txt").read_text()

@@ -24,6 +24,7 @@ from typing import Any
 from absl import app, flags
 
 from cer_jax import cli
+from cer_jax.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("models", "vit:B/16,resnet:50,manet",
@@ -199,6 +200,16 @@ def write_json(info: dict[str, Any], results: list[dict[str, Any]],
 def run(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.input:  # before any model: a bare accelerator host may lack TensorFlow
+        try:
+            import tensorflow_datasets  # noqa: F401
+
+            from cer_jax.data import sources
+
+            sources.import_tf()
+        except ImportError as e:
+            raise UserError(f"--input times the tf.data pipeline, which needs TensorFlow and "
+                            f"TFDS ({e}): pip install -e . installs them, or drop --input.") from e
     from cer_jax import sharding
     from cer_jax.bench import ensemble_time, throughput
 
