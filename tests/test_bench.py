@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from cer_jax.bench import costs, ensemble_time, input_bench, main, peaks, throughput
+from cer_jax.bench import costs, ensemble_time, input_bench, peaks, report, throughput
 
 ACCELERATOR_SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "bench" / "accelerator.sh"
 
@@ -159,7 +159,7 @@ def test_goal_lines_name_the_part_that_dominates_a_missed_goal():
     input_bound = _member("resnet:50", blocked=6000.0, pipelined=6000.0,
                           input_bound={"bound_by": "input", "training_images_per_s": 1500.0})
     fast = _member("vit:B/16", blocked=4500.0, pipelined=4200.0)
-    lines = main.goal_lines([step_bound, host_bound, input_bound, fast], "gpu").splitlines()
+    lines = report.goal_lines([step_bound, host_bound, input_bound, fast], "gpu").splitlines()
     assert lines == [
         "vit:B/16: 3100 img/s misses the 4000 img/s goal; dominated by: step (train MFU 30.0 %).",
         "resnet:50: 3000 img/s misses the 5000 img/s goal; dominated by: host gaps "
@@ -168,7 +168,7 @@ def test_goal_lines_name_the_part_that_dominates_a_missed_goal():
         "(train MFU 30.0 %).",
         "vit:B/16: 4200 img/s meets the 4000 img/s goal.",
     ]
-    assert main.goal_lines([step_bound], "cpu") == ""  # the goals are for accelerators
+    assert report.goal_lines([step_bound], "cpu") == ""  # the goals are for accelerators
 
 
 def _script(*args: str, tmp_path: pathlib.Path, **environ: str) -> subprocess.CompletedProcess:

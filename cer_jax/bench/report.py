@@ -1,0 +1,119 @@
+"""The benchmark's printed tables and verdicts, from its result dicts (no flags, no JAX), so
+that tests check the wording a user reads without defining the CLI's flags."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Goals of issue 12 (one H100-class GPU, bf16, 224 px).
+GOALS = {"vit:B/16": 4000.0, "resnet:50": 5000.0}
+ENSEMBLE_GOAL_S = 15 * 60
+
+
+def _fmt(x: float | None, spec: str = ".1f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _mib(x: int | None) -> str:
+    return "-" if x is None else f"{x / 2**20:,.0f}"
+
+
+def results_table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| model | batch | size | precision | compile train / eval s | train img/s | "
+        "eval img/s | train GFLOPs/img | achieved train TFLOP/s | train MFU | eval MFU | "
+        "peak MiB | XLA-planned train MiB |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        mfu = [_fmt(None if r[f"{p}_mfu"] is None else 100 * r[f"{p}_mfu"], ".1f")
+               + ("" if r[f"{p}_mfu"] is None else " %") for p in ("train", "eval")]
+        lines.append(
+            f"| {r['spec']} | {r['batch_size']} | {r['image_size']} | {r['precision']} | "
+            f"{r['compile_train_s']:.1f} / {r['compile_eval_s']:.1f} | "
+            f"{r['train_images_per_s']:.1f} | {r['eval_images_per_s']:.1f} | "
+            f"{r['train_flops_per_image'] / 1e9:.3g} | {r['train_flops_per_s'] / 1e12:.3f} | "
+            f"{mfu[0]} | {mfu[1]} | {_mib(r['peak_bytes_in_use'])} | "
+            f"{_mib(r['train_program_bytes'])} |")
+    lines.append("\nimg/s: median of timed steps, each blocked until ready; pipelined (back to "
+                 "back, as the trainer runs) train / eval img/s: "
+                 + ", ".join(f"{r['spec']} {r['train_images_per_s_pipelined']:.1f} / "
+                             f"{r['eval_images_per_s_pipelined']:.1f}" for r in results))
+    lines.append("page faults / kernel CPU s per pipelined train step (this process): "
+                 + ", ".join(f"{r['spec']} {r['train_page_faults_per_step']:,.0f} / "
+                             f"{r['train_kernel_s_per_step']:.2f}" for r in results))
+    return "\n".join(lines)
+
+
+def torch_table(results: list[dict[str, Any]]) -> str:
+    rows = [r for r in results if "torch" in r]
+    if not rows:
+        return ""
+    lines = [
+        "| model | cer_jax train img/s | PyTorch train img/s | train ratio | "
+        "cer_jax eval img/s | PyTorch eval img/s | eval ratio | params cer_jax / PyTorch |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        t = r["torch"]
+        lines.append(
+            f"| {r['spec']} | {r['train_images_per_s']:.1f} | {t['train_images_per_s']:.1f} | "
+            f"**{r['ratio_train']:.2f}x** | {r['eval_images_per_s']:.1f} | "
+            f"{t['eval_images_per_s']:.1f} | **{r['ratio_eval']:.2f}x** | "
+            f"{r['params']:,} / {t['params']:,} |")
+    lines.append(f"\nratio = cer_jax / PyTorch images/s, same process, batch and precision "
+                 f"({rows[0]['torch']['framework']}); the two alternate (each timed step after "
+                 "an untimed one of its side) and the ratio is the median of the per-pair "
+                 "ratios.")
+    return "\n".join(lines)
+
+
+def input_lines(results: list[dict[str, Any]]) -> str:
+    lines = []
+    for r in results:
+        if "input" not in r:
+            continue
+        i, b = r["input"], r["input_bound"]
+        lines.append(
+            f"{r['spec']}: input pipeline {i['images_per_s']:.0f} img/s on {i['host_cores']} "
+            f"host cores ({i['images_per_s_per_core']:.0f} per core) vs the train step "
+            f"{r['train_images_per_s_pipelined']:.0f} img/s: training is bound by the "
+            f"{b['bound_by']}; keeping this step fed needs {b['host_cores_needed']} host "
+            "core(s).")
+    return "\n".join(lines)
+
+
+def ensemble_lines(results: list[dict[str, Any]], estimate: dict[str, Any]) -> str:
+    lines = ["Time to train these members on RAF-DB-sized data, full recipe (estimate from the "
+             "measured rates; cer_jax.bench.ensemble_time):"]
+    for spec, m in estimate["members"].items():
+        lines.append(f"  {spec}: {m['steps']} steps, compile {m['compile_s']:.0f} s + train "
+                     f"{m['train_s']:.0f} s + eval {m['eval_s']:.0f} s = {m['total_s']:.0f} s")
+    total = estimate["total_s"]
+    verdict = "meets" if total <= ENSEMBLE_GOAL_S else "misses"
+    lines.append(f"  total {total / 60:.1f} min ({verdict} the 15-minute goal; largest part: "
+                 f"{estimate['dominated_by']})")
+    if any(r["batch_size"] != r["recipe_batch_size"] for r in results):
+        lines.append("  (rates measured at --batch_size, not the recipe's batch: indicative)")
+    return "\n".join(lines)
+
+
+def goal_lines(results: list[dict[str, Any]], backend: str) -> str:
+    if backend == "cpu":
+        return ""
+    lines = []
+    for r in results:
+        goal = GOALS.get(r["spec"])
+        if goal is None or r["image_size"] != 224:
+            continue
+        rate = r.get("input_bound", {}).get("training_images_per_s",
+                                            r["train_images_per_s_pipelined"])
+        if rate >= goal:
+            lines.append(f"{r['spec']}: {rate:.0f} img/s meets the {goal:.0f} img/s goal.")
+            continue
+        gap = r["train_step_s"] - r["batch_size"] / r["train_images_per_s_pipelined"]
+        part = ("input" if r.get("input_bound", {}).get("bound_by") == "input"
+                else "host gaps" if gap > 0.2 * r["train_step_s"] else "step")
+        lines.append(f"{r['spec']}: {rate:.0f} img/s misses the {goal:.0f} img/s goal; "
+                     f"dominated by: {part} (train MFU {_fmt(100 * (r['train_mfu'] or 0))} %).")
+    return "\n".join(lines)
