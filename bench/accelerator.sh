@@ -35,7 +35,7 @@ while [[ $# -gt 0 ]]; do
     --image_size) image_size="$2"; shift ;;
     --batch_size) batch_flag=(--batch_size="$2"); shift ;;
     --input_batches) input_batches="$2"; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
