@@ -32,12 +32,18 @@ print("TENSORFLOW_IMPORTED=" + str(any(m.split(".")[0] == "tensorflow" for m in 
 """
 
 
+# The three members through their own recipe files (configs/vit.py, resnet50.py, manet.py: each
+# optimizer and loss, and each PyTorch reference), in bfloat16 as bench/accelerator.sh runs them.
+SPECS = ("vit:test/8", "resnet:18", "manet:16")
+
+
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-c", RUN_CLI, "--models=vit:test/8", "--image_size=32",
-         "--batch_size=4", "--steps=2", "--warmup=1", "--compare_torch", f"--json={out}"],
+        [sys.executable, "-c", RUN_CLI, f"--models={','.join(SPECS)}", "--image_size=32",
+         "--batch_size=4", "--steps=2", "--warmup=1", "--precision=bfloat16",
+         "--compare_torch", f"--json={out}"],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -48,33 +54,38 @@ def test_cli_writes_every_figure_and_never_imports_tensorflow(cli_run):
     stdout, payload = cli_run
     assert "TENSORFLOW_IMPORTED=False" in stdout
     assert payload["machine"]["backend"] == jax.default_backend()
-    (r,) = payload["models"]
-    assert (r["spec"], r["batch_size"], r["image_size"], r["precision"]) == (
-        "vit:test/8", 4, 32, "float32")
-    for key in ("compile_train_s", "compile_eval_s", "train_images_per_s", "eval_images_per_s",
-                "train_images_per_s_pipelined", "eval_images_per_s_pipelined",
-                "train_flops_per_image", "eval_flops_per_image", "train_flops_per_s",
-                "eval_flops_per_s", "train_program_bytes", "params"):
-        assert r[key] > 0, key
-    for key in ("train_page_faults_per_step", "eval_page_faults_per_step",
-                "train_kernel_s_per_step", "eval_kernel_s_per_step"):
-        assert r[key] >= 0, key
     assert payload["machine"]["glibc_tunables"] == os.environ.get("GLIBC_TUNABLES", "")
-    assert r["train_mfu"] is None and r["eval_mfu"] is None  # CPU: no peak, no MFU
-    assert r["train_flops_per_image"] > 2 * r["eval_flops_per_image"]
+    assert tuple(r["spec"] for r in payload["models"]) == SPECS
+    for r in payload["models"]:
+        assert (r["batch_size"], r["image_size"], r["precision"]) == (4, 32, "bfloat16")
+        for key in ("compile_train_s", "compile_eval_s", "train_images_per_s",
+                    "eval_images_per_s", "train_images_per_s_pipelined",
+                    "eval_images_per_s_pipelined", "train_flops_per_image",
+                    "eval_flops_per_image", "train_flops_per_s", "eval_flops_per_s",
+                    "train_program_bytes", "params"):
+            assert r[key] > 0, (r["spec"], key)
+        for key in ("train_page_faults_per_step", "eval_page_faults_per_step",
+                    "train_kernel_s_per_step", "eval_kernel_s_per_step"):
+            assert r[key] >= 0, (r["spec"], key)
+        assert r["train_mfu"] is None and r["eval_mfu"] is None  # CPU: no peak, no MFU
+        assert r["train_flops_per_image"] > 2 * r["eval_flops_per_image"], r["spec"]
+        assert f"| {r['spec']} | 4 | 32 | bfloat16 |" in stdout
+    r = payload["models"][0]
     # The eval program is the forward pass plus the loss: the costs command's forward count.
-    model = costs.abstract_model("vit", num_classes=11, variant="test/8", image_size=32)
+    model = costs.abstract_model("vit", num_classes=11, variant="test/8", image_size=32,
+                                 dtype="bfloat16")
     forward = costs.forward_flops(model, image_size=32, batch_size=4)
     assert forward <= r["eval_flops_per_image"] <= 1.05 * forward
+    assert set(payload["ensemble"]["members"]) == set(SPECS)
     assert payload["ensemble"]["total_s"] > 0
-    assert "| vit:test/8 | 4 | 32 | float32 |" in stdout
 
 
 def test_compare_torch_gives_ratios_for_the_same_network(cli_run):
     stdout, payload = cli_run
-    (r,) = payload["models"]
-    assert r["torch"]["params"] == r["params"]  # HF ViT configured as our variant
-    assert r["ratio_train"] > 0 and r["ratio_eval"] > 0
+    for r in payload["models"]:
+        # HF ViT / ResNet configured as our variant; MA-Net as the authors' code at our width.
+        assert r["torch"]["params"] == r["params"], r["spec"]
+        assert r["ratio_train"] > 0 and r["ratio_eval"] > 0, r["spec"]
     assert "train ratio" in stdout
 
 
@@ -221,6 +232,23 @@ def test_input_without_tensorflow_is_one_line_before_any_work(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: --input times the tf.data pipeline, which needs TensorFlow and TFDS (No module "
         "named 'tensorflow'): pip install -e . installs them, or drop --input.")
+    assert "Traceback" not in proc.stderr and "vit:test/8: train" not in proc.stderr
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("resnet:51", "error: Unknown ResNet depth 51 (config key model.depth); choose one of "
+                  "[18, 34, 50, 101, 152]."),
+    ("resnet:fifty", "error: --models 'resnet:fifty': depth must be an integer."),
+    ("vit:Z/99", "error: Unknown ViT variant 'Z/99' (config key model.variant); expected "
+                 "'<size>/<patch>' with size one of test, mu, Ti, S, M, B, L, H, e.g. 'B/16'."),
+])
+def test_a_bad_model_is_one_line_before_any_model_is_timed(spec, message):
+    proc = subprocess.run(
+        [sys.executable, "-m", "cer_jax.bench", f"--models=vit:test/8,{spec}",
+         "--image_size=32", "--batch_size=2", "--steps=1", "--warmup=0"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == message
     assert "Traceback" not in proc.stderr and "vit:test/8: train" not in proc.stderr
 
 

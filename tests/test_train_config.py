@@ -65,18 +65,23 @@ def test_a_config_file_on_a_bucket_is_read_through_epath(bucket):
         load_config(f"{BUCKET}/exp/nope.py")
 
 
-def test_a_bad_command_line_override_stops_with_one_line(tmp_path):
+@pytest.mark.parametrize(("config", "override", "message"), [
+    ("resnet50", "model.name=vgg", "error: Unknown model 'vgg' (config key model.name)"),
+    ("vit", "model.variant=Z/99", "error: Unknown ViT variant 'Z/99' (config key model.variant)"),
+    ("resnet50", "model.depth=51", "error: Unknown ResNet depth 51 (config key model.depth)"),
+])
+def test_a_bad_command_line_override_stops_with_one_line(tmp_path, config, override, message):
     """A --config.* override that cannot work stops the CLI before any work, with one line
     (tests/test_installed.py checks that good overrides reach config.json)."""
     workdir = tmp_path / "cli"
     out = subprocess.run(
-        [sys.executable, "-m", "cer_jax.train", "--config=configs/resnet50.py:smoke",
-         f"--workdir={workdir}", "--config.model.name=vgg"],
+        [sys.executable, "-m", "cer_jax.train", f"--config=configs/{config}.py:smoke",
+         f"--workdir={workdir}", f"--config.{override}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 2
     last_line = out.stderr.strip().splitlines()[-1]
-    assert last_line.startswith("error: Unknown model 'vgg' (config key model.name)")
+    assert last_line.startswith(message)
     assert "Traceback" not in out.stderr
     assert not workdir.exists()
 

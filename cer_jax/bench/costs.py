@@ -26,6 +26,7 @@ from absl import app, flags
 from flax import nnx
 
 from cer_jax import cli, models
+from cer_jax.errors import UserError
 
 DEFAULT_MODELS = "vit:B/16,resnet:50,manet"
 # What the part after ':' in a model spec sets, by model name.
@@ -44,7 +45,7 @@ def parse_model_spec(spec: str, *, image_size: int) -> tuple[str, dict[str, Any]
     """'vit:B/16' -> ('vit', {'variant': 'B/16', 'image_size': 224}); 'manet' -> ('manet', {})."""
     name, _, value = spec.partition(":")
     if name not in SHORTHAND:
-        raise ValueError(f"Unknown model {name!r} in --models {spec!r}: use one of "
+        raise UserError(f"Unknown model {name!r} in --models {spec!r}: use one of "
                          f"{', '.join(SHORTHAND)}, optionally followed by ':' and its "
                          f"{', '.join(f'{n} {k}' for n, (k, _) in SHORTHAND.items())}.")
     kwargs: dict[str, Any] = {}
@@ -53,7 +54,7 @@ def parse_model_spec(spec: str, *, image_size: int) -> tuple[str, dict[str, Any]
         try:
             kwargs[key] = cast(value)
         except ValueError as e:
-            raise ValueError(f"--models {spec!r}: {key} must be an integer.") from e
+            raise UserError(f"--models {spec!r}: {key} must be an integer.") from e
     if name == "vit":
         kwargs["image_size"] = image_size
     return name, kwargs

@@ -109,10 +109,13 @@ def run(argv: Sequence[str]) -> None:
                     if info[key]))
     mesh = sharding.create_mesh()
     results = []
-    for spec in filter(None, (s.strip() for s in FLAGS.models.split(","))):
-        setup = throughput.resolve(spec, image_size=FLAGS.image_size,
-                                   batch_size=FLAGS.batch_size, precision=FLAGS.precision,
-                                   num_classes=FLAGS.num_classes)
+    setups = [throughput.resolve(spec, image_size=FLAGS.image_size, batch_size=FLAGS.batch_size,
+                                 precision=FLAGS.precision, num_classes=FLAGS.num_classes)
+              for spec in filter(None, (s.strip() for s in FLAGS.models.split(",")))]
+    for setup in setups:  # every model's settings before the first one is timed
+        throughput.check_model(setup)
+    for setup in setups:
+        spec = setup.spec
         profile_dir = os.path.join(FLAGS.profile, spec.replace("/", "_").replace(":", "_")) \
             if FLAGS.profile else None
         reference = None

@@ -26,6 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+from flax import nnx
 
 from cer_jax import optim, sharding, steps, train_state
 from cer_jax.bench import costs, peaks
@@ -105,6 +106,12 @@ def synthetic_batch(mesh, batch_size: int, image_size: int, num_classes: int, *,
         return batch
 
     return make(jax.random.key(seed))
+
+
+def check_model(setup: Setup) -> None:
+    """Builds the model with abstract arrays (shapes only): a bad model setting stops the run
+    before any model has been compiled or timed."""
+    nnx.eval_shape(lambda: train_state.create_model(setup.config, setup.num_classes, seed=0))
 
 
 def build(setup: Setup, mesh) -> tuple[Any, Any, Any, dict]:

@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 import jax
 from flax import nnx
 
+from cer_jax.errors import UserError
+
 
 class ModelOutput(NamedTuple):
     """What every model returns.
@@ -49,7 +51,7 @@ def available_models() -> list[str]:
 
 def get_factory(name: str) -> Callable[..., nnx.Module]:
     if name not in _FACTORIES:
-        raise ValueError(
+        raise UserError(
             f"Unknown model {name!r} (config key model.name). "
             f"Choose one of: {', '.join(available_models())}."
         )

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.typing import Dtype
 
+from cer_jax.errors import UserError
 from cer_jax.models import ModelOutput, xla_cpu
 
 STAGE_SIZES: dict[int, tuple[int, ...]] = {
@@ -143,7 +144,7 @@ class ResNet(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if depth not in STAGE_SIZES:
-            raise ValueError(
+            raise UserError(
                 f"Unknown ResNet depth {depth} (config key model.depth); "
                 f"choose one of {sorted(STAGE_SIZES)}."
             )

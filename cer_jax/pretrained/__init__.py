@@ -22,6 +22,7 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
+from cer_jax.errors import UserError
 from cer_jax.pretrained.core import ImportReport, WeightImportError, assign
 from cer_jax.pretrained.implied import (
     MANET_CODE_VERSIONS,
@@ -64,7 +65,7 @@ _CONVERTERS = {
 
 def _check_model_name(model_name: str) -> None:
     if model_name not in _CONVERTERS:
-        raise ValueError(
+        raise UserError(
             f"No weight import for model {model_name!r} (config key model.name); "
             f"known: {', '.join(sorted(_CONVERTERS))}."
         )
