@@ -20,6 +20,7 @@ import optax
 from flax import nnx
 
 from cer_jax import models
+from cer_jax.errors import UserError
 
 TrainState = dict[str, Any]
 ModelState = dict[str, Any]
@@ -42,9 +43,12 @@ def model_kwargs(model_config: ml_collections.ConfigDict) -> dict[str, Any]:
 def create_model(config: ml_collections.ConfigDict, num_classes: int, seed: int) -> nnx.Module:
     """A freshly initialised model as named by config.model (dropout stream seeded too)."""
     rngs = nnx.Rngs(params=seed, dropout=seed + 1)
-    return models.create_model(
-        config.model.name, num_classes=num_classes, rngs=rngs, **model_kwargs(config.model)
-    )
+    try:
+        return models.create_model(
+            config.model.name, num_classes=num_classes, rngs=rngs, **model_kwargs(config.model)
+        )
+    except models.ModelConfigError as e:
+        raise UserError(str(e)) from e
 
 
 def head_names(model: nnx.Module) -> tuple[str, ...]:

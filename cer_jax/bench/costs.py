@@ -172,4 +172,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    cli.run(main)
+    cli.run(main, user_errors=(models.ModelConfigError,))

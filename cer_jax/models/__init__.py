@@ -16,7 +16,10 @@ from typing import Any, NamedTuple
 import jax
 from flax import nnx
 
-from cer_jax.errors import UserError
+
+class ModelConfigError(ValueError):
+    """A model setting that cannot work; the message names its config key. (This package
+    imports only jax and flax: `cer_jax.train_state` turns it into a one-line user error.)"""
 
 
 class ModelOutput(NamedTuple):
@@ -51,7 +54,7 @@ def available_models() -> list[str]:
 
 def get_factory(name: str) -> Callable[..., nnx.Module]:
     if name not in _FACTORIES:
-        raise UserError(
+        raise ModelConfigError(
             f"Unknown model {name!r} (config key model.name). "
             f"Choose one of: {', '.join(available_models())}."
         )

@@ -18,8 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cer_jax.errors import UserError
-from cer_jax.models import ModelOutput, xla_cpu
+from cer_jax.models import ModelConfigError, ModelOutput, xla_cpu
 
 PathBOrder = Literal["reverse", "forward"]
 PATH_B_ORDERS = ("reverse", "forward")
@@ -227,12 +226,14 @@ class MANet(nnx.Module):
     def __init__(self, num_classes: int, *, rngs: nnx.Rngs, path_b_order: PathBOrder = "forward",
                  width: int = 64, dtype: Any = jnp.float32):
         if path_b_order not in PATH_B_ORDERS:
-            raise UserError(f"MA-Net path_b_order (config key model.path_b_order) is "
-                             f"{path_b_order!r}; use 'reverse' (2023 code) or 'forward' (2021).")
+            raise ModelConfigError(
+                f"MA-Net path_b_order (config key model.path_b_order) is {path_b_order!r}; use "
+                "'reverse' (2023 code) or 'forward' (2021).")
         if width < 4 or width % 4:
-            raise UserError(f"MA-Net width (config key model.width) is {width}; use a multiple "
-                             "of 4 (64 in the paper) so that CBAM's reduction 16 and the four "
-                             "multi-scale groups keep at least one channel.")
+            raise ModelConfigError(
+                f"MA-Net width (config key model.width) is {width}; use a multiple of 4 (64 in "
+                "the paper) so that CBAM's reduction 16 and the four multi-scale groups keep at "
+                "least one channel.")
         w = width
         kw = dict(dtype=dtype, rngs=rngs)
         self.dtype = dtype
@@ -273,7 +274,7 @@ class MANet(nnx.Module):
     def __call__(self, images: jax.Array, *, train: bool = False) -> ModelOutput:
         height, width = images.shape[1:3]
         if height % 32 or width % 32:
-            raise UserError(f"MA-Net needs image sizes divisible by 32 (config key "
+            raise ValueError(f"MA-Net needs image sizes divisible by 32 (config key "
                              f"input.image_size); got {height}x{width}.")
         x = self.trunk(images.astype(self.dtype), train)
         local_features = global_average_pool(self.local_branch(x, train))

@@ -17,8 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.typing import Dtype
 
-from cer_jax.errors import UserError
-from cer_jax.models import ModelOutput, xla_cpu
+from cer_jax.models import ModelConfigError, ModelOutput, xla_cpu
 
 STAGE_SIZES: dict[int, tuple[int, ...]] = {
     18: (2, 2, 2, 2),
@@ -144,7 +143,7 @@ class ResNet(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if depth not in STAGE_SIZES:
-            raise UserError(
+            raise ModelConfigError(
                 f"Unknown ResNet depth {depth} (config key model.depth); "
                 f"choose one of {sorted(STAGE_SIZES)}."
             )

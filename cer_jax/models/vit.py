@@ -18,8 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.typing import Dtype
 
-from cer_jax.errors import UserError
-from cer_jax.models import ModelOutput
+from cer_jax.models import ModelConfigError, ModelOutput
 
 # name -> (width, depth, mlp_dim, num_heads); big_vision sizes plus tiny ones for tests and
 # CPU smoke runs.
@@ -39,7 +38,7 @@ def parse_variant(variant: str) -> tuple[str, int]:
     """'B/16' -> ('B', 16), with an error that names the config key."""
     name, _, patch = variant.partition("/")
     if name not in VARIANTS or not patch.isdigit() or int(patch) < 1:
-        raise UserError(
+        raise ModelConfigError(
             f"Unknown ViT variant {variant!r} (config key model.variant); expected "
             f"'<size>/<patch>' with size one of {', '.join(VARIANTS)}, e.g. 'B/16'."
         )
@@ -171,12 +170,13 @@ class ViT(nnx.Module):
         name, patch = parse_variant(variant)
         width, depth, mlp_dim, num_heads = VARIANTS[name]
         if image_size % patch:
-            raise UserError(
+            raise ModelConfigError(
                 f"model.image_size={image_size} is not divisible by the patch size {patch} of "
                 f"ViT variant {variant!r}; choose a multiple of {patch}."
             )
         if pool not in ("cls", "gap"):
-            raise UserError(f"Unknown ViT pool {pool!r} (config key model.pool): 'cls' or 'gap'.")
+            raise ModelConfigError(
+                f"Unknown ViT pool {pool!r} (config key model.pool): 'cls' or 'gap'.")
         self.variant, self.patch_size, self.image_size, self.pool = variant, patch, image_size, pool
         self.embedding = nnx.Conv(3, width, (patch, patch), patch, padding="VALID", dtype=dtype,
                                   rngs=rngs)
@@ -220,7 +220,7 @@ class ViT(nnx.Module):
             x = jnp.concatenate([cls, x], axis=1)
         pos_embedding = self.pos_embedding[...]
         if pos_embedding.shape[1] != x.shape[1]:
-            raise UserError(
+            raise ValueError(
                 f"Images of size {images.shape[1]}x{images.shape[2]} give {h}x{w} patches, but "
                 f"this ViT was built for model.image_size={self.image_size}; resize the images or "
                 "set model.image_size to their size."
