@@ -201,7 +201,7 @@ def build_model(config: ml_collections.ConfigDict, arrays: dict[str, np.ndarray]
     # Built concretely: nnx.eval_shape loses static float attributes (BatchNorm's epsilon).
     model = train_state.create_model(config, num_classes, seed=0)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    pure = {"params": params.to_pure_dict(), "rest": rest.to_pure_dict()}
+    pure = {"params": nnx.to_pure_dict(params), "rest": nnx.to_pure_dict(rest)}
     missing = []
 
     def fill(path, leaf):
@@ -225,8 +225,8 @@ def build_model(config: ml_collections.ConfigDict, arrays: dict[str, np.ndarray]
         raise EnsembleError(
             f"{where} lacks {len(missing)} array(s) the model needs (e.g. {missing[0]!r})."
         )
-    params.replace_by_pure_dict(filled["params"])
-    rest.replace_by_pure_dict(filled["rest"])
+    nnx.replace_by_pure_dict(params, filled["params"])
+    nnx.replace_by_pure_dict(rest, filled["rest"])
     return nnx.merge(graphdef, params, rest)
 
 

@@ -31,7 +31,12 @@ def create_schedule(
 ) -> optax.Schedule:
     """The learning rate at each step: linear warm-up, then the configured decay."""
     lr = float(config.optimizer.lr)
+    if not lr > 0:
+        raise OptimConfigError(f"optimizer.lr={config.optimizer.lr} must be positive.")
     sched = config.schedule
+    for key in ("warmup_steps", "warmup_epochs"):
+        if (sched.get(key) or 0) < 0:
+            raise OptimConfigError(f"schedule.{key}={sched[key]} must be >= 0.")
     warmup = sched.get("warmup_steps") or epochs_to_steps(
         sched.get("warmup_epochs") or 0.0, steps_per_epoch
     )

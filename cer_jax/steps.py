@@ -62,13 +62,13 @@ def train_step(
         model = merge_model(graphdef, params, state["rest"])
         output = model(batch["image"], train=True)
         losses = per_example_loss(output, labels, num_classes, label_smoothing)
-        rest = nnx.state(model, nnx.Not(nnx.Param)).to_pure_dict()
+        rest = nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
         return weighted_mean(losses, example_weights), (output.logits, rest)
 
     (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     count = jnp.asarray(labels.shape[0], jnp.float32)
     metrics = {
         "loss_sum": loss * count,

@@ -36,8 +36,20 @@ def model_kwargs(model_config: ml_collections.ConfigDict) -> dict[str, Any]:
         if k != "name" and v is not None and v != "auto"
     }
     if "dtype" in kwargs:
-        kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
+        kwargs["dtype"] = compute_dtype(kwargs["dtype"])
     return kwargs
+
+
+def compute_dtype(name: Any) -> jnp.dtype:
+    """config.model.dtype as a dtype; anything but a floating type is a user error."""
+    try:
+        dtype = jnp.dtype(name)
+    except TypeError:
+        dtype = None
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise UserError(f"model.dtype={name!r} is not a floating-point type: use float32, or "
+                        "bfloat16 for mixed precision on TPU / GPU.")
+    return dtype
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int, seed: int) -> nnx.Module:
@@ -51,6 +63,23 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, seed: int)
         raise UserError(str(e)) from e
 
 
+def check_model(config: ml_collections.ConfigDict, num_classes: int) -> None:
+    """Builds the model and runs its forward pass on one config.input.image_size image with
+    abstract arrays (shapes only, nothing computed), so that a bad model setting, or an image size
+    the model cannot take, is one line before any data is read or anything is compiled."""
+    size = config.input.image_size
+
+    def forward() -> jax.Array:
+        model = models.create_model(config.model.name, num_classes=num_classes,
+                                    rngs=nnx.Rngs(0), **model_kwargs(config.model))
+        return model(jnp.zeros((1, size, size, 3), jnp.float32)).logits
+
+    try:
+        jax.eval_shape(forward)
+    except models.ModelConfigError as e:  # outside the trace: no JAX traceback note on it
+        raise UserError(str(e)) from e
+
+
 def head_names(model: nnx.Module) -> tuple[str, ...]:
     return tuple(type(model).HEAD_NAMES)
 
@@ -58,7 +87,7 @@ def head_names(model: nnx.Module) -> tuple[str, ...]:
 def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, dict, dict]:
     """graphdef, params (pure dict), rest (pure dict: batch stats, RNG state)."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    return graphdef, params.to_pure_dict(), rest.to_pure_dict()
+    return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
 
 
 def merge_model(graphdef: nnx.GraphDef, params: dict, rest: dict) -> nnx.Module:

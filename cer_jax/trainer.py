@@ -172,6 +172,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
     checkpointing.check_same_run(config, workdir)
     resolve_data_shards(config, workdir)
     info = pipeline.get_dataset_info(config)
+    train_state.check_model(config, info.num_classes)
     splits = list(dict.fromkeys(
         [config.dataset.train_split, *config.dataset.eval_splits,
          *(config.export.get("splits") or [])]

@@ -235,17 +235,19 @@ def test_input_without_tensorflow_is_one_line_before_any_work(tmp_path):
     assert "Traceback" not in proc.stderr and "vit:test/8: train" not in proc.stderr
 
 
-@pytest.mark.parametrize(("spec", "message"), [
-    ("resnet:51", "error: Unknown ResNet depth 51 (config key model.depth); choose one of "
-                  "[18, 34, 50, 101, 152]."),
-    ("resnet:fifty", "error: --models 'resnet:fifty': depth must be an integer."),
-    ("vit:Z/99", "error: Unknown ViT variant 'Z/99' (config key model.variant); expected "
-                 "'<size>/<patch>' with size one of test, mu, Ti, S, M, B, L, H, e.g. 'B/16'."),
+@pytest.mark.parametrize(("spec", "image_size", "message"), [
+    ("resnet:51", 32, "error: Unknown ResNet depth 51 (config key model.depth); choose one of "
+                      "[18, 34, 50, 101, 152]."),
+    ("resnet:fifty", 32, "error: --models 'resnet:fifty': depth must be an integer."),
+    ("vit:Z/99", 32, "error: Unknown ViT variant 'Z/99' (config key model.variant); expected "
+                     "'<size>/<patch>' with size one of test, mu, Ti, S, M, B, L, H, e.g. 'B/16'."),
+    ("manet:16", 48, "error: MA-Net needs image sizes divisible by 32 (config key "
+                     "input.image_size); got 48x48."),
 ])
-def test_a_bad_model_is_one_line_before_any_model_is_timed(spec, message):
+def test_a_bad_model_is_one_line_before_any_model_is_timed(spec, image_size, message):
     proc = subprocess.run(
         [sys.executable, "-m", "cer_jax.bench", f"--models=vit:test/8,{spec}",
-         "--image_size=32", "--batch_size=2", "--steps=1", "--warmup=0"],
+         f"--image_size={image_size}", "--batch_size=2", "--steps=1", "--warmup=0"],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == message

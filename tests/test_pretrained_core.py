@@ -106,8 +106,16 @@ def test_reader_errors_name_the_file(tmp_path):
     with pytest.raises(readers.CheckpointReadError, match="Unknown checkpoint format"):
         readers.read_checkpoint(tmp_path / "w.h5")
     (tmp_path / "broken.npz").write_bytes(b"not a zip")
-    with pytest.raises(readers.CheckpointReadError, match="Cannot read checkpoint .*broken.npz"):
-        readers.read_checkpoint(tmp_path / "broken.npz")
+    # Not np.load's own message, which suggests allow_pickle=True.
+    for read in (readers.read_checkpoint, readers.checkpoint_keys):
+        with pytest.raises(readers.CheckpointReadError) as e:
+            read(tmp_path / "broken.npz")
+        assert str(e.value) == (
+            f"Cannot read checkpoint {str(tmp_path / 'broken.npz')!r}: not a .npz file (the zip "
+            "archive of arrays that numpy.savez writes).")
+    (tmp_path / "cut.npz").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(readers.CheckpointReadError, match="Cannot read checkpoint .*cut.npz"):
+        readers.read_checkpoint(tmp_path / "cut.npz")
 
 
 def test_reader_npz_bfloat16_stored_as_void(tmp_path):

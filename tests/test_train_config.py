@@ -8,11 +8,13 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import pytest
 from conftest import BUCKET, smoke_config
 
 from cer_jax import sharding, trainer
 from cer_jax.config_loading import ConfigFileError, load_config, resolve_config_flag
+from cer_jax.errors import UserError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -69,6 +71,10 @@ def test_a_config_file_on_a_bucket_is_read_through_epath(bucket):
     ("resnet50", "model.name=vgg", "error: Unknown model 'vgg' (config key model.name)"),
     ("vit", "model.variant=Z/99", "error: Unknown ViT variant 'Z/99' (config key model.variant)"),
     ("resnet50", "model.depth=51", "error: Unknown ResNet depth 51 (config key model.depth)"),
+    ("vit", "model.dtype=float16x", "error: model.dtype='float16x' is not a floating-point type: "
+                                    "use float32, or bfloat16 for mixed precision on TPU / GPU."),
+    ("manet", "input.image_size=100", "error: MA-Net needs image sizes divisible by 32 (config "
+                                      "key input.image_size); got 100x100."),
 ])
 def test_a_bad_command_line_override_stops_with_one_line(tmp_path, config, override, message):
     """A --config.* override that cannot work stops the CLI before any work, with one line
@@ -97,6 +103,16 @@ def test_unknown_model(tmp_path):
     config = load_config("configs/vit.py:smoke")
     config.model.name = "vgg"
     _expect_error(config, tmp_path / "w", ValueError, r"model\.name.*manet, resnet, vit")
+
+
+def test_a_vit_built_for_another_image_size_stops_before_any_work(tmp_path, synthetic_cache_dir):
+    # Resolved, the two sizes are no longer one field reference (as a hand-written config may be).
+    config = ml_collections.ConfigDict(smoke_config("vit", synthetic_cache_dir).to_dict())
+    config.model.image_size = config.input.image_size // 2
+    _expect_error(config, tmp_path / "w", UserError,
+                  r"^Images of size 32x32 give 4x4 patches, but this ViT was built for "
+                  r"model\.image_size=16; resize the images or set model\.image_size to "
+                  r"their size\.$")
 
 
 def test_unknown_dataset(tmp_path, synthetic_cache_dir):

@@ -94,7 +94,7 @@ def test_gradient_clipping_bounds_the_update():
     config = _config(name="sgd", lr=1.0, momentum=0.0, weight_decay=0.0, grad_clip_norm=1.0)
     tx = optim.create_optimizer(config, optax.constant_schedule(1.0), params)
     updates, _ = tx.update({"w": jnp.full((4, 4), 100.0)}, tx.init(params), params)
-    assert float(optax.global_norm(updates)) == pytest.approx(1.0, rel=1e-5)
+    assert float(optax.tree.norm(updates)) == pytest.approx(1.0, rel=1e-5)
 
 
 def test_step_schedule_decays_every_n_epochs():
@@ -122,6 +122,20 @@ def test_unknown_schedule_names_the_key():
     config.schedule.name = "linear"
     with pytest.raises(ValueError, match=r"schedule\.name"):
         optim.create_schedule(config, 10, 1)
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("optimizer.lr", 0.0, "optimizer.lr=0.0 must be positive."),
+    ("schedule.warmup_epochs", -1.0, "schedule.warmup_epochs=-1.0 must be >= 0."),
+    ("schedule.warmup_steps", -5, "schedule.warmup_steps=-5 must be >= 0."),
+])
+def test_a_schedule_that_cannot_train_names_the_key(key, value, message):
+    config = _config()
+    section, leaf = key.split(".")
+    config[section][leaf] = value
+    with pytest.raises(optim.OptimConfigError) as e:
+        optim.create_schedule(config, 10, 1)
+    assert str(e.value) == message
 
 
 def test_train_step_learns_a_fixed_batch():

@@ -80,6 +80,10 @@ def test_dropout_and_stochastic_depth_only_in_training():
     (dict(variant="test/8", image_size=20),
      r"model.image_size=20 is not divisible by the patch size 8 of ViT variant 'test/8'"),
     (dict(variant="test/8", pool="map"), r"Unknown ViT pool 'map' \(config key model.pool\)"),
+    (dict(variant="test/8", dropout=1.0),
+     r"^model\.dropout=1\.0 is a drop probability: choose one in \[0, 1\)\.$"),
+    (dict(variant="test/8", stochastic_depth=-0.1),
+     r"^model\.stochastic_depth=-0\.1 is a drop probability: choose one in \[0, 1\)\.$"),
 ])
 def test_bad_options_are_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -26,7 +26,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-from flax import nnx
 
 from cer_jax import optim, sharding, steps, train_state
 from cer_jax.bench import costs, peaks
@@ -109,9 +108,8 @@ def synthetic_batch(mesh, batch_size: int, image_size: int, num_classes: int, *,
 
 
 def check_model(setup: Setup) -> None:
-    """Builds the model with abstract arrays (shapes only): a bad model setting stops the run
-    before any model has been compiled or timed."""
-    nnx.eval_shape(lambda: train_state.create_model(setup.config, setup.num_classes, seed=0))
+    """A bad model setting or image size stops the run before any model is compiled or timed."""
+    train_state.check_model(setup.config, setup.num_classes)
 
 
 def build(setup: Setup, mesh) -> tuple[Any, Any, Any, dict]:

@@ -18,8 +18,9 @@ from flax import nnx
 
 
 class ModelConfigError(ValueError):
-    """A model setting that cannot work; the message names its config key. (This package
-    imports only jax and flax: `cer_jax.train_state` turns it into a one-line user error.)"""
+    """A model setting, or an input size, that cannot work; the message names its config key.
+    (This package imports only jax and flax: `cer_jax.train_state` makes it a one-line user
+    error.)"""
 
 
 class ModelOutput(NamedTuple):

@@ -274,7 +274,7 @@ class MANet(nnx.Module):
     def __call__(self, images: jax.Array, *, train: bool = False) -> ModelOutput:
         height, width = images.shape[1:3]
         if height % 32 or width % 32:
-            raise ValueError(f"MA-Net needs image sizes divisible by 32 (config key "
+            raise ModelConfigError(f"MA-Net needs image sizes divisible by 32 (config key "
                              f"input.image_size); got {height}x{width}.")
         x = self.trunk(images.astype(self.dtype), train)
         local_features = global_average_pool(self.local_branch(x, train))

@@ -177,6 +177,11 @@ class ViT(nnx.Module):
         if pool not in ("cls", "gap"):
             raise ModelConfigError(
                 f"Unknown ViT pool {pool!r} (config key model.pool): 'cls' or 'gap'.")
+        for key, rate in (("dropout", dropout), ("attention_dropout", attention_dropout),
+                          ("stochastic_depth", stochastic_depth)):
+            if not 0.0 <= rate < 1.0:
+                raise ModelConfigError(
+                    f"model.{key}={rate} is a drop probability: choose one in [0, 1).")
         self.variant, self.patch_size, self.image_size, self.pool = variant, patch, image_size, pool
         self.embedding = nnx.Conv(3, width, (patch, patch), patch, padding="VALID", dtype=dtype,
                                   rngs=rngs)
@@ -220,7 +225,7 @@ class ViT(nnx.Module):
             x = jnp.concatenate([cls, x], axis=1)
         pos_embedding = self.pos_embedding[...]
         if pos_embedding.shape[1] != x.shape[1]:
-            raise ValueError(
+            raise ModelConfigError(
                 f"Images of size {images.shape[1]}x{images.shape[2]} give {h}x{w} patches, but "
                 f"this ViT was built for model.image_size={self.image_size}; resize the images or "
                 "set model.image_size to their size."

@@ -56,11 +56,17 @@ def _dispatch(path: str | os.PathLike[str] | epath.Path, *, keys_only: bool) -> 
     name = file.name.lower()
     try:
         if name.endswith(".npz"):
-            with file.open("rb") as f, np.load(f, allow_pickle=False) as data:
-                selected = _npz_params(data.files, shown)
-                if keys_only:
-                    return list(selected)
-                return {k: _as_float_array(data[key]) for k, key in selected.items()}
+            with file.open("rb") as f:
+                if f.read(2) != b"PK":  # else np.load's message is about pickles
+                    raise CheckpointReadError(
+                        f"Cannot read checkpoint {shown!r}: not a .npz file (the zip archive "
+                        "of arrays that numpy.savez writes).")
+                f.seek(0)
+                with np.load(f, allow_pickle=False) as data:
+                    selected = _npz_params(data.files, shown)
+                    if keys_only:
+                        return list(selected)
+                    return {k: _as_float_array(data[key]) for k, key in selected.items()}
         if name.endswith(".safetensors"):
             if keys_only:
                 with file.open("rb") as f:
