@@ -85,6 +85,24 @@ def head_mask(params: Mapping, head_names: tuple[str, ...]) -> Mapping:
     }
 
 
+def check_optimizer_config(opt: ml_collections.ConfigDict) -> None:
+    """Rejects config.optimizer values that would train silently wrong (a negative decay or
+    clipping norm, a momentum of 1 or more), naming the key."""
+    checks = [
+        ("weight_decay", opt.weight_decay >= 0, ">= 0"),
+        ("head_lr_multiplier", opt.head_lr_multiplier > 0, "> 0"),
+        ("grad_clip_norm", opt.grad_clip_norm is None or opt.grad_clip_norm > 0,
+         "> 0, or None for no clipping"),
+        ("momentum", 0 <= (opt.momentum or 0) < 1, "in [0, 1)"),
+        ("b1", 0 <= opt.b1 < 1, "in [0, 1)"),
+        ("b2", 0 <= opt.b2 < 1, "in [0, 1)"),
+        ("eps", opt.eps > 0, "> 0"),
+    ]
+    for key, ok, allowed in checks:
+        if not ok:
+            raise OptimConfigError(f"optimizer.{key}={opt[key]} must be {allowed}.")
+
+
 def create_optimizer(
     config: ml_collections.ConfigDict,
     schedule: optax.Schedule,
@@ -93,6 +111,7 @@ def create_optimizer(
 ) -> optax.GradientTransformation:
     """Gradient clipping -> optimizer with masked weight decay -> optional head LR multiplier."""
     opt = config.optimizer
+    check_optimizer_config(opt)
     wd = float(opt.weight_decay)
     mask = None if opt.decay_norms_and_biases else decay_mask(params)
     if opt.name == "adamw":

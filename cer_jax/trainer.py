@@ -82,6 +82,24 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         )
     if not config.training.get("num_steps") and not config.training.get("num_epochs"):
         raise ConfigError("Set training.num_steps or training.num_epochs (both are empty).")
+    optim.check_optimizer_config(config.optimizer)
+    step_counts = {
+        "training.log_every_steps": config.training.log_every_steps,
+        "training.num_steps": config.training.get("num_steps"),
+        "training.eval_every_steps": config.training.get("eval_every_steps"),
+        "training.halt_after_steps": config.training.get("halt_after_steps"),
+        "checkpoint.every_steps": config.checkpoint.get("every_steps"),
+    }
+    for key, value in step_counts.items():
+        if value is not None and value < 1:
+            raise ConfigError(f"{key}={value} must be a positive number of steps.")
+    if config.checkpoint.keep < 1:
+        raise ConfigError(f"checkpoint.keep={config.checkpoint.keep} must be >= 1.")
+    if (config.training.get("num_epochs") or 0) < 0:
+        raise ConfigError(f"training.num_epochs={config.training.num_epochs} must be > 0.")
+    if not 0 <= config.training.label_smoothing < 1:
+        raise ConfigError(
+            f"training.label_smoothing={config.training.label_smoothing} must be in [0, 1).")
     if config.checkpoint.best_split not in config.dataset.eval_splits:
         raise ConfigError(
             f"checkpoint.best_split={config.checkpoint.best_split!r} is not one of "

@@ -99,6 +99,37 @@ def _expect_error(config, workdir, error, pattern):
     assert not os.path.exists(workdir) or not os.listdir(workdir)
 
 
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("training.label_smoothing", 1.5, "training.label_smoothing=1.5 must be in [0, 1)."),
+    ("training.log_every_steps", 0, "training.log_every_steps=0 must be a positive number of "
+                                    "steps."),
+    ("training.num_steps", -3, "training.num_steps=-3 must be a positive number of steps."),
+    ("training.eval_every_steps", 0, "training.eval_every_steps=0 must be a positive number of "
+                                     "steps."),
+    ("checkpoint.keep", 0, "checkpoint.keep=0 must be >= 1."),
+    ("optimizer.weight_decay", -1.0, "optimizer.weight_decay=-1.0 must be >= 0."),
+    ("optimizer.grad_clip_norm", -1.0, "optimizer.grad_clip_norm=-1.0 must be > 0, or None for "
+                                       "no clipping."),
+    ("optimizer.momentum", 1.0, "optimizer.momentum=1.0 must be in [0, 1)."),
+    ("optimizer.head_lr_multiplier", -10.0, "optimizer.head_lr_multiplier=-10.0 must be > 0."),
+    ("input.crop_scale", (1.2, 0.5), "config.input.crop_scale=(1.2, 0.5): give (min, max) "
+                                     "fractions of the image area with 0 < min <= max <= 1."),
+    ("input.blur.prob", 2.0, "config.input.blur.prob=2.0: a probability is in [0, 1]."),
+])
+def test_a_value_that_would_train_wrong_stops_before_any_work(tmp_path, key, value, message):
+    """Each of these used to train silently wrong, or fail after the workdir was written."""
+    config = load_config("configs/resnet50.py")
+    *parents, leaf = key.split(".")
+    node = config
+    for parent in parents:
+        node = node[parent]
+    node[leaf] = value
+    with pytest.raises(UserError) as e:
+        trainer.train_and_evaluate(config, str(tmp_path / "w"))
+    assert str(e.value) == message
+    assert not (tmp_path / "w").exists()
+
+
 def test_unknown_model(tmp_path):
     config = load_config("configs/vit.py:smoke")
     config.model.name = "vgg"

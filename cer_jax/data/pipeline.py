@@ -91,6 +91,16 @@ def check_input_config(cfg: ml_collections.ConfigDict) -> None:
         "color_jitter",
         "give (brightness, contrast, saturation, hue), e.g. (0.5, 0.5, 0.5, 0.1), or None.",
     )
+    low, high = cfg.crop_scale
+    need(0 < low <= high <= 1, "crop_scale",
+         "give (min, max) fractions of the image area with 0 < min <= max <= 1.")
+    low, high = cfg.crop_ratio
+    need(0 < low <= high, "crop_ratio", "give (min, max) aspect ratios with 0 < min <= max.")
+    for key, prob in (("color_jitter_prob", cfg.color_jitter_prob),
+                      ("affine.prob", cfg.affine.prob), ("blur.prob", cfg.blur.prob),
+                      ("random_erasing.prob", cfg.random_erasing.prob)):
+        if not 0 <= prob <= 1:
+            raise DataConfigError(f"config.input.{key}={prob!r}: a probability is in [0, 1].")
     if cfg.blur.prob > 0 and cfg.blur.kernel % 2 != 1:
         raise DataConfigError(
             f"config.input.blur.kernel={cfg.blur.kernel!r}: the blur kernel size must be odd."
