@@ -325,6 +325,27 @@ def test_bad_config_values_are_named(three_members, tmp_path):
         evaluator.fuse(fusion_config([], tmp_path))
 
 
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("performance_weighted.metric", "auc", "Unknown performance metric 'auc' (config key "
+                                           "performance_weighted.metric); choose 'accuracy' or "
+                                           "'macro_f1'."),
+    ("optimised_weights.grid_step", 0.3, "grid step 0.3 (config key optimised_weights.grid_step) "
+                                         "must divide 1"),
+    ("selection_folds", 1, "config key selection_folds=1 must be >= 2 (folds of the select_on "
+                           "split that choose the best strategy)."),
+])
+def test_a_bad_strategy_option_stops_before_any_member_is_read(tmp_path, key, value, message):
+    """Before: a traceback after the members were loaded and re-exported (or, for the folds,
+    silently 2)."""
+    config = fusion_config([str(tmp_path / "not_read")], tmp_path / "out")
+    *parents, leaf = key.split(".")
+    (config[parents[0]] if parents else config)[leaf] = value
+    with pytest.raises(evaluator.FusionConfigError) as e:
+        evaluator.fuse(config)
+    assert str(e.value) == message
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.xdist_group("smoke_data")  # the same worker as the other trained_runs users
 def test_fuses_the_trainers_smoke_workdirs(trained_runs, tmp_path):
     """End to end on the trainer's own exported workdirs (the session's smoke runs)."""

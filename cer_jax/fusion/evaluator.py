@@ -52,12 +52,20 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
             f"config key select_on={config.select_on!r} must be one of the reported splits "
             f"(config key eval_splits={list(config.eval_splits)})."
         )
+    if config.selection_folds < 2:
+        raise FusionConfigError(
+            f"config key selection_folds={config.selection_folds} must be >= 2 (folds of the "
+            "select_on split that choose the best strategy).")
     for name in _split_list(config.strategies):
         if name not in strategies_lib.STRATEGIES:
             raise FusionConfigError(
                 f"Unknown fusion strategy {name!r} in config key strategies; "
                 f"choose from: {', '.join(strategies_lib.STRATEGIES)}."
             )
+        try:
+            strategies_lib.check_options(name, _options(config, name))
+        except ValueError as e:
+            raise FusionConfigError(str(e)) from e
 
 
 def _options(config: ml_collections.ConfigDict, strategy: str) -> dict[str, Any]:

@@ -107,16 +107,34 @@ def batched_macro_f1(labels: np.ndarray, predictions: np.ndarray, num_classes: i
     return f1.sum(axis=1) / np.maximum(present.sum(axis=1), 1)
 
 
+def _check_metric(metric: str) -> None:
+    if metric not in ("accuracy", "macro_f1"):
+        raise ValueError(
+            f"Unknown performance metric {metric!r} (config key performance_weighted.metric); "
+            "choose 'accuracy' or 'macro_f1'."
+        )
+
+
+def _check_grid_step(step: float) -> None:
+    if not 0 < step <= 1 or not np.isclose(round(1.0 / step) * step, 1.0):
+        raise ValueError(f"grid step {step} (config key optimised_weights.grid_step) must divide 1")
+
+
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """The option values of strategy `name` that can be checked without data (ValueError), so
+    that a bad one stops `cer_jax.fuse` before any member is loaded."""
+    if name == "performance_weighted":
+        _check_metric(options.get("metric", "macro_f1"))
+    elif name == "optimised_weights":
+        _check_grid_step(options.get("grid_step", 0.05))
+
+
 def _score(labels: np.ndarray, probabilities: np.ndarray, metric: str) -> float:
+    _check_metric(metric)
     predictions = probabilities.argmax(axis=-1)
     if metric == "accuracy":
         return float(np.mean(predictions == labels))
-    if metric == "macro_f1":
-        return macro_f1(labels, predictions, probabilities.shape[-1])
-    raise ValueError(
-        f"Unknown performance metric {metric!r} (config key performance_weighted.metric); "
-        "choose 'accuracy' or 'macro_f1'."
-    )
+    return macro_f1(labels, predictions, probabilities.shape[-1])
 
 
 def _weighted_probabilities(weights: np.ndarray) -> Callable[[FusionData], np.ndarray]:
@@ -161,9 +179,8 @@ def uniform_logits(select: FusionData, train: FusionData | None = None) -> Fitte
 
 def simplex_grid(num_members: int, step: float) -> np.ndarray:
     """Every weight vector on the simplex whose entries are multiples of `step`, [G, M]."""
+    _check_grid_step(step)
     parts = round(1.0 / step)
-    if not np.isclose(parts * step, 1.0):
-        raise ValueError(f"grid step {step} (config key optimised_weights.grid_step) must divide 1")
     rows = [
         np.diff([-1, *cuts, parts + num_members - 1]) - 1
         for cuts in itertools.combinations(range(parts + num_members - 1), num_members - 1)
