@@ -38,6 +38,8 @@ _OUT = flags.DEFINE_string("out", "/tmp/cer_jax_demo", "Folder for data, workdir
 _STEPS_SCALE = flags.DEFINE_float(
     "steps_scale", 1.0, "Multiplies every training run's number of steps (tests: e.g. 0.02)."
 )
+flags.register_validator("steps_scale", lambda scale: scale > 0,
+                         "--steps_scale must be > 0 (a multiplier of the training steps).")
 _NUM_TRAIN_IMAGES = flags.DEFINE_integer(
     "num_train_images",
     synthetic.NUM_TRAIN_IMAGES,
@@ -108,6 +110,7 @@ def run_demo(
     from cer_jax.data import pipeline
     from cer_jax.fusion import report as report_lib
 
+    synthetic.check_sizes("compound", num_train_images, num_test_images)  # before any drawing
     out = os.path.abspath(out)
     data_dir = os.path.join(out, "data")
     total = len(models) + 2

@@ -29,6 +29,7 @@ from absl import flags
 from PIL import Image, ImageDraw
 
 from cer_jax import cli
+from cer_jax.errors import UserError
 from tfds_rafdb import layout
 
 # Bumped whenever the drawing changes, so caches keyed on it never serve an older tree.
@@ -158,6 +159,29 @@ class TreeSummary:
         return sum(self.test_counts)
 
 
+class SyntheticSizeError(UserError):
+    """Image counts that no RAF-DB-like tree can have."""
+
+
+def check_sizes(kind: str, num_train_images: int, num_test_images: int
+                ) -> dict[str, tuple[int, ...]]:
+    """The per-class image counts of each split, or SyntheticSizeError before anything is drawn:
+    every class needs 2 train images (train_fit and validation) and 1 test image, and the ids
+    must fit RAF-DB's digits."""
+    if kind not in CLASSES:
+        raise SyntheticSizeError(f"kind must be one of {sorted(CLASSES)}, got {kind!r}.")
+    sizes = {"train": num_train_images, "test": num_test_images}
+    for split, count in sizes.items():
+        digits = layout.DIGITS[kind][split]
+        if count >= 10**digits:
+            raise SyntheticSizeError(
+                f"{count} {split} images do not fit RAF-DB's {digits}-digit {kind} {split} ids "
+                f"(the TFDS builder checks them): ask for at most {10**digits - 1}."
+            )
+    return {"train": class_counts(kind, num_train_images, minimum=2),
+            "test": class_counts(kind, num_test_images, minimum=1)}
+
+
 def class_counts(kind: str, total: int, minimum: int) -> tuple[int, ...]:
     """Splits `total` over the classes in RAF-DB's proportions, at least `minimum` each.
 
@@ -167,7 +191,7 @@ def class_counts(kind: str, total: int, minimum: int) -> tuple[int, ...]:
     weights = np.asarray(RAFDB_COUNTS[kind], dtype=np.float64)
     num_classes = len(weights)
     if total < minimum * num_classes:
-        raise ValueError(
+        raise SyntheticSizeError(
             f"{total} images cannot give each of the {num_classes} {kind} classes at least "
             f"{minimum}: ask for at least {minimum * num_classes}."
         )
@@ -467,21 +491,8 @@ def write_tree(
     file goes first and comes back last, so an interrupted run leaves a tree that the builder
     rejects rather than a partial one that it would read.
     """
-    if kind not in CLASSES:
-        raise ValueError(f"kind must be one of {sorted(CLASSES)}, got {kind!r}.")
-    sizes = {"train": num_train_images, "test": num_test_images}
-    for split, count in sizes.items():
-        digits = layout.DIGITS[kind][split]
-        if count >= 10**digits:
-            raise ValueError(
-                f"{count} {split} images do not fit RAF-DB's {digits}-digit {kind} {split} ids "
-                f"(the TFDS builder checks them): ask for at most {10**digits - 1}."
-            )
+    counts = check_sizes(kind, num_train_images, num_test_images)
     root = pathlib.Path(out_dir)
-    counts = {
-        "train": class_counts(kind, num_train_images, minimum=2),
-        "test": class_counts(kind, num_test_images, minimum=1),
-    }
     for sub in (pathlib.Path(layout.LABEL_FILE).parent, *_FOLDERS):
         (root / sub).mkdir(parents=True, exist_ok=True)
     (root / layout.LABEL_FILE).unlink(missing_ok=True)
@@ -581,4 +592,4 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
     define_flags()
-    cli.run(main, user_errors=(ValueError,))  # e.g. more images than RAF-DB's ids can number
+    cli.run(main)

@@ -254,6 +254,15 @@ def test_a_bad_model_is_one_line_before_any_model_is_timed(spec, image_size, mes
     assert "Traceback" not in proc.stderr and "vit:test/8: train" not in proc.stderr
 
 
+def test_a_count_flag_out_of_range_is_refused_by_flag_parsing():
+    proc = subprocess.run(
+        [sys.executable, "-m", "cer_jax.bench", "--models=vit:test/8", "--steps=0"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "flag --steps=0: 0 is not a positive integer" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_accelerator_script_runs_end_to_end(tmp_path):
     """The one script a lent GPU runs, whole, on CPU at a tiny size: every flag it passes
     exists, and every file it promises is written (a device's minutes are too few to debug)."""

@@ -14,7 +14,7 @@ import os
 import pytest
 from sklearn import metrics as skm
 
-from cer_jax import demo, export
+from cer_jax import demo, export, synthetic
 from cer_jax.fusion import evaluator
 
 # Both tests share the module's demo run: one xdist worker runs them.
@@ -90,3 +90,11 @@ def test_fusion_reexports_stale_or_missing_member_exports(demo_run, tmp_path):
         assert member["metrics"]["test"]["accuracy"] == pytest.approx(
             first[member["name"]]["metrics"]["test"]["accuracy"]
         )
+
+
+def test_too_few_images_stop_the_demo_before_anything_is_written(tmp_path):
+    with pytest.raises(synthetic.SyntheticSizeError) as e:
+        demo.run_demo(str(tmp_path / "demo"), num_train_images=21)
+    assert str(e.value) == ("21 images cannot give each of the 11 compound classes at least 2: "
+                            "ask for at least 22.")
+    assert not (tmp_path / "demo").exists()

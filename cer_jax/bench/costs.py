@@ -148,13 +148,14 @@ def markdown_table(costs: Sequence[Costs], *, image_size: int) -> str:
 
 def define_flags() -> None:
     """The command's flags (defined only when it runs, so `cer_jax.bench` can import this)."""
-    flags.DEFINE_integer("image_size", 224, "Side of the square input.")
+    flags.DEFINE_integer("image_size", 224, "Side of the square input.", lower_bound=1)
     flags.DEFINE_string("models", DEFAULT_MODELS,
                         "Comma-separated name[:variant|depth|width], e.g. "
                         "vit:B/16,resnet:50,manet.")
     flags.DEFINE_integer("batch_size", 1,
-                         "Batch the programs are compiled for; figures are per image.")
-    flags.DEFINE_integer("num_classes", 7, "Classes of the head.")
+                         "Batch the programs are compiled for; figures are per image.",
+                         lower_bound=1)
+    flags.DEFINE_integer("num_classes", 7, "Classes of the head.", lower_bound=2)
 
 
 def main(argv: Sequence[str]) -> None:

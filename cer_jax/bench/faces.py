@@ -25,7 +25,7 @@ from cer_jax import cli, ensemble, faces, predict, train_state
 from cer_jax.config_loading import load_config
 from cer_jax.fusion import strategies
 
-_FRAMES = flags.DEFINE_integer("frames", 200, "Video frames (one face each).")
+_FRAMES = flags.DEFINE_integer("frames", 200, "Video frames (one face each).", lower_bound=1)
 _MEMBERS = flags.DEFINE_list(
     "members", ["configs/vit.py:smoke", "configs/resnet50.py:smoke"], "Member configs."
 )

@@ -24,6 +24,18 @@ def host_cores() -> int:
         return os.cpu_count() or 1
 
 
+def synthetic_sizes(num_train_images: int) -> tuple[int, int]:
+    """(train, test) images of the synthetic RAF-DB compound tree that --input draws."""
+    return num_train_images, max(60, num_train_images // 10)
+
+
+def check_sizes(num_train_images: int) -> None:
+    """Before any model is timed: a tree too small for every class is one line."""
+    from cer_jax import synthetic
+
+    synthetic.check_sizes("compound", *synthetic_sizes(num_train_images))
+
+
 def bench_input(config: ml_collections.ConfigDict, *, batch_size: int, batches: int,
                 cache_dir: str, num_train_images: int = 600, warmup: int = 3
                 ) -> dict[str, Any]:
@@ -33,8 +45,8 @@ def bench_input(config: ml_collections.ConfigDict, *, batch_size: int, batches: 
     config = ml_collections.ConfigDict(config.to_dict())
     config.dataset.synthetic = True
     config.dataset.cache_dir = cache_dir
-    config.dataset.synthetic_num_train_images = num_train_images
-    config.dataset.synthetic_num_test_images = max(60, num_train_images // 10)
+    (config.dataset.synthetic_num_train_images,
+     config.dataset.synthetic_num_test_images) = synthetic_sizes(num_train_images)
     start = time.perf_counter()
     info = pipeline.get_dataset_info(config)
     it = pipeline.train_iterator(config, info, global_batch_size=batch_size, seed=0)

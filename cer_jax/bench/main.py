@@ -30,18 +30,20 @@ from cer_jax.errors import UserError
 FLAGS = flags.FLAGS
 flags.DEFINE_string("models", "vit:B/16,resnet:50,manet",
                     "Comma-separated model shorthands or config files.")
-flags.DEFINE_integer("batch_size", None, "Global batch; default: the config's.")
-flags.DEFINE_integer("image_size", None, "Input side; default: the config's.")
+flags.DEFINE_integer("batch_size", None, "Global batch; default: the config's.", lower_bound=1)
+flags.DEFINE_integer("image_size", None, "Input side; default: the config's.", lower_bound=1)
 flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"],
                   "Compute dtype (parameters stay float32).")
-flags.DEFINE_integer("steps", 10, "Timed steps (train and eval each).")
-flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
-flags.DEFINE_integer("num_classes", 11, "Classes of the head (RAF-DB compound: 11).")
+flags.DEFINE_integer("steps", 10, "Timed steps (train and eval each).", lower_bound=1)
+flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.", lower_bound=0)
+flags.DEFINE_integer("num_classes", 11, "Classes of the head (RAF-DB compound: 11).",
+                     lower_bound=2)
 flags.DEFINE_string("json", None, "Write every figure to this JSON file.")
 flags.DEFINE_bool("input", False,
                   "Also time the real training input pipeline (TensorFlow) per host core.")
-flags.DEFINE_integer("input_batches", 20, "Batches timed by --input.")
-flags.DEFINE_integer("input_num_train_images", 600, "Synthetic training images drawn for --input.")
+flags.DEFINE_integer("input_batches", 20, "Batches timed by --input.", lower_bound=1)
+flags.DEFINE_integer("input_num_train_images", 600,
+                     "Synthetic training images drawn for --input.", lower_bound=1)
 flags.DEFINE_string("input_cache_dir", os.path.join(tempfile.gettempdir(), "cer_jax_bench"),
                     "Where --input draws and builds its synthetic dataset (reused).")
 flags.DEFINE_bool("compare_torch", False,
@@ -97,6 +99,9 @@ def run(argv: Sequence[str]) -> None:
         except ImportError as e:
             raise UserError(f"--input times the tf.data pipeline, which needs TensorFlow and "
                             f"TFDS ({e}): pip install -e . installs them, or drop --input.") from e
+        from cer_jax.bench import input_bench
+
+        input_bench.check_sizes(FLAGS.input_num_train_images)
     from cer_jax import sharding
     from cer_jax.bench import ensemble_time, throughput
 
@@ -133,8 +138,6 @@ def run(argv: Sequence[str]) -> None:
         if profile_dir:
             r["profile_dir"] = profile_dir
         if FLAGS.input:
-            from cer_jax.bench import input_bench
-
             r["input"] = input_bench.bench_input(
                 setup.config, batch_size=setup.batch_size, batches=FLAGS.input_batches,
                 cache_dir=FLAGS.input_cache_dir,

@@ -45,10 +45,10 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("models", "configs/vit.py:smoke,configs/resnet50.py:smoke,"
                     "configs/manet.py:smoke", "As cer_jax.bench --models.")
 flags.DEFINE_list("settings", list(SETTINGS), f"Subset of: {', '.join(SETTINGS)}.")
-flags.DEFINE_integer("batch_size", 32, "As cer_jax.bench.")
-flags.DEFINE_integer("image_size", None, "As cer_jax.bench.")
-flags.DEFINE_integer("steps", 5, "As cer_jax.bench.")
-flags.DEFINE_integer("warmup", 2, "As cer_jax.bench.")
+flags.DEFINE_integer("batch_size", 32, "As cer_jax.bench.", lower_bound=1)
+flags.DEFINE_integer("image_size", None, "As cer_jax.bench.", lower_bound=1)
+flags.DEFINE_integer("steps", 5, "As cer_jax.bench.", lower_bound=1)
+flags.DEFINE_integer("warmup", 2, "As cer_jax.bench.", lower_bound=0)
 flags.DEFINE_bool("compare_torch", True, "Time PyTorch in every run (ratios).")
 flags.DEFINE_string("json", None, "Write every run's figures here.")
 
