@@ -102,7 +102,7 @@ def run(argv: Sequence[str]) -> None:
         from cer_jax.bench import input_bench
 
         input_bench.check_sizes(FLAGS.input_num_train_images)
-    from cer_jax import sharding
+    from cer_jax import sharding, train_state
     from cer_jax.bench import ensemble_time, throughput
 
     info = machine()
@@ -118,7 +118,7 @@ def run(argv: Sequence[str]) -> None:
                                  precision=FLAGS.precision, num_classes=FLAGS.num_classes)
               for spec in filter(None, (s.strip() for s in FLAGS.models.split(",")))]
     for setup in setups:  # every model's settings before the first one is timed
-        throughput.check_model(setup)
+        train_state.check_model(setup.config, setup.num_classes)
     for setup in setups:
         spec = setup.spec
         profile_dir = os.path.join(FLAGS.profile, spec.replace("/", "_").replace(":", "_")) \

@@ -107,11 +107,6 @@ def synthetic_batch(mesh, batch_size: int, image_size: int, num_classes: int, *,
     return make(jax.random.key(seed))
 
 
-def check_model(setup: Setup) -> None:
-    """A bad model setting or image size stops the run before any model is compiled or timed."""
-    train_state.check_model(setup.config, setup.num_classes)
-
-
 def build(setup: Setup, mesh) -> tuple[Any, Any, Any, dict]:
     """(train_fn, eval_fn, state, info) exactly as the trainer builds them (random weights)."""
     config = setup.config

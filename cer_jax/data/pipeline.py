@@ -91,11 +91,11 @@ def check_input_config(cfg: ml_collections.ConfigDict) -> None:
         "color_jitter",
         "give (brightness, contrast, saturation, hue), e.g. (0.5, 0.5, 0.5, 0.1), or None.",
     )
-    low, high = cfg.crop_scale
-    need(0 < low <= high <= 1, "crop_scale",
+    scale, ratio = tuple(cfg.crop_scale), tuple(cfg.crop_ratio)
+    need(len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, "crop_scale",
          "give (min, max) fractions of the image area with 0 < min <= max <= 1.")
-    low, high = cfg.crop_ratio
-    need(0 < low <= high, "crop_ratio", "give (min, max) aspect ratios with 0 < min <= max.")
+    need(len(ratio) == 2 and 0 < ratio[0] <= ratio[1], "crop_ratio",
+         "give (min, max) aspect ratios with 0 < min <= max.")
     for key, prob in (("color_jitter_prob", cfg.color_jitter_prob),
                       ("affine.prob", cfg.affine.prob), ("blur.prob", cfg.blur.prob),
                       ("random_erasing.prob", cfg.random_erasing.prob)):

@@ -123,10 +123,10 @@ def _check_grid_step(step: float) -> None:
 def check_options(name: str, options: dict[str, Any]) -> None:
     """The option values of strategy `name` that can be checked without data (ValueError), so
     that a bad one stops `cer_jax.fuse` before any member is loaded."""
-    if name == "performance_weighted":
-        _check_metric(options.get("metric", "macro_f1"))
-    elif name == "optimised_weights":
-        _check_grid_step(options.get("grid_step", 0.05))
+    if name == "performance_weighted" and "metric" in options:
+        _check_metric(options["metric"])
+    elif name == "optimised_weights" and "grid_step" in options:
+        _check_grid_step(options["grid_step"])
 
 
 def _score(labels: np.ndarray, probabilities: np.ndarray, metric: str) -> float:

@@ -275,7 +275,7 @@ class MANet(nnx.Module):
         height, width = images.shape[1:3]
         if height % 32 or width % 32:
             raise ModelConfigError(f"MA-Net needs image sizes divisible by 32 (config key "
-                             f"input.image_size); got {height}x{width}.")
+                                   f"input.image_size); got {height}x{width}.")
         x = self.trunk(images.astype(self.dtype), train)
         local_features = global_average_pool(self.local_branch(x, train))
         global_features = global_average_pool(self.global_branch(x, train))
