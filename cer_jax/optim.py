@@ -42,6 +42,7 @@ def create_schedule(
     )
     warmup = min(int(warmup), max(total_steps - 1, 0))
     name = sched.name
+    _check_decay(sched)
     if name == "cosine":
         return optax.warmup_cosine_decay_schedule(
             init_value=0.0,
@@ -70,6 +71,29 @@ def create_schedule(
     return optax.join_schedules(
         [optax.linear_schedule(0.0, lr, warmup), lambda s: decay(s - warmup)], [warmup]
     )
+
+
+# The key each decay reads, the values that decay (the lr never grows), and how to say so.
+_DECAY_KEYS = {
+    "cosine": ("end_lr_fraction", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "step": ("step_factor", lambda v: 0 < v <= 1, "in (0, 1]"),
+    "exponential": ("decay_per_epoch", lambda v: 0 < v <= 1, "in (0, 1]"),
+}
+
+
+def _check_decay(sched: ml_collections.ConfigDict) -> None:
+    """Rejects a decay that would grow the learning rate or zero it at once; only the keys the
+    chosen schedule reads are checked."""
+    if sched.name in _DECAY_KEYS:
+        key, ok, allowed = _DECAY_KEYS[sched.name]
+        if not ok(sched[key]):
+            raise OptimConfigError(
+                f"schedule.{key}={sched[key]} must be {allowed} (schedule.name={sched.name!r})."
+            )
+    if sched.name == "step" and not sched.step_every_epochs > 0:
+        raise OptimConfigError(
+            f"schedule.step_every_epochs={sched.step_every_epochs} must be > 0."
+        )
 
 
 def decay_mask(params: Mapping) -> Mapping:

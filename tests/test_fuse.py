@@ -333,6 +333,13 @@ def test_bad_config_values_are_named(three_members, tmp_path):
                                          "must divide 1"),
     ("selection_folds", 1, "config key selection_folds=1 must be >= 2 (folds of the select_on "
                            "split that choose the best strategy)."),
+    ("feature_mlp.learning_rate", 0.0, "config key feature_mlp.learning_rate=0.0 must be > 0."),
+    ("feature_mlp.hidden_sizes", (256, 0), "config key feature_mlp.hidden_sizes=(256, 0) must be "
+                                           "a list of sizes >= 1."),
+    ("stacking.inverse_regularisation", (), "config key stacking.inverse_regularisation=() must "
+                                            "be a non-empty list of values > 0."),
+    ("optimised_weights.refine_rounds", 5, "config key optimised_weights.refine_rounds=5 must be "
+                                           "in 0..3 (concentrations 50, 200, 1000)."),
 ])
 def test_a_bad_strategy_option_stops_before_any_member_is_read(tmp_path, key, value, message):
     """Before: a traceback after the members were loaded and re-exported (or, for the folds,

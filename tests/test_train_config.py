@@ -115,6 +115,13 @@ def _expect_error(config, workdir, error, pattern):
     ("input.crop_scale", (1.2, 0.5), "config.input.crop_scale=(1.2, 0.5): give (min, max) "
                                      "fractions of the image area with 0 < min <= max <= 1."),
     ("input.blur.prob", 2.0, "config.input.blur.prob=2.0: a probability is in [0, 1]."),
+    ("input.blur.sigma", (2.0, 0.1), "config.input.blur.sigma=(2.0, 0.1): give (min, max) "
+                                     "Gaussian standard deviations with 0 < min <= max."),
+    ("input.affine.translate", 10.0, "config.input.affine.translate=10.0: give a fraction of "
+                                     "the image side in [0, 1]."),
+    ("input.color_jitter", (0.5, 0.5, 0.5, 0.7), "config.input.color_jitter=(0.5, 0.5, 0.5, 0.7): "
+                                                 "brightness, contrast and saturation must be "
+                                                 ">= 0 and hue in [0, 0.5] (torchvision)."),
 ])
 def test_a_value_that_would_train_wrong_stops_before_any_work(tmp_path, key, value, message):
     """Each of these used to train silently wrong, or fail after the workdir was written."""

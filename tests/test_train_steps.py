@@ -128,6 +128,8 @@ def test_unknown_schedule_names_the_key():
     ("optimizer.lr", 0.0, "optimizer.lr=0.0 must be positive."),
     ("schedule.warmup_epochs", -1.0, "schedule.warmup_epochs=-1.0 must be >= 0."),
     ("schedule.warmup_steps", -5, "schedule.warmup_steps=-5 must be >= 0."),
+    ("schedule.end_lr_fraction", 1.5,
+     "schedule.end_lr_fraction=1.5 must be in [0, 1] (schedule.name='cosine')."),
 ])
 def test_a_schedule_that_cannot_train_names_the_key(key, value, message):
     config = _config()
@@ -136,6 +138,29 @@ def test_a_schedule_that_cannot_train_names_the_key(key, value, message):
     with pytest.raises(optim.OptimConfigError) as e:
         optim.create_schedule(config, 10, 1)
     assert str(e.value) == message
+
+
+@pytest.mark.parametrize(("name", "key", "value", "message"), [
+    ("step", "step_factor", 10.0,
+     "schedule.step_factor=10.0 must be in (0, 1] (schedule.name='step')."),
+    ("step", "step_every_epochs", 0.0, "schedule.step_every_epochs=0.0 must be > 0."),
+    ("exponential", "decay_per_epoch", 0.0,
+     "schedule.decay_per_epoch=0.0 must be in (0, 1] (schedule.name='exponential')."),
+])
+def test_a_decay_that_would_grow_or_kill_the_lr_names_the_key(name, key, value, message):
+    config = _config()
+    config.schedule.name = name
+    config.schedule[key] = value
+    with pytest.raises(optim.OptimConfigError) as e:
+        optim.create_schedule(config, 10, 1)
+    assert str(e.value) == message
+
+
+def test_a_decay_key_of_another_schedule_is_not_checked():
+    config = _config()
+    config.schedule.name = "cosine"
+    config.schedule.step_factor = 10.0  # read only by schedule.name="step"
+    assert float(optim.create_schedule(config, 10, 1)(0)) == 0.0
 
 
 def test_train_step_learns_a_fixed_batch():

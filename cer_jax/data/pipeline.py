@@ -91,20 +91,44 @@ def check_input_config(cfg: ml_collections.ConfigDict) -> None:
         "color_jitter",
         "give (brightness, contrast, saturation, hue), e.g. (0.5, 0.5, 0.5, 0.1), or None.",
     )
-    scale, ratio = tuple(cfg.crop_scale), tuple(cfg.crop_ratio)
-    need(len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, "crop_scale",
-         "give (min, max) fractions of the image area with 0 < min <= max <= 1.")
-    need(len(ratio) == 2 and 0 < ratio[0] <= ratio[1], "crop_ratio",
-         "give (min, max) aspect ratios with 0 < min <= max.")
+    need(
+        cfg.color_jitter is None or (all(v >= 0 for v in cfg.color_jitter[:3])
+                                     and 0 <= cfg.color_jitter[3] <= 0.5),
+        "color_jitter",
+        "brightness, contrast and saturation must be >= 0 and hue in [0, 0.5] (torchvision).",
+    )
     for key, prob in (("color_jitter_prob", cfg.color_jitter_prob),
                       ("affine.prob", cfg.affine.prob), ("blur.prob", cfg.blur.prob),
                       ("random_erasing.prob", cfg.random_erasing.prob)):
         if not 0 <= prob <= 1:
             raise DataConfigError(f"config.input.{key}={prob!r}: a probability is in [0, 1].")
-    if cfg.blur.prob > 0 and cfg.blur.kernel % 2 != 1:
-        raise DataConfigError(
-            f"config.input.blur.kernel={cfg.blur.kernel!r}: the blur kernel size must be odd."
-        )
+    # (key, value, upper bound or None, what it is): each a (min, max) range with 0 < min <= max.
+    ranges = [("crop_scale", cfg.crop_scale, 1, "fractions of the image area"),
+              ("crop_ratio", cfg.crop_ratio, None, "aspect ratios")]
+    if cfg.affine.prob > 0:
+        a = cfg.affine
+        for key, ok, allowed in (("degrees", a.degrees >= 0, "an angle >= 0"),
+                                 ("translate", 0 <= a.translate <= 1,
+                                  "a fraction of the image side in [0, 1]"),
+                                 ("shear", a.shear >= 0, "an angle >= 0")):
+            if not ok:
+                raise DataConfigError(f"config.input.affine.{key}={a[key]!r}: give {allowed}.")
+        ranges.append(("affine.scale", a.scale, None, "zoom factors"))
+    if cfg.blur.prob > 0:
+        if not (cfg.blur.kernel > 0 and cfg.blur.kernel % 2 == 1):
+            raise DataConfigError(f"config.input.blur.kernel={cfg.blur.kernel!r}: the blur "
+                                  "kernel size must be odd and positive.")
+        ranges.append(("blur.sigma", cfg.blur.sigma, None, "Gaussian standard deviations"))
+    if cfg.random_erasing.prob > 0:
+        ranges += [("random_erasing.area", cfg.random_erasing.area, 1,
+                    "fractions of the image area"),
+                   ("random_erasing.ratio", cfg.random_erasing.ratio, None, "aspect ratios")]
+    for key, pair, upper, what in ranges:
+        pair = tuple(pair)
+        if not (len(pair) == 2 and 0 < pair[0] <= pair[1] <= (upper or float("inf"))):
+            bound = f" <= {upper}" if upper else ""
+            raise DataConfigError(f"config.input.{key}={pair!r}: give (min, max) {what} "
+                                  f"with 0 < min <= max{bound}.")
 
 
 def get_dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:

@@ -120,6 +120,38 @@ def _check_grid_step(step: float) -> None:
         raise ValueError(f"grid step {step} (config key optimised_weights.grid_step) must divide 1")
 
 
+def _at_least(low: int) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v >= low), f">= {low}"
+
+
+def _positive() -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v > 0), "> 0"
+
+
+# The numeric options whose range is known without data: option -> (accepts, allowed range).
+_OPTION_RANGES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "optimised_weights": {
+        "max_grid_members": _at_least(0),
+        "num_samples": _at_least(1),
+        "refine_rounds": ((lambda v: 0 <= v <= 3), "in 0..3 (concentrations 50, 200, 1000)"),
+    },
+    "stacking": {
+        "inverse_regularisation": (
+            (lambda v: len(v) > 0 and all(c > 0 for c in v)), "a non-empty list of values > 0"
+        ),
+        "max_folds": _at_least(2),
+    },
+    "feature_mlp": {
+        "hidden_sizes": ((lambda v: all(h >= 1 for h in v)), "a list of sizes >= 1"),
+        "weight_decay": _at_least(0),
+        "learning_rate": _positive(),
+        "batch_size": _at_least(1),
+        "max_epochs": _at_least(1),
+        "patience": _at_least(1),
+    },
+}
+
+
 def check_options(name: str, options: dict[str, Any]) -> None:
     """The option values of strategy `name` that can be checked without data (ValueError), so
     that a bad one stops `cer_jax.fuse` before any member is loaded."""
@@ -127,6 +159,9 @@ def check_options(name: str, options: dict[str, Any]) -> None:
         _check_metric(options["metric"])
     elif name == "optimised_weights" and "grid_step" in options:
         _check_grid_step(options["grid_step"])
+    for key, (accepts, allowed) in _OPTION_RANGES.get(name, {}).items():
+        if key in options and not accepts(options[key]):
+            raise ValueError(f"config key {name}.{key}={options[key]!r} must be {allowed}.")
 
 
 def _score(labels: np.ndarray, probabilities: np.ndarray, metric: str) -> float:
