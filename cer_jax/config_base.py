@@ -39,7 +39,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.optimizer.momentum = 0.9  # sgd only
     config.optimizer.nesterov = False  # sgd only
     config.optimizer.weight_decay = 0.05
-    # False: no weight decay on norm scales and biases (parameters with ndim <= 1).
+    # False: weight decay on dense and convolution kernels only (not on norm scales, biases, a
+    # ViT's class token or position embedding); True: on every parameter.
     config.optimizer.decay_norms_and_biases = False
     config.optimizer.grad_clip_norm = placeholder(float)  # e.g. 1.0; None = no clipping
     # Learning-rate multiplier for the freshly initialised classification head(s).
@@ -118,13 +119,35 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def follow_up_augmentations(config: ml_collections.ConfigDict) -> None:
     """The follow-up paper's training augmentations (paper.md), shared by ViT and ResNet50:
     resize 256 + random crop 224, flip, colour jitter (0.5, 0.5, 0.5, 0.1), random affine and
-    Gaussian blur."""
+    Gaussian blur. How often each applies, and the blur's kernel and sigma, are not stated: the
+    probabilities below (and input.blur's defaults) are this project's choice."""
     config.input.train_resize = "resize_crop"
     config.input.flip = True
     config.input.color_jitter = (0.5, 0.5, 0.5, 0.1)
     config.input.color_jitter_prob = 0.8
     config.input.affine.prob = 0.5
     config.input.blur.prob = 0.2
+
+
+# The follow-up paper's optimisation (paper.md): Adam, 3e-6 backbone / 1e-5 head, x0.9 per epoch.
+FOLLOW_UP_LR = 3e-6
+FOLLOW_UP_HEAD_LR = 1e-5
+
+
+def follow_up_recipe(config: ml_collections.ConfigDict) -> None:
+    """The follow-up paper's recipe (paper.md) as stated, and nothing it does not state: Adam,
+    lr 3e-6 backbone / 1e-5 head, exponential decay 0.9 per epoch, 50 epochs, batch 96, ImageNet
+    mean/std, its augmentations. Not stated, so off: weight decay, warm-up, gradient clipping and
+    label smoothing."""
+    follow_up_augmentations(config)
+    config.input.normalization = "imagenet"
+    config.optimizer.update(
+        name="adam", lr=FOLLOW_UP_LR, head_lr_multiplier=FOLLOW_UP_HEAD_LR / FOLLOW_UP_LR,
+        weight_decay=0.0, grad_clip_norm=None,
+    )
+    config.schedule.update(name="exponential", decay_per_epoch=0.9, warmup_epochs=0.0,
+                           warmup_steps=None)
+    config.training.update(num_epochs=50.0, global_batch_size=96, label_smoothing=0.0)
 
 
 def no_heavy_augmentations(config: ml_collections.ConfigDict) -> None:

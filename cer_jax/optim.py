@@ -51,13 +51,16 @@ def create_schedule(
             decay_steps=max(total_steps, warmup + 1),
             end_value=lr * sched.end_lr_fraction,
         )
+    # The decays below count steps from the end of the warm-up (join_schedules shifts them).
     if name == "step":
         every = max(epochs_to_steps(sched.step_every_epochs, steps_per_epoch), 1)
-        boundaries = {b: sched.step_factor for b in range(warmup + every, total_steps, every)}
+        boundaries = {b: sched.step_factor for b in range(every, total_steps - warmup, every)}
         decay = optax.piecewise_constant_schedule(lr, boundaries)
     elif name == "exponential":
+        # Once per epoch, as PyTorch's ExponentialLR stepped at each epoch's end.
         decay = optax.exponential_decay(
-            lr, transition_steps=max(steps_per_epoch, 1), decay_rate=sched.decay_per_epoch
+            lr, transition_steps=max(steps_per_epoch, 1), decay_rate=sched.decay_per_epoch,
+            staircase=True,
         )
     elif name == "constant":
         decay = optax.constant_schedule(lr)
@@ -68,9 +71,7 @@ def create_schedule(
         )
     if warmup == 0:
         return decay
-    return optax.join_schedules(
-        [optax.linear_schedule(0.0, lr, warmup), lambda s: decay(s - warmup)], [warmup]
-    )
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
 
 
 # The key each decay reads, the values that decay (the lr never grows), and how to say so.
@@ -97,8 +98,10 @@ def _check_decay(sched: ml_collections.ConfigDict) -> None:
 
 
 def decay_mask(params: Mapping) -> Mapping:
-    """True for the weights that get weight decay: kernels, not norm scales or biases (ndim>1)."""
-    return jax.tree.map(lambda p: p.ndim > 1, params)
+    """True for the weights that get weight decay: the dense and convolution kernels only, as
+    big_vision's `.*/kernel$` (not norm scales, biases, even the [heads, head_dim] ones of
+    attention, nor a ViT's class token or position embedding, which timm excludes too)."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
 
 
 def head_mask(params: Mapping, head_names: tuple[str, ...]) -> Mapping:

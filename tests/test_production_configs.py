@@ -27,7 +27,7 @@ import pytest
 import weight_files
 from flax import nnx
 
-from cer_jax import checkpointing, export, synthetic, train_state, trainer, warm_start
+from cer_jax import checkpointing, export, optim, synthetic, train_state, trainer, warm_start
 from cer_jax.config_loading import load_config
 from cer_jax.fusion import evaluator
 from cer_jax.pretrained import core
@@ -103,8 +103,9 @@ def data(tmp_path_factory):
     return root
 
 
-def production_config(member: str, data: pathlib.Path, kind: str = "compound", **location):
-    config = load_config(f"configs/{member}.py")
+def production_config(member: str, data: pathlib.Path, kind: str = "compound", arg: str = "",
+                      **location):
+    config = load_config(f"configs/{member}.py" + (f":{arg}" if arg else ""))
     for key, value in {**SIZES[member], **RUN_SIZE}.items():
         _set(config, key, value)
     config.dataset.name = f"rafdb/{kind}"
@@ -122,10 +123,15 @@ def source_model(config, num_classes: int = 7, **settings) -> nnx.Module:
     return weight_files.randomise(train_state.create_model(config, num_classes, seed=11), seed=5)
 
 
-@pytest.mark.parametrize("member", MEMBERS)
-def test_only_size_differs_from_the_production_recipe(member, tmp_path):
-    production = _flat(load_config(f"configs/{member}.py"))
-    tested = _flat(production_config(member, tmp_path))
+# The recipes besides each file's default: the follow-up paper's (configs/<member>.py:follow_up).
+FOLLOW_UP = ("vit", "resnet50")
+
+
+@pytest.mark.parametrize(("member", "arg"), [(m, "") for m in MEMBERS]
+                         + [(m, "follow_up") for m in FOLLOW_UP])
+def test_only_size_differs_from_the_production_recipe(member, arg, tmp_path):
+    production = _flat(load_config(f"configs/{member}.py" + (f":{arg}" if arg else "")))
+    tested = _flat(production_config(member, tmp_path, arg=arg))
     changed = {key for key in production if production[key] != tested[key]}
     allowed = set(SIZES[member]) | set(RUN_SIZE) | set(LOCATION_KEYS) | {"model.image_size"}
     assert changed <= allowed, changed - allowed
@@ -238,6 +244,49 @@ def test_training_starts_from_every_pretrained_format(member, fmt, data, tmp_pat
     config = _trained_config(workdir, num_classes=11)
     for key, value in implied(member, fmt).items():  # "auto" took what the file implies,
         assert config.model[key] == value, key  # and config.json records it
+
+
+@pytest.mark.parametrize("member", FOLLOW_UP)
+def test_the_follow_up_recipe_moves_each_weight_by_the_papers_learning_rates(member, data,
+                                                                             tmp_path):
+    """paper.md: "Adam, lr 3e-6 backbone / 1e-5 head, exponential decay 0.9 per epoch, 50
+    epochs, batch 96", ImageNet mean/std. Adam's first step moves every weight with a gradient
+    by exactly the learning rate (m / sqrt(v) = sign(g)), so one step from pre-trained weights
+    shows both rates."""
+    recipe = load_config(f"configs/{member}.py:follow_up")
+    assert (recipe.optimizer.name, recipe.schedule.name) == ("adam", "exponential")
+    assert (recipe.training.num_epochs, recipe.training.global_batch_size) == (50, 96)
+    assert recipe.input.normalization == "imagenet"
+    schedule = optim.create_schedule(recipe, total_steps=500, steps_per_epoch=10)
+    assert [float(schedule(s)) for s in (0, 9, 10, 35)] == pytest.approx(
+        [3e-6, 3e-6, 3e-6 * 0.9, 3e-6 * 0.9 ** 3], rel=1e-6)
+    config = production_config(member, data, arg="follow_up", **{
+        "training.num_steps": 1, "training.eval_every_steps": 1})
+    if member == "vit":  # a zero head passes no gradient to the body on the first step
+        config.model.head_zeroinit = False
+    source = source_model(config, **implied(member, _formats(member)[0]))
+    config.init.checkpoint = str(weight_files.FORMATS[MODEL_NAMES[member]][_formats(member)[0]](
+        source, tmp_path / "w"))
+    start = {}
+    real = warm_start.load_initial_weights
+
+    def spy(model, config):
+        real(model, config)
+        start.update(_arrays(model))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(warm_start, "load_initial_weights", spy)
+        trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    model, _ = checkpointing.restore_best_model(str(tmp_path / "run"))
+    moves = {name: np.abs(value - start[name]) for name, value in _arrays(model).items()
+             if name in start and np.issubdtype(value.dtype, np.floating)
+             and "batch_stats" not in name and not name.endswith(("mean", "var"))}
+    head = np.concatenate([m.ravel() for n, m in moves.items()
+                           if core.is_head(n, model.HEAD_NAMES)])
+    body = np.concatenate([m.ravel() for n, m in moves.items()
+                           if not core.is_head(n, model.HEAD_NAMES)])
+    assert np.median(body) == pytest.approx(3e-6, rel=0.02)
+    assert np.median(head) == pytest.approx(1e-5, rel=0.02)
 
 
 def test_a_setting_that_contradicts_the_weights_stops_before_training(data, tmp_path):

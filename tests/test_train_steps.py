@@ -79,6 +79,25 @@ def test_weight_decay_mask_skips_norms_and_biases():
         np.testing.assert_allclose(leaf, 0.0)
 
 
+def test_the_vit_recipe_decays_kernels_only():
+    """configs/vit.py's AdamW at test size: with zero gradients an update is decay alone. Not
+    decayed: the class token, position embedding, norms and biases (attention's are 2-D)."""
+    config = load_config("configs/vit.py")
+    config.model.variant = "test/8"
+    config.input.image_size = 32
+    model = train_state.create_model(config, num_classes=3, seed=0)
+    _, params, _ = train_state.split_model(model)
+    tx = optim.create_optimizer(config, optax.constant_schedule(1.0), params,
+                                train_state.head_names(model))
+    ones = jax.tree.map(jnp.ones_like, params)  # the class token and head start at zero
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), ones)
+    decayed = {"/".join(str(k.key) for k in path)
+               for path, u in jax.tree_util.tree_leaves_with_path(updates) if np.any(u != 0)}
+    assert {"cls", "pos_embedding"}.isdisjoint(decayed)
+    assert {"embedding/kernel", "blocks/0/attn/query/kernel", "head/kernel"} <= decayed
+    assert not any(name.endswith(("bias", "scale")) for name in decayed)
+
+
 def test_head_learning_rate_multiplier_scales_only_the_head():
     params = {"head": {"kernel": jnp.ones((2, 2))}, "body": {"kernel": jnp.ones((2, 2))}}
     config = _config(name="sgd", lr=0.1, momentum=0.0, weight_decay=0.0, head_lr_multiplier=10.0)
@@ -104,6 +123,23 @@ def test_step_schedule_decays_every_n_epochs():
     assert float(schedule(149)) == pytest.approx(0.01)
     assert float(schedule(150)) == pytest.approx(0.001)
     assert float(schedule(300)) == pytest.approx(0.0001)
+
+
+@pytest.mark.parametrize("name", ["step", "exponential"])
+def test_a_decay_after_warm_up_counts_epochs_from_the_warm_up_end(name):
+    """PyTorch's SequentialLR(LinearLR, StepLR / ExponentialLR), stepped per batch / epoch: the
+    decay's epoch e (counted from the warm-up's end) has lr * factor ** (e // every)."""
+    config = _config()
+    config.optimizer.lr = 1.0
+    config.schedule.update(name=name, warmup_steps=0, warmup_epochs=3.0, step_every_epochs=2.0,
+                           step_factor=0.1, decay_per_epoch=0.9)
+    steps_per_epoch, warmup = 10, 30
+    schedule = optim.create_schedule(config, total_steps=200, steps_per_epoch=steps_per_epoch)
+    factor, every = (0.1, 2) if name == "step" else (0.9, 1)
+    assert float(schedule(15)) == pytest.approx(0.5)  # half-way up the linear warm-up
+    for step in range(warmup, 200, 5):
+        epoch = (step - warmup) // steps_per_epoch
+        assert float(schedule(step)) == pytest.approx(factor ** (epoch // every), rel=1e-5), step
 
 
 def test_warmup_cosine_schedule():
