@@ -22,6 +22,39 @@ from cer_jax import huge_pages
 from cer_jax.errors import UserError
 
 FLAGS = flags.FLAGS
+# The flags defined through this module's helpers belong to the tool that calls them (its
+# --help lists them), not to this module.
+flags.disclaim_key_flags()
+
+
+class _PathParser(flags.ArgumentParser):
+    """A path flag: a leading ~ is the home folder, as the shell would make it in a word of its
+    own (it leaves `--flag=~/x` alone). A gs:// or relative path is unchanged."""
+
+    syntactic_help = "a path; ~ is the home folder"
+
+    def parse(self, argument):
+        return os.path.expanduser(argument) if isinstance(argument, str) else argument
+
+    def flag_type(self) -> str:
+        return "string"
+
+
+class _PathListParser(flags.ListParser):
+    """A comma-separated list of paths, each as _PathParser reads it."""
+
+    def parse(self, argument):
+        return [os.path.expanduser(p) for p in super().parse(argument)]
+
+
+def define_path_flag(name: str, default: str | None, help_text: str, **kwargs):
+    return flags.DEFINE(_PathParser(), name, default, help_text,
+                        serializer=flags.ArgumentSerializer(), **kwargs)
+
+
+def define_path_list_flag(name: str, default: list[str] | None, help_text: str, **kwargs):
+    return flags.DEFINE(_PathListParser(), name, default, help_text,
+                        serializer=flags.CsvListSerializer(","), **kwargs)
 
 
 def define_distributed_flags() -> None:

@@ -34,7 +34,7 @@ from cer_jax.fusion import evaluator
 TRAIN_STEPS = {"vit": 3000, "manet": 700, "resnet50": 1000}
 EVALUATIONS_PER_RUN = 4
 
-_OUT = flags.DEFINE_string("out", "/tmp/cer_jax_demo", "Folder for data, workdirs and report.")
+_OUT = cli.define_path_flag("out", "/tmp/cer_jax_demo", "Folder for data, workdirs and report.")
 _STEPS_SCALE = flags.DEFINE_float(
     "steps_scale", 1.0, "Multiplies every training run's number of steps (tests: e.g. 0.02)."
 )

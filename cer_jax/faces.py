@@ -227,10 +227,11 @@ def iou(a: Sequence[float], b: Sequence[float]) -> float:
 
 class IouTracker:
     """Greedy IoU tracker: each detection joins the live track it overlaps most (IoU >= the
-    threshold), otherwise starts a new track; a track unseen for `max_missed` frames ends."""
+    threshold), otherwise starts a new track; a track unseen for `max_missed` processed frames
+    ends. Frames are numbered as decoded; with `frame_step` n only every n-th is processed."""
 
-    def __init__(self, threshold: float = 0.3, max_missed: int = 15):
-        self.threshold, self.max_missed = threshold, max_missed
+    def __init__(self, threshold: float = 0.3, max_missed: int = 15, frame_step: int = 1):
+        self.threshold, self.max_missed = threshold, max_missed * frame_step
         self._tracks: dict[int, tuple[tuple[float, ...], int]] = {}  # id -> (box, last frame)
         self._next = 0
 

@@ -25,8 +25,9 @@ from cer_jax.fusion import report as report_lib
 _CONFIG = config_flags.DEFINE_config_file(
     "config", config_lib.__file__, "Fusion config file.", lock_config=False
 )
-_WORKDIRS = flags.DEFINE_list("workdirs", None, "Member workdirs (overrides config.workdirs).")
-_OUT = flags.DEFINE_string("out", None, "Report directory (overrides config.out).")
+_WORKDIRS = cli.define_path_list_flag("workdirs", None,
+                                      "Member workdirs (overrides config.workdirs).")
+_OUT = cli.define_path_flag("out", None, "Report directory (overrides config.out).")
 _SELECT_ON = flags.DEFINE_enum(
     "select_on", None, ["validation", "test"],
     "Split where weights / hyper-parameters are chosen (overrides config.select_on).",

@@ -73,9 +73,9 @@ def define_flags() -> None:
         if "_" in name:
             flags.DEFINE_alias(name.replace("_", "-"), name)
 
-    flags.DEFINE_string("ensemble", None, "Ensemble directory (`cer_jax.fuse` writes "
+    cli.define_path_flag("ensemble", None, "Ensemble directory (`cer_jax.fuse` writes "
                         "<out>/ensemble).")
-    flags.DEFINE_string("out", None, "Rows file: .csv, or .jsonl / .json for JSON lines. "
+    cli.define_path_flag("out", None, "Rows file: .csv, or .jsonl / .json for JSON lines. "
                         "Default: CSV on stdout.")
     flags.DEFINE_bool("aligned", False, "Inputs are already aligned face crops: no detection.")
     flags.DEFINE_bool("flip_tta", False, "Average each member over the face and its mirror.")
@@ -86,10 +86,10 @@ def define_flags() -> None:
     flags.DEFINE_integer("frame_step", 1, "Videos: process every n-th frame.")
     flags.DEFINE_enum("track", "iou", ["iou", "largest"], "Videos: IoU tracker over all "
                       "faces, or the largest face of each frame only.")
-    flags.DEFINE_string("annotate", None, "Folder for copies of the inputs with boxes and "
+    cli.define_path_flag("annotate", None, "Folder for copies of the inputs with boxes and "
                         "labels drawn (images as .jpg, videos as MJPG .avi).")
-    flags.DEFINE_string("abaw_frames", None, "C-EXPR-DB frame list: write the submission.")
-    flags.DEFINE_string("submission", "submission.txt", "Submission file (with --abaw-frames).")
+    cli.define_path_flag("abaw_frames", None, "C-EXPR-DB frame list: write the submission.")
+    cli.define_path_flag("submission", "submission.txt", "Submission file (with --abaw-frames).")
     for name in ("flip_tta", "batch_size", "smooth_window", "frame_step", "abaw_frames"):
         alias(name)
 
@@ -404,7 +404,7 @@ class Predictor:
         fps = capture.get(cv2.CAP_PROP_FPS)
         fps = fps if fps and np.isfinite(fps) and fps > 0 else 25.0
         expected = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
-        tracker = faces_lib.IouTracker()
+        tracker = faces_lib.IouTracker(frame_step=self.frame_step)
         records: list[FaceRecord] = []
         pending: list[tuple[FaceRecord, np.ndarray]] = []
         decoded = 0
@@ -536,11 +536,27 @@ def check_abaw_classes(class_names: Sequence[str]) -> None:
         )
 
 
+def check_video_names(sources: Sequence[Source]) -> None:
+    """The submission finds a listed video by its file name without extension: two input videos
+    of the same name would overwrite each other's frames."""
+    by_name: dict[str, list[str]] = {}
+    for source in sources:
+        if source.kind == "video":
+            by_name.setdefault(epath.Path(source.path).stem, []).append(source.path)
+    for name, paths in by_name.items():
+        if len(paths) > 1:
+            raise UsageError(
+                f"--abaw-frames finds videos by name, and {len(paths)} inputs are named "
+                f"{name!r}: {', '.join(paths)}; pass only the C-EXPR-DB videos."
+            )
+
+
 def read_frame_list(path: str) -> list[tuple[str, int]]:
     """(video, 1-based frame number) per line of the organisers' list."""
     try:
-        lines = epath.Path(path).read_text().splitlines()
-    except (FileNotFoundError, OSError) as error:
+        # Without a byte-order mark (epath's read_text ignores encoding="utf-8-sig").
+        lines = epath.Path(path).read_bytes().decode("utf-8-sig").splitlines()
+    except (FileNotFoundError, OSError, UnicodeDecodeError) as error:
         raise UsageError(f"--abaw-frames file {path!r} cannot be read ({error}).") from error
     entries = []
     for number, line in enumerate(lines, 1):
@@ -611,6 +627,8 @@ def run(inputs: Sequence[str], *, ensemble: str, out: str | None = None, aligned
     sources = expand_inputs(inputs)
     if not sources:
         raise UsageError(f"No image or video files in {', '.join(inputs)}.")
+    if abaw_frames:
+        check_video_names(sources)
     fmt = "jsonl" if out and out.lower().endswith((".jsonl", ".json")) else "csv"
     stream: TextIO
     if out:

@@ -582,12 +582,12 @@ def main(argv: Sequence[str]) -> None:
 def define_flags() -> None:
     """The command line's flags; defined only when run as a program, so that importing this
     module adds no flags to another program's command line."""
-    flags.DEFINE_string("out", None, "Tree root to write (becomes the builder's --manual_dir).")
+    cli.define_path_flag("out", None, "Tree root to write (becomes the builder's --manual_dir).")
     flags.DEFINE_enum("kind", "compound", sorted(CLASSES), "Which RAF-DB tree to imitate.")
     flags.DEFINE_integer("num_train_images", NUM_TRAIN_IMAGES, "Train images to draw.")
     flags.DEFINE_integer("num_test_images", NUM_TEST_IMAGES, "Test images to draw.")
     flags.DEFINE_integer("seed", 0, "Same seed and sizes, same bytes.")
-    flags.DEFINE_string("preview", None, "Also save a PNG grid of faces per class here.")
+    cli.define_path_flag("preview", None, "Also save a PNG grid of faces per class here.")
 
 
 if __name__ == "__main__":

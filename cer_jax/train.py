@@ -21,7 +21,7 @@ from cer_jax import cli
 from cer_jax.config_loading import resolve_config_flag
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and export.")
+_WORKDIR = cli.define_path_flag("workdir", None, "Directory for checkpoints, logs and export.")
 cli.define_distributed_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 

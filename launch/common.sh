@@ -112,8 +112,9 @@ member_config() {
 }
 
 # TRAIN_ARGV: the trainer's arguments after `python`, for CONFIG WORKDIR OVERRIDES...
-# --config.dataset.data_dir=DATA_DIR comes first (when DATA_DIR is set and the config is not
-# a :smoke one, which draws its own synthetic data), so an override can still replace it.
+# --config.dataset.data_dir=DATA_DIR and --config.dataset.name=rafdb/TFDS_CONFIG come first
+# (when set and the config is not a :smoke one, which draws its own synthetic data), so an
+# override can still replace them.
 train_argv() {
   local config=$1 workdir=$2
   shift 2
@@ -121,7 +122,10 @@ train_argv() {
   TRAIN_ARGV=(-m cer_jax.train --config="$config" --workdir="$workdir")
   case "$config" in
     *:smoke) ;;
-    *) if [ -n "${DATA_DIR:-}" ]; then TRAIN_ARGV+=(--config.dataset.data_dir="$DATA_DIR"); fi ;;
+    *)
+      if [ -n "${DATA_DIR:-}" ]; then TRAIN_ARGV+=(--config.dataset.data_dir="$DATA_DIR"); fi
+      if [ -n "${TFDS_CONFIG:-}" ]; then TRAIN_ARGV+=(--config.dataset.name="rafdb/$TFDS_CONFIG"); fi
+      ;;
   esac
   TRAIN_ARGV+=("$@")
 }

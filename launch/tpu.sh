@@ -40,7 +40,9 @@
 #                training resumes from its last checkpoint on the bucket
 #   RUNS [BUCKET/runs]  DATA_DIR [BUCKET/tensorflow_datasets]  WEIGHTS_DIR [BUCKET/weights]
 #   MANUAL_DIR   the unpacked RAF-DB tree (EmoLabel/, Image/) to build the TFDS dataset from
-#   LOCAL_DATA_DIR [~/tensorflow_datasets]  TFDS_CONFIG [compound]
+#   LOCAL_DATA_DIR [~/tensorflow_datasets]
+#   TFDS_CONFIG [compound]  the rafdb builder config that upload builds and the trainings use
+#                (compound | compound_abaw7 | basic: --config.dataset.name=rafdb/TFDS_CONFIG)
 #   VIT_WEIGHTS MANET_WEIGHTS RESNET50_WEIGHTS
 #                pre-trained files: local paths (upload copies them to WEIGHTS_DIR and the
 #                trainings read them there) or gs:// paths (used as they are); unset: the
@@ -192,7 +194,7 @@ cmd_upload() {
   need_bucket
   need gcloud
   if [ -n "${MANUAL_DIR:-}" ]; then
-    run "$PYTHON" -m tfds_rafdb.rafdb --config="$TFDS_CONFIG" --manual_dir="$MANUAL_DIR" \
+    run "$PYTHON" -m tfds_rafdb.rafdb --builder_config="$TFDS_CONFIG" --manual_dir="$MANUAL_DIR" \
       --data_dir="$LOCAL_DATA_DIR"
   fi
   if [ "$DRY_RUN" != 1 ] && [ ! -d "$LOCAL_DATA_DIR/rafdb" ]; then

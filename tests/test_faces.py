@@ -87,6 +87,14 @@ def test_iou_tracker_keeps_identities_and_starts_new_tracks():
     assert tracker.update(10, [a]) == [2]  # track 0 expired after max_missed frames
 
 
+def test_iou_tracker_counts_missed_frames_in_processed_frames():
+    """predict --frame_step=20: the same face every 20th decoded frame is one track."""
+    tracker = faces.IouTracker(max_missed=2, frame_step=20)
+    face = faces.Face((0, 0, 50, 50))
+    assert [tracker.update(frame, [face])[0] for frame in (0, 20, 40, 80)] == [0, 0, 0, 0]
+    assert tracker.update(160, [face]) == [1]  # 3 processed frames unseen: a new track
+
+
 def test_detector_specs():
     with pytest.raises(faces.DetectorError, match="not found"):
         faces.load_detector("yunet:/nonexistent.onnx")

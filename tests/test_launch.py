@@ -123,7 +123,9 @@ def test_tpu_all_from_nothing_to_fused_report(env, weights, tmp_path):
 
     # upload: build the TFDS data here, copy it and the weights to the bucket.
     build = next(c for c in cmds if "tfds_rafdb.rafdb" in c)
+    assert flag(build, "builder_config") == "compound"
     assert flag(build, "manual_dir") == "/data/RAF-DB/compound"
+    accepts_flags(build[build.index("tfds_rafdb.rafdb") + 1:])
     data_dir = f"{env['HOME']}/tensorflow_datasets"
     assert flag(build, "data_dir") == data_dir
     assert ["gcloud", "storage", "rsync", "--recursive", f"{data_dir}/rafdb",
@@ -141,10 +143,30 @@ def test_tpu_all_from_nothing_to_fused_report(env, weights, tmp_path):
         local = pathlib.Path(weights[f"{name.upper()}_WEIGHTS"]).name
         assert argv[2:] == [f"--config=configs/{name}.py", f"--workdir={bucket}/runs/{name}",
                             f"--config.dataset.data_dir={bucket}/tensorflow_datasets",
+                            "--config.dataset.name=rafdb/compound",
                             f"--config.init.checkpoint={bucket}/weights/{local}", *TRICKY]
     assert runs[3][2:] == [f"--workdirs={','.join(f'{bucket}/runs/{m}' for m in MEMBERS)}",
                            f"--out={bucket}/runs/fusion"]
     assert cmds[-1] == ["gcloud", "storage", "cat", f"{bucket}/runs/fusion/report.md"]
+
+
+def accepts_flags(builder_argv: list[str]) -> None:
+    """The builder CLI's own absl flags parse these arguments (an unknown flag fails)."""
+    code = ("import sys; from absl import flags; import tfds_rafdb.rafdb.__main__; "
+            "flags.FLAGS(sys.argv)")
+    proc = subprocess.run([sys.executable, "-c", code, *builder_argv], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_tpu_builds_and_trains_on_the_same_rafdb_config(env, weights):
+    cmds = dry_run("tpu.sh", "upload", env=env, BUCKET="gs://b", MANUAL_DIR="/data/RAF-DB/compound",
+                   TFDS_CONFIG="compound_abaw7", **weights)
+    build = next(c for c in cmds if "tfds_rafdb.rafdb" in c)
+    assert flag(build, "builder_config") == "compound_abaw7"
+    (train,) = dry_run("tpu.sh", "train", "configs/vit.py", "gs://b/runs/vit", env=env,
+                       BUCKET="gs://b", TFDS_CONFIG="compound_abaw7")
+    assert flag(remote_python_argv(train), "config.dataset.name") == "rafdb/compound_abaw7"
 
 
 def test_tpu_remote_commands_run_as_printed(env, tmp_path):
@@ -164,7 +186,8 @@ def test_tpu_remote_commands_run_as_printed(env, tmp_path):
                    env={**env, "HOME": str(worker_home)})
     assert json.loads(record.read_text()) == [
         "-m", "cer_jax.train", "--config=configs/vit.py", "--workdir=gs://b/runs/vit",
-        "--config.dataset.data_dir=gs://b/tensorflow_datasets", *TRICKY]
+        "--config.dataset.data_dir=gs://b/tensorflow_datasets",
+        "--config.dataset.name=rafdb/compound", *TRICKY]
 
 
 def test_printed_lines_run_as_printed(env, tmp_path):

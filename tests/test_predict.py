@@ -93,7 +93,8 @@ def test_video_tracking_smoothing_and_the_submission(tmp_path, ensemble_dir):
     frames = tmp_path / "frames.txt"
     listed = ["clip7/00001.jpg", "clip7/00007.jpg", "clip7/00008.jpg", "clip7/00012.jpg",
               "missing/00003.jpg"]
-    frames.write_text("image_location\n" + "\n".join(listed) + "\n")
+    # With a byte-order mark, as Windows tools save a text file.
+    frames.write_bytes(("\ufeffimage_location\n" + "\n".join(listed) + "\n").encode())
 
     def rows(window, submission):
         out = tmp_path / f"rows{window}.jsonl"
@@ -146,6 +147,17 @@ def test_aligned_inputs_and_user_errors(tmp_path, ensemble_dir):
     with pytest.raises(predict.UsageError, match="compound_abaw7"):
         predict.run([os.fspath(face)], ensemble=os.fspath(eleven), aligned=True,
                     abaw_frames=os.fspath(tmp_path / "list.txt"), show_progress=False)
+    for folder in ("a", "b"):  # the submission finds videos by name: one name, one video
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "video_1.mp4").write_bytes(b"")
+    with pytest.raises(predict.UsageError) as error:
+        predict.run([os.fspath(tmp_path / "a"), os.fspath(tmp_path / "b")],
+                    ensemble=ensemble_dir, abaw_frames=os.fspath(tmp_path / "list.txt"),
+                    show_progress=False)
+    assert str(error.value) == (
+        f"--abaw-frames finds videos by name, and 2 inputs are named 'video_1': "
+        f"{tmp_path / 'a' / 'video_1.mp4'}, {tmp_path / 'b' / 'video_1.mp4'}; pass only the "
+        "C-EXPR-DB videos.")
     result = subprocess.run(
         [sys.executable, "-m", "cer_jax.predict", f"--ensemble={tmp_path / 'none'}",
          os.fspath(face)], capture_output=True, text=True, cwd=ROOT, timeout=120,

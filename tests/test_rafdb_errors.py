@@ -201,3 +201,17 @@ def test_failure_while_writing_leaves_no_dataset(tree, tmp_path):
     assert not (data_dir / "rafdb/compound/1.0.0").exists()
     assert not list(data_dir.rglob("*.tfrecord*")) and not list(data_dir.rglob("incomplete*"))
     assert not rafdb.Builder(config="compound", data_dir=str(data_dir)).is_prepared()
+
+
+def test_a_label_file_saved_with_a_byte_order_mark_and_crlf_parses_the_same(tree):
+    """As Windows editors save it."""
+    expected = layout.parse_label_file(tree, 11, "compound")
+    text = (tree / LABELS).read_text()
+    (tree / LABELS).write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    assert layout.parse_label_file(tree, 11, "compound") == expected
+
+
+def test_a_label_file_that_is_not_text_names_the_file(tree, tmp_path):
+    (tree / LABELS).write_bytes(b"train_0001.jpg \xff\xfe 1\n")
+    message = _build_fails(tree, tmp_path / "data")
+    assert message.startswith(f"{tree / LABELS}: not a UTF-8 text file (")

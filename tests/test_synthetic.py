@@ -4,6 +4,7 @@ import hashlib
 import io
 import itertools
 import logging
+import os
 import pathlib
 import re
 import subprocess
@@ -221,10 +222,11 @@ def test_validation_split_is_a_stable_hash_of_the_name(tmp_path):
 
 
 def test_cli_says_synthetic(tmp_path):
+    # "--out=~/t": the shell leaves a ~ after "=" alone; the path flag expands it.
     result = subprocess.run(
-        [sys.executable, "-m", "cer_jax.synthetic", f"--out={tmp_path / 't'}",
+        [sys.executable, "-m", "cer_jax.synthetic", "--out=~/t",
          "--num_train_images=22", "--num_test_images=11"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HOME": str(tmp_path)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith(
@@ -232,6 +234,22 @@ def test_cli_says_synthetic(tmp_path):
         "  22 train / 11 test images\n"
     )
     assert len(_entries(tmp_path / "t")) == 33
+
+
+def test_the_builder_cli_builds_from_home_relative_paths(tmp_path):
+    """README's `python -m tfds_rafdb.rafdb --builder_config=... --data_dir=~/...` (bash leaves
+    a ~ after "=" alone, so the CLI expands it)."""
+    synthetic.write_tree(tmp_path / "tree", num_train_images=22, num_test_images=11)
+    result = subprocess.run(
+        [sys.executable, "-m", "tfds_rafdb.rafdb", "--builder_config=compound",
+         "--manual_dir=~/tree", "--data_dir=~/tfds"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HOME": str(tmp_path)},
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"rafdb/compound ready in {tmp_path / 'tfds' / 'rafdb' / 'compound' / '1.0.0'}\n" in (
+        result.stdout)
+    assert not (tmp_path / "~").exists()
 
 
 def test_every_rafdb_class_is_drawn_from_its_named_emotions():

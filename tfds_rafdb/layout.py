@@ -128,11 +128,20 @@ def check_root(root: epath.Path) -> None:
     )
 
 
+def _text_lines(path: epath.Path) -> list[str]:
+    """The lines of a UTF-8 text file, without a byte-order mark (epath's read_text ignores
+    encoding="utf-8-sig")."""
+    try:
+        return path.read_bytes().decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        raise RafDbLayoutError(f"{path}: not a UTF-8 text file ({e}).") from e
+
+
 def parse_label_file(root: epath.Path, num_labels: int, tree: str) -> list[tuple[str, int, int]]:
     """Returns (file name, raw label, line) per entry; raises naming the file and line on error."""
     path = root / LABEL_FILE
     entries, first_line = [], {}
-    for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    for line_no, line in enumerate(_text_lines(path), start=1):
         if not line.strip():
             continue
         fields = line.split()
@@ -190,7 +199,7 @@ def _check_image(path: epath.Path, name: str, line: int) -> bool:
 def _read_landmarks(path: epath.Path) -> np.ndarray | None:
     if not path.exists():
         return None
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    lines = _text_lines(path)
     points = []
     for line_no in range(1, NUM_LANDMARKS + 1):
         line = lines[line_no - 1] if line_no <= len(lines) else ""

@@ -38,17 +38,17 @@ flags.DEFINE_integer("steps", 10, "Timed steps (train and eval each).", lower_bo
 flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.", lower_bound=0)
 flags.DEFINE_integer("num_classes", 11, "Classes of the head (RAF-DB compound: 11).",
                      lower_bound=2)
-flags.DEFINE_string("json", None, "Write every figure to this JSON file.")
+cli.define_path_flag("json", None, "Write every figure to this JSON file.")
 flags.DEFINE_bool("input", False,
                   "Also time the real training input pipeline (TensorFlow) per host core.")
 flags.DEFINE_integer("input_batches", 20, "Batches timed by --input.", lower_bound=1)
 flags.DEFINE_integer("input_num_train_images", 600,
                      "Synthetic training images drawn for --input.", lower_bound=1)
-flags.DEFINE_string("input_cache_dir", os.path.join(tempfile.gettempdir(), "cer_jax_bench"),
+cli.define_path_flag("input_cache_dir", os.path.join(tempfile.gettempdir(), "cer_jax_bench"),
                     "Where --input draws and builds its synthetic dataset (reused).")
 flags.DEFINE_bool("compare_torch", False,
                   "Also time the PyTorch reference (transformers ViT / ResNet, MA-Net).")
-flags.DEFINE_string("profile", None, "Write a jax.profiler trace of a few steps here.")
+cli.define_path_flag("profile", None, "Write a jax.profiler trace of a few steps here.")
 
 def machine() -> dict[str, Any]:
     import jax

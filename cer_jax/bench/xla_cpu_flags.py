@@ -50,7 +50,7 @@ flags.DEFINE_integer("image_size", None, "As cer_jax.bench.", lower_bound=1)
 flags.DEFINE_integer("steps", 5, "As cer_jax.bench.", lower_bound=1)
 flags.DEFINE_integer("warmup", 2, "As cer_jax.bench.", lower_bound=0)
 flags.DEFINE_bool("compare_torch", True, "Time PyTorch in every run (ratios).")
-flags.DEFINE_string("json", None, "Write every run's figures here.")
+cli.define_path_flag("json", None, "Write every run's figures here.")
 
 
 def run_setting(name: str, extra: Sequence[str], out: str) -> dict:

@@ -8,6 +8,7 @@ because in every cer_jax command `--config` is a config file.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -33,7 +34,9 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     try:
-        builder = build(_BUILDER_CONFIG.value, _MANUAL_DIR.value, _DATA_DIR.value)
+        # The shell leaves `--data_dir=~/x` alone; gs:// paths pass through unchanged.
+        builder = build(_BUILDER_CONFIG.value, os.path.expanduser(_MANUAL_DIR.value),
+                        os.path.expanduser(_DATA_DIR.value))
     except RafDbLayoutError as e:  # a bad tree: the message names the file and line
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
