@@ -123,12 +123,20 @@ def expand_inputs(inputs: Sequence[str]) -> list[Source]:
     for item in inputs:
         path = epath.Path(item)
         if path.is_dir():
+            skipped = []
             for child in _walk(path):
                 suffix = child.suffix.lower()
                 if suffix in IMAGE_EXTENSIONS:
                     sources.append(Source(os.fspath(child), "image"))
                 elif suffix in VIDEO_EXTENSIONS:
                     sources.append(Source(os.fspath(child), "video"))
+                else:
+                    skipped.append(child.name)
+            if skipped:  # said once, so that a folder of .gif or .heic files is not silent
+                logging.warning(
+                    "Skipped %d file(s) in %s that are neither images nor videos by extension "
+                    "(e.g. %s); pass a file itself to try it as an image.",
+                    len(skipped), item, ", ".join(skipped[:3]))
         else:
             kind = "video" if path.suffix.lower() in VIDEO_EXTENSIONS else "image"
             sources.append(Source(item, kind))

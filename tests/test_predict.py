@@ -164,3 +164,12 @@ def test_aligned_inputs_and_user_errors(tmp_path, ensemble_dir):
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "not an ensemble directory" in result.stderr
+
+
+def test_a_folder_says_which_files_it_skips(tmp_path, caplog):
+    for name in ("a.gif", "b.JPG", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert predict.expand_inputs([os.fspath(tmp_path)]) == [
+        predict.Source(os.fspath(tmp_path / "b.JPG"), "image")]
+    assert (f"Skipped 2 file(s) in {tmp_path} that are neither images nor videos by extension "
+            "(e.g. a.gif, notes.txt)") in caplog.text
