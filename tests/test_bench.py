@@ -286,3 +286,12 @@ def test_accelerator_script_runs_end_to_end(tmp_path):
     assert {"train", "eval"} <= names
     assert "| vit:test/8 | 24,135 |" in (out / "costs_cpu.txt").read_text()
     assert jax.__version__ in (out / "machine.txt").read_text()
+
+
+def test_help_lists_the_bench_flags():
+    """`python -m cer_jax.bench --help` (the README's way to see a CLI's flags)."""
+    result = subprocess.run([sys.executable, "-m", "cer_jax.bench", "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.stdout.startswith("Throughput, FLOPs, MFU and memory per model")
+    for name in ("--models:", "--precision:", "--[no]compare_torch:", "--[no]input:", "--profile:"):
+        assert f"  {name}" in result.stdout, name

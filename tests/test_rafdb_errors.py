@@ -60,6 +60,13 @@ def test_missing_label_file_shows_layout_and_flag(tree, tmp_path):
     assert "--manual_dir" in message
 
 
+def test_a_manual_dir_that_does_not_exist_shows_the_layout(tmp_path):
+    message = _build_fails(tmp_path / "nowhere", tmp_path / "data")
+    assert message.startswith(f"RAF-DB tree at {tmp_path / 'nowhere'} is missing {LABELS}, "
+                              "Image/aligned.\n")
+    assert not (tmp_path / "data").exists()  # not even TFDS's empty folders
+
+
 def test_missing_image_folder(tree, tmp_path):
     shutil.rmtree(tree / "Image/aligned")
     message = _build_fails(tree, tmp_path / "data")

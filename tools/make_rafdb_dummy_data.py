@@ -20,8 +20,10 @@ from PIL import Image
 
 from cer_jax import synthetic
 from tfds_rafdb import layout
+from tfds_rafdb.rafdb import rafdb_dataset_builder
 
-DUMMY_DATA = pathlib.Path(layout.__file__).parent / "dummy_data"
+# Where the builder's tests read them (rafdb_dataset_builder_test._DUMMY_DATA).
+DUMMY_DATA = pathlib.Path(rafdb_dataset_builder.Builder.code_path).parent / "dummy_data"
 TREES = {"compound": (24, 11), "basic": (16, 7)}  # kind: (train images, test images)
 
 _OUT = flags.DEFINE_string("out", str(DUMMY_DATA), "Folder to write <kind>/ trees into.")

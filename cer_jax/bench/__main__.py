@@ -1,6 +1,11 @@
 """`python -m cer_jax.bench`: see cer_jax.bench.main."""
 
-from cer_jax.bench.main import main
+from absl import flags
+
+from cer_jax.bench import main as bench_main
 
 if __name__ == "__main__":
-    main()
+    # --help shows the bench's own text and flags (absl reads them from the __main__ module).
+    __doc__ = bench_main.__doc__  # noqa: A001
+    flags.adopt_module_key_flags(bench_main)
+    bench_main.main()

@@ -177,6 +177,8 @@ def _log_left_out(records: list[layout.Record], config: RafDbConfig) -> None:
 def build(config_name: str, manual_dir: str, data_dir: str) -> tfds.core.DatasetBuilder:
     """Prepares `rafdb/<config_name>` in `data_dir` from `manual_dir` unless already prepared."""
     builder = Builder(config=config_name, data_dir=data_dir)
+    if not builder.is_prepared():  # a missing tree: our message, before TFDS makes any folder
+        layout.check_root(epath.Path(manual_dir))
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir),
     )
