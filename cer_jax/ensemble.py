@@ -322,7 +322,8 @@ def write_from_fusion(
     `cer_jax.checkpointing.restore_best_model(member.workdir)`) plus the fitted strategy.
 
     `members` are `cer_jax.fusion.members.Member`s (name, workdir, info). A member without a
-    best checkpoint (an export copied from elsewhere) means no ensemble: logged, None returned.
+    best checkpoint (an export copied from elsewhere) means no ensemble: logged, None returned,
+    and an earlier fusion's artefact at `out` removed (it would not match the new report).
     Every process must call it (Orbax restores collectively); only process 0 writes.
     """
     restored = []
@@ -330,8 +331,13 @@ def write_from_fusion(
         try:
             model, config = checkpointing.restore_best_model(member.workdir)
         except (checkpointing.WorkdirError, FileNotFoundError, ValueError) as error:
+            stale = epath.Path(out)
+            removed = jax.process_index() == 0 and stale.exists()
+            if removed:
+                stale.rmtree()
             logging.warning(
-                "No ensemble artefact written: member %s has no restorable best checkpoint (%s).",
+                "No ensemble artefact written%s: member %s has no restorable best checkpoint "
+                "(%s).", f" (the earlier one at {stale} was removed)" if removed else "",
                 member.name, error,
             )
             return None

@@ -353,6 +353,19 @@ def test_a_bad_strategy_option_stops_before_any_member_is_read(tmp_path, key, va
     assert not (tmp_path / "out").exists()
 
 
+def test_an_earlier_ensemble_that_the_new_fusion_cannot_replace_is_removed(three_members,
+                                                                           tmp_path, caplog):
+    """Export-only members have no best checkpoint, so no artefact: an old one next to the new
+    report would make predict disagree with it."""
+    stale = tmp_path / "out" / evaluator.ENSEMBLE_DIR
+    stale.mkdir(parents=True)
+    (stale / "ensemble.json").write_text('{"strategy": {"name": "an earlier run"}}')
+    evaluator.fuse(fusion_config(three_members, tmp_path / "out", ablation=False))
+    assert (tmp_path / "out" / "report.json").exists()
+    assert not stale.exists()
+    assert f"(the earlier one at {stale} was removed)" in caplog.text
+
+
 @pytest.mark.xdist_group("smoke_data")  # the same worker as the other trained_runs users
 def test_fuses_the_trainers_smoke_workdirs(trained_runs, tmp_path):
     """End to end on the trainer's own exported workdirs (the session's smoke runs)."""
