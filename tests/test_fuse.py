@@ -353,6 +353,37 @@ def test_a_bad_strategy_option_stops_before_any_member_is_read(tmp_path, key, va
     assert not (tmp_path / "out").exists()
 
 
+def test_members_trained_on_a_split_holding_validation_are_reported_as_not_held_out(tmp_path):
+    """RAF-DB's `train` holds `validation`: members trained on it have seen the images fusion
+    chooses its weights on."""
+    workdirs = []
+    for name, (quality, seed) in QUALITY_SEED.items():
+        outputs = make_outputs(quality, seed)
+        outputs["train"] = {key: np.concatenate([outputs["train_fit"][key],
+                                                 outputs["validation"][key]])
+                            for key in outputs["train_fit"]}
+        del outputs["train_fit"]
+        workdirs.append(write_export(str(tmp_path / name), name, outputs))
+    report = evaluator.fuse(fusion_config(workdirs, tmp_path / "out", ablation=False,
+                                          train_split="train"))
+    assert report["training_leaks"] == [
+        f"member {name} was trained on train, which holds 48 of the validation images"
+        for name in QUALITY_SEED]
+    assert ("**WARNING: the members' training saw what fusion treats as unseen: member vit was "
+            "trained on train, which holds 48 of the validation images;") in (
+        tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_member_that_chose_its_checkpoint_on_test_is_reported_as_not_held_out(tmp_path):
+    outputs = make_outputs(2.0, 1)
+    (tmp_path / "config.json").write_text(json.dumps({"checkpoint": {"best_split": "test"}}))
+    member = members_lib.Member("vit", str(tmp_path), {}, outputs)
+    assert evaluator.training_leaks([member], "validation", ["validation", "test"],
+                                    "train_fit") == [
+        "member vit chose its best checkpoint on test (checkpoint.best_split)"]
+    assert evaluator.training_leaks([member], "test", ["validation", "test"], "train_fit") == []
+
+
 def test_an_earlier_ensemble_that_the_new_fusion_cannot_replace_is_removed(three_members,
                                                                            tmp_path, caplog):
     """Export-only members have no best checkpoint, so no artefact: an old one next to the new

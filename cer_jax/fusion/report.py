@@ -69,11 +69,16 @@ def selection_note(report: dict[str, Any]) -> str:
             "a held-out estimate.**"
         )
     held_out = [s for s in report["eval_splits"] if s != report["select_on"]]
-    return (
+    note = (
         f"Fusion weights and hyper-parameters were chosen on the {report['select_on']} split; "
         f"{', '.join(held_out) or 'no split'} is held out. The best strategy has the highest "
         f"out-of-fold macro F1 on {report['select_on']} (k-fold cross-validation)."
     )
+    if report.get("training_leaks"):
+        note += ("\n\n**WARNING: the members' training saw what fusion treats as unseen: "
+                 + "; ".join(report["training_leaks"])
+                 + ". Those splits' numbers are optimistic.**")
+    return note
 
 
 def accuracy_table(report: dict[str, Any]) -> str:
