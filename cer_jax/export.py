@@ -12,7 +12,8 @@
 The exported splits default to the config's dataset.train_split (evaluated without
 augmentation, for feature-level fusion) followed by its dataset.eval_splits. The directory is
 written to a temporary sibling and renamed into place, so readers never see half an export.
-Every path goes through etils epath (gs:// workdirs work); only process 0 writes.
+Every path goes through etils epath (gs:// workdirs work); only process 0 writes, and every
+process returns from `write_export` only once the new export is in place.
 """
 
 from __future__ import annotations
@@ -98,8 +99,18 @@ def write_export(
         manifest["metrics"][split] = {
             key: metrics[key] for key in ("accuracy", "macro_f1", "num_examples")
         }
+    error = None
     if jax.process_index() == 0:
-        _write_atomically(export_dir(workdir), manifest, arrays)
+        try:
+            _write_atomically(export_dir(workdir), manifest, arrays)
+        except Exception as e:  # raised below, once the others know
+            error = e
+    # A barrier: the other processes read this export next (fusion), so they wait until it is
+    # whole, and learn whether process 0 failed to write it rather than wait for it forever.
+    if sharding.any_process(error is not None):
+        if error is not None:
+            raise error
+        raise ExportError(f"Process 0 could not write {export_dir(workdir)}: see its log.")
     return manifest
 
 

@@ -29,7 +29,10 @@ CPU_COMPILER_OPTIONS = {
 
 
 def create_mesh() -> Mesh:
-    return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+    """Every device, each host's together and in process order (whatever jax.devices()'s
+    order), so that a host's rows of a data-sharded array are one contiguous block."""
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
 def local_mesh() -> Mesh:

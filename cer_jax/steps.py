@@ -88,16 +88,21 @@ def train_step(
 def eval_step(
     state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.GraphDef, num_classes: int
 ) -> dict[str, jax.Array]:
-    """Logits, features and per-example loss (no smoothing, no class weights) of one batch."""
+    """Logits, features and per-example loss (no smoothing, no class weights) of one batch;
+    the batch's "index" comes back with them, in the mesh's row order, which `run_eval` sorts
+    by (a host's rows need not be contiguous in the global batch)."""
     model = merge_model(graphdef, state["params"], state["rest"])
     output = model(batch["image"], train=False)
-    return {
+    outputs = {
         "logits": output.logits.astype(jnp.float32),
         "features": output.features.astype(jnp.float32),
         "loss": per_example_loss(output, batch["label"], num_classes),
         "label": batch["label"],
         "mask": batch["mask"],
     }
+    if "index" in batch:
+        outputs["index"] = batch["index"]
+    return outputs
 
 
 def run_eval(
@@ -108,23 +113,39 @@ def run_eval(
 ) -> dict[str, np.ndarray]:
     """Every real example of a split exactly once (padding dropped by its mask), rows in the
     split's stored order whatever the number of hosts: {"logits", "features", "loss",
-    "label", "file_name"} as numpy arrays."""
+    "label", "file_name"} as numpy arrays.
+
+    `eval_fn` returns the batch's "index" with its outputs, so they share the mesh's row
+    order; the file names, which cannot enter the mesh, are gathered per host and matched to
+    the rows by that index."""
     parts: dict[str, list[np.ndarray]] = {}
+    local: dict[str, list[np.ndarray]] = {"file_name": [], "index": [], "mask": []}
     for batch in batches:
         batch = dict(batch)
-        index, file_name = batch.pop("index"), batch.pop("file_name")
+        local["file_name"].append(np.asarray(batch.pop("file_name")).astype(str))
+        local["index"].append(np.asarray(batch["index"]))
+        local["mask"].append(np.asarray(batch["mask"], bool))
         outputs = multihost_utils.process_allgather(
             eval_fn(state, sharding.to_global(batch, mesh)), tiled=True
         )
-        outputs["file_name"] = gather_strings(file_name)
-        outputs["index"] = gather_host_arrays(index)
         mask = np.asarray(outputs.pop("mask"), bool)
         for key, value in outputs.items():
             parts.setdefault(key, []).append(np.asarray(value)[mask])
     if not parts:
         raise ValueError("the eval split yielded no batches")
-    order = np.argsort(np.concatenate(parts.pop("index")), kind="stable")
-    return {key: np.concatenate(values)[order] for key, values in parts.items()}
+    if "index" not in parts:
+        raise ValueError("eval_fn must return the batch's \"index\" (as steps.eval_step does)")
+    # One gather per split (every host has the same number of batches).
+    mask = gather_host_arrays(np.concatenate(local["mask"]).astype(np.int8)).astype(bool)
+    names = gather_strings(np.concatenate(local["file_name"]))[mask]
+    name_index = gather_host_arrays(np.concatenate(local["index"]))[mask]
+    index = np.concatenate(parts.pop("index"))
+    order, name_order = np.argsort(index, kind="stable"), np.argsort(name_index, kind="stable")
+    if not np.array_equal(index[order], name_index[name_order]):
+        raise AssertionError("the eval outputs and the hosts' file names cover different rows")
+    result = {key: np.concatenate(values)[order] for key, values in parts.items()}
+    result["file_name"] = names[name_order]
+    return result
 
 
 def gather_host_arrays(local: np.ndarray) -> np.ndarray:
@@ -135,14 +156,17 @@ def gather_host_arrays(local: np.ndarray) -> np.ndarray:
 
 
 def gather_strings(local: np.ndarray) -> np.ndarray:
-    """Host-local strings -> the same strings from every host, in process order."""
+    """Host-local strings -> the same strings from every host, in process order (whole: the
+    byte width is the longest name on any host)."""
     local = np.asarray(local).astype(str)
     if jax.process_count() == 1:
         return local
-    encoded = np.char.encode(local, "utf-8").astype("S512")
-    raw = np.frombuffer(encoded.tobytes(), np.uint8).reshape(len(local), 512)
-    gathered = np.asarray(multihost_utils.process_allgather(raw, tiled=True))
-    return np.char.decode(gathered.copy().view("S512").reshape(-1), "utf-8")
+    encoded = [name.encode("utf-8") for name in local.tolist()]
+    width = max((len(e) for e in encoded), default=0)
+    width = max(int(gather_host_arrays(np.asarray([width], np.int32)).max()), 1)
+    raw = np.frombuffer(np.asarray(encoded, f"S{width}").tobytes(), np.uint8)
+    gathered = gather_host_arrays(raw.reshape(len(encoded), width))
+    return np.char.decode(np.ascontiguousarray(gathered).view(f"S{width}").reshape(-1), "utf-8")
 
 
 def add_metrics(total: Metrics | None, new: Metrics) -> Metrics:

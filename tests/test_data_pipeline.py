@@ -427,6 +427,22 @@ def test_config_errors_name_the_key_and_the_fix(tmp_path, cache_dir, info, monke
         pipeline.local_batch_size(6)
 
 
+def test_a_build_that_another_process_finished_first_is_used(tmp_path, monkeypatch):
+    """Processes sharing a disk (several on one host) may build at once: TFDS's final rename
+    then fails for all but the first, which read the first one's build."""
+    from tfds_rafdb import rafdb
+
+    build = rafdb.build
+
+    def beaten(*args):
+        build(*args)  # the other process's build, now complete
+        raise FileExistsError("Cannot rename incomplete.X_1.0.0. Destination 1.0.0 exists.")
+
+    monkeypatch.setattr(rafdb, "build", beaten)
+    info = pipeline.get_dataset_info(_config(tmp_path))
+    assert (info.split_sizes["train"], info.split_sizes["test"]) == (40, 20)
+
+
 def test_bad_manual_dir_is_reported(tmp_path):
     bad = tmp_path / "raf"
     bad.mkdir()

@@ -5,13 +5,16 @@ device each, and the run is checked against a single process driving two devices
 global batch: the data stream depends on `input.num_data_shards`, not on the process count, so
 the two runs compute the same function and must agree to float tolerance. Process 1 alone gets
 SIGTERM; both processes must save the same step and exit, a relaunch resumes there, and the
-finished run's export, logs and events are written once.
+finished run's export, logs and events are written once. The pair starts on a data cache of its
+own, so its two processes find the dataset unbuilt at the same moment. Another pair (two devices
+each, tests/two_hosts_eval.py) evaluates on a mesh that interleaves the hosts' devices.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +25,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+import two_hosts_eval
 
 from cer_jax import checkpointing, export, sharding
 
@@ -44,6 +48,13 @@ SIZE = [
     "--config.dataset.synthetic_num_test_images=20",
 ]
 
+# `python -m cer_jax.fuse` whose export writes take seconds, as on a remote bucket.
+SLOW_EXPORT_FUSE = (
+    "import runpy, time; from cer_jax import export; write = export._write_atomically; "
+    "export._write_atomically = lambda *args: (time.sleep(3), write(*args)); "
+    "runpy.run_module('cer_jax.fuse', run_name='__main__')"
+)
+
 
 def _command(workdir: Path, cache_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "cer_jax.train", "--config=configs/vit.py",
@@ -63,8 +74,9 @@ def _free_port() -> int:
 
 
 def _launch_pair(workdir: Path, cache_dir: Path, logs: Path, tag: str,
-                 command: list[str] | None = None) -> list[subprocess.Popen]:
-    """Two processes of `command` (default: the training) joined by a loopback coordinator."""
+                 command: list[str] | None = None, devices: int = 1) -> list[subprocess.Popen]:
+    """Two processes of `command` (default: the training) joined by a loopback coordinator,
+    each with `devices` CPU devices."""
     address = f"127.0.0.1:{_free_port()}"
     command = command or _command(workdir, cache_dir)
     procs = []
@@ -73,7 +85,7 @@ def _launch_pair(workdir: Path, cache_dir: Path, logs: Path, tag: str,
         procs.append(subprocess.Popen(
             [*command, f"--coordinator_address={address}", "--num_processes=2",
              f"--process_id={index}"],
-            cwd=ROOT, env=_env(1), stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT, env=_env(devices), stdout=log, stderr=subprocess.STDOUT,
         ))
     return procs
 
@@ -118,8 +130,8 @@ def runs(tmp_path_factory):
     )
     assert reference.returncode == 0, reference.stderr[-4000:]
 
-    pair = base / "pair"
-    procs = _launch_pair(pair, cache_dir, logs, "first")
+    pair, pair_cache = base / "pair", base / "pair_cache"
+    procs = _launch_pair(pair, pair_cache, logs, "first")
     pids = {"first": [p.pid for p in procs]}
     first_checkpoint = pair / checkpointing.LATEST_DIR / "3"
     deadline = time.monotonic() + 600
@@ -129,6 +141,8 @@ def runs(tmp_path_factory):
         time.sleep(0.05)
     procs[1].send_signal(signal.SIGTERM)  # One host is told; both must stop together.
     first = _wait(procs, logs, "first")
+    # The shared cache was built once, by process 0, while process 1 waited for it.
+    assert ["Downloading and preparing dataset" in log for log in first] == [True, False]
     step = _stopped_step(first[0])
     assert _stopped_step(first[1]) == step
     assert 3 <= step < TOTAL_STEPS
@@ -137,7 +151,7 @@ def runs(tmp_path_factory):
     assert latest[-1] == step
     assert not (pair / export.EXPORT_DIR).exists()
 
-    procs = _launch_pair(pair, cache_dir, logs, "second")
+    procs = _launch_pair(pair, pair_cache, logs, "second")
     pids["second"] = [p.pid for p in procs]
     second = _wait(procs, logs, "second")
     for log in second:
@@ -187,8 +201,17 @@ def test_logs_events_and_export_are_written_once(runs):
 
 def test_two_processes_fuse_and_write_the_report_once(runs):
     single, pair, *_, logs = runs
+    # A member whose export lacks the test split: both processes re-export it, and process 1
+    # must read the export that process 0 writes (slowly, as to a bucket), not the old one.
+    stale = pair.parent / "stale"
+    shutil.copytree(single, stale)
+    manifest_path = stale / export.EXPORT_DIR / export.EXPORT_FILE
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["splits"]["test"], manifest["metrics"]["test"]
+    manifest_path.write_text(json.dumps(manifest))
+    (stale / export.EXPORT_DIR / "test.npz").unlink()
     out = pair.parent / "fusion"
-    command = [sys.executable, "-m", "cer_jax.fuse", f"--workdirs={single},{pair}",
+    command = [sys.executable, "-c", SLOW_EXPORT_FUSE, f"--workdirs={stale},{pair}",
                f"--out={out}", "--config.feature_mlp.max_epochs=5",
                "--config.strategies=performance_weighted,uniform_probabilities,optimised_weights"]
     procs = _launch_pair(pair, pair, logs, "fuse", command)
@@ -198,9 +221,32 @@ def test_two_processes_fuse_and_write_the_report_once(runs):
     member = report["members"][1]["metrics"]["test"]
     assert (member["accuracy"], member["macro_f1"]) == (exported["accuracy"],
                                                          exported["macro_f1"])
+    # The re-export on two processes is the single process's own test export.
+    reexported, original = export.load_export(str(stale))[1]["test"], export.load_export(
+        str(single))[1]["test"]
+    assert reexported["file_names"].tolist() == original["file_names"].tolist()
+    np.testing.assert_allclose(reexported["logits"], original["logits"], rtol=1e-4, atol=1e-4)
+    assert report["members"][0]["metrics"]["test"]["accuracy"] == export.load_export(
+        str(single))[0]["metrics"]["test"]["accuracy"]
     assert _events_pids(out) == [procs[0].pid]  # TensorBoard events from process 0 only
     assert (out / "ensemble" / "ensemble.json").exists()
     assert not list(out.glob(".*"))
+
+def test_eval_rows_keep_their_whole_file_names_when_the_mesh_interleaves_hosts(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    command = [sys.executable, "tests/two_hosts_eval.py", str(tmp_path)]
+    _wait(_launch_pair(tmp_path, tmp_path, logs, "eval", command, devices=2), logs, "eval")
+    expected = [two_hosts_eval.file_name(i) for i in range(two_hosts_eval.SIZE)]
+    assert max(len(name.encode()) for name in expected) > 700
+    for index in range(2):
+        got = json.loads((tmp_path / f"{index}.json").read_text())
+        assert got["mesh"] == [0, 1, 0, 1]  # a host's rows are not one block of the batch
+        assert got["create_mesh"] == [0, 0, 1, 1]
+        # Rows in stored order, each with its own example's logits, label and whole name.
+        assert got["example_ids"] == list(range(two_hosts_eval.SIZE))
+        assert got["labels"] == [i % 7 for i in range(two_hosts_eval.SIZE)]
+        assert got["file_names"] == expected
 
 
 def _leaves(tree, prefix=""):

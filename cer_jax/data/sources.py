@@ -14,13 +14,15 @@ import functools
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+import jax
 import ml_collections
 import numpy as np
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
 from cer_jax.errors import UserError
 
@@ -138,6 +140,50 @@ def _synthetic_tree(config: ml_collections.ConfigDict, kind: str) -> str:
     return root
 
 
+# The "<dataset> in <data_dir>" that this process has opened already (with several processes:
+# all of them together, see _prepared); later openings need no barrier.
+_OPENED_TOGETHER: set[str] = set()
+
+
+def _prepared(builder: Any, reopen: Callable[[], Any], build: Callable[[], Any], key: str
+              ) -> Any:
+    """`builder`, built first if it is not prepared.
+
+    With several processes, the first opening of `key` is collective (every process opens the
+    same data at the same point of the run): process 0 builds while the others wait, so a
+    shared disk is built once; a process that still finds its data_dir unprepared after that
+    (a disk of its own) builds its own copy. A build error on process 0 reaches the others as
+    their own build's error, not as a hang."""
+    if key not in _OPENED_TOGETHER and jax.process_count() > 1:
+        error = None
+        if jax.process_index() == 0 and not builder.is_prepared():
+            try:
+                builder = _build_or_join(build, reopen)
+            except Exception as e:  # raised after the barrier, where the others are
+                error = e
+        multihost_utils.sync_global_devices(f"cer_jax data {key}")
+        if error is not None:
+            raise error
+        builder = reopen()  # process 0's build, on a shared disk
+    _OPENED_TOGETHER.add(key)
+    if not builder.is_prepared():
+        builder = _build_or_join(build, reopen)
+    return builder
+
+
+def _build_or_join(build: Callable[[], Any], reopen: Callable[[], Any]) -> Any:
+    """build(); when it fails because another process sharing the disk finished the same build
+    first (TFDS writes to a temporary directory and its final rename then fails), theirs."""
+    try:
+        return build()
+    except Exception:
+        builder = reopen()
+        if not builder.is_prepared():
+            raise
+        logging.info("%s was built by another process meanwhile; using it.", builder.data_dir)
+        return builder
+
+
 class TfdsSource:
     """A TFDS dataset; "rafdb/*" is built from `manual_dir` (or the synthetic tree) if needed."""
 
@@ -173,7 +219,8 @@ class TfdsSource:
                 "'rafdb/compound_abaw7', 'rafdb/basic') or 'folder' with "
                 "config.dataset.folder pointing at a <split>/<class>/<image> tree."
             ) from e
-        if not builder.is_prepared():
+
+        def build() -> Any:
             if rafdb is not None and manual_dir:
                 if not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
                     raise DataConfigError(
@@ -182,14 +229,14 @@ class TfdsSource:
                         "Image/)."
                     )
                 try:
-                    builder = rafdb.build(
+                    return rafdb.build(
                         builder_config or builder.builder_config.name, manual_dir, data_dir
                     )
                 except rafdb.RafDbLayoutError as e:
                     raise DataConfigError(
                         f"config.dataset.manual_dir={manual_dir!r} is not a usable RAF-DB tree: {e}"
                     ) from e
-            elif rafdb is not None:
+            if rafdb is not None:
                 instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", "") or ""
                 raise DataConfigError(
                     f"config.dataset.name={config.name!r} is not prepared in "
@@ -199,13 +246,17 @@ class TfdsSource:
                     f"(it is built into data_dir on first use).\n{instructions.strip()}\n"
                     + SMOKE_HINT
                 )
-            else:
-                raise DataConfigError(
-                    f"config.dataset.name={config.name!r} is not prepared in "
-                    f"config.dataset.data_dir={data_dir!r}. This project never downloads: "
-                    f"prepare it first (e.g. `tfds build {config.name.split(':')[0]} "
-                    "--data_dir=<dir>`) and set config.dataset.data_dir to that directory."
-                )
+            raise DataConfigError(
+                f"config.dataset.name={config.name!r} is not prepared in "
+                f"config.dataset.data_dir={data_dir!r}. This project never downloads: "
+                f"prepare it first (e.g. `tfds build {config.name.split(':')[0]} "
+                "--data_dir=<dir>`) and set config.dataset.data_dir to that directory."
+            )
+
+        builder = _prepared(
+            builder, lambda: tfds.builder(config.name, data_dir=data_dir), build,
+            key=f"{config.name} in {data_dir}",
+        )
         self._builder = builder
         features = builder.info.features
         for key in ("image_key", "label_key"):
