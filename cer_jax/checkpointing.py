@@ -31,6 +31,7 @@ CONFIG_FILE = "config.json"
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
 BEST_METRIC = "macro_f1"
+EVALUATION_PENDING = "evaluation_pending"  # latest-checkpoint metadata: see save_latest
 
 
 class WorkdirError(UserError):
@@ -155,9 +156,20 @@ class Checkpoints:
             return float("-inf")
         return float((self.best.metrics(step) or {}).get(BEST_METRIC, float("-inf")))
 
-    def save_latest(self, step: int, state: train_state.TrainState) -> None:
+    def save_latest(
+        self, step: int, state: train_state.TrainState, *, evaluation_pending: bool = False
+    ) -> None:
+        """`evaluation_pending`: `step` is an evaluation step that was skipped (preemption);
+        the resumed run evaluates it first (`evaluation_pending()`)."""
         if self.latest.latest_step() != step:
-            self.latest.save(step, args=ocp.args.StandardSave(state))
+            metadata = {EVALUATION_PENDING: True} if evaluation_pending else None
+            self.latest.save(step, args=ocp.args.StandardSave(state), custom_metadata=metadata)
+
+    def evaluation_pending(self, step: int) -> bool:
+        """Whether latest checkpoint `step` was saved in place of its evaluation (read it after
+        `restore_latest`, which tells Orbax how the step was saved)."""
+        metadata = self.latest.metadata(step)
+        return bool((getattr(metadata, "custom_metadata", None) or {}).get(EVALUATION_PENDING))
 
     def save_best(
         self, step: int, state: train_state.TrainState, metrics: dict[str, float]

@@ -2,8 +2,9 @@
 
 `train_and_evaluate(config, workdir)` trains one model and returns its final metrics. Running it
 again on the same workdir resumes from the latest checkpoint with the same data order. SIGTERM
-(preemption) on any process makes every process save the same step and return cleanly; a
-non-finite loss stops the run with a message and leaves the last good checkpoint in place.
+(preemption) on any process makes every process save the same step and return cleanly (an
+evaluation due at that step is left to the resumed run, which does it first); a non-finite loss
+stops the run with a message and leaves the last good checkpoint in place.
 Everything a run will read (config, weights, every image of every split) is checked before
 the first step, so a bad input never costs training time.
 """
@@ -264,10 +265,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     halt = config.training.get("halt_after_steps")
     result: dict[str, Any] = {"stopped": None, "train": {}, "eval": {}}
     best_value = ckpts.best_value()
+
+    def evaluate_and_keep_best(step: int) -> None:
+        nonlocal best_value
+        for split in config.dataset.eval_splits:
+            with report.timed(f"eval_{split}"):
+                scores = evaluate.scores(
+                    evaluate.predict_split(eval_fn, state, config, info, split, mesh), info
+                )
+            write_eval(writer, step, split, scores, info)
+            result["eval"][split] = scores
+            logging.info("step %d %s: accuracy %.4f macro F1 %.4f loss %.4f", step, split,
+                         scores["accuracy"], scores["macro_f1"], scores["loss"])
+        best = result["eval"][config.checkpoint.best_split]["macro_f1"]
+        if best > best_value:
+            best_value = best
+            ckpts.save_best(step, state, {checkpointing.BEST_METRIC: best})
+
     accumulated = None
     last_checked = start_step
     step = start_step
     try:
+        if start_step and ckpts.evaluation_pending(start_step):
+            # Preempted at an evaluation, which was put off: the best step is chosen as if
+            # the run had never stopped.
+            logging.info("Evaluating step %d (skipped when the run was preempted).", step)
+            evaluate_and_keep_best(step)
         with Preemption() as preemption:
             while step < total_steps:
                 state, metrics = train_fn(state, next(batches))
@@ -289,23 +312,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 result["train"] = train_metrics(sums, schedule(step - 1))
                 writer.write_scalars(step, result["train"])
                 report(step)
-                if is_eval:
-                    for split in config.dataset.eval_splits:
-                        with report.timed(f"eval_{split}"):
-                            scores = evaluate.scores(
-                                evaluate.predict_split(eval_fn, state, config, info, split, mesh),
-                                info,
-                            )
-                        write_eval(writer, step, split, scores, info)
-                        result["eval"][split] = scores
-                        logging.info("step %d %s: accuracy %.4f macro F1 %.4f loss %.4f", step,
-                                     split, scores["accuracy"], scores["macro_f1"], scores["loss"])
-                    best = result["eval"][config.checkpoint.best_split]["macro_f1"]
-                    if best > best_value:
-                        best_value = best
-                        ckpts.save_best(step, state, {checkpointing.BEST_METRIC: best})
+                # A preempted host has seconds left: it saves at once and the resumed run
+                # evaluates this step first.
+                if is_eval and not preempted:
+                    evaluate_and_keep_best(step)
                 if is_ckpt:
-                    ckpts.save_latest(step, state)
+                    ckpts.save_latest(step, state, evaluation_pending=is_eval and preempted)
                 writer.flush()
                 if stop:
                     result["stopped"] = "preempted" if preempted else "halted"

@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import smoke_config
 
-from cer_jax import trainer
+from cer_jax import evaluate, trainer
 
 # Shares its expensive session fixtures with other files: one xdist worker runs them all.
 pytestmark = pytest.mark.xdist_group("smoke_data")
@@ -128,3 +128,38 @@ def test_sigterm_saves_a_checkpoint_and_returns(tmp_path, synthetic_cache_dir):
     assert not os.path.exists(workdir / "export")
     # The trainer restored the previous SIGTERM handler on the way out.
     assert signal.getsignal(signal.SIGTERM) is previous_handler
+
+
+def test_sigterm_at_an_evaluation_saves_first_and_the_resumed_run_evaluates_that_step(
+    tmp_path, synthetic_cache_dir, monkeypatch
+):
+    workdir = tmp_path / "preempted_at_eval"
+    config = tiny_config(synthetic_cache_dir, **{
+        "training.num_steps": 9, "training.eval_every_steps": 3,
+        "training.log_every_steps": 3, "checkpoint.every_steps": 3,
+    })
+    splits = len(config.dataset.eval_splits)
+    evaluated = []  # the train step of each split's evaluation ("export": the export's)
+    predict_split = evaluate.predict_split
+
+    def recording(eval_fn, state, *args):
+        evaluated.append(int(state["step"]) if "step" in state else "export")
+        return predict_split(eval_fn, state, *args)
+
+    def preempting(eval_fn, state, *args):
+        if not evaluated:  # SIGTERM during step 3's evaluation: seen at step 6, an eval step
+            os.kill(os.getpid(), signal.SIGTERM)
+        return recording(eval_fn, state, *args)
+
+    monkeypatch.setattr(evaluate, "predict_split", preempting)
+    result = trainer.train_and_evaluate(config, str(workdir))
+    assert result["stopped"] == "preempted" and result["step"] == 6
+    assert saved_steps(workdir) == [3, 6]
+    assert evaluated == [3] * splits  # step 6 was saved without evaluating it
+
+    evaluated.clear()
+    monkeypatch.setattr(evaluate, "predict_split", recording)
+    result = trainer.train_and_evaluate(config, str(workdir))
+    assert result["stopped"] is None and result["step"] == 9
+    # The resumed run evaluates step 6 before it trains on, as an unstopped run would have.
+    assert evaluated == [6] * splits + [9] * splits + ["export"]
