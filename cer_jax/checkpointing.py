@@ -92,8 +92,11 @@ def with_sharding(abstract: Any, mesh: Mesh) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=target), abstract)
 
 
-# What must be equal for a workdir's checkpoints to belong to a run of this config.
-_IDENTITY_KEYS = ("member", "model", "dataset.name", "dataset.folder", "dataset.train_split")
+# What must be equal for a workdir's checkpoints to belong to a run of this config: the model,
+# its data, and how evaluation (and so the export and the ensemble artefact) feeds it images.
+_IDENTITY_KEYS = ("member", "model", "dataset.name", "dataset.folder", "dataset.train_split",
+                  "input.image_size", "input.normalization", "input.eval_resize",
+                  "input.resize_size")
 
 
 def _flat(config: ml_collections.ConfigDict | dict, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -116,7 +119,8 @@ def _flat(config: ml_collections.ConfigDict | dict, keys: tuple[str, ...]) -> di
 
 
 def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Refuses to resume a workdir whose checkpoints come from another model or label space."""
+    """Refuses to resume a workdir whose checkpoints come from another model, label space or
+    evaluation preprocessing."""
     path = workdir_path(workdir, CONFIG_FILE)
     if not path.exists():
         return

@@ -88,3 +88,15 @@ def test_a_workdir_of_another_model_is_refused_naming_the_keys(tmp_path):
     assert "model.name='manet' there, 'resnet' here" in message
     assert "Use a new --workdir" in message
     assert os.listdir(workdir) == ["config.json"]
+
+
+def test_resuming_with_another_evaluation_preprocessing_is_refused(tmp_path):
+    """The best checkpoint, the export and the ensemble artefact would disagree on how the
+    model is fed (only training augmentation may change on a resume)."""
+    workdir = tmp_path / "run"
+    checkpointing.save_config(smoke_config("resnet50", tmp_path / "cache"), str(workdir))
+    config = smoke_config("resnet50", tmp_path / "cache", **{"input.normalization": "unit"})
+    with pytest.raises(checkpointing.WorkdirError) as error:
+        trainer.train_and_evaluate(config, str(workdir))
+    assert "(input.normalization='imagenet' there, 'unit' here)" in str(error.value)
+    assert os.listdir(workdir) == ["config.json"]
