@@ -222,7 +222,8 @@ class TfdsSource:
 
         def build() -> Any:
             if rafdb is not None and manual_dir:
-                if not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
+                tree = epath.Path(manual_dir)  # may be gs://
+                if not tree.is_dir() or next(tree.iterdir(), None) is None:
                     raise DataConfigError(
                         f"config.dataset.manual_dir={manual_dir!r} does not exist or is empty. "
                         "Point it at the unpacked RAF-DB tree (the folder holding EmoLabel/ and "
