@@ -371,6 +371,40 @@ def test_image_folder_source(tmp_path):
     assert train["image"].shape == (4, 12, 12, 3)
 
 
+def test_a_folder_photo_is_turned_upright_by_its_exif_orientation(tmp_path):
+    """As Pillow's ImageOps.exif_transpose (and cer_jax.predict's OpenCV decoder) show it: every
+    EXIF orientation, lossless (PNG's eXIf chunk) and as a phone writes it (JPEG)."""
+    from PIL import ImageOps
+
+    from cer_jax.data import sources
+
+    rng = np.random.default_rng(0)
+    stored = rng.integers(0, 256, (12, 20, 3), dtype=np.uint8)  # not square: turns show
+    names = []
+    for orientation in range(1, 9):
+        for suffix in (".png", ".jpg"):
+            exif = Image.Exif()
+            exif[0x0112] = orientation
+            name = f"{orientation}{suffix}"
+            folder = tmp_path / "train" / "a"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(stored).save(folder / name, exif=exif, quality=95)
+            names.append(name)
+    source = sources.FolderSource(ml_collections.ConfigDict({"folder": str(tmp_path)}))
+    files = [name for name, _ in source._files["train"]]
+    decoded = list(source.examples("train", np.arange(len(files))).as_numpy_iterator())
+    for example in decoded:
+        path = tmp_path / "train" / example["file_name"].decode()
+        with Image.open(path) as image:
+            upright = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+        assert example["image"].shape == upright.shape, path.name
+        error = np.abs(example["image"].astype(int) - upright).mean()
+        # JPEG: two decoders differ slightly; a wrong turn of this noise would differ by ~85.
+        limit = 0 if path.suffix == ".png" else 3
+        assert error <= limit, (path.name, error)
+    assert sources.exif_orientation(str(tmp_path / "train" / "a" / "6.png")) == 6
+
+
 def _error(config, match):
     with pytest.raises(DataConfigError, match=match) as e:
         pipeline.get_dataset_info(config)

@@ -347,12 +347,46 @@ def _subdirs(path: epath.Path) -> list[str]:
     return sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+_EXIF_ORIENTATION = 0x0112
+
+
+def exif_orientation(path: str) -> int:
+    """The EXIF orientation tag (1-8; 1 = as stored) of an image file, read from its header
+    only; 1 when it has none or is not a file Pillow knows."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with epath.Path(path).open("rb") as f, Image.open(f) as image:
+            value = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def apply_exif_orientation(image: Any, orientation: Any) -> Any:
+    """A decoded [H, W, C] image turned upright for its EXIF orientation (as Pillow's
+    ImageOps.exif_transpose; tf.image.rot90 turns counter-clockwise)."""
+    tf = import_tf()
+    transposed = tf.transpose(image, [1, 0, 2])
+    return tf.switch_case(orientation - 1, [
+        lambda: image,                                 # 1: upright
+        lambda: tf.image.flip_left_right(image),       # 2: mirrored
+        lambda: tf.image.rot90(image, 2),              # 3: upside down
+        lambda: tf.image.flip_up_down(image),          # 4: mirrored upside down
+        lambda: transposed,                            # 5: transposed
+        lambda: tf.image.rot90(image, 3),              # 6: to be turned 90 degrees clockwise
+        lambda: tf.image.rot90(transposed, 2),         # 7: transversed
+        lambda: tf.image.rot90(image, 1),              # 8: to be turned 90 degrees anticlockwise
+    ])
+
+
 class FolderSource:
     """A <root>/<split>/<class>/<image> tree; class names are the sorted class folder names.
 
     Images are whatever tf.io.decode_image reads (IMAGE_EXTENSIONS); grayscale images become RGB
-    by repeating the channel, an alpha channel is dropped. Other files are skipped and logged.
-    The root may be any epath (a local folder or gs://...).
+    by repeating the channel, an alpha channel is dropped, and a photo's EXIF orientation is
+    applied (as cer_jax.predict's decoder does, so a phone photo trains upright). Other files
+    are skipped and logged. The root may be any epath (a local folder or gs://...).
     """
 
     def __init__(self, config: ml_collections.ConfigDict):
@@ -428,12 +462,16 @@ class FolderSource:
         names = [files[i][0] for i in indices]
         labels = np.asarray([files[i][1] for i in indices], np.int32)
 
-        def load(path, label, name, index):
+        paths = self._paths(split, indices)
+        orientations = np.asarray([exif_orientation(p) for p in paths], np.int32)
+
+        def load(path, label, name, index, orientation):
             image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+            image = apply_exif_orientation(image, orientation)
             return {"image": image, "label": label, "file_name": name, "index": index}
 
         ds = tf.data.Dataset.from_tensor_slices((
-            np.asarray(self._paths(split, indices), str), labels, np.asarray(names, str), indices
+            np.asarray(paths, str), labels, np.asarray(names, str), indices, orientations
         ))
         return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
 
