@@ -14,8 +14,9 @@ shear 10) and Gaussian blur.
 
 `:follow_up` is the follow-up paper's recipe as stated (config_base.follow_up_recipe): Adam,
 3e-6 backbone / 1e-5 head, x0.9 per epoch, 50 epochs, ImageNet mean/std; no weight decay,
-warm-up, clipping, label smoothing or stochastic depth. AugReg weights were pre-trained on
-[-1, 1] inputs: add --config.input.normalization=minus_one_one to feed them what they expect.
+warm-up, clipping, label smoothing, stochastic depth or zero-initialised head. AugReg weights
+were pre-trained on [-1, 1] inputs: add --config.input.normalization=minus_one_one to feed them
+what they expect.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif arg == "follow_up":
         config_base.follow_up_recipe(config)
         config.model.stochastic_depth = 0.0
+        config.model.head_zeroinit = False  # a big_vision convention, not the recipe's
     elif arg:
         raise ValueError(
             f"Unknown config argument {arg!r} for configs/vit.py: use '', 'smoke' or 'follow_up'."

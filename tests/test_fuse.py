@@ -421,3 +421,15 @@ def test_fuses_the_trainers_smoke_workdirs(trained_runs, tmp_path):
         assert confusion.shape == (num_classes, num_classes), name
         assert confusion.sum() == report["members"][0]["metrics"]["test"]["num_examples"]
     assert (tmp_path / "fusion" / "report.md").exists()
+
+
+def test_the_leak_warning_is_kept_when_choosing_on_test():
+    from cer_jax.fusion import report as report_lib
+
+    note = report_lib.selection_note({"select_on": "test", "eval_splits": ["validation", "test"],
+                                      "training_leaks": ["member vit was trained on train"]})
+    assert note.startswith("**WARNING: fusion weights and hyper-parameters were chosen on the "
+                           "test split")
+    assert note.endswith("**WARNING: the members' training saw what fusion treats as unseen: "
+                         "member vit was trained on train. Those splits' numbers are "
+                         "optimistic.**")

@@ -262,8 +262,6 @@ def test_the_follow_up_recipe_moves_each_weight_by_the_papers_learning_rates(mem
         [3e-6, 3e-6, 3e-6 * 0.9, 3e-6 * 0.9 ** 3], rel=1e-6)
     config = production_config(member, data, arg="follow_up", **{
         "training.num_steps": 1, "training.eval_every_steps": 1})
-    if member == "vit":  # a zero head passes no gradient to the body on the first step
-        config.model.head_zeroinit = False
     source = source_model(config, **implied(member, _formats(member)[0]))
     config.init.checkpoint = str(weight_files.FORMATS[MODEL_NAMES[member]][_formats(member)[0]](
         source, tmp_path / "w"))

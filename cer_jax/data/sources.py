@@ -9,6 +9,7 @@ manual directory) happens here, once, on first use; nothing is ever downloaded.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import os
@@ -152,8 +153,8 @@ def _prepared(builder: Any, reopen: Callable[[], Any], build: Callable[[], Any],
     With several processes, the first opening of `key` is collective (every process opens the
     same data at the same point of the run): process 0 builds while the others wait, so a
     shared disk is built once; a process that still finds its data_dir unprepared after that
-    (a disk of its own) builds its own copy. A build error on process 0 reaches the others as
-    their own build's error, not as a hang."""
+    (a disk of its own) builds its own copy. A build error on process 0 stops every process
+    (not a hang, nor the same failing build repeated everywhere)."""
     if key not in _OPENED_TOGETHER and jax.process_count() > 1:
         error = None
         if jax.process_index() == 0 and not builder.is_prepared():
@@ -161,9 +162,12 @@ def _prepared(builder: Any, reopen: Callable[[], Any], build: Callable[[], Any],
                 builder = _build_or_join(build, reopen)
             except Exception as e:  # raised after the barrier, where the others are
                 error = e
-        multihost_utils.sync_global_devices(f"cer_jax data {key}")
+        # A barrier that also tells every process whether process 0's build failed.
+        failed = np.asarray(multihost_utils.process_allgather(np.int32(error is not None)))
         if error is not None:
             raise error
+        if failed.any():
+            raise DataConfigError(f"Process 0 could not prepare {key}: see its log.")
         builder = reopen()  # process 0's build, on a shared disk
     _OPENED_TOGETHER.add(key)
     if not builder.is_prepared():
@@ -443,6 +447,7 @@ class FolderSource:
                 "folders."
             )
         self._root = root
+        self._orientation_cache: dict[str, np.ndarray] = {}
         self.info = DatasetInfo(
             name=f"folder:{root}",
             num_classes=len(classes),
@@ -463,7 +468,7 @@ class FolderSource:
         labels = np.asarray([files[i][1] for i in indices], np.int32)
 
         paths = self._paths(split, indices)
-        orientations = np.asarray([exif_orientation(p) for p in paths], np.int32)
+        orientations = self._orientations(split)[indices]
 
         def load(path, label, name, index, orientation):
             image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
@@ -474,6 +479,15 @@ class FolderSource:
             np.asarray(paths, str), labels, np.asarray(names, str), indices, orientations
         ))
         return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def _orientations(self, split: str) -> np.ndarray:
+        """Every image's EXIF orientation, read once per split, in parallel (a header read per
+        file: on gs:// each is a round trip)."""
+        if split not in self._orientation_cache:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
+                self._orientation_cache[split] = np.asarray(
+                    list(pool.map(exif_orientation, self._paths(split))), np.int32)
+        return self._orientation_cache[split]
 
     def labels(self, split: str) -> np.ndarray:
         return np.asarray([label for _, label in self._files[split]], np.int64)

@@ -63,17 +63,18 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def selection_note(report: dict[str, Any]) -> str:
     """The sentence that says where weights and hyper-parameters were chosen."""
     if report["select_on"] == "test":
-        return (
+        note = (
             "**WARNING: fusion weights and hyper-parameters were chosen on the test split "
             "(--select_on=test, the paper's protocol). Test numbers are optimistic: they are not "
             "a held-out estimate.**"
         )
-    held_out = [s for s in report["eval_splits"] if s != report["select_on"]]
-    note = (
-        f"Fusion weights and hyper-parameters were chosen on the {report['select_on']} split; "
-        f"{', '.join(held_out) or 'no split'} is held out. The best strategy has the highest "
-        f"out-of-fold macro F1 on {report['select_on']} (k-fold cross-validation)."
-    )
+    else:
+        held_out = [s for s in report["eval_splits"] if s != report["select_on"]]
+        note = (
+            f"Fusion weights and hyper-parameters were chosen on the {report['select_on']} "
+            f"split; {', '.join(held_out) or 'no split'} is held out. The best strategy has the "
+            f"highest out-of-fold macro F1 on {report['select_on']} (k-fold cross-validation)."
+        )
     if report.get("training_leaks"):
         note += ("\n\n**WARNING: the members' training saw what fusion treats as unseen: "
                  + "; ".join(report["training_leaks"])
