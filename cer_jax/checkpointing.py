@@ -25,6 +25,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from cer_jax import sharding, train_state
+from cer_jax.data import config as data_config
 from cer_jax.errors import UserError
 
 CONFIG_FILE = "config.json"
@@ -94,9 +95,7 @@ def with_sharding(abstract: Any, mesh: Mesh) -> Any:
 
 # What must be equal for a workdir's checkpoints to belong to a run of this config: the model,
 # its data, and how evaluation (and so the export and the ensemble artefact) feeds it images.
-_IDENTITY_KEYS = ("member", "model", "dataset.name", "dataset.folder", "dataset.train_split",
-                  "input.image_size", "input.normalization", "input.eval_resize",
-                  "input.resize_size")
+_IDENTITY_KEYS = ("member", "model", "dataset.name", "dataset.folder", "dataset.train_split")
 
 
 def _flat(config: ml_collections.ConfigDict | dict, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -118,14 +117,21 @@ def _flat(config: ml_collections.ConfigDict | dict, keys: tuple[str, ...]) -> di
     return flat
 
 
+def _identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    identity = _flat(config, _IDENTITY_KEYS)
+    eval_view = data_config.eval_preprocessing(config.input)
+    identity.update({f"input.{key}": value for key, value in eval_view.items()})
+    return identity
+
+
 def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Refuses to resume a workdir whose checkpoints come from another model, label space or
     evaluation preprocessing."""
     path = workdir_path(workdir, CONFIG_FILE)
     if not path.exists():
         return
-    saved = _flat(json.loads(path.read_text()), _IDENTITY_KEYS)
-    wanted = _flat(config, _IDENTITY_KEYS)
+    saved = _identity(ml_collections.ConfigDict(json.loads(path.read_text())))
+    wanted = _identity(config)
     differing = [
         f"{key}={saved.get(key)!r} there, {wanted.get(key)!r} here"
         for key in sorted(set(saved) | set(wanted))

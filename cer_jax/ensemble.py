@@ -52,6 +52,7 @@ from etils import epath
 from flax import nnx
 
 from cer_jax import checkpointing, sharding, train_state
+from cer_jax.data import config as data_config
 from cer_jax.fusion import strategies
 
 FORMAT = 1
@@ -137,17 +138,6 @@ def eval_view(image: np.ndarray, preprocessing: dict[str, Any]) -> np.ndarray:
         top, left = (new_h - size) // 2, (new_w - size) // 2
         x = x[top : top + size, left : left + size]
     return normalize(x, str(preprocessing.get("normalization", "unit"))).astype(np.float32)
-
-
-def preprocessing_of(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The eval-view settings of a member's training config (config.input)."""
-    cfg = config.input
-    return {
-        "image_size": int(cfg.image_size),
-        "normalization": str(cfg.get("normalization", "unit")),
-        "eval_resize": str(cfg.get("eval_resize", "resize")),
-        "resize_size": int(cfg.get("resize_size", cfg.image_size) or cfg.image_size),
-    }
 
 
 # --- model state as path-keyed arrays --------------------------------------------------------
@@ -283,7 +273,7 @@ def write_ensemble(
             "name": name,
             "model": str(config.model.name),
             "dir": subdir,
-            "preprocessing": preprocessing_of(config),
+            "preprocessing": data_config.eval_preprocessing(config.input),
         })
     state = {k: np.asarray(v) for k, v in strategy.state.items()}
     _write_npz(tmp / STRATEGY_FILE, state)

@@ -15,6 +15,7 @@ from matplotlib import cbook
 
 from cer_jax import ensemble as ensemble_lib
 from cer_jax.config_loading import load_config
+from cer_jax.data import config as data_config
 from cer_jax.fusion import strategies
 from cer_jax.train_state import create_model
 
@@ -33,10 +34,12 @@ def tiny_members(class_names, seed=0):
         config.dataset_info = ml_collections.ConfigDict(
             {"class_names": list(class_names), "num_classes": len(class_names)}
         )
+        config.input.image_size = 32
         if "resnet" in spec:
-            config.input.image_size = 32
             config.input.eval_resize = "resize_crop"
             config.input.resize_size = 40
+        else:
+            config.input.eval_resize = "resize"
         model = create_model(config, len(class_names), seed=seed + index)
         members.append((config.model.name, model, config))
     return members
@@ -91,8 +94,7 @@ def test_numpy_eval_view_matches_tensorflow(size, normalization, eval_resize, re
     ]
     for image in images:
         expected = augment.eval_view(tf.constant(image), cfg).numpy()
-        got = ensemble_lib.eval_view(image, ensemble_lib.preprocessing_of(
-            ml_collections.ConfigDict({"input": cfg.to_dict()})))
+        got = ensemble_lib.eval_view(image, data_config.eval_preprocessing(cfg))
         assert got.shape == expected.shape == (size, size, 3)
         assert got.dtype == np.float32
         np.testing.assert_allclose(got, expected, atol=2e-5, rtol=0)
@@ -114,8 +116,12 @@ def test_round_trip_reproduces_every_member_and_the_fusion(tmp_path):
                       np.full((100, 100, 3), 128, np.uint8), photo()[:100, :100]])
     out = loaded.predict(faces)
     expected_logits = []
-    for (_, model, config), member in zip(members, loaded.members, strict=True):
-        assert member.preprocessing == ensemble_lib.preprocessing_of(config)
+    assert [member.preprocessing for member in loaded.members] == [
+        {"image_size": 32, "normalization": "minus_one_one", "eval_resize": "resize"},
+        {"image_size": 32, "normalization": "imagenet", "eval_resize": "resize_crop",
+         "resize_size": 40},
+    ]
+    for (_, model, _), member in zip(members, loaded.members, strict=True):
         inputs = np.stack([ensemble_lib.eval_view(f, member.preprocessing) for f in faces])
         expected_logits.append(np.asarray(model(jnp.asarray(inputs), train=False).logits))
     expected_member = np.stack([

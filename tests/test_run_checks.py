@@ -100,3 +100,17 @@ def test_resuming_with_another_evaluation_preprocessing_is_refused(tmp_path):
         trainer.train_and_evaluate(config, str(workdir))
     assert "(input.normalization='imagenet' there, 'unit' here)" in str(error.value)
     assert os.listdir(workdir) == ["config.json"]
+
+
+def test_a_setting_evaluation_does_not_read_may_change_on_a_resume(tmp_path):
+    """MA-Net evaluates by a plain resize: its resize_size feeds only a training crop mode, so
+    changing it leaves the best checkpoint, export and ensemble artefact consistent."""
+    workdir = tmp_path / "run"
+    checkpointing.save_config(smoke_config("manet", tmp_path / "cache"), str(workdir))
+    resized = smoke_config("manet", tmp_path / "cache", **{"input.resize_size": 300})
+    checkpointing.check_same_run(resized, str(workdir))
+    cropped = smoke_config("manet", tmp_path / "cache", **{"input.eval_resize": "resize_crop"})
+    with pytest.raises(checkpointing.WorkdirError) as error:
+        checkpointing.check_same_run(cropped, str(workdir))
+    assert "input.eval_resize='resize' there, 'resize_crop' here" in str(error.value)
+    assert "input.resize_size=None there, " in str(error.value)
