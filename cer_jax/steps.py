@@ -120,17 +120,27 @@ def run_eval(
     the rows by that index."""
     parts: dict[str, list[np.ndarray]] = {}
     local: dict[str, list[np.ndarray]] = {"file_name": [], "index": [], "mask": []}
+
+    def collect(outputs: dict[str, jax.Array]) -> None:
+        outputs = multihost_utils.process_allgather(outputs, tiled=True)
+        mask = np.asarray(outputs.pop("mask"), bool)
+        for key, value in outputs.items():
+            parts.setdefault(key, []).append(np.asarray(value)[mask])
+
+    # One batch in flight: the next batch is copied and dispatched before the last one's
+    # outputs are fetched, so the device does not idle while the host gathers.
+    in_flight = None
     for batch in batches:
         batch = dict(batch)
         local["file_name"].append(np.asarray(batch.pop("file_name")).astype(str))
         local["index"].append(np.asarray(batch["index"]))
         local["mask"].append(np.asarray(batch["mask"], bool))
-        outputs = multihost_utils.process_allgather(
-            eval_fn(state, sharding.to_global(batch, mesh)), tiled=True
-        )
-        mask = np.asarray(outputs.pop("mask"), bool)
-        for key, value in outputs.items():
-            parts.setdefault(key, []).append(np.asarray(value)[mask])
+        dispatched = eval_fn(state, sharding.to_global(batch, mesh))
+        if in_flight is not None:
+            collect(in_flight)
+        in_flight = dispatched
+    if in_flight is not None:
+        collect(in_flight)
     if not parts:
         raise ValueError("the eval split yielded no batches")
     if "index" not in parts:
