@@ -122,13 +122,15 @@ def run_eval(
     local: dict[str, list[np.ndarray]] = {"file_name": [], "index": [], "mask": []}
 
     def collect(outputs: dict[str, jax.Array]) -> None:
-        outputs = multihost_utils.process_allgather(outputs, tiled=True)
-        mask = np.asarray(outputs.pop("mask"), bool)
-        for key, value in outputs.items():
-            parts.setdefault(key, []).append(np.asarray(value)[mask])
+        # Replicated outputs (the gather is inside the eval program): this host's copy is the
+        # whole batch, read without dispatching another program.
+        host = {key: np.asarray(value.addressable_data(0)) for key, value in outputs.items()}
+        mask = host.pop("mask").astype(bool)
+        for key, value in host.items():
+            parts.setdefault(key, []).append(value[mask])
 
-    # One batch in flight: the next batch is copied and dispatched before the last one's
-    # outputs are fetched, so the device does not idle while the host gathers.
+    # One batch in flight: the next batch is copied and dispatched, and the last one's outputs
+    # start their copy to the host, before they are read; the device does not idle meanwhile.
     in_flight = None
     for batch in batches:
         batch = dict(batch)
@@ -136,6 +138,8 @@ def run_eval(
         local["index"].append(np.asarray(batch["index"]))
         local["mask"].append(np.asarray(batch["mask"], bool))
         dispatched = eval_fn(state, sharding.to_global(batch, mesh))
+        for value in dispatched.values():
+            value.copy_to_host_async()
         if in_flight is not None:
             collect(in_flight)
         in_flight = dispatched
@@ -222,6 +226,7 @@ def jit_eval_step(
     return jax.jit(
         step,
         in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),
-        out_shardings=sharding.data_sharded(mesh),
+        # Replicated: every host reads the whole batch's outputs from its own devices.
+        out_shardings=sharding.replicated(mesh),
         compiler_options=sharding.compiler_options(mesh),
     )

@@ -11,6 +11,7 @@ the first step, so a bad input never costs training time.
 
 from __future__ import annotations
 
+import collections
 import logging
 import signal
 import threading
@@ -270,9 +271,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         nonlocal best_value
         for split in config.dataset.eval_splits:
             with report.timed(f"eval_{split}"):
-                scores = evaluate.scores(
-                    evaluate.predict_split(eval_fn, state, config, info, split, mesh), info
-                )
+                scores = evaluate.scores(evaluate.predict_split(
+                    eval_fn, train_state.model_state(state), config, info, split, mesh), info)
             write_eval(writer, step, split, scores, info)
             result["eval"][split] = scores
             logging.info("step %d %s: accuracy %.4f macro F1 %.4f loss %.4f", step, split,
@@ -283,6 +283,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             ckpts.save_best(step, state, {checkpointing.BEST_METRIC: best})
 
     accumulated = None
+    in_flight: collections.deque = collections.deque()
     last_checked = start_step
     step = start_step
     try:
@@ -295,6 +296,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             while step < total_steps:
                 state, metrics = train_fn(state, next(batches))
                 accumulated = steps.add_metrics(accumulated, metrics)
+                # The host stays at most two steps ahead of the device: a queued step holds its
+                # batch in device memory, and an unbounded lead grows it until the next sync.
+                in_flight.append(metrics)
+                if len(in_flight) > 2:
+                    jax.block_until_ready(in_flight.popleft())
                 step += 1
                 is_eval = _is_boundary(step, eval_every) or step == total_steps
                 is_log = _is_boundary(step, log_every) or is_eval or step == total_steps
@@ -304,7 +310,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 # Log points are where processes agree (a collective) on stopping, so that
                 # every host saves the same step; the metrics fetch is the only host sync.
                 preempted = sharding.any_process(preemption.requested)
-                stop = preempted or (halt is not None and step >= halt)
+                stop = preempted or (halt is not None and halt <= step < total_steps)
                 is_ckpt = _is_boundary(step, ckpt_every) or step == total_steps or stop
                 sums = {k: float(v) for k, v in jax.device_get(accumulated).items()}
                 check_finite(sums, last_checked + 1, step)
@@ -332,8 +338,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.close()
     result["step"] = step
     if result["stopped"] is None:
-        graphdef, best_step, best_state, _ = checkpointing.restore_best_state(workdir, mesh)
-        eval_fn = steps.jit_eval_step(graphdef, mesh, num_classes=info.num_classes)
+        best_graphdef, best_step, best_state, _ = checkpointing.restore_best_state(workdir, mesh)
+        if best_graphdef != graphdef:  # the same network rebuilt: otherwise compile anew
+            eval_fn = steps.jit_eval_step(best_graphdef, mesh, num_classes=info.num_classes)
         splits = config.export.get("splits") or export.default_splits(config)
         manifest = export.write_export(
             workdir, config, info, eval_fn, best_state, best_step, mesh, splits

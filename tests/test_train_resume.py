@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import smoke_config
 
-from cer_jax import evaluate, trainer
+from cer_jax import evaluate, export, trainer
 
 # Shares its expensive session fixtures with other files: one xdist worker runs them all.
 pytestmark = pytest.mark.xdist_group("smoke_data")
@@ -140,17 +140,24 @@ def test_sigterm_at_an_evaluation_saves_first_and_the_resumed_run_evaluates_that
     })
     splits = len(config.dataset.eval_splits)
     evaluated = []  # the train step of each split's evaluation ("export": the export's)
-    predict_split = evaluate.predict_split
+    predict_split, write_eval, write_export = (
+        evaluate.predict_split, trainer.write_eval, export.write_export)
 
-    def recording(eval_fn, state, *args):
-        evaluated.append(int(state["step"]) if "step" in state else "export")
-        return predict_split(eval_fn, state, *args)
+    def recording_eval(writer, step, *args):
+        evaluated.append(step)
+        return write_eval(writer, step, *args)
 
-    def preempting(eval_fn, state, *args):
+    def recording_export(*args, **kwargs):
+        evaluated.append("export")
+        return write_export(*args, **kwargs)
+
+    def preempting(*args):
         if not evaluated:  # SIGTERM during step 3's evaluation: seen at step 6, an eval step
             os.kill(os.getpid(), signal.SIGTERM)
-        return recording(eval_fn, state, *args)
+        return predict_split(*args)
 
+    monkeypatch.setattr(trainer, "write_eval", recording_eval)
+    monkeypatch.setattr(export, "write_export", recording_export)
     monkeypatch.setattr(evaluate, "predict_split", preempting)
     result = trainer.train_and_evaluate(config, str(workdir))
     assert result["stopped"] == "preempted" and result["step"] == 6
@@ -158,8 +165,31 @@ def test_sigterm_at_an_evaluation_saves_first_and_the_resumed_run_evaluates_that
     assert evaluated == [3] * splits  # step 6 was saved without evaluating it
 
     evaluated.clear()
-    monkeypatch.setattr(evaluate, "predict_split", recording)
+    monkeypatch.setattr(evaluate, "predict_split", predict_split)
     result = trainer.train_and_evaluate(config, str(workdir))
     assert result["stopped"] is None and result["step"] == 9
     # The resumed run evaluates step 6 before it trains on, as an unstopped run would have.
     assert evaluated == [6] * splits + [9] * splits + ["export"]
+
+
+def test_a_halt_at_the_last_step_finishes_the_run_with_one_compiled_eval_step(
+    tmp_path, synthetic_cache_dir
+):
+    """halt_after_steps=num_steps is a finished run (exported), and the export evaluates the
+    best checkpoint with the eval step the periodic evaluations compiled."""
+    from cer_jax import steps
+
+    built = []
+    real = steps.jit_eval_step
+
+    def counting(*args, **kwargs):
+        built.append(args)
+        return real(*args, **kwargs)
+
+    config = tiny_config(synthetic_cache_dir, **{"training.halt_after_steps": TOTAL_STEPS})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(steps, "jit_eval_step", counting)
+        result = trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    assert result["stopped"] is None and result["step"] == TOTAL_STEPS
+    assert os.path.isfile(tmp_path / "run" / "export" / "export.json")
+    assert len(built) == 1
