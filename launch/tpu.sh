@@ -39,6 +39,8 @@
 #   SPOT [0]     1: spot capacity; after a preemption, `delete`, then `all` again: every
 #                training resumes from its last checkpoint on the bucket
 #   RUNS [BUCKET/runs]  DATA_DIR [BUCKET/tensorflow_datasets]  WEIGHTS_DIR [BUCKET/weights]
+#   JAX_CACHE [BUCKET/jax_cache]  JAX's persistent compilation cache: a resumed run (after a
+#                preemption) loads its compiled steps instead of compiling them again
 #   MANUAL_DIR   the unpacked RAF-DB tree (EmoLabel/, Image/) to build the TFDS dataset from
 #   LOCAL_DATA_DIR [~/tensorflow_datasets]
 #   TFDS_CONFIG [compound]  the rafdb builder config that upload builds and the trainings use
@@ -104,6 +106,7 @@ need_bucket() {
   RUNS=${RUNS:-$BUCKET/runs}
   DATA_DIR=${DATA_DIR:-$BUCKET/tensorflow_datasets}
   WEIGHTS_DIR=${WEIGHTS_DIR:-$BUCKET/weights}
+  JAX_CACHE=${JAX_CACHE:-$BUCKET/jax_cache}
 }
 
 # Runs one shell command line on every worker of the TPU at once.
@@ -114,7 +117,7 @@ on_all_workers() {
 
 # The same `python ARG...` on every worker, from the checkout, with its venv.
 launch_python() {
-  on_all_workers "cd ~/cer_jax && ~/cer_jax_venv/bin/python $(quote_cmd "$@")"
+  on_all_workers "cd ~/cer_jax && JAX_COMPILATION_CACHE_DIR=$(shell_quote "$JAX_CACHE") ~/cer_jax_venv/bin/python $(quote_cmd "$@")"
 }
 
 check_workdir() {

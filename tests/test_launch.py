@@ -76,10 +76,13 @@ def flag(argv: list[str], name: str) -> str:
 
 
 def remote_python_argv(ssh: list[str]) -> list[str]:
-    """The python argv of a `gcloud ... tpu-vm ssh --command='cd ~/cer_jax && python ...'`."""
+    """The python argv of a `gcloud ... tpu-vm ssh --command='cd ~/cer_jax && python ...'`,
+    which runs with the bucket's compilation cache."""
     remote = shlex.split(flag(ssh, "command"))
-    assert remote[:4] == ["cd", "~/cer_jax", "&&", "~/cer_jax_venv/bin/python"], remote
-    return remote[4:]
+    assert remote[:3] == ["cd", "~/cer_jax", "&&"], remote
+    assert remote[3].startswith("JAX_COMPILATION_CACHE_DIR=gs://"), remote
+    assert remote[4] == "~/cer_jax_venv/bin/python", remote
+    return remote[5:]
 
 
 def is_tpu_ssh(argv: list[str]) -> bool:
@@ -181,10 +184,12 @@ def test_tpu_remote_commands_run_as_printed(env, tmp_path):
     record = tmp_path / "argv.json"
     _stub(worker_home / "cer_jax_venv" / "bin" / "python",
           f'exec {shutil.which("python3") or "/usr/bin/python3"} -c '
-          f'"import json, sys; json.dump(sys.argv[1:], open({str(record)!r}, \'w\'))" "$@"\n')
+          f'"import json, os, sys; json.dump([os.environ[\'JAX_COMPILATION_CACHE_DIR\'], '
+          f'*sys.argv[1:]], open({str(record)!r}, \'w\'))" "$@"\n')
     subprocess.run(["bash", "-c", flag(ssh, "command")], check=True,
                    env={**env, "HOME": str(worker_home)})
     assert json.loads(record.read_text()) == [
+        "gs://b/jax_cache",
         "-m", "cer_jax.train", "--config=configs/vit.py", "--workdir=gs://b/runs/vit",
         "--config.dataset.data_dir=gs://b/tensorflow_datasets",
         "--config.dataset.name=rafdb/compound", *TRICKY]
