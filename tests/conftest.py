@@ -48,6 +48,7 @@ def smoke_config(name: str, cache_dir: pathlib.Path, **overrides) -> ml_collecti
         node = config
         for parent in parents:
             node = node[parent]
+        assert leaf in node, f"no config key {key}: a misspelt override would be silently added"
         node[leaf] = value
     return config
 

@@ -76,6 +76,7 @@ def _set(config, key: str, value) -> None:
     node = config
     for parent in parents:
         node = node[parent]
+    assert leaf in node, f"no config key {key}: a misspelt override would be silently added"
     node[leaf] = value
 
 
@@ -132,6 +133,7 @@ FOLLOW_UP = ("vit", "resnet50")
 def test_only_size_differs_from_the_production_recipe(member, arg, tmp_path):
     production = _flat(load_config(f"configs/{member}.py" + (f":{arg}" if arg else "")))
     tested = _flat(production_config(member, tmp_path, arg=arg))
+    assert tested.keys() == production.keys()
     changed = {key for key in production if production[key] != tested[key]}
     allowed = set(SIZES[member]) | set(RUN_SIZE) | set(LOCATION_KEYS) | {"model.image_size"}
     assert changed <= allowed, changed - allowed
