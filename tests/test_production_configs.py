@@ -327,3 +327,84 @@ def test_fusion_of_the_production_members_reexports_a_stale_one(fine_tuned, tmp_
     assert [m["name"] for m in report["members"]] == list(MEMBERS)
     assert json.loads(manifest_path.read_text())["step"] == best  # re-exported
     assert (tmp_path / "fusion" / "report.json").exists()
+
+
+def _scalar_series(workdir: pathlib.Path) -> dict[str, dict[int, float]]:
+    """{tag: {step: value}} of the workdir's TensorBoard scalars."""
+    import tensorflow as tf
+
+    series: dict[str, dict[int, float]] = {}
+    for path in sorted(workdir.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "scalars":
+                    series.setdefault(value.tag, {})[int(event.step)] = float(
+                        tf.make_ndarray(value.tensor))
+    return series
+
+
+def _recipe_learning_rate(config, step: int, total: int, per_epoch: int) -> float:
+    """The recipe's learning rate at `step`, written out: linear warm-up from 0 over
+    warmup_epochs, then cosine to lr * end_lr_fraction at the last step, or x step_factor
+    every step_every_epochs."""
+    lr, sched = config.optimizer.lr, config.schedule
+    warmup = round(sched.warmup_epochs * per_epoch)
+    if step < warmup:
+        return lr * step / warmup
+    if sched.name == "cosine":
+        end = lr * sched.end_lr_fraction
+        return end + (lr - end) * 0.5 * (1 + np.cos(np.pi * (step - warmup) / (total - warmup)))
+    assert sched.name == "step", sched.name
+    return lr * sched.step_factor ** ((step - warmup) // round(sched.step_every_epochs * per_epoch))
+
+
+def test_the_recipe_counts_epochs_and_evaluates_and_checkpoints_at_each(data, tmp_path):
+    """The recipes train by epochs (num_steps, eval_every_steps and checkpoint.every_steps
+    unset): the run's length, its warm-up and decay, its evaluations and its checkpoints all
+    follow from the training split's size. Only the batch and the number of epochs shrink.
+    The trainer's epoch arithmetic is the same for every member, so the ViT recipe (the
+    cheapest on CPU, with a 2-epoch warm-up) stands for all three."""
+    import tensorflow_datasets as tfds
+
+    member = "vit"
+
+    config = production_config(member, data)
+    recipe = load_config(f"configs/{member}.py")
+    for key in ("training.num_steps", "training.eval_every_steps", "checkpoint.every_steps"):
+        _set(config, key, None)
+    _set(config, "training.global_batch_size", 64)
+    _set(config, "training.num_epochs", 4.0)
+    source = source_model(config, **implied(member, _formats(member)[0]))
+    config.init.checkpoint = str(weight_files.FORMATS[MODEL_NAMES[member]][_formats(member)[0]](
+        source, tmp_path / "w"))
+    workdir = tmp_path / "run"
+    result = trainer.train_and_evaluate(config, str(workdir))
+
+    train_size = tfds.builder("rafdb/compound", data_dir=str(data / "tfds")).info.splits[
+        recipe.dataset.train_split].num_examples
+    per_epoch = train_size // 64
+    assert per_epoch >= 2
+    total = 4 * per_epoch
+    saved = checkpointing.load_config(str(workdir)).dataset_info
+    assert (saved.steps_per_epoch, saved.total_steps) == (per_epoch, total)
+    assert result["step"] == total and result["stopped"] is None
+
+    epochs_ends = [per_epoch * epoch for epoch in range(1, 5)]
+    series = _scalar_series(workdir)
+    for split in recipe.dataset.eval_splits:
+        assert sorted(series[f"{split}/macro_f1"]) == epochs_ends, split
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()
+                  ) == epochs_ends[-recipe.checkpoint.keep:]
+    logged = series["train/learning_rate"]  # each step's rate, logged at the step's end
+    assert sorted(logged) == list(range(1, total + 1))
+    for step, value in logged.items():
+        expected = _recipe_learning_rate(recipe, step - 1, total, per_epoch)
+        assert value == pytest.approx(expected, rel=1e-5, abs=1e-12), step
+
+    # The best checkpoint is the first evaluation with the highest validation macro F1.
+    validation = series[f"{recipe.checkpoint.best_split}/macro_f1"]
+    best = max(epochs_ends, key=lambda step: (validation[step], -step))
+    manifest, _ = export.load_export(str(workdir))
+    assert manifest["step"] == result["best_step"] == best
+    assert manifest["metrics"][recipe.checkpoint.best_split]["macro_f1"] == pytest.approx(
+        validation[best], abs=1e-6)
