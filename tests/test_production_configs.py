@@ -27,7 +27,16 @@ import pytest
 import weight_files
 from flax import nnx
 
-from cer_jax import checkpointing, export, optim, synthetic, train_state, trainer, warm_start
+from cer_jax import (
+    checkpointing,
+    ensemble,
+    export,
+    optim,
+    synthetic,
+    train_state,
+    trainer,
+    warm_start,
+)
 from cer_jax.config_loading import load_config
 from cer_jax.fusion import evaluator
 from cer_jax.pretrained import core
@@ -312,8 +321,11 @@ def test_best_checkpoint_restores_and_reexports_the_same_outputs(fine_tuned):
                                    rtol=1e-5, atol=1e-5)
 
 
-def test_fusion_of_the_production_members_reexports_a_stale_one(fine_tuned, tmp_path):
+def test_fusion_of_the_production_members_reexports_a_stale_one(fine_tuned, data, tmp_path):
+    """...and its ensemble artefact gives, on the test photos, each member's exported
+    probabilities (MA-Net's two heads and BatchNorm statistics included)."""
     workdirs = [fine_tuned[m][1] for m in MEMBERS]
+    exported = [export.load_export(str(w))[1]["test"] for w in workdirs]
     manifest_path = workdirs[1] / "export" / "export.json"
     manifest = json.loads(manifest_path.read_text())
     best = manifest["step"]
@@ -326,7 +338,28 @@ def test_fusion_of_the_production_members_reexports_a_stale_one(fine_tuned, tmp_
     report = evaluator.fuse(config)
     assert [m["name"] for m in report["members"]] == list(MEMBERS)
     assert json.loads(manifest_path.read_text())["step"] == best  # re-exported
+    reexported = export.load_export(str(workdirs[1]))[1]["test"]
+    np.testing.assert_allclose(reexported["logits"], exported[1]["logits"], rtol=1e-5, atol=1e-5)
     assert (tmp_path / "fusion" / "report.json").exists()
+
+    import tensorflow as tf
+
+    artefact = ensemble.load_ensemble(tmp_path / "fusion" / "ensemble")
+    assert artefact.member_names == list(MEMBERS)
+    names = [str(n) for n in exported[0]["file_names"][:12]]
+    aligned = data / "compound" / "Image" / "aligned"
+    # The pixels the export saw: TensorFlow's JPEG decoder (OpenCV's differs by a few levels).
+    faces = np.stack([tf.io.decode_jpeg(tf.io.read_file(
+        str(aligned / name.replace(".jpg", "_aligned.jpg"))), channels=3).numpy()
+        for name in names])
+    out = artefact.predict(faces)
+    for member, arrays, probabilities in zip(MEMBERS, exported, out.member_probabilities,
+                                             strict=True):
+        rows = {str(n): i for i, n in enumerate(arrays["file_names"])}
+        logits = arrays["logits"][[rows[name] for name in names]].astype(np.float64)
+        expected = np.exp(logits - logits.max(-1, keepdims=True))
+        expected /= expected.sum(-1, keepdims=True)
+        np.testing.assert_allclose(probabilities, expected, atol=1e-5, err_msg=member)
 
 
 def _scalar_series(workdir: pathlib.Path) -> dict[str, dict[int, float]]:
