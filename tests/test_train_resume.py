@@ -67,7 +67,24 @@ def test_halted_run_keeps_its_checkpoint_and_does_not_export(halted_workdir):
     assert not os.path.exists(halted_workdir / "export")
 
 
-def test_resume_gives_the_parameters_of_an_uninterrupted_run(
+def _assert_same_state(got, want) -> None:
+    """Float leaves to float32 rounding, everything else (step, RNG keys and counts) exactly."""
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+
+    def same(path, a, b):
+        name = jax.tree_util.keystr(path)
+        a, b = (np.asarray(jax.random.key_data(x)
+                           if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+                for x in (a, b))
+        if np.issubdtype(a.dtype, np.floating):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=name)
+
+    jax.tree_util.tree_map_with_path(same, got, want)
+
+
+def test_resume_gives_the_train_state_of_an_uninterrupted_run(
     halted_workdir, tmp_path, synthetic_cache_dir
 ):
     resumed = tmp_path / "resumed"
@@ -78,8 +95,9 @@ def test_resume_gives_the_parameters_of_an_uninterrupted_run(
     straight = tmp_path / "straight"
     expected = trainer.train_and_evaluate(tiny_config(synthetic_cache_dir), str(straight))
     got, want = saved_state(resumed, TOTAL_STEPS), saved_state(straight, TOTAL_STEPS)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 got["params"], want["params"])
+    # Parameters, the optimizer's moments and count, the dropout RNG state: all of it.
+    _assert_same_state(got, want)
+    assert set(got) >= {"params", "opt_state", "rest"}
     assert int(got["step"]) == TOTAL_STEPS
     # The parameters did move away from the halted state.
     halted = saved_state(halted_workdir, 4)["params"]
