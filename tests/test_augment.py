@@ -170,3 +170,37 @@ def test_normalisations_and_eval_view():
         cfg.normalization = mode
         out = augment.eval_view(image, cfg).numpy()
         np.testing.assert_allclose(out, np.broadcast_to(expected, out.shape), rtol=1e-6)
+
+
+def test_the_recipe_applies_each_augmentation_at_its_rate_and_independently():
+    """configs/vit.py's training view (ResNet50's uses the same augmentations), run eagerly for
+    many seeds with each augmentation replaced by a recorder: each one applies at its configured
+    probability, and whether one applies says nothing about another (separate seeds)."""
+    from cer_jax.config_loading import load_config
+
+    cfg = load_config("configs/vit.py").input
+    resnet = load_config("configs/resnet50.py").input.to_dict()
+    assert {**resnet, "normalization": cfg.normalization} == cfg.to_dict()
+    cfg.image_size, cfg.resize_size = 16, 20
+    rates = {"color_jitter": cfg.color_jitter_prob, "random_affine": cfg.affine.prob,
+             "random_gaussian_blur": cfg.blur.prob}
+    assert 0 < min(rates.values()) and max(rates.values()) < 1  # the recipes' own rates
+    n = 400
+    applied = {name: np.zeros(n, bool) for name in rates}
+    image = tf.constant((_image(24, 24) * 255).astype(np.uint8))
+    with pytest.MonkeyPatch.context() as patch:
+        for name in rates:
+            def record(x, *args, name=name, **kwargs):
+                applied[name][index] = True
+                return x
+            patch.setattr(augment, name, record)
+        for index in range(n):
+            augment.train_view(image, tf.constant([index, 3], tf.int64), cfg)
+    sigma = lambda p: 4 * np.sqrt(p * (1 - p) / n)  # noqa: E731
+    for name, p in rates.items():
+        assert abs(applied[name].mean() - p) < sigma(p), (name, applied[name].mean(), p)
+    names = list(rates)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            joint = rates[a] * rates[b]
+            assert abs((applied[a] & applied[b]).mean() - joint) < sigma(joint), (a, b)
