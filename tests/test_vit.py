@@ -188,3 +188,18 @@ def test_exact_gelu_is_pytorchs_erf_form():
                                jax.nn.gelu(x, approximate=False), rtol=0, atol=2e-6)
     np.testing.assert_array_equal(vit.gelu(x, approximate=True),
                                   jax.nn.gelu(x, approximate=True))
+
+
+def test_stochastic_depth_drops_whole_examples_and_rescales_the_kept():
+    """Drop path (timm's DropPath): each example's residual branch is dropped whole, or kept
+    and scaled by 1 / (1 - rate), so its expectation is unchanged."""
+    model = create_model("vit", num_classes=7, rngs=nnx.Rngs(0), variant="test/8", image_size=16,
+                         stochastic_depth=0.5)
+    drop_path = model.blocks[1].drop_path
+    rate = drop_path.rate
+    out = np.asarray(drop_path(jnp.ones((512, 5, 4)), deterministic=False))
+    per_example = out.reshape(512, -1)
+    assert set(np.unique(per_example)) == {0.0, 1.0 / (1.0 - rate)}
+    assert (per_example == per_example[:, :1]).all()  # every token and channel alike
+    kept = (per_example[:, 0] > 0).mean()
+    assert abs(kept - (1 - rate)) < 4 * np.sqrt(rate * (1 - rate) / 512)
