@@ -284,7 +284,15 @@ def test_accelerator_script_runs_end_to_end(tmp_path):
     assert trace.with_name(trace.name.replace(".trace.json.gz", ".xplane.pb")).exists()
     names = {e.get("name") for e in json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]}
     assert {"train", "eval"} <= names
-    assert "| vit:test/8 | 24,135 |" in (out / "costs_cpu.txt").read_text()
+    # ViT test/8 (width 32, depth 2, MLP 64, 8 px patches at 32 px) with the costs table's 7
+    # classes: patch embedding, class token, positions, 2 blocks (2 LayerNorms, qkv, output, MLP),
+    # final LayerNorm, head.
+    width, depth, mlp, tokens, classes = 32, 2, 64, (32 // 8) ** 2 + 1, 7
+    block = (2 * 2 * width + 4 * (width * width + width)
+             + (width * mlp + mlp) + (mlp * width + width))
+    parameters = (8 * 8 * 3 * width + width) + width + tokens * width + depth * block \
+        + 2 * width + (width * classes + classes)
+    assert f"| vit:test/8 | {parameters:,} |" in (out / "costs_cpu.txt").read_text()
     assert jax.__version__ in (out / "machine.txt").read_text()
 
 
