@@ -11,8 +11,16 @@ gives one row (CSV, or JSON lines when --out ends in .jsonl / .json): the source
 index and timestamp (videos), the face box in pixels, the track id (videos), the predicted
 class, every class's fused probability and each member's predicted class. A file that cannot
 be read, an image without a face and a video that cannot be decoded or ends early each give a
-row whose `status` says so; processing goes on. Exit status: 0 all inputs fine, 1 some input
-failed (its row says which), 2 a usage error (one line on stderr).
+row whose `status` says so; processing goes on. An input named on the command line that does not
+exist is a usage error. Exit status: 0 all inputs fine, 1 some input failed (its row or an
+error log line says which), 2 a usage error or an output that cannot be written (one line on
+stderr: `error: ...`).
+
+The outputs (--out, --submission, --annotate) are checked before the model is loaded: the folder
+must be creatable, a file target must not be a folder, --annotate must not be a file. The rows
+file and the submission are written to `<path>.partial` next to the target and renamed onto it
+at the end, so a failed or interrupted run leaves an earlier file as it was and no half-written
+one.
 
 Faces are found by `--detector` (see `cer_jax.faces`) and aligned like RAF-DB's 100x100
 faces; `--aligned` treats every image as an already aligned face. `--flip-tta` averages each
@@ -21,18 +29,28 @@ member over the face and its mirror image.
 Videos are decoded as a stream (OpenCV; memory does not grow with the video's length apart
 from a few numbers per face), faces are tracked by IoU (`--track=iou`) or only the largest face
 of each frame is kept (`--track=largest`), faces are batched (`--batch-size`) across frames, and
-each track's probabilities are averaged over a centred window of `--smooth-window` frames.
+each track's probabilities are averaged over a centred window of `--smooth-window` processed
+frames (with `--frame-step=n`, n decoded frames apart; the skipped frames are only grabbed, not
+converted to images). A frame's timestamp is the video's own (OpenCV's CAP_PROP_POS_MSEC, right
+for variable-frame-rate videos) when that is valid and increasing through the video, else its
+index / fps.
 
 C-EXPR-DB submission (`--abaw-frames=LIST`): LIST has one `<video>/<frame>.jpg` per line
 (1-based frame numbers, as the organisers give them; an `image_location` header line is
-skipped). The videos are the inputs whose file stem is `<video>`. `--submission` gets the header
+skipped; a list without entries is a usage error). The videos are the inputs whose file stem is
+`<video>`: when none of the listed videos is among the inputs that is a usage error, when some are
+missing a warning says so at the start. `--submission` (default submission.txt; a usage error
+without `--abaw-frames`) gets the header
 `image_location,Fearfully_Surprised,...,Sadly_Angry` and one `<video>/<frame:05d>.jpg,<class>`
 row per listed frame, in the list's order. A frame's class is that of the video's main track
 (the track seen in most frames) if it is in that frame, else of the largest face there; a frame
 without a face takes the class of the nearest frame (in frame numbers) that has one, the earlier
 on a tie; a video without any face, or missing, gets class 1 (Happily Surprised, the most
-frequent of the 7 in RAF-DB) and makes the exit status 1. The ensemble must predict the 7
-challenge classes in the challenge's order (`rafdb/compound_abaw7` members).
+frequent of the 7 in RAF-DB) and makes the exit status 1. A video for which the list asks for
+frames past the number decoded (the list's frame numbering differs from the decoded stream's,
+e.g. a variable-frame-rate video or frames extracted at another rate) is logged and makes the
+exit status 1. The ensemble must predict the 7 challenge classes in the challenge's order
+(`rafdb/compound_abaw7` members).
 """
 
 from __future__ import annotations
@@ -82,20 +100,35 @@ def define_flags() -> None:
     flags.DEFINE_string("detector", "haar", "haar | yunet:MODEL.onnx | package.module:attr.")
     flags.DEFINE_integer("batch_size", 32, "Faces per forward pass.")
     flags.DEFINE_integer("smooth_window", 1, "Videos: average each track's probabilities over "
-                         "this many frames, centred (1 = no smoothing).")
+                         "this many processed frames, centred (1 = no smoothing).")
     flags.DEFINE_integer("frame_step", 1, "Videos: process every n-th frame.")
     flags.DEFINE_enum("track", "iou", ["iou", "largest"], "Videos: IoU tracker over all "
                       "faces, or the largest face of each frame only.")
     cli.define_path_flag("annotate", None, "Folder for copies of the inputs with boxes and "
                         "labels drawn (images as .jpg, videos as MJPG .avi).")
     cli.define_path_flag("abaw_frames", None, "C-EXPR-DB frame list: write the submission.")
-    cli.define_path_flag("submission", "submission.txt", "Submission file (with --abaw-frames).")
+    cli.define_path_flag("submission", None, "Submission file (only with --abaw-frames; "
+                        "default submission.txt).")
     for name in ("flip_tta", "batch_size", "smooth_window", "frame_step", "abaw_frames"):
         alias(name)
 
 
 class UsageError(ValueError):
     """A mistake in the command line: reported as one line, exit status 2."""
+
+
+class WriteError(UsageError):
+    """An output that cannot be written (full disk, read-only folder, a folder in the way):
+    reported as one line `error: cannot write <path>: <reason>`, exit status 2."""
+
+    def __init__(self, path: str | os.PathLike, error: BaseException | str):
+        if isinstance(error, IsADirectoryError):
+            reason = "a folder is in the way"
+        elif isinstance(error, OSError):
+            reason = error.strerror or str(error) or error.__class__.__name__
+        else:
+            reason = str(error)
+        super().__init__(f"cannot write {os.fspath(path)}: {reason}")
 
 
 # --- inputs ----------------------------------------------------------------------------------
@@ -118,10 +151,14 @@ def _walk(folder: epath.Path) -> list[epath.Path]:
 
 def expand_inputs(inputs: Sequence[str]) -> list[Source]:
     """Files as given (kind by extension; unknown extensions are tried as images) and folders
-    searched recursively for image and video files, sorted."""
+    searched recursively for image and video files, sorted. A named path that does not exist is
+    a UsageError."""
     sources = []
     for item in inputs:
         path = epath.Path(item)
+        if not path.exists():
+            raise UsageError(f"input {item!r} does not exist: check the path (give image files, "
+                             "video files or folders).")
         if path.is_dir():
             skipped = []
             for child in _walk(path):
@@ -159,6 +196,79 @@ def read_image(path: str) -> tuple[np.ndarray | None, str]:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), "ok"
 
 
+# --- outputs -----------------------------------------------------------------------------------
+
+
+def partial_path(path: str | os.PathLike) -> epath.Path:
+    """The temporary sibling an output is written to before it is renamed onto `path`."""
+    target = epath.Path(path)
+    return target.parent / (target.name + ".partial")
+
+
+def _check_folder_creatable(flag: str, value: str, folder: epath.Path) -> None:
+    """`folder` exists or can be made: no file stands where one of its folders should be."""
+    if "://" not in os.fspath(folder):  # object stores (gs://) have no folders to check
+        ancestor = folder
+        while not ancestor.exists() and ancestor.parent != ancestor:
+            ancestor = ancestor.parent
+        if ancestor.exists() and not ancestor.is_dir():
+            raise UsageError(f"--{flag}={value}: {os.fspath(ancestor)} is a file, not a "
+                             "folder; choose another path.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"--{flag}={value}: cannot create the folder {os.fspath(folder)} "
+                         f"({error.strerror or error}); choose a writable place.") from error
+
+
+def _probe_write(flag: str, value: str, probe: epath.Path) -> None:
+    try:
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise UsageError(f"--{flag}={value} cannot be written ({error.strerror or error}); "
+                         "choose a writable place.") from error
+
+
+def check_output_file(flag: str, value: str) -> None:
+    """Before any work: `value` is not a folder, its folder can be made, a file can be written
+    next to it."""
+    path = epath.Path(value)
+    if path.is_dir():
+        example = path / ("submission.txt" if flag == "submission" else "rows.csv")
+        raise UsageError(f"--{flag}={value} is a folder; give a file path (e.g. "
+                         f"{os.fspath(example)}).")
+    _check_folder_creatable(flag, value, path.parent)
+    _probe_write(flag, value, partial_path(path))
+
+
+def check_output_folder(flag: str, value: str) -> None:
+    """Before any work: `value` is not a file and a file can be written in it."""
+    path = epath.Path(value)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--{flag}={value} is a file; give a folder (it gets an annotated copy "
+                         "of each input).")
+    _check_folder_creatable(flag, value, path)
+    _probe_write(flag, value, path / ".cer_jax_predict_write_test.partial")
+
+
+def replace_with(partial: epath.Path, target: str) -> None:
+    """Renames the finished `partial` onto `target` (through epath, so gs:// works)."""
+    try:
+        partial.replace(epath.Path(target))
+    except OSError as error:
+        raise WriteError(target, error) from error
+
+
+def remove_quietly(path: epath.Path | None) -> None:
+    if path is None:
+        return
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 # --- rows --------------------------------------------------------------------------------------
 
 
@@ -170,8 +280,8 @@ class RowWriter:
     """Writes rows as CSV or JSON lines, one per face (or per failed input)."""
 
     def __init__(self, stream: TextIO, fmt: str, class_names: Sequence[str],
-                 member_names: Sequence[str]):
-        self.stream, self.fmt = stream, fmt
+                 member_names: Sequence[str], name: str = "stdout"):
+        self.stream, self.fmt, self.name = stream, fmt, name  # name: for error messages
         self.class_names, self.member_names = list(class_names), list(member_names)
         self.fields = [
             "source", "kind", "frame", "timestamp_s", "face", "track", "x", "y", "w", "h",
@@ -181,7 +291,16 @@ class RowWriter:
         ]
         if fmt == "csv":
             self._csv = csv.DictWriter(stream, self.fields, lineterminator="\n")
-            self._csv.writeheader()
+            try:
+                self._csv.writeheader()
+            except OSError as error:
+                raise WriteError(self.name, error) from error
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except OSError as error:
+            raise WriteError(self.name, error) from error
 
     def write(self, source: str, kind: str, status: str, *, frame: int | None = None,
               timestamp: float | None = None, face: int | None = None,
@@ -204,15 +323,18 @@ class RowWriter:
                                                                   member_classes, strict=True)}
         else:
             probs, members = {}, {}
-        if self.fmt == "csv":
-            row.update({column_name(c): p for c, p in probs.items()})
-            row.update({f"member_{m}": c for m, c in members.items()})
-            self._csv.writerow({k: "" if v is None else v for k, v in row.items()})
-        else:
-            row = {k: v for k, v in row.items() if v is not None}
-            if probs:
-                row["probabilities"], row["members"] = probs, members
-            self.stream.write(json.dumps(row) + "\n")
+        try:
+            if self.fmt == "csv":
+                row.update({column_name(c): p for c, p in probs.items()})
+                row.update({f"member_{m}": c for m, c in members.items()})
+                self._csv.writerow({k: "" if v is None else v for k, v in row.items()})
+            else:
+                row = {k: v for k, v in row.items() if v is not None}
+                if probs:
+                    row["probabilities"], row["members"] = probs, members
+                self.stream.write(json.dumps(row) + "\n")
+        except OSError as error:
+            raise WriteError(self.name, error) from error
 
 
 # --- progress -------------------------------------------------------------------------------
@@ -276,12 +398,13 @@ class FaceRecord:
     member_classes: np.ndarray | None = None
 
 
-def smooth_tracks(records: list[FaceRecord], window: int) -> None:
+def smooth_tracks(records: list[FaceRecord], window: int, frame_step: int = 1) -> None:
     """Each record's probabilities := the mean over its track's records within +- window // 2
-    frames (in place)."""
+    processed frames (in place). Frames are numbered as decoded and every `frame_step`-th one is
+    processed, so that is +- (window // 2) * frame_step decoded frames, as the tracker counts."""
     if window <= 1:
         return
-    half = window // 2
+    half = (window // 2) * frame_step
     by_track: dict[int, list[FaceRecord]] = {}
     for record in records:
         by_track.setdefault(record.track, []).append(record)
@@ -329,11 +452,14 @@ def nearest_class(classes: dict[int, int], frame: int, sorted_frames: np.ndarray
 class Predictor:
     def __init__(self, ensemble: Any, detector: Any, writer: RowWriter, *, aligned: bool,
                  flip_tta: bool, batch_size: int, smooth_window: int, frame_step: int,
-                 track: str, annotate: str | None, progress: Progress | None = None):
+                 track: str, annotate: str | None, progress: Progress | None = None,
+                 listed_frames: dict[str, int] | None = None):
         self.ensemble, self.detector, self.writer = ensemble, detector, writer
         self.aligned, self.flip_tta, self.batch_size = aligned, flip_tta, batch_size
         self.smooth_window, self.frame_step, self.track = smooth_window, frame_step, track
         self.annotate, self.progress = annotate, progress
+        # --abaw-frames: video stem -> the highest frame number (1-based) the list asks for.
+        self.listed_frames = listed_frames or {}
         self.failures = 0
         self.video_classes: dict[str, dict[int, int]] = {}  # stem -> frame (0-based) -> class
         self.faces_predicted = 0
@@ -416,16 +542,29 @@ class Predictor:
         records: list[FaceRecord] = []
         pending: list[tuple[FaceRecord, np.ndarray]] = []
         decoded = 0
+        # The video's own timestamps (right for a variable frame rate) while they are valid
+        # and increasing; otherwise every timestamp is index / fps.
+        positions_valid, previous_ms = True, 0.0
         try:
             while True:
-                ok, frame = capture.read()
-                if not ok or frame is None:
-                    break
                 index = decoded
+                # grab() advances one frame; only the processed frames are retrieved
+                # (converted to an image), so the indices are those of read().
+                if not capture.grab():
+                    break
+                processed = index % self.frame_step == 0
+                if processed:
+                    ok, frame = capture.retrieve()
+                    if not ok or frame is None:
+                        break
                 decoded += 1
                 if self.progress:
                     self.progress.update()
-                if index % self.frame_step:
+                ms = capture.get(cv2.CAP_PROP_POS_MSEC)
+                if not (np.isfinite(ms) and ms >= 0 and (index == 0 or ms > previous_ms)):
+                    positions_valid = False
+                previous_ms = ms
+                if not processed:
                     continue
                 image = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
                 found = self.find_faces(image)
@@ -433,7 +572,7 @@ class Predictor:
                     found = found[:1]
                 ids = tracker.update(index, found)
                 for i, (face, track) in enumerate(zip(found, ids, strict=True)):
-                    record = FaceRecord(index, index / fps, i, track, face.box)
+                    record = FaceRecord(index, ms / 1000.0, i, track, face.box)
                     pending.append((record, self.crop(image, face)))
                 if len(pending) >= self.batch_size:
                     self._flush_video(pending, records)
@@ -444,15 +583,30 @@ class Predictor:
         if decoded == 0:
             self.fail(source, "error: no frame could be decoded (broken or empty video)")
             return
-        smooth_tracks(records, self.smooth_window)
+        if not positions_valid:
+            for r in records:
+                r.timestamp = r.frame / fps
+        smooth_tracks(records, self.smooth_window, self.frame_step)
         for r in records:
             self.writer.write(source.path, "video", "ok", frame=r.frame, timestamp=r.timestamp,
                               face=r.index, track=r.track, box=r.box,
                               probabilities=r.probabilities, member_classes=r.member_classes)
-        self.video_classes[epath.Path(source.path).stem] = frame_classes(records)
+        stem = epath.Path(source.path).stem
+        self.video_classes[stem] = frame_classes(records)
+        listed = self.listed_frames.get(stem, 0)
         if expected and decoded < expected - max(2, expected // 100):
             self.fail(source, f"error: video ended after {decoded} of {expected} frames "
                       "(truncated?)", frame=decoded)
+        elif listed > decoded:
+            message = (
+                f"the frame list asks for frames up to {listed} but only {decoded} were "
+                "decoded: its frame numbering differs from the video's (e.g. a "
+                "variable-frame-rate video, or frames extracted at another rate)"
+            )
+            logging.error("Video %r (%s): %s. Its listed frames past %d get the class of the "
+                          "nearest decoded frame with a face.", stem, source.path, message,
+                          decoded)
+            self.fail(source, f"error: {message}", frame=decoded)
         if not records:
             self.fail(source, "no face found in any frame")
         if self.annotate:
@@ -475,7 +629,10 @@ class Predictor:
             n += 1
         self._annotated_names.add(name)
         folder = epath.Path(self.annotate)
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise WriteError(folder, error) from error
         return folder / name
 
     def draw(self, bgr: np.ndarray, box: Sequence[float], probabilities: np.ndarray,
@@ -501,7 +658,11 @@ class Predictor:
             self.draw(bgr, face.box, p)
         ok, data = cv2.imencode(".jpg", bgr)
         if ok:
-            self._annotated_path(source, ".jpg").write_bytes(data.tobytes())
+            path = self._annotated_path(source, ".jpg")
+            try:
+                path.write_bytes(data.tobytes())
+            except OSError as error:
+                raise WriteError(path, error) from error
 
     def write_annotated_video(self, source: Source, records: list[FaceRecord],
                               fps: float) -> None:
@@ -578,7 +739,53 @@ def read_frame_list(path: str) -> list[tuple[str, int]]:
                 f"{path}:{number}: {line.strip()!r} is not '<video>/<frame number>.jpg'."
             )
         entries.append((video, int(stem)))
+    if not entries:
+        raise UsageError(
+            f"--abaw-frames file {path!r} lists no frames: it needs one "
+            "'<video>/<frame number>.jpg' per line (after an optional image_location header)."
+        )
     return entries
+
+
+def listed_video_key(video: str, stems: set[str] | dict) -> str:
+    """The input video a listed `<video>` means: its whole name, else its last component."""
+    return video if video in stems else video.rsplit("/", 1)[-1]
+
+
+def check_listed_videos(list_path: str, entries: list[tuple[str, int]],
+                        sources: Sequence[Source]) -> dict[str, int]:
+    """Before any work: the listed videos against the input videos. None of them among the
+    inputs is a UsageError, some missing a warning. Returns input video stem -> the highest
+    frame number the list asks for."""
+    stems = {epath.Path(s.path).stem for s in sources if s.kind == "video"}
+    highest: dict[str, int] = {}
+    listed: list[str] = []
+    missing: list[str] = []
+    for video, frame in entries:
+        if video not in listed:
+            listed.append(video)
+        key = listed_video_key(video, stems)
+        if key in stems:
+            highest[key] = max(highest.get(key, 0), frame)
+        elif video not in missing:
+            missing.append(video)
+    if not highest:
+        image_folders = {epath.Path(s.path).parent.name for s in sources if s.kind == "image"}
+        frames_hint = ""
+        if any(v.rsplit("/", 1)[-1] in image_folders for v in missing):
+            frames_hint = (" (the inputs are images in folders named like the listed videos: "
+                           "the submission needs the videos themselves, not extracted frames)")
+        raise UsageError(
+            f"none of the {len(listed)} videos in {list_path} is among the inputs (e.g. "
+            f"{missing[0]!r}, which needs an input video named {missing[0].rsplit('/', 1)[-1]}"
+            f".mp4 or similar){frames_hint}; pass the C-EXPR-DB videos or their folder."
+        )
+    if missing:
+        logging.warning(
+            "%d of the %d videos in %s are not among the inputs (e.g. %s): their frames will "
+            "get class %d and the exit status will be 1.", len(missing), len(listed),
+            list_path, ", ".join(repr(v) for v in missing[:3]), ABAW_FALLBACK_CLASS)
+    return highest
 
 
 def write_submission(path: str, entries: list[tuple[str, int]],
@@ -588,7 +795,7 @@ def write_submission(path: str, entries: list[tuple[str, int]],
     missing: list[str] = []
     sorted_frames = {v: np.array(sorted(c)) for v, c in video_classes.items()}
     for video, frame in entries:
-        key = video if video in video_classes else video.rsplit("/", 1)[-1]
+        key = listed_video_key(video, video_classes)
         classes = video_classes.get(key)
         label = None
         if classes is not None:
@@ -598,10 +805,17 @@ def write_submission(path: str, entries: list[tuple[str, int]],
                 missing.append(video)
             label = ABAW_FALLBACK_CLASS
         lines.append(f"{video}/{frame:05d}.jpg,{label}")
-    target = epath.Path(path)
-    if str(target.parent):
-        target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text("\n".join(lines) + "\n")
+    # Written next to the target and renamed onto it: an earlier submission stays as it was
+    # until this one is complete.
+    partial = partial_path(path)
+    try:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text("\n".join(lines) + "\n")
+        replace_with(partial, path)
+    except OSError as error:
+        raise WriteError(path, error) from error
+    finally:
+        remove_quietly(partial)
     return missing
 
 
@@ -612,16 +826,38 @@ def run(inputs: Sequence[str], *, ensemble: str, out: str | None = None, aligned
         flip_tta: bool = False, detector: str = "haar", batch_size: int = 32,
         smooth_window: int = 1, frame_step: int = 1, track: str = "iou",
         annotate: str | None = None, abaw_frames: str | None = None,
-        submission: str = "submission.txt", show_progress: bool = True) -> int:
+        submission: str | None = None, show_progress: bool = True) -> int:
     """Everything the command does; returns the exit status (0 fine, 1 some input failed).
-    Raises UsageError for command-line mistakes."""
+    Raises UsageError for command-line mistakes (before any work) and WriteError (a
+    UsageError) for an output that cannot be written."""
     from cer_jax import ensemble as ensemble_lib
 
     if not inputs:
         raise UsageError("No inputs: pass image files, video files or folders after the flags.")
     if batch_size < 1 or smooth_window < 1 or frame_step < 1:
         raise UsageError("--batch-size, --smooth-window and --frame-step must be >= 1.")
+    if submission and not abaw_frames:
+        raise UsageError(f"--submission={submission} needs --abaw-frames=LIST (the organisers' "
+                         "list of C-EXPR-DB frames to predict).")
+    if abaw_frames and not submission:
+        submission = "submission.txt"
     entries = read_frame_list(abaw_frames) if abaw_frames else []
+    sources = expand_inputs(inputs)
+    if not sources:
+        raise UsageError(f"No image or video files in {', '.join(inputs)}.")
+    listed_frames: dict[str, int] = {}
+    if abaw_frames:
+        check_video_names(sources)
+        listed_frames = check_listed_videos(abaw_frames, entries, sources)
+    # The outputs, before the model is loaded and hours are spent.
+    if out:
+        check_output_file("out", out)
+    if submission:
+        check_output_file("submission", submission)
+        if out and epath.Path(out) == epath.Path(submission):
+            raise UsageError(f"--out and --submission are both {out}: give two files.")
+    if annotate:
+        check_output_folder("annotate", annotate)
     try:
         model = ensemble_lib.load_ensemble(ensemble)
     except ensemble_lib.EnsembleError as error:
@@ -632,42 +868,61 @@ def run(inputs: Sequence[str], *, ensemble: str, out: str | None = None, aligned
         face_detector = None if aligned else faces_lib.load_detector(detector)
     except faces_lib.DetectorError as error:
         raise UsageError(str(error)) from error
-    sources = expand_inputs(inputs)
-    if not sources:
-        raise UsageError(f"No image or video files in {', '.join(inputs)}.")
-    if abaw_frames:
-        check_video_names(sources)
     fmt = "jsonl" if out and out.lower().endswith((".jsonl", ".json")) else "csv"
+    total = sum(1 if s.kind == "image" else max(video_frame_count(s.path), 1) for s in sources)
+    # The rows go to <out>.partial, renamed onto --out once complete; a failed or interrupted
+    # run removes it and leaves an earlier --out as it was.
+    rows_partial = partial_path(out) if out else None
     stream: TextIO
-    if out:
-        out_path = epath.Path(out)
-        if str(out_path.parent):
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-        stream = out_path.open("w")
+    if rows_partial is not None:
+        try:
+            stream = rows_partial.open("w")
+        except OSError as error:
+            raise WriteError(out, error) from error
     else:
         stream = sys.stdout
-    total = sum(1 if s.kind == "image" else max(video_frame_count(s.path), 1) for s in sources)
     progress = Progress(total) if show_progress else None
     start = time.time()
+    rows_error: WriteError | None = None
     try:
-        writer = RowWriter(stream, fmt, model.class_names, model.member_names)
+        writer = RowWriter(stream, fmt, model.class_names, model.member_names,
+                           name=out or "stdout")
         predictor = Predictor(
             model, face_detector, writer, aligned=aligned, flip_tta=flip_tta,
             batch_size=batch_size, smooth_window=smooth_window, frame_step=frame_step,
-            track=track, annotate=annotate, progress=progress,
+            track=track, annotate=annotate, progress=progress, listed_frames=listed_frames,
         )
         predictor.run_images([s for s in sources if s.kind == "image"])
+        writer.flush()
         for source in sources:
             if source.kind == "video":
                 predictor.run_video(source)
+                writer.flush()
         failures = predictor.failures
+        if rows_partial is not None:
+            try:
+                try:
+                    stream.close()
+                except OSError as error:
+                    raise WriteError(out, error) from error
+                replace_with(rows_partial, out)
+            except WriteError as error:  # the submission is still written
+                rows_error = error
     finally:
         if progress:
             progress.close()
-        if out:
-            stream.close()
+        if rows_partial is not None:
+            if not stream.closed:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+            remove_quietly(rows_partial)
         else:
-            stream.flush()
+            try:
+                stream.flush()
+            except OSError:
+                pass
     elapsed = time.time() - start
     logging.info("%d face(s) from %d input(s) in %.1f s (%.1f faces/s); %d input(s) failed.",
                  predictor.faces_predicted, len(sources), elapsed,
@@ -678,6 +933,8 @@ def run(inputs: Sequence[str], *, ensemble: str, out: str | None = None, aligned
             logging.error("Submission: video %r was not among the inputs or has no face; its "
                           "frames got class %d.", video, ABAW_FALLBACK_CLASS)
         failures += len(missing)
+    if rows_error is not None:
+        raise rows_error
     return 1 if failures else 0
 
 

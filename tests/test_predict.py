@@ -1,6 +1,8 @@
 """python -m cer_jax.predict end to end on real photographs, a written video and bad inputs."""
 
 import csv
+import errno
+import io
 import json
 import os
 import subprocess
@@ -144,9 +146,12 @@ def test_aligned_inputs_and_user_errors(tmp_path, ensemble_dir):
     eleven, _, _ = build_tiny_ensemble(tmp_path / "eleven", class_names=[f"c{i}" for i in
                                                                          range(11)])
     (tmp_path / "list.txt").write_text("v/00001.jpg\n")
+    (tmp_path / "v.mp4").write_bytes(b"")  # the listed video must be among the inputs
     with pytest.raises(predict.UsageError, match="compound_abaw7"):
-        predict.run([os.fspath(face)], ensemble=os.fspath(eleven), aligned=True,
-                    abaw_frames=os.fspath(tmp_path / "list.txt"), show_progress=False)
+        predict.run([os.fspath(face), os.fspath(tmp_path / "v.mp4")],
+                    ensemble=os.fspath(eleven), aligned=True,
+                    abaw_frames=os.fspath(tmp_path / "list.txt"),
+                    submission=os.fspath(tmp_path / "sub.txt"), show_progress=False)
     for folder in ("a", "b"):  # the submission finds videos by name: one name, one video
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "video_1.mp4").write_bytes(b"")
@@ -173,3 +178,281 @@ def test_a_folder_says_which_files_it_skips(tmp_path, caplog):
         predict.Source(os.fspath(tmp_path / "b.JPG"), "image")]
     assert (f"Skipped 2 file(s) in {tmp_path} that are neither images nor videos by extension "
             "(e.g. a.gif, notes.txt)") in caplog.text
+
+
+def noise_video(path, n, fps=10.0):
+    """n different 64x64 frames (with --aligned each is one face: no detector, fast)."""
+    rng = np.random.default_rng(0)
+    write_video(path, [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(n)], fps)
+
+
+def jsonl(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def test_bad_outputs_are_usage_errors_before_the_model_is_loaded(tmp_path):
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"")
+    listed = tmp_path / "list.txt"
+    listed.write_text("clip/00001.jpg\n")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("keep\n")
+    none = os.fspath(tmp_path / "no_ensemble")  # loading it fails: the outputs are checked first
+
+    def error(**kwargs):
+        kwargs = {k: os.fspath(v) for k, v in kwargs.items()}
+        with pytest.raises(predict.UsageError) as info:
+            predict.run([os.fspath(video)], ensemble=none, show_progress=False, **kwargs)
+        return str(info.value)
+
+    assert error(out=folder) == (
+        f"--out={folder} is a folder; give a file path (e.g. {folder / 'rows.csv'}).")
+    assert error(abaw_frames=listed, submission=folder) == (
+        f"--submission={folder} is a folder; give a file path (e.g. "
+        f"{folder / 'submission.txt'}).")
+    assert error(annotate=a_file) == (
+        f"--annotate={a_file} is a file; give a folder (it gets an annotated copy of each "
+        "input).")
+    assert error(out=a_file / "rows.csv") == (
+        f"--out={a_file / 'rows.csv'}: {a_file} is a file, not a folder; choose another path.")
+    deep = a_file / "deeper" / "sub.txt"
+    assert error(abaw_frames=listed, submission=deep) == (
+        f"--submission={deep}: {a_file} is a file, not a folder; choose another path.")
+    assert error(out=tmp_path / "same.txt", abaw_frames=listed,
+                 submission=tmp_path / "same.txt") == (
+        f"--out and --submission are both {tmp_path / 'same.txt'}: give two files.")
+    # Good outputs: the ensemble is what fails, and nothing is written.
+    new = tmp_path / "new"
+    assert "not an ensemble directory" in error(out=new / "rows.csv", annotate=new / "ann",
+                                                abaw_frames=listed, submission=new / "s.txt")
+    assert sorted(os.listdir(new)) == ["ann"] and os.listdir(new / "ann") == []
+    assert a_file.read_text() == "keep\n" and os.listdir(folder) == []
+    result = subprocess.run(
+        [sys.executable, "-m", "cer_jax.predict", f"--ensemble={none}", os.fspath(video),
+         f"--abaw_frames={listed}", f"--submission={folder}"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: --submission={folder} is a folder; give a file path (e.g. "
+        f"{folder / 'submission.txt'}).")
+
+
+def test_an_interrupted_or_failed_run_keeps_the_earlier_outputs(tmp_path, ensemble_dir,
+                                                                monkeypatch):
+    video = tmp_path / "clip.avi"
+    noise_video(video, 3)
+    listed = tmp_path / "list.txt"
+    listed.write_text("clip/00001.jpg\nclip/00003.jpg\n")
+    results = tmp_path / "results"
+    results.mkdir()
+    out, sub = results / "rows.csv", results / "sub.txt"
+    out.write_text("previous good rows\n")
+    sub.write_text("previous submission\n")
+    original = predict.Predictor.run_video
+
+    def run():
+        return predict.run([os.fspath(video)], ensemble=ensemble_dir, aligned=True,
+                           out=os.fspath(out), abaw_frames=os.fspath(listed),
+                           submission=os.fspath(sub), show_progress=False)
+
+    def interrupted(self, source):
+        original(self, source)  # the video's rows are written, then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict.Predictor, "run_video", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    assert out.read_text() == "previous good rows\n"
+    assert sub.read_text() == "previous submission\n"
+    assert sorted(os.listdir(results)) == ["rows.csv", "sub.txt"]  # no .partial left
+
+    def blocked(self, source):
+        original(self, source)
+        sub.unlink()
+        sub.mkdir()  # a folder appears where the submission goes
+
+    monkeypatch.setattr(predict.Predictor, "run_video", blocked)
+    with pytest.raises(predict.WriteError) as info:
+        run()
+    assert str(info.value) == f"cannot write {sub}: a folder is in the way"
+    assert [r["frame"] for r in read_csv(out)] == ["0", "1", "2"]  # the rows are kept
+    assert sorted(os.listdir(results)) == ["rows.csv", "sub.txt"] and os.listdir(sub) == []
+
+    sub.rmdir()
+    monkeypatch.setattr(predict.Predictor, "run_video", original)
+    assert run() == 0
+    assert sub.read_text().splitlines()[0] == predict.ABAW_HEADER
+    assert len(sub.read_text().splitlines()) == 3
+
+
+def test_a_failing_rows_stream_is_one_error():
+    class FullDisk(io.StringIO):
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(predict.WriteError) as info:
+        predict.RowWriter(FullDisk(), "csv", predict.ABAW7_CLASSES, ["vit"],
+                          name="gs://bucket/rows.csv")
+    assert str(info.value) == "cannot write gs://bucket/rows.csv: No space left on device"
+    writer = predict.RowWriter(FullDisk(), "jsonl", predict.ABAW7_CLASSES, ["vit"],
+                               name="rows.jsonl")
+    with pytest.raises(predict.WriteError, match=r"^cannot write rows.jsonl: No space left"):
+        writer.write("a.jpg", "image", "no face found")
+
+
+def test_listed_frames_past_the_decoded_ones_fail_the_video(tmp_path, ensemble_dir, caplog):
+    video = tmp_path / "clip.avi"
+    noise_video(video, 4)
+    listed = tmp_path / "list.txt"
+    listed.write_text("image_location\nclip/00001.jpg\nclip/00004.jpg\nclip/00006.jpg\n")
+    out, sub = tmp_path / "rows.csv", tmp_path / "sub.txt"
+
+    def run():
+        return predict.run([os.fspath(video)], ensemble=ensemble_dir, aligned=True,
+                           out=os.fspath(out), abaw_frames=os.fspath(listed),
+                           submission=os.fspath(sub), show_progress=False)
+
+    assert run() == 1
+    message = ("the frame list asks for frames up to 6 but only 4 were decoded: its frame "
+               "numbering differs from the video's (e.g. a variable-frame-rate video, or frames "
+               "extracted at another rate)")
+    assert (f"Video 'clip' ({video}): {message}. Its listed frames past 4 get the class of the "
+            "nearest decoded frame with a face.") in caplog.text
+    rows = read_csv(out)
+    assert [r["status"] for r in rows] == ["ok"] * 4 + [f"error: {message}"]
+    classes = {int(r["frame"]): r["predicted_index"] for r in rows[:4]}
+    assert sub.read_text().splitlines()[1:] == [
+        f"clip/00001.jpg,{classes[0]}", f"clip/00004.jpg,{classes[3]}",
+        f"clip/00006.jpg,{classes[3]}"]
+    listed.write_text("clip/00001.jpg\nclip/00004.jpg\n")  # within the decoded frames
+    assert run() == 0
+
+
+def test_the_frame_list_and_the_inputs_are_checked_before_any_work(tmp_path, caplog):
+    none = os.fspath(tmp_path / "no_ensemble")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "clip.mp4").write_bytes(b"")
+    listed = tmp_path / "list.txt"
+    listed.write_text("image_location\nother/00001.jpg\nother/00002.jpg\nthird/00001.jpg\n")
+
+    def error(inputs, **kwargs):
+        kwargs = {k: os.fspath(v) for k, v in kwargs.items()}
+        with pytest.raises(predict.UsageError) as info:
+            predict.run([os.fspath(i) for i in inputs], ensemble=none, show_progress=False,
+                        **kwargs)
+        return str(info.value)
+
+    assert error([videos], abaw_frames=listed) == (
+        f"none of the 2 videos in {listed} is among the inputs (e.g. 'other', which needs an "
+        "input video named other.mp4 or similar); pass the C-EXPR-DB videos or their folder.")
+    frames = tmp_path / "frames" / "other"  # frames extracted to <video>/<frame>.jpg
+    frames.mkdir(parents=True)
+    (frames / "00001.jpg").write_bytes(b"")
+    assert error([tmp_path / "frames"], abaw_frames=listed) == (
+        f"none of the 2 videos in {listed} is among the inputs (e.g. 'other', which needs an "
+        "input video named other.mp4 or similar) (the inputs are images in folders named like "
+        "the listed videos: the submission needs the videos themselves, not extracted frames); "
+        "pass the C-EXPR-DB videos or their folder.")
+    listed.write_text("clip/00001.jpg\nother/00001.jpg\nthird/00001.jpg\nclip/00002.jpg\n")
+    caplog.clear()
+    assert "not an ensemble directory" in error([videos], abaw_frames=listed,
+                                                submission=tmp_path / "sub.txt")
+    assert (f"2 of the 3 videos in {listed} are not among the inputs (e.g. 'other', 'third'): "
+            "their frames will get class 1 and the exit status will be 1.") in caplog.text
+    assert error([videos, tmp_path / "vidz"]) == (
+        f"input {os.fspath(tmp_path / 'vidz')!r} does not exist: check the path (give image "
+        "files, video files or folders).")
+    assert error([videos], submission="sub.txt") == (
+        "--submission=sub.txt needs --abaw-frames=LIST (the organisers' list of C-EXPR-DB "
+        "frames to predict).")
+    listed.write_text("image_location\n\n")
+    assert error([videos], abaw_frames=listed) == (
+        f"--abaw-frames file {os.fspath(listed)!r} lists no frames: it needs one "
+        "'<video>/<frame number>.jpg' per line (after an optional image_location header).")
+
+
+def test_smooth_window_counts_processed_frames(tmp_path, ensemble_dir):
+    video = tmp_path / "clip.avi"
+    noise_video(video, 7)
+    classes = list(predict.ABAW7_CLASSES)
+
+    def probabilities(window):
+        out = tmp_path / f"w{window}.jsonl"
+        assert predict.run([os.fspath(video)], ensemble=ensemble_dir, aligned=True,
+                           out=os.fspath(out), frame_step=2, smooth_window=window,
+                           show_progress=False) == 0
+        return {r["frame"]: np.array([r["probabilities"][c] for c in classes])
+                for r in jsonl(out)}
+
+    p, q = probabilities(1), probabilities(3)
+    assert sorted(p) == [0, 2, 4, 6]
+    # 3 processed frames: the neighbours 2 decoded frames away on each side.
+    np.testing.assert_allclose(q[2], (p[0] + p[2] + p[4]) / 3, atol=1e-5)
+    np.testing.assert_allclose(q[0], (p[0] + p[2]) / 2, atol=1e-5)
+    np.testing.assert_allclose(q[6], (p[4] + p[6]) / 2, atol=1e-5)
+    assert np.abs(q[2] - p[2]).max() > 1e-4  # the frames differ, so smoothing shows
+
+
+def test_frame_step_grabs_skipped_frames_and_timestamps_are_the_videos(tmp_path, ensemble_dir,
+                                                                      monkeypatch):
+    video = tmp_path / "clip.avi"
+    noise_video(video, 7)
+    real = cv2.VideoCapture
+    converted = []  # frames decoded into images (read / retrieve)
+    positions = {"ms": None}  # CAP_PROP_POS_MSEC per frame, as another video would report it
+
+    class Capture:
+        def __init__(self, *args):
+            self._capture, self._frames = real(*args), 0
+
+        def __getattr__(self, name):
+            return getattr(self._capture, name)
+
+        def grab(self):
+            ok = self._capture.grab()
+            self._frames += ok
+            return ok
+
+        def read(self):
+            converted.append("read")
+            ok, frame = self._capture.read()
+            self._frames += ok
+            return ok, frame
+
+        def retrieve(self, *args):
+            converted.append("retrieve")
+            return self._capture.retrieve(*args)
+
+        def get(self, prop):
+            if prop == cv2.CAP_PROP_POS_MSEC and positions["ms"] is not None:
+                return positions["ms"][self._frames - 1]
+            return self._capture.get(prop)
+
+    monkeypatch.setattr(cv2, "VideoCapture", Capture)
+
+    def rows(step, ms=None):
+        positions["ms"] = ms
+        out = tmp_path / f"rows{step}.jsonl"
+        assert predict.run([os.fspath(video)], ensemble=ensemble_dir, aligned=True,
+                           out=os.fspath(out), frame_step=step, show_progress=False) == 0
+        return jsonl(out)
+
+    every = rows(1)
+    assert [r["timestamp_s"] for r in every] == pytest.approx([i / 10 for i in range(7)])
+    converted.clear()
+    third = rows(3)
+    assert converted == ["retrieve"] * 3  # frames 0, 3 and 6; the others are only grabbed
+    assert [(r["frame"], r["status"]) for r in third] == [(0, "ok"), (3, "ok"), (6, "ok")]
+    for r in third:  # the same frames as decoding every one
+        assert r["probabilities"] == pytest.approx(every[r["frame"]]["probabilities"],
+                                                   abs=1e-5)
+    # A variable frame rate: the video's own timestamps, not index / fps.
+    vfr = rows(1, [0.0, 100.0, 200.0, 500.0, 800.0, 1100.0, 1400.0])
+    assert [r["timestamp_s"] for r in vfr] == [0.0, 0.1, 0.2, 0.5, 0.8, 1.1, 1.4]
+    # Positions that do not increase (a backend without them): index / fps.
+    stuck = rows(1, [0.0] * 7)
+    assert [r["timestamp_s"] for r in stuck] == pytest.approx([i / 10 for i in range(7)])
