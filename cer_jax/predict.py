@@ -18,9 +18,9 @@ stderr: `error: ...`).
 
 The outputs (--out, --submission, --annotate) are checked before the model is loaded: the folder
 must be creatable, a file target must not be a folder, --annotate must not be a file. The rows
-file and the submission are written to `<path>.partial` next to the target and renamed onto it
-at the end, so a failed or interrupted run leaves an earlier file as it was and no half-written
-one.
+file and the submission are written to `<path>.partial` next to the target (for gs://, a local
+temporary file) and moved onto it once complete, so a failed or interrupted run leaves an earlier
+file as it was and no half-written one; if only that move fails the finished file is kept.
 
 Faces are found by `--detector` (see `cer_jax.faces`) and aligned like RAF-DB's 100x100
 faces; `--aligned` treats every image as an already aligned face. `--flip-tta` averages each
@@ -59,7 +59,9 @@ import csv
 import dataclasses
 import json
 import os
+import pathlib
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -119,16 +121,32 @@ class UsageError(ValueError):
 
 class WriteError(UsageError):
     """An output that cannot be written (full disk, read-only folder, a folder in the way):
-    reported as one line `error: cannot write <path>: <reason>`, exit status 2."""
+    one line naming the flag, the path and the fix, exit status 2."""
 
-    def __init__(self, path: str | os.PathLike, error: BaseException | str):
+    def __init__(self, flag: str, path: str | os.PathLike, error: BaseException | str,
+                 kept: str | None = None):
         if isinstance(error, IsADirectoryError):
             reason = "a folder is in the way"
         elif isinstance(error, OSError):
             reason = error.strerror or str(error) or error.__class__.__name__
         else:
-            reason = str(error)
-        super().__init__(f"cannot write {os.fspath(path)}: {reason}")
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        if flag == "out" and os.fspath(path) == "stdout":
+            message = f"cannot write the rows to stdout ({reason}): give --out=FILE"
+        else:
+            message = (f"--{flag}={os.fspath(path)} cannot be written ({reason}): free space, "
+                       "or choose another path")
+        if kept:
+            message += f"; the finished file is kept as {kept} (move it there yourself)"
+        super().__init__(message + ".")
+
+
+def write_errors() -> tuple[type[BaseException], ...]:
+    """What a failed write raises: OSError, and for gs:// (TensorFlow's file system, when
+    TensorFlow is loaded) its OpError."""
+    tf = sys.modules.get("tensorflow")
+    errors = getattr(tf, "errors", None)
+    return (OSError,) + ((errors.OpError,) if errors is not None else ())
 
 
 # --- inputs ----------------------------------------------------------------------------------
@@ -199,10 +217,41 @@ def read_image(path: str) -> tuple[np.ndarray | None, str]:
 # --- outputs -----------------------------------------------------------------------------------
 
 
-def partial_path(path: str | os.PathLike) -> epath.Path:
-    """The temporary sibling an output is written to before it is renamed onto `path`."""
-    target = epath.Path(path)
-    return target.parent / (target.name + ".partial")
+def is_remote(path: str | os.PathLike) -> bool:
+    return "://" in os.fspath(path)
+
+
+def staging_path(path: str | os.PathLike) -> str:
+    """The local file an output is written to before it is published as `path`: its sibling
+    `<path>.partial` (renamed onto it, atomically), or for a remote path a local temporary file
+    (copied there at the end)."""
+    if is_remote(path):
+        handle, name = tempfile.mkstemp(prefix="cer_jax_predict_",
+                                        suffix="_" + epath.Path(path).name)
+        os.close(handle)
+        return name
+    return os.fspath(path) + ".partial"
+
+
+def publish(flag: str, staged: str, target: str) -> None:
+    """Puts the finished `staged` file at `target`. When that fails the file is kept (the
+    error names it), so no finished work is lost."""
+    try:
+        if is_remote(target):
+            epath.Path(target).write_bytes(pathlib.Path(staged).read_bytes())
+            os.remove(staged)
+        else:
+            os.replace(staged, target)
+    except write_errors() as error:
+        raise WriteError(flag, target, error, kept=staged) from error
+
+
+def remove_quietly(path: str | None) -> None:
+    if path is not None:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
 
 
 def _check_folder_creatable(flag: str, value: str, folder: epath.Path) -> None:
@@ -216,18 +265,26 @@ def _check_folder_creatable(flag: str, value: str, folder: epath.Path) -> None:
                              "folder; choose another path.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
+    except write_errors() as error:
         raise UsageError(f"--{flag}={value}: cannot create the folder {os.fspath(folder)} "
-                         f"({error.strerror or error}); choose a writable place.") from error
+                         f"({getattr(error, 'strerror', None) or error}); choose a writable "
+                         "place.") from error
 
 
 def _probe_write(flag: str, value: str, probe: epath.Path) -> None:
     try:
         probe.write_text("")
         probe.unlink()
-    except OSError as error:
-        raise UsageError(f"--{flag}={value} cannot be written ({error.strerror or error}); "
-                         "choose a writable place.") from error
+    except write_errors() as error:
+        reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[0]
+        raise UsageError(f"--{flag}={value} cannot be written ({reason}); choose a writable "
+                         "place.") from error
+
+
+def _same_file(a: str, b: str) -> bool:
+    if is_remote(a) or is_remote(b):
+        return epath.Path(a) == epath.Path(b)
+    return os.path.abspath(a) == os.path.abspath(b)
 
 
 def check_output_file(flag: str, value: str) -> None:
@@ -239,7 +296,7 @@ def check_output_file(flag: str, value: str) -> None:
         raise UsageError(f"--{flag}={value} is a folder; give a file path (e.g. "
                          f"{os.fspath(example)}).")
     _check_folder_creatable(flag, value, path.parent)
-    _probe_write(flag, value, partial_path(path))
+    _probe_write(flag, value, path.parent / (path.name + ".partial"))
 
 
 def check_output_folder(flag: str, value: str) -> None:
@@ -250,23 +307,6 @@ def check_output_folder(flag: str, value: str) -> None:
                          "of each input).")
     _check_folder_creatable(flag, value, path)
     _probe_write(flag, value, path / ".cer_jax_predict_write_test.partial")
-
-
-def replace_with(partial: epath.Path, target: str) -> None:
-    """Renames the finished `partial` onto `target` (through epath, so gs:// works)."""
-    try:
-        partial.replace(epath.Path(target))
-    except OSError as error:
-        raise WriteError(target, error) from error
-
-
-def remove_quietly(path: epath.Path | None) -> None:
-    if path is None:
-        return
-    try:
-        path.unlink(missing_ok=True)
-    except OSError:
-        pass
 
 
 # --- rows --------------------------------------------------------------------------------------
@@ -294,13 +334,13 @@ class RowWriter:
             try:
                 self._csv.writeheader()
             except OSError as error:
-                raise WriteError(self.name, error) from error
+                raise WriteError("out", self.name, error) from error
 
     def flush(self) -> None:
         try:
             self.stream.flush()
         except OSError as error:
-            raise WriteError(self.name, error) from error
+            raise WriteError("out", self.name, error) from error
 
     def write(self, source: str, kind: str, status: str, *, frame: int | None = None,
               timestamp: float | None = None, face: int | None = None,
@@ -334,7 +374,7 @@ class RowWriter:
                     row["probabilities"], row["members"] = probs, members
                 self.stream.write(json.dumps(row) + "\n")
         except OSError as error:
-            raise WriteError(self.name, error) from error
+            raise WriteError("out", self.name, error) from error
 
 
 # --- progress -------------------------------------------------------------------------------
@@ -631,8 +671,8 @@ class Predictor:
         folder = epath.Path(self.annotate)
         try:
             folder.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise WriteError(folder, error) from error
+        except write_errors() as error:
+            raise WriteError("annotate", self.annotate, error) from error
         return folder / name
 
     def draw(self, bgr: np.ndarray, box: Sequence[float], probabilities: np.ndarray,
@@ -661,8 +701,8 @@ class Predictor:
             path = self._annotated_path(source, ".jpg")
             try:
                 path.write_bytes(data.tobytes())
-            except OSError as error:
-                raise WriteError(path, error) from error
+            except write_errors() as error:
+                raise WriteError("annotate", path, error) from error
 
     def write_annotated_video(self, source: Source, records: list[FaceRecord],
                               fps: float) -> None:
@@ -805,17 +845,15 @@ def write_submission(path: str, entries: list[tuple[str, int]],
                 missing.append(video)
             label = ABAW_FALLBACK_CLASS
         lines.append(f"{video}/{frame:05d}.jpg,{label}")
-    # Written next to the target and renamed onto it: an earlier submission stays as it was
-    # until this one is complete.
-    partial = partial_path(path)
+    # Staged, then published: an earlier submission stays as it was until this one is whole.
+    staged = staging_path(path)
     try:
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text("\n".join(lines) + "\n")
-        replace_with(partial, path)
+        with open(staged, "w") as f:
+            f.write("\n".join(lines) + "\n")
     except OSError as error:
-        raise WriteError(path, error) from error
-    finally:
-        remove_quietly(partial)
+        remove_quietly(staged)
+        raise WriteError("submission", path, error) from error
+    publish("submission", staged, path)
     return missing
 
 
@@ -854,7 +892,7 @@ def run(inputs: Sequence[str], *, ensemble: str, out: str | None = None, aligned
         check_output_file("out", out)
     if submission:
         check_output_file("submission", submission)
-        if out and epath.Path(out) == epath.Path(submission):
+        if out and _same_file(out, submission):
             raise UsageError(f"--out and --submission are both {out}: give two files.")
     if annotate:
         check_output_folder("annotate", annotate)
@@ -870,20 +908,23 @@ def run(inputs: Sequence[str], *, ensemble: str, out: str | None = None, aligned
         raise UsageError(str(error)) from error
     fmt = "jsonl" if out and out.lower().endswith((".jsonl", ".json")) else "csv"
     total = sum(1 if s.kind == "image" else max(video_frame_count(s.path), 1) for s in sources)
-    # The rows go to <out>.partial, renamed onto --out once complete; a failed or interrupted
-    # run removes it and leaves an earlier --out as it was.
-    rows_partial = partial_path(out) if out else None
+    # The rows are staged (<out>.partial, or a local file for a remote --out) and published
+    # once complete; a failed or interrupted run removes the staged file and leaves an earlier
+    # --out as it was.
+    staged = staging_path(out) if out else None
     stream: TextIO
-    if rows_partial is not None:
+    if staged is not None:
         try:
-            stream = rows_partial.open("w")
+            stream = open(staged, "w")  # noqa: SIM115 (closed below, before publishing)
         except OSError as error:
-            raise WriteError(out, error) from error
+            remove_quietly(staged)
+            raise WriteError("out", out, error) from error
     else:
         stream = sys.stdout
     progress = Progress(total) if show_progress else None
     start = time.time()
     rows_error: WriteError | None = None
+    finished = False
     try:
         writer = RowWriter(stream, fmt, model.class_names, model.member_names,
                            name=out or "stdout")
@@ -899,25 +940,27 @@ def run(inputs: Sequence[str], *, ensemble: str, out: str | None = None, aligned
                 predictor.run_video(source)
                 writer.flush()
         failures = predictor.failures
-        if rows_partial is not None:
+        if staged is not None:
             try:
-                try:
-                    stream.close()
-                except OSError as error:
-                    raise WriteError(out, error) from error
-                replace_with(rows_partial, out)
-            except WriteError as error:  # the submission is still written
+                stream.close()
+            except OSError as error:
+                raise WriteError("out", out, error) from error
+            finished = True
+            try:
+                publish("out", staged, out)
+            except WriteError as error:  # the rows are kept; the submission is still written
                 rows_error = error
     finally:
         if progress:
             progress.close()
-        if rows_partial is not None:
+        if staged is not None:
             if not stream.closed:
                 try:
                     stream.close()
                 except OSError:
                     pass
-            remove_quietly(rows_partial)
+            if not finished:
+                remove_quietly(staged)
         else:
             try:
                 stream.flush()

@@ -5,6 +5,7 @@ import errno
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -277,11 +278,16 @@ def test_an_interrupted_or_failed_run_keeps_the_earlier_outputs(tmp_path, ensemb
     monkeypatch.setattr(predict.Predictor, "run_video", blocked)
     with pytest.raises(predict.WriteError) as info:
         run()
-    assert str(info.value) == f"cannot write {sub}: a folder is in the way"
+    assert str(info.value) == (
+        f"--submission={sub} cannot be written (a folder is in the way): free space, or choose "
+        f"another path; the finished file is kept as {sub}.partial (move it there yourself).")
     assert [r["frame"] for r in read_csv(out)] == ["0", "1", "2"]  # the rows are kept
-    assert sorted(os.listdir(results)) == ["rows.csv", "sub.txt"] and os.listdir(sub) == []
+    assert sorted(os.listdir(results)) == ["rows.csv", "sub.txt", "sub.txt.partial"]
+    kept = (results / "sub.txt.partial").read_text().splitlines()  # the finished work
+    assert kept[0] == predict.ABAW_HEADER and len(kept) == 3 and os.listdir(sub) == []
 
     sub.rmdir()
+    (results / "sub.txt.partial").unlink()
     monkeypatch.setattr(predict.Predictor, "run_video", original)
     assert run() == 0
     assert sub.read_text().splitlines()[0] == predict.ABAW_HEADER
@@ -296,11 +302,37 @@ def test_a_failing_rows_stream_is_one_error():
     with pytest.raises(predict.WriteError) as info:
         predict.RowWriter(FullDisk(), "csv", predict.ABAW7_CLASSES, ["vit"],
                           name="gs://bucket/rows.csv")
-    assert str(info.value) == "cannot write gs://bucket/rows.csv: No space left on device"
+    assert str(info.value) == ("--out=gs://bucket/rows.csv cannot be written (No space left on "
+                               "device): free space, or choose another path.")
     writer = predict.RowWriter(FullDisk(), "jsonl", predict.ABAW7_CLASSES, ["vit"],
                                name="rows.jsonl")
-    with pytest.raises(predict.WriteError, match=r"^cannot write rows.jsonl: No space left"):
+    with pytest.raises(predict.WriteError) as info:
         writer.write("a.jpg", "image", "no face found")
+    assert str(info.value).startswith("--out=rows.jsonl cannot be written (No space left")
+    with pytest.raises(predict.WriteError) as info:
+        predict.RowWriter(FullDisk(), "csv", predict.ABAW7_CLASSES, ["vit"], name="stdout")
+    assert str(info.value) == ("cannot write the rows to stdout (No space left on device): give "
+                               "--out=FILE.")
+
+
+def test_rows_and_submission_go_to_a_bucket(tmp_path, ensemble_dir, bucket):
+    """Remote outputs are staged locally and copied to gs:// once complete."""
+    video = tmp_path / "clip.avi"
+    noise_video(video, 3)
+    listed = tmp_path / "list.txt"
+    listed.write_text("clip/00001.jpg\nclip/00003.jpg\n")
+    status = predict.run([os.fspath(video)], ensemble=ensemble_dir, aligned=True,
+                         out="gs://test-bucket/results/rows.csv", abaw_frames=os.fspath(listed),
+                         submission="gs://test-bucket/results/sub.txt", show_progress=False)
+    assert status == 0
+    results = bucket.root / "results"
+    assert sorted(os.listdir(results)) == ["rows.csv", "sub.txt"]
+    assert [r["frame"] for r in read_csv(results / "rows.csv")] == ["0", "1", "2"]
+    header, first, second = (results / "sub.txt").read_text().splitlines()
+    assert header == predict.ABAW_HEADER
+    assert re.fullmatch(r"clip/00001\.jpg,[0-6]", first) and re.fullmatch(
+        r"clip/00003\.jpg,[0-6]", second)
+    assert "gs://test-bucket/results/rows.csv" in bucket.seen
 
 
 def test_listed_frames_past_the_decoded_ones_fail_the_video(tmp_path, ensemble_dir, caplog):
