@@ -71,6 +71,7 @@ QR_NAME=${QR_NAME:-$TPU_NAME-qr}
 SPOT=${SPOT:-0}
 BUCKET=${BUCKET:-}
 BUCKET=${BUCKET%/}
+JAX_CACHE=${JAX_CACHE:-${BUCKET:+$BUCKET/jax_cache}}
 LOCAL_DATA_DIR=${LOCAL_DATA_DIR:-$HOME/tensorflow_datasets}
 TFDS_CONFIG=${TFDS_CONFIG:-compound}
 JAX_SPEC=${JAX_SPEC:-'jax[tpu]>=0.10.2,<0.11'}
@@ -106,7 +107,6 @@ need_bucket() {
   RUNS=${RUNS:-$BUCKET/runs}
   DATA_DIR=${DATA_DIR:-$BUCKET/tensorflow_datasets}
   WEIGHTS_DIR=${WEIGHTS_DIR:-$BUCKET/weights}
-  JAX_CACHE=${JAX_CACHE:-$BUCKET/jax_cache}
 }
 
 # Runs one shell command line on every worker of the TPU at once.
@@ -117,7 +117,9 @@ on_all_workers() {
 
 # The same `python ARG...` on every worker, from the checkout, with its venv.
 launch_python() {
-  on_all_workers "cd ~/cer_jax && JAX_COMPILATION_CACHE_DIR=$(shell_quote "$JAX_CACHE") ~/cer_jax_venv/bin/python $(quote_cmd "$@")"
+  local cache=""
+  if [ -n "$JAX_CACHE" ]; then cache="JAX_COMPILATION_CACHE_DIR=$(shell_quote "$JAX_CACHE") "; fi
+  on_all_workers "cd ~/cer_jax && $cache~/cer_jax_venv/bin/python $(quote_cmd "$@")"
 }
 
 check_workdir() {

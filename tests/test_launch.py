@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import shlex
 import shutil
 import stat
@@ -64,6 +65,7 @@ def dry_run(script: str, *args: str, env: dict[str, str], ok: bool = True,
         return [[proc.stderr]]
     assert proc.returncode == 0, proc.stderr
     assert "dry run called" not in proc.stderr
+    assert not re.search(r"line \d+: |unbound variable", proc.stderr), proc.stderr  # bash errors
     return [shlex.split(line) for line in proc.stdout.splitlines()
             if line.strip() and not line.startswith("#")]
 
@@ -370,3 +372,12 @@ def test_shellcheck():
     proc = subprocess.run([shellcheck, *map(str, SCRIPTS)], cwd=REPO, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_tpu_check_runs_with_the_bucket_cache_only_when_there_is_a_bucket(env):
+    (ssh,) = dry_run("tpu.sh", "check", env=env)
+    assert shlex.split(flag(ssh, "command"))[:4] == [
+        "cd", "~/cer_jax", "&&", "~/cer_jax_venv/bin/python"]
+    (ssh,) = dry_run("tpu.sh", "check", env=env, BUCKET="gs://b")
+    assert remote_python_argv(ssh)[0] == "-c"
+    assert "JAX_COMPILATION_CACHE_DIR=gs://b/jax_cache" in flag(ssh, "command")
