@@ -169,10 +169,23 @@ def test_sigterm_at_an_evaluation_saves_first_and_the_resumed_run_evaluates_that
         evaluated.append("export")
         return write_export(*args, **kwargs)
 
+    weights = []  # the head kernel of each evaluated model state, in evaluation order
+
+    def weighing(eval_fn, state, *args):
+        weights.append(np.asarray(state["params"]["head"]["kernel"]))
+        return predict_split(eval_fn, state, *args)
+
     def preempting(*args):
         if not evaluated:  # SIGTERM during step 3's evaluation: seen at step 6, an eval step
             os.kill(os.getpid(), signal.SIGTERM)
-        return predict_split(*args)
+        return weighing(*args)
+
+    def assert_evaluated_the_saved_weights():
+        """Each periodic evaluation saw the weights its step's checkpoint holds."""
+        steps = [step for step in evaluated if step != "export"]
+        for step, kernel in zip(steps, weights, strict=False):
+            np.testing.assert_array_equal(kernel, saved_state(workdir, step)["params"]["head"][
+                "kernel"], err_msg=f"step {step}")
 
     monkeypatch.setattr(trainer, "write_eval", recording_eval)
     monkeypatch.setattr(export, "write_export", recording_export)
@@ -181,13 +194,18 @@ def test_sigterm_at_an_evaluation_saves_first_and_the_resumed_run_evaluates_that
     assert result["stopped"] == "preempted" and result["step"] == 6
     assert saved_steps(workdir) == [3, 6]
     assert evaluated == [3] * splits  # step 6 was saved without evaluating it
+    assert_evaluated_the_saved_weights()
 
     evaluated.clear()
-    monkeypatch.setattr(evaluate, "predict_split", predict_split)
+    weights.clear()
+    monkeypatch.setattr(evaluate, "predict_split", weighing)
     result = trainer.train_and_evaluate(config, str(workdir))
     assert result["stopped"] is None and result["step"] == 9
-    # The resumed run evaluates step 6 before it trains on, as an unstopped run would have.
+    # The resumed run evaluates step 6 (restored) before it trains on, as an unstopped run
+    # would have.
     assert evaluated == [6] * splits + [9] * splits + ["export"]
+    assert len(weights) == 2 * splits + len(config.export.splits)  # then the export's
+    assert_evaluated_the_saved_weights()
 
 
 def test_a_halt_at_the_last_step_finishes_the_run_with_one_compiled_eval_step(
