@@ -28,6 +28,8 @@ SIZES = {
     "resnet50": {"width": 8},
 }
 STEPS = 3
+# The classification heads of each network (MA-Net has two, fc_1 and fc_2, per manet.md).
+HEADS = {"vit": ("head",), "manet": ("fc_1", "fc_2"), "resnet50": ("head",)}
 
 
 def _named_leaves(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
@@ -69,6 +71,8 @@ def test_the_recipe_optimizer_matches_pytorch(member):
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32) * 0.1, shapes)
     heads = train_state.head_names(model)
+    assert heads == HEADS[member]  # what the recipes' x10 head learning rate reaches
+    assert any(name.split("/")[0] in heads for name in _named_leaves(shapes))
     tx = optim.create_optimizer(config, optax.constant_schedule(config.optimizer.lr), params,
                                 heads)
     # Large enough that ViT's clipping (norm 1.0) acts, different at every step.
