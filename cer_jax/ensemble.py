@@ -8,7 +8,9 @@ training workdir, no TFDS and no TensorFlow (only JAX / Flax, numpy and OpenCV):
                                 "strategy": {"name", "params", "state_file": "strategy.npz"},
                                 "members": [{"name", "model", "dir", "num_features",
                                              "preprocessing": {image_size, normalization,
-                                                               eval_resize, resize_size}}]}
+                                                               eval_resize, resize_size (the
+                                                               crop view only; artefacts before
+                                                               2026-12-02 always carry it)}}]}
     DIR/strategy.npz           the fitted fusion's numbers (`Fitted.state`); scalars and strings
                                as 0-d arrays
     DIR/members/<i>_<name>/config.json   the member's resolved training config (config.model

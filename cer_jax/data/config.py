@@ -119,9 +119,9 @@ def eval_preprocessing(input_config: ml_collections.ConfigDict) -> dict[str, Any
     cfg = input_config
     settings: dict[str, Any] = {
         "image_size": int(cfg.image_size),
-        "normalization": str(cfg.get("normalization", "unit")),
-        "eval_resize": str(cfg.get("eval_resize", "resize")),
+        "normalization": str(cfg.normalization),
+        "eval_resize": str(cfg.eval_resize),
     }
     if settings["eval_resize"] != "resize":
-        settings["resize_size"] = int(cfg.get("resize_size") or cfg.image_size)
+        settings["resize_size"] = int(cfg.resize_size)
     return settings
