@@ -25,7 +25,6 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from cer_jax import sharding, train_state
-from cer_jax.data import config as data_config
 from cer_jax.errors import UserError
 
 CONFIG_FILE = "config.json"
@@ -93,6 +92,24 @@ def with_sharding(abstract: Any, mesh: Mesh) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=target), abstract)
 
 
+def eval_preprocessing(input_config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The settings of `config.input` that the evaluation view reads, and no other.
+
+    What the best checkpoint, the export and the ensemble artefact were made with: a resumed
+    run must keep them, and predict feeds a member exactly so. `resize_size` is there only for
+    the "resize_crop" evaluation, the one that reads it.
+    """
+    cfg = input_config
+    settings: dict[str, Any] = {
+        "image_size": int(cfg.image_size),
+        "normalization": str(cfg.normalization),
+        "eval_resize": str(cfg.eval_resize),
+    }
+    if settings["eval_resize"] != "resize":
+        settings["resize_size"] = int(cfg.resize_size)
+    return settings
+
+
 # What must be equal for a workdir's checkpoints to belong to a run of this config: the model,
 # its data, and how evaluation (and so the export and the ensemble artefact) feeds it images.
 _IDENTITY_KEYS = ("member", "model", "dataset.name", "dataset.folder", "dataset.train_split")
@@ -119,7 +136,7 @@ def _flat(config: ml_collections.ConfigDict | dict, keys: tuple[str, ...]) -> di
 
 def _identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
     identity = _flat(config, _IDENTITY_KEYS)
-    eval_view = data_config.eval_preprocessing(config.input)
+    eval_view = eval_preprocessing(config.input)
     identity.update({f"input.{key}": value for key, value in eval_view.items()})
     return identity
 

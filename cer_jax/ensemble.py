@@ -54,7 +54,6 @@ from etils import epath
 from flax import nnx
 
 from cer_jax import checkpointing, sharding, train_state
-from cer_jax.data import config as data_config
 from cer_jax.fusion import strategies
 
 FORMAT = 1
@@ -275,7 +274,7 @@ def write_ensemble(
             "name": name,
             "model": str(config.model.name),
             "dir": subdir,
-            "preprocessing": data_config.eval_preprocessing(config.input),
+            "preprocessing": checkpointing.eval_preprocessing(config.input),
         })
     state = {k: np.asarray(v) for k, v in strategy.state.items()}
     _write_npz(tmp / STRATEGY_FILE, state)

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from matplotlib import cbook
 
+from cer_jax import checkpointing
 from cer_jax import ensemble as ensemble_lib
 from cer_jax.config_loading import load_config
-from cer_jax.data import config as data_config
 from cer_jax.fusion import strategies
 from cer_jax.train_state import create_model
 
@@ -94,7 +94,7 @@ def test_numpy_eval_view_matches_tensorflow(size, normalization, eval_resize, re
     ]
     for image in images:
         expected = augment.eval_view(tf.constant(image), cfg).numpy()
-        got = ensemble_lib.eval_view(image, data_config.eval_preprocessing(cfg))
+        got = ensemble_lib.eval_view(image, checkpointing.eval_preprocessing(cfg))
         assert got.shape == expected.shape == (size, size, 3)
         assert got.dtype == np.float32
         np.testing.assert_allclose(got, expected, atol=2e-5, rtol=0)

@@ -9,8 +9,6 @@ Experiment configs start from these and override fields, e.g.
 
 from __future__ import annotations
 
-from typing import Any
-
 import ml_collections
 
 from cer_jax import synthetic
@@ -108,20 +106,3 @@ def input_defaults() -> ml_collections.ConfigDict:
     c.prefetch = 2
     return c
 
-
-def eval_preprocessing(input_config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The settings of `config.input` that the evaluation view reads, and no other.
-
-    What the best checkpoint, the export and the ensemble artefact were made with: a resumed
-    run must keep them, and predict feeds a member exactly so. `resize_size` is there only for
-    the "resize_crop" evaluation, the one that reads it.
-    """
-    cfg = input_config
-    settings: dict[str, Any] = {
-        "image_size": int(cfg.image_size),
-        "normalization": str(cfg.normalization),
-        "eval_resize": str(cfg.eval_resize),
-    }
-    if settings["eval_resize"] != "resize":
-        settings["resize_size"] = int(cfg.resize_size)
-    return settings
