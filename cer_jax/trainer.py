@@ -11,7 +11,6 @@ the first step, so a bad input never costs training time.
 
 from __future__ import annotations
 
-import collections
 import logging
 import signal
 import threading
@@ -283,7 +282,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             ckpts.save_best(step, state, {checkpointing.BEST_METRIC: best})
 
     accumulated = None
-    in_flight: collections.deque = collections.deque()
     last_checked = start_step
     step = start_step
     try:
@@ -296,11 +294,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             while step < total_steps:
                 state, metrics = train_fn(state, next(batches))
                 accumulated = steps.add_metrics(accumulated, metrics)
-                # The host stays at most two steps ahead of the device: a queued step holds its
-                # batch in device memory, and an unbounded lead grows it until the next sync.
-                in_flight.append(metrics)
-                if len(in_flight) > 2:
-                    jax.block_until_ready(in_flight.popleft())
                 step += 1
                 is_eval = _is_boundary(step, eval_every) or step == total_steps
                 is_log = _is_boundary(step, log_every) or is_eval or step == total_steps
