@@ -105,4 +105,3 @@ def input_defaults() -> ml_collections.ConfigDict:
     # tf.data prefetch depth (batches); None = AUTOTUNE.
     c.prefetch = 2
     return c
-
