@@ -16,6 +16,10 @@ from typing import Any, NamedTuple
 import jax
 from flax import nnx
 
+from cer_jax.models import tracing
+
+tracing.install()  # before any model is traced: see tracing.py
+
 
 class ModelConfigError(ValueError):
     """A model setting, or an input size, that cannot work; the message names its config key.
