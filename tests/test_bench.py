@@ -50,6 +50,7 @@ def cli_run(tmp_path_factory):
     return proc.stdout, json.loads(out.read_text())
 
 
+@pytest.mark.xdist_group("bench_cli")  # one worker runs the CLI once
 def test_cli_writes_every_figure_and_never_imports_tensorflow(cli_run):
     stdout, payload = cli_run
     assert "TENSORFLOW_IMPORTED=False" in stdout
@@ -80,6 +81,7 @@ def test_cli_writes_every_figure_and_never_imports_tensorflow(cli_run):
     assert payload["ensemble"]["total_s"] > 0
 
 
+@pytest.mark.xdist_group("bench_cli")  # one worker runs the CLI once
 def test_compare_torch_gives_ratios_for_the_same_network(cli_run):
     stdout, payload = cli_run
     for r in payload["models"]:

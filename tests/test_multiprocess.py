@@ -29,6 +29,9 @@ import two_hosts_eval
 
 from cer_jax import checkpointing, export, sharding
 
+# The tests share the module's runs (minutes of training): one xdist worker builds them once.
+pytestmark = pytest.mark.xdist_group("multiprocess")
+
 ROOT = Path(__file__).resolve().parents[1]
 TOTAL_STEPS = 12
 # Only size (and where the synthetic data lives) differs from configs/vit.py.
