@@ -32,6 +32,7 @@ from cer_jax.data.sources import (
     DataConfigError,
     DatasetInfo,
     Source,
+    as_written,
     check_split,
     import_tf,
     open_source,
@@ -291,9 +292,9 @@ def train_iterator(
     if len(streams) == 1:
         ds = streams[0]
     else:
-        ds = tf.data.Dataset.zip(tuple(streams)).map(
+        ds = tf.data.Dataset.zip(tuple(streams)).map(as_written(
             lambda *parts: {key: tf.concat([p[key] for p in parts], 0) for key in parts[0]}
-        )
+        ))
     ds = ds.prefetch(_prefetch(in_cfg))
     read = np.sort(np.concatenate([shards[shard] for shard in mine]))
     return _numpy_batches(ds, _naming_bad_files(source, split, read))
@@ -343,12 +344,13 @@ def _shard_stream(
     tf = import_tf()
     n = len(indices)
     base = source.examples(split, indices).map(
-        lambda ex: (ex["image"], ex["label"]), num_parallel_calls=tf.data.AUTOTUNE
+        as_written(lambda ex: (ex["image"], ex["label"])), num_parallel_calls=tf.data.AUTOTUNE
     )
     if in_cfg.cache:
         base = base.cache()
         with _naming_bad_files(source, split, indices):
-            base.reduce(np.int64(0), lambda count, _: count + 1)  # Decode once, fill the cache.
+            # Decode once, fill the cache.
+            base.reduce(np.int64(0), as_written(lambda count, _: count + 1))
 
     key = tf.constant([seed, shard], tf.int64)
     shuffle_key = tf.random.experimental.stateless_fold_in(key, 1)
@@ -362,7 +364,7 @@ def _shard_stream(
     if in_cfg.balance == "sampling":
         # Every shard holds every class of the split (checked), so drawing classes uniformly
         # on each shard is uniform over the split whatever the number of shards or hosts.
-        per_class = [base.filter(lambda _, y, c=int(c): y == c) for c in classes]
+        per_class = [base.filter(as_written(lambda _, y, c=int(c): y == c)) for c in classes]
         counts = [int(np.sum(labels == c)) for c in classes]
 
         def one_epoch(epoch):
@@ -373,7 +375,7 @@ def _shard_stream(
                 for i, (d, m) in enumerate(zip(per_class, counts, strict=True))
             ]
             choice_key = tf.random.experimental.stateless_fold_in(augment_key, -1 - epoch)
-            choices = tf.data.Dataset.range(n).map(
+            choices = tf.data.Dataset.range(n).map(as_written(
                 lambda j: tf.random.stateless_uniform(
                     [],
                     tf.random.experimental.stateless_fold_in(choice_key, j),
@@ -381,7 +383,7 @@ def _shard_stream(
                     maxval=len(streams),
                     dtype=tf.int64,
                 )
-            )
+            ))
             return tf.data.Dataset.choose_from_datasets(streams, choices)
     else:
         buffer = n if in_cfg.shuffle_buffer is None else max(1, min(in_cfg.shuffle_buffer, n))
@@ -391,7 +393,7 @@ def _shard_stream(
 
     first = start_step * batch
     epoch0, skip = divmod(first, n)
-    stream = tf.data.Dataset.range(epoch0, _FOREVER).flat_map(one_epoch).skip(skip)
+    stream = tf.data.Dataset.range(epoch0, _FOREVER).flat_map(as_written(one_epoch)).skip(skip)
     positions = tf.data.Dataset.range(first, _FOREVER)
 
     def view(example, position):
@@ -399,7 +401,8 @@ def _shard_stream(
         seed_p = tf.random.experimental.stateless_fold_in(augment_key, position)
         return {"image": augment.train_view(image, seed_p, in_cfg), "label": label}
 
-    ds = tf.data.Dataset.zip(stream, positions).map(view, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.zip(stream, positions).map(as_written(view),
+                                                   num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch, drop_remainder=True)
 
 
@@ -447,7 +450,8 @@ def eval_iterator(
     source = open_source(config.dataset)
     if end > start:
         examples = source.examples(split, np.arange(start, end))
-        ds = examples.map(view, num_parallel_calls=tf.data.AUTOTUNE).concatenate(padding)
+        ds = examples.map(as_written(view), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.concatenate(padding)
     else:
         ds = padding
     ds = ds.batch(batch, drop_remainder=True).prefetch(_prefetch(in_cfg))

@@ -62,6 +62,13 @@ def import_tf() -> Any:
     return tf
 
 
+def as_written(fn: Callable) -> Callable:
+    """A tf.data function traced as written, without AutoGraph's conversion: ours branch on
+    Python values only, and converting them cost ~2 s per process (the training augmentation)
+    and left generated source files in the temp folder."""
+    return import_tf().autograph.experimental.do_not_convert(fn)
+
+
 class Source(Protocol):
     info: DatasetInfo
 
@@ -325,13 +332,14 @@ class TfdsSource:
             wanted[indices] = True
             decoders = {cfg.image_key: self._tfds.decode.SkipDecoding()}
             ds = self._read(split, start, end, decoders).enumerate(start)
-            ds = ds.filter(lambda index, _: tf.gather(wanted, index))
-        return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+            ds = ds.filter(as_written(lambda index, _: tf.gather(wanted, index)))
+        return ds.map(as_written(convert), num_parallel_calls=tf.data.AUTOTUNE)
 
     def labels(self, split: str) -> np.ndarray:
         decoders = {self._config.image_key: self._tfds.decode.SkipDecoding()}
         n = self.info.split_sizes[split]
-        ds = self._read(split, 0, n, decoders).map(lambda ex: ex[self._config.label_key])
+        ds = self._read(split, 0, n, decoders).map(
+            as_written(lambda ex: ex[self._config.label_key]))
         return np.concatenate([b for b in ds.batch(8192).as_numpy_iterator()] or [[]]).astype(
             np.int64
         )
@@ -478,7 +486,7 @@ class FolderSource:
         ds = tf.data.Dataset.from_tensor_slices((
             np.asarray(paths, str), labels, np.asarray(names, str), indices, orientations
         ))
-        return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.map(as_written(load), num_parallel_calls=tf.data.AUTOTUNE)
 
     def _orientations(self, split: str) -> np.ndarray:
         """Every image's EXIF orientation, read once per split, in parallel (a header read per
@@ -509,6 +517,6 @@ class FolderSource:
             return tf.shape(image)[0], index
 
         ds = tf.data.Dataset.from_tensor_slices((paths, np.arange(len(paths))))
-        ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+        ds = ds.map(as_written(decode), num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
         good = {int(index) for _, index in ds.as_numpy_iterator()}
         return [path for index, path in enumerate(paths) if index not in good]
