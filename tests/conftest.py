@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import tempfile
 
 import ml_collections
@@ -18,7 +19,9 @@ from etils.epath import testing as epath_testing
 
 # Before JAX starts (the environment reaches subprocesses too). A new folder per test session,
 # shared by its xdist workers, so no cache survives from an earlier run of different code.
+# The folder is this run's own unless the user named one, and goes when the run ends.
 _RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))
+_OWN_XLA_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"cer_jax_xla_{_RUN}")
 )
@@ -31,6 +34,12 @@ from cer_jax.config_loading import load_config  # noqa: E402
 # The xdist workers and the command-line tools that tests start get malloc's huge pages from
 # their start, as a CLI restarts itself to have them (so the tools do not restart).
 os.environ.update(huge_pages.wanted_environment() or {})
+
+
+def pytest_unconfigure(config):
+    """The controlling process removes the run's compilation cache (tens of MB a run)."""
+    if _OWN_XLA_CACHE and not hasattr(config, "workerinput"):
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
