@@ -250,18 +250,15 @@ def random_affine(
 # --- photometric ------------------------------------------------------------------------------
 
 
-# tf.image.rgb_to_grayscale's (and torchvision's) luma weights.
-_GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
-
-
 def _gray(image: Tensor) -> Tensor:
     return _tf().image.rgb_to_grayscale(image)
 
 
 def _gray_mean(image: Tensor) -> Tensor:
-    """Mean of the grayscale image, from the channel means: no grayscale image is made."""
+    """Scalar mean of the grayscale image: grayscale is linear, so it is the grayscale of the
+    mean pixel, and no grayscale image is made."""
     tf = _tf()
-    return tf.tensordot(tf.reduce_mean(image, [0, 1]), tf.constant(_GRAY_WEIGHTS), 1)
+    return tf.reshape(_gray(tf.reduce_mean(image, [0, 1], keepdims=True)), [])
 
 
 def _blend(image: Tensor, other: Tensor, factor: Tensor) -> Tensor:
