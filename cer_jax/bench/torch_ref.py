@@ -6,7 +6,10 @@ downloaded); MA-Net is the authors' architecture (github.com/zengqunzhao/MA-Net,
 model/manet.py) written out below, the same network as the reference in tests/test_manet.py.
 Same batch, input size and precision (bfloat16: `torch.autocast`, parameters in float32, as
 the JAX models compute in bfloat16 with float32 parameters), same optimizer and loss as the
-model's recipe, eager mode, PyTorch's default threads. The train step is
+model's recipe, eager mode, PyTorch's default threads. On CUDA it runs as a PyTorch training
+script would: cuDNN autotuning on (`cudnn.benchmark`, as timm's train.py sets it; the warm-up
+steps absorb the search) and float32 matmuls on TF32 tensor cores, the precision JAX's default
+gives float32 dots on these GPUs. The train step is
 zero_grad -> forward -> loss -> backward -> (clip) -> optimizer step; eval is a forward pass
 under `torch.inference_mode`. The steps are timed by `throughput.bench_model`, interleaved with
 the JAX steps.
@@ -259,6 +262,10 @@ def reference_steps(setup: Setup, *, seed: int = 0) -> ReferenceSteps:
     """The PyTorch reference's steps (CPU, or CUDA when available) on a fixed random batch."""
     torch.manual_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     model = torch_model(setup).to(device)
     b, s = setup.batch_size, setup.image_size
     images = torch.randn(b, 3, s, s, device=device)
@@ -299,6 +306,6 @@ def reference_steps(setup: Setup, *, seed: int = 0) -> ReferenceSteps:
     return ReferenceSteps(
         train_step=train_step, eval_step=eval_step,
         framework=f"torch {torch.__version__} eager ({device}, {torch.get_num_threads()} "
-                  "threads)",
+                  f"threads{', cudnn.benchmark, TF32' if device == 'cuda' else ''})",
         params=sum(p.numel() for p in model.parameters() if p.requires_grad),
     )
