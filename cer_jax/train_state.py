@@ -63,10 +63,12 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, seed: int)
         raise UserError(str(e)) from e
 
 
-def check_model(config: ml_collections.ConfigDict, num_classes: int) -> None:
+def check_model(config: ml_collections.ConfigDict, num_classes: int = 2) -> None:
     """Builds the model and runs its forward pass on one config.input.image_size image with
     abstract arrays (shapes only, nothing computed), so that a bad model setting, or an image size
-    the model cannot take, is one line before any data is read or anything is compiled."""
+    the model cannot take, is one line before any data is read or anything is compiled. No model
+    setting is valid for one head width and not another, so a caller that has not read the data
+    yet can leave num_classes at its default."""
     size = config.input.image_size
 
     def forward() -> jax.Array:

@@ -188,10 +188,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
     config = ml_collections.ConfigDict(config.to_dict())  # resolve references, keep caller's
     validate_config(config)
     warm_start.resolve_model_settings(config)
+    train_state.check_model(config)  # before the data: a bad model setting needs no dataset
     checkpointing.check_same_run(config, workdir)
     resolve_data_shards(config, workdir)
     info = pipeline.get_dataset_info(config)
-    train_state.check_model(config, info.num_classes)
     splits = list(dict.fromkeys(
         [config.dataset.train_split, *config.dataset.eval_splits,
          *(config.export.get("splits") or [])]
@@ -205,9 +205,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     {"step", "best_step", "stopped" (None | "preempted" | "halted"), "train": {...},
      "eval": {split: {accuracy, macro_f1, loss, ...} at the last evaluation},
      "export": {split: {accuracy, macro_f1, num_examples} of the best checkpoint}}."""
+    info, config = prepare(config, workdir)
     from clu import metric_writers, periodic_actions  # imports TensorFlow: once checks pass
 
-    info, config = prepare(config, workdir)
     mesh = sharding.create_mesh()
     train_size = info.split_sizes[config.dataset.train_split]
     total_steps, steps_per_epoch = training_length(config, train_size)

@@ -165,6 +165,16 @@ def test_missing_manual_data(tmp_path):
     _expect_error(config, tmp_path / "w", ValueError, r"dataset\.manual_dir")
 
 
+def test_a_bad_model_setting_is_reported_before_the_data_is_looked_at(tmp_path):
+    """The production recipe without RAF-DB: the model error comes first, so a typo in a model
+    override never waits for a dataset to be found, prepared or decoded."""
+    config = load_config("configs/vit.py")
+    config.dataset.data_dir = str(tmp_path / "tfds")
+    config.model.variant = "Z/99"
+    _expect_error(config, tmp_path / "w", UserError, r"^Unknown ViT variant 'Z/99'")
+    assert not (tmp_path / "tfds").exists()
+
+
 def test_batch_not_divisible_by_devices(tmp_path, monkeypatch):
     monkeypatch.setattr(jax, "device_count", lambda: 4)
     config = load_config("configs/vit.py:smoke")
