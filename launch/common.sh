@@ -10,6 +10,13 @@
 #   launch_python ARG...   run `python ARG...` where the training runs (every host / task)
 #   check_workdir DIR      fail when DIR cannot be a workdir there
 #   weights_for FILE       the path the training reads a pre-trained FILE from
+# and may set TORCH_HINT: how to get PyTorch where the training runs (no double quotes).
+
+# PyTorch's own index of CPU wheels: a PyTorch weights file (MA-Net's .pth.tar) needs PyTorch
+# only to be unpickled, and PyPI's Linux wheel is the CUDA build (~3 GB, and its CUDA libraries
+# can clash with those of JAX's CUDA build).
+TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_HINT="install its CPU build there: pip install torch --index-url $TORCH_CPU_INDEX"
 
 DRY_RUN=${DRY_RUN:-0}
 SMOKE=${SMOKE:-0}
@@ -102,6 +109,29 @@ member_weights() {
   printf '%s' "${!var:-}"
 }
 
+# The *_WEIGHTS variables whose files are PyTorch pickles (.pth, .pth.tar, .pt, .bin), space
+# separated; empty under SMOKE=1, which reads no weights.
+torch_weights_vars() {
+  [ "$SMOKE" = 1 ] && return 0
+  local name vars=""
+  for name in $MEMBERS; do
+    case "$(member_weights "$name")" in
+      *.pth | *.tar | *.pt | *.bin) vars="$vars${vars:+ }$(weights_var "$name")" ;;
+    esac
+  done
+  printf '%s' "$vars"
+}
+
+# Stops before the first training when a member's weights are a PyTorch file and the Python
+# that trains has no PyTorch: the run would otherwise fail at that member, after the members
+# before it had trained.
+check_torch_for_weights() {
+  local vars
+  vars=$(torch_weights_vars)
+  [ -n "$vars" ] || return 0
+  launch_python -c "import importlib.util, sys; importlib.util.find_spec(\"torch\") or sys.exit(\"error: $vars: PyTorch weights, and the Python that trains has no PyTorch; $TORCH_HINT\")"
+}
+
 # Config of member NAME: configs/NAME.py, or its :smoke variant with SMOKE=1.
 member_config() {
   if [ "$SMOKE" = 1 ]; then
@@ -151,6 +181,7 @@ run_fuse() {
 run_ensemble() {
   local runs=$1 name file
   shift
+  check_torch_for_weights
   for name in $MEMBERS; do
     file=$(member_weights "$name")
     if [ "$SMOKE" = 1 ] || [ -z "$file" ]; then
@@ -165,6 +196,7 @@ run_ensemble() {
 }
 
 # Leading --dry-run / -n / --help; FLAG_COUNT says how many arguments to shift.
+# A --dry-run later on is refused.
 parse_flags() {
   FLAG_COUNT=0
   while [ $# -gt 0 ]; do
@@ -175,6 +207,13 @@ parse_flags() {
     esac
     shift
     FLAG_COUNT=$((FLAG_COUNT + 1))
+  done
+  # After the command it would be passed on as an override, and the real run would start.
+  local arg
+  for arg in "$@"; do
+    case "$arg" in
+      --dry-run | --dry_run) die "--dry-run goes before the command: launch/${0##*/} --dry-run ${1:-COMMAND} ..." ;;
+    esac
   done
 }
 

@@ -6,7 +6,9 @@
 #   --dry-run (or DRY_RUN=1) prints the exact commands, one per line, instead of running them.
 #
 # Commands:
-#   install                         pip install this checkout with the CUDA build of JAX
+#   install                         pip install this checkout with the CUDA build of JAX (and
+#                                   PyTorch's CPU build when a *_WEIGHTS file is a PyTorch one:
+#                                   .pth, .pth.tar, .pt, .bin; it only reads the file)
 #   train CONFIG WORKDIR [OVERRIDES...]
 #                                   one training (e.g. configs/manet.py runs/manet)
 #   ensemble RUNS [OVERRIDES...]    vit, manet and resnet50 into RUNS/<name> (the OVERRIDES go to
@@ -33,6 +35,7 @@ source "$HERE/common.sh"
 PYTHON=${PYTHON:-python}
 JAX_SPEC=${JAX_SPEC:-'jax[cuda12]>=0.10.2,<0.11'}
 PREALLOCATE=${XLA_PYTHON_CLIENT_PREALLOCATE:-false}
+TORCH_HINT="run launch/gpu.sh install with the *_WEIGHTS variables set, or $TORCH_HINT"
 
 launch_python() {
   run env XLA_PYTHON_CLIENT_PREALLOCATE="$PREALLOCATE" "$PYTHON" "$@"
@@ -55,6 +58,9 @@ case "$COMMAND" in
   install)
     need "$PYTHON"
     run "$PYTHON" -m pip install -e "$REPO" "$JAX_SPEC"
+    if [ -n "$(torch_weights_vars)" ]; then
+      run "$PYTHON" -m pip install torch --index-url "$TORCH_CPU_INDEX"
+    fi
     ;;
   train)
     [ $# -ge 2 ] || die "usage: launch/gpu.sh train CONFIG WORKDIR [OVERRIDES...]"

@@ -5,7 +5,11 @@
 # by one `srun` per training; the processes form one data-parallel mesh over every GPU.
 #
 # Usage (from the checkout, on a filesystem every node sees):
-#   sbatch --nodes=2 --gpus-per-node=8 --time=24:00:00 launch/slurm.sh ensemble /shared/runs
+#   sbatch --nodes=2 --gpus-per-node=8 --ntasks-per-node=8 --cpus-per-task=16 --time=24:00:00 \
+#     launch/slurm.sh ensemble /shared/runs
+#   (--ntasks-per-node: the tasks each srun starts on a node, 1 with PROCS=per-node; without it
+#   SLURM may grant one CPU per node, too few for them. --cpus-per-task: each task's host cores
+#   for its input pipeline, passed on to every srun; ~16 per GPU, BENCHMARKS.md.)
 #   launch/slurm.sh [--dry-run] COMMAND [ARGS...]     (inside salloc, or to print the commands)
 #   --dry-run (or DRY_RUN=1) prints the exact commands, one per line, instead of running them.
 #
@@ -22,7 +26,7 @@
 #                GPUs of its node (--gpu-bind=none), so that index means the same GPU.
 #                per-node: NODES tasks, each drives all GPUS_PER_NODE GPUs of its node
 #                (JAX_LOCAL_DEVICE_IDS=0,...,G-1 stops JAX narrowing a task to GPU 0).
-#   SRUN_ARGS    more srun flags, split on spaces (e.g. "--partition=gpu --cpus-per-task=16")
+#   SRUN_ARGS    more srun flags, split on spaces, after the script's own (e.g. "--partition=gpu")
 #   DATA_DIR VIT_WEIGHTS MANET_WEIGHTS RESNET50_WEIGHTS SMOKE PYTHON [python]
 #                as in launch/gpu.sh; every path must be readable from every node (or gs://),
 #                and the Python environment (pip install -e . 'jax[cuda12]') too
@@ -87,6 +91,10 @@ case "$PROCS" in
     ;;
   *) die "PROCS must be per-gpu or per-node (got '$PROCS')" ;;
 esac
+# sbatch's --cpus-per-task reaches srun only in some SLURM versions: it is passed on.
+if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then
+  LAYOUT+=(--cpus-per-task="$SLURM_CPUS_PER_TASK")
+fi
 SRUN=(srun --nodes="$NODES" --ntasks="$((NODES * TASKS_PER_NODE))"
   --ntasks-per-node="$TASKS_PER_NODE" --gpus-per-node="$GPUS_PER_NODE" --kill-on-bad-exit=1
   ${LAYOUT[@]+"${LAYOUT[@]}"} ${SRUN_EXTRA[@]+"${SRUN_EXTRA[@]}"})

@@ -7,10 +7,12 @@
 #
 # Commands, in the order a first run needs them (`all` chains create .. ensemble):
 #   create               create the TPU VM or slice and wait until it is ready
-#                        (QUEUED=1: through a queued resource, which waits for capacity)
+#                        (QUEUED=1: through a queued resource, which waits for capacity); one
+#                        that exists already (READY / ACTIVE) is kept, so `all` runs again
 #   install              copy this checkout (its tracked and untracked, not ignored, files) to
 #                        every worker, make a Python $PYTHON_VERSION venv there (uv) and install
-#                        the checkout with the TPU build of JAX; then `check`
+#                        the checkout with the TPU build of JAX (and PyTorch's CPU build when a
+#                        *_WEIGHTS file is a PyTorch one: .pth, .pth.tar, .pt, .bin); then `check`
 #   check                every worker prints its process index, process count and devices
 #   upload               build the TFDS dataset here when MANUAL_DIR is set, then copy
 #                        LOCAL_DATA_DIR/rafdb to DATA_DIR and the *_WEIGHTS files to WEIGHTS_DIR
@@ -38,7 +40,8 @@
 #   QUEUED [0]   1: create through `gcloud compute tpus queued-resources` (QR_NAME [TPU_NAME-qr])
 #   SPOT [0]     1: spot capacity; after a preemption, `delete`, then `all` again: every
 #                training resumes from its last checkpoint on the bucket
-#   RUNS [BUCKET/runs]  DATA_DIR [BUCKET/tensorflow_datasets]  WEIGHTS_DIR [BUCKET/weights]
+#   RUNS [BUCKET/runs; BUCKET/smoke_runs with SMOKE=1]  DATA_DIR [BUCKET/tensorflow_datasets]
+#   WEIGHTS_DIR [BUCKET/weights]  (all three gs:// paths: every worker reads them)
 #   JAX_CACHE [BUCKET/jax_cache]  JAX's persistent compilation cache: a resumed run (after a
 #                preemption) loads its compiled steps instead of compiling them again
 #   MANUAL_DIR   the unpacked RAF-DB tree (EmoLabel/, Image/) to build the TFDS dataset from
@@ -78,7 +81,10 @@ JAX_SPEC=${JAX_SPEC:-'jax[tpu]>=0.10.2,<0.11'}
 PYTHON_VERSION=${PYTHON_VERSION:-3.11}
 PYTHON=${PYTHON:-python3}
 SCOPES=https://www.googleapis.com/auth/cloud-platform
+TORCH_HINT="run launch/tpu.sh install with the *_WEIGHTS variables set: it installs the CPU build of PyTorch on every worker"
 
+# What `create` makes and `delete` removes: the TPU VM, or the queued resource that holds it.
+if [ "$QUEUED" = 1 ]; then RESOURCE=(queued-resources); NAME=$QR_NAME; else RESOURCE=(tpu-vm); NAME=$TPU_NAME; fi
 GCLOUD_FLAGS=(--zone="$ZONE")
 if [ -n "${PROJECT:-}" ]; then
   GCLOUD_FLAGS+=(--project="$PROJECT")
@@ -104,9 +110,17 @@ need_bucket() {
     gs://?*) ;;
     *) die "set BUCKET=gs://your-bucket[/prefix] (got '$BUCKET')" ;;
   esac
-  RUNS=${RUNS:-$BUCKET/runs}
+  # The smoke runs go elsewhere: the real configs could not resume their workdirs.
+  if [ "$SMOKE" = 1 ]; then RUNS=${RUNS:-$BUCKET/smoke_runs}; else RUNS=${RUNS:-$BUCKET/runs}; fi
   DATA_DIR=${DATA_DIR:-$BUCKET/tensorflow_datasets}
   WEIGHTS_DIR=${WEIGHTS_DIR:-$BUCKET/weights}
+  local var
+  for var in RUNS DATA_DIR WEIGHTS_DIR; do
+    case "${!var}" in
+      gs://?*) ;;
+      *) die "$var must be a gs:// path, which every worker reads (got '${!var}'); unset it for the one under BUCKET" ;;
+    esac
+  done
 }
 
 # Runs one shell command line on every worker of the TPU at once.
@@ -137,16 +151,44 @@ weights_for() {
   esac
 }
 
+# The state of the TPU VM (QUEUED=1: of the queued resource), empty when there is none.
+existing_state() {
+  local field=state
+  if [ "$QUEUED" = 1 ]; then field=state.state; fi
+  gcloud compute tpus "${RESOURCE[@]}" describe "$NAME" "${GCLOUD_FLAGS[@]}" \
+    --format="value($field)" 2>/dev/null || true
+}
+
 cmd_create() {
   need gcloud
-  local version
+  local version state=""
   version=$(tpu_version)
+  local what="TPU $TPU_NAME"
+  if [ "$QUEUED" = 1 ]; then what="queued resource $QR_NAME"; fi
+  if [ "$DRY_RUN" = 1 ]; then
+    note "created only when $(quote_cmd gcloud compute tpus "${RESOURCE[@]}" describe "$NAME" "${GCLOUD_FLAGS[@]}") finds none (a READY / ACTIVE one is kept; other states stop with their name)"
+  else
+    state=$(existing_state)
+  fi
+  case "$state" in
+    "") ;;
+    READY | ACTIVE)
+      note "$what exists ($state): kept"
+      return
+      ;;
+    ACCEPTED | PROVISIONING | WAITING_FOR_RESOURCES | CREATING)
+      if [ "$QUEUED" != 1 ]; then die "$what is $state: run again when it is READY"; fi
+      ;;
+    *) die "$what is $state: launch/tpu.sh delete, then run again" ;;
+  esac
   local spot=()
   if [ "$SPOT" = 1 ]; then spot=(--spot); fi
   if [ "$QUEUED" = 1 ]; then
-    run gcloud compute tpus queued-resources create "$QR_NAME" "${GCLOUD_FLAGS[@]}" \
-      --node-id="$TPU_NAME" --accelerator-type="$ACCELERATOR" --runtime-version="$version" \
-      --scopes="$SCOPES" ${spot[@]+"${spot[@]}"}
+    if [ -z "$state" ]; then
+      run gcloud compute tpus queued-resources create "$QR_NAME" "${GCLOUD_FLAGS[@]}" \
+        --node-id="$TPU_NAME" --accelerator-type="$ACCELERATOR" --runtime-version="$version" \
+        --scopes="$SCOPES" ${spot[@]+"${spot[@]}"}
+    fi
     local describe=(gcloud compute tpus queued-resources describe "$QR_NAME" "${GCLOUD_FLAGS[@]}"
       --format='value(state.state)')
     if [ "$DRY_RUN" = 1 ]; then
@@ -154,7 +196,6 @@ cmd_create() {
       quote_cmd "${describe[@]}"
       return
     fi
-    local state
     while :; do
       state=$("${describe[@]}")
       note "queued resource $QR_NAME: $state"
@@ -191,6 +232,9 @@ cmd_install() {
   local script
   # shellcheck disable=SC2016  # expanded on the worker
   script="set -eu; JAX_SPEC=$(shell_quote "$JAX_SPEC"); PYTHON_VERSION=$(shell_quote "$PYTHON_VERSION")"'; rm -rf ~/cer_jax.new; mkdir ~/cer_jax.new; tar -C ~/cer_jax.new -xzf ~/cer_jax.tgz; rm -rf ~/cer_jax; mv ~/cer_jax.new ~/cer_jax; rm ~/cer_jax.tgz; export PATH="$HOME/.local/bin:$PATH"; command -v uv >/dev/null || python3 -m pip install --user --quiet uv; [ -x ~/cer_jax_venv/bin/python ] || uv venv --python "$PYTHON_VERSION" ~/cer_jax_venv; uv pip install --python ~/cer_jax_venv/bin/python -e ~/cer_jax "$JAX_SPEC"'
+  if [ -n "$(torch_weights_vars)" ]; then
+    script="$script; uv pip install --python ~/cer_jax_venv/bin/python --index-url $TORCH_CPU_INDEX torch"
+  fi
   on_all_workers "$script"
   cmd_check
 }

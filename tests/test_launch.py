@@ -124,6 +124,8 @@ def test_tpu_all_from_nothing_to_fused_report(env, weights, tmp_path):
     (script,) = [flag(c, "command") for c in gcloud_tpu
                  if c[4] == "ssh" and "uv pip install" in flag(c, "command")]
     assert "JAX_SPEC='jax[tpu]>=0.10.2,<0.11'" in script and '"$JAX_SPEC"' in script
+    # MA-Net's .pth.tar is unpickled on the workers: they get PyTorch's CPU build.
+    assert script.endswith("--index-url https://download.pytorch.org/whl/cpu torch")
     subprocess.run(["bash", "-n", "-c", script], check=True)  # valid shell on the worker
 
     # upload: build the TFDS data here, copy it and the weights to the bucket.
@@ -242,6 +244,8 @@ def test_tpu_smoke_needs_no_data_and_tensorboard_reads_the_bucket(env):
     cmds = dry_run("tpu.sh", "ensemble", env=env, BUCKET="gs://b", SMOKE="1")
     runs = [remote_python_argv(c) for c in cmds if is_tpu_ssh(c)]
     assert [flag(r, "config") for r in runs[:3]] == [f"configs/{m}.py:smoke" for m in MEMBERS]
+    # Apart from the real runs, which could not resume a smoke run's workdir.
+    assert [flag(r, "workdir") for r in runs[:3]] == [f"gs://b/smoke_runs/{m}" for m in MEMBERS]
     assert not any(a.startswith(("--config.dataset.data_dir", "--config.init")) for r in runs
                    for a in r)
     assert dry_run("tpu.sh", "tensorboard", env=env, BUCKET="gs://b") == [
@@ -254,6 +258,34 @@ def test_tpu_refuses_local_workdirs_and_missing_bucket(env):
     assert "gs://" in err
     (err,) = dry_run("tpu.sh", "ensemble", env=env, ok=False)[0]
     assert "BUCKET" in err
+    # DATA_DIR as launch/gpu.sh takes it: a path here, which no worker has.
+    (err,) = dry_run("tpu.sh", "all", env=env, ok=False, BUCKET="gs://b",
+                     DATA_DIR="/home/me/tensorflow_datasets")[0]
+    assert err == ("tpu.sh: error: DATA_DIR must be a gs:// path, which every worker reads (got "
+                   "'/home/me/tensorflow_datasets'); unset it for the one under BUCKET\n")
+
+
+@pytest.mark.parametrize("state,created,error", [
+    ("", True, None), ("READY", False, None), ("PREEMPTED", False, "TPU cer-jax is PREEMPTED")])
+def test_tpu_create_runs_again_over_an_existing_tpu(env, tmp_path, state, created, error):
+    """`all` runs again after a dropped connection: a READY TPU is kept, not created again
+    (which gcloud refuses: the run would stop before resuming); a preempted one is named."""
+    log = tmp_path / "gcloud.log"
+    rec_bin = tmp_path / "gcloud_bin"
+    rec_bin.mkdir()
+    # describe prints the state, or fails as gcloud does for a TPU that does not exist.
+    _stub(rec_bin / "gcloud", f'echo "$*" >> {shlex.quote(str(log))}\n'
+          'if [ "$4" = describe ]; then [ -n "$STATE" ] && echo "$STATE"; exit; fi\n')
+    proc = subprocess.run(["bash", str(LAUNCH / "tpu.sh"), "create"], capture_output=True,
+                          text=True, timeout=30,
+                          env={**env, "PATH": f"{rec_bin}:/usr/bin:/bin", "STATE": state})
+    calls = [line.split()[3] for line in log.read_text().splitlines()]
+    assert calls == (["describe", "create"] if created else ["describe"])
+    if error:
+        assert proc.returncode == 2
+        assert proc.stderr == f"tpu.sh: error: {error}: launch/tpu.sh delete, then run again\n"
+    else:
+        assert proc.returncode == 0, proc.stderr
 
 
 def test_tpu_install_packs_the_checkout_without_ignored_files(env, tmp_path):
@@ -281,10 +313,11 @@ def test_tpu_install_packs_the_checkout_without_ignored_files(env, tmp_path):
 
 
 def test_gpu_host_one_process_three_trainings_then_fusion(env, weights):
-    cmds = dry_run("gpu.sh", "ensemble", "/runs dir", *TRICKY, env=env, DATA_DIR="/data/tfds",
-                   **weights)
+    check, *cmds = dry_run("gpu.sh", "ensemble", "/runs dir", *TRICKY, env=env,
+                           DATA_DIR="/data/tfds", **weights)
+    assert check[3] == "-c" and "torch" in check[4]  # MA-Net's .pth.tar needs PyTorch
     assert all(c[:2] == ["env", "XLA_PYTHON_CLIENT_PREALLOCATE=false"] and c[2] == "python"
-               for c in cmds)
+               for c in [check, *cmds])
     assert [c[4] for c in cmds] == ["cer_jax.train"] * 3 + ["cer_jax.fuse"]
     for name, c in zip(MEMBERS, cmds, strict=False):
         assert c[5:] == [f"--config=configs/{name}.py", f"--workdir=/runs dir/{name}",
@@ -296,6 +329,35 @@ def test_gpu_host_one_process_three_trainings_then_fusion(env, weights):
     (install,) = dry_run("gpu.sh", "install", env=env)
     assert install[:5] == ["python", "-m", "pip", "install", "-e"] and install[5] == str(REPO)
     assert install[6].startswith("jax[cuda12]")
+    (_, torch) = dry_run("gpu.sh", "install", env=env, **weights)
+    assert torch == ["python", "-m", "pip", "install", "torch", "--index-url",
+                     "https://download.pytorch.org/whl/cpu"]
+
+
+def test_pytorch_weights_are_checked_before_the_first_training(env, weights, tmp_path):
+    """A member whose weights are a PyTorch file fails at once, in one line, where the Python
+    that trains has no PyTorch; not after the members before it have trained."""
+    safetensors_only = {**weights, "MANET_WEIGHTS": str(tmp_path / "manet.safetensors")}
+    cmds = dry_run("gpu.sh", "ensemble", "runs", env=env, **safetensors_only)
+    assert [c[4] for c in cmds] == ["cer_jax.train"] * 3 + ["cer_jax.fuse"]  # no check
+    (install,) = [c for c in dry_run("tpu.sh", "install", env=env, **safetensors_only)
+                  if is_tpu_ssh(c) and "uv pip install" in flag(c, "command")]
+    assert "torch" not in flag(install, "command")
+    assert dry_run("gpu.sh", "ensemble", "runs", env=env, SMOKE="1", **weights)[0][4] == (
+        "cer_jax.train")  # the smoke configs read no weights
+
+    check = dry_run("gpu.sh", "ensemble", "runs", env=env, **weights)[0][3:]
+    no_torch = tmp_path / "no_torch"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(no_torch)], check=True)
+    proc = subprocess.run([str(no_torch / "bin" / "python"), *check], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == (
+        "error: MANET_WEIGHTS: PyTorch weights, and the Python that trains has no PyTorch; run "
+        "launch/gpu.sh install with the *_WEIGHTS variables set, or install its CPU build "
+        "there: pip install torch --index-url https://download.pytorch.org/whl/cpu\n")
+    with_torch = subprocess.run([sys.executable, *check], capture_output=True, timeout=60)
+    assert with_torch.returncode == 0, with_torch.stderr
 
 
 @pytest.mark.parametrize("procs,tasks,per_node", [("per-gpu", 16, 8), ("per-node", 2, 1)])
@@ -326,6 +388,12 @@ def test_slurm_explicit_layout_and_extra_srun_flags(env):
                    GPUS_PER_NODE="4", SRUN_ARGS="--partition=gpu --cpus-per-task=16")
     assert flag(c, "ntasks") == "12" and flag(c, "ntasks-per-node") == "4"
     assert c[c.index("--partition=gpu") + 1] == "--cpus-per-task=16"
+    # sbatch's --cpus-per-task reaches every srun (some SLURM versions drop it), and
+    # SRUN_ARGS, later on the line, still overrides it.
+    (c,) = dry_run("slurm.sh", "train", "configs/vit.py", "/r/vit", env=env, NODES="1",
+                   GPUS_PER_NODE="8", SLURM_CPUS_PER_TASK="12", SRUN_ARGS="--cpus-per-task=6")
+    cpus = [a for a in c[:c.index("env")] if a.startswith("--cpus-per-task")]
+    assert cpus == ["--cpus-per-task=12", "--cpus-per-task=6"]
     (err,) = dry_run("slurm.sh", "train", "configs/vit.py", "/r", env=env, ok=False)[0]
     assert "GPUS_PER_NODE" in err
 
@@ -351,6 +419,13 @@ def test_help_and_unknown_command(env, script):
                           env={**env, "GPUS_PER_NODE": "1"}, capture_output=True, text=True,
                           timeout=30)
     assert proc.returncode == 2 and "unknown command" in proc.stderr
+    # After the command, --dry-run would be an override and the real run would start.
+    proc = subprocess.run(["bash", str(LAUNCH / script), "fuse", "gs://b/runs", "--dry-run"],
+                          env={**env, "GPUS_PER_NODE": "1", "BUCKET": "gs://b"},
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (f"{script}: error: --dry-run goes before the command: "
+                           f"launch/{script} --dry-run fuse ...\n")
 
 
 def test_scripts_are_strict_and_executable():
