@@ -143,7 +143,11 @@ def _identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Refuses to resume a workdir whose checkpoints come from another model, label space or
-    evaluation preprocessing."""
+    evaluation preprocessing (or that is a file)."""
+    root = workdir_path(workdir)
+    if root.exists() and not root.is_dir():
+        raise WorkdirError(f"--workdir={workdir} is a file: give a folder, a new one or a run "
+                           "to resume.")
     path = workdir_path(workdir, CONFIG_FILE)
     if not path.exists():
         return

@@ -141,7 +141,30 @@ def run(main: Callable[[Sequence[str]], None],
                 raise
             _exit_with(e)
 
-    app.run(guarded, argv=argv)
+    app.run(guarded, argv=argv, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a misspelt `--config.KEY=...` override as one line: for it
+    ml_collections raises an AttributeError / KeyError, which absl lets through."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as e:
+        missing, hint = _missing_key(e)
+        overrides = [arg for arg in argv[1:] if arg.startswith("--config.")
+                     and missing in arg.split("=", 1)[0].removeprefix("--config.").split(".")]
+        if not overrides or "--traceback" in argv:
+            raise
+        _exit_with(f"{overrides[0]}: the config has no key {missing!r}. {hint}".rstrip())
+        raise  # not reached
+
+
+def _missing_key(error: BaseException) -> tuple[str, str]:
+    """(key, "Did you mean ...?" or "") from ml_collections' error for a key it lacks."""
+    while error.args and isinstance(error.args[0], BaseException):
+        error = error.args[0]  # AttributeError(KeyError(message))
+    first, _, hint = str(error.args[0] if error.args else "").partition("\n")
+    return first.strip("'\""), hint.strip()
 
 
 def _exit_with(error: BaseException) -> None:

@@ -62,7 +62,10 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
 def check_batch_size(global_batch_size: int, key: str) -> None:
     """The global batch must split evenly over every device (and so over every host)."""
     devices = jax.device_count()
-    if global_batch_size <= 0 or global_batch_size % devices:
+    if global_batch_size < 1:
+        raise ValueError(f"{key}={global_batch_size} must be >= 1 (a multiple of the {devices} "
+                         "devices in use).")
+    if global_batch_size % devices:
         suggestion = max(devices, global_batch_size // devices * devices)
         raise ValueError(
             f"{key}={global_batch_size} is not divisible by the {devices} devices in use. "

@@ -41,7 +41,7 @@ class ConfigError(UserError):
     """A config value that cannot work; raised before any data is read or model built."""
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """The loss or the gradients became NaN / Inf."""
 
 
@@ -67,8 +67,20 @@ class Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+# The sections of a training config (configs/vit.py, manet.py, resnet50.py).
+TRAINING_SECTIONS = ("model", "dataset", "input", "training", "optimizer", "eval", "checkpoint",
+                     "init")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Checks what can be checked without data or models; each error names the key and the fix."""
+    missing = [key for key in TRAINING_SECTIONS if key not in config]
+    if missing:
+        raise ConfigError(
+            f"--config is not a training config (it has no {', '.join(missing)}): give "
+            "configs/vit.py, configs/manet.py or configs/resnet50.py (configs/fusion.py is "
+            "cer_jax.fuse's)."
+        )
     try:
         models.get_factory(config.model.name)
         sharding.check_batch_size(config.training.global_batch_size, "training.global_batch_size")
@@ -137,14 +149,18 @@ def training_length(config: ml_collections.ConfigDict, train_size: int) -> tuple
     return optim.epochs_to_steps(config.training.num_epochs, steps_per_epoch), steps_per_epoch
 
 
-def check_finite(sums: dict[str, float], first_step: int, last_step: int) -> None:
+def check_finite(
+    sums: dict[str, float], first_step: int, last_step: int, last_saved: int | None
+) -> None:
     """The NaN guard: raises when any step since the last check had a non-finite loss/grad."""
     if sums["nonfinite"] > 0 or not np.isfinite(sums["loss_sum"]):
+        kept = (f"its checkpoint of step {last_saved} is kept" if last_saved
+                else "no checkpoint had been saved yet")
         raise NonFiniteLossError(
             f"Non-finite loss or gradients between steps {first_step} and {last_step} "
-            f"(loss {sums['loss_sum'] / sums['count']:.4g}). Training stopped; the last good "
-            "checkpoint is kept. Lower optimizer.lr, or enable clipping with "
-            "optimizer.grad_clip_norm=1.0 (or use float32: model.dtype='float32')."
+            f"(loss {sums['loss_sum'] / sums['count']:.4g}). Training stopped; {kept}. Lower "
+            "optimizer.lr, or enable clipping with optimizer.grad_clip_norm=1.0 (or use "
+            "float32: model.dtype='float32')."
         )
 
 
@@ -282,7 +298,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             ckpts.save_best(step, state, {checkpointing.BEST_METRIC: best})
 
     accumulated = None
-    last_checked = start_step
+    last_checked = last_saved = start_step
     step = start_step
     try:
         if start_step and ckpts.evaluation_pending(start_step):
@@ -306,7 +322,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 stop = preempted or (halt is not None and halt <= step < total_steps)
                 is_ckpt = _is_boundary(step, ckpt_every) or step == total_steps or stop
                 sums = {k: float(v) for k, v in jax.device_get(accumulated).items()}
-                check_finite(sums, last_checked + 1, step)
+                check_finite(sums, last_checked + 1, step, last_saved)
                 last_checked, accumulated = step, None
                 result["train"] = train_metrics(sums, schedule(step - 1))
                 writer.write_scalars(step, result["train"])
@@ -317,6 +333,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     evaluate_and_keep_best(step)
                 if is_ckpt:
                     ckpts.save_latest(step, state, evaluation_pending=is_eval and preempted)
+                    last_saved = step
                 writer.flush()
                 if stop:
                     result["stopped"] = "preempted" if preempted else "halted"

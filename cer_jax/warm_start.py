@@ -32,6 +32,8 @@ class ModelSettingError(UserError):
 def _implied(config: ml_collections.ConfigDict) -> tuple[dict[str, Any], dict[str, str]]:
     """{key: value} the init source implies and {key: why}."""
     init = config.init
+    if config.model.name == "manet":  # a misspelt version fails with or without weights
+        pretrained.manet_path_b_order(init.manet_code_version)
     if init.get("checkpoint"):
         settings = pretrained.implied_settings(
             config.model.name, init.checkpoint, manet_code_version=init.manet_code_version
@@ -43,10 +45,36 @@ def _implied(config: ml_collections.ConfigDict) -> tuple[dict[str, Any], dict[st
         )
     if init.get("workdir"):
         source = checkpointing.load_config(init.workdir).model
+        _check_same_architecture(source, config.model, init.workdir)
         values = {key: source[key] for key in FUNCTION_SETTINGS if source.get(key) not in AUTO}
         why = f"the model of init.workdir={init.workdir} was trained with it"
         return values, dict.fromkeys(values, why)
     return {}, {}
+
+
+# Model config keys that set parameter shapes, besides the model's name.
+_SIZE_KEYS = ("variant", "depth", "width")
+
+
+def _check_same_architecture(
+    source: ml_collections.ConfigDict, model: ml_collections.ConfigDict, workdir: str
+) -> None:
+    """init.workdir's network must be this config's: one line, not a list of every tensor."""
+    if source.name != model.name:
+        raise ModelSettingError(
+            f"init.workdir={workdir} holds a {source.name} model and this config builds "
+            f"{model.name}: start from a {model.name} run, or give pre-trained weights as "
+            "init.checkpoint."
+        )
+    differing = [key for key in _SIZE_KEYS if source.get(key) != model.get(key)]
+    if differing:
+        raise ModelSettingError(
+            f"init.workdir={workdir} holds a {source.name} of another size ("
+            + "; ".join(f"model.{k}={source.get(k)!r} there, {model.get(k)!r} here"
+                        for k in differing)
+            + "): set " + " ".join(f"--config.model.{k}={source.get(k)}" for k in differing)
+            + ", or start from a run of this size."
+        )
 
 
 def resolve_model_settings(config: ml_collections.ConfigDict) -> None:

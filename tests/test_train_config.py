@@ -75,6 +75,16 @@ def test_a_config_file_on_a_bucket_is_read_through_epath(bucket):
                                     "use float32, or bfloat16 for mixed precision on TPU / GPU."),
     ("manet", "input.image_size=100", "error: MA-Net needs image sizes divisible by 32 (config "
                                       "key input.image_size); got 100x100."),
+    # A misspelt key: ml_collections raises it while absl parses the flags.
+    ("resnet50", "training.num_stepz=5", "error: --config.training.num_stepz=5: the config has "
+                                         "no key 'num_stepz'. Did you mean \"num_steps\" "
+                                         "instead of \"num_stepz\"?"),
+    ("vit", "trainng.num_steps=5", "error: --config.trainng.num_steps=5: the config has no key "
+                                   "'trainng'. Did you mean \"training\" instead of "
+                                   "\"trainng\"?"),
+    # Checked without weights too: a typo would otherwise surface only with them.
+    ("manet", "init.manet_code_version=2022", "error: Unknown MA-Net code version '2022' (config "
+                                              "key init.manet_code_version)"),
 ])
 def test_a_bad_command_line_override_stops_with_one_line(tmp_path, config, override, message):
     """A --config.* override that cannot work stops the CLI before any work, with one line
@@ -137,6 +147,31 @@ def test_a_value_that_would_train_wrong_stops_before_any_work(tmp_path, key, val
     assert not (tmp_path / "w").exists()
 
 
+def test_a_config_of_another_kind_or_a_file_as_workdir_stops_before_the_data(tmp_path):
+    with pytest.raises(trainer.ConfigError) as e:
+        trainer.train_and_evaluate(load_config("configs/fusion.py"), str(tmp_path / "w"))
+    assert str(e.value) == (
+        "--config is not a training config (it has no model, dataset, input, training, "
+        "optimizer, eval, checkpoint, init): give configs/vit.py, configs/manet.py or "
+        "configs/resnet50.py (configs/fusion.py is cer_jax.fuse's).")
+    # The production recipe without RAF-DB: the workdir error comes before the data's.
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    config = load_config("configs/resnet50.py")
+    config.dataset.data_dir = str(tmp_path / "tfds")
+    with pytest.raises(UserError) as e:
+        trainer.train_and_evaluate(config, str(a_file))
+    assert str(e.value) == (f"--workdir={a_file} is a file: give a folder, a new one or a run "
+                            "to resume.")
+    assert a_file.read_text() == "mine"
+    config.training.global_batch_size = 0
+    with pytest.raises(UserError) as e:
+        trainer.train_and_evaluate(config, str(tmp_path / "w"))
+    assert str(e.value) == (f"training.global_batch_size=0 must be >= 1 (a multiple of the "
+                            f"{jax.device_count()} devices in use).")
+    assert not (tmp_path / "w").exists()
+
+
 def test_unknown_model(tmp_path):
     config = load_config("configs/vit.py:smoke")
     config.model.name = "vgg"
@@ -188,6 +223,30 @@ def test_missing_pretrained_file(tmp_path):
     config.init.checkpoint = str(tmp_path / "resnet50.safetensors")
     _expect_error(config, tmp_path / "w", trainer.ConfigError,
                   r"init\.checkpoint=.*resnet50\.safetensors.*no such file")
+
+
+def test_init_workdir_of_another_network_is_one_line(tmp_path):
+    """Not the loader's list of every mismatched tensor, and before the data or any folder."""
+    from cer_jax import checkpointing, warm_start
+
+    vit_run = tmp_path / "vit_run"
+    checkpointing.save_config(load_config("configs/vit.py:smoke"), str(vit_run))
+    config = load_config("configs/resnet50.py")
+    config.init.workdir = str(vit_run)
+    with pytest.raises(UserError) as e:
+        warm_start.resolve_model_settings(config)
+    assert str(e.value) == (f"init.workdir={vit_run} holds a vit model and this config builds "
+                            "resnet: start from a resnet run, or give pre-trained weights as "
+                            "init.checkpoint.")
+    resnet18_run = tmp_path / "resnet18_run"
+    checkpointing.save_config(load_config("configs/resnet50.py:smoke"), str(resnet18_run))
+    config.init.workdir = str(resnet18_run)
+    with pytest.raises(UserError) as e:
+        warm_start.resolve_model_settings(config)
+    assert str(e.value) == (
+        f"init.workdir={resnet18_run} holds a resnet of another size (model.depth=18 there, 50 "
+        "here; model.width=16 there, 64 here): set --config.model.depth=18 "
+        "--config.model.width=16, or start from a run of this size.")
 
 
 def test_init_workdir_must_be_a_training_workdir(tmp_path):

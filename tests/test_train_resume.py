@@ -15,6 +15,7 @@ import pytest
 from conftest import smoke_config
 
 from cer_jax import evaluate, export, trainer
+from cer_jax.errors import UserError
 
 # Shares its expensive session fixtures with other files: one xdist worker runs them all.
 pytestmark = pytest.mark.xdist_group("smoke_data")
@@ -113,11 +114,21 @@ def test_non_finite_loss_stops_with_a_hint_and_keeps_the_last_good_checkpoint(
     workdir = tmp_path / "nan"
     shutil.copytree(halted_workdir, workdir)
     config = tiny_config(synthetic_cache_dir, **{"optimizer.lr": 1e30})
-    with pytest.raises(trainer.NonFiniteLossError, match=r"steps 5 and \d.*optimizer\.lr"):
+    with pytest.raises(trainer.NonFiniteLossError,
+                       match=r"steps 5 and \d.*its checkpoint of step 4 is kept.*optimizer\.lr"):
         trainer.train_and_evaluate(config, str(workdir))
     assert saved_steps(workdir) == [4]
     state = saved_state(workdir, 4)
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state["params"]))
+
+
+def test_a_non_finite_loss_before_any_checkpoint_says_so_in_one_line():
+    sums = {"nonfinite": 1.0, "loss_sum": float("nan"), "count": 8.0}
+    with pytest.raises(UserError, match=r"^Non-finite loss or gradients between steps 1 and "
+                                        r"3 \(loss nan\)\. Training stopped; no checkpoint had "
+                                        r"been saved yet\. Lower optimizer\.lr"):
+        trainer.check_finite(sums, 1, 3, last_saved=0)
+    trainer.check_finite({"nonfinite": 0.0, "loss_sum": 2.0, "count": 8.0}, 1, 3, last_saved=0)
 
 
 def test_sigterm_saves_a_checkpoint_and_returns(tmp_path, synthetic_cache_dir):
