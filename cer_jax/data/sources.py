@@ -306,10 +306,16 @@ class TfdsSource:
         indices = np.asarray(indices, np.int64)
         start, end = (int(indices[0]), int(indices[-1]) + 1) if len(indices) else (0, 0)
         image_feature = self._builder.info.features[cfg.image_key]
+        # Encoded images are read undecoded and decoded here, as prediction decodes them.
+        encoded = (isinstance(image_feature, self._tfds.features.Image)
+                   and image_feature.dtype == np.uint8)
+        skip = {cfg.image_key: self._tfds.decode.SkipDecoding()}
 
         def convert(index, ex):
             image = ex[cfg.image_key]
-            if image.dtype == tf.string:  # Read undecoded (a scattered shard): decode now.
+            if encoded:
+                image = decode_image(image)
+            elif image.dtype == tf.string:  # Read undecoded (a scattered shard): decode now.
                 image = image_feature.decode_example(image)
             if image.shape[-1] == 1:
                 image = tf.image.grayscale_to_rgb(image)
@@ -325,13 +331,12 @@ class TfdsSource:
             }
 
         if end - start == len(indices):  # Contiguous: read just that slice.
-            ds = self._read(split, start, end).enumerate(start)
+            ds = self._read(split, start, end, skip if encoded else None).enumerate(start)
         else:
             # A shard dealt across the split: skip the others' images undecoded.
             wanted = np.zeros(end, bool)
             wanted[indices] = True
-            decoders = {cfg.image_key: self._tfds.decode.SkipDecoding()}
-            ds = self._read(split, start, end, decoders).enumerate(start)
+            ds = self._read(split, start, end, skip).enumerate(start)
             ds = ds.filter(as_written(lambda index, _: tf.gather(wanted, index)))
         return ds.map(as_written(convert), num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -373,6 +378,18 @@ def exif_orientation(path: str) -> int:
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def decode_image(data: Any) -> Any:
+    """Encoded bytes -> uint8 [H, W, 3]. A JPEG is decoded with libjpeg's accurate integer DCT,
+    as OpenCV (cer_jax.predict), Pillow and torchvision decode it: TF's default, the fast DCT,
+    puts pixels up to ~9 levels away from what prediction sees."""
+    tf = import_tf()
+    return tf.cond(
+        tf.io.is_jpeg(data),
+        lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
+    )
 
 
 def apply_exif_orientation(image: Any, orientation: Any) -> Any:
@@ -479,8 +496,7 @@ class FolderSource:
         orientations = self._orientations(split)[indices]
 
         def load(path, label, name, index, orientation):
-            image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-            image = apply_exif_orientation(image, orientation)
+            image = apply_exif_orientation(decode_image(tf.io.read_file(path)), orientation)
             return {"image": image, "label": label, "file_name": name, "index": index}
 
         ds = tf.data.Dataset.from_tensor_slices((
