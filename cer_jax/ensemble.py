@@ -42,6 +42,8 @@ import json
 import math
 import os
 import uuid
+import zipfile
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -179,11 +181,40 @@ def _write_npz(path: epath.Path, arrays: dict[str, Any]) -> None:
     path.write_bytes(buffer.getvalue())
 
 
+def _damaged(path: epath.Path, what: str) -> EnsembleError:
+    """A file of the ensemble that is there but unreadable (truncated by a copy, edited): only
+    writing the ensemble again mends it."""
+    return EnsembleError(f"{path} is damaged ({what}): write the ensemble again with python -m "
+                         "cer_jax.fuse (its --out=OUT writes OUT/ensemble).")
+
+
 def _read_npz(path: epath.Path) -> dict[str, np.ndarray]:
     if not path.exists():
         raise EnsembleError(f"{path} is missing: the ensemble directory is incomplete.")
-    with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+    data = path.read_bytes()
+    # A truncated archive fails in np.load or only when an array is read, each way differently.
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            return {k: arrays[k] for k in arrays.files}
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else (
+            error.__class__.__name__)
+        raise _damaged(path, f"not a complete .npz archive: {reason}") from error
+
+
+def _read_json(path: epath.Path) -> dict[str, Any]:
+    if not path.exists():
+        raise EnsembleError(f"{path} is missing: the ensemble directory is incomplete.")
+    try:
+        value = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise _damaged(path, f"not valid JSON: {error.msg} at line {error.lineno} column "
+                             f"{error.colno}") from error
+    except UnicodeDecodeError as error:
+        raise _damaged(path, "not UTF-8 text") from error
+    if not isinstance(value, dict):
+        raise _damaged(path, f"a JSON {type(value).__name__}, not an object")
+    return value
 
 
 def build_model(config: ml_collections.ConfigDict, arrays: dict[str, np.ndarray], where: str):
@@ -451,7 +482,7 @@ def load_ensemble(path: str | os.PathLike[str]) -> Ensemble:
             f"{manifest_path} not found: {os.fspath(path)!r} is not an ensemble directory "
             "(`python -m cer_jax.fuse ... --out=OUT` writes one to OUT/ensemble)."
         )
-    manifest = json.loads(manifest_path.read_text())
+    manifest = _read_json(manifest_path)
     if manifest.get("kind") != KIND or manifest.get("format") != FORMAT:
         raise EnsembleError(
             f"{manifest_path} is format {manifest.get('format')!r} of "
@@ -460,7 +491,7 @@ def load_ensemble(path: str | os.PathLike[str]) -> Ensemble:
     members = []
     for entry in manifest["members"]:
         member_dir = root / entry["dir"]
-        config = ml_collections.ConfigDict(json.loads((member_dir / CONFIG_FILE).read_text()))
+        config = ml_collections.ConfigDict(_read_json(member_dir / CONFIG_FILE))
         model = build_model(config, _read_npz(member_dir / MODEL_FILE), os.fspath(member_dir))
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         members.append(Member(

@@ -12,15 +12,17 @@ index and timestamp (videos), the face box in pixels, the track id (videos), the
 class, every class's fused probability and each member's predicted class. A file that cannot
 be read, an image without a face and a video that cannot be decoded or ends early each give a
 row whose `status` says so; processing goes on. An input named on the command line that does not
-exist is a usage error. Exit status: 0 all inputs fine, 1 some input failed (its row or an
-error log line says which), 2 a usage error or an output that cannot be written (one line on
-stderr: `error: ...`).
+exist is a usage error; a file named more than once (also through a folder) is predicted once,
+with a warning. Exit status: 0 all inputs fine, 1 some input failed (its row or an error log line
+says which), 2 a usage error or an output that cannot be written (one line on stderr:
+`error: ...`), 143 stopped by SIGTERM.
 
 The outputs (--out, --submission, --annotate) are checked before the model is loaded: the folder
 must be creatable, a file target must not be a folder, --annotate must not be a file. The rows
 file and the submission are written to `<path>.partial` next to the target (for gs://, a local
-temporary file) and moved onto it once complete, so a failed or interrupted run leaves an earlier
-file as it was and no half-written one; if only that move fails the finished file is kept.
+temporary file) and moved onto it once complete, so a failed or interrupted run (Ctrl-C, or the
+SIGTERM of timeout, SLURM or docker stop) leaves an earlier file as it was and no half-written
+one; if only that move fails the finished file is kept.
 
 Faces are found by `--detector` (see `cer_jax.faces`) and aligned like RAF-DB's 100x100
 faces; `--aligned` treats every image as an already aligned face. `--flip-tta` averages each
@@ -60,6 +62,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import signal
 import sys
 import tempfile
 import time
@@ -100,10 +103,11 @@ def define_flags() -> None:
     flags.DEFINE_bool("aligned", False, "Inputs are already aligned face crops: no detection.")
     flags.DEFINE_bool("flip_tta", False, "Average each member over the face and its mirror.")
     flags.DEFINE_string("detector", "haar", "haar | yunet:MODEL.onnx | package.module:attr.")
-    flags.DEFINE_integer("batch_size", 32, "Faces per forward pass.")
+    flags.DEFINE_integer("batch_size", 32, "Faces per forward pass.", lower_bound=1)
     flags.DEFINE_integer("smooth_window", 1, "Videos: average each track's probabilities over "
-                         "this many processed frames, centred (1 = no smoothing).")
-    flags.DEFINE_integer("frame_step", 1, "Videos: process every n-th frame.")
+                         "this many processed frames, centred (1 = no smoothing).",
+                         lower_bound=1)
+    flags.DEFINE_integer("frame_step", 1, "Videos: process every n-th frame.", lower_bound=1)
     flags.DEFINE_enum("track", "iou", ["iou", "largest"], "Videos: IoU tracker over all "
                       "faces, or the largest face of each frame only.")
     cli.define_path_flag("annotate", None, "Folder for copies of the inputs with boxes and "
@@ -170,8 +174,20 @@ def _walk(folder: epath.Path) -> list[epath.Path]:
 def expand_inputs(inputs: Sequence[str]) -> list[Source]:
     """Files as given (kind by extension; unknown extensions are tried as images) and folders
     searched recursively for image and video files, sorted. A named path that does not exist is
-    a UsageError."""
-    sources = []
+    a UsageError. A file named twice (also through a folder, another spelling or a link) is
+    kept once, at its first mention: twice would write its rows twice."""
+    sources: list[Source] = []
+    seen: dict[str, str] = {}  # resolved path -> the path as first given
+    duplicates: list[tuple[str, str]] = []  # (as given again, as first given)
+
+    def add(path: str, kind: str) -> None:
+        key = path if is_remote(path) else os.path.realpath(path)
+        if key in seen:
+            duplicates.append((path, seen[key]))
+        else:
+            seen[key] = path
+            sources.append(Source(path, kind))
+
     for item in inputs:
         path = epath.Path(item)
         if not path.exists():
@@ -182,9 +198,9 @@ def expand_inputs(inputs: Sequence[str]) -> list[Source]:
             for child in _walk(path):
                 suffix = child.suffix.lower()
                 if suffix in IMAGE_EXTENSIONS:
-                    sources.append(Source(os.fspath(child), "image"))
+                    add(os.fspath(child), "image")
                 elif suffix in VIDEO_EXTENSIONS:
-                    sources.append(Source(os.fspath(child), "video"))
+                    add(os.fspath(child), "video")
                 else:
                     skipped.append(child.name)
             if skipped:  # said once, so that a folder of .gif or .heic files is not silent
@@ -193,8 +209,11 @@ def expand_inputs(inputs: Sequence[str]) -> list[Source]:
                     "(e.g. %s); pass a file itself to try it as an image.",
                     len(skipped), item, ", ".join(skipped[:3]))
         else:
-            kind = "video" if path.suffix.lower() in VIDEO_EXTENSIONS else "image"
-            sources.append(Source(item, kind))
+            add(item, "video" if path.suffix.lower() in VIDEO_EXTENSIONS else "image")
+    if duplicates:
+        logging.warning("Each input file is predicted once: %d later mention(s) of a file already "
+                        "given were dropped (e.g. %s, the same file as %s).", len(duplicates),
+                        *duplicates[0])
     return sources
 
 
@@ -244,6 +263,9 @@ def publish(flag: str, staged: str, target: str) -> None:
             os.replace(staged, target)
     except write_errors() as error:
         raise WriteError(flag, target, error, kept=staged) from error
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the run did not end, so no output is new
+        remove_quietly(staged)
+        raise
 
 
 def remove_quietly(path: str | None) -> None:
@@ -774,7 +796,13 @@ def read_frame_list(path: str) -> list[tuple[str, int]]:
             continue
         video, _, frame = item.rpartition("/")
         stem = frame.rsplit(".", 1)[0]
-        if not video or not stem.isdigit() or int(stem) < 1:
+        if video and stem.isdigit() and int(stem) == 0:  # a list numbered from 0, not ABAW's
+            raise UsageError(
+                f"{path}:{number}: {item!r} is frame 0, but C-EXPR-DB frame numbers start at 1 "
+                "(00001.jpg is a video's first frame): give the organisers' list, or add 1 to "
+                "every frame number of a 0-based one."
+            )
+        if not video or not stem.isdigit():
             raise UsageError(
                 f"{path}:{number}: {line.strip()!r} is not '<video>/<frame number>.jpg'."
             )
@@ -853,6 +881,9 @@ def write_submission(path: str, entries: list[tuple[str, int]],
     except OSError as error:
         remove_quietly(staged)
         raise WriteError("submission", path, error) from error
+    except KeyboardInterrupt:
+        remove_quietly(staged)
+        raise
     publish("submission", staged, path)
     return missing
 
@@ -872,8 +903,11 @@ def run(inputs: Sequence[str], *, ensemble: str, out: str | None = None, aligned
 
     if not inputs:
         raise UsageError("No inputs: pass image files, video files or folders after the flags.")
-    if batch_size < 1 or smooth_window < 1 or frame_step < 1:
-        raise UsageError("--batch-size, --smooth-window and --frame-step must be >= 1.")
+    # The flags have absl bounds; this is for callers of run().
+    for flag, value in (("batch_size", batch_size), ("smooth_window", smooth_window),
+                        ("frame_step", frame_step)):
+        if value < 1:
+            raise UsageError(f"--{flag}={value}: it must be 1 or more.")
     if submission and not abaw_frames:
         raise UsageError(f"--submission={submission} needs --abaw-frames=LIST (the organisers' "
                          "list of C-EXPR-DB frames to predict).")
@@ -981,7 +1015,18 @@ def run(inputs: Sequence[str], *, ensemble: str, out: str | None = None, aligned
     return 1 if failures else 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, SLURM, docker stop) raised where the run is, to take Ctrl-C's path:
+    the staged outputs are removed and earlier ones stay as they were."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up short
+    raise Terminated
+
+
 def main(argv: Sequence[str]) -> None:
+    signal.signal(signal.SIGTERM, _raise_terminated)
     if not _FLAGS.ensemble:
         print("error: --ensemble=DIR is required (the ensemble directory that "
               "python -m cer_jax.fuse writes to <out>/ensemble).", file=sys.stderr)
@@ -997,6 +1042,10 @@ def main(argv: Sequence[str]) -> None:
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except Terminated:
+        print("error: stopped by SIGTERM: the unfinished outputs were not written (an earlier "
+              "--out or --submission is as it was).", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
     sys.exit(status)
 
 

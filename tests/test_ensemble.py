@@ -163,3 +163,48 @@ def test_loading_and_predicting_needs_no_tensorflow(tmp_path):
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "OK" in result.stdout
+
+
+def test_a_damaged_ensemble_is_one_line_naming_the_file(tmp_path):
+    # The files are read before any model is built: a hand-written directory is enough.
+    path = tmp_path / "ens"
+    (path / "members" / "00_vit").mkdir(parents=True)
+    manifest = path / "ensemble.json"
+    good_manifest = json.dumps({"format": 1, "kind": "cer_jax.ensemble", "members": [
+        {"name": "vit", "model": "vit", "dir": "members/00_vit", "preprocessing": {}}]})
+    manifest.write_text(good_manifest)
+    (path / "members" / "00_vit" / "config.json").write_text("{}")
+    model = path / "members" / "00_vit" / "model.npz"
+    np.savez(model, **{"params/head/kernel": np.zeros((64, 64), np.float32)})
+    good_model = model.read_bytes()
+    fix = ("write the ensemble again with python -m cer_jax.fuse (its --out=OUT writes "
+           "OUT/ensemble).")
+
+    manifest.write_text("{\n")  # echo '{' > ensemble.json
+    with pytest.raises(ensemble_lib.EnsembleError) as info:
+        ensemble_lib.load_ensemble(path)
+    assert str(info.value) == (
+        f"{manifest} is damaged (not valid JSON: Expecting property name enclosed in double "
+        f"quotes at line 2 column 1): {fix}")
+    manifest.write_text(good_manifest)
+    model.write_bytes(good_model[:1000])  # head -c 1000 model.npz > model.npz
+    with pytest.raises(ensemble_lib.EnsembleError) as info:
+        ensemble_lib.load_ensemble(path)
+    assert str(info.value) == (
+        f"{model} is damaged (not a complete .npz archive: File is not a zip file): {fix}")
+    model.write_bytes(b"")
+    with pytest.raises(ensemble_lib.EnsembleError, match=r"model\.npz is damaged \(not a"):
+        ensemble_lib.load_ensemble(path)
+    model.write_bytes(good_model[:1000])
+    # The command line: that one line, exit status 2, no traceback.
+    image = tmp_path / "face.png"
+    cv2.imwrite(os.fspath(image), np.zeros((100, 100, 3), np.uint8))
+    result = subprocess.run(
+        [sys.executable, "-m", "cer_jax.predict", f"--ensemble={path}", "--aligned",
+         os.fspath(image)], capture_output=True, text=True, timeout=300,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {model} is damaged (not a complete .npz archive: File is not a zip file): "
+        f"{fix}")
+    assert "Traceback" not in result.stderr

@@ -6,8 +6,11 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import textwrap
+import time
 
 import cv2
 import numpy as np
@@ -405,6 +408,48 @@ def test_the_frame_list_and_the_inputs_are_checked_before_any_work(tmp_path, cap
     assert error([videos], abaw_frames=listed) == (
         f"--abaw-frames file {os.fspath(listed)!r} lists no frames: it needs one "
         "'<video>/<frame number>.jpg' per line (after an optional image_location header).")
+    listed.write_text("image_location\nclip/00001.jpg\nclip/00000.jpg\n")  # a 0-based list
+    assert error([videos], abaw_frames=listed) == (
+        f"{listed}:3: 'clip/00000.jpg' is frame 0, but C-EXPR-DB frame numbers start at 1 "
+        "(00001.jpg is a video's first frame): give the organisers' list, or add 1 to every "
+        "frame number of a 0-based one.")
+    listed.write_text("clip/1.png/x\n")
+    assert error([videos], abaw_frames=listed) == (
+        f"{listed}:1: 'clip/1.png/x' is not '<video>/<frame number>.jpg'.")
+    for flag in ("batch_size", "smooth_window", "frame_step"):
+        with pytest.raises(predict.UsageError) as info:
+            predict.run([os.fspath(videos)], ensemble=none, show_progress=False, **{flag: 0})
+        assert str(info.value) == f"--{flag}=0: it must be 1 or more."
+
+
+def test_flags_below_one_are_refused_by_absl():
+    # The hyphenated alias is reported by the flag's own name.
+    for given, named in (("--batch_size=0", "--batch_size=0"),
+                         ("--smooth-window=0", "--smooth_window=0"),
+                         ("--frame_step=-2", "--frame_step=-2")):
+        result = subprocess.run(
+            [sys.executable, "-m", "cer_jax.predict", "--ensemble=unused", given, "a.jpg"],
+            capture_output=True, text=True, cwd=ROOT, timeout=120,
+        )
+        assert result.returncode == 1, (given, result.stderr[-2000:])
+        value = given.split("=")[1]
+        assert result.stderr.strip().splitlines() == [
+            f"FATAL Flags parsing error: flag {named}: {value} is not a positive integer",
+            "Pass --helpshort or --helpfull to see help on flags."], given
+
+
+def test_an_input_given_twice_is_predicted_once(tmp_path, caplog, monkeypatch):
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for name in ("a.mp4", "b.jpg"):
+        (clips / name).write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    sources = predict.expand_inputs(["clips/a.mp4", os.fspath(clips / "a.mp4"), "clips",
+                                     "./clips/b.jpg"])
+    assert sources == [predict.Source("clips/a.mp4", "video"),
+                       predict.Source("clips/b.jpg", "image")]
+    assert ("Each input file is predicted once: 3 later mention(s) of a file already given were "
+            f"dropped (e.g. {clips / 'a.mp4'}, the same file as clips/a.mp4).") in caplog.text
 
 
 def test_smooth_window_counts_processed_frames(tmp_path, ensemble_dir):
@@ -488,3 +533,48 @@ def test_frame_step_grabs_skipped_frames_and_timestamps_are_the_videos(tmp_path,
     # Positions that do not increase (a backend without them): index / fps.
     stuck = rows(1, [0.0] * 7)
     assert [r["timestamp_s"] for r in stuck] == pytest.approx([i / 10 for i in range(7)])
+
+
+def test_sigterm_leaves_the_earlier_rows_and_no_partial_file(tmp_path):
+    """timeout, SLURM and docker stop send SIGTERM: it takes Ctrl-C's path (the staged rows are
+    removed, an earlier --out stays as it was), one line, exit status 128 + 15."""
+    image = tmp_path / "face.png"
+    cv2.imwrite(os.fspath(image), np.zeros((100, 100, 3), np.uint8))
+    out = tmp_path / "rows.csv"
+    out.write_text("previous good rows\n")
+    # No model (fast); the run writes a row, then hangs as in a long video, until the signal.
+    script = textwrap.dedent(f"""
+        import sys, time, types
+        from cer_jax import cli, ensemble, predict
+        ensemble.load_ensemble = lambda path: types.SimpleNamespace(
+            class_names=list(predict.ABAW7_CLASSES), member_names=["vit"], aligned_size=100)
+        def slow(self, sources):
+            self.writer.write(sources[0].path, "image", "no face found")
+            self.writer.flush()
+            time.sleep(300)
+        predict.Predictor.run_images = slow
+        predict.define_flags()
+        sys.argv = ["predict", "--ensemble=unused", "--aligned", {f"--out={out}"!r},
+                    {os.fspath(image)!r}]
+        cli.run(predict.main)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    partial = tmp_path / "rows.csv.partial"
+    try:
+        deadline = time.time() + 120
+        while not (partial.exists() and "no face found" in partial.read_text()):
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert time.time() < deadline, "the run never wrote its row"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == (
+        "error: stopped by SIGTERM: the unfinished outputs were not written (an earlier --out "
+        "or --submission is as it was).")
+    assert out.read_text() == "previous good rows\n"
+    assert sorted(os.listdir(tmp_path)) == ["face.png", "rows.csv"]  # no rows.csv.partial
