@@ -111,6 +111,7 @@ def run_demo(
     from cer_jax.fusion import report as report_lib
 
     synthetic.check_sizes("compound", num_train_images, num_test_images)  # before any drawing
+    synthetic.check_folder("out", out)
     out = os.path.abspath(out)
     data_dir = os.path.join(out, "data")
     total = len(models) + 2

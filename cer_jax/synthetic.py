@@ -138,6 +138,8 @@ so the same TFDS builder reads it:
   {files}
 """
 _FOLDERS = (layout.ORIGINAL_DIR, layout.ALIGNED_DIR, layout.MANUAL_ANNOTATION_DIR)
+# Marks a tree as this generator's: only such a tree (or an empty folder) is written into.
+MARKER_FILE = "SYNTHETIC_README.txt"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +182,53 @@ def check_sizes(kind: str, num_train_images: int, num_test_images: int
             )
     return {"train": class_counts(kind, num_train_images, minimum=2),
             "test": class_counts(kind, num_test_images, minimum=1)}
+
+
+class OutputPathError(UserError):
+    """An output path that cannot be written, or must not be: it holds other data."""
+
+
+def check_folder(flag: str, value: str | pathlib.Path) -> None:
+    """Before any work: no file stands where the folder `value` or one of its parents should
+    be (it is made later)."""
+    ancestor = pathlib.Path(value)
+    while not ancestor.exists() and ancestor.parent != ancestor:
+        ancestor = ancestor.parent
+    if ancestor.exists() and not ancestor.is_dir():
+        raise OutputPathError(f"--{flag}={value}: {ancestor} is a file, not a folder; give "
+                              f"--{flag} a folder path.")
+
+
+def is_synthetic_tree(root: str | pathlib.Path) -> bool:
+    """Whether `root` holds this generator's marker (written before anything else)."""
+    marker = pathlib.Path(root) / MARKER_FILE
+    return marker.is_file() and marker.read_text().startswith(_README.splitlines()[0])
+
+
+def check_out_dir(out_dir: str | pathlib.Path) -> None:
+    """Before anything is drawn: `out_dir` is new, empty or an earlier synthetic tree. The tree
+    has RAF-DB's file names, so writing into a real RAF-DB folder would replace its data."""
+    check_folder("out", out_dir)
+    root = pathlib.Path(out_dir)
+    if root.is_dir() and any(root.iterdir()) and not is_synthetic_tree(root):
+        raise OutputPathError(
+            f"--out={out_dir} is a folder with other files (no {MARKER_FILE}: not a synthetic "
+            "tree); the drawing would overwrite files of the same names, e.g. a real RAF-DB "
+            "tree's. Give a new or empty folder.")
+
+
+def check_preview_path(path: str | pathlib.Path) -> None:
+    """Before anything is drawn: `path` is a .png file name in an existing folder."""
+    path = pathlib.Path(path)
+    if path.suffix.lower() != ".png":
+        raise OutputPathError(f"--preview={path} must end in .png (the grid is saved as PNG).")
+    if path.is_dir():
+        raise OutputPathError(f"--preview={path} is a folder; give a file path, e.g. "
+                              f"{path / 'synthetic_faces.png'}.")
+    if not path.parent.is_dir():
+        what = "is a file" if path.parent.exists() else "does not exist"
+        raise OutputPathError(f"--preview={path}: the folder {path.parent} {what}; give a path "
+                              "in an existing folder.")
 
 
 def class_counts(kind: str, total: int, minimum: int) -> tuple[int, ...]:
@@ -487,15 +536,29 @@ def write_tree(
     """Writes a synthetic tree with RAF-DB's layout, names and class imbalance into `out_dir`.
 
     `out_dir` plays the role of RAF-DB's `basic/` or `compound/` folder: pass it to the TFDS
-    builder as `--manual_dir`. Existing files with the same names are overwritten. The label
-    file goes first and comes back last, so an interrupted run leaves a tree that the builder
-    rejects rather than a partial one that it would read.
+    builder as `--manual_dir`. `out_dir` must be new, empty or an earlier synthetic tree, whose
+    files are overwritten (OutputPathError otherwise, before anything is written). The marker
+    file is written first, so an interrupted run can be redrawn; the label file is removed
+    first and written last, so such a run leaves a tree that the builder rejects rather than a
+    partial one that it would read.
     """
     counts = check_sizes(kind, num_train_images, num_test_images)
+    check_out_dir(out_dir)
     root = pathlib.Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER_FILE).write_text(
+        _README.format(
+            version=VERSION,
+            kind=kind,
+            seed=seed,
+            num_train=num_train_images,
+            num_test=num_test_images,
+            files=", ".join([layout.LABEL_FILE, *(f"{folder}/" for folder in _FOLDERS)]),
+        )
+    )
+    (root / layout.LABEL_FILE).unlink(missing_ok=True)
     for sub in (pathlib.Path(layout.LABEL_FILE).parent, *_FOLDERS):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    (root / layout.LABEL_FILE).unlink(missing_ok=True)
 
     label_lines = []
     for split in layout.SPLITS:
@@ -514,16 +577,6 @@ def write_tree(
             )
             label_lines.append(f"{name} {label}\n")
     (root / layout.LABEL_FILE).write_text("".join(label_lines))
-    (root / "SYNTHETIC_README.txt").write_text(
-        _README.format(
-            version=VERSION,
-            kind=kind,
-            seed=seed,
-            num_train=num_train_images,
-            num_test=num_test_images,
-            files=", ".join([layout.LABEL_FILE, *(f"{folder}/" for folder in _FOLDERS)]),
-        )
-    )
     return TreeSummary(
         out_dir=root,
         kind=kind,
@@ -558,6 +611,12 @@ def main(argv: Sequence[str]) -> None:
     values = flags.FLAGS
     if not values.out and not values.preview:
         raise cli.UsageError("Give --out=DIR (and/or --preview=PNG).")
+    # Every check before any drawing: a bad --out must not come after the preview's work.
+    if values.preview:
+        check_preview_path(values.preview)
+    if values.out:
+        check_sizes(values.kind, values.num_train_images, values.num_test_images)
+        check_out_dir(values.out)
     if values.preview:
         preview(values.preview, kind=values.kind, seed=values.seed)
         print(f"Wrote a preview of SYNTHETIC faces to {values.preview}")

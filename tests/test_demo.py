@@ -10,6 +10,8 @@ import contextlib
 import io
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 from sklearn import metrics as skm
@@ -98,3 +100,18 @@ def test_too_few_images_stop_the_demo_before_anything_is_written(tmp_path):
     assert str(e.value) == ("21 images cannot give each of the 11 compound classes at least 2: "
                             "ask for at least 22.")
     assert not (tmp_path / "demo").exists()
+
+
+def test_an_out_that_is_a_file_stops_the_demo_in_one_line(tmp_path):
+    """Before: NotADirectoryError (a traceback) once the demo began to write."""
+    file = tmp_path / "notes.txt"
+    file.write_text("mine")
+    with pytest.raises(synthetic.OutputPathError) as e:
+        demo.run_demo(str(file / "demo"), num_train_images=22, num_test_images=11)
+    assert str(e.value) == (f"--out={file / 'demo'}: {file} is a file, not a folder; give --out "
+                            "a folder path.")
+    result = subprocess.run([sys.executable, "-m", "cer_jax.demo", f"--out={file}"],
+                            capture_output=True, text=True, timeout=300)
+    assert (result.returncode, result.stderr) == (
+        2, f"error: --out={file}: {file} is a file, not a folder; give --out a folder path.\n")
+    assert os.listdir(tmp_path) == ["notes.txt"] and file.read_text() == "mine"

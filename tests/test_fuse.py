@@ -433,3 +433,68 @@ def test_the_leak_warning_is_kept_when_choosing_on_test():
     assert note.endswith("**WARNING: the members' training saw what fusion treats as unseen: "
                          "member vit was trained on train. Those splits' numbers are "
                          "optimistic.**")
+
+
+def test_a_member_given_twice_is_refused_before_any_work(tmp_path):
+    """Before: fused as vit#0 and vit#1, doubling the member's weight."""
+    a = write_export(str(tmp_path / "a"), "vit", make_outputs(2.0, seed=1))
+    b = write_export(str(tmp_path / "b"), "resnet", make_outputs(2.0, seed=2))
+    os.symlink(a, tmp_path / "link")
+    for again, same in ((a, ""), (os.path.join(tmp_path, ".", "a", ""), f" (as {a})"),
+                        (str(tmp_path / "link"), f" (as {a})")):
+        with pytest.raises(evaluator.FusionConfigError) as e:
+            evaluator.fuse(fusion_config([a, b, again], tmp_path / "out"))
+        assert str(e.value) == (
+            f"Member workdir {again} is given twice in --workdirs{same} (config key workdirs): "
+            "fusing it twice would double its weight; list each member once.")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_report_into_a_member_workdir_is_refused(tmp_path):
+    """Before: the report went into the member's workdir, replacing its TensorBoard events."""
+    a = write_export(str(tmp_path / "a"), "vit", make_outputs(2.0, seed=1))
+    b = write_export(str(tmp_path / "b"), "resnet", make_outputs(2.0, seed=2))
+    events = tmp_path / "b" / "events.out.tfevents.1.host"
+    events.write_bytes(b"training curves")
+    with pytest.raises(evaluator.FusionConfigError) as e:
+        evaluator.fuse(fusion_config([a, b], str(tmp_path / "b") + "/"))
+    assert str(e.value) == (
+        f"--out={tmp_path / 'b'}/ (config key out) is the member workdir {b}: the report would "
+        "replace that member's TensorBoard events; give it a folder of its own, e.g. "
+        "--out=runs/fusion.")
+    assert sorted(os.listdir(b)) == ["events.out.tfevents.1.host", "export"]
+    assert events.read_bytes() == b"training curves"
+
+
+@pytest.mark.parametrize("below", ["", "fusion"])
+def test_a_report_folder_that_is_a_file_is_refused_before_any_work(tmp_path, below):
+    """Before: FileExistsError / NotADirectoryError after every strategy had been fitted."""
+    file = tmp_path / "report"
+    file.write_text("mine")
+    out = file / below if below else file
+    with pytest.raises(evaluator.FusionConfigError) as e:
+        evaluator.fuse(fusion_config([str(tmp_path / "not_read")], out))
+    assert str(e.value) == (f"--out={out} (config key out): {file} is a file, not a folder; "
+                            "give the report a folder, e.g. --out=runs/fusion.")
+    assert file.read_text() == "mine"
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--config=configs/vit.py"],
+     "error: --config is not a fusion config (it has no key ablation, eval_splits, reexport, "
+     "select_on, selection_folds, strategies, train_split); use --config=configs/fusion.py (a "
+     "training config such as configs/vit.py goes to python -m cer_jax.train)."),
+    (["--out={tmp}/report.md"],
+     "error: --out={tmp}/report.md (config key out): {tmp}/report.md is a file, not a folder; "
+     "give the report a folder, e.g. --out=runs/fusion."),
+], ids=["training_config", "out_on_a_file"])
+def test_command_line_refusals_are_one_line(tmp_path, flags, message):
+    """Before: AttributeError 'select_on' (a training config); FileExistsError after the work
+    (--out on a file)."""
+    (tmp_path / "report.md").write_text("mine")
+    command = [sys.executable, "-m", "cer_jax.fuse", f"--workdirs={tmp_path / 'a'}",
+               f"--out={tmp_path / 'fusion'}", *(f.format(tmp=tmp_path) for f in flags)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert (result.returncode, result.stderr) == (2, message.format(tmp=tmp_path) + "\n")
+    assert (tmp_path / "report.md").read_text() == "mine"
+    assert sorted(os.listdir(tmp_path)) == ["report.md"]

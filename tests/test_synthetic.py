@@ -279,3 +279,75 @@ def test_the_builder_does_not_import_cer_jax():
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "[]"
+
+
+def _rafdb_lookalike(root: pathlib.Path) -> dict[str, bytes]:
+    """A folder with real RAF-DB's file names (as if --out pointed at the real tree)."""
+    (root / "Image/aligned").mkdir(parents=True)
+    (root / "EmoLabel").mkdir()
+    (root / LABELS).write_text("train_0001.jpg 3\n")
+    (root / "Image/aligned/train_0001_aligned.jpg").write_bytes(b"a real photo")
+    return _files(root)
+
+
+def test_a_folder_that_is_not_a_synthetic_tree_is_never_written_into(tmp_path):
+    """Before: the label file and images of a real RAF-DB tree were silently replaced."""
+    root = tmp_path / "compound"
+    before = _rafdb_lookalike(root)
+    with pytest.raises(synthetic.OutputPathError) as e:
+        synthetic.write_tree(root, num_train_images=22, num_test_images=11)
+    assert str(e.value) == (
+        f"--out={root} is a folder with other files (no SYNTHETIC_README.txt: not a synthetic "
+        "tree); the drawing would overwrite files of the same names, e.g. a real RAF-DB tree's. "
+        "Give a new or empty folder.")
+    assert _files(root) == before
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == [
+        "EmoLabel", LABELS, "Image", "Image/aligned", "Image/aligned/train_0001_aligned.jpg"]
+
+
+def test_an_earlier_or_interrupted_synthetic_tree_is_redrawn(tmp_path, monkeypatch):
+    """The marker goes first, so a run stopped mid-drawing can be redrawn too."""
+    synthetic.write_tree(tmp_path / "t", num_train_images=22, num_test_images=11, seed=0)
+    synthetic.write_tree(tmp_path / "t", num_train_images=22, num_test_images=11, seed=1)
+    synthetic.write_tree(tmp_path / "fresh", num_train_images=22, num_test_images=11, seed=1)
+    assert _files(tmp_path / "t") == _files(tmp_path / "fresh")
+
+    def stop(*args):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(synthetic, "_manual_annotation", stop)
+        with pytest.raises(KeyboardInterrupt):
+            synthetic.write_tree(tmp_path / "stopped", num_train_images=22, num_test_images=11)
+    assert not (tmp_path / "stopped" / LABELS).exists()
+    synthetic.write_tree(tmp_path / "stopped", num_train_images=22, num_test_images=11, seed=1)
+    assert _files(tmp_path / "stopped") == _files(tmp_path / "fresh")
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--out={tmp}/rafdb"],
+     "--out={tmp}/rafdb is a folder with other files (no SYNTHETIC_README.txt: not a synthetic "
+     "tree); the drawing would overwrite files of the same names, e.g. a real RAF-DB tree's. "
+     "Give a new or empty folder."),
+    (["--out={tmp}/notes.txt/compound", "--preview={tmp}/p.png"],
+     "--out={tmp}/notes.txt/compound: {tmp}/notes.txt is a file, not a folder; give --out a "
+     "folder path."),
+    (["--preview={tmp}/missing/p.png", "--out={tmp}/tree"],
+     "--preview={tmp}/missing/p.png: the folder {tmp}/missing does not exist; give a path in an "
+     "existing folder."),
+    (["--preview={tmp}/p.jpg"], "--preview={tmp}/p.jpg must end in .png (the grid is saved as "
+                                "PNG)."),
+], ids=["rafdb_tree", "out_under_a_file", "preview_in_a_missing_folder", "preview_not_png"])
+def test_cli_refuses_bad_paths_in_one_line_before_drawing(tmp_path, flags, message):
+    """Before: the tree overwritten; NotADirectoryError; FileNotFoundError after the drawing."""
+    rafdb_files = _rafdb_lookalike(tmp_path / "rafdb")
+    (tmp_path / "notes.txt").write_text("mine")
+    result = subprocess.run(
+        [sys.executable, "-m", "cer_jax.synthetic", "--num_train_images=22",
+         "--num_test_images=11", *(f.format(tmp=tmp_path) for f in flags)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert (result.returncode, result.stderr) == (2, f"error: {message}\n".format(tmp=tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt", "rafdb"]  # no tree, no preview
+    assert _files(tmp_path / "rafdb") == rafdb_files
+    assert (tmp_path / "notes.txt").read_text() == "mine"

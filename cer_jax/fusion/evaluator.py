@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import itertools
+import os
+import posixpath
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,11 +45,59 @@ def _split_list(value: str | Sequence[str]) -> list[str]:
     return [item.strip() for item in items if item.strip()]
 
 
+def _same_place(path: str) -> str:
+    """A key under which two spellings of one folder are equal: the resolved local path, or a
+    remote (gs://) path normalised as a string."""
+    if "://" in path:
+        scheme, rest = path.split("://", 1)
+        return f"{scheme}://{posixpath.normpath(rest)}"
+    return os.path.realpath(os.path.expanduser(path))  # epath's resolve() keeps symlinks
+
+
+def _check_places(workdirs: Sequence[str], out: str) -> None:
+    """Each member once (twice would double its weight), and the report neither in a member's
+    workdir (it would replace the member's TensorBoard events) nor on a file; before any work."""
+    seen = {}
+    for workdir in workdirs:
+        key = _same_place(workdir)
+        if key in seen:
+            first = seen[key]
+            same = "" if first == workdir else f" (as {first})"
+            raise FusionConfigError(
+                f"Member workdir {workdir} is given twice in --workdirs{same} (config key "
+                "workdirs): fusing it twice would double its weight; list each member once.")
+        seen[key] = workdir
+    member = seen.get(_same_place(out))
+    if member is not None:
+        raise FusionConfigError(
+            f"--out={out} (config key out) is the member workdir {member}: the report would "
+            "replace that member's TensorBoard events; give it a folder of its own, e.g. "
+            "--out=runs/fusion.")
+    if "://" not in out:  # object stores (gs://) have no folders to check
+        ancestor = epath.Path(out)
+        while not ancestor.exists() and ancestor.parent != ancestor:
+            ancestor = ancestor.parent
+        if ancestor.exists() and not ancestor.is_dir():
+            raise FusionConfigError(
+                f"--out={out} (config key out): {ancestor} is a file, not a folder; give the "
+                "report a folder, e.g. --out=runs/fusion.")
+
+
 def _check_config(config: ml_collections.ConfigDict) -> None:
-    if not _split_list(config.workdirs):
+    defaults = config_lib.get_config()
+    missing = [key for key, value in defaults.items()
+               if key not in config and not isinstance(value, ml_collections.ConfigDict)]
+    if missing:
+        raise FusionConfigError(
+            f"--config is not a fusion config (it has no key {', '.join(missing)}); use "
+            "--config=configs/fusion.py (a training config such as configs/vit.py goes to "
+            "python -m cer_jax.train).")
+    workdirs = _split_list(config.workdirs)
+    if not workdirs:
         raise FusionConfigError("No members to fuse: set --workdirs=A,B,C (config key workdirs).")
     if not config.out:
         raise FusionConfigError("No report directory: set --out=DIR (config key out).")
+    _check_places(workdirs, config.out)
     if config.select_on not in config.eval_splits:
         raise FusionConfigError(
             f"config key select_on={config.select_on!r} must be one of the reported splits "
