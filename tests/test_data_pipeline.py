@@ -491,6 +491,30 @@ def test_a_build_that_another_process_finished_first_is_used(tmp_path, monkeypat
     assert (info.split_sizes["train"], info.split_sizes["test"]) == (40, 20)
 
 
+def test_a_build_from_another_tree_is_not_served_for_this_one(cache_dir, info, tmp_path):
+    """A data_dir holding rafdb built from one tree (the synthetic one, say) stops a run that
+    names another tree, or none that exists, instead of training on the old build."""
+    from tfds_rafdb import rafdb
+
+    tree = os.path.join(cache_dir, "synthetic", TREE)
+    c = _config(cache_dir)
+    c.dataset.update(synthetic=False, data_dir=tree + "-tfds", manual_dir=tree)
+    assert pipeline.get_dataset_info(c).split_sizes == info.split_sizes  # the same tree: reused
+    other = tmp_path / "other"
+    synthetic.write_tree(other, kind="compound", num_train_images=30, num_test_images=22, seed=1)
+    c.dataset.manual_dir = str(other)
+    built = os.path.join(tree + "-tfds", "rafdb", "compound", "1.0.0")
+    message = (f"{built} holds rafdb/compound built from another tree than {other} (its "
+               f"EmoLabel/list_patition_label.txt differs). Delete {built} to build it from "
+               f"{other}, or give another data_dir.")
+    assert _error(c, "another tree") == f"config.dataset.manual_dir={str(other)!r}: {message}"
+    with pytest.raises(rafdb.SourceMismatchError) as e:  # the builder's own CLI: the same check
+        rafdb.build("compound", str(other), tree + "-tfds")
+    assert str(e.value) == message
+    c.dataset.manual_dir = str(tmp_path / "typo")
+    _error(c, r"config\.dataset\.manual_dir='.*typo' does not exist or is empty")
+
+
 def test_bad_manual_dir_is_reported(tmp_path):
     bad = tmp_path / "raf"
     bad.mkdir()

@@ -231,15 +231,26 @@ class TfdsSource:
                 "config.dataset.folder pointing at a <split>/<class>/<image> tree."
             ) from e
 
+        def check_tree() -> None:
+            tree = epath.Path(manual_dir)  # may be gs://
+            if not tree.is_dir() or next(tree.iterdir(), None) is None:
+                raise DataConfigError(
+                    f"config.dataset.manual_dir={manual_dir!r} does not exist or is empty. "
+                    "Point it at the unpacked RAF-DB tree (the folder holding EmoLabel/ and "
+                    "Image/)."
+                )
+
+        if rafdb is not None and manual_dir and builder.is_prepared():
+            # Built before: from this tree? (A data_dir would otherwise go on serving another.)
+            check_tree()
+            try:
+                rafdb.check_built_from(builder, manual_dir)
+            except rafdb.RafDbLayoutError as e:
+                raise DataConfigError(f"config.dataset.manual_dir={manual_dir!r}: {e}") from e
+
         def build() -> Any:
             if rafdb is not None and manual_dir:
-                tree = epath.Path(manual_dir)  # may be gs://
-                if not tree.is_dir() or next(tree.iterdir(), None) is None:
-                    raise DataConfigError(
-                        f"config.dataset.manual_dir={manual_dir!r} does not exist or is empty. "
-                        "Point it at the unpacked RAF-DB tree (the folder holding EmoLabel/ and "
-                        "Image/)."
-                    )
+                check_tree()
                 try:
                     return rafdb.build(
                         builder_config or builder.builder_config.name, manual_dir, data_dir

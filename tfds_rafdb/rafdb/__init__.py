@@ -5,7 +5,13 @@ Depends on TFDS (and its absl), etils.epath, numpy and Pillow only, never on cer
 
 from tfds_rafdb.layout import ABAW7_CLASSES, BASIC_CLASSES, COMPOUND_CLASSES, RafDbLayoutError
 
-from .rafdb_dataset_builder import Builder, RafDbConfig, build
+from .rafdb_dataset_builder import (
+    Builder,
+    RafDbConfig,
+    SourceMismatchError,
+    build,
+    check_built_from,
+)
 
 __all__ = [
     "ABAW7_CLASSES",
@@ -14,5 +20,7 @@ __all__ = [
     "Builder",
     "RafDbConfig",
     "RafDbLayoutError",
+    "SourceMismatchError",
     "build",
+    "check_built_from",
 ]

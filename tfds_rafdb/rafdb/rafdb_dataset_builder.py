@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import io
 
 import numpy as np
@@ -20,6 +21,18 @@ from PIL import Image
 from tfds_rafdb import layout
 
 JPEG_QUALITY = 95  # only for the rare image that is not already a 100x100 RGB JPEG
+# A build records the sha256 of its tree's label file (in the dataset's metadata.json): a data_dir
+# that holds a build from one tree (the synthetic one, say) must not go on serving it silently
+# when the user names another.
+SOURCE_KEY = "label_file_sha256"
+
+
+class SourceMismatchError(layout.RafDbLayoutError):
+    """data_dir holds a build from another RAF-DB tree than manual_dir."""
+
+
+def label_file_digest(root: epath.Path) -> str:
+    return hashlib.sha256((root / layout.LABEL_FILE).read_bytes()).hexdigest()
 
 
 @dataclasses.dataclass(eq=False)
@@ -115,15 +128,16 @@ signed by a researcher), unpack the archive, and pass the `compound/` (or `basic
                 }
             ),
             supervised_keys=("image", "label"),
+            metadata=tfds.core.MetadataDict(),
             homepage="http://www.whdeng.cn/RAF/model1.html",
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         """Validates the whole tree, then hands out one generator per split."""
         config = self.builder_config
-        records = layout.read_tree(
-            epath.Path(dl_manager.manual_dir), num_labels=len(config.label_map), tree=config.tree
-        )
+        root = epath.Path(dl_manager.manual_dir)
+        records = layout.read_tree(root, num_labels=len(config.label_map), tree=config.tree)
+        self.info.metadata[SOURCE_KEY] = label_file_digest(root)
         validation = layout.validation_names(records)
         kept = [r for r in records if config.label_map[r.raw_label - 1] is not None]
         _log_left_out(records, config)
@@ -174,10 +188,26 @@ def _log_left_out(records: list[layout.Record], config: RafDbConfig) -> None:
         logging.info("rafdb/%s leaves out %d images (%s).", config.name, left_out.total(), listed)
 
 
+def check_built_from(builder: tfds.core.DatasetBuilder, manual_dir: str) -> None:
+    """A prepared dataset must come from the tree named now (when its build recorded one)."""
+    root = epath.Path(manual_dir)
+    layout.check_root(root)
+    built_from = (builder.info.metadata or {}).get(SOURCE_KEY)
+    if built_from is not None and built_from != label_file_digest(root):
+        raise SourceMismatchError(
+            f"{builder.data_dir} holds rafdb/{builder.builder_config.name} built from another "
+            f"tree than {root} (its {layout.LABEL_FILE} differs). Delete {builder.data_dir} to "
+            f"build it from {root}, or give another data_dir."
+        )
+
+
 def build(config_name: str, manual_dir: str, data_dir: str) -> tfds.core.DatasetBuilder:
-    """Prepares `rafdb/<config_name>` in `data_dir` from `manual_dir` unless already prepared."""
+    """Prepares `rafdb/<config_name>` in `data_dir` from `manual_dir` unless already prepared
+    from that same tree."""
     builder = Builder(config=config_name, data_dir=data_dir)
-    if not builder.is_prepared():  # a missing tree: our message, before TFDS makes any folder
+    if builder.is_prepared():
+        check_built_from(builder, manual_dir)
+    else:  # a missing tree: our message, before TFDS makes any folder
         layout.check_root(epath.Path(manual_dir))
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir),
