@@ -515,6 +515,24 @@ def test_a_build_from_another_tree_is_not_served_for_this_one(cache_dir, info, t
     _error(c, r"config\.dataset\.manual_dir='.*typo' does not exist or is empty")
 
 
+def test_a_file_where_a_data_folder_goes_is_one_line(tmp_path):
+    from tfds_rafdb import rafdb
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    c = _config(a_file)  # the synthetic tree's cache_dir
+    assert _error(c, "cache_dir") == (f"config.dataset.cache_dir={str(a_file)!r}: {a_file} is a "
+                                      "file, not a folder; give a folder path.")
+    c.dataset.update(synthetic=False, data_dir=str(a_file / "tfds"), manual_dir=str(tmp_path))
+    assert _error(c, "data_dir") == (f"config.dataset.data_dir={str(a_file / 'tfds')!r}: {a_file} "
+                                     "is a file, not a folder; give a folder path.")
+    with pytest.raises(rafdb.RafDbLayoutError) as e:  # the builder's CLI reports it in one line
+        rafdb.build("compound", str(tmp_path), str(a_file))
+    assert str(e.value) == (f"--data_dir={a_file} is a file; give the folder the TFDS dataset "
+                            "goes in (it is made if missing).")
+    assert a_file.read_text() == "mine"
+
+
 def test_bad_manual_dir_is_reported(tmp_path):
     bad = tmp_path / "raf"
     bad.mkdir()

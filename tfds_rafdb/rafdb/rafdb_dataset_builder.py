@@ -11,6 +11,7 @@ import collections
 import dataclasses
 import hashlib
 import io
+import os
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -204,6 +205,9 @@ def check_built_from(builder: tfds.core.DatasetBuilder, manual_dir: str) -> None
 def build(config_name: str, manual_dir: str, data_dir: str) -> tfds.core.DatasetBuilder:
     """Prepares `rafdb/<config_name>` in `data_dir` from `manual_dir` unless already prepared
     from that same tree."""
+    if "://" not in data_dir and os.path.isfile(data_dir):
+        raise layout.RafDbLayoutError(f"--data_dir={data_dir} is a file; give the folder the "
+                                      "TFDS dataset goes in (it is made if missing).")
     builder = Builder(config=config_name, data_dir=data_dir)
     if builder.is_prepared():
         check_built_from(builder, manual_dir)
