@@ -353,16 +353,15 @@ def test_fusion_of_the_production_members_reexports_a_stale_one(fine_tuned, data
     np.testing.assert_allclose(reexported["logits"], exported[1]["logits"], rtol=1e-5, atol=1e-5)
     assert (tmp_path / "fusion" / "report.json").exists()
 
-    import tensorflow as tf
+    from cer_jax import predict
 
     artefact = ensemble.load_ensemble(tmp_path / "fusion" / "ensemble")
     assert artefact.member_names == list(MEMBERS)
     names = [str(n) for n in exported[0]["file_names"][:12]]
     aligned = data / "compound" / "Image" / "aligned"
-    # The pixels the export saw: TensorFlow's JPEG decoder (OpenCV's differs by a few levels).
-    faces = np.stack([tf.io.decode_jpeg(tf.io.read_file(
-        str(aligned / name.replace(".jpg", "_aligned.jpg"))), channels=3).numpy()
-        for name in names])
+    # The faces as cer_jax.predict reads them (OpenCV), which are the pixels the export saw.
+    faces = np.stack([predict.read_image(str(aligned / name.replace(".jpg", "_aligned.jpg")))[0]
+                      for name in names])
     out = artefact.predict(faces)
     for member, arrays, probabilities in zip(MEMBERS, exported, out.member_probabilities,
                                              strict=True):
