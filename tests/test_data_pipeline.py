@@ -356,6 +356,21 @@ def _write_folder(root, splits, classes, size=(12, 10)):
     return arrays
 
 
+def test_files_that_are_not_images_are_logged_once_per_run(tmp_path, caplog):
+    """A run opens its folder several times (info, training, each evaluation): one warning."""
+    from cer_jax.data import sources
+
+    _write_folder(tmp_path, ["train"], {"train": ["a"]})
+    (tmp_path / "train" / "a" / "notes.txt").write_text("x")
+    config = ml_collections.ConfigDict({"folder": str(tmp_path)})
+    with caplog.at_level("WARNING"):
+        for _ in range(3):
+            sources.FolderSource(config)
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert skipped == [f"config.dataset.folder={tmp_path}: 1 file(s) of split 'train' skipped "
+                       "(not .jpg/.jpeg/.png/.bmp/.gif): a/notes.txt"]
+
+
 def test_image_folder_source(tmp_path):
     arrays = _write_folder(tmp_path, ["train", "val"], {"train": ["b", "a"], "val": ["a", "b"]})
     config = _config(tmp_path, normalization="unit", eval_resize="resize", image_size=12)

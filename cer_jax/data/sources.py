@@ -30,6 +30,8 @@ from cer_jax.errors import UserError
 
 # What tf.io.decode_image reads (GIF: its first frame); other files are skipped and logged.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+# The folder splits whose skipped files were logged already: (root, split, count).
+_SKIPS_LOGGED: set[tuple[str, str, int]] = set()
 SMOKE_HINT = (
     "To run without RAF-DB, use the built-in synthetic data: `--config.dataset.synthetic=True` "
     "or one of the `:smoke` configs."
@@ -481,7 +483,9 @@ class FolderSource:
                         files.append((f"{name}/{path.name}", label))
                     else:
                         skipped.append(f"{name}/{path.name}")
-            if skipped:
+            said = (os.fspath(root), split, len(skipped))
+            if skipped and said not in _SKIPS_LOGGED:  # a run opens the folder several times
+                _SKIPS_LOGGED.add(said)
                 logging.warning(
                     "config.dataset.folder=%s: %d file(s) of split %r skipped (not %s): %s%s",
                     root, len(skipped), split, "/".join(IMAGE_EXTENSIONS),
