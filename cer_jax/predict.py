@@ -15,7 +15,7 @@ row whose `status` says so; processing goes on. An input named on the command li
 exist is a usage error; a file named more than once (also through a folder) is predicted once,
 with a warning. Exit status: 0 all inputs fine, 1 some input failed (its row or an error log line
 says which), 2 a usage error or an output that cannot be written (one line on stderr:
-`error: ...`), 143 stopped by SIGTERM.
+`error: ...`), 130 stopped by Ctrl-C, 143 by SIGTERM.
 
 The outputs (--out, --submission, --annotate) are checked before the model is loaded: the folder
 must be creatable, a file target must not be a folder, --annotate must not be a file. The rows
@@ -1042,10 +1042,12 @@ def main(argv: Sequence[str]) -> None:
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    except Terminated:
-        print("error: stopped by SIGTERM: the unfinished outputs were not written (an earlier "
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM as Terminated
+        by, signum = (("SIGTERM", signal.SIGTERM) if isinstance(stop, Terminated)
+                      else ("Ctrl-C", signal.SIGINT))
+        print(f"error: stopped by {by}: the unfinished outputs were not written (an earlier "
               "--out or --submission is as it was).", file=sys.stderr)
-        sys.exit(128 + signal.SIGTERM)
+        sys.exit(128 + signum)
     sys.exit(status)
 
 
