@@ -113,6 +113,9 @@ def eval_preprocessing(input_config: ml_collections.ConfigDict) -> dict[str, Any
 # What must be equal for a workdir's checkpoints to belong to a run of this config: the model,
 # its data, and how evaluation (and so the export and the ensemble artefact) feeds it images.
 _IDENTITY_KEYS = ("member", "model", "dataset.name", "dataset.folder", "dataset.train_split")
+# What the resumed data stream's position depends on (step x batch, dealt over the shards): with
+# another value it would skip or repeat examples. Compared when the workdir recorded them.
+_DATA_ORDER_KEYS = ("training.global_batch_size", "input.num_data_shards")
 
 
 def _flat(config: ml_collections.ConfigDict | dict, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -142,8 +145,8 @@ def _identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Refuses to resume a workdir whose checkpoints come from another model, label space or
-    evaluation preprocessing (or that is a file)."""
+    """Refuses to resume a workdir whose checkpoints come from another model, label space,
+    evaluation preprocessing or data order (or that is a file)."""
     root = workdir_path(workdir)
     if root.exists() and not root.is_dir():
         raise WorkdirError(f"--workdir={workdir} is a file: give a folder, a new one or a run "
@@ -151,8 +154,11 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
     path = workdir_path(workdir, CONFIG_FILE)
     if not path.exists():
         return
-    saved = _identity(ml_collections.ConfigDict(json.loads(path.read_text())))
-    wanted = _identity(config)
+    saved_config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    saved, wanted = _identity(saved_config), _identity(config)
+    for key, value in _flat(saved_config, _DATA_ORDER_KEYS).items():
+        if value is not None:
+            saved[key], wanted[key] = value, _flat(config, (key,))[key]
     differing = [
         f"{key}={saved.get(key)!r} there, {wanted.get(key)!r} here"
         for key in sorted(set(saved) | set(wanted))
@@ -161,7 +167,8 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
     if differing:
         raise WorkdirError(
             f"--workdir={workdir} holds checkpoints of another run ({'; '.join(differing)}). "
-            "Use a new --workdir, or delete this one to start over."
+            "Resume with the settings it was trained with, use a new --workdir, or delete this "
+            "one to start over."
         )
 
 

@@ -205,8 +205,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
     validate_config(config)
     warm_start.resolve_model_settings(config)
     train_state.check_model(config)  # before the data: a bad model setting needs no dataset
+    resolve_data_shards(config, workdir)  # first: an unset shard count takes the resumed run's
     checkpointing.check_same_run(config, workdir)
-    resolve_data_shards(config, workdir)
     info = pipeline.get_dataset_info(config)
     splits = list(dict.fromkeys(
         [config.dataset.train_split, *config.dataset.eval_splits,
@@ -313,7 +313,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 step += 1
                 is_eval = _is_boundary(step, eval_every) or step == total_steps
                 is_log = _is_boundary(step, log_every) or is_eval or step == total_steps
-                if not (is_log or _is_boundary(step, ckpt_every)):
+                if not (is_log or _is_boundary(step, ckpt_every) or step == halt):
                     report(step)
                     continue
                 # Log points are where processes agree (a collective) on stopping, so that

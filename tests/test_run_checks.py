@@ -86,7 +86,8 @@ def test_a_workdir_of_another_model_is_refused_naming_the_keys(tmp_path):
     message = str(error.value)
     assert "member='manet' there, 'resnet50' here" in message
     assert "model.name='manet' there, 'resnet' here" in message
-    assert "Use a new --workdir" in message
+    assert message.endswith("Resume with the settings it was trained with, use a new "
+                            "--workdir, or delete this one to start over.")
     assert os.listdir(workdir) == ["config.json"]
 
 

@@ -68,6 +68,32 @@ def test_halted_run_keeps_its_checkpoint_and_does_not_export(halted_workdir):
     assert not os.path.exists(halted_workdir / "export")
 
 
+def test_a_halt_between_log_points_stops_at_its_step(tmp_path, synthetic_cache_dir):
+    """Step 3 is no log, evaluation or checkpoint step (every 2 and 4): halted there anyway."""
+    workdir = tmp_path / "run"
+    result = trainer.train_and_evaluate(
+        tiny_config(synthetic_cache_dir, **{"training.halt_after_steps": 3}), str(workdir))
+    assert (result["stopped"], result["step"]) == ("halted", 3)
+    assert saved_steps(workdir) == [3]
+
+
+@pytest.mark.parametrize(("key", "value", "there"), [
+    ("training.global_batch_size", 8, 16), ("input.num_data_shards", 2, 1)])
+def test_resuming_with_another_data_order_is_refused(halted_workdir, tmp_path,
+                                                     synthetic_cache_dir, key, value, there):
+    """The stream resumes at step x batch over the shards: another batch or shard count would
+    skip or repeat examples, not go on with the same order."""
+    workdir = tmp_path / "run"
+    shutil.copytree(halted_workdir, workdir)
+    with pytest.raises(UserError) as e:
+        trainer.train_and_evaluate(tiny_config(synthetic_cache_dir, **{key: value}), str(workdir))
+    assert str(e.value) == (
+        f"--workdir={workdir} holds checkpoints of another run ({key}={there} there, {value} "
+        "here). Resume with the settings it was trained with, use a new --workdir, or delete "
+        "this one to start over.")
+    assert saved_steps(workdir) == [4]
+
+
 def _assert_same_state(got, want) -> None:
     """Float leaves to float32 rounding, everything else (step, RNG keys and counts) exactly."""
     assert jax.tree.structure(got) == jax.tree.structure(want)
