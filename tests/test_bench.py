@@ -256,6 +256,30 @@ def test_a_bad_model_is_one_line_before_any_model_is_timed(spec, image_size, mes
     assert "Traceback" not in proc.stderr and "vit:test/8: train" not in proc.stderr
 
 
+def test_bad_models_or_json_flags_are_one_line_before_any_timing(tmp_path):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    cases = [
+        (["--models="], "error: --models is empty: name the models to time, e.g. "
+                        "--models=vit:B/16,resnet:50,manet."),
+        (["--models=vit:test/8,vit:test/8"], "error: --models names vit:test/8 twice; give each "
+                                             "model once."),
+        (["--models=vit:test/8", f"--json={a_file}/bench.json"],
+         f"error: --json={a_file}/bench.json: {a_file} is a file, not a folder."),
+        (["--models=vit:test/8", f"--json={tmp_path}"],
+         f"error: --json={tmp_path} is a folder; give a file name, e.g. "
+         f"--json={tmp_path / 'bench.json'}."),
+    ]
+    for flags, message in cases:
+        proc = subprocess.run(
+            [sys.executable, "-m", "cer_jax.bench", "--image_size=32", "--batch_size=2",
+             "--steps=1", "--warmup=0", *flags], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.strip().splitlines()[-1] == message
+        assert "Traceback" not in proc.stderr and ": train " not in proc.stderr
+    assert a_file.read_text() == "mine"
+
+
 def test_a_count_flag_out_of_range_is_refused_by_flag_parsing():
     proc = subprocess.run(
         [sys.executable, "-m", "cer_jax.bench", "--models=vit:test/8", "--steps=0"],

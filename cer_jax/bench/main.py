@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import pathlib
 import platform
 import sys
 import tempfile
@@ -86,9 +87,29 @@ def write_json(info: dict[str, Any], results: list[dict[str, Any]],
         f.write("\n")
 
 
+def check_json_path(path: str) -> None:
+    """Before any timing: --json can be written (a folder, or a file where its folder goes,
+    would otherwise fail after the work)."""
+    target = pathlib.Path(os.path.abspath(path))
+    if target.is_dir():
+        raise UserError(f"--json={path} is a folder; give a file name, e.g. "
+                        f"--json={target / 'bench.json'}.")
+    ancestor = target.parent
+    while not ancestor.exists() and ancestor.parent != ancestor:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"--json={path}: {ancestor} is a file, not a folder.")
+
+
 def run(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    specs = [s.strip() for s in FLAGS.models.split(",") if s.strip()]
+    if not specs:
+        raise UserError("--models is empty: name the models to time, e.g. "
+                        "--models=vit:B/16,resnet:50,manet.")
+    if FLAGS.json:
+        check_json_path(FLAGS.json)
     if FLAGS.input:  # before any model: a bare accelerator host may lack TensorFlow
         try:
             import tensorflow_datasets  # noqa: F401
@@ -116,7 +137,11 @@ def run(argv: Sequence[str]) -> None:
     results = []
     setups = [throughput.resolve(spec, image_size=FLAGS.image_size, batch_size=FLAGS.batch_size,
                                  precision=FLAGS.precision, num_classes=FLAGS.num_classes)
-              for spec in filter(None, (s.strip() for s in FLAGS.models.split(",")))]
+              for spec in specs]
+    resolved = [setup.spec for setup in setups]
+    twice = next((spec for i, spec in enumerate(resolved) if spec in resolved[:i]), None)
+    if twice is not None:  # the ensemble estimate counts each member once
+        raise UserError(f"--models names {twice} twice; give each model once.")
     for setup in setups:  # every model's settings before the first one is timed
         train_state.check_model(setup.config, setup.num_classes)
     for setup in setups:
