@@ -244,6 +244,15 @@ class Checkpoints:
         self.best.close()
 
 
+def latest_saved_step(workdir: str) -> int | None:
+    """The newest train state's step, read from the folder names (no Orbax manager, which would
+    make folders); None without one."""
+    folder = workdir_path(workdir, LATEST_DIR)
+    if not folder.is_dir():
+        return None
+    return max((int(p.name) for p in folder.iterdir() if p.name.isdigit()), default=None)
+
+
 def best_step(workdir: str) -> int:
     path = workdir_path(workdir, BEST_DIR)
     step = None

@@ -384,6 +384,25 @@ def test_a_member_that_chose_its_checkpoint_on_test_is_reported_as_not_held_out(
     assert evaluator.training_leaks([member], "test", ["validation", "test"], "train_fit") == []
 
 
+def test_a_member_that_stopped_before_its_last_step_is_reported_as_unfinished(tmp_path):
+    """A halted or preempted member still fuses, but the log and the report say so."""
+    from cer_jax.fusion import report as report_lib
+
+    (tmp_path / "config.json").write_text(json.dumps({"dataset_info": {"total_steps": 6}}))
+    (tmp_path / "checkpoints" / "3").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "2").mkdir()
+    member = members_lib.Member("vit", str(tmp_path), {}, make_outputs(2.0, 1))
+    note = (f"member vit stopped at step 3 of 6 (halted or preempted); run python -m "
+            f"cer_jax.train on {tmp_path} again to finish it")
+    assert evaluator.unfinished_members([member]) == [note]
+    assert report_lib.selection_note({
+        "select_on": "validation", "eval_splits": ["validation", "test"],
+        "unfinished_members": [note]}).endswith(
+        f"**WARNING: not every member finished its training: {note}.**")
+    (tmp_path / "checkpoints" / "6").mkdir()
+    assert evaluator.unfinished_members([member]) == []
+
+
 def test_an_earlier_ensemble_that_the_new_fusion_cannot_replace_is_removed(three_members,
                                                                            tmp_path, caplog):
     """Export-only members have no best checkpoint, so no artefact: an old one next to the new

@@ -193,6 +193,23 @@ def training_leaks(
     return leaks
 
 
+def unfinished_members(members: Sequence[members_lib.Member]) -> list[str]:
+    """Members whose training stopped before its last step (halted or preempted): fused as
+    they are, but their best checkpoint is not what the finished run would give."""
+    notes = []
+    for member in members:
+        try:
+            total = int(checkpointing.load_config(member.workdir).dataset_info.total_steps)
+        except (checkpointing.WorkdirError, AttributeError, KeyError, TypeError):
+            continue  # an export-only workdir: nothing to read
+        latest = checkpointing.latest_saved_step(member.workdir)
+        if latest is not None and latest < total:
+            notes.append(f"member {member.name} stopped at step {latest} of {total} (halted or "
+                         f"preempted); run python -m cer_jax.train on {member.workdir} again to "
+                         "finish it")
+    return notes
+
+
 def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Loads and checks the members, fits and scores every strategy, writes the report.
 
@@ -221,6 +238,9 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
     leaks = training_leaks(members, config.select_on, eval_splits, config.train_split)
     for leak in leaks:
         logging.warning("Not held out: %s.", leak)
+    unfinished = unfinished_members(members)
+    for note in unfinished:
+        logging.warning("Unfinished: %s.", note)
 
     def scores(probabilities_by_split: dict[str, np.ndarray]) -> dict[str, Any]:
         return {
@@ -272,6 +292,7 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "select_on": config.select_on,
         "eval_splits": eval_splits,
         "training_leaks": leaks,
+        "unfinished_members": unfinished,
         "paper_strategy": strategies_lib.PAPER_STRATEGY,
         "best_strategy": best,
         "members": member_rows,

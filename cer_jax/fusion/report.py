@@ -79,6 +79,9 @@ def selection_note(report: dict[str, Any]) -> str:
         note += ("\n\n**WARNING: the members' training saw what fusion treats as unseen: "
                  + "; ".join(report["training_leaks"])
                  + ". Those splits' numbers are optimistic.**")
+    if report.get("unfinished_members"):
+        note += ("\n\n**WARNING: not every member finished its training: "
+                 + "; ".join(report["unfinished_members"]) + ".**")
     return note
 
 
