@@ -137,8 +137,19 @@ def _flat(config: ml_collections.ConfigDict | dict, keys: tuple[str, ...]) -> di
     return flat
 
 
+def normalized_path(path: str | None) -> str | None:
+    """One spelling per folder: `~` expanded, absolute, no trailing `/` (gs:// kept as given, a
+    trailing `/` dropped), so a resumed run or a later re-export finds the same data."""
+    if not path:
+        return path
+    if "://" in path:
+        return path.rstrip("/")
+    return os.path.normpath(os.path.abspath(os.path.expanduser(path)))
+
+
 def _identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
     identity = _flat(config, _IDENTITY_KEYS)
+    identity["dataset.folder"] = normalized_path(identity.get("dataset.folder"))
     eval_view = eval_preprocessing(config.input)
     identity.update({f"input.{key}": value for key, value in eval_view.items()})
     return identity

@@ -91,6 +91,21 @@ def test_a_workdir_of_another_model_is_refused_naming_the_keys(tmp_path):
     assert os.listdir(workdir) == ["config.json"]
 
 
+def test_an_image_folder_spelt_another_way_is_the_same_run(tmp_path, monkeypatch):
+    """A trailing slash, a relative path or ~ name the same folder: the run resumes."""
+    workdir = tmp_path / "run"
+    faces = tmp_path / "faces"
+    checkpointing.save_config(_config(tmp_path), str(workdir))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for spelling in (f"{faces}/", "faces", "./faces/", "~/faces"):
+        checkpointing.check_same_run(_config(tmp_path, **{"dataset.folder": spelling}),
+                                     str(workdir))
+    with pytest.raises(checkpointing.WorkdirError, match="dataset.folder="):
+        checkpointing.check_same_run(_config(tmp_path, **{"dataset.folder": "other"}),
+                                     str(workdir))
+
+
 def test_resuming_with_another_evaluation_preprocessing_is_refused(tmp_path):
     """The best checkpoint, the export and the ensemble artefact would disagree on how the
     model is fed (only training augmentation may change on a resume)."""
