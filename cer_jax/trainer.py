@@ -258,11 +258,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     if start_step == 0:
         writer.write_hparams(_flat_hparams(config))
-    logging.info(
-        "Training %s (%d parameters) on %s: %d steps (%d per epoch), global batch %d on %d "
-        "devices.", config.model.name, train_state.num_params(state["params"]), info.name,
-        total_steps, steps_per_epoch, config.training.global_batch_size, jax.device_count(),
-    )
+    if start_step >= total_steps:  # a finished run again, or one shortened below its step
+        logging.info("%s is at step %d of a %d-step run: nothing to train; exporting its best "
+                     "checkpoint.", workdir, start_step, total_steps)
+    else:
+        logging.info(
+            "Training %s (%d parameters) on %s: %d steps (%d per epoch), global batch %d on %d "
+            "devices.", config.model.name, train_state.num_params(state["params"]), info.name,
+            total_steps, steps_per_epoch, config.training.global_batch_size, jax.device_count(),
+        )
 
     weights = None
     if config.input.balance == "loss_weights":

@@ -362,13 +362,15 @@ def test_files_that_are_not_images_are_logged_once_per_run(tmp_path, caplog):
 
     _write_folder(tmp_path, ["train"], {"train": ["a"]})
     (tmp_path / "train" / "a" / "notes.txt").write_text("x")
+    (tmp_path / "train" / "a" / "more").mkdir()  # nested images are not read: it says so
     config = ml_collections.ConfigDict({"folder": str(tmp_path)})
     with caplog.at_level("WARNING"):
         for _ in range(3):
             sources.FolderSource(config)
     skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
-    assert skipped == [f"config.dataset.folder={tmp_path}: 1 file(s) of split 'train' skipped "
-                       "(not .jpg/.jpeg/.png/.bmp/.gif): a/notes.txt"]
+    assert skipped == [f"config.dataset.folder={tmp_path}: 2 file(s) of split 'train' skipped "
+                       "(not .jpg/.jpeg/.png/.bmp/.gif): a/more/ (a folder: not read), "
+                       "a/notes.txt"]
 
 
 def test_image_folder_source(tmp_path):
@@ -469,7 +471,9 @@ def test_config_errors_name_the_key_and_the_fix(tmp_path, cache_dir, info, monke
 
     _write_folder(tmp_path / "tree", ["train", "test"], {"train": ["a", "b"], "test": ["a"]})
     c.dataset.folder = str(tmp_path / "tree")
-    _error(c, r"class folders differ between splits 'test' \(a\) and 'train' \(a, b\)")
+    _error(c, r"class folders differ between splits 'test' \(a\) and 'train' \(a, b\)\. Every "
+              r"split needs the same class folders \(an empty folder is fine\), and every "
+              r"folder at the top is read as a split: move any other out\.$")
 
     c = _config(cache_dir)
     c.dataset.name = "mnist"

@@ -472,14 +472,17 @@ class FolderSource:
                     f"config.dataset.folder={os.fspath(root)!r}: class folders differ between "
                     f"splits {first!r} ({', '.join(classes)}) and {split!r} "
                     f"({', '.join(split_classes)}). Every split needs the same class folders "
-                    "(an empty folder is fine)."
+                    "(an empty folder is fine), and every folder at the top is read as a split: "
+                    "move any other out."
                 )
             files, skipped = [], []
             for label, name in enumerate(split_classes):
                 for path in sorted((root / split / name).iterdir()):
                     if path.name.startswith("."):
                         continue
-                    if path.name.lower().endswith(IMAGE_EXTENSIONS) and not path.is_dir():
+                    if path.is_dir():  # named, so that its images are not lost unseen
+                        skipped.append(f"{name}/{path.name}/ (a folder: not read)")
+                    elif path.name.lower().endswith(IMAGE_EXTENSIONS):
                         files.append((f"{name}/{path.name}", label))
                     else:
                         skipped.append(f"{name}/{path.name}")
