@@ -24,7 +24,7 @@ from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
-from cer_jax import sharding, train_state
+from cer_jax import paths, sharding, train_state
 from cer_jax.errors import UserError
 
 CONFIG_FILE = "config.json"
@@ -137,19 +137,9 @@ def _flat(config: ml_collections.ConfigDict | dict, keys: tuple[str, ...]) -> di
     return flat
 
 
-def normalized_path(path: str | None) -> str | None:
-    """One spelling per folder: `~` expanded, absolute, no trailing `/` (gs:// kept as given, a
-    trailing `/` dropped), so a resumed run or a later re-export finds the same data."""
-    if not path:
-        return path
-    if "://" in path:
-        return path.rstrip("/")
-    return os.path.normpath(os.path.abspath(os.path.expanduser(path)))
-
-
 def _identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
     identity = _flat(config, _IDENTITY_KEYS)
-    identity["dataset.folder"] = normalized_path(identity.get("dataset.folder"))
+    identity["dataset.folder"] = paths.normalized(identity.get("dataset.folder"))
     eval_view = eval_preprocessing(config.input)
     identity.update({f"input.{key}": value for key, value in eval_view.items()})
     return identity
@@ -158,10 +148,10 @@ def _identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Refuses to resume a workdir whose checkpoints come from another model, label space,
     evaluation preprocessing or data order (or that is a file)."""
-    root = workdir_path(workdir)
-    if root.exists() and not root.is_dir():
-        raise WorkdirError(f"--workdir={workdir} is a file: give a folder, a new one or a run "
-                           "to resume.")
+    blocker = paths.file_in_the_way(workdir)
+    if blocker is not None:
+        raise WorkdirError(f"--workdir={workdir}: {blocker} is a file, not a folder; give a "
+                           "folder, a new one or a run to resume.")
     path = workdir_path(workdir, CONFIG_FILE)
     if not path.exists():
         return

@@ -15,6 +15,7 @@ import logging as std_logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from typing import NoReturn
 
 from absl import app, flags, logging
 
@@ -156,7 +157,6 @@ def _parse_flags(argv: list[str]) -> list[str]:
         if not overrides or "--traceback" in argv:
             raise
         _exit_with(f"{overrides[0]}: the config has no key {missing!r}. {hint}".rstrip())
-        raise  # not reached
 
 
 def _missing_key(error: BaseException) -> tuple[str, str]:
@@ -167,6 +167,6 @@ def _missing_key(error: BaseException) -> tuple[str, str]:
     return first.strip("'\""), hint.strip()
 
 
-def _exit_with(error: BaseException) -> None:
+def _exit_with(error: BaseException | str) -> NoReturn:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)

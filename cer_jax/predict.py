@@ -76,6 +76,7 @@ from etils import epath
 
 from cer_jax import cli
 from cer_jax import faces as faces_lib
+from cer_jax.paths import file_in_the_way, is_remote, same_place
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jfif", ".pgm",
                     ".ppm")
@@ -181,7 +182,7 @@ def expand_inputs(inputs: Sequence[str]) -> list[Source]:
     duplicates: list[tuple[str, str]] = []  # (as given again, as first given)
 
     def add(path: str, kind: str) -> None:
-        key = path if is_remote(path) else os.path.realpath(path)
+        key = same_place(path)
         if key in seen:
             duplicates.append((path, seen[key]))
         else:
@@ -236,10 +237,6 @@ def read_image(path: str) -> tuple[np.ndarray | None, str]:
 # --- outputs -----------------------------------------------------------------------------------
 
 
-def is_remote(path: str | os.PathLike) -> bool:
-    return "://" in os.fspath(path)
-
-
 def staging_path(path: str | os.PathLike) -> str:
     """The local file an output is written to before it is published as `path`: its sibling
     `<path>.partial` (renamed onto it, atomically), or for a remote path a local temporary file
@@ -278,13 +275,10 @@ def remove_quietly(path: str | None) -> None:
 
 def _check_folder_creatable(flag: str, value: str, folder: epath.Path) -> None:
     """`folder` exists or can be made: no file stands where one of its folders should be."""
-    if "://" not in os.fspath(folder):  # object stores (gs://) have no folders to check
-        ancestor = folder
-        while not ancestor.exists() and ancestor.parent != ancestor:
-            ancestor = ancestor.parent
-        if ancestor.exists() and not ancestor.is_dir():
-            raise UsageError(f"--{flag}={value}: {os.fspath(ancestor)} is a file, not a "
-                             "folder; choose another path.")
+    blocker = file_in_the_way(folder)
+    if blocker is not None:
+        raise UsageError(f"--{flag}={value}: {blocker} is a file, not a folder; choose another "
+                         "path.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except write_errors() as error:

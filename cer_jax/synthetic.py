@@ -28,7 +28,7 @@ import numpy as np
 from absl import flags
 from PIL import Image, ImageDraw
 
-from cer_jax import cli
+from cer_jax import cli, paths
 from cer_jax.errors import UserError
 from tfds_rafdb import layout
 
@@ -191,11 +191,9 @@ class OutputPathError(UserError):
 def check_folder(flag: str, value: str | pathlib.Path) -> None:
     """Before any work: no file stands where the folder `value` or one of its parents should
     be (it is made later)."""
-    ancestor = pathlib.Path(value)
-    while not ancestor.exists() and ancestor.parent != ancestor:
-        ancestor = ancestor.parent
-    if ancestor.exists() and not ancestor.is_dir():
-        raise OutputPathError(f"--{flag}={value}: {ancestor} is a file, not a folder; give "
+    blocker = paths.file_in_the_way(value)
+    if blocker is not None:
+        raise OutputPathError(f"--{flag}={value}: {blocker} is a file, not a folder; give "
                               f"--{flag} a folder path.")
 
 

@@ -27,6 +27,7 @@ from cer_jax import (
     export,
     models,
     optim,
+    paths,
     sharding,
     steps,
     train_state,
@@ -205,7 +206,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
     validate_config(config)
     for key in ("folder", "data_dir", "manual_dir", "cache_dir"):  # as config.json records them
         if config.dataset.get(key):
-            config.dataset[key] = checkpointing.normalized_path(config.dataset[key])
+            config.dataset[key] = paths.normalized(config.dataset[key])
     warm_start.resolve_model_settings(config)
     train_state.check_model(config)  # before the data: a bad model setting needs no dataset
     resolve_data_shards(config, workdir)  # first: an unset shard count takes the resumed run's

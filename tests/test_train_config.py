@@ -161,8 +161,12 @@ def test_a_config_of_another_kind_or_a_file_as_workdir_stops_before_the_data(tmp
     config.dataset.data_dir = str(tmp_path / "tfds")
     with pytest.raises(UserError) as e:
         trainer.train_and_evaluate(config, str(a_file))
-    assert str(e.value) == (f"--workdir={a_file} is a file: give a folder, a new one or a run "
-                            "to resume.")
+    assert str(e.value) == (f"--workdir={a_file}: {a_file} is a file, not a folder; give a "
+                            "folder, a new one or a run to resume.")
+    with pytest.raises(UserError) as e:  # under a file: Orbax would fail making its folders
+        trainer.train_and_evaluate(config, str(a_file / "run"))
+    assert str(e.value) == (f"--workdir={a_file / 'run'}: {a_file} is a file, not a folder; "
+                            "give a folder, a new one or a run to resume.")
     assert a_file.read_text() == "mine"
     config.training.global_batch_size = 0
     with pytest.raises(UserError) as e:

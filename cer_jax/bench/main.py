@@ -24,7 +24,7 @@ from typing import Any
 
 from absl import app, flags
 
-from cer_jax import cli
+from cer_jax import cli, paths
 from cer_jax.bench import report
 from cer_jax.errors import UserError
 
@@ -94,11 +94,9 @@ def check_json_path(path: str) -> None:
     if target.is_dir():
         raise UserError(f"--json={path} is a folder; give a file name, e.g. "
                         f"--json={target / 'bench.json'}.")
-    ancestor = target.parent
-    while not ancestor.exists() and ancestor.parent != ancestor:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise UserError(f"--json={path}: {ancestor} is a file, not a folder.")
+    blocker = paths.file_in_the_way(target.parent)
+    if blocker is not None:
+        raise UserError(f"--json={path}: {blocker} is a file, not a folder.")
 
 
 def run(argv: Sequence[str]) -> None:

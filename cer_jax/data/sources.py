@@ -13,7 +13,6 @@ import concurrent.futures
 import dataclasses
 import functools
 import os
-import pathlib
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from cer_jax import paths
 from cer_jax.errors import UserError
 
 # What tf.io.decode_image reads (GIF: its first frame); other files are skipped and logged.
@@ -109,19 +109,6 @@ def open_source(config: ml_collections.ConfigDict) -> Source:
 
 def _expand(path: str | None) -> str | None:
     return None if path is None else os.path.expanduser(str(path))
-
-
-def _check_folder(key: str, path: str | None) -> None:
-    """Before any work: no file stands where the folder `path` (made later) or a parent of it
-    should be."""
-    if not path or "://" in path:  # object stores (gs://) have no folders
-        return
-    ancestor = pathlib.Path(path)
-    while not ancestor.exists() and ancestor.parent != ancestor:
-        ancestor = ancestor.parent
-    if ancestor.exists() and not ancestor.is_dir():
-        raise DataConfigError(f"config.dataset.{key}={path!r}: {ancestor} is a file, not a "
-                              "folder; give a folder path.")
 
 
 def _split_name(name: str) -> tuple[str, str | None]:
@@ -222,8 +209,12 @@ class TfdsSource:
         self._tfds = tfds
         family, builder_config = _split_name(config.name)
         data_dir, manual_dir = _expand(config.data_dir), _expand(config.manual_dir)
-        _check_folder("cache_dir" if config.synthetic else "data_dir",
-                      _expand(config.cache_dir) if config.synthetic else data_dir)
+        key = "cache_dir" if config.synthetic else "data_dir"  # the folder that is written
+        folder = _expand(config[key])
+        blocker = folder and paths.file_in_the_way(folder)
+        if blocker:
+            raise DataConfigError(f"config.dataset.{key}={folder!r}: {blocker} is a file, not a "
+                                  "folder; give a folder path.")
         if config.synthetic:
             if family != "rafdb":
                 raise DataConfigError(

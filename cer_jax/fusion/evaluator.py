@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import os
-import posixpath
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +17,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from cer_jax import checkpointing
+from cer_jax import checkpointing, paths
 from cer_jax import ensemble as ensemble_lib
 from cer_jax.errors import UserError
 from cer_jax.fusion import config as config_lib
@@ -45,21 +43,12 @@ def _split_list(value: str | Sequence[str]) -> list[str]:
     return [item.strip() for item in items if item.strip()]
 
 
-def _same_place(path: str) -> str:
-    """A key under which two spellings of one folder are equal: the resolved local path, or a
-    remote (gs://) path normalised as a string."""
-    if "://" in path:
-        scheme, rest = path.split("://", 1)
-        return f"{scheme}://{posixpath.normpath(rest)}"
-    return os.path.realpath(os.path.expanduser(path))  # epath's resolve() keeps symlinks
-
-
 def _check_places(workdirs: Sequence[str], out: str) -> None:
     """Each member once (twice would double its weight), and the report neither in a member's
     workdir (it would replace the member's TensorBoard events) nor on a file; before any work."""
     seen = {}
     for workdir in workdirs:
-        key = _same_place(workdir)
+        key = paths.same_place(workdir)
         if key in seen:
             first = seen[key]
             same = "" if first == workdir else f" (as {first})"
@@ -67,20 +56,17 @@ def _check_places(workdirs: Sequence[str], out: str) -> None:
                 f"Member workdir {workdir} is given twice in --workdirs{same} (config key "
                 "workdirs): fusing it twice would double its weight; list each member once.")
         seen[key] = workdir
-    member = seen.get(_same_place(out))
+    member = seen.get(paths.same_place(out))
     if member is not None:
         raise FusionConfigError(
             f"--out={out} (config key out) is the member workdir {member}: the report would "
             "replace that member's TensorBoard events; give it a folder of its own, e.g. "
             "--out=runs/fusion.")
-    if "://" not in out:  # object stores (gs://) have no folders to check
-        ancestor = epath.Path(out)
-        while not ancestor.exists() and ancestor.parent != ancestor:
-            ancestor = ancestor.parent
-        if ancestor.exists() and not ancestor.is_dir():
-            raise FusionConfigError(
-                f"--out={out} (config key out): {ancestor} is a file, not a folder; give the "
-                "report a folder, e.g. --out=runs/fusion.")
+    blocker = paths.file_in_the_way(out)
+    if blocker is not None:
+        raise FusionConfigError(
+            f"--out={out} (config key out): {blocker} is a file, not a folder; give the report "
+            "a folder, e.g. --out=runs/fusion.")
 
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
