@@ -2,26 +2,27 @@
 not after minutes; and one spelling per folder, so two spellings of it compare equal.
 
 Remote paths (gs://...) pass the checks: object stores have no folders, hence no file that could
-stand in a folder's way. Standard library only: every room may use it.
+stand in a folder's way. Paths are read through etils epath, as every workdir path is.
 """
 
 from __future__ import annotations
 
 import os
-import pathlib
 import posixpath
+
+from etils import epath
 
 
 def is_remote(path: str | os.PathLike[str]) -> bool:
     return "://" in os.fspath(path)
 
 
-def file_in_the_way(path: str | os.PathLike[str]) -> pathlib.Path | None:
+def file_in_the_way(path: str | os.PathLike[str]) -> epath.Path | None:
     """The file that stands where the folder `path`, or one of the folders above it, is to be:
     making the folder would fail. None when there is none (or `path` is remote)."""
     if is_remote(path):
         return None
-    ancestor = pathlib.Path(os.path.expanduser(os.fspath(path)))
+    ancestor = epath.Path(path).expanduser()
     while not ancestor.exists() and ancestor.parent != ancestor:
         ancestor = ancestor.parent
     return ancestor if ancestor.exists() and not ancestor.is_dir() else None

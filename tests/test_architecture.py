@@ -17,6 +17,7 @@ ROOT = pathlib.Path(__file__).parents[1]
 # Lower ranks are lower rooms. A module not listed takes its package's rank.
 RANKS = {
     "cer_jax.errors": 0,
+    "cer_jax.paths": 0,
     "cer_jax.huge_pages": 0,
     "cer_jax.metrics": 0,
     "cer_jax.plots": 0,
