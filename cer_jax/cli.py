@@ -1,11 +1,13 @@
 """Shared entry point of the command-line tools: input errors as one line, not a traceback.
 
 `cli.run(main)` runs an absl `main`; a `UserError` (or another error listed by the tool) is
-printed as `error: <message>` on stderr with exit status 2. `--traceback` shows the full
-traceback instead, for bug reports. `initialize_distributed()` starts JAX's multi-process
-runtime (one process per host of a TPU slice, or per GPU / node of a SLURM job) when the
-flags or the environment ask for it; it must run before any other JAX call. On CPU, `run`
-first restarts the process once with huge pages for malloc where that helps (`huge_pages`).
+printed as `error: <message>` on stderr with exit status 2, and Ctrl-C as one line with exit
+status 130 (what every tool writes is renamed into place, so a stop leaves no half file).
+`--traceback` shows the full traceback instead, for bug reports. `initialize_distributed()`
+starts JAX's multi-process runtime (one process per host of a TPU slice, or per GPU / node of a
+SLURM job) when the flags or the environment ask for it; it must run before any other JAX call.
+On CPU, `run` first restarts the process once with huge pages for malloc where that helps
+(`huge_pages`).
 """
 
 from __future__ import annotations
@@ -141,6 +143,10 @@ def run(main: Callable[[Sequence[str]], None],
             if FLAGS.traceback:
                 raise
             _exit_with(e)
+        except KeyboardInterrupt as e:  # the message of a tool's own, e.g. trainer.Interrupted
+            if FLAGS.traceback:
+                raise
+            _exit_with(str(e) or "stopped by Ctrl-C.", status=130)
 
     app.run(guarded, argv=argv, flags_parser=_parse_flags)
 
@@ -167,6 +173,6 @@ def _missing_key(error: BaseException) -> tuple[str, str]:
     return first.strip("'\""), hint.strip()
 
 
-def _exit_with(error: BaseException | str) -> NoReturn:
+def _exit_with(error: BaseException | str, status: int = 2) -> NoReturn:
     print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(status)

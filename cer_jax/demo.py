@@ -27,6 +27,7 @@ from absl import flags
 
 from cer_jax import cli, synthetic
 from cer_jax.config_loading import load_config
+from cer_jax.errors import UserError
 from cer_jax.fusion import evaluator
 
 # Training steps per member at --steps_scale=1, sized (with the default synthetic tree) for
@@ -58,6 +59,10 @@ flags.register_validator(
     lambda members: bool(members) and set(members) <= set(TRAIN_STEPS),
     f"--models takes one or more of: {', '.join(TRAIN_STEPS)}.",
 )
+
+
+class DemoStopped(UserError):
+    """A member's training stopped before its end, so there is nothing to fuse yet."""
 
 
 def banner(stage: int, total: int, text: str) -> None:
@@ -133,6 +138,9 @@ def run_demo(
         workdir = os.path.join(out, member)
         banner(stage, total, f"Training {member} ({config.training.num_steps} steps) in {workdir}")
         result = trainer.train_and_evaluate(config, workdir)
+        if result["stopped"]:  # SIGTERM: Ctrl-C raised trainer.Interrupted already
+            raise DemoStopped(f"{member} stopped at step {result['step']} "
+                              f"({result['stopped']}): run the same command again to resume.")
         scores = result.get("export", {})
         print("    best step {}: {}".format(result.get("best_step"), ", ".join(
             f"{split} acc {m['accuracy']:.3f} macro F1 {m['macro_f1']:.3f}"

@@ -3,7 +3,8 @@
 `train_and_evaluate(config, workdir)` trains one model and returns its final metrics. Running it
 again on the same workdir resumes from the latest checkpoint with the same data order. SIGTERM
 (preemption) on any process makes every process save the same step and return cleanly (an
-evaluation due at that step is left to the resumed run, which does it first); a non-finite loss
+evaluation due at that step is left to the resumed run, which does it first); Ctrl-C does the
+same and then raises `Interrupted`, so that nothing after the run starts; a non-finite loss
 stops the run with a message and leaves the last good checkpoint in place.
 Everything a run will read (config, weights, every image of every split) is checked before
 the first step, so a bad input never costs training time.
@@ -46,26 +47,43 @@ class NonFiniteLossError(UserError, FloatingPointError):
     """The loss or the gradients became NaN / Inf."""
 
 
-class Preemption:
-    """SIGTERM sets a flag that the loop reads between steps (handlers must not do work)."""
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C after saving its step: the command line prints it as one line
+    (exit status 130), and the demo's later stages do not start."""
+
+
+class StopRequest:
+    """SIGTERM (preemption) or a first Ctrl-C sets a flag that the loop reads at its next log
+    step, where every process agrees to save that step and stop (handlers must not do work). A
+    second Ctrl-C raises KeyboardInterrupt at once: the steps since the last checkpoint are lost.
+    An ignored SIGINT (a job started in the background) stays ignored."""
 
     def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
+        self.reason: str | None = None  # "preempted" (SIGTERM) or "interrupted" (Ctrl-C)
+        self._previous: dict[int, Any] = {}
 
-    def handler(self, signum: int, frame: Any) -> None:
-        del frame
-        logging.warning("Signal %d received: saving a checkpoint and stopping.", signum)
-        self.requested = True
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        del signum, frame
+        logging.warning("SIGTERM received: saving a checkpoint and stopping.")
+        self.reason = self.reason or "preempted"
 
-    def __enter__(self) -> Preemption:
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        del signum, frame
+        logging.warning("Ctrl-C: saving a checkpoint at the next log step and stopping; press "
+                        "Ctrl-C again to stop at once without saving.")
+        self.reason = "interrupted"
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self.handler)
+            self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_sigterm)
+            if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+                self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_sigint)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 # The sections of a training config (configs/vit.py, manet.py, resnet50.py).
@@ -224,7 +242,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Trains, evaluates and exports one model in `workdir`; returns its final metrics:
     {"step", "best_step", "stopped" (None | "preempted" | "halted"), "train": {...},
      "eval": {split: {accuracy, macro_f1, loss, ...} at the last evaluation},
-     "export": {split: {accuracy, macro_f1, num_examples} of the best checkpoint}}."""
+     "export": {split: {accuracy, macro_f1, num_examples} of the best checkpoint}}.
+    Raises `Interrupted` once a Ctrl-C's checkpoint is saved."""
     info, config = prepare(config, workdir)
     from clu import metric_writers, periodic_actions  # imports TensorFlow: once checks pass
 
@@ -314,7 +333,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             # the run had never stopped.
             logging.info("Evaluating step %d (skipped when the run was preempted).", step)
             evaluate_and_keep_best(step)
-        with Preemption() as preemption:
+        with StopRequest() as stop_request:
             while step < total_steps:
                 state, metrics = train_fn(state, next(batches))
                 accumulated = steps.add_metrics(accumulated, metrics)
@@ -326,7 +345,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     continue
                 # Log points are where processes agree (a collective) on stopping, so that
                 # every host saves the same step; the metrics fetch is the only host sync.
-                preempted = sharding.any_process(preemption.requested)
+                preempted = sharding.any_process(stop_request.reason is not None)
                 stop = preempted or (halt is not None and halt <= step < total_steps)
                 is_ckpt = _is_boundary(step, ckpt_every) or step == total_steps or stop
                 sums = {k: float(v) for k, v in jax.device_get(accumulated).items()}
@@ -344,10 +363,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     last_saved = step
                 writer.flush()
                 if stop:
-                    result["stopped"] = "preempted" if preempted else "halted"
+                    result["stopped"] = (stop_request.reason or "preempted") if preempted \
+                        else "halted"
                     logging.warning("Stopped at step %d (%s); run again to resume.", step,
                                     result["stopped"])
                     break
+    except KeyboardInterrupt:
+        kept = (f"the checkpoint of step {last_saved} is kept: run again to resume from it"
+                if last_saved else "no checkpoint had been saved")
+        logging.warning("Stopped by Ctrl-C after step %d; %s.", step, kept)
+        raise
     finally:
         batches.close()
         host_batches.close()  # frees tf.data's threads now, so the process exits promptly
@@ -355,6 +380,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         ckpts.close()
         writer.close()
     result["step"] = step
+    if result["stopped"] == "interrupted":
+        raise Interrupted(f"stopped by Ctrl-C at step {step}, saved in {workdir}: run the same "
+                          "command again to resume.")
     if result["stopped"] is None:
         best_graphdef, best_step, best_state, _ = checkpointing.restore_best_state(workdir, mesh)
         if best_graphdef != graphdef:  # not the network trained here: compile its own step

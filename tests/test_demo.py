@@ -115,3 +115,24 @@ def test_an_out_that_is_a_file_stops_the_demo_in_one_line(tmp_path):
     assert (result.returncode, result.stderr) == (
         2, f"error: --out={file}: {file} is a file, not a folder; give --out a folder path.\n")
     assert os.listdir(tmp_path) == ["notes.txt"] and file.read_text() == "mine"
+
+
+def test_a_member_stopped_by_sigterm_stops_the_demo_before_the_next(demo_run, monkeypatch):
+    """A preempted member has no export: the demo says so instead of training the next one and
+    failing in the fusion."""
+    from cer_jax import trainer
+
+    out, _, _ = demo_run
+    started = []
+
+    def preempted(config, workdir):
+        started.append(os.path.basename(workdir))
+        return {"stopped": "preempted", "step": 1, "train": {}, "eval": {}}
+
+    monkeypatch.setattr(trainer, "train_and_evaluate", preempted)
+    with pytest.raises(demo.DemoStopped) as e, contextlib.redirect_stdout(io.StringIO()):
+        demo.run_demo(out, steps_scale=STEPS_SCALE, models=MODELS, num_train_images=80,
+                      num_test_images=30)
+    assert str(e.value) == ("vit stopped at step 1 (preempted): run the same command again to "
+                            "resume.")
+    assert started == ["vit"]

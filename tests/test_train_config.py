@@ -102,6 +102,33 @@ def test_a_bad_command_line_override_stops_with_one_line(tmp_path, config, overr
     assert not workdir.exists()
 
 
+CTRL_C_TOOL = """
+import os, signal, time
+from cer_jax import cli, trainer
+
+def main(argv):
+    if argv[1:] == ["saved"]:
+        raise trainer.Interrupted("stopped by Ctrl-C at step 4, saved in /w: resume.")
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a terminal's Ctrl-C
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(60)
+
+cli.run(main)
+"""
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    ([], "error: stopped by Ctrl-C."),
+    (["saved"], "error: stopped by Ctrl-C at step 4, saved in /w: resume."),  # the trainer's
+])
+def test_ctrl_c_in_a_tool_is_one_line_and_exit_status_130(argv, message):
+    """130 = 128 + SIGINT, so that a launch script under `set -e` stops too."""
+    out = subprocess.run([sys.executable, "-c", CTRL_C_TOOL, *argv], capture_output=True,
+                         text=True, timeout=120, cwd=ROOT)
+    assert (out.returncode, out.stderr.strip().splitlines()[-1]) == (130, message)
+    assert "Traceback" not in out.stderr
+
+
 def _expect_error(config, workdir, error, pattern):
     with pytest.raises(error, match=pattern):
         trainer.train_and_evaluate(config, str(workdir))

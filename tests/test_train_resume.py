@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import smoke_config
 
-from cer_jax import evaluate, export, trainer
+from cer_jax import evaluate, export, steps, trainer
 from cer_jax.errors import UserError
 
 # Shares its expensive session fixtures with other files: one xdist worker runs them all.
@@ -183,6 +183,60 @@ def test_sigterm_saves_a_checkpoint_and_returns(tmp_path, synthetic_cache_dir):
     assert not os.path.exists(workdir / "export")
     # The trainer restored the previous SIGTERM handler on the way out.
     assert signal.getsignal(signal.SIGTERM) is previous_handler
+
+
+@pytest.fixture
+def ctrl_c_at_step(monkeypatch):
+    """ctrl_c_at_step(n, presses): Ctrl-C `presses` times while step n trains (from the loop's
+    per-step metrics update). SIGINT raises KeyboardInterrupt here, as in a terminal (a test
+    runner may ignore it)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    add_metrics, calls = steps.add_metrics, []
+
+    def arm(step: int, presses: int) -> None:
+        def pressing(*args):
+            calls.append(None)
+            if len(calls) == step:
+                for _ in range(presses):
+                    os.kill(os.getpid(), signal.SIGINT)
+            return add_metrics(*args)
+
+        monkeypatch.setattr(steps, "add_metrics", pressing)
+
+    yield arm
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_saves_a_checkpoint_stops_and_the_next_run_resumes(
+        tmp_path, synthetic_cache_dir, ctrl_c_at_step):
+    workdir = tmp_path / "interrupted"
+    config = tiny_config(synthetic_cache_dir, **{"training.eval_every_steps": 100_000})
+    ctrl_c_at_step(3, presses=1)  # seen at the next log step (every 2): 4
+    with pytest.raises(trainer.Interrupted) as stopped:
+        trainer.train_and_evaluate(config, str(workdir))
+    assert saved_steps(workdir) == [4]
+    assert str(stopped.value) == (f"stopped by Ctrl-C at step 4, saved in {workdir}: run the "
+                                  "same command again to resume.")
+    assert not os.path.exists(workdir / "export")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    ctrl_c_at_step(0, presses=0)
+    result = trainer.train_and_evaluate(config, str(workdir))
+    assert result["stopped"] is None and result["step"] == TOTAL_STEPS
+
+
+def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(
+        tmp_path, synthetic_cache_dir, ctrl_c_at_step, caplog):
+    workdir = tmp_path / "interrupted_twice"
+    config = tiny_config(synthetic_cache_dir, **{"checkpoint.every_steps": 2})
+    ctrl_c_at_step(3, presses=2)
+    with caplog.at_level("WARNING"), pytest.raises(KeyboardInterrupt) as stopped:
+        trainer.train_and_evaluate(config, str(workdir))
+    assert not isinstance(stopped.value, trainer.Interrupted)  # nothing saved for it
+    assert saved_steps(workdir) == [2]
+    assert ("Stopped by Ctrl-C after step 2; the checkpoint of step 2 is kept: run again to "
+            "resume from it.") in caplog.text
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_sigterm_at_an_evaluation_saves_first_and_the_resumed_run_evaluates_that_step(
