@@ -217,6 +217,31 @@ def _read_json(path: epath.Path) -> dict[str, Any]:
     return value
 
 
+# What load_ensemble reads from each file, so that one edited by hand is named, not a KeyError.
+_MANIFEST_KEYS = {"class_names": list, "members": list, "strategy": dict}
+_MEMBER_ENTRY_KEYS = {"name": str, "model": str, "dir": str, "preprocessing": dict}
+_STRATEGY_KEYS = {"name": str, "state_file": str}
+_MEMBER_CONFIG_KEYS = {"model": dict, "dataset_info": dict}
+
+
+def _check_keys(value: Any, kinds: dict[str, type], path: epath.Path, where: str = "") -> None:
+    """`value` is a JSON object with each key of `kinds` of its type, or `path` is damaged."""
+    if not isinstance(value, dict):
+        raise _damaged(path, f"{where} is a JSON {type(value).__name__}, not an object")
+    for key, kind in kinds.items():
+        name = f"{where}.{key}" if where else key
+        if key not in value:
+            raise _damaged(path, f"it has no {name!r}")
+        if not isinstance(value[key], kind):
+            raise _damaged(path, f"{name!r} is a JSON {_json_kind(value[key])}, not "
+                                 f"{_json_kind(kind())}")
+
+
+def _json_kind(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number")
+
+
 def build_model(config: ml_collections.ConfigDict, arrays: dict[str, np.ndarray], where: str):
     """The network named by config.model with its state from path-keyed `arrays`."""
     num_classes = int(config.dataset_info.num_classes)
@@ -287,43 +312,47 @@ def write_ensemble(
     out = epath.Path(out)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True, exist_ok=False)
-    entries = []
-    for index, (name, model, config) in enumerate(members):
-        member_classes = list(config.dataset_info.class_names)
-        if member_classes != list(class_names):
-            raise EnsembleError(
-                f"Member {name} predicts {member_classes}, the ensemble {list(class_names)}."
+    try:  # a wrong member or Ctrl-C leaves no temporary folder behind
+        entries = []
+        for index, (name, model, config) in enumerate(members):
+            member_classes = list(config.dataset_info.class_names)
+            if member_classes != list(class_names):
+                raise EnsembleError(
+                    f"Member {name} predicts {member_classes}, the ensemble {list(class_names)}."
+                )
+            subdir = f"members/{index:02d}_{_safe(name)}"
+            (tmp / subdir).mkdir(parents=True)
+            (tmp / subdir / CONFIG_FILE).write_text(
+                config.to_json_best_effort(indent=2, sort_keys=True)
             )
-        subdir = f"members/{index:02d}_{_safe(name)}"
-        (tmp / subdir).mkdir(parents=True)
-        (tmp / subdir / CONFIG_FILE).write_text(
-            config.to_json_best_effort(indent=2, sort_keys=True)
-        )
-        _, params, rest = train_state.split_model(model)
-        _write_npz(tmp / subdir / MODEL_FILE, _flat_state(params, rest))
-        entries.append({
-            "name": name,
-            "model": str(config.model.name),
-            "dir": subdir,
-            "preprocessing": checkpointing.eval_preprocessing(config.input),
-        })
-    state = {k: np.asarray(v) for k, v in strategy.state.items()}
-    _write_npz(tmp / STRATEGY_FILE, state)
-    manifest = {
-        "format": FORMAT,
-        "kind": KIND,
-        "class_names": list(class_names),
-        "dataset": dataset,
-        "aligned_size": ALIGNED_SIZE,
-        "strategy": {
-            "name": strategy.name,
-            "params": strategy.params,
-            "state_file": STRATEGY_FILE,
-        },
-        "members": entries,
-        **(extra or {}),
-    }
-    (tmp / ENSEMBLE_FILE).write_text(json.dumps(manifest, indent=2, default=_json_default))
+            _, params, rest = train_state.split_model(model)
+            _write_npz(tmp / subdir / MODEL_FILE, _flat_state(params, rest))
+            entries.append({
+                "name": name,
+                "model": str(config.model.name),
+                "dir": subdir,
+                "preprocessing": checkpointing.eval_preprocessing(config.input),
+            })
+        state = {k: np.asarray(v) for k, v in strategy.state.items()}
+        _write_npz(tmp / STRATEGY_FILE, state)
+        manifest = {
+            "format": FORMAT,
+            "kind": KIND,
+            "class_names": list(class_names),
+            "dataset": dataset,
+            "aligned_size": ALIGNED_SIZE,
+            "strategy": {
+                "name": strategy.name,
+                "params": strategy.params,
+                "state_file": STRATEGY_FILE,
+            },
+            "members": entries,
+            **(extra or {}),
+        }
+        (tmp / ENSEMBLE_FILE).write_text(json.dumps(manifest, indent=2, default=_json_default))
+    except BaseException:
+        tmp.rmtree(missing_ok=True)
+        raise
     if out.exists():
         old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
         out.rename(old)
@@ -488,10 +517,16 @@ def load_ensemble(path: str | os.PathLike[str]) -> Ensemble:
             f"{manifest_path} is format {manifest.get('format')!r} of "
             f"{manifest.get('kind')!r}; this cer_jax reads format {FORMAT} of {KIND!r}."
         )
+    _check_keys(manifest, _MANIFEST_KEYS, manifest_path)
+    _check_keys(manifest["strategy"], _STRATEGY_KEYS, manifest_path, "strategy")
+    for index, entry in enumerate(manifest["members"]):
+        _check_keys(entry, _MEMBER_ENTRY_KEYS, manifest_path, f"members[{index}]")
     members = []
     for entry in manifest["members"]:
         member_dir = root / entry["dir"]
-        config = ml_collections.ConfigDict(_read_json(member_dir / CONFIG_FILE))
+        config_json = _read_json(member_dir / CONFIG_FILE)
+        _check_keys(config_json, _MEMBER_CONFIG_KEYS, member_dir / CONFIG_FILE)
+        config = ml_collections.ConfigDict(config_json)
         model = build_model(config, _read_npz(member_dir / MODEL_FILE), os.fspath(member_dir))
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         members.append(Member(

@@ -145,7 +145,9 @@ def test_round_trip_reproduces_every_member_and_the_fusion(tmp_path):
         ensemble_lib.load_ensemble(tmp_path / "nothing")
 
 
-def test_loading_and_predicting_needs_no_tensorflow(tmp_path):
+def test_loading_and_predicting_needs_no_tensorflow_nor_sklearn(tmp_path):
+    """A prediction's start stays short: TF and the fitting libraries (scikit-learn,
+    scipy.optimize; ~1.3 s to import) are left out, even for stacking, which sklearn fitted."""
     path, _, _ = build_tiny_ensemble(tmp_path / "ens", strategy="stacking")
     script = textwrap.dedent(f"""
         import sys
@@ -154,7 +156,8 @@ def test_loading_and_predicting_needs_no_tensorflow(tmp_path):
         ens = ensemble.load_ensemble({os.fspath(path)!r})
         out = ens.predict(np.zeros((2, 100, 100, 3), np.uint8))
         assert out.probabilities.shape == (2, 7)
-        bad = [m for m in ("tensorflow", "tensorflow_datasets") if m in sys.modules]
+        bad = [m for m in ("tensorflow", "tensorflow_datasets", "sklearn", "scipy.optimize")
+               if m in sys.modules]
         assert not bad, bad
         print("OK")
     """)
@@ -170,10 +173,14 @@ def test_a_damaged_ensemble_is_one_line_naming_the_file(tmp_path):
     path = tmp_path / "ens"
     (path / "members" / "00_vit").mkdir(parents=True)
     manifest = path / "ensemble.json"
-    good_manifest = json.dumps({"format": 1, "kind": "cer_jax.ensemble", "members": [
-        {"name": "vit", "model": "vit", "dir": "members/00_vit", "preprocessing": {}}]})
+    good_manifest = json.dumps({
+        "format": 1, "kind": "cer_jax.ensemble", "class_names": list(ABAW7),
+        "strategy": {"name": "uniform_probabilities", "state_file": "strategy.npz"},
+        "members": [{"name": "vit", "model": "vit", "dir": "members/00_vit",
+                     "preprocessing": {}}]})
     manifest.write_text(good_manifest)
-    (path / "members" / "00_vit" / "config.json").write_text("{}")
+    (path / "members" / "00_vit" / "config.json").write_text(
+        '{"model": {"name": "vit"}, "dataset_info": {"num_classes": 7}}')
     model = path / "members" / "00_vit" / "model.npz"
     np.savez(model, **{"params/head/kernel": np.zeros((64, 64), np.float32)})
     good_model = model.read_bytes()
@@ -208,3 +215,47 @@ def test_a_damaged_ensemble_is_one_line_naming_the_file(tmp_path):
         f"error: {model} is damaged (not a complete .npz archive: File is not a zip file): "
         f"{fix}")
     assert "Traceback" not in result.stderr
+
+
+def test_a_member_of_other_classes_is_refused_and_leaves_no_temporary_folder(tmp_path):
+    members = tiny_members(ABAW7[:6])
+    data = strategies.FusionData(logits=np.zeros((2, 7, 7), np.float32), features=None,
+                                 labels=np.arange(7))
+    fitted = strategies.fit_strategy("uniform_probabilities", data)
+    with pytest.raises(ensemble_lib.EnsembleError, match="Member vit predicts"):
+        ensemble_lib.write_ensemble(tmp_path / "ens", members, fitted, ABAW7)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(("edit", "problem"), [
+    (lambda m: m.pop("members"), "it has no 'members'"),
+    (lambda m: m.update(class_names="Happily Surprised"),
+     "'class_names' is a JSON string, not array"),
+    (lambda m: m["strategy"].pop("state_file"), "it has no 'strategy.state_file'"),
+    (lambda m: m["members"][1].pop("dir"), "it has no 'members[1].dir'"),
+    (lambda m: m["members"][0].update(preprocessing=None),
+     "'members[0].preprocessing' is a JSON null, not object"),
+])
+def test_an_ensemble_json_edited_by_hand_names_what_it_lacks(tmp_path, edit, problem):
+    path, _, _ = build_tiny_ensemble(tmp_path / "ens")
+    manifest_path = path / "ensemble.json"
+    manifest = json.loads(manifest_path.read_text())
+    edit(manifest)
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ensemble_lib.EnsembleError) as info:
+        ensemble_lib.load_ensemble(path)
+    assert str(info.value) == (
+        f"{manifest_path} is damaged ({problem}): write the ensemble again with python -m "
+        "cer_jax.fuse (its --out=OUT writes OUT/ensemble).")
+
+
+def test_a_member_config_without_its_model_section_is_named(tmp_path):
+    path, _, _ = build_tiny_ensemble(tmp_path / "ens")
+    config_path = path / json.loads((path / "ensemble.json").read_text())["members"][0]["dir"] \
+        / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["model"]
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ensemble_lib.EnsembleError,
+                       match=rf"^{config_path} is damaged \(it has no 'model'\): write the"):
+        ensemble_lib.load_ensemble(path)

@@ -14,18 +14,18 @@ import dataclasses
 import itertools
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.optimize
 import scipy.special
-import threadpoolctl
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold
-from sklearn.neural_network import MLPClassifier
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+
+# scikit-learn and scipy.optimize are imported where strategies are fitted: applying a fitted
+# one (`predict_from_state`, what cer_jax.predict runs) needs only numpy, and they would add
+# ~1.3 s to every prediction's start.
+if TYPE_CHECKING:
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.preprocessing import StandardScaler
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,6 +296,8 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
         log_probs = scaled - scipy.special.logsumexp(scaled, axis=-1, keepdims=True)
         return float(-log_probs[np.arange(len(labels)), labels].mean())
 
+    import scipy.optimize
+
     result = scipy.optimize.minimize_scalar(
         nll, bounds=(np.log(1e-2), np.log(1e2)), method="bounded", options={"xatol": 1e-5}
     )
@@ -322,6 +324,8 @@ def temperature_scaled(select: FusionData, train: FusionData | None = None) -> F
 def _stratified_folds(labels: np.ndarray, max_folds: int, seed: int) -> StratifiedKFold | None:
     """Stratified k-fold, k = min(max_folds, the smallest class count) but at least 2; None if
     no class has two examples (nothing to cross-validate)."""
+    from sklearn.model_selection import StratifiedKFold
+
     counts = np.bincount(labels)
     smallest, largest = counts[counts > 0].min(), counts.max()
     if largest < 2:
@@ -366,6 +370,13 @@ def stacking(
             lambda data: np.broadcast_to(constant, (data.labels.shape[0], data.num_classes)),
             state={"constant_class": int(present[0])},
         )
+    import threadpoolctl
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     folds = _stratified_folds(select.labels, max_folds, seed)
     # Tiny matrices: BLAS threads only cost (20x slower on a loaded 2-core machine).
@@ -421,6 +432,9 @@ def feature_mlp(
             "feature_mlp needs the members' outputs on the training split (config key "
             "train_split); export it, or drop feature_mlp from config key strategies."
         )
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.preprocessing import StandardScaler
+
     scaler = StandardScaler().fit(_concatenated_features(train))
     train_inputs = scaler.transform(_concatenated_features(train))
     select_inputs = scaler.transform(_concatenated_features(select))
@@ -481,6 +495,8 @@ def cross_validated_macro_f1(
     fitted parameters (stacking) and none (uniform) are compared fairly; the in-sample score on
     the split a strategy was fitted on would always favour the former.
     """
+    from sklearn.model_selection import KFold
+
     num_examples = len(select.labels)
     splitter = _stratified_folds(select.labels, folds, seed=0) or KFold(
         n_splits=max(2, min(folds, num_examples)), shuffle=True, random_state=0
