@@ -1,13 +1,13 @@
 """Shared entry point of the command-line tools: input errors as one line, not a traceback.
 
 `cli.run(main)` runs an absl `main`; a `UserError` (or another error listed by the tool) is
-printed as `error: <message>` on stderr with exit status 2, and Ctrl-C as one line with exit
-status 130 (what every tool writes is renamed into place, so a stop leaves no half file).
-`--traceback` shows the full traceback instead, for bug reports. `initialize_distributed()`
-starts JAX's multi-process runtime (one process per host of a TPU slice, or per GPU / node of a
-SLURM job) when the flags or the environment ask for it; it must run before any other JAX call.
-On CPU, `run` first restarts the process once with huge pages for malloc where that helps
-(`huge_pages`).
+printed as `error: <message>` on stderr with exit status 2 (or the error's `exit_status`), and
+Ctrl-C as one line with exit status 130 (what the tools write is renamed into place, so a stop
+leaves no half file). `--traceback` shows the full traceback instead, for bug reports.
+`initialize_distributed()` starts JAX's multi-process runtime (one process per host of a TPU
+slice, or per GPU / node of a SLURM job) when the flags or the environment ask for it; it must
+run before any other JAX call. On CPU, `run` first restarts the process once with huge pages
+for malloc where that helps (`huge_pages`).
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def run(main: Callable[[Sequence[str]], None],
         except errors as e:
             if FLAGS.traceback:
                 raise
-            _exit_with(e)
+            _exit_with(e, status=getattr(e, "exit_status", 2))
         except KeyboardInterrupt as e:  # the message of a tool's own, e.g. trainer.Interrupted
             if FLAGS.traceback:
                 raise

@@ -19,6 +19,7 @@ real faces. `--steps_scale` shrinks or grows every training run (tests use a tin
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Sequence
 
@@ -62,7 +63,10 @@ flags.register_validator(
 
 
 class DemoStopped(UserError):
-    """A member's training stopped before its end, so there is nothing to fuse yet."""
+    """A member's training was stopped by SIGTERM before its end, so there is nothing to fuse
+    yet (Ctrl-C raises trainer.Interrupted instead)."""
+
+    exit_status = 128 + signal.SIGTERM  # 143, as cer_jax.predict's
 
 
 def banner(stage: int, total: int, text: str) -> None:

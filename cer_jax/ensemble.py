@@ -217,29 +217,48 @@ def _read_json(path: epath.Path) -> dict[str, Any]:
     return value
 
 
-# What load_ensemble reads from each file, so that one edited by hand is named, not a KeyError.
-_MANIFEST_KEYS = {"class_names": list, "members": list, "strategy": dict}
-_MEMBER_ENTRY_KEYS = {"name": str, "model": str, "dir": str, "preprocessing": dict}
-_STRATEGY_KEYS = {"name": str, "state_file": str}
-_MEMBER_CONFIG_KEYS = {"model": dict, "dataset_info": dict}
+# What load_ensemble reads from each file (dotted keys are nested), so that one edited by hand
+# is named, not a KeyError. A member's `resize_size` is read only by the "resize_crop" view.
+_MANIFEST_KEYS = {"class_names": list, "members": list, "strategy.name": str,
+                  "strategy.state_file": str}
+_MEMBER_ENTRY_KEYS = {"name": str, "model": str, "dir": str, "preprocessing.image_size": int,
+                      "preprocessing.normalization": str, "preprocessing.eval_resize": str}
+_MEMBER_CONFIG_KEYS = {"model.name": str, "dataset_info.num_classes": int}
 
 
 def _check_keys(value: Any, kinds: dict[str, type], path: epath.Path, where: str = "") -> None:
-    """`value` is a JSON object with each key of `kinds` of its type, or `path` is damaged."""
-    if not isinstance(value, dict):
-        raise _damaged(path, f"{where} is a JSON {type(value).__name__}, not an object")
-    for key, kind in kinds.items():
-        name = f"{where}.{key}" if where else key
-        if key not in value:
-            raise _damaged(path, f"it has no {name!r}")
-        if not isinstance(value[key], kind):
-            raise _damaged(path, f"{name!r} is a JSON {_json_kind(value[key])}, not "
-                                 f"{_json_kind(kind())}")
+    """`value` holds each dotted key of `kinds` with a value of its type, or `path` is damaged."""
+    for dotted, kind in kinds.items():
+        name, node = where, value
+        for key in dotted.split("."):
+            if not isinstance(node, dict):
+                raise _damaged(path, f"{name!r} is {_json_kind(node)}, not an object")
+            name = f"{name}.{key}" if name else key
+            if key not in node:
+                raise _damaged(path, f"it has no {name!r}")
+            node = node[key]
+        if not isinstance(node, kind) or isinstance(node, bool) is not (kind is bool):
+            raise _damaged(path, f"{name!r} is {_json_kind(node)}, not {_json_kind(kind())}")
+
+
+def _check_manifest(manifest: dict[str, Any], path: epath.Path) -> None:
+    _check_keys(manifest, _MANIFEST_KEYS, path)
+    if not manifest["members"]:
+        raise _damaged(path, "its 'members' list is empty")
+    for index, entry in enumerate(manifest["members"]):
+        where = f"members[{index}]"
+        _check_keys(entry, _MEMBER_ENTRY_KEYS, path, where)
+        if entry["preprocessing"]["eval_resize"] != "resize":
+            _check_keys(entry, {"preprocessing.resize_size": int}, path, where)
 
 
 def _json_kind(value: Any) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
-        type(value), "number")
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "a whole number"
+    return {dict: "an object", list: "an array", str: "a string", type(None): "null"}.get(
+        type(value), "a number")
 
 
 def build_model(config: ml_collections.ConfigDict, arrays: dict[str, np.ndarray], where: str):
@@ -514,10 +533,7 @@ def load_ensemble(path: str | os.PathLike[str]) -> Ensemble:
             f"{manifest_path} is format {manifest.get('format')!r} of "
             f"{manifest.get('kind')!r}; this cer_jax reads format {FORMAT} of {KIND!r}."
         )
-    _check_keys(manifest, _MANIFEST_KEYS, manifest_path)
-    _check_keys(manifest["strategy"], _STRATEGY_KEYS, manifest_path, "strategy")
-    for index, entry in enumerate(manifest["members"]):
-        _check_keys(entry, _MEMBER_ENTRY_KEYS, manifest_path, f"members[{index}]")
+    _check_manifest(manifest, manifest_path)
     members = []
     for entry in manifest["members"]:
         member_dir = root / entry["dir"]

@@ -115,7 +115,12 @@ def prefetch_to_mesh(batches: Iterable[Mapping[str, Any]], mesh: Mesh, size: int
 def any_process(flag: bool) -> bool:
     """True on every process when `flag` is true on any: a collective, so every process must call
     it at the same step (the trainer does at its log points)."""
+    return max_over_processes(int(flag)) > 0
+
+
+def max_over_processes(value: int) -> int:
+    """The largest of every process's `value`, on every process (a collective, as any_process)."""
     if jax.process_count() == 1:
-        return bool(flag)
-    flags = multihost_utils.process_allgather(np.asarray(flag, np.int32))
-    return bool(np.asarray(flags).any())
+        return int(value)
+    values = multihost_utils.process_allgather(np.asarray(value, np.int32))
+    return int(np.asarray(values).max())

@@ -52,15 +52,24 @@ class Interrupted(KeyboardInterrupt):
     (exit status 130), and the demo's later stages do not start."""
 
 
+# Why a run stops early, in rising precedence: processes agree on the largest index wanted.
+STOP_REASONS = (None, "preempted", "interrupted")
+
+
 class StopRequest:
     """SIGTERM (preemption) or a first Ctrl-C sets a flag that the loop reads at its next log
     step, where every process agrees to save that step and stop (handlers must not do work). A
-    second Ctrl-C raises KeyboardInterrupt at once: the steps since the last checkpoint are lost.
-    An ignored SIGINT (a job started in the background) stays ignored."""
+    second Ctrl-C raises KeyboardInterrupt at once: the steps since the last checkpoint are lost
+    (with several processes, only the one pressed stops at once). An ignored SIGINT (a job
+    started in the background) stays ignored."""
 
     def __init__(self) -> None:
-        self.reason: str | None = None  # "preempted" (SIGTERM) or "interrupted" (Ctrl-C)
+        self.reason: str | None = None  # one of STOP_REASONS
         self._previous: dict[int, Any] = {}
+
+    def agreed(self) -> str | None:
+        """The stop reason of highest precedence over all processes (a collective)."""
+        return STOP_REASONS[sharding.max_over_processes(STOP_REASONS.index(self.reason))]
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         del signum, frame
@@ -83,7 +92,8 @@ class StopRequest:
 
     def __exit__(self, *exc: Any) -> None:
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            if handler is not None:  # None: a handler set outside Python, which cannot be put back
+                signal.signal(signum, handler)
 
 
 # The sections of a training config (configs/vit.py, manet.py, resnet50.py).
@@ -333,7 +343,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             # the run had never stopped.
             logging.info("Evaluating step %d (skipped when the run was preempted).", step)
             evaluate_and_keep_best(step)
-        with StopRequest() as stop_request:
+        stop_request = StopRequest()
+        with stop_request:
             while step < total_steps:
                 state, metrics = train_fn(state, next(batches))
                 accumulated = steps.add_metrics(accumulated, metrics)
@@ -345,7 +356,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     continue
                 # Log points are where processes agree (a collective) on stopping, so that
                 # every host saves the same step; the metrics fetch is the only host sync.
-                preempted = sharding.any_process(stop_request.reason is not None)
+                stop_reason = stop_request.agreed()
+                preempted = stop_reason is not None
                 stop = preempted or (halt is not None and halt <= step < total_steps)
                 is_ckpt = _is_boundary(step, ckpt_every) or step == total_steps or stop
                 sums = {k: float(v) for k, v in jax.device_get(accumulated).items()}
@@ -363,11 +375,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     last_saved = step
                 writer.flush()
                 if stop:
-                    result["stopped"] = (stop_request.reason or "preempted") if preempted \
-                        else "halted"
+                    result["stopped"] = stop_reason or "halted"
                     logging.warning("Stopped at step %d (%s); run again to resume.", step,
                                     result["stopped"])
                     break
+        # A Ctrl-C after the last check (in the final evaluation or save): the step is saved,
+        # so the run stops before its export, which the next run then does.
+        if stop_request.agreed() == "interrupted":
+            result["stopped"] = "interrupted"
     except KeyboardInterrupt:
         kept = (f"the checkpoint of step {last_saved} is kept: run again to resume from it"
                 if last_saved else "no checkpoint had been saved")

@@ -136,3 +136,4 @@ def test_a_member_stopped_by_sigterm_stops_the_demo_before_the_next(demo_run, mo
     assert str(e.value) == ("vit stopped at step 1 (preempted): run the same command again to "
                             "resume.")
     assert started == ["vit"]
+    assert e.value.exit_status == 143  # 128 + SIGTERM, as cer_jax.predict's; not 2 (bad input)

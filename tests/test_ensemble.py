@@ -176,8 +176,8 @@ def test_a_damaged_ensemble_is_one_line_naming_the_file(tmp_path):
     good_manifest = json.dumps({
         "format": 1, "kind": "cer_jax.ensemble", "class_names": list(ABAW7),
         "strategy": {"name": "uniform_probabilities", "state_file": "strategy.npz"},
-        "members": [{"name": "vit", "model": "vit", "dir": "members/00_vit",
-                     "preprocessing": {}}]})
+        "members": [{"name": "vit", "model": "vit", "dir": "members/00_vit", "preprocessing": {
+            "image_size": 32, "normalization": "minus_one_one", "eval_resize": "resize"}}]})
     manifest.write_text(good_manifest)
     (path / "members" / "00_vit" / "config.json").write_text(
         '{"model": {"name": "vit"}, "dataset_info": {"num_classes": 7}}')
@@ -229,12 +229,18 @@ def test_a_member_of_other_classes_is_refused_and_leaves_no_temporary_folder(tmp
 
 @pytest.mark.parametrize(("edit", "problem"), [
     (lambda m: m.pop("members"), "it has no 'members'"),
+    (lambda m: m.update(members=[]), "its 'members' list is empty"),
     (lambda m: m.update(class_names="Happily Surprised"),
-     "'class_names' is a JSON string, not array"),
+     "'class_names' is a string, not an array"),
     (lambda m: m["strategy"].pop("state_file"), "it has no 'strategy.state_file'"),
     (lambda m: m["members"][1].pop("dir"), "it has no 'members[1].dir'"),
     (lambda m: m["members"][0].update(preprocessing=None),
-     "'members[0].preprocessing' is a JSON null, not object"),
+     "'members[0].preprocessing' is null, not an object"),
+    (lambda m: m["members"][0]["preprocessing"].update(image_size="32"),
+     "'members[0].preprocessing.image_size' is a string, not a whole number"),
+    # The ResNet member's crop view reads resize_size too.
+    (lambda m: m["members"][1]["preprocessing"].pop("resize_size"),
+     "it has no 'members[1].preprocessing.resize_size'"),
 ])
 def test_an_ensemble_json_edited_by_hand_names_what_it_lacks(tmp_path, edit, problem):
     path, _, _ = build_tiny_ensemble(tmp_path / "ens")
@@ -249,13 +255,19 @@ def test_an_ensemble_json_edited_by_hand_names_what_it_lacks(tmp_path, edit, pro
         "cer_jax.fuse (its --out=OUT writes OUT/ensemble).")
 
 
-def test_a_member_config_without_its_model_section_is_named(tmp_path):
+@pytest.mark.parametrize(("edit", "problem"), [
+    (lambda c: c.pop("model"), "it has no 'model'"),
+    (lambda c: c["model"].pop("name"), "it has no 'model.name'"),
+    (lambda c: c["dataset_info"].update(num_classes=True),
+     "'dataset_info.num_classes' is a boolean, not a whole number"),
+])
+def test_a_member_config_edited_by_hand_names_what_it_lacks(tmp_path, edit, problem):
     path, _, _ = build_tiny_ensemble(tmp_path / "ens")
     config_path = path / json.loads((path / "ensemble.json").read_text())["members"][0]["dir"] \
         / "config.json"
     config = json.loads(config_path.read_text())
-    del config["model"]
+    edit(config)
     config_path.write_text(json.dumps(config))
-    with pytest.raises(ensemble_lib.EnsembleError,
-                       match=rf"^{config_path} is damaged \(it has no 'model'\): write the"):
+    with pytest.raises(ensemble_lib.EnsembleError) as info:
         ensemble_lib.load_ensemble(path)
+    assert str(info.value).startswith(f"{config_path} is damaged ({problem}): write the")

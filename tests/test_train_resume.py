@@ -185,58 +185,97 @@ def test_sigterm_saves_a_checkpoint_and_returns(tmp_path, synthetic_cache_dir):
     assert signal.getsignal(signal.SIGTERM) is previous_handler
 
 
-@pytest.fixture
-def ctrl_c_at_step(monkeypatch):
-    """ctrl_c_at_step(n, presses): Ctrl-C `presses` times while step n trains (from the loop's
-    per-step metrics update). SIGINT raises KeyboardInterrupt here, as in a terminal (a test
-    runner may ignore it)."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    add_metrics, calls = steps.add_metrics, []
+def terminal_ctrl_c(signum, frame):
+    """A terminal's Ctrl-C, as the SIGINT handler the trainer finds (and must put back)."""
+    raise KeyboardInterrupt
 
-    def arm(step: int, presses: int) -> None:
-        def pressing(*args):
+
+@pytest.fixture
+def press_ctrl_c(monkeypatch):
+    """press_ctrl_c(module, name, call, presses): Ctrl-C `presses` times in the `call`-th call
+    of module.name (1-based), e.g. steps.add_metrics: once per training step. The SIGINT
+    handler is `terminal_ctrl_c` meanwhile (a test runner may ignore SIGINT)."""
+    previous = signal.signal(signal.SIGINT, terminal_ctrl_c)
+
+    def arm(module, name: str, call: int, presses: int = 1) -> None:
+        original, calls = getattr(module, name), []
+
+        def pressing(*args, **kwargs):
             calls.append(None)
-            if len(calls) == step:
+            if len(calls) == call:
                 for _ in range(presses):
                     os.kill(os.getpid(), signal.SIGINT)
-            return add_metrics(*args)
+            return original(*args, **kwargs)
 
-        monkeypatch.setattr(steps, "add_metrics", pressing)
+        monkeypatch.setattr(module, name, pressing)
 
     yield arm
     signal.signal(signal.SIGINT, previous)
 
 
+def train_until_stopped(config, workdir) -> KeyboardInterrupt:
+    """The KeyboardInterrupt (trainer.Interrupted or not) a run stopped with."""
+    # pytest.raises(KeyboardInterrupt), not of the subclass: another would end the test session.
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        trainer.train_and_evaluate(config, str(workdir))
+    assert signal.getsignal(signal.SIGINT) is terminal_ctrl_c  # put back
+    return stopped.value
+
+
 def test_ctrl_c_saves_a_checkpoint_stops_and_the_next_run_resumes(
-        tmp_path, synthetic_cache_dir, ctrl_c_at_step):
+        tmp_path, synthetic_cache_dir, press_ctrl_c):
     workdir = tmp_path / "interrupted"
     config = tiny_config(synthetic_cache_dir, **{"training.eval_every_steps": 100_000})
-    ctrl_c_at_step(3, presses=1)  # seen at the next log step (every 2): 4
-    with pytest.raises(trainer.Interrupted) as stopped:
-        trainer.train_and_evaluate(config, str(workdir))
+    press_ctrl_c(steps, "add_metrics", call=3)  # seen at the next log step (every 2): 4
+    stopped = train_until_stopped(config, workdir)
+    assert isinstance(stopped, trainer.Interrupted)
     assert saved_steps(workdir) == [4]
-    assert str(stopped.value) == (f"stopped by Ctrl-C at step 4, saved in {workdir}: run the "
-                                  "same command again to resume.")
+    assert str(stopped) == (f"stopped by Ctrl-C at step 4, saved in {workdir}: run the same "
+                            "command again to resume.")
     assert not os.path.exists(workdir / "export")
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
-    ctrl_c_at_step(0, presses=0)
+    press_ctrl_c(steps, "add_metrics", call=0)  # none
     result = trainer.train_and_evaluate(config, str(workdir))
     assert result["stopped"] is None and result["step"] == TOTAL_STEPS
 
 
 def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(
-        tmp_path, synthetic_cache_dir, ctrl_c_at_step, caplog):
+        tmp_path, synthetic_cache_dir, press_ctrl_c, caplog):
     workdir = tmp_path / "interrupted_twice"
     config = tiny_config(synthetic_cache_dir, **{"checkpoint.every_steps": 2})
-    ctrl_c_at_step(3, presses=2)
-    with caplog.at_level("WARNING"), pytest.raises(KeyboardInterrupt) as stopped:
-        trainer.train_and_evaluate(config, str(workdir))
-    assert not isinstance(stopped.value, trainer.Interrupted)  # nothing saved for it
+    press_ctrl_c(steps, "add_metrics", call=3, presses=2)
+    with caplog.at_level("WARNING"):
+        stopped = train_until_stopped(config, workdir)
+    assert not isinstance(stopped, trainer.Interrupted)  # nothing saved for it
     assert saved_steps(workdir) == [2]
     assert ("Stopped by Ctrl-C after step 2; the checkpoint of step 2 is kept: run again to "
             "resume from it.") in caplog.text
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_in_the_last_evaluation_stops_before_the_export_which_the_next_run_does(
+        tmp_path, synthetic_cache_dir, press_ctrl_c):
+    """After the loop's last check: the last step is saved, so only the export is left."""
+    workdir = tmp_path / "interrupted_at_the_end"
+    config = tiny_config(synthetic_cache_dir)
+    splits = len(config.dataset.eval_splits)
+    press_ctrl_c(evaluate, "predict_split", call=splits + 1)  # step 8's (4's came first)
+    stopped = train_until_stopped(config, workdir)
+    assert str(stopped).startswith(f"stopped by Ctrl-C at step {TOTAL_STEPS}, saved in")
+    assert saved_steps(workdir)[-1] == TOTAL_STEPS
+    assert not os.path.exists(workdir / "export")
+
+    press_ctrl_c(evaluate, "predict_split", call=0)
+    result = trainer.train_and_evaluate(config, str(workdir))
+    assert result["step"] == TOTAL_STEPS and result["export"]
+
+
+def test_an_ignored_ctrl_c_stays_ignored(tmp_path, synthetic_cache_dir, press_ctrl_c):
+    """A job started in the background (`cmd &` in a script) ignores SIGINT: so does its run."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    press_ctrl_c(steps, "add_metrics", call=3)
+    result = trainer.train_and_evaluate(tiny_config(synthetic_cache_dir), str(tmp_path / "bg"))
+    assert result["stopped"] is None and result["step"] == TOTAL_STEPS
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 def test_sigterm_at_an_evaluation_saves_first_and_the_resumed_run_evaluates_that_step(
