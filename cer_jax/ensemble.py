@@ -213,7 +213,7 @@ def _read_json(path: epath.Path) -> dict[str, Any]:
     except UnicodeDecodeError as error:
         raise _damaged(path, "not UTF-8 text") from error
     if not isinstance(value, dict):
-        raise _damaged(path, f"a JSON {type(value).__name__}, not an object")
+        raise _damaged(path, f"it is {_json_kind(value)}, not an object")
     return value
 
 

@@ -193,6 +193,10 @@ def test_a_damaged_ensemble_is_one_line_naming_the_file(tmp_path):
     assert str(info.value) == (
         f"{manifest} is damaged (not valid JSON: Expecting property name enclosed in double "
         f"quotes at line 2 column 1): {fix}")
+    manifest.write_text("[]")
+    with pytest.raises(ensemble_lib.EnsembleError) as info:
+        ensemble_lib.load_ensemble(path)
+    assert str(info.value) == f"{manifest} is damaged (it is an array, not an object): {fix}"
     manifest.write_text(good_manifest)
     model.write_bytes(good_model[:1000])  # head -c 1000 model.npz > model.npz
     with pytest.raises(ensemble_lib.EnsembleError) as info:
