@@ -55,7 +55,7 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
-from cer_jax import checkpointing, sharding, train_state
+from cer_jax import checkpointing, paths, sharding, train_state
 from cer_jax.fusion import strategies
 
 FORMAT = 1
@@ -369,13 +369,7 @@ def write_ensemble(
     except BaseException:
         tmp.rmtree(missing_ok=True)
         raise
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        out.rename(old)
-        tmp.rename(out)
-        old.rmtree()
-    else:
-        tmp.rename(out)
+    paths.replace_folder(tmp, out)
     return out
 
 

@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from cer_jax import checkpointing, evaluate, sharding, steps
+from cer_jax import checkpointing, evaluate, paths, sharding, steps
 from cer_jax.data import pipeline
 from cer_jax.errors import UserError
 
@@ -124,14 +124,7 @@ def _write_atomically(target: epath.Path, manifest: dict, arrays: dict) -> None:
         np.savez(buffer, **split_arrays)
         (tmp / f"{split}.npz").write_bytes(buffer.getvalue())
     (tmp / EXPORT_FILE).write_text(json.dumps(manifest, indent=2))
-    old = target.parent / f".{target.name}.old"
-    if old.exists():
-        old.rmtree()
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    if old.exists():
-        old.rmtree()
+    paths.replace_folder(tmp, target)
 
 
 def read_manifest(workdir: str) -> dict[str, Any] | None:

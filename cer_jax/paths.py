@@ -7,8 +7,13 @@ stand in a folder's way. Paths are read through etils epath, as every workdir pa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
+import signal
+import threading
+import uuid
+from collections.abc import Iterator
 
 from etils import epath
 
@@ -45,3 +50,41 @@ def same_place(path: str) -> str:
         scheme, rest = path.split("://", 1)
         return f"{scheme}://{posixpath.normpath(rest)}"
     return os.path.realpath(os.path.expanduser(path))
+
+
+def replace_folder(finished: epath.Path, target: epath.Path) -> None:
+    """Moves the whole folder `finished` to `target`, removing the folder that was there.
+
+    A Ctrl-C or SIGTERM that arrives meanwhile is delivered once the move is done: between the
+    two renames it would leave no folder at `target` (the previous one set aside, hidden)."""
+    with _stop_signals_held():
+        old = None
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            target.rename(old)
+        finished.rename(target)
+        if old is not None:
+            old.rmtree()
+
+
+@contextlib.contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """SIGINT / SIGTERM that arrive inside are recorded and raised again on leaving, to the
+    handlers that were there. Python runs signal handlers in the main thread only, so held
+    there; a signal that Python does not handle, or that is ignored, is left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if handler is not None and handler != signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, lambda number, _: arrived.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(arrived):
+            signal.raise_signal(signum)

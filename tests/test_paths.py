@@ -1,0 +1,99 @@
+"""Replacing a finished folder (an export, an ensemble): a stop signal cannot split the move."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+from etils import epath
+from test_ensemble import build_tiny_ensemble
+
+from cer_jax import ensemble, export, paths
+
+
+@pytest.fixture
+def signal_after_first_rename(monkeypatch):
+    """Sends `signum` to this process right after the first folder rename of a replacement:
+    between setting the old folder aside and moving the new one in."""
+    path_type = type(epath.Path("/"))
+    rename = path_type.rename
+
+    def arm(signum):
+        def rename_then_signal(self, target):
+            renamed = rename(self, target)
+            monkeypatch.setattr(path_type, "rename", rename)  # once
+            os.kill(os.getpid(), signum)
+            return renamed
+
+        monkeypatch.setattr(path_type, "rename", rename_then_signal)
+
+    return arm
+
+
+def _write_export(target, accuracy):
+    arrays = {"test": {"logits": np.full((2, 3), accuracy, np.float32)}}
+    export._write_atomically(target, {"metrics": {"test": {"accuracy": accuracy}}}, arrays)
+
+
+def test_ctrl_c_during_the_move_comes_after_it(tmp_path, signal_after_first_rename):
+    target = epath.Path(tmp_path / "export")
+    _write_export(target, 0.5)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a terminal's Ctrl-C
+    try:
+        signal_after_first_rename(signal.SIGINT)
+        # pytest.raises(KeyboardInterrupt): a subclass would end the test session.
+        with pytest.raises(KeyboardInterrupt):
+            _write_export(target, 0.75)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert json.loads((target / export.EXPORT_FILE).read_text())["metrics"]["test"] == {
+        "accuracy": 0.75}
+    assert os.listdir(tmp_path) == ["export"]  # nothing set aside or half-moved
+
+
+def test_ctrl_c_while_an_ensemble_replaces_another_comes_after_it(tmp_path,
+                                                                  signal_after_first_rename):
+    build_tiny_ensemble(tmp_path / "ens", strategy="performance_weighted")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        signal_after_first_rename(signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            build_tiny_ensemble(tmp_path / "ens", strategy="uniform_probabilities")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    manifest = json.loads((tmp_path / "ens" / ensemble.ENSEMBLE_FILE).read_text())
+    assert manifest["strategy"]["name"] == "uniform_probabilities"
+    assert os.listdir(tmp_path) == ["ens"]
+
+
+def test_sigterm_during_the_move_reaches_its_handler_after_it(tmp_path,
+                                                              signal_after_first_rename):
+    target = epath.Path(tmp_path / "export")
+    _write_export(target, 0.5)
+    seen = []
+
+    def handler(*_):
+        seen.append(sorted(os.listdir(tmp_path)))
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        signal_after_first_rename(signal.SIGTERM)
+        _write_export(target, 0.75)
+        assert signal.getsignal(signal.SIGTERM) is handler  # put back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert seen == [["export"]]  # once, when the move was whole
+
+
+def test_an_ignored_signal_stays_ignored(tmp_path):
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job's
+    try:
+        (tmp_path / "new").mkdir()
+        paths.replace_folder(epath.Path(tmp_path / "new"), epath.Path(tmp_path / "out"))
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert os.listdir(tmp_path) == ["out"]
