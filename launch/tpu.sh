@@ -56,9 +56,13 @@
 #                or weights needed; a cheap end-to-end check of a new slice)
 #   JAX_SPEC ['jax[tpu]>=0.10.2,<0.11']  PYTHON_VERSION [3.11]  PYTHON (here) [python3]
 #
-# On the workers the checkout is ~/cer_jax and the venv ~/cer_jax_venv. Every `gcloud compute
-# tpus tpu-vm ssh` uses --worker=all: JAX's multi-controller runtime needs one process per host,
-# all running the same program; the trainer finds the other hosts itself (Cloud TPU metadata).
+# On the workers the checkout is ~/cer_jax and the venv ~/cer_jax_venv. Each cer_jax tool
+# launched there first stops one that an earlier launch left running (a dropped connection does
+# not stop it, and it keeps the TPU busy): launch/worker/stop_earlier_run.sh. Every `gcloud
+# compute tpus tpu-vm ssh` uses --worker=all: JAX's multi-controller runtime needs one process
+# per host, all running the same program; the trainer finds the other hosts itself (Cloud TPU
+# metadata). A slice of several workers needs your key in ssh-agent (gcloud's --worker help):
+# ssh-add ~/.ssh/google_compute_engine.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -129,11 +133,14 @@ on_all_workers() {
     --command="$1"
 }
 
-# The same `python ARG...` on every worker, from the checkout, with its venv.
+# The same `python ARG...` on every worker, from the checkout, with its venv. A cer_jax tool
+# (`-m`, not a `-c` check) first stops one that an earlier launch left running there
+# (launch/worker/stop_earlier_run.sh): it would keep the TPU busy.
 launch_python() {
-  local cache=""
+  local cache="" stop=""
   if [ -n "$JAX_CACHE" ]; then cache="JAX_COMPILATION_CACHE_DIR=$(shell_quote "$JAX_CACHE") "; fi
-  on_all_workers "cd ~/cer_jax && $cache~/cer_jax_venv/bin/python $(quote_cmd "$@")"
+  if [ "$1" = -m ]; then stop="bash launch/worker/stop_earlier_run.sh && "; fi
+  on_all_workers "cd ~/cer_jax && $stop$cache~/cer_jax_venv/bin/python $(quote_cmd "$@")"
 }
 
 check_workdir() {

@@ -17,13 +17,15 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
-SCRIPTS = sorted(LAUNCH.glob("*.sh"))
-EXECUTABLES = [p for p in SCRIPTS if p.name != "common.sh"]
+SCRIPTS = sorted(LAUNCH.rglob("*.sh"))
+EXECUTABLES = [p for p in LAUNCH.glob("*.sh") if p.name != "common.sh"]  # the launchers
+STOP_EARLIER = ["bash", "launch/worker/stop_earlier_run.sh", "&&"]
 MEMBERS = ["vit", "manet", "resnet50"]
 
 # Overrides that break naive quoting: spaces, both quotes, $, backquotes, ; and a glob.
@@ -79,11 +81,15 @@ def flag(argv: list[str], name: str) -> str:
 
 def remote_python_argv(ssh: list[str]) -> list[str]:
     """The python argv of a `gcloud ... tpu-vm ssh --command='cd ~/cer_jax && python ...'`,
-    which runs with the bucket's compilation cache."""
+    which runs with the bucket's compilation cache; a cer_jax tool (-m) after the step that
+    stops one an earlier launch left running."""
     remote = shlex.split(flag(ssh, "command"))
     assert remote[:3] == ["cd", "~/cer_jax", "&&"], remote
+    stops = remote[3:6] == STOP_EARLIER
+    remote = remote[:3] + remote[6:] if stops else remote
     assert remote[3].startswith("JAX_COMPILATION_CACHE_DIR=gs://"), remote
     assert remote[4] == "~/cer_jax_venv/bin/python", remote
+    assert stops == (remote[5] == "-m"), remote
     return remote[5:]
 
 
@@ -184,6 +190,7 @@ def test_tpu_remote_commands_run_as_printed(env, tmp_path):
     (ssh,) = cmds
     worker_home = tmp_path / "worker"
     (worker_home / "cer_jax").mkdir(parents=True)
+    (worker_home / "cer_jax" / "launch").symlink_to(LAUNCH)
     (worker_home / "cer_jax_venv" / "bin").mkdir(parents=True)
     record = tmp_path / "argv.json"
     _stub(worker_home / "cer_jax_venv" / "bin" / "python",
@@ -197,6 +204,62 @@ def test_tpu_remote_commands_run_as_printed(env, tmp_path):
         "-m", "cer_jax.train", "--config=configs/vit.py", "--workdir=gs://b/runs/vit",
         "--config.dataset.data_dir=gs://b/tensorflow_datasets",
         "--config.dataset.name=rafdb/compound", *TRICKY]
+
+
+EARLIER_RUN = """
+import json, os, signal, sys, time
+record = os.environ["RECORD"]
+if os.environ.get("LEFT_RUNNING"):  # an earlier launch's training: SIGTERM saves, then exits
+    signal.signal(signal.SIGTERM, lambda *_: (open(record, "a").write("saved\\n"), sys.exit(0)))
+    open(record, "a").write("started\\n")
+    while True:
+        time.sleep(0.05)
+open(record, "a").write(json.dumps(sys.argv[1:]) + "\\n")
+"""
+
+
+def test_a_tpu_launch_first_stops_a_run_that_an_earlier_one_left_on_the_worker(env, tmp_path):
+    """A dropped `gcloud ... ssh` leaves the worker's process running (and the TPU busy): the
+    next launch stops it the way a preemption does, then starts; a `-c` check is left alone."""
+    (ssh,) = dry_run("tpu.sh", "train", "configs/vit.py", "gs://b/runs/vit", env=env,
+                     BUCKET="gs://b")
+    worker_home = tmp_path / "worker"
+    (worker_home / "cer_jax").mkdir(parents=True)
+    (worker_home / "cer_jax" / "launch").symlink_to(LAUNCH)
+    # A venv of its own: the cer_jax on PYTHONPATH is the fake, not this checkout.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip",
+                    str(worker_home / "cer_jax_venv")], check=True, timeout=120)
+    venv_python = worker_home / "cer_jax_venv" / "bin" / "python"
+    fake = tmp_path / "fake" / "cer_jax"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "train.py").write_text(EARLIER_RUN)
+    record = tmp_path / "record.txt"
+    worker_env = {**env, "HOME": str(worker_home), "PYTHONPATH": str(fake.parent),
+                  "RECORD": str(record)}
+    earlier = subprocess.Popen([str(venv_python), "-m", "cer_jax.train", "--workdir=gs://b/old"],
+                               env={**worker_env, "LEFT_RUNNING": "1"},
+                               cwd=worker_home / "cer_jax")
+    check = subprocess.Popen([str(venv_python), "-c", "import time; time.sleep(120)"])
+    try:
+        for _ in range(600):
+            if record.exists() and record.read_text() == "started\n":
+                break
+            assert earlier.poll() is None
+            time.sleep(0.05)
+        launch = subprocess.run(["bash", "-c", flag(ssh, "command")], env=worker_env,
+                                capture_output=True, text=True, timeout=60)
+        assert launch.returncode == 0, launch.stderr
+        assert earlier.wait(timeout=10) == 0
+        lines = record.read_text().splitlines()
+        assert lines[:2] == ["started", "saved"]
+        assert json.loads(lines[2])[:2] == ["--config=configs/vit.py", "--workdir=gs://b/runs/vit"]
+        assert "stopping a cer_jax run that an earlier launch left on this worker" in launch.stderr
+        assert check.poll() is None  # not a cer_jax tool of the venv
+    finally:
+        for process in (earlier, check):
+            process.kill()
+            process.wait()
 
 
 def test_printed_lines_run_as_printed(env, tmp_path):
