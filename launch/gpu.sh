@@ -6,9 +6,10 @@
 #   --dry-run (or DRY_RUN=1) prints the exact commands, one per line, instead of running them.
 #
 # Commands:
-#   install                         pip install this checkout with the CUDA build of JAX (and
-#                                   PyTorch's CPU build when a *_WEIGHTS file is a PyTorch one:
-#                                   .pth, .pth.tar, .pt, .bin; it only reads the file)
+#   install                         pip install this checkout with the CUDA build of JAX into
+#                                   $PYTHON's environment (make it a venv: a system Python may
+#                                   refuse pip), and PyTorch's CPU build when a *_WEIGHTS file is
+#                                   a PyTorch one (.pth, .pth.tar, .pt, .bin; it only reads it)
 #   train CONFIG WORKDIR [OVERRIDES...]
 #                                   one training (e.g. configs/manet.py runs/manet)
 #   ensemble RUNS [OVERRIDES...]    vit, manet and resnet50 into RUNS/<name> (the OVERRIDES go to
