@@ -133,14 +133,13 @@ on_all_workers() {
     --command="$1"
 }
 
-# The same `python ARG...` on every worker, from the checkout, with its venv. A cer_jax tool
-# (`-m`, not a `-c` check) first stops one that an earlier launch left running there
-# (launch/worker/stop_earlier_run.sh): it would keep the TPU busy.
+# The same `python ARG...` on every worker, from the checkout, with its venv; first stops a
+# cer_jax tool that an earlier launch left running there (launch/worker/stop_earlier_run.sh):
+# it would keep the TPU busy, for a `check` too.
 launch_python() {
-  local cache="" stop=""
+  local cache=""
   if [ -n "$JAX_CACHE" ]; then cache="JAX_COMPILATION_CACHE_DIR=$(shell_quote "$JAX_CACHE") "; fi
-  if [ "$1" = -m ]; then stop="bash launch/worker/stop_earlier_run.sh && "; fi
-  on_all_workers "cd ~/cer_jax && $stop$cache~/cer_jax_venv/bin/python $(quote_cmd "$@")"
+  on_all_workers "cd ~/cer_jax && bash launch/worker/stop_earlier_run.sh && $cache~/cer_jax_venv/bin/python $(quote_cmd "$@")"
 }
 
 check_workdir() {
@@ -234,11 +233,12 @@ cmd_install() {
     pack "$REPO" "$tarball"
   run gcloud compute tpus tpu-vm scp "$tarball" "$TPU_NAME:cer_jax.tgz" --worker=all \
     "${GCLOUD_FLAGS[@]}" --quiet
-  # On each worker: unpack, get uv (it brings Python $PYTHON_VERSION when the image has an
+  # On each worker: unpack, stop a run that an earlier launch left there (it runs from the
+  # checkout being replaced), get uv (it brings Python $PYTHON_VERSION when the image has an
   # older one), make the venv once, install the checkout with the TPU build of JAX.
   local script
   # shellcheck disable=SC2016  # expanded on the worker
-  script="set -eu; JAX_SPEC=$(shell_quote "$JAX_SPEC"); PYTHON_VERSION=$(shell_quote "$PYTHON_VERSION")"'; rm -rf ~/cer_jax.new; mkdir ~/cer_jax.new; tar -C ~/cer_jax.new -xzf ~/cer_jax.tgz; rm -rf ~/cer_jax; mv ~/cer_jax.new ~/cer_jax; rm ~/cer_jax.tgz; export PATH="$HOME/.local/bin:$PATH"; command -v uv >/dev/null || python3 -m pip install --user --quiet uv; [ -x ~/cer_jax_venv/bin/python ] || uv venv --python "$PYTHON_VERSION" ~/cer_jax_venv; uv pip install --python ~/cer_jax_venv/bin/python -e ~/cer_jax "$JAX_SPEC"'
+  script="set -eu; JAX_SPEC=$(shell_quote "$JAX_SPEC"); PYTHON_VERSION=$(shell_quote "$PYTHON_VERSION")"'; rm -rf ~/cer_jax.new; mkdir ~/cer_jax.new; tar -C ~/cer_jax.new -xzf ~/cer_jax.tgz; bash ~/cer_jax.new/launch/worker/stop_earlier_run.sh; rm -rf ~/cer_jax; mv ~/cer_jax.new ~/cer_jax; rm ~/cer_jax.tgz; export PATH="$HOME/.local/bin:$PATH"; command -v uv >/dev/null || python3 -m pip install --user --quiet uv; [ -x ~/cer_jax_venv/bin/python ] || uv venv --python "$PYTHON_VERSION" ~/cer_jax_venv; uv pip install --python ~/cer_jax_venv/bin/python -e ~/cer_jax "$JAX_SPEC"'
   if [ -n "$(torch_weights_vars)" ]; then
     script="$script; uv pip install --python ~/cer_jax_venv/bin/python --index-url $TORCH_CPU_INDEX torch"
   fi

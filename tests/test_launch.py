@@ -81,16 +81,13 @@ def flag(argv: list[str], name: str) -> str:
 
 def remote_python_argv(ssh: list[str]) -> list[str]:
     """The python argv of a `gcloud ... tpu-vm ssh --command='cd ~/cer_jax && python ...'`,
-    which runs with the bucket's compilation cache; a cer_jax tool (-m) after the step that
-    stops one an earlier launch left running."""
+    which runs with the bucket's compilation cache, after the step that stops a run an earlier
+    launch left there."""
     remote = shlex.split(flag(ssh, "command"))
-    assert remote[:3] == ["cd", "~/cer_jax", "&&"], remote
-    stops = remote[3:6] == STOP_EARLIER
-    remote = remote[:3] + remote[6:] if stops else remote
-    assert remote[3].startswith("JAX_COMPILATION_CACHE_DIR=gs://"), remote
-    assert remote[4] == "~/cer_jax_venv/bin/python", remote
-    assert stops == (remote[5] == "-m"), remote
-    return remote[5:]
+    assert remote[:6] == ["cd", "~/cer_jax", "&&", *STOP_EARLIER], remote
+    assert remote[6].startswith("JAX_COMPILATION_CACHE_DIR=gs://"), remote
+    assert remote[7] == "~/cer_jax_venv/bin/python", remote
+    return remote[8:]
 
 
 def is_tpu_ssh(argv: list[str]) -> bool:
@@ -132,6 +129,9 @@ def test_tpu_all_from_nothing_to_fused_report(env, weights, tmp_path):
     assert "JAX_SPEC='jax[tpu]>=0.10.2,<0.11'" in script and '"$JAX_SPEC"' in script
     # MA-Net's .pth.tar is unpickled on the workers: they get PyTorch's CPU build.
     assert script.endswith("--index-url https://download.pytorch.org/whl/cpu torch")
+    # A run that an earlier launch left is stopped before its checkout is replaced.
+    assert script.index("bash ~/cer_jax.new/launch/worker/stop_earlier_run.sh;") < script.index(
+        "rm -rf ~/cer_jax;")
     subprocess.run(["bash", "-n", "-c", script], check=True)  # valid shell on the worker
 
     # upload: build the TFDS data here, copy it and the weights to the bucket.
@@ -209,8 +209,10 @@ def test_tpu_remote_commands_run_as_printed(env, tmp_path):
 EARLIER_RUN = """
 import json, os, signal, sys, time
 record = os.environ["RECORD"]
-if os.environ.get("LEFT_RUNNING"):  # an earlier launch's training: SIGTERM saves, then exits
-    signal.signal(signal.SIGTERM, lambda *_: (open(record, "a").write("saved\\n"), sys.exit(0)))
+left_running = os.environ.get("LEFT_RUNNING")
+if left_running:  # an earlier launch's training: SIGTERM saves, then exits (or is ignored)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN if left_running == "stuck" else
+                  lambda *_: (open(record, "a").write("saved\\n"), sys.exit(0)))
     open(record, "a").write("started\\n")
     while True:
         time.sleep(0.05)
@@ -218,11 +220,11 @@ open(record, "a").write(json.dumps(sys.argv[1:]) + "\\n")
 """
 
 
-def test_a_tpu_launch_first_stops_a_run_that_an_earlier_one_left_on_the_worker(env, tmp_path):
-    """A dropped `gcloud ... ssh` leaves the worker's process running (and the TPU busy): the
-    next launch stops it the way a preemption does, then starts; a `-c` check is left alone."""
-    (ssh,) = dry_run("tpu.sh", "train", "configs/vit.py", "gs://b/runs/vit", env=env,
-                     BUCKET="gs://b")
+@pytest.fixture
+def tpu_worker(env, tmp_path):
+    """A worker's home (~/cer_jax with launch/, ~/cer_jax_venv) whose `python -m cer_jax.train`
+    (or .fuse) is a fake that records its argv in RECORD, or with LEFT_RUNNING set stays up like a
+    training an earlier launch left; returns (environment, start of such a left run, RECORD)."""
     worker_home = tmp_path / "worker"
     (worker_home / "cer_jax").mkdir(parents=True)
     (worker_home / "cer_jax" / "launch").symlink_to(LAUNCH)
@@ -233,33 +235,60 @@ def test_a_tpu_launch_first_stops_a_run_that_an_earlier_one_left_on_the_worker(e
     fake = tmp_path / "fake" / "cer_jax"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("")
-    (fake / "train.py").write_text(EARLIER_RUN)
+    for tool in ("train", "fuse"):
+        (fake / f"{tool}.py").write_text(EARLIER_RUN)
     record = tmp_path / "record.txt"
     worker_env = {**env, "HOME": str(worker_home), "PYTHONPATH": str(fake.parent),
                   "RECORD": str(record)}
-    earlier = subprocess.Popen([str(venv_python), "-m", "cer_jax.train", "--workdir=gs://b/old"],
-                               env={**worker_env, "LEFT_RUNNING": "1"},
-                               cwd=worker_home / "cer_jax")
-    check = subprocess.Popen([str(venv_python), "-c", "import time; time.sleep(120)"])
-    try:
-        for _ in range(600):
-            if record.exists() and record.read_text() == "started\n":
-                break
-            assert earlier.poll() is None
-            time.sleep(0.05)
-        launch = subprocess.run(["bash", "-c", flag(ssh, "command")], env=worker_env,
-                                capture_output=True, text=True, timeout=60)
-        assert launch.returncode == 0, launch.stderr
-        assert earlier.wait(timeout=10) == 0
-        lines = record.read_text().splitlines()
-        assert lines[:2] == ["started", "saved"]
-        assert json.loads(lines[2])[:2] == ["--config=configs/vit.py", "--workdir=gs://b/runs/vit"]
-        assert "stopping a cer_jax run that an earlier launch left on this worker" in launch.stderr
-        assert check.poll() is None  # not a cer_jax tool of the venv
-    finally:
-        for process in (earlier, check):
-            process.kill()
-            process.wait()
+    processes = []
+
+    def start(*argv, left_running="1"):
+        process = subprocess.Popen([str(venv_python), *argv], cwd=worker_home / "cer_jax",
+                                   env={**worker_env, "LEFT_RUNNING": left_running})
+        processes.append(process)
+        if argv[0] == "-m":
+            deadline = time.monotonic() + 60
+            while not (record.exists() and record.read_text() == "started\n"):
+                assert process.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+        return process
+
+    yield worker_env, start, record
+    for process in processes:
+        process.kill()
+        process.wait()
+
+
+def test_a_tpu_launch_first_stops_a_run_that_an_earlier_one_left_on_the_worker(env,
+                                                                               tpu_worker):
+    """A dropped `gcloud ... ssh` leaves the worker's process running (and the TPU busy): the
+    next launch stops it the way a preemption does, then starts; the venv's other processes
+    are left alone."""
+    (ssh,) = dry_run("tpu.sh", "train", "configs/vit.py", "gs://b/runs/vit", env=env,
+                     BUCKET="gs://b")
+    worker_env, start, record = tpu_worker
+    earlier = start("-m", "cer_jax.train", "--workdir=gs://b/old")
+    other = start("-c", "import time; time.sleep(120)")
+    launch = subprocess.run(["bash", "-c", flag(ssh, "command")], env=worker_env,
+                            capture_output=True, text=True, timeout=60)
+    assert launch.returncode == 0, launch.stderr
+    assert earlier.wait(timeout=10) == 0
+    lines = record.read_text().splitlines()
+    assert lines[:2] == ["started", "saved"]
+    assert json.loads(lines[2])[:2] == ["--config=configs/vit.py", "--workdir=gs://b/runs/vit"]
+    assert "stopping a cer_jax run that an earlier launch left on this worker" in launch.stderr
+    assert other.poll() is None  # not a cer_jax tool
+
+
+def test_a_left_run_that_ignores_sigterm_is_killed_after_stop_wait(tpu_worker):
+    worker_env, start, _ = tpu_worker
+    earlier = start("-m", "cer_jax.fuse", left_running="stuck")
+    stop = subprocess.run(["bash", "launch/worker/stop_earlier_run.sh"], capture_output=True,
+                          text=True, timeout=60, cwd=LAUNCH.parent,
+                          env={**worker_env, "STOP_WAIT": "1"})
+    assert stop.returncode == 0, stop.stderr
+    assert earlier.wait(timeout=10) == -9  # SIGKILL
+    assert "still running after 1 s: SIGKILL" in stop.stderr
 
 
 def test_printed_lines_run_as_printed(env, tmp_path):
@@ -514,8 +543,8 @@ def test_shellcheck():
 
 def test_tpu_check_runs_with_the_bucket_cache_only_when_there_is_a_bucket(env):
     (ssh,) = dry_run("tpu.sh", "check", env=env)
-    assert shlex.split(flag(ssh, "command"))[:4] == [
-        "cd", "~/cer_jax", "&&", "~/cer_jax_venv/bin/python"]
+    assert shlex.split(flag(ssh, "command"))[:7] == [
+        "cd", "~/cer_jax", "&&", *STOP_EARLIER, "~/cer_jax_venv/bin/python"]
     (ssh,) = dry_run("tpu.sh", "check", env=env, BUCKET="gs://b")
     assert remote_python_argv(ssh)[0] == "-c"
     assert "JAX_COMPILATION_CACHE_DIR=gs://b/jax_cache" in flag(ssh, "command")
