@@ -56,13 +56,13 @@
 #                or weights needed; a cheap end-to-end check of a new slice)
 #   JAX_SPEC ['jax[tpu]>=0.10.2,<0.11']  PYTHON_VERSION [3.11]  PYTHON (here) [python3]
 #
-# On the workers the checkout is ~/cer_jax and the venv ~/cer_jax_venv. Each cer_jax tool
-# launched there first stops one that an earlier launch left running (a dropped connection does
-# not stop it, and it keeps the TPU busy): launch/worker/stop_earlier_run.sh. Every `gcloud
-# compute tpus tpu-vm ssh` uses --worker=all: JAX's multi-controller runtime needs one process
-# per host, all running the same program; the trainer finds the other hosts itself (Cloud TPU
-# metadata). A slice of several workers needs your key in ssh-agent (gcloud's --worker help):
-# ssh-add ~/.ssh/google_compute_engine.
+# On the workers the checkout is ~/cer_jax and the venv ~/cer_jax_venv. Every Python launched
+# there (and `install`) first stops a cer_jax tool that an earlier launch left running (a dropped
+# connection does not stop it, and it keeps the TPU busy): launch/worker/stop_earlier_run.sh.
+# Every `gcloud compute tpus tpu-vm ssh` uses --worker=all: JAX's multi-controller runtime needs
+# one process per host, all running the same program; the trainer finds the other hosts itself
+# (Cloud TPU metadata). A slice of several workers needs your key in ssh-agent (gcloud's
+# --worker help): ssh-add ~/.ssh/google_compute_engine.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

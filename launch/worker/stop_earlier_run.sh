@@ -1,20 +1,17 @@
 #!/usr/bin/env bash
 # Runs on a TPU worker (launch/tpu.sh puts it before every Python it starts there, and before
-# `install` replaces the checkout): stops a cer_jax tool of this venv, of this user, that an
-# earlier launch left running. A dropped `gcloud ... tpu-vm
-# ssh` (or a Ctrl-C to it) does not stop the remote process, which keeps the TPU open, so the
-# next launch would fail with "TPU initialization failed: ... Device or resource busy".
-# SIGTERM first, as a preemption: a training saves a checkpoint at its next log step and exits,
-# and the new launch resumes from it; SIGKILL after STOP_WAIT seconds [300].
-#
-#   bash launch/worker/stop_earlier_run.sh [VENV_PYTHON]     (default ~/cer_jax_venv/bin/python)
+# `install` replaces the checkout): stops a cer_jax tool of ~/cer_jax_venv, of this user, that an
+# earlier launch left running. A dropped `gcloud ... tpu-vm ssh` (or a Ctrl-C to it) does not
+# stop the remote process, which keeps the TPU open, so the next launch would fail with "TPU
+# initialization failed: ... Device or resource busy". SIGTERM first, as a preemption: a
+# training saves a checkpoint at its next log step and exits, and the new launch resumes from
+# it; SIGKILL after STOP_WAIT seconds [300].
 set -u
 
-venv_python=${1:-$HOME/cer_jax_venv/bin/python}
 wait_s=${STOP_WAIT:-300}
 # Anchored at the start of a command line: the shell that runs this script holds the same words
 # further on in its own (`bash -c 'cd ~/cer_jax && ... ~/cer_jax_venv/bin/python -m ...'`).
-pattern="^$venv_python -m cer_jax[.]"
+pattern="^$HOME/cer_jax_venv/bin/python -m cer_jax[.]"
 running() { pgrep "$@" -u "$(id -u)" -f "$pattern"; }
 
 running >/dev/null || exit 0
