@@ -1,7 +1,8 @@
 """Shared entry point of the command-line tools: input errors as one line, not a traceback.
 
 `cli.run(main)` runs an absl `main`; a `UserError` (or another error listed by the tool) is
-printed as `error: <message>` on stderr with exit status 2 (or the error's `exit_status`), and
+printed as `error: <message>` on stderr with exit status 2 (or the error's `exit_status`: 143
+for `StoppedBySigterm`), and
 Ctrl-C as one line with exit status 130 (what the tools write is renamed into place, so a stop
 leaves no half file). `--traceback` shows the full traceback instead, for bug reports.
 `initialize_distributed()` starts JAX's multi-process runtime (one process per host of a TPU
@@ -22,7 +23,7 @@ from typing import NoReturn
 from absl import app, flags, logging
 
 from cer_jax import huge_pages
-from cer_jax.errors import UserError
+from cer_jax.errors import StoppedBySigterm, UserError
 
 FLAGS = flags.FLAGS
 # The flags defined through this module's helpers belong to the tool that calls them (its
@@ -128,7 +129,7 @@ def run(main: Callable[[Sequence[str]], None],
         flags.DEFINE_bool(
             "traceback", False, "On an input error, show the full Python traceback, not one line."
         )
-    errors = (UserError, *user_errors)
+    errors = (UserError, StoppedBySigterm, *user_errors)
     argv = list(sys.argv)
     if resolve_argv is not None:
         try:

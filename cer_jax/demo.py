@@ -19,7 +19,6 @@ real faces. `--steps_scale` shrinks or grows every training run (tests use a tin
 from __future__ import annotations
 
 import os
-import signal
 import time
 from collections.abc import Sequence
 
@@ -28,7 +27,7 @@ from absl import flags
 
 from cer_jax import cli, synthetic
 from cer_jax.config_loading import load_config
-from cer_jax.errors import UserError
+from cer_jax.errors import StoppedBySigterm
 from cer_jax.fusion import evaluator
 
 # Training steps per member at --steps_scale=1, sized (with the default synthetic tree) for
@@ -62,11 +61,9 @@ flags.register_validator(
 )
 
 
-class DemoStopped(UserError):
+class DemoStopped(StoppedBySigterm):
     """A member's training was stopped by SIGTERM before its end, so there is nothing to fuse
     yet (Ctrl-C raises trainer.Interrupted instead)."""
-
-    exit_status = 128 + signal.SIGTERM  # 143, as cer_jax.predict's
 
 
 def banner(stage: int, total: int, text: str) -> None:

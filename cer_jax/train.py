@@ -10,6 +10,10 @@ Flags:
   --distributed, --coordinator_address, --num_processes, --process_id
               several processes (one per host of a TPU slice or GPU cluster): see cer_jax.cli.
   --traceback show the full traceback on an input error (default: one line).
+
+Exit status: 0 trained and exported (or halted by training.halt_after_steps), 2 an input error,
+130 stopped by Ctrl-C, 143 stopped by SIGTERM (preemption, a time limit); the same command
+resumes a stopped run from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from ml_collections import config_flags
 
 from cer_jax import cli
 from cer_jax.config_loading import resolve_config_flag
+from cer_jax.errors import StoppedBySigterm
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = cli.define_path_flag("workdir", None, "Directory for checkpoints, logs and export.")
@@ -39,6 +44,9 @@ def main(argv: list[str]) -> None:
                  jax.devices())
     result = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     logging.info("Final metrics: %s", {k: v for k, v in result.items() if k != "eval"})
+    if result["stopped"] == "preempted":  # a halt (training.halt_after_steps) was asked for: 0
+        raise StoppedBySigterm(f"stopped by SIGTERM at step {result['step']}, saved in "
+                               f"{_WORKDIR.value}: run the same command again to resume.")
 
 
 if __name__ == "__main__":

@@ -93,7 +93,9 @@ def _launch_pair(workdir: Path, cache_dir: Path, logs: Path, tag: str,
     return procs
 
 
-def _wait(procs: list[subprocess.Popen], logs: Path, tag: str, timeout: float = 600) -> list[str]:
+def _wait(procs: list[subprocess.Popen], logs: Path, tag: str, timeout: float = 600,
+          status: int = 0) -> list[str]:
+    """The processes' logs, once each has exited with `status`."""
     texts = []
     for index, proc in enumerate(procs):
         try:
@@ -103,7 +105,7 @@ def _wait(procs: list[subprocess.Popen], logs: Path, tag: str, timeout: float = 
                 p.kill()
             code = "timeout"
         text = (logs / f"{tag}-{index}.log").read_text()
-        assert code == 0, f"process {index} of {tag}: exit {code}\n{text[-4000:]}"
+        assert code == status, f"process {index} of {tag}: exit {code}\n{text[-4000:]}"
         texts.append(text)
     return texts
 
@@ -143,12 +145,17 @@ def runs(tmp_path_factory):
             break
         time.sleep(0.05)
     procs[1].send_signal(signal.SIGTERM)  # One host is told; both must stop together.
-    first = _wait(procs, logs, "first")
+    # Not 0: a launcher's next step (the next member, the fusion) must not start.
+    first = _wait(procs, logs, "first", status=128 + signal.SIGTERM)
     # The shared cache was built once, by process 0, while process 1 waited for it.
     assert ["Downloading and preparing dataset" in log for log in first] == [True, False]
     step = _stopped_step(first[0])
     assert _stopped_step(first[1]) == step
     assert 3 <= step < TOTAL_STEPS
+    for log in first:  # the told host and the other one alike
+        assert log.rstrip().splitlines()[-1] == (
+            f"error: stopped by SIGTERM at step {step}, saved in {pair}: run the same command "
+            "again to resume.")
     latest = sorted(int(p.name) for p in (pair / checkpointing.LATEST_DIR).iterdir()
                     if p.name.isdigit())
     assert latest[-1] == step

@@ -104,11 +104,13 @@ def test_a_bad_command_line_override_stops_with_one_line(tmp_path, config, overr
 
 CTRL_C_TOOL = """
 import os, signal, time
-from cer_jax import cli, trainer
+from cer_jax import cli, errors, trainer
 
 def main(argv):
     if argv[1:] == ["saved"]:
         raise trainer.Interrupted("stopped by Ctrl-C at step 4, saved in /w: resume.")
+    if argv[1:] == ["sigterm"]:
+        raise errors.StoppedBySigterm("stopped by SIGTERM at step 4, saved in /w: resume.")
     signal.signal(signal.SIGINT, signal.default_int_handler)  # a terminal's Ctrl-C
     os.kill(os.getpid(), signal.SIGINT)
     time.sleep(60)
@@ -117,15 +119,17 @@ cli.run(main)
 """
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    ([], "error: stopped by Ctrl-C."),
-    (["saved"], "error: stopped by Ctrl-C at step 4, saved in /w: resume."),  # the trainer's
+@pytest.mark.parametrize(("argv", "status", "message"), [
+    ([], 130, "error: stopped by Ctrl-C."),
+    (["saved"], 130, "error: stopped by Ctrl-C at step 4, saved in /w: resume."),  # the trainer's
+    (["sigterm"], 143, "error: stopped by SIGTERM at step 4, saved in /w: resume."),
 ])
-def test_ctrl_c_in_a_tool_is_one_line_and_exit_status_130(argv, message):
-    """130 = 128 + SIGINT, so that a launch script under `set -e` stops too."""
+def test_a_stopped_tool_is_one_line_and_exit_status_128_plus_the_signal(argv, status, message):
+    """130 = 128 + SIGINT, 143 = 128 + SIGTERM, so that a launch script under `set -e` stops
+    too (tests/test_multiprocess.py sends the real trainer SIGTERM)."""
     out = subprocess.run([sys.executable, "-c", CTRL_C_TOOL, *argv], capture_output=True,
                          text=True, timeout=120, cwd=ROOT)
-    assert (out.returncode, out.stderr.strip().splitlines()[-1]) == (130, message)
+    assert (out.returncode, out.stderr.strip().splitlines()[-1]) == (status, message)
     assert "Traceback" not in out.stderr
 
 
