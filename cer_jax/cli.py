@@ -1,10 +1,11 @@
 """Shared entry point of the command-line tools: input errors as one line, not a traceback.
 
 `cli.run(main)` runs an absl `main`; a `UserError` (or another error listed by the tool) is
-printed as `error: <message>` on stderr with exit status 2 (or the error's `exit_status`: 143
-for `StoppedBySigterm`), and
-Ctrl-C as one line with exit status 130 (what the tools write is renamed into place, so a stop
-leaves no half file). `--traceback` shows the full traceback instead, for bug reports.
+printed as `error: <message>` on stderr with exit status 2 (or the error's `exit_status`), and
+Ctrl-C as one line with exit status 130. SIGTERM takes Ctrl-C's path (`errors.Terminated`,
+exit status 143): what the tools write is staged and renamed into place, and the unwinding
+removes the staging, so a stop leaves no half file and no leftover. `--traceback` shows the
+full traceback instead, for bug reports.
 `initialize_distributed()` starts JAX's multi-process runtime (one process per host of a TPU
 slice, or per GPU / node of a SLURM job) when the flags or the environment ask for it; it must
 run before any other JAX call. On CPU, `run` first restarts the process once with huge pages
@@ -16,14 +17,15 @@ from __future__ import annotations
 import importlib.util
 import logging as std_logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from absl import app, flags, logging
 
 from cer_jax import huge_pages
-from cer_jax.errors import StoppedBySigterm, UserError
+from cer_jax.errors import Terminated, UserError
 
 FLAGS = flags.FLAGS
 # The flags defined through this module's helpers belong to the tool that calls them (its
@@ -129,7 +131,7 @@ def run(main: Callable[[Sequence[str]], None],
         flags.DEFINE_bool(
             "traceback", False, "On an input error, show the full Python traceback, not one line."
         )
-    errors = (UserError, StoppedBySigterm, *user_errors)
+    errors = (UserError, *user_errors)
     argv = list(sys.argv)
     if resolve_argv is not None:
         try:
@@ -138,6 +140,8 @@ def run(main: Callable[[Sequence[str]], None],
             _exit_with(e)
 
     def guarded(args: Sequence[str]) -> None:
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # not one the caller set
+            signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             main(args)
         except errors as e:
@@ -147,9 +151,19 @@ def run(main: Callable[[Sequence[str]], None],
         except KeyboardInterrupt as e:  # the message of a tool's own, e.g. trainer.Interrupted
             if FLAGS.traceback:
                 raise
-            _exit_with(str(e) or "stopped by Ctrl-C.", status=130)
+            by = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C"
+            _exit_with(str(e) or f"stopped by {by}.", status=getattr(e, "exit_status", 130))
 
     app.run(guarded, argv=argv, flags_parser=_parse_flags)
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    """SIGTERM raised where the main thread is, as Ctrl-C is; a second SIGTERM stops the process
+    at once (as if it had no handler: an exception that a library swallowed must not leave a
+    process that outlives every SIGTERM)."""
+    del signum, frame
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Terminated
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

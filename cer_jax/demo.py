@@ -27,7 +27,7 @@ from absl import flags
 
 from cer_jax import cli, synthetic
 from cer_jax.config_loading import load_config
-from cer_jax.errors import StoppedBySigterm
+from cer_jax.errors import Terminated
 from cer_jax.fusion import evaluator
 
 # Training steps per member at --steps_scale=1, sized (with the default synthetic tree) for
@@ -61,7 +61,7 @@ flags.register_validator(
 )
 
 
-class DemoStopped(StoppedBySigterm):
+class DemoStopped(Terminated):
     """A member's training was stopped by SIGTERM before its end, so there is nothing to fuse
     yet (Ctrl-C raises trainer.Interrupted instead)."""
 

@@ -76,6 +76,7 @@ from etils import epath
 
 from cer_jax import cli
 from cer_jax import faces as faces_lib
+from cer_jax.errors import Terminated
 from cer_jax.paths import file_in_the_way, is_remote, same_place
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jfif", ".pgm",
@@ -1009,18 +1010,7 @@ def run(inputs: Sequence[str], *, ensemble: str, out: str | None = None, aligned
     return 1 if failures else 0
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (timeout, SLURM, docker stop) raised where the run is, to take Ctrl-C's path:
-    the staged outputs are removed and earlier ones stay as they were."""
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up short
-    raise Terminated
-
-
 def main(argv: Sequence[str]) -> None:
-    signal.signal(signal.SIGTERM, _raise_terminated)
     if not _FLAGS.ensemble:
         print("error: --ensemble=DIR is required (the ensemble directory that "
               "python -m cer_jax.fuse writes to <out>/ensemble).", file=sys.stderr)
@@ -1036,7 +1026,7 @@ def main(argv: Sequence[str]) -> None:
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM as Terminated
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM as Terminated (cli.run)
         by, signum = (("SIGTERM", signal.SIGTERM) if isinstance(stop, Terminated)
                       else ("Ctrl-C", signal.SIGINT))
         print(f"error: stopped by {by}: the unfinished outputs were not written (an earlier "

@@ -23,7 +23,7 @@ from ml_collections import config_flags
 
 from cer_jax import cli
 from cer_jax.config_loading import resolve_config_flag
-from cer_jax.errors import StoppedBySigterm
+from cer_jax.errors import Terminated
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = cli.define_path_flag("workdir", None, "Directory for checkpoints, logs and export.")
@@ -45,8 +45,8 @@ def main(argv: list[str]) -> None:
     result = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     logging.info("Final metrics: %s", {k: v for k, v in result.items() if k != "eval"})
     if result["stopped"] == "preempted":  # a halt (training.halt_after_steps) was asked for: 0
-        raise StoppedBySigterm(f"stopped by SIGTERM at step {result['step']}, saved in "
-                               f"{_WORKDIR.value}: run the same command again to resume.")
+        raise Terminated(f"stopped by SIGTERM at step {result['step']}, saved in "
+                         f"{_WORKDIR.value}: run the same command again to resume.")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,27 @@ def test_ctrl_c_during_the_move_comes_after_it(tmp_path, signal_after_first_rena
     assert os.listdir(tmp_path) == ["export"]  # nothing set aside or half-moved
 
 
+def test_a_stop_while_an_export_is_written_leaves_the_previous_one_and_nothing_aside(
+        tmp_path, monkeypatch):
+    target = epath.Path(tmp_path / "export")
+    _write_export(target, 0.5)
+    savez, calls = np.savez, []
+
+    def stopped_after_the_first_split(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt  # SIGTERM takes this path too (cer_jax.cli)
+        return savez(*args, **kwargs)
+
+    monkeypatch.setattr(np, "savez", stopped_after_the_first_split)
+    arrays = {split: {"logits": np.zeros((2, 3), np.float32)} for split in ("validation", "test")}
+    with pytest.raises(KeyboardInterrupt):
+        export._write_atomically(target, {"metrics": {}}, arrays)
+    assert json.loads((target / export.EXPORT_FILE).read_text())["metrics"]["test"] == {
+        "accuracy": 0.5}
+    assert os.listdir(tmp_path) == ["export"]  # no hidden half export
+
+
 def test_ctrl_c_while_an_ensemble_replaces_another_comes_after_it(tmp_path,
                                                                   signal_after_first_rename):
     build_tiny_ensemble(tmp_path / "ens", strategy="performance_weighted")
