@@ -42,7 +42,8 @@ def make_outputs(quality: float, seed: int, shuffle: bool = True) -> dict[str, d
     return outputs
 
 
-def write_export(workdir: str, model: str, outputs: dict, class_names=CLASSES) -> str:
+def write_export(workdir: str, model: str, outputs: dict, class_names=CLASSES,
+                 train_split: str = "train_fit") -> str:
     """A workdir holding only export/, exactly in the trainer's export format."""
     export = os.path.join(workdir, "export")
     os.makedirs(export)
@@ -53,7 +54,7 @@ def write_export(workdir: str, model: str, outputs: dict, class_names=CLASSES) -
         "member": model,
         "model": model,
         "dataset": "rafdb/compound",
-        "train_split": "train_fit",
+        "train_split": train_split,
         "class_names": list(class_names),
         "step": 7,
         "splits": {split: f"{split}.npz" for split in outputs},
@@ -63,7 +64,7 @@ def write_export(workdir: str, model: str, outputs: dict, class_names=CLASSES) -
                 "macro_f1": float(skm.f1_score(a["labels"], a["logits"].argmax(-1),
                                                average="macro")),
             }
-            for split, a in outputs.items() if split != "train_fit"
+            for split, a in outputs.items() if split != train_split
         },
     }
     with open(os.path.join(export, "export.json"), "w") as f:
@@ -353,35 +354,90 @@ def test_a_bad_strategy_option_stops_before_any_member_is_read(tmp_path, key, va
     assert not (tmp_path / "out").exists()
 
 
-def test_members_trained_on_a_split_holding_validation_are_reported_as_not_held_out(tmp_path):
+def _outputs_with_train(quality, seed):
+    """make_outputs plus RAF-DB's `train`: train_fit and validation together."""
+    outputs = make_outputs(quality, seed)
+    outputs["train"] = {key: np.concatenate([outputs["train_fit"][key],
+                                             outputs["validation"][key]])
+                        for key in outputs["train_fit"]}
+    return outputs
+
+
+def test_members_trained_on_a_split_holding_validation_are_reported_as_not_held_out(
+        tmp_path, caplog):
     """RAF-DB's `train` holds `validation`: members trained on it have seen the images fusion
-    chooses its weights on."""
+    chooses its weights on. feature_mlp, fitted on their training split, is fitted on the part
+    that is in no reported split."""
     workdirs = []
     for name, (quality, seed) in QUALITY_SEED.items():
-        outputs = make_outputs(quality, seed)
-        outputs["train"] = {key: np.concatenate([outputs["train_fit"][key],
-                                                 outputs["validation"][key]])
-                            for key in outputs["train_fit"]}
+        outputs = _outputs_with_train(quality, seed)
         del outputs["train_fit"]
-        workdirs.append(write_export(str(tmp_path / name), name, outputs))
-    report = evaluator.fuse(fusion_config(workdirs, tmp_path / "out", ablation=False,
-                                          train_split="train"))
+        workdirs.append(write_export(str(tmp_path / name), name, outputs, train_split="train"))
+    report = evaluator.fuse(fusion_config(workdirs, tmp_path / "out", ablation=False))
+    assert report["config"]["train_split"] == "train"  # the members' own
     assert report["training_leaks"] == [
         f"member {name} was trained on train, which holds 48 of the validation images"
         for name in QUALITY_SEED]
     assert ("**WARNING: the members' training saw what fusion treats as unseen: member vit was "
             "trained on train, which holds 48 of the validation images;") in (
         tmp_path / "out" / "report.md").read_text()
+    assert ("feature_mlp is fitted on the 80 of the 128 train examples that are in no reported "
+            "split (validation, test).") in caplog.text
+
+
+def test_feature_mlp_fitted_on_another_split_never_sees_the_reported_ones(tmp_path, caplog):
+    """Members trained on train_fit; the MLP asked to fit on `train` (which holds validation)
+    is fitted on train_fit's images only, and no member is flagged: what they were trained on
+    is held out."""
+    workdirs = [write_export(str(tmp_path / name), name, _outputs_with_train(quality, seed))
+                for name, (quality, seed) in QUALITY_SEED.items()]
+    config = fusion_config(workdirs, tmp_path / "out", ablation=False, train_split="train",
+                           strategies="feature_mlp")
+    report = evaluator.fuse(config)
+    assert report["training_leaks"] == []
+    assert ("feature_mlp is fitted on the 80 of the 128 train examples that are in no reported "
+            "split (validation, test).") in caplog.text
+    # The same fit as on train_fit itself: the validation rows took no part.
+    on_train_fit = evaluator.fuse(fusion_config(workdirs, tmp_path / "out2", ablation=False,
+                                                train_split="train_fit",
+                                                strategies="feature_mlp"))
+    assert report["strategies"] == on_train_fit["strategies"]
+
+
+@pytest.mark.parametrize("split", ["validation", "test"])
+def test_feature_mlp_is_never_fitted_on_a_reported_split(three_members, tmp_path, split):
+    """Before: fitted on it, then chosen and scored on it (test macro F1 1.0), with no word."""
+    config = fusion_config(three_members, tmp_path / "out", train_split=split)
+    with pytest.raises(evaluator.FusionConfigError) as e:
+        evaluator.fuse(config)
+    assert str(e.value) == (
+        f"config key train_split={split!r} (empty: the members' own) is a reported split "
+        "(config key eval_splits=['validation', 'test']): feature_mlp would be fitted on the "
+        "examples it is chosen and scored on. Give it the members' training split (e.g. "
+        "train_fit), or drop feature_mlp from config key strategies.")
+    assert not (tmp_path / "out").exists()
+
+
+def _member_with_config(workdir, best_split, train_split):
+    (workdir / "config.json").write_text(json.dumps({
+        "checkpoint": {"best_split": best_split},
+        "dataset": {"train_split": train_split},
+        "dataset_info": {"split_sizes": dict.fromkeys(SIZES, 1)},
+    }))
+    return members_lib.Member("vit", str(workdir), {}, make_outputs(2.0, 1))
 
 
 def test_a_member_that_chose_its_checkpoint_on_test_is_reported_as_not_held_out(tmp_path):
-    outputs = make_outputs(2.0, 1)
-    (tmp_path / "config.json").write_text(json.dumps({"checkpoint": {"best_split": "test"}}))
-    member = members_lib.Member("vit", str(tmp_path), {}, outputs)
-    assert evaluator.training_leaks([member], "validation", ["validation", "test"],
-                                    "train_fit") == [
+    member = _member_with_config(tmp_path, "test", "train_fit")
+    assert evaluator.training_leaks([member], "validation", ["validation", "test"]) == [
         "member vit chose its best checkpoint on test (checkpoint.best_split)"]
-    assert evaluator.training_leaks([member], "test", ["validation", "test"], "train_fit") == []
+    assert evaluator.training_leaks([member], "test", ["validation", "test"]) == []
+
+
+def test_a_member_trained_on_a_reported_split_is_reported_as_not_held_out(tmp_path):
+    member = _member_with_config(tmp_path, "validation", "validation")
+    assert evaluator.training_leaks([member], "validation", ["validation", "test"]) == [
+        "member vit was trained on validation, a reported split"]
 
 
 def test_a_member_that_stopped_before_its_last_step_is_reported_as_unfinished(tmp_path):

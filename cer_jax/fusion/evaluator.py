@@ -152,12 +152,12 @@ def _ablation(
 
 def training_leaks(
     members: Sequence[members_lib.Member], select_on: str, eval_splits: Sequence[str],
-    train_split: str,
 ) -> list[str]:
     """Where a member's own training saw a split that fusion treats as unseen: it chose its best
-    checkpoint on a reported split other than `select_on`, or its training split shares images
-    with a reported split (RAF-DB's `train` holds `validation`). Fusion's choices or its test
-    numbers are then optimistic; the report says so."""
+    checkpoint on a reported split other than `select_on`, or the split it was fitted on (its
+    dataset.train_split) is a reported split or shares images with one (RAF-DB's `train` holds
+    `validation`). Fusion's choices or its test numbers are then optimistic; the report says
+    so."""
     leaks = []
     for member in members:
         try:
@@ -167,15 +167,19 @@ def training_leaks(
         if best_split in eval_splits and best_split != select_on:
             leaks.append(f"member {member.name} chose its best checkpoint on {best_split} "
                          f"(checkpoint.best_split)")
-        trained_on = member.outputs.get(train_split, {}).get("file_names")
+        trained_split = members_lib.member_train_split(member.workdir)
+        if trained_split in eval_splits:
+            leaks.append(f"member {member.name} was trained on {trained_split}, a reported split")
+            continue
+        trained_on = member.outputs.get(trained_split, {}).get("file_names")
         if trained_on is None:
             continue
         for split in eval_splits:
-            if split != train_split and split in member.outputs:
+            if split in member.outputs:
                 shared = np.intersect1d(trained_on, member.outputs[split]["file_names"]).size
                 if shared:
-                    leaks.append(f"member {member.name} was trained on {train_split}, which holds "
-                                 f"{shared} of the {split} images")
+                    leaks.append(f"member {member.name} was trained on {trained_split}, which "
+                                 f"holds {shared} of the {split} images")
     return leaks
 
 
@@ -211,6 +215,12 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
     needed = list(dict.fromkeys(
         eval_splits + ([config.train_split] if "feature_mlp" in strategy_names else [])
     ))
+    if "feature_mlp" in strategy_names and config.train_split in eval_splits:
+        raise FusionConfigError(
+            f"config key train_split={config.train_split!r} (empty: the members' own) is a "
+            f"reported split (config key eval_splits={eval_splits}): feature_mlp would be fitted "
+            "on the examples it is chosen and scored on. Give it the members' training split "
+            "(e.g. train_fit), or drop feature_mlp from config key strategies.")
     split_keys = {split: "eval_splits" for split in eval_splits}
     split_keys.setdefault(config.train_split, "train_split")
     if config.select_on == "test":
@@ -220,8 +230,10 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
         workdirs, needed, reexport=config.reexport, split_keys=split_keys
     )
     class_names, data = members_lib.align_members(members, needed)
+    if "feature_mlp" in strategy_names:
+        data[config.train_split] = _held_out_of_reported_splits(config, members, data)
     num_classes = len(class_names)
-    leaks = training_leaks(members, config.select_on, eval_splits, config.train_split)
+    leaks = training_leaks(members, config.select_on, eval_splits)
     for leak in leaks:
         logging.warning("Not held out: %s.", leak)
     unfinished = unfinished_members(members)
@@ -295,6 +307,29 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
         epath.Path(config.out) / ENSEMBLE_DIR, members, fitted[best], class_names
     )
     return report
+
+
+def _held_out_of_reported_splits(
+    config: ml_collections.ConfigDict,
+    members: Sequence[members_lib.Member],
+    data: dict[str, strategies_lib.FusionData],
+) -> strategies_lib.FusionData:
+    """The training split's examples that are in no reported split: feature_mlp is fitted on
+    them, so that its selection and test scores stay out-of-sample."""
+    train = data[config.train_split]
+    rows = members_lib.rows_in_no_other_split(members, config.train_split, config.eval_splits)
+    if rows.size == 0:
+        raise FusionConfigError(
+            f"Every example of config key train_split={config.train_split!r} is in a reported "
+            f"split ({', '.join(config.eval_splits)}): feature_mlp has nothing held out to be "
+            "fitted on. Give it the members' training split (e.g. train_fit), or drop "
+            "feature_mlp from config key strategies.")
+    if rows.size < len(train.labels):
+        logging.warning(
+            "feature_mlp is fitted on the %d of the %d %s examples that are in no reported split "
+            "(%s).", rows.size, len(train.labels), config.train_split,
+            ", ".join(config.eval_splits))
+    return train.rows(rows)
 
 
 def _headline(metrics: dict[str, Any]) -> str:

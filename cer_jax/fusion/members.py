@@ -71,18 +71,25 @@ def _member_splits(workdir: str) -> tuple[str, list[str]] | None:
     return config.dataset.train_split, sorted(config.dataset_info.split_sizes)
 
 
+def member_train_split(workdir: str) -> str | None:
+    """The split the member was fitted on: dataset.train_split in its config.json, else its
+    export's; None when neither says."""
+    splits = _member_splits(workdir)
+    if splits is not None:
+        return splits[0]
+    manifest = export.read_manifest(workdir)
+    return (manifest or {}).get("train_split") or None
+
+
 def common_train_split(workdirs: Sequence[str]) -> str:
     """The members' own dataset.train_split (what they were fitted on); they must agree."""
     found = {}
     for workdir in workdirs:
         _require_workdir(workdir)
-        manifest = export.read_manifest(workdir)
-        splits = _member_splits(workdir)
-        if splits is not None:
-            found[workdir] = splits[0]
-        elif manifest is not None and manifest.get("train_split"):
-            found[workdir] = manifest["train_split"]
-        elif manifest is None:
+        split = member_train_split(workdir)
+        if split is not None:
+            found[workdir] = split
+        elif export.read_manifest(workdir) is None:
             raise _untrained(workdir)
     if len(set(found.values())) > 1:
         raise MemberError(
@@ -207,6 +214,20 @@ def _row_index(member: Member, split: str) -> dict[str, int]:
             f"({_preview(duplicates)}); its export is corrupt: re-export it."
         )
     return index
+
+
+def rows_in_no_other_split(members: Sequence[Member], split: str,
+                           others: Sequence[str]) -> np.ndarray:
+    """The rows of `split` (in align_members' order) whose file is in none of the `others`
+    splits: RAF-DB's `train` holds `validation`, and what a fusion is fitted on must not hold
+    what it is chosen or scored on."""
+    excluded = set()
+    for other in others:
+        if other != split and other in members[0].outputs:
+            excluded.update(str(n) for n in members[0].outputs[other]["file_names"])
+    order = _row_index(members[0], split)
+    return np.array([row for row, name in enumerate(order) if name not in excluded],
+                    dtype=np.int64)
 
 
 def align_members(

@@ -424,14 +424,17 @@ def feature_mlp(
 ) -> Fitted:
     """Feature-level fusion: an MLP on the frozen members' concatenated pooled features.
 
-    Trained on the training split, one epoch per step; the epoch with the best macro F1 on the
-    selection split is kept (early stopping after `patience` epochs without improvement).
+    Trained on the training split, one epoch per step, each epoch in a new order (sklearn's own
+    shuffle repeats one order in every `partial_fit` after the first); the epoch with the best
+    macro F1 on the selection split is kept (early stopping after `patience` epochs without
+    improvement). One BLAS thread, as stacking: the same numbers on any machine.
     """
     if train is None:
         raise ValueError(
             "feature_mlp needs the members' outputs on the training split (config key "
             "train_split); export it, or drop feature_mlp from config key strategies."
         )
+    import threadpoolctl
     from sklearn.neural_network import MLPClassifier
     from sklearn.preprocessing import StandardScaler
 
@@ -444,16 +447,20 @@ def feature_mlp(
         alpha=weight_decay,
         learning_rate_init=learning_rate,
         batch_size=min(batch_size, len(train_inputs)),
+        shuffle=False,  # shuffled below, anew each epoch
         random_state=seed,
     )
+    epoch_orders = np.random.default_rng(seed)
     best_model, best_score, best_epoch = None, -1.0, 0
-    for epoch in range(1, max_epochs + 1):
-        mlp.partial_fit(train_inputs, train.labels, classes=classes)
-        score = macro_f1(select.labels, mlp.predict(select_inputs), train.num_classes)
-        if score > best_score:
-            best_model, best_score, best_epoch = copy.deepcopy(mlp), score, epoch
-        elif epoch - best_epoch >= patience:
-            break
+    with threadpoolctl.threadpool_limits(limits=1):
+        for epoch in range(1, max_epochs + 1):
+            order = epoch_orders.permutation(len(train_inputs))
+            mlp.partial_fit(train_inputs[order], train.labels[order], classes=classes)
+            score = macro_f1(select.labels, mlp.predict(select_inputs), train.num_classes)
+            if score > best_score:
+                best_model, best_score, best_epoch = copy.deepcopy(mlp), score, epoch
+            elif epoch - best_epoch >= patience:
+                break
     return Fitted(
         {
             "best_epoch": best_epoch,
