@@ -2,10 +2,12 @@
 
 `cli.run(main)` runs an absl `main`; a `UserError` (or another error listed by the tool) is
 printed as `error: <message>` on stderr with exit status 2 (or the error's `exit_status`), and
-Ctrl-C as one line with exit status 130. SIGTERM takes Ctrl-C's path (`errors.Terminated`,
-exit status 143): what the tools write is staged and renamed into place, and the unwinding
-removes the staging, so a stop leaves no half file and no leftover. `--traceback` shows the
-full traceback instead, for bug reports.
+Ctrl-C as one line with exit status 130 (what the tools write is renamed into place, so a stop
+leaves no half file); a tool that stopped on SIGTERM raises `errors.Terminated` (exit status
+143). `--traceback` shows the full traceback instead, for bug reports. SIGTERM itself keeps its
+default action here (death at once): a Python handler would wait while the main thread is in
+compiled code (an XLA compile or step, a collective), so `timeout` or a second SIGTERM could no
+longer stop a stuck tool.
 `initialize_distributed()` starts JAX's multi-process runtime (one process per host of a TPU
 slice, or per GPU / node of a SLURM job) when the flags or the environment ask for it; it must
 run before any other JAX call. On CPU, `run` first restarts the process once with huge pages
@@ -17,10 +19,9 @@ from __future__ import annotations
 import importlib.util
 import logging as std_logging
 import os
-import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from absl import app, flags, logging
 
@@ -140,8 +141,6 @@ def run(main: Callable[[Sequence[str]], None],
             _exit_with(e)
 
     def guarded(args: Sequence[str]) -> None:
-        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # not one the caller set
-            signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             main(args)
         except errors as e:
@@ -155,15 +154,6 @@ def run(main: Callable[[Sequence[str]], None],
             _exit_with(str(e) or f"stopped by {by}.", status=getattr(e, "exit_status", 130))
 
     app.run(guarded, argv=argv, flags_parser=_parse_flags)
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    """SIGTERM raised where the main thread is, as Ctrl-C is; a second SIGTERM stops the process
-    at once (as if it had no handler: an exception that a library swallowed must not leave a
-    process that outlives every SIGTERM)."""
-    del signum, frame
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    raise Terminated
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -1,6 +1,6 @@
 """The exceptions that command-line tools print as one line instead of a traceback.
 
-`UserError` is bad input (exit status 2). `Terminated` is SIGTERM, taken as Ctrl-C is (exit
+`UserError` is bad input (exit status 2). `Terminated` is a run that SIGTERM stopped (exit
 status 143). `cer_jax.cli` prints either as `error: <message>`; every other exception is a bug
 and keeps its traceback.
 """
@@ -13,10 +13,9 @@ class UserError(ValueError):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM: a preemption, a time limit, `timeout`, `docker stop`, a new launch on the same
-    TPU. `cli.run` raises it where the main thread is, so the run unwinds as on Ctrl-C (staged
-    outputs removed, earlier ones kept); a tool that stopped on it after saving its work raises
-    it with its own message (cer_jax.train). Exit status 143 (128 + SIGTERM), not 0, so that what
-    a launcher runs next (the next member, the fusion) does not start."""
+    """A run that SIGTERM (a preemption, a time limit, `timeout`, `docker stop`, a new launch on
+    the same TPU) stopped: cer_jax.train after saving its step, cer_jax.predict where it was (its
+    own handler: the staged outputs are removed). One line, exit status 143 (128 + SIGTERM), not
+    0, so that what a launcher runs next (the next member, the fusion) does not start."""
 
     exit_status = 128 + signal.SIGTERM

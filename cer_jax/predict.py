@@ -1010,7 +1010,15 @@ def run(inputs: Sequence[str], *, ensemble: str, out: str | None = None, aligned
     return 1 if failures else 0
 
 
+def _raise_terminated(signum: int, frame: Any) -> None:
+    """SIGTERM (timeout, SLURM, docker stop) raised where the run is, to take Ctrl-C's path:
+    the staged outputs are removed and earlier ones stay as they were."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up short
+    raise Terminated
+
+
 def main(argv: Sequence[str]) -> None:
+    signal.signal(signal.SIGTERM, _raise_terminated)
     if not _FLAGS.ensemble:
         print("error: --ensemble=DIR is required (the ensemble directory that "
               "python -m cer_jax.fuse writes to <out>/ensemble).", file=sys.stderr)
@@ -1026,7 +1034,7 @@ def main(argv: Sequence[str]) -> None:
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM as Terminated (cli.run)
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM as Terminated
         by, signum = (("SIGTERM", signal.SIGTERM) if isinstance(stop, Terminated)
                       else ("Ctrl-C", signal.SIGINT))
         print(f"error: stopped by {by}: the unfinished outputs were not written (an earlier "

@@ -35,7 +35,7 @@ from cer_jax import (
     warm_start,
 )
 from cer_jax.data import pipeline
-from cer_jax.errors import Terminated, UserError
+from cer_jax.errors import UserError
 from cer_jax.plots import confusion_matrix_image
 
 
@@ -379,15 +379,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     logging.warning("Stopped at step %d (%s); run again to resume.", step,
                                     result["stopped"])
                     break
-        # A Ctrl-C after the last check (in the final evaluation or save): the step is saved,
-        # so the run stops before its export, which the next run then does.
-        if stop_request.agreed() == "interrupted":
-            result["stopped"] = "interrupted"
-    except KeyboardInterrupt as stop:  # a second Ctrl-C, or SIGTERM outside the loop
+        # A Ctrl-C or SIGTERM after the last check (in the final evaluation or save): the step
+        # is saved, so the run stops before its export, which the next run then does.
+        late = stop_request.agreed()
+        if late == "interrupted" or (late is not None and result["stopped"] is None):
+            result["stopped"] = late
+    except KeyboardInterrupt:
         kept = (f"the checkpoint of step {last_saved} is kept: run again to resume from it"
                 if last_saved else "no checkpoint had been saved")
-        logging.warning("Stopped by %s after step %d; %s.",
-                        "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C", step, kept)
+        logging.warning("Stopped by Ctrl-C after step %d; %s.", step, kept)
         raise
     finally:
         batches.close()

@@ -63,7 +63,7 @@ def test_a_stop_while_an_export_is_written_leaves_the_previous_one_and_nothing_a
     def stopped_after_the_first_split(*args, **kwargs):
         calls.append(1)
         if len(calls) > 1:
-            raise KeyboardInterrupt  # SIGTERM takes this path too (cer_jax.cli)
+            raise KeyboardInterrupt  # Ctrl-C
         return savez(*args, **kwargs)
 
     monkeypatch.setattr(np, "savez", stopped_after_the_first_split)

@@ -269,6 +269,32 @@ def test_ctrl_c_in_the_last_evaluation_stops_before_the_export_which_the_next_ru
     assert result["step"] == TOTAL_STEPS and result["export"]
 
 
+def test_sigterm_in_the_last_evaluation_stops_before_the_export_which_the_next_run_does(
+        tmp_path, synthetic_cache_dir, monkeypatch):
+    """Before: the flag was read by nobody after the loop, and the run went on to its export
+    (every split, cut short by the SIGKILL that follows a preemption) and exited 0."""
+    workdir = tmp_path / "preempted_at_the_end"
+    config = tiny_config(synthetic_cache_dir)
+    splits = len(config.dataset.eval_splits)
+    predict_split, calls = evaluate.predict_split, []
+
+    def preempting(*args, **kwargs):
+        calls.append(None)
+        if len(calls) == splits + 1:  # step 8's evaluation (4's came first)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return predict_split(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "predict_split", preempting)
+    result = trainer.train_and_evaluate(config, str(workdir))
+    assert (result["stopped"], result["step"]) == ("preempted", TOTAL_STEPS)
+    assert saved_steps(workdir)[-1] == TOTAL_STEPS
+    assert not os.path.exists(workdir / "export")
+
+    monkeypatch.setattr(evaluate, "predict_split", predict_split)
+    result = trainer.train_and_evaluate(config, str(workdir))
+    assert result["stopped"] is None and result["step"] == TOTAL_STEPS and result["export"]
+
+
 def test_an_ignored_ctrl_c_stays_ignored(tmp_path, synthetic_cache_dir, press_ctrl_c):
     """A job started in the background (`cmd &` in a script) ignores SIGINT: so does its run."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -427,7 +427,7 @@ def feature_mlp(
     Trained on the training split, one epoch per step, each epoch in a new order (sklearn's own
     shuffle repeats one order in every `partial_fit` after the first); the epoch with the best
     macro F1 on the selection split is kept (early stopping after `patience` epochs without
-    improvement). One BLAS thread, as stacking: the same numbers on any machine.
+    improvement). One BLAS thread, as stacking: the same numbers whatever the machine's core count.
     """
     if train is None:
         raise ValueError(
