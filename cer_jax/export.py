@@ -125,7 +125,7 @@ def _write_atomically(target: epath.Path, manifest: dict, arrays: dict) -> None:
             np.savez(buffer, **split_arrays)
             (tmp / f"{split}.npz").write_bytes(buffer.getvalue())
         (tmp / EXPORT_FILE).write_text(json.dumps(manifest, indent=2))
-    except BaseException:  # a failed write, Ctrl-C, SIGTERM: no half export left aside
+    except BaseException:  # a failed write or Ctrl-C: no half export left aside
         tmp.rmtree(missing_ok=True)
         raise
     paths.replace_folder(tmp, target)
