@@ -91,13 +91,20 @@ def multi_process_environment(environ: Mapping[str, str] = os.environ) -> bool:
 
 def initialize_distributed() -> None:
     """jax.distributed.initialize, as --distributed and the environment say (before any other
-    JAX call). On Cloud TPU and SLURM JAX finds the coordinator itself."""
+    JAX call). On Cloud TPU and SLURM JAX finds the coordinator itself.
+
+    JAX's preemption service is turned off first: it installs a C-level SIGTERM handler that
+    only records the signal (for `multihost_utils.reached_preemption_sync_point`, which nothing
+    here calls), so a SIGTERM outside the training loop (loading data, compiling, fusing) did
+    nothing until the SIGKILL that follows. The trainer's own handler and agreement
+    (`trainer.StopRequest`) stop the loop; elsewhere SIGTERM keeps its default action."""
     import jax
 
     names = ("coordinator_address", "num_processes", "process_id")
     given = {name: FLAGS[name].value for name in names if FLAGS[name].value is not None}
     mode = FLAGS.distributed
     if mode == "on" or (mode == "auto" and (given or multi_process_environment())):
+        jax.config.update("jax_enable_preemption_service", False)
         jax.distributed.initialize(**given)
 
 

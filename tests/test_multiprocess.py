@@ -209,22 +209,30 @@ def test_logs_events_and_export_are_written_once(runs):
     assert not list(pair.glob(".*"))  # no temporary export or config left behind
 
 
+def _without_test_export(workdir: Path, copy: Path) -> Path:
+    """A copy of `workdir` whose export lacks the test split, which a fusion must re-export."""
+    shutil.copytree(workdir, copy)
+    manifest_path = copy / export.EXPORT_DIR / export.EXPORT_FILE
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["splits"]["test"], manifest["metrics"]["test"]
+    manifest_path.write_text(json.dumps(manifest))
+    (copy / export.EXPORT_DIR / "test.npz").unlink()
+    return copy
+
+
+def _slow_fuse_command(workdirs: list[Path], out: Path) -> list[str]:
+    return [sys.executable, "-c", SLOW_EXPORT_FUSE, f"--workdirs={','.join(map(str, workdirs))}",
+            f"--out={out}", "--config.feature_mlp.max_epochs=5",
+            "--config.strategies=performance_weighted,uniform_probabilities,optimised_weights"]
+
+
 def test_two_processes_fuse_and_write_the_report_once(runs):
     single, pair, *_, logs = runs
     # A member whose export lacks the test split: both processes re-export it, and process 1
     # must read the export that process 0 writes (slowly, as to a bucket), not the old one.
-    stale = pair.parent / "stale"
-    shutil.copytree(single, stale)
-    manifest_path = stale / export.EXPORT_DIR / export.EXPORT_FILE
-    manifest = json.loads(manifest_path.read_text())
-    del manifest["splits"]["test"], manifest["metrics"]["test"]
-    manifest_path.write_text(json.dumps(manifest))
-    (stale / export.EXPORT_DIR / "test.npz").unlink()
+    stale = _without_test_export(single, pair.parent / "stale")
     out = pair.parent / "fusion"
-    command = [sys.executable, "-c", SLOW_EXPORT_FUSE, f"--workdirs={stale},{pair}",
-               f"--out={out}", "--config.feature_mlp.max_epochs=5",
-               "--config.strategies=performance_weighted,uniform_probabilities,optimised_weights"]
-    procs = _launch_pair(pair, pair, logs, "fuse", command)
+    procs = _launch_pair(pair, pair, logs, "fuse", _slow_fuse_command([stale, pair], out))
     _wait(procs, logs, "fuse")
     report = json.loads((out / "report.json").read_text())
     exported = export.load_export(str(pair))[0]["metrics"]["test"]
@@ -241,6 +249,33 @@ def test_two_processes_fuse_and_write_the_report_once(runs):
     assert _events_pids(out) == [procs[0].pid]  # TensorBoard events from process 0 only
     assert (out / "ensemble" / "ensemble.json").exists()
     assert not list(out.glob(".*"))
+
+def test_sigterm_stops_a_multi_process_fuse_at_once(runs):
+    """Outside the training loop SIGTERM keeps its default action on every process. JAX's
+    preemption service, started by jax.distributed.initialize, used to catch it and only record
+    it: the fusion ran on to the end (or to the SIGKILL that follows a preemption notice)."""
+    single, pair, *_, logs = runs
+    stale = _without_test_export(single, pair.parent / "stale_for_sigterm")
+    out = pair.parent / "fusion_stopped"
+    procs = _launch_pair(pair, pair, logs, "fuse_sigterm", _slow_fuse_command([stale, pair], out))
+    deadline = time.monotonic() + 300
+    while not all("Exporting splits" in (logs / f"fuse_sigterm-{i}.log").read_text()
+                  for i in range(2)):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), (
+            logs / "fuse_sigterm-0.log").read_text()[-3000:]
+        time.sleep(0.05)
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    codes = []
+    for proc in procs:
+        try:
+            codes.append(proc.wait(timeout=60))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            codes.append("still running 60 s after SIGTERM")
+    assert codes == [-signal.SIGTERM, -signal.SIGTERM]
+    assert not (out / "report.json").exists()
+
 
 def test_eval_rows_keep_their_whole_file_names_when_the_mesh_interleaves_hosts(tmp_path):
     logs = tmp_path / "logs"
