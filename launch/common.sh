@@ -83,6 +83,37 @@ run() {
   fi
 }
 
+# `run` for a long job on this machine, passing SIGTERM and SIGINT on to it: bash defers its
+# traps while a foreground child runs, and without one it dies and leaves the child running,
+# never told (`kill` of the launcher, `docker stop` of a container whose PID 1 it is, systemd).
+# The child runs in its own process group (set -m), so it keeps SIGINT, which background jobs
+# otherwise ignore; a Ctrl-C reaches it once, through the trap. The status is the child's (or,
+# if it exits between a signal and the check, 128 + that signal, what the trainer returns).
+run_forwarding_signals() {
+  if [ "$DRY_RUN" = 1 ]; then
+    quote_cmd "$@"
+    return 0
+  fi
+  printf '+ %s\n' "$(quote_cmd "$@")" >&2
+  local child status
+  set -m
+  "$@" &
+  child=$!
+  set +m
+  trap 'kill -TERM "$child" 2>/dev/null || true' TERM
+  trap 'kill -INT "$child" 2>/dev/null || true' INT
+  while :; do
+    status=0
+    wait "$child" || status=$?
+    # A trapped signal ends `wait` early (status > 128) while the child saves and exits.
+    if [ "$status" -le 128 ] || ! kill -0 "$child" 2>/dev/null; then
+      break
+    fi
+  done
+  trap - TERM INT
+  return "$status"
+}
+
 # Fails early, outside a dry run, when a tool that the real run needs is missing.
 need() {
   [ "$DRY_RUN" = 1 ] && return 0

@@ -39,7 +39,7 @@ PREALLOCATE=${XLA_PYTHON_CLIENT_PREALLOCATE:-false}
 TORCH_HINT="run launch/gpu.sh install with the *_WEIGHTS variables set, or $TORCH_HINT"
 
 launch_python() {
-  run env XLA_PYTHON_CLIENT_PREALLOCATE="$PREALLOCATE" "$PYTHON" "$@"
+  run_forwarding_signals env XLA_PYTHON_CLIENT_PREALLOCATE="$PREALLOCATE" "$PYTHON" "$@"
 }
 
 check_workdir() {

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 #SBATCH --job-name=cer_jax
 #SBATCH --output=cer_jax-%j.out
+#SBATCH --open-mode=append
+#SBATCH --signal=TERM@300
 # A GPU cluster under SLURM: several nodes, one JAX process per GPU (or per node), all started
 # by one `srun` per training; the processes form one data-parallel mesh over every GPU.
 #
@@ -30,6 +32,16 @@
 #   DATA_DIR VIT_WEIGHTS MANET_WEIGHTS RESNET50_WEIGHTS SMOKE PYTHON [python]
 #                as in launch/gpu.sh; every path must be readable from every node (or gs://),
 #                and the Python environment (pip install -e . 'jax[cuda12]') too
+#
+# Time limits, preemption, scancel: `--signal=TERM@300` (above; no `B:`) sends SIGTERM to the
+# trainings, not to this shell, about 5 minutes before the time limit: every task saves its step
+# and exits with status 143, and the script stops there. At the limit itself SLURM signals srun
+# too, and srun answers SIGTERM with SIGKILL to its tasks: nothing since the last checkpoint is
+# saved. So stop a job with `scancel --signal=TERM JOBID` (the steps only), not a plain
+# `scancel`. To go on, submit the same sbatch line again: a finished member only re-exports its
+# best checkpoint (a minute or so), the stopped one resumes, and the fusion is redone. On a
+# preemptible partition, `sbatch --requeue` restarts the script the same way (it needs a
+# GraceTime longer than one log interval and a save); the log is appended to (--open-mode).
 #
 # How the processes find each other: srun gives every task SLURM_JOB_ID, SLURM_STEP_NODELIST,
 # SLURM_NTASKS, SLURM_PROCID and SLURM_LOCALID; the trainer calls jax.distributed.initialize(),
@@ -95,8 +107,11 @@ esac
 if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then
   LAYOUT+=(--cpus-per-task="$SLURM_CPUS_PER_TASK")
 fi
+# --disable-status: a Ctrl-C inside salloc reaches the tasks at once as SIGINT, so they save;
+# by default srun only prints their status, and a second Ctrl-C SIGKILLs them.
 SRUN=(srun --nodes="$NODES" --ntasks="$((NODES * TASKS_PER_NODE))"
   --ntasks-per-node="$TASKS_PER_NODE" --gpus-per-node="$GPUS_PER_NODE" --kill-on-bad-exit=1
+  --disable-status
   ${LAYOUT[@]+"${LAYOUT[@]}"} ${SRUN_EXTRA[@]+"${SRUN_EXTRA[@]}"})
 
 launch_python() {

@@ -8,12 +8,14 @@ record their argv, so a quoting mistake shows up as a different argv.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
 import re
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -463,6 +465,7 @@ def test_slurm_srun_task_counts(env, procs, tasks, per_node):
         assert flag(c, "nodes") == "2" and flag(c, "ntasks") == str(tasks)
         assert flag(c, "ntasks-per-node") == str(per_node) and flag(c, "gpus-per-node") == "8"
         assert "--kill-on-bad-exit=1" in c
+        assert "--disable-status" in c  # a first Ctrl-C in salloc reaches the tasks
         assert ("--gpu-bind=none" in c) == (procs == "per-gpu")
         program = c[c.index("env"):]
         devices = [a for a in program if a.startswith("JAX_LOCAL_DEVICE_IDS=")]
@@ -488,6 +491,55 @@ def test_slurm_explicit_layout_and_extra_srun_flags(env):
     assert cpus == ["--cpus-per-task=12", "--cpus-per-task=6"]
     (err,) = dry_run("slurm.sh", "train", "configs/vit.py", "/r", env=env, ok=False)[0]
     assert "GPUS_PER_NODE" in err
+
+
+def test_slurm_warns_the_trainings_not_srun_before_the_time_limit():
+    """srun answers SIGTERM with SIGKILL to its tasks, so the warning must reach the job steps
+    (`--signal=TERM@T`), not the batch shell that runs srun (`B:`); T leaves time for a log
+    interval and a save; a requeued job appends to its log."""
+    directives = [line.split(None, 1)[1] for line in (LAUNCH / "slurm.sh").read_text().splitlines()
+                  if line.startswith("#SBATCH ")]
+    (warning,) = [d for d in directives if d.startswith("--signal=")]
+    signal_name, seconds = warning.removeprefix("--signal=").split("@")
+    assert signal_name == "TERM" and int(seconds) >= 120
+    assert "--open-mode=append" in directives
+
+
+@pytest.mark.parametrize("sig,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_to_the_gpu_launcher_reaches_the_training_it_runs(env, tmp_path, sig, status):
+    """`kill` of the launcher, `docker stop` (it is PID 1) or systemd signal bash alone: bash
+    used to die on SIGTERM and leave the training running, never told (and to wait on a Ctrl-C
+    sent to it alone). It passes the signal on, returns the training's status, and the
+    ensemble goes no further."""
+    log = tmp_path / "python.log"
+    fake_python = tmp_path / "fake_bin" / "python"
+    fake_python.parent.mkdir()
+    _stub(fake_python, (
+        f'echo "started $$ $*" >> "{log}"\n'
+        f'trap \'echo "TERM $$" >> "{log}"; exit 143\' TERM\n'
+        f'trap \'echo "INT $$" >> "{log}"; exit 130\' INT\n'
+        "while :; do sleep 0.05; done\n"))
+    proc = subprocess.Popen(["bash", str(LAUNCH / "gpu.sh"), "ensemble", str(tmp_path / "runs")],
+                            env={**env, "PYTHON": str(fake_python)}, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (log.exists() and log.read_text()):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == status
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        lines = log.read_text().splitlines() if log.exists() else []
+        for started in lines[:1]:  # a training left running (the old bug) must not outlive us
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(started.split()[1]), signal.SIGKILL)
+    started, *after = lines
+    pid = started.split()[1]
+    assert started.split()[2:5] == ["-m", "cer_jax.train", "--config=configs/vit.py"]
+    assert after == [f"{sig.name.removeprefix('SIG')} {pid}"]  # told, and no next member
 
 
 def test_slurm_script_works_from_sbatch_spool_copy(env, tmp_path):
