@@ -1,12 +1,16 @@
 """Bad RAF-DB trees: each gets one clear RafDbLayoutError, and leaves no dataset in data_dir."""
 
+import hashlib
 import io
+import json
 import pathlib
 import re
 import shutil
 from unittest import mock
 
+import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from PIL import Image
 
 from cer_jax import synthetic
@@ -120,6 +124,41 @@ def test_basic_tree_given_to_a_compound_config(tmp_path):
     )
 
 
+def test_compound_tree_given_to_the_basic_config_with_a_test_line_first(tree, tmp_path):
+    """Test ids have 4 digits in both trees, so the label is the first sign of the wrong tree.
+    Before: the range error without the hint the other direction gets."""
+    lines = _label_lines(tree)
+    test_lines = [x for x in lines if x.startswith("test_")]
+    first = next(x for x in test_lines if int(x.split()[1]) >= 8)
+    _write_label_lines(tree, [first] + [x for x in lines if x != first])
+    message = _build_fails(tree, tmp_path / "data", config="basic")
+    assert message == (
+        f"{tree / LABELS}, line 1: label {first.split()[1]} of {first.split()[0]} is out of "
+        "range: the basic tree has ids 1..7: is --manual_dir the compound tree?"
+    )
+
+
+@pytest.mark.parametrize("label", ["\u00b2", "\u0661"])  # superscript two, Arabic-Indic one
+def test_a_label_of_non_ascii_digits_is_one_line(tree, tmp_path, label):
+    """Before: "²".isdigit() let int() raise a bare ValueError; "١" was read as label 1."""
+    lines = _label_lines(tree)
+    lines[2] = f"{lines[2].split()[0]} {label}"
+    _write_label_lines(tree, lines)
+    message = _build_fails(tree, tmp_path / "data")
+    assert message == f'{tree / LABELS}, line 3: expected "<name>.jpg <label>", got {lines[2]!r}.'
+
+
+def test_an_image_name_of_non_ascii_digits_is_refused(tree, tmp_path):
+    lines = _label_lines(tree)
+    lines[0] = "train_\u0661\u0662\u0663\u0664.jpg 1"
+    _write_label_lines(tree, lines)
+    message = _build_fails(tree, tmp_path / "data")
+    assert message == (
+        f"{tree / LABELS}, line 1: image name {lines[0].split()[0]!r} must look like "
+        "train_0001.jpg or test_0001.jpg (the prefix gives the split)."
+    )
+
+
 def test_test_ids_must_have_four_digits(tree, tmp_path):
     lines = _label_lines(tree)
     line = next(i for i, x in enumerate(lines) if x.startswith("test_0001.jpg"))
@@ -153,11 +192,35 @@ def test_listed_image_missing(tree, tmp_path):
     )
 
 
-def test_non_jpeg_image(tree, tmp_path):
+def _fix(tree: pathlib.Path, line: int) -> str:
+    return f"re-extract it from the RAF-DB archive, or remove line {line} of {tree / LABELS}."
+
+
+def test_a_png_saved_as_jpg_is_reencoded(tree, tmp_path):
+    """Before: refused as "is not a JPEG file", though a greyscale or CMYK JPEG is re-encoded."""
     path = tree / "Image/aligned/train_0007_aligned.jpg"
-    Image.new("RGB", (100, 100)).save(path, format="PNG")  # PNG bytes behind a .jpg name
+    Image.new("RGBA", (120, 120), (200, 30, 60, 255)).save(path, format="PNG")
+    builder = rafdb.build("compound", str(tree), str(tmp_path / "data"))
+    (example,) = [ex for ex in tfds.as_numpy(builder.as_dataset(split="train"))
+                  if ex["file_name"] == b"train_0007.jpg"]
+    assert example["image"].shape == (100, 100, 3)
+    assert np.abs(example["image"].astype(int) - (200, 30, 60)).max() <= 8  # JPEG's error
+
+
+def test_an_empty_image_says_what_to_do(tree, tmp_path):
+    path = tree / "Image/aligned/train_0007_aligned.jpg"
+    path.write_bytes(b"")
     message = _build_fails(tree, tmp_path / "data")
-    assert message == f"{path} (listed as train_0007.jpg, line 7) is not a JPEG file."
+    assert message == f"{path} (listed as train_0007.jpg, line 7) is empty: {_fix(tree, 7)}"
+
+
+def test_a_file_that_is_no_image_says_what_to_do(tree, tmp_path):
+    path = tree / "Image/aligned/train_0007_aligned.jpg"
+    path.write_bytes(b"<html>404 Not Found</html>\n")  # a failed download, say
+    message = _build_fails(tree, tmp_path / "data")
+    assert message.startswith(
+        f"{path} (listed as train_0007.jpg, line 7) is not an image Pillow can read (")
+    assert message.endswith(f"): {_fix(tree, 7)}") and "\n" not in message
 
 
 def test_corrupt_jpeg_last_in_the_list(tree, tmp_path):
@@ -168,7 +231,8 @@ def test_corrupt_jpeg_last_in_the_list(tree, tmp_path):
     Image.new("RGB", (100, 100), "red").save(data, format="JPEG")
     path.write_bytes(data.getvalue()[:300])
     message = _build_fails(tree, tmp_path / "data")
-    assert message.startswith(f"{path} (listed as {name}, line 33) is a corrupt JPEG: ")
+    assert message.startswith(f"{path} (listed as {name}, line 33) is a corrupt JPEG (")
+    assert message.endswith(f"): {_fix(tree, 33)}")
 
 
 def test_bad_landmark_line(tree, tmp_path):
@@ -222,3 +286,57 @@ def test_a_label_file_that_is_not_text_names_the_file(tree, tmp_path):
     (tree / LABELS).write_bytes(b"train_0001.jpg \xff\xfe 1\n")
     message = _build_fails(tree, tmp_path / "data")
     assert message.startswith(f"{tree / LABELS}: not a UTF-8 text file (")
+
+
+def _harmless_edit(root: pathlib.Path) -> None:
+    """The same labels as a Windows editor might save them: BOM, CRLF, trailing spaces, and
+    another line order."""
+    lines = [f"{x}  " for x in reversed(_label_lines(root))]
+    (root / LABELS).write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
+
+
+def _relabel_one(root: pathlib.Path) -> None:
+    lines = _label_lines(root)
+    name, label = lines[0].split()
+    lines[0] = f"{name} {int(label) % 11 + 1}"
+    _write_label_lines(root, lines)
+
+
+def _mismatch(data_dir: pathlib.Path, tree: pathlib.Path) -> str:
+    built = data_dir / "rafdb/compound/1.0.0"
+    return (f"{built} holds rafdb/compound built from another tree than {tree} (its {LABELS} "
+            f"differs). Delete {built} to build it from {tree}, or give another data_dir.")
+
+
+def test_a_build_is_kept_after_an_edit_that_leaves_the_labels_the_same(tree, tmp_path):
+    """Before: the label file's raw bytes were the fingerprint, so a CRLF re-save refused a good
+    build as "built from another tree"."""
+    data_dir = tmp_path / "data"
+    rafdb.build("compound", str(tree), str(data_dir))
+    _harmless_edit(tree)
+    with mock.patch.object(rafdb.Builder, "_generate_examples") as generate:
+        builder = rafdb.build("compound", str(tree), str(data_dir))  # reused, not rebuilt
+    generate.assert_not_called()
+    assert builder.info.splits["train"].num_examples == 22
+    _relabel_one(tree)  # a real change of the labels is still caught
+    with pytest.raises(rafdb.SourceMismatchError) as e:
+        rafdb.build("compound", str(tree), str(data_dir))
+    assert str(e.value) == _mismatch(data_dir, tree)
+
+
+def test_a_build_with_the_old_raw_bytes_fingerprint_is_still_accepted(tree, tmp_path):
+    """A build made before the parsed-labels fingerprint holds only the label file's sha256:
+    an upgrade must not ask to delete it while those bytes are the same."""
+    data_dir = tmp_path / "data"
+    rafdb.build("compound", str(tree), str(data_dir))
+    metadata = data_dir / "rafdb/compound/1.0.0/metadata.json"
+    assert list(json.loads(metadata.read_text())) == ["labels_sha256"]  # what new builds record
+    raw = hashlib.sha256((tree / LABELS).read_bytes()).hexdigest()
+    metadata.write_text(json.dumps({"label_file_sha256": raw}))  # as the old builder wrote it
+    with mock.patch.object(rafdb.Builder, "_generate_examples") as generate:
+        rafdb.build("compound", str(tree), str(data_dir))
+    generate.assert_not_called()
+    _relabel_one(tree)
+    with pytest.raises(rafdb.SourceMismatchError) as e:
+        rafdb.build("compound", str(tree), str(data_dir))
+    assert str(e.value) == _mismatch(data_dir, tree)

@@ -1,6 +1,7 @@
 """The synthetic RAF-DB tree: determinism, exact layout, imbalance, and a build through TFDS."""
 
 import hashlib
+import importlib.util
 import io
 import itertools
 import logging
@@ -351,3 +352,38 @@ def test_cli_refuses_bad_paths_in_one_line_before_drawing(tmp_path, flags, messa
     assert sorted(os.listdir(tmp_path)) == ["notes.txt", "rafdb"]  # no tree, no preview
     assert _files(tmp_path / "rafdb") == rafdb_files
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+_DUMMY_TOOL = pathlib.Path(__file__).parents[1] / "tools" / "make_rafdb_dummy_data.py"
+
+
+@pytest.mark.parametrize("out", ["{tmp}/RAF-DB", "~/RAF-DB"], ids=["path", "home"])
+def test_the_dummy_data_tool_never_deletes_a_real_rafdb_tree(tmp_path, out):
+    """Before: `--out` at a RAF-DB folder rmtree'd its real compound/ and basic/ trees (and
+    `--out=~/...` wrote into a folder named "~"). Now one line, exit status 2, nothing touched."""
+    rafdb_dir = tmp_path / "RAF-DB"
+    before = _rafdb_lookalike(rafdb_dir / "compound")
+    result = subprocess.run(
+        [sys.executable, str(_DUMMY_TOOL), f"--out={out.format(tmp=tmp_path)}"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HOME": str(tmp_path)},
+        cwd=tmp_path,
+    )
+    assert (result.returncode, result.stderr) == (2, (
+        f"error: --out={rafdb_dir}: {rafdb_dir / 'compound'} is not a synthetic tree (no "
+        "SYNTHETIC_README.txt; a real RAF-DB tree?) and regenerating would delete it. Give --out "
+        "a new or empty folder, or the builder's dummy_data/.\n"))
+    assert _files(rafdb_dir / "compound") == before
+    assert sorted(os.listdir(tmp_path)) == ["RAF-DB"]  # no "~" folder
+    assert sorted(os.listdir(rafdb_dir)) == ["compound"]  # basic/ not drawn either
+
+
+def test_the_dummy_data_tool_redraws_its_own_trees(tmp_path):
+    """The guard lets the tool replace the synthetic trees it drew (its normal use)."""
+    spec = importlib.util.spec_from_file_location("make_rafdb_dummy_data", _DUMMY_TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    tool.write_dummy_data(tmp_path)
+    first = _files(tmp_path)
+    (tmp_path / "compound" / "stale.txt").write_text("from an older run")
+    tool.write_dummy_data(tmp_path)
+    assert _files(tmp_path) == first

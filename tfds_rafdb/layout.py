@@ -95,7 +95,8 @@ EXPECTED_LAYOUT = "\n".join(
     ]
 )
 
-_NAME = re.compile(rf"^({'|'.join(SPLITS)})_(\d+)\.jpg$")
+# ASCII digits only: `\d` alone also takes e.g. Arabic-Indic digits, which int() reads.
+_NAME = re.compile(rf"^({'|'.join(SPLITS)})_(\d+)\.jpg$", re.ASCII)
 
 
 class RafDbLayoutError(ValueError):
@@ -146,7 +147,8 @@ def parse_label_file(root: epath.Path, num_labels: int, tree: str) -> list[tuple
             continue
         fields = line.split()
         where = f"{path}, line {line_no}"
-        if len(fields) != 2 or not fields[1].isdigit():
+        # isascii: str.isdigit() is also True for "²", which int() then refuses with a traceback.
+        if len(fields) != 2 or not (fields[1].isascii() and fields[1].isdigit()):
             raise RafDbLayoutError(f'{where}: expected "<name>.jpg <label>", got {line!r}.')
         name, label = fields[0], int(fields[1])
         match = _NAME.match(name)
@@ -164,9 +166,13 @@ def parse_label_file(root: epath.Path, num_labels: int, tree: str) -> list[tuple
                 f"images with {DIGITS[tree][split]}{hint}"
             )
         if not 1 <= label <= num_labels:
+            # A compound tree's ids 8..11 under the basic config: the tree, not the label, is wrong.
+            others = [t for t, names in TREE_CLASSES.items()
+                      if t != tree and num_labels < label <= len(names)]
+            hint = f": is --manual_dir the {others[0]} tree?" if others else "."
             raise RafDbLayoutError(
                 f"{where}: label {label} of {name} is out of range: the {tree} tree has ids "
-                f"1..{num_labels}."
+                f"1..{num_labels}{hint}"
             )
         if name in first_line:
             raise RafDbLayoutError(
@@ -180,20 +186,26 @@ def parse_label_file(root: epath.Path, num_labels: int, tree: str) -> list[tuple
     return entries
 
 
-def _check_image(path: epath.Path, name: str, line: int) -> bool:
-    """Decodes the image; returns whether it must be re-encoded as 100x100 RGB JPEG."""
+def _check_image(path: epath.Path, name: str, line: int, label_file: epath.Path) -> bool:
+    """Decodes the image; returns whether it must be re-encoded as 100x100 RGB JPEG: so is any
+    format Pillow reads (a PNG saved as .jpg, say), like a CMYK, greyscale or wrong-size JPEG.
+    Only a file that does not decode is refused, with what to do about it."""
     data = path.read_bytes()
-    if not data.startswith(JPEG_MAGIC):
-        raise RafDbLayoutError(f"{path} (listed as {name}, line {line}) is not a JPEG file.")
+    fix = f"re-extract it from the RAF-DB archive, or remove line {line} of {label_file}."
+    if not data:
+        raise RafDbLayoutError(f"{path} (listed as {name}, line {line}) is empty: {fix}")
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             mode, size = image.mode, image.size
-    except (OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        what = "a corrupt JPEG" if data.startswith(JPEG_MAGIC) else "not an image Pillow can read"
+        detail = " ".join(str(e).split())  # one line
         raise RafDbLayoutError(
-            f"{path} (listed as {name}, line {line}) is a corrupt JPEG: {e}."
+            f"{path} (listed as {name}, line {line}) is {what} ({detail}): {fix}"
         ) from e
-    return mode != "RGB" or size != (IMAGE_SIZE, IMAGE_SIZE)
+    is_jpeg = data.startswith(JPEG_MAGIC)  # stored as-is only when already a JPEG stream
+    return not is_jpeg or mode != "RGB" or size != (IMAGE_SIZE, IMAGE_SIZE)
 
 
 def _read_landmarks(path: epath.Path) -> np.ndarray | None:
@@ -242,7 +254,7 @@ def read_tree(root: epath.Path, num_labels: int, tree: str) -> list[Record]:
                 raw_label=label,
                 split=name.split("_", 1)[0],
                 aligned_path=path,
-                needs_reencode=_check_image(path, name, line),
+                needs_reencode=_check_image(path, name, line, root / LABEL_FILE),
                 landmarks=_read_landmarks(annotation),
             )
         )

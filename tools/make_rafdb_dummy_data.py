@@ -7,6 +7,10 @@ lives outside both (the builder never imports cer_jax). Each tree is a small syn
 without `Image/original/` (the builder does not read it), plus two cases the builder must
 handle: one aligned image stored as a 90x90 greyscale JPEG (re-encoded to 100x100 RGB when
 built) and one image without its manual-landmark file (`has_landmarks=False`).
+
+Regenerating deletes the old `<out>/compound/` and `<out>/basic/` first, so it refuses (one
+line, exit status 2) unless each is missing, empty or a synthetic tree: `--out` pointed at a
+real RAF-DB folder must not delete the user's data.
 """
 
 from __future__ import annotations
@@ -15,10 +19,9 @@ import pathlib
 import shutil
 from collections.abc import Sequence
 
-from absl import app, flags
 from PIL import Image
 
-from cer_jax import synthetic
+from cer_jax import cli, synthetic
 from tfds_rafdb import layout
 from tfds_rafdb.rafdb import rafdb_dataset_builder
 
@@ -26,10 +29,24 @@ from tfds_rafdb.rafdb import rafdb_dataset_builder
 DUMMY_DATA = pathlib.Path(rafdb_dataset_builder.Builder.code_path).parent / "dummy_data"
 TREES = {"compound": (24, 11), "basic": (16, 7)}  # kind: (train images, test images)
 
-_OUT = flags.DEFINE_string("out", str(DUMMY_DATA), "Folder to write <kind>/ trees into.")
+
+def check_out(out: pathlib.Path) -> None:
+    """Before anything is deleted: each <kind>/ tree under `out` is missing, empty or one that
+    `cer_jax.synthetic` drew (its marker file), never e.g. a real RAF-DB tree."""
+    synthetic.check_folder("out", out)
+    for kind in TREES:
+        root = out / kind
+        if root.is_dir() and (not any(root.iterdir()) or synthetic.is_synthetic_tree(root)):
+            continue
+        if root.exists():
+            raise synthetic.OutputPathError(
+                f"--out={out}: {root} is not a synthetic tree (no {synthetic.MARKER_FILE}; a real "
+                "RAF-DB tree?) and regenerating would delete it. Give --out a new or empty "
+                "folder, or the builder's dummy_data/.")
 
 
 def write_dummy_data(out: pathlib.Path) -> None:
+    check_out(out)
     for kind, (num_train_images, num_test_images) in TREES.items():
         root = out / kind
         if root.exists():
@@ -52,9 +69,11 @@ def write_dummy_data(out: pathlib.Path) -> None:
 
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    write_dummy_data(pathlib.Path(_OUT.value))
+        raise cli.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    write_dummy_data(pathlib.Path(cli.FLAGS.out))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    # Defined only when run as a program, so that tests can import this module.
+    cli.define_path_flag("out", str(DUMMY_DATA), "Folder to write <kind>/ trees into.")
+    cli.run(main)

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import io
 import os
+from collections.abc import Iterable
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -22,10 +23,14 @@ from PIL import Image
 from tfds_rafdb import layout
 
 JPEG_QUALITY = 95  # only for the rare image that is not already a 100x100 RGB JPEG
-# A build records the sha256 of its tree's label file (in the dataset's metadata.json): a data_dir
-# that holds a build from one tree (the synthetic one, say) must not go on serving it silently
-# when the user names another.
-SOURCE_KEY = "label_file_sha256"
+# A build records a sha256 of its tree's labels (in the dataset's metadata.json): a data_dir that
+# holds a build from one tree (the synthetic one, say) must not go on serving it silently when the
+# user names another. It is of the parsed entries, so an edit that leaves them the same (CRLF line
+# ends, a byte-order mark, trailing spaces) does not refuse a good build.
+SOURCE_KEY = "labels_sha256"
+# Builds made before recorded the sha256 of the label file's raw bytes; still accepted while
+# those bytes are unchanged, so an upgrade does not ask anyone to delete a good build.
+RAW_SOURCE_KEY = "label_file_sha256"
 
 
 class SourceMismatchError(layout.RafDbLayoutError):
@@ -33,7 +38,15 @@ class SourceMismatchError(layout.RafDbLayoutError):
 
 
 def label_file_digest(root: epath.Path) -> str:
+    """The sha256 of the label file's bytes (what builds before `SOURCE_KEY` recorded)."""
     return hashlib.sha256((root / layout.LABEL_FILE).read_bytes()).hexdigest()
+
+
+def labels_digest(entries: Iterable[tuple[str, int]]) -> str:
+    """The sha256 of the (file name, raw label) pairs, in name order: the same for any label
+    file that parses to the same labels, whatever its line ends, spacing or line order."""
+    text = "".join(f"{name} {label}\n" for name, label in sorted(entries))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclasses.dataclass(eq=False)
@@ -138,7 +151,7 @@ signed by a researcher), unpack the archive, and pass the `compound/` (or `basic
         config = self.builder_config
         root = epath.Path(dl_manager.manual_dir)
         records = layout.read_tree(root, num_labels=len(config.label_map), tree=config.tree)
-        self.info.metadata[SOURCE_KEY] = label_file_digest(root)
+        self.info.metadata[SOURCE_KEY] = labels_digest((r.file_name, r.raw_label) for r in records)
         validation = layout.validation_names(records)
         kept = [r for r in records if config.label_map[r.raw_label - 1] is not None]
         _log_left_out(records, config)
@@ -190,16 +203,25 @@ def _log_left_out(records: list[layout.Record], config: RafDbConfig) -> None:
 
 
 def check_built_from(builder: tfds.core.DatasetBuilder, manual_dir: str) -> None:
-    """A prepared dataset must come from the tree named now (when its build recorded one)."""
+    """A prepared dataset must come from the tree named now (when its build recorded one): its
+    labels match, or (a build from before `SOURCE_KEY`) its label file's bytes do."""
     root = epath.Path(manual_dir)
     layout.check_root(root)
-    built_from = (builder.info.metadata or {}).get(SOURCE_KEY)
-    if built_from is not None and built_from != label_file_digest(root):
-        raise SourceMismatchError(
-            f"{builder.data_dir} holds rafdb/{builder.builder_config.name} built from another "
-            f"tree than {root} (its {layout.LABEL_FILE} differs). Delete {builder.data_dir} to "
-            f"build it from {root}, or give another data_dir."
-        )
+    metadata = builder.info.metadata or {}
+    if SOURCE_KEY not in metadata and RAW_SOURCE_KEY not in metadata:
+        return
+    if metadata.get(RAW_SOURCE_KEY) == label_file_digest(root):
+        return
+    if SOURCE_KEY in metadata:
+        config = builder.builder_config
+        entries = layout.parse_label_file(root, len(config.label_map), config.tree)
+        if metadata[SOURCE_KEY] == labels_digest((name, label) for name, label, _ in entries):
+            return
+    raise SourceMismatchError(
+        f"{builder.data_dir} holds rafdb/{builder.builder_config.name} built from another "
+        f"tree than {root} (its {layout.LABEL_FILE} differs). Delete {builder.data_dir} to "
+        f"build it from {root}, or give another data_dir."
+    )
 
 
 def build(config_name: str, manual_dir: str, data_dir: str) -> tfds.core.DatasetBuilder:
