@@ -207,12 +207,19 @@ def align_face(image: np.ndarray, face: Face, size: int = ALIGNED_SIZE) -> np.nd
 
 
 def aligned_input(image: np.ndarray, size: int = ALIGNED_SIZE) -> np.ndarray:
-    """An input that is already an aligned face (--aligned): resized to size x size."""
-    if image.shape[:2] == (size, size):
+    """An input that is already an aligned face (--aligned) as size x size: the shorter side
+    resized to `size`, then the centre cropped, keeping the aspect ratio as the training and
+    eval pipelines do (squashing would distort the face); RAF-DB's 100x100 faces are kept."""
+    h, w = image.shape[:2]
+    if (h, w) == (size, size):
         return image
-    shrink = image.shape[0] > size or image.shape[1] > size
-    return cv2.resize(image, (size, size),
-                      interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    scale = size / min(h, w)
+    new_h, new_w = max(round(h * scale), size), max(round(w * scale), size)
+    if (new_h, new_w) != (h, w):
+        image = cv2.resize(image, (new_w, new_h),
+                           interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return np.ascontiguousarray(image[top : top + size, left : left + size])
 
 
 def iou(a: Sequence[float], b: Sequence[float]) -> float:

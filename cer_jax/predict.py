@@ -9,23 +9,27 @@ r"""Predict compound expressions of the faces in photos and videos with an ensem
 Inputs are image files, video files and folders (searched recursively, sorted). Each face
 gives one row (CSV, or JSON lines when --out ends in .jsonl / .json): the source file, frame
 index and timestamp (videos), the face box in pixels, the track id (videos), the predicted
-class, every class's fused probability and each member's predicted class. A file that cannot
-be read, an image without a face and a video that cannot be decoded or ends early each give a
-row whose `status` says so; processing goes on. An input named on the command line that does not
-exist is a usage error; a file named more than once (also through a folder) is predicted once,
-with a warning. Exit status: 0 all inputs fine, 1 some input failed (its row or an error log line
-says which), 2 a usage error or an output that cannot be written (one line on stderr:
-`error: ...`), 130 stopped by Ctrl-C, 143 by SIGTERM.
+class, every class's fused probability and each member's predicted class (UTF-8; a file name
+that is not valid UTF-8 keeps its bytes). A file that cannot be read, an image without a face and
+a video that cannot be decoded each give a row whose `status` says so; processing goes on. A
+video that decodes fewer frames than its container counts (truncated, or an MP4 edit list) is a
+warning, a failure only when the frame list asks for the missing frames. Inputs may be gs://
+paths (a video is copied to a local temporary file for OpenCV). An input named on the command
+line that does not exist is a usage error; a file named more than once (also through a folder)
+is predicted once, with a warning. Exit status: 0 all inputs fine, 1 some input failed (its row
+or an error log line says which), 2 a usage error or an output that cannot be written (one line
+on stderr: `error: ...`), 130 stopped by Ctrl-C, 143 by SIGTERM.
 
 The outputs (--out, --submission, --annotate) are checked before the model is loaded: the folder
 must be creatable, a file target must not be a folder, --annotate must not be a file. The rows
 file and the submission are written to `<path>.partial` next to the target (for gs://, a local
 temporary file) and moved onto it once complete, so a failed or interrupted run (Ctrl-C, or the
 SIGTERM of timeout, SLURM or docker stop) leaves an earlier file as it was and no half-written
-one; if only that move fails the finished file is kept.
+one; if only that move fails the finished file is kept. Annotated videos are staged the same way.
 
 Faces are found by `--detector` (see `cer_jax.faces`) and aligned like RAF-DB's 100x100
-faces; `--aligned` treats every image as an already aligned face. `--flip-tta` averages each
+faces; `--aligned` treats every image as an already aligned face (the shorter side resized to
+100, the centre cropped). `--flip-tta` averages each
 member over the face and its mirror image.
 
 Videos are decoded as a stream (OpenCV; memory does not grow with the video's length apart
@@ -57,16 +61,17 @@ exit status 1. The ensemble must predict the 7 challenge classes in the challeng
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import os
-import pathlib
+import shutil
 import signal
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
 import cv2
@@ -80,9 +85,9 @@ from cer_jax.errors import Terminated
 from cer_jax.paths import file_in_the_way, is_remote, same_place
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jfif", ".pgm",
-                    ".ppm")
+                    ".ppm", ".gif")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv",
-                    ".flv", ".3gp")
+                    ".flv", ".3gp", ".ts", ".mts", ".m2ts")
 ABAW7_CLASSES = (
     "Fearfully Surprised", "Happily Surprised", "Sadly Surprised", "Disgustedly Surprised",
     "Angrily Surprised", "Sadly Fearful", "Sadly Angry",
@@ -229,10 +234,48 @@ def read_image(path: str) -> tuple[np.ndarray | None, str]:
         return None, f"error: cannot read file ({error.__class__.__name__})"
     if not data:
         return None, "error: empty file"
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:  # a header OpenCV refuses (over 2^30 pixels, some corrupt BMPs)
+        return None, "error: not a readable image (too large, or a corrupt header)"
     if image is None:
         return None, "error: not a readable image"
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), "ok"
+
+
+def _opencv_can_name(path: str) -> bool:
+    """OpenCV takes file names as UTF-8 and crashes (segfault) on one that is not: a name
+    Python read from non-UTF-8 bytes holds surrogates."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def opencv_path(path: str) -> Iterator[str]:
+    """A local path OpenCV can open for the video `path`: itself; a symbolic link to it when its
+    name is not valid UTF-8; a temporary copy (through epath) of a remote one, since OpenCV
+    cannot read gs://. What was made is removed afterwards. Raises what reading raises."""
+    if not is_remote(path) and _opencv_can_name(path):
+        yield path
+        return
+    suffix = epath.Path(path).suffix
+    folder = tempfile.mkdtemp(prefix="cer_jax_predict_")
+    local = os.path.join(folder, "video" + (suffix if _opencv_can_name(suffix) else ""))
+    try:
+        if is_remote(path):
+            with epath.Path(path).open("rb") as source, open(local, "wb") as target:
+                shutil.copyfileobj(source, target, 1 << 20)
+        else:
+            try:
+                os.symlink(os.path.abspath(path), local)
+            except OSError:  # no symbolic links here
+                shutil.copyfile(path, local)
+        yield local
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # --- outputs -----------------------------------------------------------------------------------
@@ -255,7 +298,8 @@ def publish(flag: str, staged: str, target: str) -> None:
     error names it), so no finished work is lost."""
     try:
         if is_remote(target):
-            epath.Path(target).write_bytes(pathlib.Path(staged).read_bytes())
+            with open(staged, "rb") as source, epath.Path(target).open("wb") as copy:
+                shutil.copyfileobj(source, copy, 1 << 20)  # streamed: annotated videos are big
             os.remove(staged)
         else:
             os.replace(staged, target)
@@ -350,7 +394,7 @@ class RowWriter:
             self._csv = csv.DictWriter(stream, self.fields, lineterminator="\n")
             try:
                 self._csv.writeheader()
-            except OSError as error:
+            except (OSError, UnicodeEncodeError) as error:
                 raise WriteError("out", self.name, error) from error
 
     def flush(self) -> None:
@@ -390,7 +434,7 @@ class RowWriter:
                 if probs:
                     row["probabilities"], row["members"] = probs, members
                 self.stream.write(json.dumps(row) + "\n")
-        except OSError as error:
+        except (OSError, UnicodeEncodeError) as error:  # e.g. a name stdout's encoding lacks
             raise WriteError("out", self.name, error) from error
 
 
@@ -432,11 +476,20 @@ class Progress:
 
 
 def video_frame_count(path: str) -> int:
-    capture = cv2.VideoCapture(path)
+    """The container's frame count, for the progress bar; 0 when unknown (a remote video is
+    not copied here just to count)."""
+    if is_remote(path):
+        return 0
     try:
-        return max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0) if capture.isOpened() else 0
-    finally:
-        capture.release()
+        with opencv_path(path) as local:
+            capture = cv2.VideoCapture(local)
+            try:
+                return (max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
+                        if capture.isOpened() else 0)
+            finally:
+                capture.release()
+    except OSError:
+        return 0
 
 
 # --- the predictor ----------------------------------------------------------------------------
@@ -586,7 +639,23 @@ class Predictor:
 
     # videos
     def run_video(self, source: Source) -> None:
-        capture = cv2.VideoCapture(source.path)
+        """Predicts a video through a path OpenCV can open (a local copy of a remote one)."""
+        with contextlib.ExitStack() as stack:
+            try:
+                local = stack.enter_context(opencv_path(source.path))
+            except FileNotFoundError:
+                local, status = None, "error: file not found"
+            except write_errors() as error:
+                local, status = None, f"error: cannot read file ({error.__class__.__name__})"
+            if local is None:
+                self.fail(source, status)
+                if self.progress:
+                    self.progress.update(1)
+                return
+            self._run_video(source, local)
+
+    def _run_video(self, source: Source, local: str) -> None:
+        capture = cv2.VideoCapture(local)
         if not capture.isOpened():
             self.fail(source, "error: cannot open video (missing, not a video, or broken)")
             if self.progress:
@@ -651,23 +720,32 @@ class Predictor:
         stem = epath.Path(source.path).stem
         self.video_classes[stem] = frame_classes(records)
         listed = self.listed_frames.get(stem, 0)
-        if expected and decoded < expected - max(2, expected // 100):
-            self.fail(source, f"error: video ended after {decoded} of {expected} frames "
-                      "(truncated?)", frame=decoded)
-        elif listed > decoded:
+        # Fewer frames than the container says is a failure only when frames asked for are
+        # missing: an MP4 edit list (a cut made with `ffmpeg -ss ... -c copy`) hides frames
+        # that are counted but never shown.
+        short = bool(expected) and decoded < expected - max(2, expected // 100)
+        if listed > decoded:
             message = (
                 f"the frame list asks for frames up to {listed} but only {decoded} were "
-                "decoded: its frame numbering differs from the video's (e.g. a "
-                "variable-frame-rate video, or frames extracted at another rate)"
+                "decoded: " + (
+                    f"the video ended after {decoded} of the {expected} frames its "
+                    "container counts (a truncated file, or an edit list that hides some)"
+                    if short else
+                    "its frame numbering differs from the video's (e.g. a "
+                    "variable-frame-rate video, or frames extracted at another rate)")
             )
             logging.error("Video %r (%s): %s. Its listed frames past %d get the class of the "
                           "nearest decoded frame with a face.", stem, source.path, message,
                           decoded)
             self.fail(source, f"error: {message}", frame=decoded)
+        elif short:
+            logging.warning("Video %s: %d of the %d frames its container counts were decoded "
+                            "(an edit list that hides some, or a truncated file); every "
+                            "decoded frame was predicted.", source.path, decoded, expected)
         if not records:
             self.fail(source, "no face found in any frame")
         if self.annotate:
-            self.write_annotated_video(source, records, fps)
+            self.write_annotated_video(source, local, records, fps)
 
     def _flush_video(self, pending: list, records: list[FaceRecord]) -> None:
         if not pending:
@@ -721,31 +799,51 @@ class Predictor:
             except write_errors() as error:
                 raise WriteError("annotate", path, error) from error
 
-    def write_annotated_video(self, source: Source, records: list[FaceRecord],
+    def write_annotated_video(self, source: Source, local: str, records: list[FaceRecord],
                               fps: float) -> None:
-        """A second streamed pass over the video, drawing each frame's (smoothed) faces."""
+        """A second streamed pass over the video (at `local`, a path OpenCV can open), drawing
+        each frame's (smoothed) faces. OpenCV writes only local files with UTF-8 names, so the
+        video is written to a local temporary file and then published (renamed, or copied to
+        gs://)."""
         by_frame: dict[int, list[FaceRecord]] = {}
         for r in records:
             by_frame.setdefault(r.frame, []).append(r)
-        capture = cv2.VideoCapture(source.path)
         path = self._annotated_path(source, ".avi")
-        writer, index = None, 0
+        try:
+            handle, staged = tempfile.mkstemp(
+                prefix=".cer_jax_predict_", suffix=".partial.avi",
+                dir=None if is_remote(path) else os.fspath(path.parent))
+            os.close(handle)
+        except OSError as error:
+            raise WriteError("annotate", path, error) from error
+        capture = cv2.VideoCapture(local)
+        writer, index, finished = None, 0, False
         try:
             while True:
                 ok, frame = capture.read()
                 if not ok or frame is None:
                     break
                 if writer is None:
-                    writer = cv2.VideoWriter(os.fspath(path), cv2.VideoWriter_fourcc(*"MJPG"),
-                                             fps, (frame.shape[1], frame.shape[0]))
+                    writer = cv2.VideoWriter(staged, cv2.VideoWriter_fourcc(*"MJPG"), fps,
+                                             (frame.shape[1], frame.shape[0]))
+                    if not writer.isOpened():
+                        raise WriteError("annotate", path, "OpenCV cannot open a video writer "
+                                         "for it")
                 for r in by_frame.get(index, []):
                     self.draw(frame, r.box, r.probabilities, r.track)
                 writer.write(frame)
                 index += 1
+            if writer is not None:
+                writer.release()
+                finished = True
         finally:
             capture.release()
             if writer is not None:
                 writer.release()
+            if not finished:  # failed, stopped, or no frame decoded this time
+                remove_quietly(staged)
+        if finished:
+            publish("annotate", staged, os.fspath(path))
 
 
 # --- the C-EXPR-DB submission -----------------------------------------------------------------
@@ -871,7 +969,7 @@ def write_submission(path: str, entries: list[tuple[str, int]],
     # Staged, then published: an earlier submission stays as it was until this one is whole.
     staged = staging_path(path)
     try:
-        with open(staged, "w") as f:
+        with open(staged, "w", encoding="utf-8", errors="surrogateescape") as f:
             f.write("\n".join(lines) + "\n")
     except OSError as error:
         remove_quietly(staged)
@@ -942,14 +1040,20 @@ def run(inputs: Sequence[str], *, ensemble: str, out: str | None = None, aligned
     # --out as it was.
     staged = staging_path(out) if out else None
     stream: TextIO
+    stdout_errors = None  # stdout's error handler, to restore
     if staged is not None:
         try:
-            stream = open(staged, "w")  # noqa: SIM115 (closed below, before publishing)
+            # UTF-8 everywhere; a file name that is not valid UTF-8 keeps its bytes.
+            stream = open(staged, "w", encoding="utf-8", errors="surrogateescape",  # noqa: SIM115
+                          newline="")  # (closed below, before publishing)
         except OSError as error:
             remove_quietly(staged)
             raise WriteError("out", out, error) from error
     else:
         stream = sys.stdout
+        if hasattr(stream, "reconfigure") and getattr(stream, "errors", None) == "strict":
+            stdout_errors = stream.errors
+            stream.reconfigure(errors="surrogateescape")
     progress = Progress(total) if show_progress else None
     start = time.time()
     rows_error: WriteError | None = None
@@ -993,7 +1097,9 @@ def run(inputs: Sequence[str], *, ensemble: str, out: str | None = None, aligned
         else:
             try:
                 stream.flush()
-            except OSError:
+                if stdout_errors is not None:
+                    stream.reconfigure(errors=stdout_errors)
+            except (OSError, ValueError):
                 pass
     elapsed = time.time() - start
     logging.info("%d face(s) from %d input(s) in %.1f s (%.1f faces/s); %d input(s) failed.",

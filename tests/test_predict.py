@@ -7,10 +7,13 @@ import json
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
+import zlib
 
 import cv2
 import numpy as np
@@ -18,7 +21,7 @@ import pytest
 from test_ensemble import build_tiny_ensemble
 from test_faces import grace_hopper, needs_haar, no_face_photo
 
-from cer_jax import predict
+from cer_jax import faces, predict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,7 +59,7 @@ def read_csv(path):
 
 
 @needs_haar
-def test_photos_and_bad_inputs_each_give_a_row(tmp_path, ensemble_dir):
+def test_photos_and_bad_inputs_each_give_a_row(tmp_path, ensemble_dir, caplog):
     inputs = tmp_path / "in"
     (inputs / "sub").mkdir(parents=True)
     cv2.imwrite(os.fspath(inputs / "sub" / "hopper.jpg"), cv2.cvtColor(grace_hopper(),
@@ -87,8 +90,12 @@ def test_photos_and_bad_inputs_each_give_a_row(tmp_path, ensemble_dir):
     assert by_name["empty.jpg"][0]["status"] == "error: empty file"
     assert by_name["text.jpg"][0]["status"] == "error: not a readable image"
     assert by_name["garbage.mp4"][0]["status"].startswith("error:")
+    # Without a frame list no frame asked for is missing: every decoded frame is predicted.
     truncated = [r["status"] for r in by_name["truncated.avi"]]
-    assert any(s.startswith("error:") for s in truncated), truncated
+    assert set(truncated) == {"ok"}, truncated
+    assert (f"Video {inputs / 'truncated.avi'}: 6 of the 12 frames its container counts were "
+            "decoded (an edit list that hides some, or a truncated file); every decoded frame "
+            "was predicted.") in caplog.text
     assert sorted(os.listdir(tmp_path / "annotated"))[:2] == ["backpack.jpg", "hopper.jpg"]
 
 
@@ -176,12 +183,15 @@ def test_aligned_inputs_and_user_errors(tmp_path, ensemble_dir):
 
 
 def test_a_folder_says_which_files_it_skips(tmp_path, caplog):
-    for name in ("a.gif", "b.JPG", "notes.txt"):
+    for name in ("a.heic", "b.JPG", "c.gif", "d.ts", "e.MTS", "f.m2ts", "notes.txt"):
         (tmp_path / name).write_bytes(b"")
     assert predict.expand_inputs([os.fspath(tmp_path)]) == [
-        predict.Source(os.fspath(tmp_path / "b.JPG"), "image")]
+        predict.Source(os.fspath(tmp_path / "b.JPG"), "image"),
+        predict.Source(os.fspath(tmp_path / "c.gif"), "image"),  # training reads GIFs too
+        *[predict.Source(os.fspath(tmp_path / name), "video")
+          for name in ("d.ts", "e.MTS", "f.m2ts")]]
     assert (f"Skipped 2 file(s) in {tmp_path} that are neither images nor videos by extension "
-            "(e.g. a.gif, notes.txt)") in caplog.text
+            "(e.g. a.heic, notes.txt)") in caplog.text
 
 
 def noise_video(path, n, fps=10.0):
@@ -581,3 +591,187 @@ def test_a_stopped_run_leaves_the_earlier_rows_and_no_partial_file(tmp_path, sto
         "or --submission is as it was).")
     assert out.read_text() == "previous good rows\n"
     assert sorted(os.listdir(tmp_path)) == ["face.png", "rows.csv"]  # no rows.csv.partial
+
+
+def png_chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def test_an_image_opencv_refuses_is_a_row_and_the_run_goes_on(tmp_path, ensemble_dir):
+    """OpenCV raises (not returns None) on a header over 2^30 pixels, as on some corrupt BMPs."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    header = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)  # 60000 x 60000 RGB
+    (folder / "huge.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(b"\0" * 4)) + png_chunk(b"IEND", b""))
+    cv2.imwrite(os.fspath(folder / "face.png"), np.zeros((100, 100, 3), np.uint8))
+    out = tmp_path / "rows.csv"
+    assert predict.run([os.fspath(folder)], ensemble=ensemble_dir, aligned=True,
+                       out=os.fspath(out), show_progress=False) == 1
+    assert [(os.path.basename(r["source"]), r["status"]) for r in read_csv(out)] == [
+        ("huge.png", "error: not a readable image (too large, or a corrupt header)"),
+        ("face.png", "ok")]  # an error row at once, faces in batches
+
+
+def non_utf8(folder, name):
+    """An empty file `folder`/`name` (bytes, not valid UTF-8) as Python spells its path (with a
+    surrogate); skips where the file system refuses such names."""
+    path = os.path.join(os.fspath(folder), os.fsdecode(name))
+    try:
+        open(path, "wb").close()
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system refuses names that are not valid UTF-8")
+    return path
+
+
+def test_file_names_that_are_not_utf8_are_written_as_their_bytes(tmp_path, ensemble_dir,
+                                                                 monkeypatch):
+    image = non_utf8(tmp_path, b"caf\xe9.png")
+    cv2.imwrite(os.fspath(tmp_path / "face.png"), np.zeros((100, 100, 3), np.uint8))
+    os.replace(tmp_path / "face.png", image)
+    out = tmp_path / "rows.csv"
+    assert predict.run([image], ensemble=ensemble_dir, aligned=True, out=os.fspath(out),
+                       show_progress=False) == 0
+    with open(out, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        assert [(r["source"], r["status"]) for r in csv.DictReader(f)] == [(image, "ok")]
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")  # errors="strict", as a pipe's
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert predict.run([image], ensemble=ensemble_dir, aligned=True, show_progress=False) == 0
+    stdout.flush()
+    lines = stdout.buffer.getvalue().splitlines()
+    assert len(lines) == 2 and lines[1].startswith(os.fsencode(image) + b",image,,,0,")
+    assert stdout.errors == "strict"  # as it was
+
+
+def test_a_video_name_that_is_not_utf8_reaches_opencv_through_a_link(tmp_path, ensemble_dir):
+    """OpenCV crashes (segfault) on such a name: it gets a link with a plain name instead."""
+    video = non_utf8(tmp_path, b"clip\xe9.avi")
+    noise_video(tmp_path / "clip.avi", 3)
+    os.replace(tmp_path / "clip.avi", video)
+    out = tmp_path / "rows.jsonl"
+    annotated = tmp_path / "annotated"
+    assert predict.run([video], ensemble=ensemble_dir, aligned=True, out=os.fspath(out),
+                       annotate=os.fspath(annotated), show_progress=False) == 0
+    assert [(r["source"], r["frame"], r["status"]) for r in jsonl(out)] == [
+        (video, i, "ok") for i in range(3)]
+    assert os.listdir(annotated) == [os.path.basename(video)]  # no staged file left
+    os.replace(annotated / os.path.basename(video), annotated / "plain.avi")
+    assert int(cv2.VideoCapture(os.fspath(annotated / "plain.avi")).get(
+        cv2.CAP_PROP_FRAME_COUNT)) == 3
+
+
+def test_an_aligned_input_keeps_its_aspect_ratio():
+    """As the training and eval pipelines: the shorter side to 100, then the centre."""
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 256, (100, 160, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(faces.aligned_input(wide), wide[:, 30:130])
+    small_tall = rng.integers(0, 256, (80, 50, 3), dtype=np.uint8)
+    grown = cv2.resize(small_tall, (100, 160), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(faces.aligned_input(small_tall), grown[30:130])
+    big = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    shrunk = cv2.resize(big, (100, 150), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(faces.aligned_input(big), shrunk[25:125])
+    square = rng.integers(0, 256, (100, 100, 3), dtype=np.uint8)
+    assert faces.aligned_input(square) is square  # RAF-DB's aligned faces as they are
+
+
+def edit_listed_mp4(path, frames, shown):
+    """An MP4 of `frames` frames whose edit list shows only the first `shown` (as a cut made
+    with `ffmpeg -ss ... -c copy` does): the container counts them all, OpenCV decodes fewer."""
+    writer = cv2.VideoWriter(os.fspath(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (64, 64))
+    for i in range(frames):
+        writer.write(np.full((64, 64, 3), 20 * i, np.uint8))
+    writer.release()
+    data = bytearray(open(path, "rb").read())
+    box = data.find(b"elst")
+    assert box > 0 and data[box + 4] == 0, "OpenCV's MP4 writer wrote no version-0 edit list"
+    duration, = struct.unpack(">I", data[box + 12 : box + 16])  # the first entry's, in mvhd units
+    struct.pack_into(">I", data, box + 12, duration * shown // frames)
+    open(path, "wb").write(data)
+
+
+def test_fewer_frames_than_the_container_counts_fail_only_when_asked_for(tmp_path, ensemble_dir,
+                                                                        caplog):
+    video = tmp_path / "cut.mp4"
+    edit_listed_mp4(video, 10, 7)
+    capture = cv2.VideoCapture(os.fspath(video))
+    assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == 10
+    capture.release()
+    out, listed, sub = tmp_path / "rows.csv", tmp_path / "list.txt", tmp_path / "sub.txt"
+
+    def run(*frames):
+        listed.write_text("".join(f"cut/{f:05d}.jpg\n" for f in frames))
+        return predict.run([os.fspath(video)], ensemble=ensemble_dir, aligned=True,
+                           out=os.fspath(out), show_progress=False,
+                           **({"abaw_frames": os.fspath(listed), "submission": os.fspath(sub)}
+                              if frames else {}))
+
+    assert run() == 0
+    assert [(r["frame"], r["status"]) for r in read_csv(out)] == [(str(i), "ok")
+                                                                  for i in range(7)]
+    assert (f"Video {video}: 7 of the 10 frames its container counts were decoded (an edit "
+            "list that hides some, or a truncated file); every decoded frame was "
+            "predicted.") in caplog.text
+    assert run(1, 7) == 0  # every listed frame was decoded
+    assert run(1, 9) == 1
+    message = ("the frame list asks for frames up to 9 but only 7 were decoded: the video ended "
+               "after 7 of the 10 frames its container counts (a truncated file, or an edit "
+               "list that hides some)")
+    assert read_csv(out)[-1]["status"] == f"error: {message}"
+    assert (f"Video 'cut' ({video}): {message}. Its listed frames past 7 get the class of the "
+            "nearest decoded frame with a face.") in caplog.text
+
+
+def test_videos_are_read_from_and_annotated_into_a_bucket(tmp_path, ensemble_dir, bucket,
+                                                          monkeypatch):
+    """OpenCV opens only local files: a gs:// video is copied here for it, and the annotated
+    video is written here and copied to gs://; neither copy is left behind."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", os.fspath(scratch))
+    (bucket.root / "in").mkdir()
+    noise_video(bucket.root / "in" / "clip.avi", 3)
+    out = tmp_path / "rows.jsonl"
+    assert predict.run(["gs://test-bucket/in"], ensemble=ensemble_dir, aligned=True,
+                       out=os.fspath(out), annotate="gs://test-bucket/annotated",
+                       show_progress=False) == 0
+    assert [(r["source"], r["frame"], r["status"]) for r in jsonl(out)] == [
+        ("gs://test-bucket/in/clip.avi", i, "ok") for i in range(3)]
+    annotated = bucket.root / "annotated"
+    assert os.listdir(annotated) == ["clip.avi"]
+    assert int(cv2.VideoCapture(os.fspath(annotated / "clip.avi")).get(
+        cv2.CAP_PROP_FRAME_COUNT)) == 3
+    assert "gs://test-bucket/annotated/clip.avi" in bucket.seen
+    assert os.listdir(scratch) == []
+
+
+def test_an_annotated_video_that_cannot_be_written_is_a_write_error(tmp_path, ensemble_dir,
+                                                                    monkeypatch):
+    video = tmp_path / "clip.avi"
+    noise_video(video, 3)
+
+    class ClosedWriter:  # what cv2.VideoWriter gives for a place it cannot write
+        def __init__(self, *args):
+            pass
+
+        def isOpened(self):  # noqa: N802 (OpenCV's name)
+            return False
+
+        def write(self, frame):
+            pass
+
+        def release(self):
+            pass
+
+    monkeypatch.setattr(cv2, "VideoWriter", ClosedWriter)
+    annotated = tmp_path / "annotated"
+    with pytest.raises(predict.WriteError) as info:
+        predict.run([os.fspath(video)], ensemble=ensemble_dir, aligned=True,
+                    out=os.fspath(tmp_path / "rows.csv"), annotate=os.fspath(annotated),
+                    show_progress=False)
+    assert str(info.value) == (
+        f"--annotate={annotated / 'clip.avi'} cannot be written (OpenCV cannot open a video "
+        "writer for it): free space, or choose another path.")
+    assert os.listdir(annotated) == [] and sorted(os.listdir(tmp_path)) == ["annotated",
+                                                                           "clip.avi"]
