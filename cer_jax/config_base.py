@@ -24,7 +24,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     # model.name picks the registry entry (cer_jax.models); every other key is passed to the
     # model's create() as a keyword (dtype as a string: "float32" or "bfloat16" compute). A key
     # left at None ("auto") takes what the pre-trained file implies (init.checkpoint), or the
-    # model's default; see cer_jax.model_settings.
+    # model's default; see cer_jax.warm_start.resolve_model_settings.
     config.model = ml_collections.ConfigDict({"name": "vit"})
 
     config.dataset = dataset_defaults()
@@ -118,10 +118,10 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def follow_up_augmentations(config: ml_collections.ConfigDict) -> None:
-    """The follow-up paper's training augmentations (paper.md), shared by ViT and ResNet50:
-    resize 256 + random crop 224, flip, colour jitter (0.5, 0.5, 0.5, 0.1), random affine and
-    Gaussian blur. How often each applies, and the blur's kernel and sigma, are not stated: the
-    probabilities below (and input.blur's defaults) are this project's choice."""
+    """The follow-up paper's training augmentations (arXiv 2407.12257), shared by ViT and
+    ResNet50: resize 256 + random crop 224, flip, colour jitter (0.5, 0.5, 0.5, 0.1), random
+    affine and Gaussian blur. How often each applies, and the blur's kernel and sigma, are not
+    stated: the probabilities below (and input.blur's defaults) are this project's choice."""
     config.input.train_resize = "resize_crop"
     config.input.flip = True
     config.input.color_jitter = (0.5, 0.5, 0.5, 0.1)
@@ -130,16 +130,17 @@ def follow_up_augmentations(config: ml_collections.ConfigDict) -> None:
     config.input.blur.prob = 0.2
 
 
-# The follow-up paper's optimisation (paper.md): Adam, 3e-6 backbone / 1e-5 head, x0.9 per epoch.
+# The follow-up paper's optimisation (arXiv 2407.12257): Adam, 3e-6 backbone / 1e-5 head, x0.9
+# per epoch.
 FOLLOW_UP_LR = 3e-6
 FOLLOW_UP_HEAD_LR = 1e-5
 
 
 def follow_up_recipe(config: ml_collections.ConfigDict) -> None:
-    """The follow-up paper's recipe (paper.md) as stated, and nothing it does not state: Adam,
-    lr 3e-6 backbone / 1e-5 head, exponential decay 0.9 per epoch, 50 epochs, batch 96, ImageNet
-    mean/std, its augmentations. Not stated, so off: weight decay, warm-up, gradient clipping and
-    label smoothing."""
+    """The follow-up paper's recipe (arXiv 2407.12257) as stated, and nothing it does not state:
+    Adam, lr 3e-6 backbone / 1e-5 head, exponential decay 0.9 per epoch, 50 epochs, batch 96,
+    ImageNet mean/std, its augmentations. Not stated, so off: weight decay, warm-up, gradient
+    clipping and label smoothing."""
     follow_up_augmentations(config)
     config.input.normalization = "imagenet"
     config.optimizer.update(

@@ -8,9 +8,9 @@ r"""ViT on RAF-DB compound: fine-tuning recipe from an AugReg / ViT checkpoint.
 Recipe (this project's, big_vision-style fine-tuning): AdamW at 3e-5 with weight decay 0.05 on
 kernels only, linear warm-up then cosine, label smoothing 0.1, gradient clipping at 1.0,
 stochastic depth 0.1, head learning rate x10, 30 epochs. Inputs in [-1, 1] as in AugReg
-pre-training. Augmentations from the follow-up recipe (paper.md): resize 256 + random crop 224,
-flip, colour jitter (0.5, 0.5, 0.5, 0.1), random affine (15 deg, translate 0.1, scale 0.9-1.1,
-shear 10) and Gaussian blur.
+pre-training. Augmentations from the follow-up recipe (arXiv 2407.12257): resize 256 + random
+crop 224, flip, colour jitter (0.5, 0.5, 0.5, 0.1), random affine (15 deg, translate 0.1,
+scale 0.9-1.1, shear 10) and Gaussian blur.
 
 `:follow_up` is the follow-up paper's recipe as stated (config_base.follow_up_recipe): Adam,
 3e-6 backbone / 1e-5 head, x0.9 per epoch, 50 epochs, ImageNet mean/std; no weight decay,

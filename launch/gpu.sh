@@ -20,6 +20,8 @@
 #   CUDA_VISIBLE_DEVICES [all]  the GPUs to use
 #   DATA_DIR     TFDS data_dir holding the built rafdb dataset (--config.dataset.data_dir)
 #                [unset: the config's default, ~/tensorflow_datasets]
+#   TFDS_CONFIG  the rafdb builder config the trainings read (compound | compound_abaw7 |
+#                basic: --config.dataset.name=rafdb/TFDS_CONFIG) [unset: the config's, compound]
 #   VIT_WEIGHTS MANET_WEIGHTS RESNET50_WEIGHTS  pre-trained files for `ensemble` (unset: the
 #                member trains from scratch)
 #   SMOKE [0]    1: the configs' :smoke variants on synthetic data (a quick check of the setup)

@@ -268,10 +268,10 @@ def test_training_starts_from_every_pretrained_format(member, fmt, data, tmp_pat
 @pytest.mark.parametrize("member", FOLLOW_UP)
 def test_the_follow_up_recipe_moves_each_weight_by_the_papers_learning_rates(member, data,
                                                                              tmp_path):
-    """paper.md: "Adam, lr 3e-6 backbone / 1e-5 head, exponential decay 0.9 per epoch, 50
-    epochs, batch 96", ImageNet mean/std. Adam's first step moves every weight with a gradient
-    by exactly the learning rate (m / sqrt(v) = sign(g)), so one step from pre-trained weights
-    shows both rates."""
+    """The follow-up paper (arXiv 2407.12257): "Adam, lr 3e-6 backbone / 1e-5 head, exponential
+    decay 0.9 per epoch, 50 epochs, batch 96", ImageNet mean/std. Adam's first step moves every
+    weight with a gradient by exactly the learning rate (m / sqrt(v) = sign(g)), so one step
+    from pre-trained weights shows both rates."""
     recipe = load_config(f"configs/{member}.py:follow_up")
     assert (recipe.optimizer.name, recipe.schedule.name) == ("adam", "exponential")
     assert (recipe.training.num_epochs, recipe.training.global_batch_size) == (50, 96)

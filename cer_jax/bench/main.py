@@ -1,7 +1,7 @@
 r"""Throughput, FLOPs, MFU and memory per model; optionally input pipeline, PyTorch, profile.
 
     python -m cer_jax.bench --models=vit:B/16,resnet:50,manet --precision=bfloat16 \
-        [--batch_size=N] [--image_size=224] [--steps=20] [--warmup=3] [--json=bench.json] \
+        [--batch_size=N] [--image_size=224] [--steps=10] [--warmup=2] [--json=bench.json] \
         [--input] [--compare_torch] [--profile=/tmp/bench_profile]
 
 --models takes shorthands (vit:<variant>, resnet:<depth>, manet[:<width>]; each runs its recipe
