@@ -113,9 +113,15 @@ def eval_preprocessing(input_config: ml_collections.ConfigDict) -> dict[str, Any
 # What must be equal for a workdir's checkpoints to belong to a run of this config: the model,
 # its data, and how evaluation (and so the export and the ensemble artefact) feeds it images.
 _IDENTITY_KEYS = ("member", "model", "dataset.name", "dataset.folder", "dataset.train_split")
-# What the resumed data stream's position depends on (step x batch, dealt over the shards): with
-# another value it would skip or repeat examples. Compared when the workdir recorded them.
-_DATA_ORDER_KEYS = ("training.global_batch_size", "input.num_data_shards")
+# What the resumed data stream depends on: its position (step x batch, dealt over the shards)
+# and the order it skips to (the seed's shuffles, the shuffle buffer, class-balanced sampling).
+# With another value the resumed epoch would repeat some examples and miss others. Compared
+# when the workdir recorded them (a workdir from before a key existed resumes as it did).
+_DATA_ORDER_KEYS = ("training.global_batch_size", "input.num_data_shards", "seed",
+                    "input.shuffle_buffer", "input.balance")
+
+
+_ABSENT = object()
 
 
 def _flat(config: ml_collections.ConfigDict | dict, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -157,9 +163,13 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
         return
     saved_config = ml_collections.ConfigDict(json.loads(path.read_text()))
     saved, wanted = _identity(saved_config), _identity(config)
-    for key, value in _flat(saved_config, _DATA_ORDER_KEYS).items():
-        if value is not None:
-            saved[key], wanted[key] = value, _flat(config, (key,))[key]
+    recorded = saved_config.to_dict()
+    for key in _DATA_ORDER_KEYS:
+        node: Any = recorded
+        for part in key.split("."):
+            node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
+        if node is not _ABSENT:
+            saved[key], wanted[key] = node, _flat(config, (key,))[key]
     differing = [
         f"{key}={saved.get(key)!r} there, {wanted.get(key)!r} here"
         for key in sorted(set(saved) | set(wanted))

@@ -44,8 +44,10 @@ def _implied(config: ml_collections.ConfigDict) -> tuple[dict[str, Any], dict[st
              for key, s in settings.items()},
         )
     if init.get("workdir"):
-        source = checkpointing.load_config(init.workdir).model
+        source_config = checkpointing.load_config(init.workdir)
+        source = source_config.model
         _check_same_architecture(source, config.model, init.workdir)
+        _check_same_input_scale(source_config.get("input", {}), config.input, init.workdir)
         values = {key: source[key] for key in FUNCTION_SETTINGS if source.get(key) not in AUTO}
         why = f"the model of init.workdir={init.workdir} was trained with it"
         return values, dict.fromkeys(values, why)
@@ -74,6 +76,19 @@ def _check_same_architecture(
                         for k in differing)
             + "): set " + " ".join(f"--config.model.{k}={source.get(k)}" for k in differing)
             + ", or start from a run of this size."
+        )
+
+
+def _check_same_input_scale(source_input: Any, wanted_input: ml_collections.ConfigDict,
+                            workdir: str) -> None:
+    """Fine-tuning init.workdir's network on inputs scaled otherwise than it learnt them (ImageNet
+    mean/std after [-1, 1], say) silently starts it off its features: refused, with the fix."""
+    there, here = source_input.get("normalization"), wanted_input.normalization
+    if there is not None and there != here:
+        raise ModelSettingError(
+            f"init.workdir={workdir} was trained on inputs with input.normalization={there!r} "
+            f"and this config feeds it {here!r}: set --config.input.normalization={there}, or "
+            "start from a run trained with this normalisation."
         )
 
 

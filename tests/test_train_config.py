@@ -284,6 +284,26 @@ def test_init_workdir_of_another_network_is_one_line(tmp_path):
         "--config.model.width=16, or start from a run of this size.")
 
 
+def test_init_workdir_trained_on_other_input_scaling_is_one_line(tmp_path):
+    """Stage 2 of the two-stage recipe must feed the network inputs scaled as in stage 1: ViT's
+    :follow_up (ImageNet mean/std) then the default recipe ([-1, 1]) would start it off its
+    features, silently."""
+    from cer_jax import checkpointing, warm_start
+
+    stage_one = tmp_path / "vit_basic"
+    checkpointing.save_config(load_config("configs/vit.py:follow_up"), str(stage_one))
+    config = load_config("configs/vit.py")
+    config.init.workdir = str(stage_one)
+    with pytest.raises(UserError) as e:
+        warm_start.resolve_model_settings(config)
+    assert str(e.value) == (
+        f"init.workdir={stage_one} was trained on inputs with input.normalization='imagenet' and "
+        "this config feeds it 'minus_one_one': set --config.input.normalization=imagenet, or "
+        "start from a run trained with this normalisation.")
+    config.input.normalization = "imagenet"
+    warm_start.resolve_model_settings(config)  # the fix the message names
+
+
 def test_init_workdir_must_be_a_training_workdir(tmp_path):
     config = load_config("configs/vit.py:smoke")
     config.init.workdir = str(tmp_path)

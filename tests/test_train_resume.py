@@ -78,17 +78,19 @@ def test_a_halt_between_log_points_stops_at_its_step(tmp_path, synthetic_cache_d
 
 
 @pytest.mark.parametrize(("key", "value", "there"), [
-    ("training.global_batch_size", 8, 16), ("input.num_data_shards", 2, 1)])
+    ("training.global_batch_size", 8, 16), ("input.num_data_shards", 2, 1), ("seed", 1, 0),
+    ("input.shuffle_buffer", 4, None), ("input.balance", "sampling", "none")])
 def test_resuming_with_another_data_order_is_refused(halted_workdir, tmp_path,
                                                      synthetic_cache_dir, key, value, there):
-    """The stream resumes at step x batch over the shards: another batch or shard count would
-    skip or repeat examples, not go on with the same order."""
+    """The stream resumes at step x batch over the shards of the same shuffles: another batch
+    or shard count, seed, shuffle buffer or class balancing would skip or repeat examples, not
+    go on with the same order."""
     workdir = tmp_path / "run"
     shutil.copytree(halted_workdir, workdir)
     with pytest.raises(UserError) as e:
         trainer.train_and_evaluate(tiny_config(synthetic_cache_dir, **{key: value}), str(workdir))
     assert str(e.value) == (
-        f"--workdir={workdir} holds checkpoints of another run ({key}={there} there, {value} "
+        f"--workdir={workdir} holds checkpoints of another run ({key}={there!r} there, {value!r} "
         "here). Resume with the settings it was trained with, use a new --workdir, or delete "
         "this one to start over.")
     assert saved_steps(workdir) == [4]
