@@ -1,6 +1,8 @@
 """Input pipeline on a small synthetic RAF-DB (built once) and on a tiny image-folder tree."""
 
 import os
+import subprocess
+import sys
 
 import jax
 import ml_collections
@@ -588,3 +590,25 @@ def test_unreadable_image_is_named(tmp_path):
         pipeline.train_iterator(config, info, global_batch_size=2, seed=0)
     with pytest.raises(DataConfigError, match=match):
         list(pipeline.eval_iterator(config, info, "train", global_batch_size=2))
+
+
+def test_an_iterator_left_open_at_exit_ends_quietly(imbalanced_folder):
+    """A train iterator that an API user never closes is collected after TensorFlow's modules
+    are torn down; its decode-error guard must not print an AttributeError then."""
+    script = (
+        "import ml_collections, sys\n"
+        "from cer_jax.data import dataset_defaults, input_defaults, pipeline\n"
+        "c = ml_collections.ConfigDict(); c.dataset = dataset_defaults()\n"
+        "c.dataset.update(name='folder', folder=sys.argv[1], train_split='train',\n"
+        "                 eval_splits=('test',))\n"
+        "c.input = input_defaults(); c.input.update(image_size=8, resize_size=10)\n"
+        "info = pipeline.get_dataset_info(c)\n"
+        "it = pipeline.train_iterator(c, info, global_batch_size=4, seed=0)\n"
+        "print(next(it)['label'].shape)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(imbalanced_folder)],
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "(4,)"
+    assert "Exception ignored" not in proc.stderr, proc.stderr[-3000:]

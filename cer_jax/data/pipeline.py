@@ -224,10 +224,12 @@ def local_batch_size(global_batch_size: int) -> int:
 @contextlib.contextmanager
 def _naming_bad_files(source: Source, split: str, indices: np.ndarray) -> Iterator[None]:
     """Turns a tf.data decode error into one that names the unreadable file."""
-    tf = import_tf()
+    # Bound now: an iterator collected at interpreter exit closes here after TensorFlow's
+    # modules are torn down (`tf.errors` is None by then).
+    decode_error = import_tf().errors.InvalidArgumentError
     try:
         yield
-    except tf.errors.InvalidArgumentError as e:
+    except decode_error as e:
         bad = source.find_unreadable(split, indices)
         if bad is None:
             raise
