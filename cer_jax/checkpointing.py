@@ -223,6 +223,12 @@ class Checkpoints:
     def save_best(
         self, step: int, state: train_state.TrainState, metrics: dict[str, float]
     ) -> None:
+        """Saves `step` as the best checkpoint. A run killed (not stopped) after its best step
+        was committed but before its latest checkpoint reached that step evaluates the step
+        again when resumed; scoring higher there, it replaces it (Orbax refuses a step twice,
+        `force` or not, so the resume would fail there every time)."""
+        if step in self.best.all_steps():
+            self.best.delete(step)
         self.best.save(
             step,
             args=ocp.args.StandardSave(train_state.model_state(state)),

@@ -513,8 +513,9 @@ def _scalar_or_array(value: np.ndarray) -> Any:
 
 
 def load_ensemble(path: str | os.PathLike[str]) -> Ensemble:
-    """Loads an ensemble directory written by `write_ensemble`."""
-    root = epath.Path(path)
+    """Loads an ensemble directory written by `write_ensemble` (a leading `~` is the home
+    folder, as on the command line)."""
+    root = epath.Path(path).expanduser()
     manifest_path = root / ENSEMBLE_FILE
     if not manifest_path.exists():
         raise EnsembleError(

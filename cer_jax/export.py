@@ -56,6 +56,10 @@ def export_workdir(workdir: str, splits: Sequence[str] | None = None) -> dict[st
     train and eval splits) and writes `<workdir>/export/`; returns the manifest."""
     mesh = sharding.create_mesh()
     graphdef, step, state, config = checkpointing.restore_best_state(workdir, mesh)
+    # Trained on other devices (8 GPUs, fused on 3 or 6): the recorded evaluation batch is
+    # rounded up to split over these; evaluation pads and masks, so the rows are the same.
+    devices = jax.device_count()
+    config.eval.global_batch_size = -(-config.eval.global_batch_size // devices) * devices
     info = pipeline.get_dataset_info(config)
     eval_fn = steps.jit_eval_step(graphdef, mesh, num_classes=info.num_classes)
     return write_export(workdir, config, info, eval_fn, state, step, mesh, splits)

@@ -239,6 +239,32 @@ def refusal(tmp_path, **changes) -> str:
     return str(error.value).replace(str(tmp_path), "<tmp>")
 
 
+def test_an_export_beside_only_a_cut_short_best_save_is_used_as_it_is(tmp_path):
+    """An interrupted first best save leaves only Orbax's temporary folder in best/: no
+    checkpoint to export, so the export beside it is the member (it was refused as untrained)."""
+    outputs = make_outputs(2.0, seed=4)
+    workdir = write_export(str(tmp_path / "a"), "vit", outputs)
+    os.makedirs(os.path.join(workdir, "best", "15.orbax-checkpoint-tmp-1733000000"))
+    (member,) = members_lib.load_members([workdir], ["validation", "test"])
+    got, want = member.outputs["test"], outputs["test"]
+    np.testing.assert_array_equal(got["labels"][np.argsort(got["file_names"])],
+                                  want["labels"][np.argsort(want["file_names"])])
+
+
+def test_an_out_folder_under_home_in_the_config_form_is_expanded(tmp_path, monkeypatch):
+    """The shell leaves `--config.out=~/x` alone: the report goes under the home folder, not
+    into a folder named `~` in the working directory; a bucket path is left as it is."""
+    from cer_jax.fusion import config as fusion_config
+    from cer_jax.fusion import evaluator
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    config = fusion_config.get_config()
+    config.out = "~/fusion"
+    assert evaluator.resolve_config(config).out == str(tmp_path / "home" / "fusion")
+    config.out = "gs://bucket/runs/fusion/"
+    assert evaluator.resolve_config(config).out == "gs://bucket/runs/fusion"
+
+
 def test_refuses_different_label_spaces(tmp_path):
     message = refusal(tmp_path, class_names=[*CLASSES[:3], "Happily Disgusted"])
     assert message == (

@@ -250,6 +250,23 @@ def test_two_processes_fuse_and_write_the_report_once(runs):
     assert (out / "ensemble" / "ensemble.json").exists()
     assert not list(out.glob(".*"))
 
+def test_a_member_re_exports_on_devices_its_evaluation_batch_does_not_split_over(runs):
+    """Trained on 2 devices (evaluation batch 16), re-exported by a fusion on 3: the batch is
+    rounded up (evaluation pads and masks), the rows are the same (it failed with XLA's
+    IndivisibleError and a traceback)."""
+    single, pair, *_ = runs
+    copy = pair.parent / "on_three_devices"
+    shutil.copytree(single, copy)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from cer_jax import export; "
+         "export.export_workdir(sys.argv[1], ['test'])", str(copy)],
+        cwd=ROOT, env=_env(3), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got, want = export.load_export(str(copy))[1]["test"], export.load_export(str(single))[1]["test"]
+    assert got["file_names"].tolist() == want["file_names"].tolist()
+    np.testing.assert_allclose(got["logits"], want["logits"], rtol=1e-4, atol=1e-4)
+
+
 def test_sigterm_stops_a_multi_process_fuse_at_once(runs):
     """Outside the training loop SIGTERM keeps its default action on every process. JAX's
     preemption service, started by jax.distributed.initialize, used to catch it and only record

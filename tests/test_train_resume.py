@@ -10,11 +10,12 @@ import time
 
 import jax
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 from conftest import smoke_config
 
-from cer_jax import evaluate, export, steps, trainer
+from cer_jax import checkpointing, evaluate, export, steps, train_state, trainer
 from cer_jax.errors import UserError
 
 # Shares its expensive session fixtures with other files: one xdist worker runs them all.
@@ -94,6 +95,23 @@ def test_resuming_with_another_data_order_is_refused(halted_workdir, tmp_path,
         "here). Resume with the settings it was trained with, use a new --workdir, or delete "
         "this one to start over.")
     assert saved_steps(workdir) == [4]
+
+
+def test_a_best_step_saved_again_replaces_the_first(tmp_path, synthetic_cache_dir):
+    """A run killed (SIGKILL, out of memory) after best/S was committed but before checkpoints/
+    reached S evaluates S again when resumed; scoring higher there, it saves best/S again, which
+    Orbax refused (StepAlreadyExistsError) on every resume."""
+    config = tiny_config(synthetic_cache_dir)
+    model = train_state.create_model(config, num_classes=7, seed=0)
+    _, state = train_state.create_train_state(model, optax.sgd(0.1))
+    workdir = str(tmp_path / "run")
+    ckpts = checkpointing.Checkpoints(workdir, keep=1)
+    ckpts.save_best(4, state, {checkpointing.BEST_METRIC: 0.25})
+    ckpts.wait()
+    ckpts.save_best(4, state, {checkpointing.BEST_METRIC: 0.5})
+    ckpts.wait()
+    assert (checkpointing.best_step(workdir), ckpts.best_value()) == (4, 0.5)
+    ckpts.close()
 
 
 def _assert_same_state(got, want) -> None:

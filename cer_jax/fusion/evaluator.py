@@ -351,6 +351,9 @@ def resolve_config(
         config.workdirs = ",".join(workdirs)
     if out is not None:
         config.out = out
+    # `--config.out=~/x` is not expanded by the shell (nor by ml_collections): the home folder,
+    # not a folder named `~` in the working directory. gs:// paths are left as they are.
+    config.out = paths.normalized(config.out)
     if select_on is not None:
         config.select_on = select_on
     return config

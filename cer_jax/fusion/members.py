@@ -44,8 +44,10 @@ class Member:
 
 
 def _has_best_checkpoint(workdir: str) -> bool:
+    """A committed best step (a folder named by its number), not only the temporary folder of
+    a save that was cut short."""
     best = checkpointing.workdir_path(workdir, checkpointing.BEST_DIR)
-    return best.is_dir() and any(best.iterdir())
+    return best.is_dir() and any(p.name.isdigit() for p in best.iterdir())
 
 
 def _require_workdir(workdir: str) -> None:
