@@ -150,11 +150,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     init = config.init
     if init.get("checkpoint") and init.get("workdir"):
         raise ConfigError("Set at most one of init.checkpoint and init.workdir.")
-    if init.get("checkpoint") and not epath.Path(init.checkpoint).expanduser().is_file():
+    # A folder is read through its weights file (a Hugging Face snapshot, say).
+    if init.get("checkpoint") and not epath.Path(init.checkpoint).expanduser().exists():
         raise ConfigError(
-            f"init.checkpoint={init.checkpoint!r}: no such file. Download the pre-trained weights "
-            "(see the README, 'Bring pre-trained weights') and pass their path (local or "
-            "gs://...), or unset init.checkpoint to train from scratch."
+            f"init.checkpoint={init.checkpoint!r}: no such file or folder. Download the "
+            "pre-trained weights (see the README, 'Bring pre-trained weights') and pass their "
+            "path (local or gs://...), or unset init.checkpoint to train from scratch."
         )
     if init.get("workdir"):
         try:

@@ -137,3 +137,97 @@ def test_reader_expands_home_as_the_trainer_check_does(tmp_path, monkeypatch):
     np.savez(tmp_path / "w.npz", x=np.ones(2, np.float32))
     assert readers.checkpoint_keys("~/w.npz") == ["x"]
     np.testing.assert_array_equal(readers.read_checkpoint("~/w.npz")["x"], [1.0, 1.0])
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch files as training scripts save them (written by torch.save).
+
+
+def _state() -> dict[str, torch.Tensor]:
+    return {"conv1.weight": torch.arange(6.0).reshape(2, 3), "bn.running_var": torch.ones(2)}
+
+
+@pytest.mark.parametrize("entry", ["model_state", "state_dict_ema", "model_ema", "net", "module"])
+def test_reader_torch_unwraps_other_training_state_entries(tmp_path, entry):
+    torch.save({"epoch": 3, entry: _state(), "optimizer_state": {}}, tmp_path / "m.pth")
+    loaded = readers.read_checkpoint(tmp_path / "m.pth")
+    assert sorted(loaded) == ["bn.running_var", "conv1.weight"]
+    np.testing.assert_array_equal(loaded["conv1.weight"], _state()["conv1.weight"].numpy())
+
+
+@pytest.mark.parametrize("prefix", ["_orig_mod.", "module._orig_mod.", "_orig_mod.module."])
+def test_reader_torch_strips_torch_compile_prefix(tmp_path, prefix):
+    torch.save({prefix + k: v for k, v in _state().items()}, tmp_path / "m.pth")
+    assert sorted(readers.read_checkpoint(tmp_path / "m.pth")) == ["bn.running_var",
+                                                                    "conv1.weight"]
+
+
+def test_reader_torch_without_a_state_dict_names_its_entries(tmp_path):
+    path = tmp_path / "m.pth"
+    torch.save({"epoch": 3, "weights": _state(), "optimizer_state": {}}, path)
+    for read in (readers.read_checkpoint, readers.checkpoint_keys):
+        with pytest.raises(readers.CheckpointReadError) as error:
+            read(path)
+        assert str(error.value) == (
+            f"{str(path)!r} holds no state dict (its top-level entries: epoch, weights, "
+            "optimizer_state); save the model's weights with torch.save(model.state_dict(), "
+            "path).")
+
+
+def test_reader_torch_whole_pickled_model_names_its_class(tmp_path):
+    torch.save(torch.nn.Linear(3, 2), tmp_path / "whole.pth")
+    with pytest.raises(readers.CheckpointReadError) as error:
+        readers.read_checkpoint(tmp_path / "whole.pth")
+    assert str(error.value) == (
+        f"{str(tmp_path / 'whole.pth')!r} holds a pickled torch.nn.modules.linear.Linear object "
+        "(a whole model?), not a state dict; save the weights with "
+        "torch.save(model.state_dict(), path).")
+
+
+# ---------------------------------------------------------------------------------------------
+# A folder for a path: its one weights file.
+
+
+def test_reader_folder_with_one_weights_file_reads_it(tmp_path):
+    np.savez(tmp_path / "w.npz", x=np.ones(2, np.float32))
+    (tmp_path / "README.txt").write_text("downloaded from ...")
+    assert readers.checkpoint_keys(tmp_path) == ["x"]
+    np.testing.assert_array_equal(readers.read_checkpoint(tmp_path)["x"], [1.0, 1.0])
+
+
+def test_reader_folder_prefers_transformers_file(tmp_path):
+    save_file({"a": np.ones(2, np.float32)}, tmp_path / "model.safetensors")
+    torch.save({"b": torch.ones(2)}, tmp_path / "pytorch_model.bin")
+    assert readers.checkpoint_keys(tmp_path) == ["a"]
+
+
+def test_reader_folder_without_one_weights_file_is_a_one_line_error(tmp_path):
+    np.savez(tmp_path / "a.npz", x=np.ones(2, np.float32))
+    np.savez(tmp_path / "b.npz", x=np.ones(2, np.float32))
+    with pytest.raises(readers.CheckpointReadError) as error:
+        readers.read_checkpoint(tmp_path)
+    assert str(error.value) == (
+        f"Pre-trained checkpoint {str(tmp_path)!r} is a directory; pass the weights file in it "
+        "(found: a.npz, b.npz).")
+
+
+# ---------------------------------------------------------------------------------------------
+# keep_head with another class count.
+
+
+def test_assign_keep_head_of_another_class_count_warns_with_both_shapes(caplog):
+    model = TinyNet(5, nnx.Rngs(0))
+    arrays = _backbone(np.random.default_rng(4))
+    arrays["head/kernel"] = np.zeros((4, 10), np.float32)
+    arrays["head/bias"] = np.zeros((10,), np.float32)
+    with caplog.at_level("WARNING", logger="cer_jax.pretrained.core"):
+        report = core.assign(model, arrays, source="w.npz", head_names=("head",), keep_head=True)
+    assert report.reinitialised == ["head/bias", "head/kernel"]
+    assert caplog.messages == [
+        "w.npz: keep_head is set, but the head has another class count, so it is left at "
+        "initialisation: head/bias (10,) in the checkpoint, (5,) in the model; head/kernel "
+        "(4, 10) in the checkpoint, (4, 5) in the model."]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cer_jax.pretrained.core"):
+        core.assign(TinyNet(5, nnx.Rngs(0)), arrays, source="w.npz", head_names=("head",))
+    assert caplog.messages == []  # keep_head not asked for: a new head is what was wanted

@@ -22,6 +22,7 @@ from cer_jax.pretrained import (
     load_pretrained,
     model_settings,
 )
+from cer_jax.pretrained.implied import naming_the_file
 from cer_jax.pretrained.readers import read_checkpoint
 
 
@@ -172,3 +173,56 @@ def test_unknown_files_give_load_pretrained_errors(vit, tmp_path):
     assert str(implied.value) == str(loaded.value)
     with pytest.raises(ValueError, match="config key model.name"):
         implied_settings("vgg", tmp_path / "other.npz")
+
+
+def test_converter_errors_name_the_file_once(tmp_path):
+    """Converters see tensors, not files: load_pretrained and implied_settings add the path."""
+    path = tmp_path / "other.npz"
+    np.savez(path, **{"Transformer/x": np.zeros(3)})
+    resnet = nnx.eval_shape(
+        lambda: create_model("resnet", num_classes=7, rngs=nnx.Rngs(0), depth=18, width=8))
+    want = (f"{path}: Not a ResNet checkpoint this importer knows (expected torchvision / timm "
+            "names like 'conv1.weight', 'layer1.0.conv1.weight' or Hugging Face "
+            "'resnet.embedder...'); its first keys are: Transformer/x")
+    for call in (lambda: implied_settings("resnet", path),
+                 lambda: load_pretrained(resnet, "resnet", path)):
+        with pytest.raises(WeightImportError) as error:
+            call()
+        assert str(error.value) == want
+
+
+def test_naming_the_file_keeps_a_message_that_names_it():
+    with pytest.raises(WeightImportError) as error, naming_the_file("/w/model.npz"):
+        raise WeightImportError("/w/model.npz does not fit this model")
+    assert str(error.value) == "/w/model.npz does not fit this model"
+
+
+def test_hf_folder_reads_its_model_safetensors_and_config(vit, tmp_path):
+    """A save_pretrained / Hub snapshot folder given for the file: the same weights and the
+    settings of its config.json, not transformers' defaults."""
+    path = wf.write_hf_vit(vit, tmp_path, hidden_act="gelu_new", layer_norm_eps=1e-6)
+    settings = implied_settings("vit", tmp_path)
+    assert _values(settings) == _values(implied_settings("vit", path)) == {
+        "gelu_approximate": True, "layer_norm_eps": 1e-6}
+    assert f"{tmp_path / 'config.json'} hidden_act='gelu_new'" in settings[
+        "gelu_approximate"].reason
+    got, want = read_checkpoint(tmp_path), read_checkpoint(path)
+    assert sorted(got) == sorted(want)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_sharded_hf_checkpoint_is_a_one_line_error(vit, tmp_path):
+    wf.vit_hf_reference(vit).save_pretrained(tmp_path, max_shard_size="20KB")
+    shard = sorted(tmp_path.glob("model-0000*-of-*.safetensors"))[0]
+    index = tmp_path / "model.safetensors.index.json"
+    assert index.is_file()
+    for path, shown in ((shard, shard), (index, index), (tmp_path, index)):
+        for call in (implied_settings, lambda name, p: load_pretrained(vit, name, p)):
+            with pytest.raises(CheckpointReadError) as error:
+                call("vit", path)
+            assert str(error.value) == (
+                f"Pre-trained checkpoint {str(shown)!r} belongs to a sharded Hugging Face "
+                "checkpoint, which cer_jax does not read: merge its parts into one file with "
+                f"transformers, AutoModelForImageClassification.from_pretrained({str(tmp_path)!r})"
+                ".save_pretrained(OUT, max_shard_size='100GB'), and pass OUT/model.safetensors.")

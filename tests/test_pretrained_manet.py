@@ -7,6 +7,8 @@ give back exactly those arrays.
 
 from __future__ import annotations
 
+import zipfile
+
 import numpy as np
 import pytest
 import torch
@@ -20,7 +22,7 @@ from cer_jax.pretrained import (
     load_pretrained,
     model_settings,
 )
-from cer_jax.pretrained.readers import CheckpointReadError
+from cer_jax.pretrained.readers import CheckpointReadError, read_checkpoint
 
 WIDTH, MS_CELEB_CLASSES = 8, wf.MS_CELEB_CLASSES
 HEADS = ["fc_1/bias", "fc_1/kernel", "fc_2/bias", "fc_2/kernel"]
@@ -115,7 +117,8 @@ def test_non_tensor_state_dict_entry_is_a_clear_error(checkpoint, tmp_path):
     state["module.conv1.weight"] = wf.RecorderMeter()
     torch.save({"state_dict": state}, path)
     with pytest.raises(CheckpointReadError,
-                       match=r"state-dict entry 'module\.conv1\.weight' is a pickled object"):
+                       match=r"state-dict entry 'module\.conv1\.weight' is a pickled "
+                             r"weight_files\.RecorderMeter object, not a tensor"):
         load_pretrained(random_model(10), "manet", path)
 
 
@@ -160,3 +163,23 @@ def test_missing_file_is_a_clear_error(tmp_path):
     target = nnx.eval_shape(lambda: create_model("manet", num_classes=7, rngs=nnx.Rngs(0)))
     with pytest.raises(CheckpointReadError, match="does not exist.*config.init.checkpoint"):
         load_pretrained(target, "manet", tmp_path / "nowhere.pth.tar")
+
+
+def test_legacy_pytorch_format_loads_to_the_same_numbers(source, tmp_path):
+    """The authors asked for PyTorch 1.2, whose torch.save writes the pre-1.6 non-zip format,
+    for which torch cannot list the refused classes up front."""
+    legacy = wf.write_manet(source, tmp_path / "legacy", legacy=True)
+    zipped = wf.write_manet(source, tmp_path / "zip")
+    assert not zipfile.is_zipfile(legacy) and zipfile.is_zipfile(zipped)
+    with pytest.raises(Exception, match="Weights only load failed"):
+        torch.load(legacy, weights_only=True)
+    got, want = read_checkpoint(legacy), read_checkpoint(zipped)
+    assert sorted(got) == sorted(want)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    target = random_model(11)
+    report = load_pretrained(target, "manet", legacy)
+    expected, after = snapshot(source), snapshot(target)
+    assert sorted(report.loaded) == sorted(set(expected) - set(HEADS))
+    for name in report.loaded:
+        np.testing.assert_array_equal(after[name], expected[name], err_msg=name)

@@ -186,3 +186,29 @@ def test_unreadable_gs_file_names_it(bucket):
         for read in (read_checkpoint, checkpoint_keys):
             with pytest.raises(CheckpointReadError, match=f"Cannot read checkpoint '{remote}'"):
                 read(remote)
+
+
+def test_legacy_pytorch_manet_from_gs(bucket, sources):
+    """PyTorch < 1.6's non-zip format is loaded again after each refused class: every attempt
+    reads the gs:// file object from its start."""
+    local = wf.write_manet(sources["manet"], bucket.root / "legacy", legacy=True)
+    expected, _ = _load("manet", local)
+    got, report = _load("manet", bucket.remote(local))
+    assert report.loaded
+    want, have = _flat(expected), _flat(got)
+    for key in want:
+        np.testing.assert_array_equal(have[key], want[key], err_msg=key)
+
+
+def test_hf_folder_on_gs_reads_its_model_safetensors_and_config(bucket, sources):
+    local = wf.write_hf_vit(sources["vit"], bucket.root / "hf", hidden_act="gelu_new")
+    folder = bucket.remote(local.parent)
+    settings = implied_settings("vit", folder)
+    assert settings["gelu_approximate"].value is True
+    assert f"{BUCKET}/hf/config.json hidden_act='gelu_new'" in settings["gelu_approximate"].reason
+    assert checkpoint_keys(folder) == checkpoint_keys(local)
+    expected, _ = _load("vit", local)
+    got, report = _load("vit", folder)
+    want, have = _flat(expected), _flat(got)
+    for key in want:
+        np.testing.assert_array_equal(have[key], want[key], err_msg=key)

@@ -261,3 +261,24 @@ def test_unknown_tensor_is_an_error_not_skipped(tmp_path, source):
     save_file(state, str(tmp_path / "model.safetensors"))
     with pytest.raises(WeightImportError, match=r"does not understand .*: blocks\.0\.ls1\.gamma"):
         load_pretrained(_jax_vit("test/8", 32), "vit", tmp_path / "model.safetensors")
+
+
+@pytest.mark.parametrize("extra", ["fc_norm", "norm_pre"])
+def test_timm_avg_pool_and_clip_variants_name_the_file_to_use(tmp_path, source, extra):
+    """timm's fc_norm (LayerNorm after average pooling) and norm_pre (CLIP) compute another
+    network than cer_jax's ViT, whichever pool it has."""
+    state = wf.to_timm(wf.vit_hub_state(source[0]))
+    if extra == "fc_norm":
+        state["fc_norm.weight"], state["fc_norm.bias"] = state.pop("norm.weight"), state.pop(
+            "norm.bias")
+    else:
+        state["norm_pre.weight"], state["norm_pre.bias"] = np.ones(32), np.zeros(32)
+    path = tmp_path / "model.safetensors"
+    save_file({k: np.asarray(v, np.float32) for k, v in state.items()}, str(path))
+    with pytest.raises(WeightImportError) as error:
+        load_pretrained(_jax_vit("test/8", 32, pool="gap"), "vit", path)
+    assert str(error.value) == (
+        f"{path}: timm ViT checkpoint with {extra}: timm's average-pool (fc_norm) and CLIP "
+        "(norm_pre) ViT variants are not supported; use an AugReg file, e.g. timm's "
+        "vit_base_patch16_224.augreg2_in21k_ft_in1k model.safetensors or the AugReg .npz "
+        "(README, 'Bring pre-trained weights').")

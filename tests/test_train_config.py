@@ -253,6 +253,17 @@ def test_batch_not_divisible_by_devices(tmp_path, monkeypatch):
     assert sharding.check_batch_size(32, "k") is None
 
 
+def test_a_weights_folder_is_taken_as_init_checkpoint(tmp_path):
+    """A Hugging Face snapshot folder (save_pretrained, huggingface-cli download) is passed on
+    to the reader, which picks the weights file in it."""
+    folder = tmp_path / "resnet-50"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"")
+    config = load_config("configs/resnet50.py:smoke")
+    config.init.checkpoint = str(folder)
+    trainer.validate_config(config)
+
+
 def test_missing_pretrained_file(tmp_path):
     config = load_config("configs/resnet50.py:smoke")
     config.init.checkpoint = str(tmp_path / "resnet50.safetensors")

@@ -21,6 +21,7 @@ Registries: format name -> writer `fn(model, directory) -> pathlib.Path` (the fi
                     "authors_pth_tar_2023"      state: epoch, state_dict with `module.` names,
                                                 optimizer, a pickled recorder); MANET_CODE_VERSIONS
                                                 gives the version to pass as init.manet_code_version
+                    (write_manet(..., legacy=True): the same in PyTorch < 1.6's non-zip format)
 
 Loading a written file with `load_pretrained(fresh_model, name, path, keep_head=True)` gives back
 the model's arrays exactly (float32), with two documented exceptions: the big_vision layouts fold
@@ -502,27 +503,30 @@ class RecorderMeter:
         self.current_epoch = 30
 
 
-def save_authors_checkpoint(state: dict[str, torch.Tensor], path, *, recorder: bool = True
-                            ) -> pathlib.Path:
-    """torch.save of the authors' training state: DataParallel `module.` names, optimizer state
-    and (as their script does) a pickled RecorderMeter that weights_only loading refuses."""
-    checkpoint = {"epoch": 30, "best_acc": torch.tensor(0.9),
+def save_authors_checkpoint(state: dict[str, torch.Tensor], path, *, recorder: bool = True,
+                            legacy: bool = False) -> pathlib.Path:
+    """torch.save of the authors' training state: DataParallel `module.` names, optimizer state,
+    a numpy `best_acc` and (as their script does) a pickled RecorderMeter that weights_only
+    loading refuses. `legacy` writes PyTorch < 1.6's non-zip format, what the PyTorch 1.2 their
+    README asks for saves."""
+    checkpoint = {"epoch": 30, "best_acc": np.float64(0.9),
                   "state_dict": {"module." + k: v for k, v in state.items()},
                   "optimizer": {"state": {}, "param_groups": [{"lr": 0.01}]}}
     if recorder:
         checkpoint["recorder"] = RecorderMeter()
-    torch.save(checkpoint, path)
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=not legacy)
     return pathlib.Path(path)
 
 
 def write_manet(model, directory, *, code_version: str = "2021",
-                head_classes: int | None = MS_CELEB_CLASSES, recorder: bool = True
-                ) -> pathlib.Path:
+                head_classes: int | None = MS_CELEB_CLASSES, recorder: bool = True,
+                legacy: bool = False) -> pathlib.Path:
     """The authors' `.pth.tar`. `code_version` only names the file: both versions store the same
-    tensors; it is the path B order the weights were trained with (MANET_CODE_VERSIONS)."""
+    tensors; it is the path B order the weights were trained with (MANET_CODE_VERSIONS).
+    `legacy`: PyTorch < 1.6's non-zip format (save_authors_checkpoint)."""
     path = _directory(directory) / f"manet_ms_celeb_{code_version}.pth.tar"
     return save_authors_checkpoint(manet_state_dict(model, head_classes), path,
-                                   recorder=recorder)
+                                   recorder=recorder, legacy=legacy)
 
 
 def write_manet_2021(model, directory, **kwargs) -> pathlib.Path:

@@ -29,6 +29,7 @@ from cer_jax.pretrained.implied import (
     Setting,
     manet_path_b_order,
     model_settings,
+    naming_the_file,
     settings_for_keys,
 )
 from cer_jax.pretrained.readers import CheckpointReadError, checkpoint_keys, read_checkpoint
@@ -107,9 +108,10 @@ def load_pretrained(
     """
     _check_model_name(model_name)
     checkpoint = read_checkpoint(path)
-    converted: Converted = importlib.import_module(_CONVERTERS[model_name]).convert(
-        checkpoint, model
-    )
+    with naming_the_file(path):
+        converted: Converted = importlib.import_module(_CONVERTERS[model_name]).convert(
+            checkpoint, model
+        )
     report = assign(
         model,
         converted.arrays,

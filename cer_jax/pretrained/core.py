@@ -8,6 +8,7 @@ missing, what is re-initialised and what is an error lives here, once.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterable, Mapping
 
 import jax.numpy as jnp
@@ -75,13 +76,15 @@ def assign(
 
     Every backbone parameter / batch statistic must be present with exactly the model's shape;
     otherwise nothing is written and a WeightImportError names each problem. Head tensors are
-    left at their initialisation unless `keep_head` and their shapes match.
+    left at their initialisation unless `keep_head` and their shapes match (a warning gives both
+    shapes when `keep_head` is set and they do not).
     """
     head_names = tuple(head_names)
     targets = model_arrays(model)
     report = ImportReport(source=source, unused=sorted(unused), resized=sorted(resized))
     problems: list[str] = []
     updates: dict[str, np.ndarray] = {}
+    head_mismatches: list[str] = []
     for name, var in sorted(targets.items()):
         target_shape = tuple(var.get_value().shape)
         if is_head(name, head_names):
@@ -89,6 +92,10 @@ def assign(
             if keep_head and value is not None and tuple(value.shape) == target_shape:
                 updates[name] = value
             else:
+                if keep_head and value is not None:  # asked for, but of another class count
+                    head_mismatches.append(
+                        f"{name} {tuple(np.shape(value))} in the checkpoint, {target_shape} in "
+                        "the model")
                 report.reinitialised.append(name)
             continue
         if name not in arrays:
@@ -107,6 +114,10 @@ def assign(
             f"{source} does not fit this model ({len(problems)} problems; check the model "
             "variant in config.model matches the checkpoint):\n  " + "\n  ".join(problems)
         )
+    if head_mismatches:  # keep_head was asked for: say why the head is new all the same
+        logging.getLogger(__name__).warning(
+            "%s: keep_head is set, but the head has another class count, so it is left at "
+            "initialisation: %s.", source, "; ".join(head_mismatches))
     for name, value in updates.items():
         var = targets[name]
         var.set_value(jnp.asarray(value, dtype=var.get_value().dtype))

@@ -23,10 +23,11 @@ tensor shape, so that a checkpoint is run as the network it was trained in.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from etils import epath
@@ -68,6 +69,19 @@ def manet_path_b_order(manet_code_version: str) -> str:
     return MANET_CODE_VERSIONS[version]
 
 
+@contextlib.contextmanager
+def naming_the_file(path: str | os.PathLike[str] | epath.Path) -> Iterator[None]:
+    """Prefixes `path` to a WeightImportError raised inside (a converter's, which sees tensors,
+    not files), unless its message names it already."""
+    try:
+        yield
+    except WeightImportError as e:
+        shown = os.fspath(path)
+        if shown in str(e):
+            raise
+        raise WeightImportError(f"{shown}: {e}") from e
+
+
 def settings_for_keys(
     model_name: str,
     keys: Iterable[str],
@@ -85,7 +99,8 @@ def settings_for_keys(
     if model_name == "vit":
         from cer_jax.pretrained import vit
 
-        fmt = vit.detect_format(keys)
+        with naming_the_file(path):
+            fmt = vit.detect_format(keys)
         if fmt == "npz":
             return {"gelu_approximate": Setting(True, _NPZ), "layer_norm_eps": Setting(1e-6, _NPZ)}
         if fmt == "timm":
@@ -95,7 +110,9 @@ def settings_for_keys(
     if model_name == "resnet":
         from cer_jax.pretrained import resnet
 
-        if resnet.detect_format(keys) == "hf":
+        with naming_the_file(path):
+            fmt = resnet.detect_format(keys)
+        if fmt == "hf":
             _check_hf_resnet(path)
         return {}
     return {}
@@ -104,12 +121,13 @@ def settings_for_keys(
 def _hf_config(
     path: str | os.PathLike[str] | epath.Path,
 ) -> tuple[dict[str, Any] | None, str]:
-    """The Hugging Face config.json beside the weights at `path` (None if absent), and its path
-    as a string for messages. Read through epath: `path` may be remote (gs://...)."""
+    """The Hugging Face config.json beside the weights at `path`, or in the folder `path` (None if
+    absent), and its path as a string for messages. Read through epath: `path` may be remote (gs://...)."""
     weights = epath.Path(path).expanduser()
     if not weights.is_absolute():  # a relative local path: name the config by its full path
         weights = weights.resolve()
-    config_file = weights.parent / "config.json"
+    # A folder stands for the weights file in it (readers._weights_in_directory).
+    config_file = (weights if weights.is_dir() else weights.parent) / "config.json"
     config_path = os.fspath(config_file)
     if not config_file.is_file():
         return None, config_path

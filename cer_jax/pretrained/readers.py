@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from typing import IO, Any
@@ -21,6 +22,10 @@ from safetensors import SafetensorError
 from cer_jax.errors import UserError
 
 TORCH_SUFFIXES = (".pth", ".pth.tar", ".pt", ".bin", ".tar", ".ckpt")
+WEIGHT_SUFFIXES = (".npz", ".safetensors", *TORCH_SUFFIXES)
+# transformers' names for one part of a sharded checkpoint, and for the index of the parts.
+_SHARD = re.compile(r".*-\d{5}-of-\d{5}\.(safetensors|bin)")
+_SHARD_INDEX = (".safetensors.index.json", ".bin.index.json")
 
 
 class CheckpointReadError(UserError):
@@ -32,9 +37,10 @@ def read_checkpoint(path: str | os.PathLike[str] | epath.Path) -> dict[str, np.n
 
     `.npz` keys keep their '/'-joined names; a big_vision training checkpoint is unwrapped as
     big_vision's own `utils.load_params` does (the `params/...` subtree, else `opt/target/...`;
-    the optimizer state beside it is not read). PyTorch state dicts lose a DataParallel `module.`
-    prefix and are unwrapped from a `state_dict` / `model` entry when the file holds a dict of
-    training state (the MA-Net release does).
+    the optimizer state beside it is not read). PyTorch state dicts lose DataParallel `module.`
+    and torch.compile `_orig_mod.` prefixes and are unwrapped from a `state_dict` / `model` / ...
+    entry (`_STATE_DICT_ENTRIES`) when the file holds a dict of training state (the MA-Net release
+    does). A folder stands for the one weights file in it.
     """
     return _dispatch(path, keys_only=False)
 
@@ -48,6 +54,9 @@ def checkpoint_keys(path: str | os.PathLike[str] | epath.Path) -> list[str]:
 def _dispatch(path: str | os.PathLike[str] | epath.Path, *, keys_only: bool) -> Any:
     shown = os.fspath(path)  # for messages: what the user passed ('gs://...' stays so)
     file = epath.Path(path).expanduser()
+    if file.is_dir():
+        file, shown = _weights_in_directory(file, shown)
+    _check_not_sharded(file, shown)
     if not file.is_file():
         raise CheckpointReadError(
             f"Pre-trained checkpoint {shown!r} does not exist. Download it yourself (see README, "
@@ -84,6 +93,43 @@ def _dispatch(path: str | os.PathLike[str] | epath.Path, *, keys_only: bool) -> 
         f"Unknown checkpoint format for {shown!r}: expected .npz (big_vision / AugReg), "
         f".safetensors (Hugging Face / timm) or a PyTorch file ({', '.join(TORCH_SUFFIXES)})."
     )
+
+
+def _weights_in_directory(folder: epath.Path, shown: str) -> tuple[epath.Path, str]:
+    """The one weights file in `folder` (a Hugging Face `save_pretrained` / Hub snapshot folder
+    or a folder holding a single download), so that passing the folder works too."""
+    names = sorted(p.name for p in folder.iterdir())
+    lower = {name.lower(): name for name in names}
+    for preferred in ("model.safetensors", "pytorch_model.bin"):  # what transformers loads first
+        if preferred in lower:
+            chosen = lower[preferred]
+            break
+    else:
+        for name in sorted(names, key=lambda n: not n.lower().endswith(_SHARD_INDEX)):
+            _check_not_sharded(folder / name, f"{shown.rstrip('/')}/{name}")  # the index first
+        weights = [name for name in names if name.lower().endswith(WEIGHT_SUFFIXES)
+                   and (folder / name).is_file()]
+        if len(weights) != 1:
+            raise CheckpointReadError(
+                f"Pre-trained checkpoint {shown!r} is a directory; pass the weights file in it "
+                f"(found: {', '.join(weights or names) or 'nothing'})."
+            )
+        chosen = weights[0]
+    return folder / chosen, f"{shown.rstrip('/')}/{chosen}"
+
+
+def _check_not_sharded(file: epath.Path, shown: str) -> None:
+    """A sharded Hugging Face checkpoint (an index and `-0000k-of-0000n` parts) is refused in one
+    line with the way to merge it: one part alone would fail as a model with missing tensors."""
+    name = file.name.lower()
+    if name.endswith(_SHARD_INDEX) or _SHARD.fullmatch(name):
+        folder = shown.rstrip("/").rsplit("/", 1)[0] if "/" in shown else "."
+        raise CheckpointReadError(
+            f"Pre-trained checkpoint {shown!r} belongs to a sharded Hugging Face checkpoint, "
+            "which cer_jax does not read: merge its parts into one file with transformers, "
+            f"AutoModelForImageClassification.from_pretrained({folder!r})"
+            ".save_pretrained(OUT, max_shard_size='100GB'), and pass OUT/model.safetensors."
+        )
 
 
 def _npz_params(files: list[str], path: str) -> dict[str, str]:
@@ -165,26 +211,40 @@ def _read_torch(file: epath.Path, shown: str) -> dict[str, np.ndarray]:
             "Or convert it to .safetensors first."
         ) from e
     with file.open("rb") as f:
-        obj = _torch_load(torch, f)
+        obj = _torch_load(torch, f, shown)
     state = _unwrap_state_dict(obj, shown)
     out = {}
     for key, value in state.items():
         if isinstance(value, _Discarded):
             raise CheckpointReadError(
-                f"{shown!r}: state-dict entry {key!r} is a pickled object of a class PyTorch does "
-                "not know, not a tensor; re-save the weights with torch.save(model.state_dict())."
+                f"{shown!r}: state-dict entry {key!r} is a pickled {value.refused} object, not a "
+                "tensor; re-save the weights with torch.save(model.state_dict())."
             )
         if not hasattr(value, "detach"):
             continue  # num_batches_tracked-style scalars are tensors; other entries are metadata
         tensor = value.detach().cpu()
         if tensor.is_floating_point():
             tensor = tensor.float()
-        out[key.removeprefix("module.")] = tensor.numpy()
+        out[_strip_wrappers(key)] = tensor.numpy()
     return out
 
 
+# Key prefixes of a model wrapped in DataParallel / DistributedDataParallel (`module.`) or
+# torch.compile (`_orig_mod.`), in either order.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _strip_wrappers(key: str) -> str:
+    while key.startswith(_WRAPPER_PREFIXES):
+        key = key.split(".", 1)[1]
+    return key
+
+
 class _Discarded:
-    """Stands in for a pickled object saved beside the weights, which is never unpickled."""
+    """Stands in for a pickled object saved beside the weights, which is never unpickled.
+    Each refused class gets its own subclass, whose `refused` names it for messages."""
+
+    refused = "object"
 
     def __init__(self, *args: Any, **kwargs: Any):
         del args, kwargs
@@ -193,36 +253,82 @@ class _Discarded:
         del state
 
 
-def _torch_load(torch: Any, f: IO[bytes]) -> Any:
+def _stand_in(name: str) -> type[_Discarded]:
+    return type("_Discarded", (_Discarded,), {"refused": name})
+
+
+# What torch's weights_only unpickler says of a class it refuses.
+_REFUSED = re.compile(r"Unsupported global: GLOBAL (\S+)")
+# Refused classes tolerated in one file: a state dict has none, a training state a few (the
+# MA-Net release one, with numpy inside it three or four); a whole pickled model has dozens.
+_MAX_REFUSED = 20
+
+
+def _torch_load(torch: Any, f: IO[bytes], shown: str) -> Any:
     """`torch.load(weights_only=True)`, with objects of unknown classes replaced by stand-ins.
 
     Training scripts save more than weights: the MA-Net authors' script pickles its
     `__main__.RecorderMeter` (training curves, numpy arrays) beside the state dict, which
     `weights_only` refuses and a full unpickle could not even import. No code from the file runs.
-    `f` is an open, seekable binary file (from epath: local or remote); it is read from the start
-    up to three times.
+    torch lists a zip checkpoint's classes up front (`get_unsafe_globals_in_checkpoint`); a
+    legacy one (PyTorch < 1.6, which the MA-Net authors used) is loaded again after each refusal,
+    with the refused class added. `f` is an open, seekable binary file (from epath: local or
+    remote).
     """
-    try:
-        return torch.load(f, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        find = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # >= 2.6
-        if find is None:
-            raise
+    names: list[str] = []
+    find = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+    if find is not None and zipfile.is_zipfile(f):
         f.seek(0)
-        names = find(f)
-        if not names:
-            raise
-    f.seek(0)
-    with torch.serialization.safe_globals([(_Discarded, name) for name in names]):
-        return torch.load(f, map_location="cpu", weights_only=True)
+        try:
+            names = list(find(f))
+        except (RuntimeError, ValueError, pickle.UnpicklingError):
+            names = []
+    while True:
+        f.seek(0)
+        try:
+            with torch.serialization.safe_globals([(_stand_in(n), n) for n in names]):
+                return torch.load(f, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            refused = _REFUSED.search(str(e))
+            if refused is None or refused.group(1) in names:
+                raise
+            if len(names) >= _MAX_REFUSED:
+                raise CheckpointReadError(
+                    f"{shown!r} pickles objects of more than {_MAX_REFUSED} classes besides "
+                    f"tensors ({', '.join(names[:3])}, ...), a whole model rather than its "
+                    "weights; save them with torch.save(model.state_dict(), path)."
+                ) from e
+            names.append(refused.group(1))
+
+
+# Entries of a training checkpoint that hold the model's state dict, in the order preferred
+# (the EMA copy only without a plain one).
+_STATE_DICT_ENTRIES = ("state_dict", "model", "model_state_dict", "model_state", "net", "module",
+                       "state_dict_ema", "model_ema")
 
 
 def _unwrap_state_dict(obj: Any, path: str) -> Mapping[str, Any]:
+    """The state dict in `obj`: `obj` itself or one of its `_STATE_DICT_ENTRIES`; an error naming
+    what the file holds when that has no tensors (an unpickled model, an unknown layout)."""
+    if isinstance(obj, _Discarded):
+        raise CheckpointReadError(
+            f"{path!r} holds a pickled {obj.refused} object (a whole model?), not a state dict; "
+            "save the weights with torch.save(model.state_dict(), path)."
+        )
     if not isinstance(obj, Mapping):
         raise CheckpointReadError(
-            f"{path!r} holds a {type(obj).__name__}, not a state dict; save model.state_dict()."
+            f"{path!r} holds a {type(obj).__name__}, not a state dict; save the weights with "
+            "torch.save(model.state_dict(), path)."
         )
-    for key in ("state_dict", "model", "model_state_dict"):
+    state = obj
+    for key in _STATE_DICT_ENTRIES:
         if key in obj and isinstance(obj[key], Mapping):
-            return obj[key]
-    return obj
+            state = obj[key]
+            break
+    if not any(hasattr(value, "detach") for value in state.values()):
+        entries = ", ".join(map(str, list(obj)[:12])) + (", ..." if len(obj) > 12 else "")
+        raise CheckpointReadError(
+            f"{path!r} holds no state dict (its top-level entries: {entries or 'none'}); save "
+            "the model's weights with torch.save(model.state_dict(), path)."
+        )
+    return state

@@ -208,6 +208,14 @@ def _from_timm(checkpoint, heads):
         parts = zip(("query", "key", "value"), np.split(v, 3, axis=0), strict=True)
         return dict(_attention(f"blocks/{m.group(1)}", n, m.group(2), p, heads) for n, p in parts)
 
+    variant = sorted({k.split(".")[0] for k in checkpoint} & {"fc_norm", "norm_pre"})
+    if variant:
+        raise WeightImportError(
+            f"timm ViT checkpoint with {' and '.join(variant)}: timm's average-pool (fc_norm) "
+            "and CLIP (norm_pre) ViT variants are not supported; use an AugReg file, e.g. "
+            "timm's vit_base_patch16_224.augreg2_in21k_ft_in1k model.safetensors or the AugReg "
+            ".npz (README, 'Bring pre-trained weights')."
+        )
     rules: list[Rule] = [
         (r"cls_token", lambda m, v: ("cls", v)),
         (r"pos_embed", lambda m, v: ("pos_embedding", v)),
