@@ -23,7 +23,11 @@ class OptimConfigError(UserError):
 
 
 def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
-    return int(math.ceil(epochs * steps_per_epoch))
+    """Steps for `epochs` (fractions round up). An epoch is `train_size // batch` steps, as a
+    PyTorch loader with drop_last=True counts it; the stream itself runs on across epochs, so
+    every example is seen. Rounded to 9 places first: 1.1 x 100 is 110.00000000000001 in
+    floating point, which is 110 steps, not 111."""
+    return int(math.ceil(round(epochs * steps_per_epoch, 9)))
 
 
 def create_schedule(
@@ -37,9 +41,11 @@ def create_schedule(
     for key in ("warmup_steps", "warmup_epochs"):
         if (sched.get(key) or 0) < 0:
             raise OptimConfigError(f"schedule.{key}={sched[key]} must be >= 0.")
-    warmup = sched.get("warmup_steps") or epochs_to_steps(
-        sched.get("warmup_epochs") or 0.0, steps_per_epoch
-    )
+    # warmup_steps, when set (0 included: no warm-up), overrides warmup_epochs.
+    if sched.get("warmup_steps") is not None:
+        warmup = sched.warmup_steps
+    else:
+        warmup = epochs_to_steps(sched.get("warmup_epochs") or 0.0, steps_per_epoch)
     warmup = min(int(warmup), max(total_steps - 1, 0))
     name = sched.name
     _check_decay(sched)

@@ -131,7 +131,7 @@ def test_a_decay_after_warm_up_counts_epochs_from_the_warm_up_end(name):
     decay's epoch e (counted from the warm-up's end) has lr * factor ** (e // every)."""
     config = _config()
     config.optimizer.lr = 1.0
-    config.schedule.update(name=name, warmup_steps=0, warmup_epochs=3.0, step_every_epochs=2.0,
+    config.schedule.update(name=name, warmup_steps=None, warmup_epochs=3.0, step_every_epochs=2.0,
                            step_factor=0.1, decay_per_epoch=0.9)
     steps_per_epoch, warmup = 10, 30
     schedule = optim.create_schedule(config, total_steps=200, steps_per_epoch=steps_per_epoch)
@@ -140,6 +140,22 @@ def test_a_decay_after_warm_up_counts_epochs_from_the_warm_up_end(name):
     for step in range(warmup, 200, 5):
         epoch = (step - warmup) // steps_per_epoch
         assert float(schedule(step)) == pytest.approx(factor ** (epoch // every), rel=1e-5), step
+
+
+def test_warmup_steps_zero_turns_the_warm_up_off():
+    """warmup_steps overrides warmup_epochs when set, 0 included (it was read as unset, and the
+    recipe's 2 warm-up epochs from lr 0 ran all the same)."""
+    config = load_config("configs/vit.py")
+    config.schedule.warmup_steps = 0
+    schedule = optim.create_schedule(config, total_steps=100, steps_per_epoch=5)
+    assert float(schedule(0)) == pytest.approx(config.optimizer.lr)
+
+
+@pytest.mark.parametrize(("epochs", "steps_per_epoch", "steps"), [
+    (1.1, 100, 110), (0.7, 10, 7), (2.5, 3, 8), (30, 22, 660)])
+def test_epochs_round_up_to_whole_steps_without_float_noise(epochs, steps_per_epoch, steps):
+    """1.1 x 100 is 110.00000000000001 in floating point: 110 steps, not 111."""
+    assert optim.epochs_to_steps(epochs, steps_per_epoch) == steps
 
 
 def test_warmup_cosine_schedule():
