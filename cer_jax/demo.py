@@ -30,6 +30,9 @@ from cer_jax.config_loading import load_config
 from cer_jax.errors import Terminated
 from cer_jax.fusion import evaluator
 
+# Written into --out on the first run: a later run may write there again (and resume).
+DEMO_MARKER = ".cer_jax_demo"
+
 # Training steps per member at --steps_scale=1, sized (with the default synthetic tree) for
 # about 4 minutes on 2 CPU cores in total.
 TRAIN_STEPS = {"vit": 3000, "manet": 700, "resnet50": 1000}
@@ -101,6 +104,28 @@ def member_config(
     return config
 
 
+def prepare_out(out: str) -> None:
+    """Before any work: `out` is new, empty or an earlier demo's (its marker, or the synthetic
+    data an older demo left), never a folder of the user's own, whose `fusion/` the report
+    would be merged into and whose workdirs a member would resume; and it can be written."""
+    synthetic.check_folder("out", out)
+    earlier_demo = (os.path.exists(os.path.join(out, DEMO_MARKER))
+                    or os.path.isdir(os.path.join(out, "data", "synthetic")))
+    if os.path.isdir(out) and os.listdir(out) and not earlier_demo:
+        raise synthetic.OutputPathError(
+            f"--out={out} is a folder with other files (no {DEMO_MARKER}: not an earlier demo's); "
+            "the demo would write data/, a workdir per member and fusion/ into it, and resume a "
+            "workdir it found there. Give a new or empty folder.")
+    try:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, DEMO_MARKER), "w") as f:
+            f.write("Written by python -m cer_jax.demo: a later demo may write here again.\n")
+    except OSError as e:
+        raise synthetic.OutputPathError(
+            f"--out={out}: cannot write there ({e.strerror or e}); give a folder you can write."
+        ) from e
+
+
 def run_demo(
     out: str,
     steps_scale: float = 1.0,
@@ -117,8 +142,8 @@ def run_demo(
     from cer_jax.fusion import report as report_lib
 
     synthetic.check_sizes("compound", num_train_images, num_test_images)  # before any drawing
-    synthetic.check_folder("out", out)
     out = os.path.abspath(out)
+    prepare_out(out)
     data_dir = os.path.join(out, "data")
     total = len(models) + 2
     start = time.perf_counter()

@@ -117,6 +117,30 @@ def test_an_out_that_is_a_file_stops_the_demo_in_one_line(tmp_path):
     assert os.listdir(tmp_path) == ["notes.txt"] and file.read_text() == "mine"
 
 
+def test_a_folder_of_the_users_own_is_refused_as_out(tmp_path):
+    """The report would be merged into its fusion/ and a member would resume a workdir of the
+    same name found there; an earlier demo's folder is written again (the run above)."""
+    mine = tmp_path / "mine"
+    (mine / "fusion").mkdir(parents=True)
+    (mine / "fusion" / "notes.txt").write_text("mine")
+    with pytest.raises(synthetic.OutputPathError) as e:
+        demo.run_demo(str(mine), num_train_images=22, num_test_images=11)
+    assert str(e.value) == (
+        f"--out={mine} is a folder with other files (no .cer_jax_demo: not an earlier demo's); "
+        "the demo would write data/, a workdir per member and fusion/ into it, and resume a "
+        "workdir it found there. Give a new or empty folder.")
+    assert sorted(os.listdir(mine)) == ["fusion"]
+
+
+def test_an_out_that_cannot_be_written_stops_the_demo_in_one_line():
+    """Before: a PermissionError traceback once the demo began to write."""
+    out = "/sys/cer_jax_demo"  # sysfs: no one may make a folder there
+    with pytest.raises(synthetic.OutputPathError) as e:
+        demo.run_demo(out, num_train_images=22, num_test_images=11)
+    assert str(e.value).startswith(f"--out={out}: cannot write there (")
+    assert str(e.value).endswith("); give a folder you can write.")
+
+
 def test_a_member_stopped_by_sigterm_stops_the_demo_before_the_next(demo_run, monkeypatch):
     """A preempted member has no export: the demo says so instead of training the next one and
     failing in the fusion."""
