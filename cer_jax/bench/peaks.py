@@ -17,7 +17,9 @@ are the vendors' dense (no structured sparsity) figures for one chip:
   H100 SXM 989 / 495, H100 PCIe 756 / 378 (NVIDIA H100 Tensor Core GPU data sheet,
   https://resources.nvidia.com/en-us-tensor-core/nvidia-tensor-core-gpu-datasheet);
   H200 SXM 989 / 495 (NVIDIA H200 Tensor Core GPU data sheet,
-  https://www.nvidia.com/en-us/data-center/h200/; the H200 NVL is rated lower and not listed).
+  https://www.nvidia.com/en-us/data-center/h200/); the GH200's GPU has the H200 SXM's figures.
+  The NVL cards (H100 NVL, H200 NVL: lower clocks, lower peaks) are not listed: no MFU is
+  printed for them rather than one against the SXM peak.
   float32 MFU on these GPUs is taken against the TF32 peak because XLA:GPU runs float32 dots
   and convolutions on TF32 tensor cores at JAX's default precision.
 
@@ -46,7 +48,7 @@ H200_SHEET = "NVIDIA H200 data sheet (dense)"
 
 # (substring of jax.Device.device_kind, lower case) -> peak. First match wins, so more specific
 # names come first ("tpu v5 lite" before "tpu v5", "h100 pcie" before "h100").
-PEAKS: tuple[tuple[str, Peak], ...] = (
+PEAKS: tuple[tuple[str, Peak | None], ...] = (
     ("tpu v4", Peak("TPU v4", 275 * T, 275 * T, TPU_DOCS + "v4")),
     ("tpu v5 lite", Peak("TPU v5e", 197 * T, 197 * T, TPU_DOCS + "v5e")),
     ("tpu v5e", Peak("TPU v5e", 197 * T, 197 * T, TPU_DOCS + "v5e")),
@@ -55,8 +57,10 @@ PEAKS: tuple[tuple[str, Peak], ...] = (
     ("tpu v6 lite", Peak("TPU v6e", 918 * T, 918 * T, TPU_DOCS + "v6e")),
     ("tpu v6e", Peak("TPU v6e", 918 * T, 918 * T, TPU_DOCS + "v6e")),
     ("a100", Peak("A100", 312 * T, 156 * T, A100_SHEET)),
+    ("nvl", None),  # H100 NVL / H200 NVL: not listed (above)
     ("h100 pcie", Peak("H100 PCIe", 756 * T, 378 * T, H100_SHEET)),
     ("h100", Peak("H100 SXM", 989 * T, 495 * T, H100_SHEET)),
+    ("gh200", Peak("GH200", 989 * T, 495 * T, H200_SHEET)),
     ("h200", Peak("H200 SXM", 989 * T, 495 * T, H200_SHEET)),
 )
 
