@@ -144,6 +144,10 @@ def test_peak_table_lookup():
     assert peaks.peak_flops("NVIDIA A100-SXM4-80GB", "float32") == 156e12
     assert peaks.peak_flops("NVIDIA H200", "bfloat16") == 989e12
     assert peaks.peak_flops("cpu", "float32") is None
+    # The NVL cards are rated below the SXM ones and not listed: no MFU rather than a wrong one.
+    assert peaks.peak_flops("NVIDIA H100 NVL", "bfloat16") is None
+    assert peaks.peak_flops("NVIDIA H200 NVL", "float32") is None
+    assert peaks.lookup("NVIDIA GH200 480GB").name == "GH200"
 
 
 def test_input_bound_and_ensemble_estimate():
@@ -203,6 +207,30 @@ def test_accelerator_script_dry_run_prints_the_benchmarks_figures(tmp_path):
     assert not any(a.startswith("--batch_size") for a in bench)  # the recipes' batch sizes
     assert costs_cmd[:2] == ["env", "JAX_PLATFORMS=cpu"] and "--image_size=224" in costs_cmd
     assert not (tmp_path / "out").exists()
+
+
+def test_accelerator_script_goes_on_after_a_stopped_benchmark(tmp_path):
+    """A benchmark stopped by its timeout (or failing) used to end the script at once under
+    `set -e`: no cost count and no closing line. It goes on, and says where the figures are."""
+    python = tmp_path / "python"
+    python.write_text(
+        "#!/usr/bin/env bash\n"
+        'if [ "$1 $2" = "-m cer_jax.bench" ]; then echo "stopped" >&2; exit 124; fi\n'
+        'if [ "$1 $2" = "-m cer_jax.bench.costs" ]; then echo "the cost table"; exit 0; fi\n'
+        f'exec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    out = tmp_path / "out"
+    proc = _script("--out", str(out), "--no-torch", tmp_path=tmp_path, PYTHON=str(python))
+    assert proc.returncode == 0, proc.stderr
+    assert (f"the benchmark stopped (status 124): the models it finished are in {out}/bench.json"
+            in proc.stderr.splitlines())
+    assert (out / "costs_cpu.txt").read_text() == "the cost table\n"
+    assert proc.stdout.splitlines()[-1] == f"figures in {out}"
+
+
+def test_accelerator_script_option_without_its_value_is_one_line(tmp_path):
+    proc = _script("--dry-run", "--out", tmp_path=tmp_path)
+    assert (proc.returncode, proc.stderr) == (2, "--out needs a value (see --help)\n")
 
 
 def _without_tensorflow(tmp_path: pathlib.Path) -> dict[str, str]:
@@ -329,3 +357,126 @@ def test_help_lists_the_bench_flags():
     assert result.stdout.startswith("Throughput, FLOPs, MFU and memory per model")
     for name in ("--models:", "--precision:", "--[no]compare_torch:", "--[no]input:", "--profile:"):
         assert f"  {name}" in result.stdout, name
+
+
+# The tiny run of the findings: each error below must come before this model is timed.
+TINY = ("--models=vit:test/8", "--image_size=32", "--batch_size=4", "--steps=1", "--warmup=0")
+# Runs a module as `python -m` would, with `sys.argv[1]` (a package) made unimportable.
+RUN_WITHOUT = ("import runpy, sys; sys.modules[sys.argv.pop(1)] = None; "
+               "sys.argv[0] = sys.argv.pop(1); runpy.run_module(sys.argv[0], run_name='__main__')")
+
+
+def _run(module: str, *args: str, without: str | None = None, cwd=None):
+    cmd = ([sys.executable, "-c", RUN_WITHOUT, without, module] if without
+           else [sys.executable, "-m", module])
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, message: str) -> None:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {message}"
+    assert "Traceback" not in proc.stderr and ": train " not in proc.stderr
+    assert "done" not in proc.stderr  # xla_cpu_flags: no setting was run
+
+
+@pytest.mark.parametrize("package", ["torch", "transformers"])
+def test_compare_torch_without_pytorch_is_one_line_before_any_timing(package):
+    """PyTorch is an optional extra ('.[test]'): without it --compare_torch used to crash with
+    a traceback after the earlier models were timed."""
+    proc = _run("cer_jax.bench", *TINY, "--compare_torch", without=package)
+    _one_line_error(proc, "--compare_torch needs PyTorch (and transformers for ViT / ResNet): "
+                          "pip install -e '.[test]', or drop --compare_torch.")
+
+
+def test_xla_cpu_flags_without_pytorch_says_so_in_one_line():
+    """Its --compare_torch is on by default: the error names the flag that turns it off."""
+    proc = _run("cer_jax.bench.xla_cpu_flags", "--settings=baseline", *TINY, without="torch")
+    _one_line_error(proc, "--compare_torch needs PyTorch (and transformers for ViT / ResNet): "
+                          "pip install -e '.[test]', or pass --nocompare_torch (no PyTorch "
+                          "ratios).")
+
+
+def test_unwritable_json_or_profile_is_one_line_before_any_timing(tmp_path):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    cases = [
+        ("cer_jax.bench", ["--json=/proc/b.json"],
+         "--json=/proc/b.json cannot be written (No such file or directory); give a writable "
+         "file, or drop --json."),
+        ("cer_jax.bench", [f"--profile={a_file}"],
+         f"--profile={a_file}: {a_file} is a file, not a folder; give a folder."),
+        ("cer_jax.bench", [f"--profile={a_file}/trace"],
+         f"--profile={a_file}/trace: {a_file} is a file, not a folder; give a folder."),
+        ("cer_jax.bench", ["--profile=/proc/no/trace"],
+         "--profile=/proc/no/trace cannot be written (No such file or directory); give a "
+         "writable folder, or drop --profile."),
+        ("cer_jax.bench.xla_cpu_flags", ["--settings=baseline", "--nocompare_torch",
+                                         "--json=/proc/b.json"],
+         "--json=/proc/b.json cannot be written (No such file or directory); give a writable "
+         "file, or drop --json."),
+        ("cer_jax.bench.xla_cpu_flags", ["--settings=baseline", "--nocompare_torch",
+                                         f"--json={a_file}/flags.json"],
+         f"--json={a_file}/flags.json: {a_file} is a file, not a folder."),
+    ]
+    for module, flags, message in cases:
+        _one_line_error(_run(module, *TINY, *flags), message)
+    assert a_file.read_text() == "mine"
+
+
+def test_json_and_profile_folders_are_made_and_probed_before_any_timing(tmp_path):
+    out = tmp_path / "new" / "bench.json"
+    throughput.check_output_file("json", str(out))
+    throughput.check_output_folder("profile", str(tmp_path / "trace"))
+    assert [p.name for p in out.parent.iterdir()] == []  # the probe file is removed
+    assert list((tmp_path / "trace").iterdir()) == []
+
+
+def test_a_bucket_json_is_written_to_the_bucket_not_to_a_local_gs_folder(tmp_path, monkeypatch):
+    """`--json=gs://bucket/b.json` used to write ./gs:/bucket/b.json."""
+    from etils.epath import gpath, testing
+
+    bucket = tmp_path / "bucket_store"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)  # else tf.io.gfile, unmocked
+
+    def local(path) -> str:
+        path = os.fspath(path)
+        assert path.startswith("gs://"), path
+        return str(bucket / path.removeprefix("gs://"))
+
+    def mkdir(_, path, *args, **kwargs):
+        os.makedirs(local(path), exist_ok=True)
+
+    with testing.mock_epath(
+            open=lambda _, path, *args, **kwargs: open(local(path), *args, **kwargs),
+            exists=lambda _, path: os.path.exists(local(path)),
+            isdir=lambda _, path: os.path.isdir(local(path)),
+            makedirs=mkdir, mkdir=mkdir):
+        throughput.check_output_file("json", "gs://b/runs/b.json")
+        throughput.write_json("gs://b/runs/b.json", {"models": []})
+    assert json.loads((bucket / "b" / "runs" / "b.json").read_text()) == {"models": []}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bucket_store"]
+
+
+def test_faces_removes_its_scratch_folder_also_after_an_error(tmp_path, monkeypatch):
+    import tempfile
+    import types
+
+    from cer_jax.bench import faces
+
+    def fails(directory, specs):
+        (pathlib.Path(directory) / "ensemble").mkdir()
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(faces, "_MEMBERS", types.SimpleNamespace(value=["configs/vit.py"]))
+    monkeypatch.setattr(faces, "build_ensemble", fails)
+    with pytest.raises(RuntimeError, match="stop"):
+        faces.main(["faces"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_costs_without_models_is_one_line():
+    _one_line_error(_run("cer_jax.bench.costs", "--models="),
+                    "--models is empty: name the models to count, e.g. "
+                    "--models=vit:B/16,resnet:50,manet.")

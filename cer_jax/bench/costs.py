@@ -162,8 +162,12 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     cfg = flags.FLAGS
+    specs = [s.strip() for s in cfg.models.split(",") if s.strip()]
+    if not specs:  # as cer_jax.bench: an empty table would look like a result
+        raise UserError(f"--models is empty: name the models to count, e.g. "
+                        f"--models={DEFAULT_MODELS}.")
     costs = []
-    for spec in filter(None, (s.strip() for s in cfg.models.split(","))):
+    for spec in specs:
         name, kwargs = parse_model_spec(spec, image_size=cfg.image_size)
         costs.append(model_costs(name, kwargs, image_size=cfg.image_size,
                                  batch_size=cfg.batch_size, num_classes=cfg.num_classes,

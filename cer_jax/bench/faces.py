@@ -11,6 +11,7 @@ the Haar detector alone, so the table says which stage bounds the rate.
 from __future__ import annotations
 
 import csv
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -64,6 +65,14 @@ def write_video(path: str, frames: int) -> np.ndarray:
 def main(argv: Sequence[str]) -> None:
     del argv
     directory = tempfile.mkdtemp(prefix="cer_jax_faces_")
+    try:
+        measure(directory)
+    finally:  # the ensemble and the video are scratch: gone also after an error or Ctrl-C
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def measure(directory: str) -> None:
+    """Builds the ensemble and the video in `directory`, times them, prints the table."""
     ensemble_dir = build_ensemble(directory, _MEMBERS.value)
     video = f"{directory}/video.avi"
     portrait = write_video(video, _FRAMES.value)

@@ -13,9 +13,7 @@ TensorFlow: batches are random arrays made on the device.
 from __future__ import annotations
 
 import datetime
-import json
 import os
-import pathlib
 import platform
 import sys
 import tempfile
@@ -24,7 +22,7 @@ from typing import Any
 
 from absl import app, flags
 
-from cer_jax import cli, paths
+from cer_jax import cli
 from cer_jax.bench import report
 from cer_jax.errors import UserError
 
@@ -81,22 +79,9 @@ def write_json(info: dict[str, Any], results: list[dict[str, Any]],
         "precision": FLAGS.precision, "steps": FLAGS.steps, "warmup": FLAGS.warmup,
         "num_classes": FLAGS.num_classes, "argv": sys.argv},
         "models": results, "ensemble": estimate}
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)
-    with open(FLAGS.json, "w") as f:
-        json.dump(payload, f, indent=1)
-        f.write("\n")
+    from cer_jax.bench import throughput
 
-
-def check_json_path(path: str) -> None:
-    """Before any timing: --json can be written (a folder, or a file where its folder goes,
-    would otherwise fail after the work)."""
-    target = pathlib.Path(os.path.abspath(path))
-    if target.is_dir():
-        raise UserError(f"--json={path} is a folder; give a file name, e.g. "
-                        f"--json={target / 'bench.json'}.")
-    blocker = paths.file_in_the_way(target.parent)
-    if blocker is not None:
-        raise UserError(f"--json={path}: {blocker} is a file, not a folder.")
+    throughput.write_json(FLAGS.json, payload)
 
 
 def run(argv: Sequence[str]) -> None:
@@ -106,8 +91,14 @@ def run(argv: Sequence[str]) -> None:
     if not specs:
         raise UserError("--models is empty: name the models to time, e.g. "
                         "--models=vit:B/16,resnet:50,manet.")
+    from cer_jax.bench import throughput
+
     if FLAGS.json:
-        check_json_path(FLAGS.json)
+        throughput.check_output_file("json", FLAGS.json)
+    if FLAGS.profile:
+        throughput.check_output_folder("profile", FLAGS.profile)
+    if FLAGS.compare_torch:  # before any model: the PyTorch stack is an optional extra
+        throughput.check_torch()
     if FLAGS.input:  # before any model: a bare accelerator host may lack TensorFlow
         try:
             import tensorflow_datasets  # noqa: F401
@@ -122,7 +113,7 @@ def run(argv: Sequence[str]) -> None:
 
         input_bench.check_sizes(FLAGS.input_num_train_images)
     from cer_jax import sharding, train_state
-    from cer_jax.bench import ensemble_time, throughput
+    from cer_jax.bench import ensemble_time
 
     info = machine()
     print(f"# cer_jax.bench on {info['device_count']} x {info['device_kind']} "
@@ -142,6 +133,8 @@ def run(argv: Sequence[str]) -> None:
         raise UserError(f"--models names {twice} twice; give each model once.")
     for setup in setups:  # every model's settings before the first one is timed
         train_state.check_model(setup.config, setup.num_classes)
+    if FLAGS.compare_torch:
+        throughput.check_torch(setup.name for setup in setups)
     for setup in setups:
         spec = setup.spec
         profile_dir = os.path.join(FLAGS.profile, spec.replace("/", "_").replace(":", "_")) \

@@ -17,18 +17,24 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
+import os
+import pathlib
 import resource
 import statistics
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+from etils import epath
 
-from cer_jax import optim, sharding, steps, train_state
+from cer_jax import optim, paths, sharding, steps, train_state
 from cer_jax.bench import costs, peaks
+from cer_jax.errors import UserError
 
 # Model shorthand -> the config file whose recipe (optimizer, loss) the benchmark runs.
 CONFIG_FILES = {"vit": "configs/vit.py", "resnet": "configs/resnet50.py",
@@ -267,3 +273,72 @@ def profile(log_dir: str, train_once, eval_once, *, num_steps: int = 3) -> None:
                 jax.block_until_ready(train_once())
         with jax.profiler.StepTraceAnnotation("eval", step_num=num_steps):
             jax.block_until_ready(eval_once())
+
+
+# What the benchmark CLIs check before any timing, so that a missing package or a bad output
+# path fails in one line at once, not with a traceback after minutes of measuring.
+
+NO_TORCH = ("--compare_torch needs PyTorch (and transformers for ViT / ResNet): "
+            "pip install -e '.[test]', or drop --compare_torch.")
+
+
+def check_torch(model_names: Iterable[str] = ()) -> None:
+    """--compare_torch's packages: PyTorch, and transformers where a model is ViT or ResNet
+    (their references are Hugging Face models; MA-Net's is written in `torch_ref`)."""
+    try:
+        import torch  # noqa: F401
+
+        if {"vit", "resnet"} & set(model_names):
+            import transformers  # noqa: F401
+    except ImportError as e:
+        raise UserError(NO_TORCH) from e
+
+
+def _probe(folder: pathlib.Path) -> None:
+    """Writes and removes a small file in `folder` (made first): OSError where it cannot."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".cer_jax_bench_probe-"):
+        pass
+
+
+def check_output_file(flag: str, path: str) -> None:
+    """Before any timing: --<flag>=path (a JSON file) can be written; makes its folder. A
+    remote path (gs://...) is left to the write itself: it has no folders to check."""
+    if paths.is_remote(path):
+        return
+    target = pathlib.Path(os.path.abspath(path))
+    if target.is_dir():
+        raise UserError(f"--{flag}={path} is a folder; give a file name, e.g. "
+                        f"--{flag}={target / 'bench.json'}.")
+    blocker = paths.file_in_the_way(target.parent)
+    if blocker is not None:
+        raise UserError(f"--{flag}={path}: {blocker} is a file, not a folder.")
+    try:
+        _probe(target.parent)
+        if target.exists() and not os.access(target, os.W_OK):
+            raise PermissionError(13, "Permission denied", str(target))
+    except OSError as e:
+        raise UserError(f"--{flag}={path} cannot be written ({e.strerror or e}); give a "
+                        f"writable file, or drop --{flag}.") from e
+
+
+def check_output_folder(flag: str, path: str) -> None:
+    """Before any timing: --<flag>=path (a folder) is not a file and can be made and written."""
+    if paths.is_remote(path):
+        return
+    blocker = paths.file_in_the_way(path)
+    if blocker is not None:
+        raise UserError(f"--{flag}={path}: {blocker} is a file, not a folder; give a folder.")
+    try:
+        _probe(pathlib.Path(path))
+    except OSError as e:
+        raise UserError(f"--{flag}={path} cannot be written ({e.strerror or e}); give a "
+                        f"writable folder, or drop --{flag}.") from e
+
+
+def write_json(path: str, payload: Any) -> None:
+    """`payload` as indented JSON, through epath: a gs:// path goes to the bucket, not to a
+    local folder named `gs:`."""
+    target = epath.Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(payload, indent=1) + "\n")

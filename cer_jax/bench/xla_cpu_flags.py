@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from absl import app, flags
 
 from cer_jax import cli
+from cer_jax.bench import throughput
+from cer_jax.errors import UserError
 
 # name -> XLA_FLAGS value (added to whatever XLA_FLAGS the caller has). "baseline" is what the
 # trainer compiles with: YNNPACK for matmuls and reductions, XLA's own convolutions
@@ -96,6 +98,16 @@ def main(argv: Sequence[str]) -> None:
     unknown = [s for s in FLAGS.settings if s not in SETTINGS]
     if unknown:
         raise app.UsageError(f"Unknown --settings {unknown}; use {', '.join(SETTINGS)}.")
+    if FLAGS.json:  # written after all the runs: a bad path fails now, not after them
+        throughput.check_output_file("json", FLAGS.json)
+    if FLAGS.compare_torch:  # on by default here: without PyTorch every run would fail
+        try:
+            throughput.check_torch(
+                [name for name in ("vit", "resnet") if name in FLAGS.models])
+        except UserError as e:
+            raise UserError(throughput.NO_TORCH.replace(
+                "or drop --compare_torch.", "or pass --nocompare_torch (no PyTorch ratios).")
+            ) from e
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in FLAGS.settings:
@@ -103,8 +115,8 @@ def main(argv: Sequence[str]) -> None:
             print(f"{name}: done", file=sys.stderr, flush=True)
     print(table(runs))
     if FLAGS.json:
-        with open(FLAGS.json, "w") as f:
-            json.dump({"settings": {n: SETTINGS[n] for n in runs}, "runs": runs}, f, indent=1)
+        throughput.write_json(FLAGS.json, {"settings": {n: SETTINGS[n] for n in runs},
+                                           "runs": runs})
 
 
 if __name__ == "__main__":
