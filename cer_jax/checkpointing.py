@@ -168,8 +168,11 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
         node: Any = recorded
         for part in key.split("."):
             node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
-        if node is not _ABSENT:
-            saved[key], wanted[key] = node, _flat(config, (key,))[key]
+        # Not recorded (an older workdir), or a shard count recorded as None ("auto"): the
+        # trainer resumes with the count it finds there, so there is nothing to compare.
+        if node is _ABSENT or (node is None and key == "input.num_data_shards"):
+            continue
+        saved[key], wanted[key] = node, _flat(config, (key,))[key]
     differing = [
         f"{key}={saved.get(key)!r} there, {wanted.get(key)!r} here"
         for key in sorted(set(saved) | set(wanted))

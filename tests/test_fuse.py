@@ -262,7 +262,7 @@ def test_an_out_folder_under_home_in_the_config_form_is_expanded(tmp_path, monke
     config.out = "~/fusion"
     assert evaluator.resolve_config(config).out == str(tmp_path / "home" / "fusion")
     config.out = "gs://bucket/runs/fusion/"
-    assert evaluator.resolve_config(config).out == "gs://bucket/runs/fusion"
+    assert evaluator.resolve_config(config).out == "gs://bucket/runs/fusion/"
 
 
 def test_refuses_different_label_spaces(tmp_path):

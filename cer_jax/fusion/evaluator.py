@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -352,8 +353,9 @@ def resolve_config(
     if out is not None:
         config.out = out
     # `--config.out=~/x` is not expanded by the shell (nor by ml_collections): the home folder,
-    # not a folder named `~` in the working directory. gs:// paths are left as they are.
-    config.out = paths.normalized(config.out)
+    # not a folder named `~` in the working directory. Otherwise the user's spelling is kept.
+    if config.out and not paths.is_remote(config.out):
+        config.out = os.path.expanduser(config.out)
     if select_on is not None:
         config.select_on = select_on
     return config
