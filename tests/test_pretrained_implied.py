@@ -223,6 +223,6 @@ def test_sharded_hf_checkpoint_is_a_one_line_error(vit, tmp_path):
                 call("vit", path)
             assert str(error.value) == (
                 f"Pre-trained checkpoint {str(shown)!r} belongs to a sharded Hugging Face "
-                "checkpoint, which cer_jax does not read: merge its parts into one file with "
-                f"transformers, AutoModelForImageClassification.from_pretrained({str(tmp_path)!r})"
-                ".save_pretrained(OUT, max_shard_size='100GB'), and pass OUT/model.safetensors.")
+                f"checkpoint, which cer_jax does not read: merge the parts in {str(tmp_path)!r} "
+                "into one file (load the folder with transformers and save it with a "
+                "max_shard_size above the model's size), and pass that model.safetensors.")

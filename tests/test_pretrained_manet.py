@@ -98,17 +98,22 @@ def test_imported_model_computes_the_source_features(source, checkpoint, tmp_pat
     np.testing.assert_allclose(target(images).features, source(images).features, rtol=1e-6)
 
 
-def test_objects_saved_beside_the_weights_are_not_needed(source, checkpoint, tmp_path):
-    """weights_only refuses the recorder's class; the weights still load, nothing is run."""
-    path = wf.save_authors_checkpoint(checkpoint, tmp_path / "with_recorder.pth.tar")
-    with pytest.raises(Exception, match="Weights only load failed"):
-        torch.load(path, weights_only=True)
-    target = random_model(9)
+def _assert_backbone_loaded(source, path, seed: int) -> None:
+    """Every tensor but the heads of `source` reaches a fresh model from the file at `path`."""
+    target = random_model(seed)
     report = load_pretrained(target, "manet", path)
     expected, after = snapshot(source), snapshot(target)
     assert sorted(report.loaded) == sorted(set(expected) - set(HEADS))
     for name in report.loaded:
         np.testing.assert_array_equal(after[name], expected[name], err_msg=name)
+
+
+def test_objects_saved_beside_the_weights_are_not_needed(source, checkpoint, tmp_path):
+    """weights_only refuses the recorder's class; the weights still load, nothing is run."""
+    path = wf.save_authors_checkpoint(checkpoint, tmp_path / "with_recorder.pth.tar")
+    with pytest.raises(Exception, match="Weights only load failed"):
+        torch.load(path, weights_only=True)
+    _assert_backbone_loaded(source, path, seed=9)
 
 
 def test_non_tensor_state_dict_entry_is_a_clear_error(checkpoint, tmp_path):
@@ -177,9 +182,4 @@ def test_legacy_pytorch_format_loads_to_the_same_numbers(source, tmp_path):
     assert sorted(got) == sorted(want)
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
-    target = random_model(11)
-    report = load_pretrained(target, "manet", legacy)
-    expected, after = snapshot(source), snapshot(target)
-    assert sorted(report.loaded) == sorted(set(expected) - set(HEADS))
-    for name in report.loaded:
-        np.testing.assert_array_equal(after[name], expected[name], err_msg=name)
+    _assert_backbone_loaded(source, legacy, seed=11)

@@ -103,13 +103,17 @@ def test_label_out_of_range(tree, tmp_path, bad_label):
     )
 
 
-def test_name_without_split_prefix(tree, tmp_path):
+@pytest.mark.parametrize("bad_name", [
+    "val_0001.jpg",  # no split prefix
+    "train_\u0661\u0662\u0663\u0664.jpg",  # Arabic-Indic digits, which int() would read
+])
+def test_an_image_name_that_is_not_split_and_ascii_digits_is_refused(tree, tmp_path, bad_name):
     lines = _label_lines(tree)
-    lines[0] = "val_0001.jpg 1"
+    lines[0] = f"{bad_name} 1"
     _write_label_lines(tree, lines)
     message = _build_fails(tree, tmp_path / "data")
     assert message == (
-        f"{tree / LABELS}, line 1: image name 'val_0001.jpg' must look like train_0001.jpg or "
+        f"{tree / LABELS}, line 1: image name {bad_name!r} must look like train_0001.jpg or "
         "test_0001.jpg (the prefix gives the split)."
     )
 
@@ -146,17 +150,6 @@ def test_a_label_of_non_ascii_digits_is_one_line(tree, tmp_path, label):
     _write_label_lines(tree, lines)
     message = _build_fails(tree, tmp_path / "data")
     assert message == f'{tree / LABELS}, line 3: expected "<name>.jpg <label>", got {lines[2]!r}.'
-
-
-def test_an_image_name_of_non_ascii_digits_is_refused(tree, tmp_path):
-    lines = _label_lines(tree)
-    lines[0] = "train_\u0661\u0662\u0663\u0664.jpg 1"
-    _write_label_lines(tree, lines)
-    message = _build_fails(tree, tmp_path / "data")
-    assert message == (
-        f"{tree / LABELS}, line 1: image name {lines[0].split()[0]!r} must look like "
-        "train_0001.jpg or test_0001.jpg (the prefix gives the split)."
-    )
 
 
 def test_test_ids_must_have_four_digits(tree, tmp_path):

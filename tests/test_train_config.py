@@ -271,25 +271,27 @@ def test_missing_pretrained_file(tmp_path):
                   r"init\.checkpoint=.*resnet50\.safetensors.*no such file")
 
 
-def test_init_workdir_of_another_network_is_one_line(tmp_path):
-    """Not the loader's list of every mismatched tensor, and before the data or any folder."""
+def _init_workdir_error(source: str, config: str, workdir) -> str:
+    """The one-line error of a `config` run started from a workdir trained with `source`."""
     from cer_jax import checkpointing, warm_start
 
+    checkpointing.save_config(load_config(source), str(workdir))
+    wanted = load_config(config)
+    wanted.init.workdir = str(workdir)
+    with pytest.raises(UserError) as e:
+        warm_start.resolve_model_settings(wanted)
+    return str(e.value)
+
+
+def test_init_workdir_of_another_network_is_one_line(tmp_path):
+    """Not the loader's list of every mismatched tensor, and before the data or any folder."""
     vit_run = tmp_path / "vit_run"
-    checkpointing.save_config(load_config("configs/vit.py:smoke"), str(vit_run))
-    config = load_config("configs/resnet50.py")
-    config.init.workdir = str(vit_run)
-    with pytest.raises(UserError) as e:
-        warm_start.resolve_model_settings(config)
-    assert str(e.value) == (f"init.workdir={vit_run} holds a vit model and this config builds "
-                            "resnet: start from a resnet run, or give pre-trained weights as "
-                            "init.checkpoint.")
+    assert _init_workdir_error("configs/vit.py:smoke", "configs/resnet50.py", vit_run) == (
+        f"init.workdir={vit_run} holds a vit model and this config builds resnet: start from a "
+        "resnet run, or give pre-trained weights as init.checkpoint.")
     resnet18_run = tmp_path / "resnet18_run"
-    checkpointing.save_config(load_config("configs/resnet50.py:smoke"), str(resnet18_run))
-    config.init.workdir = str(resnet18_run)
-    with pytest.raises(UserError) as e:
-        warm_start.resolve_model_settings(config)
-    assert str(e.value) == (
+    assert _init_workdir_error("configs/resnet50.py:smoke", "configs/resnet50.py",
+                               resnet18_run) == (
         f"init.workdir={resnet18_run} holds a resnet of another size (model.depth=18 there, 50 "
         "here; model.width=16 there, 64 here): set --config.model.depth=18 "
         "--config.model.width=16, or start from a run of this size.")
@@ -299,18 +301,15 @@ def test_init_workdir_trained_on_other_input_scaling_is_one_line(tmp_path):
     """Stage 2 of the two-stage recipe must feed the network inputs scaled as in stage 1: ViT's
     :follow_up (ImageNet mean/std) then the default recipe ([-1, 1]) would start it off its
     features, silently."""
-    from cer_jax import checkpointing, warm_start
+    from cer_jax import warm_start
 
     stage_one = tmp_path / "vit_basic"
-    checkpointing.save_config(load_config("configs/vit.py:follow_up"), str(stage_one))
-    config = load_config("configs/vit.py")
-    config.init.workdir = str(stage_one)
-    with pytest.raises(UserError) as e:
-        warm_start.resolve_model_settings(config)
-    assert str(e.value) == (
+    assert _init_workdir_error("configs/vit.py:follow_up", "configs/vit.py", stage_one) == (
         f"init.workdir={stage_one} was trained on inputs with input.normalization='imagenet' and "
         "this config feeds it 'minus_one_one': set --config.input.normalization=imagenet, or "
         "start from a run trained with this normalisation.")
+    config = load_config("configs/vit.py")
+    config.init.workdir = str(stage_one)
     config.input.normalization = "imagenet"
     warm_start.resolve_model_settings(config)  # the fix the message names
 

@@ -126,9 +126,9 @@ def _check_not_sharded(file: epath.Path, shown: str) -> None:
         folder = shown.rstrip("/").rsplit("/", 1)[0] if "/" in shown else "."
         raise CheckpointReadError(
             f"Pre-trained checkpoint {shown!r} belongs to a sharded Hugging Face checkpoint, "
-            "which cer_jax does not read: merge its parts into one file with transformers, "
-            f"AutoModelForImageClassification.from_pretrained({folder!r})"
-            ".save_pretrained(OUT, max_shard_size='100GB'), and pass OUT/model.safetensors."
+            f"which cer_jax does not read: merge the parts in {folder!r} into one file (load "
+            "the folder with transformers and save it with a max_shard_size above the model's "
+            "size), and pass that model.safetensors."
         )
 
 
