@@ -55,8 +55,10 @@ on a tie; a video without any face, or missing, gets class 1 (Happily Surprised,
 frequent of the 7 in RAF-DB) and makes the exit status 1. A video for which the list asks for
 frames past the number decoded (the list's frame numbering differs from the decoded stream's,
 e.g. a variable-frame-rate video or frames extracted at another rate) is logged and makes the
-exit status 1. The ensemble must predict the 7 challenge classes in the challenge's order
-(`rafdb/compound_abaw7` members).
+exit status 1. The ensemble must predict the 7 challenge classes, found by name: members
+trained on `rafdb/compound_abaw7` (the challenge's order), on `rafdb/compound` (RAF-DB's 11
+compound classes: a frame gets the most probable of the 7, the other 4 left out) or on a
+`folder` dataset of those classes (any order) are mapped onto the challenge's indices.
 """
 
 from __future__ import annotations
@@ -530,8 +532,10 @@ def smooth_tracks(records: list[FaceRecord], window: int, frame_step: int = 1) -
             record.probabilities = p
 
 
-def frame_classes(records: list[FaceRecord]) -> dict[int, int]:
-    """frame -> class: the main track's (most frames) face there, else the largest face."""
+def frame_classes(records: list[FaceRecord],
+                  columns: np.ndarray | None = None) -> dict[int, int]:
+    """frame -> class: the main track's (most frames) face there, else the largest face. With
+    `columns` (`abaw_columns`), the class is the index into them of the most probable."""
     if not records:
         return {}
     counts: dict[int, int] = {}
@@ -544,7 +548,9 @@ def frame_classes(records: list[FaceRecord]) -> dict[int, int]:
         key = (record.track == main, record.box[2] * record.box[3])
         if best is None or key > (best.track == main, best.box[2] * best.box[3]):
             chosen[record.frame] = record
-    return {f: int(np.argmax(r.probabilities)) for f, r in chosen.items()}
+    if columns is None:
+        return {f: int(np.argmax(r.probabilities)) for f, r in chosen.items()}
+    return {f: int(np.argmax(r.probabilities[columns])) for f, r in chosen.items()}
 
 
 def nearest_class(classes: dict[int, int], frame: int, sorted_frames: np.ndarray) -> int | None:
@@ -563,13 +569,16 @@ class Predictor:
     def __init__(self, ensemble: Any, detector: Any, writer: RowWriter, *, aligned: bool,
                  flip_tta: bool, batch_size: int, smooth_window: int, frame_step: int,
                  track: str, annotate: str | None, progress: Progress | None = None,
-                 listed_frames: dict[str, int] | None = None):
+                 listed_frames: dict[str, int] | None = None,
+                 abaw_columns: np.ndarray | None = None):
         self.ensemble, self.detector, self.writer = ensemble, detector, writer
         self.aligned, self.flip_tta, self.batch_size = aligned, flip_tta, batch_size
         self.smooth_window, self.frame_step, self.track = smooth_window, frame_step, track
         self.annotate, self.progress = annotate, progress
         # --abaw-frames: video stem -> the highest frame number (1-based) the list asks for.
         self.listed_frames = listed_frames or {}
+        # --abaw-frames: the ensemble's column of each challenge class (`abaw_columns`).
+        self.abaw_columns = abaw_columns
         self.failures = 0
         self.video_classes: dict[str, dict[int, int]] = {}  # stem -> frame (0-based) -> class
         self.faces_predicted = 0
@@ -718,7 +727,7 @@ class Predictor:
                               face=r.index, track=r.track, box=r.box,
                               probabilities=r.probabilities, member_classes=r.member_classes)
         stem = epath.Path(source.path).stem
-        self.video_classes[stem] = frame_classes(records)
+        self.video_classes[stem] = frame_classes(records, self.abaw_columns)
         listed = self.listed_frames.get(stem, 0)
         # Fewer frames than the container says is a failure only when frames asked for are
         # missing: an MP4 edit list (a cut made with `ffmpeg -ss ... -c copy`) hides frames
@@ -849,15 +858,25 @@ class Predictor:
 # --- the C-EXPR-DB submission -----------------------------------------------------------------
 
 
-def check_abaw_classes(class_names: Sequence[str]) -> None:
-    norm = [c.replace("_", " ").strip().lower() for c in class_names]
-    if norm != [c.lower() for c in ABAW7_CLASSES]:
+def abaw_columns(class_names: Sequence[str]) -> np.ndarray:
+    """The ensemble's column of each challenge class, in the challenge's order, found by name
+    (spaces or underscores, any case): an ensemble over the 7 classes in another order (a
+    `folder` dataset sorts its classes) or over RAF-DB's 11 compound classes maps onto the
+    challenge's indices, its other classes left out. A challenge class it lacks is a
+    UsageError."""
+    columns: dict[str, int] = {}
+    for index, name in enumerate(class_names):
+        columns.setdefault(name.replace("_", " ").strip().lower(), index)
+    missing = [c for c in ABAW7_CLASSES if c.lower() not in columns]
+    if missing:
         raise UsageError(
-            f"--abaw-frames needs an ensemble over the 7 C-EXPR-DB classes in the challenge's "
-            f"order, this one predicts {len(class_names)} classes ({', '.join(class_names[:3])}"
-            ", ...): train the members with --config.dataset.name=rafdb/compound_abaw7, then "
-            "fuse them with python -m cer_jax.fuse."
+            f"--abaw-frames needs an ensemble that predicts the 7 C-EXPR-DB classes, this one "
+            f"predicts {len(class_names)} classes ({', '.join(class_names[:3])}, ...) without "
+            f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}: train the members "
+            "with --config.dataset.name=rafdb/compound_abaw7 (or rafdb/compound), then fuse "
+            "them with python -m cer_jax.fuse."
         )
+    return np.array([columns[c.lower()] for c in ABAW7_CLASSES])
 
 
 def check_video_names(sources: Sequence[Source]) -> None:
@@ -1027,8 +1046,14 @@ def run(inputs: Sequence[str], *, ensemble: str, out: str | None = None, aligned
         model = ensemble_lib.load_ensemble(ensemble)
     except ensemble_lib.EnsembleError as error:
         raise UsageError(str(error)) from error
+    columns = None
     if abaw_frames:
-        check_abaw_classes(model.class_names)
+        columns = abaw_columns(model.class_names)
+        if len(model.class_names) > len(ABAW7_CLASSES):
+            logging.info(
+                "Submission: the ensemble predicts %d classes; each frame gets the most probable "
+                "of the challenge's 7 (%s left out).", len(model.class_names),
+                ", ".join(c for i, c in enumerate(model.class_names) if i not in set(columns)))
     try:
         face_detector = None if aligned else faces_lib.load_detector(detector)
     except faces_lib.DetectorError as error:
@@ -1065,6 +1090,7 @@ def run(inputs: Sequence[str], *, ensemble: str, out: str | None = None, aligned
             model, face_detector, writer, aligned=aligned, flip_tta=flip_tta,
             batch_size=batch_size, smooth_window=smooth_window, frame_step=frame_step,
             track=track, annotate=annotate, progress=progress, listed_frames=listed_frames,
+            abaw_columns=columns,
         )
         predictor.run_images([s for s in sources if s.kind == "image"])
         writer.flush()

@@ -775,3 +775,48 @@ def test_an_annotated_video_that_cannot_be_written_is_a_write_error(tmp_path, en
         "writer for it): free space, or choose another path.")
     assert os.listdir(annotated) == [] and sorted(os.listdir(tmp_path)) == ["annotated",
                                                                            "clip.avi"]
+
+
+def test_an_eleven_class_ensemble_is_submitted_in_the_challenges_indices(tmp_path, caplog):
+    """RAF-DB's 11 compound classes (its own order): each listed frame gets the most probable
+    of the challenge's 7, written as the challenge's index."""
+    from tfds_rafdb.layout import COMPOUND_CLASSES
+
+    eleven, _, _ = build_tiny_ensemble(tmp_path / "ens", class_names=COMPOUND_CLASSES, seed=3)
+    video = tmp_path / "clip.avi"
+    noise_video(video, 12)
+    listed = tmp_path / "list.txt"
+    listed.write_text("".join(f"clip/{i:05d}.jpg\n" for i in range(1, 13)))
+    out, sub = tmp_path / "rows.jsonl", tmp_path / "sub.txt"
+    caplog.set_level("INFO")
+    assert predict.run([os.fspath(video)], ensemble=os.fspath(eleven), aligned=True,
+                       out=os.fspath(out), abaw_frames=os.fspath(listed),
+                       submission=os.fspath(sub), show_progress=False) == 0
+    rows = jsonl(out)
+    assert len(rows) == 12
+    expected, raw = [], []
+    for row in rows:
+        p = row["probabilities"]
+        expected.append(int(np.argmax([p[c] for c in predict.ABAW7_CLASSES])))
+        raw.append(row["predicted_index"])
+    lines = sub.read_text().splitlines()
+    assert lines[0] == predict.ABAW_HEADER
+    assert lines[1:] == [f"clip/{i + 1:05d}.jpg,{c}" for i, c in enumerate(expected)]
+    assert expected != raw  # the 11-class indices are not the challenge's
+    assert ("the ensemble predicts 11 classes; each frame gets the most probable of the "
+            "challenge's 7 (Happily Disgusted, Sadly Disgusted, Fearfully Angry, Angrily "
+            "Disgusted left out)") in caplog.text
+
+
+def test_the_challenge_classes_are_found_by_name():
+    alphabetical = sorted(c.replace(" ", "_") for c in predict.ABAW7_CLASSES)  # a folder dataset
+    columns = predict.abaw_columns(alphabetical)
+    assert [alphabetical[i].replace("_", " ") for i in columns] == list(predict.ABAW7_CLASSES)
+    records = [predict.FaceRecord(0, 0.0, 0, 0, (0, 0, 9, 9),
+                                  np.eye(7)[alphabetical.index("Sadly_Angry")])]
+    assert predict.frame_classes(records, columns) == {0: 6}
+    basic = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
+    with pytest.raises(predict.UsageError, match=r"without Fearfully Surprised, Happily "
+                       r"Surprised, Sadly Surprised, \.\.\.: train the members with "
+                       r"--config.dataset.name=rafdb/compound_abaw7"):
+        predict.abaw_columns(basic)
