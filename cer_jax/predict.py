@@ -114,7 +114,8 @@ def define_flags() -> None:
     flags.DEFINE_string("detector", "haar", "haar | yunet:MODEL.onnx | package.module:attr.")
     flags.DEFINE_integer("batch_size", 32, "Faces per forward pass.", lower_bound=1)
     flags.DEFINE_integer("smooth_window", 1, "Videos: average each track's probabilities over "
-                         "this many processed frames, centred (1 = no smoothing).",
+                         "this many processed frames, centred (an even window has one more "
+                         "before; 1 = no smoothing).",
                          lower_bound=1)
     flags.DEFINE_integer("frame_step", 1, "Videos: process every n-th frame.", lower_bound=1)
     flags.DEFINE_enum("track", "iou", ["iou", "largest"], "Videos: IoU tracker over all "
@@ -511,12 +512,14 @@ class FaceRecord:
 
 
 def smooth_tracks(records: list[FaceRecord], window: int, frame_step: int = 1) -> None:
-    """Each record's probabilities := the mean over its track's records within +- window // 2
-    processed frames (in place). Frames are numbered as decoded and every `frame_step`-th one is
-    processed, so that is +- (window // 2) * frame_step decoded frames, as the tracker counts."""
+    """Each record's probabilities := the mean over its track's records within a window of
+    `window` processed frames centred on it (in place): window // 2 before and (window - 1) // 2
+    after, so an even window has one more frame before than after. Frames are numbered as
+    decoded and every `frame_step`-th one is processed, so that is window // 2 * frame_step
+    decoded frames before, as the tracker counts."""
     if window <= 1:
         return
-    half = (window // 2) * frame_step
+    before, after = (window // 2) * frame_step, ((window - 1) // 2) * frame_step
     by_track: dict[int, list[FaceRecord]] = {}
     for record in records:
         by_track.setdefault(record.track, []).append(record)
@@ -525,8 +528,8 @@ def smooth_tracks(records: list[FaceRecord], window: int, frame_step: int = 1) -
         frames = np.array([r.frame for r in track])
         probs = np.stack([r.probabilities for r in track])
         cumulative = np.concatenate([np.zeros((1, probs.shape[1])), np.cumsum(probs, 0)])
-        lo = np.searchsorted(frames, frames - half, side="left")
-        hi = np.searchsorted(frames, frames + half, side="right")
+        lo = np.searchsorted(frames, frames - before, side="left")
+        hi = np.searchsorted(frames, frames + after, side="right")
         smoothed = (cumulative[hi] - cumulative[lo]) / (hi - lo)[:, None]
         for record, p in zip(track, smoothed, strict=True):
             record.probabilities = p

@@ -820,3 +820,17 @@ def test_the_challenge_classes_are_found_by_name():
                        r"Surprised, Sadly Surprised, \.\.\.: train the members with "
                        r"--config.dataset.name=rafdb/compound_abaw7"):
         predict.abaw_columns(basic)
+
+
+@pytest.mark.parametrize("frame_step", [1, 3])
+def test_an_even_smoothing_window_averages_that_many_frames(frame_step):
+    """--smooth_window=2 averages 2 frames (the frame and the one before), not 3."""
+    records = [predict.FaceRecord(i * frame_step, 0.0, 0, 0, (0, 0, 9, 9), np.eye(4)[i])
+               for i in range(4)]
+    predict.smooth_tracks(records, 2, frame_step)
+    np.testing.assert_allclose([r.probabilities for r in records],
+                               [[1, 0, 0, 0], [.5, .5, 0, 0], [0, .5, .5, 0], [0, 0, .5, .5]])
+    records = [predict.FaceRecord(i * frame_step, 0.0, 0, 0, (0, 0, 9, 9), np.eye(6)[i])
+               for i in range(6)]
+    predict.smooth_tracks(records, 4, frame_step)  # 2 before, 1 after
+    np.testing.assert_allclose(records[3].probabilities, [0, .25, .25, .25, .25, 0])
