@@ -105,7 +105,16 @@ def initialize_distributed() -> None:
     mode = FLAGS.distributed
     if mode == "on" or (mode == "auto" and (given or multi_process_environment())):
         jax.config.update("jax_enable_preemption_service", False)
-        jax.distributed.initialize(**given)
+        try:
+            jax.distributed.initialize(**given)
+        except ValueError as e:  # JAX's checks of the three values, before it connects
+            flags_given = " ".join(f"--{name}={value}" for name, value in given.items())
+            raise UserError(
+                f"{flags_given or f'--distributed={mode}'}: {e} Where JAX cannot find the other "
+                "processes itself (a Cloud TPU VM, a SLURM step of several tasks, "
+                "JAX_COORDINATOR_ADDRESS), give every process --coordinator_address=HOST:PORT "
+                "of process 0 and --num_processes=N, and each its own --process_id (0 to "
+                "N-1).") from e
 
 
 def _not_orbax_chatter(record: std_logging.LogRecord) -> bool:

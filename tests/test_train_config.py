@@ -324,3 +324,29 @@ def test_best_split_must_be_evaluated(tmp_path):
     config = load_config("configs/vit.py:smoke")
     config.checkpoint.best_split = "val"
     _expect_error(config, tmp_path / "w", trainer.ConfigError, r"checkpoint\.best_split='val'")
+
+
+@pytest.mark.parametrize(("tool", "flags", "message"), [
+    ("train", ["--distributed=on"],
+     "error: --distributed=on: coordinator_address should be defined. Where JAX cannot find"),
+    ("train", ["--coordinator_address=127.0.0.1:1"],
+     "error: --coordinator_address=127.0.0.1:1: Number of processes must be defined."),
+    ("fuse", ["--coordinator_address=127.0.0.1:1", "--num_processes=2", "--process_id=2"],
+     "error: --coordinator_address=127.0.0.1:1 --num_processes=2 --process_id=2: process_id "
+     "and num_processes must be nonnegative, with process_id < num_processes."),
+])
+def test_incomplete_multi_process_flags_stop_with_one_line(tmp_path, tool, flags, message):
+    """--distributed=on or a coordinator flag where JAX cannot find the rest itself (here: no
+    TPU VM, no SLURM step) is a user error: one line naming the flags, not JAX's traceback."""
+    args = (["--config=configs/vit.py:smoke", f"--workdir={tmp_path / 'w'}"] if tool == "train"
+            else [f"--workdirs={tmp_path / 'a'},{tmp_path / 'b'}", f"--out={tmp_path / 'f'}"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "JAX_COORD"))}
+    out = subprocess.run([sys.executable, "-m", f"cer_jax.{tool}", *args, *flags], cwd=ROOT,
+                         env={**env, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    (line,) = out.stderr.strip().splitlines()[-1:]
+    assert line.startswith(message)
+    assert "--num_processes=N" in line  # the fix
+    assert not (tmp_path / "w").exists() and not (tmp_path / "f").exists()
