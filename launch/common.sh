@@ -29,6 +29,20 @@ die() {
   exit 2
 }
 
+# Fails unless each named variable is 0 or 1 (unset: its default, already applied). A `true`
+# or `yes` would otherwise read as 0: DRY_RUN=true would run everything for real.
+check_switches() {
+  local var
+  for var in "$@"; do
+    case "${!var}" in
+      0 | 1) ;;
+      *) die "$var must be 0 or 1 (got '${!var}')" ;;
+    esac
+  done
+}
+
+check_switches DRY_RUN SMOKE
+
 note() {
   if [ "$DRY_RUN" = 1 ]; then
     printf '# %s\n' "$*"

@@ -76,6 +76,10 @@ ACCELERATOR=${ACCELERATOR:-v4-8}
 QUEUED=${QUEUED:-0}
 QR_NAME=${QR_NAME:-$TPU_NAME-qr}
 SPOT=${SPOT:-0}
+CREATE=${CREATE:-1}
+INSTALL=${INSTALL:-1}
+UPLOAD=${UPLOAD:-1}
+check_switches QUEUED SPOT CREATE INSTALL UPLOAD
 BUCKET=${BUCKET:-}
 BUCKET=${BUCKET%/}
 JAX_CACHE=${JAX_CACHE:-${BUCKET:+$BUCKET/jax_cache}}
@@ -308,9 +312,9 @@ cmd_delete() {
 
 cmd_all() {
   need_bucket
-  if [ "${CREATE:-1}" = 1 ]; then cmd_create; fi
-  if [ "${INSTALL:-1}" = 1 ]; then cmd_install; fi
-  if [ "${UPLOAD:-1}" = 1 ] && [ "$SMOKE" != 1 ]; then cmd_upload; fi
+  if [ "$CREATE" = 1 ]; then cmd_create; fi
+  if [ "$INSTALL" = 1 ]; then cmd_install; fi
+  if [ "$UPLOAD" = 1 ] && [ "$SMOKE" != 1 ]; then cmd_upload; fi
   cmd_ensemble "$@"
   note "TensorBoard: BUCKET=$BUCKET launch/tpu.sh tensorboard (that is: tensorboard --logdir $RUNS)"
   note "when done: launch/tpu.sh delete (a TPU is billed while it exists)"

@@ -600,3 +600,22 @@ def test_tpu_check_runs_with_the_bucket_cache_only_when_there_is_a_bucket(env):
     (ssh,) = dry_run("tpu.sh", "check", env=env, BUCKET="gs://b")
     assert remote_python_argv(ssh)[0] == "-c"
     assert "JAX_COMPILATION_CACHE_DIR=gs://b/jax_cache" in flag(ssh, "command")
+
+
+@pytest.mark.parametrize("script,var,value,args", [
+    ("tpu.sh", "DRY_RUN", "true", ["delete"]),
+    ("gpu.sh", "DRY_RUN", "yes", ["train", "configs/vit.py", "runs/vit"]),
+    ("slurm.sh", "SMOKE", "true", ["ensemble", "/r"]),
+    ("tpu.sh", "SPOT", "true", ["create"]),
+    ("tpu.sh", "QUEUED", "yes", ["delete"]),
+    ("tpu.sh", "UPLOAD", "no", ["all"]),
+])
+def test_a_switch_that_is_not_0_or_1_stops_before_anything_runs(env, script, var, value, args):
+    """DRY_RUN=true used to read as 0, so the commands ran for real (`delete` deleted the TPU);
+    SPOT=true created an on-demand TPU."""
+    proc = subprocess.run(["bash", str(LAUNCH / script), *args], capture_output=True, text=True,
+                          timeout=30, env={**env, "BUCKET": "gs://b", "GPUS_PER_NODE": "1",
+                                           var: value})
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr == f"{script}: error: {var} must be 0 or 1 (got '{value}')\n"
