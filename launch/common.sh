@@ -9,7 +9,7 @@
 # A script that sources this file defines:
 #   launch_python ARG...   run `python ARG...` where the training runs (every host / task)
 #   check_workdir DIR      fail when DIR cannot be a workdir there
-#   weights_for FILE       the path the training reads a pre-trained FILE from
+#   weights_for NAME FILE  the path member NAME's training reads its pre-trained FILE from
 # and may set TORCH_HINT: how to get PyTorch where the training runs (no double quotes).
 
 # PyTorch's own index of CPU wheels: a PyTorch weights file (MA-Net's .pth.tar) needs PyTorch
@@ -234,7 +234,7 @@ run_ensemble() {
       run_train "$(member_config "$name")" "$runs/$name" "$@"
     else
       run_train "$(member_config "$name")" "$runs/$name" \
-        --config.init.checkpoint="$(weights_for "$file")" "$@"
+        --config.init.checkpoint="$(weights_for "$name" "$file")" "$@"
     fi
   done
   run_fuse "$runs"

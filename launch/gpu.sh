@@ -49,7 +49,7 @@ check_workdir() {
 }
 
 weights_for() {
-  printf '%s' "$1"
+  printf '%s' "$2"
 }
 
 parse_flags "$@"

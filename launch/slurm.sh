@@ -123,7 +123,7 @@ check_workdir() {
 }
 
 weights_for() {
-  printf '%s' "$1"
+  printf '%s' "$2"
 }
 
 need srun

@@ -15,7 +15,8 @@
 #                        *_WEIGHTS file is a PyTorch one: .pth, .pth.tar, .pt, .bin); then `check`
 #   check                every worker prints its process index, process count and devices
 #   upload               build the TFDS dataset here when MANUAL_DIR is set, then copy
-#                        LOCAL_DATA_DIR/rafdb to DATA_DIR and the *_WEIGHTS files to WEIGHTS_DIR
+#                        LOCAL_DATA_DIR/rafdb to DATA_DIR and each local *_WEIGHTS file or folder
+#                        to WEIGHTS_DIR/<member>/ (with the config.json beside a file, if any)
 #   train CONFIG WORKDIR [OVERRIDES...]
 #                        one training, the same command on every worker at once; WORKDIR must
 #                        be gs://... (every host reads and writes the same run)
@@ -49,9 +50,9 @@
 #   TFDS_CONFIG [compound]  the rafdb builder config that upload builds and the trainings use
 #                (compound | compound_abaw7 | basic: --config.dataset.name=rafdb/TFDS_CONFIG)
 #   VIT_WEIGHTS MANET_WEIGHTS RESNET50_WEIGHTS
-#                pre-trained files: local paths (upload copies them to WEIGHTS_DIR and the
-#                trainings read them there) or gs:// paths (used as they are); unset: the
-#                member trains from scratch
+#                pre-trained files or folders: local paths (upload copies each to
+#                WEIGHTS_DIR/<member>/ and the trainings read it there) or gs:// paths (used
+#                as they are); unset: the member trains from scratch
 #   SMOKE [0]    1: the configs' :smoke variants on synthetic data drawn on each worker (no data
 #                or weights needed; a cheap end-to-end check of a new slice)
 #   JAX_SPEC ['jax[tpu]>=0.10.2,<0.11']  PYTHON_VERSION [3.11]  PYTHON (here) [python3]
@@ -153,11 +154,15 @@ check_workdir() {
   esac
 }
 
-# Local weights files are read from WEIGHTS_DIR, where `upload` put them; gs:// ones as they are.
+# Member NAME's local weights FILE (or folder) is read from WEIGHTS_DIR/NAME/, where `upload`
+# put it: a folder of its own per member, so that two files of the same name (Hugging Face's
+# model.safetensors for ViT and ResNet50) and the config.json beside each stay apart. A gs:// one
+# is read where it is.
 weights_for() {
-  case "$1" in
-    gs://*) printf '%s' "$1" ;;
-    *) printf '%s/%s' "$WEIGHTS_DIR" "${1##*/}" ;;
+  local file=${2%/}
+  case "$file" in
+    gs://*) printf '%s' "$file" ;;
+    *) printf '%s/%s/%s' "$WEIGHTS_DIR" "$1" "${file##*/}" ;;
   esac
 }
 
@@ -261,16 +266,26 @@ cmd_upload() {
     die "no TFDS build in $LOCAL_DATA_DIR/rafdb: set MANUAL_DIR=/path/to/RAF-DB/compound (or LOCAL_DATA_DIR)"
   fi
   run gcloud storage rsync --recursive "$LOCAL_DATA_DIR/rafdb" "$DATA_DIR/rafdb"
-  local name file
+  local name file dest
   for name in $MEMBERS; do
     file=$(member_weights "$name")
     case "$file" in
-      "" | gs://*) ;;
-      *)
-        if [ "$DRY_RUN" != 1 ] && [ ! -f "$file" ]; then die "no such weights file: $file"; fi
-        run gcloud storage cp "$file" "$(weights_for "$file")"
-        ;;
+      "" | gs://*) continue ;;
     esac
+    file=${file%/}
+    dest=$(weights_for "$name" "$file")
+    if [ -d "$file" ]; then # a Hugging Face snapshot folder: the reader picks the file in it
+      run gcloud storage rsync --recursive "$file" "$dest"
+      continue
+    fi
+    if [ "$DRY_RUN" != 1 ] && [ ! -f "$file" ]; then
+      die "$(weights_var "$name")=$file: no such file or folder"
+    fi
+    run gcloud storage cp "$file" "$dest"
+    # A Hugging Face file's config.json says how its network computes (ViT's GELU, LayerNorm eps).
+    if [ -f "$(dirname "$file")/config.json" ] && [ "${file##*/}" != config.json ]; then
+      run gcloud storage cp "$(dirname "$file")/config.json" "${dest%/*}/config.json"
+    fi
   done
 }
 

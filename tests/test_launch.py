@@ -148,7 +148,7 @@ def test_tpu_all_from_nothing_to_fused_report(env, weights, tmp_path):
     for name in MEMBERS:
         local = weights[f"{name.upper()}_WEIGHTS"]
         assert ["gcloud", "storage", "cp", local,
-                f"{bucket}/weights/{pathlib.Path(local).name}"] in cmds
+                f"{bucket}/weights/{name}/{pathlib.Path(local).name}"] in cmds
 
     # Three trainings on every worker, then the fusion, all reading and writing the bucket.
     runs = [remote_python_argv(c) for c in gcloud_tpu
@@ -159,10 +159,42 @@ def test_tpu_all_from_nothing_to_fused_report(env, weights, tmp_path):
         assert argv[2:] == [f"--config=configs/{name}.py", f"--workdir={bucket}/runs/{name}",
                             f"--config.dataset.data_dir={bucket}/tensorflow_datasets",
                             "--config.dataset.name=rafdb/compound",
-                            f"--config.init.checkpoint={bucket}/weights/{local}", *TRICKY]
+                            f"--config.init.checkpoint={bucket}/weights/{name}/{local}",
+                            *TRICKY]
     assert runs[3][2:] == [f"--workdirs={','.join(f'{bucket}/runs/{m}' for m in MEMBERS)}",
                            f"--out={bucket}/runs/fusion"]
     assert cmds[-1] == ["gcloud", "storage", "cat", f"{bucket}/runs/fusion/report.md"]
+
+
+def test_tpu_upload_keeps_each_members_weights_apart_with_their_config_json(env, tmp_path):
+    """Hugging Face names both ViT's and ResNet50's weights model.safetensors: each member's go
+    to a folder of its own on the bucket (they used to overwrite each other there), with the
+    config.json beside the file that says how the network computes; a snapshot folder is
+    copied whole."""
+    hub = {}
+    for name in ("vit", "resnet50"):
+        (tmp_path / name).mkdir()
+        for file in ("model.safetensors", "config.json"):
+            (tmp_path / name / file).write_text("x")
+        hub[name] = tmp_path / name
+    extra = {"BUCKET": "gs://b", "VIT_WEIGHTS": str(hub["vit"] / "model.safetensors"),
+             "RESNET50_WEIGHTS": str(hub["resnet50"] / "model.safetensors"),
+             "MANET_WEIGHTS": str(hub["vit"]) + "/"}  # a folder (here: the ViT snapshot)
+    cmds = dry_run("tpu.sh", "upload", env=env, **extra)
+    copies = [c[2:] for c in cmds if c[:2] == ["gcloud", "storage"] and "rafdb" not in c[-1]]
+    assert copies == [
+        ["cp", str(hub["vit"] / "model.safetensors"), "gs://b/weights/vit/model.safetensors"],
+        ["cp", str(hub["vit"] / "config.json"), "gs://b/weights/vit/config.json"],
+        ["rsync", "--recursive", str(hub["vit"]), "gs://b/weights/manet/vit"],
+        ["cp", str(hub["resnet50"] / "model.safetensors"),
+         "gs://b/weights/resnet50/model.safetensors"],
+        ["cp", str(hub["resnet50"] / "config.json"), "gs://b/weights/resnet50/config.json"],
+    ]
+    runs = [remote_python_argv(c) for c in dry_run("tpu.sh", "ensemble", env=env, **extra)
+            if is_tpu_ssh(c) and "cer_jax.train" in flag(c, "command")]
+    assert [flag(r, "config.init.checkpoint") for r in runs] == [
+        "gs://b/weights/vit/model.safetensors", "gs://b/weights/manet/vit",
+        "gs://b/weights/resnet50/model.safetensors"]
 
 
 def accepts_flags(builder_argv: list[str]) -> None:
