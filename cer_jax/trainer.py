@@ -180,18 +180,36 @@ def training_length(config: ml_collections.ConfigDict, train_size: int) -> tuple
 
 
 def check_finite(
-    sums: dict[str, float], first_step: int, last_step: int, last_saved: int | None
+    sums: dict[str, float], first_step: int, last_step: int, last_saved: int | None, *,
+    config: ml_collections.ConfigDict,
 ) -> None:
     """The NaN guard: raises when any step since the last check had a non-finite loss/grad."""
     if sums["nonfinite"] > 0 or not np.isfinite(sums["loss_sum"]):
-        kept = (f"its checkpoint of step {last_saved} is kept" if last_saved
-                else "no checkpoint had been saved yet")
         raise NonFiniteLossError(
             f"Non-finite loss or gradients between steps {first_step} and {last_step} "
-            f"(loss {sums['loss_sum'] / sums['count']:.4g}). Training stopped; {kept}. Lower "
-            "optimizer.lr, or enable clipping with optimizer.grad_clip_norm=1.0 (or use "
-            "float32: model.dtype='float32')."
+            f"(loss {sums['loss_sum'] / sums['count']:.4g}). Training stopped; "
+            f"{_non_finite_hint(config, last_saved)}"
         )
+
+
+def _non_finite_hint(config: ml_collections.ConfigDict, last_saved: int | None) -> str:
+    """What to change, and where: a lower optimizer.lr resumes from the kept checkpoint, while
+    clipping (another optimizer state) and float32 (another model.dtype) cannot resume it."""
+    lr = f"Lower optimizer.lr (now {config.optimizer.lr:g})"
+    clip = "optimizer.grad_clip_norm=1.0" if not config.optimizer.get("grad_clip_norm") else None
+    dtype = config.model.get("dtype")
+    low_precision = dtype not in (None, "auto") and np.dtype(
+        train_state.compute_dtype(dtype)) != np.float32
+    float32 = "model.dtype='float32'" if low_precision else None
+    if last_saved:
+        fresh = " and ".join(f for f in (clip, float32) if f)
+        return (f"its checkpoint of step {last_saved} is kept. {lr} and run the same command "
+                "again to resume from it" + (f"; {fresh} would not fit that checkpoint: use them "
+                                             "with a new --workdir" if fresh else "") + ".")
+    return ("no checkpoint had been saved yet. " + lr
+            + (f", or enable clipping with {clip}" if clip else "")
+            + (f", or train in float32 ({float32}) with a new --workdir" if float32 else "")
+            + ".")
 
 
 def train_metrics(sums: dict[str, float], learning_rate: float) -> dict[str, float]:
@@ -362,7 +380,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 stop = preempted or (halt is not None and halt <= step < total_steps)
                 is_ckpt = _is_boundary(step, ckpt_every) or step == total_steps or stop
                 sums = {k: float(v) for k, v in jax.device_get(accumulated).items()}
-                check_finite(sums, last_checked + 1, step, last_saved)
+                check_finite(sums, last_checked + 1, step, last_saved, config=config)
                 last_checked, accumulated = step, None
                 result["train"] = train_metrics(sums, schedule(step - 1))
                 writer.write_scalars(step, result["train"])

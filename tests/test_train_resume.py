@@ -9,6 +9,7 @@ import threading
 import time
 
 import jax
+import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -166,15 +167,58 @@ def test_non_finite_loss_stops_with_a_hint_and_keeps_the_last_good_checkpoint(
     assert saved_steps(workdir) == [4]
     state = saved_state(workdir, 4)
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state["params"]))
+    # The advice holds: a lower learning rate resumes from the kept step ...
+    lower = tiny_config(synthetic_cache_dir, **{"optimizer.lr": 1e-4,
+                                                "training.halt_after_steps": 6})
+    result = trainer.train_and_evaluate(lower, str(workdir))
+    assert (result["step"], result["stopped"]) == (6, "halted")
+    assert np.isfinite(result["train"]["train/loss"])
+    # ... while another clipping setting is another optimizer state, which cannot resume it.
+    unclipped = tiny_config(synthetic_cache_dir, **{"optimizer.grad_clip_norm": None})
+    with pytest.raises(checkpointing.WorkdirError, match="does not fit this config"):
+        trainer.train_and_evaluate(unclipped, str(workdir))
+
+
+def nan_config(grad_clip_norm=None, dtype="float32"):
+    return ml_collections.ConfigDict({
+        "optimizer": {"lr": 0.5, "grad_clip_norm": grad_clip_norm}, "model": {"dtype": dtype}})
+
+
+NAN_SUMS = {"nonfinite": 1.0, "loss_sum": float("nan"), "count": 8.0}
 
 
 def test_a_non_finite_loss_before_any_checkpoint_says_so_in_one_line():
-    sums = {"nonfinite": 1.0, "loss_sum": float("nan"), "count": 8.0}
     with pytest.raises(UserError, match=r"^Non-finite loss or gradients between steps 1 and "
                                         r"3 \(loss nan\)\. Training stopped; no checkpoint had "
-                                        r"been saved yet\. Lower optimizer\.lr"):
-        trainer.check_finite(sums, 1, 3, last_saved=0)
-    trainer.check_finite({"nonfinite": 0.0, "loss_sum": 2.0, "count": 8.0}, 1, 3, last_saved=0)
+                                        r"been saved yet\. Lower optimizer\.lr \(now 0\.5\), or "
+                                        r"enable clipping with optimizer\.grad_clip_norm=1\.0\.$"):
+        trainer.check_finite(NAN_SUMS, 1, 3, last_saved=0, config=nan_config())
+    trainer.check_finite({"nonfinite": 0.0, "loss_sum": 2.0, "count": 8.0}, 1, 3, last_saved=0,
+                         config=nan_config())
+
+
+@pytest.mark.parametrize("clip, dtype, last_saved, says, never", [
+    # With a kept checkpoint only the learning rate resumes it; clipping and float32 would not
+    # fit its optimizer state / model.dtype, so they are named with a new --workdir.
+    (None, "float32", 4, "to resume from it; optimizer.grad_clip_norm=1.0 would not fit that "
+     "checkpoint: use them with a new --workdir.", "model.dtype"),
+    (None, "bfloat16", 4, "optimizer.grad_clip_norm=1.0 and model.dtype='float32' would not "
+     "fit that checkpoint: use them with a new --workdir.", None),
+    (1.0, "bfloat16", 4, "model.dtype='float32' would not fit that checkpoint", "grad_clip"),
+    (1.0, "float32", 4, "Lower optimizer.lr (now 0.5) and run the same command again to resume "
+     "from it.", "grad_clip"),
+    # Without one, clipping can go on the same workdir; float32 is another run's model.dtype.
+    (1.0, "bfloat16", 0, "Lower optimizer.lr (now 0.5), or train in float32 "
+     "(model.dtype='float32') with a new --workdir.", "grad_clip"),
+])
+def test_the_non_finite_hint_offers_only_fixes_that_work_where_it_says(
+    clip, dtype, last_saved, says, never
+):
+    with pytest.raises(trainer.NonFiniteLossError) as error:
+        trainer.check_finite(NAN_SUMS, 5, 6, last_saved, config=nan_config(clip, dtype))
+    message = str(error.value)
+    assert says in message
+    assert never is None or never not in message
 
 
 def test_sigterm_saves_a_checkpoint_and_returns(tmp_path, synthetic_cache_dir):
