@@ -202,10 +202,11 @@ def _non_finite_hint(config: ml_collections.ConfigDict, last_saved: int | None) 
         train_state.compute_dtype(dtype)) != np.float32
     float32 = "model.dtype='float32'" if low_precision else None
     if last_saved:
-        fresh = " and ".join(f for f in (clip, float32) if f)
+        fresh = [f for f in (clip, float32) if f]
+        later = (f"; {' and '.join(fresh)} cannot resume that checkpoint: set "
+                 f"{'them' if len(fresh) > 1 else 'it'} with a new --workdir" if fresh else "")
         return (f"its checkpoint of step {last_saved} is kept. {lr} and run the same command "
-                "again to resume from it" + (f"; {fresh} would not fit that checkpoint: use them "
-                                             "with a new --workdir" if fresh else "") + ".")
+                f"again to resume from it{later}.")
     return ("no checkpoint had been saved yet. " + lr
             + (f", or enable clipping with {clip}" if clip else "")
             + (f", or train in float32 ({float32}) with a new --workdir" if float32 else "")

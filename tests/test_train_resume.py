@@ -200,11 +200,11 @@ def test_a_non_finite_loss_before_any_checkpoint_says_so_in_one_line():
 @pytest.mark.parametrize("clip, dtype, last_saved, says, never", [
     # With a kept checkpoint only the learning rate resumes it; clipping and float32 would not
     # fit its optimizer state / model.dtype, so they are named with a new --workdir.
-    (None, "float32", 4, "to resume from it; optimizer.grad_clip_norm=1.0 would not fit that "
-     "checkpoint: use them with a new --workdir.", "model.dtype"),
-    (None, "bfloat16", 4, "optimizer.grad_clip_norm=1.0 and model.dtype='float32' would not "
-     "fit that checkpoint: use them with a new --workdir.", None),
-    (1.0, "bfloat16", 4, "model.dtype='float32' would not fit that checkpoint", "grad_clip"),
+    (None, "float32", 4, "to resume from it; optimizer.grad_clip_norm=1.0 cannot resume that "
+     "checkpoint: set it with a new --workdir.", "model.dtype"),
+    (None, "bfloat16", 4, "optimizer.grad_clip_norm=1.0 and model.dtype='float32' cannot "
+     "resume that checkpoint: set them with a new --workdir.", None),
+    (1.0, "bfloat16", 4, "model.dtype='float32' cannot resume that checkpoint", "grad_clip"),
     (1.0, "float32", 4, "Lower optimizer.lr (now 0.5) and run the same command again to resume "
      "from it.", "grad_clip"),
     # Without one, clipping can go on the same workdir; float32 is another run's model.dtype.
