@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
@@ -161,6 +162,11 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
     path = workdir_path(workdir, CONFIG_FILE)
     if not path.exists():
         return
+    if not holds_checkpoints(workdir):
+        # A run stopped before its first save (a non-finite loss, a Ctrl-C during compilation)
+        # left only its config and events: nothing to resume, so any config starts anew there.
+        logging.info("%s holds no checkpoint: starting anew with this config.", workdir)
+        return
     saved_config = ml_collections.ConfigDict(json.loads(path.read_text()))
     saved, wanted = _identity(saved_config), _identity(config)
     recorded = saved_config.to_dict()
@@ -262,6 +268,16 @@ class Checkpoints:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+def holds_checkpoints(workdir: str) -> bool:
+    """Whether a train state or a best model state was committed there (a folder named by its
+    step, not only the temporary folder of a save cut short)."""
+    for name in (LATEST_DIR, BEST_DIR):
+        folder = workdir_path(workdir, name)
+        if folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir()):
+            return True
+    return False
 
 
 def latest_saved_step(workdir: str) -> int | None:

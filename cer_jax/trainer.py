@@ -241,7 +241,7 @@ def resolve_data_shards(config: ml_collections.ConfigDict, workdir: str) -> None
     unchanged on any process count that divides it), or one shard per process; then checked."""
     if config.input.get("num_data_shards") is None:
         saved = None
-        if checkpointing.workdir_path(workdir, checkpointing.CONFIG_FILE).exists():
+        if checkpointing.holds_checkpoints(workdir):
             saved = checkpointing.load_config(workdir).input.get("num_data_shards")
         config.input.num_data_shards = saved or jax.process_count()
     pipeline.check_data_shards(config.input.num_data_shards, config.training.global_batch_size)

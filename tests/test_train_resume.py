@@ -98,6 +98,30 @@ def test_resuming_with_another_data_order_is_refused(halted_workdir, tmp_path,
     assert saved_steps(workdir) == [4]
 
 
+def test_a_workdir_without_checkpoints_starts_anew_with_any_config(halted_workdir, tmp_path,
+                                                                   synthetic_cache_dir):
+    """A run stopped before its first save (a non-finite loss, Ctrl-C while compiling) leaves
+    its config.json and maybe an unfinished save: nothing to resume, so another seed, shard
+    count or model.dtype (the non-finite hint's float32) must not be refused as another run's
+    checkpoints, nor the old shard count taken over."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    shutil.copy(halted_workdir / "config.json", workdir)
+    (workdir / "checkpoints" / "4.orbax-checkpoint-tmp-1").mkdir(parents=True)
+    (workdir / "best").mkdir()
+    config = tiny_config(synthetic_cache_dir, **{"seed": 1, "model.dtype": "float32",
+                                                 "input.num_data_shards": None})
+    recorded = checkpointing.load_config(str(workdir))
+    recorded.input.num_data_shards = 2
+    checkpointing.save_config(recorded, str(workdir))
+    _, resolved = trainer.prepare(config, str(workdir))
+    assert (resolved.seed, resolved.input.num_data_shards) == (1, jax.process_count())
+    # With a committed step the same config is another run's.
+    shutil.copytree(halted_workdir / "checkpoints" / "4", workdir / "checkpoints" / "4")
+    with pytest.raises(checkpointing.WorkdirError, match="holds checkpoints of another run"):
+        trainer.prepare(config, str(workdir))
+
+
 def test_a_best_step_saved_again_replaces_the_first(tmp_path, synthetic_cache_dir):
     """A run killed (SIGKILL, out of memory) after best/S was committed but before checkpoints/
     reached S evaluates S again when resumed; scoring higher there, it saves best/S again, which
