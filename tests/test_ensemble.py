@@ -121,21 +121,31 @@ def test_round_trip_reproduces_every_member_and_the_fusion(tmp_path):
         {"image_size": 32, "normalization": "imagenet", "eval_resize": "resize_crop",
          "resize_size": 40},
     ]
+    mirrored_logits = []  # of the faces mirrored left-right (width is axis 2 of N, H, W, C)
+
+    def softmax(z):
+        e = np.exp(z - z.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
     for (_, model, _), member in zip(members, loaded.members, strict=True):
-        inputs = np.stack([ensemble_lib.eval_view(f, member.preprocessing) for f in faces])
-        expected_logits.append(np.asarray(model(jnp.asarray(inputs), train=False).logits))
-    expected_member = np.stack([
-        np.exp(z - z.max(-1, keepdims=True)) / np.exp(z - z.max(-1, keepdims=True)).sum(-1,
-                                                                                     keepdims=True)
-        for z in expected_logits
-    ])
+        for images, into in ((faces, expected_logits), (np.flip(faces, axis=2), mirrored_logits)):
+            inputs = np.stack([ensemble_lib.eval_view(f, member.preprocessing) for f in images])
+            into.append(np.asarray(model(jnp.asarray(inputs), train=False).logits))
+    expected_member = np.stack([softmax(z) for z in expected_logits])
     np.testing.assert_allclose(out.member_probabilities, expected_member, atol=1e-5)
     weights = np.asarray(fitted.params["weights"])
     np.testing.assert_allclose(out.probabilities, np.einsum("m,mnk->nk", weights,
                                                             out.member_probabilities), atol=1e-9)
     np.testing.assert_allclose(out.probabilities.sum(-1), 1.0, atol=1e-6)
+    # Flip TTA (README: predict --flip_tta): each member's logits averaged over the face and its
+    # left-right mirror, then softmax, then the same fusion.
     flipped = loaded.predict(faces, flip_tta=True)
-    assert flipped.probabilities.shape == (3, 7)
+    expected_flipped = np.stack([softmax((a + b) / 2)
+                                 for a, b in zip(expected_logits, mirrored_logits, strict=True)])
+    assert np.abs(expected_flipped - expected_member).max() > 1e-3  # the mirror matters here
+    np.testing.assert_allclose(flipped.member_probabilities, expected_flipped, atol=1e-5)
+    np.testing.assert_allclose(flipped.probabilities,
+                               np.einsum("m,mnk->nk", weights, expected_flipped), atol=1e-5)
 
     # Rewriting replaces the directory atomically; a broken one is refused clearly.
     build_tiny_ensemble(tmp_path / "ens", strategy="temperature_scaled", seed=1)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import threading
-import time
 
 import jax
 import ml_collections
@@ -245,29 +243,31 @@ def test_the_non_finite_hint_offers_only_fixes_that_work_where_it_says(
     assert never is None or never not in message
 
 
-def test_sigterm_saves_a_checkpoint_and_returns(tmp_path, synthetic_cache_dir):
+def test_sigterm_saves_a_checkpoint_at_the_next_log_point_and_returns(
+        tmp_path, synthetic_cache_dir, monkeypatch):
+    """SIGTERM during step 7 (no log or checkpoint step: logs every 2, saves every 3) is acted
+    on at step 8, the next log point, which is saved although no checkpoint step; the earlier
+    checkpoint is kept. The signal is sent from inside the run at a known step (no thread
+    racing the training)."""
     workdir = tmp_path / "preempted"
     config = tiny_config(synthetic_cache_dir, **{
         "training.num_steps": 100_000, "training.eval_every_steps": 100_000,
         "checkpoint.every_steps": 3,
     })
+    add_metrics, calls = steps.add_metrics, []
 
-    def preempt_after_first_checkpoint() -> None:
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            if os.path.isdir(workdir / "checkpoints") and saved_steps(workdir):
-                break
-            time.sleep(0.2)
-        os.kill(os.getpid(), signal.SIGTERM)
+    def preempting(*args, **kwargs):  # called once per training step
+        calls.append(None)
+        if len(calls) == 7:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return add_metrics(*args, **kwargs)
 
+    monkeypatch.setattr(steps, "add_metrics", preempting)
     previous_handler = signal.getsignal(signal.SIGTERM)
-    killer = threading.Thread(target=preempt_after_first_checkpoint, daemon=True)
-    killer.start()
     result = trainer.train_and_evaluate(config, str(workdir))
-    killer.join()
-    assert result["stopped"] == "preempted"
-    assert 3 <= result["step"] < 100_000
-    assert saved_steps(workdir)[-1] == result["step"]
+    assert (result["stopped"], result["step"]) == ("preempted", 8)
+    assert len(calls) == 8  # no step trained after the stop
+    assert saved_steps(workdir) == [6, 8]
     assert not os.path.exists(workdir / "export")
     # The trainer restored the previous SIGTERM handler on the way out.
     assert signal.getsignal(signal.SIGTERM) is previous_handler
