@@ -153,6 +153,43 @@ def test_color_jitter_stays_in_range_and_changes_image():
     assert 0.5 <= ratio[unclipped][0] <= 1.5
 
 
+def _colourful(seed=0):
+    """Pixels well inside (0, 1) with different channel means (so the luma mean 0.299 R + 0.587
+    G + 0.114 B is not the plain mean) and clear hues: no adjustment below clips."""
+    rng = np.random.default_rng(seed)
+    lo, hi = np.array([0.55, 0.3, 0.42]), np.array([0.65, 0.4, 0.5])
+    return (lo + (hi - lo) * rng.uniform(size=(16, 12, 3))).astype(np.float32)
+
+
+def _blend_factor(y, x, towards):
+    """The f with y = f * x + (1 - f) * towards (least squares), and the worst residual."""
+    f = np.sum((y - towards) * (x - towards)) / np.sum((x - towards) ** 2)
+    return f, np.abs(y - (f * x + (1 - f) * towards)).max()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_contrast_saturation_and_hue_are_torchvisions(seed):
+    """torchvision's definitions, written here: contrast blends with the mean of the image's
+    luma, saturation with each pixel's luma, by one random factor in [1 - a, 1 + a]; hue turns
+    every pixel's HSV hue by one random shift in [-h, h] turns, keeping S and V."""
+    x = _colourful(seed)
+    luma = (x @ np.array([0.299, 0.587, 0.114]))[..., None]
+
+    y = augment.color_jitter(x, _seed(seed), contrast=0.5).numpy()
+    f, residual = _blend_factor(y, x, luma.mean())
+    assert residual < 2e-4 and 0.5 <= f <= 1.5 and abs(f - 1) > 1e-3, (f, residual)
+
+    y = augment.color_jitter(x, _seed(seed), saturation=0.5).numpy()
+    f, residual = _blend_factor(y, x, luma)
+    assert residual < 2e-4 and 0.5 <= f <= 1.5 and abs(f - 1) > 1e-3, (f, residual)
+
+    y = augment.color_jitter(x, _seed(seed), hue=0.1).numpy()
+    hsv_x, hsv_y = (cv2.cvtColor(np.ascontiguousarray(a), cv2.COLOR_RGB2HSV) for a in (x, y))
+    np.testing.assert_allclose(hsv_y[..., 1:], hsv_x[..., 1:], atol=2e-3)  # S and V kept
+    turn = ((hsv_y[..., 0] - hsv_x[..., 0]) / 360.0 + 0.5) % 1.0 - 0.5  # in [-0.5, 0.5)
+    assert np.ptp(turn) < 2e-3 and 1e-3 < abs(turn.mean()) <= 0.1 + 1e-3, turn.mean()
+
+
 def _all_on() -> ml_collections.ConfigDict:
     cfg = input_defaults()
     cfg.image_size, cfg.resize_size = 32, 36
