@@ -306,6 +306,74 @@ def test_the_follow_up_recipe_moves_each_weight_by_the_papers_learning_rates(mem
     assert np.median(head) == pytest.approx(1e-5, rel=0.02)
 
 
+def _smoothed_cross_entropy(logits: np.ndarray, labels: np.ndarray, smoothing: float):
+    """Per-example cross-entropy against (1 - smoothing) one-hot + smoothing / K, in float64."""
+    logits = logits.astype(np.float64)
+    k = logits.shape[-1]
+    targets = np.full(logits.shape, smoothing / k)
+    targets[np.arange(len(labels)), labels] += 1.0 - smoothing
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    return -(targets * log_probs).sum(-1)
+
+
+# Each recipe's loss, as its config file's docstring states it: (label smoothing, head weights).
+RECIPE_LOSS = {"vit": (0.1, (1.0,)), "manet": (0.0, (0.6, 0.4)), "resnet50": (0.1, (1.0,))}
+
+
+@pytest.mark.parametrize("member", MEMBERS)
+def test_the_trainer_minimises_the_recipes_loss(member, data, tmp_path):
+    """The first training step's loss, recomputed here from the logits the model gives on that
+    step's batch (train mode, from the state the step started from): label smoothing 0.1 for
+    ViT and ResNet50, MA-Net's 0.6 x CE(local head) + 0.4 x CE(global head) without smoothing.
+    ViT's head starts at zero (head_zeroinit), so its first loss is exactly log K."""
+    from cer_jax import steps
+
+    smoothing, head_weights = RECIPE_LOSS[member]
+    recipe = load_config(f"configs/{member}.py")
+    assert recipe.training.label_smoothing == smoothing
+    config = production_config(member, data, **{"training.halt_after_steps": 1})
+    seen = []
+    real = steps.jit_train_step
+
+    def recording_jit_train_step(graphdef, *args, **kwargs):
+        step = real(graphdef, *args, **kwargs)
+
+        def recording(state, batch):
+            # Copies: the step donates (overwrites) the state's buffers.
+            start = jax.tree.map(lambda a: a.copy(), {key: state[key] for key in ("params",
+                                                                                  "rest")})
+            images, labels = np.asarray(batch["image"]), np.asarray(batch["label"])
+            new_state, metrics = step(state, batch)
+            seen.append((graphdef, start, images, labels, jax.device_get(metrics)))
+            return new_state, metrics
+
+        return recording
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(steps, "jit_train_step", recording_jit_train_step)
+        result = trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    assert (result["stopped"], result["step"]) == ("halted", 1) and len(seen) == 1
+    graphdef, start, images, labels, metrics = seen[0]
+    model = train_state.merge_model(graphdef, start["params"], start["rest"])
+    heads = [np.asarray(h) for h in model(jax.numpy.asarray(images), train=True).head_logits]
+    assert len(heads) == len(head_weights)
+    want = sum(w * _smoothed_cross_entropy(h, labels, smoothing)
+               for w, h in zip(head_weights, heads, strict=True)).mean()
+    got = float(metrics["loss_sum"] / metrics["count"])
+    assert got == pytest.approx(want, rel=1e-5)
+    if member == "vit":
+        assert got == pytest.approx(np.log(11), rel=1e-6)
+    else:  # the logits are far enough from uniform that another loss would show
+        other_smoothing = 0.1 - smoothing
+        other = sum(w * _smoothed_cross_entropy(h, labels, other_smoothing)
+                    for w, h in zip(head_weights, heads, strict=True)).mean()
+        assert abs(other - want) > 1e-3 * want, (other, want)
+        if len(heads) == 2:
+            equal = np.mean([_smoothed_cross_entropy(h, labels, 0.0) for h in heads], 0).mean()
+            assert abs(equal - want) > 1e-3 * want, (equal, want)
+
+
 def test_a_setting_that_contradicts_the_weights_stops_before_training(data, tmp_path):
     config = production_config("vit", data)
     config.model.gelu_approximate = False
