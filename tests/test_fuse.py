@@ -122,6 +122,22 @@ def test_fuse_reports_every_member_and_strategy(three_members, tmp_path):
     paper = report["strategies"]["performance_weighted"]["params"]
     member_f1 = [m["metrics"]["validation"]["macro_f1"] for m in report["members"]]
     np.testing.assert_allclose(paper["weights"], np.array(member_f1) / sum(member_f1))
+    # The paper's fused scores, recomputed here: each member's softmax on the test photos (rows
+    # matched by file name), weighted by its validation macro F1 (scikit-learn), summed.
+    fused, labels = 0.0, None
+    for name in QUALITY_SEED:
+        outputs = make_outputs(*QUALITY_SEED[name])
+        f1 = sklearn_scores(outputs, "validation")[1]
+        test = outputs["test"]
+        order = np.argsort(test["file_names"])
+        logits = test["logits"][order].astype(np.float64)
+        probabilities = np.exp(logits - logits.max(-1, keepdims=True))
+        fused = fused + f1 * probabilities / probabilities.sum(-1, keepdims=True)
+        labels = test["labels"][order]
+    paper_test = report["strategies"]["performance_weighted"]["metrics"]["test"]
+    assert paper_test["accuracy"] == pytest.approx(skm.accuracy_score(labels, fused.argmax(-1)))
+    assert paper_test["macro_f1"] == pytest.approx(
+        skm.f1_score(labels, fused.argmax(-1), average="macro"))
     assert set(report["ablation"]) == {"performance_weighted", best}
     for rows in report["ablation"].values():
         assert len(rows) == 7  # every non-empty subset of three members
