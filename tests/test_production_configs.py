@@ -364,6 +364,9 @@ def test_the_trainer_minimises_the_recipes_loss(member, data, tmp_path):
     assert got == pytest.approx(want, rel=1e-5)
     if member == "vit":
         assert got == pytest.approx(np.log(11), rel=1e-6)
+        # Stochastic depth 0.1, rising linearly over the blocks to the last (timm's rule).
+        rates = [block.drop_path.rate for block in model.blocks]
+        assert rates == pytest.approx(np.linspace(0.0, 0.1, len(rates)))
     else:  # the logits are far enough from uniform that another loss would show
         other_smoothing = 0.1 - smoothing
         other = sum(w * _smoothed_cross_entropy(h, labels, other_smoothing)
