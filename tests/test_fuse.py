@@ -460,6 +460,20 @@ def test_feature_mlp_is_never_fitted_on_a_reported_split(three_members, tmp_path
     assert not (tmp_path / "out").exists()
 
 
+def test_members_trained_on_different_splits_fuse_without_feature_mlp(tmp_path):
+    """Only feature_mlp needs one training split. Before: every fusion was refused ("Members were
+    trained on different splits ... choose the split feature_mlp trains on") even when
+    feature_mlp was not asked for."""
+    a = write_export(str(tmp_path / "a"), "vit", make_outputs(2.5, 1), train_split="train_fit")
+    b = write_export(str(tmp_path / "b"), "manet", make_outputs(2.0, 2), train_split="train")
+    report = evaluator.fuse(fusion_config(
+        [a, b], tmp_path / "out", strategies="performance_weighted,stacking", ablation=False))
+    assert [m["name"] for m in report["members"]] == ["vit", "manet"]
+    assert set(report["strategies"]) == {"performance_weighted", "stacking"}
+    with pytest.raises(members_lib.MemberError, match="trained on different splits"):
+        evaluator.fuse(fusion_config([a, b], tmp_path / "out2", strategies="feature_mlp"))
+
+
 def _member_with_config(workdir, best_split, train_split):
     (workdir / "config.json").write_text(json.dumps({
         "checkpoint": {"best_split": best_split},

@@ -209,9 +209,11 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
     _check_config(config)
     config = copy.deepcopy(config)
     workdirs = _split_list(config.workdirs)
-    if not config.train_split:
-        config.train_split = members_lib.common_train_split(workdirs)
     strategy_names = _split_list(config.strategies)
+    # Only feature_mlp is fitted on a training split: members trained on different splits (or
+    # export-only ones that do not say) fuse by every other strategy.
+    if not config.train_split and "feature_mlp" in strategy_names:
+        config.train_split = members_lib.common_train_split(workdirs)
     eval_splits = list(config.eval_splits)
     needed = list(dict.fromkeys(
         eval_splits + ([config.train_split] if "feature_mlp" in strategy_names else [])
