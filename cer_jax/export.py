@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -135,10 +137,25 @@ def _write_atomically(target: epath.Path, manifest: dict, arrays: dict) -> None:
     paths.replace_folder(tmp, target)
 
 
+_REEXPORT = ("copy the export again, or re-export it from the best checkpoint "
+             "(python -m cer_jax.fuse --config.reexport=True, or "
+             "cer_jax.export.export_workdir({workdir!r})).")
+
+
 def read_manifest(workdir: str) -> dict[str, Any] | None:
     """export.json's contents, or None when the workdir has no export."""
     path = export_dir(workdir) / EXPORT_FILE
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as e:  # cut short (an interrupted copy) or edited by hand
+        raise ExportError(f"{path} is not valid JSON ({e}): {_REEXPORT.format(workdir=workdir)}"
+                          ) from e
+    if not isinstance(manifest, dict):
+        raise ExportError(f"{path} is not an export manifest (a JSON object): "
+                          f"{_REEXPORT.format(workdir=workdir)}")
+    return manifest
 
 
 def load_export(workdir: str) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
@@ -160,17 +177,25 @@ def load_export(workdir: str) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
         path = directory / name
         if not path.exists():
             raise ExportError(f"{path} (split {split!r} of the export) is missing: re-export.")
-        with np.load(io.BytesIO(path.read_bytes())) as data:
-            missing = [key for key in ARRAYS if key not in data]
-            if missing:
-                raise ExportError(f"{path} lacks arrays {missing}: re-export.")
-            arrays[split] = {key: data[key] for key in ARRAYS}
+        try:
+            with np.load(io.BytesIO(path.read_bytes())) as data:
+                arrays[split] = {key: data[key] for key in ARRAYS if key in data}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            # cut short (an interrupted copy) or not an .npz
+            raise ExportError(f"{path} (split {split!r} of the export) cannot be read ({e}): "
+                              f"{_REEXPORT.format(workdir=workdir)}") from e
+        missing = [key for key in ARRAYS if key not in arrays[split]]
+        if missing:
+            raise ExportError(f"{path} lacks arrays {missing}: re-export.")
     return manifest, arrays
 
 
 def export_is_current(workdir: str) -> bool:
     """True when the export exists in this format and was made from the current best step."""
-    manifest = read_manifest(workdir)
+    try:
+        manifest = read_manifest(workdir)
+    except ExportError:  # unreadable: the best checkpoint writes it anew
+        return False
     if manifest is None or manifest.get("format") != FORMAT:
         return False
     try:

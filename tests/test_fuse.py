@@ -474,6 +474,45 @@ def test_members_trained_on_different_splits_fuse_without_feature_mlp(tmp_path):
         evaluator.fuse(fusion_config([a, b], tmp_path / "out2", strategies="feature_mlp"))
 
 
+@pytest.mark.parametrize("damaged", ["export.json", "test.npz"])
+def test_a_cut_short_export_is_one_line(tmp_path, damaged):
+    """An export copied from another machine and cut short. Before: JSONDecodeError /
+    BadZipFile tracebacks."""
+    a = write_export(str(tmp_path / "a"), "vit", make_outputs(2.0, 1))
+    file = tmp_path / "a" / "export" / damaged
+    file.write_bytes(file.read_bytes()[:40])
+    with pytest.raises(ValueError) as e:
+        evaluator.fuse(fusion_config([a], tmp_path / "out"))
+    assert type(e.value).__name__ == "ExportError"
+    assert str(e.value).startswith(f"{file} ")
+    assert str(e.value).endswith(
+        ": copy the export again, or re-export it from the best checkpoint (python -m "
+        f"cer_jax.fuse --config.reexport=True, or cer_jax.export.export_workdir({a!r})).")
+    assert "\n" not in str(e.value)
+
+
+def test_an_unreadable_export_beside_a_best_checkpoint_is_written_anew(tmp_path, monkeypatch):
+    """Before: the cut-short export.json stopped fusion with a JSONDecodeError traceback although
+    the best checkpoint could write it again."""
+    from cer_jax import export
+
+    outputs = make_outputs(2.0, 1)
+    a = write_export(str(tmp_path / "a"), "vit", outputs)
+    (tmp_path / "a" / "export" / "export.json").write_text('{"format": 2, "memb')
+    exported = []
+
+    def export_workdir(workdir, splits=None):  # the best checkpoint's export, as the trainer's
+        exported.append(workdir)
+        os.rename(os.path.join(workdir, "export"), str(tmp_path / "damaged"))
+        write_export(workdir, "vit", outputs)
+
+    monkeypatch.setattr(members_lib, "_has_best_checkpoint", lambda workdir: True)
+    monkeypatch.setattr(export, "export_workdir", export_workdir)
+    (member,) = members_lib.load_members([a], ["validation", "test"])
+    assert exported == [a]
+    assert sorted(member.outputs["test"]["file_names"]) == sorted(outputs["test"]["file_names"])
+
+
 def _member_with_config(workdir, best_split, train_split):
     (workdir / "config.json").write_text(json.dumps({
         "checkpoint": {"best_split": best_split},

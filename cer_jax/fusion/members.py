@@ -126,12 +126,12 @@ def load_member(
                 + f": member {workdir}'s dataset has no such split (it has: "
                 f"{', '.join(member_splits[1])}). Set --config.{key} to one of those."
             )
-    has_export = export.read_manifest(workdir) is not None
     if _has_best_checkpoint(workdir):
+        # A stale, missing or unreadable export is written anew from the checkpoint.
         if reexport or not export.export_is_current(workdir):
             logging.info("Exporting the best checkpoint of %s", workdir)
             export.export_workdir(workdir)
-    elif not has_export:
+    elif export.read_manifest(workdir) is None:
         raise _untrained(workdir)
     else:
         logging.info("%s has no checkpoints: using its export as it is", workdir)
