@@ -474,6 +474,17 @@ def test_members_trained_on_different_splits_fuse_without_feature_mlp(tmp_path):
         evaluator.fuse(fusion_config([a, b], tmp_path / "out2", strategies="feature_mlp"))
 
 
+def test_eval_splits_written_like_the_other_list_keys(three_members, tmp_path):
+    """`--config.eval_splits=test,validation` arrives as the one item 'test,validation'. Before:
+    refused, "select_on='validation' must be one of the reported splits (eval_splits=
+    ['test,validation'])"."""
+    report = evaluator.fuse(fusion_config(three_members, tmp_path / "out", ablation=False,
+                                          eval_splits=("test,validation",),
+                                          strategies="uniform_probabilities"))
+    assert report["eval_splits"] == ["test", "validation"]
+    assert set(report["members"][0]["metrics"]) == {"test", "validation"}
+
+
 @pytest.mark.parametrize("damaged", ["export.json", "test.npz"])
 def test_a_cut_short_export_is_one_line(tmp_path, damaged):
     """An export copied from another machine and cut short. Before: JSONDecodeError /
