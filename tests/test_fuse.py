@@ -383,10 +383,14 @@ def test_bad_config_values_are_named(three_members, tmp_path):
                                             "be a non-empty list of values > 0."),
     ("optimised_weights.refine_rounds", 5, "config key optimised_weights.refine_rounds=5 must be "
                                            "in 0..3 (concentrations 50, 200, 1000)."),
+    ("strategies", " , ", "No fusion strategy: set --config.strategies=A,B (config key "
+                          "strategies) to some of: performance_weighted, uniform_probabilities, "
+                          "uniform_logits, optimised_weights, temperature_scaled, stacking, "
+                          "feature_mlp."),
 ])
 def test_a_bad_strategy_option_stops_before_any_member_is_read(tmp_path, key, value, message):
     """Before: a traceback after the members were loaded and re-exported (or, for the folds,
-    silently 2)."""
+    silently 2; for no strategy, "max() arg is an empty sequence" after every member's work)."""
     config = fusion_config([str(tmp_path / "not_read")], tmp_path / "out")
     *parents, leaf = key.split(".")
     (config[parents[0]] if parents else config)[leaf] = value

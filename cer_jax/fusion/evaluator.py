@@ -102,6 +102,10 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
         raise FusionConfigError(
             f"config key selection_folds={config.selection_folds} must be >= 2 (folds of the "
             "select_on split that choose the best strategy).")
+    if not _split_list(config.strategies):
+        raise FusionConfigError(
+            "No fusion strategy: set --config.strategies=A,B (config key strategies) to some of: "
+            f"{', '.join(strategies_lib.STRATEGIES)}.")
     for name in _split_list(config.strategies):
         if name not in strategies_lib.STRATEGIES:
             raise FusionConfigError(
