@@ -314,10 +314,20 @@ def test_refuses_a_member_without_the_needed_split(tmp_path):
     outputs = make_outputs(2.0, seed=7)
     del outputs["train_fit"]
     a = write_export(str(tmp_path / "a"), "vit", outputs)
-    with pytest.raises(ValueError, match=re.escape(
-        f"Member workdir {a} has no exported train_fit split (it has: test, validation)"
-    )):
+    with pytest.raises(ValueError) as e:
         evaluator.fuse(fusion_config([a], tmp_path / "out"))
+    # Before: "or change config keys eval_splits / train_split", and every other split is refused
+    # as train_split; only feature_mlp (a default strategy) needs it.
+    assert str(e.value) == (
+        f"Member workdir {a} has no exported train_fit split (it has: test, validation); export "
+        f"it with cer_jax.export.export_workdir({a!r}, splits=[...]) or drop feature_mlp from "
+        "config key strategies (only it needs the training split).")
+    del outputs["test"]
+    b = write_export(str(tmp_path / "b"), "vit", outputs)
+    with pytest.raises(ValueError, match=re.escape(
+        "has no exported test split (it has: validation); export it with "
+        f"cer_jax.export.export_workdir({b!r}, splits=[...]) or change config key eval_splits.")):
+        evaluator.fuse(fusion_config([b], tmp_path / "out", strategies="uniform_logits"))
     with pytest.raises(members_lib.MemberError, match="has neither a best checkpoint"):
         evaluator.fuse(fusion_config([str(tmp_path)], tmp_path / "out"))
 

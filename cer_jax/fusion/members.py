@@ -143,11 +143,15 @@ def load_member(
         info, outputs = export.load_export(workdir)
         missing = [split for split in splits if split not in outputs]
     if missing:
+        # A missing training split is only feature_mlp's need: dropping it is the usual fix.
+        keys = split_keys or {}
+        change = ("drop feature_mlp from config key strategies (only it needs the training "
+                  "split)" if any(keys.get(s) == "train_split" for s in missing)
+                  else "change config key eval_splits")
         raise MemberError(
             f"Member workdir {workdir} has no exported {', '.join(missing)} split "
             f"(it has: {', '.join(sorted(outputs))}); export it with "
-            f"cer_jax.export.export_workdir({workdir!r}, splits=[...]) or change config keys "
-            "eval_splits / train_split."
+            f"cer_jax.export.export_workdir({workdir!r}, splits=[...]) or {change}."
         )
     name = info.get("member") or info["model"]
     return Member(name=str(name), workdir=workdir, info=info, outputs=outputs)
