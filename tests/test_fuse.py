@@ -488,6 +488,23 @@ def test_members_trained_on_different_splits_fuse_without_feature_mlp(tmp_path):
         evaluator.fuse(fusion_config([a, b], tmp_path / "out2", strategies="feature_mlp"))
 
 
+def test_the_report_says_how_many_folds_chose_the_best(tmp_path):
+    """Stratified folds are fewer than selection_folds when a class of the selection split has
+    fewer examples. Before: the report said "k-fold" and the README "5 folds", whatever ran."""
+    outputs = make_outputs(2.0, 1)
+    labels = outputs["validation"]["labels"]
+    rare = np.flatnonzero(labels == 3)
+    labels[rare[3:]] = 0  # class 3 keeps 3 validation examples
+    a = write_export(str(tmp_path / "a"), "vit", outputs)
+    report = evaluator.fuse(fusion_config([a], tmp_path / "out", ablation=False,
+                                          strategies="uniform_logits"))
+    assert report["selection_cv_folds"] == 3
+    assert "on validation (3-fold cross-validation)" in (tmp_path / "out" / "report.md").read_text()
+    report = evaluator.fuse(fusion_config([a], tmp_path / "out", ablation=False,
+                                          strategies="uniform_logits", selection_folds=2))
+    assert report["selection_cv_folds"] == 2
+
+
 def test_eval_splits_written_like_the_other_list_keys(three_members, tmp_path):
     """`--config.eval_splits=test,validation` arrives as the one item 'test,validation'. Before:
     refused, "select_on='validation' must be one of the reported splits (eval_splits=

@@ -310,6 +310,8 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "unfinished_members": unfinished,
         "paper_strategy": strategies_lib.PAPER_STRATEGY,
         "best_strategy": best,
+        "selection_cv_folds": strategies_lib.selection_splitter(
+            data[config.select_on].labels, config.selection_folds).get_n_splits(),
         "members": member_rows,
         "strategies": strategy_rows,
         "ablation": ablation,

@@ -73,7 +73,8 @@ def selection_note(report: dict[str, Any]) -> str:
         note = (
             f"Fusion weights and hyper-parameters were chosen on the {report['select_on']} "
             f"split; {', '.join(held_out) or 'no split'} is held out. The best strategy has the "
-            f"highest out-of-fold macro F1 on {report['select_on']} (k-fold cross-validation). "
+            f"highest out-of-fold macro F1 on {report['select_on']} "
+            f"({report.get('selection_cv_folds', 'k')}-fold cross-validation). "
             f"Every strategy but the uniform ones is fitted on {report['select_on']}, so its "
             f"{report['select_on']} figures are in-sample; its CV figure is not."
         )

@@ -488,6 +488,16 @@ STRATEGIES: dict[str, Callable[..., Fitted]] = {
 PAPER_STRATEGY = "performance_weighted"
 
 
+def selection_splitter(labels: np.ndarray, folds: int) -> Any:
+    """The folds of `cross_validated_macro_f1`: stratified, fewer than `folds` when a class has
+    fewer examples (`get_n_splits()` says how many)."""
+    from sklearn.model_selection import KFold
+
+    return _stratified_folds(labels, folds, seed=0) or KFold(
+        n_splits=max(2, min(folds, len(labels))), shuffle=True, random_state=0
+    )
+
+
 def cross_validated_macro_f1(
     name: str,
     select: FusionData,
@@ -502,12 +512,8 @@ def cross_validated_macro_f1(
     fitted parameters (stacking) and none (uniform) are compared fairly; the in-sample score on
     the split a strategy was fitted on would always favour the former.
     """
-    from sklearn.model_selection import KFold
-
     num_examples = len(select.labels)
-    splitter = _stratified_folds(select.labels, folds, seed=0) or KFold(
-        n_splits=max(2, min(folds, num_examples)), shuffle=True, random_state=0
-    )
+    splitter = selection_splitter(select.labels, folds)
     predictions = np.empty(num_examples, dtype=np.int64)
     for fit_rows, held_out in splitter.split(np.zeros(num_examples), select.labels):
         fitted = fit_strategy(name, select.rows(fit_rows), train, **(options or {}))
