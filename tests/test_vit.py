@@ -97,6 +97,14 @@ def test_wrong_image_size_is_a_clear_error():
         model(jnp.ones((1, 24, 24, 3)))
 
 
+def test_other_image_shape_with_as_many_patches_is_a_clear_error():
+    """64x16 images give 8x2 patches, as many as the 4x4 of 32x32 ones, in another layout."""
+    model = create_model("vit", num_classes=2, rngs=nnx.Rngs(0), variant="test/8", image_size=32)
+    with pytest.raises(ValueError, match=r"Images of size 64x16 give 8x2 patches, but this ViT "
+                                         r"was built for model.image_size=32"):
+        model(jnp.ones((1, 64, 16, 3)))
+
+
 def test_tiny_vit_learns_with_a_jitted_pure_step():
     model = create_model("vit", num_classes=3, rngs=nnx.Rngs(0), variant="test/8", image_size=16,
                          dropout=0.1, stochastic_depth=0.1)

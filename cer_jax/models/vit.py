@@ -224,7 +224,10 @@ class ViT(nnx.Module):
             cls = jnp.broadcast_to(self.cls[...].astype(x.dtype), (n, 1, c))
             x = jnp.concatenate([cls, x], axis=1)
         pos_embedding = self.pos_embedding[...]
-        if pos_embedding.shape[1] != x.shape[1]:
+        side = self.image_size // self.patch_size
+        # The grid, not only the token count: 64x16 images give as many patches as 32x32 ones,
+        # in a layout the position embedding does not describe.
+        if (h, w) != (side, side):
             raise ModelConfigError(
                 f"Images of size {images.shape[1]}x{images.shape[2]} give {h}x{w} patches, but "
                 f"this ViT was built for model.image_size={self.image_size}; resize the images or "
