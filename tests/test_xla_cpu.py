@@ -39,6 +39,19 @@ def test_cpu_max_pool_equals_flax_max_pool_ties_included(shape, window, strides,
     np.testing.assert_allclose(got_grad, want_grad, rtol=1e-6, atol=1e-6)  # sums reordered
 
 
+@pytest.mark.parametrize(("shape", "window", "strides", "padding"), POOLS[1:])
+def test_cpu_max_pool_forward_mode_equals_flax(shape, window, strides, padding):
+    """jvp (and with it jacfwd and Hessian-vector products) works on CPU too and equals flax's:
+    each output's tangent is that of its window's first maximum."""
+    x = jnp.round(2 * jax.nn.relu(jax.random.normal(jax.random.key(0), shape))) / 2
+    tangent = jax.random.normal(jax.random.key(1), shape)
+    got = jax.jvp(lambda x: xla_cpu.max_pool(x, window, strides, padding), (x,), (tangent,))
+    want = jax.jvp(lambda x: nnx.max_pool(x, window, strides=strides, padding=padding), (x,),
+                   (tangent,))
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
 def test_cpu_max_pool_program_has_no_select_and_scatter():
     """The CPU gradient program is the sliced form; flax's form would contain
     select-and-scatter (the slow expansion this module avoids)."""
