@@ -310,6 +310,17 @@ def test_refuses_different_example_sets(tmp_path):
     )
 
 
+def test_refuses_a_member_with_non_finite_logits(tmp_path):
+    """argmax of a NaN row is class 0: such a member would drag the fusion without a word."""
+    logits = make_outputs(2.0, seed=6)["test"]["logits"].copy()
+    logits[[2, 5], 1] = [np.nan, np.inf]
+    message = refusal(tmp_path, outputs={"test": {"logits": logits}})
+    assert message == (
+        f"Member workdir <tmp>/b: 2 of {SIZES['test']} test examples have non-finite logits "
+        "(NaN or inf) in its export; its best checkpoint computes overflowing values: retrain it "
+        "(e.g. a lower optimizer.lr, or model.dtype='float32') or leave it out of --workdirs.")
+
+
 def test_refuses_a_member_without_the_needed_split(tmp_path):
     outputs = make_outputs(2.0, seed=7)
     del outputs["train_fit"]

@@ -153,6 +153,15 @@ def load_member(
             f"(it has: {', '.join(sorted(outputs))}); export it with "
             f"cer_jax.export.export_workdir({workdir!r}, splits=[...]) or {change}."
         )
+    for split in splits:
+        logits = np.asarray(outputs[split]["logits"])
+        bad = int(np.sum(~np.isfinite(logits).all(axis=-1)))
+        if bad:  # would be fused as class 0 without a word (argmax of NaN)
+            raise MemberError(
+                f"Member workdir {workdir}: {bad} of {len(logits)} {split} examples have "
+                "non-finite logits (NaN or inf) in its export; its best checkpoint computes "
+                "overflowing values: retrain it (e.g. a lower optimizer.lr, or "
+                "model.dtype='float32') or leave it out of --workdirs.")
     name = info.get("member") or info["model"]
     return Member(name=str(name), workdir=workdir, info=info, outputs=outputs)
 
