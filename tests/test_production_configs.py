@@ -512,9 +512,12 @@ def test_the_recipe_counts_epochs_and_evaluates_and_checkpoints_at_each(data, tm
                   ) == epochs_ends[-recipe.checkpoint.keep:]
     logged = series["train/learning_rate"]  # each step's rate, logged at the step's end
     assert sorted(logged) == list(range(1, total + 1))
+    head = series["train/learning_rate_head"]  # the recipe's 10x head rate, logged too
+    assert recipe.optimizer.head_lr_multiplier == 10 and sorted(head) == sorted(logged)
     for step, value in logged.items():
         expected = _recipe_learning_rate(recipe, step - 1, total, per_epoch)
         assert value == pytest.approx(expected, rel=1e-5, abs=1e-12), step
+        assert head[step] == pytest.approx(10 * expected, rel=1e-5, abs=1e-12), step
 
     # The best checkpoint is the first evaluation with the highest validation macro F1.
     validation = series[f"{recipe.checkpoint.best_split}/macro_f1"]
