@@ -223,7 +223,7 @@ def torch_model(setup: Setup) -> nn.Module:
         return hf_resnet(cfg, setup.num_classes)
     if setup.name == "manet":
         return MANet(setup.num_classes, width=int(cfg.get("width", 64)),
-                     reverse=cfg.get("path_b_order", "reverse") == "reverse")
+                     reverse=cfg.get("path_b_order", "forward") == "reverse")
     raise ValueError(f"no PyTorch reference for model {setup.name!r}")
 
 
