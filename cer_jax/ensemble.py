@@ -6,11 +6,13 @@ training workdir, no TFDS and no TensorFlow (only JAX / Flax, numpy and OpenCV):
     DIR/ensemble.json          {"format": 1, "kind": "cer_jax.ensemble", "class_names": [...],
                                 "dataset": "rafdb/compound_abaw7", "aligned_size": 100,
                                 "strategy": {"name", "params", "state_file": "strategy.npz"},
-                                "members": [{"name", "model", "dir", "num_features",
+                                "members": [{"name", "model", "dir",
                                              "preprocessing": {image_size, normalization,
                                                                eval_resize, resize_size (the
                                                                crop view only; artefacts before
-                                                               2026-12-02 always carry it)}}]}
+                                                               2026-12-02 always carry it)}}],
+                                "workdirs": [...], "steps": [...] (written by fuse: each
+                                member's workdir and best step; steps since 2026-12-07)}
     DIR/strategy.npz           the fitted fusion's numbers (`Fitted.state`); scalars and strings
                                as 0-d arrays
     DIR/members/<i>_<name>/config.json   the member's resolved training config (config.model
@@ -281,14 +283,17 @@ def build_model(config: ml_collections.ConfigDict, arrays: dict[str, np.ndarray]
         if tuple(value.shape) != tuple(leaf.shape):
             raise EnsembleError(
                 f"{where}: {name} has shape {value.shape}, the model built from its config.json "
-                f"expects {leaf.shape}; the member was written by an incompatible version."
+                f"expects {leaf.shape}: the member was written by an incompatible version; "
+                "write the ensemble again with python -m cer_jax.fuse."
             )
         return jnp.asarray(value, dtype=leaf.dtype)
 
     filled = jax.tree_util.tree_map_with_path(fill, abstract)
     if missing:
         raise EnsembleError(
-            f"{where} lacks {len(missing)} array(s) the model needs (e.g. {missing[0]!r})."
+            f"{where} lacks {len(missing)} array(s) the model needs (e.g. {missing[0]!r}): the "
+            "member was written by an incompatible version; write the ensemble again with "
+            "python -m cer_jax.fuse."
         )
     return train_state.merge_model(graphdef, filled["params"], filled["rest"])
 
@@ -380,41 +385,57 @@ def write_from_fusion(
     class_names: Sequence[str],
 ) -> epath.Path | None:
     """The ensemble of `cer_jax.fusion.fuse`: each member's best checkpoint (restored with
-    `cer_jax.checkpointing.restore_best_model(member.workdir)`) plus the fitted strategy.
+    `cer_jax.checkpointing.restore_best_state(member.workdir, ...)`) plus the fitted strategy.
 
     `members` are `cer_jax.fusion.members.Member`s (name, workdir, info). A member without a
     best checkpoint (an export copied from elsewhere) means no ensemble: logged, None returned,
     and an earlier fusion's artefact at `out` removed (it would not match the new report).
+    The same holds when a member's best checkpoint is no longer the step whose export the
+    fusion was fitted on (its run saved a better step meanwhile): the artefact would pair the
+    fitted strategy with another model.
     Every process must call it (Orbax restores collectively); only process 0 writes.
     """
-    restored = []
+    restored, steps = [], []
     for member in members:
         try:
-            model, config = checkpointing.restore_best_model(member.workdir)
+            graphdef, step, state, config = checkpointing.restore_best_state(
+                member.workdir, sharding.local_mesh())
         except (checkpointing.WorkdirError, FileNotFoundError, ValueError) as error:
-            stale = epath.Path(out)
-            removed = jax.process_index() == 0 and stale.exists()
-            if removed:
-                stale.rmtree()
-            logging.warning(
-                "No ensemble artefact written%s: member %s has no restorable best checkpoint "
-                "(%s).", f" (the earlier one at {stale} was removed)" if removed else "",
-                member.name, error,
-            )
+            _no_ensemble(out, f"member {member.name} has no restorable best checkpoint ({error})")
             return None
+        fused_step = member.info.get("step")
+        if fused_step is not None and int(fused_step) != int(step):
+            _no_ensemble(
+                out, f"member {member.name}'s best checkpoint is now step {step}, but the fusion "
+                f"was fitted on the outputs of step {fused_step} (its run saved a new best "
+                "meanwhile); run python -m cer_jax.fuse again once its training has finished")
+            return None
+        model = train_state.merge_model(graphdef, state["params"], state["rest"])
         restored.append((member.name, model, config))
+        steps.append(int(step))
     if jax.process_index() != 0:
         return None
     datasets = {str(m.info.get("dataset")) for m in members if m.info.get("dataset")}
     path = write_ensemble(
         out, restored, strategy, class_names,
         dataset=datasets.pop() if len(datasets) == 1 else None,
-        extra={"workdirs": [str(m.workdir) for m in members]},
+        extra={"workdirs": [str(m.workdir) for m in members], "steps": steps},
     )
     logging.info("Ensemble (%s fusion of %d members) written to %s; use it with "
                  "python -m cer_jax.predict --ensemble=%s IMAGE_OR_VIDEO...",
                  strategy.name, len(members), path, path)
     return path
+
+
+def _no_ensemble(out: str | os.PathLike[str], reason: str) -> None:
+    """Logs why fusion writes no ensemble and removes an earlier fusion's artefact at `out`
+    (it would not match the new report)."""
+    stale = epath.Path(out)
+    removed = jax.process_index() == 0 and stale.exists()
+    if removed:
+        stale.rmtree()
+    logging.warning("No ensemble artefact written%s: %s.",
+                    f" (the earlier one at {stale} was removed)" if removed else "", reason)
 
 
 # --- loading and predicting ------------------------------------------------------------------
@@ -490,6 +511,14 @@ class Ensemble:
         faces = np.asarray(faces)
         if faces.ndim != 4 or faces.shape[-1] != 3:
             raise ValueError(f"faces must be uint8 [N, H, W, 3], got {faces.shape}")
+        if not np.issubdtype(faces.dtype, np.integer):
+            # eval_view divides by 255: images already in [0, 1] would be read as near black.
+            raise ValueError(f"faces must be uint8 RGB in [0, 255], got {faces.dtype} (images in "
+                             "[0, 1]: multiply by 255 and cast to uint8)")
+        if not len(faces):
+            num_classes = len(self.class_names)
+            return Prediction(np.zeros((0, num_classes)),
+                              np.zeros((len(self.members), 0, num_classes)))
         logits, features = [], []
         for member in self.members:
             z, f = member.outputs(faces, batch_bucket)
@@ -526,7 +555,9 @@ def load_ensemble(path: str | os.PathLike[str]) -> Ensemble:
     if manifest.get("kind") != KIND or manifest.get("format") != FORMAT:
         raise EnsembleError(
             f"{manifest_path} is format {manifest.get('format')!r} of "
-            f"{manifest.get('kind')!r}; this cer_jax reads format {FORMAT} of {KIND!r}."
+            f"{manifest.get('kind')!r}; this cer_jax reads format {FORMAT} of {KIND!r}: "
+            "predict with the cer_jax version that wrote it, or write the ensemble again with "
+            "this one (python -m cer_jax.fuse; its --out=OUT writes OUT/ensemble)."
         )
     _check_manifest(manifest, manifest_path)
     members = []

@@ -285,3 +285,77 @@ def test_a_member_config_edited_by_hand_names_what_it_lacks(tmp_path, edit, prob
     with pytest.raises(ensemble_lib.EnsembleError) as info:
         ensemble_lib.load_ensemble(path)
     assert str(info.value).startswith(f"{config_path} is damaged ({problem}): write the")
+
+
+@pytest.mark.parametrize(("format_", "kind"), [(2, "cer_jax.ensemble"), (None, None)])
+def test_an_ensemble_of_another_format_names_the_fix(tmp_path, format_, kind):
+    path = tmp_path / "ens"
+    path.mkdir()
+    (path / "ensemble.json").write_text(json.dumps({"format": format_, "kind": kind}))
+    with pytest.raises(ensemble_lib.EnsembleError) as info:
+        ensemble_lib.load_ensemble(path)
+    assert str(info.value) == (
+        f"{path / 'ensemble.json'} is format {format_!r} of {kind!r}; this cer_jax reads format "
+        "1 of 'cer_jax.ensemble': predict with the cer_jax version that wrote it, or write the "
+        "ensemble again with this one (python -m cer_jax.fuse; its --out=OUT writes "
+        "OUT/ensemble).")
+
+
+def test_predict_takes_no_faces_refuses_unit_range_floats_and_names_a_missing_array(tmp_path):
+    path, _, _ = build_tiny_ensemble(tmp_path / "ens")
+    loaded = ensemble_lib.load_ensemble(path)
+    # No face (a frame where detection found none): an empty prediction, not a numpy error.
+    empty = loaded.predict(np.zeros((0, 100, 100, 3), np.uint8))
+    assert empty.probabilities.shape == (0, len(ABAW7)) and empty.classes.shape == (0,)
+    assert empty.member_probabilities.shape == (2, 0, len(ABAW7))
+    # Images already scaled to [0, 1] would be divided by 255 again (near-black faces).
+    face = cv2.resize(photo()[80:400, 120:440], (100, 100))
+    with pytest.raises(ValueError, match=r"faces must be uint8 RGB in \[0, 255\], got float32"):
+        loaded.predict((face[None] / 255.0).astype(np.float32))
+    assert loaded.predict(face[None].astype(np.int64)).probabilities.shape == (1, len(ABAW7))
+    # A member's model.npz without one of the model's arrays (another version's layout).
+    model = path / "members" / "00_vit" / "model.npz"
+    with np.load(model) as data:
+        arrays = {key: data[key] for key in data.files if key != "params/head/kernel"}
+    np.savez(model, **arrays)
+    with pytest.raises(ensemble_lib.EnsembleError) as info:
+        ensemble_lib.load_ensemble(path)
+    assert str(info.value) == (
+        f"{path / 'members' / '00_vit'} lacks 1 array(s) the model needs (e.g. "
+        "'params/head/kernel'): the member was written by an incompatible version; write the "
+        "ensemble again with python -m cer_jax.fuse.")
+
+
+def test_fusion_writes_no_ensemble_when_a_members_best_step_moved_since_its_export(
+        tmp_path, monkeypatch, caplog):
+    """A run still training saves a better step while fusion fits on its export: the artefact
+    would pair the fitted fusion with another model than the one whose outputs it was fitted
+    on, so it is not written (an earlier one is removed) and the log says why."""
+    import types
+
+    from cer_jax import train_state
+    [(name, model, config)] = tiny_members(ABAW7)[:1]
+    graphdef, params, rest = train_state.split_model(model)
+    best = {"step": 7}
+
+    def restore_best_state(workdir, mesh):
+        return graphdef, best["step"], {"params": params, "rest": rest}, config
+
+    monkeypatch.setattr(checkpointing, "restore_best_state", restore_best_state)
+    member = types.SimpleNamespace(name=name, workdir=os.fspath(tmp_path / "run"),
+                                   info={"step": 5, "dataset": "rafdb/compound_abaw7"})
+    data = strategies.FusionData(logits=np.zeros((1, 7, 7), np.float32), features=None,
+                                 labels=np.arange(7))
+    fitted = strategies.fit_strategy("uniform_probabilities", data)
+    out = tmp_path / "fusion" / "ensemble"
+    out.mkdir(parents=True)
+    (out / "ensemble.json").write_text('{"strategy": {"name": "an earlier run"}}')
+    assert ensemble_lib.write_from_fusion(out, [member], fitted, ABAW7) is None
+    assert not out.exists()
+    assert ("member vit's best checkpoint is now step 7, but the fusion was fitted on the "
+            "outputs of step 5") in caplog.text
+    # The step the fusion saw: written, with each member's step recorded.
+    best["step"] = 5
+    path = ensemble_lib.write_from_fusion(out, [member], fitted, ABAW7)
+    assert json.loads((path / "ensemble.json").read_text())["steps"] == [5]
+    assert ensemble_lib.load_ensemble(path).member_names == ["vit"]

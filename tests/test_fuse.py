@@ -644,6 +644,10 @@ def test_fuses_the_trainers_smoke_workdirs(trained_runs, tmp_path):
         assert confusion.shape == (num_classes, num_classes), name
         assert confusion.sum() == report["members"][0]["metrics"]["test"]["num_examples"]
     assert (tmp_path / "fusion" / "report.md").exists()
+    # The ensemble artefact holds the checkpoints of the steps the fusion was fitted on.
+    artefact = json.loads((tmp_path / "fusion" / evaluator.ENSEMBLE_DIR / "ensemble.json")
+                          .read_text())
+    assert artefact["steps"] == steps
 
 
 def test_the_leak_warning_is_kept_when_choosing_on_test():
