@@ -322,7 +322,8 @@ def write_ensemble(
     dataset: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> epath.Path:
-    """Writes the ensemble directory `out` (replacing one that is there) and returns its path.
+    """Writes the ensemble directory `out` (replacing one that is there; a leading `~` is the
+    home folder, as load_ensemble reads it) and returns its path.
 
     members: (name, model, resolved training config) per member, in the order the fusion saw
     them. strategy: a `cer_jax.fusion.strategies.Fitted` with its `name` and `state` set (as
@@ -330,7 +331,7 @@ def write_ensemble(
     """
     if not getattr(strategy, "name", ""):
         raise EnsembleError("The fitted strategy has no name: fit it with fit_strategy(...).")
-    out = epath.Path(out)
+    out = epath.Path(out).expanduser()  # as load_ensemble reads it
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True, exist_ok=False)
     try:  # a wrong member or Ctrl-C leaves no temporary folder behind

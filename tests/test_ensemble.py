@@ -359,3 +359,17 @@ def test_fusion_writes_no_ensemble_when_a_members_best_step_moved_since_its_expo
     path = ensemble_lib.write_from_fusion(out, [member], fitted, ABAW7)
     assert json.loads((path / "ensemble.json").read_text())["steps"] == [5]
     assert ensemble_lib.load_ensemble(path).member_names == ["vit"]
+
+
+def test_an_ensemble_written_under_home_is_loaded_from_there(tmp_path, monkeypatch):
+    """write_ensemble('~/x') and load_ensemble('~/x') name one folder (was: './~/x' written)."""
+    members = tiny_members(ABAW7)[:1]  # configs/ is read from the repository root
+    monkeypatch.setenv("HOME", os.fspath(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    data = strategies.FusionData(logits=np.zeros((1, 7, 7), np.float32), features=None,
+                                 labels=np.arange(7))
+    fitted = strategies.fit_strategy("uniform_probabilities", data)
+    path = ensemble_lib.write_ensemble("~/ens", members, fitted, ABAW7)
+    assert os.fspath(path) == os.fspath(tmp_path / "home" / "ens")
+    assert not (tmp_path / "~").exists()
+    assert ensemble_lib.load_ensemble("~/ens").member_names == ["vit"]
