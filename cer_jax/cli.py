@@ -174,9 +174,17 @@ def run(main: Callable[[Sequence[str]], None],
 
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with a misspelt `--config.KEY=...` override as one line: for it
-    ml_collections raises an AttributeError / KeyError, which absl lets through."""
+    ml_collections raises an AttributeError / KeyError, which absl lets through. A
+    `--config.KEY=None` override (which ml_collections cannot parse) is applied afterwards."""
+    none_keys: list[str] = []
+    if "config" in FLAGS:
+        from cer_jax import config_loading
+
+        argv, none_keys = config_loading.split_none_overrides(argv)
+        # ml_collections finds the override flags to define in sys.argv itself.
+        sys.argv = [sys.argv[0], *argv[1:]] if none_keys else sys.argv
     try:
-        return app.parse_flags_with_usage(argv)
+        rest = app.parse_flags_with_usage(argv)
     except (AttributeError, KeyError) as e:
         missing, hint = _missing_key(e)
         overrides = [arg for arg in argv[1:] if arg.startswith("--config.")
@@ -184,6 +192,12 @@ def _parse_flags(argv: list[str]) -> list[str]:
         if not overrides or "--traceback" in argv:
             raise
         _exit_with(f"{overrides[0]}: the config has no key {missing!r}. {hint}".rstrip())
+    if none_keys:
+        try:
+            config_loading.apply_none_overrides(FLAGS.config, none_keys)
+        except UserError as e:
+            _exit_with(e)
+    return rest
 
 
 def _missing_key(error: BaseException) -> tuple[str, str]:

@@ -12,6 +12,19 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from cer_jax.data.config import dataset_defaults, input_defaults
+from cer_jax.errors import UserError
+
+
+class ConfigArgumentError(UserError):
+    """An argument after a config file's colon (`configs/vit.py:smok`) that it does not know."""
+
+
+def unknown_argument(file: str, arg: str, known: tuple[str, ...]) -> ConfigArgumentError:
+    """The error a config file's get_config raises for an argument it does not know."""
+    names = [repr(name) for name in known]
+    return ConfigArgumentError(
+        f"Unknown config argument {arg!r} for {file}: use {', '.join(names[:-1])} or {names[-1]}."
+    )
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -57,7 +70,9 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     config.training = ml_collections.ConfigDict()
     config.training.global_batch_size = 96  # over all devices of all hosts
-    config.training.num_epochs = 30.0  # epochs of dataset.train_split ...
+    # Epochs of dataset.train_split ... (a float field also when a config sets it to None, so
+    # --config.training.num_epochs=N can override that)
+    config.training.num_epochs = ml_collections.FieldReference(30.0, field_type=float)
     config.training.num_steps = placeholder(int)  # ... or a number of steps (wins when set)
     config.training.label_smoothing = 0.1
     config.training.log_every_steps = 50

@@ -1,22 +1,31 @@
 """Find and load config files: `load_config("configs/vit.py:smoke")`.
 
-A path is read as given (relative to the working directory); a `configs/<file>` path that is not
-there falls back to the copy installed with the package (`cer_jax.configs`), so the documented
-commands work from any directory and from an installed wheel. A remote file (gs://...) is read
-through etils epath into a local copy, which Python can import.
+A path is read as given (relative to the working directory, `~` the home folder); a
+`configs/<file>` path that is not there falls back to the copy installed with the package
+(`cer_jax.configs`), so the documented commands work from any directory and from an installed
+wheel. A remote file (gs://...) is read through etils epath into a local copy, which Python can
+import.
+
+Command-line overrides (`--config.KEY=VALUE`, parsed by ml_collections) also take `None` for any
+key (`--config.optimizer.grad_clip_norm=None`: no clipping), and a tuple key takes a plain comma
+list (`--config.export.splits=train_fit,test`), as well as the Python literal `'("a", "b")'`.
 """
 
 from __future__ import annotations
 
+import ast
+import difflib
 import hashlib
 import importlib.resources
 import importlib.util
 import os
+import pathlib
 import re
 import tempfile
 
 import ml_collections
 from etils import epath
+from ml_collections.config_flags import config_flags, tuple_parser
 
 from cer_jax.errors import UserError
 
@@ -49,13 +58,23 @@ def _local_copy(path: str) -> str:
     return local
 
 
+def _packaged_configs():
+    """The installed configs (cer_jax.configs); in a source checkout put on PYTHONPATH rather
+    than installed, the checkout's configs/ folder beside the package."""
+    try:
+        return importlib.resources.files("cer_jax.configs")
+    except ModuleNotFoundError:
+        return pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
 def resolve_config_path(path: str) -> str:
     if "://" in path:
         return _local_copy(path)
+    path = os.path.expanduser(path)
     if os.path.isfile(path):
         return os.path.abspath(path)
     if path.startswith(PACKAGED_PREFIX):
-        packaged = importlib.resources.files("cer_jax.configs") / path.removeprefix(PACKAGED_PREFIX)
+        packaged = _packaged_configs() / path.removeprefix(PACKAGED_PREFIX)
         if packaged.is_file():
             return os.fspath(packaged)
     raise ConfigFileError(
@@ -75,11 +94,96 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 
 
 def resolve_config_flag(argv: list[str]) -> list[str]:
-    """Rewrites `--config=configs/x.py[:arg]` in argv to the file load_config would read."""
-    resolved = []
-    for arg in argv:
-        if arg.startswith("--config="):
-            path, rest = split_spec(arg.removeprefix("--config="))
-            arg = f"--config={resolve_config_path(path)}{':' + rest if rest else ''}"
-        resolved.append(arg)
+    """Rewrites the `--config` flag in argv (`--config=X` or `--config X`) to the file
+    load_config would read, after loading it once: a config file's own input errors (an unknown
+    argument after the colon) are one line here, not a traceback from inside flag parsing."""
+    resolved = list(argv)
+    for i, arg in enumerate(resolved):
+        name, sep, value = arg.partition("=")
+        if name not in ("--config", "-config"):
+            continue
+        if not sep:  # `--config FILE`: the value is the next word
+            if i + 1 >= len(resolved):
+                break
+            i, value = i + 1, resolved[i + 1]
+        path, rest = split_spec(value)
+        value = f"{resolve_config_path(path)}{':' + rest if rest else ''}"
+        load_config(value)
+        resolved[i] = f"{name}={value}" if sep else value
     return resolved
+
+
+# --- command-line overrides -------------------------------------------------------------------
+
+
+class ConfigOverrideError(UserError):
+    """A `--config.KEY=None` override naming a key the config does not have."""
+
+
+def _is_none(value: str) -> bool:
+    return value.strip() in ("None", "none")
+
+
+def split_none_overrides(argv: list[str], flag: str = "config") -> tuple[list[str], list[str]]:
+    """(argv without its `--config.KEY=None` overrides, the KEYs whose last override is None).
+
+    ml_collections parses `None` only for dataclass fields ('None' is no float, and a tuple
+    key becomes `(None,)`), so these are applied after parsing by `apply_none_overrides`. As on
+    the command line, the last override of a key wins."""
+    prefix = f"--{flag}."
+    words: list[tuple[list[str], str | None, bool]] = []  # (argv words, key, is None)
+    i = 0
+    while i < len(argv):
+        name, sep, value = argv[i].partition("=")
+        if name.startswith(prefix) and not sep and i + 1 < len(argv) and _is_none(argv[i + 1]):
+            words.append(([argv[i], argv[i + 1]], name.removeprefix(prefix), True))  # KEY None
+            i += 2
+            continue
+        key = name.removeprefix(prefix) if name.startswith(prefix) else None
+        words.append(([argv[i]], key, bool(key and sep and _is_none(value))))
+        i += 1
+    last_is_none = {key: is_none for _, key, is_none in words if key}
+    rest = [word for group, key, is_none in words if not (is_none or last_is_none.get(key))
+            for word in group]
+    return rest, [key for key, is_none in last_is_none.items() if is_none]
+
+
+def apply_none_overrides(config: ml_collections.ConfigDict, keys: list[str],
+                         flag: str = "config") -> None:
+    """Sets each dotted KEY of `config` to None; a KEY the config lacks is a one-line error with
+    the closest existing key, as a misspelt override with a value is."""
+    for key in keys:
+        node = config
+        *parents, leaf = key.split(".")
+        for part in [*parents, leaf]:
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                known = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+                close = difflib.get_close_matches(part, known, n=1)
+                hint = f' Did you mean "{close[0]}" instead of "{part}"?' if close else ""
+                raise ConfigOverrideError(
+                    f"--{flag}.{key}=None: the config has no key {part!r}.{hint}")
+            if part != leaf:
+                node = node[part]
+        node[leaf] = None
+
+
+class _TupleParser(tuple_parser.TupleParser):
+    """ml_collections' tuple parser, also for a plain comma list of words: `train_fit,test` is
+    ('train_fit', 'test'), not the one string 'train_fit,test'."""
+
+    def parse(self, argument):
+        if isinstance(argument, str) and "," in argument and not re.search(r"[\[\]()'\"]",
+                                                                              argument):
+            return tuple(_literal_or_word(item.strip()) for item in argument.split(",")
+                         if item.strip())
+        return super().parse(argument)
+
+
+def _literal_or_word(item: str):
+    try:
+        return ast.literal_eval(item)
+    except (ValueError, SyntaxError):
+        return item
+
+
+config_flags.register_flag_parser_for_type(tuple, _TupleParser())

@@ -49,7 +49,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config_base.smoke(config)
         config.model.width = 16
     elif arg:
-        raise ValueError(
-            f"Unknown config argument {arg!r} for configs/manet.py: use '' or 'smoke'."
-        )
+        raise config_base.unknown_argument("configs/manet.py", arg, ("", "smoke"))
     return config

@@ -52,8 +52,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif arg == "follow_up":
         config_base.follow_up_recipe(config)
     elif arg:
-        raise ValueError(
-            f"Unknown config argument {arg!r} for configs/resnet50.py: use '', 'smoke' or "
-            "'follow_up'."
-        )
+        raise config_base.unknown_argument("configs/resnet50.py", arg, ("", "smoke", "follow_up"))
     return config

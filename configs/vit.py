@@ -79,7 +79,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.model.stochastic_depth = 0.0
         config.model.head_zeroinit = False  # a big_vision convention, not the recipe's
     elif arg:
-        raise ValueError(
-            f"Unknown config argument {arg!r} for configs/vit.py: use '', 'smoke' or 'follow_up'."
-        )
+        raise config_base.unknown_argument("configs/vit.py", arg, ("", "smoke", "follow_up"))
     return config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import subprocess
@@ -53,6 +54,22 @@ def test_load_config_falls_back_to_the_installed_configs(tmp_path, monkeypatch):
         load_config("configs/nope.py")
 
 
+def test_config_paths_from_a_source_checkout_and_the_home_folder(tmp_path, monkeypatch):
+    """A checkout put on PYTHONPATH, not installed, has no cer_jax.configs package: its
+    configs/ folder is the fallback. `--config=~/x.py` is not expanded by the shell."""
+    from cer_jax import config_loading
+
+    def not_installed(package):
+        raise ModuleNotFoundError(f"No module named {package!r}")
+
+    monkeypatch.setattr(config_loading.importlib.resources, "files", not_installed)
+    monkeypatch.chdir(tmp_path)
+    assert load_config("configs/manet.py:smoke").member == "manet"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "mine.py").write_text((ROOT / "configs" / "resnet50.py").read_text())
+    assert load_config("~/mine.py:smoke").member == "resnet50"
+
+
 def test_a_config_file_on_a_bucket_is_read_through_epath(bucket):
     source = (ROOT / "configs" / "vit.py").read_text()
     (bucket.root / "exp").mkdir()
@@ -100,6 +117,78 @@ def test_a_bad_command_line_override_stops_with_one_line(tmp_path, config, overr
     assert last_line.startswith(message)
     assert "Traceback" not in out.stderr
     assert not workdir.exists()
+
+
+PRINT_CONFIG = """
+import json
+from cer_jax import cli, train
+from cer_jax.config_loading import resolve_config_flag
+
+def main(argv):
+    print(json.dumps(train._CONFIG.value.to_dict()))
+
+cli.run(main, resolve_argv=resolve_config_flag)
+"""
+
+
+def _parsed_config(cwd, *args) -> dict:
+    """The config cer_jax.train's command line gives for `args` (flags parsed as it parses
+    them), read from a directory that may have no configs/ folder."""
+    out = subprocess.run([sys.executable, "-c", PRINT_CONFIG, "--workdir=/unused", *args],
+                         cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_overrides_take_none_and_comma_lists(tmp_path):
+    """`None` for any key (documented as "None = off" for many), and a tuple key as a plain
+    comma list of words: ml_collections alone fails on the first ('None' is no float) and
+    makes ('train_fit,test',) of the second."""
+    config = _parsed_config(
+        tmp_path, "--config=configs/vit.py",
+        "--config.optimizer.grad_clip_norm=None",  # the only way to turn clipping off
+        "--config.input.color_jitter=None",  # was (None,)
+        "--config.schedule.warmup_steps=7", "--config.schedule.warmup_steps=None",  # last wins
+        "--config.export.splits=train_fit,test",
+        "--config.dataset.eval_splits=validation, test",
+        "--config.input.crop_scale=0.5,1.0",  # numbers as before
+        "--config.input.blur.sigma=(0.2, 1.5)",  # and the Python literal
+    )
+    assert config["optimizer"]["grad_clip_norm"] is None
+    assert config["input"]["color_jitter"] is None
+    assert config["schedule"]["warmup_steps"] is None
+    assert config["export"]["splits"] == ["train_fit", "test"]
+    assert config["dataset"]["eval_splits"] == ["validation", "test"]
+    assert config["input"]["crop_scale"] == [0.5, 1.0]
+    assert config["input"]["blur"]["sigma"] == [0.2, 1.5]
+
+
+def test_smoke_config_trains_by_epochs_when_told(tmp_path):
+    """:smoke sets num_epochs=None (it counts steps): the override must still parse, and
+    num_steps must be clearable (also in the `--flag value` form)."""
+    config = _parsed_config(tmp_path, "--config", "configs/manet.py:smoke",
+                            "--config.training.num_epochs=2", "--config.training.num_steps",
+                            "None")
+    assert (config["training"]["num_epochs"], config["training"]["num_steps"]) == (2.0, None)
+    assert config["member"] == "manet"  # `--config FILE` found the installed file too
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--config=configs/vit.py:smoke", "--config.optimizer.grad_clip_normm=None"],
+     "error: --config.optimizer.grad_clip_normm=None: the config has no key 'grad_clip_normm'. "
+     "Did you mean \"grad_clip_norm\" instead of \"grad_clip_normm\"?"),
+    (["--config=configs/manet.py:smok"],
+     "error: Unknown config argument 'smok' for configs/manet.py: use '' or 'smoke'."),
+    (["--config", "configs/vit.py:smok"],
+     "error: Unknown config argument 'smok' for configs/vit.py: use '', 'smoke' or "
+     "'follow_up'."),
+])
+def test_a_bad_config_spec_or_none_override_is_one_line(tmp_path, args, message):
+    out = subprocess.run([sys.executable, "-m", "cer_jax.train", f"--workdir={tmp_path / 'w'}",
+                          *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert (out.returncode, out.stderr.strip().splitlines()[-1]) == (2, message)
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "w").exists()
 
 
 STOPPED_TOOL = """
