@@ -54,8 +54,9 @@ def _implied(config: ml_collections.ConfigDict) -> tuple[dict[str, Any], dict[st
     return {}, {}
 
 
-# Model config keys that set parameter shapes, besides the model's name.
-_SIZE_KEYS = ("variant", "depth", "width")
+# Model config keys that set parameter shapes, besides the model's name (a ViT's image size
+# only sets its position embedding's, which is resampled as for a pre-trained file).
+_SIZE_KEYS = ("variant", "depth", "width", "pool", "representation_size")
 
 
 def _check_same_architecture(
@@ -130,12 +131,19 @@ def load_initial_weights(model: nnx.Module, config: ml_collections.ConfigDict) -
             name: jax.device_get(var.get_value())
             for name, var in pretrained.core.model_arrays(source).items()
         }
+        unused, resized = [], []
+        if config.model.name == "vit":  # another input.image_size: resampled as from a file
+            from cer_jax.pretrained import vit as vit_weights
+
+            unused, resized = vit_weights._fit_tokens(arrays, model)
         report = pretrained.core.assign(
             model,
             arrays,
             source=f"{init.workdir} (best checkpoint)",
             head_names=train_state.head_names(model),
             keep_head=keep_head,
+            unused=unused,
+            resized=resized,
         )
     else:
         return

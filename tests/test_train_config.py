@@ -403,6 +403,46 @@ def test_init_workdir_trained_on_other_input_scaling_is_one_line(tmp_path):
     warm_start.resolve_model_settings(config)  # the fix the message names
 
 
+def test_init_workdir_of_another_vit_pooling_is_one_line(tmp_path):
+    from cer_jax import checkpointing, warm_start
+
+    checkpointing.save_config(load_config("configs/vit.py:smoke"), str(tmp_path))
+    config = load_config("configs/vit.py:smoke")
+    config.model.pool = "gap"
+    config.init.workdir = str(tmp_path)
+    with pytest.raises(UserError, match=r"model\.pool='cls' there, 'gap' here\): set "
+                                        r"--config\.model\.pool=cls"):
+        warm_start.resolve_model_settings(config)
+
+
+def test_init_workdir_vit_at_another_image_size_resamples_the_position_embedding(monkeypatch):
+    """Stage 2 at a larger input size (big_vision's usual fine-tuning) starts from stage 1's
+    weights, its position embedding resampled over the patch grid as from a pre-trained file."""
+    import numpy as np
+
+    from cer_jax import checkpointing, train_state, warm_start
+    from cer_jax.pretrained import core
+    from cer_jax.pretrained.vit import resize_posemb_grid
+
+    stage_one = load_config("configs/vit.py:smoke")  # 32 px, test/8: a 4x4 patch grid
+    source = train_state.create_model(stage_one, num_classes=7, seed=0)
+    monkeypatch.setattr(checkpointing, "restore_best_model", lambda workdir: (source, stage_one))
+    config = load_config("configs/vit.py:smoke")
+    config.input.image_size = 48  # a 6x6 grid
+    config.init.workdir = "/runs/vit-basic"
+    model = train_state.create_model(config, num_classes=11, seed=1)
+    warm_start.load_initial_weights(model, config)
+    got, want = core.model_arrays(model), core.model_arrays(source)
+    old = np.asarray(want["pos_embedding"].get_value())
+    new = np.asarray(got["pos_embedding"].get_value())
+    assert new.shape == (1, 1 + 36, old.shape[-1])
+    np.testing.assert_array_equal(new[:, :1], old[:, :1])  # the class token's entry
+    np.testing.assert_allclose(new[:, 1:], resize_posemb_grid(old[:, 1:], 6), rtol=1e-6)
+    for name, var in got.items():
+        if name != "pos_embedding" and not name.startswith("head"):
+            np.testing.assert_array_equal(var.get_value(), want[name].get_value(), err_msg=name)
+
+
 def test_init_workdir_must_be_a_training_workdir(tmp_path):
     config = load_config("configs/vit.py:smoke")
     config.init.workdir = str(tmp_path)
