@@ -6,9 +6,10 @@ A path is read as given (relative to the working directory, `~` the home folder)
 wheel. A remote file (gs://...) is read through etils epath into a local copy, which Python can
 import.
 
-Command-line overrides (`--config.KEY=VALUE`, parsed by ml_collections) also take `None` for any
-key (`--config.optimizer.grad_clip_norm=None`: no clipping), and a tuple key takes a plain comma
-list (`--config.export.splits=train_fit,test`), as well as the Python literal `'("a", "b")'`.
+Command-line overrides (`--config.KEY=VALUE`, parsed by ml_collections) also take `None` for a
+key that allows it (`--config.optimizer.grad_clip_norm=None`: no clipping), and a tuple key
+takes a plain comma list (`--config.export.splits=train_fit,test`), as well as the Python
+literal `'("a", "b")'`.
 """
 
 from __future__ import annotations
@@ -150,8 +151,8 @@ def split_none_overrides(argv: list[str], flag: str = "config") -> tuple[list[st
 
 def apply_none_overrides(config: ml_collections.ConfigDict, keys: list[str],
                          flag: str = "config") -> None:
-    """Sets each dotted KEY of `config` to None; a KEY the config lacks is a one-line error with
-    the closest existing key, as a misspelt override with a value is."""
+    """Sets each dotted KEY of `config` to None; a KEY the config lacks (or one that needs a
+    value) is a one-line error, with the closest existing key as for a misspelt override."""
     for key in keys:
         node = config
         *parents, leaf = key.split(".")
@@ -164,6 +165,12 @@ def apply_none_overrides(config: ml_collections.ConfigDict, keys: list[str],
                     f"--{flag}.{key}=None: the config has no key {part!r}.{hint}")
             if part != leaf:
                 node = node[part]
+        # A key may be None when its config declares it so (a placeholder / FieldReference) or
+        # holds None; ml_collections has no public way to ask the first.
+        field = node._fields.get(leaf)
+        if field is not None and not isinstance(field, ml_collections.FieldReference):
+            raise ConfigOverrideError(
+                f"--{flag}.{key}=None: this key needs a value ({field!r} in the config).")
         node[leaf] = None
 
 

@@ -2,10 +2,10 @@ r"""Train one model: `python -m cer_jax.train --config=configs/vit.py:smoke --wo
 
 Flags:
   --config    a config file, optionally with an argument after a colon (configs/vit.py:smoke);
-              any field can be overridden, e.g. --config.optimizer.lr=1e-4 (None for any key,
-              a comma list for a tuple: --config.export.splits=train_fit,test). A `configs/...`
-              path that is not in the working directory is read from the installed package; a
-              gs://... file is read through etils epath.
+              any field can be overridden, e.g. --config.optimizer.lr=1e-4 (None where a key
+              allows it; a comma list for a tuple: --config.export.splits=train_fit,test). A
+              `configs/...` path that is not in the working directory is read from the
+              installed package; a gs://... file is read through etils epath.
   --workdir   where checkpoints, TensorBoard events, config.json and the export go (local or
               gs://...); running again on the same workdir resumes.
   --distributed, --coordinator_address, --num_processes, --process_id

@@ -148,6 +148,7 @@ def test_overrides_take_none_and_comma_lists(tmp_path):
         tmp_path, "--config=configs/vit.py",
         "--config.optimizer.grad_clip_norm=None",  # the only way to turn clipping off
         "--config.input.color_jitter=None",  # was (None,)
+        "--config.input.prefetch=None",  # "None = AUTOTUNE"
         "--config.schedule.warmup_steps=7", "--config.schedule.warmup_steps=None",  # last wins
         "--config.export.splits=train_fit,test",
         "--config.dataset.eval_splits=validation, test",
@@ -155,7 +156,7 @@ def test_overrides_take_none_and_comma_lists(tmp_path):
         "--config.input.blur.sigma=(0.2, 1.5)",  # and the Python literal
     )
     assert config["optimizer"]["grad_clip_norm"] is None
-    assert config["input"]["color_jitter"] is None
+    assert config["input"]["color_jitter"] is None and config["input"]["prefetch"] is None
     assert config["schedule"]["warmup_steps"] is None
     assert config["export"]["splits"] == ["train_fit", "test"]
     assert config["dataset"]["eval_splits"] == ["validation", "test"]
@@ -177,6 +178,9 @@ def test_smoke_config_trains_by_epochs_when_told(tmp_path):
     (["--config=configs/vit.py:smoke", "--config.optimizer.grad_clip_normm=None"],
      "error: --config.optimizer.grad_clip_normm=None: the config has no key 'grad_clip_normm'. "
      "Did you mean \"grad_clip_norm\" instead of \"grad_clip_normm\"?"),
+    # Only where the config allows None: a learning rate of None would fail deep in training.
+    (["--config=configs/vit.py:smoke", "--config.optimizer.lr=None"],
+     "error: --config.optimizer.lr=None: this key needs a value (0.001 in the config)."),
     (["--config=configs/manet.py:smok"],
      "error: Unknown config argument 'smok' for configs/manet.py: use '' or 'smoke'."),
     (["--config", "configs/vit.py:smok"],

@@ -103,5 +103,5 @@ def input_defaults() -> ml_collections.ConfigDict:
     # "loss_weights" (the trainer weights the loss by pipeline.class_weights).
     c.balance = "none"
     # tf.data prefetch depth (batches); None = AUTOTUNE.
-    c.prefetch = 2
+    c.prefetch = ml_collections.FieldReference(2, field_type=int)
     return c
