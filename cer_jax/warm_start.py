@@ -135,7 +135,7 @@ def load_initial_weights(model: nnx.Module, config: ml_collections.ConfigDict) -
         if config.model.name == "vit":  # another input.image_size: resampled as from a file
             from cer_jax.pretrained import vit as vit_weights
 
-            unused, resized = vit_weights._fit_tokens(arrays, model)
+            unused, resized = vit_weights.fit_tokens(arrays, model)
         report = pretrained.core.assign(
             model,
             arrays,

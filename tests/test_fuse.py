@@ -725,3 +725,15 @@ def test_command_line_refusals_are_one_line(tmp_path, flags, message):
     assert (result.returncode, result.stderr) == (2, message.format(tmp=tmp_path) + "\n")
     assert (tmp_path / "report.md").read_text() == "mine"
     assert sorted(os.listdir(tmp_path)) == ["report.md"]
+
+
+def test_an_argument_to_the_fusion_config_is_one_line(tmp_path):
+    """configs/fusion.py has no variants: `:x` was a TypeError traceback from get_config."""
+    out = subprocess.run(
+        [sys.executable, "-m", "cer_jax.fuse", "--config=configs/fusion.py:x",
+         f"--workdirs={tmp_path / 'a'}", f"--out={tmp_path / 'o'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert (out.returncode, out.stderr.strip().splitlines()[-1]) == (
+        2, "error: Unknown config argument 'x': the fusion config takes none (use "
+           "--config=configs/fusion.py and --config.KEY=VALUE overrides).")
+    assert "Traceback" not in out.stderr and not (tmp_path / "o").exists()

@@ -61,7 +61,7 @@ def convert(checkpoint: dict[str, np.ndarray], model) -> Converted:
     heads = model.blocks[0].attn.num_heads
     reader = {"npz": _from_npz, "timm": _from_timm, "hf": _from_hf}[detect_format(checkpoint)]
     arrays, origin = reader(checkpoint, heads)
-    dropped, resized = _fit_tokens(arrays, model)
+    dropped, resized = fit_tokens(arrays, model)
     unused = sorted({origin[name] for name in dropped})
     return Converted(arrays=arrays, unused=unused, resized=resized)
 
@@ -282,7 +282,7 @@ def _unstack_scanned(checkpoint: dict[str, np.ndarray]) -> dict[str, np.ndarray]
 # Class token and position embedding.
 
 
-def _fit_tokens(arrays: dict[str, np.ndarray], model) -> tuple[list[str], list[str]]:
+def fit_tokens(arrays: dict[str, np.ndarray], model) -> tuple[list[str], list[str]]:
     """Makes `cls` / `pos_embedding` fit the model's pooling and patch grid, in place.
 
     Pre-logits in the checkpoint but not in the model are dropped (as vision_transformer does
