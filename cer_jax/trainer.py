@@ -147,6 +147,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"checkpoint.best_split={config.checkpoint.best_split!r} is not one of "
             f"dataset.eval_splits={tuple(config.dataset.eval_splits)}; add it there or pick one."
         )
+    dataset = config.dataset
+    if dataset.get("synthetic") and dataset.name != "folder":
+        # The synthetic tree is drawn and built under cache_dir: a RAF-DB tree or TFDS build
+        # named beside it would be ignored, and the run would train on drawings unannounced.
+        named = [k for k in ("manual_dir", "data_dir") if dataset.get(k)]
+        if named:
+            raise ConfigError(
+                f"config.dataset.synthetic=True (a :smoke config sets it) trains on the "
+                f"built-in synthetic data, which ignores config.dataset.{named[0]}="
+                f"{dataset[named[0]]!r}; add --config.dataset.synthetic=False to train on it, "
+                f"or drop config.dataset.{named[0]}."
+            )
     init = config.init
     if init.get("checkpoint") and init.get("workdir"):
         raise ConfigError("Set at most one of init.checkpoint and init.workdir.")

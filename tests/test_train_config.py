@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -320,6 +321,18 @@ def test_unknown_dataset(tmp_path, synthetic_cache_dir):
     config = smoke_config("vit", synthetic_cache_dir, **{"dataset.synthetic": False,
                                                         "dataset.name": "no_such_dataset"})
     _expect_error(config, tmp_path / "w", ValueError, r"dataset\.name")
+
+
+@pytest.mark.parametrize("key", ["manual_dir", "data_dir"])
+def test_a_smoke_config_with_a_raf_db_tree_or_build_says_it_would_ignore_it(tmp_path, key):
+    """`configs/<model>.py:smoke --config.dataset.manual_dir=RAF-DB` trained on the synthetic
+    drawings and silently ignored the tree (or a data_dir's build): now one line says how."""
+    config = load_config("configs/resnet50.py:smoke")
+    config.dataset[key] = str(tmp_path / "RAF-DB")
+    _expect_error(config, tmp_path / "w", UserError, "^" + re.escape(
+        f"config.dataset.synthetic=True (a :smoke config sets it) trains on the built-in "
+        f"synthetic data, which ignores config.dataset.{key}={str(tmp_path / 'RAF-DB')!r}; add "
+        f"--config.dataset.synthetic=False to train on it, or drop config.dataset.{key}.") + "$")
 
 
 def test_missing_manual_data(tmp_path):
