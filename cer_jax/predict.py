@@ -68,6 +68,7 @@ import csv
 import dataclasses
 import json
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -822,10 +823,12 @@ class Predictor:
             by_frame.setdefault(r.frame, []).append(r)
         path = self._annotated_path(source, ".avi")
         try:
-            handle, staged = tempfile.mkstemp(
-                prefix=".cer_jax_predict_", suffix=".partial.avi",
-                dir=None if is_remote(path) else os.fspath(path.parent))
-            os.close(handle)
+            # Not mkstemp, whose file is private (0600): the video gets the mode (umask) of
+            # any new file, as the annotated images and the rows file do.
+            staged = os.path.join(
+                tempfile.gettempdir() if is_remote(path) else os.fspath(path.parent),
+                f".cer_jax_predict_{secrets.token_hex(8)}.partial.avi")
+            os.close(os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except OSError as error:
             raise WriteError("annotate", path, error) from error
         capture = cv2.VideoCapture(local)

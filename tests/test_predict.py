@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -659,6 +660,24 @@ def test_a_video_name_that_is_not_utf8_reaches_opencv_through_a_link(tmp_path, e
     os.replace(annotated / os.path.basename(video), annotated / "plain.avi")
     assert int(cv2.VideoCapture(os.fspath(annotated / "plain.avi")).get(
         cv2.CAP_PROP_FRAME_COUNT)) == 3
+
+
+def test_an_annotated_video_gets_a_new_files_mode_as_an_annotated_image_does(tmp_path,
+                                                                             ensemble_dir):
+    """It was staged through mkstemp, so the video came out private (0600) while the images,
+    the rows file and everything else get the umask's mode."""
+    noise_video(tmp_path / "clip.avi", 2)
+    cv2.imwrite(os.fspath(tmp_path / "face.png"), np.full((64, 64, 3), 90, np.uint8))
+    annotated = tmp_path / "annotated"
+    assert predict.run([os.fspath(tmp_path / "clip.avi"), os.fspath(tmp_path / "face.png")],
+                       ensemble=ensemble_dir, aligned=True, out=os.fspath(tmp_path / "r.csv"),
+                       annotate=os.fspath(annotated), show_progress=False) == 0
+    assert sorted(os.listdir(annotated)) == ["clip.avi", "face.jpg"]
+    mask = os.umask(0o027)
+    os.umask(mask)
+    modes = {name: stat.S_IMODE(os.stat(annotated / name).st_mode) for name in ("clip.avi",
+                                                                                 "face.jpg")}
+    assert modes == {"clip.avi": 0o666 & ~mask, "face.jpg": 0o666 & ~mask}
 
 
 def test_an_aligned_input_keeps_its_aspect_ratio():
