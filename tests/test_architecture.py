@@ -16,7 +16,7 @@ ROOT = pathlib.Path(__file__).parents[1]
 
 # Lower ranks are lower rooms. A module not listed takes its package's rank.
 RANKS = {
-    "cer_jax.errors": 0,
+    "cer_jax.errors": -1,  # the error types every room raises
     "cer_jax.paths": 0,
     "cer_jax.huge_pages": 0,
     "cer_jax.metrics": 0,
@@ -26,7 +26,7 @@ RANKS = {
     "cer_jax.faces": 0,
     "cer_jax.fusion.config": 0,
     "cer_jax.cli": 1,
-    "cer_jax.config_loading": 1,
+    "cer_jax.config_loading": 0,  # finds config files; parses overrides for cli
     "cer_jax.pretrained": 1,
     "cer_jax.train_state": 1,
     "cer_jax.optim": 1,

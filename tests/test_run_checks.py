@@ -41,6 +41,13 @@ def _fails_before_training(config, workdir, pattern):
     assert not workdir.exists() or not os.listdir(workdir)
 
 
+def _saved_run(config, workdir) -> None:
+    """A workdir as a run leaves it after its first save: config.json and a committed step
+    folder (a workdir without one starts anew with any config)."""
+    checkpointing.save_config(config, str(workdir))
+    (workdir / "checkpoints" / "1").mkdir(parents=True)
+
+
 FULL = {"train_fit": {"calm": 4, "cross": 4, "glad": 4}, "validation": {"calm": 2, "glad": 2},
         "test": {"calm": 2, "cross": 2, "glad": 2}}
 
@@ -79,7 +86,7 @@ def test_a_class_without_training_images_is_refused_unless_allowed(tmp_path, cap
 def test_a_workdir_of_another_model_is_refused_naming_the_keys(tmp_path):
     workdir = tmp_path / "run"
     other = smoke_config("manet", tmp_path / "cache")
-    checkpointing.save_config(other, str(workdir))
+    _saved_run(other, workdir)
     config = smoke_config("resnet50", tmp_path / "cache")
     with pytest.raises(checkpointing.WorkdirError) as error:
         trainer.train_and_evaluate(config, str(workdir))
@@ -88,14 +95,14 @@ def test_a_workdir_of_another_model_is_refused_naming_the_keys(tmp_path):
     assert "model.name='manet' there, 'resnet' here" in message
     assert message.endswith("Resume with the settings it was trained with, use a new "
                             "--workdir, or delete this one to start over.")
-    assert os.listdir(workdir) == ["config.json"]
+    assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json"]
 
 
 def test_an_image_folder_spelt_another_way_is_the_same_run(tmp_path, monkeypatch):
     """A trailing slash, a relative path or ~ name the same folder: the run resumes."""
     workdir = tmp_path / "run"
     faces = tmp_path / "faces"
-    checkpointing.save_config(_config(tmp_path), str(workdir))
+    _saved_run(_config(tmp_path), workdir)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
     for spelling in (f"{faces}/", "faces", "./faces/", "~/faces"):
@@ -110,19 +117,19 @@ def test_resuming_with_another_evaluation_preprocessing_is_refused(tmp_path):
     """The best checkpoint, the export and the ensemble artefact would disagree on how the
     model is fed (only training augmentation may change on a resume)."""
     workdir = tmp_path / "run"
-    checkpointing.save_config(smoke_config("resnet50", tmp_path / "cache"), str(workdir))
+    _saved_run(smoke_config("resnet50", tmp_path / "cache"), workdir)
     config = smoke_config("resnet50", tmp_path / "cache", **{"input.normalization": "unit"})
     with pytest.raises(checkpointing.WorkdirError) as error:
         trainer.train_and_evaluate(config, str(workdir))
     assert "(input.normalization='imagenet' there, 'unit' here)" in str(error.value)
-    assert os.listdir(workdir) == ["config.json"]
+    assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json"]
 
 
 def test_a_setting_evaluation_does_not_read_may_change_on_a_resume(tmp_path):
     """MA-Net evaluates by a plain resize: its resize_size feeds only a training crop mode, so
     changing it leaves the best checkpoint, export and ensemble artefact consistent."""
     workdir = tmp_path / "run"
-    checkpointing.save_config(smoke_config("manet", tmp_path / "cache"), str(workdir))
+    _saved_run(smoke_config("manet", tmp_path / "cache"), workdir)
     resized = smoke_config("manet", tmp_path / "cache", **{"input.resize_size": 300})
     checkpointing.check_same_run(resized, str(workdir))
     cropped = smoke_config("manet", tmp_path / "cache", **{"input.eval_resize": "resize_crop"})
