@@ -12,19 +12,6 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from cer_jax.data.config import dataset_defaults, input_defaults
-from cer_jax.errors import UserError
-
-
-class ConfigArgumentError(UserError):
-    """An argument after a config file's colon (`configs/vit.py:smok`) that it does not know."""
-
-
-def unknown_argument(file: str, arg: str, known: tuple[str, ...]) -> ConfigArgumentError:
-    """The error a config file's get_config raises for an argument it does not know."""
-    names = [repr(name) for name in known]
-    return ConfigArgumentError(
-        f"Unknown config argument {arg!r} for {file}: use {', '.join(names[:-1])} or {names[-1]}."
-    )
 
 
 def get_base_config() -> ml_collections.ConfigDict:

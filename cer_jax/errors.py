@@ -12,6 +12,17 @@ class UserError(ValueError):
     """Bad input; the message names the file, line or config key and the fix."""
 
 
+class ConfigArgumentError(UserError):
+    """An argument after a config file's colon (`configs/vit.py:smok`) that it does not know;
+    `known` are the arguments it takes (none: only overrides change it)."""
+
+    def __init__(self, file: str, arg: str, known: tuple[str, ...] = ()):
+        names = [repr(name) for name in known]
+        use = (f"use {', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else
+               f"it takes none (use --config={file} and --config.KEY=VALUE overrides)")
+        super().__init__(f"Unknown config argument {arg!r} for {file}: {use}.")
+
+
 class Terminated(KeyboardInterrupt):
     """A run that SIGTERM (a preemption, a time limit, `timeout`, `docker stop`, a new launch on
     the same TPU) stopped: cer_jax.train after saving its step, cer_jax.predict where it was (its

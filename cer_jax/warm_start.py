@@ -17,7 +17,7 @@ import jax
 import ml_collections
 from flax import nnx
 
-from cer_jax import checkpointing, models, pretrained, train_state
+from cer_jax import checkpointing, models, pretrained
 from cer_jax.errors import UserError
 
 # Model config keys that change the computed function but no parameter shape.
@@ -131,20 +131,9 @@ def load_initial_weights(model: nnx.Module, config: ml_collections.ConfigDict) -
             name: jax.device_get(var.get_value())
             for name, var in pretrained.core.model_arrays(source).items()
         }
-        unused, resized = [], []
-        if config.model.name == "vit":  # another input.image_size: resampled as from a file
-            from cer_jax.pretrained import vit as vit_weights
-
-            unused, resized = vit_weights.fit_tokens(arrays, model)
-        report = pretrained.core.assign(
-            model,
-            arrays,
-            source=f"{init.workdir} (best checkpoint)",
-            head_names=train_state.head_names(model),
-            keep_head=keep_head,
-            unused=unused,
-            resized=resized,
-        )
+        report = pretrained.load_model_arrays(
+            model, config.model.name, arrays, source=f"{init.workdir} (best checkpoint)",
+            keep_head=keep_head)
     else:
         return
     logging.info("%s", report.summary())

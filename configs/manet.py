@@ -17,6 +17,7 @@ from __future__ import annotations
 import ml_collections
 
 from cer_jax import config_base
+from cer_jax.errors import ConfigArgumentError
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -49,5 +50,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config_base.smoke(config)
         config.model.width = 16
     elif arg:
-        raise config_base.unknown_argument("configs/manet.py", arg, ("", "smoke"))
+        raise ConfigArgumentError("configs/manet.py", arg, ("", "smoke"))
     return config

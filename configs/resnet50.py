@@ -21,6 +21,7 @@ from __future__ import annotations
 import ml_collections
 
 from cer_jax import config_base
+from cer_jax.errors import ConfigArgumentError
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -52,5 +53,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif arg == "follow_up":
         config_base.follow_up_recipe(config)
     elif arg:
-        raise config_base.unknown_argument("configs/resnet50.py", arg, ("", "smoke", "follow_up"))
+        raise ConfigArgumentError("configs/resnet50.py", arg, ("", "smoke", "follow_up"))
     return config

@@ -25,6 +25,7 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from cer_jax import config_base
+from cer_jax.errors import ConfigArgumentError
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -79,5 +80,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.model.stochastic_depth = 0.0
         config.model.head_zeroinit = False  # a big_vision convention, not the recipe's
     elif arg:
-        raise config_base.unknown_argument("configs/vit.py", arg, ("", "smoke", "follow_up"))
+        raise ConfigArgumentError("configs/vit.py", arg, ("", "smoke", "follow_up"))
     return config

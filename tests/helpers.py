@@ -40,3 +40,15 @@ def torch_logits(model, images: np.ndarray) -> np.ndarray:
 
     with torch.no_grad():
         return model(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2))).logits.numpy()
+
+
+def smoothed_cross_entropy(logits: np.ndarray, labels: np.ndarray, smoothing: float) -> np.ndarray:
+    """Per-example cross-entropy against (1 - smoothing) one-hot + smoothing / K, in float64:
+    the independent reference for the trainer's loss."""
+    logits = np.asarray(logits, np.float64)
+    k = logits.shape[-1]
+    targets = np.full(logits.shape, smoothing / k)
+    targets[np.arange(len(labels)), labels] += 1.0 - smoothing
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    return -(targets * log_probs).sum(-1)

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import weight_files
 from flax import nnx
+from helpers import smoothed_cross_entropy
 
 from cer_jax import (
     checkpointing,
@@ -307,17 +308,6 @@ def test_the_follow_up_recipe_moves_each_weight_by_the_papers_learning_rates(mem
     assert np.median(head) == pytest.approx(1e-5, rel=0.02)
 
 
-def _smoothed_cross_entropy(logits: np.ndarray, labels: np.ndarray, smoothing: float):
-    """Per-example cross-entropy against (1 - smoothing) one-hot + smoothing / K, in float64."""
-    logits = logits.astype(np.float64)
-    k = logits.shape[-1]
-    targets = np.full(logits.shape, smoothing / k)
-    targets[np.arange(len(labels)), labels] += 1.0 - smoothing
-    shifted = logits - logits.max(-1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-    return -(targets * log_probs).sum(-1)
-
-
 # Each recipe's loss, as its config file's docstring states it: (label smoothing, head weights).
 RECIPE_LOSS = {"vit": (0.1, (1.0,)), "manet": (0.0, (0.6, 0.4)), "resnet50": (0.1, (1.0,))}
 
@@ -359,7 +349,7 @@ def test_the_trainer_minimises_the_recipes_loss(member, data, tmp_path):
     model = train_state.merge_model(graphdef, start["params"], start["rest"])
     heads = [np.asarray(h) for h in model(jax.numpy.asarray(images), train=True).head_logits]
     assert len(heads) == len(head_weights)
-    want = sum(w * _smoothed_cross_entropy(h, labels, smoothing)
+    want = sum(w * smoothed_cross_entropy(h, labels, smoothing)
                for w, h in zip(head_weights, heads, strict=True)).mean()
     got = float(metrics["loss_sum"] / metrics["count"])
     assert got == pytest.approx(want, rel=1e-5)
@@ -370,11 +360,11 @@ def test_the_trainer_minimises_the_recipes_loss(member, data, tmp_path):
         assert rates == pytest.approx(np.linspace(0.0, 0.1, len(rates)))
     else:  # the logits are far enough from uniform that another loss would show
         other_smoothing = 0.1 - smoothing
-        other = sum(w * _smoothed_cross_entropy(h, labels, other_smoothing)
+        other = sum(w * smoothed_cross_entropy(h, labels, other_smoothing)
                     for w, h in zip(head_weights, heads, strict=True)).mean()
         assert abs(other - want) > 1e-3 * want, (other, want)
         if len(heads) == 2:
-            equal = np.mean([_smoothed_cross_entropy(h, labels, 0.0) for h in heads], 0).mean()
+            equal = np.mean([smoothed_cross_entropy(h, labels, 0.0) for h in heads], 0).mean()
             assert abs(equal - want) > 1e-3 * want, (equal, want)
 
 

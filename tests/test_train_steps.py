@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from helpers import smoothed_cross_entropy
 
 from cer_jax import optim, sharding, steps, train_state
 from cer_jax.config_loading import load_config
@@ -38,15 +39,6 @@ def _tiny_vit_state(learning_rate: float, dtype: str = "float32", **optimizer):
     return graphdef, sharding.replicate(state, mesh), tx, mesh
 
 
-def _reference_ce(logits: np.ndarray, labels: np.ndarray, smoothing: float) -> np.ndarray:
-    k = logits.shape[-1]
-    targets = np.full(logits.shape, smoothing / k)
-    targets[np.arange(len(labels)), labels] += 1.0 - smoothing
-    shifted = logits - logits.max(-1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-    return -(targets * log_probs).sum(-1)
-
-
 def test_per_example_loss_weights_heads_and_smooths_labels():
     rng = np.random.default_rng(0)
     local, global_ = rng.normal(size=(2, 5, 4)).astype(np.float32)
@@ -56,7 +48,8 @@ def test_per_example_loss_weights_heads_and_smooths_labels():
         head_logits=(jnp.asarray(local), jnp.asarray(global_)), head_weights=(0.6, 0.4),
     )
     got = steps.per_example_loss(output, jnp.asarray(labels), 4, label_smoothing=0.1)
-    want = 0.6 * _reference_ce(local, labels, 0.1) + 0.4 * _reference_ce(global_, labels, 0.1)
+    want = (0.6 * smoothed_cross_entropy(local, labels, 0.1)
+            + 0.4 * smoothed_cross_entropy(global_, labels, 0.1))
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
 
 

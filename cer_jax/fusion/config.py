@@ -6,7 +6,7 @@ reproduces the paper's protocol of choosing on the reported split, and the repor
 
 import ml_collections
 
-from cer_jax.errors import UserError
+from cer_jax.errors import ConfigArgumentError
 
 ALL_STRATEGIES = (
     "performance_weighted",  # the paper's: weights proportional to validation performance
@@ -19,15 +19,9 @@ ALL_STRATEGIES = (
 )
 
 
-class FusionConfigArgumentError(UserError):
-    """An argument after the fusion config file's colon, which takes none."""
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg:  # `configs/fusion.py:x`: the file has no variants
-        raise FusionConfigArgumentError(
-            f"Unknown config argument {arg!r}: the fusion config takes none (use "
-            "--config=configs/fusion.py and --config.KEY=VALUE overrides).")
+        raise ConfigArgumentError("configs/fusion.py", arg)
     config = ml_collections.ConfigDict()
     config.workdirs = ""  # comma-separated trainer workdirs (flag --workdirs overrides)
     config.out = ""  # report directory (flag --out overrides)

@@ -44,14 +44,6 @@ def _split_list(value: str | Sequence[str]) -> list[str]:
     return [item.strip() for item in items if item.strip()]
 
 
-def _eval_splits(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-    """config key eval_splits as a tuple, also when written like the other list keys:
-    `--config.eval_splits=validation,test` arrives as the one item 'validation,test'."""
-    value = config.eval_splits
-    items = [value] if isinstance(value, str) else list(value)
-    return tuple(dict.fromkeys(split for item in items for split in _split_list(item)))
-
-
 def _check_places(workdirs: Sequence[str], out: str) -> None:
     """Each member once (twice would double its weight), and the report neither in a member's
     workdir (it would replace the member's TensorBoard events) nor on a file; before any work."""
@@ -93,10 +85,10 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     if not config.out:
         raise FusionConfigError("No report directory: set --out=DIR (config key out).")
     _check_places(workdirs, config.out)
-    if config.select_on not in _eval_splits(config):
+    if config.select_on not in config.eval_splits:
         raise FusionConfigError(
             f"config key select_on={config.select_on!r} must be one of the reported splits "
-            f"(config key eval_splits={list(_eval_splits(config))})."
+            f"(config key eval_splits={list(config.eval_splits)})."
         )
     if config.selection_folds < 2:
         raise FusionConfigError(
@@ -220,8 +212,6 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """
     _check_config(config)
     config = copy.deepcopy(config)
-    with config.ignore_type():
-        config.eval_splits = _eval_splits(config)
     workdirs = _split_list(config.workdirs)
     strategy_names = _split_list(config.strategies)
     # Only feature_mlp is fitted on a training split: members trained on different splits (or

@@ -93,6 +93,28 @@ def implied_settings(
                              manet_code_version=manet_code_version)
 
 
+def load_model_arrays(
+    model: nnx.Module,
+    model_name: str,
+    arrays: dict[str, np.ndarray],
+    *,
+    source: str,
+    keep_head: bool = False,
+) -> ImportReport:
+    """Loads another cer_jax model's arrays (a run's best checkpoint, `init.workdir`) into
+    `model` (in place), fitted to it as a pre-trained file's are: a ViT's class token and
+    position embedding follow its pooling and patch grid (another input.image_size)."""
+    _check_model_name(model_name)
+    unused: list[str] = []
+    resized: list[str] = []
+    if model_name == "vit":
+        from cer_jax.pretrained import vit
+
+        unused, resized = vit.fit_tokens(arrays, model)
+    return assign(model, arrays, source=source, head_names=type(model).HEAD_NAMES,
+                  keep_head=keep_head, unused=unused, resized=resized)
+
+
 def load_pretrained(
     model: nnx.Module,
     model_name: str,
