@@ -7,7 +7,9 @@
 
 Restoring a model therefore never rebuilds an optimizer: a workdir trained with any optimizer
 or head learning rate restores the same way. Saves are asynchronous and atomic (Orbax writes to
-a temporary directory and renames), so an interrupted save never leaves half a step behind.
+a temporary directory and renames it; on gs://, which renames no folder at once, it writes the
+step's folder and commits it with a commit_success.txt last), so an interrupted save never
+leaves half a step that a resume or a listing here would take.
 Every path goes through etils epath, so a gs:// workdir works.
 """
 
@@ -271,22 +273,23 @@ class Checkpoints:
 
 
 def holds_checkpoints(workdir: str) -> bool:
-    """Whether a train state or a best model state was committed there (a folder named by its
-    step, not only the temporary folder of a save cut short)."""
+    """Whether a train state or a best model state was committed there: not only a save cut
+    short (Orbax's temporary folder; on gs://, where Orbax cannot rename a folder at once, a
+    step folder without its commit_success.txt)."""
     for name in (LATEST_DIR, BEST_DIR):
         folder = workdir_path(workdir, name)
-        if folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir()):
+        if folder.is_dir() and ocp.path.step.any_checkpoint_step(folder) is not None:
             return True
     return False
 
 
 def latest_saved_step(workdir: str) -> int | None:
-    """The newest train state's step, read from the folder names (no Orbax manager, which would
-    make folders); None without one."""
+    """The newest committed train state's step, as Orbax would resume it (read without an Orbax
+    manager, which would make folders); None without one."""
     folder = workdir_path(workdir, LATEST_DIR)
     if not folder.is_dir():
         return None
-    return max((int(p.name) for p in folder.iterdir() if p.name.isdigit()), default=None)
+    return max(ocp.path.step.checkpoint_steps(folder), default=None)
 
 
 def best_step(workdir: str) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -121,9 +122,9 @@ def write_export(
 
 
 def _write_atomically(target: epath.Path, manifest: dict, arrays: dict) -> None:
-    tmp = target.parent / f".{target.name}.tmp"
-    if tmp.exists():
-        tmp.rmtree()
+    # A folder of its own: a fusion re-exporting this workdir while its trainer exports it at
+    # the end of training would otherwise empty the other's half-written folder.
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
         for split, split_arrays in arrays.items():

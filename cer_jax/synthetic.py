@@ -190,7 +190,10 @@ class OutputPathError(UserError):
 
 def check_folder(flag: str, value: str | pathlib.Path) -> None:
     """Before any work: no file stands where the folder `value` or one of its parents should
-    be (it is made later)."""
+    be (it is made later); and it is a local folder, which is all this writes."""
+    if paths.is_remote(value):
+        raise OutputPathError(f"--{flag}={value}: give a local folder (this writes on this "
+                              "machine only; copy the folder to the bucket afterwards).")
     blocker = paths.file_in_the_way(value)
     if blocker is not None:
         raise OutputPathError(f"--{flag}={value}: {blocker} is a file, not a folder; give "

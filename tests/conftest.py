@@ -80,7 +80,8 @@ def trained_runs(tmp_path_factory, synthetic_cache_dir) -> dict[str, tuple[pathl
 # A remote bucket without network: gs://test-bucket/ served by epath's own test mock.
 
 BUCKET = "gs://test-bucket"
-# The backend functions that take one path (copy / rename / replace take two; walk is unused).
+# The backend functions that take one path (rename / replace: Bucket.move; copy and walk are
+# unused).
 _MOCKED = ("exists", "isdir", "open", "stat", "listdir", "glob", "makedirs", "mkdir", "remove",
            "rmtree")
 
@@ -106,6 +107,22 @@ class Bucket:
         self.seen.append(os.fspath(path))
         return original_fn(self.local(path), *args, **kwargs)
 
+    def move(self, original_fn, path, dst, *args, **kwargs):
+        """rename / replace. In the bucket, as on GCS: no folder moves at once, each object is
+        copied and then deleted (a rename onto something that is there fails)."""
+        self.seen += [os.fspath(path), os.fspath(dst)]
+        if not os.fspath(path).startswith(BUCKET) or not os.fspath(dst).startswith(BUCKET):
+            return original_fn(self.local(path), self.local(dst), *args, **kwargs)
+        source, target = self.local(path), self.local(dst)
+        if original_fn.__name__ == "rename" and os.path.exists(target):
+            raise FileExistsError(f"{dst} already exists")
+        if os.path.isdir(source):
+            shutil.copytree(source, target, dirs_exist_ok=True)
+            shutil.rmtree(source)
+        else:
+            shutil.copyfile(source, target)
+            os.remove(source)
+
 
 @pytest.fixture
 def bucket(tmp_path, monkeypatch):
@@ -118,7 +135,8 @@ def bucket(tmp_path, monkeypatch):
     store = Bucket(tmp_path / "bucket")
     store.root.mkdir()
     try:
-        with epath_testing.mock_epath(**dict.fromkeys(_MOCKED, store.call)):
+        with epath_testing.mock_epath(**dict.fromkeys(_MOCKED, store.call), rename=store.move,
+                                      replace=store.move):
             yield store
     finally:
         monkeypatch.delenv("EPATH_USE_TF")

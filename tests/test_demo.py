@@ -102,6 +102,19 @@ def test_too_few_images_stop_the_demo_before_anything_is_written(tmp_path):
     assert not (tmp_path / "demo").exists()
 
 
+def test_a_bucket_out_stops_the_demo_in_one_line(tmp_path, monkeypatch):
+    """Before: os.makedirs made a local folder named gs: in the working directory, and the whole
+    demo was written there with no word of it."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(synthetic.OutputPathError) as e:
+        demo.run_demo("gs://b/demo", num_train_images=22, num_test_images=11)
+    assert str(e.value) == ("--out=gs://b/demo: give a local folder (this writes on this machine "
+                            "only; copy the folder to the bucket afterwards).")
+    with pytest.raises(synthetic.OutputPathError):
+        synthetic.write_tree("gs://b/compound", num_train_images=22, num_test_images=11)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_out_that_is_a_file_stops_the_demo_in_one_line(tmp_path):
     """Before: NotADirectoryError (a traceback) once the demo began to write."""
     file = tmp_path / "notes.txt"
