@@ -276,11 +276,17 @@ def holds_checkpoints(workdir: str) -> bool:
     """Whether a train state or a best model state was committed there: not only a save cut
     short (Orbax's temporary folder; on gs://, where Orbax cannot rename a folder at once, a
     step folder without its commit_success.txt)."""
-    for name in (LATEST_DIR, BEST_DIR):
-        folder = workdir_path(workdir, name)
-        if folder.is_dir() and ocp.path.step.any_checkpoint_step(folder) is not None:
-            return True
-    return False
+    folders = (workdir_path(workdir, name) for name in (LATEST_DIR, BEST_DIR))
+    return any(_holds_committed_step(folder) for folder in folders)
+
+
+def holds_best_checkpoint(workdir: str) -> bool:
+    """Whether a best model state was committed there (as holds_checkpoints)."""
+    return _holds_committed_step(workdir_path(workdir, BEST_DIR))
+
+
+def _holds_committed_step(folder: epath.Path) -> bool:
+    return folder.is_dir() and ocp.path.step.any_checkpoint_step(folder) is not None
 
 
 def latest_saved_step(workdir: str) -> int | None:

@@ -552,7 +552,7 @@ def test_an_unreadable_export_beside_a_best_checkpoint_is_written_anew(tmp_path,
         os.rename(os.path.join(workdir, "export"), str(tmp_path / "damaged"))
         write_export(workdir, "vit", outputs)
 
-    monkeypatch.setattr(members_lib, "_has_best_checkpoint", lambda workdir: True)
+    monkeypatch.setattr(members_lib.checkpointing, "holds_best_checkpoint", lambda workdir: True)
     monkeypatch.setattr(export, "export_workdir", export_workdir)
     (member,) = members_lib.load_members([a], ["validation", "test"])
     assert exported == [a]

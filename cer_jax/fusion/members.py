@@ -43,13 +43,6 @@ class Member:
         return f"{self.name} ({self.workdir})"
 
 
-def _has_best_checkpoint(workdir: str) -> bool:
-    """A committed best step (a folder named by its number), not only the temporary folder of
-    a save that was cut short."""
-    best = checkpointing.workdir_path(workdir, checkpointing.BEST_DIR)
-    return best.is_dir() and any(p.name.isdigit() for p in best.iterdir())
-
-
 def _require_workdir(workdir: str) -> None:
     if not checkpointing.workdir_path(workdir).is_dir():
         raise MemberError(
@@ -126,7 +119,7 @@ def load_member(
                 + f": member {workdir}'s dataset has no such split (it has: "
                 f"{', '.join(member_splits[1])}). Set --config.{key} to one of those."
             )
-    if _has_best_checkpoint(workdir):
+    if checkpointing.holds_best_checkpoint(workdir):
         # A stale, missing or unreadable export is written anew from the checkpoint.
         if reexport or not export.export_is_current(workdir):
             logging.info("Exporting the best checkpoint of %s", workdir)
@@ -137,7 +130,7 @@ def load_member(
         logging.info("%s has no checkpoints: using its export as it is", workdir)
     info, outputs = export.load_export(workdir)
     missing = [split for split in splits if split not in outputs]
-    if missing and _has_best_checkpoint(workdir):
+    if missing and checkpointing.holds_best_checkpoint(workdir):
         logging.info("Exporting splits %s of %s", missing, workdir)
         export.export_workdir(workdir, splits=sorted({*outputs, *splits}))
         info, outputs = export.load_export(workdir)
