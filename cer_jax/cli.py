@@ -134,6 +134,30 @@ def quiet_native_logs() -> None:
 
 
 UsageError = app.UsageError
+_HELP_FLAGS = ("-h", "-?", "--help", "-help", "--helpshort", "-helpshort", "--helpfull",
+               "-helpfull", "--helpxml", "-helpxml")
+
+
+def define_traceback_flag() -> None:
+    """--traceback, listed by the --help of the module that calls this first (cli.run does)."""
+    if "traceback" not in FLAGS:
+        flags.DEFINE_bool(
+            "traceback", False, "On an input error, show the full Python traceback, not one line."
+        )
+
+
+def parse_flags_with_help(argv: list[str]) -> list[str]:
+    """absl's flag parsing, but --help (and --helpfull, ...) exits 0 after printing the help,
+    as other command-line tools do; absl's own exits 1. A flag error keeps absl's status 1."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except SystemExit as e:
+        asked = any(arg in _HELP_FLAGS for arg in argv[1:argv.index("--") if "--" in argv
+                                                         else len(argv)])
+        # absl exits from inside a help flag's parsing; a flag error exits from its handler.
+        if e.code == 1 and asked and not isinstance(e.__context__, flags.Error):
+            sys.exit(0)
+        raise
 
 
 def run(main: Callable[[Sequence[str]], None],
@@ -144,10 +168,7 @@ def run(main: Callable[[Sequence[str]], None],
     huge pages for malloc where that helps (`huge_pages`)."""
     huge_pages.restart_if_useful()
     quiet_native_logs()
-    if "traceback" not in FLAGS:
-        flags.DEFINE_bool(
-            "traceback", False, "On an input error, show the full Python traceback, not one line."
-        )
+    define_traceback_flag()
     errors = (UserError, *user_errors)
     argv = list(sys.argv)
     if resolve_argv is not None:
@@ -184,7 +205,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
         # ml_collections finds the override flags to define in sys.argv itself.
         sys.argv = [sys.argv[0], *argv[1:]] if none_keys else sys.argv
     try:
-        rest = app.parse_flags_with_usage(argv)
+        rest = parse_flags_with_help(argv)
     except (AttributeError, KeyError) as e:
         missing, hint = _missing_key(e)
         overrides = [arg for arg in argv[1:] if arg.startswith("--config.")

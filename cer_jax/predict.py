@@ -2,8 +2,8 @@ r"""Predict compound expressions of the faces in photos and videos with an ensem
 
     python -m cer_jax.predict --ensemble=runs/fusion/ensemble photo.jpg clips/ --out=rows.csv
     python -m cer_jax.predict --ensemble=ENS --aligned aligned_faces/ --out=rows.jsonl
-    python -m cer_jax.predict --ensemble=ENS videos/ --smooth-window=15 --annotate=annotated/
-    python -m cer_jax.predict --ensemble=ENS videos/ --abaw-frames=test_frames.txt \
+    python -m cer_jax.predict --ensemble=ENS videos/ --smooth_window=15 --annotate=annotated/
+    python -m cer_jax.predict --ensemble=ENS videos/ --abaw_frames=test_frames.txt \
         --submission=predictions.txt
 
 Inputs are image files, video files and folders (searched recursively, sorted). Each face
@@ -29,24 +29,24 @@ one; if only that move fails the finished file is kept. Annotated videos are sta
 
 Faces are found by `--detector` (see `cer_jax.faces`) and aligned like RAF-DB's 100x100
 faces; `--aligned` treats every image as an already aligned face (the shorter side resized to
-100, the centre cropped). `--flip-tta` averages each
+100, the centre cropped). `--flip_tta` averages each
 member over the face and its mirror image.
 
 Videos are decoded as a stream (OpenCV; memory does not grow with the video's length apart
 from a few numbers per face), faces are tracked by IoU (`--track=iou`) or only the largest face
-of each frame is kept (`--track=largest`), faces are batched (`--batch-size`) across frames, and
-each track's probabilities are averaged over a centred window of `--smooth-window` processed
-frames (with `--frame-step=n`, n decoded frames apart; the skipped frames are only grabbed, not
+of each frame is kept (`--track=largest`), faces are batched (`--batch_size`) across frames, and
+each track's probabilities are averaged over a centred window of `--smooth_window` processed
+frames (with `--frame_step=n`, n decoded frames apart; the skipped frames are only grabbed, not
 converted to images). A frame's timestamp is the video's own (OpenCV's CAP_PROP_POS_MSEC, right
 for variable-frame-rate videos) when that is valid and increasing through the video, else its
 index / fps.
 
-C-EXPR-DB submission (`--abaw-frames=LIST`): LIST has one `<video>/<frame>.jpg` per line
+C-EXPR-DB submission (`--abaw_frames=LIST`): LIST has one `<video>/<frame>.jpg` per line
 (1-based frame numbers, as the organisers give them; an `image_location` header line is
 skipped; a list without entries is a usage error). The videos are the inputs whose file stem is
 `<video>`: when none of the listed videos is among the inputs that is a usage error, when some are
 missing a warning says so at the start. `--submission` (default submission.txt; a usage error
-without `--abaw-frames`) gets the header
+without `--abaw_frames`) gets the header
 `image_location,Fearfully_Surprised,...,Sadly_Angry` and one `<video>/<frame:05d>.jpg,<class>`
 row per listed frame, in the list's order. A frame's class is that of the video's main track
 (the track seen in most frames) if it is in that frame, else of the largest face there; a frame
@@ -124,7 +124,7 @@ def define_flags() -> None:
     cli.define_path_flag("annotate", None, "Folder for copies of the inputs with boxes and "
                         "labels drawn (images as .jpg, videos as MJPG .avi).")
     cli.define_path_flag("abaw_frames", None, "C-EXPR-DB frame list: write the submission.")
-    cli.define_path_flag("submission", None, "Submission file (only with --abaw-frames; "
+    cli.define_path_flag("submission", None, "Submission file (only with --abaw_frames; "
                         "default submission.txt).")
     for name in ("flip_tta", "batch_size", "smooth_window", "frame_step", "abaw_frames"):
         alias(name)
@@ -579,9 +579,9 @@ class Predictor:
         self.aligned, self.flip_tta, self.batch_size = aligned, flip_tta, batch_size
         self.smooth_window, self.frame_step, self.track = smooth_window, frame_step, track
         self.annotate, self.progress = annotate, progress
-        # --abaw-frames: video stem -> the highest frame number (1-based) the list asks for.
+        # --abaw_frames: video stem -> the highest frame number (1-based) the list asks for.
         self.listed_frames = listed_frames or {}
-        # --abaw-frames: the ensemble's column of each challenge class (`abaw_columns`).
+        # --abaw_frames: the ensemble's column of each challenge class (`abaw_columns`).
         self.abaw_columns = abaw_columns
         self.failures = 0
         self.video_classes: dict[str, dict[int, int]] = {}  # stem -> frame (0-based) -> class
@@ -876,7 +876,7 @@ def abaw_columns(class_names: Sequence[str]) -> np.ndarray:
     missing = [c for c in ABAW7_CLASSES if c.lower() not in columns]
     if missing:
         raise UsageError(
-            f"--abaw-frames needs an ensemble that predicts the 7 C-EXPR-DB classes, this one "
+            f"--abaw_frames needs an ensemble that predicts the 7 C-EXPR-DB classes, this one "
             f"predicts {len(class_names)} classes ({', '.join(class_names[:3])}, ...) without "
             f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}: train the members "
             "with --config.dataset.name=rafdb/compound_abaw7 (or rafdb/compound), then fuse "
@@ -895,7 +895,7 @@ def check_video_names(sources: Sequence[Source]) -> None:
     for name, paths in by_name.items():
         if len(paths) > 1:
             raise UsageError(
-                f"--abaw-frames finds videos by name, and {len(paths)} inputs are named "
+                f"--abaw_frames finds videos by name, and {len(paths)} inputs are named "
                 f"{name!r}: {', '.join(paths)}; pass only the C-EXPR-DB videos."
             )
 
@@ -906,7 +906,7 @@ def read_frame_list(path: str) -> list[tuple[str, int]]:
         # Without a byte-order mark (epath's read_text ignores encoding="utf-8-sig").
         lines = epath.Path(path).read_bytes().decode("utf-8-sig").splitlines()
     except (FileNotFoundError, OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"--abaw-frames file {path!r} cannot be read ({error}).") from error
+        raise UsageError(f"--abaw_frames file {path!r} cannot be read ({error}).") from error
     entries = []
     for number, line in enumerate(lines, 1):
         item = line.strip().split(",")[0].strip()
@@ -927,7 +927,7 @@ def read_frame_list(path: str) -> list[tuple[str, int]]:
         entries.append((video, int(stem)))
     if not entries:
         raise UsageError(
-            f"--abaw-frames file {path!r} lists no frames: it needs one "
+            f"--abaw_frames file {path!r} lists no frames: it needs one "
             "'<video>/<frame number>.jpg' per line (after an optional image_location header)."
         )
     return entries
@@ -1027,7 +1027,7 @@ def run(inputs: Sequence[str], *, ensemble: str, out: str | None = None, aligned
         if value < 1:
             raise UsageError(f"--{flag}={value}: it must be 1 or more.")
     if submission and not abaw_frames:
-        raise UsageError(f"--submission={submission} needs --abaw-frames=LIST (the organisers' "
+        raise UsageError(f"--submission={submission} needs --abaw_frames=LIST (the organisers' "
                          "list of C-EXPR-DB frames to predict).")
     if abaw_frames and not submission:
         submission = "submission.txt"

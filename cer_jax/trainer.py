@@ -101,8 +101,10 @@ TRAINING_SECTIONS = ("model", "dataset", "input", "training", "optimizer", "eval
                      "init")
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Checks what can be checked without data or models; each error names the key and the fix."""
+def validate_config(config: ml_collections.ConfigDict, *, resuming: bool = False) -> None:
+    """Checks what can be checked without data or models; each error names the key and the fix.
+    `resuming` (the workdir holds checkpoints): the init source, read only at step 0, may be
+    gone (a resume on another machine)."""
     missing = [key for key in TRAINING_SECTIONS if key not in config]
     if missing:
         raise ConfigError(
@@ -162,9 +164,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     init = config.init
     if init.get("checkpoint") and init.get("workdir"):
         raise ConfigError("Set at most one of init.checkpoint and init.workdir.")
+    missing = None if resuming else missing_init_source(init)
+    if missing:
+        raise ConfigError(missing)
+
+
+def missing_init_source(init: ml_collections.ConfigDict) -> str | None:
+    """Why init.checkpoint / init.workdir cannot be read (the message of a fresh run's error),
+    or None when it can (or none is set)."""
     # A folder is read through its weights file (a Hugging Face snapshot, say).
     if init.get("checkpoint") and not epath.Path(init.checkpoint).expanduser().exists():
-        raise ConfigError(
+        return (
             f"init.checkpoint={init.checkpoint!r}: no such file or folder. Download the "
             "pre-trained weights (see the README, 'Bring pre-trained weights') and pass their "
             "path (local or gs://...), or unset init.checkpoint to train from scratch."
@@ -174,7 +184,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             checkpointing.load_config(init.workdir)
             checkpointing.best_step(init.workdir)
         except checkpointing.WorkdirError as e:
-            raise ConfigError(f"init.workdir={init.workdir!r}: {e}") from e
+            return f"init.workdir={init.workdir!r}: {e}"
+    return None
 
 
 def training_length(config: ml_collections.ConfigDict, train_size: int) -> tuple[int, int]:
@@ -269,11 +280,21 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
     """Every check that needs no training: config, model settings, workdir, data (all splits
     decoded once). Returns (dataset info, resolved config)."""
     config = ml_collections.ConfigDict(config.to_dict())  # resolve references, keep caller's
-    validate_config(config)
+    resuming = checkpointing.holds_checkpoints(workdir)
+    validate_config(config, resuming=resuming)
     for key in ("folder", "data_dir", "manual_dir", "cache_dir"):  # as config.json records them
         if config.dataset.get(key):
             config.dataset[key] = paths.normalized(config.dataset[key])
-    warm_start.resolve_model_settings(config)
+    missing = missing_init_source(config.init) if resuming else None
+    if missing:  # its weights were loaded at step 0; the settings they implied are recorded
+        key = "checkpoint" if config.init.get("checkpoint") else "workdir"
+        logging.info("Resuming %s: init.%s=%s cannot be read, and need not be: its weights "
+                     "were loaded at step 0 (the model settings come from config.json).",
+                     workdir, key, config.init[key])
+        warm_start.resolve_model_settings(
+            config, recorded=checkpointing.load_config(workdir).model)
+    else:
+        warm_start.resolve_model_settings(config)
     train_state.check_model(config)  # before the data: a bad model setting needs no dataset
     resolve_data_shards(config, workdir)  # first: an unset shard count takes the resumed run's
     checkpointing.check_same_run(config, workdir)
@@ -283,6 +304,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
          *(config.export.get("splits") or [])]
     ))
     pipeline.validate_splits(config, info, splits)
+    if not resuming:  # the head is kept at step 0 only
+        warm_start.check_kept_head(config, list(info.class_names))
     return info, config
 
 

@@ -93,10 +93,18 @@ def _check_same_input_scale(source_input: Any, wanted_input: ml_collections.Conf
         )
 
 
-def resolve_model_settings(config: ml_collections.ConfigDict) -> None:
+def resolve_model_settings(config: ml_collections.ConfigDict,
+                           recorded: ml_collections.ConfigDict | None = None) -> None:
     """Replaces every None / "auto" function setting of config.model by a concrete value, in
-    place (so config.json records what was built); refuses contradictions."""
-    values, why = _implied(config)
+    place (so config.json records what was built); refuses contradictions. `recorded`: the
+    model section of a resumed run's config.json, whose values are taken instead of reading
+    the init source again (which may be gone: its weights load only at step 0)."""
+    if recorded is not None:
+        values = {key: recorded[key] for key in FUNCTION_SETTINGS
+                  if recorded.get(key) not in AUTO}
+        why = dict.fromkeys(values, "the config.json of the resumed run records it")
+    else:
+        values, why = _implied(config)
     defaults = models.default_options(config.model.name)
     for key, value in values.items():
         if key not in defaults:
@@ -114,6 +122,25 @@ def resolve_model_settings(config: ml_collections.ConfigDict) -> None:
     for key in FUNCTION_SETTINGS:
         if key in config.model and config.model[key] in AUTO:
             config.model[key] = defaults[key]
+
+
+def check_kept_head(config: ml_collections.ConfigDict, class_names: list[str]) -> None:
+    """init.keep_head with init.workdir keeps that run's head only for the same classes in the
+    same order: a head of other classes (basic-7 vs the 7 C-EXPR-DB classes have one shape) or
+    of another order would start off predicting wrong names, which no shape check sees."""
+    init = config.init
+    if not (init.get("keep_head") and init.get("workdir")):
+        return
+    source = checkpointing.load_config(init.workdir).get("dataset_info", {}).get("class_names")
+    if source is not None and list(source) != list(class_names):
+        order = " (the same classes in another order)" if sorted(source) == sorted(
+            class_names) else ""
+        raise ModelSettingError(
+            f"init.keep_head=True keeps the head of init.workdir={init.workdir}, trained on "
+            f"classes {list(source)}, but this dataset's are {list(class_names)}{order}: set "
+            "--config.init.keep_head=False to learn a new head, or start from a run on these "
+            "classes."
+        )
 
 
 def load_initial_weights(model: nnx.Module, config: ml_collections.ConfigDict) -> None:

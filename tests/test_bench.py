@@ -354,9 +354,24 @@ def test_help_lists_the_bench_flags():
     """`python -m cer_jax.bench --help` (the README's way to see a CLI's flags)."""
     result = subprocess.run([sys.executable, "-m", "cer_jax.bench", "--help"],
                             capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]  # absl's own --help exits 1
     assert result.stdout.startswith("Throughput, FLOPs, MFU and memory per model")
-    for name in ("--models:", "--precision:", "--[no]compare_torch:", "--[no]input:", "--profile:"):
+    for name in ("--models:", "--precision:", "--[no]compare_torch:", "--[no]input:", "--profile:",
+                 "--[no]traceback:"):
         assert f"  {name}" in result.stdout, name
+
+
+@pytest.mark.parametrize("module, bad_flag", [("cer_jax.train", "--traceback=maybe"),
+                                               ("tfds_rafdb.rafdb", "--builder_config=nope")])
+def test_help_exits_0_and_a_flag_error_before_it_still_fails(module, bad_flag):
+    """--help is an answer, not a failure (absl's exits 1); a bad flag value stays status 1."""
+    result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True,
+                            text=True, timeout=120)
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr[-2000:]
+    assert "Try --helpfull to get a list of all flags." in result.stdout
+    bad = subprocess.run([sys.executable, "-m", module, bad_flag, "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "FATAL Flags parsing error" in bad.stderr, bad.stderr[-2000:]
 
 
 # The tiny run of the findings: each error below must come before this model is timed.
@@ -451,11 +466,31 @@ def test_a_bucket_json_is_written_to_the_bucket_not_to_a_local_gs_folder(tmp_pat
             open=lambda _, path, *args, **kwargs: open(local(path), *args, **kwargs),
             exists=lambda _, path: os.path.exists(local(path)),
             isdir=lambda _, path: os.path.isdir(local(path)),
-            makedirs=mkdir, mkdir=mkdir):
+            makedirs=mkdir, mkdir=mkdir,
+            replace=lambda _, path, target: os.replace(local(path), local(target))):
         throughput.check_output_file("json", "gs://b/runs/b.json")
         throughput.write_json("gs://b/runs/b.json", {"models": []})
     assert json.loads((bucket / "b" / "runs" / "b.json").read_text()) == {"models": []}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bucket_store"]
+
+
+def test_a_json_write_cut_short_keeps_the_earlier_file_whole(tmp_path, monkeypatch):
+    """The bench rewrites --json after every model: a run stopped while writing must leave the
+    last whole file (here the one of the model before), never half a JSON, and no scratch."""
+    target = tmp_path / "bench.json"
+    throughput.write_json(str(target), {"models": ["first"]})
+    path_type = type(throughput.epath.Path(target))
+    write_text = path_type.write_text
+
+    def cut_short(self, text, *args, **kwargs):
+        write_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(path_type, "write_text", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        throughput.write_json(str(target), {"models": ["first", "second"]})
+    assert json.loads(target.read_text()) == {"models": ["first"]}
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]
 
 
 def test_faces_removes_its_scratch_folder_also_after_an_error(tmp_path, monkeypatch):

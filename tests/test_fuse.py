@@ -520,6 +520,19 @@ def test_the_report_says_how_many_folds_chose_the_best(tmp_path):
     assert report["selection_cv_folds"] == 2
 
 
+def test_a_one_example_selection_split_is_one_line(tmp_path):
+    """Cross-validation needs two examples: one used to end in sklearn's KFold ValueError."""
+    outputs = make_outputs(2.0, 1)
+    outputs["validation"] = {k: v[:1] for k, v in outputs["validation"].items()}
+    a = write_export(str(tmp_path / "a"), "vit", outputs)
+    with pytest.raises(evaluator.FusionConfigError) as e:
+        evaluator.fuse(fusion_config([a], tmp_path / "out", strategies="uniform_logits"))
+    assert str(e.value) == (
+        "The validation split (config key select_on) holds 1 example: fusion chooses its "
+        "strategy by cross-validation on it, which needs at least 2; give the members a larger "
+        "validation split, or choose on another (--select_on).")
+
+
 @pytest.mark.parametrize("damaged", ["export.json", "test.npz"])
 def test_a_cut_short_export_is_one_line(tmp_path, damaged):
     """An export copied from another machine and cut short. Before: JSONDecodeError /

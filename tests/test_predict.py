@@ -172,7 +172,7 @@ def test_aligned_inputs_and_user_errors(tmp_path, ensemble_dir):
                     ensemble=ensemble_dir, abaw_frames=os.fspath(tmp_path / "list.txt"),
                     show_progress=False)
     assert str(error.value) == (
-        f"--abaw-frames finds videos by name, and 2 inputs are named 'video_1': "
+        f"--abaw_frames finds videos by name, and 2 inputs are named 'video_1': "
         f"{tmp_path / 'a' / 'video_1.mp4'}, {tmp_path / 'b' / 'video_1.mp4'}; pass only the "
         "C-EXPR-DB videos.")
     result = subprocess.run(
@@ -413,11 +413,11 @@ def test_the_frame_list_and_the_inputs_are_checked_before_any_work(tmp_path, cap
         f"input {os.fspath(tmp_path / 'vidz')!r} does not exist: check the path (give image "
         "files, video files or folders).")
     assert error([videos], submission="sub.txt") == (
-        "--submission=sub.txt needs --abaw-frames=LIST (the organisers' list of C-EXPR-DB "
+        "--submission=sub.txt needs --abaw_frames=LIST (the organisers' list of C-EXPR-DB "
         "frames to predict).")
     listed.write_text("image_location\n\n")
     assert error([videos], abaw_frames=listed) == (
-        f"--abaw-frames file {os.fspath(listed)!r} lists no frames: it needs one "
+        f"--abaw_frames file {os.fspath(listed)!r} lists no frames: it needs one "
         "'<video>/<frame number>.jpg' per line (after an optional image_location header).")
     listed.write_text("image_location\nclip/00001.jpg\nclip/00000.jpg\n")  # a 0-based list
     assert error([videos], abaw_frames=listed) == (

@@ -120,6 +120,46 @@ def test_a_workdir_without_checkpoints_starts_anew_with_any_config(halted_workdi
         trainer.prepare(config, str(workdir))
 
 
+@pytest.mark.parametrize("key", ["init.checkpoint", "init.workdir"])
+def test_a_resume_needs_no_init_source_which_a_fresh_run_still_checks(
+        halted_workdir, tmp_path, synthetic_cache_dir, caplog, key):
+    """The pre-trained weights (or warm-start run) load only at step 0: a resume on another
+    machine, where that file is gone, goes on from its checkpoint, with an info line."""
+    workdir = tmp_path / "run"
+    shutil.copytree(halted_workdir, workdir)
+    config = tiny_config(synthetic_cache_dir, **{key: str(tmp_path / "gone")})
+    with caplog.at_level("INFO"):
+        _, resolved = trainer.prepare(config, str(workdir))
+    recorded = checkpointing.load_config(str(workdir)).model
+    assert resolved.model.to_dict() == recorded.to_dict()
+    assert f"{key}={tmp_path / 'gone'} cannot be read, and need not be" in caplog.text
+    with pytest.raises(trainer.ConfigError, match=f"^{key}='{tmp_path / 'gone'}'"):
+        trainer.prepare(config, str(tmp_path / "fresh"))
+
+
+def test_keep_head_of_a_run_on_other_classes_is_refused_in_one_line(
+        halted_workdir, tmp_path, synthetic_cache_dir):
+    """basic-7 and the 7 C-EXPR-DB classes give heads of one shape: keep_head must compare the
+    class names (and their order), or it keeps a head of other classes silently."""
+    source = tmp_path / "source"
+    shutil.copytree(halted_workdir, source)
+    recorded = checkpointing.load_config(str(source))
+    names = list(recorded.dataset_info.class_names)
+    config = tiny_config(synthetic_cache_dir, **{"init.workdir": str(source),
+                                                 "init.keep_head": True})
+    trainer.prepare(config, str(tmp_path / "same"))  # the same classes: kept
+    for other, order in ((names[::-1], " (the same classes in another order)"),
+                         ([*names[:-1], "Neutral"], "")):
+        recorded.dataset_info.class_names = other
+        checkpointing.save_config(recorded, str(source))
+        with pytest.raises(UserError) as e:
+            trainer.prepare(config, str(tmp_path / "new"))
+        assert str(e.value) == (
+            f"init.keep_head=True keeps the head of init.workdir={source}, trained on classes "
+            f"{other}, but this dataset's are {names}{order}: set --config.init.keep_head=False "
+            "to learn a new head, or start from a run on these classes.")
+
+
 def test_a_best_step_saved_again_replaces_the_first(tmp_path, synthetic_cache_dir):
     """A run killed (SIGKILL, out of memory) after best/S was committed but before checkpoints/
     reached S evaluates S again when resumed; scoring higher there, it saves best/S again, which

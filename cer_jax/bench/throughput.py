@@ -338,7 +338,14 @@ def check_output_folder(flag: str, path: str) -> None:
 
 def write_json(path: str, payload: Any) -> None:
     """`payload` as indented JSON, through epath: a gs:// path goes to the bucket, not to a
-    local folder named `gs:`."""
+    local folder named `gs:`. Atomic: the file is whole (the earlier one, or this) at any time."""
     target = epath.Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(payload, indent=1) + "\n")
+    # Written beside and renamed into place: a run cut short leaves the last whole file.
+    staged = target.parent / f".{target.name}.tmp"
+    try:
+        staged.write_text(json.dumps(payload, indent=1) + "\n")
+        staged.replace(target)
+    except BaseException:  # a Ctrl-C while writing included
+        staged.unlink(missing_ok=True)
+        raise

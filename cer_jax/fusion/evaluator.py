@@ -237,6 +237,12 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
         workdirs, needed, reexport=config.reexport, split_keys=split_keys
     )
     class_names, data = members_lib.align_members(members, needed)
+    if len(data[config.select_on].labels) < 2:  # else sklearn's KFold fails with a traceback
+        raise FusionConfigError(
+            f"The {config.select_on} split (config key select_on) holds "
+            f"{len(data[config.select_on].labels)} example: fusion chooses its strategy by "
+            "cross-validation on it, which needs at least 2; give the members a larger "
+            f"{config.select_on} split, or choose on another (--select_on).")
     if "feature_mlp" in strategy_names:
         data[config.train_split] = _held_out_of_reported_splits(config, members, data)
     num_classes = len(class_names)

@@ -45,5 +45,18 @@ def main(argv: Sequence[str]) -> None:
         print(f"  {name:<10s} {split.num_examples:6d} examples")
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, but --help exits 0 after the help (absl's exits 1); a flag error keeps
+    status 1. (cer_jax.cli does the same for the cer_jax tools; this package never imports it.)"""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except SystemExit as e:
+        asked = any(arg.lstrip("-") in ("h", "?", "help", "helpshort", "helpfull", "helpxml")
+                    for arg in argv[1:])
+        if e.code == 1 and asked and not isinstance(e.__context__, flags.Error):
+            sys.exit(0)
+        raise
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
