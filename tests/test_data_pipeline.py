@@ -558,6 +558,56 @@ def test_a_file_where_a_data_folder_goes_is_one_line(tmp_path):
     assert a_file.read_text() == "mine"
 
 
+def test_manual_dir_without_data_dir_builds_into_the_tfds_default(tmp_path, monkeypatch):
+    """README: "let the trainer build it on first use with --config.dataset.manual_dir=...":
+    data_dir left at None (TFDS's default) crashed with a TypeError in the builder."""
+    root = tmp_path / "compound"
+    synthetic.write_tree(root, kind="compound", num_train_images=22, num_test_images=11, seed=3)
+    import tensorflow_datasets as tfds
+
+    # TFDS reads $TFDS_DATA_DIR once, at import.
+    monkeypatch.setattr(tfds.core.constants, "DATA_DIR", str(tmp_path / "default"))
+    c = _config(tmp_path)
+    c.dataset.update(synthetic=False, manual_dir=str(root))
+    assert c.dataset.data_dir is None
+    info = pipeline.get_dataset_info(c)
+    assert info.split_sizes["train"] == 22 and info.split_sizes["test"] == 11
+    assert (tmp_path / "default" / "rafdb" / "compound" / "1.0.0").is_dir()
+
+
+def _unwritable(monkeypatch, folder):
+    """os.makedirs refuses `folder` and below, as for a user without write access there."""
+    makedirs = os.makedirs
+
+    def refuse(path, *args, **kwargs):
+        if str(path).startswith(str(folder)):
+            raise PermissionError(13, "Permission denied", str(path))
+        return makedirs(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "makedirs", refuse)
+
+
+def test_a_data_or_cache_dir_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+    from tfds_rafdb import rafdb
+
+    root = tmp_path / "compound"
+    synthetic.write_tree(root, kind="compound", num_train_images=22, num_test_images=11, seed=3)
+    locked = tmp_path / "locked"
+    _unwritable(monkeypatch, locked)
+    c = _config(locked / "cache")
+    assert _error(c, "cache_dir") == (
+        f"config.dataset.cache_dir={str(locked / 'cache')!r}: cannot write there (Permission "
+        "denied); give a folder you can write to (it is made if missing).")
+    c.dataset.update(synthetic=False, data_dir=str(locked / "tfds"), manual_dir=str(root))
+    assert _error(c, "data_dir") == (
+        f"config.dataset.data_dir={str(locked / 'tfds')!r}: cannot write there (Permission "
+        "denied); give a folder you can write to (it is made if missing).")
+    with pytest.raises(rafdb.RafDbLayoutError) as e:  # the builder's CLI reports it in one line
+        rafdb.build("compound", str(root), str(locked / "tfds"))
+    assert str(e.value) == (f"--data_dir={locked / 'tfds'}: cannot write there (Permission "
+                            "denied); give a folder you can write to (it is made if missing).")
+
+
 def test_bad_manual_dir_is_reported(tmp_path):
     bad = tmp_path / "raf"
     bad.mkdir()

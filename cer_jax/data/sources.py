@@ -131,9 +131,15 @@ def _synthetic_tree(config: ml_collections.ConfigDict, kind: str) -> str:
     root = os.path.join(cache, "synthetic", tag)
     if os.path.isdir(root):
         return root
-    os.makedirs(os.path.dirname(root), exist_ok=True)
-    # Write next to the final place and rename, so an interrupted run leaves no half tree.
-    tmp = tempfile.mkdtemp(prefix=f".{tag}-", dir=os.path.dirname(root))
+    try:
+        os.makedirs(os.path.dirname(root), exist_ok=True)
+        # Write next to the final place and rename, so an interrupted run leaves no half tree.
+        tmp = tempfile.mkdtemp(prefix=f".{tag}-", dir=os.path.dirname(root))
+    except OSError as e:
+        raise DataConfigError(
+            f"config.dataset.cache_dir={config.cache_dir!r}: cannot write there "
+            f"({e.strerror or e}); give a folder you can write to (it is made if missing)."
+        ) from e
     try:
         synthetic.write_tree(
             tmp,
@@ -209,12 +215,12 @@ class TfdsSource:
         self._tfds = tfds
         family, builder_config = _split_name(config.name)
         data_dir, manual_dir = _expand(config.data_dir), _expand(config.manual_dir)
-        key = "cache_dir" if config.synthetic else "data_dir"  # the folder that is written
-        folder = _expand(config[key])
+        written = "cache_dir" if config.synthetic else "data_dir"  # the folder that is written
+        folder = _expand(config[written])
         blocker = folder and paths.file_in_the_way(folder)
         if blocker:
-            raise DataConfigError(f"config.dataset.{key}={folder!r}: {blocker} is a file, not a "
-                                  "folder; give a folder path.")
+            raise DataConfigError(f"config.dataset.{written}={folder!r}: {blocker} is a file, "
+                                  "not a folder; give a folder path.")
         if config.synthetic:
             if family != "rafdb":
                 raise DataConfigError(
@@ -260,6 +266,12 @@ class TfdsSource:
         def build() -> Any:
             if rafdb is not None and manual_dir:
                 check_tree()
+                problem = rafdb.data_dir_problem(data_dir)
+                if problem:
+                    where = (f"config.dataset.{written}={folder!r}" if folder else
+                             "config.dataset.data_dir=None (TFDS's default, "
+                             f"{self._tfds.core.constants.DATA_DIR})")
+                    raise DataConfigError(f"{where}: {problem}")
                 try:
                     return rafdb.build(
                         builder_config or builder.builder_config.name, manual_dir, data_dir

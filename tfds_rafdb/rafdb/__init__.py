@@ -11,6 +11,7 @@ from .rafdb_dataset_builder import (
     SourceMismatchError,
     build,
     check_built_from,
+    data_dir_problem,
 )
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "SourceMismatchError",
     "build",
     "check_built_from",
+    "data_dir_problem",
 ]

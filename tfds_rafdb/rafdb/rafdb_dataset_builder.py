@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import io
 import os
+import tempfile
 from collections.abc import Iterable
 
 import numpy as np
@@ -224,17 +225,42 @@ def check_built_from(builder: tfds.core.DatasetBuilder, manual_dir: str) -> None
     )
 
 
-def build(config_name: str, manual_dir: str, data_dir: str) -> tfds.core.DatasetBuilder:
-    """Prepares `rafdb/<config_name>` in `data_dir` from `manual_dir` unless already prepared
-    from that same tree."""
-    if "://" not in data_dir and os.path.isfile(data_dir):
+def data_dir_problem(data_dir: str | None) -> str | None:
+    """Why the dataset cannot be written into the local folder `data_dir` (made if missing;
+    None = TFDS's default, ~/tensorflow_datasets or $TFDS_DATA_DIR), or None when it can (or
+    `data_dir` is remote: object stores are checked by writing)."""
+    folder = tfds.core.constants.DATA_DIR if data_dir is None else data_dir
+    if "://" in folder:
+        return None
+    folder = os.path.expanduser(folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".write-check-", dir=folder)
+        os.close(handle)
+        os.remove(probe)
+    except OSError as e:
+        reason = e.strerror or str(e)
+        return (f"cannot write there ({reason}); give a folder you can write to (it is made if "
+                "missing).")
+    return None
+
+
+def build(config_name: str, manual_dir: str, data_dir: str | None = None
+          ) -> tfds.core.DatasetBuilder:
+    """Prepares `rafdb/<config_name>` in `data_dir` (None: TFDS's default) from `manual_dir`
+    unless already prepared from that same tree."""
+    if data_dir is not None and "://" not in data_dir and os.path.isfile(data_dir):
         raise layout.RafDbLayoutError(f"--data_dir={data_dir} is a file; give the folder the "
                                       "TFDS dataset goes in (it is made if missing).")
     builder = Builder(config=config_name, data_dir=data_dir)
     if builder.is_prepared():
         check_built_from(builder, manual_dir)
-    else:  # a missing tree: our message, before TFDS makes any folder
+    else:  # a missing tree or an unwritable data_dir: our message, before TFDS makes any folder
         layout.check_root(epath.Path(manual_dir))
+        problem = data_dir_problem(data_dir)
+        if problem:
+            shown = tfds.core.constants.DATA_DIR if data_dir is None else data_dir
+            raise layout.RafDbLayoutError(f"--data_dir={shown}: {problem}")
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir),
     )
