@@ -375,6 +375,31 @@ def test_files_that_are_not_images_are_logged_once_per_run(tmp_path, caplog):
                        "a/notes.txt"]
 
 
+def test_class_folders_without_split_folders_say_what_the_layout_is(tmp_path, caplog):
+    """torchvision's ImageFolder layout, <class>/<image>, read each class as a split with no
+    class folders: the error said "split folder 'happy' holds no images in its class folders"."""
+    from cer_jax.data import sources
+
+    for name in ("happy", "sad"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / name / "0.jpg")
+    with pytest.raises(DataConfigError) as e:
+        sources.FolderSource(ml_collections.ConfigDict({"folder": str(tmp_path)}))
+    assert str(e.value) == (
+        f"config.dataset.folder={str(tmp_path)!r}: happy/ holds images (0.jpg, ...) but no class "
+        "folders; a folder dataset is <split>/<class>/<image>. If the top-level folders are your "
+        "classes, move them into split folders (train_fit/, validation/, test/), e.g. "
+        "train_fit/happy/0.jpg.")
+    # Beside class folders, an image a split holds directly is not read: the log names it.
+    other = tmp_path / "other"
+    _write_folder(other, ["train"], {"train": ["a"]})
+    Image.new("RGB", (8, 8)).save(other / "train" / "loose.jpg")
+    with caplog.at_level("WARNING"):
+        source = sources.FolderSource(ml_collections.ConfigDict({"folder": str(other)}))
+    assert source.info.split_sizes == {"train": 3}
+    assert any("loose.jpg (not in a class folder)" in r.getMessage() for r in caplog.records)
+
+
 def test_image_folder_source(tmp_path):
     arrays = _write_folder(tmp_path, ["train", "val"], {"train": ["b", "a"], "val": ["a", "b"]})
     config = _config(tmp_path, normalization="unit", eval_resize="resize", image_size=12)

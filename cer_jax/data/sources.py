@@ -468,6 +468,16 @@ class FolderSource:
         classes: Sequence[str] | None = None
         for split in splits:
             split_classes = _subdirs(root / split)
+            loose = [p.name for p in (root / split).iterdir()
+                     if p.name.lower().endswith(IMAGE_EXTENSIONS) and not p.is_dir()]
+            if loose and not split_classes:  # <class>/<image>: the split level is missing
+                raise DataConfigError(
+                    f"config.dataset.folder={os.fspath(root)!r}: {split}/ holds images "
+                    f"({loose[0]}, ...) but no class folders; a folder dataset is "
+                    "<split>/<class>/<image>. If the top-level folders are your classes, "
+                    "move them into split folders (train_fit/, validation/, test/), e.g. "
+                    f"train_fit/{split}/{loose[0]}."
+                )
             if classes is None:
                 classes, first = split_classes, split
             elif split_classes != classes:
@@ -478,7 +488,7 @@ class FolderSource:
                     "(an empty folder is fine), and every folder at the top is read as a split: "
                     "move any other out."
                 )
-            files, skipped = [], []
+            files, skipped = [], [f"{name} (not in a class folder)" for name in sorted(loose)]
             for label, name in enumerate(split_classes):
                 for path in sorted((root / split / name).iterdir()):
                     if path.name.startswith("."):
