@@ -82,6 +82,34 @@ def test_manual_dir_at_the_parent_folder_points_at_the_tree(tree, tmp_path):
     assert f"{tree.parent} holds compound/: point --manual_dir at one." in message
 
 
+@pytest.mark.parametrize("inside", ["Image", "Image/aligned", "EmoLabel"])
+def test_manual_dir_inside_the_tree_points_at_the_tree(tree, tmp_path, inside):
+    message = _build_fails(tree / inside, tmp_path / "data")
+    assert message.startswith(f"RAF-DB tree at {tree / inside} is missing ")
+    hint = f"{tree / inside} is inside the tree {tree}: point --manual_dir at {tree}."
+    assert f"\n{hint}\n" in message
+
+
+def test_a_still_zipped_aligned_folder_says_unzip(tree, tmp_path):
+    shutil.make_archive(str(tree / "Image/aligned"), "zip", tree / "Image", "aligned")
+    shutil.rmtree(tree / "Image/aligned")
+    message = _build_fails(tree, tmp_path / "data")
+    assert message.startswith(
+        f"RAF-DB tree at {tree} is missing Image/aligned.\n{tree / 'Image/aligned'}.zip is still "
+        f"zipped: unzip it so that {tree / 'Image/aligned'}/ holds the <stem>_aligned.jpg "
+        "images.\n")
+
+
+def test_aligned_images_without_the_aligned_suffix_say_rename(tree, tmp_path):
+    for path in (tree / "Image/aligned").iterdir():
+        path.rename(path.with_name(path.name.replace("_aligned", "")))
+    message = _build_fails(tree, tmp_path / "data")
+    assert message.endswith(
+        f"Expected <stem>_aligned.jpg for each listed <stem>.jpg. {tree / 'Image/aligned'} holds "
+        f"{_label_lines(tree)[0].split()[0]} instead: rename the aligned images to "
+        "<stem>_aligned.jpg, as RAF-DB releases them.")
+
+
 def test_unparsable_label_line_names_file_and_line(tree, tmp_path):
     lines = _label_lines(tree)
     lines[2] = lines[2].split()[0]  # label missing

@@ -122,8 +122,14 @@ def check_root(root: epath.Path) -> None:
         return
     hint = ""
     nested = [d.name for d in (root / "basic", root / "compound") if (d / LABEL_FILE).exists()]
+    above = next((a for a in list(root.parents)[:2] if (a / LABEL_FILE).exists()), None)
     if nested:
         hint = f"\n{root} holds {' and '.join(f'{n}/' for n in nested)}: point --manual_dir at one."
+    elif above is not None:  # e.g. the tree's Image/ or EmoLabel/ folder
+        hint = f"\n{root} is inside the tree {above}: point --manual_dir at {above}."
+    elif ALIGNED_DIR in missing and (root / f"{ALIGNED_DIR}.zip").exists():
+        hint = (f"\n{root / ALIGNED_DIR}.zip is still zipped: unzip it so that "
+                f"{root / ALIGNED_DIR}/ holds the <stem>{ALIGNED_SUFFIX} images.")
     raise RafDbLayoutError(
         f"RAF-DB tree at {root} is missing {', '.join(missing)}.{hint}\n{EXPECTED_LAYOUT}"
     )
@@ -240,9 +246,13 @@ def read_tree(root: epath.Path, num_labels: int, tree: str) -> list[Record]:
     if missing:
         shown = ", ".join(f"{n} (line {ln})" for n, ln in missing[:5])
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        hint = ""
+        if (aligned / missing[0][0]).exists():  # named like the original photos
+            hint = (f" {aligned} holds {missing[0][0]} instead: rename the aligned images to "
+                    f"<stem>{ALIGNED_SUFFIX}, as RAF-DB releases them.")
         raise RafDbLayoutError(
             f"{len(missing)} image(s) listed in {root / LABEL_FILE} are missing from {aligned}: "
-            f"{shown}{more}. Expected <stem>{ALIGNED_SUFFIX} for each listed <stem>.jpg."
+            f"{shown}{more}. Expected <stem>{ALIGNED_SUFFIX} for each listed <stem>.jpg.{hint}"
         )
     records = []
     for name, label, line in entries:
