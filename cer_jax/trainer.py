@@ -127,6 +127,7 @@ def validate_config(config: ml_collections.ConfigDict, *, resuming: bool = False
     if not config.training.get("num_steps") and not config.training.get("num_epochs"):
         raise ConfigError("Set training.num_steps or training.num_epochs (both are empty).")
     optim.check_optimizer_config(config.optimizer)
+    pipeline.check_input_config(config.input)  # before the model is built at input.image_size
     step_counts = {
         "training.log_every_steps": config.training.log_every_steps,
         "training.num_steps": config.training.get("num_steps"),

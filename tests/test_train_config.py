@@ -93,6 +93,9 @@ def test_a_config_file_on_a_bucket_is_read_through_epath(bucket):
                                     "use float32, or bfloat16 for mixed precision on TPU / GPU."),
     ("manet", "input.image_size=100", "error: MA-Net needs image sizes divisible by 32 (config "
                                       "key input.image_size); got 100x100."),
+    # Was a traceback from the model's first call: the input checks came after the model's.
+    ("manet", "input.image_size=0", "error: config.input.image_size=0: must be a positive "
+                                    "number of pixels."),
     # A misspelt key: ml_collections raises it while absl parses the flags.
     ("resnet50", "training.num_stepz=5", "error: --config.training.num_stepz=5: the config has "
                                          "no key 'num_stepz'. Did you mean \"num_steps\" "
