@@ -231,3 +231,52 @@ def test_assign_keep_head_of_another_class_count_warns_with_both_shapes(caplog):
     with caplog.at_level("WARNING", logger="cer_jax.pretrained.core"):
         core.assign(TinyNet(5, nnx.Rngs(0)), arrays, source="w.npz", head_names=("head",))
     assert caplog.messages == []  # keep_head not asked for: a new head is what was wanted
+
+
+def test_reader_pytorch_file_empty_cut_short_or_not_pytorch_is_one_line(tmp_path):
+    """An interrupted download or a saved error page: one line, not torch's EOFError traceback
+    or its advice to load with weights_only=False (which runs the file's code)."""
+    torch.save(_state(), tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "legacy.pth").read_bytes()[:100])
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "page.bin").write_bytes(b"<!DOCTYPE html><html>404</html>")
+    expected = {
+        "cut.pth": "the file ends early (an interrupted download or copy?); download it again.",
+        "empty.pth": "not a PyTorch file (it is empty; torch.save writes a zip archive or a "
+                     "pickle); download it again.",
+        "page.bin": "not a PyTorch file (it starts with b'<!DOCTYPE html><'; torch.save writes a "
+                    "zip archive or a pickle); download it again.",
+    }
+    for name, reason in expected.items():
+        for read in (readers.read_checkpoint, readers.checkpoint_keys):
+            with pytest.raises(readers.CheckpointReadError) as e:
+                read(tmp_path / name)
+            assert str(e.value) == f"Cannot read checkpoint {str(tmp_path / name)!r}: {reason}"
+    assert set(readers.read_checkpoint(tmp_path / "legacy.pth")) == set(_state())
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "pytorch_model.bin", "ViT-B_16.npz"])
+def test_reader_git_lfs_pointer_says_to_fetch_the_weights(tmp_path, name):
+    """A Hub repository cloned without Git LFS holds pointer files in place of the weights."""
+    (tmp_path / name).write_text("version https://git-lfs.github.com/spec/v1\n"
+                                 "oid sha256:0123abcd\nsize 346293852\n")
+    for read in (readers.read_checkpoint, readers.checkpoint_keys):
+        with pytest.raises(readers.CheckpointReadError) as e:
+            read(tmp_path)  # the folder, as from a clone
+        assert str(e.value) == (
+            f"{str(tmp_path / name)!r} is a Git LFS pointer, not the weights (a repository cloned "
+            "without Git LFS): run `git lfs pull` in the clone, or download the file itself "
+            "(e.g. `huggingface-cli download`).")
+
+
+def test_assign_lists_at_most_twenty_problems_then_counts_the_rest():
+    """A file of another network would otherwise list every one of its hundreds of tensors."""
+    rng = np.random.default_rng(0)
+    arrays = {**_backbone(rng), **{f"other/{i}/kernel": np.zeros(2, np.float32)
+                                   for i in range(30)}}
+    with pytest.raises(core.WeightImportError) as e:
+        core.assign(TinyNet(7, nnx.Rngs(0)), arrays, source="other.pth", head_names=("head",))
+    lines = str(e.value).splitlines()
+    assert lines[0].startswith("other.pth does not fit this model (30 problems;")
+    assert len(lines) == 1 + 20 + 1
+    assert lines[-1] == "  ... and 10 more"

@@ -183,3 +183,18 @@ def test_legacy_pytorch_format_loads_to_the_same_numbers(source, tmp_path):
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
     _assert_backbone_loaded(source, legacy, seed=11)
+
+
+def test_resnet_file_is_not_an_manet_checkpoint_in_one_line(source, tmp_path):
+    """A torchvision ResNet shares conv1 / bn1 / layer1 names with MA-Net: one line saying what
+    the file is, not hundreds of missing / mismatched tensors."""
+    state = {"conv1.weight": torch.zeros(8, 3, 7, 7), "bn1.weight": torch.ones(8),
+             "layer1.0.conv1.weight": torch.zeros(8, 8, 1, 1), "fc.weight": torch.zeros(10, 32)}
+    path = tmp_path / "resnet50.pth"
+    torch.save(state, path)
+    with pytest.raises(WeightImportError) as error:
+        load_pretrained(source, "manet", path)
+    assert str(error.value) == (
+        f"{path}: Not an MA-Net checkpoint (expected the authors' names, e.g. "
+        "'layer3_1_p1.0.cbam.ChannelGate.mlp.1.weight'); its first keys are: bn1.weight, "
+        "conv1.weight, fc.weight, layer1.0.conv1.weight")

@@ -282,3 +282,17 @@ def test_timm_avg_pool_and_clip_variants_name_the_file_to_use(tmp_path, source, 
         "(norm_pre) ViT variants are not supported; use an AugReg file, e.g. timm's "
         "vit_base_patch16_224.augreg2_in21k_ft_in1k model.safetensors or the AugReg .npz "
         "(README, 'Bring pre-trained weights').")
+
+
+@pytest.mark.parametrize("fmt", ["augreg_npz", "hf_safetensors"])
+def test_file_of_another_vit_size_names_the_variant_to_set(source, tmp_path, fmt):
+    """An S/16 or B/32 file with the default B/16 config: one line naming the variant, not a list
+    of every tensor whose shape differs."""
+    path = wf.VIT_FORMATS[fmt](source[0], tmp_path)  # test/8
+    model = _jax_vit("mu/16", 32)
+    with pytest.raises(WeightImportError) as error:
+        load_pretrained(model, "vit", path)
+    assert str(error.value) == (
+        f"{path}: the checkpoint holds a ViT test/8 (width 32, depth 2, MLP 64, patch 8), and "
+        "config.model.variant='mu/16' builds mu/16 (width 64, depth 4, MLP 128, patch 16): set "
+        "--config.model.variant=test/8.")

@@ -48,6 +48,10 @@ class ImportReport:
         return "\n".join(lines)
 
 
+# Problems a WeightImportError lists before it counts the rest.
+_MAX_PROBLEMS_SHOWN = 20
+
+
 def path_name(path: Iterable[object]) -> str:
     return "/".join(str(p) for p in path)
 
@@ -110,9 +114,12 @@ def assign(
     extra = sorted(set(arrays) - set(targets))
     problems += [f"not in the model: {name} {tuple(np.shape(arrays[name]))}" for name in extra]
     if problems:
+        shown = problems[:_MAX_PROBLEMS_SHOWN]
+        if len(problems) > len(shown):  # a file of another network would list every tensor
+            shown.append(f"... and {len(problems) - len(shown)} more")
         raise WeightImportError(
             f"{source} does not fit this model ({len(problems)} problems; check the model "
-            "variant in config.model matches the checkpoint):\n  " + "\n  ".join(problems)
+            "variant in config.model matches the checkpoint):\n  " + "\n  ".join(shown)
         )
     if head_mismatches:  # keep_head was asked for: say why the head is new all the same
         logging.getLogger(__name__).warning(

@@ -64,6 +64,7 @@ def _dispatch(path: str | os.PathLike[str] | epath.Path, *, keys_only: bool) -> 
         )
     name = file.name.lower()
     try:
+        _check_not_a_pointer(file, shown)
         if name.endswith(".npz"):
             with file.open("rb") as f:
                 if f.read(2) != b"PK":  # else np.load's message is about pickles
@@ -86,6 +87,10 @@ def _dispatch(path: str | os.PathLike[str] | epath.Path, *, keys_only: bool) -> 
             return list(state) if keys_only else state
     except CheckpointReadError:
         raise
+    except EOFError as e:  # a legacy PyTorch pickle cut short: torch's EOFError says nothing
+        raise CheckpointReadError(
+            f"Cannot read checkpoint {shown!r}: the file ends early (an interrupted download or "
+            "copy?); download it again.") from e
     except (OSError, ValueError, zipfile.BadZipFile, RuntimeError, KeyError,
             pickle.UnpicklingError, SafetensorError) as e:
         raise CheckpointReadError(f"Cannot read checkpoint {shown!r}: {e}") from e
@@ -93,6 +98,22 @@ def _dispatch(path: str | os.PathLike[str] | epath.Path, *, keys_only: bool) -> 
         f"Unknown checkpoint format for {shown!r}: expected .npz (big_vision / AugReg), "
         f".safetensors (Hugging Face / timm) or a PyTorch file ({', '.join(TORCH_SUFFIXES)})."
     )
+
+
+# What a Git LFS pointer file (a repository cloned without `git lfs`, e.g. from the Hugging Face
+# Hub) starts with, in place of the weights.
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def _check_not_a_pointer(file: epath.Path, shown: str) -> None:
+    with file.open("rb") as f:
+        start = f.read(len(_LFS_POINTER))
+    if start == _LFS_POINTER:
+        raise CheckpointReadError(
+            f"{shown!r} is a Git LFS pointer, not the weights (a repository cloned without Git "
+            "LFS): run `git lfs pull` in the clone, or download the file itself (e.g. "
+            "`huggingface-cli download`)."
+        )
 
 
 def _weights_in_directory(folder: epath.Path, shown: str) -> tuple[epath.Path, str]:
@@ -211,6 +232,16 @@ def _read_torch(file: epath.Path, shown: str) -> dict[str, np.ndarray]:
             "Or convert it to .safetensors first."
         ) from e
     with file.open("rb") as f:
+        start = f.read(2)
+        if start[:1] != b"\x80" and start != b"PK":
+            # Neither a zip archive (torch.save since PyTorch 1.6) nor a pickle (before): an
+            # empty file, an HTML error page, ... torch's own message would suggest
+            # weights_only=False, which runs the file's code and cannot help.
+            raise CheckpointReadError(
+                f"Cannot read checkpoint {shown!r}: not a PyTorch file ("
+                + (f"it starts with {start + f.read(14)!r}" if start else "it is empty")
+                + "; torch.save writes a zip archive or a pickle); download it again.")
+        f.seek(0)
         obj = _torch_load(torch, f, shown)
     state = _unwrap_state_dict(obj, shown)
     out = {}

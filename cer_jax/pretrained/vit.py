@@ -61,9 +61,40 @@ def convert(checkpoint: dict[str, np.ndarray], model) -> Converted:
     heads = model.blocks[0].attn.num_heads
     reader = {"npz": _from_npz, "timm": _from_timm, "hf": _from_hf}[detect_format(checkpoint)]
     arrays, origin = reader(checkpoint, heads)
+    _check_size(arrays, model)
     dropped, resized = fit_tokens(arrays, model)
     unused = sorted({origin[name] for name in dropped})
     return Converted(arrays=arrays, unused=unused, resized=resized)
+
+
+def _geometry(width: int, depth: int, mlp_dim: int, patch: int) -> tuple[str | None, str]:
+    """The variant ('S/16') of a ViT of this size, if cer_jax has one, and its size in words."""
+    from cer_jax.models.vit import VARIANTS
+
+    names = [name for name, size in VARIANTS.items() if size[:3] == (width, depth, mlp_dim)]
+    variant = f"{names[0]}/{patch}" if names else None
+    words = f"width {width}, depth {depth}, MLP {mlp_dim}, patch {patch}"
+    return variant, (f"{variant} ({words})" if variant else words)
+
+
+def _check_size(arrays: dict[str, np.ndarray], model) -> None:
+    """A checkpoint of another ViT size (S/16 or B/32 into the default B/16) is one line naming
+    the variant to set, not a list of every tensor whose shape differs."""
+    kernel = arrays.get("embedding/kernel")
+    fc1 = arrays.get("blocks/0/mlp/fc1/kernel")
+    blocks = {int(m.group(1)) for k in arrays if (m := re.match(r"blocks/(\d+)/", k))}
+    if kernel is None or fc1 is None or np.ndim(kernel) != 4 or np.ndim(fc1) != 2:
+        return  # an incomplete file: assign names what is missing
+    found = (int(kernel.shape[-1]), len(blocks), int(fc1.shape[1]), int(kernel.shape[0]))
+    wanted = (model.embedding.out_features, len(model.blocks),
+              model.blocks[0].mlp.fc1.out_features, model.patch_size)
+    variant, described = _geometry(*found)
+    if found == wanted or variant is None:
+        return  # of no size cer_jax builds: assign lists the tensors that differ
+    raise WeightImportError(
+        f"the checkpoint holds a ViT {described}, and config.model.variant={model.variant!r} "
+        f"builds {_geometry(*wanted)[1]}: set --config.model.variant={variant}."
+    )
 
 
 # ---------------------------------------------------------------------------------------------
