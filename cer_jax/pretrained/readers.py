@@ -232,17 +232,20 @@ def _read_torch(file: epath.Path, shown: str) -> dict[str, np.ndarray]:
             "Or convert it to .safetensors first."
         ) from e
     with file.open("rb") as f:
-        start = f.read(2)
-        if start[:1] != b"\x80" and start != b"PK":
-            # Neither a zip archive (torch.save since PyTorch 1.6) nor a pickle (before): an
-            # empty file, an HTML error page, ... torch's own message would suggest
+        try:
+            obj = _torch_load(torch, f, shown)
+        except (pickle.UnpicklingError, EOFError, RuntimeError):
+            f.seek(0)
+            start = f.read(16)
+            if start[:1] == b"\x80" or start[:2] == b"PK":
+                raise  # a pickle (torch.save before PyTorch 1.6) or a zip archive (since)
+            # An empty file, an HTML error page, ...: torch's own message would suggest
             # weights_only=False, which runs the file's code and cannot help.
             raise CheckpointReadError(
                 f"Cannot read checkpoint {shown!r}: not a PyTorch file ("
-                + (f"it starts with {start + f.read(14)!r}" if start else "it is empty")
-                + "; torch.save writes a zip archive or a pickle); download it again.")
-        f.seek(0)
-        obj = _torch_load(torch, f, shown)
+                + (f"it starts with {start!r}" if start else "it is empty")
+                + "; torch.save writes a zip archive or a pickle); download it again."
+            ) from None
     state = _unwrap_state_dict(obj, shown)
     out = {}
     for key, value in state.items():
