@@ -1,5 +1,7 @@
 """Weight-import core: file readers and the name/shape-checked assignment with its report."""
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -280,3 +282,20 @@ def test_assign_lists_at_most_twenty_problems_then_counts_the_rest():
     assert lines[0].startswith("other.pth does not fit this model (30 problems;")
     assert len(lines) == 1 + 20 + 1
     assert lines[-1] == "  ... and 10 more"
+
+
+def test_reader_bfloat16_safetensors_needs_no_pytorch(tmp_path, monkeypatch):
+    """README: PyTorch is needed only for .pth files; a bf16 safetensors is read with ml_dtypes."""
+    from safetensors.torch import save_file as save_torch_file
+
+    values = {"w": torch.tensor([[1.5, -2.0], [3.25, 0.0]], dtype=torch.bfloat16),
+              "b": torch.tensor([0.1, 0.2], dtype=torch.float32),
+              "n": torch.tensor(7, dtype=torch.int64)}
+    save_torch_file(values, tmp_path / "w.safetensors")
+    monkeypatch.setitem(sys.modules, "torch", None)  # as without PyTorch installed
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)
+    loaded = readers.read_checkpoint(tmp_path / "w.safetensors")
+    assert loaded["w"].dtype == np.float32
+    np.testing.assert_array_equal(loaded["w"], [[1.5, -2.0], [3.25, 0.0]])
+    np.testing.assert_array_equal(loaded["b"], np.float32([0.1, 0.2]))
+    assert loaded["n"] == 7 and loaded["n"].shape == ()

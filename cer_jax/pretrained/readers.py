@@ -2,7 +2,7 @@
 
 Every file is opened through etils epath, so a path may be local or remote (gs://...); nothing
 is downloaded from a model hub. PyTorch is imported only to unpickle `.pth` / `.pth.tar` / `.bin`
-files (and for bfloat16 safetensors); `.npz` and `.safetensors` need no PyTorch.
+files; `.npz` and `.safetensors` (bfloat16 ones too, through ml_dtypes) need no PyTorch.
 """
 
 from __future__ import annotations
@@ -212,15 +212,34 @@ def _read_safetensors(file: epath.Path, shown: str) -> dict[str, np.ndarray]:
     data = file.read_bytes()
     try:
         return {key: _as_float_array(value) for key, value in load(data).items()}
-    except (KeyError, TypeError) as e:  # bfloat16 tensors have no numpy dtype: go through PyTorch.
-        try:
-            from safetensors.torch import load as load_torch
-        except ImportError:
-            raise CheckpointReadError(
-                f"{shown!r} stores bfloat16 tensors, which need PyTorch to read: "
-                "pip install torch, or save the file in float32."
-            ) from e
-        return {k: v.float().numpy() for k, v in load_torch(data).items()}
+    except (KeyError, TypeError):  # bfloat16 tensors have no numpy dtype: read them with ml_dtypes
+        return _read_safetensors_bytes(data, shown)
+
+
+# safetensors dtype names -> little-endian numpy dtypes (bfloat16 from ml_dtypes, as jax has it).
+_SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4",
+                       "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
+
+
+def _read_safetensors_bytes(data: bytes, shown: str) -> dict[str, np.ndarray]:
+    """A safetensors file read from its header and data_offsets (the format's whole spec), for
+    dtypes numpy lacks (BF16): no PyTorch needed."""
+    import io
+
+    import ml_dtypes
+
+    names = _safetensors_keys(io.BytesIO(data), shown)
+    start = 8 + int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:start])
+    out = {}
+    for name in names:
+        entry = header[name]
+        dtype = (np.dtype(ml_dtypes.bfloat16) if entry["dtype"] == "BF16"
+                 else np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]]))
+        begin, end = entry["data_offsets"]
+        array = np.frombuffer(data[start + begin:start + end], dtype=dtype)
+        out[name] = _as_float_array(array.reshape(entry["shape"]).copy())
+    return out
 
 
 def _read_torch(file: epath.Path, shown: str) -> dict[str, np.ndarray]:
