@@ -82,7 +82,8 @@ if [[ "$dry_run" -eq 0 ]]; then
   mkdir -p "$out"
   {
     date -u
-    "$python" -c "import jax; print(jax.devices())"
+    "$python" -c "import jax; print(jax.devices()); print('JAX backend:', jax.default_backend())" \
+      || true  # the check below says so in one line
     "$python" - <<'PY'
 from importlib import metadata
 for name in ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda12-plugin", "libtpu", "flax",
@@ -96,17 +97,32 @@ PY
     nproc
     lscpu | grep 'Model name' || true
   } > "$out/machine.txt" 2>&1
+  # A JAX whose GPU / TPU backend failed to start (a CUDA / cuDNN mismatch, a missing plugin)
+  # falls back to the CPU with a warning: stop now rather than spend the run on CPU figures.
+  backend=$(sed -n 's/^JAX backend: //p' "$out/machine.txt")
+  if [[ "$backend" != gpu && "$backend" != tpu && "${JAX_PLATFORMS:-}" != cpu* ]]; then
+    echo "JAX runs on '${backend:-nothing}', not a GPU or TPU (JAX_PLATFORMS=cpu" \
+      "benchmarks the CPU on purpose): see $out/machine.txt and" \
+      "python -c 'import jax; jax.devices()'" >&2
+    exit 1
+  fi
 fi
 
 # 1. Step throughput, compile time, FLOPs, MFU, memory (recipe batch sizes: 96 / 96 / 128),
 #    the input pipeline per host core (--input) and a profile of a few steps; ~6 minutes.
 #    Stopped by its timeout, the script still goes on: bench.json holds the models finished.
 #    The two timeouts (450 + 100 s) keep the whole run under 10 minutes.
-run "$out/bench.txt" timeout 450 "$python" -m cer_jax.bench --models="$models" \
+run "$out/bench.txt" timeout -k 20 450 "$python" -m cer_jax.bench --models="$models" \
   --image_size="$image_size" "${batch_flag[@]}" --precision=bfloat16 --steps="$steps" \
   --warmup=3 "${input_flag[@]}" --profile="$out/profile" \
   --json="$out/bench.json" "${torch_flag[@]}" \
-  || echo "the benchmark stopped (status $?): the models it finished are in $out/bench.json" >&2
+  || {
+    echo "the benchmark stopped (status $?): the models it finished are in $out/bench.json" >&2
+    # Their tables and the ensemble estimate, which the stopped run did not print.
+    if [[ -f "$out/bench.json" ]]; then
+      "$python" -m cer_jax.bench.report "$out/bench.json" | tee -a "$out/bench.txt" || true
+    fi
+  }
 
 # 2. FLOPs as XLA:CPU counts them (abstract models, compile only), to cross-check the
 #    accelerator's cost analysis (custom calls such as cuDNN convolutions may count differently).

@@ -29,6 +29,7 @@ from absl import flags
 from PIL import Image, ImageDraw
 
 from cer_jax import cli, paths
+from cer_jax.data.config import SYNTHETIC_NUM_TEST_IMAGES, SYNTHETIC_NUM_TRAIN_IMAGES
 from cer_jax.errors import UserError
 from tfds_rafdb import layout
 
@@ -37,8 +38,8 @@ VERSION = 1
 JPEG_QUALITY = 92
 # Default tree size (train, test) of the CLI, the demo and config keys
 # dataset.synthetic_num_train_images / dataset.synthetic_num_test_images.
-NUM_TRAIN_IMAGES = 3000
-NUM_TEST_IMAGES = 300
+NUM_TRAIN_IMAGES = SYNTHETIC_NUM_TRAIN_IMAGES
+NUM_TEST_IMAGES = SYNTHETIC_NUM_TEST_IMAGES
 
 # The actions every emotion is made of; values are intensities in [0, 1] at full expression.
 ACTIONS = (

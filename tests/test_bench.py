@@ -3,6 +3,7 @@ PyTorch ratios. Performance figures are printed by the CLI, never asserted here.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -515,3 +516,140 @@ def test_costs_without_models_is_one_line():
     _one_line_error(_run("cer_jax.bench.costs", "--models="),
                     "--models is empty: name the models to count, e.g. "
                     "--models=vit:B/16,resnet:50,manet.")
+
+
+def test_jax_backends_start_before_pytorch_is_imported(tmp_path):
+    """`import torch` loads PyTorch's own cuDNN; a JAX backend started after it finds that
+    (older) cuDNN and falls back to the CPU (jax-ml/jax#18032): on the one lent GPU run, every
+    figure would have been a CPU figure. --compare_torch imported torch before JAX started."""
+    fake = tmp_path / "fake" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "import sys\n"
+        "from jax._src import xla_bridge\n"
+        "print(f'JAX_STARTED_BEFORE_TORCH={xla_bridge.backends_are_initialized()}', "
+        "file=sys.stderr)\n"
+        "raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(fake.parent), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-m", "cer_jax.bench", *TINY, "--compare_torch"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert "JAX_STARTED_BEFORE_TORCH=True" in proc.stderr.splitlines(), proc.stderr[-3000:]
+    _one_line_error(proc, throughput.NO_TORCH)
+
+
+def test_accelerator_script_stops_at_once_when_jax_fell_back_to_the_cpu(tmp_path):
+    """A JAX whose CUDA backend failed to start runs on the CPU with only a warning: the
+    script used to spend the one lent GPU run timing the CPU. Without JAX_PLATFORMS=cpu (a CPU
+    run on purpose), a CPU backend stops it before any benchmark."""
+    out = tmp_path / "out"
+    proc = _script("--out", str(out), *("--models", "vit:test/8", "--image_size", "32",
+                                        "--batch_size", "4", "--steps", "1", "--no-torch"),
+                   tmp_path=tmp_path, JAX_PLATFORMS="")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"JAX runs on 'cpu', not a GPU or TPU (JAX_PLATFORMS=cpu benchmarks the CPU on purpose): "
+        f"see {out}/machine.txt and python -c 'import jax; jax.devices()'")
+    assert not (out / "bench.json").exists() and (out / "machine.txt").exists()
+
+
+def _timed(spec: str, batch: int) -> dict:
+    """One model's figures as bench.json holds them (the fields the tables read)."""
+    return {"spec": spec, "batch_size": batch, "recipe_batch_size": batch, "image_size": 224,
+            "precision": "bfloat16", "compile_train_s": 40.0, "compile_eval_s": 10.0,
+            "train_step_s": batch / 3000.0, "eval_step_s": batch / 9000.0,
+            "train_images_per_s": 3000.0, "eval_images_per_s": 9000.0,
+            "train_images_per_s_pipelined": 3000.0, "eval_images_per_s_pipelined": 9000.0,
+            "train_flops_per_image": 106e9, "train_flops_per_s": 318e12, "train_mfu": 0.32,
+            "eval_mfu": 0.3, "peak_bytes_in_use": 2**34, "train_program_bytes": 2**33,
+            "train_page_faults_per_step": 0.0, "train_kernel_s_per_step": 0.0,
+            "num_epochs": 30.0}
+
+
+def test_accelerator_script_prints_the_tables_of_a_stopped_benchmark(tmp_path):
+    """A benchmark stopped by its timeout printed no table and no ensemble estimate: the
+    finished models' figures were only in bench.json. The script prints them from it, and
+    names the models that were not timed."""
+    payload = {"machine": {"backend": "gpu"}, "settings": {"models": "vit:B/16,resnet:50"},
+               "models": [_timed("vit:B/16", 96)], "ensemble": None}
+    (tmp_path / "partial.json").write_text(json.dumps(payload))
+    python = tmp_path / "python"
+    python.write_text(
+        "#!/usr/bin/env bash\n"
+        'if [ "$1 $2" = "-m cer_jax.bench" ]; then\n'
+        '  for a in "$@"; do case "$a" in --json=*) cp '
+        f'{tmp_path}/partial.json "${{a#--json=}}";; esac; done\n'
+        '  echo "stopped" >&2; exit 124\nfi\n'
+        'if [ "$1 $2" = "-m cer_jax.bench.costs" ]; then exit 0; fi\n'
+        f'exec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    out = tmp_path / "out"
+    proc = _script("--out", str(out), "--no-torch", tmp_path=tmp_path, PYTHON=str(python))
+    assert proc.returncode == 0, proc.stderr
+    text = (out / "bench.txt").read_text()
+    assert "| vit:B/16 | 96 | 224 | bfloat16 | 40.0 / 10.0 | 3000.0 | 9000.0 |" in text
+    assert "vit:B/16: 3000 img/s misses the 4000 img/s goal; dominated by: step" in text
+    assert "  (without resnet:50, not measured: the total is too low)" in text
+    assert "The input pipeline was not measured (no --input)" in text
+    assert text.rstrip().endswith("Not timed (the run stopped first): resnet:50.")
+
+
+def test_report_of_a_run_that_timed_no_model():
+    payload = {"machine": {"backend": "gpu"}, "settings": {"models": "vit:B/16,manet"},
+               "models": [], "ensemble": None}
+    assert report.summary(payload) == ("No model was timed.\n\n"
+                                       "Not timed (the run stopped first): vit:B/16, manet.")
+
+
+def test_a_failing_profiler_costs_the_trace_not_the_benchmark(tmp_path, monkeypatch):
+    """--profile runs after a model's timings; a profiler error (no CUPTI on a GPU host, a
+    trace already running) used to end the whole benchmark, losing every later model."""
+    @contextlib.contextmanager
+    def broken(log_dir):
+        raise RuntimeError("CUPTI could not be loaded")
+        yield
+
+    monkeypatch.setattr(jax.profiler, "trace", broken)
+    steps_run = []
+    error = throughput.profile(str(tmp_path), lambda: steps_run.append("train"),
+                               lambda: steps_run.append("eval"))
+    assert error == f"no profile in {tmp_path}: RuntimeError: CUPTI could not be loaded"
+    assert steps_run == []
+
+
+def test_peak_memory_is_not_an_earlier_models_peak(monkeypatch):
+    """The device's peak_bytes_in_use counts from the start of the process: ResNet-50 timed
+    after ViT-B/16 used to report ViT's peak as its own when it stayed below it."""
+    monkeypatch.setattr(throughput, "device_peak_bytes", lambda: 9 * 2**30)
+    rose = throughput.memory_figures(object(), peak_before=6 * 2**30)
+    assert (rose["peak_bytes_in_use"], rose["peak_bytes_at_most"]) == (9 * 2**30, None)
+    below = throughput.memory_figures(object(), peak_before=9 * 2**30)
+    assert (below["peak_bytes_in_use"], below["peak_bytes_at_most"]) == (None, 9 * 2**30)
+    first = throughput.memory_figures(object(), peak_before=None)
+    assert first["peak_bytes_in_use"] == 9 * 2**30
+    monkeypatch.setattr(throughput, "device_peak_bytes", lambda: None)  # CPU: no figure
+    assert throughput.memory_figures(object(), peak_before=None)["peak_bytes_in_use"] is None
+    row = _timed("resnet:50", 96) | {"peak_bytes_in_use": None, "peak_bytes_at_most": 9 * 2**30}
+    assert "| <= 9,216 |" in report.results_table([row])
+
+
+def test_the_recipes_load_without_opencv_or_pillow():
+    """A bare accelerator host (JAX, no TensorFlow) may lack OpenCV and Pillow, which only the
+    synthetic dataset draws with; loading configs/*.py imported them (through the synthetic
+    size defaults), so the step benchmark died before its first model."""
+    code = ("import sys\n"
+            "for name in ('cv2', 'PIL', 'tensorflow', 'tensorflow_datasets', 'clu'):\n"
+            "    sys.modules[name] = None\n"
+            "from cer_jax.bench import throughput\n"
+            "for spec in ('vit:B/16', 'resnet:50', 'manet'):\n"
+            "    s = throughput.resolve(spec, image_size=None, batch_size=None,\n"
+            "                           precision='bfloat16', num_classes=11)\n"
+            "    print(spec, s.batch_size, s.config.dataset.synthetic_num_train_images)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from cer_jax import synthetic
+
+    assert proc.stdout.split("\n")[:3] == [f"{spec} {batch} {synthetic.NUM_TRAIN_IMAGES}" for
+                                          spec, batch in (("vit:B/16", 96), ("resnet:50", 96),
+                                                          ("manet", 128))]

@@ -97,6 +97,10 @@ def run(argv: Sequence[str]) -> None:
         throughput.check_output_file("json", FLAGS.json)
     if FLAGS.profile:
         throughput.check_output_folder("profile", FLAGS.profile)
+    # JAX's GPU backend before PyTorch: `import torch` loads its own cuDNN, and a JAX started
+    # after it finds that (older) cuDNN, fails to start CUDA and falls back to the CPU
+    # (github.com/jax-ml/jax/issues/18032).
+    throughput.initialize_backends()
     if FLAGS.compare_torch:  # before any model: the PyTorch stack is an optional extra
         throughput.check_torch()
     if FLAGS.input:  # before any model: a bare accelerator host may lack TensorFlow
@@ -166,9 +170,8 @@ def run(argv: Sequence[str]) -> None:
               f"{r['eval_images_per_s']:.1f} img/s", file=sys.stderr, flush=True)
 
     estimate = ensemble_time.ensemble_estimate(results)
-    sections = [report.results_table(results), report.torch_table(results),
-                report.input_lines(results), report.goal_lines(results, info["backend"]),
-                report.ensemble_lines(results, estimate)]
+    sections = [report.summary({"machine": info, "settings": {"models": FLAGS.models},
+                                "models": results, "ensemble": estimate})]
     if FLAGS.profile:
         sections.append(f"Profiles: {FLAGS.profile} (tensorboard --logdir={FLAGS.profile}, "
                         "Profile tab)")

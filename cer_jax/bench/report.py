@@ -1,9 +1,20 @@
-"""The benchmark's printed tables and verdicts, from its result dicts (no flags, no JAX), so
-that tests check the wording a user reads without defining the CLI's flags."""
+r"""The benchmark's printed tables and verdicts, from its result dicts (no flags, no JAX), so
+that tests check the wording a user reads without defining the CLI's flags.
+
+    python -m cer_jax.bench.report bench.json
+
+prints them again from a benchmark's --json file, also from one whose run stopped (its timeout)
+before every model was timed: bench/accelerator.sh does so for a stopped run.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Sequence
 from typing import Any
+
+from cer_jax.bench import ensemble_time
 
 # Goals of issue 12 (one H100-class GPU, bf16, 224 px).
 GOALS = {"vit:B/16": 4000.0, "resnet:50": 5000.0}
@@ -16,6 +27,14 @@ def _fmt(x: float | None, spec: str = ".1f") -> str:
 
 def _mib(x: int | None) -> str:
     return "-" if x is None else f"{x / 2**20:,.0f}"
+
+
+def _peak(r: dict[str, Any]) -> str:
+    """This model's peak device memory, or "<= N" where it stayed below an earlier model's
+    (the device's peak counts from the start of the process)."""
+    if r["peak_bytes_in_use"] is None and r.get("peak_bytes_at_most") is not None:
+        return f"<= {_mib(r['peak_bytes_at_most'])}"
+    return _mib(r["peak_bytes_in_use"])
 
 
 def results_table(results: list[dict[str, Any]]) -> str:
@@ -33,7 +52,7 @@ def results_table(results: list[dict[str, Any]]) -> str:
             f"{r['compile_train_s']:.1f} / {r['compile_eval_s']:.1f} | "
             f"{r['train_images_per_s']:.1f} | {r['eval_images_per_s']:.1f} | "
             f"{r['train_flops_per_image'] / 1e9:.3g} | {r['train_flops_per_s'] / 1e12:.3f} | "
-            f"{mfu[0]} | {mfu[1]} | {_mib(r['peak_bytes_in_use'])} | "
+            f"{mfu[0]} | {mfu[1]} | {_peak(r)} | "
             f"{_mib(r['train_program_bytes'])} |")
     lines.append("\nimg/s: median of timed steps, each blocked until ready; pipelined (back to "
                  "back, as the trainer runs) train / eval img/s: "
@@ -83,7 +102,10 @@ def input_lines(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def ensemble_lines(results: list[dict[str, Any]], estimate: dict[str, Any]) -> str:
+def ensemble_lines(results: list[dict[str, Any]], estimate: dict[str, Any] | None,
+                   missing: Sequence[str] = ()) -> str:
+    if estimate is None:
+        return ""
     lines = ["Time to train these members on RAF-DB-sized data, full recipe (estimate from the "
              "measured rates; cer_jax.bench.ensemble_time):"]
     for spec, m in estimate["members"].items():
@@ -95,7 +117,43 @@ def ensemble_lines(results: list[dict[str, Any]], estimate: dict[str, Any]) -> s
                  f"{estimate['dominated_by']})")
     if any(r["batch_size"] != r["recipe_batch_size"] for r in results):
         lines.append("  (rates measured at --batch_size, not the recipe's batch: indicative)")
+    if missing:
+        lines.append(f"  (without {', '.join(missing)}, not measured: the total is too low)")
     return "\n".join(lines)
+
+
+def summary(payload: dict[str, Any]) -> str:
+    """Every table and verdict of a benchmark's JSON (`cer_jax.bench.main.write_json`); a run
+    stopped before its last model names the models it did not time."""
+    results = payload["models"]
+    asked = [s.strip() for s in payload["settings"]["models"].split(",") if s.strip()]
+    missing = asked[len(results):]  # the models are timed in the order given
+    estimate = payload.get("ensemble") or (
+        ensemble_time.ensemble_estimate(results) if results else None)
+    sections = [results_table(results) if results else "No model was timed.",
+                torch_table(results), input_lines(results),
+                goal_lines(results, payload["machine"]["backend"]),
+                ensemble_lines(results, estimate, missing)]
+    if results and not any("input" in r for r in results):
+        sections.append("The input pipeline was not measured (no --input): these rates and the "
+                        "ensemble estimate assume it keeps up with the step.")
+    if missing:
+        sections.append(f"Not timed (the run stopped first): {', '.join(missing)}.")
+    return "\n\n".join(s for s in sections if s)
+
+
+def main(argv: Sequence[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m cer_jax.bench.report BENCH_JSON", file=sys.stderr)
+        return 2
+    try:
+        with open(argv[1]) as f:
+            payload = json.load(f)
+    except (OSError, ValueError) as e:
+        print(f"error: {argv[1]}: {e}", file=sys.stderr)
+        return 2
+    print(summary(payload))
+    return 0
 
 
 def goal_lines(results: list[dict[str, Any]], backend: str) -> str:
@@ -117,3 +175,7 @@ def goal_lines(results: list[dict[str, Any]], backend: str) -> str:
         lines.append(f"{r['spec']}: {rate:.0f} img/s misses the {goal:.0f} img/s goal; "
                      f"dominated by: {part} (train MFU {_fmt(100 * (r['train_mfu'] or 0))} %).")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -22,6 +22,7 @@ import os
 import pathlib
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -188,18 +189,31 @@ def time_steps(step: Callable[[], Any], *, warmup: int, steps_: int,
     return result
 
 
-def memory_figures(compiled_train) -> dict[str, int | None]:
-    """Peak device memory where the backend reports it (GPU / TPU; not CPU), and what XLA
-    planned for the train program (arguments + outputs + temporaries, any backend)."""
+def device_peak_bytes() -> int | None:
+    """The device's peak bytes in use since the process started, where the backend reports it
+    (GPU / TPU; not CPU)."""
     stats = None
     with contextlib.suppress(Exception):
         stats = jax.local_devices()[0].memory_stats()
+    return (stats or {}).get("peak_bytes_in_use")
+
+
+def memory_figures(compiled_train, peak_before: int | None) -> dict[str, int | None]:
+    """Peak device memory of this model where the backend reports it, and what XLA planned for
+    the train program (arguments + outputs + temporaries, any backend).
+
+    The device's peak is the process's (JAX cannot reset it): a model that stays below an
+    earlier model's peak (`peak_before`, read before this model was built) gets no peak of its
+    own, only that bound ("peak_bytes_at_most"), not the earlier model's figure as its own."""
+    peak = device_peak_bytes()
+    own = peak if peak is not None and (peak_before is None or peak > peak_before) else None
     planned = None
     with contextlib.suppress(Exception):
         m = compiled_train.memory_analysis()
         planned = int(m.argument_size_in_bytes + m.output_size_in_bytes
                       + m.temp_size_in_bytes - m.alias_size_in_bytes)
-    return {"peak_bytes_in_use": (stats or {}).get("peak_bytes_in_use"),
+    return {"peak_bytes_in_use": own,
+            "peak_bytes_at_most": peak_before if own is None and peak is not None else None,
             "train_program_bytes": planned}
 
 
@@ -207,6 +221,7 @@ def bench_model(setup: Setup, mesh, *, steps_: int, warmup: int,
                 profile_dir: str | None = None, reference=None) -> dict[str, Any]:
     """Every device figure of one model (see the module docstring). `reference`: the PyTorch
     reference's steps (`torch_ref.ReferenceSteps`), timed interleaved with ours."""
+    peak_before = device_peak_bytes()
     train_fn, eval_fn, state, info = build(setup, mesh)
     b, s, k = setup.batch_size, setup.image_size, setup.num_classes
     batch = synthetic_batch(mesh, b, s, k)
@@ -227,8 +242,7 @@ def bench_model(setup: Setup, mesh, *, steps_: int, warmup: int,
                          reference=reference and reference.train_step)
     eval_t = time_steps(eval_once, warmup=warmup, steps_=steps_,
                         reference=reference and reference.eval_step)
-    if profile_dir:
-        profile(profile_dir, train_once, eval_once)
+    profile_error = profile(profile_dir, train_once, eval_once) if profile_dir else None
 
     devices = jax.device_count()
     # The compiled programs are per device (SPMD): scale to the global batch.
@@ -246,8 +260,10 @@ def bench_model(setup: Setup, mesh, *, steps_: int, warmup: int,
         **{f"{part}_{key}": t[key] for part, t in (("train", train_t), ("eval", eval_t))
            for key in ("page_faults_per_step", "kernel_s_per_step")},
         "train_flops_per_image": train_flops, "eval_flops_per_image": eval_flops,
-        **memory_figures(train_c),
+        **memory_figures(train_c, peak_before),
     }
+    if profile_error:
+        result["profile_error"] = profile_error
     if reference is not None:
         result["torch"] = {
             "framework": reference.framework, "params": reference.params,
@@ -265,14 +281,22 @@ def bench_model(setup: Setup, mesh, *, steps_: int, warmup: int,
     return result
 
 
-def profile(log_dir: str, train_once, eval_once, *, num_steps: int = 3) -> None:
-    """A jax.profiler trace of a few train steps and one eval step (TensorBoard: Profile tab)."""
-    with jax.profiler.trace(log_dir):
-        for i in range(num_steps):
-            with jax.profiler.StepTraceAnnotation("train", step_num=i):
-                jax.block_until_ready(train_once())
-        with jax.profiler.StepTraceAnnotation("eval", step_num=num_steps):
-            jax.block_until_ready(eval_once())
+def profile(log_dir: str, train_once, eval_once, *, num_steps: int = 3) -> str | None:
+    """A jax.profiler trace of a few train steps and one eval step (TensorBoard: Profile tab).
+    A profiler that fails (no CUPTI, a trace already running) costs the trace only, not the
+    figures measured: returns its error, and the benchmark goes on."""
+    try:
+        with jax.profiler.trace(log_dir):
+            for i in range(num_steps):
+                with jax.profiler.StepTraceAnnotation("train", step_num=i):
+                    jax.block_until_ready(train_once())
+            with jax.profiler.StepTraceAnnotation("eval", step_num=num_steps):
+                jax.block_until_ready(eval_once())
+    except Exception as e:  # noqa: BLE001 (any profiler failure: the figures matter more)
+        message = f"no profile in {log_dir}: {type(e).__name__}: {e}"
+        print(message, file=sys.stderr, flush=True)
+        return message
+    return None
 
 
 # What the benchmark CLIs check before any timing, so that a missing package or a bad output
@@ -280,6 +304,12 @@ def profile(log_dir: str, train_once, eval_once, *, num_steps: int = 3) -> None:
 
 NO_TORCH = ("--compare_torch needs PyTorch (and transformers for ViT / ResNet): "
             "pip install -e '.[test]', or drop --compare_torch.")
+
+
+def initialize_backends() -> None:
+    """Starts JAX's backends (GPU / TPU / CPU) now; --compare_torch must not import PyTorch
+    before this (`cer_jax.bench.main`)."""
+    jax.devices()
 
 
 def check_torch(model_names: Iterable[str] = ()) -> None:
