@@ -23,13 +23,17 @@ import dataclasses
 import pathlib
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 from absl import flags
-from PIL import Image, ImageDraw
+from etils import epy
+
+# Imported on first use: loading a config (cer_jax.data.config reads this module's defaults)
+# must not need OpenCV or Pillow, which a bare accelerator host running the benchmark lacks.
+with epy.lazy_imports():
+    import cv2
+    from PIL import Image, ImageDraw
 
 from cer_jax import cli, paths
-from cer_jax.data.config import SYNTHETIC_NUM_TEST_IMAGES, SYNTHETIC_NUM_TRAIN_IMAGES
 from cer_jax.errors import UserError
 from tfds_rafdb import layout
 
@@ -38,8 +42,8 @@ VERSION = 1
 JPEG_QUALITY = 92
 # Default tree size (train, test) of the CLI, the demo and config keys
 # dataset.synthetic_num_train_images / dataset.synthetic_num_test_images.
-NUM_TRAIN_IMAGES = SYNTHETIC_NUM_TRAIN_IMAGES
-NUM_TEST_IMAGES = SYNTHETIC_NUM_TEST_IMAGES
+NUM_TRAIN_IMAGES = 3000
+NUM_TEST_IMAGES = 300
 
 # The actions every emotion is made of; values are intensities in [0, 1] at full expression.
 ACTIONS = (

@@ -15,8 +15,10 @@ import io
 import re
 
 import numpy as np
-from etils import epath
-from PIL import Image
+from etils import epath, epy
+
+with epy.lazy_imports():  # on first use: cer_jax's configs read this module without Pillow
+    from PIL import Image
 
 # Class names in RAF-DB's label-id order: label id i (1-based) is TREE_CLASSES[tree][i - 1].
 COMPOUND_CLASSES = (

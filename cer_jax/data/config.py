@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import ml_collections
 
-# The built-in synthetic RAF-DB's default size (cer_jax.synthetic draws it). Defined here, not
-# imported from there: cer_jax.synthetic imports OpenCV and Pillow, which loading a config must
-# not need (the step benchmark on a bare accelerator host loads configs/*.py without them).
-SYNTHETIC_NUM_TRAIN_IMAGES = 3000
-SYNTHETIC_NUM_TEST_IMAGES = 300
+from cer_jax import synthetic
 
 
 def dataset_defaults() -> ml_collections.ConfigDict:
@@ -32,8 +28,8 @@ def dataset_defaults() -> ml_collections.ConfigDict:
     # True: draw the built-in synthetic RAF-DB tree into cache_dir on first use and build its
     # TFDS dataset there too (data_dir and manual_dir are then ignored). For smoke runs / CI.
     c.synthetic = False
-    c.synthetic_num_train_images = SYNTHETIC_NUM_TRAIN_IMAGES
-    c.synthetic_num_test_images = SYNTHETIC_NUM_TEST_IMAGES
+    c.synthetic_num_train_images = synthetic.NUM_TRAIN_IMAGES
+    c.synthetic_num_test_images = synthetic.NUM_TEST_IMAGES
     c.synthetic_seed = 0
     # Where synthetic trees and their TFDS builds live.
     c.cache_dir = "~/.cache/cer_jax"
