@@ -160,11 +160,26 @@ torch_weights_vars() {
   [ "$SMOKE" = 1 ] && return 0
   local name vars=""
   for name in $MEMBERS; do
-    case "$(member_weights "$name")" in
-      *.pth | *.tar | *.pt | *.bin) vars="$vars${vars:+ }$(weights_var "$name")" ;;
-    esac
+    if needs_torch "$(member_weights "$name")"; then
+      vars="$vars${vars:+ }$(weights_var "$name")"
+    fi
   done
   printf '%s' "$vars"
+}
+
+# Whether weights PATH are read by unpickling (PyTorch): a .pth / .tar / .pt / .bin file, or a
+# local folder the trainer reads one of them from (a Hugging Face snapshot of an older model
+# holds pytorch_model.bin and no model.safetensors, which the trainer would prefer).
+needs_torch() {
+  local file
+  case "$1" in
+    *.pth | *.tar | *.pt | *.bin) return 0 ;;
+  esac
+  [ -d "$1" ] && [ ! -e "$1/model.safetensors" ] || return 1
+  for file in "$1"/*.pth "$1"/*.tar "$1"/*.pt "$1"/*.bin; do
+    [ -f "$file" ] && return 0
+  done
+  return 1
 }
 
 # Stops before the first training when a member's weights are a PyTorch file and the Python

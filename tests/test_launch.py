@@ -472,6 +472,19 @@ def test_pytorch_weights_are_checked_before_the_first_training(env, weights, tmp
     assert dry_run("gpu.sh", "ensemble", "runs", env=env, SMOKE="1", **weights)[0][4] == (
         "cer_jax.train")  # the smoke configs read no weights
 
+    # A Hugging Face snapshot folder of an older model: pytorch_model.bin, no model.safetensors
+    # (the trainer reads the .bin, unpickled by PyTorch); with model.safetensors beside it, not.
+    snapshot = tmp_path / "vit snapshot"
+    snapshot.mkdir()
+    (snapshot / "config.json").write_text("{}")
+    (snapshot / "pytorch_model.bin").write_bytes(b"x")
+    folder_weights = {**safetensors_only, "VIT_WEIGHTS": str(snapshot)}
+    check = dry_run("gpu.sh", "ensemble", "runs", env=env, **folder_weights)[0][3:]
+    assert "error: VIT_WEIGHTS: PyTorch weights" in check[1]
+    (snapshot / "model.safetensors").write_bytes(b"x")
+    assert dry_run("gpu.sh", "ensemble", "runs", env=env, **folder_weights)[0][4] == (
+        "cer_jax.train")
+
     check = dry_run("gpu.sh", "ensemble", "runs", env=env, **weights)[0][3:]
     no_torch = tmp_path / "no_torch"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(no_torch)], check=True)
