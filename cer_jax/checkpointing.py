@@ -120,8 +120,11 @@ _IDENTITY_KEYS = ("member", "model", "dataset.name", "dataset.folder", "dataset.
 # and the order it skips to (the seed's shuffles, the shuffle buffer, class-balanced sampling).
 # With another value the resumed epoch would repeat some examples and miss others. Compared
 # when the workdir recorded them (a workdir from before a key existed resumes as it did).
+# input.seed is recorded resolved (None = seed); `seed` is compared only in a workdir from
+# before input.seed, where it was the data order's seed (else it only initialised the model,
+# which a resume restores).
 _DATA_ORDER_KEYS = ("training.global_batch_size", "input.num_data_shards", "seed",
-                    "input.shuffle_buffer", "input.balance")
+                    "input.seed", "input.shuffle_buffer", "input.balance")
 
 
 _ABSENT = object()
@@ -179,6 +182,8 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
         # Not recorded (an older workdir), or a shard count recorded as None ("auto"): the
         # trainer resumes with the count it finds there, so there is nothing to compare.
         if node is _ABSENT or (node is None and key == "input.num_data_shards"):
+            continue
+        if key == "seed" and recorded.get("input", {}).get("seed") is not None:
             continue
         saved[key], wanted[key] = node, _flat(config, (key,))[key]
     differing = [

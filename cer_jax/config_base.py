@@ -19,6 +19,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     # The member's name: the demo's --models value, the workdir folder and the fusion report all
     # use it (configs/<member>.py sets it to its own file name).
     config.member = "vit"
+    # Initialises the model (and its dropout); also the data order and augmentations unless
+    # input.seed is set, so that either can vary alone.
     config.seed = 0
 
     # model.name picks the registry entry (cer_jax.models); every other key is passed to the

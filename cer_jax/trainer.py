@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from typing import Any
 
 import jax
@@ -252,14 +253,43 @@ def train_metrics(sums: dict[str, float], learning_rate: float,
     return metrics
 
 
+def eval_tag_prefix(split: str) -> str:
+    """The TensorBoard prefix of a split's evaluation: its name, but `eval_train` for a split
+    named train, whose `train/loss` and `train/accuracy` would land on the training steps'."""
+    return "eval_train" if split == "train" else split
+
+
 def write_eval(writer: Any, step: int, split: str, scores: dict[str, Any], info: Any) -> None:
-    scalars = {f"{split}/{k}": scores[k] for k in ("loss", "accuracy", "macro_f1")}
-    scalars.update({f"{split}/f1/{name}": f for name, f in scores["per_class_f1"].items()})
+    prefix = eval_tag_prefix(split)
+    scalars = {f"{prefix}/{k}": scores[k] for k in ("loss", "accuracy", "macro_f1")}
+    scalars.update({f"{prefix}/f1/{name}": f for name, f in scores["per_class_f1"].items()})
     writer.write_scalars(step, scalars)
     image = confusion_matrix_image(
         np.asarray(scores["confusion_matrix"]), info.class_names, f"{split} @ step {step}"
     )
-    writer.write_images(step, {f"{split}/confusion_matrix": image[None]})
+    writer.write_images(step, {f"{prefix}/confusion_matrix": image[None]})
+
+
+class Throughput:
+    """Training steps/s and images/s between log points, not counting the evaluations and
+    saves in between (CLU's ReportProgress counts them: its steps/s fell after every one)."""
+
+    def __init__(self, global_batch_size: int) -> None:
+        self._batch = global_batch_size
+        self._step: int | None = None
+        self._since = 0.0
+
+    def resume(self, step: int) -> None:
+        """Training (re)starts after `step`: the clock runs from now."""
+        self._step, self._since = step, time.monotonic()
+
+    def rates(self, step: int) -> dict[str, float]:
+        """The rates since `resume`, to write at `step` (after a host sync); {} if none."""
+        elapsed = time.monotonic() - self._since
+        if self._step is None or step <= self._step or elapsed <= 0:
+            return {}
+        steps_per_sec = (step - self._step) / elapsed
+        return {"steps_per_sec": steps_per_sec, "images_per_sec": steps_per_sec * self._batch}
 
 
 def _is_boundary(step: int, every: int | None) -> bool:
@@ -298,6 +328,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
         warm_start.resolve_model_settings(config)
     train_state.check_model(config)  # before the data: a bad model setting needs no dataset
     resolve_data_shards(config, workdir)  # first: an unset shard count takes the resumed run's
+    if config.input.get("seed") is None:  # recorded in config.json as the data order's seed
+        config.input.seed = config.seed
     checkpointing.check_same_run(config, workdir)
     info = pipeline.get_dataset_info(config)
     splits = list(dict.fromkeys(
@@ -369,20 +401,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     eval_fn = steps.jit_eval_step(graphdef, mesh, num_classes=info.num_classes)
     host_batches = pipeline.train_iterator(
-        config, info, global_batch_size=config.training.global_batch_size, seed=config.seed,
-        start_step=start_step,
+        config, info, global_batch_size=config.training.global_batch_size,
+        seed=config.input.seed, start_step=start_step,
     )
     batches = sharding.prefetch_to_mesh(host_batches, mesh)
-    # The one throughput / ETA series: CLU's (steps_per_sec in TensorBoard, ETA in the log).
+    # CLU's progress and ETA in the log; the throughput written is Throughput's (training only).
     report = periodic_actions.ReportProgress(
-        num_train_steps=total_steps, writer=writer, every_steps=log_every
+        num_train_steps=total_steps, writer=None, every_steps=log_every
     )
+    throughput = Throughput(config.training.global_batch_size)
     halt = config.training.get("halt_after_steps")
     result: dict[str, Any] = {"stopped": None, "train": {}, "eval": {}}
     best_value = ckpts.best_value()
+    best_at = ckpts.best.latest_step()
 
     def evaluate_and_keep_best(step: int) -> None:
-        nonlocal best_value
+        nonlocal best_value, best_at
         for split in config.dataset.eval_splits:
             with report.timed(f"eval_{split}"):
                 scores = evaluate.scores(evaluate.predict_split(
@@ -393,8 +427,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                          scores["accuracy"], scores["macro_f1"], scores["loss"])
         best = result["eval"][config.checkpoint.best_split]["macro_f1"]
         if best > best_value:
-            best_value = best
+            best_value, best_at = best, step
             ckpts.save_best(step, state, {checkpointing.BEST_METRIC: best})
+        logging.info("step %d: %s %s macro F1 %.4f at step %s (checkpoint.best_split: it "
+                     "chooses best/ and the export).", step,
+                     "new best" if best_at == step else "best so far",
+                     config.checkpoint.best_split, best_value, best_at)
 
     accumulated = None
     last_checked = last_saved = start_step
@@ -411,6 +449,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 state, metrics = train_fn(state, next(batches))
                 accumulated = steps.add_metrics(accumulated, metrics)
                 step += 1
+                if step == start_step + 1:  # after the compilation
+                    throughput.resume(step)
                 is_eval = _is_boundary(step, eval_every) or step == total_steps
                 is_log = _is_boundary(step, log_every) or is_eval or step == total_steps
                 if not (is_log or _is_boundary(step, ckpt_every) or step == halt):
@@ -427,7 +467,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 last_checked, accumulated = step, None
                 result["train"] = train_metrics(sums, schedule(step - 1),
                                                 config.optimizer.head_lr_multiplier)
-                writer.write_scalars(step, result["train"])
+                writer.write_scalars(step, {**result["train"], **throughput.rates(step)})
                 report(step)
                 # A preempted host has seconds left: it saves at once and the resumed run
                 # evaluates this step first.
@@ -437,6 +477,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     ckpts.save_latest(step, state, evaluation_pending=is_eval and preempted)
                     last_saved = step
                 writer.flush()
+                throughput.resume(step)
                 if stop:
                     result["stopped"] = stop_reason or "halted"
                     logging.warning("Stopped at step %d (%s); run again to resume.", step,

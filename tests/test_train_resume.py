@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -77,11 +78,13 @@ def test_a_halt_between_log_points_stops_at_its_step(tmp_path, synthetic_cache_d
     assert saved_steps(workdir) == [3]
 
 
-@pytest.mark.parametrize(("key", "value", "there"), [
-    ("training.global_batch_size", 8, 16), ("input.num_data_shards", 2, 1), ("seed", 1, 0),
-    ("input.shuffle_buffer", 4, None), ("input.balance", "sampling", "none")])
+@pytest.mark.parametrize(("key", "value", "there", "named"), [
+    ("training.global_batch_size", 8, 16, None), ("input.num_data_shards", 2, 1, None),
+    ("input.seed", 1, 0, None), ("seed", 1, 0, "input.seed"),  # input.seed=None follows seed
+    ("input.shuffle_buffer", 4, None, None), ("input.balance", "sampling", "none", None)])
 def test_resuming_with_another_data_order_is_refused(halted_workdir, tmp_path,
-                                                     synthetic_cache_dir, key, value, there):
+                                                     synthetic_cache_dir, key, value, there,
+                                                     named):
     """The stream resumes at step x batch over the shards of the same shuffles: another batch
     or shard count, seed, shuffle buffer or class balancing would skip or repeat examples, not
     go on with the same order."""
@@ -90,10 +93,41 @@ def test_resuming_with_another_data_order_is_refused(halted_workdir, tmp_path,
     with pytest.raises(UserError) as e:
         trainer.train_and_evaluate(tiny_config(synthetic_cache_dir, **{key: value}), str(workdir))
     assert str(e.value) == (
-        f"--workdir={workdir} holds checkpoints of another run ({key}={there!r} there, {value!r} "
+        f"--workdir={workdir} holds checkpoints of another run ({named or key}={there!r} there, "
+        f"{value!r} "
         "here). Resume with the settings it was trained with, use a new --workdir, or delete "
         "this one to start over.")
     assert saved_steps(workdir) == [4]
+
+
+def test_input_seed_varies_the_data_order_alone_and_seed_the_initialisation(
+        tmp_path, synthetic_cache_dir, monkeypatch):
+    """`seed` initialises the model and, unless input.seed is set, seeds the data order too;
+    input.seed varies the data order (and augmentations) with the same initialisation."""
+    seen = []
+    create_model = trainer.train_state.create_model
+
+    def recording_create_model(config, num_classes, seed):
+        seen.append(seed)
+        return create_model(config, num_classes, seed=seed)
+
+    class Stop(Exception):
+        pass
+
+    def recording_iterator(config, info, *, seed, **kwargs):
+        seen.append(seed)
+        raise Stop
+
+    monkeypatch.setattr(trainer.train_state, "create_model", recording_create_model)
+    monkeypatch.setattr(trainer.pipeline, "train_iterator", recording_iterator)
+    for overrides, wanted in [({"seed": 3}, [3, 3]), ({"seed": 3, "input.seed": 7}, [3, 7])]:
+        seen.clear()
+        workdir = tmp_path / str(len(overrides))
+        with pytest.raises(Stop):
+            trainer.train_and_evaluate(tiny_config(synthetic_cache_dir, **overrides), str(workdir))
+        assert seen == wanted, overrides
+        with open(workdir / "config.json") as f:  # the data order's seed, resolved
+            assert json.load(f)["input"]["seed"] == wanted[1]
 
 
 def test_a_workdir_without_checkpoints_starts_anew_with_any_config(halted_workdir, tmp_path,
@@ -513,3 +547,65 @@ def test_a_halt_at_the_last_step_finishes_the_run_with_one_compiled_eval_step(
     assert result["stopped"] is None and result["step"] == TOTAL_STEPS
     assert os.path.isfile(tmp_path / "run" / "export" / "export.json")
     assert len(built) == 1
+
+
+def _scalar_series(workdir) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...]} of every scalar in a workdir's TensorBoard events."""
+    import glob
+
+    import tensorflow as tf
+    from tensorboard.backend.event_processing import event_accumulator
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
+        events = event_accumulator.EventAccumulator(path, size_guidance={"tensors": 0})
+        events.Reload()
+        for tag in events.Tags()["tensors"]:
+            for event in events.Tensors(tag):
+                value = tf.make_ndarray(event.tensor_proto)
+                if value.ndim == 0 and value.dtype.kind == "f":
+                    series.setdefault(tag, []).append((event.step, float(value)))
+    return series
+
+
+def test_a_run_reports_training_throughput_its_best_step_and_its_seeds(
+        tmp_path, synthetic_cache_dir, monkeypatch, caplog):
+    """steps_per_sec (and images_per_sec) measure the training steps: CLU's figure counted the
+    evaluations and saves since the last log point, and fell after each. A fake clock: a
+    training step takes 1 s, an evaluation of a split 1000 s. The export records the seeds."""
+    now = [0.0]
+    clock = type("Clock", (), {"monotonic": lambda: now[0]})
+    monkeypatch.setattr(trainer, "time", clock, raising=False)
+    jit_train_step, predict_split = steps.jit_train_step, evaluate.predict_split
+
+    def slow_train_step(*args, **kwargs):
+        train_fn = jit_train_step(*args, **kwargs)
+
+        def timed(*a):
+            now[0] += 1.0
+            return train_fn(*a)
+        return timed
+
+    def slow_predict_split(*args, **kwargs):
+        now[0] += 1000.0
+        return predict_split(*args, **kwargs)
+
+    monkeypatch.setattr(steps, "jit_train_step", slow_train_step)
+    monkeypatch.setattr(evaluate, "predict_split", slow_predict_split)
+    config = tiny_config(synthetic_cache_dir, **{"seed": 2, "input.seed": 5})
+    caplog.set_level("INFO")
+    trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    series = _scalar_series(tmp_path / "run")
+    log_steps = list(range(2, TOTAL_STEPS + 1, 2))
+    assert series["steps_per_sec"] == [(step, 1.0) for step in log_steps]
+    assert series["images_per_sec"] == [(step, 16.0) for step in log_steps]
+    # Each evaluation says which split chooses best/ and its best macro F1 so far, and where.
+    for step in (4, TOTAL_STEPS):
+        best = [r.getMessage() for r in caplog.records
+                if r.getMessage().startswith(f"step {step}: ") and "validation macro F1" in
+                r.getMessage()]
+        assert len(best) == 1 and "(checkpoint.best_split: it chooses best/" in best[0], best
+    last = checkpointing.best_step(str(tmp_path / "run"))
+    assert f"at step {last} " in best[0]
+    manifest = export.read_manifest(str(tmp_path / "run"))
+    assert (manifest["seed"], manifest["data_seed"]) == (2, 5)

@@ -67,6 +67,9 @@ def input_defaults() -> ml_collections.ConfigDict:
     # resumes exactly on any process count that divides it. None = one shard per process
     # (recorded in the workdir's config.json at the first start and kept on resume).
     c.num_data_shards = ml_collections.FieldReference(None, field_type=int)
+    # Seed of the training data order and augmentations; None = the config's `seed`, which
+    # also initialises the model: set this to vary one and keep the other.
+    c.seed = ml_collections.FieldReference(None, field_type=int)
     # True: keep the decoded (uint8, original size) images of the host's shards in memory.
     c.cache = True
     # Shuffle buffer of the training stream; None = the whole host shard (an exact per-epoch
