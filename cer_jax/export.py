@@ -89,6 +89,11 @@ def write_export(
         "train_split": config.dataset.train_split,
         "class_names": list(info.class_names),
         "step": int(step),
+        # What a paper table needs to retrain this member: the seeds of its initialisation and
+        # of its data order (input.seed; None in a config.json from before it = seed).
+        "seed": config.get("seed"),
+        "data_seed": (config.get("seed") if config.input.get("seed") is None
+                      else config.input.seed),
         "splits": {},
         "metrics": {},
     }

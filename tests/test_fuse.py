@@ -43,7 +43,7 @@ def make_outputs(quality: float, seed: int, shuffle: bool = True) -> dict[str, d
 
 
 def write_export(workdir: str, model: str, outputs: dict, class_names=CLASSES,
-                 train_split: str = "train_fit") -> str:
+                 train_split: str = "train_fit", **recorded) -> str:
     """A workdir holding only export/, exactly in the trainer's export format."""
     export = os.path.join(workdir, "export")
     os.makedirs(export)
@@ -66,6 +66,7 @@ def write_export(workdir: str, model: str, outputs: dict, class_names=CLASSES,
             }
             for split, a in outputs.items() if split != train_split
         },
+        **recorded,
     }
     with open(os.path.join(export, "export.json"), "w") as f:
         json.dump(info, f)
@@ -198,6 +199,24 @@ def tensorboard_summaries(path: str) -> dict[str, dict]:
             else:
                 raise AssertionError(f"unexpected {plugin!r} summary {value.tag}")
     return found
+
+
+def test_the_report_records_each_members_seeds(tmp_path):
+    """A paper table's members can be retrained: each one's initialisation and data order
+    seeds (from its export.json; '?' for an export from before they were recorded)."""
+    workdirs = [
+        write_export(str(tmp_path / "vit"), "vit", make_outputs(0.8, 0), seed=3, data_seed=7),
+        write_export(str(tmp_path / "manet"), "manet", make_outputs(0.7, 1)),
+    ]
+    out = tmp_path / "fusion"
+    report = evaluator.fuse(fusion_config(workdirs, out, strategies="uniform_probabilities",
+                                          ablation=False))
+    assert [(m["seed"], m["data_seed"]) for m in report["members"]] == [(3, 7), (None, None)]
+    with open(out / "report.json") as f:
+        assert [m["seed"] for m in json.load(f)["members"]] == [3, None]
+    markdown = (out / "report.md").read_text()
+    assert f"| vit | 7 | 3 | 7 | {workdirs[0]} |" in markdown
+    assert f"| manet | 7 | ? | ? | {workdirs[1]} |" in markdown
 
 
 def test_importing_fusion_leaves_matplotlib_alone():

@@ -24,3 +24,36 @@ def test_classification_metrics_rejects_mismatched_inputs():
         metrics.classification_metrics(np.zeros(3), np.zeros(4), 2)
     with pytest.raises(ValueError, match="no examples"):
         metrics.classification_metrics(np.zeros(0), np.zeros(0), 2)
+
+
+class _RecordingWriter:
+    def __init__(self):
+        self.tags: list[tuple[int, str]] = []
+
+    def write_scalars(self, step, scalars):
+        self.tags += [(step, tag) for tag in scalars]
+
+    def write_images(self, step, images):
+        self.tags += [(step, tag) for tag in images]
+
+
+def test_an_evaluation_of_the_train_split_keeps_off_the_training_curves():
+    """Training writes train/loss and train/accuracy at its log steps; an evaluation of a split
+    named train at the same step wrote the same tags, two values at one step."""
+    from types import SimpleNamespace
+
+    from cer_jax import trainer
+
+    scores = metrics.classification_metrics(np.array([0, 1, 1]), np.array([0, 1, 0]), 2,
+                                            ["a", "b"])
+    scores["loss"] = 0.5
+    info = SimpleNamespace(class_names=["a", "b"])
+    writer = _RecordingWriter()
+    for split in ("validation", "train"):
+        trainer.write_eval(writer, 4, split, scores, info)
+    tags = [tag for _, tag in writer.tags]
+    assert len(tags) == len(set(tags))
+    assert not set(tags) & set(trainer.train_metrics(
+        {"loss_sum": 1.0, "count": 1, "correct": 1, "grad_norm_sum": 1.0, "steps": 1}, 0.1, 10.0))
+    assert {"validation/macro_f1", "validation/confusion_matrix", "eval_train/accuracy",
+            "eval_train/f1/b"} <= set(tags)

@@ -268,6 +268,8 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
             "workdir": member.workdir,
             "model": member.info.get("model"),
             "step": member.info.get("step"),
+            "seed": member.info.get("seed"),  # None: an export from before seeds were recorded
+            "data_seed": member.info.get("data_seed"),
             "metrics": scores({s: data[s].logits[index] for s in eval_splits}),
         })
         logging.info("member %s: %s", member.name, _headline(member_rows[-1]["metrics"]))

@@ -43,6 +43,11 @@ def _systems(report: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     return rows
 
 
+def _unknown(value: Any) -> str:
+    """A value that an older export did not record is '?'."""
+    return "?" if value is None else str(value)
+
+
 def _rounded(value: Any) -> Any:
     """Floats to 4 decimals, for reading (report.json keeps them exact)."""
     if isinstance(value, float):
@@ -121,8 +126,9 @@ def sections(report: dict[str, Any]) -> list[tuple[str, str, str]]:
             "members",
             "Members",
             _table(
-                ["name", "best step", "workdir"],
-                [[m["name"], str(m["step"]), m["workdir"]] for m in report["members"]],
+                ["name", "best step", "seed", "data seed", "workdir"],
+                [[m["name"], str(m["step"]), _unknown(m.get("seed")),
+                  _unknown(m.get("data_seed")), m["workdir"]] for m in report["members"]],
             ),
         ),
     ]
