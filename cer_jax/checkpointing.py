@@ -74,9 +74,8 @@ def workdir_path(workdir: str | os.PathLike[str], *parts: str) -> epath.Path:
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     if jax.process_index() == 0:
         workdir_path(workdir).mkdir(parents=True, exist_ok=True)
-        tmp = workdir_path(workdir, CONFIG_FILE + ".tmp")
-        tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
-        tmp.replace(workdir_path(workdir, CONFIG_FILE))
+        paths.write_text_atomically(workdir_path(workdir, CONFIG_FILE),
+                                    config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

@@ -52,6 +52,19 @@ def same_place(path: str) -> str:
     return os.path.realpath(os.path.expanduser(path))
 
 
+def write_text_atomically(target: epath.Path, text: str) -> None:
+    """Writes `text` beside `target` and renames it into place (local or gs://): the file is
+    whole at any time, the earlier one or this; a write cut short (a Ctrl-C included) leaves
+    the earlier file and no scratch file."""
+    staged = target.parent / f".{target.name}.tmp"
+    try:
+        staged.write_text(text)
+        staged.replace(target)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+
+
 def replace_folder(finished: epath.Path, target: epath.Path) -> None:
     """Moves the whole folder `finished` to `target`, removing the folder that was there.
 

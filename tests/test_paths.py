@@ -6,12 +6,13 @@ import json
 import os
 import signal
 
+import ml_collections
 import numpy as np
 import pytest
 from etils import epath
 from test_ensemble import build_tiny_ensemble
 
-from cer_jax import ensemble, export, paths
+from cer_jax import checkpointing, ensemble, export, paths
 
 
 @pytest.fixture
@@ -118,3 +119,22 @@ def test_an_ignored_signal_stays_ignored(tmp_path):
     finally:
         signal.signal(signal.SIGINT, previous)
     assert os.listdir(tmp_path) == ["out"]
+
+
+def test_a_config_json_write_cut_short_keeps_the_earlier_file_and_no_scratch(tmp_path,
+                                                                           monkeypatch):
+    """A workdir's config.json is rewritten by every run there: a write cut short (Ctrl-C)
+    leaves the earlier whole file, and no config.json.tmp beside it."""
+    checkpointing.save_config(ml_collections.ConfigDict({"run": 1}), str(tmp_path))
+    path_type = type(epath.Path(tmp_path))
+    write_text = path_type.write_text
+
+    def cut_short(self, text, *args, **kwargs):
+        write_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(path_type, "write_text", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        checkpointing.save_config(ml_collections.ConfigDict({"run": 2}), str(tmp_path))
+    assert json.loads((tmp_path / checkpointing.CONFIG_FILE).read_text()) == {"run": 1}
+    assert [p.name for p in tmp_path.iterdir()] == [checkpointing.CONFIG_FILE]

@@ -371,11 +371,4 @@ def write_json(path: str, payload: Any) -> None:
     local folder named `gs:`. Atomic: the file is whole (the earlier one, or this) at any time."""
     target = epath.Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside and renamed into place: a run cut short leaves the last whole file.
-    staged = target.parent / f".{target.name}.tmp"
-    try:
-        staged.write_text(json.dumps(payload, indent=1) + "\n")
-        staged.replace(target)
-    except BaseException:  # a Ctrl-C while writing included
-        staged.unlink(missing_ok=True)
-        raise
+    paths.write_text_atomically(target, json.dumps(payload, indent=1) + "\n")
