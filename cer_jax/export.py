@@ -182,7 +182,8 @@ def load_export(workdir: str) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
     for split, name in manifest["splits"].items():
         path = directory / name
         if not path.exists():
-            raise ExportError(f"{path} (split {split!r} of the export) is missing: re-export.")
+            raise ExportError(f"{path} (split {split!r} of the export) is missing: "
+                              f"{_REEXPORT.format(workdir=workdir)}")
         try:
             with np.load(io.BytesIO(path.read_bytes())) as data:
                 arrays[split] = {key: data[key] for key in ARRAYS if key in data}
@@ -192,7 +193,8 @@ def load_export(workdir: str) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
                               f"{_REEXPORT.format(workdir=workdir)}") from e
         missing = [key for key in ARRAYS if key not in arrays[split]]
         if missing:
-            raise ExportError(f"{path} lacks arrays {missing}: re-export.")
+            raise ExportError(f"{path} (split {split!r} of the export) lacks arrays {missing}: "
+                              f"{_REEXPORT.format(workdir=workdir)}")
     return manifest, arrays
 
 

@@ -552,13 +552,24 @@ def test_a_one_example_selection_split_is_one_line(tmp_path):
         "validation split, or choose on another (--select_on).")
 
 
-@pytest.mark.parametrize("damaged", ["export.json", "test.npz"])
-def test_a_cut_short_export_is_one_line(tmp_path, damaged):
-    """An export copied from another machine and cut short. Before: JSONDecodeError /
-    BadZipFile tracebacks."""
+@pytest.mark.parametrize(("damaged", "damage"), [
+    ("export.json", "cut short"), ("test.npz", "cut short"), ("test.npz", "removed"),
+    ("test.npz", "without labels")])
+def test_a_cut_short_or_incomplete_export_is_one_line_naming_the_fix(tmp_path, damaged, damage):
+    """An export copied from another machine and cut short, or short of a file or an array.
+    Before: JSONDecodeError / BadZipFile tracebacks; a missing file or array said only
+    're-export.'"""
     a = write_export(str(tmp_path / "a"), "vit", make_outputs(2.0, 1))
     file = tmp_path / "a" / "export" / damaged
-    file.write_bytes(file.read_bytes()[:40])
+    if damage == "cut short":
+        file.write_bytes(file.read_bytes()[:40])
+    elif damage == "removed":
+        file.unlink()
+    else:
+        with np.load(file) as data:
+            kept = {key: data[key] for key in data if key != "labels"}
+        with open(file, "wb") as f:
+            np.savez(f, **kept)
     with pytest.raises(ValueError) as e:
         evaluator.fuse(fusion_config([a], tmp_path / "out"))
     assert type(e.value).__name__ == "ExportError"
