@@ -146,7 +146,7 @@ def test_hf_resnet_config_json_of_another_network_on_gs_is_an_error(bucket, sour
 
 
 # ---------------------------------------------------------------------------------------------
-# Readers: bfloat16 safetensors (through PyTorch), errors.
+# Readers: bfloat16 safetensors (through ml_dtypes), errors.
 
 
 def test_bfloat16_safetensors_from_gs(bucket):

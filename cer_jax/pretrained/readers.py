@@ -7,6 +7,7 @@ files; `.npz` and `.safetensors` (bfloat16 ones too, through ml_dtypes) need no 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -15,6 +16,7 @@ import zipfile
 from collections.abc import Mapping
 from typing import IO, Any
 
+import ml_dtypes
 import numpy as np
 from etils import epath
 from safetensors import SafetensorError
@@ -188,9 +190,14 @@ _SAFETENSORS_MAX_HEADER = 100_000_000
 
 
 def _safetensors_keys(f: IO[bytes], shown: str) -> list[str]:
-    """The tensor names in a safetensors file, from its header alone: an 8-byte little-endian
-    length, then that many bytes of JSON {name: {dtype, shape, data_offsets}, "__metadata__":
-    {...}}. Sorted, as safetensors' `safe_open(...).keys()` gives them."""
+    """The tensor names in a safetensors file, from its header alone. Sorted, as safetensors'
+    `safe_open(...).keys()` gives them."""
+    return sorted(key for key in _safetensors_header(f, shown) if key != "__metadata__")
+
+
+def _safetensors_header(f: IO[bytes], shown: str) -> dict[str, Any]:
+    """A safetensors file's header: an 8-byte little-endian length, then that many bytes of
+    JSON {name: {dtype, shape, data_offsets}, "__metadata__": {...}}; the data follows it."""
     prefix = f.read(8)
     size = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
     if not 0 < size <= _SAFETENSORS_MAX_HEADER:
@@ -203,7 +210,7 @@ def _safetensors_keys(f: IO[bytes], shown: str) -> list[str]:
         ) from e
     if not isinstance(header, dict):
         raise CheckpointReadError(f"Cannot read checkpoint {shown!r}: not a safetensors file.")
-    return sorted(key for key in header if key != "__metadata__")
+    return header
 
 
 def _read_safetensors(file: epath.Path, shown: str) -> dict[str, np.ndarray]:
@@ -224,15 +231,10 @@ _SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "
 def _read_safetensors_bytes(data: bytes, shown: str) -> dict[str, np.ndarray]:
     """A safetensors file read from its header and data_offsets (the format's whole spec), for
     dtypes numpy lacks (BF16): no PyTorch needed."""
-    import io
-
-    import ml_dtypes
-
-    names = _safetensors_keys(io.BytesIO(data), shown)
+    header = _safetensors_header(io.BytesIO(data), shown)
     start = 8 + int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:start])
     out = {}
-    for name in names:
+    for name in sorted(key for key in header if key != "__metadata__"):
         entry = header[name]
         dtype = (np.dtype(ml_dtypes.bfloat16) if entry["dtype"] == "BF16"
                  else np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]]))
