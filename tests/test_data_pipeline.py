@@ -634,6 +634,13 @@ def test_a_data_or_cache_dir_that_cannot_be_written_is_one_line(tmp_path, monkey
     assert _error(c, "data_dir") == (
         f"config.dataset.data_dir={str(locked / 'tfds')!r}: cannot write there (Permission "
         "denied); give a folder you can write to (it is made if missing).")
+    import tensorflow_datasets as tfds
+
+    monkeypatch.setattr(tfds.core.constants, "DATA_DIR", str(locked / "default"))
+    c.dataset.data_dir = None
+    assert _error(c, "data_dir") == (
+        f"config.dataset.data_dir=None (TFDS's default, {locked / 'default'}): cannot write "
+        "there (Permission denied); give a folder you can write to (it is made if missing).")
     with pytest.raises(rafdb.RafDbLayoutError) as e:  # the builder's CLI reports it in one line
         rafdb.build("compound", str(root), str(locked / "tfds"))
     assert str(e.value) == (f"--data_dir={locked / 'tfds'}: cannot write there (Permission "

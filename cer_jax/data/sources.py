@@ -266,16 +266,15 @@ class TfdsSource:
         def build() -> Any:
             if rafdb is not None and manual_dir:
                 check_tree()
-                problem = rafdb.data_dir_problem(data_dir)
-                if problem:
-                    where = (f"config.dataset.{written}={folder!r}" if folder else
-                             "config.dataset.data_dir=None (TFDS's default, "
-                             f"{self._tfds.core.constants.DATA_DIR})")
-                    raise DataConfigError(f"{where}: {problem}")
                 try:
                     return rafdb.build(
                         builder_config or builder.builder_config.name, manual_dir, data_dir
                     )
+                except rafdb.DataDirError as e:
+                    where = (f"config.dataset.{written}={folder!r}" if folder else
+                             "config.dataset.data_dir=None (TFDS's default, "
+                             f"{self._tfds.core.constants.DATA_DIR})")
+                    raise DataConfigError(f"{where}: {e.problem}") from e
                 except rafdb.RafDbLayoutError as e:
                     raise DataConfigError(
                         f"config.dataset.manual_dir={manual_dir!r} is not a usable RAF-DB tree: {e}"

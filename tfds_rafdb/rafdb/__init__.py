@@ -7,11 +7,11 @@ from tfds_rafdb.layout import ABAW7_CLASSES, BASIC_CLASSES, COMPOUND_CLASSES, Ra
 
 from .rafdb_dataset_builder import (
     Builder,
+    DataDirError,
     RafDbConfig,
     SourceMismatchError,
     build,
     check_built_from,
-    data_dir_problem,
 )
 
 __all__ = [
@@ -19,10 +19,10 @@ __all__ = [
     "BASIC_CLASSES",
     "COMPOUND_CLASSES",
     "Builder",
+    "DataDirError",
     "RafDbConfig",
     "RafDbLayoutError",
     "SourceMismatchError",
     "build",
     "check_built_from",
-    "data_dir_problem",
 ]

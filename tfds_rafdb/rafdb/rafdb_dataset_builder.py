@@ -225,6 +225,15 @@ def check_built_from(builder: tfds.core.DatasetBuilder, manual_dir: str) -> None
     )
 
 
+class DataDirError(layout.RafDbLayoutError):
+    """The folder the dataset is built into cannot be written; `problem` says why and the fix
+    (a caller that knows the key the folder came from names it in front)."""
+
+    def __init__(self, data_dir: str, problem: str):
+        super().__init__(f"--data_dir={data_dir}: {problem}")
+        self.problem = problem
+
+
 def data_dir_problem(data_dir: str | None) -> str | None:
     """Why the dataset cannot be written into the local folder `data_dir` (made if missing;
     None = TFDS's default, ~/tensorflow_datasets or $TFDS_DATA_DIR), or None when it can (or
@@ -259,8 +268,8 @@ def build(config_name: str, manual_dir: str, data_dir: str | None = None
         layout.check_root(epath.Path(manual_dir))
         problem = data_dir_problem(data_dir)
         if problem:
-            shown = tfds.core.constants.DATA_DIR if data_dir is None else data_dir
-            raise layout.RafDbLayoutError(f"--data_dir={shown}: {problem}")
+            raise DataDirError(tfds.core.constants.DATA_DIR if data_dir is None else data_dir,
+                               problem)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir),
     )
