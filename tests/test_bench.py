@@ -210,16 +210,24 @@ def test_accelerator_script_dry_run_prints_the_benchmarks_figures(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_accelerator_script_goes_on_after_a_stopped_benchmark(tmp_path):
-    """A benchmark stopped by its timeout (or failing) used to end the script at once under
-    `set -e`: no cost count and no closing line. It goes on, and says where the figures are."""
+def _python_stopping_the_bench(tmp_path: pathlib.Path, *, bench: str = ":",
+                               costs: str = ":") -> pathlib.Path:
+    """A `python` for the script: `-m cer_jax.bench` runs `bench`, then stops as its timeout
+    does (status 124); `-m cer_jax.bench.costs` runs `costs`; anything else is this Python."""
     python = tmp_path / "python"
     python.write_text(
         "#!/usr/bin/env bash\n"
-        'if [ "$1 $2" = "-m cer_jax.bench" ]; then echo "stopped" >&2; exit 124; fi\n'
-        'if [ "$1 $2" = "-m cer_jax.bench.costs" ]; then echo "the cost table"; exit 0; fi\n'
+        f'if [ "$1 $2" = "-m cer_jax.bench" ]; then {bench}; echo "stopped" >&2; exit 124; fi\n'
+        f'if [ "$1 $2" = "-m cer_jax.bench.costs" ]; then {costs}; exit 0; fi\n'
         f'exec {sys.executable} "$@"\n')
     python.chmod(0o755)
+    return python
+
+
+def test_accelerator_script_goes_on_after_a_stopped_benchmark(tmp_path):
+    """A benchmark stopped by its timeout (or failing) used to end the script at once under
+    `set -e`: no cost count and no closing line. It goes on, and says where the figures are."""
+    python = _python_stopping_the_bench(tmp_path, costs='echo "the cost table"')
     out = tmp_path / "out"
     proc = _script("--out", str(out), "--no-torch", tmp_path=tmp_path, PYTHON=str(python))
     assert proc.returncode == 0, proc.stderr
@@ -573,16 +581,9 @@ def test_accelerator_script_prints_the_tables_of_a_stopped_benchmark(tmp_path):
     payload = {"machine": {"backend": "gpu"}, "settings": {"models": "vit:B/16,resnet:50"},
                "models": [_timed("vit:B/16", 96)], "ensemble": None}
     (tmp_path / "partial.json").write_text(json.dumps(payload))
-    python = tmp_path / "python"
-    python.write_text(
-        "#!/usr/bin/env bash\n"
-        'if [ "$1 $2" = "-m cer_jax.bench" ]; then\n'
-        '  for a in "$@"; do case "$a" in --json=*) cp '
-        f'{tmp_path}/partial.json "${{a#--json=}}";; esac; done\n'
-        '  echo "stopped" >&2; exit 124\nfi\n'
-        'if [ "$1 $2" = "-m cer_jax.bench.costs" ]; then exit 0; fi\n'
-        f'exec {sys.executable} "$@"\n')
-    python.chmod(0o755)
+    python = _python_stopping_the_bench(
+        tmp_path, bench=f'for a in "$@"; do case "$a" in --json=*) cp {tmp_path}/partial.json '
+        '"${a#--json=}";; esac; done')
     out = tmp_path / "out"
     proc = _script("--out", str(out), "--no-torch", tmp_path=tmp_path, PYTHON=str(python))
     assert proc.returncode == 0, proc.stderr
