@@ -483,25 +483,6 @@ def test_a_bucket_json_is_written_to_the_bucket_not_to_a_local_gs_folder(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bucket_store"]
 
 
-def test_a_json_write_cut_short_keeps_the_earlier_file_whole(tmp_path, monkeypatch):
-    """The bench rewrites --json after every model: a run stopped while writing must leave the
-    last whole file (here the one of the model before), never half a JSON, and no scratch."""
-    target = tmp_path / "bench.json"
-    throughput.write_json(str(target), {"models": ["first"]})
-    path_type = type(throughput.epath.Path(target))
-    write_text = path_type.write_text
-
-    def cut_short(self, text, *args, **kwargs):
-        write_text(self, text[: len(text) // 2], *args, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(path_type, "write_text", cut_short)
-    with pytest.raises(KeyboardInterrupt):
-        throughput.write_json(str(target), {"models": ["first", "second"]})
-    assert json.loads(target.read_text()) == {"models": ["first"]}
-    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]
-
-
 def test_faces_removes_its_scratch_folder_also_after_an_error(tmp_path, monkeypatch):
     import tempfile
     import types

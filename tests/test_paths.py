@@ -13,6 +13,7 @@ from etils import epath
 from test_ensemble import build_tiny_ensemble
 
 from cer_jax import checkpointing, ensemble, export, paths
+from cer_jax.bench import throughput
 
 
 @pytest.fixture
@@ -121,12 +122,26 @@ def test_an_ignored_signal_stays_ignored(tmp_path):
     assert os.listdir(tmp_path) == ["out"]
 
 
-def test_a_config_json_write_cut_short_keeps_the_earlier_file_and_no_scratch(tmp_path,
-                                                                           monkeypatch):
-    """A workdir's config.json is rewritten by every run there: a write cut short (Ctrl-C)
-    leaves the earlier whole file, and no config.json.tmp beside it."""
-    checkpointing.save_config(ml_collections.ConfigDict({"run": 1}), str(tmp_path))
-    path_type = type(epath.Path(tmp_path))
+
+def _config_json(folder: epath.Path, value: int) -> epath.Path:
+    checkpointing.save_config(ml_collections.ConfigDict({"run": value}), str(folder))
+    return folder / checkpointing.CONFIG_FILE
+
+
+def _bench_json(folder: epath.Path, value: int) -> epath.Path:
+    throughput.write_json(str(folder / "bench.json"), {"run": value})
+    return folder / "bench.json"
+
+
+@pytest.mark.parametrize("write", [_config_json, _bench_json])
+def test_a_json_write_cut_short_keeps_the_earlier_file_whole_and_no_scratch(tmp_path,
+                                                                           monkeypatch, write):
+    """A workdir's config.json (rewritten by every run there) and the bench's --json (after
+    every model): a write stopped midway (Ctrl-C) leaves the earlier whole file, never half a
+    JSON, and no scratch file beside it (config.json.tmp was left behind)."""
+    folder = epath.Path(tmp_path)
+    target = write(folder, 1)
+    path_type = type(folder)
     write_text = path_type.write_text
 
     def cut_short(self, text, *args, **kwargs):
@@ -135,6 +150,6 @@ def test_a_config_json_write_cut_short_keeps_the_earlier_file_and_no_scratch(tmp
 
     monkeypatch.setattr(path_type, "write_text", cut_short)
     with pytest.raises(KeyboardInterrupt):
-        checkpointing.save_config(ml_collections.ConfigDict({"run": 2}), str(tmp_path))
-    assert json.loads((tmp_path / checkpointing.CONFIG_FILE).read_text()) == {"run": 1}
-    assert [p.name for p in tmp_path.iterdir()] == [checkpointing.CONFIG_FILE]
+        write(folder, 2)
+    assert json.loads(target.read_text()) == {"run": 1}
+    assert [p.name for p in folder.iterdir()] == [target.name]
