@@ -25,7 +25,7 @@ from typing import NoReturn
 
 from absl import app, flags, logging
 
-from cer_jax import huge_pages
+from cer_jax import config_loading, huge_pages
 from cer_jax.errors import Terminated, UserError
 
 FLAGS = flags.FLAGS
@@ -199,8 +199,6 @@ def _parse_flags(argv: list[str]) -> list[str]:
     `--config.KEY=None` override (which ml_collections cannot parse) is applied afterwards."""
     none_keys: list[str] = []
     if "config" in FLAGS:
-        from cer_jax import config_loading
-
         argv, none_keys = config_loading.split_none_overrides(argv)
         # ml_collections finds the override flags to define in sys.argv itself.
         sys.argv = [sys.argv[0], *argv[1:]] if none_keys else sys.argv

@@ -35,18 +35,13 @@ from etils import epath
 
 from cer_jax import optim, paths, sharding, steps, train_state
 from cer_jax.bench import costs, peaks
+from cer_jax.config_loading import load_config
 from cer_jax.errors import UserError
 
 # Model shorthand -> the config file whose recipe (optimizer, loss) the benchmark runs.
 CONFIG_FILES = {"vit": "configs/vit.py", "resnet": "configs/resnet50.py",
                 "manet": "configs/manet.py"}
 PRECISIONS = ("float32", "bfloat16")
-
-
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    from cer_jax import config_loading
-
-    return config_loading.load_config(spec)
 
 
 @dataclasses.dataclass

@@ -32,6 +32,7 @@ from typing import Literal
 
 import numpy as np
 
+from cer_jax.models.vit import VARIANTS
 from cer_jax.pretrained import Converted
 from cer_jax.pretrained.core import WeightImportError
 
@@ -69,8 +70,6 @@ def convert(checkpoint: dict[str, np.ndarray], model) -> Converted:
 
 def _geometry(width: int, depth: int, mlp_dim: int, patch: int) -> tuple[str | None, str]:
     """The variant ('S/16') of a ViT of this size, if cer_jax has one, and its size in words."""
-    from cer_jax.models.vit import VARIANTS
-
     names = [name for name, size in VARIANTS.items() if size[:3] == (width, depth, mlp_dim)]
     variant = f"{names[0]}/{patch}" if names else None
     words = f"width {width}, depth {depth}, MLP {mlp_dim}, patch {patch}"
