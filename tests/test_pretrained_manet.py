@@ -197,4 +197,6 @@ def test_resnet_file_is_not_an_manet_checkpoint_in_one_line(source, tmp_path):
     assert str(error.value) == (
         f"{path}: Not an MA-Net checkpoint (expected the authors' names, e.g. "
         "'layer3_1_p1.0.cbam.ChannelGate.mlp.1.weight'); its first keys are: bn1.weight, "
-        "conv1.weight, fc.weight, layer1.0.conv1.weight")
+        "conv1.weight, fc.weight, layer1.0.conv1.weight: give the authors' MS-Celeb-1M "
+        ".pth.tar (README, 'Bring pre-trained weights'), or unset init.checkpoint to train "
+        "MA-Net from scratch.")

@@ -57,6 +57,8 @@ def convert(checkpoint: dict[str, np.ndarray], model: nnx.Module) -> Converted:
             "Not an MA-Net checkpoint (expected the authors' names, e.g. "
             "'layer3_1_p1.0.cbam.ChannelGate.mlp.1.weight'); its first keys are: "
             + ", ".join(sorted(checkpoint)[:8])
+            + ": give the authors' MS-Celeb-1M .pth.tar (README, 'Bring pre-trained weights'), "
+            "or unset init.checkpoint to train MA-Net from scratch."
         )
     arrays: dict[str, np.ndarray] = {}
     unused: list[str] = []
