@@ -262,9 +262,14 @@ def test_training_starts_from_every_pretrained_format(member, fmt, data, tmp_pat
     loss`, also check the loss)."""
     workdir = tmp_path / "run"
     _train_from_file(member, fmt, data, workdir, halt=True)
+    _assert_records_implied(member, fmt, workdir)
+
+
+def _assert_records_implied(member: str, fmt: str, workdir) -> None:
+    """"auto" took what the file implies, and config.json records it."""
     config = checkpointing.load_config(str(workdir))
-    for key, value in implied(member, fmt).items():  # "auto" took what the file implies,
-        assert config.model[key] == value, key  # and config.json records it
+    for key, value in implied(member, fmt).items():
+        assert config.model[key] == value, key
 
 
 @pytest.mark.parametrize("member", FOLLOW_UP)
@@ -344,6 +349,7 @@ def test_the_trainer_minimises_the_recipes_loss(member, data, tmp_path):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(steps, "jit_train_step", recording_jit_train_step)
         _train_from_file(member, _formats(member)[1], data, tmp_path / "run", halt=True)
+    _assert_records_implied(member, _formats(member)[1], tmp_path / "run")
     assert len(seen) == 1
     graphdef, start, images, labels, metrics = seen[0]
     model = train_state.merge_model(graphdef, start["params"], start["rest"])
