@@ -43,7 +43,6 @@ import io
 import json
 import math
 import os
-import uuid
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -332,9 +331,8 @@ def write_ensemble(
     if not getattr(strategy, "name", ""):
         raise EnsembleError("The fitted strategy has no name: fit it with fit_strategy(...).")
     out = epath.Path(out).expanduser()  # as load_ensemble reads it
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True, exist_ok=False)
-    try:  # a wrong member or Ctrl-C leaves no temporary folder behind
+    # A wrong member or Ctrl-C leaves the earlier ensemble and no temporary folder behind.
+    with paths.replacing_folder(out) as tmp:
         entries = []
         for index, (name, model, config) in enumerate(members):
             member_classes = list(config.dataset_info.class_names)
@@ -372,10 +370,6 @@ def write_ensemble(
             **(extra or {}),
         }
         (tmp / ENSEMBLE_FILE).write_text(json.dumps(manifest, indent=2, default=_json_default))
-    except BaseException:
-        tmp.rmtree(missing_ok=True)
-        raise
-    paths.replace_folder(tmp, out)
     return out
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import json
-import uuid
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -127,20 +126,12 @@ def write_export(
 
 
 def _write_atomically(target: epath.Path, manifest: dict, arrays: dict) -> None:
-    # A folder of its own: a fusion re-exporting this workdir while its trainer exports it at
-    # the end of training would otherwise empty the other's half-written folder.
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    with paths.replacing_folder(target) as tmp:
         for split, split_arrays in arrays.items():
             buffer = io.BytesIO()
             np.savez(buffer, **split_arrays)
             (tmp / f"{split}.npz").write_bytes(buffer.getvalue())
         (tmp / EXPORT_FILE).write_text(json.dumps(manifest, indent=2))
-    except BaseException:  # a failed write or Ctrl-C: no half export left aside
-        tmp.rmtree(missing_ok=True)
-        raise
-    paths.replace_folder(tmp, target)
 
 
 _REEXPORT = ("copy the export again, or re-export it from the best checkpoint "

@@ -65,6 +65,23 @@ def write_text_atomically(target: epath.Path, text: str) -> None:
         raise
 
 
+@contextlib.contextmanager
+def replacing_folder(target: epath.Path) -> Iterator[epath.Path]:
+    """A new, empty folder beside `target` to write into. Leaving the block, it replaces
+    `target` whole (`replace_folder`); a write that fails or is stopped (Ctrl-C) removes it
+    instead, leaving `target` as it was and nothing aside. Each call writes a folder of its
+    own, so two writers of one target (a trainer's export and a fusion's re-export) never
+    empty each other's half-written folder."""
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.rmtree(missing_ok=True)
+        raise
+    replace_folder(tmp, target)
+
+
 def replace_folder(finished: epath.Path, target: epath.Path) -> None:
     """Moves the whole folder `finished` to `target`, removing the folder that was there.
 
