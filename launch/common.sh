@@ -154,8 +154,8 @@ member_weights() {
   printf '%s' "${!var:-}"
 }
 
-# The *_WEIGHTS variables whose files are PyTorch pickles (.pth, .pth.tar, .pt, .bin), space
-# separated; empty under SMOKE=1, which reads no weights.
+# The *_WEIGHTS variables whose weights are read by unpickling (needs_torch), space separated;
+# empty under SMOKE=1, which reads no weights.
 torch_weights_vars() {
   [ "$SMOKE" = 1 ] && return 0
   local name vars=""
