@@ -455,8 +455,10 @@ class Member:
 
         self._apply = apply
 
-    def outputs(self, faces: np.ndarray, batch_bucket: int) -> tuple[np.ndarray, np.ndarray]:
-        """(logits [N, K], features [N, D]) of uint8 RGB faces [N, H, W, 3]."""
+    def outputs(self, faces: np.ndarray | Sequence[np.ndarray],
+                batch_bucket: int) -> tuple[np.ndarray, np.ndarray]:
+        """(logits [N, K], features [N, D]) of uint8 RGB faces ([N, H, W, 3], or [H, W, 3]
+        each, of any sizes)."""
         images = np.stack([eval_view(face, self.preprocessing) for face in faces])
         n = len(images)
         padded = max(batch_bucket, 1)
@@ -496,19 +498,30 @@ class Ensemble:
     def member_names(self) -> list[str]:
         return [m.name for m in self.members]
 
-    def predict(self, faces: np.ndarray, *, flip_tta: bool = False,
+    def predict(self, faces: np.ndarray | Sequence[np.ndarray], *, flip_tta: bool = False,
                 batch_bucket: int = 8) -> Prediction:
-        """Fused and per-member probabilities of uint8 RGB faces [N, H, W, 3].
+        """Fused and per-member probabilities of uint8 RGB faces: an array [N, H, W, 3], or a
+        sequence of [H, W, 3] faces that may differ in size. Each member applies its own eval
+        view (`eval_view`) to each face as given, as the training pipeline's evaluation does to
+        each image of a dataset.
 
         flip_tta: each member's logits and features are averaged over the face and its mirror
         image before fusion.
         """
-        faces = np.asarray(faces)
-        if faces.ndim != 4 or faces.shape[-1] != 3:
-            raise ValueError(f"faces must be uint8 [N, H, W, 3], got {faces.shape}")
-        if not np.issubdtype(faces.dtype, np.integer):
+        if isinstance(faces, np.ndarray):
+            if faces.ndim != 4 or faces.shape[-1] != 3:
+                raise ValueError(f"faces must be uint8 [N, H, W, 3], got {faces.shape}")
+            dtypes = [faces.dtype]
+        else:
+            faces = [np.asarray(face) for face in faces]
+            bad = [face.shape for face in faces if face.ndim != 3 or face.shape[-1] != 3]
+            if bad:
+                raise ValueError(f"each face must be uint8 [H, W, 3], got {bad[0]}")
+            dtypes = [face.dtype for face in faces]
+        odd = [d for d in dtypes if not np.issubdtype(d, np.integer)]
+        if odd:
             # eval_view divides by 255: images already in [0, 1] would be read as near black.
-            raise ValueError(f"faces must be uint8 RGB in [0, 255], got {faces.dtype} (images in "
+            raise ValueError(f"faces must be uint8 RGB in [0, 255], got {odd[0]} (images in "
                              "[0, 1]: multiply by 255 and cast to uint8)")
         if not len(faces):
             num_classes = len(self.class_names)
@@ -518,7 +531,7 @@ class Ensemble:
         for member in self.members:
             z, f = member.outputs(faces, batch_bucket)
             if flip_tta:
-                z2, f2 = member.outputs(faces[:, :, ::-1], batch_bucket)
+                z2, f2 = member.outputs([face[:, ::-1] for face in faces], batch_bucket)
                 z, f = (z + z2) / 2, (f + f2) / 2
             logits.append(z)
             features.append(f)

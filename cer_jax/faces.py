@@ -206,22 +206,6 @@ def align_face(image: np.ndarray, face: Face, size: int = ALIGNED_SIZE) -> np.nd
     return warped
 
 
-def aligned_input(image: np.ndarray, size: int = ALIGNED_SIZE) -> np.ndarray:
-    """An input that is already an aligned face (--aligned) as size x size: the shorter side
-    resized to `size`, then the centre cropped, keeping the aspect ratio as the training and
-    eval pipelines do (squashing would distort the face); RAF-DB's 100x100 faces are kept."""
-    h, w = image.shape[:2]
-    if (h, w) == (size, size):
-        return image
-    scale = size / min(h, w)
-    new_h, new_w = max(round(h * scale), size), max(round(w * scale), size)
-    if (new_h, new_w) != (h, w):
-        image = cv2.resize(image, (new_w, new_h),
-                           interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    return np.ascontiguousarray(image[top : top + size, left : left + size])
-
-
 def iou(a: Sequence[float], b: Sequence[float]) -> float:
     ax, ay, aw, ah = a
     bx, by, bw, bh = b

@@ -28,9 +28,9 @@ SIGTERM of timeout, SLURM or docker stop) leaves an earlier file as it was and n
 one; if only that move fails the finished file is kept. Annotated videos are staged the same way.
 
 Faces are found by `--detector` (see `cer_jax.faces`) and aligned like RAF-DB's 100x100
-faces; `--aligned` treats every image as an already aligned face (the shorter side resized to
-100, the centre cropped). `--flip_tta` averages each
-member over the face and its mirror image.
+faces; `--aligned` treats every image as an already aligned face: each member gets its own
+evaluation view of the whole image, as the trainer evaluates a dataset of such files.
+`--flip_tta` averages each member over the face and its mirror image.
 
 Videos are decoded as a stream (OpenCV; memory does not grow with the video's length apart
 from a few numbers per face), faces are tracked by IoU (`--track=iou`) or only the largest face
@@ -593,8 +593,8 @@ class Predictor:
         """(fused probabilities [N, K], member classes [N, M]) in batches of batch_size."""
         probs, members = [], []
         for i in range(0, len(crops), self.batch_size):
-            out = self.ensemble.predict(np.stack(crops[i : i + self.batch_size]),
-                                        flip_tta=self.flip_tta)
+            # A list: --aligned faces keep their own sizes (see crop).
+            out = self.ensemble.predict(crops[i : i + self.batch_size], flip_tta=self.flip_tta)
             probs.append(out.probabilities)
             members.append(out.member_probabilities.argmax(-1).T)
         self.faces_predicted += len(crops)
@@ -607,8 +607,12 @@ class Predictor:
         return sorted(self.detector(image), key=lambda f: -f.area)
 
     def crop(self, image: np.ndarray, face: faces_lib.Face) -> np.ndarray:
+        """What the members see: a detected face aligned to RAF-DB's 100x100 geometry; with
+        --aligned the whole image, to which each member applies its own eval view as the
+        trainer's evaluation of a dataset of these files does (a square cut from it first would
+        drop the sides that a squashing view, MA-Net's, keeps)."""
         if self.aligned:
-            return faces_lib.aligned_input(image, self.ensemble.aligned_size)
+            return image
         return faces_lib.align_face(image, face, self.ensemble.aligned_size)
 
     def fail(self, source: Source, status: str, **kwargs: Any) -> None:

@@ -17,12 +17,13 @@ import time
 import zlib
 
 import cv2
+import ml_collections
 import numpy as np
 import pytest
 from test_ensemble import build_tiny_ensemble
 from test_faces import grace_hopper, needs_haar, no_face_photo
 
-from cer_jax import faces, predict
+from cer_jax import predict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -181,6 +182,52 @@ def test_aligned_inputs_and_user_errors(tmp_path, ensemble_dir):
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "not an ensemble directory" in result.stderr
+
+
+def test_an_aligned_input_gets_each_members_eval_view_of_the_whole_file(tmp_path, ensemble_dir,
+                                                                         monkeypatch):
+    """--aligned on a user's own aligned faces (a `folder` dataset's 112x128 crops): each member
+    sees what the trainer's evaluation of that file sees, cer_jax.data's decode and eval view of
+    the whole image, not of a 100x100 square cut from it first (the tiny ViT squashes the image
+    to its input size, as MA-Net's view does: it keeps the sides a square would drop). Faces of
+    different sizes (here with a RAF-DB-like 100x100 one) share a batch."""
+    import tensorflow as tf
+    from flax import nnx
+
+    from cer_jax import ensemble as ensemble_lib
+    from cer_jax.data import augment, sources
+
+    files = [tmp_path / "a_face.png", tmp_path / "b_square.png"]
+    for path, size in zip(files, ((112, 128), (100, 100)), strict=True):
+        face = cv2.resize(grace_hopper()[60:480, 90:450], size, interpolation=cv2.INTER_AREA)
+        cv2.imwrite(os.fspath(path), cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
+    model = ensemble_lib.load_ensemble(ensemble_dir)
+    predictions = []
+
+    def recording(faces, **kwargs):
+        predictions.append(ensemble_lib.Ensemble.predict(model, faces, **kwargs))
+        return predictions[-1]
+
+    monkeypatch.setattr(model, "predict", recording)
+    monkeypatch.setattr(ensemble_lib, "load_ensemble", lambda _: model)
+    for flip_tta in (False, True):
+        assert predict.run([os.fspath(tmp_path)], ensemble=ensemble_dir, aligned=True,
+                           flip_tta=flip_tta, out=os.fspath(tmp_path / "rows.csv"),
+                           show_progress=False) == 0
+    assert len(predictions) == 2  # one batch of both faces per run
+    for face_index, path in enumerate(files):
+        image = sources.decode_image(tf.io.read_file(os.fspath(path)))
+        for index, member in enumerate(model.members):
+            cfg = ml_collections.ConfigDict({"resize_size": 0, **member.preprocessing})
+            network = nnx.merge(member.graphdef, *member.state)
+            logits = [np.asarray(network(augment.eval_view(view, cfg).numpy()[None],
+                                         train=False).logits[0])
+                      for view in (image, image[:, ::-1])]
+            for prediction, z in zip(predictions, (logits[0], (logits[0] + logits[1]) / 2),
+                                     strict=True):
+                expected = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+                np.testing.assert_allclose(prediction.member_probabilities[index, face_index],
+                                           expected, atol=1e-5, err_msg=f"{path} {member.name}")
 
 
 def test_a_folder_says_which_files_it_skips(tmp_path, caplog):
@@ -678,21 +725,6 @@ def test_an_annotated_video_gets_a_new_files_mode_as_an_annotated_image_does(tmp
     modes = {name: stat.S_IMODE(os.stat(annotated / name).st_mode) for name in ("clip.avi",
                                                                                  "face.jpg")}
     assert modes == {"clip.avi": 0o666 & ~mask, "face.jpg": 0o666 & ~mask}
-
-
-def test_an_aligned_input_keeps_its_aspect_ratio():
-    """As the training and eval pipelines: the shorter side to 100, then the centre."""
-    rng = np.random.default_rng(0)
-    wide = rng.integers(0, 256, (100, 160, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(faces.aligned_input(wide), wide[:, 30:130])
-    small_tall = rng.integers(0, 256, (80, 50, 3), dtype=np.uint8)
-    grown = cv2.resize(small_tall, (100, 160), interpolation=cv2.INTER_LINEAR)
-    np.testing.assert_array_equal(faces.aligned_input(small_tall), grown[30:130])
-    big = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)
-    shrunk = cv2.resize(big, (100, 150), interpolation=cv2.INTER_AREA)
-    np.testing.assert_array_equal(faces.aligned_input(big), shrunk[25:125])
-    square = rng.integers(0, 256, (100, 100, 3), dtype=np.uint8)
-    assert faces.aligned_input(square) is square  # RAF-DB's aligned faces as they are
 
 
 def edit_listed_mp4(path, frames, shown):
