@@ -184,7 +184,11 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
             continue
         if key == "seed" and recorded.get("input", {}).get("seed") is not None:
             continue
-        saved[key], wanted[key] = node, _flat(config, (key,))[key]
+        value = _flat(config, (key,))[key]
+        if key == "input.seed":  # None = seed, on either side
+            node = recorded.get("seed") if node is None else node
+            value = config.get("seed") if value is None else value
+        saved[key], wanted[key] = node, value
     differing = [
         f"{key}={saved.get(key)!r} there, {wanted.get(key)!r} here"
         for key in sorted(set(saved) | set(wanted))
