@@ -241,6 +241,21 @@ def test_gap_model_drops_class_token(source, tiny):
                                   wf.arrays(source[0])["pos_embedding"][:, 1:])
 
 
+def test_a_gap_checkpoint_into_a_class_token_model_names_the_pool_to_set(tmp_path):
+    """big_vision's GAP ViTs have no class token: was 'missing: cls' and a check of the
+    variant, which is right."""
+    npz = dict(np.load(wf.write_big_vision_npz(_jax_vit("test/8", 32), tmp_path)))
+    del npz["cls"]  # as big_vision saves a pool_type="gap" ViT
+    path = tmp_path / "gap.npz"
+    np.savez(path, **npz)
+    with pytest.raises(WeightImportError) as error:
+        load_pretrained(_jax_vit("test/8", 32), "vit", path)
+    assert str(error.value) == (
+        f"{path}: the checkpoint has no class token (cls): it was trained with global average "
+        "pooling; set --config.model.pool=gap.")
+    load_pretrained(_jax_vit("test/8", 32, pool="gap"), "vit", path)  # which then loads it
+
+
 def test_backbone_shape_mismatch_is_a_clear_error(tmp_path):
     reference = _reference(ViTConfig(image_size=32, **{**TINY, "intermediate_size": 48}))
     reference.save_pretrained(tmp_path)

@@ -324,6 +324,12 @@ def fit_tokens(arrays: dict[str, np.ndarray], model) -> tuple[list[str], list[st
         dropped += [k for k in arrays if k.startswith("pre_logits/")]
     if model.pool == "gap" and "cls" in arrays:
         dropped.append("cls")
+    if model.pool == "cls" and "cls" not in arrays and "pos_embedding" in arrays:
+        # big_vision's GAP ViTs (pool_type="gap") have no class token to read the output from.
+        raise WeightImportError(
+            "the checkpoint has no class token (cls): it was trained with global average "
+            "pooling; set --config.model.pool=gap."
+        )
     for name in dropped:
         del arrays[name]
     posemb = np.asarray(arrays.get("pos_embedding"))
