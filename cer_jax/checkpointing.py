@@ -119,11 +119,17 @@ _IDENTITY_KEYS = ("member", "model", "dataset.name", "dataset.folder", "dataset.
 # and the order it skips to (the seed's shuffles, the shuffle buffer, class-balanced sampling).
 # With another value the resumed epoch would repeat some examples and miss others. Compared
 # when the workdir recorded them (a workdir from before a key existed resumes as it did).
-# input.seed is recorded resolved (None = seed); `seed` is compared only in a workdir from
-# before input.seed, where it was the data order's seed (else it only initialised the model,
-# which a resume restores).
-_DATA_ORDER_KEYS = ("training.global_batch_size", "input.num_data_shards", "seed",
-                    "input.seed", "input.shuffle_buffer", "input.balance")
+# input.seed is compared as `data_order_seed` (in a workdir from before that key, `seed` was
+# the data order's seed; else `seed` only initialised the model, which a resume restores).
+_DATA_ORDER_KEYS = ("training.global_batch_size", "input.num_data_shards", "input.seed",
+                    "input.shuffle_buffer", "input.balance")
+
+
+def data_order_seed(config: Any) -> int | None:
+    """The seed of a run's data order and augmentations (a config or a config.json's dict):
+    input.seed, or where that is None or not recorded (a workdir from before it), `seed`."""
+    seed = (config.get("input") or {}).get("seed")
+    return config.get("seed") if seed is None else seed
 
 
 _ABSENT = object()
@@ -175,6 +181,9 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
     saved, wanted = _identity(saved_config), _identity(config)
     recorded = saved_config.to_dict()
     for key in _DATA_ORDER_KEYS:
+        if key == "input.seed":
+            saved[key], wanted[key] = data_order_seed(recorded), data_order_seed(config)
+            continue
         node: Any = recorded
         for part in key.split("."):
             node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
@@ -182,13 +191,7 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
         # trainer resumes with the count it finds there, so there is nothing to compare.
         if node is _ABSENT or (node is None and key == "input.num_data_shards"):
             continue
-        if key == "seed" and recorded.get("input", {}).get("seed") is not None:
-            continue
-        value = _flat(config, (key,))[key]
-        if key == "input.seed":  # None = seed, on either side
-            node = recorded.get("seed") if node is None else node
-            value = config.get("seed") if value is None else value
-        saved[key], wanted[key] = node, value
+        saved[key], wanted[key] = node, _flat(config, (key,))[key]
     differing = [
         f"{key}={saved.get(key)!r} there, {wanted.get(key)!r} here"
         for key in sorted(set(saved) | set(wanted))

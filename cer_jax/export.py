@@ -89,10 +89,9 @@ def write_export(
         "class_names": list(info.class_names),
         "step": int(step),
         # What a paper table needs to retrain this member: the seeds of its initialisation and
-        # of its data order (input.seed; None in a config.json from before it = seed).
+        # of its data order.
         "seed": config.get("seed"),
-        "data_seed": (config.get("seed") if config.input.get("seed") is None
-                      else config.input.seed),
+        "data_seed": checkpointing.data_order_seed(config),
         "splits": {},
         "metrics": {},
     }

@@ -328,8 +328,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
         warm_start.resolve_model_settings(config)
     train_state.check_model(config)  # before the data: a bad model setting needs no dataset
     resolve_data_shards(config, workdir)  # first: an unset shard count takes the resumed run's
-    if config.input.get("seed") is None:  # recorded in config.json as the data order's seed
-        config.input.seed = config.seed
+    config.input.seed = checkpointing.data_order_seed(config)  # recorded resolved
     checkpointing.check_same_run(config, workdir)
     info = pipeline.get_dataset_info(config)
     splits = list(dict.fromkeys(

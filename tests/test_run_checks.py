@@ -3,6 +3,7 @@ of another run stop it at once, with one message that names the file or key, and
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -137,3 +138,21 @@ def test_a_setting_evaluation_does_not_read_may_change_on_a_resume(tmp_path):
         checkpointing.check_same_run(cropped, str(workdir))
     assert "input.eval_resize='resize' there, 'resize_crop' here" in str(error.value)
     assert "input.resize_size=None there, " in str(error.value)
+
+
+def test_a_workdir_from_before_input_seed_compares_its_seed_as_the_data_orders(tmp_path):
+    """Before input.seed existed, `seed` also seeded the data order: such a config.json resumes
+    with the same seed and refuses another, named as the data order's input.seed."""
+    workdir = tmp_path / "run"
+    old = smoke_config("resnet50", tmp_path / "cache", seed=1).to_dict()
+    del old["input"]["seed"]
+    workdir.mkdir()
+    (workdir / checkpointing.CONFIG_FILE).write_text(json.dumps(old))
+    (workdir / "checkpoints" / "1").mkdir(parents=True)
+    checkpointing.check_same_run(smoke_config("resnet50", tmp_path / "cache", seed=1),
+                                 str(workdir))
+    with pytest.raises(checkpointing.WorkdirError) as error:
+        checkpointing.check_same_run(
+            smoke_config("resnet50", tmp_path / "cache", **{"seed": 1, "input.seed": 0}),
+            str(workdir))
+    assert "(input.seed=1 there, 0 here)" in str(error.value)
