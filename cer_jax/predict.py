@@ -21,7 +21,8 @@ or an error log line says which), 2 a usage error or an output that cannot be wr
 on stderr: `error: ...`), 130 stopped by Ctrl-C, 143 by SIGTERM.
 
 The outputs (--out, --submission, --annotate) are checked before the model is loaded: the folder
-must be creatable, a file target must not be a folder, --annotate must not be a file. The rows
+must be creatable, a file target must not be a folder, an input or the frame list, --annotate
+must not be a file. The rows
 file and the submission are written to `<path>.partial` next to the target (for gs://, a local
 temporary file) and moved onto it once complete, so a failed or interrupted run (Ctrl-C, or the
 SIGTERM of timeout, SLURM or docker stop) leaves an earlier file as it was and no half-written
@@ -350,6 +351,23 @@ def _same_file(a: str, b: str) -> bool:
     if is_remote(a) or is_remote(b):
         return epath.Path(a) == epath.Path(b)
     return os.path.abspath(a) == os.path.abspath(b)
+
+
+def check_not_an_input(sources: Sequence[Source], abaw_frames: str | None,
+                       **outputs: str | None) -> None:
+    """Before any work: no output file is the frame list or an input, which the run reads and
+    the output would overwrite."""
+    inputs = {same_place(s.path): s.path for s in sources}
+    for flag, value in outputs.items():
+        if not value:
+            continue
+        key = same_place(value)
+        if abaw_frames and key == same_place(abaw_frames):
+            raise UsageError(f"--{flag}={value} is the --abaw_frames list, which it would "
+                             "overwrite: give another file.")
+        if key in inputs:
+            raise UsageError(f"--{flag}={value} is the input {inputs[key]}, which it would "
+                             "overwrite: give another file.")
 
 
 def check_output_file(flag: str, value: str) -> None:
@@ -1044,6 +1062,7 @@ def run(inputs: Sequence[str], *, ensemble: str, out: str | None = None, aligned
         check_video_names(sources)
         listed_frames = check_listed_videos(abaw_frames, entries, sources)
     # The outputs, before the model is loaded and hours are spent.
+    check_not_an_input(sources, abaw_frames, out=out, submission=submission)
     if out:
         check_output_file("out", out)
     if submission:

@@ -885,3 +885,29 @@ def test_an_even_smoothing_window_averages_that_many_frames(frame_step):
                for i in range(6)]
     predict.smooth_tracks(records, 4, frame_step)  # 2 before, 1 after
     np.testing.assert_allclose(records[3].probabilities, [0, .25, .25, .25, .25, 0])
+
+
+def test_an_output_that_is_an_input_is_refused_before_any_work(tmp_path):
+    """--submission onto the organisers' list (or --out onto it, or onto an input) would
+    overwrite what the run reads."""
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"")
+    listed = tmp_path / "list.txt"
+    listed.write_text("clip/00001.jpg\n")
+    before = listed.read_bytes()
+
+    def error(**kwargs):
+        with pytest.raises(predict.UsageError) as info:
+            predict.run([os.fspath(tmp_path)], ensemble=os.fspath(tmp_path / "none"),
+                        abaw_frames=os.fspath(listed), show_progress=False, **kwargs)
+        return str(info.value)
+
+    assert error(submission=os.fspath(listed)) == (
+        f"--submission={listed} is the --abaw_frames list, which it would overwrite: give "
+        "another file.")
+    assert error(out=os.fspath(tmp_path / "." / "list.txt")) == (
+        f"--out={tmp_path / '.' / 'list.txt'} is the --abaw_frames list, which it would "
+        "overwrite: give another file.")
+    assert error(out=os.fspath(video)) == (
+        f"--out={video} is the input {video}, which it would overwrite: give another file.")
+    assert listed.read_bytes() == before and video.read_bytes() == b""
