@@ -44,10 +44,10 @@ index / fps.
 
 C-EXPR-DB submission (`--abaw_frames=LIST`): LIST has one `<video>/<frame>.jpg` per line
 (1-based frame numbers, as the organisers give them; an `image_location` header line is
-skipped; a list without entries is a usage error). The videos are the inputs whose file stem is
-`<video>`: when none of the listed videos is among the inputs that is a usage error, when some are
-missing a warning says so at the start. `--submission` (default submission.txt; a usage error
-without `--abaw_frames`) gets the header
+skipped; a list without entries is a usage error; UTF-8, or UTF-16 with a byte-order mark).
+The videos are the inputs whose file stem is `<video>`: when none of the listed videos is among
+the inputs that is a usage error, when some are missing a warning says so at the start.
+`--submission` (default submission.txt; a usage error without `--abaw_frames`) gets the header
 `image_location,Fearfully_Surprised,...,Sadly_Angry` and one `<video>/<frame:05d>.jpg,<class>`
 row per listed frame, in the list's order. A frame's class is that of the video's main track
 (the track seen in most frames) if it is in that frame, else of the largest face there; a frame
@@ -923,12 +923,28 @@ def check_video_names(sources: Sequence[Source]) -> None:
 
 
 def read_frame_list(path: str) -> list[tuple[str, int]]:
-    """(video, 1-based frame number) per line of the organisers' list."""
+    """(video, 1-based frame number) per line of the organisers' list: UTF-8, or UTF-16 with
+    its byte-order mark (what Windows PowerShell's `>` writes)."""
+    list_path = epath.Path(path)
+    if list_path.is_dir():
+        raise UsageError(f"--abaw_frames={path} is a folder: give the organisers' list of "
+                         "C-EXPR-DB frames (a text file).")
     try:
-        # Without a byte-order mark (epath's read_text ignores encoding="utf-8-sig").
-        lines = epath.Path(path).read_bytes().decode("utf-8-sig").splitlines()
-    except (FileNotFoundError, OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"--abaw_frames file {path!r} cannot be read ({error}).") from error
+        data = list_path.read_bytes()
+    except FileNotFoundError as error:
+        raise UsageError(f"--abaw_frames={path} does not exist: check the path (the "
+                         "organisers' list of C-EXPR-DB frames).") from error
+    except write_errors() as error:
+        reason = getattr(error, "strerror", None) or error.__class__.__name__
+        raise UsageError(f"--abaw_frames={path} cannot be read ({reason}): check its "
+                         "permissions.") from error
+    try:
+        # utf-8-sig / utf-16 drop the byte-order mark (epath's read_text ignores encoding=).
+        utf16 = data.startswith((b"\xff\xfe", b"\xfe\xff"))
+        lines = data.decode("utf-16" if utf16 else "utf-8-sig").splitlines()
+    except UnicodeDecodeError as error:
+        raise UsageError(f"--abaw_frames={path} is not text (not UTF-8 or UTF-16): save the "
+                         "organisers' list as UTF-8 text.") from error
     entries = []
     for number, line in enumerate(lines, 1):
         item = line.strip().split(",")[0].strip()

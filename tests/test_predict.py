@@ -887,6 +887,31 @@ def test_an_even_smoothing_window_averages_that_many_frames(frame_step):
     np.testing.assert_allclose(records[3].probabilities, [0, .25, .25, .25, .25, 0])
 
 
+def test_a_frame_list_saved_as_utf16_is_read_and_an_unreadable_one_says_the_fix(tmp_path):
+    """Windows PowerShell's `>` writes UTF-16 with a byte-order mark."""
+    listed = tmp_path / "list.txt"
+    for encoding in ("utf-16", "utf-16-le", "utf-16-be"):
+        bom = {"utf-16-le": "\ufeff", "utf-16-be": "\ufeff"}.get(encoding, "")
+        listed.write_bytes((bom + "image_location\r\nclip/00001.jpg\r\n").encode(encoding))
+        assert predict.read_frame_list(os.fspath(listed)) == [("clip", 1)], encoding
+
+    def error(path):
+        with pytest.raises(predict.UsageError) as info:
+            predict.read_frame_list(os.fspath(path))
+        return str(info.value)
+
+    assert error(tmp_path / "none.txt") == (
+        f"--abaw_frames={tmp_path / 'none.txt'} does not exist: check the path (the "
+        "organisers' list of C-EXPR-DB frames).")
+    assert error(tmp_path) == (
+        f"--abaw_frames={tmp_path} is a folder: give the organisers' list of C-EXPR-DB frames "
+        "(a text file).")
+    listed.write_bytes(b"clip/00001.jpg\n\xff\xfe\x00junk")
+    assert error(listed) == (
+        f"--abaw_frames={listed} is not text (not UTF-8 or UTF-16): save the organisers' list "
+        "as UTF-8 text.")
+
+
 def test_an_output_that_is_an_input_is_refused_before_any_work(tmp_path):
     """--submission onto the organisers' list (or --out onto it, or onto an input) would
     overwrite what the run reads."""
