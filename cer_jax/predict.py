@@ -45,9 +45,10 @@ index / fps.
 C-EXPR-DB submission (`--abaw_frames=LIST`): LIST has one `<video>/<frame>.jpg` per line
 (1-based frame numbers, as the organisers give them; an `image_location` header line is
 skipped; a list without entries is a usage error; UTF-8, or UTF-16 with a byte-order mark).
-The videos are the inputs whose file stem is `<video>`: when none of the listed videos is among
-the inputs that is a usage error, when some are missing a warning says so at the start.
-`--submission` (default submission.txt; a usage error without `--abaw_frames`) gets the header
+The videos are the inputs whose file stem is `<video>` (compared in Unicode's composed form):
+when none of the listed videos is among the inputs that is a usage error, when some are missing
+a warning says so at the start. `--submission` (default submission.txt; a usage error without
+`--abaw_frames`) gets the header
 `image_location,Fearfully_Surprised,...,Sadly_Angry` and one `<video>/<frame:05d>.jpg,<class>`
 row per listed frame, in the list's order. A frame's class is that of the video's main track
 (the track seen in most frames) if it is in that frame, else of the largest face there; a frame
@@ -75,6 +76,7 @@ import signal
 import sys
 import tempfile
 import time
+import unicodedata
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
@@ -752,7 +754,7 @@ class Predictor:
             self.writer.write(source.path, "video", "ok", frame=r.frame, timestamp=r.timestamp,
                               face=r.index, track=r.track, box=r.box,
                               probabilities=r.probabilities, member_classes=r.member_classes)
-        stem = epath.Path(source.path).stem
+        stem = video_name(source.path)
         self.video_classes[stem] = frame_classes(records, self.abaw_columns)
         listed = self.listed_frames.get(stem, 0)
         # Fewer frames than the container says is a failure only when frames asked for are
@@ -913,7 +915,7 @@ def check_video_names(sources: Sequence[Source]) -> None:
     by_name: dict[str, list[str]] = {}
     for source in sources:
         if source.kind == "video":
-            by_name.setdefault(epath.Path(source.path).stem, []).append(source.path)
+            by_name.setdefault(video_name(source.path), []).append(source.path)
     for name, paths in by_name.items():
         if len(paths) > 1:
             raise UsageError(
@@ -971,8 +973,18 @@ def read_frame_list(path: str) -> list[tuple[str, int]]:
     return entries
 
 
+def video_name(path: str) -> str:
+    """The name by which the frame list finds the video at `path`: its file name without
+    extension, in Unicode's composed form (NFC), as `listed_video_key` reads the list's
+    names: an accented name is stored decomposed (NFD) by macOS tools and composed in most
+    lists, and the two spellings must meet."""
+    return unicodedata.normalize("NFC", epath.Path(path).stem)
+
+
 def listed_video_key(video: str, stems: set[str] | dict) -> str:
-    """The input video a listed `<video>` means: its whole name, else its last component."""
+    """The input video (its `video_name`) a listed `<video>` means: its whole name, else its
+    last component."""
+    video = unicodedata.normalize("NFC", video)
     return video if video in stems else video.rsplit("/", 1)[-1]
 
 
@@ -981,7 +993,7 @@ def check_listed_videos(list_path: str, entries: list[tuple[str, int]],
     """Before any work: the listed videos against the input videos. None of them among the
     inputs is a UsageError, some missing a warning. Returns input video stem -> the highest
     frame number the list asks for."""
-    stems = {epath.Path(s.path).stem for s in sources if s.kind == "video"}
+    stems = {video_name(s.path) for s in sources if s.kind == "video"}
     highest: dict[str, int] = {}
     listed: list[str] = []
     missing: list[str] = []
@@ -994,9 +1006,10 @@ def check_listed_videos(list_path: str, entries: list[tuple[str, int]],
         elif video not in missing:
             missing.append(video)
     if not highest:
-        image_folders = {epath.Path(s.path).parent.name for s in sources if s.kind == "image"}
+        image_folders = {unicodedata.normalize("NFC", epath.Path(s.path).parent.name)
+                         for s in sources if s.kind == "image"}
         frames_hint = ""
-        if any(v.rsplit("/", 1)[-1] in image_folders for v in missing):
+        if any(listed_video_key(v, image_folders) in image_folders for v in missing):
             frames_hint = (" (the inputs are images in folders named like the listed videos: "
                            "the submission needs the videos themselves, not extracted frames)")
         raise UsageError(

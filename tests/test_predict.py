@@ -14,6 +14,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import unicodedata
 import zlib
 
 import cv2
@@ -885,6 +886,23 @@ def test_an_even_smoothing_window_averages_that_many_frames(frame_step):
                for i in range(6)]
     predict.smooth_tracks(records, 4, frame_step)  # 2 before, 1 after
     np.testing.assert_allclose(records[3].probabilities, [0, .25, .25, .25, .25, 0])
+
+
+def test_a_listed_video_is_found_whatever_unicode_form_its_file_name_has(tmp_path, ensemble_dir):
+    """A name with an accent is stored decomposed (NFD) by macOS tools and composed (NFC) in
+    most lists: 'Vidéo 1' is one video either way, and the row keeps the list's spelling."""
+    nfc, nfd = "Vidéo 1", unicodedata.normalize("NFD", "Vidéo 1")
+    assert nfc != nfd
+    noise_video(tmp_path / f"{nfd}.MP4", 3)
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"image_location\n{nfc}/00001.jpg\n{nfc}/00003.jpg\n", encoding="utf-8")
+    out, sub = tmp_path / "rows.csv", tmp_path / "sub.txt"
+    assert predict.run([os.fspath(tmp_path)], ensemble=ensemble_dir, aligned=True,
+                       out=os.fspath(out), abaw_frames=os.fspath(listed),
+                       submission=os.fspath(sub), show_progress=False) == 0
+    classes = {int(r["frame"]): r["predicted_index"] for r in read_csv(out)}
+    assert sub.read_text(encoding="utf-8").splitlines()[1:] == [
+        f"{nfc}/00001.jpg,{classes[0]}", f"{nfc}/00003.jpg,{classes[2]}"]
 
 
 def test_a_frame_list_saved_as_utf16_is_read_and_an_unreadable_one_says_the_fix(tmp_path):
