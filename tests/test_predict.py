@@ -954,3 +954,20 @@ def test_an_output_that_is_an_input_is_refused_before_any_work(tmp_path):
     assert error(out=os.fspath(video)) == (
         f"--out={video} is the input {video}, which it would overwrite: give another file.")
     assert listed.read_bytes() == before and video.read_bytes() == b""
+
+
+def test_the_submission_log_says_why_a_listed_video_got_the_fallback_class(tmp_path,
+                                                                          ensemble_dir, caplog):
+    noise_video(tmp_path / "good.avi", 2)
+    (tmp_path / "broken.mp4").write_bytes(b"\x00" * 100)
+    listed = tmp_path / "list.txt"
+    listed.write_text("good/00001.jpg\nbroken/00001.jpg\nabsent/00001.jpg\n")
+    sub = tmp_path / "sub.txt"
+    assert predict.run([os.fspath(tmp_path)], ensemble=ensemble_dir, aligned=True,
+                       out=os.fspath(tmp_path / "rows.csv"), abaw_frames=os.fspath(listed),
+                       submission=os.fspath(sub), show_progress=False) == 1
+    assert sub.read_text().splitlines()[2:] == ["broken/00001.jpg,1", "absent/00001.jpg,1"]
+    assert ("Submission: video 'broken' could not be decoded (its row says why); its frames got "
+            "class 1.") in caplog.text
+    assert ("Submission: video 'absent' was not among the inputs; its frames got class 1."
+            in caplog.text)
