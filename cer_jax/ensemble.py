@@ -189,9 +189,16 @@ def _damaged(path: epath.Path, what: str) -> EnsembleError:
                          "cer_jax.fuse (its --out=OUT writes OUT/ensemble).")
 
 
+def _missing(path: epath.Path) -> EnsembleError:
+    """A file of the ensemble that is not there (a copy of the directory cut short or partial)."""
+    return EnsembleError(f"{path} is missing: the ensemble directory is incomplete; copy it whole "
+                         "again, or write it again with python -m cer_jax.fuse (its --out=OUT "
+                         "writes OUT/ensemble).")
+
+
 def _read_npz(path: epath.Path) -> dict[str, np.ndarray]:
     if not path.exists():
-        raise EnsembleError(f"{path} is missing: the ensemble directory is incomplete.")
+        raise _missing(path)
     data = path.read_bytes()
     # A truncated archive fails in np.load or only when an array is read, each way differently.
     try:
@@ -205,7 +212,7 @@ def _read_npz(path: epath.Path) -> dict[str, np.ndarray]:
 
 def _read_json(path: epath.Path) -> dict[str, Any]:
     if not path.exists():
-        raise EnsembleError(f"{path} is missing: the ensemble directory is incomplete.")
+        raise _missing(path)
     try:
         value = json.loads(path.read_text())
     except json.JSONDecodeError as error:

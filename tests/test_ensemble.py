@@ -231,6 +231,23 @@ def test_a_damaged_ensemble_is_one_line_naming_the_file(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_a_file_missing_from_an_ensemble_is_one_line_with_the_fix(tmp_path):
+    """A copy of the directory cut short (rsync stopped, a partial download)."""
+    path, _, _ = build_tiny_ensemble(tmp_path / "ens")
+    fix = ("the ensemble directory is incomplete; copy it whole again, or write it again with "
+           "python -m cer_jax.fuse (its --out=OUT writes OUT/ensemble).")
+    manifest = json.loads((path / "ensemble.json").read_text())
+    member = path / manifest["members"][0]["dir"]
+    for missing in (member / "model.npz", member / "config.json",
+                    path / manifest["strategy"]["state_file"]):
+        kept = missing.read_bytes()
+        missing.unlink()
+        with pytest.raises(ensemble_lib.EnsembleError) as info:
+            ensemble_lib.load_ensemble(path)
+        assert str(info.value) == f"{missing} is missing: {fix}"
+        missing.write_bytes(kept)
+
+
 def test_a_member_of_other_classes_is_refused_and_leaves_no_temporary_folder(tmp_path):
     members = tiny_members(ABAW7[:6])
     data = strategies.FusionData(logits=np.zeros((2, 7, 7), np.float32), features=None,
