@@ -22,11 +22,11 @@ on stderr: `error: ...`), 130 stopped by Ctrl-C, 143 by SIGTERM.
 
 The outputs (--out, --submission, --annotate) are checked before the model is loaded: the folder
 must be creatable, a file target must not be a folder, an input or the frame list, --annotate
-must not be a file. The rows
-file and the submission are written to `<path>.partial` next to the target (for gs://, a local
-temporary file) and moved onto it once complete, so a failed or interrupted run (Ctrl-C, or the
-SIGTERM of timeout, SLURM or docker stop) leaves an earlier file as it was and no half-written
-one; if only that move fails the finished file is kept. Annotated videos are staged the same way.
+must not be a file. The rows file and the submission are written to `<path>.partial` next to the
+target (for gs://, a local temporary file) and moved onto it once complete, so a failed or
+interrupted run (Ctrl-C, or the SIGTERM of timeout, SLURM or docker stop) leaves an earlier file
+as it was and no half-written one; if only that move fails the finished file is kept. Annotated
+videos are staged the same way.
 
 Faces are found by `--detector` (see `cer_jax.faces`) and aligned like RAF-DB's 100x100
 faces; `--aligned` treats every image as an already aligned face: each member gets its own
