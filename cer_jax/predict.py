@@ -47,7 +47,8 @@ C-EXPR-DB submission (`--abaw_frames=LIST`): LIST has one `<video>/<frame>.jpg` 
 skipped; a list without entries is a usage error; UTF-8, or UTF-16 with a byte-order mark).
 The videos are the inputs whose file stem is `<video>` (compared in Unicode's composed form):
 when none of the listed videos is among the inputs that is a usage error, when some are missing
-a warning says so at the start. `--submission` (default submission.txt; a usage error without
+a warning says so at the start; input videos the list does not name are skipped (a log line
+says how many; images still get rows). `--submission` (default submission.txt; a usage error without
 `--abaw_frames`) gets the header
 `image_location,Fearfully_Surprised,...,Sadly_Angry` and one `<video>/<frame:05d>.jpg,<class>`
 row per listed frame, in the list's order. A frame's class is that of the video's main track
@@ -924,6 +925,18 @@ def check_video_names(sources: Sequence[Source]) -> None:
             )
 
 
+def only_listed_videos(sources: Sequence[Source], listed_frames: dict[str, int],
+                       list_path: str) -> list[Source]:
+    """The inputs less the videos the frame list does not name: the challenge's 56 videos
+    usually sit in a folder with the rest of C-EXPR-DB's 400, which would take 7 times as long.
+    Images stay (they get rows only)."""
+    kept = [s for s in sources if s.kind != "video" or video_name(s.path) in listed_frames]
+    if len(kept) < len(sources):
+        logging.info("Skipping the %d input videos that %s does not list (predict them in a run "
+                     "without --abaw_frames).", len(sources) - len(kept), list_path)
+    return kept
+
+
 def read_frame_list(path: str) -> list[tuple[str, int]]:
     """(video, 1-based frame number) per line of the organisers' list: UTF-8, or UTF-16 with
     its byte-order mark (what Windows PowerShell's `>` writes)."""
@@ -1088,8 +1101,9 @@ def run(inputs: Sequence[str], *, ensemble: str, out: str | None = None, aligned
         raise UsageError(f"No image or video files in {', '.join(inputs)}.")
     listed_frames: dict[str, int] = {}
     if abaw_frames:
-        check_video_names(sources)
         listed_frames = check_listed_videos(abaw_frames, entries, sources)
+        sources = only_listed_videos(sources, listed_frames, abaw_frames)
+        check_video_names(sources)
     # The outputs, before the model is loaded and hours are spent.
     check_not_an_input(sources, abaw_frames, out=out, submission=submission)
     if out:

@@ -169,6 +169,7 @@ def test_aligned_inputs_and_user_errors(tmp_path, ensemble_dir):
     for folder in ("a", "b"):  # the submission finds videos by name: one name, one video
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "video_1.mp4").write_bytes(b"")
+    (tmp_path / "list.txt").write_text("video_1/00001.jpg\n")
     with pytest.raises(predict.UsageError) as error:
         predict.run([os.fspath(tmp_path / "a"), os.fspath(tmp_path / "b")],
                     ensemble=ensemble_dir, abaw_frames=os.fspath(tmp_path / "list.txt"),
@@ -971,3 +972,21 @@ def test_the_submission_log_says_why_a_listed_video_got_the_fallback_class(tmp_p
             "class 1.") in caplog.text
     assert ("Submission: video 'absent' was not among the inputs; its frames got class 1."
             in caplog.text)
+
+
+def test_input_videos_the_frame_list_does_not_name_are_skipped(tmp_path, ensemble_dir, caplog):
+    """The challenge's videos are a subset of C-EXPR-DB's 400: given the whole folder, only the
+    listed ones are predicted, and unlisted ones may share a name."""
+    for folder in ("x", "y"):
+        (tmp_path / "videos" / folder).mkdir(parents=True)
+        noise_video(tmp_path / "videos" / folder / "other.avi", 2)
+    noise_video(tmp_path / "videos" / "listed.avi", 2)
+    listed = tmp_path / "list.txt"
+    listed.write_text("listed/00002.jpg\n")
+    rows = tmp_path / "rows.csv"
+    caplog.set_level("INFO")
+    assert predict.run([os.fspath(tmp_path / "videos")], ensemble=ensemble_dir, aligned=True,
+                       out=os.fspath(rows), abaw_frames=os.fspath(listed),
+                       submission=os.fspath(tmp_path / "sub.txt"), show_progress=False) == 0
+    assert {os.path.basename(r["source"]) for r in read_csv(rows)} == {"listed.avi"}
+    assert f"Skipping the 2 input videos that {listed} does not list" in caplog.text
