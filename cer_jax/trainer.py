@@ -262,7 +262,9 @@ def eval_tag_prefix(split: str) -> str:
 def write_eval(writer: Any, step: int, split: str, scores: dict[str, Any], info: Any) -> None:
     prefix = eval_tag_prefix(split)
     scalars = {f"{prefix}/{k}": scores[k] for k in ("loss", "accuracy", "macro_f1")}
-    scalars.update({f"{prefix}/f1/{name}": f for name, f in scores["per_class_f1"].items()})
+    # A class with no example in the split, never predicted, has no F1 (None): no point.
+    scalars.update({f"{prefix}/f1/{name}": f for name, f in scores["per_class_f1"].items()
+                    if f is not None})
     writer.write_scalars(step, scalars)
     image = confusion_matrix_image(
         np.asarray(scores["confusion_matrix"]), info.class_names, f"{split} @ step {step}"

@@ -219,6 +219,34 @@ def test_the_report_records_each_members_seeds(tmp_path):
     assert f"| manet | 7 | ? | ? | {workdirs[1]} |" in markdown
 
 
+def test_a_class_without_a_test_example_is_reported_as_undefined(tmp_path):
+    """Its F1 is 0/0 where it is never predicted: 'n/a' (JSON null), not 0.00, with a note
+    that macro F1 leaves it out; not a class that every system failed on."""
+    absent = CLASSES[3]
+    workdirs = []
+    for name, (quality, seed) in QUALITY_SEED.items():
+        outputs = make_outputs(quality, seed)
+        test = outputs["test"]
+        kept = test["labels"] != 3
+        # No system predicts it either: its logits are the lowest in every kept row.
+        test["logits"][:, 3] = -100.0
+        outputs["test"] = {key: value[kept] for key, value in test.items()}
+        workdirs.append(write_export(str(tmp_path / name), name, outputs))
+    out = tmp_path / "fusion"
+    report = evaluator.fuse(fusion_config(
+        workdirs, out, strategies="performance_weighted,uniform_probabilities", ablation=False))
+    assert report["absent_classes"] == {"test": [absent]}
+    on_disk = json.loads((out / "report.json").read_text())
+    for system in [*on_disk["members"], *on_disk["strategies"].values()]:
+        assert system["metrics"]["test"]["per_class_f1"][absent] is None
+        assert system["metrics"]["validation"]["per_class_f1"][absent] is not None
+    markdown = (out / "report.md").read_text()
+    test_table = markdown.split("## Per-class F1 (%) on test")[1].split("## ")[0]
+    assert "| vit | " in test_table and test_table.count(" n/a |") == 5
+    assert f"test has no example of {absent}: its F1 is n/a (0/0, undefined)" in test_table
+    assert (out / "per_class_f1_test.png").stat().st_size > 1000
+
+
 def test_importing_fusion_leaves_matplotlib_alone():
     """No import-time side effects: importing cer_jax.fusion (report, plots) in a fresh
     interpreter neither sets matplotlib's backend nor loads pyplot."""

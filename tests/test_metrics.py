@@ -11,12 +11,20 @@ def test_classification_metrics_by_hand():
     preds = np.array([0, 1, 1, 1, 2, 0])
     m = metrics.classification_metrics(labels, preds, 4, ["a", "b", "c", "d"])
     assert m["accuracy"] == pytest.approx(4 / 6)
-    # a: P=1/2 R=1/2 -> 0.5; b: P=2/3 R=1 -> 0.8; c: P=1 R=1/2 -> 2/3; d absent everywhere.
-    assert m["per_class_f1"] == pytest.approx({"a": 0.5, "b": 0.8, "c": 2 / 3, "d": 0.0})
+    # a: P=1/2 R=1/2 -> 0.5; b: P=2/3 R=1 -> 0.8; c: P=1 R=1/2 -> 2/3; d absent everywhere:
+    # 0/0, undefined (None), not sklearn's zero_division 0 (read as a class never recognised).
+    assert m["per_class_f1"] == pytest.approx({"a": 0.5, "b": 0.8, "c": 2 / 3, "d": None})
     # Macro F1 over the classes present (scikit-learn's default, as the paper reports it).
     assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
     assert m["confusion_matrix"] == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]
     assert m["num_examples"] == 6
+
+
+def test_a_class_absent_from_the_labels_but_predicted_has_f1_zero():
+    """F1 = 2TP / (2TP + FP + FN) = 0 is defined there, and macro F1 counts it (sklearn)."""
+    m = metrics.classification_metrics(np.array([0, 0, 1]), np.array([0, 2, 1]), 3)
+    assert m["per_class_f1"] == pytest.approx({"0": 2 / 3, "1": 1.0, "2": 0.0})
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 1.0 + 0.0) / 3)
 
 
 def test_classification_metrics_rejects_mismatched_inputs():
@@ -57,3 +65,18 @@ def test_an_evaluation_of_the_train_split_keeps_off_the_training_curves():
         {"loss_sum": 1.0, "count": 1, "correct": 1, "grad_norm_sum": 1.0, "steps": 1}, 0.1, 10.0))
     assert {"validation/macro_f1", "validation/confusion_matrix", "eval_train/accuracy",
             "eval_train/f1/b"} <= set(tags)
+
+
+def test_a_class_without_an_example_in_the_split_has_no_f1_point():
+    """Its F1 is 0/0: a point at 0 on its curve would read as a class never recognised."""
+    from types import SimpleNamespace
+
+    from cer_jax import trainer
+
+    scores = metrics.classification_metrics(np.array([0, 1]), np.array([0, 1]), 3,
+                                            ["a", "b", "c"])
+    scores["loss"] = 0.5
+    writer = _RecordingWriter()
+    trainer.write_eval(writer, 4, "test", scores, SimpleNamespace(class_names=["a", "b", "c"]))
+    tags = {tag for _, tag in writer.tags}
+    assert {"test/f1/a", "test/f1/b"} <= tags and "test/f1/c" not in tags

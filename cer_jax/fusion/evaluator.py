@@ -261,6 +261,14 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
             for split, probabilities in probabilities_by_split.items()
         }
 
+    absent_classes = {}
+    for split in eval_splits:
+        counts = np.bincount(data[split].labels, minlength=num_classes)
+        absent = [name for name, count in zip(class_names, counts, strict=True) if not count]
+        if absent:
+            absent_classes[split] = absent
+            logging.warning("%s", report_lib.absent_classes_note(absent, split))
+
     member_rows = []
     for index, member in enumerate(members):
         member_rows.append({
@@ -304,6 +312,7 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "class_names": class_names,
         "select_on": config.select_on,
         "eval_splits": eval_splits,
+        "absent_classes": absent_classes,  # {split: classes without an example there}
         "training_leaks": leaks,
         "unfinished_members": unfinished,
         "paper_strategy": strategies_lib.PAPER_STRATEGY,

@@ -26,8 +26,20 @@ CONFUSION_PNG = "confusion_{strategy}_{split}.png"
 PER_CLASS_PNG = "per_class_f1_{split}.png"
 
 
-def _percent(value: float) -> str:
-    return f"{100 * value:.2f}"
+def _percent(value: float | None) -> str:
+    """A fraction in %; None (a class's F1 that is 0/0) is 'n/a'."""
+    return "n/a" if value is None else f"{100 * value:.2f}"
+
+
+def absent_classes_note(classes: Sequence[str], split: str) -> str:
+    """What 'n/a' in the per-class table means, and what it does to macro F1."""
+    return (
+        f"{split} has no example of {', '.join(classes)}: its F1 is n/a (0/0, undefined) for a "
+        "system that never predicts it, and 0 for one that does. Macro F1 (scikit-learn's "
+        f"default, as the paper) averages over the classes in {split}'s labels or a system's "
+        "predictions, so it leaves n/a classes out: systems' macro F1 may average over "
+        "different classes."
+    )
 
 
 def _systems(report: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
@@ -141,6 +153,9 @@ def sections(report: dict[str, Any]) -> list[tuple[str, str, str]]:
                 for name, _, metrics in _systems(report)
             ],
         )
+        absent = report.get("absent_classes", {}).get(split)
+        if absent:
+            table += "\n\n" + absent_classes_note(absent, split)
         parts.append((f"per_class_f1/{split}", f"Per-class F1 (%) on {split}", table))
     for strategy, rows in report["ablation"].items():
         table = _table(
@@ -180,7 +195,7 @@ def per_class_f1_figure(report: dict[str, Any], split: str) -> Any:
     fig = plots.new_figure((max(6.0, 0.9 * len(classes) + 2), 4.5))
     ax = fig.subplots()
     for i, (name, metrics) in enumerate(series):
-        values = [metrics["per_class_f1"][c] for c in classes]
+        values = [np.nan if (f := metrics["per_class_f1"][c]) is None else f for c in classes]
         ax.bar(positions + (i - (len(series) - 1) / 2) * width, values, width, label=name)
     ax.set_xticks(positions, classes, rotation=45, ha="right", fontsize=8)
     ax.set_ylim(0.0, 1.2)
