@@ -185,7 +185,26 @@ def load_export(workdir: str) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
         if missing:
             raise ExportError(f"{path} (split {split!r} of the export) lacks arrays {missing}: "
                               f"{_REEXPORT.format(workdir=workdir)}")
+        problem = _inconsistency(arrays[split], len(manifest.get("class_names") or ()))
+        if problem:  # fusion matches rows by file name: it would index past an array's end
+            raise ExportError(f"{path} (split {split!r} of the export) {problem}: "
+                              f"{_REEXPORT.format(workdir=workdir)}")
     return manifest, arrays
+
+
+def _inconsistency(arrays: dict[str, np.ndarray], num_classes: int) -> str | None:
+    """What is wrong with one split's arrays (rows that disagree in number, a label outside the
+    class names), or None: such an export was not written by `write_export`."""
+    rows = {key: np.shape(arrays[key])[0] if np.ndim(arrays[key]) else 0 for key in ARRAYS}
+    if len(set(rows.values())) > 1 or np.ndim(arrays["logits"]) != 2:
+        shapes = ", ".join(f"{key} {np.shape(arrays[key])}" for key in ARRAYS)
+        return f"has arrays of different lengths or ranks ({shapes})"
+    labels = np.asarray(arrays["labels"])
+    outside = labels[(labels < 0) | (labels >= num_classes)]
+    if num_classes and outside.size:  # no class names: the manifest's own error comes later
+        return (f"has {outside.size} label(s) outside 0..{num_classes - 1} (export.json lists "
+                f"{num_classes} class names), e.g. {int(outside[0])}")
+    return None
 
 
 def export_is_current(workdir: str) -> bool:

@@ -582,11 +582,13 @@ def test_a_one_example_selection_split_is_one_line(tmp_path):
 
 @pytest.mark.parametrize(("damaged", "damage"), [
     ("export.json", "cut short"), ("test.npz", "cut short"), ("test.npz", "removed"),
-    ("test.npz", "without labels")])
+    ("test.npz", "without labels"), ("test.npz", "with fewer logits"),
+    ("test.npz", "with a label outside the classes")])
 def test_a_cut_short_or_incomplete_export_is_one_line_naming_the_fix(tmp_path, damaged, damage):
-    """An export copied from another machine and cut short, or short of a file or an array.
-    Before: JSONDecodeError / BadZipFile tracebacks; a missing file or array said only
-    're-export.'"""
+    """An export copied from another machine and cut short, or short of a file or an array, or
+    whose arrays disagree (written by hand or another tool). Before: JSONDecodeError /
+    BadZipFile / IndexError tracebacks; a missing file or array said only 're-export.'; a label
+    outside the class names was counted wrong but left out of the confusion matrix."""
     a = write_export(str(tmp_path / "a"), "vit", make_outputs(2.0, 1))
     file = tmp_path / "a" / "export" / damaged
     if damage == "cut short":
@@ -595,7 +597,13 @@ def test_a_cut_short_or_incomplete_export_is_one_line_naming_the_fix(tmp_path, d
         file.unlink()
     else:
         with np.load(file) as data:
-            kept = {key: data[key] for key in data if key != "labels"}
+            arrays = {key: data[key] for key in data}
+        kept = {key: value for key, value in arrays.items() if key != "labels"}
+        if damage == "with fewer logits":
+            kept = {**arrays, "logits": arrays["logits"][:-3]}
+        elif damage == "with a label outside the classes":
+            kept = {**arrays, "labels": np.where(np.arange(len(arrays["labels"])) == 5,
+                                                 len(CLASSES), arrays["labels"])}
         with open(file, "wb") as f:
             np.savez(f, **kept)
     with pytest.raises(ValueError) as e:
