@@ -247,6 +247,23 @@ def test_a_class_without_a_test_example_is_reported_as_undefined(tmp_path):
     assert (out / "per_class_f1_test.png").stat().st_size > 1000
 
 
+def test_the_report_gives_what_a_paper_table_quotes(three_members, tmp_path):
+    """The number of examples each split's figures are over, and each member's fusion weight by
+    name: report.md had neither (the sizes only in report.json, the weights as a bare list)."""
+    out = tmp_path / "fusion"
+    report = evaluator.fuse(fusion_config(
+        three_members, out, strategies="performance_weighted,temperature_scaled", ablation=False))
+    markdown = (out / "report.md").read_text()
+    assert "Examples (each scored once): validation 48, test 48." in markdown
+    paper = report["strategies"]["performance_weighted"]["params"]
+    weights = ", ".join(f'"{name}": {round(w, 4)}'
+                        for name, w in zip(QUALITY_SEED, paper["weights"], strict=True))
+    assert f'"weights": {{{weights}}}' in markdown
+    assert '"temperatures": {"vit": ' in markdown
+    assert isinstance(json.loads((out / "report.json").read_text())["strategies"][
+        "performance_weighted"]["params"]["weights"], list)  # report.json keeps the members' order
+
+
 def test_importing_fusion_leaves_matplotlib_alone():
     """No import-time side effects: importing cer_jax.fusion (report, plots) in a fresh
     interpreter neither sets matplotlib's backend nor loads pyplot."""

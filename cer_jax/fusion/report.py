@@ -121,12 +121,30 @@ def accuracy_table(report: dict[str, Any]) -> str:
         + [_percent(cv_scores[name]) if name in cv_scores else "-"]
         for name, kind, metrics in _systems(report)
     ]
-    return _table(header, rows)
+    # A paper table states its test set's size: every system scores every example once.
+    first = _systems(report)[0][2]
+    sizes = ", ".join(f"{s} {first[s]['num_examples']}" for s in splits)
+    return _table(header, rows) + f"\n\nExamples (each scored once): {sizes}."
 
 
 def summary_table(report: dict[str, Any]) -> str:
     """Where fusion was chosen, then the accuracy table: what the CLIs print."""
     return selection_note(report) + "\n\n" + accuracy_table(report)
+
+
+# Fitted parameters with one value per member, in the members' order (report.json's lists).
+_PER_MEMBER = ("weights", "member_scores", "temperatures")
+
+
+def _by_member(report: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """`params` with each per-member list keyed by member name: a paper table quotes each
+    member's weight, and a bare list leaves the reader to match it by position."""
+    names = [m["name"] for m in report["members"]]
+    return {
+        key: dict(zip(names, value, strict=True))
+        if key in _PER_MEMBER and isinstance(value, list) and len(value) == len(names) else value
+        for key, value in params.items()
+    }
 
 
 def sections(report: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -168,7 +186,7 @@ def sections(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         )
         parts.append((f"ablation/{strategy}", f"Ablation over member subsets: {strategy}", table))
     chosen = "\n".join(
-        f"- `{name}`: `{json.dumps(_rounded(row['params']))}`"
+        f"- `{name}`: `{json.dumps(_rounded(_by_member(report, row['params'])))}`"
         for name, row in report["strategies"].items()
     )
     parts.append(("chosen", f"Chosen on {report['select_on']}", chosen))
