@@ -264,6 +264,28 @@ def test_the_report_gives_what_a_paper_table_quotes(three_members, tmp_path):
         "performance_weighted"]["params"]["weights"], list)  # report.json keeps the members' order
 
 
+def test_no_fitted_number_or_choice_depends_on_the_test_labels(tmp_path):
+    """A guard (it passes at the review's start): every strategy's fitted values, its
+    out-of-fold selection score and the best strategy are the same when the test labels are
+    replaced, so the test figures are held out."""
+    reports = []
+    for relabelled in (False, True):
+        workdirs = []
+        for name, (quality, seed) in QUALITY_SEED.items():
+            outputs = make_outputs(quality, seed)
+            if relabelled:
+                outputs["test"]["labels"] = (outputs["test"]["labels"] + 1) % len(CLASSES)
+            workdirs.append(write_export(str(tmp_path / f"{name}{relabelled}"), name, outputs))
+        reports.append(evaluator.fuse(fusion_config(
+            workdirs, tmp_path / f"fusion{relabelled}", ablation=False)))
+    before, after = reports
+    assert before["best_strategy"] == after["best_strategy"]
+    for name, row in before["strategies"].items():
+        assert row["params"] == after["strategies"][name]["params"], name
+        assert row["selection_cv_macro_f1"] == after["strategies"][name]["selection_cv_macro_f1"]
+        assert row["metrics"]["test"] != after["strategies"][name]["metrics"]["test"]
+
+
 def test_importing_fusion_leaves_matplotlib_alone():
     """No import-time side effects: importing cer_jax.fusion (report, plots) in a fresh
     interpreter neither sets matplotlib's backend nor loads pyplot."""
