@@ -196,7 +196,8 @@ def _inconsistency(arrays: dict[str, np.ndarray], num_classes: int) -> str | Non
     """What is wrong with one split's arrays (rows that disagree in number, a label outside the
     class names), or None: such an export was not written by `write_export`."""
     rows = {key: np.shape(arrays[key])[0] if np.ndim(arrays[key]) else 0 for key in ARRAYS}
-    if len(set(rows.values())) > 1 or np.ndim(arrays["logits"]) != 2:
+    if len(set(rows.values())) > 1 or not np.ndim(arrays["logits"]) == np.ndim(
+            arrays["features"]) == 2:
         shapes = ", ".join(f"{key} {np.shape(arrays[key])}" for key in ARRAYS)
         return f"has arrays of different lengths or ranks ({shapes})"
     labels = np.asarray(arrays["labels"])

@@ -622,7 +622,7 @@ def test_a_one_example_selection_split_is_one_line(tmp_path):
 @pytest.mark.parametrize(("damaged", "damage"), [
     ("export.json", "cut short"), ("test.npz", "cut short"), ("test.npz", "removed"),
     ("test.npz", "without labels"), ("test.npz", "with fewer logits"),
-    ("test.npz", "with a label outside the classes")])
+    ("test.npz", "with a label outside the classes"), ("test.npz", "with 1-D features")])
 def test_a_cut_short_or_incomplete_export_is_one_line_naming_the_fix(tmp_path, damaged, damage):
     """An export copied from another machine and cut short, or short of a file or an array, or
     whose arrays disagree (written by hand or another tool). Before: JSONDecodeError /
@@ -640,6 +640,8 @@ def test_a_cut_short_or_incomplete_export_is_one_line_naming_the_fix(tmp_path, d
         kept = {key: value for key, value in arrays.items() if key != "labels"}
         if damage == "with fewer logits":
             kept = {**arrays, "logits": arrays["logits"][:-3]}
+        elif damage == "with 1-D features":
+            kept = {**arrays, "features": arrays["features"][:, 0]}
         elif damage == "with a label outside the classes":
             kept = {**arrays, "labels": np.where(np.arange(len(arrays["labels"])) == 5,
                                                  len(CLASSES), arrays["labels"])}
