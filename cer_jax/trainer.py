@@ -343,6 +343,37 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
     return info, config
 
 
+def create_writer(workdir: str, first_step: int) -> Any:
+    """CLU's metric writer: the log, and on process 0 TensorBoard events in the workdir, which
+    begin with a session START at `first_step`, the first step this run logs.
+
+    A run killed (SIGKILL, out of memory) after its last checkpoint had logged steps that its
+    resumed run logs again: TensorBoard drew both values of those steps. A START that follows
+    a run's first one tells TensorBoard's loader to drop the earlier events of steps >=
+    `first_step` (its purge_orphaned_data; the data server of --load_fast keeps the last value
+    of a step by itself)."""
+    from clu import metric_writers
+
+    if jax.process_index() > 0:
+        return metric_writers.create_default_writer(just_logging=True)
+    events = metric_writers.SummaryWriter(workdir)
+    _write_session_start(events, first_step)
+    return metric_writers.AsyncMultiWriter([metric_writers.LoggingWriter(), events])
+
+
+def _write_session_start(events: Any, step: int) -> None:
+    """The START event, first in the file: TF2's summary API writes events of other kinds only,
+    so it goes through TF's import_event into CLU's TF writer."""
+    import tensorflow as tf
+    from tensorflow.python.ops import summary_ops_v2
+
+    start = tf.compat.v1.Event(
+        step=step, wall_time=time.time(),
+        session_log=tf.compat.v1.SessionLog(status=tf.compat.v1.SessionLog.START))
+    with events._summary_writer.as_default():  # CLU has no public handle on it
+        summary_ops_v2.import_event(tf.constant(start.SerializeToString()))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains, evaluates and exports one model in `workdir`; returns its final metrics:
     {"step", "best_step", "stopped" (None | "preempted" | "halted"), "train": {...},
@@ -350,7 +381,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
      "export": {split: {accuracy, macro_f1, num_examples} of the best checkpoint}}.
     Raises `Interrupted` once a Ctrl-C's checkpoint is saved."""
     info, config = prepare(config, workdir)
-    from clu import metric_writers, periodic_actions  # imports TensorFlow: once checks pass
+    from clu import periodic_actions  # imports TensorFlow: once checks pass
 
     mesh = sharding.create_mesh()
     train_size = info.split_sizes[config.dataset.train_split]
@@ -380,7 +411,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
              steps_per_epoch=steps_per_epoch)
     )
     checkpointing.save_config(config, workdir)
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    writer = create_writer(workdir, first_step=start_step + 1)
     if start_step == 0:
         writer.write_hparams(_flat_hparams(config))
     if start_step >= total_steps:  # a finished run again, or one shortened below its step

@@ -211,6 +211,48 @@ def test_a_best_step_saved_again_replaces_the_first(tmp_path, synthetic_cache_di
     ckpts.close()
 
 
+class _Killed(BaseException):
+    """A SIGKILL: nothing after it runs in the trainer but its finally blocks."""
+
+
+def _tensorboard_steps(workdir) -> dict[str, list[int]]:
+    """{tag: steps} as TensorBoard's loader (the one of --load_fast=false) reads the workdir."""
+    from tensorboard.backend.event_processing import plugin_event_accumulator
+
+    events = plugin_event_accumulator.EventAccumulator(str(workdir), size_guidance={"tensors": 0})
+    events.Reload()
+    return {tag: [event.step for event in events.Tensors(tag)]
+            for tag in events.Tags()["tensors"]}
+
+
+def test_a_run_resumed_after_a_kill_replaces_the_steps_it_logs_again_in_tensorboard(
+    halted_workdir, tmp_path, synthetic_cache_dir, monkeypatch
+):
+    """Killed after logging (and evaluating) step 8 but before saving it, a run resumes from
+    step 4 and logs steps 6 and 8 again: TensorBoard held two values of each (a zig-zag)."""
+    workdir = tmp_path / "run"
+    shutil.copytree(halted_workdir, workdir)
+    save_latest = checkpointing.Checkpoints.save_latest
+
+    def killed_at_the_last_save(self, step, *args, **kwargs):
+        if step == TOTAL_STEPS:
+            raise _Killed
+        return save_latest(self, step, *args, **kwargs)
+
+    config = tiny_config(synthetic_cache_dir)
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpointing.Checkpoints, "save_latest", killed_at_the_last_save)
+        with pytest.raises(_Killed):
+            trainer.train_and_evaluate(config, str(workdir))
+    assert saved_steps(workdir) == [4]
+    result = trainer.train_and_evaluate(config, str(workdir))
+    assert result["step"] == TOTAL_STEPS
+    logged = _tensorboard_steps(workdir)
+    assert logged["train/loss"] == [2, 4, 6, 8]
+    assert logged["validation/macro_f1"] == [4, 8]
+    assert all(steps == sorted(set(steps)) for steps in logged.values()), logged
+
+
 def _assert_same_state(got, want) -> None:
     """Float leaves to float32 rounding, everything else (step, RNG keys and counts) exactly."""
     assert jax.tree.structure(got) == jax.tree.structure(want)
@@ -574,7 +616,7 @@ def test_a_run_reports_training_throughput_its_best_step_and_its_seeds(
     evaluations and saves since the last log point, and fell after each. A fake clock: a
     training step takes 1 s, an evaluation of a split 1000 s. The export records the seeds."""
     now = [0.0]
-    clock = type("Clock", (), {"monotonic": lambda: now[0]})
+    clock = type("Clock", (), {"monotonic": lambda: now[0], "time": lambda: now[0]})
     monkeypatch.setattr(trainer, "time", clock, raising=False)
     jit_train_step, predict_split = steps.jit_train_step, evaluate.predict_split
 
