@@ -162,9 +162,11 @@ def _identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return identity
 
 
-def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
+def check_same_run(config: ml_collections.ConfigDict, workdir: str, *,
+                   resuming: bool | None = None) -> None:
     """Refuses to resume a workdir whose checkpoints come from another model, label space,
-    evaluation preprocessing or data order (or that is a file)."""
+    evaluation preprocessing or data order (or that is a file). `resuming`: whether the workdir
+    holds checkpoints, if the caller listed them already (None: listed here)."""
     blocker = paths.file_in_the_way(workdir)
     if blocker is not None:
         raise WorkdirError(f"--workdir={workdir}: {blocker} is a file, not a folder; give a "
@@ -172,7 +174,7 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
     path = workdir_path(workdir, CONFIG_FILE)
     if not path.exists():
         return
-    if not holds_checkpoints(workdir):
+    if not (holds_checkpoints(workdir) if resuming is None else resuming):
         # A run stopped before its first save (a non-finite loss, a Ctrl-C during compilation)
         # left only its config and events: nothing to resume, so any config starts anew there.
         logging.info("%s holds no checkpoint: starting anew with this config.", workdir)

@@ -298,12 +298,14 @@ def _is_boundary(step: int, every: int | None) -> bool:
     return bool(every) and step % every == 0
 
 
-def resolve_data_shards(config: ml_collections.ConfigDict, workdir: str) -> None:
+def resolve_data_shards(config: ml_collections.ConfigDict, workdir: str, *,
+                        resuming: bool) -> None:
     """input.num_data_shards=None becomes the resumed run's count (so its data stream goes on
-    unchanged on any process count that divides it), or one shard per process; then checked."""
+    unchanged on any process count that divides it), or one shard per process; then checked.
+    `resuming`: the workdir holds checkpoints."""
     if config.input.get("num_data_shards") is None:
         saved = None
-        if checkpointing.holds_checkpoints(workdir):
+        if resuming:
             saved = checkpointing.load_config(workdir).input.get("num_data_shards")
         config.input.num_data_shards = saved or jax.process_count()
     pipeline.check_data_shards(config.input.num_data_shards, config.training.global_batch_size)
@@ -313,7 +315,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
     """Every check that needs no training: config, model settings, workdir, data (all splits
     decoded once). Returns (dataset info, resolved config)."""
     config = ml_collections.ConfigDict(config.to_dict())  # resolve references, keep caller's
-    resuming = checkpointing.holds_checkpoints(workdir)
+    resuming = checkpointing.holds_checkpoints(workdir)  # listed once (slow on gs://)
     validate_config(config, resuming=resuming)
     for key in ("folder", "data_dir", "manual_dir", "cache_dir"):  # as config.json records them
         if config.dataset.get(key):
@@ -329,9 +331,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
     else:
         warm_start.resolve_model_settings(config)
     train_state.check_model(config)  # before the data: a bad model setting needs no dataset
-    resolve_data_shards(config, workdir)  # first: an unset shard count takes the resumed run's
+    # First: an unset shard count takes the resumed run's.
+    resolve_data_shards(config, workdir, resuming=resuming)
     config.input.seed = checkpointing.data_order_seed(config)  # recorded resolved
-    checkpointing.check_same_run(config, workdir)
+    checkpointing.check_same_run(config, workdir, resuming=resuming)
     info = pipeline.get_dataset_info(config)
     splits = list(dict.fromkeys(
         [config.dataset.train_split, *config.dataset.eval_splits,

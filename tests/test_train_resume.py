@@ -171,6 +171,25 @@ def test_a_resume_needs_no_init_source_which_a_fresh_run_still_checks(
         trainer.prepare(config, str(tmp_path / "fresh"))
 
 
+def test_a_resume_lists_the_workdirs_checkpoints_once_before_training(
+        halted_workdir, tmp_path, synthetic_cache_dir, monkeypatch):
+    """Each listing is several requests on gs://: the checks before training listed the
+    checkpoints three times (resuming?, the recorded shard count, the same run?)."""
+    workdir = tmp_path / "run"
+    shutil.copytree(halted_workdir, workdir)
+    listed = []
+    any_checkpoint_step = ocp.path.step.any_checkpoint_step
+
+    def listing(folder):
+        listed.append(folder)
+        return any_checkpoint_step(folder)
+
+    monkeypatch.setattr(ocp.path.step, "any_checkpoint_step", listing)
+    config = tiny_config(synthetic_cache_dir, **{"input.num_data_shards": None})
+    trainer.prepare(config, str(workdir))
+    assert [str(folder) for folder in listed] == [str(workdir / "checkpoints")]
+
+
 def test_keep_head_of_a_run_on_other_classes_is_refused_in_one_line(
         halted_workdir, tmp_path, synthetic_cache_dir):
     """basic-7 and the 7 C-EXPR-DB classes give heads of one shape: keep_head must compare the
