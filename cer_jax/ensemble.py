@@ -23,7 +23,8 @@ training workdir, no TFDS and no TensorFlow (only JAX / Flax, numpy and OpenCV):
                                bfloat16 leaves are stored as float32, RNG keys are not stored
                                (evaluation never draws from them)
 
-The directory is written under a temporary sibling and renamed into place. Every path goes
+The directory is written under a temporary sibling and renamed into place, ensemble.json last
+(on gs:// a folder moves object by object): a folder without it is refused. Every path goes
 through etils epath, so DIR may be remote (gs://...).
 
 Preprocessing is the training pipeline's eval view (`cer_jax.data.augment.eval_view`) in
@@ -339,7 +340,7 @@ def write_ensemble(
         raise EnsembleError("The fitted strategy has no name: fit it with fit_strategy(...).")
     out = epath.Path(out).expanduser()  # as load_ensemble reads it
     # A wrong member or Ctrl-C leaves the earlier ensemble and no temporary folder behind.
-    with paths.replacing_folder(out) as tmp:
+    with paths.replacing_folder(out, manifest=ENSEMBLE_FILE) as tmp:
         entries = []
         for index, (name, model, config) in enumerate(members):
             member_classes = list(config.dataset_info.class_names)

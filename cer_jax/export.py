@@ -11,7 +11,8 @@
 
 The exported splits default to the config's dataset.train_split (evaluated without
 augmentation, for feature-level fusion) followed by its dataset.eval_splits. The directory is
-written to a temporary sibling and renamed into place, so readers never see half an export.
+written to a temporary sibling and renamed into place, export.json last (on gs:// a folder
+moves object by object): a folder without export.json is no export, and one with it is whole.
 Every path goes through etils epath (gs:// workdirs work); only process 0 writes, and every
 process returns from `write_export` only once the new export is in place.
 """
@@ -125,7 +126,7 @@ def write_export(
 
 
 def _write_atomically(target: epath.Path, manifest: dict, arrays: dict) -> None:
-    with paths.replacing_folder(target) as tmp:
+    with paths.replacing_folder(target, manifest=EXPORT_FILE) as tmp:
         for split, split_arrays in arrays.items():
             buffer = io.BytesIO()
             np.savez(buffer, **split_arrays)

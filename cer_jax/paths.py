@@ -66,12 +66,12 @@ def write_text_atomically(target: epath.Path, text: str) -> None:
 
 
 @contextlib.contextmanager
-def replacing_folder(target: epath.Path) -> Iterator[epath.Path]:
-    """A new, empty folder beside `target` to write into. Leaving the block, it replaces
-    `target` whole (`replace_folder`); a write that fails or is stopped (Ctrl-C) removes it
-    instead, leaving `target` as it was and nothing aside. Each call writes a folder of its
-    own, so two writers of one target (a trainer's export and a fusion's re-export) never
-    empty each other's half-written folder."""
+def replacing_folder(target: epath.Path, *, manifest: str) -> Iterator[epath.Path]:
+    """A new, empty folder beside `target` to write into, `manifest` (a file name) included.
+    Leaving the block, it replaces `target` whole (`replace_folder`); a write that fails or is
+    stopped (Ctrl-C) removes it instead, leaving `target` as it was and nothing aside. Each call
+    writes a folder of its own, so two writers of one target (a trainer's export and a fusion's
+    re-export) never empty each other's half-written folder."""
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
@@ -79,20 +79,34 @@ def replacing_folder(target: epath.Path) -> Iterator[epath.Path]:
     except BaseException:
         tmp.rmtree(missing_ok=True)
         raise
-    replace_folder(tmp, target)
+    replace_folder(tmp, target, manifest=manifest)
 
 
-def replace_folder(finished: epath.Path, target: epath.Path) -> None:
+def replace_folder(finished: epath.Path, target: epath.Path, *,
+                   manifest: str | None = None) -> None:
     """Moves the whole folder `finished` to `target`, removing the folder that was there.
 
-    A Ctrl-C or SIGTERM that arrives meanwhile is delivered once the move is done: between the
-    two renames it would leave no folder at `target` (the previous one set aside, hidden)."""
+    `manifest` names the file by which readers take a folder for whole: it leaves `target`
+    first and comes into place last, so a folder that has it is whole. On gs:// a folder moves
+    object by object: a reader meanwhile, or a move cut short (SIGKILL), found the new manifest
+    (first in name order) beside some of the files it lists; now it finds none and refuses the
+    folder. A Ctrl-C or SIGTERM that arrives meanwhile is delivered once the move is done:
+    between the two renames it would leave no folder at `target` (the previous one set aside,
+    hidden)."""
     with _stop_signals_held():
+        text = None
+        if manifest is not None:
+            text = (finished / manifest).read_text()
+            (finished / manifest).unlink()
         old = None
         if target.exists():
+            if manifest is not None:
+                (target / manifest).unlink(missing_ok=True)
             old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
             target.rename(old)
         finished.rename(target)
+        if text is not None:
+            write_text_atomically(target / manifest, text)
         if old is not None:
             old.rmtree()
 

@@ -86,12 +86,18 @@ _MOCKED = ("exists", "isdir", "open", "stat", "listdir", "glob", "makedirs", "mk
            "rmtree")
 
 
+class Killed(BaseException):
+    """A SIGKILL in the middle of something: nothing after it runs but finally blocks."""
+
+
 class Bucket:
     """gs://test-bucket/ as seen through the mocked epath, backed by the local folder `root`."""
 
     def __init__(self, root):
         self.root = root
         self.seen: list[str] = []  # every path epath's backend was asked about
+        # A folder move killed (SIGKILL) after this many objects: None, never.
+        self.killed_after: int | None = None
 
     def local(self, path) -> str:
         path = os.fspath(path)
@@ -117,7 +123,16 @@ class Bucket:
         if original_fn.__name__ == "rename" and os.path.exists(target):
             raise FileExistsError(f"{dst} already exists")
         if os.path.isdir(source):
-            shutil.copytree(source, target, dirs_exist_ok=True)
+            objects = sorted(os.path.relpath(os.path.join(folder, name), source)
+                             for folder, _, names in os.walk(source) for name in names)
+            for name in objects:  # GCS lists (and a rename moves) objects in name order
+                if self.killed_after is not None:
+                    if self.killed_after == 0:
+                        raise Killed
+                    self.killed_after -= 1
+                os.makedirs(os.path.dirname(os.path.join(target, name)), exist_ok=True)
+                shutil.copyfile(os.path.join(source, name), os.path.join(target, name))
+                os.remove(os.path.join(source, name))
             shutil.rmtree(source)
         else:
             shutil.copyfile(source, target)

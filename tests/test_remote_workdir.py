@@ -13,9 +13,11 @@ import json
 
 import numpy as np
 import pytest
-from conftest import BUCKET
+from conftest import BUCKET, Killed
+from test_ensemble import ABAW7, build_tiny_ensemble
 
 from cer_jax import checkpointing, export
+from cer_jax import ensemble as ensemble_lib
 from cer_jax.fusion import evaluator
 from cer_jax.fusion import members as members_lib
 
@@ -88,3 +90,66 @@ def test_two_exports_of_one_workdir_at_once_both_finish_whole(tmp_path, bucket, 
     assert manifest["step"] == 1  # the last one to finish
     np.testing.assert_array_equal(arrays["validation"]["logits"], first[1]["validation"]["logits"])
     assert sorted(p.name for p in (root / "run").iterdir()) == ["export"]
+
+
+def _killed_mid_move(bucket, killed_after: int, write, *args) -> bool:
+    """`write(*args)` (a replacement of a folder in the bucket) killed after `killed_after`
+    objects moved; False when it finished first."""
+    bucket.killed_after = killed_after
+    try:
+        write(*args)
+    except Killed:
+        return True
+    finally:
+        bucket.killed_after = None
+    return False
+
+
+def test_an_export_replaced_on_gs_is_whole_or_refused_wherever_a_kill_cuts_its_move(bucket):
+    """On gs:// the old export moves aside and the new one in object by object. Killed midway,
+    the export read after held the new export.json (first in name order) beside some of its
+    splits: taken for current, then 'validation.npz is missing'. A folder with export.json is
+    now whole, and one without it is no export (a fusion writes it again)."""
+    two_splits = [
+        {**manifest, "splits": {"test": "test.npz", "validation": "validation.npz"}}
+        for manifest, _ in (_export(1), _export(2))]
+    arrays = [{"test": a["validation"], **a} for _, a in (_export(1), _export(2))]
+    killed_after = 0
+    while True:
+        workdir = f"{BUCKET}/run{killed_after}"
+        export._write_atomically(export.export_dir(workdir), two_splits[0], arrays[0])
+        if not _killed_mid_move(bucket, killed_after, export._write_atomically,
+                                export.export_dir(workdir), two_splits[1], arrays[1]):
+            break
+        if export.read_manifest(workdir) is None:
+            with pytest.raises(export.ExportError, match="export.json not found: .* no export"):
+                export.load_export(workdir)
+        else:
+            manifest, loaded = export.load_export(workdir)
+            expected = arrays[manifest["step"] - 1]
+            for split in ("test", "validation"):
+                np.testing.assert_array_equal(loaded[split]["logits"], expected[split]["logits"])
+        killed_after += 1
+    assert killed_after >= 4  # both moves were cut at every object
+    assert export.load_export(workdir)[0]["step"] == 2
+
+
+def test_an_ensemble_replaced_on_gs_is_whole_or_refused_wherever_a_kill_cuts_its_move(bucket):
+    """As the export: ensemble.json (first in name order) was moved in before the members."""
+    _, members, fitted = build_tiny_ensemble(f"{BUCKET}/first")
+    killed_after = 0
+    while True:
+        out = f"{BUCKET}/ens{killed_after}"
+        ensemble_lib.write_ensemble(out, members, fitted, ABAW7)
+        if not _killed_mid_move(bucket, killed_after, ensemble_lib.write_ensemble,
+                                out, members[::-1], fitted, ABAW7):
+            break
+        try:
+            loaded = ensemble_lib.load_ensemble(out)
+        except ensemble_lib.EnsembleError as e:
+            assert str(e).startswith(f"{out}/{ensemble_lib.ENSEMBLE_FILE} not found: ")
+        else:
+            names = [name for name, *_ in members]
+            assert [m.name for m in loaded.members] in (names, names[::-1])
+        killed_after += 1
+    assert killed_after >= 4
