@@ -366,15 +366,22 @@ def create_writer(workdir: str, first_step: int) -> Any:
 
 def _write_session_start(events: Any, step: int) -> None:
     """The START event, first in the file: TF2's summary API writes events of other kinds only,
-    so it goes through TF's import_event into CLU's TF writer."""
+    so it goes through TF's import_event into CLU's TF writer. Both are private: if a CLU or TF
+    release moves them, training goes on without the marker (a warning says what is lost)."""
     import tensorflow as tf
-    from tensorflow.python.ops import summary_ops_v2
 
-    start = tf.compat.v1.Event(
-        step=step, wall_time=time.time(),
-        session_log=tf.compat.v1.SessionLog(status=tf.compat.v1.SessionLog.START))
-    with events._summary_writer.as_default():  # CLU has no public handle on it
-        summary_ops_v2.import_event(tf.constant(start.SerializeToString()))
+    try:
+        from tensorflow.python.ops import summary_ops_v2
+
+        start = tf.compat.v1.Event(
+            step=step, wall_time=time.time(),
+            session_log=tf.compat.v1.SessionLog(status=tf.compat.v1.SessionLog.START))
+        with events._summary_writer.as_default():  # CLU has no public handle on it
+            summary_ops_v2.import_event(tf.constant(start.SerializeToString()))
+    except (AttributeError, ImportError) as error:
+        logging.warning("TensorBoard session marker not written (%s): after a kill, "
+                        "`tensorboard --load_fast=false` may draw two values for the steps a "
+                        "resume logs again.", error)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

@@ -272,6 +272,17 @@ def test_a_run_resumed_after_a_kill_replaces_the_steps_it_logs_again_in_tensorbo
     assert all(steps == sorted(set(steps)) for steps in logged.values()), logged
 
 
+def test_a_writer_without_the_private_hook_trains_on_with_a_warning(tmp_path, caplog):
+    """The session marker goes through CLU's and TF's private API: a release that moves it
+    costs only the marker, never the run."""
+    from clu import metric_writers
+
+    events = metric_writers.SummaryWriter(str(tmp_path))
+    del events._summary_writer  # as a CLU release without that attribute
+    trainer._write_session_start(events, 5)
+    assert "TensorBoard session marker not written" in caplog.text
+
+
 def _assert_same_state(got, want) -> None:
     """Float leaves to float32 rounding, everything else (step, RNG keys and counts) exactly."""
     assert jax.tree.structure(got) == jax.tree.structure(want)
