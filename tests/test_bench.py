@@ -383,6 +383,24 @@ def test_help_exits_0_and_a_flag_error_before_it_still_fails(module, bad_flag):
     assert bad.returncode == 1 and "FATAL Flags parsing error" in bad.stderr, bad.stderr[-2000:]
 
 
+def test_report_cli_help_exits_0_and_its_input_errors_are_one_line(tmp_path):
+    """README: every CLI's --help lists its flags and exits 0; cer_jax.bench.report read
+    --help as the benchmark file (exit status 2), and a JSON that is not a benchmark's (a
+    fusion's report.json, say) was a KeyError traceback."""
+    help_ = subprocess.run([sys.executable, "-m", "cer_jax.bench.report", "--help"],
+                           capture_output=True, text=True, timeout=120)
+    assert (help_.returncode, help_.stderr) == (0, ""), help_.stderr[-2000:]
+    assert "python -m cer_jax.bench.report bench.json" in help_.stdout
+    assert "  --[no]traceback:" in help_.stdout
+    not_bench = tmp_path / "report.json"
+    not_bench.write_text('{"members": []}')
+    proc = subprocess.run([sys.executable, "-m", "cer_jax.bench.report", str(not_bench)],
+                          capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stderr) == (
+        2, f"error: {not_bench} is not a benchmark's --json file (no 'models'): give the file "
+           "that python -m cer_jax.bench --json=FILE wrote.\n")
+
+
 # The tiny run of the findings: each error below must come before this model is timed.
 TINY = ("--models=vit:test/8", "--image_size=32", "--batch_size=4", "--steps=1", "--warmup=0")
 # Runs a module as `python -m` would, with `sys.argv[1]` (a package) made unimportable.

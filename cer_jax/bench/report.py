@@ -10,11 +10,11 @@ before every model was timed: bench/accelerator.sh does so for a stopped run.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 from cer_jax.bench import ensemble_time
+from cer_jax.errors import UserError
 
 # Goals of issue 12 (one H100-class GPU, bf16, 224 px).
 GOALS = {"vit:B/16": 4000.0, "resnet:50": 5000.0}
@@ -142,18 +142,23 @@ def summary(payload: dict[str, Any]) -> str:
     return "\n\n".join(s for s in sections if s)
 
 
-def main(argv: Sequence[str]) -> int:
+def main(argv: Sequence[str]) -> None:
+    """Through `cli.run`, as every other tool: --help exits 0 (it was read as the file name),
+    an input error is one line with exit status 2, --traceback shows it whole."""
     if len(argv) != 2:
-        print("usage: python -m cer_jax.bench.report BENCH_JSON", file=sys.stderr)
-        return 2
+        raise UserError("usage: python -m cer_jax.bench.report BENCH_JSON (the --json file of "
+                        "python -m cer_jax.bench or bench/accelerator.sh).")
     try:
         with open(argv[1]) as f:
             payload = json.load(f)
     except (OSError, ValueError) as e:
-        print(f"error: {argv[1]}: {e}", file=sys.stderr)
-        return 2
-    print(summary(payload))
-    return 0
+        raise UserError(f"{argv[1]}: {e}") from e
+    try:
+        text = summary(payload)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{argv[1]} is not a benchmark's --json file (no {e}): give the file "
+                        "that python -m cer_jax.bench --json=FILE wrote.") from e
+    print(text)
 
 
 def goal_lines(results: list[dict[str, Any]], backend: str) -> str:
@@ -178,4 +183,6 @@ def goal_lines(results: list[dict[str, Any]], backend: str) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    from cer_jax import cli
+
+    cli.run(main)
