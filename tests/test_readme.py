@@ -1,0 +1,154 @@
+"""README.md and BENCHMARKS.md against the code: every command they show names flags and config
+keys that exist, and every command-line tool is in the README's reference with all its flags.
+A renamed flag or key used to leave a README command that stops with a flag error."""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+from cer_jax import config_loading
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DOCS = ("README.md", "BENCHMARKS.md")
+TRAINING_CONFIGS = ("configs/vit.py", "configs/vit.py:smoke", "configs/vit.py:follow_up",
+                    "configs/manet.py", "configs/manet.py:smoke", "configs/resnet50.py",
+                    "configs/resnet50.py:smoke", "configs/resnet50.py:follow_up")
+# `python -m MODULE` / `python tools/X.py`, the tools a command of the docs may run.
+TOOL = re.compile(r"python3? (?:-m ((?:cer_jax|tfds_rafdb)[\w.]*)|(tools/\w+\.py))")
+
+
+def _commands(text: str) -> list[str]:
+    """Each line of a code block (continuations joined, comments cut) and each code span."""
+    lines = []
+    for block in re.findall(r"```[a-z]*\n(.*?)```", text, re.S):
+        lines += [line.split(" #")[0] for line in block.replace("\\\n", " ").splitlines()]
+    prose = re.sub(r"```.*?```", "", text, flags=re.S).replace("\n", " ")
+    return lines + re.findall(r"`([^`]+)`", prose)
+
+
+def _tool_runs(doc: str) -> list[tuple[str, str]]:
+    """(tool, its arguments up to the next shell operator) for every tool run the doc shows."""
+    runs = []
+    for command in _commands((ROOT / doc).read_text()):
+        for m in TOOL.finditer(command):
+            runs.append((m.group(1) or m.group(2), re.split(r"&&|;|\|", command[m.end():])[0]))
+    return runs
+
+
+def _own(header: str) -> bool:
+    """A --helpfull section of this repository's flags (a file of it, or a module of it)."""
+    return header.startswith(str(ROOT)) or header.split(".")[0] in ("cer_jax", "tfds_rafdb")
+
+
+@functools.cache
+def _tool_flags() -> dict[str, tuple[frozenset[str], frozenset[str]]]:
+    """{tool: (every flag absl takes, `--[no]x` as x and nox; the tool's own flags)}, from each
+    tool's --helpfull, all tools at once (most import JAX: seconds each)."""
+    tools = sorted({*_reference_tools(), *(t for doc in DOCS for t, _ in _tool_runs(doc))})
+    procs = {tool: subprocess.Popen(
+        [sys.executable, *([tool] if tool.endswith(".py") else ["-m", tool]), "--helpfull"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT) for tool in tools}
+    result = {}
+    for tool, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=180)
+        assert proc.returncode == 0, f"{tool} --helpfull: {stderr[-2000:]}"
+        every, own, header = set(), set(), ""
+        for line in stdout.splitlines():
+            if re.fullmatch(r"\S.*:", line):
+                header = line[:-1]
+            elif m := re.match(r"  --(\[no\])?([\w-]+):", line):
+                every |= {m[2], f"no{m[2]}"} if m[1] else {m[2]}
+                own |= {m[2]} if _own(header) else set()
+        result[tool] = (frozenset(every), frozenset(own))
+    return result
+
+
+def _flags(tool: str) -> frozenset[str]:
+    return _tool_flags()[tool][0]
+
+
+def _keys(config, prefix: str = "") -> set[str]:
+    keys = set()
+    for name, value in config.items():
+        keys.add(prefix + name)
+        if hasattr(value, "items"):
+            keys |= _keys(value, f"{prefix}{name}.")
+    return keys
+
+
+@functools.cache
+def _config_keys(spec: str) -> frozenset[str]:
+    return frozenset(_keys(config_loading.load_config(spec)))
+
+
+def _all_config_keys() -> set[str]:
+    return set().union(*(_config_keys(s) for s in (*TRAINING_CONFIGS, "configs/fusion.py")))
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_flag_of_a_documented_command_exists(doc):
+    unknown = []
+    for tool, args in _tool_runs(doc):
+        for flag in re.findall(r"(?<![\w-])--([\w-]+)(?![\w-]*\.)", args):
+            if flag not in _flags(tool):
+                unknown.append(f"{tool} --{flag}")
+    assert not unknown, f"{doc} shows flags these tools do not have: {sorted(set(unknown))}"
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_config_key_the_docs_override_exists(doc):
+    """In a command with `--config=FILE[:ARG]`, the key is that config's; elsewhere (prose,
+    launch scripts' overrides), one of the shipped configs'."""
+    text = (ROOT / doc).read_text()
+    unknown = []
+    for command in _commands(text):
+        named = re.search(r"--config[= ](configs/[\w.]+\.py(?::\w+)?)", command)
+        keys = _config_keys(named.group(1)) if named else _all_config_keys()
+        for key in re.findall(r"--config\.([\w.]*\w)", command):
+            if key not in keys:
+                unknown.append(f"--config.{key}" + (f" ({named.group(1)})" if named else ""))
+    assert not unknown, f"{doc} overrides config keys that do not exist: {sorted(set(unknown))}"
+
+
+def _reference_tools() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Command-line reference", 1)[1].split("\n## ", 1)[0]
+    return [m.group(1) or m.group(2) for m in TOOL.finditer(table)]
+
+
+def test_every_command_line_tool_is_in_the_reference_with_all_its_flags():
+    """Each module that runs as a program is a row of "Command-line reference", and each flag
+    it defines (`--help` lists the module's own) is named somewhere in the README."""
+    programs = {str(p.relative_to(ROOT)) for p in (ROOT / "tools").glob("*.py")}
+    for path in [*(ROOT / "cer_jax").rglob("*.py"), *(ROOT / "tfds_rafdb").rglob("*.py")]:
+        if path.name.endswith("_test.py"):
+            continue
+        if path.name == "__main__.py" or 'if __name__ == "__main__"' in path.read_text():
+            module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            programs.add(module.removesuffix(".__main__"))
+    listed = _reference_tools()
+    assert programs - set(listed) == set(), "programs missing from the README's reference"
+    readme = (ROOT / "README.md").read_text()
+    undocumented = {tool: sorted(f for f in _tool_flags()[tool][1]
+                                 if "-" not in f and f"--{f}" not in readme)  # not aliases
+                    for tool in listed}
+    assert {t: f for t, f in undocumented.items() if f} == {}
+
+
+def test_a_wrong_flag_or_key_in_a_command_is_found():
+    """The extraction itself: a misspelt flag and a misspelt key are seen."""
+    text = ("```bash\npython -m cer_jax.bench --modles=vit \\\n  --steps=2\n```\n"
+            "and `python -m cer_jax.train --config=configs/vit.py --config.optimizer.lrr=1`")
+    (command_block, span) = _commands(text)
+    assert command_block.split() == ["python", "-m", "cer_jax.bench", "--modles=vit",
+                                     "--steps=2"]
+    assert "modles" not in _flags("cer_jax.bench") and "steps" in _flags("cer_jax.bench")
+    assert "optimizer.lrr" not in _config_keys("configs/vit.py")
+    assert "optimizer.lr" in _config_keys("configs/vit.py")
+    assert re.findall(r"--config\.([\w.]*\w)", span) == ["optimizer.lrr"]
