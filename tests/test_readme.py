@@ -1,6 +1,7 @@
-"""README.md and BENCHMARKS.md against the code: every command they show names flags and config
-keys that exist, and every command-line tool is in the README's reference with all its flags.
-A renamed flag or key used to leave a README command that stops with a flag error."""
+"""README.md, BENCHMARKS.md and the builder's README against the code: every command they
+show names flags and config keys that exist, and every command-line tool is in the README's
+reference with all its flags. A renamed flag or key used to leave a README command that stops
+with a flag error, and a new flag could stay undocumented."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from cer_jax import config_loading
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-DOCS = ("README.md", "BENCHMARKS.md")
+DOCS = ("README.md", "BENCHMARKS.md", "tfds_rafdb/rafdb/README.md")
 TRAINING_CONFIGS = ("configs/vit.py", "configs/vit.py:smoke", "configs/vit.py:follow_up",
                     "configs/manet.py", "configs/manet.py:smoke", "configs/resnet50.py",
                     "configs/resnet50.py:smoke", "configs/resnet50.py:follow_up")
