@@ -22,6 +22,8 @@ TRAINING_CONFIGS = ("configs/vit.py", "configs/vit.py:smoke", "configs/vit.py:fo
                     "configs/resnet50.py:smoke", "configs/resnet50.py:follow_up")
 # `python -m MODULE` / `python tools/X.py`, the tools a command of the docs may run.
 TOOL = re.compile(r"python3? (?:-m ((?:cer_jax|tfds_rafdb)[\w.]*)|(tools/\w+\.py))")
+# The shell scripts, whose options are the `--x)` patterns of their `case`s.
+SCRIPT = re.compile(r"(?<![\w/])((?:bench|launch)/\w+\.sh)")
 
 
 def _commands(text: str) -> list[str]:
@@ -37,8 +39,9 @@ def _tool_runs(doc: str) -> list[tuple[str, str]]:
     """(tool, its arguments up to the next shell operator) for every tool run the doc shows."""
     runs = []
     for command in _commands((ROOT / doc).read_text()):
-        for m in TOOL.finditer(command):
-            runs.append((m.group(1) or m.group(2), re.split(r"&&|;|\|", command[m.end():])[0]))
+        for m in [*TOOL.finditer(command), *SCRIPT.finditer(command)]:
+            tool = next(g for g in m.groups() if g)
+            runs.append((tool, re.split(r"&&|;|\|", command[m.end():])[0]))
     return runs
 
 
@@ -51,7 +54,8 @@ def _own(header: str) -> bool:
 def _tool_flags() -> dict[str, tuple[frozenset[str], frozenset[str]]]:
     """{tool: (every flag absl takes, `--[no]x` as x and nox; the tool's own flags)}, from each
     tool's --helpfull, all tools at once (most import JAX: seconds each)."""
-    tools = sorted({*_reference_tools(), *(t for doc in DOCS for t, _ in _tool_runs(doc))})
+    tools = sorted({*_reference_tools(), *(t for doc in DOCS for t, _ in _tool_runs(doc)
+                                           if not t.endswith(".sh"))})
     procs = {tool: subprocess.Popen(
         [sys.executable, *([tool] if tool.endswith(".py") else ["-m", tool]), "--helpfull"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT) for tool in tools}
@@ -70,7 +74,17 @@ def _tool_flags() -> dict[str, tuple[frozenset[str], frozenset[str]]]:
     return result
 
 
+def _script_options(script: str) -> set[str]:
+    text = (ROOT / script).read_text()
+    if script.startswith("launch/"):
+        text += (ROOT / "launch" / "common.sh").read_text()  # parse_flags
+    return set(re.findall(r"^\s*(?:-[\w-]+\s*\|\s*)*--([\w-]+)(?:\s*\|\s*-[\w-]+)*\s*\)",
+                          text, re.M))
+
+
 def _flags(tool: str) -> frozenset[str]:
+    if tool.endswith(".sh"):
+        return frozenset(_script_options(tool))
     return _tool_flags()[tool][0]
 
 
