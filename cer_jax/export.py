@@ -3,6 +3,7 @@
     <workdir>/export/export.json
         {"format": 2, "member": "vit", "model": "vit", "dataset": "rafdb/compound",
          "train_split": "train_fit", "class_names": [...], "step": <best checkpoint step>,
+         "seed": <model init seed>, "data_seed": <data order seed>,
          "splits": {"train_fit": "train_fit.npz", "validation": "validation.npz", ...},
          "metrics": {"validation": {"accuracy": .., "macro_f1": .., "num_examples": ..}, ...}}
     <workdir>/export/<split>.npz
