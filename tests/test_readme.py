@@ -5,6 +5,7 @@ with a flag error, and a new flag could stay undocumented."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import pathlib
 import re
@@ -14,6 +15,9 @@ import sys
 import pytest
 
 from cer_jax import config_loading
+
+# One worker asks every tool for its flags, once (--helpfull of 11 tools, ~30 s of CPU).
+pytestmark = pytest.mark.xdist_group("readme")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ("README.md", "BENCHMARKS.md", "tfds_rafdb/rafdb/README.md")
@@ -50,21 +54,25 @@ def _own(header: str) -> bool:
     return header.startswith(str(ROOT)) or header.split(".")[0] in ("cer_jax", "tfds_rafdb")
 
 
+def _helpfull(tool: str) -> str:
+    cmd = [sys.executable, *([tool] if tool.endswith(".py") else ["-m", tool]), "--helpfull"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert proc.returncode == 0, f"{tool} --helpfull: {proc.stderr[-2000:]}"
+    return proc.stdout
+
+
 @functools.cache
 def _tool_flags() -> dict[str, tuple[frozenset[str], frozenset[str]]]:
     """{tool: (every flag absl takes, `--[no]x` as x and nox; the tool's own flags)}, from each
-    tool's --helpfull, all tools at once (most import JAX: seconds each)."""
+    tool's --helpfull, four tools at a time (most import JAX: seconds each)."""
     tools = sorted({*_reference_tools(), *(t for doc in DOCS for t, _ in _tool_runs(doc)
                                            if not t.endswith(".sh"))})
-    procs = {tool: subprocess.Popen(
-        [sys.executable, *([tool] if tool.endswith(".py") else ["-m", tool]), "--helpfull"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT) for tool in tools}
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        helps = dict(zip(tools, pool.map(_helpfull, tools), strict=True))
     result = {}
-    for tool, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=180)
-        assert proc.returncode == 0, f"{tool} --helpfull: {stderr[-2000:]}"
+    for tool, text in helps.items():
         every, own, header = set(), set(), ""
-        for line in stdout.splitlines():
+        for line in text.splitlines():
             if re.fullmatch(r"\S.*:", line):
                 header = line[:-1]
             elif m := re.match(r"  --(\[no\])?([\w-]+):", line):
