@@ -50,8 +50,11 @@ def _tool_runs(doc: str) -> list[tuple[str, str]]:
 
 
 def _own(header: str) -> bool:
-    """A --helpfull section of this repository's flags (a file of it, or a module of it)."""
-    return header.startswith(str(ROOT)) or header.split(".")[0] in ("cer_jax", "tfds_rafdb")
+    """A --helpfull section of this project's flags: a module of it, or a file of it (the
+    program's own, wherever the package is installed)."""
+    packages = ("cer_jax", "tfds_rafdb", "tools")
+    return (header.split(".")[0] in packages
+            or any(part in packages for part in pathlib.PurePath(header).parts[:-1]))
 
 
 def _helpfull(tool: str) -> str:
@@ -163,7 +166,7 @@ def test_every_command_line_tool_is_in_the_reference_with_all_its_flags():
     assert programs - set(listed) == set(), "programs missing from the README's reference"
     reference = _reference()
     undocumented = {tool: sorted(f for f in _tool_flags()[tool][1]
-                                 if "-" not in f and f"--{f}" not in reference)  # not aliases
+                                 if f"--{f}" not in reference)
                     for tool in listed}
     scripts = {str(p.relative_to(ROOT)) for p in [*(ROOT / "bench").glob("*.sh"),
                                                    *(ROOT / "launch").glob("*.sh")]}
