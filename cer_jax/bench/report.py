@@ -153,12 +153,12 @@ def main(argv: Sequence[str]) -> None:
             payload = json.load(f)
     except (OSError, ValueError) as e:
         raise UserError(f"{argv[1]}: {e}") from e
-    try:
-        text = summary(payload)
-    except (KeyError, TypeError, AttributeError) as e:
-        raise UserError(f"{argv[1]} is not a benchmark's --json file (no {e}): give the file "
-                        "that python -m cer_jax.bench --json=FILE wrote.") from e
-    print(text)
+    # What summary() reads first; anything else wrong past it is a bug, shown whole.
+    if not (isinstance(payload, dict) and isinstance(payload.get("models"), list)
+            and isinstance(payload.get("settings"), dict)):
+        raise UserError(f"{argv[1]} is not a benchmark's --json file (no 'models'): give the "
+                        "file that python -m cer_jax.bench --json=FILE wrote.")
+    print(summary(payload))
 
 
 def goal_lines(results: list[dict[str, Any]], backend: str) -> str:
