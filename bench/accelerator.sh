@@ -35,6 +35,8 @@ value() {
 }
 
 while [[ $# -gt 0 ]]; do
+  # --option=value as --option value, as the Python tools take both.
+  if [[ "$1" == --*=* ]]; then set -- "${1%%=*}" "${1#*=}" "${@:2}"; fi
   case "$1" in
     --dry-run) dry_run=1 ;;
     --out) out=$(value "$@") || exit 2; shift ;;

@@ -199,6 +199,9 @@ def _script(*args: str, tmp_path: pathlib.Path, **environ: str) -> subprocess.Co
 def test_accelerator_script_dry_run_prints_the_benchmarks_figures(tmp_path):
     proc = _script("--dry-run", "--out", str(tmp_path / "out"), tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
+    # --out=DIR as the Python tools take it (it was "unknown option: --out=...").
+    joined = _script("--dry-run", f"--out={tmp_path / 'out'}", tmp_path=tmp_path)
+    assert (joined.returncode, joined.stdout) == (0, proc.stdout), joined.stderr
     bench, costs_cmd = (shlex.split(line[2:].split(" > ")[0])
                         for line in proc.stdout.splitlines() if line.startswith("+ "))
     assert bench[bench.index("-m") + 1] == "cer_jax.bench"
