@@ -9,14 +9,18 @@ model:
 
 1. train on `rafdb/basic` from a pre-trained file of the model's first format;
 2. fine-tune on `rafdb/compound` from that run's best checkpoint (`init.workdir`);
-3. train on `rafdb/compound` from every other pre-trained format the README lists;
-4. restore the best checkpoint and re-export it; fuse the three members, one of them stale.
+3. train on `rafdb/compound` from every other pre-trained format the README lists; resume a
+   run halted after its first step, with the recipe's optimizer state;
+4. restore the best checkpoint and re-export it; fuse the three members, one of them stale;
+   start again from a compound run keeping its head (init.keep_head).
 
-The README's "Train, fuse" section runs exactly these steps at full size.
+The README's "Train, fuse" section runs exactly these steps at full size (the resume and
+keep_head ones where it and "Bring pre-trained weights" describe them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import shutil
@@ -189,11 +193,11 @@ def _train_with_spy(config, workdir) -> tuple[dict, dict[str, np.ndarray]]:
     return result, loaded
 
 
-def _train_from_file(member, fmt, data, workdir, kind="compound", halt=False):
+def _train_from_file(member, fmt, data, workdir, kind="compound", halt=False, **sizes):
     """Trains from a file of format `fmt` written from random weights; checks the trainer
     started from exactly those weights. `halt`: stop after the first step (no evaluation or
-    export, which do not depend on the weights' format)."""
-    config = production_config(member, data, kind)
+    export, which do not depend on the weights' format). `sizes`: more RUN_SIZE keys."""
+    config = production_config(member, data, kind, **sizes)
     if halt:
         _set(config, "training.halt_after_steps", 1)
     source = source_model(config, **implied(member, fmt))
@@ -317,18 +321,19 @@ def test_the_follow_up_recipe_moves_each_weight_by_the_papers_learning_rates(mem
 RECIPE_LOSS = {"vit": (0.1, (1.0,)), "manet": (0.0, (0.6, 0.4)), "resnet50": (0.1, (1.0,))}
 
 
-@pytest.mark.parametrize("member", MEMBERS)
-def test_the_trainer_minimises_the_recipes_loss(member, data, tmp_path):
-    """The first training step's loss, recomputed here from the logits the model gives on that
-    step's batch (train mode, from the state the step started from): label smoothing 0.1 for
-    ViT and ResNet50, MA-Net's 0.6 x CE(local head) + 0.4 x CE(global head) without smoothing.
-    ViT's head starts at zero (head_zeroinit), so its first loss is exactly log K. The run
-    starts from the member's second pre-trained format, which it also checks."""
+def _numpy(tree):
+    """The arrays of a train state, PRNG keys as their raw data."""
+    return jax.tree.map(lambda a: np.asarray(jax.random.key_data(a)) if jax.dtypes.issubdtype(
+        a.dtype, jax.dtypes.prng_key) else np.asarray(a), tree)
+
+
+@contextlib.contextmanager
+def _recorded_steps():
+    """Records each training step the trainer compiles: (graphdef, state before, images,
+    labels, metrics, state after), the states copied (the step donates, i.e. overwrites, their
+    buffers)."""
     from cer_jax import steps
 
-    smoothing, head_weights = RECIPE_LOSS[member]
-    recipe = load_config(f"configs/{member}.py")
-    assert recipe.training.label_smoothing == smoothing
     seen = []
     real = steps.jit_train_step
 
@@ -336,22 +341,57 @@ def test_the_trainer_minimises_the_recipes_loss(member, data, tmp_path):
         step = real(graphdef, *args, **kwargs)
 
         def recording(state, batch):
-            # Copies: the step donates (overwrites) the state's buffers.
-            start = jax.tree.map(lambda a: a.copy(), {key: state[key] for key in ("params",
-                                                                                  "rest")})
+            start = jax.tree.map(lambda a: a.copy(), state)
             images, labels = np.asarray(batch["image"]), np.asarray(batch["label"])
             new_state, metrics = step(state, batch)
-            seen.append((graphdef, start, images, labels, jax.device_get(metrics)))
+            seen.append((graphdef, start, images, labels, jax.device_get(metrics),
+                         jax.tree.map(lambda a: a.copy(), new_state)))
             return new_state, metrics
 
         return recording
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(steps, "jit_train_step", recording_jit_train_step)
-        _train_from_file(member, _formats(member)[1], data, tmp_path / "run", halt=True)
-    _assert_records_implied(member, _formats(member)[1], tmp_path / "run")
+        yield seen
+
+
+# The first-step runs are 3 steps long, halted after the first: a resume can halt again at the
+# second without the final evaluation and export.
+FIRST_STEP_RUN_STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def first_step(data, tmp_path_factory):
+    """member -> (workdir, recorded steps) of a run from the member's second pre-trained format
+    halted after its first step; run on first use, shared by the tests that read it."""
+    runs = {}
+
+    def run(member):
+        if member not in runs:
+            workdir = tmp_path_factory.mktemp(f"first-step-{member}") / "run"
+            with _recorded_steps() as seen:
+                _train_from_file(member, _formats(member)[1], data, workdir, halt=True,
+                                 training__num_steps=FIRST_STEP_RUN_STEPS)
+            runs[member] = (workdir, seen)
+        return runs[member]
+
+    return run
+
+
+@pytest.mark.parametrize("member", MEMBERS)
+def test_the_trainer_minimises_the_recipes_loss(member, first_step):
+    """The first training step's loss, recomputed here from the logits the model gives on that
+    step's batch (train mode, from the state the step started from): label smoothing 0.1 for
+    ViT and ResNet50, MA-Net's 0.6 x CE(local head) + 0.4 x CE(global head) without smoothing.
+    ViT's head starts at zero (head_zeroinit), so its first loss is exactly log K. The run
+    starts from the member's second pre-trained format, which it also checks."""
+    smoothing, head_weights = RECIPE_LOSS[member]
+    recipe = load_config(f"configs/{member}.py")
+    assert recipe.training.label_smoothing == smoothing
+    workdir, seen = first_step(member)
+    _assert_records_implied(member, _formats(member)[1], workdir)
     assert len(seen) == 1
-    graphdef, start, images, labels, metrics = seen[0]
+    graphdef, start, images, labels, metrics, _ = seen[0]
     model = train_state.merge_model(graphdef, start["params"], start["rest"])
     heads = [np.asarray(h) for h in model(jax.numpy.asarray(images), train=True).head_logits]
     assert len(heads) == len(head_weights)
@@ -373,6 +413,62 @@ def test_the_trainer_minimises_the_recipes_loss(member, data, tmp_path):
             equal = np.mean([smoothed_cross_entropy(h, labels, 0.0) for h in heads], 0).mean()
             assert abs(equal - want) > 1e-3 * want, (equal, want)
 
+
+@pytest.mark.parametrize("member", MEMBERS)
+def test_a_halted_recipe_resumes_from_the_state_its_last_step_ended_with(member, first_step,
+                                                                        data, tmp_path):
+    """Each recipe resumes with its own optimizer state (ViT's AdamW moments with masked decay,
+    clipping and the x10 head; MA-Net's SGD momentum with decay on every parameter; ResNet50's
+    Nesterov momentum): the resumed run's first step starts from exactly the state (parameters,
+    batch statistics, RNG, optimizer state, step) that the halted run's last step ended with.
+    (test_multiprocess resumes ViT's too, but compares only the best checkpoint, which may be
+    from before the stop.)"""
+    halted, seen = first_step(member)
+    workdir = tmp_path / "run"
+    shutil.copytree(halted, workdir)
+    recorded = checkpointing.load_config(str(halted)).init
+    config = production_config(
+        member, data, training__num_steps=FIRST_STEP_RUN_STEPS, training__halt_after_steps=2,
+        init__checkpoint=recorded.checkpoint, init__manet_code_version=recorded.manet_code_version)
+    with _recorded_steps() as resumed:
+        result = trainer.train_and_evaluate(config, str(workdir))
+    assert (result["stopped"], result["step"]) == ("halted", 2)
+    assert len(resumed) == 1
+    ended, started = _numpy(seen[-1][-1]), _numpy(resumed[0][1])
+    assert int(started["step"]) == 1
+    # After one step the momentum (Adam's moments) holds the first gradient: not a fresh
+    # optimizer state.
+    assert any(leaf.ndim and leaf.dtype.kind == "f" and np.any(leaf)
+               for leaf in jax.tree.leaves(ended["opt_state"]))
+    assert jax.tree.structure(started) == jax.tree.structure(ended)
+    jax.tree_util.tree_map_with_path(
+        lambda path, got, want: np.testing.assert_array_equal(
+            got, want, err_msg=jax.tree_util.keystr(path)), started, ended)
+
+
+@pytest.mark.parametrize("member", MEMBERS)
+def test_keep_head_starts_from_the_whole_model_of_a_run_on_the_same_classes(fine_tuned, member,
+                                                                           data, tmp_path):
+    """init.workdir with init.keep_head=True (going on from a run on the same classes): the
+    model starts from every array of that run's best checkpoint, the classification head(s)
+    included (MA-Net's two; ViT's instead of its zero-initialised one), checked and loaded as
+    the trainer does at step 0 (prepare, create_model, load_initial_weights)."""
+    _, compound, _ = fine_tuned[member]
+    config = production_config(member, data, init__workdir=str(compound), init__keep_head=True)
+    info, config = trainer.prepare(config, str(tmp_path / "run"))
+    model = train_state.create_model(config, info.num_classes, seed=config.seed)
+    fresh = _arrays(model)
+    warm_start.load_initial_weights(model, config)
+    source, _ = checkpointing.restore_best_model(str(compound))
+    got, want = _arrays(model), _arrays(source)
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    head_kernels = [name for name in want if core.is_head(name, model.HEAD_NAMES)
+                    and name.endswith("kernel")]
+    assert len(head_kernels) == len(model.HEAD_NAMES)
+    for name in head_kernels:  # the run's heads, not the ones a new model starts with
+        assert not np.array_equal(fresh[name], want[name]), name
 
 def test_a_setting_that_contradicts_the_weights_stops_before_training(data, tmp_path):
     config = production_config("vit", data)
@@ -467,6 +563,7 @@ def _recipe_learning_rate(config, step: int, total: int, per_epoch: int) -> floa
         return end + (lr - end) * 0.5 * (1 + np.cos(np.pi * (step - warmup) / (total - warmup)))
     assert sched.name == "step", sched.name
     return lr * sched.step_factor ** ((step - warmup) // round(sched.step_every_epochs * per_epoch))
+
 
 
 def test_the_recipe_counts_epochs_and_evaluates_and_checkpoints_at_each(data, tmp_path):
