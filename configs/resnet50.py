@@ -6,10 +6,11 @@ r"""ResNet50 on RAF-DB compound: fine-tuning recipe from ImageNet weights.
     python -m cer_jax.train --config=configs/resnet50.py:follow_up ...   # the follow-up paper's
 
 Recipe (this project's, torchvision-style fine-tuning): SGD 0.01 momentum 0.9 (Nesterov),
-weight decay 1e-4 on kernels only, linear warm-up then cosine, label smoothing 0.1, head learning
-rate x10, 30 epochs. Inputs normalised with ImageNet mean/std as in pre-training. Augmentations
-from the follow-up recipe (arXiv 2407.12257): resize 256 + random crop 224, flip, colour
-jitter (0.5, 0.5, 0.5, 0.1), random affine and Gaussian blur.
+weight decay 1e-4 on kernels only, 1 epoch of linear warm-up then cosine, label smoothing 0.1,
+head learning rate x10, 30 epochs at batch 96 (the follow-up's batch). Inputs normalised
+with ImageNet mean/std as in pre-training. Augmentations from the follow-up recipe (arXiv
+2407.12257): resize 256 + random crop 224, flip, colour jitter (0.5, 0.5, 0.5, 0.1), random
+affine and Gaussian blur.
 
 `:follow_up` is the follow-up paper's recipe as stated (config_base.follow_up_recipe): Adam,
 3e-6 backbone / 1e-5 head, x0.9 per epoch, 50 epochs; no weight decay, warm-up, clipping or

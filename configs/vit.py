@@ -6,9 +6,10 @@ r"""ViT on RAF-DB compound: fine-tuning recipe from an AugReg / ViT checkpoint.
     python -m cer_jax.train --config=configs/vit.py:follow_up ...   # the follow-up paper's recipe
 
 Recipe (this project's, big_vision-style fine-tuning): AdamW at 3e-5 with weight decay 0.05 on
-kernels only, linear warm-up then cosine, label smoothing 0.1, gradient clipping at 1.0,
-stochastic depth 0.1, head learning rate x10, 30 epochs. Inputs in [-1, 1] as in AugReg
-pre-training. Augmentations from the follow-up recipe (arXiv 2407.12257): resize 256 + random
+kernels only, 2 epochs of linear warm-up then cosine, label smoothing 0.1, gradient clipping
+at 1.0, stochastic depth 0.1 (at the last block, 0 at the first), head learning rate x10, 30
+epochs at batch 96 (the follow-up's batch). Inputs in [-1, 1] as in AugReg pre-training.
+Augmentations from the follow-up recipe (arXiv 2407.12257): resize 256 + random
 crop 224, flip, colour jitter (0.5, 0.5, 0.5, 0.1), random affine (15 deg, translate 0.1,
 scale 0.9-1.1, shear 10) and Gaussian blur.
 
