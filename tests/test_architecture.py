@@ -32,6 +32,7 @@ RANKS = {
     "cer_jax.optim": 1,
     "cer_jax.fusion.strategies": 1,
     "cer_jax.fusion.report": 1,
+    "cer_jax.fusion.bootstrap": 2,
     "cer_jax.synthetic": 2,
     "cer_jax.steps": 2,
     "cer_jax.data": 3,

@@ -154,6 +154,9 @@ def test_fuse_reports_every_member_and_strategy(three_members, tmp_path):
     assert "## Ablation over member subsets: performance_weighted" in markdown
     paper_row = report["strategies"]["performance_weighted"]["metrics"]["test"]
     assert f"{100 * paper_row['macro_f1']:.2f}" in markdown
+    low, high = paper_row["macro_f1_ci"]  # the figure and its bootstrap interval, in one cell
+    assert f"| {100 * paper_row['macro_f1']:.2f} [{100 * low:.1f}, {100 * high:.1f}] |" in markdown
+    assert "## Fusion minus each member (paired bootstrap)" in markdown
     assert (out / f"confusion_{best}_test.png").stat().st_size > 1000
     assert (out / "per_class_f1_test.png").stat().st_size > 1000
     assert not glob.glob(str(out / ".report-*"))
@@ -166,6 +169,7 @@ def test_fuse_reports_every_member_and_strategy(three_members, tmp_path):
     assert set(texts) == {
         "fusion/summary", "fusion/members", "fusion/per_class_f1/validation",
         "fusion/per_class_f1/test", "fusion/ablation/performance_weighted", "fusion/chosen",
+        "fusion/fusion_minus_member",
     } | {f"fusion/ablation/{best}"}
     assert texts["fusion/summary"].startswith("Fusion weights and hyper-parameters were chosen")
     assert "| performance_weighted | fusion (paper)" in texts["fusion/summary"]
@@ -264,6 +268,81 @@ def test_the_report_gives_what_a_paper_table_quotes(three_members, tmp_path):
         "performance_weighted"]["params"]["weights"], list)  # report.json keeps the members' order
 
 
+def _aligned_predictions(split: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Labels and every member's, the uniform logits' and the paper's predicted classes on
+    `split`, recomputed from the members' outputs, rows in the first member's file order (as
+    fusion aligns them)."""
+    predictions, logits, paper, labels = {}, [], 0.0, None
+    first = make_outputs(*QUALITY_SEED["vit"])[split]["file_names"]
+    for name in QUALITY_SEED:
+        outputs = make_outputs(*QUALITY_SEED[name])
+        row = {file: i for i, file in enumerate(outputs[split]["file_names"])}
+        order = [row[file] for file in first]
+        member = outputs[split]["logits"][order].astype(np.float64)
+        labels = outputs[split]["labels"][order]
+        predictions[name] = member.argmax(-1)
+        logits.append(member)
+        probabilities = np.exp(member - member.max(-1, keepdims=True))
+        weight = sklearn_scores(outputs, "validation")[1]
+        paper = paper + weight * probabilities / probabilities.sum(-1, keepdims=True)
+    predictions["uniform_logits"] = np.mean(logits, axis=0).argmax(-1)
+    predictions["performance_weighted"] = paper.argmax(-1)
+    return labels, predictions
+
+
+def test_bootstrap_intervals_match_a_slow_sklearn_reference(three_members, tmp_path):
+    """Every system's interval on every split, and fusion minus each member (paired: the same
+    resamples), against a loop calling scikit-learn on resamples drawn as bootstrap.py says.
+    Before: point figures only."""
+    samples, seed, confidence = 60, 5, 0.9
+    report = evaluator.fuse(fusion_config(
+        three_members, tmp_path / "fusion", strategies="uniform_logits,performance_weighted",
+        ablation=False, bootstrap_samples=samples, bootstrap_seed=seed,
+        bootstrap_confidence=confidence))
+    assert {k: report["bootstrap"][k] for k in ("samples", "seed", "confidence", "best_member")} \
+        == {"samples": samples, "seed": seed, "confidence": confidence, "best_member": "vit"}
+    systems = {m["name"]: m["metrics"] for m in report["members"]}
+    systems.update({n: r["metrics"] for n, r in report["strategies"].items()})
+    fusions = list(dict.fromkeys([report["best_strategy"], "performance_weighted"]))
+    differences = report["bootstrap"]["fusion_minus_member"]
+    assert len(differences) == 2 * len(fusions) * len(QUALITY_SEED)
+    for split in ("validation", "test"):
+        labels, predictions = _aligned_predictions(split)
+        rows = np.random.default_rng(seed).integers(0, len(labels), size=(samples, len(labels)))
+        resampled = {
+            name: {"accuracy": np.array([skm.accuracy_score(labels[r], p[r]) for r in rows]),
+                   "macro_f1": np.array([skm.f1_score(labels[r], p[r], average="macro")
+                                         for r in rows])}
+            for name, p in predictions.items()
+        }
+        tails = [(1 - confidence) / 2, (1 + confidence) / 2]
+        for name, metrics in systems.items():
+            for metric in ("accuracy", "macro_f1"):
+                np.testing.assert_allclose(metrics[split][f"{metric}_ci"],
+                                           np.quantile(resampled[name][metric], tails))
+        for fusion in fusions:
+            for member in QUALITY_SEED:
+                (row,) = [d for d in differences if (d["split"], d["fusion"], d["member"])
+                          == (split, fusion, member)]
+                assert row["best_member"] == (member == "vit")
+                for metric in ("accuracy", "macro_f1"):
+                    assert row[metric] == pytest.approx(
+                        systems[fusion][split][metric] - systems[member][split][metric])
+                    np.testing.assert_allclose(row[f"{metric}_ci"], np.quantile(
+                        resampled[fusion][metric] - resampled[member][metric], tails))
+
+
+def test_bootstrap_samples_0_reports_point_figures_only(three_members, tmp_path):
+    out = tmp_path / "fusion"
+    report = evaluator.fuse(fusion_config(three_members, out, strategies="uniform_logits",
+                                          ablation=False, bootstrap_samples=0))
+    assert report["bootstrap"] is None
+    assert all("accuracy_ci" not in m["metrics"]["test"] for m in report["members"])
+    markdown = (out / "report.md").read_text()
+    assert "[" not in markdown.split("## Accuracy and macro F1")[1].split("## Members")[0]
+    assert "paired bootstrap" not in markdown
+
+
 def test_no_fitted_number_or_choice_depends_on_the_test_labels(tmp_path):
     """A guard (it passes at the review's start): every strategy's fitted values, its
     out-of-fold selection score and the best strategy are the same when the test labels are
@@ -280,6 +359,7 @@ def test_no_fitted_number_or_choice_depends_on_the_test_labels(tmp_path):
             workdirs, tmp_path / f"fusion{relabelled}", ablation=False)))
     before, after = reports
     assert before["best_strategy"] == after["best_strategy"]
+    assert before["bootstrap"]["best_member"] == after["bootstrap"]["best_member"]
     for name, row in before["strategies"].items():
         assert row["params"] == after["strategies"][name]["params"], name
         assert row["selection_cv_macro_f1"] == after["strategies"][name]["selection_cv_macro_f1"]
@@ -494,6 +574,12 @@ def test_bad_config_values_are_named(three_members, tmp_path):
                                             "be a non-empty list of values > 0."),
     ("optimised_weights.refine_rounds", 5, "config key optimised_weights.refine_rounds=5 must be "
                                            "in 0..3 (concentrations 50, 200, 1000)."),
+    ("bootstrap_samples", -1, "config key bootstrap_samples=-1 must be a whole number >= 0 "
+                              "(resamples of each split for the confidence intervals; 0 = point "
+                              "figures only)."),
+    ("bootstrap_confidence", 95.0, "config key bootstrap_confidence=95.0 must be between 0 and 1 "
+                                   "(e.g. 0.95 for 95 % intervals)."),
+    ("bootstrap_seed", -3, "config key bootstrap_seed=-3 must be a whole number >= 0."),
     ("strategies", " , ", "No fusion strategy: set --config.strategies=A,B (config key "
                           "strategies) to some of: performance_weighted, uniform_probabilities, "
                           "uniform_logits, optimised_weights, temperature_scaled, stacking, "
@@ -821,13 +907,17 @@ def test_a_report_folder_that_is_a_file_is_refused_before_any_work(tmp_path, bel
 
 @pytest.mark.parametrize(("flags", "message"), [
     (["--config=configs/vit.py"],
-     "error: --config is not a fusion config (it has no key ablation, eval_splits, reexport, "
-     "select_on, selection_folds, strategies, train_split); use --config=configs/fusion.py (a "
-     "training config such as configs/vit.py goes to python -m cer_jax.train)."),
+     "error: --config is not a fusion config (it has no key ablation, bootstrap_confidence, "
+     "bootstrap_samples, bootstrap_seed, eval_splits, reexport, select_on, selection_folds, "
+     "strategies, train_split); use --config=configs/fusion.py (a training config such as "
+     "configs/vit.py goes to python -m cer_jax.train)."),
     (["--out={tmp}/report.md"],
      "error: --out={tmp}/report.md (config key out): {tmp}/report.md is a file, not a folder; "
      "give the report a folder, e.g. --out=runs/fusion."),
-], ids=["training_config", "out_on_a_file"])
+    (["--config.bootstrap_samples=-1"],
+     "error: config key bootstrap_samples=-1 must be a whole number >= 0 (resamples of each "
+     "split for the confidence intervals; 0 = point figures only)."),
+], ids=["training_config", "out_on_a_file", "negative_bootstrap_samples"])
 def test_command_line_refusals_are_one_line(tmp_path, flags, message):
     """Before: AttributeError 'select_on' (a training config); FileExistsError after the work
     (--out on a file)."""

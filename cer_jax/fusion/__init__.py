@@ -4,6 +4,7 @@
 - `members`: each trainer workdir's export (re-exporting a stale one), checked and aligned;
 - `strategies`: the fusion strategies (numpy / scikit-learn only), each fitted on the
   selection split;
+- `bootstrap`: percentile bootstrap intervals (each system, and fusion minus each member);
 - `report`: report.json / report.md / PNGs / TensorBoard text and images;
 - `config`: the default fusion config.
 

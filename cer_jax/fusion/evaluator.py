@@ -21,6 +21,7 @@ from etils import epath
 from cer_jax import checkpointing, paths
 from cer_jax import ensemble as ensemble_lib
 from cer_jax.errors import UserError
+from cer_jax.fusion import bootstrap as bootstrap_lib
 from cer_jax.fusion import config as config_lib
 from cer_jax.fusion import members as members_lib
 from cer_jax.fusion import report as report_lib
@@ -94,6 +95,19 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
         raise FusionConfigError(
             f"config key selection_folds={config.selection_folds} must be >= 2 (folds of the "
             "select_on split that choose the best strategy).")
+    samples = config.bootstrap_samples
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
+        raise FusionConfigError(
+            f"config key bootstrap_samples={samples!r} must be a whole number >= 0 (resamples "
+            "of each split for the confidence intervals; 0 = point figures only).")
+    if isinstance(config.bootstrap_seed, bool) or not isinstance(config.bootstrap_seed, int) \
+            or config.bootstrap_seed < 0:
+        raise FusionConfigError(
+            f"config key bootstrap_seed={config.bootstrap_seed!r} must be a whole number >= 0.")
+    if not 0 < config.bootstrap_confidence < 1:
+        raise FusionConfigError(
+            f"config key bootstrap_confidence={config.bootstrap_confidence!r} must be between 0 "
+            "and 1 (e.g. 0.95 for 95 % intervals).")
     if not _split_list(config.strategies):
         raise FusionConfigError(
             "No fusion strategy: set --config.strategies=A,B (config key strategies) to some of: "
@@ -253,12 +267,16 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
     for note in unfinished:
         logging.warning("Unfinished: %s.", note)
 
+    predictions = {split: [] for split in eval_splits}  # every system's, in the report's order
+
     def scores(probabilities_by_split: dict[str, np.ndarray]) -> dict[str, Any]:
+        for split, probabilities in probabilities_by_split.items():
+            predictions[split].append(probabilities.argmax(-1))
         return {
             split: classification_metrics(
-                data[split].labels, probabilities.argmax(-1), num_classes, class_names
+                data[split].labels, predictions[split][-1], num_classes, class_names
             )
-            for split, probabilities in probabilities_by_split.items()
+            for split in probabilities_by_split
         }
 
     absent_classes = {}
@@ -308,6 +326,10 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
             if name in strategy_names:
                 ablation[name] = _ablation(config, name, names, data)
 
+    bootstrap = None
+    if config.bootstrap_samples:
+        bootstrap = _bootstrap(config, data, predictions, member_rows, strategy_rows, best)
+
     report = {
         "class_names": class_names,
         "select_on": config.select_on,
@@ -322,6 +344,7 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "members": member_rows,
         "strategies": strategy_rows,
         "ablation": ablation,
+        "bootstrap": bootstrap,  # None: config key bootstrap_samples=0
         "config": config.to_dict(),
     }
     if jax.process_index() == 0:  # every process computes the same report; one writes it
@@ -333,6 +356,54 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
         epath.Path(config.out) / ENSEMBLE_DIR, members, fitted[best], class_names
     )
     return report
+
+
+def _bootstrap(
+    config: ml_collections.ConfigDict,
+    data: dict[str, strategies_lib.FusionData],
+    predictions: dict[str, list[np.ndarray]],
+    member_rows: list[dict[str, Any]],
+    strategy_rows: dict[str, dict[str, Any]],
+    best: str,
+) -> dict[str, Any]:
+    """Adds `accuracy_ci` and `macro_f1_ci` to every system's metrics on every reported split;
+    returns the report's `bootstrap`: how, and the paired intervals of the best and the paper's
+    fusion minus each member (the best member: highest macro F1 on select_on)."""
+    confidence = config.bootstrap_confidence
+    systems = [row["metrics"] for row in member_rows]
+    systems += [row["metrics"] for row in strategy_rows.values()]
+    names = [row["name"] for row in member_rows]
+    fusions = [n for n in dict.fromkeys([best, strategies_lib.PAPER_STRATEGY])
+               if n in strategy_rows]
+    best_member = max(range(len(names)), key=lambda i: (
+        member_rows[i]["metrics"][config.select_on]["macro_f1"], -i))
+    differences = []
+    for split, split_predictions in predictions.items():
+        resampled = bootstrap_lib.resampled_scores(
+            data[split].labels, split_predictions, data[split].num_classes,
+            config.bootstrap_samples, config.bootstrap_seed)
+        for index, metrics in enumerate(systems):
+            for metric in bootstrap_lib.METRICS:
+                metrics[split][f"{metric}_ci"] = bootstrap_lib.interval(
+                    resampled[metric][index], confidence)
+        for fusion in fusions:
+            fused = len(names) + list(strategy_rows).index(fusion)
+            for member, name in enumerate(names):
+                row = {"split": split, "fusion": fusion, "member": name,
+                       "best_member": member == best_member}
+                for metric in bootstrap_lib.METRICS:
+                    row[metric] = (systems[fused][split][metric]
+                                   - systems[member][split][metric])
+                    row[f"{metric}_ci"] = bootstrap_lib.interval(
+                        resampled[metric][fused] - resampled[metric][member], confidence)
+                differences.append(row)
+    return {
+        "samples": config.bootstrap_samples,
+        "confidence": confidence,
+        "seed": config.bootstrap_seed,
+        "best_member": names[best_member],
+        "fusion_minus_member": differences,
+    }
 
 
 def _held_out_of_reported_splits(

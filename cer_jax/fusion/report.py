@@ -105,6 +105,18 @@ def selection_note(report: dict[str, Any]) -> str:
     return note
 
 
+def _with_interval(metrics: dict[str, Any], key: str) -> str:
+    """'78.33 [75.6, 81.0]': the figure (%) and its bootstrap interval, if the report has one."""
+    interval = metrics.get(f"{key}_ci")
+    if interval is None:
+        return _percent(metrics[key])
+    return f"{_percent(metrics[key])} [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+
+
+def _confidence(bootstrap: dict[str, Any]) -> str:
+    return f"{100 * bootstrap['confidence']:g} %"
+
+
 def accuracy_table(report: dict[str, Any]) -> str:
     """Accuracy and macro F1 (%) of every member and strategy on every reported split, and the
     out-of-fold macro F1 on the selection split that picks the best strategy."""
@@ -117,19 +129,65 @@ def accuracy_table(report: dict[str, Any]) -> str:
     cv_scores = {n: r["selection_cv_macro_f1"] for n, r in report["strategies"].items()}
     rows = [
         [name, kind]
-        + [_percent(metrics[s][m]) for s in splits for m in ("accuracy", "macro_f1")]
+        + [_with_interval(metrics[s], m) for s in splits for m in ("accuracy", "macro_f1")]
         + [_percent(cv_scores[name]) if name in cv_scores else "-"]
         for name, kind, metrics in _systems(report)
     ]
     # A paper table states its test set's size: every system scores every example once.
     first = _systems(report)[0][2]
     sizes = ", ".join(f"{s} {first[s]['num_examples']}" for s in splits)
-    return _table(header, rows) + f"\n\nExamples (each scored once): {sizes}."
+    note = f"Examples (each scored once): {sizes}."
+    bootstrap = report.get("bootstrap")
+    if bootstrap:
+        note += (f" Brackets: {_confidence(bootstrap)} percentile bootstrap intervals over each "
+                 f"split's examples ({bootstrap['samples']} resamples with replacement, seed "
+                 f"{bootstrap['seed']}).")
+    return _table(header, rows) + "\n\n" + note
+
+
+def _signed(value: float, interval: Sequence[float]) -> str:
+    return f"{100 * value:+.2f} [{100 * interval[0]:+.1f}, {100 * interval[1]:+.1f}]"
+
+
+def differences_table(report: dict[str, Any]) -> str | None:
+    """Fusion (the best, the paper's) minus each member, in percentage points, with paired
+    bootstrap intervals; None without a bootstrap."""
+    bootstrap = report.get("bootstrap")
+    if not bootstrap:
+        return None
+    splits = report["eval_splits"]
+    rows = {}
+    for row in bootstrap["fusion_minus_member"]:
+        rows.setdefault((row["fusion"], row["member"], row["best_member"]), {})[row["split"]] = row
+    table_rows = []
+    for (fusion, member, best_member), by_split in rows.items():
+        roles = [r for r, name in (("best", report["best_strategy"]),
+                                   ("paper", report["paper_strategy"])) if name == fusion]
+        label = f"{fusion} ({', '.join(roles)}) - {member}" + (" (best member)" if best_member
+                                                               else "")
+        table_rows.append([label] + [
+            _signed(by_split[s][m], by_split[s][f"{m}_ci"])
+            for s in splits for m in ("accuracy", "macro_f1")
+        ])
+    header = ["fusion - member"] + [f"{s} {m}" for s in splits
+                                    for m in ("acc diff (points)", "macro F1 diff (points)")]
+    confidence = _confidence(bootstrap)
+    note = (
+        f"Percentage points, with {confidence} paired percentile bootstrap intervals (both "
+        f"systems scored on the same {bootstrap['samples']} resamples of each split's examples, "
+        f"seed {bootstrap['seed']}): an interval above 0 backs \"the fusion beats that member\" "
+        f"on that split, one that holds 0 does not (each is a {confidence} interval on its own, "
+        f"not jointly over the rows). The best member ({bootstrap['best_member']}) has the "
+        f"highest macro F1 on {report['select_on']}."
+    )
+    return _table(header, table_rows) + "\n\n" + note
 
 
 def summary_table(report: dict[str, Any]) -> str:
-    """Where fusion was chosen, then the accuracy table: what the CLIs print."""
-    return selection_note(report) + "\n\n" + accuracy_table(report)
+    """Where fusion was chosen, the accuracy table, and fusion minus each member: what the CLIs
+    print."""
+    parts = [selection_note(report), accuracy_table(report), differences_table(report)]
+    return "\n\n".join(part for part in parts if part)
 
 
 # Fitted parameters with one value per member, in the members' order (report.json's lists).
@@ -152,6 +210,11 @@ def sections(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     splits = report["eval_splits"]
     parts = [
         ("summary", "Accuracy and macro F1", accuracy_table(report)),
+    ]
+    if report.get("bootstrap"):
+        parts.append(("fusion_minus_member", "Fusion minus each member (paired bootstrap)",
+                      differences_table(report)))
+    parts += [
         (
             "members",
             "Members",

@@ -90,18 +90,29 @@ def macro_f1(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> f
 def batched_macro_f1(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
     """Macro F1 of many prediction vectors [G, N] at once, as sklearn's f1_score(average="macro").
 
+    `labels` is [N] (shared) or [G, N] (one vector per row: bootstrap resamples).
+    """
+    return macro_f1_from_confusion(batched_confusion(labels, predictions, num_classes))
+
+
+def batched_confusion(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """Confusion counts [G, K, K] (row: label, column: prediction) of G vectors by one bincount."""
+    num_rows = predictions.shape[0]
+    labels = np.broadcast_to(labels, predictions.shape)
+    flat = (np.arange(num_rows)[:, None] * num_classes + labels) * num_classes
+    return np.bincount(
+        (flat + predictions).reshape(-1), minlength=num_rows * num_classes * num_classes
+    ).reshape(num_rows, num_classes, num_classes)
+
+
+def macro_f1_from_confusion(counts: np.ndarray) -> np.ndarray:
+    """Macro F1 of confusion counts [G, K, K], as sklearn's f1_score(average="macro").
+
     sklearn averages over the classes present in the labels or the predictions; per class
     F1 = 2TP / (2TP + FP + FN), which is never 0/0 for such a class.
     """
-    num_rows = predictions.shape[0]
-    flat = (np.arange(num_rows)[:, None] * num_classes + labels[None, :]) * num_classes
-    counts = np.bincount(
-        (flat + predictions).reshape(-1), minlength=num_rows * num_classes * num_classes
-    ).reshape(num_rows, num_classes, num_classes)
     true_positives = np.diagonal(counts, axis1=1, axis2=2)
-    label_counts = counts.sum(axis=2)
-    predicted_counts = counts.sum(axis=1)
-    denominators = label_counts + predicted_counts
+    denominators = counts.sum(axis=2) + counts.sum(axis=1)
     present = denominators > 0
     f1 = np.where(present, 2 * true_positives / np.maximum(denominators, 1), 0.0)
     return f1.sum(axis=1) / np.maximum(present.sum(axis=1), 1)
