@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from cer_jax import paths, sharding, train_state
@@ -76,6 +79,31 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
         workdir_path(workdir).mkdir(parents=True, exist_ok=True)
         paths.write_text_atomically(workdir_path(workdir, CONFIG_FILE),
                                     config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def check_shared_workdir(workdir: str) -> None:
+    """With several processes, that each sees the same workdir: process 0 writes a file there
+    and every other process must find it. On a folder of each host's own disk process 0 would
+    resume alone, and Orbax's saves wait 10 minutes for folders that only process 0 made."""
+    if jax.process_count() == 1:
+        return
+    token = multihost_utils.broadcast_one_to_all(np.int32(random.getrandbits(31)))
+    probe = workdir_path(workdir, f".shared-{int(token):08x}")
+    with sharding.stop_together("the check of --workdir"):
+        if jax.process_index() == 0:
+            probe.parent.mkdir(parents=True, exist_ok=True)
+            probe.write_text("")
+    try:
+        with sharding.stop_together("the check of --workdir"):
+            if not probe.exists():
+                raise WorkdirError(
+                    f"--workdir={workdir} is not shared by every process: process "
+                    f"{jax.process_index()} does not see the file that process 0 wrote there "
+                    "(each host has a folder of its own). Give a path that every host reads "
+                    "and writes: gs://... or a shared filesystem.")
+    finally:
+        if jax.process_index() == 0:
+            probe.unlink(missing_ok=True)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

@@ -7,6 +7,7 @@ model then sees the global batch, so BatchNorm statistics are global across devi
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -15,6 +16,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from cer_jax.errors import UserError
 
 DATA_AXIS = "data"
 
@@ -124,3 +127,32 @@ def max_over_processes(value: int) -> int:
         return int(value)
     values = multihost_utils.process_allgather(np.asarray(value, np.int32))
     return int(np.asarray(values).max())
+
+
+@contextlib.contextmanager
+def stop_together(what: str) -> Iterator[None]:
+    """Runs the block on every process; an error raised in it on some process stops every one
+    (the others with a UserError naming it), so that no process goes on alone into the next
+    collective and waits there for ever (a TPU or GPU collective has no timeout). A per-host
+    fact (a path one host lacks) fails on one host only. The block must hold no collective."""
+    if jax.process_count() == 1:
+        yield
+        return
+    try:
+        yield
+    except Exception:
+        _failed_processes(True)
+        raise
+    failed = _failed_processes(False)
+    if failed:
+        names = ", ".join(str(p) for p in failed)
+        raise UserError(
+            f"process{'es' if len(failed) > 1 else ''} {names} stopped in {what} on an error "
+            "that this process did not meet (see its log: a path that its host lacks, say); "
+            "every host must see the same files, on gs:// or a shared filesystem.")
+
+
+def _failed_processes(failed: bool) -> list[int]:
+    """The indices of the processes that pass True (a collective, as any_process)."""
+    flags = multihost_utils.process_allgather(np.asarray(int(failed), np.int32))
+    return [int(p) for p in np.flatnonzero(np.asarray(flags).reshape(-1))]

@@ -315,6 +315,18 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
     """Every check that needs no training: config, model settings, workdir, data (all splits
     decoded once). Returns (dataset info, resolved config)."""
     config = ml_collections.ConfigDict(config.to_dict())  # resolve references, keep caller's
+    # Each stage stops every process when one fails (a path that one host lacks): the others
+    # would wait for it in the next collective for ever.
+    with sharding.stop_together("the checks before training"):
+        config, resuming = _check_run(config, workdir)
+    checkpointing.check_shared_workdir(workdir)
+    with sharding.stop_together("the data checks"):
+        return _check_data(config, resuming), config
+
+
+def _check_run(config: ml_collections.ConfigDict, workdir: str
+               ) -> tuple[ml_collections.ConfigDict, bool]:
+    """prepare's checks of the config, the weights and the workdir (no data, no collective)."""
     resuming = checkpointing.holds_checkpoints(workdir)  # listed once (slow on gs://)
     validate_config(config, resuming=resuming)
     for key in ("folder", "data_dir", "manual_dir", "cache_dir"):  # as config.json records them
@@ -335,6 +347,12 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
     resolve_data_shards(config, workdir, resuming=resuming)
     config.input.seed = checkpointing.data_order_seed(config)  # recorded resolved
     checkpointing.check_same_run(config, workdir, resuming=resuming)
+    return config, resuming
+
+
+def _check_data(config: ml_collections.ConfigDict, resuming: bool) -> Any:
+    """prepare's checks of the data (every split decoded once); returns the dataset info. Its
+    only collective, the first opening of a TFDS dataset, every process reaches."""
     info = pipeline.get_dataset_info(config)
     splits = list(dict.fromkeys(
         [config.dataset.train_split, *config.dataset.eval_splits,
@@ -343,7 +361,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
     pipeline.validate_splits(config, info, splits)
     if not resuming:  # the head is kept at step 0 only
         warm_start.check_kept_head(config, list(info.class_names))
-    return info, config
+    return info
 
 
 def create_writer(workdir: str, first_step: int) -> Any:

@@ -7,7 +7,9 @@ the two runs compute the same function and must agree to float tolerance. Proces
 SIGTERM; both processes must save the same step and exit, a relaunch resumes there, and the
 finished run's export, logs and events are written once. The pair starts on a data cache of its
 own, so its two processes find the dataset unbuilt at the same moment. Another pair (two devices
-each, tests/two_hosts_eval.py) evaluates on a mesh that interleaves the hosts' devices.
+each, tests/two_hosts_eval.py) evaluates on a mesh that interleaves the hosts' devices. Two
+cheap pairs stop before any data: on an error that one host alone meets, and on a workdir that
+each host has its own of.
 """
 
 from __future__ import annotations
@@ -77,16 +79,17 @@ def _free_port() -> int:
 
 
 def _launch_pair(workdir: Path, cache_dir: Path, logs: Path, tag: str,
-                 command: list[str] | None = None, devices: int = 1) -> list[subprocess.Popen]:
+                 command: list[str] | None = None, devices: int = 1,
+                 own: tuple[list[str], list[str]] = ([], [])) -> list[subprocess.Popen]:
     """Two processes of `command` (default: the training) joined by a loopback coordinator,
-    each with `devices` CPU devices."""
+    each with `devices` CPU devices and its `own` arguments (what differs between hosts)."""
     address = f"127.0.0.1:{_free_port()}"
     command = command or _command(workdir, cache_dir)
     procs = []
     for index in range(2):
         log = open(logs / f"{tag}-{index}.log", "w")  # noqa: SIM115 (closed by the OS at exit)
         procs.append(subprocess.Popen(
-            [*command, f"--coordinator_address={address}", "--num_processes=2",
+            [*command, *own[index], f"--coordinator_address={address}", "--num_processes=2",
              f"--process_id={index}"],
             cwd=ROOT, env=_env(devices), stdout=log, stderr=subprocess.STDOUT,
         ))
@@ -309,6 +312,41 @@ def test_eval_rows_keep_their_whole_file_names_when_the_mesh_interleaves_hosts(t
         assert got["example_ids"] == list(range(two_hosts_eval.SIZE))
         assert got["labels"] == [i % 7 for i in range(two_hosts_eval.SIZE)]
         assert got["file_names"] == expected
+
+
+def _last_line(log: str) -> str:
+    return log.rstrip().splitlines()[-1]
+
+
+def test_an_input_error_on_one_host_stops_every_host(tmp_path):
+    """A weights file that only one host lacks: that host stops on it, and the other one too,
+    with a line that names it. The other went on alone into the data's first collective and
+    waited there (on CPU, until a traceback 30 s later; on a TPU, for ever)."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    missing = tmp_path / "only_on_host_0.npz"
+    procs = _launch_pair(tmp_path / "run", tmp_path / "cache", logs, "one_host_error",
+                         own=([], [f"--config.init.checkpoint={missing}"]))
+    first, second = _wait(procs, logs, "one_host_error", timeout=120, status=2)
+    assert _last_line(second).startswith(f"error: init.checkpoint={str(missing)!r}: no such")
+    assert _last_line(first).startswith("error: process 1 stopped in the checks before training")
+    assert not (tmp_path / "cache").exists()  # no process went on to the data
+
+
+def test_a_workdir_each_host_has_its_own_of_is_refused(tmp_path):
+    """A --workdir on each host's own disk (as two folders here): refused on every host before
+    any data is read. Process 1 failed in a background thread after Orbax's 10 minutes of
+    waiting for a checkpoint folder that only process 0 had made, and process 0 hung."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    procs = _launch_pair(tmp_path, tmp_path / "cache", logs, "own_workdirs",  # the last wins
+                         own=([f"--workdir={tmp_path / 'w0'}"], [f"--workdir={tmp_path / 'w1'}"]))
+    first, second = _wait(procs, logs, "own_workdirs", timeout=120, status=2)
+    assert _last_line(second).startswith(
+        f"error: --workdir={tmp_path / 'w1'} is not shared by every process: process 1 ")
+    assert _last_line(first).startswith("error: process 1 stopped in the check of --workdir")
+    assert not (tmp_path / "cache").exists()
+    assert list((tmp_path / "w0").iterdir()) == []  # the probe file is gone
 
 
 def _leaves(tree, prefix=""):
