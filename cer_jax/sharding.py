@@ -134,8 +134,10 @@ def stop_together(what: str) -> Iterator[None]:
     """Runs the block on every process; an error raised in it on some process stops every one
     (the others with a UserError naming it), so that no process goes on alone into the next
     collective and waits there for ever (a TPU or GPU collective has no timeout). A per-host
-    fact (a path one host lacks) fails on one host only. The block must hold no collective."""
-    if jax.process_count() == 1:
+    fact (a path one host lacks) fails on one host only. The block must hold no collective.
+    One process (no jax.distributed) does not start JAX's backend here: its start-up lines
+    would come before a check's one-line error."""
+    if not jax.distributed.is_initialized() or jax.process_count() == 1:
         yield
         return
     try:

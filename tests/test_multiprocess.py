@@ -253,6 +253,19 @@ def test_two_processes_fuse_and_write_the_report_once(runs):
     assert (out / "ensemble" / "ensemble.json").exists()
     assert not list(out.glob(".*"))
 
+def test_a_member_workdir_that_one_host_lacks_stops_every_host_before_the_fusion(runs):
+    """Process 1 does not find a member workdir that process 0 fuses: both stop with a line
+    before any work, and no report is written."""
+    single, pair, *_, logs = runs
+    out, missing = pair.parent / "fusion_one_host", pair.parent / "only_on_host_0"
+    procs = _launch_pair(pair, pair, logs, "fuse_one_host", _slow_fuse_command([single, pair], out),
+                         own=([], [f"--workdirs={single},{missing}"]))
+    first, second = _wait(procs, logs, "fuse_one_host", timeout=120, status=2)
+    assert _last_line(second).startswith(f"error: Member workdir {missing} does not exist")
+    assert _last_line(first).startswith("error: process 1 stopped in the fusion's checks")
+    assert not out.exists()
+
+
 def test_a_member_re_exports_on_devices_its_evaluation_batch_does_not_split_over(runs):
     """Trained on 2 devices (evaluation batch 16), re-exported by a fusion on 3: the batch is
     rounded up (evaluation pads and masks), the rows are the same (it failed with XLA's

@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from cer_jax import checkpointing, paths
+from cer_jax import checkpointing, paths, sharding
 from cer_jax import ensemble as ensemble_lib
 from cer_jax.errors import UserError
 from cer_jax.fusion import bootstrap as bootstrap_lib
@@ -224,26 +224,32 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
     Returns the report (what report.json holds).
     """
-    _check_config(config)
-    config = copy.deepcopy(config)
-    workdirs = _split_list(config.workdirs)
-    strategy_names = _split_list(config.strategies)
-    # Only feature_mlp is fitted on a training split: members trained on different splits (or
-    # export-only ones that do not say) fuse by every other strategy.
-    if not config.train_split and "feature_mlp" in strategy_names:
-        config.train_split = members_lib.common_train_split(workdirs)
-    eval_splits = list(config.eval_splits)
-    needed = list(dict.fromkeys(
-        eval_splits + ([config.train_split] if "feature_mlp" in strategy_names else [])
-    ))
-    if "feature_mlp" in strategy_names and config.train_split in eval_splits:
-        raise FusionConfigError(
-            f"config key train_split={config.train_split!r} (empty: the members' own) is a "
-            f"reported split (config key eval_splits={eval_splits}): feature_mlp would be fitted "
-            "on the examples it is chosen and scored on. Give it the members' training split "
-            "(e.g. train_fit), or drop feature_mlp from config key strategies.")
-    split_keys = {split: "eval_splits" for split in eval_splits}
-    split_keys.setdefault(config.train_split, "train_split")
+    # Every process checks the members before any collective (a re-export, the ensemble's
+    # restore): a workdir that one host lacks stops every host, not that host alone.
+    with sharding.stop_together("the fusion's checks"):
+        _check_config(config)
+        config = copy.deepcopy(config)
+        workdirs = _split_list(config.workdirs)
+        strategy_names = _split_list(config.strategies)
+        # Only feature_mlp is fitted on a training split: members trained on different splits
+        # (or export-only ones that do not say) fuse by every other strategy.
+        if not config.train_split and "feature_mlp" in strategy_names:
+            config.train_split = members_lib.common_train_split(workdirs)
+        eval_splits = list(config.eval_splits)
+        needed = list(dict.fromkeys(
+            eval_splits + ([config.train_split] if "feature_mlp" in strategy_names else [])
+        ))
+        if "feature_mlp" in strategy_names and config.train_split in eval_splits:
+            raise FusionConfigError(
+                f"config key train_split={config.train_split!r} (empty: the members' own) is "
+                f"a reported split (config key eval_splits={eval_splits}): feature_mlp would be "
+                "fitted on the examples it is chosen and scored on. Give it the members' "
+                "training split (e.g. train_fit), or drop feature_mlp from config key "
+                "strategies.")
+        split_keys = {split: "eval_splits" for split in eval_splits}
+        split_keys.setdefault(config.train_split, "train_split")
+        for workdir in workdirs:
+            members_lib.check_member(workdir, needed, split_keys=split_keys)
     if config.select_on == "test":
         logging.warning("Choosing fusion weights and hyper-parameters on the test split "
                         "(select_on=test, the paper's protocol): test numbers are optimistic.")

@@ -100,13 +100,11 @@ def common_train_split(workdirs: Sequence[str]) -> str:
     return next(iter(found.values()))
 
 
-def load_member(
-    workdir: str, splits: Sequence[str], *, reexport: bool = False,
-    split_keys: dict[str, str] | None = None,
-) -> Member:
-    """Loads `workdir`'s export, exporting the best checkpoint first when the export is stale,
-    missing, lacks one of `splits`, or `reexport` is set. `split_keys` names the fusion config
-    key that asked for each split, for error messages."""
+def check_member(
+    workdir: str, splits: Sequence[str], *, split_keys: dict[str, str] | None = None
+) -> None:
+    """What `load_member` checks before it exports or reads anything: the workdir exists,
+    holds a best checkpoint or an export, and its dataset has `splits`."""
     _require_workdir(workdir)
     member_splits = _member_splits(workdir)
     if member_splits is not None:
@@ -119,6 +117,18 @@ def load_member(
                 + f": member {workdir}'s dataset has no such split (it has: "
                 f"{', '.join(member_splits[1])}). Set --config.{key} to one of those."
             )
+    if not checkpointing.holds_best_checkpoint(workdir) and export.read_manifest(workdir) is None:
+        raise _untrained(workdir)
+
+
+def load_member(
+    workdir: str, splits: Sequence[str], *, reexport: bool = False,
+    split_keys: dict[str, str] | None = None,
+) -> Member:
+    """Loads `workdir`'s export, exporting the best checkpoint first when the export is stale,
+    missing, lacks one of `splits`, or `reexport` is set. `split_keys` names the fusion config
+    key that asked for each split, for error messages."""
+    check_member(workdir, splits, split_keys=split_keys)
     if checkpointing.holds_best_checkpoint(workdir):
         # A stale, missing or unreadable export is written anew from the checkpoint.
         if reexport or not export.export_is_current(workdir):
