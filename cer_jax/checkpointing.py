@@ -81,19 +81,32 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
                                     config.to_json_best_effort(indent=2, sort_keys=True))
 
 
-def check_shared_workdir(workdir: str) -> None:
-    """With several processes, that each sees the same workdir: process 0 writes a file there
-    and every other process must find it. On a folder of each host's own disk process 0 would
-    resume alone, and Orbax's saves wait 10 minutes for folders that only process 0 made."""
-    if jax.process_count() == 1:
-        return
-    token = multihost_utils.broadcast_one_to_all(np.int32(random.getrandbits(31)))
-    probe = workdir_path(workdir, f".shared-{int(token):08x}")
-    with sharding.stop_together("the check of --workdir"):
-        if jax.process_index() == 0:
-            probe.parent.mkdir(parents=True, exist_ok=True)
-            probe.write_text("")
+def check_workdir(workdir: str) -> None:
+    """Before any data is read: process 0 writes a file in the workdir, and every other process
+    must find it there. An unwritable workdir failed only at Orbax's first folder, after the
+    data were decoded, in a traceback; on a folder of each host's own disk process 0 resumed
+    alone, and Orbax's saves waited 10 minutes for folders only process 0 had made. A workdir
+    that did not exist is removed again (a data error later leaves nothing behind)."""
+    token = random.getrandbits(31)
+    if jax.process_count() > 1:
+        token = int(multihost_utils.broadcast_one_to_all(np.int32(token)))
+    folder = workdir_path(workdir)
+    probe = folder / f".probe-{token:08x}"
+    made = False
     try:
+        with sharding.stop_together("the check of --workdir"):
+            if jax.process_index() == 0:
+                existed = folder.exists()
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    made = not existed
+                    probe.write_text("")
+                except paths.write_errors() as error:
+                    reason = getattr(error, "strerror", None) or error.__class__.__name__
+                    raise WorkdirError(
+                        f"--workdir={workdir} cannot be written ({reason}): give a folder "
+                        "this user may write (local, gs://... or a shared filesystem)."
+                    ) from error
         with sharding.stop_together("the check of --workdir"):
             if not probe.exists():
                 raise WorkdirError(
@@ -104,6 +117,8 @@ def check_shared_workdir(workdir: str) -> None:
     finally:
         if jax.process_index() == 0:
             probe.unlink(missing_ok=True)
+            if made and not paths.is_remote(workdir):  # (gs:// has no folder objects)
+                folder.rmdir()
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

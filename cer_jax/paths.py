@@ -11,11 +11,20 @@ import contextlib
 import os
 import posixpath
 import signal
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
 
 from etils import epath
+
+
+def write_errors() -> tuple[type[BaseException], ...]:
+    """What a failed write raises: OSError, and for gs:// (TensorFlow's file system, when
+    TensorFlow is loaded) its OpError."""
+    tf = sys.modules.get("tensorflow")
+    errors = getattr(tf, "errors", None)
+    return (OSError,) + ((errors.OpError,) if errors is not None else ())
 
 
 def is_remote(path: str | os.PathLike[str]) -> bool:

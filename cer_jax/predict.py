@@ -89,7 +89,7 @@ from etils import epath
 from cer_jax import cli
 from cer_jax import faces as faces_lib
 from cer_jax.errors import Terminated
-from cer_jax.paths import file_in_the_way, is_remote, same_place
+from cer_jax.paths import file_in_the_way, is_remote, same_place, write_errors
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jfif", ".pgm",
                     ".ppm", ".gif")
@@ -158,14 +158,6 @@ class WriteError(UsageError):
         if kept:
             message += f"; the finished file is kept as {kept} (move it there yourself)"
         super().__init__(message + ".")
-
-
-def write_errors() -> tuple[type[BaseException], ...]:
-    """What a failed write raises: OSError, and for gs:// (TensorFlow's file system, when
-    TensorFlow is loaded) its OpError."""
-    tf = sys.modules.get("tensorflow")
-    errors = getattr(tf, "errors", None)
-    return (OSError,) + ((errors.OpError,) if errors is not None else ())
 
 
 # --- inputs ----------------------------------------------------------------------------------

@@ -319,7 +319,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
     # would wait for it in the next collective for ever.
     with sharding.stop_together("the checks before training"):
         config, resuming = _check_run(config, workdir)
-    checkpointing.check_shared_workdir(workdir)
+    checkpointing.check_workdir(workdir)
     with sharding.stop_together("the data checks"):
         return _check_data(config, resuming), config
 

@@ -320,6 +320,29 @@ def test_a_vit_built_for_another_image_size_stops_before_any_work(tmp_path, synt
                   r"their size\.$")
 
 
+def test_an_unwritable_workdir_is_one_line_before_the_data(synthetic_cache_dir, monkeypatch):
+    """It failed at Orbax's first folder, after every split was decoded, in a traceback."""
+    from cer_jax import checkpointing
+    from cer_jax.data import pipeline
+
+    monkeypatch.setattr(pipeline, "get_dataset_info", lambda *_: pytest.fail("data read"))
+    workdir = "/sys/cer_jax_run"  # sysfs: not even root may make a folder there
+    with pytest.raises(checkpointing.WorkdirError) as error:
+        trainer.prepare(smoke_config("vit", synthetic_cache_dir), workdir)
+    assert str(error.value) == (
+        f"--workdir={workdir} cannot be written (Operation not permitted): give a folder this "
+        "user may write (local, gs://... or a shared filesystem).")
+
+
+def test_a_data_error_leaves_no_workdir_folder(tmp_path, synthetic_cache_dir):
+    """The workdir's write check makes the folder; a data error after it takes it away."""
+    config = smoke_config("vit", synthetic_cache_dir)
+    config.dataset.eval_splits = ("no_such_split",)
+    with pytest.raises(UserError, match="no_such_split"):
+        trainer.prepare(config, str(tmp_path / "w"))
+    assert os.listdir(tmp_path) == []
+
+
 def test_unknown_dataset(tmp_path, synthetic_cache_dir):
     config = smoke_config("vit", synthetic_cache_dir, **{"dataset.synthetic": False,
                                                         "dataset.name": "no_such_dataset"})
