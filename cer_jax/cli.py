@@ -19,7 +19,9 @@ from __future__ import annotations
 import importlib.util
 import logging as std_logging
 import os
+import re
 import sys
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn
 
@@ -150,7 +152,7 @@ def parse_flags_with_help(argv: list[str]) -> list[str]:
     """absl's flag parsing, but --help (and --helpfull, ...) exits 0 after printing the help,
     as other command-line tools do; absl's own exits 1. A flag error keeps absl's status 1."""
     try:
-        return app.parse_flags_with_usage(argv)
+        return _parse_flags_with_usage(argv)
     except SystemExit as e:
         asked = any(arg in _HELP_FLAGS for arg in argv[1:argv.index("--") if "--" in argv
                                                          else len(argv)])
@@ -158,6 +160,54 @@ def parse_flags_with_help(argv: list[str]) -> list[str]:
         if e.code == 1 and asked and not isinstance(e.__context__, flags.Error):
             sys.exit(0)
         raise
+
+
+def _parse_flags_with_usage(argv: list[str]) -> list[str]:
+    """absl's app.parse_flags_with_usage, except that a `--config.KEY=VALUE` of the wrong type
+    is one line naming the type KEY takes (exit status 2), as a misspelt KEY is: absl's own
+    report of it was Python's conversion error ("invalid literal for int() with base 10")."""
+    try:
+        return FLAGS(argv)
+    except flags.IllegalFlagValueError as error:
+        message = _config_value_error(error)
+        if message:
+            _exit_with(message)
+        _report_flag_error(error)
+    except flags.Error as error:
+        _report_flag_error(error)
+
+
+def _report_flag_error(error: flags.Error) -> NoReturn:
+    """A flag error as absl's app.parse_flags_with_usage reports it (status 1)."""
+    message = str(error)
+    if "\n" in message:
+        message = "\n" + textwrap.indent(message, "  ")
+    sys.stderr.write(f"FATAL Flags parsing error: {message}\n"
+                     "Pass --helpshort or --helpfull to see help on flags.\n")
+    sys.exit(1)
+
+
+# What a config key of each absl parser's type takes, as the line for a wrong value says it.
+_CONFIG_VALUE_TYPES = {"float": "a number", "int": "a whole number", "bool": "True or False"}
+
+
+def _config_value_error(error: flags.IllegalFlagValueError) -> str | None:
+    """The line for a `--config.KEY=VALUE` whose VALUE is not of KEY's type, or None for
+    another flag's error. absl's message is `flag --NAME=VALUE: <the parser's error>`."""
+    match = re.match(r"flag --(config\.[^=\s]+)=", str(error))
+    if not match or match.group(1) not in FLAGS:
+        return None
+    flag = FLAGS[match.group(1)]
+    takes = _CONFIG_VALUE_TYPES.get(flag.parser.flag_type())
+    if takes is None:
+        return None
+    cause = error.__context__
+    value = str(error)[match.end():]
+    if cause is not None and value.endswith(f": {cause}"):
+        value = value[:-len(f": {cause}")]
+    key = match.group(1).removeprefix("config.")
+    example = "" if flag.default is None else f" (the config has {flag.default!r})"
+    return f"--config.{key}={value}: {key} takes {takes}{example}, not {value!r}."
 
 
 def run(main: Callable[[Sequence[str]], None],

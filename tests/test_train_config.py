@@ -522,3 +522,21 @@ def test_incomplete_multi_process_flags_stop_with_one_line(tmp_path, tool, flags
     assert line.startswith(message)
     assert "--num_processes=N" in line  # the fix
     assert not (tmp_path / "w").exists() and not (tmp_path / "f").exists()
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("optimizer.lr=fast", "error: --config.optimizer.lr=fast: optimizer.lr takes a number (the "
+                          "config has 0.001), not 'fast'."),
+    ("training.global_batch_size=8.5", "error: --config.training.global_batch_size=8.5: "
+                                       "training.global_batch_size takes a whole number (the "
+                                       "config has 32), not '8.5'."),
+    ("input.flip=maybe", "error: --config.input.flip=maybe: input.flip takes True or False (the "
+                         "config has True), not 'maybe'."),
+])
+def test_an_override_of_the_wrong_type_is_one_line(tmp_path, override, message):
+    """Was absl's two lines with Python's conversion error ("invalid literal for int() with base
+    10: '8.5'") and exit status 1; now one line, status 2, as a misspelt key."""
+    out = subprocess.run([sys.executable, "-c", PRINT_CONFIG, "--workdir=/unused",
+                          "--config=configs/vit.py:smoke", f"--config.{override}"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert (out.returncode, out.stderr.strip().splitlines()) == (2, [message])
