@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn
 
 from absl import app, flags, logging
+from ml_collections import config_flags
 
 from cer_jax import config_loading, huge_pages
 from cer_jax.errors import Terminated, UserError
@@ -255,18 +256,35 @@ def _parse_flags(argv: list[str]) -> list[str]:
     try:
         rest = parse_flags_with_help(argv)
     except (AttributeError, KeyError) as e:
-        missing, hint = _missing_key(e)
-        overrides = [arg for arg in argv[1:] if arg.startswith("--config.")
-                     and missing in arg.split("=", 1)[0].removeprefix("--config.").split(".")]
-        if not overrides or "--traceback" in argv:
-            raise
-        _exit_with(f"{overrides[0]}: the config has no key {missing!r}. {hint}".rstrip())
+        _exit_if_misspelt_key(e, argv)
+        raise
     if none_keys:
         try:
             config_loading.apply_none_overrides(FLAGS.config, none_keys)
         except UserError as e:
             _exit_with(e)
     return rest
+
+
+def define_config_file(name: str, default: str | None, help_text: str, **kwargs):
+    """config_flags.DEFINE_config_file. With a default file, ml_collections loads it and applies
+    the command line's overrides while defining the flag, at import: a misspelt
+    `--config.KEY=...` was a traceback there, before `run`; it is the same one line here."""
+    try:
+        return config_flags.DEFINE_config_file(name, default, help_text, **kwargs)
+    except (AttributeError, KeyError) as e:
+        _exit_if_misspelt_key(e, sys.argv)
+        raise
+
+
+def _exit_if_misspelt_key(error: BaseException, argv: Sequence[str]) -> None:
+    """One line for ml_collections' error for a `--config.KEY` override naming a key the config
+    lacks; returns for any other error (a bug: its traceback shows) and under --traceback."""
+    missing, hint = _missing_key(error)
+    overrides = [arg for arg in argv[1:] if arg.startswith("--config.")
+                 and missing in arg.split("=", 1)[0].removeprefix("--config.").split(".")]
+    if overrides and "--traceback" not in argv:
+        _exit_with(f"{overrides[0]}: the config has no key {missing!r}. {hint}".rstrip())
 
 
 def _missing_key(error: BaseException) -> tuple[str, str]:

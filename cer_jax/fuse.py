@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from absl import flags
-from ml_collections import config_flags
 
 from cer_jax import cli
 from cer_jax.config_loading import resolve_config_flag
@@ -22,7 +21,7 @@ from cer_jax.fusion import evaluator
 from cer_jax.fusion import report as report_lib
 
 # The default is the package's own file, so the command works from any directory or install.
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = cli.define_config_file(
     "config", config_lib.__file__, "Fusion config file.", lock_config=False
 )
 _WORKDIRS = cli.define_path_list_flag("workdirs", None,

@@ -917,10 +917,21 @@ def test_a_report_folder_that_is_a_file_is_refused_before_any_work(tmp_path, bel
     (["--config.bootstrap_samples=-1"],
      "error: config key bootstrap_samples=-1 must be a whole number >= 0 (resamples of each "
      "split for the confidence intervals; 0 = point figures only)."),
-], ids=["training_config", "out_on_a_file", "negative_bootstrap_samples"])
+    (["--config.strategy=stacking"],
+     "error: --config.strategy=stacking: the config has no key 'strategy'. Did you mean "
+     "\"strategies\" instead of \"strategy\"?"),
+    (["--config=configs/fusion.py", "--config.selection_fold=3"],
+     "error: --config.selection_fold=3: the config has no key 'selection_fold'. Did you mean "
+     "\"selection_folds\" instead of \"selection_fold\"?"),
+    (["--config.selection_folds=five"],
+     "error: --config.selection_folds=five: selection_folds takes a whole number (the config "
+     "has 5), not 'five'."),
+], ids=["training_config", "out_on_a_file", "negative_bootstrap_samples", "misspelt_key",
+        "misspelt_key_with_config", "wrong_type"])
 def test_command_line_refusals_are_one_line(tmp_path, flags, message):
     """Before: AttributeError 'select_on' (a training config); FileExistsError after the work
-    (--out on a file)."""
+    (--out on a file); a misspelt key's AttributeError traceback from the import of
+    cer_jax.fuse (ml_collections applies overrides when it defines a flag with a default)."""
     (tmp_path / "report.md").write_text("mine")
     command = [sys.executable, "-m", "cer_jax.fuse", f"--workdirs={tmp_path / 'a'}",
                f"--out={tmp_path / 'fusion'}", *(f.format(tmp=tmp_path) for f in flags)]
