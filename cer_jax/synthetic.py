@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from absl import flags
@@ -170,23 +170,39 @@ class SyntheticSizeError(UserError):
     """Image counts that no RAF-DB-like tree can have."""
 
 
-def check_sizes(kind: str, num_train_images: int, num_test_images: int
-                ) -> dict[str, tuple[int, ...]]:
+def check_seed(seed: int, key: str = "--seed") -> None:
+    """numpy seeds its generators from integers >= 0 only: a negative seed was its traceback
+    at the first image."""
+    if seed < 0:
+        raise SyntheticSizeError(f"{key}={seed}: give a seed >= 0.")
+
+
+def check_sizes(kind: str, num_train_images: int, num_test_images: int, seed: int = 0,
+                keys: Mapping[str, str] | None = None) -> dict[str, tuple[int, ...]]:
     """The per-class image counts of each split, or SyntheticSizeError before anything is drawn:
     every class needs 2 train images (train_fit and validation) and 1 test image, and the ids
-    must fit RAF-DB's digits."""
+    must fit RAF-DB's digits. `keys` ("train", "test", "seed": the config keys the values come
+    from) start each message; without them a size's message stands alone, as for the flags of
+    this module and the demo, whose names say which count is which."""
     if kind not in CLASSES:
         raise SyntheticSizeError(f"kind must be one of {sorted(CLASSES)}, got {kind!r}.")
+    keys = keys or {}
+    check_seed(seed, keys.get("seed", "--seed"))
     sizes = {"train": num_train_images, "test": num_test_images}
-    for split, count in sizes.items():
+    counts = {}
+    for (split, count), minimum in zip(sizes.items(), (2, 1), strict=True):
+        prefix = f"{keys[split]}={count}: " if split in keys else ""
         digits = layout.DIGITS[kind][split]
         if count >= 10**digits:
             raise SyntheticSizeError(
-                f"{count} {split} images do not fit RAF-DB's {digits}-digit {kind} {split} ids "
-                f"(the TFDS builder checks them): ask for at most {10**digits - 1}."
+                f"{prefix}{count} {split} images do not fit RAF-DB's {digits}-digit {kind} "
+                f"{split} ids (the TFDS builder checks them): ask for at most {10**digits - 1}."
             )
-    return {"train": class_counts(kind, num_train_images, minimum=2),
-            "test": class_counts(kind, num_test_images, minimum=1)}
+        try:
+            counts[split] = class_counts(kind, count, minimum=minimum)
+        except SyntheticSizeError as e:
+            raise SyntheticSizeError(f"{prefix}{e}") from None
+    return counts
 
 
 class OutputPathError(UserError):
@@ -548,7 +564,7 @@ def write_tree(
     first and written last, so such a run leaves a tree that the builder rejects rather than a
     partial one that it would read.
     """
-    counts = check_sizes(kind, num_train_images, num_test_images)
+    counts = check_sizes(kind, num_train_images, num_test_images, seed)
     check_out_dir(out_dir)
     root = pathlib.Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -620,8 +636,9 @@ def main(argv: Sequence[str]) -> None:
     # Every check before any drawing: a bad --out must not come after the preview's work.
     if values.preview:
         check_preview_path(values.preview)
+        check_seed(values.seed)
     if values.out:
-        check_sizes(values.kind, values.num_train_images, values.num_test_images)
+        check_sizes(values.kind, values.num_train_images, values.num_test_images, values.seed)
         check_out_dir(values.out)
     if values.preview:
         preview(values.preview, kind=values.kind, seed=values.seed)

@@ -705,3 +705,23 @@ def test_an_iterator_left_open_at_exit_ends_quietly(imbalanced_folder):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "(4,)"
     assert "Exception ignored" not in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("synthetic_seed", -1, "config.dataset.synthetic_seed=-1: give a seed >= 0."),
+    ("synthetic_num_train_images", 0, "config.dataset.synthetic_num_train_images=0: 0 images "
+     "cannot give each of the 11 compound classes at least 2: ask for at least 22."),
+    ("synthetic_num_test_images", 10_000, "config.dataset.synthetic_num_test_images=10000: "
+     "10000 test images do not fit RAF-DB's 4-digit compound test ids (the TFDS builder checks "
+     "them): ask for at most 9999."),
+])
+def test_a_bad_synthetic_setting_names_its_config_key_before_drawing(tmp_path, key, value,
+                                                                     message):
+    """A negative seed was numpy's traceback ('expected non-negative integer') at the first
+    image; a bad count did not say which of the config's two counts it was."""
+    config = _config(tmp_path / "cache")
+    config.dataset[key] = value
+    with pytest.raises(synthetic.SyntheticSizeError) as e:
+        pipeline.get_dataset_info(config)
+    assert str(e.value) == message
+    assert not (tmp_path / "cache").exists()

@@ -122,6 +122,13 @@ def test_ids_that_would_overflow_rafdb_digits_are_refused(tmp_path):
     assert not (tmp_path / "t").exists()  # refused before anything is written
 
 
+def test_a_negative_seed_is_refused_before_anything_is_written(tmp_path):
+    """It was numpy's traceback ('expected non-negative integer') at the first image."""
+    with pytest.raises(synthetic.SyntheticSizeError, match=r"^--seed=-1: give a seed >= 0\.$"):
+        synthetic.write_tree(tmp_path / "t", num_train_images=22, num_test_images=11, seed=-1)
+    assert not (tmp_path / "t").exists()
+
+
 def test_landmark_files(compound_tree):
     root, _ = compound_tree
     for name, _ in _entries(root):

@@ -118,10 +118,20 @@ def _split_name(name: str) -> tuple[str, str | None]:
     return parts[0], (parts[1] if len(parts) > 1 else None)
 
 
+# The config keys of the synthetic tree's settings, as its errors name them.
+_SYNTHETIC_KEYS = {"train": "config.dataset.synthetic_num_train_images",
+                   "test": "config.dataset.synthetic_num_test_images",
+                   "seed": "config.dataset.synthetic_seed"}
+
+
 def _synthetic_tree(config: ml_collections.ConfigDict, kind: str) -> str:
     """Draws the synthetic RAF-DB tree into cache_dir once; returns its root."""
     from cer_jax import synthetic
 
+    # Before the cache is looked at: a count that is not in the cache's name is no cached tree.
+    synthetic.check_sizes(kind, config.synthetic_num_train_images,
+                          config.synthetic_num_test_images, config.synthetic_seed,
+                          keys=_SYNTHETIC_KEYS)
     cache = _expand(config.cache_dir)
     # The generator version is part of the key: a changed drawing never reuses an older tree.
     tag = (
