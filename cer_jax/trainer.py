@@ -120,6 +120,16 @@ def validate_config(config: ml_collections.ConfigDict, *, resuming: bool = False
         optim.create_schedule(config, total_steps=10, steps_per_epoch=1)  # checks schedule.name
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    # A key another model takes (model.name=manet on configs/vit.py) was a KeyError / TypeError
+    # traceback where the model's settings are resolved.
+    options = models.default_options(config.model.name)
+    foreign = [key for key in config.model if key != "name" and key not in options]
+    if foreign:
+        raise ConfigError(
+            f"model.{foreign[0]} is not an option of model {config.model.name!r} (config key "
+            f"model.name), whose options are: {', '.join(sorted(options))}. Each model has its "
+            "own config file: use configs/vit.py, configs/manet.py or configs/resnet50.py."
+        )
     if config.optimizer.name not in optim.OPTIMIZERS:
         raise ConfigError(
             f"Unknown optimizer {config.optimizer.name!r} (config key optimizer.name); "

@@ -540,3 +540,18 @@ def test_an_override_of_the_wrong_type_is_one_line(tmp_path, override, message):
                           "--config=configs/vit.py:smoke", f"--config.{override}"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert (out.returncode, out.stderr.strip().splitlines()) == (2, [message])
+
+
+@pytest.mark.parametrize(("config", "name", "message"), [
+    ("vit", "manet", "model.dropout is not an option of model 'manet' (config key model.name), "
+                     "whose options are: dtype, path_b_order, width. Each model has its own "
+                     "config file: use configs/vit.py, configs/manet.py or configs/resnet50.py."),
+    ("manet", "resnet", "model.path_b_order is not an option of model 'resnet'"),
+])
+def test_another_models_name_is_refused_by_its_options(config, name, message):
+    """model.name=manet on configs/vit.py was a KeyError 'gelu_approximate' traceback."""
+    config = load_config(f"configs/{config}.py:smoke")
+    config.model.name = name
+    with pytest.raises(trainer.ConfigError) as e:
+        trainer.validate_config(config)
+    assert str(e.value).startswith(message)

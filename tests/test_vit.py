@@ -84,6 +84,9 @@ def test_dropout_and_stochastic_depth_only_in_training():
      r"^model\.dropout=1\.0 is a drop probability: choose one in \[0, 1\)\.$"),
     (dict(variant="test/8", stochastic_depth=-0.1),
      r"^model\.stochastic_depth=-0\.1 is a drop probability: choose one in \[0, 1\)\.$"),
+    # Was a NaN loss at the first step, which the trainer blamed on the learning rate.
+    (dict(variant="test/8", layer_norm_eps=-1.0), r"^model\.layer_norm_eps=-1\.0 must be > 0 "),
+    (dict(variant="test/8", layer_norm_eps=0.0), r"^model\.layer_norm_eps=0\.0 must be > 0 "),
 ])
 def test_bad_options_are_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -177,6 +177,10 @@ class ViT(nnx.Module):
         if pool not in ("cls", "gap"):
             raise ModelConfigError(
                 f"Unknown ViT pool {pool!r} (config key model.pool): 'cls' or 'gap'.")
+        if not layer_norm_eps > 0:  # 0 or less: NaN at the first step, blamed on the lr
+            raise ModelConfigError(
+                f"model.layer_norm_eps={layer_norm_eps} must be > 0 (1e-6 as big_vision and "
+                "timm, 1e-12 as Hugging Face's ViT).")
         for key, rate in (("dropout", dropout), ("attention_dropout", attention_dropout),
                           ("stochastic_depth", stochastic_depth)):
             if not 0.0 <= rate < 1.0:
