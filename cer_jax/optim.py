@@ -134,6 +134,11 @@ def check_optimizer_config(opt: ml_collections.ConfigDict) -> None:
     for key, ok, allowed in checks:
         if not ok:
             raise OptimConfigError(f"optimizer.{key}={opt[key]} must be {allowed}.")
+    # optax then drops the momentum, Nesterov's with it: plain SGD, unannounced (PyTorch refuses).
+    if opt.name == "sgd" and opt.get("nesterov") and not opt.momentum:
+        raise OptimConfigError(
+            f"optimizer.nesterov=True needs a momentum (optimizer.momentum={opt.momentum}): set "
+            "optimizer.momentum, e.g. 0.9, or optimizer.nesterov=False for plain SGD.")
 
 
 def create_optimizer(

@@ -555,3 +555,16 @@ def test_another_models_name_is_refused_by_its_options(config, name, message):
     with pytest.raises(trainer.ConfigError) as e:
         trainer.validate_config(config)
     assert str(e.value).startswith(message)
+
+
+def test_nesterov_without_momentum_is_refused():
+    """optax's SGD with momentum 0 drops Nesterov's too: it trained plain SGD, unannounced."""
+    config = load_config("configs/resnet50.py")
+    config.optimizer.momentum, config.optimizer.nesterov = 0.0, True
+    with pytest.raises(UserError) as e:
+        trainer.validate_config(config)
+    assert str(e.value) == ("optimizer.nesterov=True needs a momentum (optimizer.momentum=0.0): "
+                            "set optimizer.momentum, e.g. 0.9, or optimizer.nesterov=False for "
+                            "plain SGD.")
+    config.optimizer.momentum = 0.9
+    trainer.validate_config(config)
