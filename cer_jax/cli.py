@@ -273,18 +273,44 @@ def define_config_file(name: str, default: str | None, help_text: str, **kwargs)
     try:
         return config_flags.DEFINE_config_file(name, default, help_text, **kwargs)
     except (AttributeError, KeyError) as e:
-        _exit_if_misspelt_key(e, sys.argv)
+        _exit_if_misspelt_key(e, sys.argv, default)
         raise
 
 
-def _exit_if_misspelt_key(error: BaseException, argv: Sequence[str]) -> None:
+def _exit_if_misspelt_key(error: BaseException, argv: Sequence[str],
+                          default_config: str | None = None) -> None:
     """One line for ml_collections' error for a `--config.KEY` override naming a key the config
-    lacks; returns for any other error (a bug: its traceback shows) and under --traceback."""
+    lacks; returns for any other error (a bug: its traceback shows) and under --traceback.
+    Without a close key to suggest, the line lists the keys of KEY's section, read from the
+    --config file (or `default_config`)."""
     missing, hint = _missing_key(error)
     overrides = [arg for arg in argv[1:] if arg.startswith("--config.")
                  and missing in arg.split("=", 1)[0].removeprefix("--config.").split(".")]
-    if overrides and "--traceback" not in argv:
-        _exit_with(f"{overrides[0]}: the config has no key {missing!r}. {hint}".rstrip())
+    if not overrides or "--traceback" in argv:
+        return
+    if not hint:
+        parts = overrides[0].split("=", 1)[0].removeprefix("--config.").split(".")
+        hint = _section_keys(argv, parts[:parts.index(missing)], default_config)
+    _exit_with(f"{overrides[0]}: the config has no key {missing!r}. {hint}".rstrip())
+
+
+def _section_keys(argv: Sequence[str], section: list[str], default_config: str | None) -> str:
+    """'Its keys under model: depth, dtype, name, width.' for the config file that argv's
+    --config names, or "" where it cannot be read."""
+    spec = default_config
+    for i, arg in enumerate(argv):
+        name, sep, value = arg.partition("=")
+        if name in ("--config", "-config"):
+            spec = value if sep else (argv[i + 1] if i + 1 < len(argv) else None)
+    try:
+        node = config_loading.load_config(spec)
+        for part in section:
+            node = node[part]
+        keys = sorted(node.keys())
+    except Exception:  # noqa: BLE001 - only a hint: the line stands without it
+        return ""
+    where = f" under {'.'.join(section)}" if section else ""
+    return f"Its keys{where}: {', '.join(keys)}."
 
 
 def _missing_key(error: BaseException) -> tuple[str, str]:

@@ -156,11 +156,13 @@ def apply_none_overrides(config: ml_collections.ConfigDict, keys: list[str],
     for key in keys:
         node = config
         *parents, leaf = key.split(".")
-        for part in [*parents, leaf]:
+        for depth, part in enumerate([*parents, leaf]):
             if not isinstance(node, ml_collections.ConfigDict) or part not in node:
                 known = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
                 close = difflib.get_close_matches(part, known, n=1)
-                hint = f' Did you mean "{close[0]}" instead of "{part}"?' if close else ""
+                where = f" under {'.'.join(parents[:depth])}" if depth else ""
+                hint = (f' Did you mean "{close[0]}" instead of "{part}"?' if close else
+                        f" Its keys{where}: {', '.join(sorted(known))}." if known else "")
                 raise ConfigOverrideError(
                     f"--{flag}.{key}=None: the config has no key {part!r}.{hint}")
             if part != leaf:

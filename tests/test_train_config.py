@@ -185,6 +185,13 @@ def test_smoke_config_trains_by_epochs_when_told(tmp_path):
     # Only where the config allows None: a learning rate of None would fail deep in training.
     (["--config=configs/vit.py:smoke", "--config.optimizer.lr=None"],
      "error: --config.optimizer.lr=None: this key needs a value (0.001 in the config)."),
+    # No close key to suggest: the keys of its section are the fix (the line ended at the key).
+    (["--config=configs/resnet50.py", "--config.model.variant=resnet51"],
+     "error: --config.model.variant=resnet51: the config has no key 'variant'. Its keys under "
+     "model: depth, dtype, name, width."),
+    (["--config=configs/resnet50.py", "--config.model.variant=None"],
+     "error: --config.model.variant=None: the config has no key 'variant'. Its keys under "
+     "model: depth, dtype, name, width."),
     (["--config=configs/manet.py:smok"],
      "error: Unknown config argument 'smok' for configs/manet.py: use '' or 'smoke'."),
     (["--config", "configs/vit.py:smok"],
