@@ -14,11 +14,17 @@ A member is called the same everywhere: its `--models` value, its config file
 (configs/<member>.py, whose config.member it is), its workdir folder and its name in the report.
 The synthetic faces are drawings, not people: the numbers say the pipeline works, nothing about
 real faces. `--steps_scale` shrinks or grows every training run (tests use a tiny value).
+Run again with the same --out, the demo resumes and skips each member whose run with the same
+settings finished and exported (`finished_member`).
 """
 
 from __future__ import annotations
 
+import difflib
+import glob
+import json
 import os
+import sys
 import time
 from collections.abc import Sequence
 
@@ -37,6 +43,10 @@ DEMO_MARKER = ".cer_jax_demo"
 # about 4 minutes on 2 CPU cores in total.
 TRAIN_STEPS = {"vit": 3000, "manet": 700, "resnet50": 1000}
 EVALUATIONS_PER_RUN = 4
+# Seconds each member took at --steps_scale=1 on the development machine (2 CPU cores; the
+# README's demo run), and the rest of that run (start-up, data, fusion): the opening estimate.
+MEMBER_SECONDS = {"vit": 73, "manet": 308, "resnet50": 151}
+OTHER_SECONDS = 62
 
 _OUT = cli.define_path_flag("out", "/tmp/cer_jax_demo", "Folder for data, workdirs and report.")
 _STEPS_SCALE = flags.DEFINE_float(
@@ -57,11 +67,23 @@ _MODELS = flags.DEFINE_list(
     list(TRAIN_STEPS),
     f"Members to train and fuse (configs/<member>.py:smoke), of: {', '.join(TRAIN_STEPS)}.",
 )
-flags.register_validator(
-    "models",
-    lambda members: bool(members) and set(members) <= set(TRAIN_STEPS),
-    f"--models takes one or more of: {', '.join(TRAIN_STEPS)}.",
-)
+
+
+def check_models(members: Sequence[str]) -> bool:
+    """--models: known member names, each once; the error names the misspelt one."""
+    choices = ", ".join(TRAIN_STEPS)
+    for name in members:
+        if name not in TRAIN_STEPS:
+            close = difflib.get_close_matches(name, TRAIN_STEPS, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise flags.ValidationError(
+                f"--models: {name!r} is not a member{hint}; give one or more of: {choices}.")
+    if not members or len(set(members)) != len(members):
+        raise flags.ValidationError(f"--models: give one or more of: {choices}, each once.")
+    return True
+
+
+flags.register_validator("models", check_models)
 
 
 class DemoStopped(Terminated):
@@ -76,6 +98,44 @@ def banner(stage: int, total: int, text: str) -> None:
 def train_steps(member: str, steps_scale: float) -> int:
     """The member's demo step count: TRAIN_STEPS scaled, at least 2."""
     return max(2, round(TRAIN_STEPS[member] * steps_scale))
+
+
+def expected_seconds(models: Sequence[str], steps_scale: float) -> float:
+    """The run's length on the development machine's 2 CPU cores, from MEMBER_SECONDS."""
+    return OTHER_SECONDS + steps_scale * sum(MEMBER_SECONDS[m] for m in models)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = json.loads(json.dumps(value))  # tuples as config.json has them
+    return flat
+
+
+def finished_member(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
+    """The export's manifest when `workdir` already holds this config's finished run with a
+    current export (a rerun of the demo skips it); None when it must train or export."""
+    from cer_jax import checkpointing, export
+
+    if (checkpointing.latest_saved_step(workdir) != config.training.num_steps
+            or not export.export_is_current(workdir)):
+        return None
+    saved = _flat(checkpointing.load_config(workdir).to_dict())
+    # The trainer adds keys (dataset_info), fills the Nones and resolves the 'auto's; every
+    # other key must match.
+    if any(saved.get(key, object()) != value
+           for key, value in _flat(config.to_dict()).items() if value not in (None, "auto")):
+        return None
+    return export.read_manifest(workdir)
+
+
+def scores_line(step, scores: dict) -> str:
+    return "    best step {}: {}".format(step, ", ".join(
+        f"{split} acc {m['accuracy']:.3f} macro F1 {m['macro_f1']:.3f}"
+        for split, m in scores.items()))
 
 
 def member_config(
@@ -153,6 +213,11 @@ def run_demo(
         for member in models
     }
 
+    seconds = expected_seconds(models, steps_scale)
+    about = f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
+    print(f"The demo: {total} stages, about {about} on 2 CPU cores like the development "
+          "machine's (more cores or an accelerator: less). Stop it at any time (Ctrl-C); the "
+          "same command resumes, skipping finished members.", flush=True)
     banner(1, total, f"Synthetic RAF-DB compound ({num_train_images} train / {num_test_images} "
                      f"test images): drawing and building into {data_dir}")
     info = pipeline.get_dataset_info(configs[models[0]])
@@ -163,16 +228,19 @@ def run_demo(
     for stage, member in enumerate(models, start=2):
         config = configs[member]
         workdir = os.path.join(out, member)
+        done = finished_member(config, workdir)
+        if done is not None:
+            banner(stage, total, f"{member}: trained earlier in {workdir} "
+                                 f"({config.training.num_steps} steps), skipped")
+            print(scores_line(done["step"], done["metrics"]), flush=True)
+            workdirs.append(workdir)
+            continue
         banner(stage, total, f"Training {member} ({config.training.num_steps} steps) in {workdir}")
         result = trainer.train_and_evaluate(config, workdir)
         if result["stopped"]:  # SIGTERM: Ctrl-C raised trainer.Interrupted already
             raise DemoStopped(f"{member} stopped at step {result['step']} "
                               f"({result['stopped']}): run the same command again to resume.")
-        scores = result.get("export", {})
-        print("    best step {}: {}".format(result.get("best_step"), ", ".join(
-            f"{split} acc {m['accuracy']:.3f} macro F1 {m['macro_f1']:.3f}"
-            for split, m in scores.items()
-        )), flush=True)
+        print(scores_line(result.get("best_step"), result.get("export", {})), flush=True)
         workdirs.append(workdir)
 
     fusion_dir = os.path.join(out, "fusion")
@@ -186,7 +254,17 @@ def run_demo(
     for member, workdir in zip(models, workdirs, strict=True):
         print(f"    {member} workdir (checkpoints, export/, TensorBoard): {workdir}")
     print(f"    fusion report: {os.path.join(fusion_dir, 'report.md')} (+ report.json, PNGs)")
-    print(f"    TensorBoard: tensorboard --logdir={out}", flush=True)
+    ensemble = os.path.join(fusion_dir, evaluator.ENSEMBLE_DIR)
+    print(f"    ensemble (for cer_jax.predict): {ensemble}")
+    print("Next:")
+    print(f"    tensorboard --logdir={out}")
+    print(f"    python -m cer_jax.predict --ensemble={ensemble} PHOTO_OR_VIDEO")
+    faces = sorted(glob.glob(os.path.join(data_dir, "synthetic", "*", "Image", "aligned",
+                                          "test_0001_aligned.jpg")))
+    if faces:
+        print(f"    python -m cer_jax.predict --ensemble={ensemble} --aligned {faces[0]}"
+              "  (a synthetic face)")
+    sys.stdout.flush()
     return report
 
 

@@ -47,6 +47,11 @@ def test_demo_trains_three_members_and_fuses_them(demo_run):
         assert f"Training {member} ({STEPS} steps) in {os.path.join(out, member)}" in printed
     assert f"fusion report: {os.path.join(out, 'fusion', 'report.md')}" in printed
     assert "| performance_weighted | fusion (paper)" in printed
+    assert printed.startswith("The demo: 5 stages, about ")  # before any work: how long
+    ensemble = os.path.join(out, "fusion", "ensemble")
+    assert os.path.isdir(ensemble)
+    assert f"    python -m cer_jax.predict --ensemble={ensemble} PHOTO_OR_VIDEO" in printed
+    assert f"    tensorboard --logdir={out}\n" in printed
 
     # One name per member: --models value, workdir folder and report name.
     assert [m["name"] for m in report["members"]] == list(MODELS)
@@ -67,6 +72,46 @@ def test_demo_trains_three_members_and_fuses_them(demo_run):
             )
     on_disk = json.loads(open(os.path.join(out, "fusion", "report.json")).read())
     assert on_disk["best_strategy"] == report["best_strategy"]
+
+
+def test_a_rerun_skips_the_members_it_finished(demo_run, monkeypatch):
+    """Before: a rerun of a finished demo restored and re-exported every member (minutes at
+    full size) and said nothing of it."""
+    from cer_jax import trainer
+
+    out, report, _ = demo_run
+
+    def no_training(config, workdir):
+        raise AssertionError(f"trained {workdir} again")
+
+    monkeypatch.setattr(trainer, "train_and_evaluate", no_training)
+    monkeypatch.setattr(evaluator, "fuse", lambda config: report)  # the fusion is tested above
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        demo.run_demo(out, steps_scale=STEPS_SCALE, models=MODELS, num_train_images=80,
+                      num_test_images=30)
+    for stage, member in enumerate(MODELS, start=2):
+        assert (f"=== [{stage}/5] {member}: trained earlier in {os.path.join(out, member)} "
+                f"({STEPS} steps), skipped ===") in printed.getvalue()
+    # Another step count or data size is another run: it trains (the trainer resumes or refuses).
+    vit = os.path.join(out, "vit")
+    config = demo.member_config("vit", os.path.join(out, "data"), STEPS_SCALE, 80, 30)
+    assert demo.finished_member(config, vit)["step"] == report["members"][0]["step"]
+    assert demo.finished_member(demo.member_config("vit", os.path.join(out, "data"), 0.01, 80, 30),
+                                vit) is None
+    assert demo.finished_member(demo.member_config("vit", os.path.join(out, "data"), STEPS_SCALE,
+                                                   90, 30), vit) is None
+
+
+def test_models_names_the_misspelt_member():
+    assert demo.check_models(["vit", "manet"])
+    with pytest.raises(demo.flags.ValidationError) as e:
+        demo.check_models(["vit", "manett"])
+    assert str(e.value) == ("--models: 'manett' is not a member (did you mean manet?); give one "
+                            "or more of: vit, manet, resnet50.")
+    for each_once in ([], ["vit", "vit"]):
+        with pytest.raises(demo.flags.ValidationError, match="each once"):
+            demo.check_models(each_once)
 
 
 def test_fusion_reexports_stale_or_missing_member_exports(demo_run, tmp_path):
@@ -168,7 +213,8 @@ def test_a_member_stopped_by_sigterm_stops_the_demo_before_the_next(demo_run, mo
 
     monkeypatch.setattr(trainer, "train_and_evaluate", preempted)
     with pytest.raises(demo.DemoStopped) as e, contextlib.redirect_stdout(io.StringIO()):
-        demo.run_demo(out, steps_scale=STEPS_SCALE, models=MODELS, num_train_images=80,
+        # More steps than the finished run's, so that vit trains (on) rather than is skipped.
+        demo.run_demo(out, steps_scale=10 * STEPS_SCALE, models=MODELS, num_train_images=80,
                       num_test_images=30)
     assert str(e.value) == ("vit stopped at step 1 (preempted): run the same command again to "
                             "resume.")
