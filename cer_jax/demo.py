@@ -164,6 +164,19 @@ def member_config(
     return config
 
 
+def check_batches(configs: dict[str, ml_collections.ConfigDict], split_sizes: dict) -> None:
+    """Before any training: each member's batch fits in the train split the data gave (else
+    the trainer names training.global_batch_size, which is no flag of the demo's)."""
+    for member, config in configs.items():
+        batch, split = config.training.global_batch_size, config.dataset.train_split
+        if batch > split_sizes[split]:
+            raise synthetic.SyntheticSizeError(
+                f"--num_train_images={config.dataset.synthetic_num_train_images} gives "
+                f"{split_sizes[split]} {split} images, fewer than {member}'s batch of {batch}: "
+                "give more train images (the default is "
+                f"{synthetic.NUM_TRAIN_IMAGES}).")
+
+
 def prepare_out(out: str) -> None:
     """Before any work: `out` is new, empty or an earlier demo's (its marker, or the synthetic
     data an older demo left), never a folder of the user's own, whose `fusion/` the report
@@ -223,6 +236,7 @@ def run_demo(
     info = pipeline.get_dataset_info(configs[models[0]])
     print(f"    classes: {len(info.class_names)}; split sizes: {dict(info.split_sizes)}",
           flush=True)
+    check_batches(configs, dict(info.split_sizes))
 
     workdirs = []
     for stage, member in enumerate(models, start=2):

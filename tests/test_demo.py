@@ -114,6 +114,18 @@ def test_models_names_the_misspelt_member():
             demo.check_models(each_once)
 
 
+def test_too_few_train_images_for_a_batch_stop_the_demo_in_a_line_of_its_own():
+    """Before: after drawing and building, the trainer's 'training.global_batch_size=32 is
+    larger than the 11 examples of split 'train_fit'; lower it', a key the demo has no flag for
+    (--num_train_images=22, the smallest the drawing takes)."""
+    configs = {m: demo.member_config(m, "/tmp/unused", STEPS_SCALE, 22, 11) for m in MODELS}
+    with pytest.raises(synthetic.SyntheticSizeError) as e:
+        demo.check_batches(configs, {"train": 22, "validation": 11, "train_fit": 11, "test": 11})
+    assert str(e.value) == ("--num_train_images=22 gives 11 train_fit images, fewer than vit's "
+                            "batch of 32: give more train images (the default is 3000).")
+    demo.check_batches(configs, {"train": 80, "validation": 20, "train_fit": 60, "test": 30})
+
+
 def test_fusion_reexports_stale_or_missing_member_exports(demo_run, tmp_path):
     """Members are restored from their best checkpoint when the export is stale or missing."""
     out, report, _ = demo_run
