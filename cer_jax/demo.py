@@ -23,13 +23,14 @@ from __future__ import annotations
 import difflib
 import glob
 import json
+import logging as std_logging
 import os
 import sys
 import time
 from collections.abc import Sequence
 
 import ml_collections
-from absl import flags
+from absl import flags, logging
 
 from cer_jax import cli, synthetic
 from cer_jax.config_loading import load_config
@@ -282,10 +283,24 @@ def run_demo(
     return report
 
 
+def not_demo_chatter(record: std_logging.LogRecord) -> bool:
+    """False for the lines that buried the demo's own: TFDS's notes on each dataset it opens
+    (4 a split, ~150 in a small demo) and CLU's echo of the hyper-parameters, the images and
+    every class's F1 (the trainer logs each evaluation's summary); warnings of others stay."""
+    path = record.pathname or ""
+    if f"{os.sep}tensorflow_datasets{os.sep}" in path:
+        return record.levelno >= std_logging.ERROR
+    if path.endswith(os.path.join("clu", "metric_writers", "logging_writer.py")):
+        text = record.getMessage()
+        return not ("[Hyperparameters]" in text or "Got images" in text or "/f1/" in text)
+    return True
+
+
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise cli.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     cli.quiet_orbax()
+    logging.get_absl_handler().addFilter(not_demo_chatter)
     run_demo(
         _OUT.value,
         _STEPS_SCALE.value,
