@@ -133,6 +133,25 @@ def finished_member(config: ml_collections.ConfigDict, workdir: str) -> dict | N
     return export.read_manifest(workdir)
 
 
+def check_same_data(configs: dict[str, ml_collections.ConfigDict], out: str) -> None:
+    """Before any drawing: a member's workdir from an earlier demo on other synthetic data
+    would be resumed or exported on this data as if it were its own (nothing else tells)."""
+    from cer_jax import checkpointing
+
+    keys = {"synthetic_num_train_images": "num_train_images",
+            "synthetic_num_test_images": "num_test_images"}
+    for member, config in configs.items():
+        workdir = os.path.join(out, member)
+        if not os.path.isfile(os.path.join(workdir, checkpointing.CONFIG_FILE)):
+            continue
+        saved = checkpointing.load_config(workdir).dataset
+        if any(saved.get(key) != config.dataset[key] for key in keys):
+            given = " ".join(f"--{flag}={saved.get(key)}" for key, flag in keys.items())
+            raise synthetic.OutputPathError(
+                f"--out={out}: its {member} was trained on other synthetic data ({given}); "
+                "give those again, or a new --out.")
+
+
 def scores_line(step, scores: dict) -> str:
     return "    best step {}: {}".format(step, ", ".join(
         f"{split} acc {m['accuracy']:.3f} macro F1 {m['macro_f1']:.3f}"
@@ -227,6 +246,7 @@ def run_demo(
         for member in models
     }
 
+    check_same_data(configs, out)
     seconds = expected_seconds(models, steps_scale)
     about = f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
     print(f"The demo: {total} stages, about {about} on 2 CPU cores like the development "

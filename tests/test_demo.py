@@ -103,6 +103,21 @@ def test_a_rerun_skips_the_members_it_finished(demo_run, monkeypatch):
                                                    90, 30), vit) is None
 
 
+def test_other_data_sizes_into_an_earlier_demo_stop_in_one_line(demo_run):
+    """Before: --num_train_images=200 into a 300-image demo's --out resumed and exported its
+    members on the new data (a validation split that overlaps their old training data)."""
+    out, _, _ = demo_run
+    configs = {m: demo.member_config(m, os.path.join(out, "data"), STEPS_SCALE, 90, 30)
+               for m in MODELS}
+    with pytest.raises(synthetic.OutputPathError) as e:
+        demo.check_same_data(configs, out)
+    assert str(e.value) == (f"--out={out}: its vit was trained on other synthetic data "
+                            "(--num_train_images=80 --num_test_images=30); give those again, or "
+                            "a new --out.")
+    demo.check_same_data({m: demo.member_config(m, "unused", STEPS_SCALE, 80, 30)
+                          for m in MODELS}, out)
+
+
 def test_models_names_the_misspelt_member():
     assert demo.check_models(["vit", "manet"])
     with pytest.raises(demo.flags.ValidationError) as e:
