@@ -294,8 +294,10 @@ def run_demo(
     print("Next:")
     print(f"    tensorboard --logdir={out}")
     print(f"    python -m cer_jax.predict --ensemble={ensemble} PHOTO_OR_VIDEO")
-    faces = sorted(glob.glob(os.path.join(data_dir, "synthetic", "*", "Image", "aligned",
-                                          "test_0001_aligned.jpg")))
+    # This run's tree (data/ may hold an earlier run's of other sizes too).
+    faces = sorted(glob.glob(os.path.join(
+        data_dir, "synthetic", f"*-{num_train_images}-{num_test_images}-*", "Image", "aligned",
+        "test_0001_aligned.jpg")))
     if faces:
         print(f"    python -m cer_jax.predict --ensemble={ensemble} --aligned {faces[0]}"
               "  (a synthetic face)")

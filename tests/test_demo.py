@@ -52,6 +52,8 @@ def test_demo_trains_three_members_and_fuses_them(demo_run):
     assert os.path.isdir(ensemble)
     assert f"    python -m cer_jax.predict --ensemble={ensemble} PHOTO_OR_VIDEO" in printed
     assert f"    tensorboard --logdir={out}\n" in printed
+    face = printed.split(" --aligned ")[1].split()[0]
+    assert os.path.isfile(face) and "compound-80-30-" in face
 
     # One name per member: --models value, workdir folder and report name.
     assert [m["name"] for m in report["members"]] == list(MODELS)
