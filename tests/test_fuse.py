@@ -332,6 +332,23 @@ def test_bootstrap_intervals_match_a_slow_sklearn_reference(three_members, tmp_p
                         resampled[fusion][metric] - resampled[member][metric], tails))
 
 
+def test_a_strategy_named_twice_keeps_every_interval_on_its_own_system(three_members, tmp_path):
+    """--config.strategies=uniform_logits,uniform_logits,performance_weighted: the intervals
+    are matched to systems by position, and the strategy fitted twice took the paper's fusion's
+    place, so its intervals were uniform_logits'."""
+    reports = [evaluator.fuse(fusion_config(
+        three_members, tmp_path / f"fusion{i}", strategies=strategies, ablation=False,
+        bootstrap_samples=50)) for i, strategies in enumerate(
+            ["uniform_logits,performance_weighted",
+             "uniform_logits,uniform_logits,performance_weighted"])]
+    once, twice = (report["strategies"]["performance_weighted"]["metrics"]["test"]
+                   for report in reports)
+    assert twice["accuracy_ci"] == once["accuracy_ci"]
+    assert twice["macro_f1_ci"] == once["macro_f1_ci"]
+    assert reports[1]["bootstrap"]["fusion_minus_member"] == \
+        reports[0]["bootstrap"]["fusion_minus_member"]
+
+
 def test_bootstrap_samples_0_reports_point_figures_only(three_members, tmp_path):
     out = tmp_path / "fusion"
     report = evaluator.fuse(fusion_config(three_members, out, strategies="uniform_logits",

@@ -230,7 +230,8 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
         _check_config(config)
         config = copy.deepcopy(config)
         workdirs = _split_list(config.workdirs)
-        strategy_names = _split_list(config.strategies)
+        # Each once: the bootstrap matches predictions to systems by position.
+        strategy_names = list(dict.fromkeys(_split_list(config.strategies)))
         # Only feature_mlp is fitted on a training split: members trained on different splits
         # (or export-only ones that do not say) fuse by every other strategy.
         if not config.train_split and "feature_mlp" in strategy_names:
