@@ -1197,10 +1197,10 @@ def run(inputs: Sequence[str], *, ensemble: str, out: str | None = None, aligned
                  predictor.faces_predicted / max(elapsed, 1e-9), failures)
     if abaw_frames:
         missing = write_submission(submission, entries, predictor.video_classes)
-        inputs = {video_name(s.path) for s in sources if s.kind == "video"}
+        input_videos = {video_name(s.path) for s in sources if s.kind == "video"}
         for video in missing:
-            key = listed_video_key(video, inputs)
-            why = ("was not among the inputs" if key not in inputs else
+            key = listed_video_key(video, input_videos)
+            why = ("was not among the inputs" if key not in input_videos else
                    "could not be decoded (its row says why)"
                    if key not in predictor.video_classes else "has no face in any frame")
             logging.error("Submission: video %r %s; its frames got class %d.", video, why,

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
-from conftest import smoke_config
+from conftest import Killed, smoke_config
 
 from cer_jax import checkpointing, evaluate, export, steps, train_state, trainer
 from cer_jax.errors import UserError
@@ -230,10 +230,6 @@ def test_a_best_step_saved_again_replaces_the_first(tmp_path, synthetic_cache_di
     ckpts.close()
 
 
-class _Killed(BaseException):
-    """A SIGKILL: nothing after it runs in the trainer but its finally blocks."""
-
-
 def _tensorboard_steps(workdir) -> dict[str, list[int]]:
     """{tag: steps} as TensorBoard's loader (the one of --load_fast=false) reads the workdir."""
     from tensorboard.backend.event_processing import plugin_event_accumulator
@@ -255,13 +251,13 @@ def test_a_run_resumed_after_a_kill_replaces_the_steps_it_logs_again_in_tensorbo
 
     def killed_at_the_last_save(self, step, *args, **kwargs):
         if step == TOTAL_STEPS:
-            raise _Killed
+            raise Killed
         return save_latest(self, step, *args, **kwargs)
 
     config = tiny_config(synthetic_cache_dir)
     with monkeypatch.context() as patch:
         patch.setattr(checkpointing.Checkpoints, "save_latest", killed_at_the_last_save)
-        with pytest.raises(_Killed):
+        with pytest.raises(Killed):
             trainer.train_and_evaluate(config, str(workdir))
     assert saved_steps(workdir) == [4]
     result = trainer.train_and_evaluate(config, str(workdir))
