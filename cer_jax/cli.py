@@ -306,11 +306,10 @@ def _section_keys(argv: Sequence[str], section: list[str], default_config: str |
         node = config_loading.load_config(spec)
         for part in section:
             node = node[part]
-        keys = sorted(node.keys())
+        keys = list(node.keys())
     except Exception:  # noqa: BLE001 - only a hint: the line stands without it
         return ""
-    where = f" under {'.'.join(section)}" if section else ""
-    return f"Its keys{where}: {', '.join(keys)}."
+    return config_loading.section_keys_hint(keys, section)
 
 
 def _missing_key(error: BaseException) -> tuple[str, str]:

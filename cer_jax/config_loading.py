@@ -23,6 +23,7 @@ import os
 import pathlib
 import re
 import tempfile
+from collections.abc import Iterable, Sequence
 
 import ml_collections
 from etils import epath
@@ -149,6 +150,13 @@ def split_none_overrides(argv: list[str], flag: str = "config") -> tuple[list[st
     return rest, [key for key, is_none in last_is_none.items() if is_none]
 
 
+def section_keys_hint(keys: Iterable[str], section: Sequence[str]) -> str:
+    """'Its keys under model: depth, dtype, name, width.': the fix for an override naming a key
+    that `section` lacks and that has no close match (a None override's line and cli's)."""
+    where = f" under {'.'.join(section)}" if section else ""
+    return f"Its keys{where}: {', '.join(sorted(keys))}."
+
+
 def apply_none_overrides(config: ml_collections.ConfigDict, keys: list[str],
                          flag: str = "config") -> None:
     """Sets each dotted KEY of `config` to None; a KEY the config lacks (or one that needs a
@@ -160,9 +168,8 @@ def apply_none_overrides(config: ml_collections.ConfigDict, keys: list[str],
             if not isinstance(node, ml_collections.ConfigDict) or part not in node:
                 known = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
                 close = difflib.get_close_matches(part, known, n=1)
-                where = f" under {'.'.join(parents[:depth])}" if depth else ""
                 hint = (f' Did you mean "{close[0]}" instead of "{part}"?' if close else
-                        f" Its keys{where}: {', '.join(sorted(known))}." if known else "")
+                        f" {section_keys_hint(known, parents[:depth])}" if known else "")
                 raise ConfigOverrideError(
                     f"--{flag}.{key}=None: the config has no key {part!r}.{hint}")
             if part != leaf:
