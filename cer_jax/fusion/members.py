@@ -134,9 +134,7 @@ def load_member(
         if reexport or not export.export_is_current(workdir):
             logging.info("Exporting the best checkpoint of %s", workdir)
             export.export_workdir(workdir)
-    elif export.read_manifest(workdir) is None:
-        raise _untrained(workdir)
-    else:
+    else:  # check_member found its export
         logging.info("%s has no checkpoints: using its export as it is", workdir)
     info, outputs = export.load_export(workdir)
     missing = [split for split in splits if split not in outputs]
