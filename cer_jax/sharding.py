@@ -129,12 +129,17 @@ def max_over_processes(value: int) -> int:
     return int(np.asarray(values).max())
 
 
+# Set on an error every process already knows of (raise_if_any_failed): no second vote.
+_COUNTED = "_cer_jax_counted_by_every_process"
+
+
 @contextlib.contextmanager
 def stop_together(what: str) -> Iterator[None]:
     """Runs the block on every process; an error raised in it on some process stops every one
     (the others with a UserError naming it), so that no process goes on alone into the next
     collective and waits there for ever (a TPU or GPU collective has no timeout). A per-host
-    fact (a path one host lacks) fails on one host only. The block must hold no collective.
+    fact (a path one host lacks) fails on one host only. The block's only collectives may be
+    `raise_if_any_failed` votes: a process that fails before one votes there in its place.
     One process (no jax.distributed) does not start JAX's backend here: its start-up lines
     would come before a check's one-line error."""
     if not jax.distributed.is_initialized() or jax.process_count() == 1:
@@ -142,16 +147,34 @@ def stop_together(what: str) -> Iterator[None]:
         return
     try:
         yield
-    except Exception:
-        _failed_processes(True)
+    except Exception as error:
+        if not getattr(error, _COUNTED, False):
+            _failed_processes(True)
         raise
     failed = _failed_processes(False)
     if failed:
-        names = ", ".join(str(p) for p in failed)
-        raise UserError(
-            f"process{'es' if len(failed) > 1 else ''} {names} stopped in {what} on an error "
-            "that this process did not meet (see its log: a path that its host lacks, say); "
-            "every host must see the same files, on gs:// or a shared filesystem.")
+        raise _stopped_elsewhere(failed, what)
+
+
+def raise_if_any_failed(error: Exception | None, what: str) -> None:
+    """A collective vote in which every process gives its own error (or None): when any process
+    failed, every process raises, its own error or a UserError naming those that failed. Either
+    is marked as known to every process, so an enclosing `stop_together` does not vote again
+    (the failed processes are gone)."""
+    failed = _failed_processes(error is not None)
+    if error is None and failed:
+        error = _stopped_elsewhere(failed, what)
+    if error is not None:
+        setattr(error, _COUNTED, True)
+        raise error
+
+
+def _stopped_elsewhere(failed: list[int], what: str) -> UserError:
+    names = ", ".join(str(p) for p in failed)
+    return UserError(
+        f"process{'es' if len(failed) > 1 else ''} {names} stopped in {what} on an error that "
+        "this process did not meet (see its log: a path that its host lacks, say); every host "
+        "must see the same files, on gs:// or a shared filesystem.")
 
 
 def _failed_processes(failed: bool) -> list[int]:

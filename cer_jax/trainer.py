@@ -362,7 +362,8 @@ def _check_run(config: ml_collections.ConfigDict, workdir: str
 
 def _check_data(config: ml_collections.ConfigDict, resuming: bool) -> Any:
     """prepare's checks of the data (every split decoded once); returns the dataset info. Its
-    only collective, the first opening of a TFDS dataset, every process reaches."""
+    only collective is the vote at a TFDS dataset's first opening (sources._prepared), in which
+    a process that failed before it votes through stop_together."""
     info = pipeline.get_dataset_info(config)
     splits = list(dict.fromkeys(
         [config.dataset.train_split, *config.dataset.eval_splits,

@@ -346,6 +346,21 @@ def test_an_input_error_on_one_host_stops_every_host(tmp_path):
     assert not (tmp_path / "cache").exists()  # no process went on to the data
 
 
+def test_a_data_error_on_one_host_before_the_datas_barrier_stops_every_host(tmp_path):
+    """A data folder that is a file on one host only: that host stops before the data's first
+    collective, the other in it. Process 0 took the failure for its own build's ("Process 0
+    could not prepare"), then waited for a second vote that the gone host never gave."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    procs = _launch_pair(tmp_path / "run", tmp_path / "cache", logs, "one_host_data_error",
+                         own=([], [f"--config.dataset.cache_dir={blocker}"]))
+    first, second = _wait(procs, logs, "one_host_data_error", timeout=120, status=2)
+    assert _last_line(second).startswith(f"error: config.dataset.cache_dir={str(blocker)!r}: ")
+    assert _last_line(first).startswith("error: process 1 stopped in the preparation of ")
+
+
 def test_a_workdir_each_host_has_its_own_of_is_refused(tmp_path):
     """A --workdir on each host's own disk (as two folders here): refused on every host before
     any data is read. Process 1 failed in a background thread after Orbax's 10 minutes of

@@ -23,9 +23,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 from etils import epath
-from jax.experimental import multihost_utils
 
-from cer_jax import paths
+from cer_jax import paths, sharding
 from cer_jax.errors import UserError
 
 # What tf.io.decode_image reads (GIF: its first frame); other files are skipped and logged.
@@ -188,12 +187,9 @@ def _prepared(builder: Any, reopen: Callable[[], Any], build: Callable[[], Any],
                 builder = _build_or_join(build, reopen)
             except Exception as e:  # raised after the barrier, where the others are
                 error = e
-        # A barrier that also tells every process whether process 0's build failed.
-        failed = np.asarray(multihost_utils.process_allgather(np.int32(error is not None)))
-        if error is not None:
-            raise error
-        if failed.any():
-            raise DataConfigError(f"Process 0 could not prepare {key}: see its log.")
+        # A barrier that also tells every process whether one failed: process 0's build, or a
+        # check before this point on a host that lacks a path (trainer's stop_together).
+        sharding.raise_if_any_failed(error, f"the preparation of {key}")
         builder = reopen()  # process 0's build, on a shared disk
     _OPENED_TOGETHER.add(key)
     if not builder.is_prepared():
