@@ -44,8 +44,9 @@ DEMO_MARKER = ".cer_jax_demo"
 # about 4 minutes on 2 CPU cores in total.
 TRAIN_STEPS = {"vit": 3000, "manet": 700, "resnet50": 1000}
 EVALUATIONS_PER_RUN = 4
-# Seconds each member took at --steps_scale=1 on the development machine (2 CPU cores; the
-# README's demo run), and the rest of that run (start-up, data, fusion): the opening estimate.
+# Seconds each member took at --steps_scale=1 on a development machine (2 CPU cores; the
+# README's demo run of 2026-12-06, the slower of its two machines), and the rest of that run
+# (start-up, data, fusion): the opening estimate, on the safe side.
 MEMBER_SECONDS = {"vit": 73, "manet": 308, "resnet50": 151}
 OTHER_SECONDS = 62
 
