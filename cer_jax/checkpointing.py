@@ -101,11 +101,11 @@ def check_workdir(workdir: str) -> None:
                     folder.mkdir(parents=True, exist_ok=True)
                     made = not existed
                     probe.write_text("")
-                except paths.write_errors() as error:
-                    reason = getattr(error, "strerror", None) or error.__class__.__name__
+                except paths.io_errors() as error:
                     raise WorkdirError(
-                        f"--workdir={workdir} cannot be written ({reason}): give a folder "
-                        "this user may write (local, gs://... or a shared filesystem)."
+                        f"--workdir={workdir} cannot be written ({paths.error_reason(error)}): "
+                        "give a folder this user may write (local, gs://... or a shared "
+                        "filesystem)."
                     ) from error
         with sharding.stop_together("the check of --workdir"):
             if not probe.exists():

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import ml_collections
 from absl import flags, logging
 
-from cer_jax import cli, synthetic
+from cer_jax import cli, paths, synthetic
 from cer_jax.config_loading import load_config
 from cer_jax.errors import Terminated
 from cer_jax.fusion import evaluator
@@ -216,7 +216,8 @@ def prepare_out(out: str) -> None:
             f.write("Written by python -m cer_jax.demo: a later demo may write here again.\n")
     except OSError as e:
         raise synthetic.OutputPathError(
-            f"--out={out}: cannot write there ({e.strerror or e}); give a folder you can write."
+            f"--out={out}: cannot write there ({paths.error_reason(e)}); give a folder you can "
+            "write."
         ) from e
 
 

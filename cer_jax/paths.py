@@ -19,12 +19,20 @@ from collections.abc import Iterator
 from etils import epath
 
 
-def write_errors() -> tuple[type[BaseException], ...]:
-    """What a failed write raises: OSError, and for gs:// (TensorFlow's file system, when
-    TensorFlow is loaded) its OpError."""
+def io_errors() -> tuple[type[BaseException], ...]:
+    """What a failed read or write raises: OSError, and for gs:// (TensorFlow's file system,
+    when TensorFlow is loaded) its OpError."""
     tf = sys.modules.get("tensorflow")
     errors = getattr(tf, "errors", None)
     return (OSError,) + ((errors.OpError,) if errors is not None else ())
+
+
+def error_reason(error: BaseException) -> str:
+    """The short reason of a failed file operation, for a one-line message: the OS's words
+    ("Permission denied"), else the first line of the error, else its type's name."""
+    text = str(error).strip()
+    return (getattr(error, "strerror", None) or (text.splitlines()[0] if text else "")
+            or error.__class__.__name__)
 
 
 def is_remote(path: str | os.PathLike[str]) -> bool:

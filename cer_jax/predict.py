@@ -89,7 +89,7 @@ from etils import epath
 from cer_jax import cli
 from cer_jax import faces as faces_lib
 from cer_jax.errors import Terminated
-from cer_jax.paths import file_in_the_way, is_remote, same_place, write_errors
+from cer_jax.paths import error_reason, file_in_the_way, io_errors, is_remote, same_place
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jfif", ".pgm",
                     ".ppm", ".gif")
@@ -147,7 +147,7 @@ class WriteError(UsageError):
         if isinstance(error, IsADirectoryError):
             reason = "a folder is in the way"
         elif isinstance(error, OSError):
-            reason = error.strerror or str(error) or error.__class__.__name__
+            reason = error_reason(error)
         else:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         if flag == "out" and os.fspath(path) == "stdout":
@@ -303,7 +303,7 @@ def publish(flag: str, staged: str, target: str) -> None:
             os.remove(staged)
         else:
             os.replace(staged, target)
-    except write_errors() as error:
+    except io_errors() as error:
         raise WriteError(flag, target, error, kept=staged) from error
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the run did not end, so no output is new
         remove_quietly(staged)
@@ -326,9 +326,9 @@ def _check_folder_creatable(flag: str, value: str, folder: epath.Path) -> None:
                          "path.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-    except write_errors() as error:
+    except io_errors() as error:
         raise UsageError(f"--{flag}={value}: cannot create the folder {os.fspath(folder)} "
-                         f"({getattr(error, 'strerror', None) or error}); choose a writable "
+                         f"({error_reason(error)}); choose a writable "
                          "place.") from error
 
 
@@ -336,9 +336,9 @@ def _probe_write(flag: str, value: str, probe: epath.Path) -> None:
     try:
         probe.write_text("")
         probe.unlink()
-    except write_errors() as error:
-        reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[0]
-        raise UsageError(f"--{flag}={value} cannot be written ({reason}); choose a writable "
+    except io_errors() as error:
+        raise UsageError(f"--{flag}={value} cannot be written ({error_reason(error)}); "
+                         "choose a writable "
                          "place.") from error
 
 
@@ -675,7 +675,7 @@ class Predictor:
                 local = stack.enter_context(opencv_path(source.path))
             except FileNotFoundError:
                 local, status = None, "error: file not found"
-            except write_errors() as error:
+            except io_errors() as error:
                 local, status = None, f"error: cannot read file ({error.__class__.__name__})"
             if local is None:
                 self.fail(source, status)
@@ -796,7 +796,7 @@ class Predictor:
         folder = epath.Path(self.annotate)
         try:
             folder.mkdir(parents=True, exist_ok=True)
-        except write_errors() as error:
+        except io_errors() as error:
             raise WriteError("annotate", self.annotate, error) from error
         return folder / name
 
@@ -826,7 +826,7 @@ class Predictor:
             path = self._annotated_path(source, ".jpg")
             try:
                 path.write_bytes(data.tobytes())
-            except write_errors() as error:
+            except io_errors() as error:
                 raise WriteError("annotate", path, error) from error
 
     def write_annotated_video(self, source: Source, local: str, records: list[FaceRecord],
@@ -941,9 +941,8 @@ def read_frame_list(path: str) -> list[tuple[str, int]]:
     except FileNotFoundError as error:
         raise UsageError(f"--abaw_frames={path} does not exist: check the path (the "
                          "organisers' list of C-EXPR-DB frames).") from error
-    except write_errors() as error:
-        reason = getattr(error, "strerror", None) or error.__class__.__name__
-        raise UsageError(f"--abaw_frames={path} cannot be read ({reason}): check its "
+    except io_errors() as error:
+        raise UsageError(f"--abaw_frames={path} cannot be read ({error_reason(error)}): check its "
                          "permissions.") from error
     try:
         # utf-8-sig / utf-16 drop the byte-order mark (epath's read_text ignores encoding=).

@@ -20,13 +20,12 @@ resumes a stopped run from its last checkpoint.
 from __future__ import annotations
 
 from absl import flags, logging
-from ml_collections import config_flags
 
 from cer_jax import cli
 from cer_jax.config_loading import resolve_config_flag
 from cer_jax.errors import Terminated
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+_CONFIG = cli.define_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = cli.define_path_flag("workdir", None, "Directory for checkpoints, logs and export.")
 cli.define_distributed_flags()
 flags.mark_flags_as_required(["config", "workdir"])

@@ -343,7 +343,7 @@ def check_output_file(flag: str, path: str) -> None:
         if target.exists() and not os.access(target, os.W_OK):
             raise PermissionError(13, "Permission denied", str(target))
     except OSError as e:
-        raise UserError(f"--{flag}={path} cannot be written ({e.strerror or e}); give a "
+        raise UserError(f"--{flag}={path} cannot be written ({paths.error_reason(e)}); give a "
                         f"writable file, or drop --{flag}.") from e
 
 
@@ -357,7 +357,7 @@ def check_output_folder(flag: str, path: str) -> None:
     try:
         _probe(pathlib.Path(path))
     except OSError as e:
-        raise UserError(f"--{flag}={path} cannot be written ({e.strerror or e}); give a "
+        raise UserError(f"--{flag}={path} cannot be written ({paths.error_reason(e)}); give a "
                         f"writable folder, or drop --{flag}.") from e
 
 

@@ -147,7 +147,7 @@ def _synthetic_tree(config: ml_collections.ConfigDict, kind: str) -> str:
     except OSError as e:
         raise DataConfigError(
             f"config.dataset.cache_dir={config.cache_dir!r}: cannot write there "
-            f"({e.strerror or e}); give a folder you can write to (it is made if missing)."
+            f"({paths.error_reason(e)}); give a folder you can write to (it is made if missing)."
         ) from e
     try:
         synthetic.write_tree(
