@@ -62,7 +62,7 @@ def test_class_weighted_loss_is_the_weighted_mean():
 def test_weight_decay_mask_skips_norms_and_biases():
     params = {"conv": {"kernel": jnp.ones((3, 3, 2, 2)), "bias": jnp.ones(2)},
               "bn": {"scale": jnp.ones(2), "bias": jnp.ones(2)}}
-    config = _config(name="sgd", lr=0.1, momentum=0.0, weight_decay=0.5)
+    config = _config(name="sgd", lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.5)
     tx = optim.create_optimizer(config, optax.constant_schedule(0.1), params)
     zeros = jax.tree.map(jnp.zeros_like, params)
     updates, _ = tx.update(zeros, tx.init(params), params)
@@ -93,7 +93,8 @@ def test_the_vit_recipe_decays_kernels_only():
 
 def test_head_learning_rate_multiplier_scales_only_the_head():
     params = {"head": {"kernel": jnp.ones((2, 2))}, "body": {"kernel": jnp.ones((2, 2))}}
-    config = _config(name="sgd", lr=0.1, momentum=0.0, weight_decay=0.0, head_lr_multiplier=10.0)
+    config = _config(name="sgd", lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0,
+                     head_lr_multiplier=10.0)
     tx = optim.create_optimizer(config, optax.constant_schedule(0.1), params, ("head",))
     grads = jax.tree.map(jnp.ones_like, params)
     updates, _ = tx.update(grads, tx.init(params), params)
@@ -103,7 +104,8 @@ def test_head_learning_rate_multiplier_scales_only_the_head():
 
 def test_gradient_clipping_bounds_the_update():
     params = {"w": jnp.zeros((4, 4))}
-    config = _config(name="sgd", lr=1.0, momentum=0.0, weight_decay=0.0, grad_clip_norm=1.0)
+    config = _config(name="sgd", lr=1.0, momentum=0.0, nesterov=False, weight_decay=0.0,
+                     grad_clip_norm=1.0)
     tx = optim.create_optimizer(config, optax.constant_schedule(1.0), params)
     updates, _ = tx.update({"w": jnp.full((4, 4), 100.0)}, tx.init(params), params)
     assert float(optax.tree.norm(updates)) == pytest.approx(1.0, rel=1e-5)
