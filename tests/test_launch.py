@@ -559,15 +559,19 @@ def test_a_signal_to_the_gpu_launcher_reaches_the_training_it_runs(env, tmp_path
     log = tmp_path / "python.log"
     fake_python = tmp_path / "fake_bin" / "python"
     fake_python.parent.mkdir()
-    # The traps before the "started" line the test waits for: a SIGINT in between reached a
-    # bash without its trap, which then ignored it (its `sleep` did not die of it), and the
-    # launcher waited for ever (seen once on a loaded machine).
+    # The traps before the "started" line the test waits for: a signal in between would find
+    # none.
     _stub(fake_python, (
         f'trap \'echo "TERM $$" >> "{log}"; exit 143\' TERM\n'
         f'trap \'echo "INT $$" >> "{log}"; exit 130\' INT\n'
         f'echo "started $$ $*" >> "{log}"\n'
         "while :; do sleep 0.05; done\n"))
-    proc = subprocess.Popen(["bash", str(LAUNCH / "gpu.sh"), "ensemble", str(tmp_path / "runs")],
+    # As from a terminal: a test run started in the background (`pytest &` in a script)
+    # ignores SIGINT, and bash can neither trap nor pass on a signal ignored when it started.
+    terminal = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                "os.execvp(sys.argv[1], sys.argv[1:])")
+    proc = subprocess.Popen([sys.executable, "-c", terminal, "bash", str(LAUNCH / "gpu.sh"),
+                             "ensemble", str(tmp_path / "runs")],
                             env={**env, "PYTHON": str(fake_python)}, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
