@@ -15,6 +15,7 @@ Every path goes through etils epath, so a gs:// workdir works.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -118,7 +119,8 @@ def check_workdir(workdir: str) -> None:
         if jax.process_index() == 0:
             probe.unlink(missing_ok=True)
             if made and not paths.is_remote(workdir):  # (gs:// has no folder objects)
-                folder.rmdir()
+                with contextlib.suppress(OSError):  # another writer's file there: keep it
+                    folder.rmdir()
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

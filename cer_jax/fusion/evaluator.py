@@ -255,7 +255,7 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
         logging.warning("Choosing fusion weights and hyper-parameters on the test split "
                         "(select_on=test, the paper's protocol): test numbers are optimistic.")
     members = members_lib.load_members(
-        workdirs, needed, reexport=config.reexport, split_keys=split_keys
+        workdirs, needed, reexport=config.reexport, split_keys=split_keys, checked=True
     )
     class_names, data = members_lib.align_members(members, needed)
     if len(data[config.select_on].labels) < 2:  # else sklearn's KFold fails with a traceback

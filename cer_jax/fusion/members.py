@@ -125,10 +125,9 @@ def load_member(
     workdir: str, splits: Sequence[str], *, reexport: bool = False,
     split_keys: dict[str, str] | None = None,
 ) -> Member:
-    """Loads `workdir`'s export, exporting the best checkpoint first when the export is stale,
-    missing, lacks one of `splits`, or `reexport` is set. `split_keys` names the fusion config
-    key that asked for each split, for error messages."""
-    check_member(workdir, splits, split_keys=split_keys)
+    """Loads `workdir`'s export (after `check_member`), exporting the best checkpoint first
+    when the export is stale, missing, lacks one of `splits`, or `reexport` is set. `split_keys`
+    names the fusion config key that asked for each split, for error messages."""
     if checkpointing.holds_best_checkpoint(workdir):
         # A stale, missing or unreadable export is written anew from the checkpoint.
         if reexport or not export.export_is_current(workdir):
@@ -169,10 +168,14 @@ def load_member(
 
 def load_members(
     workdirs: Sequence[str], splits: Sequence[str], *, reexport: bool = False,
-    split_keys: dict[str, str] | None = None,
+    split_keys: dict[str, str] | None = None, checked: bool = False,
 ) -> list[Member]:
-    """Loads every member; names are the configs' member names (configs/<member>.py), made
-    unique with the workdir's name."""
+    """Loads every member, each checked first (`check_member`) unless the caller did
+    (`checked`: fusion checks them on every process together); names are the configs' member
+    names (configs/<member>.py), made unique with the workdir's name."""
+    if not checked:  # every member before any export: a bad one costs no other's work
+        for workdir in workdirs:
+            check_member(workdir, splits, split_keys=split_keys)
     members = [
         load_member(w, splits, reexport=reexport, split_keys=split_keys) for w in workdirs
     ]
