@@ -29,6 +29,7 @@
 #   tensorboard          tensorboard --logdir RUNS, on this machine (gs:// is read with your
 #                        application-default credentials: gcloud auth application-default login)
 #   all [OVERRIDES...]   create, install, upload, ensemble; CREATE=0 / INSTALL=0 / UPLOAD=0 skip
+#                        (what upload copies is checked first, before anything is created)
 #   delete               delete the TPU VM (QUEUED=1: the queued resource and its TPU)
 #
 # Environment (defaults in brackets):
@@ -256,15 +257,33 @@ cmd_install() {
   cmd_check
 }
 
+# Fails unless what `upload` copies is here: the TFDS build (or the MANUAL_DIR it is built from)
+# and each local *_WEIGHTS file or folder. `all` checks this before `create`: a missing file used
+# to stop it after the TPU was created (and billed) and the checkout installed.
+check_upload_inputs() {
+  [ "$DRY_RUN" = 1 ] && return 0
+  if [ -n "${MANUAL_DIR:-}" ]; then
+    [ -d "$MANUAL_DIR" ] || die "MANUAL_DIR=$MANUAL_DIR: no such folder (the unpacked RAF-DB tree, with EmoLabel/ and Image/)"
+  elif [ ! -d "$LOCAL_DATA_DIR/rafdb" ]; then
+    die "no TFDS build in $LOCAL_DATA_DIR/rafdb: set MANUAL_DIR=/path/to/RAF-DB/compound (or LOCAL_DATA_DIR; UPLOAD=0 when the bucket has the data already)"
+  fi
+  local name file
+  for name in $MEMBERS; do
+    file=$(member_weights "$name")
+    case "$file" in
+      "" | gs://*) continue ;;
+    esac
+    [ -e "$file" ] || die "$(weights_var "$name")=$file: no such file or folder"
+  done
+}
+
 cmd_upload() {
   need_bucket
   need gcloud
+  check_upload_inputs
   if [ -n "${MANUAL_DIR:-}" ]; then
     run "$PYTHON" -m tfds_rafdb.rafdb --builder_config="$TFDS_CONFIG" --manual_dir="$MANUAL_DIR" \
       --data_dir="$LOCAL_DATA_DIR"
-  fi
-  if [ "$DRY_RUN" != 1 ] && [ ! -d "$LOCAL_DATA_DIR/rafdb" ]; then
-    die "no TFDS build in $LOCAL_DATA_DIR/rafdb: set MANUAL_DIR=/path/to/RAF-DB/compound (or LOCAL_DATA_DIR)"
   fi
   run gcloud storage rsync --recursive "$LOCAL_DATA_DIR/rafdb" "$DATA_DIR/rafdb"
   local name file dest
@@ -278,9 +297,6 @@ cmd_upload() {
     if [ -d "$file" ]; then # a Hugging Face snapshot folder: the reader picks the file in it
       run gcloud storage rsync --recursive "$file" "$dest"
       continue
-    fi
-    if [ "$DRY_RUN" != 1 ] && [ ! -f "$file" ]; then
-      die "$(weights_var "$name")=$file: no such file or folder"
     fi
     run gcloud storage cp "$file" "$dest"
     # A Hugging Face file's config.json says how its network computes (ViT's GELU, LayerNorm eps).
@@ -328,6 +344,7 @@ cmd_delete() {
 
 cmd_all() {
   need_bucket
+  if [ "$UPLOAD" = 1 ] && [ "$SMOKE" != 1 ]; then check_upload_inputs; fi
   if [ "$CREATE" = 1 ]; then cmd_create; fi
   if [ "$INSTALL" = 1 ]; then cmd_install; fi
   if [ "$UPLOAD" = 1 ] && [ "$SMOKE" != 1 ]; then cmd_upload; fi

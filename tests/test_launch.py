@@ -414,6 +414,32 @@ def test_tpu_create_runs_again_over_an_existing_tpu(env, tmp_path, state, create
         assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.parametrize("case", ["no data", "no manual dir", "no weights file"])
+def test_tpu_all_checks_what_upload_copies_before_it_creates_the_tpu(env, tmp_path, case):
+    """A missing TFDS build, MANUAL_DIR or weights file used to stop `all` at `upload`: after
+    the TPU was created (and billed) and the checkout installed on it. Now one line, before any
+    gcloud call."""
+    log = tmp_path / "gcloud.log"
+    rec_bin = tmp_path / "gcloud_bin"
+    rec_bin.mkdir()
+    _stub(rec_bin / "gcloud", f'echo "$*" >> {shlex.quote(str(log))}\n')
+    extra = {"BUCKET": "gs://b", "PATH": f"{rec_bin}:/usr/bin:/bin"}
+    if case == "no manual dir":
+        extra["MANUAL_DIR"] = str(tmp_path / "RAF-DB")
+        error = f"MANUAL_DIR={tmp_path}/RAF-DB: no such folder"
+    elif case == "no weights file":
+        (tmp_path / "tfds" / "rafdb").mkdir(parents=True)
+        extra.update(LOCAL_DATA_DIR=str(tmp_path / "tfds"), VIT_WEIGHTS=str(tmp_path / "vit.npz"))
+        error = f"VIT_WEIGHTS={tmp_path}/vit.npz: no such file or folder"
+    else:
+        error = f"no TFDS build in {env['HOME']}/tensorflow_datasets/rafdb"
+    proc = subprocess.run(["bash", str(LAUNCH / "tpu.sh"), "all"], capture_output=True,
+                          text=True, timeout=60, env={**env, **extra})
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"tpu.sh: error: {error}") and proc.stderr.count("\n") == 1
+    assert not log.exists()  # nothing created, copied or installed
+
+
 def test_tpu_install_packs_the_checkout_without_ignored_files(env, tmp_path):
     cmds = dry_run("tpu.sh", "install", env=env)
     (pack,) = [c for c in cmds if c[0] == "bash"]
