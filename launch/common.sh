@@ -256,7 +256,8 @@ run_ensemble() {
 }
 
 # Leading --dry-run / -n / --help; FLAG_COUNT says how many arguments to shift.
-# A --dry-run later on is refused.
+# A --dry-run or -n later on is refused, and a --help there prints the help: after the command
+# each was passed on or ignored, and the command ran for real (`delete --help` deleted the TPU).
 parse_flags() {
   FLAG_COUNT=0
   while [ $# -gt 0 ]; do
@@ -272,9 +273,15 @@ parse_flags() {
   local arg
   for arg in "$@"; do
     case "$arg" in
-      --dry-run | --dry_run) die "--dry-run goes before the command: launch/${0##*/} --dry-run ${1:-COMMAND} ..." ;;
+      --dry-run | --dry_run | -n) die "--dry-run goes before the command: launch/${0##*/} --dry-run ${1:-COMMAND} ..." ;;
+      -h | --help) usage; exit 0 ;;
     esac
   done
+}
+
+# Fails when COMMAND, which takes no arguments, got some: they used to be ignored.
+no_arguments() {
+  [ $# -le 1 ] || die "$1 takes no arguments (got '$2'); its settings are environment variables: launch/${0##*/} --help"
 }
 
 # The script's header comment (after the #! line, up to the first line of code).

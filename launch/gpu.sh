@@ -60,6 +60,7 @@ COMMAND=$1
 shift
 case "$COMMAND" in
   install)
+    no_arguments "$COMMAND" "$@"
     need "$PYTHON"
     run "$PYTHON" -m pip install -e "$REPO" "$JAX_SPEC"
     if [ -n "$(torch_weights_vars)" ]; then

@@ -359,7 +359,10 @@ shift "$FLAG_COUNT"
 COMMAND=$1
 shift
 case "$COMMAND" in
-  create | install | check | upload | train | ensemble | fuse | tensorboard | all | delete)
+  create | install | check | upload | tensorboard | delete)
+    no_arguments "$COMMAND" "$@"
+    "cmd_$COMMAND" ;;
+  train | ensemble | fuse | all)
     "cmd_$COMMAND" "$@" ;;
   *) die "unknown command '$COMMAND' (see launch/tpu.sh --help)" ;;
 esac

@@ -650,6 +650,35 @@ def test_help_and_unknown_command(env, script):
                            f"launch/{script} --dry-run fuse ...\n")
 
 
+@pytest.mark.parametrize("script,args,status,out,err", [
+    ("tpu.sh", ["delete", "--help"], 0, "Usage", ""),
+    ("tpu.sh", ["create", "-h"], 0, "Usage", ""),
+    ("tpu.sh", ["delete", "-n"], 2, "", "tpu.sh: error: --dry-run goes before the command: "
+     "launch/tpu.sh --dry-run delete ...\n"),
+    ("tpu.sh", ["delete", "cer-jax"], 2, "", "tpu.sh: error: delete takes no arguments (got "
+     "'cer-jax'); its settings are environment variables: launch/tpu.sh --help\n"),
+    ("tpu.sh", ["train", "configs/vit.py", "gs://b/r", "--help"], 0, "Usage", ""),
+    ("gpu.sh", ["install", "--help"], 0, "Usage", ""),
+    ("gpu.sh", ["install", "--user"], 2, "", "gpu.sh: error: install takes no arguments (got "
+     "'--user'); its settings are environment variables: launch/gpu.sh --help\n"),
+])
+def test_a_flag_after_a_command_runs_nothing(env, tmp_path, script, args, status, out, err):
+    """`delete --help` deleted the TPU, `delete -n` too (a dry run's short flag after the
+    command), and `create -h` created one: arguments that a command takes none of were ignored,
+    and the command ran for real."""
+    log = tmp_path / "calls.log"
+    rec_bin = tmp_path / "rec_bin"
+    rec_bin.mkdir()
+    for tool in ("gcloud", "python"):
+        _stub(rec_bin / tool, f'echo "{tool} $*" >> {shlex.quote(str(log))}\n')
+    proc = subprocess.run(["bash", str(LAUNCH / script), *args], capture_output=True, text=True,
+                          timeout=30, env={**env, "BUCKET": "gs://b",
+                                           "PATH": f"{rec_bin}:/usr/bin:/bin"})
+    assert (proc.returncode, proc.stderr) == (status, err)
+    assert out in proc.stdout and (out or proc.stdout == "")
+    assert not log.exists()
+
+
 def test_scripts_are_strict_and_executable():
     for path in EXECUTABLES:
         text = path.read_text()
