@@ -279,6 +279,34 @@ parse_flags() {
   done
 }
 
+# Fails unless ARG... is COUNT leading arguments, none a flag, then overrides: each word a
+# --flag=value, or a --flag and the value after it. A stray word (`tpu.sh all gs://b/runs`, where
+# RUNS is a variable) reached the trainings, which stopped on "Unexpected arguments" only once
+# they ran: with tpu.sh `all`, after the TPU was created and installed.
+check_args() {
+  local usage=$1 count=$2 prev=-- arg
+  shift 2
+  [ $# -ge "$count" ] || die "usage: launch/${0##*/} $usage"
+  for arg in "$@"; do
+    if [ "$count" -gt 0 ]; then
+      case "$arg" in
+        -*) die "usage: launch/${0##*/} $usage (the overrides go last; got '$arg' before them)" ;;
+      esac
+      count=$((count - 1))
+      continue
+    fi
+    case "$arg" in
+      -*) ;;
+      *)
+        case "$prev" in
+          --*=* | [!-]* | --) die "usage: launch/${0##*/} $usage ('$arg' is not an override: those are --config.KEY=VALUE; the other settings are environment variables: launch/${0##*/} --help)" ;;
+        esac
+        ;;
+    esac
+    prev=$arg
+  done
+}
+
 # Fails when COMMAND, which takes no arguments, got some: they used to be ignored.
 no_arguments() {
   [ $# -le 1 ] || die "$1 takes no arguments (got '$2'); its settings are environment variables: launch/${0##*/} --help"

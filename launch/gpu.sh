@@ -68,12 +68,12 @@ case "$COMMAND" in
     fi
     ;;
   train)
-    [ $# -ge 2 ] || die "usage: launch/gpu.sh train CONFIG WORKDIR [OVERRIDES...]"
+    check_args "train CONFIG WORKDIR [OVERRIDES...]" 2 "$@"
     need "$PYTHON"
     run_train "$@"
     ;;
   ensemble | fuse)
-    [ $# -ge 1 ] || die "usage: launch/gpu.sh $COMMAND RUNS [OVERRIDES...]"
+    check_args "$COMMAND RUNS [OVERRIDES...]" 1 "$@"
     need "$PYTHON"
     "run_$COMMAND" "$@"
     ;;

@@ -130,11 +130,11 @@ need srun
 note "$NODES node(s) x $TASKS_PER_NODE task(s) ($PROCS), $GPUS_PER_NODE GPU(s) per node"
 case "$COMMAND" in
   train)
-    [ $# -ge 2 ] || die "usage: launch/slurm.sh train CONFIG WORKDIR [OVERRIDES...]"
+    check_args "train CONFIG WORKDIR [OVERRIDES...]" 2 "$@"
     run_train "$@"
     ;;
   ensemble | fuse)
-    [ $# -ge 1 ] || die "usage: launch/slurm.sh $COMMAND RUNS [OVERRIDES...]"
+    check_args "$COMMAND RUNS [OVERRIDES...]" 1 "$@"
     "run_$COMMAND" "$@"
     ;;
   *) die "unknown command '$COMMAND' (see launch/slurm.sh --help)" ;;

@@ -307,7 +307,6 @@ cmd_upload() {
 }
 
 cmd_train() {
-  [ $# -ge 2 ] || die "usage: launch/tpu.sh train CONFIG WORKDIR [OVERRIDES...]"
   need_bucket
   need gcloud
   run_train "$@"
@@ -362,7 +361,11 @@ case "$COMMAND" in
   create | install | check | upload | tensorboard | delete)
     no_arguments "$COMMAND" "$@"
     "cmd_$COMMAND" ;;
-  train | ensemble | fuse | all)
+  train)
+    check_args "train CONFIG WORKDIR [OVERRIDES...]" 2 "$@"
+    cmd_train "$@" ;;
+  ensemble | fuse | all)
+    check_args "$COMMAND [OVERRIDES...]" 0 "$@"
     "cmd_$COMMAND" "$@" ;;
   *) die "unknown command '$COMMAND' (see launch/tpu.sh --help)" ;;
 esac

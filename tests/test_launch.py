@@ -679,6 +679,41 @@ def test_a_flag_after_a_command_runs_nothing(env, tmp_path, script, args, status
     assert not log.exists()
 
 
+@pytest.mark.parametrize("script,args,error", [
+    ("tpu.sh", ["all", "gs://b/runs"], "usage: launch/tpu.sh all [OVERRIDES...] ('gs://b/runs' is "
+     "not an override: those are --config.KEY=VALUE; the other settings are environment "
+     "variables: launch/tpu.sh --help)"),
+    ("tpu.sh", ["train", "configs/vit.py", "--config.x=1", "gs://b/vit"], "usage: launch/tpu.sh "
+     "train CONFIG WORKDIR [OVERRIDES...] (the overrides go last; got '--config.x=1' before them)"),
+    ("gpu.sh", ["ensemble", "--config.x=1", "runs"], "usage: launch/gpu.sh ensemble RUNS "
+     "[OVERRIDES...] (the overrides go last; got '--config.x=1' before them)"),
+    ("slurm.sh", ["fuse", "runs", "--config.x=1", "runs2"], "usage: launch/slurm.sh fuse RUNS "
+     "[OVERRIDES...] ('runs2' is not an override: those are --config.KEY=VALUE; the other "
+     "settings are environment variables: launch/slurm.sh --help)"),
+])
+def test_a_stray_argument_stops_before_anything_runs(env, tmp_path, script, args, error):
+    """`tpu.sh all gs://b/runs` (RUNS is a variable there) created and installed the TPU, then
+    every training stopped on "Unexpected arguments"; an override before RUNS became the
+    runs folder."""
+    log = tmp_path / "calls.log"
+    rec_bin = tmp_path / "rec_bin"
+    rec_bin.mkdir()
+    for tool in ("gcloud", "python", "srun"):
+        _stub(rec_bin / tool, f'echo "{tool} $*" >> {shlex.quote(str(log))}\n')
+    (tmp_path / "tfds" / "rafdb").mkdir(parents=True)
+    proc = subprocess.run(["bash", str(LAUNCH / script), *args], capture_output=True, text=True,
+                          timeout=30, env={**env, "BUCKET": "gs://b", "GPUS_PER_NODE": "1",
+                                           "LOCAL_DATA_DIR": str(tmp_path / "tfds"),
+                                           "PATH": f"{rec_bin}:/usr/bin:/bin"})
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == f"{script}: error: {error}"
+    assert not log.exists()
+    # A flag's value after it, as absl reads `--flag value`, is no stray word.
+    (train,) = dry_run("tpu.sh", "train", "configs/vit.py", "gs://b/vit",
+                       "--config.training.num_epochs", "3", env=env, BUCKET="gs://b")
+    assert remote_python_argv(train)[-2:] == ["--config.training.num_epochs", "3"]
+
+
 def test_scripts_are_strict_and_executable():
     for path in EXECUTABLES:
         text = path.read_text()
