@@ -101,8 +101,11 @@ run() {
 # traps while a foreground child runs, and without one it dies and leaves the child running,
 # never told (`kill` of the launcher, `docker stop` of a container whose PID 1 it is, systemd).
 # The child runs in its own process group (set -m), so it keeps SIGINT, which background jobs
-# otherwise ignore; a Ctrl-C reaches it once, through the trap. The status is the child's (or,
-# if it exits between a signal and the check, 128 + that signal, what the trainer returns).
+# otherwise ignore; a Ctrl-C reaches it once, through the trap. A hang-up (the ssh connection to
+# the machine drops) reaches it as SIGTERM: in a process group of its own it got none, and went on
+# untold beside the next launch's training on the same GPUs and workdir. The status is the
+# child's (or, if it exits between a signal and the check, 128 + that signal, what the trainer
+# returns).
 run_forwarding_signals() {
   if [ "$DRY_RUN" = 1 ]; then
     quote_cmd "$@"
@@ -116,6 +119,7 @@ run_forwarding_signals() {
   set +m
   trap 'kill -TERM "$child" 2>/dev/null || true' TERM
   trap 'kill -INT "$child" 2>/dev/null || true' INT
+  trap 'kill -TERM "$child" 2>/dev/null || true' HUP
   while :; do
     status=0
     wait "$child" || status=$?
@@ -124,7 +128,7 @@ run_forwarding_signals() {
       break
     fi
   done
-  trap - TERM INT
+  trap - TERM INT HUP
   return "$status"
 }
 
