@@ -256,6 +256,25 @@ def test_corrupt_jpeg_last_in_the_list(tree, tmp_path):
     assert message.endswith(f"): {_fix(tree, 33)}")
 
 
+def test_a_jpeg_without_its_end_marker_is_refused_though_pillow_reads_it(tree, tmp_path):
+    """Before: Pillow decoded it, the build stored it, and training stopped at its first batch
+    with TensorFlow's traceback ("jpeg::Uncompress failed"), naming no file."""
+    import tensorflow as tf
+
+    path = tree / "Image/aligned/train_0004_aligned.jpg"
+    noise = (np.random.default_rng(0).random((100, 100, 3)) * 255).astype(np.uint8)
+    data = io.BytesIO()
+    Image.fromarray(noise).save(data, format="JPEG", quality=95)
+    path.write_bytes(data.getvalue()[:-2] + b"\0\0")  # the end-of-image marker zeroed
+    with Image.open(path) as image:
+        image.load()  # Pillow: fine
+    with pytest.raises(tf.errors.InvalidArgumentError):  # the pipeline's decoder: not
+        tf.io.decode_jpeg(path.read_bytes(), channels=3, dct_method="INTEGER_ACCURATE")
+    message = _build_fails(tree, tmp_path / "data")
+    assert message == (f"{path} (listed as train_0004.jpg, line 4) is a corrupt JPEG (its data "
+                       f"ends without the end-of-image marker: cut short?): {_fix(tree, 4)}")
+
+
 def test_bad_landmark_line(tree, tmp_path):
     path = tree / "Annotation/manual/train_0003_manu_attri.txt"
     lines = path.read_text().splitlines()

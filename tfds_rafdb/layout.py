@@ -62,6 +62,7 @@ SPLITS = ("train", "test")
 DIGITS = {"compound": {"train": 4, "test": 4}, "basic": {"train": 5, "test": 4}}
 VALIDATION_FRACTION = 0.1
 JPEG_MAGIC = b"\xff\xd8\xff"
+JPEG_START_OF_SCAN, JPEG_END_OF_IMAGE = b"\xff\xda", b"\xff\xd9"  # never in entropy-coded data
 
 
 def image_name(tree: str, split: str, index: int) -> str:
@@ -213,6 +214,13 @@ def _check_image(path: epath.Path, name: str, line: int, label_file: epath.Path)
             f"{path} (listed as {name}, line {line}) is {what} ({detail}): {fix}"
         ) from e
     is_jpeg = data.startswith(JPEG_MAGIC)  # stored as-is only when already a JPEG stream
+    if is_jpeg and data.rfind(JPEG_END_OF_IMAGE) < data.rfind(JPEG_START_OF_SCAN):
+        # Pillow decodes a stream cut short (or zero-filled) after its last pixel, but the
+        # training pipeline's decoder (TensorFlow's) refuses it: training would stop there.
+        raise RafDbLayoutError(
+            f"{path} (listed as {name}, line {line}) is a corrupt JPEG (its data ends without "
+            f"the end-of-image marker: cut short?): {fix}"
+        )
     return not is_jpeg or mode != "RGB" or size != (IMAGE_SIZE, IMAGE_SIZE)
 
 
