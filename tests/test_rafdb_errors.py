@@ -110,6 +110,20 @@ def test_aligned_images_without_the_aligned_suffix_say_rename(tree, tmp_path):
         "<stem>_aligned.jpg, as RAF-DB releases them.")
 
 
+def test_aligned_images_with_an_upper_case_extension_say_rename(tree, tmp_path):
+    """Before: only "33 image(s) listed ... are missing", with the images right there as .JPG
+    (an archive unpacked on a case-insensitive disk, then copied to Linux)."""
+    aligned = tree / "Image/aligned"
+    for path in aligned.iterdir():
+        path.rename(path.with_suffix(".JPG"))
+    message = _build_fails(tree, tmp_path / "data")
+    assert message.endswith(
+        f"Expected <stem>_aligned.jpg for each listed <stem>.jpg. {aligned} holds "
+        "train_0001_aligned.JPG instead, and file names are case-sensitive here: rename the "
+        "aligned images to <stem>_aligned.jpg, lower-case as RAF-DB releases them."
+    )
+
+
 def test_unparsable_label_line_names_file_and_line(tree, tmp_path):
     lines = _label_lines(tree)
     lines[2] = lines[2].split()[0]  # label missing

@@ -256,10 +256,15 @@ def read_tree(root: epath.Path, num_labels: int, tree: str) -> list[Record]:
     if missing:
         shown = ", ".join(f"{n} (line {ln})" for n, ln in missing[:5])
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        hint = ""
+        hint, expected = "", f"{stem(missing[0][0])}{ALIGNED_SUFFIX}"
         if (aligned / missing[0][0]).exists():  # named like the original photos
             hint = (f" {aligned} holds {missing[0][0]} instead: rename the aligned images to "
                     f"<stem>{ALIGNED_SUFFIX}, as RAF-DB releases them.")
+        elif other_case := next((p.name for p in aligned.iterdir()
+                                 if p.name.lower() == expected), None):  # e.g. ".JPG"
+            hint = (f" {aligned} holds {other_case} instead, and file names are case-sensitive "
+                    f"here: rename the aligned images to <stem>{ALIGNED_SUFFIX}, lower-case "
+                    "as RAF-DB releases them.")
         raise RafDbLayoutError(
             f"{len(missing)} image(s) listed in {root / LABEL_FILE} are missing from {aligned}: "
             f"{shown}{more}. Expected <stem>{ALIGNED_SUFFIX} for each listed <stem>.jpg.{hint}"
