@@ -124,6 +124,20 @@ def test_aligned_images_with_an_upper_case_extension_say_rename(tree, tmp_path):
     )
 
 
+def test_aligned_images_one_folder_too_deep_say_move_them_up(tree, tmp_path):
+    """aligned.zip unzipped inside Image/aligned/ (Image/aligned/aligned/*.jpg). Before: only
+    "33 image(s) listed ... are missing"."""
+    aligned = tree / "Image/aligned"
+    aligned.rename(tree / "Image/unzipped")
+    aligned.mkdir()
+    (tree / "Image/unzipped").rename(aligned / "aligned")
+    message = _build_fails(tree, tmp_path / "data")
+    assert message.endswith(
+        f"Expected <stem>_aligned.jpg for each listed <stem>.jpg. The images are one folder "
+        f"deeper, in {aligned / 'aligned'}: move them up into {aligned}."
+    )
+
+
 def test_unparsable_label_line_names_file_and_line(tree, tmp_path):
     lines = _label_lines(tree)
     lines[2] = lines[2].split()[0]  # label missing

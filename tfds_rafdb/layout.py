@@ -265,6 +265,10 @@ def read_tree(root: epath.Path, num_labels: int, tree: str) -> list[Record]:
             hint = (f" {aligned} holds {other_case} instead, and file names are case-sensitive "
                     f"here: rename the aligned images to <stem>{ALIGNED_SUFFIX}, lower-case "
                     "as RAF-DB releases them.")
+        elif deeper := next((p for p in aligned.iterdir()  # aligned.zip unzipped into aligned/
+                             if not p.name.lower().endswith(".jpg") and (p / expected).exists()),
+                            None):
+            hint = f" The images are one folder deeper, in {deeper}: move them up into {aligned}."
         raise RafDbLayoutError(
             f"{len(missing)} image(s) listed in {root / LABEL_FILE} are missing from {aligned}: "
             f"{shown}{more}. Expected <stem>{ALIGNED_SUFFIX} for each listed <stem>.jpg.{hint}"
