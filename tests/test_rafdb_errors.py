@@ -303,6 +303,26 @@ def test_a_jpeg_without_its_end_marker_is_refused_though_pillow_reads_it(tree, t
                        f"ends without the end-of-image marker: cut short?): {_fix(tree, 4)}")
 
 
+def test_a_jpeg_that_only_pillow_decodes_is_refused(tree, tmp_path):
+    """A stray marker in the scan data (a comment whose length runs past the end of the file).
+    Before: stored, and training stopped at its first batch with TensorFlow's traceback."""
+    import tensorflow as tf
+
+    path = tree / "Image/aligned/test_0002_aligned.jpg"
+    data = path.read_bytes()
+    middle = len(data) // 2
+    path.write_bytes(data[:middle] + b"\xff\xfe\xff\xff" + data[middle + 4:])
+    with Image.open(path) as image:
+        image.load()  # Pillow: fine
+    with pytest.raises(tf.errors.InvalidArgumentError):  # the pipeline's decoder: not
+        tf.io.decode_jpeg(path.read_bytes(), channels=3, dct_method="INTEGER_ACCURATE")
+    line = next(i for i, x in enumerate(_label_lines(tree), 1) if x.startswith("test_0002"))
+    message = _build_fails(tree, tmp_path / "data")
+    assert message == (f"{path} (listed as test_0002.jpg, line {line}) is a corrupt JPEG (Pillow "
+                       f"reads it, TensorFlow, which training decodes with, does not): "
+                       f"{_fix(tree, line)}")
+
+
 def test_bad_landmark_line(tree, tmp_path):
     path = tree / "Annotation/manual/train_0003_manu_attri.txt"
     lines = path.read_text().splitlines()

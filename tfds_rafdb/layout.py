@@ -214,14 +214,30 @@ def _check_image(path: epath.Path, name: str, line: int, label_file: epath.Path)
             f"{path} (listed as {name}, line {line}) is {what} ({detail}): {fix}"
         ) from e
     is_jpeg = data.startswith(JPEG_MAGIC)  # stored as-is only when already a JPEG stream
+    # Pillow decodes some broken JPEGs that TensorFlow, the training pipeline's decoder,
+    # refuses: stored as they are, training would stop at the first batch that holds one.
     if is_jpeg and data.rfind(JPEG_END_OF_IMAGE) < data.rfind(JPEG_START_OF_SCAN):
-        # Pillow decodes a stream cut short (or zero-filled) after its last pixel, but the
-        # training pipeline's decoder (TensorFlow's) refuses it: training would stop there.
         raise RafDbLayoutError(
             f"{path} (listed as {name}, line {line}) is a corrupt JPEG (its data ends without "
             f"the end-of-image marker: cut short?): {fix}"
         )
-    return not is_jpeg or mode != "RGB" or size != (IMAGE_SIZE, IMAGE_SIZE)
+    needs_reencode = not is_jpeg or mode != "RGB" or size != (IMAGE_SIZE, IMAGE_SIZE)
+    if not needs_reencode and not _tensorflow_decodes(data):  # e.g. a stray marker mid-scan
+        raise RafDbLayoutError(
+            f"{path} (listed as {name}, line {line}) is a corrupt JPEG (Pillow reads it, "
+            f"TensorFlow, which training decodes with, does not): {fix}"
+        )
+    return needs_reencode
+
+
+def _tensorflow_decodes(data: bytes) -> bool:
+    import tensorflow as tf  # here: only a build (which runs TFDS, so TF) validates images
+
+    try:
+        tf.io.decode_jpeg(data, channels=3)
+    except tf.errors.InvalidArgumentError:
+        return False
+    return True
 
 
 def _read_landmarks(path: epath.Path) -> np.ndarray | None:
