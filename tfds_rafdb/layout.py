@@ -198,7 +198,8 @@ def parse_label_file(root: epath.Path, num_labels: int, tree: str) -> list[tuple
 def _check_image(path: epath.Path, name: str, line: int, label_file: epath.Path) -> bool:
     """Decodes the image; returns whether it must be re-encoded as 100x100 RGB JPEG: so is any
     format Pillow reads (a PNG saved as .jpg, say), like a CMYK, greyscale or wrong-size JPEG.
-    Only a file that does not decode is refused, with what to do about it."""
+    Only a file that does not decode (by Pillow, or as training decodes it) is refused, with
+    what to do about it."""
     data = path.read_bytes()
     fix = f"re-extract it from the RAF-DB archive, or remove line {line} of {label_file}."
     if not data:
