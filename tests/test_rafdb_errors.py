@@ -64,6 +64,18 @@ def test_missing_label_file_shows_layout_and_flag(tree, tmp_path):
     assert "--manual_dir" in message
 
 
+def test_a_label_file_with_partition_spelt_right_says_rename(tree, tmp_path):
+    """Before: only "is missing EmoLabel/list_patition_label.txt", one letter from the file
+    that is there."""
+    (tree / LABELS).rename(tree / "EmoLabel/list_partition_label.txt")
+    message = _build_fails(tree, tmp_path / "data")
+    assert message.startswith(
+        f"RAF-DB tree at {tree} is missing {LABELS}.\n{tree / 'EmoLabel'} holds "
+        f"list_partition_label.txt: RAF-DB's label file is {LABELS} (sic, \"patition\"); rename "
+        "yours to that name.\n"
+    )
+
+
 def test_a_manual_dir_that_does_not_exist_shows_the_layout(tmp_path):
     message = _build_fails(tmp_path / "nowhere", tmp_path / "data")
     assert message.startswith(f"RAF-DB tree at {tmp_path / 'nowhere'} is missing {LABELS}, "

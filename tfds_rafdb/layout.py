@@ -130,6 +130,10 @@ def check_root(root: epath.Path) -> None:
         hint = f"\n{root} holds {' and '.join(f'{n}/' for n in nested)}: point --manual_dir at one."
     elif above is not None:  # e.g. the tree's Image/ or EmoLabel/ folder
         hint = f"\n{root} is inside the tree {above}: point --manual_dir at {above}."
+    elif LABEL_FILE in missing and (texts := sorted(
+            p.name for p in (root / "EmoLabel").glob("*.txt"))):  # e.g. "partition" spelt right
+        hint = (f"\n{root / 'EmoLabel'} holds {', '.join(texts)}: RAF-DB's label file is "
+                f"{LABEL_FILE} (sic, \"patition\"); rename yours to that name.")
     elif ALIGNED_DIR in missing and (root / f"{ALIGNED_DIR}.zip").exists():
         hint = (f"\n{root / ALIGNED_DIR}.zip is still zipped: unzip it so that "
                 f"{root / ALIGNED_DIR}/ holds the <stem>{ALIGNED_SUFFIX} images.")
