@@ -382,6 +382,16 @@ def test_a_label_file_saved_with_a_byte_order_mark_and_crlf_parses_the_same(tree
     assert layout.parse_label_file(tree, 11, "compound") == expected
 
 
+def test_blank_lines_and_tab_separators_parse_the_same(tree):
+    """Pins: a trailing blank line (or a whitespace-only one) and a tab for the space."""
+    expected = layout.parse_label_file(tree, 11, "compound")
+    lines = [x.replace(" ", "\t") for x in _label_lines(tree)]
+    (tree / LABELS).write_text("\n".join(lines[:3] + ["", " \t"] + lines[3:]) + "\n\n\n")
+    got = layout.parse_label_file(tree, 11, "compound")
+    assert [entry[:2] for entry in got] == [entry[:2] for entry in expected]
+    assert got[3][2] == 6  # line numbers still count the blank lines
+
+
 def test_a_label_file_that_is_not_text_names_the_file(tree, tmp_path):
     (tree / LABELS).write_bytes(b"train_0001.jpg \xff\xfe 1\n")
     message = _build_fails(tree, tmp_path / "data")
