@@ -335,6 +335,35 @@ def test_a_jpeg_that_only_pillow_decodes_is_refused(tree, tmp_path):
                        f"{_fix(tree, line)}")
 
 
+@pytest.mark.parametrize("what", ["label file", "image", "landmark file"])
+def test_a_file_that_cannot_be_read_is_one_line(tree, tmp_path, what):
+    """Unreadable (its permissions: RAF-DB unpacked by another user, say; here a folder in its
+    place, as the tests may run as root). Before: IsADirectoryError / PermissionError's
+    traceback, out of the builder and the trainer alike."""
+    path = {"label file": tree / LABELS,
+            "image": tree / "Image/aligned/train_0005_aligned.jpg",
+            "landmark file": tree / "Annotation/manual/train_0005_manu_attri.txt"}[what]
+    path.unlink()
+    path.mkdir()
+    message = _build_fails(tree, tmp_path / "data")
+    fix = {"label file": "",
+           "image": f", re-extract it from the RAF-DB archive, or remove line 5 of {tree / LABELS}",
+           "landmark file": ", or delete it (images without it get has_landmarks=False)"}[what]
+    assert message == (f"{path} cannot be read (Is a directory): it must be a file you can read "
+                       f"(check its permissions){fix}.")
+
+
+def test_an_unreadable_label_file_beside_a_finished_build_is_one_line(tree, tmp_path):
+    data_dir = tmp_path / "data"
+    rafdb.build("compound", str(tree), str(data_dir))
+    (tree / LABELS).unlink()
+    (tree / LABELS).mkdir()
+    with pytest.raises(rafdb.RafDbLayoutError) as error:
+        rafdb.build("compound", str(tree), str(data_dir))
+    assert str(error.value) == (f"{tree / LABELS} cannot be read (Is a directory): it must be a "
+                                "file you can read (check its permissions).")
+
+
 def test_bad_landmark_line(tree, tmp_path):
     path = tree / "Annotation/manual/train_0003_manu_attri.txt"
     lines = path.read_text().splitlines()

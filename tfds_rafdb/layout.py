@@ -142,11 +142,25 @@ def check_root(root: epath.Path) -> None:
     )
 
 
-def _text_lines(path: epath.Path) -> list[str]:
+def read_bytes(path: epath.Path, fix: str = "") -> bytes:
+    """The file's bytes; one that cannot be read (its permissions, a folder in its place) is
+    a RafDbLayoutError naming it, not a traceback."""
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        reason = " ".join((e.strerror or str(e)).split())
+        raise RafDbLayoutError(
+            f"{path} cannot be read ({reason}): it must be a file you can read (check its "
+            f"permissions){fix}."
+        ) from e
+
+
+def _text_lines(path: epath.Path, fix: str = "") -> list[str]:
     """The lines of a UTF-8 text file, without a byte-order mark (epath's read_text ignores
     encoding="utf-8-sig")."""
+    data = read_bytes(path, fix)
     try:
-        return path.read_bytes().decode("utf-8-sig").splitlines()
+        return data.decode("utf-8-sig").splitlines()
     except UnicodeDecodeError as e:
         raise RafDbLayoutError(f"{path}: not a UTF-8 text file ({e}).") from e
 
@@ -204,7 +218,8 @@ def _check_image(path: epath.Path, name: str, line: int, label_file: epath.Path)
     format Pillow reads (a PNG saved as .jpg, say), like a CMYK, greyscale or wrong-size JPEG.
     Only a file that does not decode (by Pillow, or as training decodes it) is refused, with
     what to do about it."""
-    data = path.read_bytes()
+    data = read_bytes(path, f", re-extract it from the RAF-DB archive, or remove line {line} "
+                            f"of {label_file}")
     fix = f"re-extract it from the RAF-DB archive, or remove line {line} of {label_file}."
     if not data:
         raise RafDbLayoutError(f"{path} (listed as {name}, line {line}) is empty: {fix}")
@@ -248,7 +263,7 @@ def _tensorflow_decodes(data: bytes) -> bool:
 def _read_landmarks(path: epath.Path) -> np.ndarray | None:
     if not path.exists():
         return None
-    lines = _text_lines(path)
+    lines = _text_lines(path, ", or delete it (images without it get has_landmarks=False)")
     points = []
     for line_no in range(1, NUM_LANDMARKS + 1):
         line = lines[line_no - 1] if line_no <= len(lines) else ""

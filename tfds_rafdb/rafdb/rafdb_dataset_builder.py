@@ -40,7 +40,7 @@ class SourceMismatchError(layout.RafDbLayoutError):
 
 def label_file_digest(root: epath.Path) -> str:
     """The sha256 of the label file's bytes (what builds before `SOURCE_KEY` recorded)."""
-    return hashlib.sha256((root / layout.LABEL_FILE).read_bytes()).hexdigest()
+    return hashlib.sha256(layout.read_bytes(root / layout.LABEL_FILE)).hexdigest()
 
 
 def labels_digest(entries: Iterable[tuple[str, int]]) -> str:
