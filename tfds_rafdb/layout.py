@@ -131,7 +131,7 @@ def check_root(root: epath.Path) -> None:
     elif above is not None:  # e.g. the tree's Image/ or EmoLabel/ folder
         hint = f"\n{root} is inside the tree {above}: point --manual_dir at {above}."
     elif LABEL_FILE in missing and (texts := sorted(
-            p.name for p in (root / "EmoLabel").glob("*.txt"))):  # e.g. "partition" spelt right
+            p.name for p in _listing(root / "EmoLabel") if p.suffix == ".txt")):  # "partition"
         hint = (f"\n{root / 'EmoLabel'} holds {', '.join(texts)}: RAF-DB's label file is "
                 f"{LABEL_FILE} (sic, \"patition\"); rename yours to that name.")
     elif ALIGNED_DIR in missing and (root / f"{ALIGNED_DIR}.zip").exists():
@@ -153,6 +153,14 @@ def read_bytes(path: epath.Path, fix: str = "") -> bytes:
             f"{path} cannot be read ({reason}): it must be a file you can read (check its "
             f"permissions){fix}."
         ) from e
+
+
+def _listing(folder: epath.Path) -> list[epath.Path]:
+    """The folder's entries, for an error's hint: none when it cannot be listed."""
+    try:
+        return list(folder.iterdir())
+    except OSError:
+        return []
 
 
 def _text_lines(path: epath.Path, fix: str = "") -> list[str]:
@@ -296,12 +304,12 @@ def read_tree(root: epath.Path, num_labels: int, tree: str) -> list[Record]:
         if (aligned / missing[0][0]).exists():  # named like the original photos
             hint = (f" {aligned} holds {missing[0][0]} instead: rename the aligned images to "
                     f"<stem>{ALIGNED_SUFFIX}, as RAF-DB releases them.")
-        elif other_case := next((p.name for p in aligned.iterdir()
+        elif other_case := next((p.name for p in _listing(aligned)
                                  if p.name.lower() == expected), None):  # e.g. ".JPG"
             hint = (f" {aligned} holds {other_case} instead, and file names are case-sensitive "
                     f"here: rename the aligned images to <stem>{ALIGNED_SUFFIX}, lower-case "
                     "as RAF-DB releases them.")
-        elif deeper := next((p for p in aligned.iterdir()  # aligned.zip unzipped into aligned/
+        elif deeper := next((p for p in _listing(aligned)  # aligned.zip unzipped into aligned/
                              if not p.name.lower().endswith(".jpg") and (p / expected).exists()),
                             None):
             hint = f" The images are one folder deeper, in {deeper}: move them up into {aligned}."
