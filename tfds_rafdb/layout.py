@@ -130,8 +130,8 @@ def check_root(root: epath.Path) -> None:
         hint = f"\n{root} holds {' and '.join(f'{n}/' for n in nested)}: point --manual_dir at one."
     elif above is not None:  # e.g. the tree's Image/ or EmoLabel/ folder
         hint = f"\n{root} is inside the tree {above}: point --manual_dir at {above}."
-    elif LABEL_FILE in missing and (texts := sorted(
-            p.name for p in _listing(root / "EmoLabel") if p.suffix == ".txt")):  # "partition"
+    elif LABEL_FILE in missing and (texts := sorted(  # list_partition_label.txt, say
+            p.name for p in _listing(root / "EmoLabel") if p.suffix == ".txt")):
         hint = (f"\n{root / 'EmoLabel'} holds {', '.join(texts)}: RAF-DB's label file is "
                 f"{LABEL_FILE} (sic, \"patition\"); rename yours to that name.")
     elif ALIGNED_DIR in missing and (root / f"{ALIGNED_DIR}.zip").exists():
@@ -226,9 +226,8 @@ def _check_image(path: epath.Path, name: str, line: int, label_file: epath.Path)
     format Pillow reads (a PNG saved as .jpg, say), like a CMYK, greyscale or wrong-size JPEG.
     Only a file that does not decode (by Pillow, or as training decodes it) is refused, with
     what to do about it."""
-    data = read_bytes(path, f", re-extract it from the RAF-DB archive, or remove line {line} "
-                            f"of {label_file}")
     fix = f"re-extract it from the RAF-DB archive, or remove line {line} of {label_file}."
+    data = read_bytes(path, f", {fix.removesuffix('.')}")
     if not data:
         raise RafDbLayoutError(f"{path} (listed as {name}, line {line}) is empty: {fix}")
     try:
