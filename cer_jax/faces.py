@@ -132,7 +132,13 @@ class YuNetDetector:
             raise DetectorError(f"OpenCV {cv2.__version__} has no cv2.FaceDetectorYN (>= 4.8).")
         if not os.path.isfile(model):
             raise DetectorError(f"YuNet model file {model!r} not found (--detector=yunet:PATH).")
-        self._detector = cv2.FaceDetectorYN.create(model, "", (320, 320), score_threshold)
+        try:
+            self._detector = cv2.FaceDetectorYN.create(model, "", (320, 320), score_threshold)
+        except cv2.error as error:  # a Git LFS pointer or a web page saved as .onnx, say
+            raise DetectorError(
+                f"YuNet model file {model!r} cannot be loaded by OpenCV {cv2.__version__} "
+                f"({error.err}): download face_detection_yunet_2023mar.onnx itself (from "
+                "opencv_zoo) and pass --detector=yunet:PATH to it.") from error
         self.max_side = max_side
 
     def __call__(self, image: np.ndarray) -> list[Face]:

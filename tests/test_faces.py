@@ -95,9 +95,17 @@ def test_iou_tracker_counts_missed_frames_in_processed_frames():
     assert tracker.update(160, [face]) == [1]  # 3 processed frames unseen: a new track
 
 
-def test_detector_specs():
+def test_detector_specs(tmp_path):
     with pytest.raises(faces.DetectorError, match="not found"):
         faces.load_detector("yunet:/nonexistent.onnx")
+    # What a download of the model can leave instead of it (a Git LFS pointer): one line for
+    # predict, not OpenCV's traceback.
+    pointer = tmp_path / "face_detection_yunet_2023mar.onnx"
+    pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1\n")
+    if hasattr(cv2, "FaceDetectorYN"):
+        with pytest.raises(faces.DetectorError, match=r"cannot be loaded by OpenCV .*: download "
+                           r"face_detection_yunet_2023mar.onnx itself"):
+            faces.load_detector(f"yunet:{pointer}")
     with pytest.raises(faces.DetectorError, match="Unknown detector"):
         faces.load_detector("nonsense")
     custom = faces.load_detector("test_faces:fixed_detector")
