@@ -57,7 +57,7 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
-from cer_jax import checkpointing, paths, sharding, train_state
+from cer_jax import checkpointing, models, paths, sharding, train_state
 from cer_jax.fusion import strategies
 
 FORMAT = 1
@@ -270,10 +270,32 @@ def _json_kind(value: Any) -> str:
         type(value), "a number")
 
 
+def _check_model_options(config: ml_collections.ConfigDict, where: str) -> None:
+    """A member whose config.json names a model or model option this cer_jax lacks was written
+    by another version (copied to a machine with another install): one line, not the model
+    constructor's TypeError."""
+    name = str(config.model.name)
+    try:
+        options = models.default_options(name)
+    except models.ModelConfigError:
+        unknown = f"model {name!r} (this cer_jax has: {', '.join(models.available_models())})"
+    else:
+        extra = sorted(key for key in config.model if key != "name" and key not in options)
+        if not extra:
+            return
+        unknown = f"option model.{extra[0]} of model {name!r}"
+    raise EnsembleError(
+        f"{where}/{CONFIG_FILE} names {unknown}, which this cer_jax does not know: the ensemble "
+        "was written by another cer_jax version; predict with that version, or write the "
+        "ensemble again with this one (python -m cer_jax.fuse; its --out=OUT writes "
+        "OUT/ensemble).")
+
+
 def build_model(config: ml_collections.ConfigDict, arrays: dict[str, np.ndarray], where: str):
     """The network named by config.model with its state from path-keyed `arrays`. Built
     abstractly, as a checkpoint restore is: a concrete build would compile and draw a random
     initialisation only to overwrite it (12 of the 17 s it took to load the demo's ensemble)."""
+    _check_model_options(config, where)
     graphdef, abstract = train_state.abstract_model_state(
         config, int(config.dataset_info.num_classes))
     missing = []

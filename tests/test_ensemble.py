@@ -304,6 +304,29 @@ def test_a_member_config_edited_by_hand_names_what_it_lacks(tmp_path, edit, prob
     assert str(info.value).startswith(f"{config_path} is damaged ({problem}): write the")
 
 
+@pytest.mark.parametrize(("edit", "unknown"), [
+    (lambda c: c["model"].update(attention_window=7),
+     "option model.attention_window of model 'vit'"),
+    (lambda c: c["model"].update(name="vit_v2"),
+     "model 'vit_v2' (this cer_jax has: manet, resnet, vit)"),
+])
+def test_a_member_of_another_cer_jax_version_is_one_line(tmp_path, edit, unknown):
+    """An artefact written by a newer install (a model option or model this one lacks) and
+    copied to a machine with an older one: the model constructor's TypeError was a traceback."""
+    path, _, _ = build_tiny_ensemble(tmp_path / "ens")
+    member_dir = path / json.loads((path / "ensemble.json").read_text())["members"][0]["dir"]
+    config = json.loads((member_dir / "config.json").read_text())
+    edit(config)
+    (member_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ensemble_lib.EnsembleError) as info:
+        ensemble_lib.load_ensemble(path)
+    assert str(info.value) == (
+        f"{member_dir}/config.json names {unknown}, which this cer_jax does not know: the "
+        "ensemble was written by another cer_jax version; predict with that version, or write "
+        "the ensemble again with this one (python -m cer_jax.fuse; its --out=OUT writes "
+        "OUT/ensemble).")
+
+
 @pytest.mark.parametrize(("format_", "kind"), [(2, "cer_jax.ensemble"), (None, None)])
 def test_an_ensemble_of_another_format_names_the_fix(tmp_path, format_, kind):
     path = tmp_path / "ens"
