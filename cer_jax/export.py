@@ -33,7 +33,7 @@ import numpy as np
 from etils import epath
 
 from cer_jax import checkpointing, evaluate, paths, sharding, steps
-from cer_jax.data import pipeline
+from cer_jax.data import pipeline, sources
 from cer_jax.errors import UserError
 
 EXPORT_DIR = "export"
@@ -64,7 +64,16 @@ def export_workdir(workdir: str, splits: Sequence[str] | None = None) -> dict[st
     # rounded up to split over these; evaluation pads and masks, so the rows are the same.
     devices = jax.device_count()
     config.eval.global_batch_size = -(-config.eval.global_batch_size // devices) * devices
-    info = pipeline.get_dataset_info(config)
+    try:
+        info = pipeline.get_dataset_info(config)
+    except sources.DataConfigError as error:
+        # Fusion on another machine than the training's: the data lie elsewhere, and the key
+        # the message names is one of the member's config.json, not of fusion's config.
+        config_path = checkpointing.workdir_path(workdir, checkpointing.CONFIG_FILE)
+        raise ExportError(
+            f"Exporting the best checkpoint of {workdir} reads its dataset as its training "
+            f"config says, which failed: {str(error).rstrip('.')}. That key is in {config_path}: "
+            "set it there (e.g. to where the data lie on this machine).") from error
     eval_fn = steps.jit_eval_step(graphdef, mesh, num_classes=info.num_classes)
     return write_export(workdir, config, info, eval_fn, state, step, mesh, splits)
 

@@ -782,6 +782,31 @@ def test_an_unreadable_export_beside_a_best_checkpoint_is_written_anew(tmp_path,
     assert sorted(member.outputs["test"]["file_names"]) == sorted(outputs["test"]["file_names"])
 
 
+def test_a_member_whose_data_are_not_where_its_config_says_names_that_config(tmp_path,
+                                                                            monkeypatch):
+    """Fusion on another machine than the training's, re-exporting a member (a stale export, a
+    missing split): the data error named config.dataset.manual_dir, a key fusion's config lacks,
+    and not the member's config.json where it is set."""
+    from cer_jax import export
+    from cer_jax.config_loading import load_config
+
+    workdir = tmp_path / "vit"
+    workdir.mkdir()
+    config = load_config("configs/vit.py:smoke")
+    config.dataset.synthetic = False
+    config.dataset.manual_dir = str(tmp_path / "rafdb_on_the_training_machine")
+    monkeypatch.setattr(export.checkpointing, "restore_best_state",
+                        lambda workdir, mesh: (None, 7, None, config))
+    with pytest.raises(export.ExportError) as error:
+        export.export_workdir(str(workdir))
+    message = str(error.value)
+    assert message.startswith(f"Exporting the best checkpoint of {workdir} reads its dataset as "
+                              "its training config says, which failed: config.dataset.manual_dir=")
+    assert message.endswith(f"That key is in {workdir / 'config.json'}: set it there (e.g. to "
+                            "where the data lie on this machine).")
+    assert "\n" not in message
+
+
 def _member_with_config(workdir, best_split, train_split):
     (workdir / "config.json").write_text(json.dumps({
         "checkpoint": {"best_split": best_split},
