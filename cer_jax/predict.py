@@ -11,7 +11,8 @@ gives one row (CSV, or JSON lines when --out ends in .jsonl / .json): the source
 index and timestamp (videos), the face box in pixels, the track id (videos), the predicted
 class, every class's fused probability and each member's predicted class (UTF-8; a file name
 that is not valid UTF-8 keeps its bytes). A file that cannot be read, an image without a face and
-a video that cannot be decoded each give a row whose `status` says so; processing goes on. A
+a video that cannot be decoded each give a row whose `status` says so; processing goes on (a
+video's frames without a face have no row: a log line says how many). A
 video that decodes fewer frames than its container counts (truncated, or an MP4 edit list) is a
 warning, a failure only when the frame list asks for the missing frames. Inputs may be gs://
 paths (a video is copied to a local temporary file for OpenCV). An input named on the command
@@ -697,7 +698,7 @@ class Predictor:
         tracker = faces_lib.IouTracker(frame_step=self.frame_step)
         records: list[FaceRecord] = []
         pending: list[tuple[FaceRecord, np.ndarray]] = []
-        decoded = 0
+        decoded = processed_frames = 0
         # The video's own timestamps (right for a variable frame rate) while they are valid
         # and increasing; otherwise every timestamp is index / fps.
         positions_valid, previous_ms = True, 0.0
@@ -722,6 +723,7 @@ class Predictor:
                 previous_ms = ms
                 if not processed:
                     continue
+                processed_frames += 1
                 image = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
                 found = self.find_faces(image)
                 if self.track == "largest":
@@ -774,6 +776,12 @@ class Predictor:
                             "decoded frame was predicted.", source.path, decoded, expected)
         if not records:
             self.fail(source, "no face found in any frame")
+        elif len({r.frame for r in records}) < processed_frames:  # else they went unsaid
+            faceless = processed_frames - len({r.frame for r in records})
+            logging.info("Video %s: no face found in %d of its %d processed frames; they have "
+                         "no rows%s.", source.path, faceless, processed_frames,
+                         " (the submission gives a listed one the class of the nearest frame "
+                         "with a face)" if stem in self.listed_frames else "")
         if self.annotate:
             self.write_annotated_video(source, local, records, fps)
 

@@ -4,6 +4,7 @@ import csv
 import errno
 import io
 import json
+import logging
 import os
 import re
 import signal
@@ -103,7 +104,8 @@ def test_photos_and_bad_inputs_each_give_a_row(tmp_path, ensemble_dir, caplog):
 
 
 @needs_haar
-def test_video_tracking_smoothing_and_the_submission(tmp_path, ensemble_dir):
+def test_video_tracking_smoothing_and_the_submission(tmp_path, ensemble_dir, caplog):
+    caplog.set_level(logging.INFO)
     video = tmp_path / "clip7.avi"
     write_video(video, video_frames())
     frames = tmp_path / "frames.txt"
@@ -126,6 +128,10 @@ def test_video_tracking_smoothing_and_the_submission(tmp_path, ensemble_dir):
     raw = rows(1, tmp_path / "raw.txt")
     smooth = rows(3, tmp_path / "submission.txt")
     assert [r["frame"] for r in raw] == [0, 1, 2, 3, 4, 5, 8, 9, 10, 11]
+    # The frames without a face have no row: the log says how many (it said nothing).
+    assert (f"Video {video}: no face found in 2 of its 12 processed frames; they have no rows "
+            "(the submission gives a listed one the class of the nearest frame with a face)."
+            ) in caplog.text
     assert {r["track"] for r in raw} == {0}  # one face, tracked across the gap
     assert raw[1]["timestamp_s"] == pytest.approx(0.1)
     classes = list(predict.ABAW7_CLASSES)
