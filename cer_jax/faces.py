@@ -139,6 +139,12 @@ class YuNetDetector:
                 f"YuNet model file {model!r} cannot be loaded by OpenCV {cv2.__version__} "
                 f"({error.err}): download face_detection_yunet_2023mar.onnx itself (from "
                 "opencv_zoo) and pass --detector=yunet:PATH to it.") from error
+        try:  # another network (opencv_zoo's SFace, say) loads, and fails on the first image
+            self._detector.detect(np.zeros((320, 320, 3), np.uint8))  # the size it was made for
+        except cv2.error as error:
+            raise DetectorError(
+                f"YuNet model file {model!r} is an ONNX model but not YuNet's ({error.err}): "
+                "pass --detector=yunet:PATH to face_detection_yunet_2023mar.onnx.") from error
         self.max_side = max_side
 
     def __call__(self, image: np.ndarray) -> list[Face]:

@@ -106,10 +106,46 @@ def test_detector_specs(tmp_path):
         with pytest.raises(faces.DetectorError, match=r"cannot be loaded by OpenCV .*: download "
                            r"face_detection_yunet_2023mar.onnx itself"):
             faces.load_detector(f"yunet:{pointer}")
+        # A valid ONNX model of another network: it loaded, and the first image was OpenCV's
+        # traceback in the middle of a run.
+        other = tmp_path / "face_recognition_sface_2021dec.onnx"
+        other.write_bytes(identity_onnx())
+        with pytest.raises(faces.DetectorError, match=r"is an ONNX model but not YuNet's .*: "
+                           r"pass --detector=yunet:PATH to face_detection_yunet_2023mar.onnx"):
+            faces.load_detector(f"yunet:{other}")
     with pytest.raises(faces.DetectorError, match="Unknown detector"):
         faces.load_detector("nonsense")
     custom = faces.load_detector("test_faces:fixed_detector")
     assert custom(np.zeros((10, 10, 3), np.uint8))[0].box == (1, 2, 3, 4)
+
+
+def identity_onnx() -> bytes:
+    """A minimal valid ONNX model (Identity of a float [1, 3, 32, 32]), encoded by hand (the
+    onnx package is not a dependency)."""
+
+    def varint(n):
+        out = bytearray()
+        while True:
+            out.append((n & 0x7F) | (0x80 if n >> 7 else 0))
+            n >>= 7
+            if not n:
+                return bytes(out)
+
+    def number(field, value):
+        return varint(field << 3) + varint(value)
+
+    def message(field, payload):
+        payload = payload.encode() if isinstance(payload, str) else payload
+        return varint(field << 3 | 2) + varint(len(payload)) + payload
+
+    def tensor(name):
+        dims = b"".join(message(1, number(1, d)) for d in (1, 3, 32, 32))
+        return message(1, name) + message(2, message(1, number(1, 1) + message(2, dims)))
+
+    node = message(1, "x") + message(2, "y") + message(4, "Identity")
+    graph = (message(1, node) + message(2, "g") + message(11, tensor("x"))
+             + message(12, tensor("y")))
+    return number(1, 7) + message(8, message(1, "") + number(2, 13)) + message(7, graph)
 
 
 def fixed_detector(image):
