@@ -373,16 +373,37 @@ def best_step(workdir: str) -> int:
 def restore_best_state(
     workdir: str, mesh: Mesh
 ) -> tuple[nnx.GraphDef, int, train_state.ModelState, ml_collections.ConfigDict]:
-    """graphdef, step, model state (replicated on `mesh`) and config of the best checkpoint."""
+    """graphdef, step, model state (replicated on `mesh`) and config of the best checkpoint.
+
+    A run still training may save a better step meanwhile, deleting the one being read (Orbax
+    then failed with "Must provide `args` of type `Composite`..."): the new best is read instead
+    (the export and the ensemble record the step they got); with several processes, which
+    restore together, that is one line instead."""
     config = load_config(workdir)
     graphdef, abstract = train_state.abstract_model_state(
         config, int(config.dataset_info.num_classes)
     )
     step = best_step(workdir)
     path = workdir_path(workdir, BEST_DIR)
-    with ocp.CheckpointManager(path, options=_best_options(read_only=True)) as manager:
-        state = manager.restore(step, args=ocp.args.StandardRestore(with_sharding(abstract, mesh)))
-    return graphdef, step, state, config
+    for _ in range(3):
+        try:
+            with ocp.CheckpointManager(path, options=_best_options(read_only=True)) as manager:
+                state = manager.restore(
+                    step, args=ocp.args.StandardRestore(with_sharding(abstract, mesh)))
+            return graphdef, step, state, config
+        except (ValueError, OSError):
+            newer = best_step(workdir)
+            if newer == step:  # not replaced: a damaged checkpoint, said as Orbax says it
+                raise
+        if jax.process_count() > 1:
+            break
+        logging.info("The best checkpoint of %s went from step %d to %d while it was read (its "
+                     "run is still training): reading step %d.", workdir, step, newer, newer)
+        step = newer
+    raise WorkdirError(
+        f"The best checkpoint of {workdir} was replaced while it was read (its run is still "
+        "training and saving better steps): run this again, or once that training has "
+        "finished.")
 
 
 def restore_best_model(workdir: str) -> tuple[nnx.Module, ml_collections.ConfigDict]:

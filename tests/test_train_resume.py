@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import Killed, smoke_config
 
-from cer_jax import checkpointing, evaluate, export, steps, train_state, trainer
+from cer_jax import checkpointing, evaluate, export, sharding, steps, train_state, trainer
 from cer_jax.errors import UserError
 
 # Shares its expensive session fixtures with other files: one xdist worker runs them all.
@@ -228,6 +228,35 @@ def test_a_best_step_saved_again_replaces_the_first(tmp_path, synthetic_cache_di
     ckpts.wait()
     assert (checkpointing.best_step(workdir), ckpts.best_value()) == (4, 0.5)
     ckpts.close()
+
+
+def test_a_best_checkpoint_replaced_while_it_is_restored_gives_the_new_one(
+        tmp_path, synthetic_cache_dir, monkeypatch):
+    """Fusion (its export) reading a member whose run, still training, saves a better step and
+    deletes the one being read: Orbax's "Must provide `args` of type `Composite`" traceback."""
+    config = tiny_config(synthetic_cache_dir)
+    config.dataset_info = ml_collections.ConfigDict({"num_classes": 7})
+    model = train_state.create_model(config, num_classes=7, seed=0)
+    _, state = train_state.create_train_state(model, optax.sgd(0.1))
+    workdir = str(tmp_path / "run")
+    checkpointing.save_config(config, workdir)
+    ckpts = checkpointing.Checkpoints(workdir, keep=1)
+    ckpts.save_best(4, state, {checkpointing.BEST_METRIC: 0.25})
+    ckpts.wait()
+    ckpts.save_best(8, state, {checkpointing.BEST_METRIC: 0.5})  # best/4 deleted
+    ckpts.wait()
+    ckpts.close()
+    read = checkpointing.best_step
+    calls = []
+
+    def best_step(workdir):  # the first read came just before step 8 was saved
+        calls.append(workdir)
+        return 4 if len(calls) == 1 else read(workdir)
+
+    monkeypatch.setattr(checkpointing, "best_step", best_step)
+    _, step, restored, _ = checkpointing.restore_best_state(workdir, sharding.local_mesh())
+    assert step == 8
+    assert jax.tree.structure(restored) == jax.tree.structure(train_state.model_state(state))
 
 
 def _tensorboard_steps(workdir) -> dict[str, list[int]]:
