@@ -918,6 +918,19 @@ def test_a_member_given_twice_is_refused_before_any_work(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_member_workdir_that_is_a_file_is_named_so(tmp_path):
+    """Before: "does not exist" for a file that exists (a report or a log passed by mistake)."""
+    a = write_export(str(tmp_path / "a"), "vit", make_outputs(2.0, seed=1))
+    log = tmp_path / "train.log"
+    log.write_text("mine")
+    with pytest.raises(members_lib.MemberError) as e:
+        evaluator.fuse(fusion_config([a, str(log)], tmp_path / "out"))
+    assert str(e.value) == (
+        f"Member workdir {log} is a file, not a folder (flag --workdirs / config key workdirs); "
+        "pass the directories that `python -m cer_jax.train` wrote.")
+    assert log.read_text() == "mine" and not (tmp_path / "out").exists()
+
+
 def test_a_report_into_a_member_workdir_is_refused(tmp_path):
     """Before: the report went into the member's workdir, replacing its TensorBoard events."""
     a = write_export(str(tmp_path / "a"), "vit", make_outputs(2.0, seed=1))

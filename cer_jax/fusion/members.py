@@ -44,9 +44,11 @@ class Member:
 
 
 def _require_workdir(workdir: str) -> None:
-    if not checkpointing.workdir_path(workdir).is_dir():
+    path = checkpointing.workdir_path(workdir)
+    if not path.is_dir():
+        what = "is a file, not a folder" if path.exists() else "does not exist"
         raise MemberError(
-            f"Member workdir {workdir} does not exist (flag --workdirs / config key workdirs); "
+            f"Member workdir {workdir} {what} (flag --workdirs / config key workdirs); "
             "pass the directories that `python -m cer_jax.train` wrote."
         )
 
