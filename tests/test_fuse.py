@@ -349,6 +349,46 @@ def test_a_strategy_named_twice_keeps_every_interval_on_its_own_system(three_mem
         reports[0]["bootstrap"]["fusion_minus_member"]
 
 
+def test_the_bootstrap_finds_each_systems_predictions_by_kind_and_name_not_by_position():
+    """The intervals were matched to systems by the order the predictions were recorded in:
+    any other order (or one system too many or too few) gave a system another's intervals
+    without a word. Now each system's are found by ("member" | "strategy", name), and a
+    system without predictions, or predictions without a system, is an error."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, size=40)
+    data = {"test": evaluator.strategies_lib.FusionData(
+        logits=np.zeros((2, 40, 4)), features=(np.zeros((40, 1)),) * 2, labels=labels)}
+    # A member and a strategy of the same name, and systems of distinct quality.
+    quality = {("member", "vit"): 0.9, ("member", "manet"): 0.3, ("strategy", "vit"): 0.6,
+               ("strategy", "stacking"): 0.0}
+    predicted = {key: np.where(rng.random(40) < q, labels, (labels + 1) % 4)
+                 for key, q in quality.items()}
+    config = fusion_config(["a", "b"], "out", eval_splits=("test",), select_on="test",
+                           bootstrap_samples=200, bootstrap_seed=1)
+
+    def metrics(key):
+        return {"test": {"accuracy": float(np.mean(predicted[key] == labels)),
+                         "macro_f1": float(skm.f1_score(labels, predicted[key],
+                                                        average="macro"))}}
+
+    member_rows = [{"name": name, "metrics": metrics(("member", name))}
+                   for name in ("vit", "manet")]
+    strategy_rows = {name: {"metrics": metrics(("strategy", name))}
+                     for name in ("vit", "stacking")}
+    # Recorded in another order than the report's rows.
+    predictions = {key: {"test": predicted[key]} for key in reversed(list(quality))}
+    evaluator._bootstrap(config, data, predictions, member_rows, strategy_rows, "vit")
+    systems = {("member", r["name"]): r["metrics"]["test"] for r in member_rows}
+    systems.update({("strategy", n): r["metrics"]["test"] for n, r in strategy_rows.items()})
+    rows = np.random.default_rng(1).integers(0, 40, size=(200, 40))
+    for key, got in systems.items():
+        accuracy = np.mean(predicted[key][rows] == labels[rows], axis=1)
+        np.testing.assert_allclose(got["accuracy_ci"], np.quantile(accuracy, [0.025, 0.975]))
+    del predictions[("strategy", "stacking")]
+    with pytest.raises(RuntimeError, match="not those it scored"):
+        evaluator._bootstrap(config, data, predictions, member_rows, strategy_rows, "vit")
+
+
 def test_bootstrap_samples_0_reports_point_figures_only(three_members, tmp_path):
     out = tmp_path / "fusion"
     report = evaluator.fuse(fusion_config(three_members, out, strategies="uniform_logits",

@@ -230,7 +230,7 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
         _check_config(config)
         config = copy.deepcopy(config)
         workdirs = _split_list(config.workdirs)
-        # Each once: the bootstrap matches predictions to systems by position.
+        # Each once: fitted, scored and reported once.
         strategy_names = list(dict.fromkeys(_split_list(config.strategies)))
         # Only feature_mlp is fitted on a training split: members trained on different splits
         # (or export-only ones that do not say) fuse by every other strategy.
@@ -274,16 +274,20 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
     for note in unfinished:
         logging.warning("Unfinished: %s.", note)
 
-    predictions = {split: [] for split in eval_splits}  # every system's, in the report's order
+    # Every system's predicted classes, keyed by ("member" | "strategy", name): the bootstrap
+    # finds each system's own (by position, a strategy named twice once shifted every system's).
+    predictions: dict[tuple[str, str], dict[str, np.ndarray]] = {}
 
-    def scores(probabilities_by_split: dict[str, np.ndarray]) -> dict[str, Any]:
-        for split, probabilities in probabilities_by_split.items():
-            predictions[split].append(probabilities.argmax(-1))
+    def scores(system: tuple[str, str],
+               probabilities_by_split: dict[str, np.ndarray]) -> dict[str, Any]:
+        if system in predictions:
+            raise RuntimeError(f"fusion scored {system} twice")
+        predictions[system] = {s: p.argmax(-1) for s, p in probabilities_by_split.items()}
         return {
             split: classification_metrics(
-                data[split].labels, predictions[split][-1], num_classes, class_names
+                data[split].labels, predicted, num_classes, class_names
             )
-            for split in probabilities_by_split
+            for split, predicted in predictions[system].items()
         }
 
     absent_classes = {}
@@ -303,7 +307,8 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
             "step": member.info.get("step"),
             "seed": member.info.get("seed"),  # None: an export from before seeds were recorded
             "data_seed": member.info.get("data_seed"),
-            "metrics": scores({s: data[s].logits[index] for s in eval_splits}),
+            "metrics": scores(("member", member.name),
+                              {s: data[s].logits[index] for s in eval_splits}),
         })
         logging.info("member %s: %s", member.name, _headline(member_rows[-1]["metrics"]))
 
@@ -316,7 +321,8 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
                 name, data[config.select_on], data.get(config.train_split),
                 folds=config.selection_folds, options=_options(config, name),
             ),
-            "metrics": scores({s: fitted[name].predict_proba(data[s]) for s in eval_splits}),
+            "metrics": scores(("strategy", name),
+                              {s: fitted[name].predict_proba(data[s]) for s in eval_splits}),
         }
         logging.info("strategy %s: %s", name, _headline(strategy_rows[name]["metrics"]))
 
@@ -368,15 +374,21 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def _bootstrap(
     config: ml_collections.ConfigDict,
     data: dict[str, strategies_lib.FusionData],
-    predictions: dict[str, list[np.ndarray]],
+    predictions: dict[tuple[str, str], dict[str, np.ndarray]],
     member_rows: list[dict[str, Any]],
     strategy_rows: dict[str, dict[str, Any]],
     best: str,
 ) -> dict[str, Any]:
     """Adds `accuracy_ci` and `macro_f1_ci` to every system's metrics on every reported split;
     returns the report's `bootstrap`: how, and the paired intervals of the best and the paper's
-    fusion minus each member (the best member: highest macro F1 on select_on)."""
+    fusion minus each member (the best member: highest macro F1 on select_on). `predictions`
+    holds each system's predicted classes by split, keyed by ("member" | "strategy", name)."""
     confidence = config.bootstrap_confidence
+    keys = [("member", row["name"]) for row in member_rows]
+    keys += [("strategy", name) for name in strategy_rows]
+    if len(set(keys)) != len(keys) or set(keys) != set(predictions):
+        raise RuntimeError(f"fusion's systems {keys} are not those it scored "
+                           f"{list(predictions)}")
     systems = [row["metrics"] for row in member_rows]
     systems += [row["metrics"] for row in strategy_rows.values()]
     names = [row["name"] for row in member_rows]
@@ -385,9 +397,10 @@ def _bootstrap(
     best_member = max(range(len(names)), key=lambda i: (
         member_rows[i]["metrics"][config.select_on]["macro_f1"], -i))
     differences = []
-    for split, split_predictions in predictions.items():
+    for split in config.eval_splits:
         resampled = bootstrap_lib.resampled_scores(
-            data[split].labels, split_predictions, data[split].num_classes,
+            data[split].labels, [predictions[key][split] for key in keys],
+            data[split].num_classes,
             config.bootstrap_samples, config.bootstrap_seed)
         for index, metrics in enumerate(systems):
             for metric in bootstrap_lib.METRICS:
