@@ -58,6 +58,7 @@ from etils import epath
 from flax import nnx
 
 from cer_jax import checkpointing, models, paths, sharding, train_state
+from cer_jax.errors import UserError
 from cer_jax.fusion import strategies
 
 FORMAT = 1
@@ -75,6 +76,10 @@ NORMALIZATIONS = ("imagenet", "minus_one_one", "unit")
 
 class EnsembleError(ValueError):
     """An ensemble directory that is missing, incomplete or of another format."""
+
+
+class EnsembleWriteError(UserError):
+    """The ensemble directory could not be written (disk full, no permission)."""
 
 
 # --- preprocessing: the eval view in numpy ---------------------------------------------------
@@ -418,7 +423,8 @@ def write_from_fusion(
     The same holds when a member's best checkpoint is no longer the step whose export the
     fusion was fitted on (its run saved a better step meanwhile): the artefact would pair the
     fitted strategy with another model.
-    Every process must call it (Orbax restores collectively); only process 0 writes.
+    Every process must call it (Orbax restores collectively); only process 0 writes, and every
+    process raises when that write failed (the others exited 0 while process 0 failed).
     """
     restored, steps = [], []
     for member in members:
@@ -438,14 +444,26 @@ def write_from_fusion(
         model = train_state.merge_model(graphdef, state["params"], state["rest"])
         restored.append((member.name, model, config))
         steps.append(int(step))
-    if jax.process_index() != 0:
+    path, error = None, None
+    if jax.process_index() == 0:
+        datasets = {str(m.info.get("dataset")) for m in members if m.info.get("dataset")}
+        try:
+            path = write_ensemble(
+                out, restored, strategy, class_names,
+                dataset=datasets.pop() if len(datasets) == 1 else None,
+                extra={"workdirs": [str(m.workdir) for m in members], "steps": steps},
+            )
+        except paths.io_errors() as e:
+            error = EnsembleWriteError(
+                f"The ensemble could not be written to {out} ({paths.error_reason(e)}); free "
+                "space there or give a folder this user may write, and run the fusion again.")
+            error.__cause__ = e
+        except Exception as e:  # raised below, once the others know
+            error = e
+    sharding.raise_if_any_failed(error, "the writing of the ensemble",
+                                 hint=f"process 0 writes it to {out}: see its log")
+    if path is None:
         return None
-    datasets = {str(m.info.get("dataset")) for m in members if m.info.get("dataset")}
-    path = write_ensemble(
-        out, restored, strategy, class_names,
-        dataset=datasets.pop() if len(datasets) == 1 else None,
-        extra={"workdirs": [str(m.workdir) for m in members], "steps": steps},
-    )
     logging.info("Ensemble (%s fusion of %d members) written to %s; use it with "
                  "python -m cer_jax.predict --ensemble=%s IMAGE_OR_VIDEO...",
                  strategy.name, len(members), path, path)

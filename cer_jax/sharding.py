@@ -156,25 +156,27 @@ def stop_together(what: str) -> Iterator[None]:
         raise _stopped_elsewhere(failed, what)
 
 
-def raise_if_any_failed(error: Exception | None, what: str) -> None:
+def raise_if_any_failed(error: Exception | None, what: str, hint: str | None = None) -> None:
     """A collective vote in which every process gives its own error (or None): when any process
-    failed, every process raises, its own error or a UserError naming those that failed. Either
-    is marked as known to every process, so an enclosing `stop_together` does not vote again
-    (the failed processes are gone)."""
+    failed, every process raises, its own error or a UserError naming those that failed (and
+    `hint`, the likely cause, in place of the default: a path one host lacks). Either is
+    marked as known to every process, so an enclosing `stop_together` does not vote again (the
+    failed processes are gone)."""
     failed = _failed_processes(error is not None)
     if error is None and failed:
-        error = _stopped_elsewhere(failed, what)
+        error = _stopped_elsewhere(failed, what, hint)
     if error is not None:
         setattr(error, _COUNTED, True)
         raise error
 
 
-def _stopped_elsewhere(failed: list[int], what: str) -> UserError:
+def _stopped_elsewhere(failed: list[int], what: str, hint: str | None = None) -> UserError:
     names = ", ".join(str(p) for p in failed)
+    tail = (f" ({hint})." if hint else " (see its log: a path that its host lacks, say); every "
+            "host must see the same files, on gs:// or a shared filesystem.")
     return UserError(
         f"process{'es' if len(failed) > 1 else ''} {names} stopped in {what} on an error that "
-        "this process did not meet (see its log: a path that its host lacks, say); every host "
-        "must see the same files, on gs:// or a shared filesystem.")
+        f"this process did not meet{tail}")
 
 
 def _failed_processes(failed: bool) -> list[int]:

@@ -401,6 +401,37 @@ def test_fusion_writes_no_ensemble_when_a_members_best_step_moved_since_its_expo
     assert ensemble_lib.load_ensemble(path).member_names == ["vit"]
 
 
+def test_an_ensemble_that_cannot_be_written_is_one_line_naming_the_folder(tmp_path,
+                                                                          monkeypatch):
+    """A full disk under the fusion's --out: an OSError traceback on process 0 only, while the
+    other hosts exited 0; now a one-line error after a vote, on every process."""
+    import errno
+    import types
+
+    from cer_jax import train_state
+    from cer_jax.errors import UserError
+    [(name, model, config)] = tiny_members(ABAW7)[:1]
+    graphdef, params, rest = train_state.split_model(model)
+    monkeypatch.setattr(checkpointing, "restore_best_state", lambda workdir, mesh: (
+        graphdef, 5, {"params": params, "rest": rest}, config))
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(ensemble_lib, "write_ensemble", full_disk)
+    member = types.SimpleNamespace(name=name, workdir=os.fspath(tmp_path / "run"),
+                                   info={"step": 5, "dataset": "rafdb/compound_abaw7"})
+    data = strategies.FusionData(logits=np.zeros((1, 7, 7), np.float32), features=None,
+                                 labels=np.arange(7))
+    fitted = strategies.fit_strategy("uniform_probabilities", data)
+    out = tmp_path / "fusion" / "ensemble"
+    with pytest.raises(UserError) as info:
+        ensemble_lib.write_from_fusion(out, [member], fitted, ABAW7)
+    assert str(info.value) == (
+        f"The ensemble could not be written to {out} (No space left on device); free space "
+        "there or give a folder this user may write, and run the fusion again.")
+
+
 def test_an_ensemble_written_under_home_is_loaded_from_there(tmp_path, monkeypatch):
     """write_ensemble('~/x') and load_ensemble('~/x') name one folder (was: './~/x' written)."""
     members = tiny_members(ABAW7)[:1]  # configs/ is read from the repository root

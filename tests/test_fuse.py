@@ -349,6 +349,29 @@ def test_a_strategy_named_twice_keeps_every_interval_on_its_own_system(three_mem
         reports[0]["bootstrap"]["fusion_minus_member"]
 
 
+def test_a_report_that_cannot_be_written_is_one_line_naming_out(three_members, tmp_path,
+                                                                 monkeypatch):
+    """A full disk (or a folder without write permission) at --out: an OSError traceback on
+    process 0 only, while the other hosts went on into the ensemble's restore; now one line,
+    after a vote that stops every process (tests/test_multiprocess.py runs two)."""
+    import errno
+
+    from cer_jax.errors import UserError
+
+    def full_disk(out, report):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(evaluator.report_lib, "write_report", full_disk)
+    out = tmp_path / "fusion"
+    with pytest.raises(UserError) as info:
+        evaluator.fuse(fusion_config(three_members, out, strategies="uniform_logits",
+                                     ablation=False, bootstrap_samples=0))
+    assert str(info.value) == (
+        f"--out={out} (config key out): the report could not be written there (No space left "
+        "on device); free space there or give a folder this user may write, and run the "
+        "fusion again.")
+
+
 def test_the_bootstrap_finds_each_systems_predictions_by_kind_and_name_not_by_position():
     """The intervals were matched to systems by the order the predictions were recorded in:
     any other order (or one system too many or too few) gave a system another's intervals

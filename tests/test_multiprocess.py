@@ -61,6 +61,15 @@ SLOW_EXPORT_FUSE = (
 )
 
 
+# `python -m cer_jax.fuse` on a full disk: process 0's report write fails.
+FULL_DISK_FUSE = (
+    "import errno, os, runpy; from cer_jax.fusion import report; "
+    "report.write_report = lambda *args: (_ for _ in ()).throw("
+    "OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))); "
+    "runpy.run_module('cer_jax.fuse', run_name='__main__')"
+)
+
+
 def _command(workdir: Path, cache_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "cer_jax.train", "--config=configs/vit.py",
             f"--workdir={workdir}", f"--config.dataset.cache_dir={cache_dir}", *SIZE, *extra]
@@ -359,6 +368,32 @@ def test_a_data_error_on_one_host_before_the_datas_barrier_stops_every_host(tmp_
     first, second = _wait(procs, logs, "one_host_data_error", timeout=120, status=2)
     assert _last_line(second).startswith(f"error: config.dataset.cache_dir={str(blocker)!r}: ")
     assert _last_line(first).startswith("error: process 1 stopped in the preparation of ")
+
+
+def test_a_report_that_process_0_cannot_write_stops_every_host(tmp_path):
+    """Process 0 fails to write the fusion report (a full disk): every process stops with a
+    line and exit status 2. Process 0 ended in a traceback (status 1) while process 1 went on
+    and printed 'Report written to OUT' (with checkpointed members, it went into the ensemble's
+    restore without process 0)."""
+    from test_fuse import QUALITY_SEED, make_outputs, write_export
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    members = [write_export(str(tmp_path / name), name, make_outputs(*QUALITY_SEED[name]))
+               for name in ("vit", "manet")]
+    out = tmp_path / "fusion"
+    command = [sys.executable, "-c", FULL_DISK_FUSE, f"--workdirs={','.join(members)}",
+               f"--out={out}", "--config.strategies=uniform_logits", "--config.ablation=False",
+               "--config.bootstrap_samples=0"]
+    procs = _launch_pair(tmp_path, tmp_path, logs, "full_disk", command)
+    first, second = _wait(procs, logs, "full_disk", timeout=120, status=2)
+    assert _last_line(first) == (
+        f"error: --out={out} (config key out): the report could not be written there (No "
+        "space left on device); free space there or give a folder this user may write, and "
+        "run the fusion again.")
+    assert _last_line(second) == (
+        "error: process 0 stopped in the writing of the fusion report on an error that this "
+        f"process did not meet (process 0 writes it to {out}: see its log).")
 
 
 def test_a_workdir_each_host_has_its_own_of_is_refused(tmp_path):

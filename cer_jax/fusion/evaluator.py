@@ -35,6 +35,10 @@ class FusionConfigError(UserError):
     """A fusion config value that cannot work."""
 
 
+class FusionWriteError(UserError):
+    """The report could not be written to --out (a full disk, no permission)."""
+
+
 def load_default_config() -> ml_collections.ConfigDict:
     """The default fusion config (cer_jax.fusion.config), for callers without flags."""
     return config_lib.get_config()
@@ -360,8 +364,22 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "bootstrap": bootstrap,  # None: config key bootstrap_samples=0
         "config": config.to_dict(),
     }
-    if jax.process_index() == 0:  # every process computes the same report; one writes it
-        report_lib.write_report(config.out, report)
+    # Every process computes the same report; one writes it, and every process learns whether
+    # it could: on several hosts the others would go on alone into the ensemble's restore.
+    error = None
+    if jax.process_index() == 0:
+        try:
+            report_lib.write_report(config.out, report)
+        except paths.io_errors() as e:
+            error = FusionWriteError(
+                f"--out={config.out} (config key out): the report could not be written there "
+                f"({paths.error_reason(e)}); free space there or give a folder this user may "
+                "write, and run the fusion again.")
+            error.__cause__ = e
+        except Exception as e:  # raised below, once the others know
+            error = e
+    sharding.raise_if_any_failed(error, "the writing of the fusion report",
+                                 hint=f"process 0 writes it to {config.out}: see its log")
     # The best strategy with the members' best checkpoints: the self-contained artefact that
     # python -m cer_jax.predict loads (none if a member has no checkpoint). Every process
     # restores the checkpoints (a collective); process 0 writes.
