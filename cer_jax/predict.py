@@ -70,6 +70,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import errno
 import json
 import os
 import secrets
@@ -296,19 +297,36 @@ def staging_path(path: str | os.PathLike) -> str:
 
 def publish(flag: str, staged: str, target: str) -> None:
     """Puts the finished `staged` file at `target`. When that fails the file is kept (the
-    error names it), so no finished work is lost."""
+    error names it), so no finished work is lost. A local file is on disk before it is
+    renamed, and the rename too (fsync): after a power loss `target` is the earlier file or
+    this one, never an empty one."""
     try:
         if is_remote(target):
             with open(staged, "rb") as source, epath.Path(target).open("wb") as copy:
                 shutil.copyfileobj(source, copy, 1 << 20)  # streamed: annotated videos are big
             os.remove(staged)
         else:
+            _fsync(staged, os.O_RDONLY)
             os.replace(staged, target)
+            with contextlib.suppress(OSError):  # published: a folder that cannot sync is no error
+                _fsync(os.path.dirname(os.path.abspath(target)), os.O_RDONLY | os.O_DIRECTORY)
     except io_errors() as error:
         raise WriteError(flag, target, error, kept=staged) from error
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the run did not end, so no output is new
         remove_quietly(staged)
         raise
+
+
+def _fsync(path: str, flags: int) -> None:
+    """fsync; a file system without it (EINVAL, ENOTSUP) is no error."""
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
 
 
 def remove_quietly(path: str | None) -> None:
@@ -1076,10 +1094,13 @@ def run(inputs: Sequence[str], *, ensemble: str, out: str | None = None, aligned
         flip_tta: bool = False, detector: str = "haar", batch_size: int = 32,
         smooth_window: int = 1, frame_step: int = 1, track: str = "iou",
         annotate: str | None = None, abaw_frames: str | None = None,
-        submission: str | None = None, show_progress: bool = True) -> int:
+        submission: str | None = None, show_progress: bool = True,
+        written: list[str] | None = None) -> int:
     """Everything the command does; returns the exit status (0 fine, 1 some input failed).
     Raises UsageError for command-line mistakes (before any work) and WriteError (a
-    UsageError) for an output that cannot be written."""
+    UsageError) for an output that cannot be written. `written` gets '--out=PATH' and
+    '--submission=PATH' as each is published, for the message of a run stopped after one."""
+    written = [] if written is None else written
     from cer_jax import ensemble as ensemble_lib
 
     if not inputs:
@@ -1178,6 +1199,7 @@ def run(inputs: Sequence[str], *, ensemble: str, out: str | None = None, aligned
             finished = True
             try:
                 publish("out", staged, out)
+                written.append(f"--out={out}")
             except WriteError as error:  # the rows are kept; the submission is still written
                 rows_error = error
     finally:
@@ -1204,6 +1226,7 @@ def run(inputs: Sequence[str], *, ensemble: str, out: str | None = None, aligned
                  predictor.faces_predicted / max(elapsed, 1e-9), failures)
     if abaw_frames:
         missing = write_submission(submission, entries, predictor.video_classes)
+        written.append(f"--submission={submission}")
         input_videos = {video_name(s.path) for s in sources if s.kind == "video"}
         for video in missing:
             key = listed_video_key(video, input_videos)
@@ -1231,13 +1254,14 @@ def main(argv: Sequence[str]) -> None:
         print("error: --ensemble=DIR is required (the ensemble directory that "
               "python -m cer_jax.fuse writes to <out>/ensemble).", file=sys.stderr)
         sys.exit(2)
+    written: list[str] = []
     try:
         status = run(
             argv[1:], ensemble=_FLAGS.ensemble, out=_FLAGS.out, aligned=_FLAGS.aligned,
             flip_tta=_FLAGS.flip_tta, detector=_FLAGS.detector, batch_size=_FLAGS.batch_size,
             smooth_window=_FLAGS.smooth_window, frame_step=_FLAGS.frame_step,
             track=_FLAGS.track, annotate=_FLAGS.annotate, abaw_frames=_FLAGS.abaw_frames,
-            submission=_FLAGS.submission,
+            submission=_FLAGS.submission, written=written,
         )
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -1245,10 +1269,24 @@ def main(argv: Sequence[str]) -> None:
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM as Terminated
         by, signum = (("SIGTERM", signal.SIGTERM) if isinstance(stop, Terminated)
                       else ("Ctrl-C", signal.SIGINT))
-        print(f"error: stopped by {by}: the unfinished outputs were not written (an earlier "
-              "--out or --submission is as it was).", file=sys.stderr)
+        print(f"error: {stopped_message(by, written, bool(_FLAGS.abaw_frames))}",
+              file=sys.stderr)
         sys.exit(128 + signum)
     sys.exit(status)
+
+
+def stopped_message(by: str, written: Sequence[str], submission: bool) -> str:
+    """The line of a run stopped by Ctrl-C or SIGTERM: the outputs it had published (the rows
+    are published before the submission is written) and those left as they were."""
+    if not written:
+        return (f"stopped by {by}: the unfinished outputs were not written (an earlier --out "
+                "or --submission is as it was).")
+    done = " and ".join(written)
+    were = "was" if len(written) == 1 else "were"
+    if submission and not any(w.startswith("--submission=") for w in written):
+        return (f"stopped by {by} after {done} {were} written in full: the submission was not "
+                "(an earlier --submission is as it was).")
+    return f"stopped by {by} after {done} {were} written in full."
 
 
 if __name__ == "__main__":

@@ -404,6 +404,65 @@ def test_rows_and_submission_go_to_a_bucket(tmp_path, ensemble_dir, bucket):
     assert "gs://test-bucket/results/rows.csv" in bucket.seen
 
 
+def test_a_run_stopped_after_the_rows_were_published_says_so(tmp_path, ensemble_dir):
+    """Ctrl-C while the submission is written, after the rows were published: the line said
+    that an earlier --out was as it was, but it had been replaced by the new rows."""
+    video = tmp_path / "clip.avi"
+    noise_video(video, 3)
+    listed = tmp_path / "list.txt"
+    listed.write_text("clip/00001.jpg\nclip/00003.jpg\n")
+    out, sub = tmp_path / "rows.csv", tmp_path / "sub.txt"
+    out.write_text("previous good rows\n")
+    sub.write_text("previous submission\n")
+    script = textwrap.dedent(f"""
+        import sys
+        from cer_jax import cli, predict
+        def interrupted(*args, **kwargs):
+            raise KeyboardInterrupt  # Ctrl-C while the submission is written
+        predict.write_submission = interrupted
+        predict.define_flags()
+        sys.argv = ["predict", {f"--ensemble={ensemble_dir}"!r}, "--aligned",
+                    {f"--out={out}"!r}, {f"--abaw_frames={listed}"!r},
+                    {f"--submission={sub}"!r}, {os.fspath(video)!r}]
+        cli.run(predict.main)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 128 + signal.SIGINT, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: stopped by Ctrl-C after --out={out} was written in full: the submission was "
+        "not (an earlier --submission is as it was).")
+    assert [r["status"] for r in read_csv(out)] == ["ok"] * 3  # the new rows
+    assert sub.read_text() == "previous submission\n"
+
+
+def test_outputs_are_on_disk_before_they_replace_the_earlier_ones(tmp_path, ensemble_dir,
+                                                                  monkeypatch):
+    """The staged rows were renamed onto --out without an fsync: after a power loss the file
+    system may hold the rename but not the data, an empty file where the earlier rows were."""
+    image = tmp_path / "face.png"
+    cv2.imwrite(os.fspath(image), np.zeros((100, 100, 3), np.uint8))
+    out = tmp_path / "rows.csv"
+    events = []
+    fsync, replace = os.fsync, os.replace
+
+    def recorded_fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def recorded_replace(source, target):
+        events.append(("replace", os.fspath(source), os.fspath(target)))
+        replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", recorded_fsync)
+    monkeypatch.setattr(os, "replace", recorded_replace)
+    assert predict.run([os.fspath(image)], ensemble=ensemble_dir, aligned=True,
+                       out=os.fspath(out), show_progress=False) == 0
+    staged = os.fspath(out) + ".partial"
+    assert events == [("fsync", staged), ("replace", staged, os.fspath(out)),
+                      ("fsync", os.fspath(tmp_path))]
+
+
 def test_listed_frames_past_the_decoded_ones_fail_the_video(tmp_path, ensemble_dir, caplog):
     video = tmp_path / "clip.avi"
     noise_video(video, 4)
