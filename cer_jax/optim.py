@@ -30,6 +30,15 @@ def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
     return int(math.ceil(round(epochs * steps_per_epoch, 9)))
 
 
+def warmup_steps(sched: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    """The warm-up's steps as configured (create_schedule cuts one as long as the run to its
+    length minus one step): schedule.warmup_steps when set (0 included: no warm-up), else
+    schedule.warmup_epochs."""
+    if sched.get("warmup_steps") is not None:
+        return int(sched.warmup_steps)
+    return epochs_to_steps(sched.get("warmup_epochs") or 0.0, steps_per_epoch)
+
+
 def create_schedule(
     config: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int
 ) -> optax.Schedule:
@@ -41,12 +50,7 @@ def create_schedule(
     for key in ("warmup_steps", "warmup_epochs"):
         if (sched.get(key) or 0) < 0:
             raise OptimConfigError(f"schedule.{key}={sched[key]} must be >= 0.")
-    # warmup_steps, when set (0 included: no warm-up), overrides warmup_epochs.
-    if sched.get("warmup_steps") is not None:
-        warmup = sched.warmup_steps
-    else:
-        warmup = epochs_to_steps(sched.get("warmup_epochs") or 0.0, steps_per_epoch)
-    warmup = min(int(warmup), max(total_steps - 1, 0))
+    warmup = min(warmup_steps(sched, steps_per_epoch), max(total_steps - 1, 0))
     name = sched.name
     _check_decay(sched)
     if name == "cosine":

@@ -156,6 +156,13 @@ def validate_config(config: ml_collections.ConfigDict, *, resuming: bool = False
     if not 0 <= config.training.label_smoothing < 1:
         raise ConfigError(
             f"training.label_smoothing={config.training.label_smoothing} must be in [0, 1).")
+    if config.checkpoint.best_split == config.dataset.train_split:
+        raise ConfigError(
+            f"checkpoint.best_split={config.checkpoint.best_split!r} is the split the model is "
+            "trained on (dataset.train_split): the best checkpoint would be the one that fits "
+            "its own training images best. Choose it on a held-out split: "
+            "--config.checkpoint.best_split=validation."
+        )
     if config.checkpoint.best_split not in config.dataset.eval_splits:
         raise ConfigError(
             f"checkpoint.best_split={config.checkpoint.best_split!r} is not one of "
@@ -173,9 +180,22 @@ def validate_config(config: ml_collections.ConfigDict, *, resuming: bool = False
                 f"{dataset[named[0]]!r}; add --config.dataset.synthetic=False to train on it, "
                 f"or drop config.dataset.{named[0]}."
             )
+    export_splits = config.export.get("splits")
+    if export_splits is not None and not export_splits:
+        raise ConfigError(
+            "export.splits=() names no split, yet a finished run always exports (fusion reads "
+            "the export): leave it None for dataset.train_split and dataset.eval_splits, or "
+            "list the splits, e.g. --config.export.splits=train_fit,validation,test."
+        )
     init = config.init
     if init.get("checkpoint") and init.get("workdir"):
         raise ConfigError("Set at most one of init.checkpoint and init.workdir.")
+    if init.get("keep_head") and not (init.get("checkpoint") or init.get("workdir")):
+        raise ConfigError(
+            "init.keep_head=True keeps the head of the loaded weights, but none are loaded "
+            "(init.checkpoint and init.workdir are unset): the run would train from scratch. "
+            "Set init.checkpoint or init.workdir, or --config.init.keep_head=False."
+        )
     missing = None if resuming else missing_init_source(init)
     if missing:
         raise ConfigError(missing)
@@ -430,6 +450,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ckpt_every = config.checkpoint.get("every_steps") or eval_every
 
     schedule = optim.create_schedule(config, total_steps, steps_per_epoch)
+    warmup = optim.warmup_steps(config.schedule, steps_per_epoch)
+    if warmup >= total_steps > 1:  # cut (a short test run of a recipe, say): not silently
+        key = ("schedule.warmup_steps" if config.schedule.get("warmup_steps") is not None
+               else "schedule.warmup_epochs")
+        logging.warning(
+            "The warm-up (%s: %d steps) is not shorter than the run's %d steps: it is cut to "
+            "%d, so the learning rate reaches optimizer.lr at the last step and never decays.",
+            key, warmup, total_steps, total_steps - 1)
     model = train_state.create_model(config, info.num_classes, seed=config.seed)
     graphdef, params, _ = train_state.split_model(model)
     tx = optim.create_optimizer(config, schedule, params, train_state.head_names(model))

@@ -512,6 +512,32 @@ def test_best_split_must_be_evaluated(tmp_path):
     _expect_error(config, tmp_path / "w", trainer.ConfigError, r"checkpoint\.best_split='val'")
 
 
+@pytest.mark.parametrize(("settings", "message"), [
+    # Chosen on the data it is fitted on: the best checkpoint is the most overfitted one.
+    ({"checkpoint.best_split": "train_fit", "dataset.eval_splits": ("train_fit", "test")},
+     "checkpoint.best_split='train_fit' is the split the model is trained on "
+     "(dataset.train_split): the best checkpoint would be the one that fits its own training "
+     "images best. Choose it on a held-out split: --config.checkpoint.best_split=validation."),
+    # A head kept from no weights: a run from scratch that the user took for a fine-tuning.
+    ({"init.keep_head": True},
+     "init.keep_head=True keeps the head of the loaded weights, but none are loaded "
+     "(init.checkpoint and init.workdir are unset): the run would train from scratch. Set "
+     "init.checkpoint or init.workdir, or --config.init.keep_head=False."),
+    # () exported every split, as None does: not what an empty list says.
+    ({"export.splits": ()},
+     "export.splits=() names no split, yet a finished run always exports (fusion reads the "
+     "export): leave it None for dataset.train_split and dataset.eval_splits, or list the "
+     "splits, e.g. --config.export.splits=train_fit,validation,test."),
+], ids=["best_split_is_train_split", "keep_head_without_weights", "empty_export_splits"])
+def test_settings_that_are_probably_mistakes_are_refused_before_any_work(tmp_path, settings,
+                                                                       message):
+    config = load_config("configs/vit.py:smoke")
+    for key, value in settings.items():
+        section, name = key.split(".")
+        config[section][name] = value
+    _expect_error(config, tmp_path / "w", trainer.ConfigError, re.escape(message))
+
+
 @pytest.mark.parametrize(("tool", "flags", "message"), [
     ("train", ["--distributed=on"],
      "error: --distributed=on: coordinator_address should be defined. Where JAX cannot find"),

@@ -69,6 +69,27 @@ def test_halted_run_keeps_its_checkpoint_and_does_not_export(halted_workdir):
     assert not os.path.exists(halted_workdir / "export")
 
 
+def test_a_warm_up_as_long_as_the_run_is_cut_with_a_warning(tmp_path, synthetic_cache_dir,
+                                                           monkeypatch, caplog):
+    """A recipe's warm-up in a short run (20 steps of 8) is cut to the run's length less one,
+    on purpose; it was cut without a word, and the learning rate never decayed."""
+    from cer_jax import optim
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(optim, "create_optimizer", stop)  # the schedule is made: enough
+    config = tiny_config(synthetic_cache_dir, **{"schedule.warmup_steps": 20})
+    with caplog.at_level("WARNING"), pytest.raises(Stop):
+        trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    assert ("The warm-up (schedule.warmup_steps: 20 steps) is not shorter than the run's 8 "
+            "steps: it is cut to 7, so the learning rate reaches optimizer.lr at the last step "
+            "and never decays.") in caplog.text
+
+
 def test_a_halt_between_log_points_stops_at_its_step(tmp_path, synthetic_cache_dir):
     """Step 3 is no log, evaluation or checkpoint step (every 2 and 4): halted there anyway."""
     workdir = tmp_path / "run"
