@@ -17,7 +17,7 @@ import jax
 import ml_collections
 from flax import nnx
 
-from cer_jax import checkpointing, models, pretrained
+from cer_jax import checkpointing, models, pretrained, train_state
 from cer_jax.errors import UserError
 
 # Model config keys that change the computed function but no parameter shape.
@@ -141,6 +141,17 @@ def check_kept_head(config: ml_collections.ConfigDict, class_names: list[str]) -
             "--config.init.keep_head=False to learn a new head, or start from a run on these "
             "classes."
         )
+
+
+def check_initial_weights(config: ml_collections.ConfigDict) -> None:
+    """Reads init.checkpoint and checks it against the model this config builds, abstractly
+    (nothing computed or written): a file that does not fit (another variant, another network)
+    stops the run in one line before the data is prepared and decoded, which may take minutes,
+    not after. The head is not checked: its class count comes from the data."""
+    if not config.init.get("checkpoint"):
+        return
+    model = nnx.eval_shape(lambda: train_state.create_model(config, num_classes=2, seed=0))
+    pretrained.check_pretrained(model, config.model.name, config.init.checkpoint)
 
 
 def load_initial_weights(model: nnx.Module, config: ml_collections.ConfigDict) -> None:

@@ -348,6 +348,32 @@ def test_an_unwritable_workdir_is_one_line_before_the_data(synthetic_cache_dir, 
         "user may write (local, gs://... or a shared filesystem).")
 
 
+@pytest.mark.parametrize("member, writer, model, message", [
+    ("vit", "augreg_npz", dict(name="vit", variant="mu/8", image_size=32),
+     r"holds a ViT mu/8 .* set --config\.model\.variant=mu/8"),
+    ("manet", "torchvision_pth", dict(name="resnet", depth=18, width=8),
+     r"Not an MA-Net checkpoint"),
+])
+def test_weights_that_do_not_fit_stop_the_run_before_the_data_work(
+        member, writer, model, message, tmp_path, synthetic_cache_dir, monkeypatch):
+    """Another variant's or network's file: one line before the data is built and decoded
+    (minutes on real data), not after."""
+    import weight_files
+    from flax import nnx
+
+    from cer_jax.data import pipeline
+    from cer_jax.models import create_model
+    from cer_jax.pretrained import WeightImportError
+
+    name = model.pop("name")
+    source = create_model(name, num_classes=7, rngs=nnx.Rngs(0), **model)
+    path = weight_files.FORMATS[name][writer](source, tmp_path / "weights")
+    config = smoke_config(member, synthetic_cache_dir, **{"init.checkpoint": str(path)})
+    monkeypatch.setattr(pipeline, "get_dataset_info", lambda *_: pytest.fail("data read"))
+    with pytest.raises(WeightImportError, match=message):
+        trainer.prepare(config, str(tmp_path / "run"))
+
+
 def test_a_data_error_leaves_no_workdir_folder(tmp_path, synthetic_cache_dir):
     """The workdir's write check makes the folder; a data error after it takes it away."""
     config = smoke_config("vit", synthetic_cache_dir)

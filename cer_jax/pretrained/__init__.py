@@ -41,6 +41,7 @@ __all__ = [
     "ImportReport",
     "Setting",
     "WeightImportError",
+    "check_pretrained",
     "implied_settings",
     "load_pretrained",
     "manet_path_b_order",
@@ -128,6 +129,25 @@ def load_pretrained(
     A ViT whose GELU form or LayerNorm epsilon differs from what the file implies is loaded, with
     a warning (it computes another function than the one the weights were trained in).
     """
+    return _import(model, model_name, path, keep_head=keep_head, write=True)
+
+
+def check_pretrained(
+    model: nnx.Module, model_name: str, path: str | os.PathLike[str] | epath.Path
+) -> ImportReport:
+    """What `load_pretrained` would do, its errors included, writing nothing: `model` may be
+    abstract (`nnx.eval_shape`), so a file that does not fit is found before any data is read."""
+    return _import(model, model_name, path, keep_head=False, write=False)
+
+
+def _import(
+    model: nnx.Module,
+    model_name: str,
+    path: str | os.PathLike[str] | epath.Path,
+    *,
+    keep_head: bool,
+    write: bool,
+) -> ImportReport:
     _check_model_name(model_name)
     checkpoint = read_checkpoint(path)
     with naming_the_file(path):
@@ -142,8 +162,9 @@ def load_pretrained(
         keep_head=keep_head,
         unused=converted.unused,
         resized=converted.resized,
+        write=write,
     )
-    if model_name == "vit":
+    if model_name == "vit" and write:
         implied = settings_for_keys(model_name, checkpoint, path)
         actual = model_settings(model, model_name)
         for key, setting in implied.items():

@@ -75,8 +75,10 @@ def assign(
     keep_head: bool = False,
     unused: Iterable[str] = (),
     resized: Iterable[str] = (),
+    write: bool = True,
 ) -> ImportReport:
-    """Writes `arrays` (keyed by state path) into `model` in place.
+    """Writes `arrays` (keyed by state path) into `model` in place; with `write=False` only
+    checks them (`model` may then be abstract, from `nnx.eval_shape`).
 
     Every backbone parameter / batch statistic must be present with exactly the model's shape;
     otherwise nothing is written and a WeightImportError names each problem. Head tensors are
@@ -121,6 +123,9 @@ def assign(
             f"{source} does not fit this model ({len(problems)} problems; check the model "
             "variant in config.model matches the checkpoint):\n  " + "\n  ".join(shown)
         )
+    if not write:
+        report.loaded = list(updates)
+        return report
     if head_mismatches:  # keep_head was asked for: say why the head is new all the same
         logging.getLogger(__name__).warning(
             "%s: keep_head is set, but the head has another class count, so it is left at "
