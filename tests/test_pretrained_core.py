@@ -299,3 +299,29 @@ def test_reader_bfloat16_safetensors_needs_no_pytorch(tmp_path, monkeypatch):
     np.testing.assert_array_equal(loaded["w"], [[1.5, -2.0], [3.25, 0.0]])
     np.testing.assert_array_equal(loaded["b"], np.float32([0.1, 0.2]))
     assert loaded["n"] == 7 and loaded["n"].shape == ()
+
+
+def test_reader_safetensors_holds_the_file_once_and_names_a_cut_file(tmp_path):
+    """A 40 MB float32 file: at most its own size in memory while read (safetensors.numpy.load
+    copied every tensor out of the bytes read, twice the file); cut short, one line saying so."""
+    import tracemalloc
+
+    tensors = {f"t{i}": np.full((1024, 1024), i, np.float32) for i in range(10)}
+    save_file(tensors, tmp_path / "w.safetensors")
+    size = (tmp_path / "w.safetensors").stat().st_size
+    tracemalloc.start()
+    try:
+        loaded = readers.read_checkpoint(tmp_path / "w.safetensors")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.2 * size, (peak, size)
+    for name, value in tensors.items():
+        np.testing.assert_array_equal(loaded[name], value)
+    data = (tmp_path / "w.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:len(data) // 2])
+    with pytest.raises(readers.CheckpointReadError) as e:
+        readers.read_checkpoint(tmp_path / "cut.safetensors")
+    assert str(e.value) == (
+        f"Cannot read checkpoint {str(tmp_path / 'cut.safetensors')!r}: the file ends early (an "
+        "interrupted download or copy?); download it again.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import pickle
 import re
@@ -19,7 +20,6 @@ from typing import IO, Any
 import ml_dtypes
 import numpy as np
 from etils import epath
-from safetensors import SafetensorError
 
 from cer_jax.errors import UserError
 
@@ -94,7 +94,7 @@ def _dispatch(path: str | os.PathLike[str] | epath.Path, *, keys_only: bool) -> 
             f"Cannot read checkpoint {shown!r}: the file ends early (an interrupted download or "
             "copy?); download it again.") from e
     except (OSError, ValueError, zipfile.BadZipFile, RuntimeError, KeyError,
-            pickle.UnpicklingError, SafetensorError) as e:
+            pickle.UnpicklingError) as e:
         raise CheckpointReadError(f"Cannot read checkpoint {shown!r}: {e}") from e
     raise CheckpointReadError(
         f"Unknown checkpoint format for {shown!r}: expected .npz (big_vision / AugReg), "
@@ -180,7 +180,8 @@ def _as_float_array(value: Any) -> np.ndarray:
 
         array = array.view(ml_dtypes.bfloat16)
     if np.issubdtype(array.dtype, np.floating) or array.dtype.name == "bfloat16":
-        # Every array here is a fresh one of its own: float32 ones need no copy.
+        # float32 ones need no copy: each is the file's own (a fresh array, or a read-only view
+        # of the safetensors buffer read), never written to.
         return array.astype(np.float32, copy=False)
     return array
 
@@ -214,34 +215,40 @@ def _safetensors_header(f: IO[bytes], shown: str) -> dict[str, Any]:
 
 
 def _read_safetensors(file: epath.Path, shown: str) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load
-
+    """A safetensors file read from its header and data_offsets (the format's whole spec): each
+    tensor is a view of the one buffer read, so a file takes its own size in memory once, not
+    twice (safetensors.numpy.load copies every tensor out of it); BF16, which numpy lacks,
+    through ml_dtypes. No PyTorch needed."""
     data = file.read_bytes()
-    try:
-        return {key: _as_float_array(value) for key, value in load(data).items()}
-    except (KeyError, TypeError):  # bfloat16 tensors have no numpy dtype: read them with ml_dtypes
-        return _read_safetensors_bytes(data, shown)
-
-
-# safetensors dtype names -> little-endian numpy dtypes (bfloat16 from ml_dtypes, as jax has it).
-_SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4",
-                       "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
-
-
-def _read_safetensors_bytes(data: bytes, shown: str) -> dict[str, np.ndarray]:
-    """A safetensors file read from its header and data_offsets (the format's whole spec), for
-    dtypes numpy lacks (BF16): no PyTorch needed."""
     header = _safetensors_header(io.BytesIO(data), shown)
     start = 8 + int.from_bytes(data[:8], "little")
     out = {}
     for name in sorted(key for key in header if key != "__metadata__"):
         entry = header[name]
-        dtype = (np.dtype(ml_dtypes.bfloat16) if entry["dtype"] == "BF16"
-                 else np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]]))
+        if entry.get("dtype") not in _SAFETENSORS_DTYPES:
+            raise CheckpointReadError(
+                f"Cannot read checkpoint {shown!r}: tensor {name!r} has dtype "
+                f"{entry.get('dtype')!r}; cer_jax reads {', '.join(_SAFETENSORS_DTYPES)}.")
+        dtype = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]])
         begin, end = entry["data_offsets"]
-        array = np.frombuffer(data[start + begin:start + end], dtype=dtype)
-        out[name] = _as_float_array(array.reshape(entry["shape"]).copy())
+        shape = tuple(entry["shape"])
+        if start + end > len(data):
+            raise CheckpointReadError(
+                f"Cannot read checkpoint {shown!r}: the file ends early (an interrupted "
+                "download or copy?); download it again.")
+        if not 0 <= begin <= end or end - begin != math.prod(shape) * dtype.itemsize:
+            raise CheckpointReadError(
+                f"Cannot read checkpoint {shown!r}: tensor {name!r} of shape {list(shape)} has "
+                f"data_offsets {[begin, end]}, not its size; not a valid safetensors file.")
+        array = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=start + begin)
+        out[name] = _as_float_array(array.reshape(shape))
     return out
+
+
+# safetensors dtype names -> little-endian numpy dtypes (bfloat16 from ml_dtypes, as jax has it).
+_SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": ml_dtypes.bfloat16,
+                       "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1", "U64": "<u8",
+                       "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?"}
 
 
 def _read_torch(file: epath.Path, shown: str) -> dict[str, np.ndarray]:
