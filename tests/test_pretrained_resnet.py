@@ -111,24 +111,35 @@ def test_new_head_left_at_initialisation(tmp_path):
 
 def test_backbone_shape_mismatch_is_a_clear_error(tmp_path):
     reference = _reference(**TINY[18])
-    model = create_model("resnet", num_classes=7, rngs=nnx.Rngs(0), depth=18, width=16)
+    state = wf.to_torchvision(load_file(str(_hf_file(reference, tmp_path / "hf"))))
+    state["layer1.0.bn1.running_var"] = np.ones(9, np.float32)
+    save_file(state, str(tmp_path / "r18.safetensors"))
+    model = create_model("resnet", num_classes=7, rngs=nnx.Rngs(0), depth=18, width=8)
     before = np.asarray(model.conv1.kernel[...]).copy()
     with pytest.raises(WeightImportError) as err:
-        load_pretrained(model, "resnet", _hf_file(reference, tmp_path))
+        load_pretrained(model, "resnet", tmp_path / "r18.safetensors")
     message = str(err.value)
     assert "check the model variant in config.model matches the checkpoint" in message
-    assert ("shape mismatch: conv1/kernel is (7, 7, 3, 16) in the model, (7, 7, 3, 8) in the "
+    assert ("shape mismatch: layer1/0/bn1/var is (8,) in the model, (9,) in the "
             "checkpoint") in message
     np.testing.assert_array_equal(model.conv1.kernel[...], before)  # nothing written
 
 
-def test_depth_mismatch_names_the_missing_blocks(tmp_path):
+@pytest.mark.parametrize("depth, width, fix", [
+    (34, 8, "ResNet-34 (width 8): set --config.model.depth=18."),
+    (50, 16, "ResNet-50 (width 16): set --config.model.depth=18 --config.model.width=8."),
+])
+def test_file_of_another_depth_or_width_names_the_keys_to_set(tmp_path, depth, width, fix):
+    """A ResNet-18 file for another depth: one line with the fix, not 20 missing tensors."""
     reference = _reference(**TINY[18])
     state = wf.to_torchvision(load_file(str(_hf_file(reference, tmp_path / "hf"))))
     save_file(state, str(tmp_path / "r18.safetensors"))
-    model = create_model("resnet", num_classes=7, rngs=nnx.Rngs(0), depth=34, width=8)
-    with pytest.raises(WeightImportError, match=r"missing: layer1/2/bn1/bias \(8,\)"):
+    model = create_model("resnet", num_classes=7, rngs=nnx.Rngs(0), depth=depth, width=width)
+    with pytest.raises(WeightImportError) as e:
         load_pretrained(model, "resnet", tmp_path / "r18.safetensors")
+    assert str(e.value) == (
+        f"{tmp_path / 'r18.safetensors'}: the checkpoint holds a ResNet-18 (width 8), and "
+        f"config.model builds a {fix}")
 
 
 def test_unknown_tensor_is_an_error_not_skipped(tmp_path):

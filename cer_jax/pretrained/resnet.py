@@ -19,6 +19,7 @@ from typing import Literal
 
 import numpy as np
 
+from cer_jax.models.resnet import BOTTLENECK_DEPTHS, STAGE_SIZES
 from cer_jax.pretrained import Converted
 from cer_jax.pretrained.core import WeightImportError
 
@@ -41,8 +42,8 @@ def detect_format(keys: Iterable[str]) -> Literal["torchvision", "hf"]:
 
 
 def convert(checkpoint: dict[str, np.ndarray], model) -> Converted:
-    """Renames / re-lays-out `checkpoint` (torchvision, timm or Hugging Face) for `model`."""
-    del model  # names map one to one; core.assign checks them against the model
+    """Renames / re-lays-out `checkpoint` (torchvision, timm or Hugging Face) for `model`; names
+    map one to one, and core.assign checks them against the model."""
     if detect_format(checkpoint) == "hf":
         rename, fmt = _hf_name, "Hugging Face"
     else:
@@ -64,7 +65,43 @@ def convert(checkpoint: dict[str, np.ndarray], model) -> Converted:
             f"{fmt} ResNet checkpoint has tensors this importer does not understand (a different "
             "architecture?): " + ", ".join(sorted(unknown)[:20])
         )
+    _check_size(arrays, model)
     return Converted(arrays=arrays, unused=unused)
+
+
+def _size(stages: list[int], bottleneck: bool, width: int) -> tuple[int | None, str]:
+    """The depth of a ResNet of these stage sizes and block type, if cer_jax builds one, and the
+    network in words."""
+    depths = [d for d, sizes in STAGE_SIZES.items()
+              if list(sizes) == stages and (d in BOTTLENECK_DEPTHS) == bottleneck]
+    if depths:
+        return depths[0], f"ResNet-{depths[0]} (width {width})"
+    kind = "bottleneck" if bottleneck else "basic"
+    return None, f"ResNet of {kind} blocks {stages} (width {width})"
+
+
+def _check_size(arrays: dict[str, np.ndarray], model) -> None:
+    """A checkpoint of another depth or width (ResNet-101 or -18 into the ResNet-50 config) is
+    one line naming the config keys to set, not a list of every tensor that differs."""
+    kernel = arrays.get("conv1/kernel")
+    if kernel is None or np.ndim(kernel) != 4:
+        return  # an incomplete file: assign names what is missing
+    stages = [len({k.split("/")[1] for k in arrays if k.startswith(f"layer{s}/")})
+              for s in range(1, 5)]
+    found = (stages, "layer1/0/conv3/kernel" in arrays, int(kernel.shape[-1]))
+    layers = [getattr(model, f"layer{s}") for s in range(1, 5)]
+    wanted = ([len(layer) for layer in layers], hasattr(layers[0][0], "conv3"),
+              model.conv1.out_features)
+    depth, described = _size(*found)
+    if found == wanted or depth is None:
+        return  # of no size cer_jax builds: assign lists the tensors that differ
+    fix = [f"--config.model.{key}={value}" for key, value, other in
+           (("depth", depth, _size(*wanted)[0]), ("width", found[2], wanted[2]))
+           if value != other]
+    raise WeightImportError(
+        f"the checkpoint holds a {described}, and config.model builds a {_size(*wanted)[1]}: "
+        f"set {' '.join(fix)}."
+    )
 
 
 def _layout(leaf: str, value: np.ndarray) -> np.ndarray:
