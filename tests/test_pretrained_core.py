@@ -213,6 +213,18 @@ def test_reader_folder_without_one_weights_file_is_a_one_line_error(tmp_path):
         "(found: a.npz, b.npz).")
 
 
+def test_reader_hugging_face_cache_folder_names_its_snapshots(tmp_path):
+    """`~/.cache/huggingface/hub/models--org--name` holds the weights in snapshots/<revision>/."""
+    root = tmp_path / "models--google--vit-base-patch16-224"
+    for folder in ("blobs", "refs", "snapshots/3f49326e", "snapshots/a1b2c3d4"):
+        (root / folder).mkdir(parents=True)
+    with pytest.raises(readers.CheckpointReadError) as error:
+        readers.read_checkpoint(root)
+    assert str(error.value) == (
+        f"Pre-trained checkpoint {str(root)!r} is a Hugging Face cache folder; pass the folder of "
+        f"one revision in it, {root}/snapshots/REVISION (found: 3f49326e, a1b2c3d4).")
+
+
 # ---------------------------------------------------------------------------------------------
 # keep_head with another class count.
 

@@ -132,6 +132,15 @@ def _weights_in_directory(folder: epath.Path, shown: str) -> tuple[epath.Path, s
             _check_not_sharded(folder / name, f"{shown.rstrip('/')}/{name}")  # the index first
         weights = [name for name in names if name.lower().endswith(WEIGHT_SUFFIXES)
                    and (folder / name).is_file()]
+        if not weights and "snapshots" in names and (folder / "snapshots").is_dir():
+            # huggingface_hub's cache folder of a model (models--org--name): its files are in
+            # snapshots/<revision>/, named by hash in blobs/.
+            revisions = sorted(p.name for p in (folder / "snapshots").iterdir())
+            raise CheckpointReadError(
+                f"Pre-trained checkpoint {shown!r} is a Hugging Face cache folder; pass the "
+                f"folder of one revision in it, {shown.rstrip('/')}/snapshots/REVISION (found: "
+                f"{', '.join(revisions) or 'none'})."
+            )
         if len(weights) != 1:
             raise CheckpointReadError(
                 f"Pre-trained checkpoint {shown!r} is a directory; pass the weights file in it "
