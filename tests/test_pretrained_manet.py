@@ -150,6 +150,18 @@ def test_wrong_shaped_backbone_tensor_names_the_tensor(checkpoint, tmp_path):
     assert all(np.array_equal(before[k], after[k]) for k in before)  # nothing half-written
 
 
+def test_file_of_another_width_names_the_width_to_set(checkpoint, tmp_path):
+    """The authors' file (width 64) into the smoke config (16): one line, not 20 mismatches."""
+    path = save(checkpoint, tmp_path / "w8.pth.tar")
+    target = nnx.eval_shape(
+        lambda: create_model("manet", num_classes=7, rngs=nnx.Rngs(0), width=2 * WIDTH))
+    with pytest.raises(WeightImportError) as err:
+        load_pretrained(target, "manet", path)
+    assert str(err.value) == (
+        f"{path}: the checkpoint holds an MA-Net of width {WIDTH} (conv1 has {WIDTH} filters), "
+        f"and config.model.width={2 * WIDTH}: set --config.model.width={WIDTH}.")
+
+
 def test_missing_and_unknown_tensors_are_errors(checkpoint, tmp_path):
     target = random_model(8)
     bad = broken(checkpoint, **{"layer3_2.1.bn2_2_3.running_var": None,

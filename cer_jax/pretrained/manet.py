@@ -50,8 +50,8 @@ def to_flax_layout(value: np.ndarray) -> np.ndarray:
 
 
 def convert(checkpoint: dict[str, np.ndarray], model: nnx.Module) -> Converted:
-    """Renames and re-lays-out every tensor; BN step counters are reported as unused."""
-    del model  # the mapping is by name alone; `core.assign` checks it against the model
+    """Renames and re-lays-out every tensor; BN step counters are reported as unused. The
+    mapping is by name alone; `core.assign` checks it against the model."""
     if not any(key.startswith(_MANET_MODULES) for key in checkpoint):
         raise WeightImportError(
             "Not an MA-Net checkpoint (expected the authors' names, e.g. "
@@ -68,4 +68,13 @@ def convert(checkpoint: dict[str, np.ndarray], model: nnx.Module) -> Converted:
             continue
         value = np.asarray(value)
         arrays[state_path(key, value.ndim)] = to_flax_layout(value)
+    stem = arrays.get("conv1/kernel")
+    width = model.conv1.out_features
+    if stem is not None and np.ndim(stem) == 4 and stem.shape[-1] != width:
+        # Every tensor would differ: one line with the fix (the smoke config's width is 16).
+        raise WeightImportError(
+            f"the checkpoint holds an MA-Net of width {stem.shape[-1]} (conv1 has "
+            f"{stem.shape[-1]} filters), and config.model.width={width}: set "
+            f"--config.model.width={stem.shape[-1]}."
+        )
     return Converted(arrays=arrays, unused=unused)
