@@ -15,9 +15,11 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from cer_jax import checkpointing, models, pretrained, train_state
+from cer_jax.data import augment
 from cer_jax.errors import UserError
 
 # Model config keys that change the computed function but no parameter shape.
@@ -141,6 +143,33 @@ def check_kept_head(config: ml_collections.ConfigDict, class_names: list[str]) -
             "--config.init.keep_head=False to learn a new head, or start from a run on these "
             "classes."
         )
+
+
+def check_input_normalization(config: ml_collections.ConfigDict) -> None:
+    """Warns when init.checkpoint's network was pre-trained on inputs scaled otherwise than
+    config.input.normalization scales them (DeiT's ImageNet mean/std fed [-1, 1], say): it
+    starts off its features, which no shape check sees. Only a warning: the follow-up recipe
+    feeds AugReg ViTs ImageNet mean/std on purpose, as its paper states."""
+    checkpoint = config.init.get("checkpoint")
+    if not checkpoint:
+        return
+    setting = pretrained.input_statistics(config.model.name, checkpoint)
+    if setting is None:
+        return
+    mean, std = (np.asarray(v, np.float64) for v in setting.value)
+    names = [name for name, (m, s) in augment.NORMALIZATION_STATS.items()
+             if np.allclose(mean, m, atol=2e-3) and np.allclose(std, s, atol=2e-3)]
+    here = config.input.normalization
+    if here in names:
+        return
+    fix = (f"set --config.input.normalization={names[0]}" if names else
+           "no input.normalization computes it")
+    logging.warning(
+        "init.checkpoint=%s was pre-trained on inputs normalised with mean %s and std %s (%s), "
+        "and this config feeds it input.normalization=%r, mean %s and std %s: the network "
+        "starts off the features it learnt; %s unless that is meant.",
+        checkpoint, tuple(mean.round(4).tolist()), tuple(std.round(4).tolist()), setting.reason,
+        here, *(tuple(v) for v in augment.NORMALIZATION_STATS[here]), fix)
 
 
 def check_initial_weights(config: ml_collections.ConfigDict) -> None:

@@ -226,3 +226,56 @@ def test_sharded_hf_checkpoint_is_a_one_line_error(vit, tmp_path):
                 f"checkpoint, which cer_jax does not read: merge the parts in {str(tmp_path)!r} "
                 "into one file (load the folder with transformers and save it with a "
                 "max_shard_size above the model's size), and pass that model.safetensors.")
+
+
+# ---------------------------------------------------------------------------------------------
+# The input normalisation a file's network was pre-trained with.
+
+
+def _normalization_warnings(caplog, model_name: str, path, normalization: str) -> list[str]:
+    from cer_jax import warm_start
+    from cer_jax.config_loading import load_config
+
+    config = load_config({"vit": "configs/vit.py", "manet": "configs/manet.py"}[model_name])
+    config.init.checkpoint = str(path)
+    config.input.normalization = normalization
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        warm_start.check_input_normalization(config)
+    return [r.getMessage() for r in caplog.records if "pre-trained on inputs" in r.getMessage()]
+
+
+def test_a_file_pretrained_on_other_inputs_than_the_config_feeds_warns(vit, hf_vit, tmp_path,
+                                                                        caplog):
+    """DeiT's Hugging Face files (ImageNet mean/std, in the preprocessor_config.json that
+    transformers' ViTImageProcessor writes) fed the ViT config's [-1, 1]; an AugReg .npz fed
+    ImageNet mean/std (the follow-up recipe): a warning naming both and the fix."""
+    from transformers import ViTImageProcessor
+
+    deit = _hf_copy(hf_vit, tmp_path / "deit", {})
+    ViTImageProcessor(image_mean=[0.485, 0.456, 0.406],
+                      image_std=[0.229, 0.224, 0.225]).save_pretrained(deit.parent)
+    (warning,) = _normalization_warnings(caplog, "vit", deit, "minus_one_one")
+    assert warning.startswith(
+        f"init.checkpoint={deit} was pre-trained on inputs normalised with mean (0.485, 0.456, "
+        f"0.406) and std (0.229, 0.224, 0.225) ({deit.parent}/preprocessor_config.json sets "
+        "image_mean/image_std), and this config feeds it input.normalization='minus_one_one', "
+        "mean (0.5, 0.5, 0.5) and std (0.5, 0.5, 0.5)")
+    assert warning.endswith("set --config.input.normalization=imagenet unless that is meant.")
+    assert _normalization_warnings(caplog, "vit", deit, "imagenet") == []
+
+    npz = wf.VIT_FORMATS["augreg_npz"](vit, tmp_path / "npz")
+    (warning,) = _normalization_warnings(caplog, "vit", npz, "imagenet")
+    assert "set --config.input.normalization=minus_one_one" in warning
+    assert _normalization_warnings(caplog, "vit", npz, "minus_one_one") == []
+
+    timm = _hf_copy(hf_vit, tmp_path / "timm", None)
+    (timm.parent / "config.json").write_text(json.dumps({
+        "architecture": "vit_base_patch16_224",
+        "pretrained_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}))
+    (warning,) = _normalization_warnings(caplog, "vit", timm, "unit")
+    assert "set --config.input.normalization=minus_one_one" in warning
+
+    # Nothing said where nothing is known: a safetensors file alone.
+    alone = _hf_copy(hf_vit, tmp_path / "alone", None)
+    assert _normalization_warnings(caplog, "vit", alone, "imagenet") == []

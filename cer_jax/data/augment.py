@@ -21,6 +21,11 @@ Tensor = Any  # tf.Tensor; TensorFlow is imported lazily.
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# What each input.normalization computes from a [0, 1] image, as the (mean, std) per channel of
+# (image - mean) / std: what a pre-trained file's preprocessing is compared with.
+NORMALIZATION_STATS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+                       "minus_one_one": ((0.5,) * 3, (0.5,) * 3),
+                       "unit": ((0.0,) * 3, (1.0,) * 3)}
 NORMALIZATIONS = ("imagenet", "minus_one_one", "unit")
 _ATTEMPTS = 10  # Candidate boxes drawn at once by the crop / erasing samplers (torchvision).
 

@@ -27,6 +27,7 @@ from cer_jax.pretrained.core import ImportReport, WeightImportError, assign
 from cer_jax.pretrained.implied import (
     MANET_CODE_VERSIONS,
     Setting,
+    input_statistics,
     manet_path_b_order,
     model_settings,
     naming_the_file,
@@ -43,6 +44,7 @@ __all__ = [
     "WeightImportError",
     "check_pretrained",
     "implied_settings",
+    "input_statistics",
     "load_pretrained",
     "manet_path_b_order",
     "model_settings",

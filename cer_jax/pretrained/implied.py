@@ -30,6 +30,7 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import numpy as np
 from etils import epath
 
 from cer_jax.pretrained.core import WeightImportError
@@ -119,15 +120,16 @@ def settings_for_keys(
 
 
 def _hf_config(
-    path: str | os.PathLike[str] | epath.Path,
+    path: str | os.PathLike[str] | epath.Path, name: str = "config.json",
 ) -> tuple[dict[str, Any] | None, str]:
-    """The Hugging Face config.json beside the weights at `path`, or in the folder `path` (None if
-    absent), and its path as a string for messages. Read through epath: `path` may be remote (gs://...)."""
+    """The Hugging Face config.json (or other JSON file `name`) beside the weights at `path`, or
+    in the folder `path` (None if absent), and its path as a string for messages. Read through
+    epath: `path` may be remote (gs://...)."""
     weights = epath.Path(path).expanduser()
     if not weights.is_absolute():  # a relative local path: name the config by its full path
         weights = weights.resolve()
     # A folder stands for the weights file in it (readers._weights_in_directory).
-    config_file = (weights if weights.is_dir() else weights.parent) / "config.json"
+    config_file = (weights if weights.is_dir() else weights.parent) / name
     config_path = os.fspath(config_file)
     if not config_file.is_file():
         return None, config_path
@@ -188,6 +190,52 @@ def _check_hf_resnet(path: str | os.PathLike[str] | epath.Path) -> None:
             f"{config_path} describes another network than cer_jax's ResNet, with the same tensor "
             "shapes: " + "; ".join(problems)
         )
+
+
+def input_statistics(
+    model_name: str, path: str | os.PathLike[str] | epath.Path,
+) -> Setting | None:
+    """The (mean, std) per RGB channel, on [0, 1] images, that the network in the file at `path`
+    was pre-trained with, where the format or a file beside it says so; else None.
+
+    - ViT `.npz` (big_vision / AugReg): [-1, 1] inputs, mean 0.5 and std 0.5;
+    - the authors' MA-Net file: [0, 1] inputs without mean/std (manet.md);
+    - Hugging Face: `image_mean` / `image_std` of the `preprocessor_config.json` beside the
+      weights (mean 0 and std 1 where it sets do_normalize=false);
+    - timm: `mean` / `std` of the `pretrained_cfg` in the `config.json` beside the weights.
+    """
+    if model_name == "manet":
+        return Setting(((0.0,) * 3, (1.0,) * 3),
+                       "the authors' MA-Net weights were trained on [0, 1] inputs")
+    if model_name == "vit" and os.fspath(path).lower().endswith(".npz"):
+        return Setting(((0.5,) * 3, (0.5,) * 3),
+                       "big_vision / AugReg ViTs are pre-trained on [-1, 1] inputs")
+    try:  # files that only inform a warning: an unreadable one says nothing
+        processor, where = _hf_config(path, "preprocessor_config.json")
+        config, config_where = _hf_config(path)
+    except CheckpointReadError:
+        return None
+    if processor is not None and "image_mean" in processor:
+        if not processor.get("do_normalize", True):
+            return Setting(((0.0,) * 3, (1.0,) * 3), f"{where} sets do_normalize=false")
+        stats = _rgb(processor.get("image_mean"), processor.get("image_std"))
+        return stats and Setting(stats, f"{where} sets image_mean/image_std")
+    pretrained_cfg = (config or {}).get("pretrained_cfg")
+    if isinstance(pretrained_cfg, dict):
+        stats = _rgb(pretrained_cfg.get("mean"), pretrained_cfg.get("std"))
+        return stats and Setting(stats, f"timm's {config_where} sets pretrained_cfg mean/std")
+    return None
+
+
+def _rgb(mean: Any, std: Any) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """(mean, std) as three floats each (one number stands for all three), or None."""
+    if mean is None or std is None:
+        return None
+    try:
+        values = [np.broadcast_to(np.asarray(v, np.float64), (3,)) for v in (mean, std)]
+    except (TypeError, ValueError):
+        return None
+    return tuple(values[0].tolist()), tuple(values[1].tolist())
 
 
 def model_settings(model: Any, model_name: str) -> dict[str, Any]:
