@@ -233,14 +233,18 @@ def _read_safetensors(file: epath.Path, shown: str) -> dict[str, np.ndarray]:
     start = 8 + int.from_bytes(data[:8], "little")
     out = {}
     for name in sorted(key for key in header if key != "__metadata__"):
-        entry = header[name]
+        entry = header[name] if isinstance(header[name], dict) else {}
         if entry.get("dtype") not in _SAFETENSORS_DTYPES:
             raise CheckpointReadError(
                 f"Cannot read checkpoint {shown!r}: tensor {name!r} has dtype "
                 f"{entry.get('dtype')!r}; cer_jax reads {', '.join(_SAFETENSORS_DTYPES)}.")
         dtype = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]])
-        begin, end = entry["data_offsets"]
-        shape = tuple(entry["shape"])
+        try:
+            (begin, end), shape = map(int, entry["data_offsets"]), tuple(map(int, entry["shape"]))
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointReadError(
+                f"Cannot read checkpoint {shown!r}: tensor {name!r} has no valid shape and "
+                "data_offsets; not a valid safetensors file.") from None
         if start + end > len(data):
             raise CheckpointReadError(
                 f"Cannot read checkpoint {shown!r}: the file ends early (an interrupted "
