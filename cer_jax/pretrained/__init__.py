@@ -9,6 +9,9 @@ PyTorch, and only to unpickle).
 `implied_settings(model_name, path)` says which model config values the file's format implies
 (ViT GELU form and LayerNorm epsilon, MA-Net path B order; see `implied.py`), cheaply, before the
 model is built; `load_pretrained` warns when a model it loads into disagrees with them.
+`check_pretrained` does everything `load_pretrained` does but write, on an abstract model, so the
+trainer finds a file that does not fit before the data work; `input_statistics` says which input
+mean/std the file's network was pre-trained with, where the format or a file beside it says so.
 """
 
 from __future__ import annotations
