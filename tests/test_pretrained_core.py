@@ -1,5 +1,6 @@
 """Weight-import core: file readers and the name/shape-checked assignment with its report."""
 
+import os
 import sys
 
 import numpy as np
@@ -337,3 +338,38 @@ def test_reader_safetensors_holds_the_file_once_and_names_a_cut_file(tmp_path):
     assert str(e.value) == (
         f"Cannot read checkpoint {str(tmp_path / 'cut.safetensors')!r}: the file ends early (an "
         "interrupted download or copy?); download it again.")
+
+
+def test_weights_checked_then_loaded_are_read_once_unless_the_file_changed(tmp_path, monkeypatch):
+    """A run start checks its weights against the model before the data work and loads them
+    after it: the file was read whole twice (on gs://, downloaded twice)."""
+    import weight_files as wf
+
+    from cer_jax import pretrained
+    from cer_jax.models import create_model
+
+    def vit(seed=None):
+        model = create_model("vit", num_classes=7, rngs=nnx.Rngs(0), variant="mu/8",
+                             image_size=32)
+        return model if seed is None else wf.randomise(model, seed=seed)
+
+    def check_then_load(replace_with=None):
+        pretrained.check_pretrained(nnx.eval_shape(vit), "vit", path)
+        if replace_with is not None:  # another file at the same path after the check
+            wf.write_augreg_npz(replace_with, tmp_path)
+            os.utime(path, (1, 1))
+        target = vit()
+        pretrained.load_pretrained(target, "vit", path)
+        return target.embedding.kernel.get_value()
+
+    reads = []
+    dispatch = readers._dispatch
+    monkeypatch.setattr(readers, "_dispatch", lambda path, *, keys_only: (
+        reads.append(keys_only), dispatch(path, keys_only=keys_only))[1])
+    first, second = vit(seed=1), vit(seed=2)
+    path = wf.write_augreg_npz(first, tmp_path)
+    np.testing.assert_array_equal(check_then_load(), first.embedding.kernel.get_value())
+    assert reads == [False]
+    np.testing.assert_array_equal(check_then_load(replace_with=second),
+                                  second.embedding.kernel.get_value())
+    assert reads == [False, False, False]

@@ -141,7 +141,8 @@ def check_pretrained(
     model: nnx.Module, model_name: str, path: str | os.PathLike[str] | epath.Path
 ) -> ImportReport:
     """What `load_pretrained` would do, its errors included, writing nothing: `model` may be
-    abstract (`nnx.eval_shape`), so a file that does not fit is found before any data is read."""
+    abstract (`nnx.eval_shape`), so a file that does not fit is found before any data is read.
+    The arrays read stay in memory for the `load_pretrained` of the same file that follows."""
     return _import(model, model_name, path, keep_head=False, write=False)
 
 
@@ -154,7 +155,7 @@ def _import(
     write: bool,
 ) -> ImportReport:
     _check_model_name(model_name)
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_checkpoint(path, keep=not write)  # a check is followed by the load
     with naming_the_file(path):
         converted: Converted = importlib.import_module(_CONVERTERS[model_name]).convert(
             checkpoint, model

@@ -34,8 +34,19 @@ class CheckpointReadError(UserError):
     """A checkpoint file that is missing, of an unknown kind, or cannot be parsed."""
 
 
-def read_checkpoint(path: str | os.PathLike[str] | epath.Path) -> dict[str, np.ndarray]:
+# The one file read with keep=True, for the next read of it: a run start reads its weights to
+# check that they fit before the data work, and again to load them after it (on gs://, the
+# whole file each time). Keyed by the path and the file's size and modification time.
+_kept: tuple[tuple[str, int, float], dict[str, np.ndarray]] | None = None
+
+
+def read_checkpoint(
+    path: str | os.PathLike[str] | epath.Path, *, keep: bool = False
+) -> dict[str, np.ndarray]:
     """Returns every array in the file at `path`, keyed by its name in that file.
+
+    With `keep`, the arrays stay in memory for the next read of the same unchanged file (one
+    file at most); a read without it takes them and lets them go.
 
     `.npz` keys keep their '/'-joined names; a big_vision training checkpoint is unwrapped as
     big_vision's own `utils.load_params` does (the `params/...` subtree, else `opt/target/...`;
@@ -44,12 +55,33 @@ def read_checkpoint(path: str | os.PathLike[str] | epath.Path) -> dict[str, np.n
     entry (`_STATE_DICT_ENTRIES`) when the file holds a dict of training state (the MA-Net release
     does). A folder stands for the one weights file in it.
     """
-    return _dispatch(path, keys_only=False)
+    global _kept
+    key = _kept_key(path)
+    if _kept is not None and key is not None and _kept[0] == key:
+        arrays = dict(_kept[1])
+    else:
+        arrays = _dispatch(path, keys_only=False)
+        key = _kept_key(path)
+    _kept = (key, dict(arrays)) if keep and key is not None else None
+    return arrays
+
+
+def _kept_key(path: str | os.PathLike[str] | epath.Path) -> tuple[str, int, float] | None:
+    """What identifies the file read: its path, size and modification time (None when it
+    cannot be stat'ed; the read then says why)."""
+    try:
+        stat = epath.Path(path).expanduser().stat()
+    except (OSError, ValueError):
+        return None
+    return os.fspath(path), stat.length, stat.mtime
 
 
 def checkpoint_keys(path: str | os.PathLike[str] | epath.Path) -> list[str]:
     """The names `read_checkpoint` would return, cheaply where the format allows it: `.npz` and
-    safetensors read their index only; a PyTorch pickle has to be loaded."""
+    safetensors read their index only; a PyTorch pickle has to be loaded (unless kept)."""
+    key = _kept_key(path)
+    if _kept is not None and key is not None and _kept[0] == key:
+        return list(_kept[1])
     return _dispatch(path, keys_only=True)
 
 
