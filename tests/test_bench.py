@@ -656,3 +656,39 @@ def test_the_recipes_load_without_opencv_or_pillow():
     assert proc.stdout.split("\n")[:3] == [f"{spec} {batch} {synthetic.NUM_TRAIN_IMAGES}" for
                                           spec, batch in (("vit:B/16", 96), ("resnet:50", 96),
                                                           ("manet", 128))]
+
+
+# Runs the CLI with a PyTorch reference whose first train step fails, as a PyTorch whose cuDNN
+# is older than the one JAX loaded first fails on a GPU host.
+RUN_WITH_BROKEN_TORCH = """
+import runpy, sys
+from cer_jax.bench import torch_ref
+
+def broken(setup, **kwargs):
+    def fails():
+        raise RuntimeError("cuDNN version incompatibility: PyTorch was compiled against "
+                           "(9, 1, 0) but found runtime version (9, 0, 0).\\nmore detail")
+    return torch_ref.ReferenceSteps(fails, fails, "torch (fake)", 1)
+
+torch_ref.reference_steps = broken
+sys.argv = ["cer_jax.bench", *sys.argv[1:]]
+runpy.run_module("cer_jax.bench", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_a_failing_pytorch_reference_costs_the_comparison_not_the_benchmark(tmp_path):
+    """On the one lent GPU run a PyTorch that cannot run beside JAX (an older cuDNN than the
+    one JAX loaded, no memory left beside JAX's) ended the whole benchmark at its first step,
+    with every JAX figure. Now that model is timed without its comparison, and says why."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-c", RUN_WITH_BROKEN_TORCH, *TINY,
+                           "--compare_torch", f"--json={out}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    message = ("no PyTorch reference for vit:test/8: RuntimeError: cuDNN version "
+               "incompatibility: PyTorch was compiled against (9, 1, 0) but found runtime "
+               "version (9, 0, 0).")
+    (r,) = json.loads(out.read_text())["models"]
+    assert r["train_images_per_s"] > 0 and "torch" not in r
+    assert r["torch_error"] == message
+    assert message in proc.stdout.splitlines()  # in the printed tables too

@@ -143,14 +143,19 @@ def run(argv: Sequence[str]) -> None:
         spec = setup.spec
         profile_dir = os.path.join(FLAGS.profile, spec.replace("/", "_").replace(":", "_")) \
             if FLAGS.profile else None
-        reference = None
+        reference = torch_error = None
         if FLAGS.compare_torch:
             from cer_jax.bench import torch_ref
 
-            reference = torch_ref.reference_steps(setup)
+            reference = torch_ref.checked_reference_steps(setup)
+            if isinstance(reference, str):
+                torch_error, reference = reference, None
+                print(torch_error, file=sys.stderr, flush=True)
         r = throughput.bench_model(setup, mesh, steps_=FLAGS.steps, warmup=FLAGS.warmup,
                                    profile_dir=profile_dir, reference=reference)
         del reference
+        if torch_error:
+            r["torch_error"] = torch_error
         r["num_epochs"] = float(setup.config.training.get("num_epochs") or 0.0) or (
             setup.config.training.num_steps * setup.config.training.global_batch_size
             / ensemble_time.TRAIN_FIT)

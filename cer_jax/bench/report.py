@@ -66,8 +66,9 @@ def results_table(results: list[dict[str, Any]]) -> str:
 
 def torch_table(results: list[dict[str, Any]]) -> str:
     rows = [r for r in results if "torch" in r]
+    errors = "\n".join(r["torch_error"] for r in results if r.get("torch_error"))
     if not rows:
-        return ""
+        return errors
     lines = [
         "| model | cer_jax train img/s | PyTorch train img/s | train ratio | "
         "cer_jax eval img/s | PyTorch eval img/s | eval ratio | params cer_jax / PyTorch |",
@@ -84,6 +85,8 @@ def torch_table(results: list[dict[str, Any]]) -> str:
                  f"({rows[0]['torch']['framework']}); the two alternate (each timed step after "
                  "an untimed one of its side) and the ratio is the median of the per-pair "
                  "ratios.")
+    if errors:
+        lines.append(errors)
     return "\n".join(lines)
 
 

@@ -309,3 +309,23 @@ def reference_steps(setup: Setup, *, seed: int = 0) -> ReferenceSteps:
                   f"threads{', cudnn.benchmark, TF32' if device == 'cuda' else ''})",
         params=sum(p.numel() for p in model.parameters() if p.requires_grad),
     )
+
+
+def checked_reference_steps(setup: Setup) -> ReferenceSteps | str:
+    """`reference_steps` after one train and one eval step, or the error's first line.
+
+    A PyTorch that cannot run beside JAX (its cuDNN older than the one JAX loaded first, no GPU
+    memory left beside JAX's) then costs the comparison of this model, not the benchmark: its
+    first step used to end the whole run, the JAX figures of every model with it."""
+    try:
+        reference = reference_steps(setup)
+        reference.train_step()
+        reference.eval_step()
+    except Exception as e:  # noqa: BLE001 (any PyTorch failure: the JAX figures matter more)
+        reference = None
+        if torch.cuda.is_available():
+            with contextlib.suppress(Exception):
+                torch.cuda.empty_cache()  # what the failed model held, back for JAX's side
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        return f"no PyTorch reference for {setup.spec}: {type(e).__name__}: {first_line}"
+    return reference
