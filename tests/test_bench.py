@@ -692,3 +692,12 @@ def test_a_failing_pytorch_reference_costs_the_comparison_not_the_benchmark(tmp_
     assert r["train_images_per_s"] > 0 and "torch" not in r
     assert r["torch_error"] == message
     assert message in proc.stdout.splitlines()  # in the printed tables too
+
+
+def test_a_missed_goal_on_a_device_without_a_listed_peak_shows_no_mfu():
+    """On a device peaks.py does not list (H100 NVL, B200...) MFU is unknown: the goal line
+    printed "train MFU 0.0 %", a figure that was never measured."""
+    unknown = _member("vit:B/16", blocked=3000.0, pipelined=3100.0) | {"train_mfu": None}
+    assert report.goal_lines([unknown], "gpu") == (
+        "vit:B/16: 3100 img/s misses the 4000 img/s goal; dominated by: step "
+        "(no MFU: peaks.py lists no peak for this device).")

@@ -180,8 +180,10 @@ def goal_lines(results: list[dict[str, Any]], backend: str) -> str:
         gap = r["train_step_s"] - r["batch_size"] / r["train_images_per_s_pipelined"]
         part = ("input" if r.get("input_bound", {}).get("bound_by") == "input"
                 else "host gaps" if gap > 0.2 * r["train_step_s"] else "step")
+        mfu = ("no MFU: peaks.py lists no peak for this device" if r["train_mfu"] is None
+               else f"train MFU {100 * r['train_mfu']:.1f} %")
         lines.append(f"{r['spec']}: {rate:.0f} img/s misses the {goal:.0f} img/s goal; "
-                     f"dominated by: {part} (train MFU {_fmt(100 * (r['train_mfu'] or 0))} %).")
+                     f"dominated by: {part} ({mfu}).")
     return "\n".join(lines)
 
 
