@@ -701,3 +701,30 @@ def test_a_missed_goal_on_a_device_without_a_listed_peak_shows_no_mfu():
     assert report.goal_lines([unknown], "gpu") == (
         "vit:B/16: 3100 img/s misses the 4000 img/s goal; dominated by: step "
         "(no MFU: peaks.py lists no peak for this device).")
+
+
+def test_a_backend_that_miscounts_products_gets_no_flops_or_mfu(monkeypatch):
+    """XLA:GPU's cost analysis counted a product it hands to cuBLAS as little more than its
+    output (jax-ml/jax#22249): the lent GPU run would have printed FLOPs / image and an MFU
+    some 100x too low as measured figures. A backend that miscounts a known product now gets
+    neither, and the table says why."""
+    assert costs.miscounted_flops() is None  # XLA:CPU counts them right
+    costs.miscounted_flops.cache_clear()
+    monkeypatch.setattr(costs, "xla_flops", lambda fn, *args: 98_303.0)  # its output's size
+    try:
+        message = costs.miscounted_flops()
+        setup = throughput.resolve("vit:test/8", image_size=32, batch_size=4,
+                                   precision="bfloat16", num_classes=11)
+        from cer_jax import sharding
+
+        r = throughput.bench_model(setup, sharding.create_mesh(), steps_=1, warmup=0)
+    finally:
+        costs.miscounted_flops.cache_clear()
+    assert message == (
+        f"no FLOPs or MFU: XLA's cost analysis on {jax.default_backend()} counts 9.83e+04 FLOPs "
+        "for a 256x512x384 matrix product of 1.007e+08 (costs_cpu.txt of bench/accelerator.sh "
+        "has the FLOPs as XLA:CPU counts them)")
+    assert r["train_images_per_s"] > 0 and r["flops_error"] == message
+    assert (r["train_flops_per_image"], r["train_flops_per_s"], r["train_mfu"]) == (None,) * 3
+    table = report.results_table([r]).splitlines()
+    assert table[2].split(" | ")[7:9] == ["-", "-"] and table[-1] == message

@@ -77,6 +77,34 @@ def xla_flops(fn, *args) -> float:
     return compiled_flops(jax.jit(fn).lower(*args).compile())
 
 
+@functools.cache
+def miscounted_flops() -> str | None:
+    """None where the default backend's cost analysis counts a bfloat16 matrix product and
+    convolution as 2 FLOPs per multiply-add (within 10 %), else what it counted.
+
+    XLA:GPU counted a product it hands to cuBLAS as little more than its output's size
+    (jax-ml/jax#22249): FLOPs / image and MFU from such a count would be wrong figures, not low
+    ones, so `cer_jax.bench` prints none rather than those."""
+    a = jax.ShapeDtypeStruct((256, 512), jnp.bfloat16)
+    b = jax.ShapeDtypeStruct((512, 384), jnp.bfloat16)
+    x = jax.ShapeDtypeStruct((8, 16, 16, 64), jnp.bfloat16)
+    w = jax.ShapeDtypeStruct((3, 3, 64, 128), jnp.bfloat16)
+
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(x, w, (1, 1), "VALID",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    checks = (("a 256x512x384 matrix product", jnp.matmul, (a, b), 2 * 256 * 512 * 384),
+              ("a 3x3 convolution", conv, (x, w), 2 * 8 * 14 * 14 * 128 * 3 * 3 * 64))
+    for what, fn, args, exact in checks:
+        counted = xla_flops(fn, *args)
+        if not 0.9 * exact <= counted <= 1.1 * exact:
+            return (f"no FLOPs or MFU: XLA's cost analysis on {jax.default_backend()} counts "
+                    f"{counted:.4g} FLOPs for {what} of {exact:.4g} (costs_cpu.txt of "
+                    "bench/accelerator.sh has the FLOPs as XLA:CPU counts them)")
+    return None
+
+
 def abstract_model(name: str, *, num_classes: int = 7, **model_kwargs: Any) -> nnx.Module:
     """Registry model `name` with abstract arrays: shapes only, nothing allocated."""
     return nnx.eval_shape(lambda: models.create_model(

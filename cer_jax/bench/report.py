@@ -25,6 +25,10 @@ def _fmt(x: float | None, spec: str = ".1f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _scaled(x: float | None, unit: float) -> float | None:
+    return None if x is None else x / unit
+
+
 def _mib(x: int | None) -> str:
     return "-" if x is None else f"{x / 2**20:,.0f}"
 
@@ -51,7 +55,8 @@ def results_table(results: list[dict[str, Any]]) -> str:
             f"| {r['spec']} | {r['batch_size']} | {r['image_size']} | {r['precision']} | "
             f"{r['compile_train_s']:.1f} / {r['compile_eval_s']:.1f} | "
             f"{r['train_images_per_s']:.1f} | {r['eval_images_per_s']:.1f} | "
-            f"{r['train_flops_per_image'] / 1e9:.3g} | {r['train_flops_per_s'] / 1e12:.3f} | "
+            f"{_fmt(_scaled(r['train_flops_per_image'], 1e9), '.3g')} | "
+            f"{_fmt(_scaled(r['train_flops_per_s'], 1e12), '.3f')} | "
             f"{mfu[0]} | {mfu[1]} | {_peak(r)} | "
             f"{_mib(r['train_program_bytes'])} |")
     lines.append("\nimg/s: median of timed steps, each blocked until ready; pipelined (back to "
@@ -61,6 +66,7 @@ def results_table(results: list[dict[str, Any]]) -> str:
     lines.append("page faults / kernel CPU s per pipelined train step (this process): "
                  + ", ".join(f"{r['spec']} {r['train_page_faults_per_step']:,.0f} / "
                              f"{r['train_kernel_s_per_step']:.2f}" for r in results))
+    lines.extend(sorted({r["flops_error"] for r in results if r.get("flops_error")}))
     return "\n".join(lines)
 
 

@@ -241,8 +241,9 @@ def bench_model(setup: Setup, mesh, *, steps_: int, warmup: int,
 
     devices = jax.device_count()
     # The compiled programs are per device (SPMD): scale to the global batch.
-    train_flops = costs.compiled_flops(train_c) * devices / b
-    eval_flops = costs.compiled_flops(eval_c) * devices / b
+    miscounted = costs.miscounted_flops()
+    train_flops = None if miscounted else costs.compiled_flops(train_c) * devices / b
+    eval_flops = None if miscounted else costs.compiled_flops(eval_c) * devices / b
     result: dict[str, Any] = {
         "spec": setup.spec, "model": setup.name, **info,
         "batch_size": b, "image_size": s, "precision": setup.precision,
@@ -259,6 +260,8 @@ def bench_model(setup: Setup, mesh, *, steps_: int, warmup: int,
     }
     if profile_error:
         result["profile_error"] = profile_error
+    if miscounted:
+        result["flops_error"] = miscounted
     if reference is not None:
         result["torch"] = {
             "framework": reference.framework, "params": reference.params,
@@ -270,9 +273,10 @@ def bench_model(setup: Setup, mesh, *, steps_: int, warmup: int,
         result["ratio_train"], result["ratio_eval"] = train_t["ratio"], eval_t["ratio"]
     peak = peaks.peak_flops(jax.devices()[0].device_kind, setup.precision)
     for part in ("train", "eval"):
-        achieved = result[f"{part}_flops_per_image"] * result[f"{part}_images_per_s"]
+        per_image = result[f"{part}_flops_per_image"]
+        achieved = None if per_image is None else per_image * result[f"{part}_images_per_s"]
         result[f"{part}_flops_per_s"] = achieved
-        result[f"{part}_mfu"] = achieved / (peak * devices) if peak else None
+        result[f"{part}_mfu"] = achieved / (peak * devices) if peak and achieved else None
     return result
 
 
