@@ -728,3 +728,19 @@ def test_a_backend_that_miscounts_products_gets_no_flops_or_mfu(monkeypatch):
     assert (r["train_flops_per_image"], r["train_flops_per_s"], r["train_mfu"]) == (None,) * 3
     table = report.results_table([r]).splitlines()
     assert table[2].split(" | ")[7:9] == ["-", "-"] and table[-1] == message
+
+
+def test_compare_torch_beside_a_gpu_with_a_cpu_only_pytorch_is_one_line():
+    """JAX on a GPU and a CPU-only PyTorch: the reference ran on the host CPU and the table
+    printed a GPU-against-CPU ratio as cer_jax's speed-up over PyTorch."""
+    patched = ("import jax, runpy, sys; jax.default_backend = lambda: 'gpu'; "
+               "sys.argv = ['cer_jax.bench', *sys.argv[1:]]; "
+               "runpy.run_module('cer_jax.bench', run_name='__main__', alter_sys=True)")
+    proc = subprocess.run([sys.executable, "-c", patched, *TINY, "--compare_torch"],
+                          capture_output=True, text=True, timeout=300)
+    import torch
+
+    _one_line_error(proc, f"--compare_torch: JAX runs on gpu, but this PyTorch "
+                    f"({torch.__version__}) sees no CUDA GPU, so the ratios would compare the "
+                    "accelerator with the host CPU; install PyTorch's CUDA build, or drop "
+                    "--compare_torch.")

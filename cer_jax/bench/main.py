@@ -103,6 +103,7 @@ def run(argv: Sequence[str]) -> None:
     throughput.initialize_backends()
     if FLAGS.compare_torch:  # before any model: the PyTorch stack is an optional extra
         throughput.check_torch()
+        throughput.check_torch_device()
     if FLAGS.input:  # before any model: a bare accelerator host may lack TensorFlow
         try:
             import tensorflow_datasets  # noqa: F401

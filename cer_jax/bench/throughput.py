@@ -323,6 +323,19 @@ def check_torch(model_names: Iterable[str] = ()) -> None:
         raise UserError(NO_TORCH) from e
 
 
+def check_torch_device() -> None:
+    """--compare_torch beside a GPU / TPU needs a PyTorch that sees a CUDA GPU: a CPU-only
+    PyTorch would run its steps on the host and print a ratio of a GPU against a CPU."""
+    import torch
+
+    backend = jax.default_backend()
+    if backend != "cpu" and not torch.cuda.is_available():
+        raise UserError(
+            f"--compare_torch: JAX runs on {backend}, but this PyTorch ({torch.__version__}) "
+            "sees no CUDA GPU, so the ratios would compare the accelerator with the host CPU; "
+            "install PyTorch's CUDA build, or drop --compare_torch.")
+
+
 def _probe(folder: pathlib.Path) -> None:
     """Writes and removes a small file in `folder` (made first): OSError where it cannot."""
     folder.mkdir(parents=True, exist_ok=True)
