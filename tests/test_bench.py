@@ -730,6 +730,21 @@ def test_a_backend_that_miscounts_products_gets_no_flops_or_mfu(monkeypatch):
     assert table[2].split(" | ")[7:9] == ["-", "-"] and table[-1] == message
 
 
+def test_a_failing_flops_check_costs_the_flops_not_the_figures(monkeypatch):
+    """The check runs after a model's timings: an error in it must not lose them."""
+    def fails(fn, *args):
+        raise RuntimeError("INTERNAL: no cost analysis")
+
+    costs.miscounted_flops.cache_clear()
+    monkeypatch.setattr(costs, "xla_flops", fails)
+    try:
+        message = costs.miscounted_flops()
+    finally:
+        costs.miscounted_flops.cache_clear()
+    assert message == (f"no FLOPs or MFU: counting a 256x512x384 matrix product failed on "
+                       f"{jax.default_backend()}: INTERNAL: no cost analysis")
+
+
 def test_compare_torch_beside_a_gpu_with_a_cpu_only_pytorch_is_one_line():
     """JAX on a GPU and a CPU-only PyTorch: the reference ran on the host CPU and the table
     printed a GPU-against-CPU ratio as cer_jax's speed-up over PyTorch."""
