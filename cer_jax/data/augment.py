@@ -26,7 +26,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALIZATION_STATS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD),
                        "minus_one_one": ((0.5,) * 3, (0.5,) * 3),
                        "unit": ((0.0,) * 3, (1.0,) * 3)}
-NORMALIZATIONS = ("imagenet", "minus_one_one", "unit")
+NORMALIZATIONS = tuple(NORMALIZATION_STATS)
 _ATTEMPTS = 10  # Candidate boxes drawn at once by the crop / erasing samplers (torchvision).
 
 
