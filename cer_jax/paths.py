@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import shutil
 import signal
 import sys
 import threading
@@ -79,6 +80,22 @@ def write_text_atomically(target: epath.Path, text: str) -> None:
         staged.replace(target)
     except BaseException:
         staged.unlink(missing_ok=True)
+        raise
+
+
+def copy_file_atomically(source: str, target: epath.Path) -> None:
+    """Copies the local file `source` to a scratch object beside `target` and renames it into
+    place (gs://: writing `target` itself would leave, on a Ctrl-C or an error midway, a cut
+    file over the earlier one, as a closed writer uploads what it has). A copy cut short
+    removes the scratch object and leaves the earlier `target`."""
+    scratch = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(source, "rb") as reader, scratch.open("wb") as writer:
+            shutil.copyfileobj(reader, writer, 1 << 20)  # streamed: videos are big
+        scratch.replace(target)
+    except BaseException:
+        with contextlib.suppress(*io_errors()):  # the first error is the one to tell
+            scratch.unlink(missing_ok=True)
         raise
 
 

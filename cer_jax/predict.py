@@ -91,7 +91,14 @@ from etils import epath
 from cer_jax import cli
 from cer_jax import faces as faces_lib
 from cer_jax.errors import Terminated
-from cer_jax.paths import error_reason, file_in_the_way, io_errors, is_remote, same_place
+from cer_jax.paths import (
+    copy_file_atomically,
+    error_reason,
+    file_in_the_way,
+    io_errors,
+    is_remote,
+    same_place,
+)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jfif", ".pgm",
                     ".ppm", ".gif")
@@ -299,11 +306,11 @@ def publish(flag: str, staged: str, target: str) -> None:
     """Puts the finished `staged` file at `target`. When that fails the file is kept (the
     error names it), so no finished work is lost. A local file is on disk before it is
     renamed, and the rename too (fsync): after a power loss `target` is the earlier file or
-    this one, never an empty one."""
+    this one, never an empty one. A remote file is copied beside `target` and renamed: a copy
+    cut short leaves the earlier file."""
     try:
-        if is_remote(target):
-            with open(staged, "rb") as source, epath.Path(target).open("wb") as copy:
-                shutil.copyfileobj(source, copy, 1 << 20)  # streamed: annotated videos are big
+        if is_remote(target):  # never a cut file over the earlier one
+            copy_file_atomically(staged, epath.Path(target))
             os.remove(staged)
         else:
             _fsync(staged, os.O_RDONLY)

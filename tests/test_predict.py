@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import stat
 import struct
@@ -402,6 +403,33 @@ def test_rows_and_submission_go_to_a_bucket(tmp_path, ensemble_dir, bucket):
     assert re.fullmatch(r"clip/00001\.jpg,[0-6]", first) and re.fullmatch(
         r"clip/00003\.jpg,[0-6]", second)
     assert "gs://test-bucket/results/rows.csv" in bucket.seen
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(),
+                                  OSError(errno.ECONNRESET, "Connection reset by peer")])
+def test_a_remote_publish_cut_short_keeps_the_earlier_output(tmp_path, bucket, monkeypatch,
+                                                              stop):
+    """A Ctrl-C or a lost connection while a finished file is copied to gs://: the writer,
+    closed on the way out, uploaded the part copied so far over the earlier output."""
+    (bucket.root / "results").mkdir()
+    (bucket.root / "results" / "rows.csv").write_text("previous good rows\n")
+    staged = tmp_path / "rows.csv.staged"
+    staged.write_text("new rows\n" * 1000)
+
+    def cut(source, target, length=0):
+        target.write(source.read(100))
+        raise stop
+
+    monkeypatch.setattr(shutil, "copyfileobj", cut)
+    with pytest.raises((KeyboardInterrupt, predict.WriteError)) as info:
+        predict.publish("out", os.fspath(staged), "gs://test-bucket/results/rows.csv")
+    assert os.listdir(bucket.root / "results") == ["rows.csv"]  # no scratch object left
+    assert (bucket.root / "results" / "rows.csv").read_text() == "previous good rows\n"
+    if isinstance(stop, OSError):  # the finished file is kept, and the error names it
+        assert info.type is predict.WriteError and str(staged) in str(info.value)
+        assert staged.exists()
+    else:
+        assert info.type is KeyboardInterrupt and not staged.exists()
 
 
 def test_a_run_stopped_after_the_rows_were_published_says_so(tmp_path, ensemble_dir):
