@@ -472,11 +472,23 @@ def write_from_fusion(
 
 def _no_ensemble(out: str | os.PathLike[str], reason: str) -> None:
     """Logs why fusion writes no ensemble and removes an earlier fusion's artefact at `out`
-    (it would not match the new report)."""
+    (it would not match the new report). Every process must call it: process 0 removes, and
+    every process raises when that failed (else the others would exit 0 while it failed)."""
     stale = epath.Path(out)
-    removed = jax.process_index() == 0 and stale.exists()
-    if removed:
-        stale.rmtree()
+    removed, error = False, None
+    if jax.process_index() == 0:
+        try:
+            removed = stale.exists()
+            if removed:
+                stale.rmtree()
+        except paths.io_errors() as e:
+            error = EnsembleWriteError(
+                f"The earlier ensemble at {stale} could not be removed ({paths.error_reason(e)}) "
+                f"and does not match the new report (no new one is written: {reason}); remove "
+                "it yourself, or python -m cer_jax.predict --ensemble would still use it.")
+            error.__cause__ = e
+    sharding.raise_if_any_failed(error, "the removal of the earlier ensemble",
+                                 hint=f"process 0 removes {stale}: see its log")
     logging.warning("No ensemble artefact written%s: %s.",
                     f" (the earlier one at {stale} was removed)" if removed else "", reason)
 

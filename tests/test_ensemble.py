@@ -401,6 +401,58 @@ def test_fusion_writes_no_ensemble_when_a_members_best_step_moved_since_its_expo
     assert ensemble_lib.load_ensemble(path).member_names == ["vit"]
 
 
+def test_an_earlier_ensemble_that_cannot_be_removed_is_one_line(tmp_path, monkeypatch):
+    """No new ensemble (a member's best step moved) and the earlier one cannot be removed: an
+    OSError traceback on process 0 only, while the other hosts exited 0; now a one-line error
+    after a vote, on every process."""
+    import errno
+    import types
+
+    from etils import epath
+
+    from cer_jax import train_state
+    from cer_jax.errors import UserError
+    [(name, model, config)] = tiny_members(ABAW7)[:1]
+    graphdef, params, rest = train_state.split_model(model)
+    monkeypatch.setattr(checkpointing, "restore_best_state", lambda workdir, mesh: (
+        graphdef, 7, {"params": params, "rest": rest}, config))
+
+    def read_only(self, *args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    member = types.SimpleNamespace(name=name, workdir=os.fspath(tmp_path / "run"),
+                                   info={"step": 5, "dataset": "rafdb/compound_abaw7"})
+    data = strategies.FusionData(logits=np.zeros((1, 7, 7), np.float32), features=None,
+                                 labels=np.arange(7))
+    fitted = strategies.fit_strategy("uniform_probabilities", data)
+    out = tmp_path / "fusion" / "ensemble"
+    out.mkdir(parents=True)
+    (out / "ensemble.json").write_text('{"strategy": {"name": "an earlier run"}}')
+    monkeypatch.setattr(type(epath.Path(out)), "rmtree", read_only)
+    with pytest.raises(UserError) as info:
+        ensemble_lib.write_from_fusion(out, [member], fitted, ABAW7)
+    assert str(info.value).startswith(
+        f"The earlier ensemble at {out} could not be removed (Permission denied) and does not "
+        "match the new report (no new one is written: member vit's best checkpoint is now "
+        "step 7, but the fusion was fitted on the outputs of step 5")
+    assert str(info.value).endswith(
+        "; remove it yourself, or python -m cer_jax.predict --ensemble would still use it.")
+    # Process 1's view: process 0 failed to remove it; process 1 stops too, naming it.
+    import jax
+
+    from cer_jax import sharding
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    votes = []
+    monkeypatch.setattr(sharding, "_failed_processes",
+                        lambda failed: votes.append(failed) or [0])
+    with pytest.raises(UserError) as info:
+        ensemble_lib.write_from_fusion(out, [member], fitted, ABAW7)
+    assert votes == [False] and out.exists()
+    assert str(info.value) == (
+        "process 0 stopped in the removal of the earlier ensemble on an error that this process "
+        f"did not meet (process 0 removes {out}: see its log).")
+
+
 def test_an_ensemble_that_cannot_be_written_is_one_line_naming_the_folder(tmp_path,
                                                                           monkeypatch):
     """A full disk under the fusion's --out: an OSError traceback on process 0 only, while the

@@ -69,6 +69,15 @@ FULL_DISK_FUSE = (
     "runpy.run_module('cer_jax.fuse', run_name='__main__')"
 )
 
+# `python -m cer_jax.fuse` where the earlier ensemble under --out cannot be removed.
+UNREMOVABLE_ENSEMBLE_FUSE = (
+    "import errno, os, runpy; from etils import epath; cls = type(epath.Path('/')); "
+    "rmtree = cls.rmtree; cls.rmtree = lambda self, *a, **k: (_ for _ in ()).throw("
+    "PermissionError(errno.EACCES, os.strerror(errno.EACCES))) if self.name == 'ensemble' "
+    "else rmtree(self, *a, **k); "
+    "runpy.run_module('cer_jax.fuse', run_name='__main__')"
+)
+
 
 def _command(workdir: Path, cache_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "cer_jax.train", "--config=configs/vit.py",
@@ -394,6 +403,33 @@ def test_a_report_that_process_0_cannot_write_stops_every_host(tmp_path):
     assert _last_line(second) == (
         "error: process 0 stopped in the writing of the fusion report on an error that this "
         f"process did not meet (process 0 writes it to {out}: see its log).")
+
+
+def test_an_earlier_ensemble_that_process_0_cannot_remove_stops_every_host(tmp_path):
+    """Members without a checkpoint (no new ensemble) and an earlier ensemble under --out that
+    process 0 cannot remove: every process stops with a line and exit status 2. Process 0
+    ended in a traceback while process 1 printed 'Report written to OUT' and exited 0."""
+    from test_fuse import QUALITY_SEED, make_outputs, write_export
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    members = [write_export(str(tmp_path / name), name, make_outputs(*QUALITY_SEED[name]))
+               for name in ("vit", "manet")]
+    out = tmp_path / "fusion"
+    (out / "ensemble").mkdir(parents=True)
+    (out / "ensemble" / "ensemble.json").write_text("{}")
+    command = [sys.executable, "-c", UNREMOVABLE_ENSEMBLE_FUSE,
+               f"--workdirs={','.join(members)}", f"--out={out}",
+               "--config.strategies=uniform_logits", "--config.ablation=False",
+               "--config.bootstrap_samples=0"]
+    procs = _launch_pair(tmp_path, tmp_path, logs, "unremovable", command)
+    first, second = _wait(procs, logs, "unremovable", timeout=120, status=2)
+    assert _last_line(first).startswith(
+        f"error: The earlier ensemble at {out / 'ensemble'} could not be removed (Permission "
+        "denied)")
+    assert _last_line(second) == (
+        "error: process 0 stopped in the removal of the earlier ensemble on an error that this "
+        f"process did not meet (process 0 removes {out / 'ensemble'}: see its log).")
 
 
 def test_a_workdir_each_host_has_its_own_of_is_refused(tmp_path):
