@@ -185,9 +185,12 @@ def apply_none_overrides(config: ml_collections.ConfigDict, keys: list[str],
 
 class _TupleParser(tuple_parser.TupleParser):
     """ml_collections' tuple parser, also for a plain comma list of words: `train_fit,test` is
-    ('train_fit', 'test'), not the one string 'train_fit,test'."""
+    ('train_fit', 'test'), not the one string 'train_fit,test'; an empty one (`--config.KEY=`)
+    is (), not ('',): a key's checks then name what the user meant (was: a split '' sought)."""
 
     def parse(self, argument):
+        if isinstance(argument, str) and not argument.strip():
+            return ()
         if isinstance(argument, str) and "," in argument and not re.search(r"[\[\]()'\"]",
                                                                               argument):
             return tuple(_literal_or_word(item.strip()) for item in argument.split(",")

@@ -564,6 +564,23 @@ def test_settings_that_are_probably_mistakes_are_refused_before_any_work(tmp_pat
     _expect_error(config, tmp_path / "w", trainer.ConfigError, re.escape(message))
 
 
+def test_an_empty_export_splits_override_is_the_same_line_before_any_work(tmp_path):
+    """`--config.export.splits=` parsed to ('',): the run built the dataset, then stopped on
+    "dataset ... has no split ''". It is () now, refused as such before any data work."""
+    out = subprocess.run(
+        [sys.executable, "-m", "cer_jax.train", "--config=configs/vit.py:smoke",
+         f"--workdir={tmp_path / 'w'}", f"--config.dataset.cache_dir={tmp_path / 'cache'}",
+         "--config.export.splits="],
+        cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
+        timeout=120)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines()[-1] == (
+        "error: export.splits=() names no split, yet a finished run always exports (fusion "
+        "reads the export): leave it None for dataset.train_split and dataset.eval_splits, or "
+        "list the splits, e.g. --config.export.splits=train_fit,validation,test.")
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "w").exists()
+
+
 @pytest.mark.parametrize(("tool", "flags", "message"), [
     ("train", ["--distributed=on"],
      "error: --distributed=on: coordinator_address should be defined. Where JAX cannot find"),
