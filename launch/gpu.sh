@@ -58,6 +58,16 @@ shift "$FLAG_COUNT"
 [ $# -ge 1 ] || { usage >&2; exit 2; }
 COMMAND=$1
 shift
+# One process for every GPU: inside a SLURM step of several tasks (an `srun --pty bash` in an
+# allocation of --ntasks-per-node=G is G tasks, one shell) the trainer would take itself for
+# one of them, start jax.distributed and wait for the others (minutes, then an abort).
+STEP_TASKS=${SLURM_STEP_NUM_TASKS:-1}
+if [ "$COMMAND" != install ] && [ -n "${SLURM_STEP_ID:-}" ] \
+  && [ "$STEP_TASKS" -gt 1 ] 2>/dev/null; then
+  die "this SLURM step has $STEP_TASKS tasks (SLURM_STEP_NUM_TASKS), but launch/gpu.sh runs one" \
+    "process for all the GPUs: run it in a step of one task (srun --ntasks=1 ...), or use" \
+    "launch/slurm.sh for one process per GPU"
+fi
 case "$COMMAND" in
   install)
     no_arguments "$COMMAND" "$@"

@@ -655,6 +655,25 @@ def test_help_and_unknown_command(env, script):
                            f"launch/{script} --dry-run fuse ...\n")
 
 
+def test_gpu_sh_in_a_slurm_step_of_several_tasks_stops_in_one_line(env):
+    """launch/gpu.sh (one process for every GPU) in a SLURM step of 8 tasks, e.g. the shell of
+    `srun --pty bash` in an allocation of --ntasks-per-node=8: the trainer took itself for one
+    of 8 processes, started jax.distributed and waited minutes for the others, then aborted."""
+    step = {"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "8", "SLURM_NTASKS": "8"}
+    for command in (["train", "configs/vit.py", "runs/vit"], ["ensemble", "runs"],
+                    ["fuse", "runs"]):
+        proc = subprocess.run(["bash", str(LAUNCH / "gpu.sh"), *command], capture_output=True,
+                              text=True, timeout=30, env={**env, **step})
+        assert (proc.returncode, proc.stdout) == (2, ""), proc.stderr
+        assert proc.stderr == (
+            "gpu.sh: error: this SLURM step has 8 tasks (SLURM_STEP_NUM_TASKS), but "
+            "launch/gpu.sh runs one process for all the GPUs: run it in a step of one task "
+            "(srun --ntasks=1 ...), or use launch/slurm.sh for one process per GPU\n")
+    one_task = {**step, "SLURM_STEP_NUM_TASKS": "1", "SLURM_NTASKS": "1"}
+    (train,) = dry_run("gpu.sh", "train", "configs/vit.py", "runs/vit", env={**env, **one_task})
+    assert train[3:5] == ["-m", "cer_jax.train"]
+
+
 @pytest.mark.parametrize("script,args,status,out,err", [
     ("tpu.sh", ["delete", "--help"], 0, "Usage", ""),
     ("tpu.sh", ["create", "-h"], 0, "Usage", ""),
