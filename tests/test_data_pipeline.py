@@ -685,6 +685,59 @@ def test_unreadable_image_is_named(tmp_path):
         list(pipeline.eval_iterator(config, info, "train", global_batch_size=2))
 
 
+@pytest.mark.parametrize("with_tree", [True, False])
+def test_a_tfds_build_holding_an_undecodable_jpeg_names_it_and_the_rebuild(tmp_path, with_tree):
+    """A rafdb build made before the builder decoded each JPEG with TensorFlow may store one
+    cut short. Before: training stopped at its first batch with TensorFlow's 'jpeg::Uncompress
+    failed' traceback, naming no file and no build."""
+    from unittest import mock
+
+    import tensorflow_datasets as tfds
+
+    from tfds_rafdb import rafdb
+    from tfds_rafdb.rafdb import rafdb_dataset_builder as builder_module
+
+    tree, data_dir = tmp_path / "compound", tmp_path / "tfds"
+    synthetic.write_tree(tree, kind="compound", num_train_images=22, num_test_images=11, seed=3)
+    original = builder_module._jpeg_bytes
+
+    def cut_short(record):  # what an old build stored for a JPEG cut short in the tree
+        data = original(record)
+        return data[: len(data) // 2] if record.file_name == "train_0005.jpg" else data
+
+    with mock.patch.object(builder_module, "_jpeg_bytes", cut_short):
+        rafdb.build("compound", str(tree), str(data_dir))
+    c = _config(tmp_path)
+    c.dataset.update(synthetic=False, data_dir=str(data_dir), train_split="train",
+                     eval_splits=("train",), manual_dir=str(tree) if with_tree else None)
+    info = pipeline.get_dataset_info(c)
+    built = data_dir / "rafdb/compound/1.0.0"
+    names = [ex["file_name"] for ex in rafdb.Builder(config="compound", data_dir=str(data_dir))
+             .as_dataset(split="train", decoders={"image": tfds.decode.SkipDecoding()})
+             .as_numpy_iterator()]
+    index = names.index(b"train_0005.jpg")  # its position in TFDS's stored order
+    problem = (f"train_0005.jpg (example {index}) of the rafdb/compound build in {built}: "
+               "cannot be decoded as an image (split 'train'). ")
+    if with_tree:
+        fix = (f"Delete {built} and rerun: it is rebuilt from config.dataset.manual_dir="
+               f"{str(tree)!r}, and the builder names any image there to replace.")
+    else:
+        fix = ("The build is broken (one made before the builder decoded every JPEG with "
+               f"TensorFlow can be): delete {built} and rebuild it from your RAF-DB tree, "
+               "`python -m tfds_rafdb.rafdb --builder_config=compound "
+               f"--manual_dir=/data/RAF-DB/compound --data_dir={data_dir}` (README, Bring "
+               "RAF-DB), or rerun with config.dataset.manual_dir set; the builder names any "
+               "image to replace.")
+    for cache in (True, False):
+        c.input.cache = cache
+        with pytest.raises(DataConfigError) as e:
+            next(pipeline.train_iterator(c, info, global_batch_size=2, seed=0))
+        assert str(e.value) == problem + fix
+    with pytest.raises(DataConfigError) as e:
+        list(pipeline.eval_iterator(c, info, "train", global_batch_size=2))
+    assert str(e.value) == problem + fix
+
+
 def test_an_iterator_left_open_at_exit_ends_quietly(imbalanced_folder):
     """A train iterator that an API user never closes is collected after TensorFlow's modules
     are torn down; its decode-error guard must not print an AttributeError then."""

@@ -240,8 +240,7 @@ def _naming_bad_files(source: Source, split: str, indices: np.ndarray) -> Iterat
         if bad is None:
             raise
         raise DataConfigError(
-            f"{bad}: cannot be decoded as an image (split {split!r}). Remove or replace the "
-            "file, then rerun."
+            f"{bad}: cannot be decoded as an image (split {split!r}). {source.unreadable_fix()}"
         ) from e
 
 

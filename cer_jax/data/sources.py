@@ -83,6 +83,9 @@ class Source(Protocol):
     def find_unreadable(self, split: str, indices: np.ndarray) -> str | None:
         """The first file at `indices` of `split` that does not decode, if the source knows."""
 
+    def unreadable_fix(self) -> str:
+        """What to do about a file that find_unreadable named (after the problem is said)."""
+
     def unreadable_files(self, split: str) -> list[str]:
         """Every file of `split` that does not decode as an image (checked before training)."""
 
@@ -307,6 +310,7 @@ class TfdsSource:
             key=f"{config.name} in {data_dir}",
         )
         self._builder = builder
+        self._manual_dir = manual_dir if rafdb is not None else None
         features = builder.info.features
         for key in ("image_key", "label_key"):
             if config[key] not in features:
@@ -387,10 +391,58 @@ class TfdsSource:
         )
 
     def find_unreadable(self, split: str, indices: np.ndarray) -> str | None:
-        return None  # TFDS validated every image when it built the dataset.
+        """Called after a decode error only: a build can hold an image TensorFlow does not
+        decode (rafdb builds made before the builder decoded each JPEG with TensorFlow)."""
+        tf = import_tf()
+        cfg = self._config
+        indices = np.asarray(indices, np.int64)
+        if not len(indices):
+            return None
+        start, end = int(indices[0]), int(indices[-1]) + 1
+        image_feature = self._builder.info.features[cfg.image_key]
+        encoded = (isinstance(image_feature, self._tfds.features.Image)
+                   and image_feature.dtype == np.uint8)
+
+        def decode(index, ex):
+            image = ex[cfg.image_key]
+            image = decode_image(image) if encoded else image_feature.decode_example(image)
+            return tf.shape(image)[0], index
+
+        skip = {cfg.image_key: self._tfds.decode.SkipDecoding()}
+        ds = self._read(split, start, end, skip).enumerate(start)
+        ds = ds.map(as_written(decode), num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+        good = {int(index) for _, index in ds.as_numpy_iterator()}
+        bad = next((int(i) for i in indices if int(i) not in good), None)
+        if bad is None:
+            return None
+        name = f"{split}/{bad}"
+        if self._has_file:
+            (ex,) = self._read(split, bad, bad + 1, skip).take(1).as_numpy_iterator()
+            name = ex[cfg.file_key].decode("utf-8", "replace")
+        return f"{name} (example {bad}) of the {self.info.name} build in {self._builder.data_dir}"
+
+    def unreadable_fix(self) -> str:
+        built, cfg = self._builder.data_dir, self._config
+        family, _ = _split_name(cfg.name)
+        if self._manual_dir:
+            return (f"Delete {built} and rerun: it is rebuilt from config.dataset.manual_dir="
+                    f"{self._manual_dir!r}, and the builder names any image there to replace.")
+        data_dir = os.fspath(self._builder.data_dir_root)
+        if family == "rafdb":
+            return (f"The build is broken (one made before the builder decoded every JPEG with "
+                    f"TensorFlow can be): delete {built} and rebuild it from your RAF-DB tree, "
+                    "`python -m tfds_rafdb.rafdb "
+                    f"--builder_config={self._builder.builder_config.name} "
+                    f"--manual_dir=/data/RAF-DB/{self._builder.builder_config.tree} "
+                    f"--data_dir={data_dir}` (README, Bring RAF-DB), or rerun with "
+                    "config.dataset.manual_dir set; the builder names any image to replace.")
+        return (f"The build is broken: delete {built} and rebuild it "
+                f"(e.g. `tfds build {cfg.name.split(':')[0]} --data_dir={data_dir}`).")
 
     def unreadable_files(self, split: str) -> list[str]:
-        return []  # TFDS validated every image when it built the dataset.
+        # Not decoded before every run (seconds on RAF-DB): a build's images decoded when it
+        # was made; one that does not is named at its first read (find_unreadable).
+        return []
 
 
 # --------------------------------------------------------------------------------------------
@@ -571,6 +623,9 @@ class FolderSource:
     def find_unreadable(self, split: str, indices: np.ndarray) -> str | None:
         bad = self._undecodable(self._paths(split, indices))
         return bad[0] if bad else None
+
+    def unreadable_fix(self) -> str:
+        return "Remove or replace the file, then rerun."
 
     def unreadable_files(self, split: str) -> list[str]:
         return self._undecodable(self._paths(split))
