@@ -463,13 +463,39 @@ def test_a_build_is_kept_after_an_edit_that_leaves_the_labels_the_same(tree, tmp
     assert str(e.value) == _mismatch(data_dir, tree)
 
 
+def test_images_replaced_under_the_same_labels_are_not_served_from_the_old_build(tree, tmp_path):
+    """Before: only the labels were the fingerprint, so re-aligned (or re-extracted) images under
+    the same label file silently trained on the old build's images."""
+    data_dir = tmp_path / "data"
+    rafdb.build("compound", str(tree), str(data_dir))
+    copy = pathlib.Path(shutil.copytree(tree, tmp_path / "copy"))  # new mtimes, same images
+    with mock.patch.object(rafdb.Builder, "_generate_examples") as generate:
+        rafdb.build("compound", str(copy), str(data_dir))  # reused, not rebuilt
+    generate.assert_not_called()
+    path = copy / "Image/aligned/train_0003_aligned.jpg"
+    noise = (np.random.default_rng(1).random((100, 100, 3)) * 255).astype(np.uint8)
+    Image.fromarray(noise).save(path, format="JPEG", quality=90)  # another face, same name
+    built = data_dir / "rafdb/compound/1.0.0"
+    with pytest.raises(rafdb.SourceMismatchError) as e:
+        rafdb.build("compound", str(copy), str(data_dir))
+    assert str(e.value) == (
+        f"{built} holds rafdb/compound built from another tree than {copy} (same labels, but "
+        "its Image/aligned images differ in size: replaced since the build?). Delete "
+        f"{built} to build it from {copy}, or give another data_dir.")
+    metadata = built / "metadata.json"  # a build from before the sizes: still accepted
+    metadata.write_text(json.dumps({"labels_sha256": json.loads(metadata.read_text())[
+        "labels_sha256"]}))
+    rafdb.build("compound", str(copy), str(data_dir))
+
+
 def test_a_build_with_the_old_raw_bytes_fingerprint_is_still_accepted(tree, tmp_path):
     """A build made before the parsed-labels fingerprint holds only the label file's sha256:
     an upgrade must not ask to delete it while those bytes are the same."""
     data_dir = tmp_path / "data"
     rafdb.build("compound", str(tree), str(data_dir))
     metadata = data_dir / "rafdb/compound/1.0.0/metadata.json"
-    assert list(json.loads(metadata.read_text())) == ["labels_sha256"]  # what new builds record
+    assert list(json.loads(metadata.read_text())) == [  # what new builds record
+        "labels_sha256", "image_sizes_sha256"]
     raw = hashlib.sha256((tree / LABELS).read_bytes()).hexdigest()
     metadata.write_text(json.dumps({"label_file_sha256": raw}))  # as the old builder wrote it
     with mock.patch.object(rafdb.Builder, "_generate_examples") as generate:

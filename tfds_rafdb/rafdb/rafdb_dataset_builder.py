@@ -32,6 +32,11 @@ SOURCE_KEY = "labels_sha256"
 # Builds made before recorded the sha256 of the label file's raw bytes; still accepted while
 # those bytes are unchanged, so an upgrade does not ask anyone to delete a good build.
 RAW_SOURCE_KEY = "label_file_sha256"
+# And a sha256 of the listed aligned images' sizes, so that images replaced under the same labels
+# (re-extracted or re-aligned) are not served from the old build. Sizes survive a copy of the tree
+# (mtimes do not); ~0.1 s for RAF-DB basic's 15k images on a local disk, so a local tree only:
+# on an object store each size is a round trip.
+SIZES_KEY = "image_sizes_sha256"
 
 
 class SourceMismatchError(layout.RafDbLayoutError):
@@ -48,6 +53,22 @@ def labels_digest(entries: Iterable[tuple[str, int]]) -> str:
     file that parses to the same labels, whatever its line ends, spacing or line order."""
     text = "".join(f"{name} {label}\n" for name, label in sorted(entries))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def image_sizes_digest(root: epath.Path, names: Iterable[str]) -> str | None:
+    """The sha256 of the (file name, aligned image size) pairs, in name order (-1: missing);
+    None for a tree that is not on a local disk."""
+    if "://" in os.fspath(root):
+        return None
+    aligned = os.path.join(os.fspath(root), layout.ALIGNED_DIR)
+    lines = []
+    for name in sorted(names):
+        try:
+            size = os.stat(os.path.join(aligned, layout.stem(name) + layout.ALIGNED_SUFFIX)).st_size
+        except OSError:
+            size = -1
+        lines.append(f"{name} {size}\n")
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 @dataclasses.dataclass(eq=False)
@@ -153,6 +174,9 @@ signed by a researcher), unpack the archive, and pass the `compound/` (or `basic
         root = epath.Path(dl_manager.manual_dir)
         records = layout.read_tree(root, num_labels=len(config.label_map), tree=config.tree)
         self.info.metadata[SOURCE_KEY] = labels_digest((r.file_name, r.raw_label) for r in records)
+        sizes = image_sizes_digest(root, (r.file_name for r in records))
+        if sizes:
+            self.info.metadata[SIZES_KEY] = sizes
         validation = layout.validation_names(records)
         kept = [r for r in records if config.label_map[r.raw_label - 1] is not None]
         _log_left_out(records, config)
@@ -205,7 +229,8 @@ def _log_left_out(records: list[layout.Record], config: RafDbConfig) -> None:
 
 def check_built_from(builder: tfds.core.DatasetBuilder, manual_dir: str) -> None:
     """A prepared dataset must come from the tree named now (when its build recorded one): its
-    labels match, or (a build from before `SOURCE_KEY`) its label file's bytes do."""
+    labels match, or (a build from before `SOURCE_KEY`) its label file's bytes do; and its
+    images' sizes match (when its build recorded them and the tree is local)."""
     root = epath.Path(manual_dir)
     layout.check_root(root)
     metadata = builder.info.metadata or {}
@@ -213,14 +238,19 @@ def check_built_from(builder: tfds.core.DatasetBuilder, manual_dir: str) -> None
         return
     if metadata.get(RAW_SOURCE_KEY) == label_file_digest(root):
         return
+    differs = f"its {layout.LABEL_FILE} differs"
     if SOURCE_KEY in metadata:
         config = builder.builder_config
         entries = layout.parse_label_file(root, len(config.label_map), config.tree)
         if metadata[SOURCE_KEY] == labels_digest((name, label) for name, label, _ in entries):
-            return
+            sizes = SIZES_KEY in metadata and image_sizes_digest(root, (e[0] for e in entries))
+            if not sizes or sizes == metadata[SIZES_KEY]:
+                return
+            differs = (f"same labels, but its {layout.ALIGNED_DIR} images differ in size: "
+                       "replaced since the build?")
     raise SourceMismatchError(
         f"{builder.data_dir} holds rafdb/{builder.builder_config.name} built from another "
-        f"tree than {root} (its {layout.LABEL_FILE} differs). Delete {builder.data_dir} to "
+        f"tree than {root} ({differs}). Delete {builder.data_dir} to "
         f"build it from {root}, or give another data_dir."
     )
 
