@@ -165,6 +165,27 @@ def test_reader_torch_strips_torch_compile_prefix(tmp_path, prefix):
                                                                     "conv1.weight"]
 
 
+@pytest.mark.parametrize("prefix", ["model.", "model._orig_mod.", "module.model."])
+def test_reader_torch_strips_a_lightning_module_prefix(tmp_path, prefix):
+    """A Lightning .ckpt: the LightningModule's state dict, its network in `self.model`. Before:
+    the keys kept `model.`, and the import said 'Not a ResNet/ViT checkpoint'."""
+    state = {prefix + k: v for k, v in _state().items()}
+    torch.save({"epoch": 3, "global_step": 90, "pytorch-lightning_version": "2.4.0",
+                "state_dict": state, "optimizer_states": [], "lr_schedulers": []},
+               tmp_path / "last.ckpt")
+    assert sorted(readers.read_checkpoint(tmp_path / "last.ckpt")) == ["bn.running_var",
+                                                                        "conv1.weight"]
+
+
+
+def test_reader_torch_keeps_model_prefix_that_not_every_key_has(tmp_path):
+    """Then `model.` is a name in the network itself, kept."""
+    torch.save({"model.conv1.weight": torch.ones(2), "head.weight": torch.ones(2)},
+               tmp_path / "m.pth")
+    assert sorted(readers.read_checkpoint(tmp_path / "m.pth")) == ["head.weight",
+                                                                    "model.conv1.weight"]
+
+
 def test_reader_torch_without_a_state_dict_names_its_entries(tmp_path):
     path = tmp_path / "m.pth"
     torch.save({"epoch": 3, "weights": _state(), "optimizer_state": {}}, path)

@@ -51,7 +51,8 @@ def read_checkpoint(
     `.npz` keys keep their '/'-joined names; a big_vision training checkpoint is unwrapped as
     big_vision's own `utils.load_params` does (the `params/...` subtree, else `opt/target/...`;
     the optimizer state beside it is not read). PyTorch state dicts lose DataParallel `module.`
-    and torch.compile `_orig_mod.` prefixes and are unwrapped from a `state_dict` / `model` / ...
+    and torch.compile `_orig_mod.` prefixes, and a Lightning module's `model.` when every key has
+    it, and are unwrapped from a `state_dict` / `model` / ...
     entry (`_STATE_DICT_ENTRIES`) when the file holds a dict of training state (the MA-Net release
     does). A folder stands for the one weights file in it.
     """
@@ -333,12 +334,17 @@ def _read_torch(file: epath.Path, shown: str) -> dict[str, np.ndarray]:
         if tensor.is_floating_point():
             tensor = tensor.float()
         out[_strip_wrappers(key)] = tensor.numpy()
+    if out and all(key.startswith(_LIGHTNING_PREFIX) for key in out):
+        out = {_strip_wrappers(key[len(_LIGHTNING_PREFIX):]): v for key, v in out.items()}
     return out
 
 
 # Key prefixes of a model wrapped in DataParallel / DistributedDataParallel (`module.`) or
 # torch.compile (`_orig_mod.`), in either order.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# A PyTorch Lightning checkpoint's state dict is its LightningModule's, whose network is mostly
+# the attribute `model`; stripped only when every key has it (then it is no network's own name).
+_LIGHTNING_PREFIX = "model."
 
 
 def _strip_wrappers(key: str) -> str:
