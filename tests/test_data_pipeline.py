@@ -572,6 +572,24 @@ def test_a_build_from_another_tree_is_not_served_for_this_one(cache_dir, info, t
     _error(c, r"config\.dataset\.manual_dir='.*typo' does not exist or is empty")
 
 
+def test_a_build_is_matched_to_its_tree_once_per_process(cache_dir, info, monkeypatch):
+    """The match stats every listed image (~0.4 s on RAF-DB basic), and a run opens its source
+    again at each evaluation."""
+    from cer_jax.data import sources
+    from tfds_rafdb import rafdb
+
+    tree = os.path.join(cache_dir, "synthetic", TREE)
+    c = _config(cache_dir)
+    c.dataset.update(synthetic=False, data_dir=tree + "-tfds", manual_dir=tree)
+    monkeypatch.setattr(sources, "_MATCHED", set(), raising=False)
+    calls = []
+    check = rafdb.check_built_from
+    monkeypatch.setattr(rafdb, "check_built_from", lambda *a: calls.append(a) or check(*a))
+    for _ in range(3):
+        assert pipeline.get_dataset_info(c) == info
+    assert len(calls) == 1
+
+
 def test_a_file_where_a_data_folder_goes_is_one_line(tmp_path):
     from tfds_rafdb import rafdb
 

@@ -213,6 +213,11 @@ def _build_or_join(build: Callable[[], Any], reopen: Callable[[], Any]) -> Any:
         return builder
 
 
+# The (dataset, data_dir, manual_dir) whose build this process has matched to its tree: a run
+# opens its source again at each evaluation, and the check stats every listed image (~0.4 s).
+_MATCHED: set[tuple[str, str | None, str | None]] = set()
+
+
 class TfdsSource:
     """A TFDS dataset; "rafdb/*" is built from `manual_dir` (or the synthetic tree) if needed."""
 
@@ -264,13 +269,16 @@ class TfdsSource:
                     "Image/)."
                 )
 
-        if rafdb is not None and manual_dir and builder.is_prepared():
+        matched = (config.name, data_dir, manual_dir)
+        if (rafdb is not None and manual_dir and matched not in _MATCHED
+                and builder.is_prepared()):
             # Built before: from this tree? (A data_dir would otherwise go on serving another.)
             check_tree()
             try:
                 rafdb.check_built_from(builder, manual_dir)
             except rafdb.RafDbLayoutError as e:
                 raise DataConfigError(f"config.dataset.manual_dir={manual_dir!r}: {e}") from e
+            _MATCHED.add(matched)
 
         def build() -> Any:
             if rafdb is not None and manual_dir:
