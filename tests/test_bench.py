@@ -785,3 +785,20 @@ def test_the_pytorch_reference_runs_conv_nets_channels_last_computing_the_same(s
         nchw = torch_ref.head_logits(setup, model.to(memory_format=torch.contiguous_format)(
             images))[0][0]
     torch.testing.assert_close(channels_last, nchw, rtol=1e-4, atol=1e-5)
+
+
+def test_paired_steps_far_below_the_back_to_back_rate_are_said_with_that_ratio():
+    """The 2026-12-07 run: ResNet-50's training steps paired with channels_last PyTorch's ran at
+    7.0 img/s, back to back at 10.7 (kernel stalls after each PyTorch step), and the table said
+    only 0.57x. Evaluation (43.0 paired, 41.8 back to back) gets no line."""
+    row = {"spec": "resnet:50", "params": 1, "train_images_per_s": 7.0,
+           "train_images_per_s_pipelined": 10.7, "eval_images_per_s": 43.0,
+           "eval_images_per_s_pipelined": 41.8, "ratio_train": 0.57, "ratio_eval": 0.88,
+           "torch": {"train_images_per_s": 13.1, "eval_images_per_s": 48.6, "params": 1,
+                     "framework": "torch (cpu)"}}
+    extra = report.torch_table([row]).split("ratios.\n", 1)[1]
+    assert extra == (
+        "resnet:50 train: cer_jax's steps paired with PyTorch's ran at 7.0 img/s, back to back "
+        "without PyTorch at 10.7 (on a CPU VM a step right after PyTorch's can stall in the "
+        "kernel; on an accelerator a blocked step also waits for its dispatch); against the "
+        f"back-to-back rate the ratio is {10.7 / 13.1:.2f}x (not paired).")

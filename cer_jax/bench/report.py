@@ -91,9 +91,37 @@ def torch_table(results: list[dict[str, Any]]) -> str:
                  f"({rows[0]['torch']['framework']}); the two alternate (each timed step after "
                  "an untimed one of its side) and the ratio is the median of the per-pair "
                  "ratios.")
+    lines.extend(_paired_slowdowns(rows))
     if errors:
         lines.append(errors)
     return "\n".join(lines)
+
+
+# Back to back, cer_jax's steps ran at most a few % below their blocked rate on every machine
+# measured; far above it, the steps paired with PyTorch's were slowed by the pairing itself.
+PAIRING_SLOWDOWN = 1.25
+
+
+def _paired_slowdowns(rows: list[dict[str, Any]]) -> list[str]:
+    """A line for each figure whose paired steps ran far below cer_jax's own back-to-back rate:
+    on a 2-core VM the JAX step right after a PyTorch step often stalled in the kernel (0.6-1.7 s
+    of kernel time, BENCHMARKS.md "2026-12-07"), and on an accelerator a short blocked step pays
+    its dispatch; the paired ratio counts either against cer_jax, so the line gives the ratio of
+    the back-to-back rate too (not paired, so drift is not cancelled)."""
+    lines = []
+    for r in rows:
+        for part in ("train", "eval"):
+            paired = r[f"{part}_images_per_s"]
+            alone = r[f"{part}_images_per_s_pipelined"]
+            if alone > PAIRING_SLOWDOWN * paired:
+                lines.append(
+                    f"{r['spec']} {part}: cer_jax's steps paired with PyTorch's ran at "
+                    f"{paired:.1f} img/s, back to back without PyTorch at {alone:.1f} (on a "
+                    "CPU VM a step right after PyTorch's can stall in the kernel; on an "
+                    "accelerator a blocked step also waits for its dispatch); against the "
+                    f"back-to-back rate the ratio is "
+                    f"{alone / r['torch'][f'{part}_images_per_s']:.2f}x (not paired).")
+    return lines
 
 
 def input_lines(results: list[dict[str, Any]]) -> str:
