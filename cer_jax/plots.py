@@ -20,10 +20,14 @@ def new_figure(figsize: tuple[float, float]) -> Figure:
     return fig
 
 
+COLOUR_LABEL = "colour: share of the true class (row-normalised); cells: counts"
+
+
 def confusion_matrix_figure(
     confusion: np.ndarray, class_names: Sequence[str], title: str = ""
 ) -> Figure:
-    """Row-normalised confusion matrix with counts, rows = true class."""
+    """Confusion matrix, rows = true class: each cell's count, coloured by its share of the row.
+    The colour bar says so: an unnamed 0..1 scale beside counts left the reader to guess."""
     confusion = np.asarray(confusion, dtype=np.int64)
     totals = np.maximum(confusion.sum(axis=1, keepdims=True), 1)
     normalised = confusion / totals
@@ -39,7 +43,8 @@ def confusion_matrix_figure(
         for j in range(confusion.shape[1]):
             colour = "white" if normalised[i, j] > 0.5 else "black"
             ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7, color=colour)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    colour_bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    colour_bar.set_label(COLOUR_LABEL)
     if title:
         ax.set_title(title)
     fig.tight_layout()

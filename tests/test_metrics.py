@@ -80,3 +80,16 @@ def test_a_class_without_an_example_in_the_split_has_no_f1_point():
     trainer.write_eval(writer, 4, "test", scores, SimpleNamespace(class_names=["a", "b", "c"]))
     tags = {tag for _, tag in writer.tags}
     assert {"test/f1/a", "test/f1/b"} <= tags and "test/f1/c" not in tags
+
+
+def test_the_confusion_matrix_says_what_its_colour_and_numbers_are():
+    """Cells show counts, coloured by their share of the true class's row: an unnamed 0..1
+    colour bar beside counts left the normalisation to guess (TensorBoard, fusion report)."""
+    from cer_jax import plots
+
+    fig = plots.confusion_matrix_figure(np.array([[3, 1], [0, 2]]), ["a", "b"], "test")
+    image, colour_bar = fig.axes
+    assert "row-normalised" in colour_bar.get_ylabel()
+    assert "counts" in colour_bar.get_ylabel()
+    assert [t.get_text() for t in image.texts] == ["3", "1", "0", "2"]
+    assert image.images[0].get_array()[0].tolist() == [0.75, 0.25]
