@@ -289,7 +289,9 @@ def eval_tag_prefix(split: str) -> str:
     return "eval_train" if split == "train" else split
 
 
-def write_eval(writer: Any, step: int, split: str, scores: dict[str, Any], info: Any) -> None:
+def write_eval(writer: Any, step: int, split: str, scores: dict[str, Any], info: Any
+               ) -> dict[str, np.ndarray]:
+    """Writes a split's evaluation at `step`; returns the images written, by tag."""
     prefix = eval_tag_prefix(split)
     scalars = {f"{prefix}/{k}": scores[k] for k in ("loss", "accuracy", "macro_f1")}
     # A class with no example in the split, never predicted, has no F1 (None): no point.
@@ -299,7 +301,16 @@ def write_eval(writer: Any, step: int, split: str, scores: dict[str, Any], info:
     image = confusion_matrix_image(
         np.asarray(scores["confusion_matrix"]), info.class_names, f"{split} @ step {step}"
     )
-    writer.write_images(step, {f"{prefix}/confusion_matrix": image[None]})
+    images = {f"{prefix}/confusion_matrix": image[None]}
+    writer.write_images(step, images)
+    return images
+
+
+def write_best_images(writer: Any, step: int, images: dict[str, np.ndarray]) -> None:
+    """The confusion matrices of a new best step again, under `<tag>_best`. TensorBoard shows
+    10 images of a tag by default, a sample that always holds the latest: over a run's many
+    evaluations the best step's matrices were often sampled away."""
+    writer.write_images(step, {f"{tag}_best": image for tag, image in images.items()})
 
 
 class Throughput:
@@ -519,11 +530,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     def evaluate_and_keep_best(step: int) -> None:
         nonlocal best_value, best_at
+        images: dict[str, np.ndarray] = {}
         for split in config.dataset.eval_splits:
             with report.timed(f"eval_{split}"):
                 scores = evaluate.scores(evaluate.predict_split(
                     eval_fn, train_state.model_state(state), config, info, split, mesh), info)
-            write_eval(writer, step, split, scores, info)
+            images.update(write_eval(writer, step, split, scores, info))
             result["eval"][split] = scores
             logging.info("step %d %s: accuracy %.4f macro F1 %.4f loss %.4f", step, split,
                          scores["accuracy"], scores["macro_f1"], scores["loss"])
@@ -531,6 +543,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if best > best_value:
             best_value, best_at = best, step
             ckpts.save_best(step, state, {checkpointing.BEST_METRIC: best})
+            write_best_images(writer, step, images)
         logging.info("step %d: %s %s macro F1 %.4f at step %s (checkpoint.best_split: it "
                      "chooses best/ and the export).", step,
                      "new best" if best_at == step else "best so far",

@@ -290,6 +290,26 @@ def _tensorboard_steps(workdir) -> dict[str, list[int]]:
             for tag in events.Tags()["tensors"]}
 
 
+def test_the_best_steps_confusion_matrices_stay_in_tensorboards_sample(
+    tmp_path, synthetic_cache_dir
+):
+    """TensorBoard shows a sample of 10 images per tag, always with the latest: over a run's
+    evaluations the best step's confusion matrices were often sampled away. Each new best
+    writes them again under `<split>/confusion_matrix_best`, whose latest is the best step's."""
+    from tensorboard.backend.event_processing import data_ingester, plugin_event_accumulator
+
+    workdir = tmp_path / "run"
+    config = tiny_config(synthetic_cache_dir, **{"training.eval_every_steps": 2})
+    result = trainer.train_and_evaluate(config, str(workdir))
+    events = plugin_event_accumulator.EventAccumulator(
+        str(workdir), tensor_size_guidance=data_ingester.DEFAULT_TENSOR_SIZE_GUIDANCE)
+    events.Reload()
+    for split in ("validation", "test"):
+        steps = [event.step for event in events.Tensors(f"{split}/confusion_matrix_best")]
+        assert steps[-1] == result["best_step"], (split, steps)
+        assert set(steps) <= {2, 4, 6, 8}
+
+
 def test_a_run_resumed_after_a_kill_replaces_the_steps_it_logs_again_in_tensorboard(
     halted_workdir, tmp_path, synthetic_cache_dir, monkeypatch
 ):
