@@ -543,6 +543,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if best > best_value:
             best_value, best_at = best, step
             ckpts.save_best(step, state, {checkpointing.BEST_METRIC: best})
+        if best_at == step:  # also the best step again, after a kill before its latest save
             write_best_images(writer, step, images)
         logging.info("step %d: %s %s macro F1 %.4f at step %s (checkpoint.best_split: it "
                      "chooses best/ and the export).", step,

@@ -336,6 +336,8 @@ def test_a_run_resumed_after_a_kill_replaces_the_steps_it_logs_again_in_tensorbo
     assert logged["train/loss"] == [2, 4, 6, 8]
     assert logged["validation/macro_f1"] == [4, 8]
     assert all(steps == sorted(set(steps)) for steps in logged.values()), logged
+    # best/ may hold step 8, saved before the kill: its images, dropped by the purge, return.
+    assert logged["validation/confusion_matrix_best"][-1] == result["best_step"]
 
 
 def test_a_writer_without_the_private_hook_trains_on_with_a_warning(tmp_path, caplog):
