@@ -444,24 +444,16 @@ def write_from_fusion(
         model = train_state.merge_model(graphdef, state["params"], state["rest"])
         restored.append((member.name, model, config))
         steps.append(int(step))
-    path, error = None, None
-    if jax.process_index() == 0:
-        datasets = {str(m.info.get("dataset")) for m in members if m.info.get("dataset")}
-        try:
-            path = write_ensemble(
-                out, restored, strategy, class_names,
-                dataset=datasets.pop() if len(datasets) == 1 else None,
-                extra={"workdirs": [str(m.workdir) for m in members], "steps": steps},
-            )
-        except paths.io_errors() as e:
-            error = EnsembleWriteError(
-                f"The ensemble could not be written to {out} ({paths.error_reason(e)}); free "
-                "space there or give a folder this user may write, and run the fusion again.")
-            error.__cause__ = e
-        except Exception as e:  # raised below, once the others know
-            error = e
-    sharding.raise_if_any_failed(error, "the writing of the ensemble",
-                                 hint=f"process 0 writes it to {out}: see its log")
+    datasets = {str(m.info.get("dataset")) for m in members if m.info.get("dataset")}
+    path = sharding.on_process_0(
+        lambda: write_ensemble(
+            out, restored, strategy, class_names,
+            dataset=datasets.pop() if len(datasets) == 1 else None,
+            extra={"workdirs": [str(m.workdir) for m in members], "steps": steps}),
+        "the writing of the ensemble", where=f"writes it to {out}",
+        io_error=lambda reason: EnsembleWriteError(
+            f"The ensemble could not be written to {out} ({reason}); free space there or give "
+            "a folder this user may write, and run the fusion again."))
     if path is None:
         return None
     logging.info("Ensemble (%s fusion of %d members) written to %s; use it with "
@@ -470,27 +462,26 @@ def write_from_fusion(
     return path
 
 
-def _no_ensemble(out: str | os.PathLike[str], reason: str) -> None:
+def _no_ensemble(out: str | os.PathLike[str], reason_no_new: str) -> None:
     """Logs why fusion writes no ensemble and removes an earlier fusion's artefact at `out`
     (it would not match the new report). Every process must call it: process 0 removes, and
     every process raises when that failed (else the others would exit 0 while it failed)."""
     stale = epath.Path(out)
-    removed, error = False, None
-    if jax.process_index() == 0:
-        try:
-            removed = stale.exists()
-            if removed:
-                stale.rmtree()
-        except paths.io_errors() as e:
-            error = EnsembleWriteError(
-                f"The earlier ensemble at {stale} could not be removed ({paths.error_reason(e)}) "
-                f"and does not match the new report (no new one is written: {reason}); remove "
-                "it yourself, or python -m cer_jax.predict --ensemble would still use it.")
-            error.__cause__ = e
-    sharding.raise_if_any_failed(error, "the removal of the earlier ensemble",
-                                 hint=f"process 0 removes {stale}: see its log")
+
+    def remove() -> bool:
+        if not stale.exists():
+            return False
+        stale.rmtree()
+        return True
+
+    removed = sharding.on_process_0(
+        remove, "the removal of the earlier ensemble", where=f"removes {stale}",
+        io_error=lambda reason: EnsembleWriteError(
+            f"The earlier ensemble at {stale} could not be removed ({reason}) and does not "
+            f"match the new report (no new one is written: {reason_no_new}); remove it "
+            "yourself, or python -m cer_jax.predict --ensemble would still use it."))
     logging.warning("No ensemble artefact written%s: %s.",
-                    f" (the earlier one at {stale} was removed)" if removed else "", reason)
+                    f" (the earlier one at {stale} was removed)" if removed else "", reason_no_new)
 
 
 # --- loading and predicting ------------------------------------------------------------------

@@ -9,15 +9,18 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from cer_jax import paths
 from cer_jax.errors import UserError
+
+T = TypeVar("T")
 
 DATA_AXIS = "data"
 
@@ -168,6 +171,26 @@ def raise_if_any_failed(error: Exception | None, what: str, hint: str | None = N
     if error is not None:
         setattr(error, _COUNTED, True)
         raise error
+
+
+def on_process_0(action: Callable[[], T], what: str, *, where: str,
+                 io_error: Callable[[str], UserError]) -> T | None:
+    """Runs `action` (a write of a shared file, say) on process 0 only, then votes: when it
+    failed, every process raises, process 0 its error (a failed file operation as
+    `io_error(reason)`, one line) and the others one naming process 0 and `where` (on several
+    hosts the others went on alone, exit status 0, while process 0 failed). Returns the
+    action's result on process 0, None elsewhere."""
+    result, error = None, None
+    if jax.process_index() == 0:
+        try:
+            result = action()
+        except paths.io_errors() as e:
+            error = io_error(paths.error_reason(e))
+            error.__cause__ = e
+        except Exception as e:  # raised below, once the others know
+            error = e
+    raise_if_any_failed(error, what, hint=f"process 0 {where}: see its log")
+    return result
 
 
 def _stopped_elsewhere(failed: list[int], what: str, hint: str | None = None) -> UserError:

@@ -17,7 +17,7 @@ ROOT = pathlib.Path(__file__).parents[1]
 # Lower ranks are lower rooms. A module not listed takes its package's rank.
 RANKS = {
     "cer_jax.errors": -1,  # the error types every room raises
-    "cer_jax.paths": 0,
+    "cer_jax.paths": -1,  # path and file-error helpers every room uses (etils only)
     "cer_jax.huge_pages": 0,
     "cer_jax.metrics": 0,
     "cer_jax.plots": 0,

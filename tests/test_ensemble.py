@@ -366,22 +366,16 @@ def test_predict_takes_no_faces_refuses_unit_range_floats_and_names_a_missing_ar
         "ensemble again with python -m cer_jax.fuse.")
 
 
-def test_fusion_writes_no_ensemble_when_a_members_best_step_moved_since_its_export(
-        tmp_path, monkeypatch, caplog):
-    """A run still training saves a better step while fusion fits on its export: the artefact
-    would pair the fitted fusion with another model than the one whose outputs it was fitted
-    on, so it is not written (an earlier one is removed) and the log says why."""
+def moved_member_and_earlier_ensemble(tmp_path, monkeypatch, best):
+    """A member whose export was of step 5 while its best checkpoint is now `best["step"]`, a
+    fitted fusion of it, and an earlier fusion's ensemble folder: (member, fitted, out)."""
     import types
 
     from cer_jax import train_state
     [(name, model, config)] = tiny_members(ABAW7)[:1]
     graphdef, params, rest = train_state.split_model(model)
-    best = {"step": 7}
-
-    def restore_best_state(workdir, mesh):
-        return graphdef, best["step"], {"params": params, "rest": rest}, config
-
-    monkeypatch.setattr(checkpointing, "restore_best_state", restore_best_state)
+    monkeypatch.setattr(checkpointing, "restore_best_state", lambda workdir, mesh: (
+        graphdef, best["step"], {"params": params, "rest": rest}, config))
     member = types.SimpleNamespace(name=name, workdir=os.fspath(tmp_path / "run"),
                                    info={"step": 5, "dataset": "rafdb/compound_abaw7"})
     data = strategies.FusionData(logits=np.zeros((1, 7, 7), np.float32), features=None,
@@ -390,6 +384,16 @@ def test_fusion_writes_no_ensemble_when_a_members_best_step_moved_since_its_expo
     out = tmp_path / "fusion" / "ensemble"
     out.mkdir(parents=True)
     (out / "ensemble.json").write_text('{"strategy": {"name": "an earlier run"}}')
+    return member, fitted, out
+
+
+def test_fusion_writes_no_ensemble_when_a_members_best_step_moved_since_its_export(
+        tmp_path, monkeypatch, caplog):
+    """A run still training saves a better step while fusion fits on its export: the artefact
+    would pair the fitted fusion with another model than the one whose outputs it was fitted
+    on, so it is not written (an earlier one is removed) and the log says why."""
+    best = {"step": 7}
+    member, fitted, out = moved_member_and_earlier_ensemble(tmp_path, monkeypatch, best)
     assert ensemble_lib.write_from_fusion(out, [member], fitted, ABAW7) is None
     assert not out.exists()
     assert ("member vit's best checkpoint is now step 7, but the fusion was fitted on the "
@@ -406,28 +410,17 @@ def test_an_earlier_ensemble_that_cannot_be_removed_is_one_line(tmp_path, monkey
     OSError traceback on process 0 only, while the other hosts exited 0; now a one-line error
     after a vote, on every process."""
     import errno
-    import types
 
+    import jax
     from etils import epath
 
-    from cer_jax import train_state
+    from cer_jax import sharding
     from cer_jax.errors import UserError
-    [(name, model, config)] = tiny_members(ABAW7)[:1]
-    graphdef, params, rest = train_state.split_model(model)
-    monkeypatch.setattr(checkpointing, "restore_best_state", lambda workdir, mesh: (
-        graphdef, 7, {"params": params, "rest": rest}, config))
+    member, fitted, out = moved_member_and_earlier_ensemble(tmp_path, monkeypatch, {"step": 7})
 
     def read_only(self, *args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
-    member = types.SimpleNamespace(name=name, workdir=os.fspath(tmp_path / "run"),
-                                   info={"step": 5, "dataset": "rafdb/compound_abaw7"})
-    data = strategies.FusionData(logits=np.zeros((1, 7, 7), np.float32), features=None,
-                                 labels=np.arange(7))
-    fitted = strategies.fit_strategy("uniform_probabilities", data)
-    out = tmp_path / "fusion" / "ensemble"
-    out.mkdir(parents=True)
-    (out / "ensemble.json").write_text('{"strategy": {"name": "an earlier run"}}')
     monkeypatch.setattr(type(epath.Path(out)), "rmtree", read_only)
     with pytest.raises(UserError) as info:
         ensemble_lib.write_from_fusion(out, [member], fitted, ABAW7)
@@ -438,9 +431,6 @@ def test_an_earlier_ensemble_that_cannot_be_removed_is_one_line(tmp_path, monkey
     assert str(info.value).endswith(
         "; remove it yourself, or python -m cer_jax.predict --ensemble would still use it.")
     # Process 1's view: process 0 failed to remove it; process 1 stops too, naming it.
-    import jax
-
-    from cer_jax import sharding
     monkeypatch.setattr(jax, "process_index", lambda: 1)
     votes = []
     monkeypatch.setattr(sharding, "_failed_processes",

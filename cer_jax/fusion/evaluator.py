@@ -12,7 +12,6 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 from absl import logging
@@ -366,20 +365,13 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
     }
     # Every process computes the same report; one writes it, and every process learns whether
     # it could: on several hosts the others would go on alone into the ensemble's restore.
-    error = None
-    if jax.process_index() == 0:
-        try:
-            report_lib.write_report(config.out, report)
-        except paths.io_errors() as e:
-            error = FusionWriteError(
-                f"--out={config.out} (config key out): the report could not be written there "
-                f"({paths.error_reason(e)}); free space there or give a folder this user may "
-                "write, and run the fusion again.")
-            error.__cause__ = e
-        except Exception as e:  # raised below, once the others know
-            error = e
-    sharding.raise_if_any_failed(error, "the writing of the fusion report",
-                                 hint=f"process 0 writes it to {config.out}: see its log")
+    sharding.on_process_0(
+        lambda: report_lib.write_report(config.out, report), "the writing of the fusion report",
+        where=f"writes it to {config.out}",
+        io_error=lambda reason: FusionWriteError(
+            f"--out={config.out} (config key out): the report could not be written there "
+            f"({reason}); free space there or give a folder this user may write, and run the "
+            "fusion again."))
     # The best strategy with the members' best checkpoints: the self-contained artefact that
     # python -m cer_jax.predict loads (none if a member has no checkpoint). Every process
     # restores the checkpoints (a collective); process 0 writes.
