@@ -574,6 +574,15 @@ class Ensemble:
             # eval_view divides by 255: images already in [0, 1] would be read as near black.
             raise ValueError(f"faces must be uint8 RGB in [0, 255], got {odd[0]} (images in "
                              "[0, 1]: multiply by 255 and cast to uint8)")
+        # Other integer types pass when their values are 8-bit ones (int64 after numpy
+        # arithmetic, say); a 16-bit image (0-65535) would be clipped to near white.
+        wide = [face for face in (faces if isinstance(faces, list) else [faces])
+                if face.dtype != np.uint8 and face.size and (face.min() < 0 or face.max() > 255)]
+        if wide:
+            raise ValueError(
+                f"faces must be uint8 RGB in [0, 255], got {wide[0].dtype} values from "
+                f"{wide[0].min()} to {wide[0].max()} (16-bit images: divide by 257 and cast "
+                "to uint8)")
         if not len(faces):
             num_classes = len(self.class_names)
             return Prediction(np.zeros((0, num_classes)),

@@ -353,6 +353,12 @@ def test_predict_takes_no_faces_refuses_unit_range_floats_and_names_a_missing_ar
     with pytest.raises(ValueError, match=r"faces must be uint8 RGB in \[0, 255\], got float32"):
         loaded.predict((face[None] / 255.0).astype(np.float32))
     assert loaded.predict(face[None].astype(np.int64)).probabilities.shape == (1, len(ABAW7))
+    # A 16-bit image (cv2.IMREAD_UNCHANGED of a 16-bit PNG) would be clipped to near white.
+    with pytest.raises(ValueError) as info:
+        loaded.predict([face.astype(np.uint16) * 257])
+    assert str(info.value) == (
+        f"faces must be uint8 RGB in [0, 255], got uint16 values from {int(face.min()) * 257} to "
+        f"{int(face.max()) * 257} (16-bit images: divide by 257 and cast to uint8)")
     # A member's model.npz without one of the model's arrays (another version's layout).
     model = path / "members" / "00_vit" / "model.npz"
     with np.load(model) as data:
