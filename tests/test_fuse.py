@@ -249,6 +249,14 @@ def test_a_class_without_a_test_example_is_reported_as_undefined(tmp_path):
     assert "| vit | " in test_table and test_table.count(" n/a |") == 5
     assert f"test has no example of {absent}: its F1 is n/a (0/0, undefined)" in test_table
     assert (out / "per_class_f1_test.png").stat().st_size > 1000
+    # In the figure an undefined F1 draws no bar, as an F1 of 0 does: each is marked 'n/a'.
+    from cer_jax.fusion import report as report_lib
+
+    axes = report_lib.per_class_f1_figure(on_disk, "test").axes[0]
+    marks = [text for text in axes.texts if text.get_text() == "n/a"]
+    assert len(marks) == len(on_disk["members"]) + 1  # each member and the fused system
+    assert {round(text.get_position()[0]) for text in marks} == {CLASSES.index(absent)}
+    assert not report_lib.per_class_f1_figure(on_disk, "validation").axes[0].texts
 
 
 def test_the_report_gives_what_a_paper_table_quotes(three_members, tmp_path):

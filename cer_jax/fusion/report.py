@@ -277,7 +277,12 @@ def per_class_f1_figure(report: dict[str, Any], split: str) -> Any:
     ax = fig.subplots()
     for i, (name, metrics) in enumerate(series):
         values = [np.nan if (f := metrics["per_class_f1"][c]) is None else f for c in classes]
-        ax.bar(positions + (i - (len(series) - 1) / 2) * width, values, width, label=name)
+        offsets = positions + (i - (len(series) - 1) / 2) * width
+        ax.bar(offsets, values, width, label=name)
+        # An undefined F1 (0/0) and an F1 of 0 both draw no bar: say which is which.
+        for x, value in zip(offsets, values, strict=True):
+            if np.isnan(value):
+                ax.text(x, 0.02, "n/a", rotation=90, ha="center", va="bottom", fontsize=6)
     ax.set_xticks(positions, classes, rotation=45, ha="right", fontsize=8)
     ax.set_ylim(0.0, 1.2)
     ax.set_yticks(np.linspace(0.0, 1.0, 6))
