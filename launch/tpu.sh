@@ -58,6 +58,10 @@
 #   SMOKE [0]    1: the configs' :smoke variants on synthetic data drawn on each worker (no data
 #                or weights needed; a cheap end-to-end check of a new slice)
 #   JAX_SPEC ['jax[tpu]>=0.10.2,<0.11']  PYTHON_VERSION [3.11]  PYTHON (here) [python3]
+#   TPU_CREATE_ARGS  more flags for `create` (tpu-vm or queued-resources create), e.g. a VPC
+#                without external IPs: "--internal-ips --network=NET --subnetwork=SUBNET"
+#   TPU_SSH_ARGS more flags for every `tpu-vm ssh` and `tpu-vm scp`, e.g. "--tunnel-through-iap"
+#                (through IAP) or "--internal-ip" (from a machine inside the VPC)
 #
 # On the workers the checkout is ~/cer_jax and the venv ~/cer_jax_venv. Every Python launched
 # there (and `install`) first stops a cer_jax tool that an earlier launch left running (a dropped
@@ -100,6 +104,10 @@ GCLOUD_FLAGS=(--zone="$ZONE")
 if [ -n "${PROJECT:-}" ]; then
   GCLOUD_FLAGS+=(--project="$PROJECT")
 fi
+CREATE_EXTRA=()
+if [ -n "${TPU_CREATE_ARGS:-}" ]; then read -r -a CREATE_EXTRA <<<"$TPU_CREATE_ARGS"; fi
+SSH_EXTRA=()
+if [ -n "${TPU_SSH_ARGS:-}" ]; then read -r -a SSH_EXTRA <<<"$TPU_SSH_ARGS"; fi
 
 # The TPU VM image that goes with the accelerator type.
 tpu_version() {
@@ -137,7 +145,7 @@ need_bucket() {
 # Runs one shell command line on every worker of the TPU at once.
 on_all_workers() {
   run gcloud compute tpus tpu-vm ssh "$TPU_NAME" --worker=all "${GCLOUD_FLAGS[@]}" --quiet \
-    --command="$1"
+    ${SSH_EXTRA[@]+"${SSH_EXTRA[@]}"} --command="$1"
 }
 
 # The same `python ARG...` on every worker, from the checkout, with its venv; first stops a
@@ -204,7 +212,7 @@ cmd_create() {
     if [ -z "$state" ]; then
       run gcloud compute tpus queued-resources create "$QR_NAME" "${GCLOUD_FLAGS[@]}" \
         --node-id="$TPU_NAME" --accelerator-type="$ACCELERATOR" --runtime-version="$version" \
-        --scopes="$SCOPES" ${spot[@]+"${spot[@]}"}
+        --scopes="$SCOPES" ${spot[@]+"${spot[@]}"} ${CREATE_EXTRA[@]+"${CREATE_EXTRA[@]}"}
     fi
     local describe=(gcloud compute tpus queued-resources describe "$QR_NAME" "${GCLOUD_FLAGS[@]}"
       --format='value(state.state)')
@@ -226,7 +234,7 @@ cmd_create() {
     # Returns when the VM (every host of a slice) is READY.
     run gcloud compute tpus tpu-vm create "$TPU_NAME" "${GCLOUD_FLAGS[@]}" \
       --accelerator-type="$ACCELERATOR" --version="$version" --scopes="$SCOPES" \
-      ${spot[@]+"${spot[@]}"}
+      ${spot[@]+"${spot[@]}"} ${CREATE_EXTRA[@]+"${CREATE_EXTRA[@]}"}
   fi
 }
 
@@ -243,7 +251,7 @@ cmd_install() {
   run bash -c 'set -o pipefail; cd "$1" && git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d "" f; do if [ -e "$f" ]; then printf "%s\0" "$f"; fi; done | tar --null -T - -czf "$2"' \
     pack "$REPO" "$tarball"
   run gcloud compute tpus tpu-vm scp "$tarball" "$TPU_NAME:cer_jax.tgz" --worker=all \
-    "${GCLOUD_FLAGS[@]}" --quiet
+    "${GCLOUD_FLAGS[@]}" --quiet ${SSH_EXTRA[@]+"${SSH_EXTRA[@]}"}
   # On each worker: unpack, stop a run that an earlier launch left there (it runs from the
   # checkout being replaced), get uv (it brings Python $PYTHON_VERSION when the image has an
   # older one), make the venv once, install the checkout with the TPU build of JAX.

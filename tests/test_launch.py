@@ -366,6 +366,26 @@ def test_tpu_queued_resource_spot_and_delete(env):
     assert delete[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "delete", "t1"]
 
 
+@pytest.mark.parametrize("queued", ["0", "1"])
+def test_tpu_without_external_ips_gets_its_create_and_ssh_flags(env, weights, queued):
+    """A VPC without external IPs needs --internal-ips at create and IAP (or --internal-ip) for
+    every ssh and scp to the workers; without a way to pass them the launcher could not reach
+    such a TPU."""
+    cmds = dry_run("tpu.sh", "all", env=env, BUCKET="gs://b", QUEUED=queued, **weights,
+                   TPU_CREATE_ARGS="--internal-ips --network=my-vpc --subnetwork=my-subnet",
+                   TPU_SSH_ARGS="--tunnel-through-iap")
+    (create,) = [c for c in cmds if c[:3] == ["gcloud", "compute", "tpus"] and c[4] == "create"]
+    assert create[-3:] == ["--internal-ips", "--network=my-vpc", "--subnetwork=my-subnet"]
+    to_workers = [c for c in cmds if c[:4] == ["gcloud", "compute", "tpus", "tpu-vm"]
+                  and c[4] in ("ssh", "scp")]
+    assert {c[4] for c in to_workers} == {"ssh", "scp"}
+    for c in to_workers:
+        assert c.count("--tunnel-through-iap") == 1, c
+    # Without them, nothing is added.
+    plain = dry_run("tpu.sh", "all", env=env, BUCKET="gs://b", QUEUED=queued, **weights)
+    assert not any("--tunnel-through-iap" in c or "--internal-ips" in c for c in plain)
+
+
 def test_tpu_smoke_needs_no_data_and_tensorboard_reads_the_bucket(env):
     cmds = dry_run("tpu.sh", "ensemble", env=env, BUCKET="gs://b", SMOKE="1")
     runs = [remote_python_argv(c) for c in cmds if is_tpu_ssh(c)]
