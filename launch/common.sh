@@ -171,16 +171,17 @@ torch_weights_vars() {
   printf '%s' "$vars"
 }
 
-# Whether weights PATH are read by unpickling (PyTorch): a .pth / .tar / .pt / .bin file, or a
-# local folder the trainer reads one of them from (a Hugging Face snapshot of an older model
-# holds pytorch_model.bin and no model.safetensors, which the trainer would prefer).
+# Whether weights PATH are read by unpickling (PyTorch): a .pth / .tar / .pt / .bin / .ckpt file
+# (cer_jax.pretrained.readers.TORCH_SUFFIXES), or a local folder the trainer reads one of them
+# from (a Hugging Face snapshot of an older model holds pytorch_model.bin and no
+# model.safetensors, which the trainer would prefer).
 needs_torch() {
   local file
   case "$1" in
-    *.pth | *.tar | *.pt | *.bin) return 0 ;;
+    *.pth | *.tar | *.pt | *.bin | *.ckpt) return 0 ;;
   esac
   [ -d "$1" ] && [ ! -e "$1/model.safetensors" ] || return 1
-  for file in "$1"/*.pth "$1"/*.tar "$1"/*.pt "$1"/*.bin; do
+  for file in "$1"/*.pth "$1"/*.tar "$1"/*.pt "$1"/*.bin "$1"/*.ckpt; do
     [ -f "$file" ] && return 0
   done
   return 1

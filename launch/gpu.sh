@@ -9,8 +9,8 @@
 #   install                         pip install this checkout with the CUDA build of JAX into
 #                                   $PYTHON's environment (make it a venv: a system Python may
 #                                   refuse pip), and PyTorch's CPU build when a *_WEIGHTS file is
-#                                   a PyTorch one (.pth, .pth.tar, .pt, .bin, or a folder read
-#                                   through one; it only reads it)
+#                                   a PyTorch one (.pth, .pth.tar, .pt, .bin, .ckpt, or a folder
+#                                   read through one; it only reads it)
 #   train CONFIG WORKDIR [OVERRIDES...]
 #                                   one training (e.g. configs/manet.py runs/manet)
 #   ensemble RUNS [OVERRIDES...]    vit, manet and resnet50 into RUNS/<name> (the OVERRIDES go to

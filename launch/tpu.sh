@@ -12,7 +12,7 @@
 #   install              copy this checkout (its tracked and untracked, not ignored, files) to
 #                        every worker, make a Python $PYTHON_VERSION venv there (uv) and install
 #                        the checkout with the TPU build of JAX (and PyTorch's CPU build when a
-#                        *_WEIGHTS file is a PyTorch one: .pth, .pth.tar, .pt, .bin, or a
+#                        *_WEIGHTS file is a PyTorch one: .pth, .pth.tar, .pt, .bin, .ckpt, or a
 #                        folder read through one); then `check`
 #   check                every worker prints its process index, process count and devices
 #   upload               build the TFDS dataset here when MANUAL_DIR is set, then copy

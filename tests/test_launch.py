@@ -545,6 +545,26 @@ def test_pytorch_weights_are_checked_before_the_first_training(env, weights, tmp
     assert with_torch.returncode == 0, with_torch.stderr
 
 
+def test_every_file_the_trainer_unpickles_gets_pytorch(env, weights, tmp_path):
+    """Each suffix the trainer reads with PyTorch (a Lightning .ckpt among them: the install
+    left PyTorch out for one, and its training then stopped for want of it), as a file or
+    as the one weights file of a folder, makes the launch scripts install and check it."""
+    from cer_jax.pretrained.readers import TORCH_SUFFIXES
+
+    safetensors_only = {**weights, "MANET_WEIGHTS": str(tmp_path / "manet.safetensors")}
+    for suffix in TORCH_SUFFIXES:
+        folder = tmp_path / f"folder{suffix}.d"
+        folder.mkdir()
+        (folder / f"weights{suffix}").write_bytes(b"x")
+        for path in (tmp_path / f"vit{suffix}", folder):
+            check = dry_run("gpu.sh", "ensemble", "runs", env=env,
+                            **{**safetensors_only, "VIT_WEIGHTS": str(path)})[0]
+            assert check[3] == "-c" and "error: VIT_WEIGHTS: PyTorch weights" in check[4], path
+            (_, torch) = dry_run("gpu.sh", "install", env=env,
+                                 **{**safetensors_only, "VIT_WEIGHTS": str(path)})
+            assert torch[3:5] == ["install", "torch"], path
+
+
 @pytest.mark.parametrize("procs,tasks,per_node", [("per-gpu", 16, 8), ("per-node", 2, 1)])
 def test_slurm_srun_task_counts(env, procs, tasks, per_node):
     # Inside an allocation: the layout comes from SLURM's own variables.
