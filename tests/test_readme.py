@@ -189,3 +189,33 @@ def test_a_wrong_flag_or_key_in_a_command_is_found():
     assert "optimizer.lrr" not in _config_keys("configs/vit.py")
     assert "optimizer.lr" in _config_keys("configs/vit.py")
     assert re.findall(r"--config\.([\w.]*\w)", span) == ["optimizer.lrr"]
+
+
+def _strings(path: pathlib.Path) -> list[str]:
+    """Every string literal of a module, implicit concatenations joined (an f-string's literal
+    parts joined, its fields left out)."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.JoinedStr):
+            found.append("".join(v.value for v in node.values if isinstance(v, ast.Constant)))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            found.append(node.value)
+    return found
+
+
+def test_every_readme_section_a_message_names_exists():
+    """A message that sends the user to "README, 'SECTION'" names a heading the README has (one
+    named a section by an old title, which a reader could not find)."""
+    headings = {line.lstrip("#").strip() for line in (ROOT / "README.md").read_text().splitlines()
+                if line.startswith("#")}
+    named, missing = [], []
+    for path in [*(ROOT / "cer_jax").rglob("*.py"), *(ROOT / "tfds_rafdb").rglob("*.py")]:
+        for text in _strings(path):
+            for section in re.findall(r"README, ['\"]?([^'\")]+?)['\"]?\)", text):
+                named.append(section)
+                if section not in headings:
+                    missing.append(f"{path.relative_to(ROOT)}: {section!r}")
+    assert len(named) >= 4  # the search itself finds the messages
+    assert not missing, sorted(set(missing))

@@ -95,7 +95,7 @@ def _dispatch(path: str | os.PathLike[str] | epath.Path, *, keys_only: bool) -> 
     if not file.is_file():
         raise CheckpointReadError(
             f"Pre-trained checkpoint {shown!r} does not exist. Download it yourself (see README, "
-            "'Pre-trained weights') and set config.init.checkpoint to its path (local or gs://)."
+            "'Bring pre-trained weights') and set config.init.checkpoint to its path (local or gs://)."
         )
     name = file.name.lower()
     try:
