@@ -716,6 +716,26 @@ def test_members_trained_on_a_split_holding_validation_are_reported_as_not_held_
             "split (validation, test).") in caplog.text
 
 
+def test_a_folder_datasets_splits_numbered_alike_are_not_taken_for_shared_images(tmp_path,
+                                                                                 caplog):
+    """A `folder` dataset names an example `<class>/<file>` inside its split's folder, and many
+    exports number each split's files from 0 (Kaggle's FER-2013: train/angry/im0.png and
+    test/angry/im0.png): the report said the members were trained on validation's images and
+    feature_mlp was fitted on the 32 train_fit examples whose names validation lacks."""
+    workdirs = []
+    for name, (quality, seed) in QUALITY_SEED.items():
+        outputs = make_outputs(quality, seed)
+        for split, arrays in outputs.items():  # "validation_0003.jpg" -> "class/0003.jpg"
+            arrays["file_names"] = np.char.replace(arrays["file_names"], f"{split}_", "class/")
+        workdirs.append(write_export(str(tmp_path / name), name, outputs, dataset="folder"))
+    caplog.set_level("WARNING")
+    report = evaluator.fuse(fusion_config(workdirs, tmp_path / "out", ablation=False,
+                                          bootstrap_samples=0))
+    assert report["training_leaks"] == []
+    assert "feature_mlp is fitted on the" not in caplog.text  # on all 80 train_fit examples
+    assert "WARNING: the members' training saw" not in (tmp_path / "out" / "report.md").read_text()
+
+
 def test_feature_mlp_fitted_on_another_split_never_sees_the_reported_ones(tmp_path, caplog):
     """Members trained on train_fit; the MLP asked to fit on `train` (which holds validation)
     is fitted on train_fit's images only, and no member is flagged: what they were trained on

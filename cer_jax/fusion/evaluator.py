@@ -178,8 +178,8 @@ def training_leaks(
     """Where a member's own training saw a split that fusion treats as unseen: it chose its best
     checkpoint on a reported split other than `select_on`, or the split it was fitted on (its
     dataset.train_split) is a reported split or shares images with one (RAF-DB's `train` holds
-    `validation`). Fusion's choices or its test numbers are then optimistic; the report says
-    so."""
+    `validation`; by file name, so not for a `folder` dataset). Fusion's choices or its test
+    numbers are then optimistic; the report says so."""
     leaks = []
     for member in members:
         try:
@@ -194,7 +194,7 @@ def training_leaks(
             leaks.append(f"member {member.name} was trained on {trained_split}, a reported split")
             continue
         trained_on = member.outputs.get(trained_split, {}).get("file_names")
-        if trained_on is None:
+        if trained_on is None or not member.names_span_splits:
             continue
         for split in eval_splits:
             if split in member.outputs:

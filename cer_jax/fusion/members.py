@@ -42,6 +42,14 @@ class Member:
     def describe(self) -> str:
         return f"{self.name} ({self.workdir})"
 
+    @property
+    def names_span_splits(self) -> bool:
+        """Whether one file name is one image in every split: RAF-DB's are (`train` holds
+        `validation`'s train_0001.jpg); a `folder` dataset's are `<class>/<file>` inside each
+        split's own folder, so one name in two splits is two images (many exports number the
+        files of each split from 0), and sharing cannot be told from names."""
+        return self.info.get("dataset") != "folder"
+
 
 def _require_workdir(workdir: str) -> None:
     path = checkpointing.workdir_path(workdir)
@@ -241,7 +249,9 @@ def rows_in_no_other_split(members: Sequence[Member], split: str,
                            others: Sequence[str]) -> np.ndarray:
     """The rows of `split` (in align_members' order) whose file is in none of the `others`
     splits: RAF-DB's `train` holds `validation`, and what a fusion is fitted on must not hold
-    what it is chosen or scored on."""
+    what it is chosen or scored on. Every row where names do not span splits (`folder`)."""
+    if not members[0].names_span_splits:
+        return np.arange(len(members[0].outputs[split]["file_names"]), dtype=np.int64)
     excluded = set()
     for other in others:
         if other != split and other in members[0].outputs:
