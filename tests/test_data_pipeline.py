@@ -703,6 +703,52 @@ def test_unreadable_image_is_named(tmp_path):
         list(pipeline.eval_iterator(config, info, "train", global_batch_size=2))
 
 
+def test_an_image_one_host_cannot_read_stops_every_host_in_step(tmp_path, monkeypatch):
+    """An image that fails to decode in one host's part of the data (a TFDS build is not
+    decoded before training): that host stopped with its one line, while the others went on
+    into the next step's collective and waited there for it (on a TPU, for ever). Training
+    now votes after filling its cache; evaluation keeps the failed host in step with padding
+    to the end of the split, where every host stops."""
+    from cer_jax import sharding
+    from cer_jax.errors import UserError
+
+    _write_folder(tmp_path, ["train"], {"train": ["a", "b"]})
+    (tmp_path / "train" / "b" / "broken.jpg").write_bytes(b"not a jpeg")  # example 5 of 6
+    config = _config(tmp_path)
+    config.dataset.update(name="folder", folder=str(tmp_path), synthetic=False,
+                          train_split="train", eval_splits=("train",))
+    info = pipeline.get_dataset_info(config)
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    votes = []
+    monkeypatch.setattr(sharding, "_failed_processes", lambda failed: votes.append(failed) or [1])
+    broken = r"train/b/broken\.jpg: cannot be decoded as an image \(split 'train'\)"
+    elsewhere = "process 1 stopped in the {} on an error that this process did not meet"
+    for index in (0, 1):  # process 1 reads the broken image (its shard and its eval slice)
+        monkeypatch.setattr(jax, "process_index", lambda index=index: index)
+        votes.clear()
+        with pytest.raises(UserError) as e:
+            pipeline.train_iterator(config, info, global_batch_size=2, seed=0)
+        assert votes == [index == 1]
+        if index == 1:
+            assert e.type is DataConfigError and e.match(broken)
+        else:
+            assert str(e.value).startswith(elsewhere.format("reading of the training split "
+                                                            "'train'"))
+        votes.clear()
+        batches = pipeline.eval_iterator(config, info, "train", global_batch_size=2)
+        masks = [next(batches)["mask"].tolist() for _ in range(3)]  # 3 examples each
+        assert masks == ([[True]] * 3 if index == 0 else [[True], [True], [False]])
+        with pytest.raises(UserError) as e:
+            next(batches)
+        assert votes == [index == 1]
+        if index == 1:
+            assert e.type is DataConfigError and e.match(broken)
+        else:
+            assert str(e.value) == elsewhere.format("evaluation of split 'train'") + (
+                " (it could not read its part of the split: see its log).")
+
+
 @pytest.mark.parametrize("with_tree", [True, False])
 def test_a_tfds_build_holding_an_undecodable_jpeg_names_it_and_the_rebuild(tmp_path, with_tree):
     """A rafdb build made before the builder decoded each JPEG with TensorFlow may store one

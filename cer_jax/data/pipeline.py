@@ -12,7 +12,9 @@ k, k+1, ... exactly.
 
 Evaluation reads a contiguous slice of the split per process, padded so that every process
 yields the same number of batches; the union of the slices is every example once.
-`jax.process_count()` and `jax.process_index()` are the only multi-host knowledge here.
+`jax.process_count()` and `jax.process_index()` are the only multi-host knowledge here, with
+votes (`sharding`) where a read that fails on one host would leave the others waiting in the
+next collective.
 Batches are host-local numpy.
 """
 
@@ -27,6 +29,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from cer_jax import sharding
 from cer_jax.data import augment
 from cer_jax.data.sources import (
     DataConfigError,
@@ -290,12 +293,16 @@ def train_iterator(
     per_host = num_shards // jax.process_count()
     mine = range(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
     classes = np.unique(labels)
-    streams = [
-        _shard_stream(source, split, shards[shard], labels[shards[shard]], classes,
-                      shard=shard, in_cfg=in_cfg, seed=seed, start_step=start_step,
-                      batch=global_batch_size // num_shards)
-        for shard in mine
-    ]
+    # Decodes this host's shards into the cache: a read that fails on one host only (an image
+    # a TFDS build cannot decode) must stop every host, not leave the others waiting for it in
+    # the first training step.
+    with sharding.stop_together(f"the reading of the training split {split!r}"):
+        streams = [
+            _shard_stream(source, split, shards[shard], labels[shards[shard]], classes,
+                          shard=shard, in_cfg=in_cfg, seed=seed, start_step=start_step,
+                          batch=global_batch_size // num_shards)
+            for shard in mine
+        ]
     if len(streams) == 1:
         ds = streams[0]
     else:
@@ -424,7 +431,8 @@ def eval_iterator(
 
     Yields {"image", "label", "mask" (False on padding), "index" (position in the split, -1 on
     padding), "file_name" (object array of str)}. All processes yield the same number of
-    batches (multi-host steps need that).
+    batches (multi-host steps need that), even one whose read fails: with several processes it
+    goes on with padding to the end, where every process raises.
     """
     tf = import_tf()
     in_cfg = config.input
@@ -462,9 +470,40 @@ def eval_iterator(
     else:
         ds = padding
     ds = ds.batch(batch, drop_remainder=True).prefetch(_prefetch(in_cfg))
-    for b in _numpy_batches(ds, _naming_bad_files(source, split, np.arange(start, end))):
-        b["file_name"] = np.asarray([f.decode("utf-8") for f in b["file_name"]], dtype=object)
-        yield b
+    # As sharding.stop_together: only where processes can vote (not when one process plays
+    # each host in turn, as the tests do).
+    together = jax.distributed.is_initialized() and jax.process_count() > 1
+    produced, error = 0, None
+    try:
+        for b in _numpy_batches(ds, _naming_bad_files(source, split, np.arange(start, end))):
+            b["file_name"] = np.asarray([f.decode("utf-8") for f in b["file_name"]], dtype=object)
+            produced += 1
+            yield b
+    except Exception as e:
+        if not together:
+            raise
+        # A read that fails on this host only (an image a TFDS build cannot decode, a gs://
+        # read): the other hosts are already in the next batch's step, a collective that
+        # would wait for this one for ever. Padding keeps this host in step with them to the
+        # end of the split, where every host learns of the error and stops.
+        error = e
+        for _ in range(num_batches - produced):
+            yield _padding_batch(batch, size)
+    if together:
+        sharding.raise_if_any_failed(
+            error, f"the evaluation of split {split!r}",
+            hint="it could not read its part of the split: see its log")
+
+
+def _padding_batch(batch: int, size: int) -> dict[str, np.ndarray]:
+    """A batch of eval_iterator's padding only (every row masked out)."""
+    return {
+        "image": np.zeros([batch, size, size, 3], np.float32),
+        "label": np.zeros([batch], np.int32),
+        "mask": np.zeros([batch], bool),
+        "index": np.full([batch], -1, np.int32),
+        "file_name": np.asarray([""] * batch, dtype=object),
+    }
 
 
 def class_weights(config: ml_collections.ConfigDict, info: DatasetInfo) -> np.ndarray:
