@@ -344,12 +344,14 @@ def resolve_data_shards(config: ml_collections.ConfigDict, workdir: str, *,
     """input.num_data_shards=None becomes the resumed run's count (so its data stream goes on
     unchanged on any process count that divides it), or one shard per process; then checked.
     `resuming`: the workdir holds checkpoints."""
+    saved = None
+    if resuming:
+        saved = checkpointing.load_config(workdir).input.get("num_data_shards")
     if config.input.get("num_data_shards") is None:
-        saved = None
-        if resuming:
-            saved = checkpointing.load_config(workdir).input.get("num_data_shards")
         config.input.num_data_shards = saved or jax.process_count()
-    pipeline.check_data_shards(config.input.num_data_shards, config.training.global_batch_size)
+    shards = config.input.num_data_shards
+    pipeline.check_data_shards(shards, config.training.global_batch_size,
+                               recorded_in=workdir if shards == saved else None)
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:

@@ -348,6 +348,32 @@ def test_an_unwritable_workdir_is_one_line_before_the_data(synthetic_cache_dir, 
         "user may write (local, gs://... or a shared filesystem).")
 
 
+@pytest.mark.parametrize("given", [None, 4])  # the default, or the recorded count again
+def test_a_resume_on_a_process_count_its_shards_do_not_split_over_says_which_would(
+        tmp_path, given, monkeypatch):
+    """A run dealt into 4 shards, resumed on 8 hosts: the line said to set num_data_shards
+    to a multiple of 8 or to None, and each was then refused (None takes the run's 4; 8 is
+    another run's data order). Only the process count can change: it names those that fit."""
+    from cer_jax import checkpointing
+
+    config = ml_collections.ConfigDict({"input": {"num_data_shards": 4},
+                                        "training": {"global_batch_size": 16}})
+    checkpointing.save_config(config, str(tmp_path))
+    config.input.num_data_shards = given
+    monkeypatch.setattr(jax, "process_count", lambda: 8)
+    with pytest.raises(UserError) as error:
+        trainer.resolve_data_shards(config, str(tmp_path), resuming=True)
+    assert str(error.value) == (
+        f"--workdir={tmp_path} holds a run whose training split is dealt into "
+        "config.input.num_data_shards=4 (its config.json), which 8 processes cannot share "
+        "(each reads whole shards): resume it on 1, 2 or 4 processes, or train anew in another "
+        "--workdir.")
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    config.input.num_data_shards = given
+    trainer.resolve_data_shards(config, str(tmp_path), resuming=True)
+    assert config.input.num_data_shards == 4
+
+
 @pytest.mark.parametrize("member, writer, model, message", [
     ("vit", "augreg_npz", dict(name="vit", variant="mu/8", image_size=32),
      r"holds a ViT mu/8 .* set --config\.model\.variant=mu/8"),

@@ -194,9 +194,21 @@ def num_data_shards(config: ml_collections.ConfigDict) -> int:
     return jax.process_count() if value is None else int(value)
 
 
-def check_data_shards(num_shards: int, global_batch_size: int) -> None:
-    """Each process reads whole shards, and each global batch takes B / S from every shard."""
+def check_data_shards(num_shards: int, global_batch_size: int,
+                      recorded_in: str | None = None) -> None:
+    """Each process reads whole shards, and each global batch takes B / S from every shard.
+    `recorded_in`: the workdir of the resumed run whose count this is (its data order, which
+    another count would change, so only another process count can fix it)."""
     count = jax.process_count()
+    if recorded_in and num_shards > 0 and num_shards % count:
+        fits = [str(n) for n in range(1, num_shards + 1) if num_shards % n == 0]
+        on = f"{', '.join(fits[:-1])} or {fits[-1]} processes" if len(fits) > 1 else "1 process"
+        raise DataConfigError(
+            f"--workdir={recorded_in} holds a run whose training split is dealt into "
+            f"config.input.num_data_shards={num_shards} (its config.json), which {count} "
+            f"processes cannot share (each reads whole shards): resume it on {on}, or train "
+            "anew in another --workdir."
+        )
     if num_shards <= 0 or num_shards % count:
         raise DataConfigError(
             f"config.input.num_data_shards={num_shards} must be a positive multiple of the "
