@@ -749,6 +749,33 @@ def test_an_image_one_host_cannot_read_stops_every_host_in_step(tmp_path, monkey
                 " (it could not read its part of the split: see its log).")
 
 
+def test_a_split_that_one_host_cannot_open_at_an_evaluation_stops_every_host_in_step(
+        imbalanced_folder, monkeypatch):
+    """An evaluation opens its split again (an image folder is listed again, on gs:// too): a
+    failure there on one host is held to the end of the split as a read's is."""
+    from cer_jax import sharding
+    from cer_jax.errors import UserError
+
+    config = _folder_config(imbalanced_folder)
+    info = pipeline.get_dataset_info(config)
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    votes = []
+    monkeypatch.setattr(sharding, "_failed_processes", lambda failed: votes.append(failed) or [1])
+
+    def unlistable(dataset_config):
+        raise DataConfigError("config.dataset.folder=...: cannot be listed")
+
+    monkeypatch.setattr(pipeline, "open_source", unlistable)
+    batches = pipeline.eval_iterator(config, info, "test", global_batch_size=8)
+    masks = [next(batches)["mask"] for _ in range(4)]  # 27 examples: 14 a host, 4 a batch
+    assert not np.any(masks) and votes == []
+    with pytest.raises(UserError, match="cannot be listed"):
+        next(batches)
+    assert votes == [True]
+
+
 @pytest.mark.parametrize("with_tree", [True, False])
 def test_a_tfds_build_holding_an_undecodable_jpeg_names_it_and_the_rebuild(tmp_path, with_tree):
     """A rafdb build made before the builder decoded each JPEG with TensorFlow may store one

@@ -446,14 +446,41 @@ def eval_iterator(
     batches (multi-host steps need that), even one whose read fails: with several processes it
     goes on with padding to the end, where every process raises.
     """
-    tf = import_tf()
-    in_cfg = config.input
-    check_input_config(in_cfg)
+    check_input_config(config.input)
     check_split(info, split, "split")
     batch = local_batch_size(global_batch_size)
     total, count = info.split_sizes[split], jax.process_count()
     start, end = host_slice(total, count, jax.process_index())
     num_batches = math.ceil(math.ceil(total / count) / batch)
+    # As sharding.stop_together: only where processes can vote (not when one process plays
+    # each host in turn, as the tests do).
+    together = jax.distributed.is_initialized() and jax.process_count() > 1
+    produced, error = 0, None
+    try:
+        for b in _eval_batches(config, split, start, end, batch, num_batches * batch):
+            produced += 1
+            yield b
+    except Exception as e:
+        if not together:
+            raise
+        # A read that fails on this host only (an image a TFDS build cannot decode, a gs://
+        # read): the other hosts are already in the next batch's step, a collective that
+        # would wait for this one for ever. Padding keeps this host in step with them to the
+        # end of the split, where every host learns of the error and stops.
+        error = e
+        for _ in range(num_batches - produced):
+            yield _padding_batch(batch, config.input.image_size)
+    if together:
+        sharding.raise_if_any_failed(
+            error, f"the evaluation of split {split!r}",
+            hint="it could not read its part of the split: see its log")
+
+
+def _eval_batches(config: ml_collections.ConfigDict, split: str, start: int, end: int,
+                  batch: int, rows: int) -> Iterator[dict[str, np.ndarray]]:
+    """eval_iterator's batches of examples [start, end) of `split`, padded to `rows`."""
+    tf = import_tf()
+    in_cfg = config.input
     size = in_cfg.image_size
 
     def view(ex):
@@ -473,7 +500,7 @@ def eval_iterator(
             "index": tf.constant(-1, tf.int32),
             "file_name": tf.constant(""),
         }
-    ).repeat(num_batches * batch - (end - start))
+    ).repeat(rows - (end - start))
     source = open_source(config.dataset)
     if end > start:
         examples = source.examples(split, np.arange(start, end))
@@ -482,29 +509,9 @@ def eval_iterator(
     else:
         ds = padding
     ds = ds.batch(batch, drop_remainder=True).prefetch(_prefetch(in_cfg))
-    # As sharding.stop_together: only where processes can vote (not when one process plays
-    # each host in turn, as the tests do).
-    together = jax.distributed.is_initialized() and jax.process_count() > 1
-    produced, error = 0, None
-    try:
-        for b in _numpy_batches(ds, _naming_bad_files(source, split, np.arange(start, end))):
-            b["file_name"] = np.asarray([f.decode("utf-8") for f in b["file_name"]], dtype=object)
-            produced += 1
-            yield b
-    except Exception as e:
-        if not together:
-            raise
-        # A read that fails on this host only (an image a TFDS build cannot decode, a gs://
-        # read): the other hosts are already in the next batch's step, a collective that
-        # would wait for this one for ever. Padding keeps this host in step with them to the
-        # end of the split, where every host learns of the error and stops.
-        error = e
-        for _ in range(num_batches - produced):
-            yield _padding_batch(batch, size)
-    if together:
-        sharding.raise_if_any_failed(
-            error, f"the evaluation of split {split!r}",
-            hint="it could not read its part of the split: see its log")
+    for b in _numpy_batches(ds, _naming_bad_files(source, split, np.arange(start, end))):
+        b["file_name"] = np.asarray([f.decode("utf-8") for f in b["file_name"]], dtype=object)
+        yield b
 
 
 def _padding_batch(batch: int, size: int) -> dict[str, np.ndarray]:
