@@ -1,4 +1,5 @@
-"""SYNTHETIC RAF-DB: procedurally drawn cartoon faces in the exact RAF-DB on-disk layout.
+"""SYNTHETIC RAF-DB: procedurally drawn cartoon faces in the exact RAF-DB on-disk layout (label
+file, original and aligned images, manual landmarks; not the automatic landmarks or boxes).
 
 These are not photographs of people. The tree exists so that the whole pipeline (TFDS builder,
 input pipeline, training, fusion, report) runs end to end, in CI and in demos, without the real
