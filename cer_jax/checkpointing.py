@@ -168,6 +168,10 @@ _IDENTITY_KEYS = ("member", "model", "dataset.name", "dataset.folder", "dataset.
 # the data order's seed; else `seed` only initialised the model, which a resume restores).
 _DATA_ORDER_KEYS = ("training.global_batch_size", "input.num_data_shards", "input.seed",
                     "input.shuffle_buffer", "input.balance")
+# What chose best/: each evaluation must beat its macro F1 on this split. Another split would
+# be compared with the recorded one's F1 (a validation best against test scores), choosing
+# best/ and the export by neither split. Compared when recorded, as the data order keys.
+_SELECTION_KEYS = ("checkpoint.best_split",)
 
 
 def data_order_seed(config: Any) -> int | None:
@@ -210,8 +214,9 @@ def _identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def check_same_run(config: ml_collections.ConfigDict, workdir: str, *,
                    resuming: bool | None = None) -> None:
     """Refuses to resume a workdir whose checkpoints come from another model, label space,
-    evaluation preprocessing or data order (or that is a file). `resuming`: whether the workdir
-    holds checkpoints, if the caller listed them already (None: listed here)."""
+    evaluation preprocessing, data order or best-checkpoint split (or that is a file).
+    `resuming`: whether the workdir holds checkpoints, if the caller listed them already
+    (None: listed here)."""
     blocker = paths.file_in_the_way(workdir)
     if blocker is not None:
         raise WorkdirError(f"--workdir={workdir}: {blocker} is a file, not a folder; give a "
@@ -227,7 +232,7 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: str, *,
     saved_config = ml_collections.ConfigDict(json.loads(path.read_text()))
     saved, wanted = _identity(saved_config), _identity(config)
     recorded = saved_config.to_dict()
-    for key in _DATA_ORDER_KEYS:
+    for key in (*_DATA_ORDER_KEYS, *_SELECTION_KEYS):
         if key == "input.seed":
             saved[key], wanted[key] = data_order_seed(recorded), data_order_seed(config)
             continue

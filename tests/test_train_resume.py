@@ -102,13 +102,15 @@ def test_a_halt_between_log_points_stops_at_its_step(tmp_path, synthetic_cache_d
 @pytest.mark.parametrize(("key", "value", "there", "named"), [
     ("training.global_batch_size", 8, 16, None), ("input.num_data_shards", 2, 1, None),
     ("input.seed", 1, 0, None), ("seed", 1, 0, "input.seed"),  # input.seed=None follows seed
-    ("input.shuffle_buffer", 4, None, None), ("input.balance", "sampling", "none", None)])
+    ("input.shuffle_buffer", 4, None, None), ("input.balance", "sampling", "none", None),
+    ("checkpoint.best_split", "test", "validation", None)])
 def test_resuming_with_another_data_order_is_refused(halted_workdir, tmp_path,
                                                      synthetic_cache_dir, key, value, there,
                                                      named):
     """The stream resumes at step x batch over the shards of the same shuffles: another batch
     or shard count, seed, shuffle buffer or class balancing would skip or repeat examples, not
-    go on with the same order."""
+    go on with the same order. Another checkpoint.best_split would weigh its macro F1 against
+    the recorded best's on validation, choosing best/ by neither split."""
     workdir = tmp_path / "run"
     shutil.copytree(halted_workdir, workdir)
     with pytest.raises(UserError) as e:
