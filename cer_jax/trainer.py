@@ -376,11 +376,16 @@ def _check_run(config: ml_collections.ConfigDict, workdir: str
         if config.dataset.get(key):
             config.dataset[key] = paths.normalized(config.dataset[key])
     missing = missing_init_source(config.init) if resuming else None
-    if missing:  # its weights were loaded at step 0; the settings they implied are recorded
+    if missing:
         key = "checkpoint" if config.init.get("checkpoint") else "workdir"
         logging.info("Resuming %s: init.%s=%s cannot be read, and need not be: its weights "
                      "were loaded at step 0 (the model settings come from config.json).",
                      workdir, key, config.init[key])
+    unset = not (config.init.get("checkpoint") or config.init.get("workdir"))
+    if resuming and (missing or unset):
+        # Its weights were loaded at step 0; the settings they implied are recorded. A resume
+        # without the init source (dropped from the command) took the model's defaults: a run
+        # from an AugReg .npz (tanh GELU) was refused as another run.
         warm_start.resolve_model_settings(
             config, recorded=checkpointing.load_config(workdir).model)
     else:

@@ -194,6 +194,25 @@ def test_a_resume_needs_no_init_source_which_a_fresh_run_still_checks(
         trainer.prepare(config, str(tmp_path / "fresh"))
 
 
+def test_a_resume_without_its_init_source_builds_the_network_its_weights_implied(
+        halted_workdir, tmp_path, synthetic_cache_dir):
+    """A run from an AugReg .npz records the tanh GELU that the file implies. Relaunched without
+    init.checkpoint (read at step 0 only), the resume took the model's default, exact GELU, and
+    was refused as another run (model.gelu_approximate=True there, False here)."""
+    workdir = tmp_path / "run"
+    shutil.copytree(halted_workdir, workdir)
+    recorded = json.loads((workdir / "config.json").read_text())
+    recorded["model"]["gelu_approximate"] = True  # as an AugReg / big_vision .npz implies it
+    (workdir / "config.json").write_text(json.dumps(recorded))
+    _, resolved = trainer.prepare(tiny_config(synthetic_cache_dir), str(workdir))
+    assert resolved.model.gelu_approximate is True
+    # Another value set on the command line is still refused, naming where the value comes from.
+    contradiction = r"model\.gelu_approximate=False contradicts .*config\.json"
+    with pytest.raises(UserError, match=contradiction):
+        trainer.prepare(tiny_config(synthetic_cache_dir, **{"model.gelu_approximate": False}),
+                        str(workdir))
+
+
 def test_a_resume_lists_the_workdirs_checkpoints_once_before_training(
         halted_workdir, tmp_path, synthetic_cache_dir, monkeypatch):
     """Each listing is several requests on gs://: the checks before training listed the
