@@ -492,6 +492,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if start_step:
         state = ckpts.restore_latest(jax.eval_shape(lambda: state), mesh)
         logging.info("Resumed %s at step %d.", workdir, start_step)
+        _warn_if_resized(workdir, start_step, total_steps)  # before config.json is rewritten
 
     config.dataset_info = ml_collections.ConfigDict(
         dict(num_classes=info.num_classes, class_names=list(info.class_names),
@@ -639,6 +640,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logging.info("Exported the best checkpoint (step %d) to %s: %s", best_step,
                      export.export_dir(workdir), manifest["metrics"])
     return result
+
+
+def _warn_if_resized(workdir: str, start_step: int, total_steps: int) -> None:
+    """A resume of another length than config.json records (training.num_steps / num_epochs,
+    or the training split's size, changed) went on silently: its learning rate jumped onto the
+    new length's schedule, and one shortened below its step ended there with exit status 0."""
+    try:
+        recorded = checkpointing.load_config(workdir).get("dataset_info") or {}
+    except checkpointing.WorkdirError:  # no config.json: nothing recorded to compare
+        return
+    recorded = recorded.get("total_steps")
+    if recorded is None or recorded == total_steps:
+        return
+    then = ("it ends here: nothing is trained, its best checkpoint is exported"
+            if start_step >= total_steps else
+            f"the learning-rate schedule is now the one of a {total_steps}-step run")
+    logging.warning("Resuming %s at step %d: it was a %d-step run and is now a %d-step one "
+                    "(training.num_steps / num_epochs, or the size of dataset.train_split, "
+                    "changed); %s.", workdir, start_step, recorded, total_steps, then)
 
 
 def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:

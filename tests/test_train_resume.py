@@ -213,6 +213,30 @@ def test_a_resume_without_its_init_source_builds_the_network_its_weights_implied
                         str(workdir))
 
 
+@pytest.mark.parametrize(("num_steps", "says"), [
+    (12, "the learning-rate schedule is now the one of a 12-step run"),
+    (3, "it ends here: nothing is trained, its best checkpoint is exported")])
+def test_a_resume_of_another_run_length_says_so(halted_workdir, tmp_path, synthetic_cache_dir,
+                                                caplog, num_steps, says):
+    """An 8-step run halted at step 4, resumed as a 12- or 3-step one (num_epochs in a command
+    relaunched without its override, say): the learning rate went onto another schedule, or the
+    run ended at once with status 0, and nothing said so."""
+    workdir = tmp_path / "run"
+    shutil.copytree(halted_workdir, workdir)
+    config = tiny_config(synthetic_cache_dir, **{"training.num_steps": num_steps,
+                                                  "training.halt_after_steps": 6})
+    with caplog.at_level("WARNING"):
+        result = trainer.train_and_evaluate(config, str(workdir))
+    assert result["step"] == (6 if num_steps == 12 else 4)
+    assert (f"Resuming {workdir} at step 4: it was a {TOTAL_STEPS}-step run and is now a "
+            f"{num_steps}-step one (training.num_steps / num_epochs, or the size of "
+            f"dataset.train_split, changed); {says}.") in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # the same length again: no warning
+        trainer.train_and_evaluate(config, str(workdir))
+    assert "Resuming" not in caplog.text
+
+
 def test_a_resume_lists_the_workdirs_checkpoints_once_before_training(
         halted_workdir, tmp_path, synthetic_cache_dir, monkeypatch):
     """Each listing is several requests on gs://: the checks before training listed the
