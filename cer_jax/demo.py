@@ -15,7 +15,8 @@ A member is called the same everywhere: its `--models` value, its config file
 The synthetic faces are drawings, not people: the numbers say the pipeline works, nothing about
 real faces. `--steps_scale` shrinks or grows every training run (tests use a tiny value).
 Run again with the same --out, the demo resumes and skips each member whose run with the same
-settings finished and exported (`finished_member`).
+settings finished and exported (`finished_member`); a member's checkpoints of other settings
+(another --steps_scale or cer_jax version) stop it before any work (`check_same_settings`).
 """
 
 from __future__ import annotations
@@ -117,21 +118,57 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
+_ABSENT = "(absent)"
+
+
+def other_settings(config: ml_collections.ConfigDict, workdir: str,
+                   ignore: Sequence[str] = ()) -> list[str]:
+    """'KEY=THERE there, HERE here' for each key of `config` that `workdir`'s config.json
+    records otherwise (its keys outside `ignore`); [] for the same settings."""
+    from cer_jax import checkpointing
+
+    saved = _flat(checkpointing.load_config(workdir).to_dict())
+    # The trainer adds keys (dataset_info), fills the Nones and resolves the 'auto's; every
+    # other key must match.
+    return [f"{key}={saved.get(key, _ABSENT)!r} there, {value!r} here"
+            for key, value in _flat(config.to_dict()).items()
+            if value not in (None, "auto") and key not in ignore
+            and saved.get(key, _ABSENT) != value]
+
+
 def finished_member(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
     """The export's manifest when `workdir` already holds this config's finished run with a
     current export (a rerun of the demo skips it); None when it must train or export."""
     from cer_jax import checkpointing, export
 
     if (checkpointing.latest_saved_step(workdir) != config.training.num_steps
-            or not export.export_is_current(workdir)):
-        return None
-    saved = _flat(checkpointing.load_config(workdir).to_dict())
-    # The trainer adds keys (dataset_info), fills the Nones and resolves the 'auto's; every
-    # other key must match.
-    if any(saved.get(key, object()) != value
-           for key, value in _flat(config.to_dict()).items() if value not in (None, "auto")):
+            or not export.export_is_current(workdir) or other_settings(config, workdir)):
         return None
     return export.read_manifest(workdir)
+
+
+def check_same_settings(configs: dict[str, ml_collections.ConfigDict], out: str) -> None:
+    """Before any drawing: the trainer resumes (or, at its last step, only exports) a workdir
+    of another step count or recipe, so an earlier demo's member of another --steps_scale or
+    cer_jax version would come out as a mix of both runs, or as the old run under the new
+    step count, and the report would not say so."""
+    from cer_jax import checkpointing
+
+    for member, config in configs.items():
+        workdir = os.path.join(out, member)
+        if not checkpointing.holds_checkpoints(workdir):
+            continue  # nothing to resume: the trainer starts anew there
+        # The data's place: another spelling of --out (a link) is the same data, which
+        # check_same_data compares by size.
+        differing = other_settings(config, workdir, ignore=("dataset.cache_dir",))
+        if differing:
+            differing.sort(key=lambda text: not text.startswith("training.num_steps="))
+            more = f"; and {len(differing) - 2} more" if len(differing) > 2 else ""
+            raise synthetic.OutputPathError(
+                f"--out={out}: its {member} holds a run of other settings "
+                f"({'; '.join(differing[:2])}{more}), from a demo of another --steps_scale "
+                f"or cer_jax version: give that --steps_scale again, delete {workdir} to "
+                f"train {member} anew, or give a new --out.")
 
 
 def check_same_data(configs: dict[str, ml_collections.ConfigDict], out: str) -> None:
@@ -249,6 +286,7 @@ def run_demo(
     }
 
     check_same_data(configs, out)
+    check_same_settings(configs, out)
     seconds = expected_seconds(models, steps_scale)
     about = f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
     print(f"The demo: {total} stages, about {about} on 2 CPU cores like the development "

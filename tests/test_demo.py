@@ -95,7 +95,8 @@ def test_a_rerun_skips_the_members_it_finished(demo_run, monkeypatch):
     for stage, member in enumerate(MODELS, start=2):
         assert (f"=== [{stage}/5] {member}: trained earlier in {os.path.join(out, member)} "
                 f"({STEPS} steps), skipped ===") in printed.getvalue()
-    # Another step count or data size is another run: it trains (the trainer resumes or refuses).
+    # Another step count or data size is another run (check_same_settings / check_same_data
+    # refuse it before any work).
     vit = os.path.join(out, "vit")
     config = demo.member_config("vit", os.path.join(out, "data"), STEPS_SCALE, 80, 30)
     assert demo.finished_member(config, vit)["step"] == report["members"][0]["step"]
@@ -118,6 +119,35 @@ def test_other_data_sizes_into_an_earlier_demo_stop_in_one_line(demo_run):
                             "a new --out.")
     demo.check_same_data({m: demo.member_config(m, "unused", STEPS_SCALE, 80, 30)
                           for m in MODELS}, out)
+
+
+def test_another_steps_scale_into_an_earlier_demo_stops_in_one_line(demo_run, monkeypatch):
+    """Before: the trainer resumed each member's 2-step run as a run of the new step count (its
+    first steps on the old run's schedule), or given fewer steps exported the old run under the
+    new count, while the demo printed 'Training vit (N steps)' and a report as of a fresh run."""
+    from cer_jax import trainer
+
+    out, _, _ = demo_run
+
+    def resumed(config, workdir):
+        raise AssertionError(f"resumed {workdir} with other settings")
+
+    monkeypatch.setattr(trainer, "train_and_evaluate", resumed)
+    printed = io.StringIO()
+    with pytest.raises(synthetic.OutputPathError) as e, contextlib.redirect_stdout(printed):
+        demo.run_demo(out, steps_scale=0.001, models=MODELS, num_train_images=80,
+                      num_test_images=30)  # vit: 3 steps
+    vit = os.path.join(out, "vit")
+    assert str(e.value) == (
+        f"--out={out}: its vit holds a run of other settings (training.num_steps=2 there, 3 "
+        "here), from a demo of another --steps_scale or cer_jax version: give that "
+        f"--steps_scale again, delete {vit} to train vit anew, or give a new --out.")
+    assert printed.getvalue() == ""  # before any work
+    # Another recipe (a cer_jax version whose smoke config differs): the same line.
+    config = demo.member_config("resnet50", os.path.join(out, "data"), STEPS_SCALE, 80, 30)
+    config.optimizer.lr = 1e-3
+    with pytest.raises(synthetic.OutputPathError, match=r"optimizer\.lr=0\.002 there, 0\.001 "):
+        demo.check_same_settings({"resnet50": config}, out)
 
 
 def test_models_names_the_misspelt_member():
@@ -241,9 +271,10 @@ def test_a_member_stopped_by_sigterm_stops_the_demo_before_the_next(demo_run, mo
         return {"stopped": "preempted", "step": 1, "train": {}, "eval": {}}
 
     monkeypatch.setattr(trainer, "train_and_evaluate", preempted)
+    # As if unfinished, so that vit trains (on) rather than is skipped.
+    monkeypatch.setattr(demo, "finished_member", lambda config, workdir: None)
     with pytest.raises(demo.DemoStopped) as e, contextlib.redirect_stdout(io.StringIO()):
-        # More steps than the finished run's, so that vit trains (on) rather than is skipped.
-        demo.run_demo(out, steps_scale=10 * STEPS_SCALE, models=MODELS, num_train_images=80,
+        demo.run_demo(out, steps_scale=STEPS_SCALE, models=MODELS, num_train_images=80,
                       num_test_images=30)
     assert str(e.value) == ("vit stopped at step 1 (preempted): run the same command again to "
                             "resume.")
