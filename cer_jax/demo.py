@@ -118,9 +118,6 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-_ABSENT = "(absent)"
-
-
 def other_settings(config: ml_collections.ConfigDict, workdir: str,
                    ignore: Sequence[str] = ()) -> list[str]:
     """'KEY=THERE there, HERE here' for each key of `config` that `workdir`'s config.json
@@ -130,10 +127,11 @@ def other_settings(config: ml_collections.ConfigDict, workdir: str,
     saved = _flat(checkpointing.load_config(workdir).to_dict())
     # The trainer adds keys (dataset_info), fills the Nones and resolves the 'auto's; every
     # other key must match.
-    return [f"{key}={saved.get(key, _ABSENT)!r} there, {value!r} here"
+    return [(f"{key}={saved[key]!r} there" if key in saved else f"{key} unset there")
+            + f", {value!r} here"
             for key, value in _flat(config.to_dict()).items()
             if value not in (None, "auto") and key not in ignore
-            and saved.get(key, _ABSENT) != value]
+            and (key not in saved or saved[key] != value)]
 
 
 def finished_member(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
@@ -154,21 +152,26 @@ def check_same_settings(configs: dict[str, ml_collections.ConfigDict], out: str)
     step count, and the report would not say so."""
     from cer_jax import checkpointing
 
+    stale: dict[str, list[str]] = {}
     for member, config in configs.items():
         workdir = os.path.join(out, member)
-        if not checkpointing.holds_checkpoints(workdir):
-            continue  # nothing to resume: the trainer starts anew there
-        # The data's place: another spelling of --out (a link) is the same data, which
-        # check_same_data compares by size.
-        differing = other_settings(config, workdir, ignore=("dataset.cache_dir",))
-        if differing:
-            differing.sort(key=lambda text: not text.startswith("training.num_steps="))
-            more = f"; and {len(differing) - 2} more" if len(differing) > 2 else ""
-            raise synthetic.OutputPathError(
-                f"--out={out}: its {member} holds a run of other settings "
-                f"({'; '.join(differing[:2])}{more}), from a demo of another --steps_scale "
-                f"or cer_jax version: give that --steps_scale again, delete {workdir} to "
-                f"train {member} anew, or give a new --out.")
+        if checkpointing.holds_checkpoints(workdir):  # else the trainer starts anew there
+            # The data's place: another spelling of --out (a link) is the same data, which
+            # check_same_data compares by size.
+            differing = other_settings(config, workdir, ignore=("dataset.cache_dir",))
+            if differing:
+                stale[member] = sorted(differing,
+                                       key=lambda text: not text.startswith("training.num_steps="))
+    if stale:
+        (member, differing), *others = stale.items()
+        more = f"; and {len(differing) - 2} more" if len(differing) > 2 else ""
+        also = f", as do its {' and '.join(name for name, _ in others)}" if others else ""
+        folders = " ".join(os.path.join(out, name) for name in stale)
+        raise synthetic.OutputPathError(
+            f"--out={out}: its {member} holds a run of other settings "
+            f"({'; '.join(differing[:2])}{more}){also}, from a demo of another --steps_scale or "
+            f"cer_jax version: give that --steps_scale again, delete {folders} to train "
+            f"{'them' if others else member} anew, or give a new --out.")
 
 
 def check_same_data(configs: dict[str, ml_collections.ConfigDict], out: str) -> None:

@@ -143,6 +143,16 @@ def test_another_steps_scale_into_an_earlier_demo_stops_in_one_line(demo_run, mo
         "here), from a demo of another --steps_scale or cer_jax version: give that "
         f"--steps_scale again, delete {vit} to train vit anew, or give a new --out.")
     assert printed.getvalue() == ""  # before any work
+    # Every member that differs is named at once (not one per run).
+    configs = {m: demo.member_config(m, os.path.join(out, "data"), 0.01, 80, 30) for m in MODELS}
+    with pytest.raises(synthetic.OutputPathError) as e:
+        demo.check_same_settings(configs, out)
+    assert "(training.num_steps=2 there, 30 here; " in str(e.value)
+    folders = " ".join(os.path.join(out, m) for m in MODELS)
+    assert str(e.value).endswith(
+        f", as do its manet and resnet50, from a demo of another --steps_scale or cer_jax "
+        f"version: give that --steps_scale again, delete {folders} to train them anew, or give "
+        "a new --out.")
     # Another recipe (a cer_jax version whose smoke config differs): the same line.
     config = demo.member_config("resnet50", os.path.join(out, "data"), STEPS_SCALE, 80, 30)
     config.optimizer.lr = 1e-3
