@@ -25,6 +25,7 @@ import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -199,16 +200,68 @@ def _config_value_error(error: flags.IllegalFlagValueError) -> str | None:
     if not match or match.group(1) not in FLAGS:
         return None
     flag = FLAGS[match.group(1)]
-    takes = _CONFIG_VALUE_TYPES.get(flag.parser.flag_type())
-    if takes is None:
-        return None
     cause = error.__context__
     value = str(error)[match.end():]
     if cause is not None and value.endswith(f": {cause}"):
         value = value[:-len(f": {cause}")]
     key = match.group(1).removeprefix("config.")
+    section = _section_override_error(key, value)
+    if section:  # was absl's 'Failed to parse ... as a ConfigDict', status 1
+        return section
+    takes = _CONFIG_VALUE_TYPES.get(flag.parser.flag_type())
+    if takes is None:
+        return None
     example = "" if flag.default is None else f" (the config has {flag.default!r})"
     return f"--config.{key}={value}: {key} takes {takes}{example}, not {value!r}."
+
+
+def _section(config: object, key: str) -> ml_collections.ConfigDict | None:
+    """The section (a ConfigDict) that the dotted `key` names in `config`, else None."""
+    try:
+        for part in key.split("."):
+            config = config[part]
+    except (KeyError, TypeError, AttributeError):
+        return None
+    return config if isinstance(config, ml_collections.ConfigDict) else None
+
+
+def _file_section(key: str) -> ml_collections.ConfigDict | None:
+    """The section `key` of the --config file's own config (before any override: a dict
+    literal replaces a section in the parsed one), else None."""
+    try:
+        config = config_loading.load_config(config_flags.get_config_filename(FLAGS["config"]))
+    except UserError:
+        return None
+    return _section(config, key)
+
+
+def _section_line(key: str, value: str, section: ml_collections.ConfigDict) -> str:
+    return (f"--config.{key}={value}: {key} is a section of the config, not one value; "
+            f"override its keys one by one (--config.{key}.KEY=VALUE). "
+            f"{config_loading.section_keys_hint(section.keys(), key.split('.'))}")
+
+
+def _section_override_error(key: str, value: str) -> str | None:
+    """The line for `--config.KEY=VALUE` where KEY names a section of the config, else None:
+    a value other than a dict literal was absl's two-line 'Failed to parse ... as a
+    ConfigDict' (status 1)."""
+    section = _file_section(key)
+    return None if section is None else _section_line(key, value, section)
+
+
+def _refuse_partial_sections(argv: Sequence[str]) -> None:
+    """One line for a `--config.SECTION={...}` override whose dict literal leaves out keys of
+    the section: ml_collections replaces a section whole, so a key left out was a KeyError /
+    AttributeError traceback where the code reads it."""
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg == "--":
+            break
+        name, sep, value = arg.partition("=")
+        key = name.removeprefix("--config.")
+        parsed = None if key == name else _section(FLAGS["config"].value, key)
+        original = None if parsed is None else _file_section(key)
+        if original is not None and not set(original) <= set(parsed):
+            _exit_with(_section_line(key, value if sep else argv[i + 1], original))
 
 
 def run(main: Callable[[Sequence[str]], None],
@@ -258,6 +311,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
     except (AttributeError, KeyError) as e:
         _exit_if_misspelt_key(e, argv)
         raise
+    if "config" in FLAGS:
+        _refuse_partial_sections(argv)
     if none_keys:
         try:
             config_loading.apply_none_overrides(FLAGS.config, none_keys)

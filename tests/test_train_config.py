@@ -641,6 +641,17 @@ def test_incomplete_multi_process_flags_stop_with_one_line(tmp_path, tool, flags
                                        "config has 32), not '8.5'."),
     ("input.flip=maybe", "error: --config.input.flip=maybe: input.flip takes True or False (the "
                          "config has True), not 'maybe'."),
+    # A section: was absl's "Failed to parse 'vit' as a ConfigDict: ValueError('malformed node
+    # or string on line 1: <ast.Name object at 0x...>')", status 1; a dict literal without
+    # every key of the section replaced it whole: an AttributeError traceback in the checks.
+    ("model=vit", "error: --config.model=vit: model is a section of the config, not one value; "
+                  "override its keys one by one (--config.model.KEY=VALUE). Its keys under "
+                  "model: dropout, dtype, gelu_approximate, head_zeroinit, image_size, "
+                  "layer_norm_eps, name, pool, stochastic_depth, variant."),
+    ("input.affine={'prob':0.3}", "error: --config.input.affine={'prob':0.3}: input.affine is a "
+                                  "section of the config, not one value; override its keys one "
+                                  "by one (--config.input.affine.KEY=VALUE). Its keys under "
+                                  "input.affine: degrees, prob, scale, shear, translate."),
 ])
 def test_an_override_of_the_wrong_type_is_one_line(tmp_path, override, message):
     """Was absl's two lines with Python's conversion error ("invalid literal for int() with base
@@ -649,6 +660,15 @@ def test_an_override_of_the_wrong_type_is_one_line(tmp_path, override, message):
                           "--config=configs/vit.py:smoke", f"--config.{override}"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert (out.returncode, out.stderr.strip().splitlines()) == (2, [message])
+
+
+def test_a_dict_literal_with_every_key_of_a_section_still_overrides_it(tmp_path):
+    """ml_collections' own form, which the section refusal above leaves alone."""
+    affine = "{'prob': 0.3, 'degrees': 5.0, 'translate': 0.1, 'scale': (0.9, 1.1), 'shear': 1.0}"
+    config = _parsed_config(tmp_path, "--config=configs/vit.py:smoke",
+                            f"--config.input.affine={affine}")
+    assert config["input"]["affine"] == {"prob": 0.3, "degrees": 5.0, "translate": 0.1,
+                                         "scale": [0.9, 1.1], "shear": 1.0}
 
 
 @pytest.mark.parametrize(("config", "name", "message"), [
