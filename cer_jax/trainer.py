@@ -135,7 +135,8 @@ def validate_config(config: ml_collections.ConfigDict, *, resuming: bool = False
             f"Unknown optimizer {config.optimizer.name!r} (config key optimizer.name); "
             f"choose one of: {', '.join(optim.OPTIMIZERS)}."
         )
-    if not config.training.get("num_steps") and not config.training.get("num_epochs"):
+    num_steps, num_epochs = config.training.get("num_steps"), config.training.get("num_epochs")
+    if num_steps is None and num_epochs is None:  # a 0 is named below, not called empty
         raise ConfigError("Set training.num_steps or training.num_epochs (both are empty).")
     optim.check_optimizer_config(config.optimizer)
     pipeline.check_input_config(config.input)  # before the model is built at input.image_size
@@ -151,8 +152,8 @@ def validate_config(config: ml_collections.ConfigDict, *, resuming: bool = False
             raise ConfigError(f"{key}={value} must be a positive number of steps.")
     if config.checkpoint.keep < 1:
         raise ConfigError(f"checkpoint.keep={config.checkpoint.keep} must be >= 1.")
-    if (config.training.get("num_epochs") or 0) < 0:
-        raise ConfigError(f"training.num_epochs={config.training.num_epochs} must be > 0.")
+    if num_epochs is not None and (num_epochs < 0 or (num_epochs == 0 and not num_steps)):
+        raise ConfigError(f"training.num_epochs={num_epochs} must be > 0.")
     if not 0 <= config.training.label_smoothing < 1:
         raise ConfigError(
             f"training.label_smoothing={config.training.label_smoothing} must be in [0, 1).")

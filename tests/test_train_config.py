@@ -671,6 +671,20 @@ def test_a_dict_literal_with_every_key_of_a_section_still_overrides_it(tmp_path)
                                          "scale": [0.9, 1.1], "shear": 1.0}
 
 
+@pytest.mark.parametrize(("config", "key", "message"), [
+    ("vit.py:smoke", "num_steps", "training.num_steps=0 must be a positive number of steps."),
+    ("vit.py", "num_epochs", "training.num_epochs=0.0 must be > 0."),
+])
+def test_a_zero_run_length_is_named_not_called_empty(config, key, message):
+    """Was 'Set training.num_steps or training.num_epochs (both are empty).' for a 0 given on
+    the command line (--config.training.num_steps=0)."""
+    config = load_config(f"configs/{config}")
+    config.training[key] = 0
+    with pytest.raises(trainer.ConfigError) as e:
+        trainer.validate_config(config)
+    assert str(e.value) == message
+
+
 @pytest.mark.parametrize(("config", "name", "message"), [
     ("vit", "manet", "model.dropout is not an option of model 'manet' (config key model.name), "
                      "whose options are: dtype, path_b_order, width. Each model has its own "
