@@ -235,18 +235,12 @@ def _file_section(key: str) -> ml_collections.ConfigDict | None:
     return _section(config, key)
 
 
-def _section_line(key: str, value: str, section: ml_collections.ConfigDict) -> str:
-    return (f"--config.{key}={value}: {key} is a section of the config, not one value; "
-            f"override its keys one by one (--config.{key}.KEY=VALUE). "
-            f"{config_loading.section_keys_hint(section.keys(), key.split('.'))}")
-
-
 def _section_override_error(key: str, value: str) -> str | None:
     """The line for `--config.KEY=VALUE` where KEY names a section of the config, else None:
     a value other than a dict literal was absl's two-line 'Failed to parse ... as a
     ConfigDict' (status 1)."""
     section = _file_section(key)
-    return None if section is None else _section_line(key, value, section)
+    return None if section is None else config_loading.section_override_line(key, value, section)
 
 
 def _refuse_partial_sections(argv: Sequence[str]) -> None:
@@ -261,7 +255,8 @@ def _refuse_partial_sections(argv: Sequence[str]) -> None:
         parsed = None if key == name else _section(FLAGS["config"].value, key)
         original = None if parsed is None else _file_section(key)
         if original is not None and not set(original) <= set(parsed):
-            _exit_with(_section_line(key, value if sep else argv[i + 1], original))
+            _exit_with(config_loading.section_override_line(
+                key, value if sep else argv[i + 1], original))
 
 
 def run(main: Callable[[Sequence[str]], None],

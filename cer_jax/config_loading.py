@@ -157,6 +157,15 @@ def section_keys_hint(keys: Iterable[str], section: Sequence[str]) -> str:
     return f"Its keys{where}: {', '.join(sorted(keys))}."
 
 
+def section_override_line(key: str, value: str, section: ml_collections.ConfigDict,
+                          flag: str = "config") -> str:
+    """The line for `--config.KEY=VALUE` where KEY names a section (a ConfigDict) of the
+    config: a section takes no single value."""
+    return (f"--{flag}.{key}={value}: {key} is a section of the config, not one value; "
+            f"override its keys one by one (--{flag}.{key}.KEY=VALUE). "
+            f"{section_keys_hint(section.keys(), key.split('.'))}")
+
+
 def apply_none_overrides(config: ml_collections.ConfigDict, keys: list[str],
                          flag: str = "config") -> None:
     """Sets each dotted KEY of `config` to None; a KEY the config lacks (or one that needs a
@@ -177,6 +186,8 @@ def apply_none_overrides(config: ml_collections.ConfigDict, keys: list[str],
         # A key may be None when its config declares it so (a placeholder / FieldReference) or
         # holds None; ml_collections has no public way to ask the first.
         field = node._fields.get(leaf)
+        if isinstance(field, ml_collections.ConfigDict):  # its YAML was the line's tail
+            raise ConfigOverrideError(section_override_line(key, "None", field, flag))
         if field is not None and not isinstance(field, ml_collections.FieldReference):
             raise ConfigOverrideError(
                 f"--{flag}.{key}=None: this key needs a value ({field!r} in the config).")

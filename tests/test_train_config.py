@@ -192,6 +192,11 @@ def test_smoke_config_trains_by_epochs_when_told(tmp_path):
     (["--config=configs/resnet50.py", "--config.model.variant=None"],
      "error: --config.model.variant=None: the config has no key 'variant'. Its keys under "
      "model: depth, dtype, name, width."),
+    # A section: was 'this key needs a value (' and the section's YAML over eight lines.
+    (["--config=configs/vit.py", "--config.input.affine=None"],
+     "error: --config.input.affine=None: input.affine is a section of the config, not one "
+     "value; override its keys one by one (--config.input.affine.KEY=VALUE). Its keys under "
+     "input.affine: degrees, prob, scale, shear, translate."),
     (["--config=configs/manet.py:smok"],
      "error: Unknown config argument 'smok' for configs/manet.py: use '' or 'smoke'."),
     (["--config", "configs/vit.py:smok"],
