@@ -163,7 +163,8 @@ def test_rejects_sizes_not_divisible_by_32():
 
 
 def test_rejects_bad_options():
-    with pytest.raises(ValueError, match="model.path_b_order"):
+    with pytest.raises(ValueError,
+                       match=r"model.path_b_order.*'forward' \(2021\), or 'auto' in a config"):
         create_model("manet", num_classes=3, rngs=nnx.Rngs(0), path_b_order="sideways")
     with pytest.raises(ValueError, match="model.width"):
         create_model("manet", num_classes=3, rngs=nnx.Rngs(0), width=6)

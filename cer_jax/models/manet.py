@@ -228,7 +228,8 @@ class MANet(nnx.Module):
         if path_b_order not in PATH_B_ORDERS:
             raise ModelConfigError(
                 f"MA-Net path_b_order (config key model.path_b_order) is {path_b_order!r}; use "
-                "'reverse' (2023 code) or 'forward' (2021).")
+                "'reverse' (2023 code) or 'forward' (2021), or 'auto' in a config (what "
+                "init.manet_code_version or the pre-trained weights imply).")
         if width < 4 or width % 4:
             raise ModelConfigError(
                 f"MA-Net width (config key model.width) is {width}; use a multiple of 4 (64 in "
