@@ -211,17 +211,20 @@ def test_train_view_range_shape_and_seeds(train_resize):
 
 
 def test_normalisations_and_eval_view():
+    """The published definitions: [-1, 1] is 2x - 1, ImageNet's mean / std are torchvision's.
+    Grey levels 0 and 51 as well as 255: at 255 alone 'unit' and 'minus_one_one' both give 1."""
     cfg = input_defaults()
     cfg.image_size, cfg.resize_size, cfg.eval_resize = 8, 8, "resize"
-    image = tf.constant(np.full((8, 8, 3), 255, np.uint8))
-    for mode, expected in [
-        ("unit", np.ones(3)),
-        ("minus_one_one", np.ones(3)),
-        ("imagenet", (1 - np.array(augment.IMAGENET_MEAN)) / np.array(augment.IMAGENET_STD)),
-    ]:
-        cfg.normalization = mode
-        out = augment.eval_view(image, cfg).numpy()
-        np.testing.assert_allclose(out, np.broadcast_to(expected, out.shape), rtol=1e-6)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    for level in (0, 51, 255):
+        image = tf.constant(np.full((8, 8, 3), level, np.uint8))
+        x = np.full(3, level / 255)
+        for mode, expected in [("unit", x), ("minus_one_one", 2 * x - 1),
+                               ("imagenet", (x - mean) / std)]:
+            cfg.normalization = mode
+            out = augment.eval_view(image, cfg).numpy()
+            np.testing.assert_allclose(out, np.broadcast_to(expected, out.shape), rtol=1e-6,
+                                       atol=1e-6, err_msg=(mode, level))
 
 
 def test_the_recipe_applies_each_augmentation_at_its_rate_and_independently():
