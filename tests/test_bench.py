@@ -159,11 +159,20 @@ def test_input_bound_and_ensemble_estimate():
     member = {"spec": "m", "compile_train_s": 10.0, "compile_eval_s": 5.0,
               "train_images_per_s_pipelined": 1000.0, "eval_images_per_s_pipelined": 2000.0,
               "num_epochs": 2.0, "recipe_batch_size": 100}
-    estimate = ensemble_time.ensemble_estimate([member])
-    steps = 2 * (ensemble_time.TRAIN_FIT // 100)
-    m = estimate["members"]["m"]
-    assert m["steps"] == steps and m["train_s"] == pytest.approx(steps * 100 / 1000.0)
-    assert estimate["total_s"] == pytest.approx(m["compile_s"] + m["train_s"] + m["eval_s"])
+    # By hand from RAF-DB compound (spec/datasets.md): 3,162 train = 2,846 train_fit + 316
+    # validation, 792 test. 2,846 // 100 = 28 steps an epoch; each epoch evaluates validation
+    # and test, and the final export evaluates all 3,954 images.
+    input_bound = {**member, "spec": "slow input", "num_epochs": 2.5,
+                   "training_images_per_s": 500.0}
+    estimate = ensemble_time.ensemble_estimate([member, input_bound])
+    assert estimate["members"]["m"] == pytest.approx({
+        "compile_s": 15.0, "steps": 56, "train_s": 56 * 100 / 1000.0,
+        "eval_s": (2 * (316 + 792) + 3954) / 2000.0, "total_s": 15.0 + 5.6 + 3.085})
+    slow = estimate["members"]["slow input"]  # 2.5 x 28 = 70 steps, fed at 500 img/s
+    assert (slow["steps"], slow["train_s"]) == (70, pytest.approx(70 * 100 / 500.0))
+    assert slow["eval_s"] == pytest.approx((2.5 * (316 + 792) + 3954) / 2000.0)
+    assert estimate["total_s"] == pytest.approx(23.685 + 15.0 + 14.0 + 3.362)
+    assert estimate["dominated_by"] == "compile"  # 30 s against 19.6 s training, 6.4 s eval
 
 
 def _member(spec: str, *, blocked: float, pipelined: float, batch: int = 96, **extra) -> dict:
