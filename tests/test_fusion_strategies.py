@@ -50,6 +50,22 @@ def test_uniform_fusion_of_identical_members_equals_one_member():
         np.testing.assert_allclose(fused, member_probs, rtol=1e-6, err_msg=name)
 
 
+def test_uniform_fusions_of_different_members_are_the_arithmetic_and_geometric_means():
+    """Identical members cannot tell the two apart, nor from one member alone: here the mean
+    of the members' softmax, and the softmax of their mean logits."""
+    rng = np.random.default_rng(8)
+    logits = [rng.normal(size=(40, K)).astype(np.float32) * 3 for _ in range(3)]
+    data = make_data(logits, rng.integers(0, K, size=40))
+    probs = scipy.special.softmax(np.stack(logits).astype(np.float64), axis=-1)
+    arithmetic = probs.mean(0)
+    geometric = np.exp(np.log(probs).mean(0))
+    geometric /= geometric.sum(-1, keepdims=True)
+    assert np.abs(arithmetic - geometric).max() > 0.05  # the two differ on these members
+    for name, expected in (("uniform_probabilities", arithmetic), ("uniform_logits", geometric)):
+        fitted = strategies.fit_strategy(name, data)
+        np.testing.assert_allclose(fitted.predict_proba(data), expected, rtol=1e-6, err_msg=name)
+
+
 def test_performance_weights_are_proportional():
     scores = [0.9, 0.6, 0.3]
     n = 100
