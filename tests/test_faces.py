@@ -70,12 +70,37 @@ def test_alignment_puts_landmarks_on_the_rafdb_template():
     assert abs(x - faces.RAFDB_TEMPLATE[0, 0]) <= 2 and abs(y - faces.RAFDB_TEMPLATE[0, 1]) <= 2
 
 
+def least_squares_similarity(source, target):
+    """The reference: x' = a x - b y + tx, y' = b x + a y + ty fitted by numpy's lstsq."""
+    x, y = source.T
+    rows = np.concatenate([np.stack([x, -y, np.ones_like(x), np.zeros_like(x)], 1),
+                           np.stack([y, x, np.zeros_like(x), np.ones_like(x)], 1)])
+    (a, b, tx, ty), *_ = np.linalg.lstsq(rows, np.concatenate(target.T), rcond=None)
+    return np.array([[a, -b, tx], [b, a, ty]])
+
+
 def test_box_only_crop_is_an_upright_square_around_the_box():
     box = (100.0, 80.0, 200.0, 200.0)
     matrix = faces.similarity(faces.box_landmarks(box), faces.RAFDB_TEMPLATE)
     assert abs(matrix[0, 1]) < 1e-9 and abs(matrix[1, 0]) < 1e-9  # no rotation
     side = 100.0 / matrix[0, 0]
     assert 1.0 < side / box[2] < 1.3
+    # The box's landmarks are no exact similarity of the template: the least-squares one.
+    np.testing.assert_allclose(
+        matrix, least_squares_similarity(faces.box_landmarks(box), faces.RAFDB_TEMPLATE),
+        atol=1e-9)
+    assert matrix[0, :2] @ (200.0, 180.0) + matrix[0, 2] == pytest.approx(50.0)  # centred
+
+
+def test_similarity_of_landmarks_off_the_template_is_the_least_squares_one():
+    """A detector's landmarks fit the template only roughly: the fit minimises the squared
+    distances (recovering an exact similarity, as above, does not show that)."""
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        landmarks = rng.uniform(50, 400, (5, 2))
+        np.testing.assert_allclose(
+            faces.similarity(landmarks, faces.RAFDB_TEMPLATE),
+            least_squares_similarity(landmarks, faces.RAFDB_TEMPLATE), atol=1e-9)
 
 
 def test_iou_tracker_keeps_identities_and_starts_new_tracks():
