@@ -112,6 +112,19 @@ def test_iou_tracker_keeps_identities_and_starts_new_tracks():
     assert tracker.update(10, [a]) == [2]  # track 0 expired after max_missed frames
 
 
+def test_iou_is_overlap_over_union_and_a_track_is_joined_from_the_threshold_on():
+    """By hand: two 10x10 boxes 5 px apart share 50 of 150 px (1/3); 6 px apart, 40 of 160
+    (1/4); diagonally 5 px apart, 25 of 175. The boxes above overlap too much to show it."""
+    assert faces.iou((0, 0, 10, 10), (5, 0, 10, 10)) == pytest.approx(1 / 3)
+    assert faces.iou((0, 0, 10, 10), (6, 0, 10, 10)) == pytest.approx(1 / 4)
+    assert faces.iou((0, 0, 10, 10), (5, 5, 10, 10)) == pytest.approx(1 / 7)
+    assert faces.iou((0, 0, 10, 10), (10, 0, 10, 10)) == 0.0
+    tracker = faces.IouTracker(threshold=0.3)
+    assert tracker.update(0, [faces.Face((0, 0, 10, 10))]) == [0]
+    assert tracker.update(1, [faces.Face((5, 0, 10, 10))]) == [0]  # IoU 1/3 >= 0.3
+    assert tracker.update(2, [faces.Face((11, 0, 10, 10))]) == [1]  # IoU 1/4 < 0.3
+
+
 def test_iou_tracker_counts_missed_frames_in_processed_frames():
     """predict --frame_step=20: the same face every 20th decoded frame is one track."""
     tracker = faces.IouTracker(max_missed=2, frame_step=20)
