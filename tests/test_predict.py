@@ -982,6 +982,25 @@ def test_an_even_smoothing_window_averages_that_many_frames(frame_step):
     np.testing.assert_allclose(records[3].probabilities, [0, .25, .25, .25, .25, 0])
 
 
+def test_two_faces_in_a_video_are_smoothed_apart_and_the_main_track_gives_the_class():
+    """Every video test has one face: averaging across tracks, or a submission class taken from
+    the largest face instead of the main track's, passed them. By hand: the main track (0, 3
+    frames, small) says class 0; a larger passer-by (1, 2 frames) class 1; where the main track
+    is absent, the largest face there (track 2 over track 3)."""
+    def record(frame, track, side, label):
+        return predict.FaceRecord(frame, 0.0, 0, track, (0, 0, side, side), np.eye(4)[label])
+
+    records = [record(0, 0, 5, 0), record(0, 1, 10, 1), record(1, 0, 5, 0),
+               record(1, 1, 10, 1), record(2, 0, 5, 0), record(3, 2, 20, 2), record(3, 3, 10, 3)]
+    predict.smooth_tracks(records, 3)
+    labels = [0, 1, 0, 1, 0, 2, 3]  # each face keeps its own: no neighbour of its track differs
+    np.testing.assert_array_equal([r.probabilities for r in records], np.eye(4)[labels])
+    assert predict.frame_classes(records) == {0: 0, 1: 0, 2: 0, 3: 2}
+    mixed = [record(0, 0, 5, 0), record(1, 0, 5, 1), record(2, 0, 5, 1)]
+    predict.smooth_tracks(mixed, 3)  # a track's own frames are averaged: (0 + 1 + 1) / 3 at 1
+    np.testing.assert_allclose(mixed[1].probabilities, [1 / 3, 2 / 3, 0, 0])
+
+
 def test_a_listed_video_is_found_whatever_unicode_form_its_file_name_has(tmp_path, ensemble_dir):
     """A name with an accent is stored decomposed (NFD) by macOS tools and composed (NFC) in
     most lists: 'Vidéo 1' is one video either way, and the row keeps the list's spelling."""
