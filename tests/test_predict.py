@@ -146,10 +146,11 @@ def test_video_tracking_smoothing_and_the_submission(tmp_path, ensemble_dir, cap
     assert lines[0] == ("image_location,Fearfully_Surprised,Happily_Surprised,Sadly_Surprised,"
                         "Disgustedly_Surprised,Angrily_Surprised,Sadly_Fearful,Sadly_Angry")
     cls = {f: int(np.argmax(v)) for f, v in q.items()}
-    # Frame 7 (1-based; index 6) has no face: the nearest with one is index 5 (before 8).
+    # Frames 7 and 8 (1-based; indices 6 and 7) have no face: the nearest with one is index 5
+    # for 6 (before 8), index 8 for 7.
     assert lines[1:] == [
         f"clip7/00001.jpg,{cls[0]}", f"clip7/00007.jpg,{cls[5]}",
-        f"clip7/00008.jpg,{cls[5]}", f"clip7/00012.jpg,{cls[11]}",
+        f"clip7/00008.jpg,{cls[8]}", f"clip7/00012.jpg,{cls[11]}",
         f"missing/00003.jpg,{predict.ABAW_FALLBACK_CLASS}",
     ]
     annotated = cv2.VideoCapture(os.fspath(tmp_path / "ann" / "clip7.avi"))
@@ -999,6 +1000,15 @@ def test_two_faces_in_a_video_are_smoothed_apart_and_the_main_track_gives_the_cl
     mixed = [record(0, 0, 5, 0), record(1, 0, 5, 1), record(2, 0, 5, 1)]
     predict.smooth_tracks(mixed, 3)  # a track's own frames are averaged: (0 + 1 + 1) / 3 at 1
     np.testing.assert_allclose(mixed[1].probabilities, [1 / 3, 2 / 3, 0, 0])
+
+
+def test_a_listed_frame_without_a_face_gets_the_nearest_frames_class_the_earlier_on_a_tie():
+    """The video test's faces all get one class, so which frame was taken did not show."""
+    classes = {2: 10, 6: 20, 7: 30}
+    frames = np.array(sorted(classes))
+    got = {frame: predict.nearest_class(classes, frame, frames) for frame in range(10)}
+    assert got == {0: 10, 1: 10, 2: 10, 3: 10, 4: 10, 5: 20, 6: 20, 7: 30, 8: 30, 9: 30}
+    assert predict.nearest_class({}, 3, np.array([], int)) is None
 
 
 def test_a_listed_video_is_found_whatever_unicode_form_its_file_name_has(tmp_path, ensemble_dir):
