@@ -247,6 +247,17 @@ def test_a_class_without_a_test_example_is_reported_as_undefined(tmp_path):
     markdown = (out / "report.md").read_text()
     test_table = markdown.split("## Per-class F1 (%) on test")[1].split("## ")[0]
     assert "| vit | " in test_table and test_table.count(" n/a |") == 5
+    # Each member's row: its per-class F1 on test by scikit-learn, in the header's class order.
+    header = next(line for line in test_table.splitlines() if line.startswith("| system |"))
+    assert header == "| system | " + " | ".join(CLASSES) + " |"
+    for name, workdir in zip(QUALITY_SEED, workdirs, strict=True):
+        with np.load(os.path.join(workdir, "export", "test.npz")) as test:
+            labels, predicted = test["labels"], test["logits"].argmax(-1)
+        f1 = skm.f1_score(labels, predicted, labels=range(len(CLASSES)), average=None,
+                          zero_division=0)
+        cells = [f"{100 * v:.2f}" if c != absent else "n/a" for c, v in zip(CLASSES, f1,
+                                                                             strict=True)]
+        assert f"| {name} | " + " | ".join(cells) + " |" in test_table.splitlines(), name
     assert f"test has no example of {absent}: its F1 is n/a (0/0, undefined)" in test_table
     assert (out / "per_class_f1_test.png").stat().st_size > 1000
     # In the figure an undefined F1 draws no bar, as an F1 of 0 does: each is marked 'n/a'.
