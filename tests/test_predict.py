@@ -238,6 +238,20 @@ def test_an_aligned_input_gets_each_members_eval_view_of_the_whole_file(tmp_path
                 expected = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
                 np.testing.assert_allclose(prediction.member_probabilities[index, face_index],
                                            expected, atol=1e-5, err_msg=f"{path} {member.name}")
+    # The rows (of the last run, flip TTA) say what the ensemble returned: each probability in
+    # its class's column (only their sum was checked), the fused class, each member's class.
+    last, names = predictions[-1], model.class_names
+    assert model.member_names == ["vit", "resnet"]
+    for face_index, row in enumerate(read_csv(tmp_path / "rows.csv")):
+        assert row["source"] == os.fspath(files[face_index])
+        fused = last.probabilities[face_index]
+        assert (row["predicted_class"], int(row["predicted_index"])) == (
+            names[int(fused.argmax())], int(fused.argmax()))
+        np.testing.assert_allclose([float(row[predict.column_name(c)]) for c in names], fused,
+                                   atol=1e-6)
+        for index, member in enumerate(model.member_names):
+            assert row[f"member_{member}"] == names[
+                int(last.member_probabilities[index, face_index].argmax())], member
 
 
 def test_a_folder_says_which_files_it_skips(tmp_path, caplog):
