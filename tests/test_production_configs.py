@@ -43,6 +43,7 @@ from cer_jax import (
     warm_start,
 )
 from cer_jax.config_loading import load_config
+from cer_jax.data import pipeline
 from cer_jax.fusion import evaluator
 from cer_jax.pretrained import core
 
@@ -213,7 +214,10 @@ def _train_from_file(member, fmt, data, workdir, kind="compound", halt=False, **
     if halt:
         assert (result["stopped"], result["step"]) == ("halted", 1)
     else:
-        assert result["stopped"] is None and result["export"]["test"]["num_examples"] > 0
+        # Every test example once: the dataset's own count, not one the export computed.
+        test_size = pipeline.get_dataset_info(config).split_sizes["test"]
+        assert result["stopped"] is None and test_size > 0
+        assert result["export"]["test"]["num_examples"] == test_size
     return result
 
 
