@@ -172,6 +172,8 @@ _DATA_ORDER_KEYS = ("training.global_batch_size", "input.num_data_shards", "inpu
 # be compared with the recorded one's F1 (a validation best against test scores), choosing
 # best/ and the export by neither split. Compared when recorded, as the data order keys.
 _SELECTION_KEYS = ("checkpoint.best_split",)
+# The sections whose settings shape the train state (optimizer state, parameters).
+_RESTORED_SECTIONS = ("optimizer", "model")
 
 
 def data_order_seed(config: Any) -> int | None:
@@ -311,20 +313,37 @@ class Checkpoints:
         )
 
     def restore_latest(
-        self, abstract: train_state.TrainState, mesh: Mesh
+        self, abstract: train_state.TrainState, mesh: Mesh,
+        config: ml_collections.ConfigDict | None = None,
     ) -> train_state.TrainState:
+        """`config`: this run's, whose optimizer and model settings that differ from the
+        workdir's config.json a failed restore names (which of them changed the state's
+        structure, clipping or a head learning rate, say, is not known here)."""
         step = self.latest.latest_step()
         try:
             return self.latest.restore(
                 step, args=ocp.args.StandardRestore(with_sharding(abstract, mesh))
             )
         except ValueError as e:
+            changed = self._changed_settings(config) if config is not None else ""
             raise WorkdirError(
                 f"Cannot resume {workdir_path(self.workdir, LATEST_DIR)} at step {step}: its "
                 "train state does not fit this config (the optimizer or model settings changed "
-                "since it was saved). Resume with the config it was trained with, or use a new "
-                "--workdir."
+                f"since it was saved{changed}). Resume with the config it was trained with, or "
+                "use a new --workdir."
             ) from e
+
+    def _changed_settings(self, config: ml_collections.ConfigDict) -> str:
+        """'; its config.json has optimizer.x=1 there, 2 here; ...', or '' (none recorded)."""
+        try:
+            saved = _flat(load_config(self.workdir), _RESTORED_SECTIONS)
+        except WorkdirError:
+            return ""
+        wanted = _flat(config, _RESTORED_SECTIONS)
+        differing = [f"{key}={saved.get(key)!r} there, {wanted.get(key)!r} here"
+                     for key in sorted(set(saved) | set(wanted))
+                     if saved.get(key) != wanted.get(key)]
+        return f"; its config.json differs in {'; '.join(differing)}" if differing else ""
 
     def wait(self) -> None:
         self.latest.wait_until_finished()

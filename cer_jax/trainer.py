@@ -491,7 +491,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     del model, params
     state = sharding.replicate(state, mesh)
     if start_step:
-        state = ckpts.restore_latest(jax.eval_shape(lambda: state), mesh)
+        state = ckpts.restore_latest(jax.eval_shape(lambda: state), mesh, config)
         logging.info("Resumed %s at step %d.", workdir, start_step)
         _warn_if_resized(workdir, start_step, total_steps)  # before config.json is rewritten
 

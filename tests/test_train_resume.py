@@ -456,8 +456,14 @@ def test_non_finite_loss_stops_with_a_hint_and_keeps_the_last_good_checkpoint(
     assert np.isfinite(result["train"]["train/loss"])
     # ... while another clipping setting is another optimizer state, which cannot resume it.
     unclipped = tiny_config(synthetic_cache_dir, **{"optimizer.grad_clip_norm": None})
-    with pytest.raises(checkpointing.WorkdirError, match="does not fit this config"):
+    with pytest.raises(checkpointing.WorkdirError) as error:
         trainer.train_and_evaluate(unclipped, str(workdir))
+    # The line names what changed (the last run's config.json: the lower rate, clipping 1.0).
+    assert str(error.value) == (
+        f"Cannot resume {workdir / 'checkpoints'} at step 6: its train state does not fit this "
+        "config (the optimizer or model settings changed since it was saved; its config.json "
+        "differs in optimizer.grad_clip_norm=1.0 there, None here; optimizer.lr=0.0001 there, "
+        "0.001 here). Resume with the config it was trained with, or use a new --workdir.")
 
 
 def nan_config(grad_clip_norm=None, dtype="float32"):
