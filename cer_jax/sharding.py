@@ -137,14 +137,15 @@ _COUNTED = "_cer_jax_counted_by_every_process"
 
 
 @contextlib.contextmanager
-def stop_together(what: str) -> Iterator[None]:
+def stop_together(what: str, hint: str | None = None) -> Iterator[None]:
     """Runs the block on every process; an error raised in it on some process stops every one
     (the others with a UserError naming it), so that no process goes on alone into the next
     collective and waits there for ever (a TPU or GPU collective has no timeout). A per-host
     fact (a path one host lacks) fails on one host only. The block's only collectives may be
     `raise_if_any_failed` votes: a process that fails before one votes there in its place.
     One process (no jax.distributed) does not start JAX's backend here: its start-up lines
-    would come before a check's one-line error."""
+    would come before a check's one-line error. `hint`: the likely cause the others name, in
+    place of the default (a path one host lacks)."""
     if not jax.distributed.is_initialized() or jax.process_count() == 1:
         yield
         return
@@ -156,7 +157,7 @@ def stop_together(what: str) -> Iterator[None]:
         raise
     failed = _failed_processes(False)
     if failed:
-        raise _stopped_elsewhere(failed, what)
+        raise _stopped_elsewhere(failed, what, hint)
 
 
 def raise_if_any_failed(error: Exception | None, what: str, hint: str | None = None) -> None:

@@ -733,8 +733,8 @@ def test_an_image_one_host_cannot_read_stops_every_host_in_step(tmp_path, monkey
         if index == 1:
             assert e.type is DataConfigError and e.match(broken)
         else:
-            assert str(e.value).startswith(elsewhere.format("reading of the training split "
-                                                            "'train'"))
+            assert str(e.value) == elsewhere.format("reading of the training split 'train'") + (
+                " (it could not read its part of the split: see its log).")
         votes.clear()
         batches = pipeline.eval_iterator(config, info, "train", global_batch_size=2)
         masks = [next(batches)["mask"].tolist() for _ in range(3)]  # 3 examples each

@@ -58,6 +58,8 @@ _FOREVER = 2**62
 _TRAIN_RESIZES = ("random_resized_crop", "resize_crop")
 _EVAL_RESIZES = ("resize_crop", "resize")
 _BALANCES = ("none", "sampling", "loss_weights")
+# What a host that met no read error says of one that did (its own line is in its log).
+READ_HINT = "it could not read its part of the split: see its log"
 
 
 def check_input_config(cfg: ml_collections.ConfigDict) -> None:
@@ -308,7 +310,7 @@ def train_iterator(
     # Decodes this host's shards into the cache: a read that fails on one host only (an image
     # a TFDS build cannot decode) must stop every host, not leave the others waiting for it in
     # the first training step.
-    with sharding.stop_together(f"the reading of the training split {split!r}"):
+    with sharding.stop_together(f"the reading of the training split {split!r}", hint=READ_HINT):
         streams = [
             _shard_stream(source, split, shards[shard], labels[shards[shard]], classes,
                           shard=shard, in_cfg=in_cfg, seed=seed, start_step=start_step,
@@ -473,7 +475,7 @@ def eval_iterator(
     if together:
         sharding.raise_if_any_failed(
             error, f"the evaluation of split {split!r}",
-            hint="it could not read its part of the split: see its log")
+            hint=READ_HINT)
 
 
 def _eval_batches(config: ml_collections.ConfigDict, split: str, start: int, end: int,
