@@ -519,7 +519,7 @@ def test_config_errors_name_the_key_and_the_fix(tmp_path, cache_dir, info, monke
     for bad in (0, -5):  # silently a buffer of 1: the same order every epoch, no shuffling
         c = _config(cache_dir, shuffle_buffer=bad)
         _error(c, rf"config\.input\.shuffle_buffer={bad}: give a buffer of 1 or more examples "
-                  r"\(1: no shuffling\), or None for the whole host shard")
+                  r"\(1: no shuffling\), or None for the whole data shard")
     c = _config(cache_dir, prefetch=-2)
     _error(c, r"config\.input\.prefetch=-2: give a number of batches >= 0, or None")
 

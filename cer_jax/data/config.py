@@ -72,7 +72,7 @@ def input_defaults() -> ml_collections.ConfigDict:
     c.seed = ml_collections.FieldReference(None, field_type=int)
     # True: keep the decoded (uint8, original size) images of the host's shards in memory.
     c.cache = True
-    # Shuffle buffer of the training stream; None = the whole host shard (an exact per-epoch
+    # Shuffle buffer of each data shard's stream; None = the whole shard (an exact per-epoch
     # permutation, the right choice for small face datasets).
     c.shuffle_buffer = ml_collections.FieldReference(None, field_type=int)
     # Training geometry: "random_resized_crop" (crop_scale / crop_ratio, like torchvision /

@@ -88,7 +88,7 @@ def check_input_config(cfg: ml_collections.ConfigDict) -> None:
     need(int(cfg.image_size) > 0, "image_size", "must be a positive number of pixels.")
     # 0 or less silently became a buffer of 1: no shuffling, every epoch in one order.
     need(cfg.shuffle_buffer is None or cfg.shuffle_buffer >= 1, "shuffle_buffer",
-         "give a buffer of 1 or more examples (1: no shuffling), or None for the whole host "
+         "give a buffer of 1 or more examples (1: no shuffling), or None for the whole data "
          "shard (an exact per-epoch permutation).")
     need(cfg.prefetch is None or cfg.prefetch >= 0, "prefetch",
          "give a number of batches >= 0, or None for tf.data's AUTOTUNE.")
