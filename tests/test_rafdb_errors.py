@@ -257,11 +257,16 @@ def _fix(tree: pathlib.Path, line: int) -> str:
     return f"re-extract it from the RAF-DB archive, or remove line {line} of {tree / LABELS}."
 
 
-def test_a_png_saved_as_jpg_is_reencoded(tree, tmp_path):
+def test_a_png_saved_as_jpg_is_reencoded(tree, tmp_path, capsys):
     """Before: refused as "is not a JPEG file", though a greyscale or CMYK JPEG is re-encoded."""
     path = tree / "Image/aligned/train_0007_aligned.jpg"
     Image.new("RGBA", (120, 120), (200, 30, 60, 255)).save(path, format="PNG")
     builder = rafdb.build("compound", str(tree), str(tmp_path / "data"))
+    # TFDS's own lines said "Downloading and preparing dataset Unknown size (download: ...)".
+    printed = capsys.readouterr().out
+    assert "ownload" not in printed.replace("nothing is downloaded", "")
+    assert f"Preparing rafdb/compound/1.0.0 from --manual_dir (nothing is downloaded) in " \
+        f"{builder.data_dir} ..." in printed
     (example,) = [ex for ex in tfds.as_numpy(builder.as_dataset(split="train"))
                   if ex["file_name"] == b"train_0007.jpg"]
     assert example["image"].shape == (100, 100, 3)

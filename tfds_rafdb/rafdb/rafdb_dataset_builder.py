@@ -141,6 +141,16 @@ signed by a researcher), unpack the archive, and pass the `compound/` (or `basic
         """
         return epath.Path(__file__)
 
+    # TFDS prints "Downloading and preparing dataset Unknown size (download: Unknown size, ...)"
+    # before and "... downloaded and prepared ..." after a build; RAF-DB is never downloaded.
+    def _log_download_bytes(self) -> None:
+        print(f"Preparing {self.info.full_name} from --manual_dir (nothing is downloaded) in "
+              f"{self.data_dir} ...", flush=True)
+
+    def _log_download_done(self) -> None:
+        print(f"Dataset {self.info.full_name} prepared in {self.data_dir}; later runs reuse it.",
+              flush=True)
+
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(
