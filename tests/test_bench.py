@@ -175,6 +175,27 @@ def test_input_bound_and_ensemble_estimate():
     assert estimate["dominated_by"] == "compile"  # 30 s against 19.6 s training, 6.4 s eval
 
 
+def test_an_ensemble_slowed_by_its_input_pipeline_names_the_input_as_its_largest_part():
+    """Issue 12: a missed goal names the part that dominates (compile, input, step...). A
+    member whose training runs at the pipeline's rate spends its train time waiting on input:
+    "train" would send the user to the step, which is not what bounds it."""
+    def member(spec, **extra):
+        return {"spec": spec, "compile_train_s": 10.0, "compile_eval_s": 5.0,
+                "train_images_per_s_pipelined": 5000.0, "eval_images_per_s_pipelined": 20000.0,
+                "num_epochs": 30.0, "recipe_batch_size": 96, "batch_size": 96, **extra}
+
+    slow_input = {"bound_by": "input", "host_cores_needed": 16,
+                  "training_images_per_s": 100.0}
+    starved = member("resnet:50", input_bound=slow_input, training_images_per_s=100.0)
+    fed = member("vit:B/16", input_bound={**slow_input, "bound_by": "step",
+                                          "training_images_per_s": 5000.0},
+                 training_images_per_s=5000.0)
+    assert ensemble_time.ensemble_estimate([starved, fed])["dominated_by"] == "input"
+    assert ensemble_time.ensemble_estimate([fed])["dominated_by"] == "train"
+    estimate = ensemble_time.ensemble_estimate([starved])
+    assert "largest part: input)" in report.ensemble_lines([starved], estimate)
+
+
 def _member(spec: str, *, blocked: float, pipelined: float, batch: int = 96, **extra) -> dict:
     return {"spec": spec, "image_size": 224, "batch_size": batch, "train_step_s": batch / blocked,
             "train_images_per_s_pipelined": pipelined, "train_mfu": 0.3, **extra}
