@@ -733,6 +733,16 @@ def test_a_missed_goal_on_a_device_without_a_listed_peak_shows_no_mfu():
         "(no MFU: peaks.py lists no peak for this device).")
 
 
+def test_a_missed_goal_on_a_listed_device_whose_flops_were_refused_does_not_blame_peaks():
+    """An H100 is in peaks.py; where its FLOP count was refused (jax-ml/jax#22249) the goal
+    line said "peaks.py lists no peak for this device", sending the reader to the wrong file."""
+    refused = _member("vit:B/16", blocked=3000.0, pipelined=3100.0) | {
+        "train_mfu": None, "flops_error": "no FLOPs or MFU: XLA's cost analysis on gpu ..."}
+    assert report.goal_lines([refused], "gpu") == (
+        "vit:B/16: 3100 img/s misses the 4000 img/s goal; dominated by: step "
+        "(no MFU: no FLOP count, the line under the table says why).")
+
+
 def test_a_backend_that_miscounts_products_gets_no_flops_or_mfu(monkeypatch):
     """XLA:GPU's cost analysis counted a product it hands to cuBLAS as little more than its
     output (jax-ml/jax#22249): the lent GPU run would have printed FLOPs / image and an MFU

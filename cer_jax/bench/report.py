@@ -214,8 +214,10 @@ def goal_lines(results: list[dict[str, Any]], backend: str) -> str:
         gap = r["train_step_s"] - r["batch_size"] / r["train_images_per_s_pipelined"]
         part = ("input" if r.get("input_bound", {}).get("bound_by") == "input"
                 else "host gaps" if gap > 0.2 * r["train_step_s"] else "step")
-        mfu = ("no MFU: peaks.py lists no peak for this device" if r["train_mfu"] is None
-               else f"train MFU {100 * r['train_mfu']:.1f} %")
+        mfu = (f"train MFU {100 * r['train_mfu']:.1f} %" if r["train_mfu"] is not None
+               # The backend's FLOP count was refused (costs.miscounted_flops), not its peak.
+               else "no MFU: no FLOP count, the line under the table says why"
+               if r.get("flops_error") else "no MFU: peaks.py lists no peak for this device")
         lines.append(f"{r['spec']}: {rate:.0f} img/s misses the {goal:.0f} img/s goal; "
                      f"dominated by: {part} ({mfu}).")
     return "\n".join(lines)
