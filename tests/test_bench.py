@@ -471,6 +471,21 @@ def test_xla_cpu_flags_without_pytorch_says_so_in_one_line():
                           "ratios).")
 
 
+@pytest.mark.parametrize(("models", "message"), [
+    ("foo", "Unknown model 'foo' in --models 'foo': use one of vit, resnet, manet, optionally "
+            "followed by ':' and its vit variant, resnet depth, manet width."),
+    ("vit:test/8", "model.image_size=30 is not divisible by the patch size 8 of ViT variant "
+                   "'test/8'; choose a multiple of 8."),
+])
+def test_xla_cpu_flags_with_a_bad_model_is_one_line_before_any_setting_runs(models, message):
+    """Each setting runs cer_jax.bench in a process of its own: a bad --models failed every
+    one of them in turn, then printed a table of the same error cut at 80 characters, with
+    exit status 0."""
+    proc = _run("cer_jax.bench.xla_cpu_flags", f"--models={models}", "--image_size=30",
+                "--settings=baseline,ynn", "--nocompare_torch")
+    _one_line_error(proc, message)
+
+
 def test_unwritable_json_or_profile_is_one_line_before_any_timing(tmp_path):
     a_file = tmp_path / "notes.txt"
     a_file.write_text("mine")

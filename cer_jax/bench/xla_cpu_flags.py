@@ -93,6 +93,22 @@ def table(runs: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def check_models() -> None:
+    """--models as cer_jax.bench resolves them, once, before the runs: a bad one failed every
+    setting's run in turn, then printed a table of the same truncated error, status 0."""
+    from cer_jax import train_state
+
+    specs = [s.strip() for s in FLAGS.models.split(",") if s.strip()]
+    if not specs:
+        raise UserError("--models is empty: name the models to time, e.g. "
+                        "--models=configs/manet.py:smoke.")
+    for spec in specs:
+        setup = throughput.resolve(spec, image_size=FLAGS.image_size,
+                                   batch_size=FLAGS.batch_size, precision="float32",
+                                   num_classes=11)
+        train_state.check_model(setup.config, setup.num_classes)
+
+
 def main(argv: Sequence[str]) -> None:
     extra = list(argv[1:])  # passed through to cer_jax.bench
     unknown = [s for s in FLAGS.settings if s not in SETTINGS]
@@ -100,6 +116,7 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"Unknown --settings {unknown}; use {', '.join(SETTINGS)}.")
     if FLAGS.json:  # written after all the runs: a bad path fails now, not after them
         throughput.check_output_file("json", FLAGS.json)
+    check_models()
     if FLAGS.compare_torch:  # on by default here: without PyTorch every run would fail
         try:
             throughput.check_torch(
