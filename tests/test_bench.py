@@ -703,6 +703,24 @@ def test_the_recipes_load_without_opencv_or_pillow():
                                                           ("manet", 128))]
 
 
+def test_the_step_benchmark_runs_on_a_host_without_tensorflow_or_pytorch(tmp_path):
+    """Issue 12: without --input and --compare_torch the bench needs only the package and JAX
+    (a bare accelerator host). A guard: no import of the optional stacks creeps into its path."""
+    code = ("import runpy, sys\n"
+            "for name in ('tensorflow', 'tensorflow_datasets', 'clu', 'torch', 'transformers',\n"
+            "             'cv2', 'PIL'):\n"
+            "    sys.modules[name] = None\n"
+            "sys.argv = ['cer_jax.bench', *sys.argv[1:]]\n"
+            "runpy.run_module('cer_jax.bench', run_name='__main__', alter_sys=True)\n")
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "--models=vit:test/8", "--image_size=32", "--batch_size=2",
+         "--steps=1", "--warmup=0", f"--json={tmp_path / 'bench.json'}"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| vit:test/8 | 2 | 32 | float32 |" in proc.stdout
+    assert json.loads((tmp_path / "bench.json").read_text())["models"][0]["compile_train_s"] > 0
+
+
 # Runs the CLI with a PyTorch reference whose first train step fails, as a PyTorch whose cuDNN
 # is older than the one JAX loaded first fails on a GPU host.
 RUN_WITH_BROKEN_TORCH = """
