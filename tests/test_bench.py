@@ -649,6 +649,26 @@ def test_report_of_a_run_that_timed_no_model():
                                        "Not timed (the run stopped first): vit:B/16, manet.")
 
 
+def test_a_run_whose_profiler_failed_does_not_point_to_tensorboard(tmp_path):
+    """A GPU host without CUPTI: the profiler's error scrolled past on stderr mid-run and the
+    summary ended with 'Profiles: DIR (tensorboard --logdir=DIR, Profile tab)', a trace that
+    was never written. The summary now ends with the error instead."""
+    code = ("import runpy, sys, jax\n"
+            "def broken(*args, **kwargs):\n"
+            "    raise RuntimeError('CUPTI could not be loaded')\n"
+            "jax.profiler.trace = broken\n"
+            "sys.argv = ['cer_jax.bench', *sys.argv[1:]]\n"
+            "runpy.run_module('cer_jax.bench', run_name='__main__', alter_sys=True)\n")
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "--models=vit:test/8", "--image_size=32", "--batch_size=2",
+         "--steps=1", "--warmup=0", f"--profile={tmp_path}"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "tensorboard" not in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == (
+        f"no profile in {tmp_path / 'vit_test_8'}: RuntimeError: CUPTI could not be loaded")
+
+
 def test_a_failing_profiler_costs_the_trace_not_the_benchmark(tmp_path, monkeypatch):
     """--profile runs after a model's timings; a profiler error (no CUPTI on a GPU host, a
     trace already running) used to end the whole benchmark, losing every later model."""

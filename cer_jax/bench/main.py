@@ -178,9 +178,13 @@ def run(argv: Sequence[str]) -> None:
     estimate = ensemble_time.ensemble_estimate(results)
     sections = [report.summary({"machine": info, "settings": {"models": FLAGS.models},
                                 "models": results, "ensemble": estimate})]
-    if FLAGS.profile:
-        sections.append(f"Profiles: {FLAGS.profile} (tensorboard --logdir={FLAGS.profile}, "
-                        "Profile tab)")
+    if FLAGS.profile:  # a failed profiler (no CUPTI...) cost that model's trace only
+        written = [r["spec"] for r in results if not r.get("profile_error")]
+        if written:
+            sections.append(f"Profiles: {FLAGS.profile} (tensorboard --logdir={FLAGS.profile}, "
+                            "Profile tab)" + (f" of {', '.join(written)}"
+                                              if len(written) < len(results) else ""))
+        sections.extend(r["profile_error"] for r in results if r.get("profile_error"))
     print("\n\n".join(s for s in sections if s))
     write_json(info, results, estimate)
 
