@@ -307,6 +307,17 @@ def test_input_without_tensorflow_is_one_line_before_any_work(tmp_path):
     assert "Traceback" not in proc.stderr and "vit:test/8: train" not in proc.stderr
 
 
+def test_an_unwritable_input_cache_dir_is_one_line_naming_its_flag_before_any_timing(tmp_path):
+    """--input draws its dataset into --input_cache_dir after the first model is timed: a file
+    in the way failed there, the figures measured lost, naming config.dataset.cache_dir, a key
+    the user never set."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    proc = _run("cer_jax.bench", *TINY, "--input", f"--input_cache_dir={a_file}/cache")
+    _one_line_error(proc, f"--input_cache_dir={a_file}/cache: {a_file} is a file, not a "
+                          "folder; give a folder.")
+
+
 @pytest.mark.parametrize(("spec", "image_size", "message"), [
     ("resnet:51", 32, "error: Unknown ResNet depth 51 (config key model.depth); choose one of "
                       "[18, 34, 50, 101, 152]."),

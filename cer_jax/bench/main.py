@@ -117,6 +117,8 @@ def run(argv: Sequence[str]) -> None:
         from cer_jax.bench import input_bench
 
         input_bench.check_sizes(FLAGS.input_num_train_images)
+        # Written after the first model's timing: a bad folder fails now, named by its flag.
+        throughput.check_output_folder("input_cache_dir", FLAGS.input_cache_dir)
     from cer_jax import sharding, train_state
     from cer_jax.bench import ensemble_time
 
