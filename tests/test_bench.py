@@ -660,6 +660,21 @@ def test_report_of_a_run_that_timed_no_model():
                                        "Not timed (the run stopped first): vit:B/16, manet.")
 
 
+def test_compile_times_read_from_a_persistent_cache_are_marked_so(tmp_path):
+    """With JAX_COMPILATION_CACHE_DIR set, a second run's 'compile' times are cache reads (and
+    the ensemble estimate's compile part with them): the header and the JSON said nothing."""
+    cache = tmp_path / "xla_cache"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cer_jax.bench", *TINY, f"--json={tmp_path / 'bench.json'}"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    header = proc.stdout.splitlines()[0]
+    assert header.endswith(f", compilation cache {cache} (compile times may be cache reads)")
+    machine = json.loads((tmp_path / "bench.json").read_text())["machine"]
+    assert machine["compilation_cache"] == str(cache)
+
+
 def test_a_run_whose_profiler_failed_does_not_point_to_tensorboard(tmp_path):
     """A GPU host without CUPTI: the profiler's error scrolled past on stderr mid-run and the
     summary ended with 'Profiles: DIR (tensorboard --logdir=DIR, Profile tab)', a trace that

@@ -65,6 +65,10 @@ def machine() -> dict[str, Any]:
         "device_count": jax.device_count(), "host_cpu": cpu, "host_cores": os.cpu_count(),
         "jax": jax.__version__, "python": platform.python_version(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        # JAX's persistent cache (JAX_COMPILATION_CACHE_DIR): a second run's compile times are
+        # then cache reads, not compilations.
+        "compilation_cache": (jax.config.jax_compilation_cache_dir or "")
+        if jax.config.jax_enable_compilation_cache else "",
         # malloc's huge pages (cer_jax.huge_pages) change CPU step times by 1.2-1.6x.
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
     }
@@ -128,7 +132,9 @@ def run(argv: Sequence[str]) -> None:
           f"jax {info['jax']}, {info['date']}"
           + "".join(f", {name}={info[key]}" for key, name in
                     (("xla_flags", "XLA_FLAGS"), ("glibc_tunables", "GLIBC_TUNABLES"))
-                    if info[key]))
+                    if info[key])
+          + (f", compilation cache {info['compilation_cache']} (compile times may be cache "
+             "reads)" if info["compilation_cache"] else ""))
     mesh = sharding.create_mesh()
     results = []
     setups = [throughput.resolve(spec, image_size=FLAGS.image_size, batch_size=FLAGS.batch_size,
