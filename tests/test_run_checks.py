@@ -84,6 +84,25 @@ def test_a_class_without_training_images_is_refused_unless_allowed(tmp_path, cap
     pipeline.validate_splits(config, info, ["train_fit", "validation", "test"])  # no error
 
 
+def test_an_empty_split_is_refused_before_any_work(tmp_path):
+    """A TFDS dataset may hold an empty split (a folder dataset refuses one when listed):
+    evaluating it ended in a traceback from the metrics of no example."""
+    import dataclasses
+
+    from cer_jax.data import pipeline
+
+    _folder(tmp_path / "faces", FULL)
+    config = _config(tmp_path)
+    info = pipeline.get_dataset_info(config)
+    empty = dataclasses.replace(info, split_sizes={**info.split_sizes, "validation": 0})
+    with pytest.raises(DataConfigError) as error:
+        pipeline.validate_splits(config, empty, ["train_fit", "validation", "test"])
+    assert str(error.value) == (
+        f"Split 'validation' of {info.name} has no examples: drop it from "
+        "config.dataset.train_split / eval_splits / export.splits, or rebuild the dataset "
+        "with examples in it.")
+
+
 def test_a_workdir_of_another_model_is_refused_naming_the_keys(tmp_path):
     workdir = tmp_path / "run"
     other = smoke_config("manet", tmp_path / "cache")

@@ -161,6 +161,12 @@ def validate_splits(
     source = open_source(config.dataset)
     for split in splits:
         check_split(info, split, "config.dataset.train_split / eval_splits / export.splits")
+        if not info.split_sizes[split]:  # a TFDS dataset's empty split: metrics of nothing
+            raise DataConfigError(
+                f"Split {split!r} of {info.name} has no examples: drop it from "
+                "config.dataset.train_split / eval_splits / export.splits, or rebuild the "
+                "dataset with examples in it."
+            )
         bad = source.unreadable_files(split)
         if bad:
             raise DataConfigError(
