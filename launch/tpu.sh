@@ -20,7 +20,8 @@
 #                        to WEIGHTS_DIR/<member>/ (with the config.json beside a file, if any)
 #   train CONFIG WORKDIR [OVERRIDES...]
 #                        one training, the same command on every worker at once; WORKDIR must
-#                        be gs://... (every host reads and writes the same run)
+#                        be gs://... (every host reads and writes the same run), CONFIG a file
+#                        of this checkout relative to it (the workers run their copy)
 #   ensemble [OVERRIDES...]
 #                        train vit, manet and resnet50 into RUNS/<name> (the OVERRIDES go to all
 #                        three, after the data and weights flags), then `fuse`
@@ -162,6 +163,20 @@ check_workdir() {
     gs://?*) ;;
     *) die "a workdir on a TPU must be a gs:// path that every host shares (got '$1')" ;;
   esac
+}
+
+# The workers run CONFIG from their copy of this checkout (`install`): a file outside it, or one
+# git ignores (install copies tracked and unignored files only), is not there.
+check_config_in_checkout() {
+  local file=${1%%:*}
+  local fix="give a config file of this checkout, relative to it (configs/vit.py), and run install after adding one"
+  case "$file" in
+    /* | '~'*) die "CONFIG '$1' is not relative to the checkout, which the workers run from: $fix" ;;
+  esac
+  [ -f "$REPO/$file" ] || die "CONFIG '$1': $REPO/$file does not exist: $fix"
+  if command -v git >/dev/null && git -C "$REPO" check-ignore -q -- "$file"; then
+    die "CONFIG '$1' is ignored by git, so install does not copy it to the workers: $fix"
+  fi
 }
 
 # Member NAME's local weights FILE (or folder) is read from WEIGHTS_DIR/NAME/, where `upload`
@@ -317,6 +332,7 @@ cmd_upload() {
 cmd_train() {
   need_bucket
   need gcloud
+  check_config_in_checkout "$1"
   run_train "$@"
 }
 

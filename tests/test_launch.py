@@ -460,6 +460,39 @@ def test_tpu_all_checks_what_upload_copies_before_it_creates_the_tpu(env, tmp_pa
     assert not log.exists()  # nothing created, copied or installed
 
 
+def test_tpu_train_refuses_a_config_the_workers_do_not_have(env, tmp_path):
+    """The workers run CONFIG from their copy of the checkout: a path outside it or one git
+    ignores (install copies neither) failed on every worker, after the ssh."""
+    def refused(script, config):
+        (err,) = dry_run(script, "train", config, "gs://b/r", env=env, BUCKET="gs://b",
+                         ok=False)[0]
+        return err.strip().splitlines()[-1]
+
+    fix = ("give a config file of this checkout, relative to it (configs/vit.py), and run "
+           "install after adding one")
+    assert refused("tpu.sh", "/home/me/my.py:smoke") == (
+        f"tpu.sh: error: CONFIG '/home/me/my.py:smoke' is not relative to the checkout, which the "
+        f"workers run from: {fix}")
+    assert refused("tpu.sh", "configs/mine.py") == (
+        f"tpu.sh: error: CONFIG 'configs/mine.py': {REPO}/configs/mine.py does not exist: {fix}")
+    (train,) = dry_run("tpu.sh", "train", "configs/vit.py:smoke", "gs://b/r", env=env,
+                       BUCKET="gs://b")
+    assert "--config=configs/vit.py:smoke" in shlex.split(flag(train, "command"))
+    # A config file in an ignored folder of a checkout (a copy of launch/ in a new repo).
+    repo = tmp_path / "checkout"
+    shutil.copytree(LAUNCH, repo / "launch")
+    (repo / ".gitignore").write_text("/runs/\n")
+    (repo / "runs").mkdir()
+    (repo / "runs" / "my.py").write_text("x")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    proc = subprocess.run(["bash", str(repo / "launch" / "tpu.sh"), "--dry-run", "train",
+                           "runs/my.py", "gs://b/r"], env={**env, "BUCKET": "gs://b"},
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1] == (
+        f"tpu.sh: error: CONFIG 'runs/my.py' is ignored by git, so install does not copy it to the "
+        f"workers: {fix}")
+
+
 def test_tpu_install_packs_the_checkout_without_ignored_files(env, tmp_path):
     cmds = dry_run("tpu.sh", "install", env=env)
     (pack,) = [c for c in cmds if c[0] == "bash"]
