@@ -389,8 +389,8 @@ def _check_run(config: ml_collections.ConfigDict, workdir: str
         # from an AugReg .npz (tanh GELU) was refused as another run.
         warm_start.resolve_model_settings(
             config, recorded=checkpointing.load_config(workdir).model)
-    else:
-        warm_start.resolve_model_settings(config)
+    else:  # a fresh start checks and loads init.checkpoint next: a pickle read here is kept
+        warm_start.resolve_model_settings(config, keep_weights=not resuming)
     train_state.check_model(config)  # before the data: a bad model setting needs no dataset
     if not resuming:  # weights that do not fit: one line before the data work, not after it
         warm_start.check_initial_weights(config)

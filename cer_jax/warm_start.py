@@ -31,15 +31,17 @@ class ModelSettingError(UserError):
     """A model setting that contradicts the pre-trained weights."""
 
 
-def _implied(config: ml_collections.ConfigDict) -> tuple[dict[str, Any], dict[str, str]]:
-    """{key: value} the init source implies and {key: why}."""
+def _implied(config: ml_collections.ConfigDict, keep_weights: bool = False
+             ) -> tuple[dict[str, Any], dict[str, str]]:
+    """{key: value} the init source implies and {key: why}. `keep_weights`: the file's
+    check and load follow (a fresh start), so a PyTorch pickle read whole here is kept."""
     init = config.init
     if config.model.name == "manet":  # a misspelt version fails with or without weights
         pretrained.manet_path_b_order(init.manet_code_version)
     if init.get("checkpoint"):
         settings = pretrained.implied_settings(
-            config.model.name, init.checkpoint, manet_code_version=init.manet_code_version
-        )
+            config.model.name, init.checkpoint, manet_code_version=init.manet_code_version,
+            keep_weights=keep_weights)
         return (
             {key: s.value for key, s in settings.items()},
             {key: f"init.checkpoint={init.checkpoint} implies it: {s.reason}"
@@ -96,17 +98,20 @@ def _check_same_input_scale(source_input: Any, wanted_input: ml_collections.Conf
 
 
 def resolve_model_settings(config: ml_collections.ConfigDict,
-                           recorded: ml_collections.ConfigDict | None = None) -> None:
+                           recorded: ml_collections.ConfigDict | None = None, *,
+                           keep_weights: bool = False) -> None:
     """Replaces every None / "auto" function setting of config.model by a concrete value, in
     place (so config.json records what was built); refuses contradictions. `recorded`: the
     model section of a resumed run's config.json, whose values are taken instead of reading
-    the init source again (which may be gone: its weights load only at step 0)."""
+    the init source again (which may be gone: its weights load only at step 0).
+    `keep_weights`: init.checkpoint is checked and loaded next (a fresh start): a PyTorch pickle,
+    read whole for its names, stays in memory for them rather than being read twice more."""
     if recorded is not None:
         values = {key: recorded[key] for key in FUNCTION_SETTINGS
                   if recorded.get(key) not in AUTO}
         why = dict.fromkeys(values, "the config.json of the resumed run records it")
     else:
-        values, why = _implied(config)
+        values, why = _implied(config, keep_weights)
     defaults = models.default_options(config.model.name)
     for key, value in values.items():
         if key not in defaults:

@@ -45,7 +45,7 @@ from cer_jax import (
 from cer_jax.config_loading import load_config
 from cer_jax.data import pipeline
 from cer_jax.fusion import evaluator
-from cer_jax.pretrained import core
+from cer_jax.pretrained import core, readers
 
 # One xdist worker runs this group: its fixtures are built once (see pyproject addopts).
 pytestmark = pytest.mark.xdist_group("production")
@@ -206,7 +206,15 @@ def _train_from_file(member, fmt, data, workdir, kind="compound", halt=False, **
     config.init.checkpoint = str(path)
     if fmt in weight_files.MANET_CODE_VERSIONS:
         config.init.manet_code_version = weight_files.MANET_CODE_VERSIONS[fmt]
-    result, loaded = _train_with_spy(config, workdir)
+    reads, dispatch = [], readers._dispatch
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(readers, "_dispatch", lambda path, *, keys_only: (
+            reads.append(keys_only), dispatch(path, keys_only=keys_only))[1])
+        result, loaded = _train_with_spy(config, workdir)
+    # The file is read whole once (its names, its check and its load share that read); an
+    # .npz or safetensors file's names come from its index. A PyTorch pickle has no index: it
+    # was loaded for its names, then again for the check.
+    assert reads == ([False] if "pth" in fmt else [True, False]), reads
     expected = _backbone(_arrays(source), source)
     assert loaded.keys() == expected.keys()
     for name, value in expected.items():

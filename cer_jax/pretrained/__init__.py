@@ -83,19 +83,21 @@ def implied_settings(
     path: str | os.PathLike[str] | epath.Path,
     *,
     manet_code_version: str = "2021",
+    keep_weights: bool = False,
 ) -> dict[str, Setting]:
     """Model config keys (e.g. 'gelu_approximate') and the values the file at `path` (local or
     remote, e.g. gs://; read through etils epath) implies.
 
     Reads tensor names only where the format allows (`.npz`, safetensors; a PyTorch pickle is
-    loaded) plus a Hugging Face `config.json` beside the weights. An unknown or unreadable file
+    loaded, and with `keep_weights` kept for the `check_pretrained` / `load_pretrained` that
+    follow) plus a Hugging Face `config.json` beside the weights. An unknown or unreadable file
     raises the error `load_pretrained` would give; an unknown `manet_code_version` a ValueError
     naming `init.manet_code_version`. ResNet files imply nothing ({}).
     """
     _check_model_name(model_name)
     if model_name == "manet":
         manet_path_b_order(manet_code_version)  # a bad version fails before the file is read
-    return settings_for_keys(model_name, checkpoint_keys(path), path,
+    return settings_for_keys(model_name, checkpoint_keys(path, keep=keep_weights), path,
                              manet_code_version=manet_code_version)
 
 

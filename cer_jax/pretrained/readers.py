@@ -77,13 +77,31 @@ def _kept_key(path: str | os.PathLike[str] | epath.Path) -> tuple[str, int, floa
     return os.fspath(path), stat.length, stat.mtime
 
 
-def checkpoint_keys(path: str | os.PathLike[str] | epath.Path) -> list[str]:
+def checkpoint_keys(path: str | os.PathLike[str] | epath.Path, *, keep: bool = False
+                    ) -> list[str]:
     """The names `read_checkpoint` would return, cheaply where the format allows it: `.npz` and
-    safetensors read their index only; a PyTorch pickle has to be loaded (unless kept)."""
+    safetensors read their index only; a PyTorch pickle has to be loaded (unless kept). With
+    `keep`, a pickle loaded for its names stays in memory for the next read, as
+    `read_checkpoint(keep=True)`'s arrays do (a run start reads it for its names, to check it
+    and to load it: on gs://, the whole file each time)."""
     key = _kept_key(path)
     if _kept is not None and key is not None and _kept[0] == key:
         return list(_kept[1])
+    if keep and _is_pickle(path):
+        return list(read_checkpoint(path, keep=True))
     return _dispatch(path, keys_only=True)
+
+
+def _is_pickle(path: str | os.PathLike[str] | epath.Path) -> bool:
+    """Whether the weights at `path` (a file, or a folder standing for its weights file) are a
+    PyTorch pickle; False where that cannot be told (the read then says why)."""
+    file = epath.Path(path).expanduser()
+    try:
+        if file.is_dir():
+            file, _ = _weights_in_directory(file, os.fspath(path))
+    except (CheckpointReadError, OSError):
+        return False
+    return file.name.lower().endswith(TORCH_SUFFIXES)
 
 
 def _dispatch(path: str | os.PathLike[str] | epath.Path, *, keys_only: bool) -> Any:
