@@ -205,6 +205,12 @@ def _flat(config: ml_collections.ConfigDict | dict, keys: tuple[str, ...]) -> di
     return flat
 
 
+def _differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """'KEY=SAVED there, WANTED here' for each flat key whose values differ."""
+    return [f"{key}={saved.get(key)!r} there, {wanted.get(key)!r} here"
+            for key in sorted(set(saved) | set(wanted)) if saved.get(key) != wanted.get(key)]
+
+
 def _identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
     identity = _flat(config, _IDENTITY_KEYS)
     identity["dataset.folder"] = paths.normalized(identity.get("dataset.folder"))
@@ -246,11 +252,7 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: str, *,
         if node is _ABSENT or (node is None and key == "input.num_data_shards"):
             continue
         saved[key], wanted[key] = node, _flat(config, (key,))[key]
-    differing = [
-        f"{key}={saved.get(key)!r} there, {wanted.get(key)!r} here"
-        for key in sorted(set(saved) | set(wanted))
-        if saved.get(key) != wanted.get(key)
-    ]
+    differing = _differences(saved, wanted)
     if differing:
         raise WorkdirError(
             f"--workdir={workdir} holds checkpoints of another run ({'; '.join(differing)}). "
@@ -339,10 +341,7 @@ class Checkpoints:
             saved = _flat(load_config(self.workdir), _RESTORED_SECTIONS)
         except WorkdirError:
             return ""
-        wanted = _flat(config, _RESTORED_SECTIONS)
-        differing = [f"{key}={saved.get(key)!r} there, {wanted.get(key)!r} here"
-                     for key in sorted(set(saved) | set(wanted))
-                     if saved.get(key) != wanted.get(key)]
+        differing = _differences(saved, _flat(config, _RESTORED_SECTIONS))
         return f"; its config.json differs in {'; '.join(differing)}" if differing else ""
 
     def wait(self) -> None:

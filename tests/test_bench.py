@@ -458,6 +458,16 @@ def _run(module: str, *args: str, without: str | None = None, cwd=None):
     return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
+
+def run_bench_after(prelude: str, *flags: str) -> subprocess.CompletedProcess:
+    """`python -m cer_jax.bench FLAGS` in a fresh process, after the Python `prelude` (a patch
+    of what the test simulates: a missing package, a failing profiler, a GPU backend)."""
+    code = (f"{prelude}\nimport runpy, sys\nsys.argv = ['cer_jax.bench', *sys.argv[1:]]\n"
+            "runpy.run_module('cer_jax.bench', run_name='__main__', alter_sys=True)\n")
+    return subprocess.run([sys.executable, "-c", code, *flags], capture_output=True, text=True,
+                          timeout=300)
+
+
 def _one_line_error(proc: subprocess.CompletedProcess, message: str) -> None:
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == f"error: {message}"
@@ -679,16 +689,12 @@ def test_a_run_whose_profiler_failed_does_not_point_to_tensorboard(tmp_path):
     """A GPU host without CUPTI: the profiler's error scrolled past on stderr mid-run and the
     summary ended with 'Profiles: DIR (tensorboard --logdir=DIR, Profile tab)', a trace that
     was never written. The summary now ends with the error instead."""
-    code = ("import runpy, sys, jax\n"
-            "def broken(*args, **kwargs):\n"
-            "    raise RuntimeError('CUPTI could not be loaded')\n"
-            "jax.profiler.trace = broken\n"
-            "sys.argv = ['cer_jax.bench', *sys.argv[1:]]\n"
-            "runpy.run_module('cer_jax.bench', run_name='__main__', alter_sys=True)\n")
-    proc = subprocess.run(
-        [sys.executable, "-c", code, "--models=vit:test/8", "--image_size=32", "--batch_size=2",
-         "--steps=1", "--warmup=0", f"--profile={tmp_path}"],
-        capture_output=True, text=True, timeout=300)
+    prelude = ("import jax\n"
+               "def broken(*args, **kwargs):\n"
+               "    raise RuntimeError('CUPTI could not be loaded')\n"
+               "jax.profiler.trace = broken")
+    proc = run_bench_after(prelude, "--models=vit:test/8", "--image_size=32", "--batch_size=2",
+                           "--steps=1", "--warmup=0", f"--profile={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "tensorboard" not in proc.stdout
     assert proc.stdout.strip().splitlines()[-1] == (
@@ -752,16 +758,12 @@ def test_the_recipes_load_without_opencv_or_pillow():
 def test_the_step_benchmark_runs_on_a_host_without_tensorflow_or_pytorch(tmp_path):
     """Issue 12: without --input and --compare_torch the bench needs only the package and JAX
     (a bare accelerator host). A guard: no import of the optional stacks creeps into its path."""
-    code = ("import runpy, sys\n"
-            "for name in ('tensorflow', 'tensorflow_datasets', 'clu', 'torch', 'transformers',\n"
-            "             'cv2', 'PIL'):\n"
-            "    sys.modules[name] = None\n"
-            "sys.argv = ['cer_jax.bench', *sys.argv[1:]]\n"
-            "runpy.run_module('cer_jax.bench', run_name='__main__', alter_sys=True)\n")
-    proc = subprocess.run(
-        [sys.executable, "-c", code, "--models=vit:test/8", "--image_size=32", "--batch_size=2",
-         "--steps=1", "--warmup=0", f"--json={tmp_path / 'bench.json'}"],
-        capture_output=True, text=True, timeout=300)
+    prelude = ("import sys\n"
+               "for name in ('tensorflow', 'tensorflow_datasets', 'clu', 'torch', 'transformers',\n"
+               "             'cv2', 'PIL'):\n"
+               "    sys.modules[name] = None")
+    proc = run_bench_after(prelude, "--models=vit:test/8", "--image_size=32", "--batch_size=2",
+                           "--steps=1", "--warmup=0", f"--json={tmp_path / 'bench.json'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| vit:test/8 | 2 | 32 | float32 |" in proc.stdout
     assert json.loads((tmp_path / "bench.json").read_text())["models"][0]["compile_train_s"] > 0
@@ -867,11 +869,8 @@ def test_a_failing_flops_check_costs_the_flops_not_the_figures(monkeypatch):
 def test_compare_torch_beside_a_gpu_with_a_cpu_only_pytorch_is_one_line():
     """JAX on a GPU and a CPU-only PyTorch: the reference ran on the host CPU and the table
     printed a GPU-against-CPU ratio as cer_jax's speed-up over PyTorch."""
-    patched = ("import jax, runpy, sys; jax.default_backend = lambda: 'gpu'; "
-               "sys.argv = ['cer_jax.bench', *sys.argv[1:]]; "
-               "runpy.run_module('cer_jax.bench', run_name='__main__', alter_sys=True)")
-    proc = subprocess.run([sys.executable, "-c", patched, *TINY, "--compare_torch"],
-                          capture_output=True, text=True, timeout=300)
+    proc = run_bench_after("import jax; jax.default_backend = lambda: 'gpu'", *TINY,
+                           "--compare_torch")
     import torch
 
     _one_line_error(proc, f"--compare_torch: JAX runs on gpu, but this PyTorch "

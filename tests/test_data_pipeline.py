@@ -723,30 +723,30 @@ def test_an_image_one_host_cannot_read_stops_every_host_in_step(tmp_path, monkey
     votes = []
     monkeypatch.setattr(sharding, "_failed_processes", lambda failed: votes.append(failed) or [1])
     broken = r"train/b/broken\.jpg: cannot be decoded as an image \(split 'train'\)"
-    elsewhere = "process 1 stopped in the {} on an error that this process did not meet"
+
+    def check_stop(e, index, what):
+        """Process 1 stops with its own line, process 0 with one naming process 1."""
+        assert votes == [index == 1]
+        if index == 1:
+            assert e.type is DataConfigError and e.match(broken)
+        else:
+            assert str(e.value) == (
+                f"process 1 stopped in the {what} on an error that this process did not meet "
+                "(it could not read its part of the split: see its log).")
+
     for index in (0, 1):  # process 1 reads the broken image (its shard and its eval slice)
         monkeypatch.setattr(jax, "process_index", lambda index=index: index)
         votes.clear()
         with pytest.raises(UserError) as e:
             pipeline.train_iterator(config, info, global_batch_size=2, seed=0)
-        assert votes == [index == 1]
-        if index == 1:
-            assert e.type is DataConfigError and e.match(broken)
-        else:
-            assert str(e.value) == elsewhere.format("reading of the training split 'train'") + (
-                " (it could not read its part of the split: see its log).")
+        check_stop(e, index, "reading of the training split 'train'")
         votes.clear()
         batches = pipeline.eval_iterator(config, info, "train", global_batch_size=2)
         masks = [next(batches)["mask"].tolist() for _ in range(3)]  # 3 examples each
         assert masks == ([[True]] * 3 if index == 0 else [[True], [True], [False]])
         with pytest.raises(UserError) as e:
             next(batches)
-        assert votes == [index == 1]
-        if index == 1:
-            assert e.type is DataConfigError and e.match(broken)
-        else:
-            assert str(e.value) == elsewhere.format("evaluation of split 'train'") + (
-                " (it could not read its part of the split: see its log).")
+        check_stop(e, index, "evaluation of split 'train'")
 
 
 def test_a_split_that_one_host_cannot_open_at_an_evaluation_stops_every_host_in_step(

@@ -500,15 +500,9 @@ def _eval_batches(config: ml_collections.ConfigDict, split: str, start: int, end
             "file_name": ex["file_name"],
         }
 
-    padding = tf.data.Dataset.from_tensors(
-        {
-            "image": tf.zeros([size, size, 3], tf.float32),
-            "label": tf.constant(0, tf.int32),
-            "mask": tf.constant(False),
-            "index": tf.constant(-1, tf.int32),
-            "file_name": tf.constant(""),
-        }
-    ).repeat(rows - (end - start))
+    row = {key: value[0] for key, value in _padding_batch(1, size).items()}
+    row["file_name"] = tf.constant("")  # an object array is no tensor
+    padding = tf.data.Dataset.from_tensors(row).repeat(rows - (end - start))
     source = open_source(config.dataset)
     if end > start:
         examples = source.examples(split, np.arange(start, end))
@@ -523,7 +517,8 @@ def _eval_batches(config: ml_collections.ConfigDict, split: str, start: int, end
 
 
 def _padding_batch(batch: int, size: int) -> dict[str, np.ndarray]:
-    """A batch of eval_iterator's padding only (every row masked out)."""
+    """A batch of eval_iterator's padding only (every row masked out; its rows also pad the
+    end of each host's slice)."""
     return {
         "image": np.zeros([batch, size, size, 3], np.float32),
         "label": np.zeros([batch], np.int32),
