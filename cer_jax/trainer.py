@@ -59,7 +59,8 @@ STOP_REASONS = (None, "preempted", "interrupted")
 
 class StopRequest:
     """SIGTERM (preemption) or a first Ctrl-C sets a flag that the loop reads at its next log
-    step, where every process agrees to save that step and stop (handlers must not do work). A
+    step or after an evaluation, where every process agrees to save that step and stop
+    (handlers must not do work). A
     second Ctrl-C raises KeyboardInterrupt at once: the steps since the last checkpoint are lost
     (with several processes, only the one pressed stops at once). An ignored SIGINT (a job
     started in the background) stays ignored."""
@@ -79,8 +80,8 @@ class StopRequest:
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         del signum, frame
-        logging.warning("Ctrl-C: saving a checkpoint at the next log step and stopping; press "
-                        "Ctrl-C again to stop at once without saving.")
+        logging.warning("Ctrl-C: saving a checkpoint at the next log step or evaluation and "
+                        "stopping; press Ctrl-C again to stop at once without saving.")
         self.reason = "interrupted"
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -598,6 +599,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 # evaluates this step first.
                 if is_eval and not preempted:
                     evaluate_and_keep_best(step)
+                    # A stop asked for during the evaluation saves this step now, not after
+                    # training to the next log step (agreed again: every process evaluated).
+                    stop_reason = stop_request.agreed() or stop_reason
+                    stop = stop or stop_reason is not None
+                    is_ckpt = is_ckpt or stop
                 if is_ckpt:
                     ckpts.save_latest(step, state, evaluation_pending=is_eval and preempted)
                     last_saved = step

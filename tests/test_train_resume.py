@@ -684,10 +684,13 @@ def test_sigterm_at_an_evaluation_saves_first_and_the_resumed_run_evaluates_that
         weights.append(np.asarray(state["params"]["head"]["kernel"]))
         return predict_split(eval_fn, state, *args)
 
-    def preempting(*args):
-        if not evaluated:  # SIGTERM during step 3's evaluation: seen at step 6, an eval step
+    add_metrics, trained = steps.add_metrics, []
+
+    def preempting(*args):  # SIGTERM in step 5 (no log step): seen at step 6, an eval step
+        trained.append(None)
+        if len(trained) == 5:
             os.kill(os.getpid(), signal.SIGTERM)
-        return weighing(*args)
+        return add_metrics(*args)
 
     def assert_evaluated_the_saved_weights():
         """Each periodic evaluation saw the weights its step's checkpoint holds."""
@@ -698,7 +701,8 @@ def test_sigterm_at_an_evaluation_saves_first_and_the_resumed_run_evaluates_that
 
     monkeypatch.setattr(trainer, "write_eval", recording_eval)
     monkeypatch.setattr(export, "write_export", recording_export)
-    monkeypatch.setattr(evaluate, "predict_split", preempting)
+    monkeypatch.setattr(evaluate, "predict_split", weighing)
+    monkeypatch.setattr(steps, "add_metrics", preempting)
     result = trainer.train_and_evaluate(config, str(workdir))
     assert result["stopped"] == "preempted" and result["step"] == 6
     assert saved_steps(workdir) == [3, 6]
@@ -707,7 +711,7 @@ def test_sigterm_at_an_evaluation_saves_first_and_the_resumed_run_evaluates_that
 
     evaluated.clear()
     weights.clear()
-    monkeypatch.setattr(evaluate, "predict_split", weighing)
+    monkeypatch.setattr(steps, "add_metrics", add_metrics)
     result = trainer.train_and_evaluate(config, str(workdir))
     assert result["stopped"] is None and result["step"] == 9
     # The resumed run evaluates step 6 (restored) before it trains on, as an unstopped run
@@ -715,6 +719,36 @@ def test_sigterm_at_an_evaluation_saves_first_and_the_resumed_run_evaluates_that
     assert evaluated == [6] * splits + [9] * splits + ["export"]
     assert len(weights) == 2 * splits + len(config.export.splits)  # then the export's
     assert_evaluated_the_saved_weights()
+
+
+def test_sigterm_during_an_evaluation_saves_that_step_and_the_resumed_run_trains_on(
+        tmp_path, synthetic_cache_dir, monkeypatch):
+    """Before: the run trained on to the next log step (6) and saved that one; step 3, no
+    checkpoint step, was never saved, and the time left after a preemption went on training."""
+    workdir = tmp_path / "preempted_in_eval"
+    config = tiny_config(synthetic_cache_dir, **{
+        "training.num_steps": 9, "training.eval_every_steps": 3,
+        "training.log_every_steps": 3, "checkpoint.every_steps": 100_000,
+    })
+    splits = len(config.dataset.eval_splits)
+    evaluated, write_eval = [], trainer.write_eval
+
+    def recording_eval(writer, step, *args):
+        evaluated.append(step)
+        if step == 3:  # during step 3's evaluation, after its first split
+            os.kill(os.getpid(), signal.SIGTERM)
+        return write_eval(writer, step, *args)
+
+    monkeypatch.setattr(trainer, "write_eval", recording_eval)
+    result = trainer.train_and_evaluate(config, str(workdir))
+    assert (result["stopped"], result["step"]) == ("preempted", 3)
+    assert saved_steps(workdir) == [3]
+    assert evaluated == [3] * splits  # the evaluation was finished, then saved
+
+    evaluated.clear()
+    result = trainer.train_and_evaluate(config, str(workdir))
+    assert result["stopped"] is None and result["step"] == 9
+    assert evaluated == [6] * splits + [9] * splits  # step 3 is not evaluated again
 
 
 def test_a_halt_at_the_last_step_finishes_the_run_with_one_compiled_eval_step(
