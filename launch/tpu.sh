@@ -88,8 +88,23 @@ CREATE=${CREATE:-1}
 INSTALL=${INSTALL:-1}
 UPLOAD=${UPLOAD:-1}
 check_switches QUEUED SPOT CREATE INSTALL UPLOAD
+# Drops the trailing slashes of the gs:// path in variable NAME. `gcloud storage` keeps a `//`
+# in an object name and the trainer's paths (epath) read it as one `/`: with
+# DATA_DIR=gs://b/tfds/, upload wrote tfds//rafdb and the trainings found no dataset (the same
+# for WEIGHTS_DIR's files and the report under RUNS).
+strip_trailing_slashes() {
+  local value=${!1}
+  while [ "${value%/}" != "$value" ]; do
+    case "${value%/}" in
+      gs://?*) value=${value%/} ;;
+      *) break ;;
+    esac
+  done
+  printf -v "$1" '%s' "$value"
+}
+
 BUCKET=${BUCKET:-}
-BUCKET=${BUCKET%/}
+strip_trailing_slashes BUCKET
 JAX_CACHE=${JAX_CACHE:-${BUCKET:+$BUCKET/jax_cache}}
 LOCAL_DATA_DIR=${LOCAL_DATA_DIR:-$HOME/tensorflow_datasets}
 TFDS_CONFIG=${TFDS_CONFIG:-compound}
@@ -140,6 +155,7 @@ need_bucket() {
       gs://?*) ;;
       *) die "$var must be a gs:// path, which every worker reads (got '${!var}'); unset it for the one under BUCKET" ;;
     esac
+    strip_trailing_slashes "$var"
   done
 }
 

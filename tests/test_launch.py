@@ -398,6 +398,23 @@ def test_tpu_smoke_needs_no_data_and_tensorboard_reads_the_bucket(env):
         ["tensorboard", "--logdir", "gs://b/runs"]]
 
 
+def test_tpu_paths_with_a_trailing_slash_are_where_upload_put_them(env, weights):
+    """`gcloud storage` keeps a `//` in an object name, the trainer's paths read it as `/`: with
+    DATA_DIR=gs://b/tfds/ upload wrote tfds//rafdb and the trainings found no dataset (and
+    WEIGHTS_DIR/ no weights, RUNS/ no report to print)."""
+    extra = dict(BUCKET="gs://b//", RUNS="gs://b/runs/", DATA_DIR="gs://b/tfds/",
+                 WEIGHTS_DIR="gs://b/w//", MANUAL_DIR="/data/RAF-DB/compound", **weights)
+    cmds = dry_run("tpu.sh", "all", env=env, **extra)
+    copies = [c for c in cmds if c[:2] == ["gcloud", "storage"] and c[2] in ("cp", "rsync")]
+    runs = [remote_python_argv(c) for c in cmds
+            if is_tpu_ssh(c) and "python -m cer_jax." in flag(c, "command")]
+    assert copies[0][-1] == flag(runs[0], "config.dataset.data_dir") + "/rafdb" == "gs://b/tfds/rafdb"
+    assert [c[-1] for c in copies[1:]] == [flag(r, "config.init.checkpoint") for r in runs[:3]]
+    assert cmds[-1][-1] == flag(runs[3], "out") + "/report.md" == "gs://b/runs/fusion/report.md"
+    urls = [u for c in cmds for a in c for u in re.findall(r"gs://[^ ,']*", a)]
+    assert urls and not [u for u in urls if "//" in u[len("gs://"):]], urls
+
+
 def test_tpu_refuses_local_workdirs_and_missing_bucket(env):
     (err,) = dry_run("tpu.sh", "train", "configs/vit.py", "/tmp/vit", env=env, ok=False,
                      BUCKET="gs://b")[0]
