@@ -388,7 +388,8 @@ cmd_all() {
   if [ "$INSTALL" = 1 ]; then cmd_install; fi
   if [ "$UPLOAD" = 1 ] && [ "$SMOKE" != 1 ]; then cmd_upload; fi
   cmd_ensemble "$@"
-  note "TensorBoard: BUCKET=$BUCKET launch/tpu.sh tensorboard (that is: tensorboard --logdir $RUNS)"
+  # RUNS too: under SMOKE=1 (or a RUNS of its own) a plain `tensorboard` shows BUCKET/runs.
+  note "TensorBoard: BUCKET=$(shell_quote "$BUCKET") RUNS=$(shell_quote "$RUNS") launch/tpu.sh tensorboard (that is: tensorboard --logdir $RUNS)"
   note "when done: launch/tpu.sh delete (a TPU is billed while it exists)"
 }
 

@@ -415,6 +415,22 @@ def test_tpu_paths_with_a_trailing_slash_are_where_upload_put_them(env, weights)
     assert urls and not [u for u in urls if "//" in u[len("gs://"):]], urls
 
 
+def test_tpu_all_names_the_tensorboard_command_of_its_runs(env, tmp_path):
+    """Under SMOKE=1 (or with RUNS set) the note's command showed BUCKET/runs, not the runs."""
+    for extra in ({"SMOKE": "1"}, {"RUNS": "gs://b/my runs"}):
+        proc = subprocess.run(["bash", str(LAUNCH / "tpu.sh"), "--dry-run", "all"],
+                              env={**env, "BUCKET": "gs://b/cer jax", **extra},
+                              capture_output=True, text=True, check=True)
+        (note,) = [x for x in proc.stdout.splitlines() if x.startswith("# TensorBoard: ")]
+        command = note.removeprefix("# TensorBoard: ").split(" (that is: ")[0]
+        shown = subprocess.run(["bash", "-c", command.replace("launch/tpu.sh",
+                                                              "launch/tpu.sh --dry-run")],
+                               cwd=REPO, env=env, capture_output=True, text=True, check=True)
+        runs = extra.get("RUNS", "gs://b/cer jax/smoke_runs")
+        assert [shlex.split(x) for x in shown.stdout.splitlines()] == [
+            ["tensorboard", "--logdir", runs]], extra
+
+
 def test_tpu_refuses_local_workdirs_and_missing_bucket(env):
     (err,) = dry_run("tpu.sh", "train", "configs/vit.py", "/tmp/vit", env=env, ok=False,
                      BUCKET="gs://b")[0]
