@@ -167,11 +167,15 @@ on_all_workers() {
 
 # The same `python ARG...` on every worker, from the checkout, with its venv; first stops a
 # cer_jax tool that an earlier launch left running there (launch/worker/stop_earlier_run.sh):
-# it would keep the TPU busy, for a `check` too.
+# it would keep the TPU busy, for a `check` too. The `|| exit $?` keeps the worker's shell from
+# exec'ing Python: a Python killed by a signal (the OOM killer, an abort, SIGTERM outside the
+# training loop) then ends the shell with status 128 + N. When Python itself was the remote
+# command, ssh said 255, which gcloud takes for a failed connection: it ran the training again
+# on that worker, up to 9 times (alone, on a slice: it waited for hosts that had stopped).
 launch_python() {
   local cache=""
   if [ -n "$JAX_CACHE" ]; then cache="JAX_COMPILATION_CACHE_DIR=$(shell_quote "$JAX_CACHE") "; fi
-  on_all_workers "cd ~/cer_jax && bash launch/worker/stop_earlier_run.sh && $cache~/cer_jax_venv/bin/python $(quote_cmd "$@")"
+  on_all_workers "cd ~/cer_jax && bash launch/worker/stop_earlier_run.sh && $cache~/cer_jax_venv/bin/python $(quote_cmd "$@") || exit \$?"
 }
 
 check_workdir() {

@@ -84,12 +84,14 @@ def flag(argv: list[str], name: str) -> str:
 def remote_python_argv(ssh: list[str]) -> list[str]:
     """The python argv of a `gcloud ... tpu-vm ssh --command='cd ~/cer_jax && python ...'`,
     which runs with the bucket's compilation cache, after the step that stops a run an earlier
-    launch left there."""
+    launch left there (and before the `|| exit $?` that keeps Python from being the remote
+    command)."""
     remote = shlex.split(flag(ssh, "command"))
     assert remote[:6] == ["cd", "~/cer_jax", "&&", *STOP_EARLIER], remote
     assert remote[6].startswith("JAX_COMPILATION_CACHE_DIR=gs://"), remote
     assert remote[7] == "~/cer_jax_venv/bin/python", remote
-    return remote[8:]
+    assert remote[-3:] == ["||", "exit", "$?"], remote
+    return remote[8:-3]
 
 
 def is_tpu_ssh(argv: list[str]) -> bool:
@@ -312,6 +314,23 @@ def test_a_tpu_launch_first_stops_a_run_that_an_earlier_one_left_on_the_worker(e
     assert json.loads(lines[2])[:2] == ["--config=configs/vit.py", "--workdir=gs://b/runs/vit"]
     assert "stopping a cer_jax run that an earlier launch left on this worker" in launch.stderr
     assert other.poll() is None  # not a cer_jax tool
+
+
+def test_a_training_killed_on_a_worker_is_not_run_again_by_gcloud(env, tmp_path):
+    """ssh says 255 when the remote command dies by a signal, and gcloud takes 255 for a failed
+    connection: it ran the command again, up to 9 times. The worker's shell exec'd Python (the
+    last command of `bash -c`), so a training the OOM killer or an abort ended was that
+    command; the shell now waits for it and exits with 128 + the signal."""
+    for tool, args in (("train", ["configs/vit.py", "gs://b/runs/vit"]), ("check", [])):
+        (ssh,) = dry_run("tpu.sh", tool, *args, env=env, BUCKET="gs://b")
+        worker_home = tmp_path / tool
+        (worker_home / "cer_jax").mkdir(parents=True)
+        (worker_home / "cer_jax" / "launch").symlink_to(LAUNCH)
+        (worker_home / "cer_jax_venv" / "bin").mkdir(parents=True)
+        _stub(worker_home / "cer_jax_venv" / "bin" / "python", "kill -KILL $$\n")
+        shell = subprocess.run(["bash", "-c", flag(ssh, "command")], capture_output=True,
+                               env={**env, "HOME": str(worker_home)}, timeout=60)
+        assert shell.returncode == 128 + signal.SIGKILL, (tool, shell.returncode)
 
 
 def test_a_left_run_that_ignores_sigterm_is_killed_after_stop_wait(tpu_worker):
