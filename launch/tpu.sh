@@ -30,7 +30,7 @@
 #   tensorboard          tensorboard --logdir RUNS, on this machine (gs:// is read with your
 #                        application-default credentials: gcloud auth application-default login)
 #   all [OVERRIDES...]   create, install, upload, ensemble; CREATE=0 / INSTALL=0 / UPLOAD=0 skip
-#                        (what upload copies is checked first, before anything is created)
+#                        (what upload copies is checked, and the dataset built, first)
 #   delete               delete the TPU VM (QUEUED=1: the queued resource and its TPU)
 #
 # Environment (defaults in brackets):
@@ -307,8 +307,9 @@ check_upload_inputs() {
   [ "$DRY_RUN" = 1 ] && return 0
   if [ -n "${MANUAL_DIR:-}" ]; then
     [ -d "$MANUAL_DIR" ] || die "MANUAL_DIR=$MANUAL_DIR: no such folder (the unpacked RAF-DB tree, with EmoLabel/ and Image/)"
-  elif [ ! -d "$LOCAL_DATA_DIR/rafdb" ]; then
-    die "no TFDS build in $LOCAL_DATA_DIR/rafdb: set MANUAL_DIR=/path/to/RAF-DB/compound (or LOCAL_DATA_DIR; UPLOAD=0 when the bucket has the data already)"
+  elif [ ! -d "$LOCAL_DATA_DIR/rafdb/$TFDS_CONFIG" ]; then
+    # (A build of another config only, or a TFDS_CONFIG typo: the trainings found no dataset.)
+    die "no TFDS build of rafdb/$TFDS_CONFIG in $LOCAL_DATA_DIR/rafdb: set MANUAL_DIR=/path/to/RAF-DB/compound (or LOCAL_DATA_DIR, or TFDS_CONFIG; UPLOAD=0 when the bucket has the data already)"
   fi
   local name file
   for name in $MEMBERS; do
@@ -320,14 +321,22 @@ check_upload_inputs() {
   done
 }
 
+# Builds the TFDS dataset here from MANUAL_DIR, once. `all` does it before `create`: a wrong tree
+# (RAF-DB's root or basic/ for a compound config) used to stop it after the TPU was created
+# (and billed) and the checkout installed.
+DATASET_BUILT=0
+build_dataset() {
+  if [ -z "${MANUAL_DIR:-}" ] || [ "$DATASET_BUILT" = 1 ]; then return 0; fi
+  run "$PYTHON" -m tfds_rafdb.rafdb --builder_config="$TFDS_CONFIG" --manual_dir="$MANUAL_DIR" \
+    --data_dir="$LOCAL_DATA_DIR"
+  DATASET_BUILT=1
+}
+
 cmd_upload() {
   need_bucket
   need gcloud
   check_upload_inputs
-  if [ -n "${MANUAL_DIR:-}" ]; then
-    run "$PYTHON" -m tfds_rafdb.rafdb --builder_config="$TFDS_CONFIG" --manual_dir="$MANUAL_DIR" \
-      --data_dir="$LOCAL_DATA_DIR"
-  fi
+  build_dataset
   run gcloud storage rsync --recursive "$LOCAL_DATA_DIR/rafdb" "$DATA_DIR/rafdb"
   local name file dest
   for name in $MEMBERS; do
@@ -387,7 +396,11 @@ cmd_delete() {
 
 cmd_all() {
   need_bucket
-  if [ "$UPLOAD" = 1 ] && [ "$SMOKE" != 1 ]; then check_upload_inputs; fi
+  need gcloud
+  if [ "$UPLOAD" = 1 ] && [ "$SMOKE" != 1 ]; then
+    check_upload_inputs
+    build_dataset
+  fi
   if [ "$CREATE" = 1 ]; then cmd_create; fi
   if [ "$INSTALL" = 1 ]; then cmd_install; fi
   if [ "$UPLOAD" = 1 ] && [ "$SMOKE" != 1 ]; then cmd_upload; fi

@@ -115,7 +115,9 @@ def test_tpu_all_from_nothing_to_fused_report(env, weights, tmp_path):
                    PROJECT="proj", MANUAL_DIR="/data/RAF-DB/compound", **weights)
     gcloud_tpu = [c for c in cmds if c[:4] == ["gcloud", "compute", "tpus", "tpu-vm"]]
 
-    create = cmds[0]
+    # The TFDS build comes first: a wrong MANUAL_DIR stops `all` before the TPU is created.
+    assert "tfds_rafdb.rafdb" in cmds[0]
+    create = cmds[1]
     assert create[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "create", "cer-jax"]
     assert flag(create, "accelerator-type") == "v4-32"
     assert flag(create, "version") == "tpu-ubuntu2204-base"
@@ -486,11 +488,13 @@ def test_tpu_create_runs_again_over_an_existing_tpu(env, tmp_path, state, create
         assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.parametrize("case", ["no data", "no manual dir", "no weights file"])
+@pytest.mark.parametrize("case", ["no data", "another config's data", "no manual dir",
+                                  "no weights file", "a wrong manual dir"])
 def test_tpu_all_checks_what_upload_copies_before_it_creates_the_tpu(env, tmp_path, case):
-    """A missing TFDS build, MANUAL_DIR or weights file used to stop `all` at `upload`: after
-    the TPU was created (and billed) and the checkout installed on it. Now one line, before any
-    gcloud call."""
+    """A missing TFDS build (or one of another builder config only), MANUAL_DIR or weights file
+    used to stop `all` at `upload` or the first training, and a tree the builder refuses at
+    `upload`: after the TPU was created (and billed) and the checkout installed on it. Now one
+    line, before any gcloud call."""
     log = tmp_path / "gcloud.log"
     rec_bin = tmp_path / "gcloud_bin"
     rec_bin.mkdir()
@@ -500,15 +504,28 @@ def test_tpu_all_checks_what_upload_copies_before_it_creates_the_tpu(env, tmp_pa
         extra["MANUAL_DIR"] = str(tmp_path / "RAF-DB")
         error = f"MANUAL_DIR={tmp_path}/RAF-DB: no such folder"
     elif case == "no weights file":
-        (tmp_path / "tfds" / "rafdb").mkdir(parents=True)
+        (tmp_path / "tfds" / "rafdb" / "compound").mkdir(parents=True)
         extra.update(LOCAL_DATA_DIR=str(tmp_path / "tfds"), VIT_WEIGHTS=str(tmp_path / "vit.npz"))
         error = f"VIT_WEIGHTS={tmp_path}/vit.npz: no such file or folder"
+    elif case == "another config's data":
+        (tmp_path / "tfds" / "rafdb" / "compound").mkdir(parents=True)
+        extra.update(LOCAL_DATA_DIR=str(tmp_path / "tfds"), TFDS_CONFIG="compound_abaw7")
+        error = f"no TFDS build of rafdb/compound_abaw7 in {tmp_path}/tfds/rafdb"
+    elif case == "a wrong manual dir":  # the builder (a stub here) refuses the tree
+        (tmp_path / "RAF-DB").mkdir()
+        _stub(rec_bin / "python3", 'echo "error: no EmoLabel/ in $4" >&2; exit 2\n')
+        extra["MANUAL_DIR"] = str(tmp_path / "RAF-DB")
+        error = None
     else:
-        error = f"no TFDS build in {env['HOME']}/tensorflow_datasets/rafdb"
+        error = f"no TFDS build of rafdb/compound in {env['HOME']}/tensorflow_datasets/rafdb"
     proc = subprocess.run(["bash", str(LAUNCH / "tpu.sh"), "all"], capture_output=True,
                           text=True, timeout=60, env={**env, **extra})
     assert proc.returncode == 2
-    assert proc.stderr.startswith(f"tpu.sh: error: {error}") and proc.stderr.count("\n") == 1
+    if error:
+        assert proc.stderr.startswith(f"tpu.sh: error: {error}") and proc.stderr.count("\n") == 1
+    else:
+        assert proc.stderr.splitlines()[-1] == "error: no EmoLabel/ in --manual_dir=" + extra[
+            "MANUAL_DIR"]
     assert not log.exists()  # nothing created, copied or installed
 
 
