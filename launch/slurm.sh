@@ -29,7 +29,7 @@
 #                per-node: NODES tasks, each drives all GPUS_PER_NODE GPUs of its node
 #                (JAX_LOCAL_DEVICE_IDS=0,...,G-1 stops JAX narrowing a task to GPU 0).
 #   SRUN_ARGS    more srun flags, split on spaces, after the script's own (e.g. "--partition=gpu")
-#   DATA_DIR VIT_WEIGHTS MANET_WEIGHTS RESNET50_WEIGHTS SMOKE PYTHON [python]
+#   DATA_DIR TFDS_CONFIG VIT_WEIGHTS MANET_WEIGHTS RESNET50_WEIGHTS SMOKE PYTHON [python]
 #                as in launch/gpu.sh; every path must be readable from every node (or gs://),
 #                and the Python environment (pip install -e . 'jax[cuda12]') too
 #
