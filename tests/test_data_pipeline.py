@@ -676,6 +676,19 @@ def test_bad_manual_dir_is_reported(tmp_path):
     assert not (tmp_path / "d" / "rafdb" / "compound" / "1.0.0").exists()
 
 
+def test_a_manual_dir_that_is_the_archive_says_unpack_it(tmp_path):
+    """Before: "manual_dir='.../compound.zip' does not exist or is empty", of a file that
+    exists."""
+    archive = tmp_path / "compound.zip"
+    archive.write_bytes(b"PK\x03\x04")
+    c = _config(tmp_path)
+    c.dataset.update(synthetic=False, data_dir=str(tmp_path / "d"), manual_dir=str(archive))
+    message = _error(c, r"config\.dataset\.manual_dir='.*compound\.zip' is not a usable RAF-DB "
+                        "tree: ")
+    assert f"{archive} is a file, not a folder: if it is the RAF-DB archive, unpack it" in message
+    assert "does not exist" not in message
+
+
 def test_synthetic_tree_is_written_once(cache_dir, info, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the synthetic tree should be reused, not redrawn")

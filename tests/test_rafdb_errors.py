@@ -94,6 +94,36 @@ def test_manual_dir_at_the_parent_folder_points_at_the_tree(tree, tmp_path):
     assert f"{tree.parent} holds compound/: point --manual_dir at one." in message
 
 
+def test_manual_dir_two_folders_above_the_trees_names_them(tree, tmp_path):
+    """RAF-DB's folder unpacked into one of its own (data/RAF-DB/compound). Before: only "is
+    missing EmoLabel/list_patition_label.txt, Image/aligned", with the tree right there."""
+    data = tmp_path / "data_root"
+    (data / "RAF-DB").mkdir(parents=True)
+    tree.rename(data / "RAF-DB" / "compound")
+    (data / "other").mkdir()
+    message = _build_fails(data, tmp_path / "data")
+    assert f"\n{data} holds RAF-DB/compound/: point --manual_dir at one.\n" in message
+
+
+def test_manual_dir_at_the_archive_itself_says_unpack(tree, tmp_path):
+    """Before: "RAF-DB tree at compound.zip is missing ...", as if the archive were a folder."""
+    archive = shutil.make_archive(str(tmp_path / "compound"), "zip", tree.parent, tree.name)
+    message = _build_fails(pathlib.Path(archive), tmp_path / "data")
+    assert message.startswith(
+        f"RAF-DB tree at {archive} is missing {LABELS}, Image/aligned.\n{archive} is a file, "
+        "not a folder: if it is the RAF-DB archive, unpack it and point --manual_dir at the "
+        "compound/ (or basic/) folder it holds.\n")
+
+
+def test_manual_dir_holding_the_packed_archive_says_unpack(tree, tmp_path):
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    shutil.make_archive(str(downloads / "compound"), "zip", tree.parent, tree.name)
+    message = _build_fails(downloads, tmp_path / "data")
+    assert f"\n{downloads} holds compound.zip, not unpacked: unpack it and point --manual_dir " \
+        "at the compound/ (or basic/) folder it holds.\n" in message
+
+
 @pytest.mark.parametrize("inside", ["Image", "Image/aligned", "EmoLabel"])
 def test_manual_dir_inside_the_tree_points_at_the_tree(tree, tmp_path, inside):
     message = _build_fails(tree / inside, tmp_path / "data")

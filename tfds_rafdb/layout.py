@@ -61,6 +61,8 @@ NUM_LANDMARKS = 5
 SPLITS = ("train", "test")
 DIGITS = {"compound": {"train": 4, "test": 4}, "basic": {"train": 5, "test": 4}}
 VALIDATION_FRACTION = 0.1
+# What an unpacked-too-little --manual_dir may still hold (named in the error's hint).
+ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz", ".7z", ".rar")
 JPEG_MAGIC = b"\xff\xd8\xff"
 JPEG_START_OF_SCAN, JPEG_END_OF_IMAGE = b"\xff\xda", b"\xff\xd9"  # never in entropy-coded data
 
@@ -124,12 +126,14 @@ def check_root(root: epath.Path) -> None:
     if not missing:
         return
     hint = ""
-    nested = [d.name for d in (root / "basic", root / "compound") if (d / LABEL_FILE).exists()]
     above = next((a for a in list(root.parents)[:2] if (a / LABEL_FILE).exists()), None)
-    if nested:
-        hint = f"\n{root} holds {' and '.join(f'{n}/' for n in nested)}: point --manual_dir at one."
-    elif above is not None:  # e.g. the tree's Image/ or EmoLabel/ folder
+    if above is not None:  # e.g. the tree's Image/ or EmoLabel/ folder
         hint = f"\n{root} is inside the tree {above}: point --manual_dir at {above}."
+    elif root.is_file():  # the downloaded archive itself, say
+        hint = (f"\n{root} is a file, not a folder: if it is the RAF-DB archive, unpack it and "
+                "point --manual_dir at the compound/ (or basic/) folder it holds.")
+    elif nested := _trees_below(root):
+        hint = f"\n{root} holds {' and '.join(f'{n}/' for n in nested)}: point --manual_dir at one."
     elif LABEL_FILE in missing and (texts := sorted(  # list_partition_label.txt, say
             p.name for p in _listing(root / "EmoLabel") if p.suffix == ".txt")):
         hint = (f"\n{root / 'EmoLabel'} holds {', '.join(texts)}: RAF-DB's label file is "
@@ -137,9 +141,31 @@ def check_root(root: epath.Path) -> None:
     elif ALIGNED_DIR in missing and (root / f"{ALIGNED_DIR}.zip").exists():
         hint = (f"\n{root / ALIGNED_DIR}.zip is still zipped: unzip it so that "
                 f"{root / ALIGNED_DIR}/ holds the <stem>{ALIGNED_SUFFIX} images.")
+    elif archives := sorted(p.name for p in _listing(root) if p.name.lower().endswith(ARCHIVES)):
+        hint = (f"\n{root} holds {', '.join(archives)}, not unpacked: unpack it and point "
+                "--manual_dir at the compound/ (or basic/) folder it holds.")
     raise RafDbLayoutError(
         f"RAF-DB tree at {root} is missing {', '.join(missing)}.{hint}\n{EXPECTED_LAYOUT}"
     )
+
+
+def _trees_below(root: epath.Path) -> list[str]:
+    """The RAF-DB trees one or two folders below `root` (e.g. "compound", "RAF-DB/basic"), for
+    an error's hint: an archive unpacked into a folder of its own, or the folder above that."""
+    found = []
+    for child in _folders(root):
+        if (child / LABEL_FILE).exists():
+            found.append(child.name)
+        elif not (child / "EmoLabel").exists():  # not a tree's own folder: look one deeper
+            found += [f"{child.name}/{grandchild.name}" for grandchild in _folders(child)
+                      if (grandchild / LABEL_FILE).exists()]
+    return sorted(found)
+
+
+def _folders(folder: epath.Path, most: int = 50) -> list[epath.Path]:
+    """The sub-folders (not hidden) among the first `most` entries, for an error's hint: it
+    looks, never searches (a folder of 15k images costs no 15k stats)."""
+    return [p for p in sorted(_listing(folder))[:most] if not p.name.startswith(".") and p.is_dir()]
 
 
 def read_bytes(path: epath.Path, fix: str = "") -> bytes:

@@ -262,6 +262,8 @@ class TfdsSource:
 
         def check_tree() -> None:
             tree = epath.Path(manual_dir)  # may be gs://
+            if tree.is_file():  # the archive, say: the builder's layout check says what to do
+                return
             if not tree.is_dir() or next(tree.iterdir(), None) is None:
                 raise DataConfigError(
                     f"config.dataset.manual_dir={manual_dir!r} does not exist or is empty. "
