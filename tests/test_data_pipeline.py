@@ -8,6 +8,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from etils import epath
 from PIL import Image
 from sklearn.utils.class_weight import compute_class_weight
 
@@ -433,6 +434,26 @@ def test_image_folder_source(tmp_path):
         np.testing.assert_allclose(image, np.clip(ref, 0, 1), atol=1e-4, err_msg=name)
     train = next(pipeline.train_iterator(config, info, global_batch_size=4, seed=0))
     assert train["image"].shape == (4, 12, 12, 3)
+
+
+def test_opening_a_folder_dataset_stats_no_image(tmp_path, monkeypatch):
+    """Before: an is_dir() per image at every opening (each evaluation opens it again): on
+    gs:// a round trip each, minutes for a RAF-DB-sized folder."""
+    from cer_jax.data import sources
+
+    _write_folder(tmp_path, ["train", "val"], {"train": ["a", "b"], "val": ["a", "b"]})
+    (tmp_path / "train" / "a" / "notes.txt").write_text("x")
+    (tmp_path / "train" / "a" / "more").mkdir()
+    path_type = type(epath.Path(tmp_path))
+    stated = []
+    is_dir = path_type.is_dir
+    monkeypatch.setattr(path_type, "is_dir", lambda self: stated.append(self.name) or is_dir(self))
+    config = _config(tmp_path)
+    config.dataset.update(name="folder", folder=str(tmp_path), synthetic=False)
+    source = sources.FolderSource(config.dataset)
+    assert source.info.split_sizes == {"train": 5, "val": 4}
+    assert not [name for name in stated if name.endswith(".png")]
+    assert {"notes.txt", "more"} <= set(stated)  # what is no image is still told apart
 
 
 def test_a_folder_photo_is_turned_upright_by_its_exif_orientation(tmp_path):
