@@ -646,6 +646,23 @@ def test_manual_dir_without_data_dir_builds_into_the_tfds_default(tmp_path, monk
     assert (tmp_path / "default" / "rafdb" / "compound" / "1.0.0").is_dir()
 
 
+def test_a_first_build_logs_no_missing_dataset_info_warning(tmp_path, caplog):
+    """Before: TFDS's "Variant folder .../rafdb/compound/1.0.0 has no dataset_info.json", three
+    WARNINGs in the trainer's log (one from the builder's CLI) of a build that went well."""
+    from tfds_rafdb import rafdb
+
+    root = tmp_path / "compound"
+    synthetic.write_tree(root, kind="compound", num_train_images=22, num_test_images=11, seed=3)
+    c = _config(tmp_path)
+    c.dataset.update(synthetic=False, manual_dir=str(root), data_dir=str(tmp_path / "d"))
+    with caplog.at_level("WARNING"):
+        pipeline.get_dataset_info(c)
+        with pytest.raises(rafdb.RafDbLayoutError):  # the CLI's path, up to its first check
+            rafdb.build("compound_abaw7", str(tmp_path / "no_tree"), str(tmp_path / "d2"))
+    assert "dataset_info.json" not in caplog.text
+    assert (tmp_path / "d" / "rafdb" / "compound" / "1.0.0" / "dataset_info.json").is_file()
+
+
 def _unwritable(monkeypatch, folder):
     """os.makedirs refuses `folder` and below, as for a user without write access there."""
     makedirs = os.makedirs

@@ -185,7 +185,7 @@ def _prepared(builder: Any, reopen: Callable[[], Any], build: Callable[[], Any],
     (not a hang, nor the same failing build repeated everywhere)."""
     if key not in _OPENED_TOGETHER and jax.process_count() > 1:
         error = None
-        if jax.process_index() == 0 and not builder.is_prepared():
+        if jax.process_index() == 0 and not _is_prepared(builder):
             try:
                 builder = _build_or_join(build, reopen)
             except Exception as e:  # raised after the barrier, where the others are
@@ -195,9 +195,15 @@ def _prepared(builder: Any, reopen: Callable[[], Any], build: Callable[[], Any],
         sharding.raise_if_any_failed(error, f"the preparation of {key}")
         builder = reopen()  # process 0's build, on a shared disk
     _OPENED_TOGETHER.add(key)
-    if not builder.is_prepared():
+    if not _is_prepared(builder):
         builder = _build_or_join(build, reopen)
     return builder
+
+
+def _is_prepared(builder: Any) -> bool:
+    """builder.is_prepared(), without TFDS's "Variant folder ... has no dataset_info.json"
+    warning for a dataset folder not made yet (three of them in a first build's log)."""
+    return builder.data_path.exists() and builder.is_prepared()
 
 
 def _build_or_join(build: Callable[[], Any], reopen: Callable[[], Any]) -> Any:
@@ -207,7 +213,7 @@ def _build_or_join(build: Callable[[], Any], reopen: Callable[[], Any]) -> Any:
         return build()
     except Exception:
         builder = reopen()
-        if not builder.is_prepared():
+        if not _is_prepared(builder):
             raise
         logging.info("%s was built by another process meanwhile; using it.", builder.data_dir)
         return builder
@@ -273,7 +279,7 @@ class TfdsSource:
 
         matched = (config.name, data_dir, manual_dir)
         if (rafdb is not None and manual_dir and matched not in _MATCHED
-                and builder.is_prepared()):
+                and _is_prepared(builder)):
             # Built before: from this tree? (A data_dir would otherwise go on serving another.)
             check_tree()
             try:

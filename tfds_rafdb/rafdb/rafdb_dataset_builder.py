@@ -302,7 +302,9 @@ def build(config_name: str, manual_dir: str, data_dir: str | None = None
         raise layout.RafDbLayoutError(f"--data_dir={data_dir} is a file; give the folder the "
                                       "TFDS dataset goes in (it is made if missing).")
     builder = Builder(config=config_name, data_dir=data_dir)
-    if builder.is_prepared():
+    # data_path first: TFDS's is_prepared() warns "Variant folder ... has no dataset_info.json"
+    # of a folder that a first build has not made yet.
+    if builder.data_path.exists() and builder.is_prepared():
         check_built_from(builder, manual_dir)
     else:  # a missing tree or an unwritable data_dir: our message, before TFDS makes any folder
         layout.check_root(epath.Path(manual_dir))
