@@ -9,8 +9,9 @@ the detector finds them, 5 landmarks (eye centres, nose tip, mouth corners, imag
                         5.x wheels dropped the cascades and `cv2.CascadeClassifier`)
     yunet:MODEL.onnx    OpenCV's YuNet (`cv2.FaceDetectorYN`, OpenCV >= 4.8) with a model file
                         you bring (face_detection_yunet_2023mar.onnx); it also gives landmarks
-    package.module:attr your own: attr is a detector, or a factory called with no arguments
-                        that returns one
+    package.module:attr your own: attr is a detector (image -> list of `Face`), or a class
+                        or function of no arguments that returns one; what it returns is
+                        checked (`CheckedDetector`)
 
 Alignment (`align_face`). RAF-DB's aligned images are 100x100 crops in which a similarity
 transform puts the 5 landmarks at fixed places. The template used here (`RAFDB_TEMPLATE`,
@@ -32,8 +33,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 import cv2
@@ -174,9 +176,57 @@ def load_detector(spec: str = "haar") -> Callable[[np.ndarray], list[Face]]:
         target = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as error:
         raise DetectorError(f"Cannot load detector {spec!r}: {error}") from error
-    if isinstance(target, type) or getattr(target, "is_detector_factory", False):
+    if (isinstance(target, type) or getattr(target, "is_detector_factory", False)
+            or _takes_no_argument(target)):
         target = target()
-    return target
+    if not callable(target):
+        raise DetectorError(f"--detector={spec} is {type(target).__name__}, not a detector: "
+                            "give a callable image -> list of cer_jax.faces.Face, or a "
+                            "class or function of no arguments that returns one.")
+    return CheckedDetector(target, spec)
+
+
+def _takes_no_argument(target: object) -> bool:
+    """A factory: a function that cannot take the image (as the module docstring says, one
+    called with no arguments returns the detector)."""
+    if not callable(target):
+        return False
+    try:
+        parameters = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):  # no signature (some builtins): taken as a detector
+        return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                  inspect.Parameter.VAR_POSITIONAL)
+    return not any(p.kind in positional for p in parameters)
+
+
+class CheckedDetector:
+    """Your own detector, whose answer is checked: a list of `Face`, else a DetectorError that
+    says what it returned (not an AttributeError deep in predict)."""
+
+    def __init__(self, detector: Callable[[np.ndarray], Sequence[Face]], spec: str):
+        self.detector, self.spec = detector, spec
+
+    def __call__(self, image: np.ndarray) -> list[Face]:
+        found = self.detector(image)
+        if isinstance(found, (str, bytes, dict, np.ndarray)) or not isinstance(found, Iterable):
+            what = _described(found)
+        else:
+            found = list(found)
+            bad = [face for face in found if not isinstance(face, Face)]
+            if not bad:
+                return found
+            what = f"a list holding {_described(bad[0])}"
+        raise DetectorError(
+            f"--detector={self.spec} returned {what}, not a list of cer_jax.faces.Face: wrap "
+            "each box as Face((x, y, w, h)) in pixels (optional landmarks: a 5x2 array, "
+            "image-left eye first).")
+
+
+def _described(value: object) -> str:
+    if isinstance(value, np.ndarray):
+        return f"a numpy array of shape {value.shape}"
+    return "None" if value is None else f"a {type(value).__name__}"
 
 
 def box_landmarks(box: Sequence[float]) -> np.ndarray:

@@ -643,7 +643,11 @@ class Predictor:
         if self.aligned:
             h, w = image.shape[:2]
             return [faces_lib.Face((0.0, 0.0, float(w), float(h)))]
-        return sorted(self.detector(image), key=lambda f: -f.area)
+        try:
+            found = self.detector(image)
+        except faces_lib.DetectorError as error:  # your own detector's answer is no faces
+            raise UsageError(str(error)) from error
+        return sorted(found, key=lambda f: -f.area)
 
     def crop(self, image: np.ndarray, face: faces_lib.Face) -> np.ndarray:
         """What the members see: a detected face aligned to RAF-DB's 100x100 geometry; with

@@ -1,6 +1,7 @@
 """Face detection on real photographs shipped in installed packages, alignment, tracking."""
 
 import os
+import re
 
 import cv2
 import matplotlib
@@ -188,3 +189,36 @@ def identity_onnx() -> bytes:
 
 def fixed_detector(image):
     return [faces.Face((1, 2, 3, 4))]
+
+
+def make_fixed_detector():
+    """A factory, as the module docstring allows: a function of no arguments."""
+    return fixed_detector
+
+
+def boxes_detector(image):
+    """Boxes as many detectors give them, not Faces."""
+    return np.array([[1.0, 2.0, 3.0, 4.0]])
+
+
+def test_a_factory_function_makes_the_detector_and_a_wrong_answer_is_one_line():
+    """A factory function was called with the image (a TypeError traceback mid-run), and a
+    detector returning boxes as an array failed with "'numpy.ndarray' has no attribute
+    'area'" deep in predict."""
+    image = np.zeros((10, 10, 3), np.uint8)
+    assert faces.load_detector("test_faces:make_fixed_detector")(image)[0].box == (1, 2, 3, 4)
+    with pytest.raises(faces.DetectorError, match=re.escape(
+            "--detector=test_faces:boxes_detector returned a numpy array of shape (1, 4), not "
+            "a list of cer_jax.faces.Face: wrap each box as Face((x, y, w, h))")):
+        faces.load_detector("test_faces:boxes_detector")(image)
+    with pytest.raises(faces.DetectorError, match="returned a list holding a tuple, not"):
+        faces.load_detector("test_faces:tuples_detector")(image)
+    with pytest.raises(faces.DetectorError, match="is int, not a detector"):
+        faces.load_detector("test_faces:NOT_A_DETECTOR")
+
+
+def tuples_detector(image):
+    return [(1, 2, 3, 4)]
+
+
+NOT_A_DETECTOR = 3

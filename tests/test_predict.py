@@ -772,6 +772,23 @@ def test_an_image_opencv_refuses_is_a_row_and_the_run_goes_on(tmp_path, ensemble
         ("face.png", "ok")]  # an error row at once, faces in batches
 
 
+def test_your_own_detector_answering_boxes_is_one_usage_error(tmp_path, ensemble_dir):
+    """Its array of boxes was an AttributeError traceback from predict's sorting (exit 1)."""
+    cv2.imwrite(os.fspath(tmp_path / "face.png"), np.zeros((100, 100, 3), np.uint8))
+    out = tmp_path / "rows.csv"
+    with pytest.raises(predict.UsageError, match=r"^--detector=test_faces:boxes_detector "
+                       r"returned a numpy array of shape \(1, 4\), not a list of "
+                       r"cer_jax.faces.Face"):
+        predict.run([os.fspath(tmp_path / "face.png")], ensemble=ensemble_dir,
+                    detector="test_faces:boxes_detector", out=os.fspath(out),
+                    show_progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["face.png"]  # no rows, no partial file
+    assert predict.run([os.fspath(tmp_path / "face.png")], ensemble=ensemble_dir,
+                       detector="test_faces:make_fixed_detector", out=os.fspath(out),
+                       show_progress=False) == 0
+    assert [(r["status"], r["w"]) for r in read_csv(out)] == [("ok", "3.0")]
+
+
 def non_utf8(folder, name):
     """An empty file `folder`/`name` (bytes, not valid UTF-8) as Python spells its path (with a
     surrogate); skips where the file system refuses such names."""
