@@ -24,8 +24,9 @@ training workdir, no TFDS and no TensorFlow (only JAX / Flax, numpy and OpenCV):
                                (evaluation never draws from them)
 
 The directory is written under a temporary sibling and renamed into place, ensemble.json last
-(on gs:// a folder moves object by object): a folder without it is refused. Every path goes
-through etils epath, so DIR may be remote (gs://...).
+(on gs:// a folder moves object by object): a folder without it is refused, and so is one whose
+fusion or member configs do not fit its ensemble.json (a member taken out of it by hand). Every
+path goes through etils epath, so DIR may be remote (gs://...).
 
 Preprocessing is the training pipeline's eval view (`cer_jax.data.augment.eval_view`) in
 numpy: TF's antialiased bilinear resize (`tf.image.resize(..., antialias=True)`, i.e.
@@ -193,6 +194,14 @@ def _damaged(path: epath.Path, what: str) -> EnsembleError:
     writing the ensemble again mends it."""
     return EnsembleError(f"{path} is damaged ({what}): write the ensemble again with python -m "
                          "cer_jax.fuse (its --out=OUT writes OUT/ensemble).")
+
+
+def _mismatched(path: epath.Path, what: str) -> EnsembleError:
+    """A file of the ensemble that does not fit ensemble.json (a member taken out of it by hand,
+    a file copied in from another ensemble)."""
+    return EnsembleError(f"{path} does not fit {ENSEMBLE_FILE} ({what}): write the ensemble "
+                         "again with python -m cer_jax.fuse, with the members you want (its "
+                         "--out=OUT writes OUT/ensemble).")
 
 
 def _missing(path: epath.Path) -> EnsembleError:
@@ -599,7 +608,11 @@ class Ensemble:
             logits=np.stack(logits), features=tuple(features),
             labels=np.zeros(len(faces), np.int64),
         )
-        fused = strategies.predict_from_state(self.strategy_name, self.strategy_state, data)
+        try:
+            fused = strategies.predict_from_state(self.strategy_name, self.strategy_state, data)
+        except (KeyError, ValueError, IndexError, TypeError) as error:  # see _check_fusion
+            raise _mismatched(epath.Path(self.path).expanduser() / STRATEGY_FILE, _misfit(
+                self.strategy_name, len(self.members), len(self.class_names), error)) from error
         return Prediction(np.asarray(fused, np.float64), data.probabilities())
 
 
@@ -607,6 +620,41 @@ def _scalar_or_array(value: np.ndarray) -> Any:
     if value.ndim == 0:
         return value.item()
     return value
+
+
+def _check_fusion(name: str, state: dict[str, Any], num_members: int, num_classes: int,
+                  manifest_path: epath.Path, state_path: epath.Path) -> None:
+    """The fitted fusion fits the members and classes that ensemble.json lists. A member taken
+    out of ensemble.json by hand left its weight behind, which numpy broadcast over the others
+    (a silently different fusion), and other mismatches failed at the first face."""
+    if name not in strategies.STRATEGIES:
+        raise EnsembleError(
+            f"{manifest_path} names the fusion strategy {name!r}, which this cer_jax does not "
+            f"know (it has: {', '.join(strategies.STRATEGIES)}): the ensemble was written by "
+            "another cer_jax version; predict with that version, or write the ensemble again "
+            "with this one (python -m cer_jax.fuse; its --out=OUT writes OUT/ensemble).")
+    for key in ("weights", "temperatures"):
+        if key in state and np.shape(state[key]) != (num_members,):
+            raise _mismatched(state_path, f"its {key} are for {np.size(state[key])} members, "
+                              f"{ENSEMBLE_FILE} lists {num_members}")
+    if name == "feature_mlp":  # its inputs are the members' features: checked at the first face
+        return
+    data = strategies.FusionData(
+        logits=np.zeros((num_members, 2, num_classes), np.float32),
+        features=tuple(np.zeros((2, 1), np.float32) for _ in range(num_members)),
+        labels=np.zeros(2, np.int64))
+    try:
+        fused = np.asarray(strategies.predict_from_state(name, state, data))
+    except (KeyError, ValueError, IndexError, TypeError) as error:
+        raise _mismatched(state_path, _misfit(name, num_members, num_classes, error)) from error
+    if fused.shape != (2, num_classes):
+        raise _mismatched(state_path, _misfit(name, num_members, num_classes,
+                                              f"it fuses {fused.shape[-1]} classes"))
+
+
+def _misfit(name: str, num_members: int, num_classes: int, error: Any) -> str:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+    return f"its {name} fusion, for {num_members} members and {num_classes} classes: {reason}"
 
 
 def load_ensemble(path: str | os.PathLike[str]) -> Ensemble:
@@ -628,12 +676,17 @@ def load_ensemble(path: str | os.PathLike[str]) -> Ensemble:
             "this one (python -m cer_jax.fuse; its --out=OUT writes OUT/ensemble)."
         )
     _check_manifest(manifest, manifest_path)
+    class_names = list(manifest["class_names"])
     members = []
     for entry in manifest["members"]:
         member_dir = root / entry["dir"]
         config_json = _read_json(member_dir / CONFIG_FILE)
         _check_keys(config_json, _MEMBER_CONFIG_KEYS, member_dir / CONFIG_FILE)
         config = ml_collections.ConfigDict(config_json)
+        if int(config.dataset_info.num_classes) != len(class_names):
+            raise _mismatched(member_dir / CONFIG_FILE, (
+                f"its model predicts {int(config.dataset_info.num_classes)} classes, "
+                f"{ENSEMBLE_FILE} names {len(class_names)}"))
         model = build_model(config, _read_npz(member_dir / MODEL_FILE), os.fspath(member_dir))
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         members.append(Member(
@@ -643,9 +696,11 @@ def load_ensemble(path: str | os.PathLike[str]) -> Ensemble:
         ))
     strategy = manifest["strategy"]
     state = {k: _scalar_or_array(v) for k, v in _read_npz(root / strategy["state_file"]).items()}
+    _check_fusion(strategy["name"], state, len(members), len(class_names),
+                  manifest_path, root / strategy["state_file"])
     return Ensemble(
         path=os.fspath(path),
-        class_names=list(manifest["class_names"]),
+        class_names=class_names,
         dataset=manifest.get("dataset"),
         strategy_name=strategy["name"],
         strategy_params=dict(strategy.get("params") or {}),

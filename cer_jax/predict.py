@@ -1213,6 +1213,8 @@ def run(inputs: Sequence[str], *, ensemble: str, out: str | None = None, aligned
                 written.append(f"--out={out}")
             except WriteError as error:  # the rows are kept; the submission is still written
                 rows_error = error
+    except ensemble_lib.EnsembleError as error:  # its fusion does not fit its members
+        raise UsageError(str(error)) from error
     finally:
         if progress:
             progress.close()

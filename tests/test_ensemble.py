@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -325,6 +327,76 @@ def test_a_member_of_another_cer_jax_version_is_one_line(tmp_path, edit, unknown
         "ensemble was written by another cer_jax version; predict with that version, or write "
         "the ensemble again with this one (python -m cer_jax.fuse; its --out=OUT writes "
         "OUT/ensemble).")
+
+
+def _edited_copy(path, to, edit_manifest=None, edit_config=None):
+    shutil.copytree(path, to)
+    manifest = json.loads((to / "ensemble.json").read_text())
+    if edit_config:
+        config_path = to / manifest["members"][0]["dir"] / "config.json"
+        config = json.loads(config_path.read_text())
+        edit_config(config)
+        config_path.write_text(json.dumps(config))
+    if edit_manifest:
+        edit_manifest(manifest)
+        (to / "ensemble.json").write_text(json.dumps(manifest))
+    return to
+
+
+def with_a_misfit_feature_fusion(path, to):
+    """A copy of the ensemble at `path` whose feature_mlp fusion is for 4-wide features."""
+    rng = np.random.default_rng(0)
+    data = strategies.FusionData(logits=rng.normal(size=(2, 30, 7)).astype(np.float32),
+                                 features=(rng.normal(size=(30, 4)),) * 2,
+                                 labels=np.arange(30) % 7)
+    mlp = strategies.fit_strategy("feature_mlp", data, data, max_epochs=1)
+    to = _edited_copy(path, to, lambda m: m["strategy"].update(name="feature_mlp"))
+    ensemble_lib._write_npz(to / "strategy.npz", mlp.state)
+    return to
+
+
+def test_a_fusion_or_member_that_does_not_fit_ensemble_json_is_one_line(tmp_path):
+    """A member taken out of ensemble.json by hand (to predict faster, say) left its weight in
+    strategy.npz, which numpy broadcast over the other member: a silently different fusion (a
+    stacking fusion failed at the first face); a member of another label space, or a strategy
+    this version lacks, failed mid-run in a traceback."""
+    path, _, _ = build_tiny_ensemble(tmp_path / "ens")
+    fix = ("write the ensemble again with python -m cer_jax.fuse, with the members you want "
+           "(its --out=OUT writes OUT/ensemble).")
+    one = _edited_copy(path, tmp_path / "one", lambda m: m["members"].pop())
+    with pytest.raises(ensemble_lib.EnsembleError) as info:
+        ensemble_lib.load_ensemble(one)
+    assert str(info.value) == (f"{one / 'strategy.npz'} does not fit ensemble.json (its weights "
+                               f"are for 2 members, ensemble.json lists 1): {fix}")
+    eleven = _edited_copy(path, tmp_path / "eleven",
+                          edit_config=lambda c: c["dataset_info"].update(num_classes=11))
+    config_path = eleven / "members" / "00_vit" / "config.json"
+    with pytest.raises(ensemble_lib.EnsembleError) as info:
+        ensemble_lib.load_ensemble(eleven)
+    assert str(info.value) == (f"{config_path} does not fit ensemble.json (its model predicts 11 "
+                               f"classes, ensemble.json names 7): {fix}")
+    newer = _edited_copy(path, tmp_path / "newer",
+                         lambda m: m["strategy"].update(name="ranked_voting"))
+    with pytest.raises(ensemble_lib.EnsembleError, match=re.escape(
+            f"{newer / 'ensemble.json'} names the fusion strategy 'ranked_voting', which this "
+            "cer_jax does not know (it has: performance_weighted, ")):
+        ensemble_lib.load_ensemble(newer)
+    # A fusion of the members' logits is tried at load, one of their features at the first
+    # face: either way one line, not numpy's broadcasting error.
+    stacking, _, _ = build_tiny_ensemble(tmp_path / "stacking", strategy="stacking")
+    dropped = _edited_copy(stacking, tmp_path / "stacking_one", lambda m: m["members"].pop())
+    with pytest.raises(ensemble_lib.EnsembleError, match=re.escape(
+            f"{dropped / 'strategy.npz'} does not fit ensemble.json (its stacking fusion, for 1 "
+            "members and 7 classes: ")) as info:
+        ensemble_lib.load_ensemble(dropped)
+    assert str(info.value).endswith(fix)
+    other = with_a_misfit_feature_fusion(path, tmp_path / "mlp")
+    loaded = ensemble_lib.load_ensemble(other)
+    with pytest.raises(ensemble_lib.EnsembleError, match=re.escape(
+            f"{other / 'strategy.npz'} does not fit ensemble.json (its feature_mlp fusion, for "
+            "2 members and 7 classes: ")) as info:
+        loaded.predict(np.zeros((1, 40, 40, 3), np.uint8))
+    assert str(info.value).endswith(fix)
 
 
 @pytest.mark.parametrize(("format_", "kind"), [(2, "cer_jax.ensemble"), (None, None)])

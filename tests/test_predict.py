@@ -23,7 +23,7 @@ import cv2
 import ml_collections
 import numpy as np
 import pytest
-from test_ensemble import build_tiny_ensemble
+from test_ensemble import build_tiny_ensemble, with_a_misfit_feature_fusion
 from test_faces import grace_hopper, needs_haar, no_face_photo
 
 from cer_jax import predict
@@ -787,6 +787,19 @@ def test_your_own_detector_answering_boxes_is_one_usage_error(tmp_path, ensemble
                        detector="test_faces:make_fixed_detector", out=os.fspath(out),
                        show_progress=False) == 0
     assert [(r["status"], r["w"]) for r in read_csv(out)] == [("ok", "3.0")]
+
+
+def test_a_fusion_that_does_not_fit_its_members_stops_the_run_in_one_line(tmp_path,
+                                                                          ensemble_dir):
+    """Found at the first face (a feature fusion): it was numpy's traceback, exit status 1."""
+    misfit = with_a_misfit_feature_fusion(ensemble_dir, tmp_path / "ens")
+    cv2.imwrite(os.fspath(tmp_path / "face.png"), np.zeros((100, 100, 3), np.uint8))
+    out = tmp_path / "rows.csv"
+    with pytest.raises(predict.UsageError, match=re.escape(
+            f"{misfit / 'strategy.npz'} does not fit ensemble.json (its feature_mlp fusion")):
+        predict.run([os.fspath(tmp_path / "face.png")], ensemble=os.fspath(misfit),
+                    aligned=True, out=os.fspath(out), show_progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["ens", "face.png"]  # no rows, no partial file
 
 
 def non_utf8(folder, name):
