@@ -178,6 +178,15 @@ def load_detector(spec: str = "haar") -> Callable[[np.ndarray], list[Face]]:
         raise DetectorError(f"Cannot load detector {spec!r}: {error}") from error
     if (isinstance(target, type) or getattr(target, "is_detector_factory", False)
             or _takes_no_argument(target)):
+        try:
+            inspect.signature(target).bind()
+        except TypeError as error:  # a class whose constructor needs arguments
+            raise DetectorError(
+                f"--detector={spec}: {attr} cannot be made with no arguments ({error}): give a "
+                "function of no arguments that builds the detector, or the detector itself."
+            ) from error
+        except ValueError:  # no signature to check (some builtins)
+            pass
         target = target()
     if not callable(target):
         raise DetectorError(f"--detector={spec} is {type(target).__name__}, not a detector: "

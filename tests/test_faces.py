@@ -215,6 +215,18 @@ def test_a_factory_function_makes_the_detector_and_a_wrong_answer_is_one_line():
         faces.load_detector("test_faces:tuples_detector")(image)
     with pytest.raises(faces.DetectorError, match="is int, not a detector"):
         faces.load_detector("test_faces:NOT_A_DETECTOR")
+    with pytest.raises(faces.DetectorError, match=re.escape(
+            "--detector=test_faces:NeedsAModel: NeedsAModel cannot be made with no arguments "
+            "(missing a required argument: 'model')")):
+        faces.load_detector("test_faces:NeedsAModel")
+
+
+class NeedsAModel:
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, image):
+        return []
 
 
 def tuples_detector(image):
