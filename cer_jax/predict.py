@@ -27,7 +27,8 @@ must not be a file. The rows file and the submission are written to `<path>.part
 target (for gs://, a local temporary file) and moved onto it once complete, so a failed or
 interrupted run (Ctrl-C, or the SIGTERM of timeout, SLURM or docker stop) leaves an earlier file
 as it was and no half-written one; if only that move fails the finished file is kept. Annotated
-videos are staged the same way.
+videos are staged the same way. An annotated copy never replaces an input (in the inputs' own
+folder, photo.jpg's copy is photo_1.jpg).
 
 Faces are found by `--detector` (see `cer_jax.faces`) and aligned like RAF-DB's 100x100
 faces; `--aligned` treats every image as an already aligned face: each member gets its own
@@ -626,6 +627,8 @@ class Predictor:
         self.video_classes: dict[str, dict[int, int]] = {}  # stem -> frame (0-based) -> class
         self.faces_predicted = 0
         self._annotated_names: set[str] = set()
+        self.inputs: set[str] = set()  # `same_place` of every input: no annotated copy's name
+        self._said_inputs = False
 
     # faces -> probabilities
     def classify(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -824,13 +827,22 @@ class Predictor:
 
     # annotation
     def _annotated_path(self, source: Source, suffix: str) -> epath.Path:
+        """A new name in --annotate for the copy of `source`: never an earlier copy's, nor an
+        input's (--annotate=the inputs' folder wrote photo.jpg's copy over photo.jpg)."""
+        folder = epath.Path(self.annotate)
         name = epath.Path(source.path).stem + suffix
-        base, n = name, 1
-        while name in self._annotated_names:
+        base, n, clashed = name, 1, False
+        while name in self._annotated_names or same_place(os.fspath(folder / name)) in (
+                self.inputs):
+            clashed |= name not in self._annotated_names
             name = f"{epath.Path(base).stem}_{n}{suffix}"
             n += 1
         self._annotated_names.add(name)
-        folder = epath.Path(self.annotate)
+        if clashed and not self._said_inputs:
+            logging.warning("--annotate=%s holds inputs: an annotated copy never replaces one, "
+                            "it gets a number instead (e.g. %s's copy is %s).", self.annotate,
+                            source.path, name)
+            self._said_inputs = True
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except io_errors() as error:
@@ -1130,6 +1142,7 @@ def run(inputs: Sequence[str], *, ensemble: str, out: str | None = None, aligned
     sources = expand_inputs(inputs)
     if not sources:
         raise UsageError(f"No image or video files in {', '.join(inputs)}.")
+    input_places = {same_place(s.path) for s in sources}  # the unlisted videos' too
     listed_frames: dict[str, int] = {}
     if abaw_frames:
         listed_frames = check_listed_videos(abaw_frames, entries, sources)
@@ -1195,6 +1208,7 @@ def run(inputs: Sequence[str], *, ensemble: str, out: str | None = None, aligned
             track=track, annotate=annotate, progress=progress, listed_frames=listed_frames,
             abaw_columns=columns,
         )
+        predictor.inputs = input_places
         predictor.run_images([s for s in sources if s.kind == "image"])
         writer.flush()
         for source in sources:

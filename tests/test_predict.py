@@ -802,6 +802,27 @@ def test_a_fusion_that_does_not_fit_its_members_stops_the_run_in_one_line(tmp_pa
     assert sorted(os.listdir(tmp_path)) == ["ens", "face.png"]  # no rows, no partial file
 
 
+def test_annotating_into_the_inputs_folder_never_replaces_an_input(tmp_path, ensemble_dir,
+                                                                   caplog):
+    """--annotate=the inputs' folder wrote face.jpg's annotated copy over face.jpg (and a
+    video's over the video), and b.png's copy over an input b.jpg: the photos were lost."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("face.jpg", "b.png", "b.jpg"):
+        cv2.imwrite(os.fspath(folder / name), rng.integers(0, 256, (64, 64, 3), np.uint8))
+    noise_video(folder / "clip.avi", 2)
+    before = {name: (folder / name).read_bytes() for name in os.listdir(folder)}
+    assert predict.run([os.fspath(folder)], ensemble=ensemble_dir, aligned=True,
+                       out=os.fspath(tmp_path / "rows.csv"), annotate=os.fspath(folder),
+                       show_progress=False) == 0
+    assert {name: (folder / name).read_bytes() for name in before} == before
+    assert sorted(os.listdir(folder)) == ["b.jpg", "b.png", "b_1.jpg", "b_2.jpg", "clip.avi",
+                                          "clip_1.avi", "face.jpg", "face_1.jpg"]
+    assert (f"--annotate={folder} holds inputs: an annotated copy never replaces one, it gets "
+            f"a number instead (e.g. {folder / 'b.jpg'}'s copy is b_1.jpg).") in caplog.text
+
+
 def non_utf8(folder, name):
     """An empty file `folder`/`name` (bytes, not valid UTF-8) as Python spells its path (with a
     surrogate); skips where the file system refuses such names."""
