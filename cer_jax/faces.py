@@ -224,7 +224,14 @@ class CheckedDetector:
             found = list(found)
             bad = [face for face in found if not isinstance(face, Face)]
             if not bad:
-                return found
+                odd = [face.landmarks for face in found if face.landmarks is not None
+                       and np.shape(face.landmarks) != (5, 2)]
+                if not odd:
+                    return found
+                raise DetectorError(
+                    f"--detector={self.spec} returned a Face whose landmarks have shape "
+                    f"{np.shape(odd[0])}, not (5, 2): give the eye centres, nose tip and mouth "
+                    "corners (image-left first), or landmarks=None to align by the box.")
             what = f"a list holding {_described(bad[0])}"
         raise DetectorError(
             f"--detector={self.spec} returned {what}, not a list of cer_jax.faces.Face: wrap "

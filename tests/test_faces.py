@@ -213,6 +213,9 @@ def test_a_factory_function_makes_the_detector_and_a_wrong_answer_is_one_line():
         faces.load_detector("test_faces:boxes_detector")(image)
     with pytest.raises(faces.DetectorError, match="returned a list holding a tuple, not"):
         faces.load_detector("test_faces:tuples_detector")(image)
+    with pytest.raises(faces.DetectorError, match=re.escape(
+            "returned a Face whose landmarks have shape (68, 2), not (5, 2)")):
+        faces.load_detector("test_faces:dlib_landmarks_detector")(image)
     with pytest.raises(faces.DetectorError, match="is int, not a detector"):
         faces.load_detector("test_faces:NOT_A_DETECTOR")
     with pytest.raises(faces.DetectorError, match=re.escape(
@@ -231,6 +234,10 @@ class NeedsAModel:
 
 def tuples_detector(image):
     return [(1, 2, 3, 4)]
+
+
+def dlib_landmarks_detector(image):
+    return [faces.Face((1, 2, 3, 4), landmarks=np.zeros((68, 2)))]
 
 
 NOT_A_DETECTOR = 3
