@@ -179,20 +179,26 @@ class Source:
     kind: str  # "image" or "video"
 
 
-def _walk(folder: epath.Path) -> list[epath.Path]:
-    """Every file under `folder`, sorted (epath's rglob refuses '**' on remote paths)."""
+def _walk(folder: epath.Path, skip: str | None = None) -> list[epath.Path]:
+    """Every file under `folder`, sorted (epath's rglob refuses '**' on remote paths), less
+    those in the folder `skip` (a `same_place` key)."""
     files, stack = [], [folder]
     while stack:
         for child in stack.pop().iterdir():
-            (stack.append if child.is_dir() else files.append)(child)
+            if child.is_dir():
+                if skip is None or same_place(os.fspath(child)) != skip:
+                    stack.append(child)
+            else:
+                files.append(child)
     return sorted(files)
 
 
-def expand_inputs(inputs: Sequence[str]) -> list[Source]:
+def expand_inputs(inputs: Sequence[str], annotate: str | None = None) -> list[Source]:
     """Files as given (kind by extension; unknown extensions are tried as images) and folders
-    searched recursively for image and video files, sorted. A named path that does not exist is
-    a UsageError. A file named twice (also through a folder, another spelling or a link) is
-    kept once, at its first mention: twice would write its rows twice."""
+    searched recursively for image and video files, sorted; a folder's search leaves out the
+    `annotate` folder inside it (an earlier run's annotated copies are no inputs). A named path
+    that does not exist is a UsageError. A file named twice (also through a folder, another
+    spelling or a link) is kept once, at its first mention: twice would write its rows twice."""
     sources: list[Source] = []
     seen: dict[str, str] = {}  # resolved path -> the path as first given
     duplicates: list[tuple[str, str]] = []  # (as given again, as first given)
@@ -212,7 +218,7 @@ def expand_inputs(inputs: Sequence[str]) -> list[Source]:
                              "video files or folders).")
         if path.is_dir():
             skipped = []
-            for child in _walk(path):
+            for child in _walk(path, same_place(annotate) if annotate else None):
                 suffix = child.suffix.lower()
                 if suffix in IMAGE_EXTENSIONS:
                     add(os.fspath(child), "image")
@@ -1139,7 +1145,7 @@ def run(inputs: Sequence[str], *, ensemble: str, out: str | None = None, aligned
     if abaw_frames and not submission:
         submission = "submission.txt"
     entries = read_frame_list(abaw_frames) if abaw_frames else []
-    sources = expand_inputs(inputs)
+    sources = expand_inputs(inputs, annotate)
     if not sources:
         raise UsageError(f"No image or video files in {', '.join(inputs)}.")
     input_places = {same_place(s.path) for s in sources}  # the unlisted videos' too

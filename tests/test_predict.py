@@ -823,6 +823,22 @@ def test_annotating_into_the_inputs_folder_never_replaces_an_input(tmp_path, ens
             f"a number instead (e.g. {folder / 'b.jpg'}'s copy is b_1.jpg).") in caplog.text
 
 
+def test_a_second_run_does_not_take_the_annotated_copies_inside_its_folder_as_inputs(
+        tmp_path, ensemble_dir):
+    """predict photos/ --annotate=photos/annotated, run again, predicted the first run's
+    annotated copies too (rows for pictures with boxes drawn on them)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    cv2.imwrite(os.fspath(folder / "face.jpg"), np.full((64, 64, 3), 90, np.uint8))
+    out = tmp_path / "rows.csv"
+    for _ in range(2):
+        assert predict.run([os.fspath(folder)], ensemble=ensemble_dir, aligned=True,
+                           out=os.fspath(out), annotate=os.fspath(folder / "annotated"),
+                           show_progress=False) == 0
+        assert [r["source"] for r in read_csv(out)] == [os.fspath(folder / "face.jpg")]
+    assert os.listdir(folder / "annotated") == ["face.jpg"]
+
+
 def non_utf8(folder, name):
     """An empty file `folder`/`name` (bytes, not valid UTF-8) as Python spells its path (with a
     surrogate); skips where the file system refuses such names."""
