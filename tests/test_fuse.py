@@ -564,6 +564,39 @@ def test_refuses_a_different_class_order(tmp_path):
     )
 
 
+def test_a_class_clash_is_refused_before_a_member_is_exported(tmp_path, monkeypatch):
+    """Members whose classes come in another order (or another label space: rafdb/compound_abaw7
+    beside rafdb/compound). Before: a member to export (one without an export, a stale one, or
+    every one with --config.reexport) was exported first, minutes of evaluation each, and only
+    then was the clash refused; now from their config.json / export.json, before any export."""
+    from cer_jax import export
+
+    trained = tmp_path / "vit"  # a best checkpoint (faked below) and its config.json, no export
+    trained.mkdir()
+    (trained / "config.json").write_text(json.dumps({
+        "member": "vit", "model": {"name": "vit"}, "checkpoint": {"best_split": "validation"},
+        "dataset": {"train_split": "train_fit"},
+        "dataset_info": {"class_names": CLASSES, "split_sizes": dict.fromkeys(SIZES, 1)}}))
+    b = write_export(str(tmp_path / "b"), "manet", make_outputs(2.0, seed=2))
+    other_order = CLASSES[::-1]
+    c = write_export(str(tmp_path / "c"), "resnet", make_outputs(2.0, seed=3), other_order)
+    exported = []
+    monkeypatch.setattr(members_lib.checkpointing, "holds_best_checkpoint",
+                        lambda workdir: workdir == str(trained))
+
+    def export_workdir(workdir, splits=None):  # the best checkpoint's export, as the trainer's
+        exported.append(workdir)
+        write_export(workdir, "vit", make_outputs(2.0, seed=1))
+
+    monkeypatch.setattr(export, "export_workdir", export_workdir)
+    with pytest.raises(members_lib.MemberError) as e:
+        evaluator.fuse(fusion_config([str(trained), b, c], tmp_path / "out"))
+    assert str(e.value) == (
+        f"Members vit ({trained}) and resnet ({c}) list the same classes in a different order: "
+        f"{CLASSES} vs {other_order}. Retrain or re-export them with the same class order.")
+    assert exported == [] and not (tmp_path / "out").exists()
+
+
 def test_refuses_different_example_sets(tmp_path):
     names = np.array([f"test_{i:04d}.jpg" for i in range(SIZES["test"])])
     names[names == "test_0003.jpg"] = "test_9999.jpg"

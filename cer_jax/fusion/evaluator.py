@@ -252,8 +252,7 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
                 "strategies.")
         split_keys = {split: "eval_splits" for split in eval_splits}
         split_keys.setdefault(config.train_split, "train_split")
-        for workdir in workdirs:
-            members_lib.check_member(workdir, needed, split_keys=split_keys)
+        members_lib.check_members(workdirs, needed, split_keys=split_keys)
     if config.select_on == "test":
         logging.warning("Choosing fusion weights and hyper-parameters on the test split "
                         "(select_on=test, the paper's protocol): test numbers are optimistic.")

@@ -131,6 +131,38 @@ def check_member(
         raise _untrained(workdir)
 
 
+def _declared(workdir: str) -> Member | None:
+    """The member as its config.json (else its export.json) describes it, before any export:
+    its name and class names; None when neither lists class names."""
+    if checkpointing.workdir_path(workdir, checkpointing.CONFIG_FILE).exists():
+        config = checkpointing.load_config(workdir)
+        info = {"class_names": config.get("dataset_info", {}).get("class_names"),
+                "member": config.get("member") or config.get("model", {}).get("name")}
+    else:
+        try:
+            info = export.read_manifest(workdir) or {}
+        except export.ExportError:  # unreadable: load_member writes it anew or says so
+            return None
+    if not info.get("class_names"):
+        return None
+    return Member(name=str(info.get("member") or info.get("model") or workdir), workdir=workdir,
+                  info=info, outputs={})
+
+
+def check_members(
+    workdirs: Sequence[str], splits: Sequence[str], *, split_keys: dict[str, str] | None = None
+) -> None:
+    """What `load_members` checks before it exports or reads anything: each member
+    (`check_member`), and that their label spaces agree (`check_label_spaces`, on the class
+    names their config.json or export.json lists): otherwise a stale member's export (minutes
+    of evaluation) would run before align_members refuses the clash."""
+    for workdir in workdirs:
+        check_member(workdir, splits, split_keys=split_keys)
+    declared = [m for m in map(_declared, workdirs) if m is not None]
+    if len(declared) > 1:
+        check_label_spaces(declared)
+
+
 def load_member(
     workdir: str, splits: Sequence[str], *, reexport: bool = False,
     split_keys: dict[str, str] | None = None,
@@ -180,12 +212,11 @@ def load_members(
     workdirs: Sequence[str], splits: Sequence[str], *, reexport: bool = False,
     split_keys: dict[str, str] | None = None, checked: bool = False,
 ) -> list[Member]:
-    """Loads every member, each checked first (`check_member`) unless the caller did
+    """Loads every member, all checked first (`check_members`) unless the caller did
     (`checked`: fusion checks them on every process together); names are the configs' member
     names (configs/<member>.py), made unique with the workdir's name."""
     if not checked:  # every member before any export: a bad one costs no other's work
-        for workdir in workdirs:
-            check_member(workdir, splits, split_keys=split_keys)
+        check_members(workdirs, splits, split_keys=split_keys)
     members = [
         load_member(w, splits, reexport=reexport, split_keys=split_keys) for w in workdirs
     ]
