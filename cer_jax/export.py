@@ -74,6 +74,16 @@ def export_workdir(workdir: str, splits: Sequence[str] | None = None) -> dict[st
             f"Exporting the best checkpoint of {workdir} reads its dataset as its training "
             f"config says, which failed: {str(error).rstrip('.')}. That key is in {config_path}: "
             "set it there (e.g. to where the data lie on this machine).") from error
+    trained = list(config.get("dataset_info", {}).get("class_names") or info.class_names)
+    if list(info.class_names) != trained:
+        # The model's outputs are the trained classes, in their order: named after other ones,
+        # every label and figure of the export (and of a fusion) would be wrong without a word.
+        config_path = checkpointing.workdir_path(workdir, checkpointing.CONFIG_FILE)
+        raise ExportError(
+            f"The best checkpoint of {workdir} was trained on the classes {trained}, but its "
+            f"dataset as {config_path} says now has {list(info.class_names)}: its outputs would "
+            "be named after the wrong classes. Point that file's dataset keys at the data it "
+            "was trained on.")
     eval_fn = steps.jit_eval_step(graphdef, mesh, num_classes=info.num_classes)
     return write_export(workdir, config, info, eval_fn, state, step, mesh, splits)
 

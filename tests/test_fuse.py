@@ -942,6 +942,36 @@ def test_a_member_whose_data_are_not_where_its_config_says_names_that_config(tmp
     assert "\n" not in message
 
 
+def test_a_member_whose_data_now_have_other_classes_is_not_exported(tmp_path, monkeypatch):
+    """Re-exported (stale, or on another machine) from an image folder whose classes changed
+    since its training (renamed, replaced: here `b` became `c`). Before: its logits were written
+    under the folder's new class names and scored against its new labels without a word."""
+    import ml_collections
+
+    from cer_jax import export
+    from cer_jax.config_loading import load_config
+
+    for split in ("train_fit", "validation", "test"):
+        for name in ("a", "c"):
+            (tmp_path / "faces" / split / name).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(tmp_path / "faces" / split / name / "0.png")
+    workdir = tmp_path / "vit"
+    workdir.mkdir()
+    config = load_config("configs/vit.py:smoke")
+    config.dataset.update(name="folder", folder=str(tmp_path / "faces"), synthetic=False)
+    config.dataset_info = ml_collections.ConfigDict({"class_names": ["a", "b"]})
+    monkeypatch.setattr(export.checkpointing, "restore_best_state",
+                        lambda workdir, mesh: (None, 7, None, config))
+    with pytest.raises(export.ExportError) as error:
+        export.export_workdir(str(workdir))
+    assert str(error.value) == (
+        f"The best checkpoint of {workdir} was trained on the classes ['a', 'b'], but its "
+        f"dataset as {workdir / 'config.json'} says now has ['a', 'c']: its outputs would be "
+        "named after the wrong classes. Point that file's dataset keys at the data it was "
+        "trained on.")
+    assert not (workdir / "export").exists()
+
+
 def _member_with_config(workdir, best_split, train_split):
     (workdir / "config.json").write_text(json.dumps({
         "checkpoint": {"best_split": best_split},
