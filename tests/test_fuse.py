@@ -917,6 +917,35 @@ def test_an_unreadable_export_beside_a_best_checkpoint_is_written_anew(tmp_path,
     assert sorted(member.outputs["test"]["file_names"]) == sorted(outputs["test"]["file_names"])
 
 
+@pytest.mark.parametrize("damage", ["cut short", "removed"])
+def test_a_damaged_split_beside_a_best_checkpoint_is_written_anew(tmp_path, monkeypatch, damage):
+    """An export copied with its workdir and cut short (export.json copies before test.npz).
+    Before: refused with 're-export it (--config.reexport=True)', which re-exports every member,
+    although this member's best checkpoint could write it again at once, as a cut export.json."""
+    from cer_jax import export
+
+    outputs = make_outputs(2.0, 1)
+    a = write_export(str(tmp_path / "a"), "vit", outputs)
+    test_npz = tmp_path / "a" / "export" / "test.npz"
+    if damage == "cut short":
+        test_npz.write_bytes(test_npz.read_bytes()[:40])
+    else:
+        test_npz.unlink()
+    exported = []
+
+    def export_workdir(workdir, splits=None):  # the best checkpoint's export, as the trainer's
+        exported.append(workdir)
+        os.rename(os.path.join(workdir, "export"), str(tmp_path / "damaged"))
+        write_export(workdir, "vit", outputs)
+
+    monkeypatch.setattr(members_lib.checkpointing, "holds_best_checkpoint", lambda workdir: True)
+    monkeypatch.setattr(export, "export_is_current", lambda workdir: True)
+    monkeypatch.setattr(export, "export_workdir", export_workdir)
+    (member,) = members_lib.load_members([a], ["validation", "test"])
+    assert exported == [a]
+    assert sorted(member.outputs["test"]["file_names"]) == sorted(outputs["test"]["file_names"])
+
+
 def test_a_member_whose_data_are_not_where_its_config_says_names_that_config(tmp_path,
                                                                             monkeypatch):
     """Fusion on another machine than the training's, re-exporting a member (a stale export, a

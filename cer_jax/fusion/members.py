@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from cer_jax import checkpointing, export
+from cer_jax import checkpointing, export, sharding
 from cer_jax.errors import UserError
 from cer_jax.fusion.strategies import FusionData
 
@@ -168,16 +168,33 @@ def load_member(
     split_keys: dict[str, str] | None = None,
 ) -> Member:
     """Loads `workdir`'s export (after `check_member`), exporting the best checkpoint first
-    when the export is stale, missing, lacks one of `splits`, or `reexport` is set. `split_keys`
+    when the export is stale, missing, lacks one of `splits`, has a file cut short or missing,
+    or `reexport` is set. `split_keys`
     names the fusion config key that asked for each split, for error messages."""
+    exported = False
     if checkpointing.holds_best_checkpoint(workdir):
         # A stale, missing or unreadable export is written anew from the checkpoint.
         if reexport or not export.export_is_current(workdir):
             logging.info("Exporting the best checkpoint of %s", workdir)
             export.export_workdir(workdir)
+            exported = True
     else:  # check_member found its export
         logging.info("%s has no checkpoints: using its export as it is", workdir)
-    info, outputs = export.load_export(workdir)
+    try:
+        info, outputs = export.load_export(workdir)
+        error = None
+    except export.ExportError as e:  # a split's file cut short or missing (an interrupted copy)
+        error = e
+    # Every process decides together: the export is a collective (one host's failed read alone
+    # would leave the others waiting in it).
+    if (not exported and checkpointing.holds_best_checkpoint(workdir)
+            and sharding.any_process(error is not None)):
+        logging.warning("Exporting the best checkpoint of %s again: a file of its export is "
+                        "cut short or missing", workdir)
+        export.export_workdir(workdir)
+        info, outputs = export.load_export(workdir)
+    elif error is not None:
+        raise error
     missing = [split for split in splits if split not in outputs]
     if missing and checkpointing.holds_best_checkpoint(workdir):
         logging.info("Exporting splits %s of %s", missing, workdir)
