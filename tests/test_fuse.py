@@ -1112,6 +1112,25 @@ def test_a_member_given_twice_is_refused_before_any_work(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_copied_member_is_reported_as_counting_double(three_members, tmp_path):
+    """A copy of a member's workdir is another folder, so not 'given twice'. Before: fused as
+    resnet:resnet and resnet:copy without a word, the one model weighted double in every fusion."""
+    import shutil
+
+    copy = str(tmp_path / "copy")
+    shutil.copytree(three_members[2], copy)
+    out = tmp_path / "out"
+    report = evaluator.fuse(fusion_config([*three_members, copy], out, ablation=False,
+                                          bootstrap_samples=0, strategies="uniform_logits"))
+    note = ("members resnet:resnet and resnet:copy have the same logits on every example: one "
+            "model given twice (a copied workdir?) counts double; list it once")
+    assert report["identical_members"] == [note]
+    assert f"**WARNING: {note}.**" in (out / "report.md").read_text()
+    assert evaluator.fuse(fusion_config(three_members, tmp_path / "three", ablation=False,
+                                        bootstrap_samples=0, strategies="uniform_logits"),
+                          )["identical_members"] == []
+
+
 def test_a_member_workdir_that_is_a_file_is_named_so(tmp_path):
     """Before: "does not exist" for a file that exists (a report or a log passed by mistake)."""
     a = write_export(str(tmp_path / "a"), "vit", make_outputs(2.0, seed=1))

@@ -222,6 +222,20 @@ def unfinished_members(members: Sequence[members_lib.Member]) -> list[str]:
     return notes
 
 
+def identical_members(names: Sequence[str],
+                      data: dict[str, strategies_lib.FusionData]) -> list[str]:
+    """Members whose logits are the same on every example of every split: one model given
+    twice (a copied workdir, which --workdirs cannot tell from another member) counts double
+    in every fusion; two trainings never agree to the last bit."""
+    notes = []
+    for i, j in itertools.combinations(range(len(names)), 2):
+        if all(np.array_equal(split.logits[i], split.logits[j]) for split in data.values()):
+            notes.append(f"members {names[i]} and {names[j]} have the same logits on every "
+                         "example: one model given twice (a copied workdir?) counts double; "
+                         "list it once")
+    return notes
+
+
 def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Loads and checks the members, fits and scores every strategy, writes the report.
 
@@ -275,6 +289,9 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
     unfinished = unfinished_members(members)
     for note in unfinished:
         logging.warning("Unfinished: %s.", note)
+    identical = identical_members([m.name for m in members], data)
+    for note in identical:
+        logging.warning("Identical: %s.", note)
 
     # Every system's predicted classes, keyed by ("member" | "strategy", name): the bootstrap
     # finds each system's own (by position, a strategy named twice once shifted every system's).
@@ -352,6 +369,7 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "absent_classes": absent_classes,  # {split: classes without an example there}
         "training_leaks": leaks,
         "unfinished_members": unfinished,
+        "identical_members": identical,
         "paper_strategy": strategies_lib.PAPER_STRATEGY,
         "best_strategy": best,
         "selection_cv_folds": strategies_lib.selection_splitter(

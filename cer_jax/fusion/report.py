@@ -102,6 +102,8 @@ def selection_note(report: dict[str, Any]) -> str:
     if report.get("unfinished_members"):
         note += ("\n\n**WARNING: not every member finished its training: "
                  + "; ".join(report["unfinished_members"]) + ".**")
+    if report.get("identical_members"):
+        note += ("\n\n**WARNING: " + "; ".join(report["identical_members"]) + ".**")
     return note
 
 
