@@ -169,8 +169,8 @@ def load_member(
 ) -> Member:
     """Loads `workdir`'s export (after `check_member`), exporting the best checkpoint first
     when the export is stale, missing, lacks one of `splits`, has a file cut short or missing,
-    or `reexport` is set. `split_keys`
-    names the fusion config key that asked for each split, for error messages."""
+    or `reexport` is set. `split_keys` names the fusion config key that asked for each split,
+    for error messages."""
     exported = False
     if checkpointing.holds_best_checkpoint(workdir):
         # A stale, missing or unreadable export is written anew from the checkpoint.
