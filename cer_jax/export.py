@@ -51,13 +51,17 @@ def export_dir(workdir: str) -> epath.Path:
 
 
 def default_splits(config: ml_collections.ConfigDict) -> list[str]:
+    """The splits a run exports: its export.splits, else its train and eval splits (a
+    re-export before a fusion writes what the finished run wrote)."""
+    if config.get("export", {}).get("splits"):
+        return list(config.export.splits)
     splits = [config.dataset.train_split, *config.dataset.eval_splits]
     return list(dict.fromkeys(splits))
 
 
 def export_workdir(workdir: str, splits: Sequence[str] | None = None) -> dict[str, Any]:
     """Restores the best checkpoint's model state, evaluates `splits` (default: the run's
-    train and eval splits) and writes `<workdir>/export/`; returns the manifest."""
+    `default_splits`) and writes `<workdir>/export/`; returns the manifest."""
     mesh = sharding.create_mesh()
     graphdef, step, state, config = checkpointing.restore_best_state(workdir, mesh)
     # Trained on other devices (8 GPUs, fused on 3 or 6): the recorded evaluation batch is

@@ -638,7 +638,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         best_graphdef, best_step, best_state, _ = checkpointing.restore_best_state(workdir, mesh)
         if best_graphdef != graphdef:  # not the network trained here: compile its own step
             eval_fn = steps.jit_eval_step(best_graphdef, mesh, num_classes=info.num_classes)
-        splits = config.export.get("splits") or export.default_splits(config)
+        splits = export.default_splits(config)
         manifest = export.write_export(
             workdir, config, info, eval_fn, best_state, best_step, mesh, splits
         )

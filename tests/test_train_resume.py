@@ -772,6 +772,11 @@ def test_a_halt_at_the_last_step_finishes_the_run_with_one_compiled_eval_step(
     assert result["stopped"] is None and result["step"] == TOTAL_STEPS
     assert os.path.isfile(tmp_path / "run" / "export" / "export.json")
     assert len(built) == 1
+    # A re-export (fusion's, of a stale export) writes the splits the run's export.splits
+    # names, as the run did (it wrote the train and eval splits instead).
+    assert config.export.splits == ("validation",)
+    manifest = export.export_workdir(str(tmp_path / "run"))
+    assert list(manifest["splits"]) == ["validation"]
 
 
 def _scalar_series(workdir) -> dict[str, list[tuple[int, float]]]:
