@@ -760,6 +760,21 @@ def test_members_trained_on_a_split_holding_validation_are_reported_as_not_held_
             "split (validation, test).") in caplog.text
 
 
+def test_members_trained_on_rafdbs_train_without_exporting_it_are_still_reported(tmp_path):
+    """export.splits without the training split: no file names to compare, but RAF-DB's `train`
+    holds `validation` by its builder's rule (the report said nothing)."""
+    workdirs = []
+    for name, (quality, seed) in QUALITY_SEED.items():
+        outputs = make_outputs(quality, seed)
+        del outputs["train_fit"]
+        workdirs.append(write_export(str(tmp_path / name), name, outputs, train_split="train"))
+    report = evaluator.fuse(fusion_config(workdirs, tmp_path / "out", ablation=False,
+                                          strategies="performance_weighted", bootstrap_samples=0))
+    assert report["training_leaks"] == [
+        f"member {name} was trained on train, which holds the validation images"
+        for name in QUALITY_SEED]
+
+
 def test_a_folder_datasets_splits_numbered_alike_are_not_taken_for_shared_images(tmp_path,
                                                                                  caplog):
     """A `folder` dataset names an example `<class>/<file>` inside its split's folder, and many

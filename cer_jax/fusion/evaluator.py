@@ -172,13 +172,18 @@ def _ablation(
     return rows
 
 
+# RAF-DB's `train` is its `train_fit` and `validation` together (tfds_rafdb's builder).
+RAFDB_SPLITS_INSIDE = {"train": ("train_fit", "validation")}
+
+
 def training_leaks(
     members: Sequence[members_lib.Member], select_on: str, eval_splits: Sequence[str],
 ) -> list[str]:
     """Where a member's own training saw a split that fusion treats as unseen: it chose its best
     checkpoint on a reported split other than `select_on`, or the split it was fitted on (its
     dataset.train_split) is a reported split or shares images with one (RAF-DB's `train` holds
-    `validation`; by file name, so not for a `folder` dataset). Fusion's choices or its test
+    `validation`; by file name, so not for a `folder` dataset, or by RAF-DB's split rule when
+    that split was not exported). Fusion's choices or its test
     numbers are then optimistic; the report says so."""
     leaks = []
     for member in members:
@@ -194,7 +199,13 @@ def training_leaks(
             leaks.append(f"member {member.name} was trained on {trained_split}, a reported split")
             continue
         trained_on = member.outputs.get(trained_split, {}).get("file_names")
-        if trained_on is None or not member.names_span_splits:
+        if trained_on is None:  # not exported (export.splits): what RAF-DB's splits hold
+            if str(member.info.get("dataset", "")).startswith("rafdb/"):
+                leaks += [f"member {member.name} was trained on {trained_split}, which holds "
+                          f"the {split} images" for split in RAFDB_SPLITS_INSIDE.get(
+                              trained_split, ()) if split in eval_splits]
+            continue
+        if not member.names_span_splits:
             continue
         for split in eval_splits:
             if split in member.outputs:
