@@ -249,8 +249,10 @@ def test_bfloat16_computes_in_bfloat16_and_keeps_float32_state(member, size):
                                 "label": np.arange(4, dtype=np.int32) % 3}, mesh)
     step_fn = steps.jit_train_step(graphdef, tx, mesh, num_classes=3, label_smoothing=0.1)
     hlo = step_fn.lower(state, batch).as_text()
-    ops = re.findall(r"stablehlo\.(convolution|dot_general).*-> tensor<[^>]*x(\w+)>", hlo)
-    assert ops and {dtype for _, dtype in ops} == {"bf16"}, sorted(set(ops))
+    # Each matmul's and convolution's operand types: (tensor<...xbf16>, tensor<...xbf16>).
+    operands = r"\(tensor<[^>]*x(\w+)>, tensor<[^>]*x(\w+)>\)"
+    ops = re.findall(rf"stablehlo\.(convolution|dot_general).*: {operands}", hlo)
+    assert ops and {dtype for _, *dtypes in ops for dtype in dtypes} == {"bf16"}, sorted(set(ops))
     new_state, metrics = jax.eval_shape(step_fn, state, batch)
     floats = {
         part: {leaf.dtype for leaf in jax.tree.leaves(new_state[part])
