@@ -49,6 +49,11 @@ def compute_dtype(name: Any) -> jnp.dtype:
     if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
         raise UserError(f"model.dtype={name!r} is not a floating-point type: use float32, or "
                         "bfloat16 for mixed precision on TPU / GPU.")
+    if dtype not in (jnp.float32, jnp.bfloat16):
+        # float16's gradients underflow without loss scaling, which the step does not do;
+        # float64 is float32 unless x64 is on, and float8 types are no compute types here.
+        raise UserError(f"model.dtype={name!r} is not supported (float16 would need loss "
+                        "scaling): use float32, or bfloat16 for mixed precision on TPU / GPU.")
     return dtype
 
 

@@ -91,6 +91,10 @@ def test_a_config_file_on_a_bucket_is_read_through_epath(bucket):
     ("resnet50", "model.depth=51", "error: Unknown ResNet depth 51 (config key model.depth)"),
     ("vit", "model.dtype=float16x", "error: model.dtype='float16x' is not a floating-point type: "
                                     "use float32, or bfloat16 for mixed precision on TPU / GPU."),
+    # Was accepted, with no loss scaling: gradients underflow in real training.
+    ("resnet50", "model.dtype=float16", "error: model.dtype='float16' is not supported (float16 "
+                                        "would need loss scaling): use float32, or bfloat16 "
+                                        "for mixed precision on TPU / GPU."),
     ("manet", "input.image_size=100", "error: MA-Net needs image sizes divisible by 32 (config "
                                       "key input.image_size); got 100x100."),
     # Was a traceback from the model's first call: the input checks came after the model's.
