@@ -45,7 +45,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     # ViT's class token or position embedding); True: on every parameter.
     config.optimizer.decay_norms_and_biases = False
     config.optimizer.grad_clip_norm = placeholder(float)  # e.g. 1.0; None = no clipping
-    # Learning-rate multiplier for the freshly initialised classification head(s).
+    # Learning-rate multiplier for the classification head(s): new ones, or kept with
+    # init.keep_head (then it still applies; set 1.0 to fine-tune a kept head like the rest).
     config.optimizer.head_lr_multiplier = 1.0
 
     config.schedule = ml_collections.ConfigDict()
