@@ -61,6 +61,8 @@ NUM_LANDMARKS = 5
 SPLITS = ("train", "test")
 DIGITS = {"compound": {"train": 4, "test": 4}, "basic": {"train": 5, "test": 4}}
 VALIDATION_FRACTION = 0.1
+# The builder's splits made of others: `train` is `train_fit` and `validation` together.
+SPLITS_WITHIN = {"train": ("train_fit", "validation")}
 # What an unpacked-too-little --manual_dir may still hold (named in the error's hint).
 ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz", ".7z", ".rar")
 JPEG_MAGIC = b"\xff\xd8\xff"

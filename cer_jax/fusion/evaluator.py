@@ -26,6 +26,7 @@ from cer_jax.fusion import members as members_lib
 from cer_jax.fusion import report as report_lib
 from cer_jax.fusion import strategies as strategies_lib
 from cer_jax.metrics import classification_metrics
+from tfds_rafdb import layout
 
 ENSEMBLE_DIR = "ensemble"
 
@@ -172,10 +173,6 @@ def _ablation(
     return rows
 
 
-# RAF-DB's `train` is its `train_fit` and `validation` together (tfds_rafdb's builder).
-RAFDB_SPLITS_INSIDE = {"train": ("train_fit", "validation")}
-
-
 def training_leaks(
     members: Sequence[members_lib.Member], select_on: str, eval_splits: Sequence[str],
 ) -> list[str]:
@@ -202,7 +199,7 @@ def training_leaks(
         if trained_on is None:  # not exported (export.splits): what RAF-DB's splits hold
             if str(member.info.get("dataset", "")).startswith("rafdb/"):
                 leaks += [f"member {member.name} was trained on {trained_split}, which holds "
-                          f"the {split} images" for split in RAFDB_SPLITS_INSIDE.get(
+                          f"the {split} images" for split in layout.SPLITS_WITHIN.get(
                               trained_split, ()) if split in eval_splits]
             continue
         if not member.names_span_splits:

@@ -191,6 +191,7 @@ signed by a researcher), unpack the archive, and pass the `compound/` (or `basic
         kept = [r for r in records if config.label_map[r.raw_label - 1] is not None]
         _log_left_out(records, config)
         train = [r for r in kept if r.split == "train"]
+        # layout.SPLITS_WITHIN says what train holds (fusion reports a member trained on it).
         return {
             "train": self._generate_examples(train),
             "validation": self._generate_examples([r for r in train if r.file_name in validation]),

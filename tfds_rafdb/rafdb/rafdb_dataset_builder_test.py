@@ -6,6 +6,8 @@ images (so 1 goes to `validation`) and 1 test image.
 
 import tensorflow_datasets as tfds
 
+from tfds_rafdb import layout
+
 from . import rafdb_dataset_builder
 
 _DUMMY_DATA = rafdb_dataset_builder.Builder.code_path.parent / "dummy_data"
@@ -13,8 +15,9 @@ _DUMMY_DATA = rafdb_dataset_builder.Builder.code_path.parent / "dummy_data"
 
 class _RafDbTestCase(tfds.testing.DatasetBuilderTestCase):
     DATASET_CLASS = rafdb_dataset_builder.Builder
-    # `train` holds `validation` and `train_fit`; the other splits are disjoint.
-    OVERLAPPING_SPLITS = ["train"]
+    # `train` holds `validation` and `train_fit` (layout.SPLITS_WITHIN, which fusion's leak
+    # report reads); the other splits are disjoint.
+    OVERLAPPING_SPLITS = list(layout.SPLITS_WITHIN)
     SKIP_CHECKSUMS = True  # nothing is downloaded
 
     def test_session(self, *args, **kwargs):
@@ -23,6 +26,17 @@ class _RafDbTestCase(tfds.testing.DatasetBuilderTestCase):
         return super().test_session(*args, **kwargs)
 
     test_session.__test__ = False
+
+    def test_splits_within(self):
+        """What layout.SPLITS_WITHIN says a split holds, it holds (file names), and no more."""
+        builder = rafdb_dataset_builder.Builder(config=self.BUILDER_CONFIG_NAMES_TO_TEST[0],
+                                                data_dir=self.get_temp_dir())
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            manual_dir=self.EXAMPLE_DIR))
+        names = {split: sorted(ex["file_name"].decode() for ex in tfds.as_numpy(
+                     builder.as_dataset(split=split))) for split in self.SPLITS}
+        for whole, parts in layout.SPLITS_WITHIN.items():
+            self.assertEqual(names[whole], sorted(n for part in parts for n in names[part]))
 
 
 class CompoundTest(_RafDbTestCase):
