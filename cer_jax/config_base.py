@@ -68,8 +68,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.training.log_every_steps = 50
     config.training.eval_every_steps = placeholder(int)  # None = once per epoch
     # Stop (with a checkpoint) once this global step is reached, as if preempted: the next
-    # run on the same workdir resumes. None, or the run's length or more = run to the end
-    # (and export).
+    # run on the same workdir resumes (a workdir already at or past it trains nothing). None,
+    # or the run's length or more = run to the end (and export).
     config.training.halt_after_steps = placeholder(int)
 
     config.eval = ml_collections.ConfigDict()

@@ -569,9 +569,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             # the run had never stopped.
             logging.info("Evaluating step %d (skipped when the run was preempted).", step)
             evaluate_and_keep_best(step)
+        if halt is not None and halt <= start_step < total_steps:
+            # The same command again after a halt: it would train on to the next log step.
+            result["stopped"] = "halted"
+            logging.warning("%s is at step %d: training.halt_after_steps=%d is reached, so "
+                            "nothing is trained (raise or drop it to train on).", workdir,
+                            start_step, halt)
         stop_request = StopRequest()
         with stop_request:
-            while step < total_steps:
+            while step < total_steps and result["stopped"] is None:
                 state, metrics = train_fn(state, next(batches))
                 accumulated = steps.add_metrics(accumulated, metrics)
                 step += 1

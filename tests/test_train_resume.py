@@ -99,6 +99,21 @@ def test_a_halt_between_log_points_stops_at_its_step(tmp_path, synthetic_cache_d
     assert saved_steps(workdir) == [3]
 
 
+def test_the_same_command_again_after_a_halt_trains_nothing(halted_workdir, tmp_path,
+                                                            synthetic_cache_dir, caplog):
+    """A run halted at step 4 and run again with the same training.halt_after_steps=4 trained
+    on to its next log step (6) and halted there: each rerun trained a few steps past the halt
+    it asked for. It now stops at once, saying so."""
+    workdir = tmp_path / "run"
+    shutil.copytree(halted_workdir, workdir)
+    with caplog.at_level("WARNING"):
+        result = trainer.train_and_evaluate(
+            tiny_config(synthetic_cache_dir, **{"training.halt_after_steps": 4}), str(workdir))
+    assert (result["stopped"], result["step"]) == ("halted", 4)
+    assert saved_steps(workdir) == [4]
+    assert "training.halt_after_steps=4 is reached, so nothing is trained" in caplog.text
+
+
 @pytest.mark.parametrize(("key", "value", "there", "named"), [
     ("training.global_batch_size", 8, 16, None), ("input.num_data_shards", 2, 1, None),
     ("input.seed", 1, 0, None), ("seed", 1, 0, "input.seed"),  # input.seed=None follows seed
