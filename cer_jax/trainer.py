@@ -182,6 +182,13 @@ def validate_config(config: ml_collections.ConfigDict, *, resuming: bool = False
                 f"{dataset[named[0]]!r}; add --config.dataset.synthetic=False to train on it, "
                 f"or drop config.dataset.{named[0]}."
             )
+    if config.input.balance == "sampling" and config.input.get("shuffle_buffer") is not None:
+        # Each class's stream is shuffled whole there: the buffer would be ignored unannounced.
+        raise ConfigError(
+            f"input.shuffle_buffer={config.input.shuffle_buffer} is not read with "
+            "input.balance='sampling', which shuffles each class's examples whole: leave it "
+            "None, or choose another input.balance."
+        )
     export_splits = config.export.get("splits")
     if export_splits is not None and not export_splits:
         raise ConfigError(

@@ -589,7 +589,12 @@ def test_best_split_must_be_evaluated(tmp_path):
      "export.splits=() names no split, yet a finished run always exports (fusion reads the "
      "export): leave it None for dataset.train_split and dataset.eval_splits, or list the "
      "splits, e.g. --config.export.splits=train_fit,validation,test."),
-], ids=["best_split_is_train_split", "keep_head_without_weights", "empty_export_splits"])
+    # Class-balanced sampling shuffles each class whole: the buffer had no effect.
+    ({"input.balance": "sampling", "input.shuffle_buffer": 100},
+     "input.shuffle_buffer=100 is not read with input.balance='sampling', which shuffles each "
+     "class's examples whole: leave it None, or choose another input.balance."),
+], ids=["best_split_is_train_split", "keep_head_without_weights", "empty_export_splits",
+        "shuffle_buffer_with_sampling"])
 def test_settings_that_are_probably_mistakes_are_refused_before_any_work(tmp_path, settings,
                                                                        message):
     config = load_config("configs/vit.py:smoke")

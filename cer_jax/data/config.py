@@ -73,7 +73,8 @@ def input_defaults() -> ml_collections.ConfigDict:
     # True: keep the decoded (uint8, original size) images of the host's shards in memory.
     c.cache = True
     # Shuffle buffer of each data shard's stream; None = the whole shard (an exact per-epoch
-    # permutation, the right choice for small face datasets).
+    # permutation, the right choice for small face datasets). balance="sampling" shuffles each
+    # class whole: it takes None only.
     c.shuffle_buffer = ml_collections.FieldReference(None, field_type=int)
     # Training geometry: "random_resized_crop" (crop_scale / crop_ratio, like torchvision /
     # Inception) or "resize_crop" (resize to resize_size, then a random image_size crop).
