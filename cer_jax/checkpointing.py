@@ -251,6 +251,10 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: str, *,
         # trainer resumes with the count it finds there, so there is nothing to compare.
         if node is _ABSENT or (node is None and key == "input.num_data_shards"):
             continue
+        # Class-balanced sampling reads no shuffle buffer (a workdir from before that was
+        # refused may record one): the trainer now refuses any but None there.
+        if key == "input.shuffle_buffer" and config.input.get("balance") == "sampling":
+            continue
         saved[key], wanted[key] = node, _flat(config, (key,))[key]
     differing = _differences(saved, wanted)
     if differing:

@@ -114,6 +114,21 @@ def test_the_same_command_again_after_a_halt_trains_nothing(halted_workdir, tmp_
     assert "training.halt_after_steps=4 is reached, so nothing is trained" in caplog.text
 
 
+def test_a_sampling_run_that_recorded_a_shuffle_buffer_resumes_without_it(halted_workdir,
+                                                                           tmp_path):
+    """balance=sampling reads no shuffle buffer, and the trainer now refuses one beside it: a
+    workdir trained so before that (its config.json records both) could resume neither with the
+    buffer (refused) nor without it (another run's data order)."""
+    workdir = tmp_path / "run"
+    shutil.copytree(halted_workdir, workdir)
+    recorded = json.loads((workdir / "config.json").read_text())
+    recorded["input"].update(balance="sampling", shuffle_buffer=100)
+    (workdir / "config.json").write_text(json.dumps(recorded))
+    config = ml_collections.ConfigDict(recorded)
+    config.input.shuffle_buffer = None
+    checkpointing.check_same_run(config, str(workdir))  # no error
+
+
 @pytest.mark.parametrize(("key", "value", "there", "named"), [
     ("training.global_batch_size", 8, 16, None), ("input.num_data_shards", 2, 1, None),
     ("input.seed", 1, 0, None), ("seed", 1, 0, "input.seed"),  # input.seed=None follows seed
