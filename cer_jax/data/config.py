@@ -26,7 +26,8 @@ def dataset_defaults() -> ml_collections.ConfigDict:
     # "rafdb/*" in data_dir on first use when it is not prepared yet.
     c.manual_dir = ml_collections.FieldReference(None, field_type=str)
     # True: draw the built-in synthetic RAF-DB tree into cache_dir on first use and build its
-    # TFDS dataset there too (data_dir and manual_dir are then ignored). For smoke runs / CI.
+    # TFDS dataset there too (the trainer refuses a data_dir or manual_dir beside it; name
+    # "folder" reads its folder instead). For smoke runs / CI.
     c.synthetic = False
     c.synthetic_num_train_images = synthetic.NUM_TRAIN_IMAGES
     c.synthetic_num_test_images = synthetic.NUM_TEST_IMAGES
