@@ -27,7 +27,7 @@ Loading a written file with `load_pretrained(fresh_model, name, path, keep_head=
 the model's arrays exactly (float32), with two documented exceptions: the big_vision layouts fold
 the class token's position entry into `cls` (as big_vision's `fix_old_checkpoints` does, so the
 computed function is the same but `cls` / `pos_embedding[:, 0]` differ), and MA-Net files carry
-the MS-Celeb-1M 12,666-way heads of the real file (`head_classes=None` writes the model's own).
+the MS-Celeb-1M 12,666-way heads of the real file.
 
 The model is any ViT (`pool="cls"`, no pre-logits), ResNet or MA-Net from `create_model`, at any
 size: e.g. ViT "test/8" or "mu/16" at 32-64 px, ResNet depth 50 width 8-16, MA-Net width 8-16.
@@ -42,7 +42,6 @@ GELU / 1e-6 for timm.
 
 from __future__ import annotations
 
-import json
 import pathlib
 import re
 import tempfile
@@ -51,7 +50,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from flax import nnx
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from cer_jax.pretrained.core import model_arrays
 
@@ -177,13 +176,6 @@ def write_hf_vit(model, directory, **config_overrides) -> pathlib.Path:
     return directory / "model.safetensors"
 
 
-def hub_state(hf_model) -> dict[str, np.ndarray]:
-    """The tensors as Hugging Face writes them (Hub names; transformers 5 renames in memory)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        hf_model.save_pretrained(tmp)
-        return load_file(f"{tmp}/model.safetensors")
-
-
 def _hf_block(state, i):
     p = f"vit.encoder.layer.{i}."
     return {name: state[p + name] for name in [
@@ -290,16 +282,9 @@ def _savez(directory, name: str, npz: dict) -> pathlib.Path:
     return path
 
 
-def write_augreg_npz(model, directory, *, pre_logits: bool = False) -> pathlib.Path:
-    """vision_transformer / AugReg naming; `pre_logits` adds the i21k files' representation
-    layer (random), which a model without one drops and reports."""
-    npz = _npz_arrays(model, big_vision=False)
-    if pre_logits:
-        width = npz["cls"].shape[-1]
-        rng = np.random.default_rng(0)
-        npz["pre_logits/kernel"] = rng.normal(0, 0.1, (width, width)).astype(np.float32)
-        npz["pre_logits/bias"] = np.zeros(width, np.float32)
-    return _savez(directory, "augreg.npz", npz)
+def write_augreg_npz(model, directory) -> pathlib.Path:
+    """vision_transformer / AugReg naming."""
+    return _savez(directory, "augreg.npz", _npz_arrays(model, big_vision=False))
 
 
 def write_big_vision_npz(model, directory) -> pathlib.Path:
@@ -473,25 +458,23 @@ def manet_pytorch_name(path: str, value: np.ndarray) -> tuple[str, np.ndarray]:
     return ".".join(modules + [leaf]), value
 
 
-def manet_state_dict(model, head_classes: int | None = MS_CELEB_CLASSES
-                     ) -> dict[str, torch.Tensor]:
-    """`model`'s arrays as the authors' state dict (no `module.` prefix), with BN step counters;
-    `head_classes` replaces the heads by random ones of that many classes (None: the model's)."""
+def manet_state_dict(model) -> dict[str, torch.Tensor]:
+    """`model`'s arrays as the authors' state dict (no `module.` prefix), with BN step counters
+    and random MS-Celeb-1M heads (MS_CELEB_CLASSES classes) in place of the model's."""
     state = {}
     for path, value in arrays(model).items():
-        if head_classes is not None and path.split("/")[0] in ("fc_1", "fc_2"):
+        if path.split("/")[0] in ("fc_1", "fc_2"):
             continue
         key, value = manet_pytorch_name(path, value)
         state[key] = torch.from_numpy(np.array(value))
         if key.endswith("running_var"):
             state[key.replace("running_var", "num_batches_tracked")] = torch.tensor(1234)
-    if head_classes is not None:
-        rng = np.random.default_rng(0)
-        features = model.fc_1.in_features
-        for head in ("fc_1", "fc_2"):
-            state[f"{head}.weight"] = torch.from_numpy(
-                rng.normal(0, 0.01, (head_classes, features)).astype(np.float32))
-            state[f"{head}.bias"] = torch.zeros(head_classes)
+    rng = np.random.default_rng(0)
+    features = model.fc_1.in_features
+    for head in ("fc_1", "fc_2"):
+        state[f"{head}.weight"] = torch.from_numpy(
+            rng.normal(0, 0.01, (MS_CELEB_CLASSES, features)).astype(np.float32))
+        state[f"{head}.bias"] = torch.zeros(MS_CELEB_CLASSES)
     return state
 
 
@@ -519,14 +502,12 @@ def save_authors_checkpoint(state: dict[str, torch.Tensor], path, *, recorder: b
 
 
 def write_manet(model, directory, *, code_version: str = "2021",
-                head_classes: int | None = MS_CELEB_CLASSES, recorder: bool = True,
                 legacy: bool = False) -> pathlib.Path:
     """The authors' `.pth.tar`. `code_version` only names the file: both versions store the same
     tensors; it is the path B order the weights were trained with (MANET_CODE_VERSIONS).
     `legacy`: PyTorch < 1.6's non-zip format (save_authors_checkpoint)."""
     path = _directory(directory) / f"manet_ms_celeb_{code_version}.pth.tar"
-    return save_authors_checkpoint(manet_state_dict(model, head_classes), path,
-                                   recorder=recorder, legacy=legacy)
+    return save_authors_checkpoint(manet_state_dict(model), path, legacy=legacy)
 
 
 def write_manet_2021(model, directory, **kwargs) -> pathlib.Path:
@@ -548,7 +529,3 @@ FORMATS: dict[str, dict[str, Writer]] = {
     "vit": VIT_FORMATS, "resnet": RESNET_FORMATS, "manet": MANET_FORMATS,
 }
 
-
-def read_config_json(path) -> dict:
-    """The config.json beside a written Hugging Face file."""
-    return json.loads((pathlib.Path(path).parent / "config.json").read_text())
