@@ -879,6 +879,26 @@ def test_compare_torch_beside_a_gpu_with_a_cpu_only_pytorch_is_one_line():
                     "--compare_torch.")
 
 
+def test_a_config_files_model_dtype_is_the_default_precision(tmp_path):
+    """--models=a config file of model.dtype='bfloat16' was timed in float32 (the --precision
+    default) without a word; the config's dtype is now the default, and --precision wins."""
+    path = tmp_path / "manet_bf16.py"
+    path.write_text("from cer_jax.config_loading import load_config\n\n\n"
+                    "def get_config(arg=None):\n"
+                    "    config = load_config('configs/manet.py:smoke')\n"
+                    "    config.model.dtype = 'bfloat16'\n"
+                    "    return config\n")
+    setup = throughput.resolve(str(path), image_size=None, batch_size=None, precision=None,
+                               num_classes=11)
+    assert (setup.precision, setup.config.model.dtype) == ("bfloat16", "bfloat16")
+    setup = throughput.resolve(str(path), image_size=None, batch_size=None,
+                               precision="float32", num_classes=11)
+    assert (setup.precision, setup.config.model.dtype) == ("float32", "float32")
+    recipe = throughput.resolve("manet", image_size=None, batch_size=None, precision=None,
+                                num_classes=11)
+    assert recipe.precision == "float32"
+
+
 @pytest.mark.parametrize("spec", ["resnet:18", "manet:16"])
 def test_the_pytorch_reference_runs_conv_nets_channels_last_computing_the_same(spec):
     """PyTorch's guide runs convolutional networks channels_last (oneDNN, cuDNN tensor cores);

@@ -5,9 +5,10 @@ r"""Throughput, FLOPs, MFU and memory per model; optionally input pipeline, PyTo
         [--input] [--compare_torch] [--profile=/tmp/bench_profile]
 
 --models takes shorthands (vit:<variant>, resnet:<depth>, manet[:<width>]; each runs its recipe
-config's optimizer and loss) or config files (configs/manet.py:smoke). --batch_size and
---image_size default to the config's (the recipe's). Without --input nothing imports
-TensorFlow: batches are random arrays made on the device.
+config's optimizer and loss) or config files (configs/manet.py:smoke). --batch_size,
+--image_size and --precision default to the config's (the recipe's; precision: its
+model.dtype). Without --input nothing imports TensorFlow: batches are random arrays made on
+the device.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ flags.DEFINE_string("models", "vit:B/16,resnet:50,manet",
                     "Comma-separated model shorthands or config files.")
 flags.DEFINE_integer("batch_size", None, "Global batch; default: the config's.", lower_bound=1)
 flags.DEFINE_integer("image_size", None, "Input side; default: the config's.", lower_bound=1)
-flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"],
-                  "Compute dtype (parameters stay float32).")
+flags.DEFINE_enum("precision", None, ["float32", "bfloat16"],
+                  "Compute dtype (parameters stay float32); default: the config's model.dtype "
+                  "(float32 in the recipes).")
 flags.DEFINE_integer("steps", 10, "Timed steps (train and eval each).", lower_bound=1)
 flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.", lower_bound=0)
 flags.DEFINE_integer("num_classes", 11, "Classes of the head (RAF-DB compound: 11).",

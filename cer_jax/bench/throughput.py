@@ -60,11 +60,12 @@ class Setup:
         return self.config.model.name
 
 
-def resolve(spec: str, *, image_size: int | None, batch_size: int | None, precision: str,
-            num_classes: int) -> Setup:
+def resolve(spec: str, *, image_size: int | None, batch_size: int | None,
+            precision: str | None, num_classes: int) -> Setup:
     """'vit:B/16' (shorthand: the model's recipe config with that variant) or a config file
-    'configs/vit.py[:smoke]' -> Setup. None for image_size / batch_size: the config's."""
-    if precision not in PRECISIONS:
+    'configs/vit.py[:smoke]' -> Setup. None for image_size / batch_size / precision: the
+    config's (precision: its model.dtype)."""
+    if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"--precision={precision!r}: use one of {', '.join(PRECISIONS)}.")
     if ".py" in spec:
         config = load_config(spec)
@@ -79,6 +80,11 @@ def resolve(spec: str, *, image_size: int | None, batch_size: int | None, precis
     # no weights are loaded here, so drop them and let the model use its defaults.
     config.model = ml_collections.ConfigDict(
         {k: v for k, v in config.model.to_dict().items() if v is not None and v != "auto"})
+    if precision is None:
+        precision = str(config.model.get("dtype") or "float32")
+        if precision not in PRECISIONS:
+            raise UserError(f"--models {spec!r}: its model.dtype={precision!r} is not "
+                            f"benchmarked; give --precision= one of {', '.join(PRECISIONS)}.")
     size = image_size or config.input.image_size
     config.input.image_size = size
     if "image_size" in config.model:
