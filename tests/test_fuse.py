@@ -712,6 +712,12 @@ def test_bad_config_values_are_named(three_members, tmp_path):
     ("bootstrap_confidence", 95.0, "config key bootstrap_confidence=95.0 must be between 0 and 1 "
                                    "(e.g. 0.95 for 95 % intervals)."),
     ("bootstrap_seed", -3, "config key bootstrap_seed=-3 must be a whole number >= 0."),
+    # numpy / scikit-learn refused these in the fit, a traceback after the members' loading.
+    ("stacking.seed", -1, "config key stacking.seed=-1 must be a whole number in 0 .. 2**32 - 1."),
+    ("feature_mlp.seed", 2**32, "config key feature_mlp.seed=4294967296 must be a whole number in "
+                                "0 .. 2**32 - 1."),
+    ("optimised_weights.seed", -2, "config key optimised_weights.seed=-2 must be a whole number "
+                                   "in 0 .. 2**32 - 1."),
     ("strategies", " , ", "No fusion strategy: set --config.strategies=A,B (config key "
                           "strategies) to some of: performance_weighted, uniform_probabilities, "
                           "uniform_logits, optimised_weights, temperature_scaled, stacking, "

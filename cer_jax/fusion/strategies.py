@@ -139,18 +139,25 @@ def _positive() -> tuple[Callable[[Any], bool], str]:
     return (lambda v: v > 0), "> 0"
 
 
+# numpy's and scikit-learn's random states take 0 .. 2**32 - 1: another seed was a ValueError
+# traceback in the fit, after every member was loaded.
+_SEED = ((lambda v: 0 <= v < 2**32), "a whole number in 0 .. 2**32 - 1")
+
+
 # The numeric options whose range is known without data: option -> (accepts, allowed range).
 _OPTION_RANGES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "optimised_weights": {
         "max_grid_members": _at_least(0),
         "num_samples": _at_least(1),
         "refine_rounds": ((lambda v: 0 <= v <= 3), "in 0..3 (concentrations 50, 200, 1000)"),
+        "seed": _SEED,
     },
     "stacking": {
         "inverse_regularisation": (
             (lambda v: len(v) > 0 and all(c > 0 for c in v)), "a non-empty list of values > 0"
         ),
         "max_folds": _at_least(2),
+        "seed": _SEED,
     },
     "feature_mlp": {
         "hidden_sizes": ((lambda v: all(h >= 1 for h in v)), "a list of sizes >= 1"),
@@ -159,6 +166,7 @@ _OPTION_RANGES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "batch_size": _at_least(1),
         "max_epochs": _at_least(1),
         "patience": _at_least(1),
+        "seed": _SEED,
     },
 }
 
