@@ -35,7 +35,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adamw"  # "adamw" (decoupled decay) | "adam" | "sgd" (coupled L2)
     config.optimizer.lr = 1e-4  # peak learning rate (after warm-up)
-    config.optimizer.b1 = 0.9
+    config.optimizer.b1 = 0.9  # adam / adamw only (b1, b2, eps)
     config.optimizer.b2 = 0.999
     config.optimizer.eps = 1e-8
     config.optimizer.momentum = 0.9  # sgd only
