@@ -171,6 +171,14 @@ def validate_config(config: ml_collections.ConfigDict, *, resuming: bool = False
             f"dataset.eval_splits={tuple(config.dataset.eval_splits)}; add it there or pick one."
         )
     dataset = config.dataset
+    if dataset.get("folder") and dataset.name != "folder" and not resuming:
+        # The folder would be ignored: the run would train on the named dataset (a :smoke
+        # config's synthetic drawings) unannounced. A resume keeps what its run recorded.
+        raise ConfigError(
+            f"config.dataset.folder={dataset.folder!r} is read only with dataset.name='folder', "
+            f"and this config's is {dataset.name!r}: add --config.dataset.name=folder to train "
+            "on the folder, or drop config.dataset.folder."
+        )
     if dataset.get("synthetic") and dataset.name != "folder":
         # The synthetic tree is drawn and built under cache_dir: a RAF-DB tree or TFDS build
         # named beside it would be ignored, and the run would train on drawings unannounced.

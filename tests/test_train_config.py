@@ -436,6 +436,19 @@ def test_a_smoke_config_with_a_raf_db_tree_or_build_says_it_would_ignore_it(tmp_
         f"--config.dataset.synthetic=False to train on it, or drop config.dataset.{key}.") + "$")
 
 
+@pytest.mark.parametrize("config_file", ["configs/resnet50.py:smoke", "configs/resnet50.py"])
+def test_a_folder_without_its_dataset_name_is_refused(tmp_path, config_file):
+    """--config.dataset.folder=DIR without --config.dataset.name=folder: a :smoke config trained
+    on its synthetic drawings, ignoring the folder without a word (a full config on RAF-DB)."""
+    config = load_config(config_file)
+    config.dataset.folder = str(tmp_path / "faces")
+    _expect_error(config, tmp_path / "w", UserError, "^" + re.escape(
+        f"config.dataset.folder={str(tmp_path / 'faces')!r} is read only with "
+        "dataset.name='folder', and this config's is 'rafdb/compound': add "
+        "--config.dataset.name=folder to train on the folder, or drop config.dataset.folder.")
+        + "$")
+
+
 def test_missing_manual_data(tmp_path):
     config = load_config("configs/vit.py")
     config.dataset.data_dir = str(tmp_path / "tfds")
