@@ -585,7 +585,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             logging.info("Evaluating step %d (skipped when the run was preempted).", step)
             evaluate_and_keep_best(step)
         if halt is not None and halt <= start_step < total_steps:
-            # The same command again after a halt: it would train on to the next log step.
+            # The same command again after a halt (else it trained on to the next log step).
             result["stopped"] = "halted"
             logging.warning("%s is at step %d: training.halt_after_steps=%d is reached, so "
                             "nothing is trained (raise or drop it to train on).", workdir,
