@@ -291,6 +291,39 @@ def test_reader_pytorch_file_empty_cut_short_or_not_pytorch_is_one_line(tmp_path
     assert set(readers.read_checkpoint(tmp_path / "legacy.pth")) == set(_state())
 
 
+def _write_weights(path) -> None:
+    arrays = {f"layer{i}.weight": np.full((64, 64), i, np.float32) for i in range(8)}
+    if path.suffix == ".npz":
+        np.savez(path, **arrays)
+    elif path.suffix == ".safetensors":
+        save_file(arrays, path)
+    else:
+        torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, path)  # zip format
+
+
+@pytest.mark.parametrize("name", ["resnet50.pth", "pytorch_model.bin", "ViT-B_16.npz",
+                                  "model.safetensors"])
+@pytest.mark.parametrize("keep", [100, 0.5, -10])  # kept: 100 bytes, half, all but 10
+def test_reader_zip_or_safetensors_cut_short_is_one_line(tmp_path, name, keep):
+    """An interrupted download of a zip-format file (torch.save since PyTorch 1.6, np.savez) or
+    of a safetensors header: was torch's "[Errno 22] Invalid argument", np.load's "File is not a
+    zip file" and "not a safetensors file (Unterminated string ...)"."""
+    _write_weights(tmp_path / name)
+    data = (tmp_path / name).read_bytes()
+    cut = tmp_path / "cut" / name
+    cut.parent.mkdir()
+    cut.write_bytes(data[:int(len(data) * keep) if isinstance(keep, float) else keep])
+    header_whole = name.endswith(".safetensors") and keep != 100
+    for read in (readers.read_checkpoint, readers.checkpoint_keys):
+        if read is readers.checkpoint_keys and header_whole:
+            continue  # its names are read from the header alone; reading its tensors fails
+        with pytest.raises(readers.CheckpointReadError) as e:
+            read(cut)
+        assert str(e.value) == (f"Cannot read checkpoint {str(cut)!r}: the file ends early (an "
+                                "interrupted download or copy?); download it again.")
+    assert len(readers.read_checkpoint(tmp_path / name)) == 8
+
+
 @pytest.mark.parametrize("name", ["model.safetensors", "pytorch_model.bin", "ViT-B_16.npz"])
 def test_reader_git_lfs_pointer_says_to_fetch_the_weights(tmp_path, name):
     """A Hub repository cloned without Git LFS holds pointer files in place of the weights."""

@@ -124,6 +124,7 @@ def _dispatch(path: str | os.PathLike[str] | epath.Path, *, keys_only: bool) -> 
                     raise CheckpointReadError(
                         f"Cannot read checkpoint {shown!r}: not a .npz file (the zip archive "
                         "of arrays that numpy.savez writes).")
+                _check_zip_complete(f, shown)
                 f.seek(0)
                 with np.load(f, allow_pickle=False) as data:
                     selected = _npz_params(data.files, shown)
@@ -141,9 +142,7 @@ def _dispatch(path: str | os.PathLike[str] | epath.Path, *, keys_only: bool) -> 
     except CheckpointReadError:
         raise
     except EOFError as e:  # a legacy PyTorch pickle cut short: torch's EOFError says nothing
-        raise CheckpointReadError(
-            f"Cannot read checkpoint {shown!r}: the file ends early (an interrupted download or "
-            "copy?); download it again.") from e
+        raise CheckpointReadError(_ENDS_EARLY.format(shown=shown)) from e
     except (OSError, ValueError, zipfile.BadZipFile, RuntimeError, KeyError,
             pickle.UnpicklingError) as e:
         raise CheckpointReadError(f"Cannot read checkpoint {shown!r}: {e}") from e
@@ -151,6 +150,19 @@ def _dispatch(path: str | os.PathLike[str] | epath.Path, *, keys_only: bool) -> 
         f"Unknown checkpoint format for {shown!r}: expected .npz (big_vision / AugReg), "
         f".safetensors (Hugging Face / timm) or a PyTorch file ({', '.join(TORCH_SUFFIXES)})."
     )
+
+
+def _check_zip_complete(f: IO[bytes], shown: str) -> None:
+    """A zip archive (`.npz`, torch.save's format) cut short has lost the directory at its end:
+    one line saying so, not np.load's "File is not a zip file" or torch's "[Errno 22] Invalid
+    argument". `f` is open and seekable."""
+    f.seek(0)
+    if not zipfile.is_zipfile(f):
+        raise CheckpointReadError(_ENDS_EARLY.format(shown=shown))
+
+
+_ENDS_EARLY = ("Cannot read checkpoint {shown!r}: the file ends early (an interrupted download "
+               "or copy?); download it again.")
 
 
 # What a Git LFS pointer file (a repository cloned without `git lfs`, e.g. from the Hugging Face
@@ -263,8 +275,11 @@ def _safetensors_header(f: IO[bytes], shown: str) -> dict[str, Any]:
     size = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
     if not 0 < size <= _SAFETENSORS_MAX_HEADER:
         raise CheckpointReadError(f"Cannot read checkpoint {shown!r}: not a safetensors file.")
+    raw = f.read(size)
+    if len(raw) < size and raw[:1] == b"{":  # cut inside its JSON header
+        raise CheckpointReadError(_ENDS_EARLY.format(shown=shown))
     try:
-        header = json.loads(f.read(size))
+        header = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointReadError(
             f"Cannot read checkpoint {shown!r}: not a safetensors file ({e})."
@@ -297,9 +312,7 @@ def _read_safetensors(file: epath.Path, shown: str) -> dict[str, np.ndarray]:
                 f"Cannot read checkpoint {shown!r}: tensor {name!r} has no valid shape and "
                 "data_offsets; not a valid safetensors file.") from None
         if start + end > len(data):
-            raise CheckpointReadError(
-                f"Cannot read checkpoint {shown!r}: the file ends early (an interrupted "
-                "download or copy?); download it again.")
+            raise CheckpointReadError(_ENDS_EARLY.format(shown=shown))
         if not 0 <= begin <= end or end - begin != math.prod(shape) * dtype.itemsize:
             raise CheckpointReadError(
                 f"Cannot read checkpoint {shown!r}: tensor {name!r} of shape {list(shape)} has "
@@ -324,6 +337,9 @@ def _read_torch(file: epath.Path, shown: str) -> dict[str, np.ndarray]:
             "Or convert it to .safetensors first."
         ) from e
     with file.open("rb") as f:
+        if f.read(2) == b"PK":  # torch.save's zip format (PyTorch >= 1.6)
+            _check_zip_complete(f, shown)
+        f.seek(0)
         try:
             obj = _torch_load(torch, f, shown)
         except (pickle.UnpicklingError, EOFError, RuntimeError):
