@@ -268,6 +268,10 @@ def test_a_file_pretrained_on_other_inputs_than_the_config_feeds_warns(vit, hf_v
     (warning,) = _normalization_warnings(caplog, "vit", npz, "imagenet")
     assert "set --config.input.normalization=minus_one_one" in warning
     assert _normalization_warnings(caplog, "vit", npz, "minus_one_one") == []
+    # The folder holding it, which the reader takes for its one weights file, warns alike (it
+    # said nothing: the path did not end in .npz).
+    (warning,) = _normalization_warnings(caplog, "vit", npz.parent, "imagenet")
+    assert "set --config.input.normalization=minus_one_one" in warning
 
     timm = _hf_copy(hf_vit, tmp_path / "timm", None)
     (timm.parent / "config.json").write_text(json.dumps({

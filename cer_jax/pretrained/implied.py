@@ -34,7 +34,7 @@ import numpy as np
 from etils import epath
 
 from cer_jax.pretrained.core import WeightImportError
-from cer_jax.pretrained.readers import CheckpointReadError
+from cer_jax.pretrained.readers import CheckpointReadError, weights_file_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,7 +207,7 @@ def input_statistics(
     if model_name == "manet":
         return Setting(((0.0,) * 3, (1.0,) * 3),
                        "the authors' MA-Net weights were trained on [0, 1] inputs")
-    if model_name == "vit" and os.fspath(path).lower().endswith(".npz"):
+    if model_name == "vit" and weights_file_name(path).lower().endswith(".npz"):  # folder too
         return Setting(((0.5,) * 3, (0.5,) * 3),
                        "big_vision / AugReg ViTs are pre-trained on [-1, 1] inputs")
     try:  # files that only inform a warning: an unreadable one says nothing

@@ -95,13 +95,19 @@ def checkpoint_keys(path: str | os.PathLike[str] | epath.Path, *, keep: bool = F
 def _is_pickle(path: str | os.PathLike[str] | epath.Path) -> bool:
     """Whether the weights at `path` (a file, or a folder standing for its weights file) are a
     PyTorch pickle; False where that cannot be told (the read then says why)."""
+    return weights_file_name(path).lower().endswith(TORCH_SUFFIXES)
+
+
+def weights_file_name(path: str | os.PathLike[str] | epath.Path) -> str:
+    """The name of the file whose weights a read of `path` returns: a folder's chosen weights
+    file (`_weights_in_directory`); '' where that cannot be told (the read then says why)."""
     file = epath.Path(path).expanduser()
     try:
         if file.is_dir():
             file, _ = _weights_in_directory(file, os.fspath(path))
     except (CheckpointReadError, OSError):
-        return False
-    return file.name.lower().endswith(TORCH_SUFFIXES)
+        return ""
+    return file.name
 
 
 def _dispatch(path: str | os.PathLike[str] | epath.Path, *, keys_only: bool) -> Any:
