@@ -235,6 +235,29 @@ def test_reader_folder_without_one_weights_file_is_a_one_line_error(tmp_path):
         "(found: a.npz, b.npz).")
 
 
+def test_reader_hub_flax_or_tensorflow_weights_say_to_download_model_safetensors(tmp_path):
+    """A Hub download of the Flax weights alone (what a JAX user reaches for): the folder said
+    "pass the weights file in it (found: config.json, flax_model.msgpack)", which then was an
+    unknown format; each now says no weights cer_jax reads are there, and which file to get."""
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "flax_model.msgpack").write_bytes(b"\x80")
+    formats = (".npz (big_vision / AugReg), .safetensors (Hugging Face / timm) or a PyTorch file "
+               f"({', '.join(readers.TORCH_SUFFIXES)})")
+    hint = (" A Hugging Face repository's Flax or TensorFlow weights are not read: download its "
+            "model.safetensors.")
+    for read in (readers.read_checkpoint, readers.checkpoint_keys):
+        with pytest.raises(readers.CheckpointReadError) as folder:
+            read(tmp_path)
+        assert str(folder.value) == (
+            f"Pre-trained checkpoint {str(tmp_path)!r} is a directory without weights cer_jax "
+            f"reads (found: config.json, flax_model.msgpack); expected {formats}." + hint)
+        with pytest.raises(readers.CheckpointReadError) as file:
+            read(tmp_path / "flax_model.msgpack")
+        assert str(file.value) == (f"Unknown checkpoint format for "
+                                   f"{str(tmp_path / 'flax_model.msgpack')!r}: expected {formats}."
+                                   + hint)
+
+
 def test_reader_hugging_face_cache_folder_names_its_snapshots(tmp_path):
     """`~/.cache/huggingface/hub/models--org--name` holds the weights in snapshots/<revision>/."""
     root = tmp_path / "models--google--vit-base-patch16-224"

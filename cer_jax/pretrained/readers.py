@@ -153,9 +153,18 @@ def _dispatch(path: str | os.PathLike[str] | epath.Path, *, keys_only: bool) -> 
             pickle.UnpicklingError) as e:
         raise CheckpointReadError(f"Cannot read checkpoint {shown!r}: {e}") from e
     raise CheckpointReadError(
-        f"Unknown checkpoint format for {shown!r}: expected .npz (big_vision / AugReg), "
-        f".safetensors (Hugging Face / timm) or a PyTorch file ({', '.join(TORCH_SUFFIXES)})."
+        f"Unknown checkpoint format for {shown!r}: expected {_READ_FORMATS}."
+        + (_OTHER_HUB_WEIGHTS if name.endswith(_OTHER_HUB_SUFFIXES) else "")
     )
+
+
+_READ_FORMATS = (".npz (big_vision / AugReg), .safetensors (Hugging Face / timm) or a PyTorch "
+                 f"file ({', '.join(TORCH_SUFFIXES)})")
+# The Flax (flax_model.msgpack) and TensorFlow (tf_model.h5) weights that Hugging Face
+# repositories hold beside model.safetensors.
+_OTHER_HUB_SUFFIXES = (".msgpack", ".h5")
+_OTHER_HUB_WEIGHTS = (" A Hugging Face repository's Flax or TensorFlow weights are not read: "
+                      "download its model.safetensors.")
 
 
 def _check_zip_complete(f: IO[bytes], shown: str) -> None:
@@ -210,10 +219,17 @@ def _weights_in_directory(folder: epath.Path, shown: str) -> tuple[epath.Path, s
                 f"folder of one revision in it, {shown.rstrip('/')}/snapshots/REVISION (found: "
                 f"{', '.join(revisions) or 'none'})."
             )
+        if not weights:  # e.g. a Hub download of the Flax weights alone
+            other = any(n.lower().endswith(_OTHER_HUB_SUFFIXES) for n in names)
+            raise CheckpointReadError(
+                f"Pre-trained checkpoint {shown!r} is a directory without weights cer_jax reads "
+                f"(found: {', '.join(names) or 'nothing'}); expected {_READ_FORMATS}."
+                + (_OTHER_HUB_WEIGHTS if other else "")
+            )
         if len(weights) != 1:
             raise CheckpointReadError(
                 f"Pre-trained checkpoint {shown!r} is a directory; pass the weights file in it "
-                f"(found: {', '.join(weights or names) or 'nothing'})."
+                f"(found: {', '.join(weights)})."
             )
         chosen = weights[0]
     return folder / chosen, f"{shown.rstrip('/')}/{chosen}"
