@@ -152,3 +152,20 @@ def test_unknown_tensor_is_an_error_not_skipped(tmp_path):
                        match=r"torchvision / timm ResNet checkpoint has tensors this importer does "
                              r"not understand \(a different architecture\?\): layer1\.0\.se\."):
         load_pretrained(model, "resnet", tmp_path / "seresnet.safetensors")
+
+
+def test_the_manet_file_given_to_the_resnet_member_says_what_it_is(tmp_path):
+    """The authors' MA-Net file shares conv1 / bn1 / layer1-2 names with a ResNet: it was "has
+    tensors this importer does not understand (a different architecture?)" and twenty names."""
+    manet = nnx.eval_shape(lambda: create_model("manet", num_classes=7, rngs=nnx.Rngs(0),
+                                                width=8))
+    path = wf.MANET_FORMATS["authors_pth_tar_2021"](wf.randomise(manet), tmp_path)
+    model = nnx.eval_shape(lambda: create_model("resnet", num_classes=7, rngs=nnx.Rngs(0),
+                                                depth=18, width=8))
+    with pytest.raises(WeightImportError) as e:
+        load_pretrained(model, "resnet", path)
+    assert str(e.value) == (
+        f"{path}: the checkpoint holds MA-Net weights (the authors' names: "
+        "layer3_1_p1.0.bn1.bias, layer3_1_p1.0.bn1.running_mean, ...), not a ResNet: give a "
+        "torchvision / timm / Hugging Face ResNet file here, and this one to the MA-Net member "
+        "(config.model.name='manet').")

@@ -20,7 +20,7 @@ from cer_jax.pretrained.core import WeightImportError
 _LEAF_NAMES = {"bias": "bias", "running_mean": "mean", "running_var": "var"}
 _MLP_INDEX = {"1": "0", "3": "1"}
 # Modules only MA-Net has (a ResNet file shares its conv1 / bn1 / layer1 names).
-_MANET_MODULES = ("layer3_1_p", "layer4_1_p", "layer3_2.", "layer4_2.")
+MANET_MODULES = ("layer3_1_p", "layer4_1_p", "layer3_2.", "layer4_2.")
 
 
 def state_path(key: str, ndim: int) -> str:
@@ -52,7 +52,7 @@ def to_flax_layout(value: np.ndarray) -> np.ndarray:
 def convert(checkpoint: dict[str, np.ndarray], model: nnx.Module) -> Converted:
     """Renames and re-lays-out every tensor; BN step counters are reported as unused. The
     mapping is by name alone; `core.assign` checks it against the model."""
-    if not any(key.startswith(_MANET_MODULES) for key in checkpoint):
+    if not any(key.startswith(MANET_MODULES) for key in checkpoint):
         raise WeightImportError(
             "Not an MA-Net checkpoint (expected the authors' names, e.g. "
             "'layer3_1_p1.0.cbam.ChannelGate.mlp.1.weight'); its first keys are: "

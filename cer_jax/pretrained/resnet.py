@@ -22,6 +22,7 @@ import numpy as np
 from cer_jax.models.resnet import BOTTLENECK_DEPTHS, STAGE_SIZES
 from cer_jax.pretrained import Converted
 from cer_jax.pretrained.core import WeightImportError
+from cer_jax.pretrained.manet import MANET_MODULES
 
 _BN_LEAVES = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
 _HARMLESS = "num_batches_tracked"
@@ -60,6 +61,14 @@ def convert(checkpoint: dict[str, np.ndarray], model) -> Converted:
             unknown.append(key)
             continue
         arrays[name] = _layout(name.rsplit("/", 1)[1], value)
+    manet = sorted(key for key in unknown if key.startswith(MANET_MODULES))
+    if manet:  # MA-Net's trunk has ResNet's names (conv1, bn1, layer1/2): say what the file is
+        raise WeightImportError(
+            f"the checkpoint holds MA-Net weights (the authors' names: {', '.join(manet[:2])}, "
+            "...), not a ResNet: give a torchvision / "
+            "timm / Hugging Face ResNet file here, and this one to the MA-Net member "
+            "(config.model.name='manet')."
+        )
     if unknown:
         raise WeightImportError(
             f"{fmt} ResNet checkpoint has tensors this importer does not understand (a different "
