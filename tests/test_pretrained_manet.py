@@ -212,3 +212,22 @@ def test_resnet_file_is_not_an_manet_checkpoint_in_one_line(source, tmp_path):
         "conv1.weight, fc.weight, layer1.0.conv1.weight: give the authors' MS-Celeb-1M "
         ".pth.tar (README, 'Bring pre-trained weights'), or unset init.checkpoint to train "
         "MA-Net from scratch.")
+
+
+def test_the_authors_file_converted_to_safetensors_loads(source, checkpoint, tmp_path):
+    """Without PyTorch the import says to convert the file to .safetensors first; its state dict
+    so converted keeps DataParallel's `module.` names, which only the PyTorch reader dropped
+    ("Not an MA-Net checkpoint ...; its first keys are: module.bn1.bias, ...")."""
+    from safetensors.torch import save_file
+
+    # The authors' state_dict entry, as `save_file(torch.load(path)["state_dict"], ...)` writes it.
+    save_file({"module." + k: v.contiguous() for k, v in checkpoint.items()},
+              tmp_path / "manet.safetensors")
+    model = random_model(seed=5)
+    report = load_pretrained(model, "manet", tmp_path / "manet.safetensors")
+    assert report.reinitialised == HEADS
+    assert sorted(read_checkpoint(tmp_path / "manet.safetensors")) == sorted(checkpoint)
+    got, want = snapshot(model), snapshot(source)
+    for name in want:
+        if name.split("/")[0] not in ("fc_1", "fc_2"):
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)

@@ -50,11 +50,11 @@ def read_checkpoint(
 
     `.npz` keys keep their '/'-joined names; a big_vision training checkpoint is unwrapped as
     big_vision's own `utils.load_params` does (the `params/...` subtree, else `opt/target/...`;
-    the optimizer state beside it is not read). PyTorch state dicts lose DataParallel `module.`
-    and torch.compile `_orig_mod.` prefixes, and a Lightning module's `model.` when every key has
-    it, and are unwrapped from a `state_dict` / `model` / ...
-    entry (`_STATE_DICT_ENTRIES`) when the file holds a dict of training state (the MA-Net release
-    does). A folder stands for the one weights file in it.
+    the optimizer state beside it is not read). PyTorch state dicts and safetensors files lose
+    DataParallel `module.` and torch.compile `_orig_mod.` prefixes; PyTorch state dicts also a
+    Lightning module's `model.` when every key has it, and are unwrapped from a `state_dict` /
+    `model` / ... entry (`_STATE_DICT_ENTRIES`) when the file holds a dict of training state
+    (the MA-Net release does). A folder stands for the one weights file in it.
     """
     global _kept
     key = _kept_key(path)
@@ -137,11 +137,11 @@ def _dispatch(path: str | os.PathLike[str] | epath.Path, *, keys_only: bool) -> 
                     if keys_only:
                         return list(selected)
                     return {k: _as_float_array(data[key]) for k, key in selected.items()}
-        if name.endswith(".safetensors"):
+        if name.endswith(".safetensors"):  # e.g. a DataParallel state dict converted to it
             if keys_only:
                 with file.open("rb") as f:
-                    return _safetensors_keys(f, shown)
-            return _read_safetensors(file, shown)
+                    return [_strip_wrappers(key) for key in _safetensors_keys(f, shown)]
+            return {_strip_wrappers(k): v for k, v in _read_safetensors(file, shown).items()}
         if name.endswith(TORCH_SUFFIXES):
             state = _read_torch(file, shown)
             return list(state) if keys_only else state
