@@ -347,6 +347,21 @@ def test_reader_zip_or_safetensors_cut_short_is_one_line(tmp_path, name, keep):
     assert len(readers.read_checkpoint(tmp_path / name)) == 8
 
 
+def test_reader_torchscript_archive_says_how_to_get_its_state_dict(tmp_path):
+    """A model exported with torch.jit.save: was torch's paragraph advising to load it with
+    weights_only=False (which runs the file's code and gives a module, not weights)."""
+    torch.jit.save(torch.jit.script(torch.nn.Linear(3, 4)), tmp_path / "model.pt")
+    for read in (readers.read_checkpoint, readers.checkpoint_keys):
+        with pytest.raises(readers.CheckpointReadError) as e:
+            read(tmp_path / "model.pt")
+        assert str(e.value) == (
+            f"{str(tmp_path / 'model.pt')!r} is a TorchScript archive (torch.jit.save), not a "
+            "state dict; save its weights with torch.save(torch.jit.load(path).state_dict(), "
+            "'weights.pth') and pass that file.")
+    torch.save(torch.jit.load(tmp_path / "model.pt").state_dict(), tmp_path / "weights.pth")
+    assert sorted(readers.read_checkpoint(tmp_path / "weights.pth")) == ["bias", "weight"]
+
+
 @pytest.mark.parametrize("name", ["model.safetensors", "pytorch_model.bin", "ViT-B_16.npz"])
 def test_reader_git_lfs_pointer_says_to_fetch_the_weights(tmp_path, name):
     """A Hub repository cloned without Git LFS holds pointer files in place of the weights."""

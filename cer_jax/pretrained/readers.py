@@ -361,6 +361,7 @@ def _read_torch(file: epath.Path, shown: str) -> dict[str, np.ndarray]:
     with file.open("rb") as f:
         if f.read(2) == b"PK":  # torch.save's zip format (PyTorch >= 1.6)
             _check_zip_complete(f, shown)
+            _check_not_torchscript(f, shown)
         f.seek(0)
         try:
             obj = _torch_load(torch, f, shown)
@@ -393,6 +394,21 @@ def _read_torch(file: epath.Path, shown: str) -> dict[str, np.ndarray]:
     if out and all(key.startswith(_LIGHTNING_PREFIX) for key in out):
         out = {_strip_wrappers(key[len(_LIGHTNING_PREFIX):]): v for key, v in out.items()}
     return out
+
+
+def _check_not_torchscript(f: IO[bytes], shown: str) -> None:
+    """A TorchScript archive (torch.jit.save; its records include constants.pkl) in one line: torch
+    refuses it under weights_only with advice to load it with weights_only=False, which would
+    run the file's code and give a module, not a state dict. `f`: a complete zip, seekable."""
+    f.seek(0)
+    with zipfile.ZipFile(f) as archive:
+        scripted = any(name.rsplit("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
+    if scripted:
+        raise CheckpointReadError(
+            f"{shown!r} is a TorchScript archive (torch.jit.save), not a state dict; save its "
+            "weights with torch.save(torch.jit.load(path).state_dict(), 'weights.pth') and pass "
+            "that file."
+        )
 
 
 # Key prefixes of a model wrapped in DataParallel / DistributedDataParallel (`module.`) or
