@@ -65,9 +65,8 @@ def convert(checkpoint: dict[str, np.ndarray], model) -> Converted:
     if manet:  # MA-Net's trunk has ResNet's names (conv1, bn1, layer1/2): say what the file is
         raise WeightImportError(
             f"the checkpoint holds MA-Net weights (the authors' names: {', '.join(manet[:2])}, "
-            "...), not a ResNet: give a torchvision / "
-            "timm / Hugging Face ResNet file here, and this one to the MA-Net member "
-            "(config.model.name='manet')."
+            "...), not a ResNet: give a torchvision / timm / Hugging Face ResNet file here, and "
+            "this one to the MA-Net member (config.model.name='manet')."
         )
     if unknown:
         raise WeightImportError(
