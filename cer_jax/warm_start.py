@@ -136,6 +136,8 @@ def check_kept_head(config: ml_collections.ConfigDict, class_names: list[str]) -
     same order: a head of other classes (basic-7 vs the 7 C-EXPR-DB classes have one shape) or
     of another order would start off predicting wrong names, which no shape check sees."""
     init = config.init
+    if init.get("keep_head") and init.get("checkpoint"):
+        _check_kept_checkpoint_head(init.checkpoint, class_names)
     if not (init.get("keep_head") and init.get("workdir")):
         return
     source = checkpointing.load_config(init.workdir).get("dataset_info", {}).get("class_names")
@@ -148,6 +150,26 @@ def check_kept_head(config: ml_collections.ConfigDict, class_names: list[str]) -
             "--config.init.keep_head=False to learn a new head, or start from a run on these "
             "classes."
         )
+
+
+def _check_kept_checkpoint_head(checkpoint: str, class_names: list[str]) -> None:
+    """init.keep_head with a pre-trained file whose config.json names its head's classes (a FER
+    model from the Hub): other names, or another order, start the kept head off predicting
+    other classes. A warning, not an error: datasets spell the same classes otherwise (angry /
+    Anger), and only the user knows whether they are the same in the same order."""
+    source = pretrained.head_class_names(checkpoint)
+    if source is None or len(source) != len(class_names):  # another count: the head is new
+        return
+    there, here = [name.lower() for name in source], [name.lower() for name in class_names]
+    if there == here:
+        return
+    why = ("the same names in another order" if sorted(there) == sorted(here) else
+           "unless these are the same classes in the same order under other names")
+    logging.warning(
+        "init.keep_head=True keeps the head of init.checkpoint=%s, whose config.json names its "
+        "classes %s, and this dataset's are %s: %s, the kept head starts off predicting other "
+        "classes; set --config.init.keep_head=False to learn a new head.",
+        checkpoint, source, list(class_names), why)
 
 
 def check_input_normalization(config: ml_collections.ConfigDict) -> None:

@@ -283,3 +283,48 @@ def test_a_file_pretrained_on_other_inputs_than_the_config_feeds_warns(vit, hf_v
     # Nothing said where nothing is known: a safetensors file alone.
     alone = _hf_copy(hf_vit, tmp_path / "alone", None)
     assert _normalization_warnings(caplog, "vit", alone, "imagenet") == []
+
+
+# ---------------------------------------------------------------------------------------------
+# init.keep_head with a file whose config.json names its head's classes.
+
+RAFDB_BASIC = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
+# A FER2013-trained ViT on the Hub (e.g. trpakov/vit-face-expression): 7 classes, another order.
+FER2013 = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+
+
+def _kept_head_warnings(caplog, path, keep_head: bool = True) -> list[str]:
+    from cer_jax import warm_start
+    from cer_jax.config_loading import load_config
+
+    config = load_config("configs/vit.py")
+    config.init.checkpoint, config.init.keep_head = str(path), keep_head
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        warm_start.check_kept_head(config, RAFDB_BASIC)
+    return [r.getMessage() for r in caplog.records if "keep_head" in r.getMessage()]
+
+
+def test_keep_head_of_a_hub_model_of_other_classes_warns(hf_vit, tmp_path, caplog):
+    """A Hub FER model's head has RAF-DB basic's shape (7 classes) in another order: kept, it
+    started off predicting other classes, silently (init.workdir's class names were checked;
+    a file's config.json id2label was not)."""
+    id2label = {str(i): name for i, name in enumerate(FER2013)}
+    fer = _hf_copy(hf_vit, tmp_path / "fer", {"id2label": id2label})
+    (warning,) = _kept_head_warnings(caplog, fer)
+    assert warning == (
+        f"init.keep_head=True keeps the head of init.checkpoint={fer}, whose config.json names "
+        f"its classes {FER2013}, and this dataset's are {RAFDB_BASIC}: unless these are the same "
+        "classes in the same order under other names, the kept head starts off predicting "
+        "other classes; set --config.init.keep_head=False to learn a new head.")
+    assert _kept_head_warnings(caplog, fer, keep_head=False) == []
+    shuffled = _hf_copy(hf_vit, tmp_path / "shuffled", {"id2label": dict(
+        enumerate(name.lower() for name in RAFDB_BASIC[::-1]))})
+    (warning,) = _kept_head_warnings(caplog, shuffled)
+    assert ": the same names in another order, the kept head starts off" in warning
+    same = _hf_copy(hf_vit, tmp_path / "same", {"id2label": dict(enumerate(RAFDB_BASIC))})
+    placeholders = _hf_copy(hf_vit, tmp_path / "placeholders", {"id2label": {
+        str(i): f"LABEL_{i}" for i in range(7)}})
+    other_count = _hf_copy(hf_vit, tmp_path / "other_count", {"id2label": {"0": "cat"}})
+    for path in (same, placeholders, other_count):  # nothing to say (another count: a new head)
+        assert _kept_head_warnings(caplog, path) == []

@@ -30,6 +30,7 @@ from cer_jax.pretrained.core import ImportReport, WeightImportError, assign
 from cer_jax.pretrained.implied import (
     MANET_CODE_VERSIONS,
     Setting,
+    head_class_names,
     input_statistics,
     manet_path_b_order,
     model_settings,
@@ -46,6 +47,7 @@ __all__ = [
     "Setting",
     "WeightImportError",
     "check_pretrained",
+    "head_class_names",
     "implied_settings",
     "input_statistics",
     "load_pretrained",

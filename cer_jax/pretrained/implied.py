@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -225,6 +226,26 @@ def input_statistics(
         stats = _rgb(pretrained_cfg.get("mean"), pretrained_cfg.get("std"))
         return stats and Setting(stats, f"timm's {config_where} sets pretrained_cfg mean/std")
     return None
+
+
+def head_class_names(path: str | os.PathLike[str] | epath.Path) -> list[str] | None:
+    """The classes of the head in the file at `path`, by output index, where a Hugging Face
+    config.json beside it names them (`id2label`; a FER model from the Hub, say); None where
+    nothing does (or only transformers' placeholders LABEL_0, LABEL_1, ...)."""
+    try:
+        config, _ = _hf_config(path)
+    except CheckpointReadError:
+        return None
+    labels = (config or {}).get("id2label")
+    if not isinstance(labels, dict) or not labels:
+        return None
+    try:
+        names = [str(labels[key]) for key in sorted(labels, key=int)]
+    except (TypeError, ValueError):
+        return None
+    if all(re.fullmatch(r"LABEL_\d+", name) for name in names):
+        return None
+    return names
 
 
 def _rgb(mean: Any, std: Any) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
