@@ -256,6 +256,10 @@ def test_reader_hub_flax_or_tensorflow_weights_say_to_download_model_safetensors
         assert str(file.value) == (f"Unknown checkpoint format for "
                                    f"{str(tmp_path / 'flax_model.msgpack')!r}: expected {formats}."
                                    + hint)
+    (tmp_path / "resnet50_keras.h5").write_bytes(b"\x89HDF")  # not a Hub file: no Hub advice
+    with pytest.raises(readers.CheckpointReadError) as keras:
+        readers.read_checkpoint(tmp_path / "resnet50_keras.h5")
+    assert str(keras.value).endswith(f"expected {formats}.")
 
 
 def test_reader_hugging_face_cache_folder_names_its_snapshots(tmp_path):

@@ -154,7 +154,7 @@ def _dispatch(path: str | os.PathLike[str] | epath.Path, *, keys_only: bool) -> 
         raise CheckpointReadError(f"Cannot read checkpoint {shown!r}: {e}") from e
     raise CheckpointReadError(
         f"Unknown checkpoint format for {shown!r}: expected {_READ_FORMATS}."
-        + (_OTHER_HUB_WEIGHTS if name.endswith(_OTHER_HUB_SUFFIXES) else "")
+        + (_OTHER_HUB_WEIGHTS if _OTHER_HUB_WEIGHT_FILES.fullmatch(name) else "")
     )
 
 
@@ -162,7 +162,7 @@ _READ_FORMATS = (".npz (big_vision / AugReg), .safetensors (Hugging Face / timm)
                  f"file ({', '.join(TORCH_SUFFIXES)})")
 # The Flax (flax_model.msgpack) and TensorFlow (tf_model.h5) weights that Hugging Face
 # repositories hold beside model.safetensors.
-_OTHER_HUB_SUFFIXES = (".msgpack", ".h5")
+_OTHER_HUB_WEIGHT_FILES = re.compile(r"(flax_model.*\.msgpack|tf_model.*\.h5)")
 _OTHER_HUB_WEIGHTS = (" A Hugging Face repository's Flax or TensorFlow weights are not read: "
                       "download its model.safetensors.")
 
@@ -220,7 +220,7 @@ def _weights_in_directory(folder: epath.Path, shown: str) -> tuple[epath.Path, s
                 f"{', '.join(revisions) or 'none'})."
             )
         if not weights:  # e.g. a Hub download of the Flax weights alone
-            other = any(n.lower().endswith(_OTHER_HUB_SUFFIXES) for n in names)
+            other = any(_OTHER_HUB_WEIGHT_FILES.fullmatch(n.lower()) for n in names)
             raise CheckpointReadError(
                 f"Pre-trained checkpoint {shown!r} is a directory without weights cer_jax reads "
                 f"(found: {', '.join(names) or 'nothing'}); expected {_READ_FORMATS}."
