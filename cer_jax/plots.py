@@ -20,7 +20,8 @@ def new_figure(figsize: tuple[float, float]) -> Figure:
     return fig
 
 
-COLOUR_LABEL = "colour: share of the true class (row-normalised); cells: counts"
+# Two lines: one line is taller than a figure of a few classes, which cut it at both ends.
+COLOUR_LABEL = "colour: share of the true class (row-normalised)\ncells: counts"
 
 
 def confusion_matrix_figure(
@@ -31,7 +32,8 @@ def confusion_matrix_figure(
     confusion = np.asarray(confusion, dtype=np.int64)
     totals = np.maximum(confusion.sum(axis=1, keepdims=True), 1)
     normalised = confusion / totals
-    size = 2.0 + 0.55 * len(class_names)
+    # At least 5.5 inches: the colour bar (as tall as the matrix) must hold its label.
+    size = max(5.5, 2.0 + 0.55 * len(class_names))
     fig = new_figure((size + 1.5, size))
     ax = fig.subplots()
     image = ax.imshow(normalised, cmap="Blues", vmin=0.0, vmax=1.0)

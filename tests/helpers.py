@@ -52,3 +52,19 @@ def smoothed_cross_entropy(logits: np.ndarray, labels: np.ndarray, smoothing: fl
     shifted = logits - logits.max(-1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
     return -(targets * log_probs).sum(-1)
+
+
+def texts_cut_off(fig) -> list[str]:
+    """The texts of a matplotlib figure that run past its edges once drawn (1 px tolerance)."""
+    from matplotlib.text import Text
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    width, height = fig.bbox.width, fig.bbox.height
+    cut = []
+    for text in fig.findobj(Text):
+        if text.get_visible() and text.get_text():
+            box = text.get_window_extent(renderer)
+            if box.x0 < -1 or box.y0 < -1 or box.x1 > width + 1 or box.y1 > height + 1:
+                cut.append(text.get_text())
+    return cut

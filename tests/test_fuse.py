@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import texts_cut_off
 from PIL import Image
 from sklearn import metrics as skm
 
@@ -480,6 +481,22 @@ def test_importing_fusion_leaves_matplotlib_alone():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["True", "False"]
+
+
+@pytest.mark.parametrize("classes", [CLASSES[:2], CLASSES, CLASSES * 2 + CLASSES[:3]], ids=len)
+def test_every_word_of_the_per_class_figure_is_inside_the_picture(classes):
+    """Five members (seeds of one model) and the fused system in one legend row above the
+    bars ran past both edges of a figure of 7 classes or fewer, cutting the names off."""
+    from cer_jax.fusion import report as report_lib
+
+    def metrics():
+        return {"test": {"per_class_f1": {c: 0.5 for c in classes} | {classes[0]: None}}}
+
+    members = [f"{m}:{m}_seed{s}" for m in ("vit", "resnet50") for s in range(2)] + ["manet"]
+    report = {"class_names": classes, "best_strategy": "performance_weighted",
+              "members": [{"name": name, "metrics": metrics()} for name in members],
+              "strategies": {"performance_weighted": {"metrics": metrics()}}}
+    assert texts_cut_off(report_lib.per_class_f1_figure(report, "test")) == []
 
 
 def test_rows_are_aligned_by_file_name(tmp_path):

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from helpers import texts_cut_off
 
 from cer_jax import metrics
 
@@ -93,3 +94,20 @@ def test_the_confusion_matrix_says_what_its_colour_and_numbers_are():
     assert "counts" in colour_bar.get_ylabel()
     assert [t.get_text() for t in image.texts] == ["3", "1", "0", "2"]
     assert image.images[0].get_array()[0].tolist() == [0.75, 0.25]
+
+
+COMPOUND = ["Happily Surprised", "Happily Disgusted", "Sadly Fearful", "Sadly Angry",
+            "Sadly Surprised", "Sadly Disgusted", "Fearfully Angry", "Fearfully Surprised",
+            "Angrily Surprised", "Angrily Disgusted", "Disgustedly Surprised"]
+
+
+@pytest.mark.parametrize("names", [["a", "b"], ["x", "y", "z"], COMPOUND[-2:], COMPOUND[-5:],
+                                   COMPOUND[:7], COMPOUND], ids=len)
+def test_every_word_of_the_confusion_matrix_is_inside_the_picture(names):
+    """A folder dataset of 2-5 classes drew a figure shorter than the colour bar's label, which
+    TensorBoard and the fusion report showed cut at both ends ('our: share of ... cells: c')."""
+    from cer_jax import plots
+
+    confusion = np.arange(len(names) ** 2).reshape(len(names), len(names))
+    fig = plots.confusion_matrix_figure(confusion, names, "validation @ step 123456")
+    assert texts_cut_off(fig) == []

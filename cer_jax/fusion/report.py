@@ -275,7 +275,7 @@ def per_class_f1_figure(report: dict[str, Any], split: str) -> Any:
     series.append((f"fused: {best}", report["strategies"][best]["metrics"][split]))
     width = 0.8 / len(series)
     positions = np.arange(len(classes))
-    fig = plots.new_figure((max(6.0, 0.9 * len(classes) + 2), 4.5))
+    fig = plots.new_figure((max(8.0, 0.9 * len(classes) + 4), 4.5))  # + 2 in for the legend
     ax = fig.subplots()
     for i, (name, metrics) in enumerate(series):
         values = [np.nan if (f := metrics["per_class_f1"][c]) is None else f for c in classes]
@@ -289,8 +289,10 @@ def per_class_f1_figure(report: dict[str, Any], split: str) -> Any:
     ax.set_ylim(0.0, 1.2)
     ax.set_yticks(np.linspace(0.0, 1.0, 6))
     ax.set_ylabel(f"F1 on {split}")
-    ax.set_title(f"Per-class F1 on {split}: members vs fused ({best})")
-    ax.legend(fontsize=8, loc="upper center", ncol=len(series))
+    fig.suptitle(f"Per-class F1 on {split}: members vs fused ({best})")  # not above narrow axes
+    # Beside the bars, one system a line: in one row above them, five members' names and the
+    # fused one's ran past the figure's edges with 7 classes or fewer.
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return fig
 
