@@ -286,6 +286,27 @@ def test_class_weights_weight_the_training_loss():
     )
 
 
+def test_the_eval_loss_is_the_training_loss_without_label_smoothing():
+    """README: `<split>/loss` is the training loss with no smoothing (nor class weights)."""
+    graphdef, state, tx, mesh = _tiny_vit_state(1e-3)
+    rng = np.random.default_rng(2)
+    batch = {"image": rng.normal(size=(4, 16, 16, 3)).astype(np.float32),
+             "label": np.array([0, 1, 2, 1], np.int32), "mask": np.ones(4, bool)}
+    evaluated = steps.jit_eval_step(graphdef, mesh, num_classes=3)(
+        state, sharding.to_global(batch, mesh))["loss"]
+
+    def train_loss(smoothing):
+        graphdef, state, tx, mesh = _tiny_vit_state(1e-3)  # the step donates its input state
+        step_fn = steps.jit_train_step(graphdef, tx, mesh, num_classes=3,
+                                       label_smoothing=smoothing)
+        inputs = sharding.to_global({k: batch[k] for k in ("image", "label")}, mesh)
+        _, metrics = step_fn(state, inputs)
+        return float(metrics["loss_sum"] / metrics["count"])
+
+    assert float(np.mean(evaluated)) == pytest.approx(train_loss(0.0), rel=1e-5)
+    assert float(np.mean(evaluated)) != pytest.approx(train_loss(0.1), rel=1e-3)
+
+
 def _ynn_fused_ops(hlo: str) -> set[str]:
     """The HLO opcodes inside the YNNPACK fusions of a compiled program's text."""
     called = set(re.findall(r'calls=%([\w.\-]+).*"kind":"__ynn_fusion"', hlo))
