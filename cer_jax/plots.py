@@ -32,8 +32,10 @@ def confusion_matrix_figure(
     confusion = np.asarray(confusion, dtype=np.int64)
     totals = np.maximum(confusion.sum(axis=1, keepdims=True), 1)
     normalised = confusion / totals
-    # At least 5.5 inches: the colour bar (as tall as the matrix) must hold its label.
-    size = max(5.5, 2.0 + 0.55 * len(class_names))
+    # The colour bar is as tall as the matrix, which the slanted class names below it shorten:
+    # it must still hold its label (in a figure of few classes, or of long names, it was cut).
+    longest = max((len(str(name)) for name in class_names), default=0)
+    size = max(2.0 + 0.55 * len(class_names), 5.5 + 0.06 * longest)
     fig = new_figure((size + 1.5, size))
     ax = fig.subplots()
     image = ax.imshow(normalised, cmap="Blues", vmin=0.0, vmax=1.0)

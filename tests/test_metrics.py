@@ -101,11 +101,14 @@ COMPOUND = ["Happily Surprised", "Happily Disgusted", "Sadly Fearful", "Sadly An
             "Angrily Surprised", "Angrily Disgusted", "Disgustedly Surprised"]
 
 
-@pytest.mark.parametrize("names", [["a", "b"], ["x", "y", "z"], COMPOUND[-2:], COMPOUND[-5:],
-                                   COMPOUND[:7], COMPOUND], ids=len)
+@pytest.mark.parametrize("names", [
+    ["a", "b"], ["x", "y", "z"], COMPOUND[-2:], COMPOUND[-5:], COMPOUND[:7], COMPOUND,
+    ["a_long_folder_name_of_the_first_class_here", "and_one_as_long_for_the_second_class"],
+], ids=lambda names: f"{len(names)}x{max(map(len, names))}")
 def test_every_word_of_the_confusion_matrix_is_inside_the_picture(names):
-    """A folder dataset of 2-5 classes drew a figure shorter than the colour bar's label, which
-    TensorBoard and the fusion report showed cut at both ends ('our: share of ... cells: c')."""
+    """A folder dataset of 2-5 classes (or of long class names, whose slant shortens the matrix)
+    drew a colour bar shorter than its label, which TensorBoard and the fusion report showed
+    cut at both ends ('our: share of ... cells: c')."""
     from cer_jax import plots
 
     confusion = np.arange(len(names) ** 2).reshape(len(names), len(names))
