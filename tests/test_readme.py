@@ -219,3 +219,50 @@ def test_every_readme_section_a_message_names_exists():
                     missing.append(f"{path.relative_to(ROOT)}: {section!r}")
     assert len(named) >= 4  # the search itself finds the messages
     assert not missing, sorted(set(missing))
+
+
+def _layout_paths() -> list[str]:
+    """The first column of the README's layout table ("| package / folder | job |"): each
+    backticked path, a bare name beside one (`optim.py`) taken in the first one's folder."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("| package / folder | job |", 1)[1].split("\n\n", 1)[0]
+    found = []
+    for row in table.splitlines()[1:]:
+        folder = ""
+        for name in re.findall(r"`([^`]+)`", row.split("|")[1]):
+            if "/" in name.rstrip("/"):
+                folder = str(pathlib.PurePath(name).parent)
+                found.append(name)
+            else:
+                found.append(f"{folder}/{name}" if folder else name)
+    return found
+
+
+def test_every_file_the_layout_table_and_the_links_name_exists():
+    """Each file or folder of the layout table, and each local link or image of the docs, is in
+    the repository (a moved module left the table pointing at nothing)."""
+    paths = _layout_paths()
+    assert "cer_jax/optim.py" in paths and "bench/" in paths  # the extraction itself
+    for doc in DOCS:
+        text = (ROOT / doc).read_text()
+        paths += [str((ROOT / doc).parent.relative_to(ROOT) / target)
+                  for target in re.findall(r"\]\(([^)#:]+)\)", text)]
+    assert [p for p in paths if not (ROOT / p).exists()] == []
+
+
+def test_the_readme_demo_run_is_the_demo_s_steps_and_estimate():
+    """The README's demo table names each member's steps (demo.TRAIN_STEPS), and the earlier
+    machine's timings it quotes are the demo's opening estimate (MEMBER_SECONDS, OTHER_SECONDS):
+    a changed step count or estimate left the README describing another run."""
+    from cer_jax import demo
+
+    readme = (ROOT / "README.md").read_text()
+    rows = {name: re.search(rf"\| {name} \([^|\n]*, ([\d,]+) steps\) \| member \|", readme)
+            for name in demo.TRAIN_STEPS}
+    assert {n: m and int(m[1].replace(",", "")) for n, m in rows.items()} == demo.TRAIN_STEPS
+    m = re.search(r"took (\d+) s \(ViT (\d+) s, MA-Net (\d+) s, ResNet (\d+) s: the timings of "
+                  r"the demo's opening estimate\)", readme.replace("\n", " "))
+    assert m, "README no longer quotes the opening estimate's timings"
+    total, vit, manet, resnet = map(int, m.groups())
+    assert {"vit": vit, "manet": manet, "resnet50": resnet} == demo.MEMBER_SECONDS
+    assert total == sum(demo.MEMBER_SECONDS.values()) + demo.OTHER_SECONDS
