@@ -533,8 +533,13 @@ def cross_validated_macro_f1(
     """
     num_examples = len(select.labels)
     splitter = selection_splitter(select.labels, folds)
+    with warnings.catch_warnings():
+        # A class of one example (a small validation split) is in one fold only: known, and the
+        # report says how many folds there were (sklearn warned once per strategy).
+        warnings.filterwarnings("ignore", "The least populated class in y", UserWarning)
+        splits = list(splitter.split(np.zeros(num_examples), select.labels))
     predictions = np.empty(num_examples, dtype=np.int64)
-    for fit_rows, held_out in splitter.split(np.zeros(num_examples), select.labels):
+    for fit_rows, held_out in splits:
         fitted = fit_strategy(name, select.rows(fit_rows), train, **(options or {}))
         predictions[held_out] = fitted.predict_proba(select.rows(held_out)).argmax(-1)
     return macro_f1(select.labels, predictions, select.num_classes)
