@@ -266,3 +266,22 @@ def test_the_readme_demo_run_is_the_demo_s_steps_and_estimate():
     total, vit, manet, resnet = map(int, m.groups())
     assert {"vit": vit, "manet": manet, "resnet50": resnet} == demo.MEMBER_SECONDS
     assert total == sum(demo.MEMBER_SECONDS.values()) + demo.OTHER_SECONDS
+
+
+def test_every_config_key_the_docs_name_in_prose_exists():
+    """A key named in a code span without `--config.` (`input.num_data_shards`,
+    `model.gelu_approximate`) is one of the shipped configs' (a renamed key left the prose
+    sending the reader to a key that is refused); file names (`model.safetensors`) are not keys."""
+    keys = _all_config_keys()
+    sections = "|".join(sorted({key.split(".")[0] for key in keys if "." in key}))
+    files = re.compile(r"\.(json|py|npz|safetensors|md|txt|bin|pth|h5|msgpack|ckpt|png)$")
+    unknown, named = [], 0
+    for doc in DOCS:
+        prose = re.sub(r"```.*?```", "", (ROOT / doc).read_text(), flags=re.S)
+        for span in re.findall(r"`([^`\n]+)`", prose):
+            for key in re.findall(rf"(?<![\w./-])((?:{sections})\.[a-z_][\w.]*\w)", span):
+                if not files.search(key):
+                    named += 1
+                    unknown += [f"{doc}: {key}"] if key not in keys else []
+    assert named > 40  # the search itself finds the keys
+    assert not unknown, sorted(set(unknown))
