@@ -395,8 +395,8 @@ def _check_run(config: ml_collections.ConfigDict, workdir: str
     missing = missing_init_source(config.init) if resuming else None
     if missing:
         key = "checkpoint" if config.init.get("checkpoint") else "workdir"
-        logging.info("Resuming %s: init.%s=%s cannot be read, and need not be: its weights "
-                     "were loaded at step 0 (the model settings come from config.json).",
+        logging.info("Resuming %s: init.%s=%s cannot be read, and need not be: an init "
+                     "source is read at step 0 only (the model settings come from config.json).",
                      workdir, key, config.init[key])
     unset = not (config.init.get("checkpoint") or config.init.get("workdir"))
     if resuming and (missing or unset):
