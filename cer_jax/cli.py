@@ -45,6 +45,10 @@ class _PathParser(flags.ArgumentParser):
     syntactic_help = "a path; ~ is the home folder"
 
     def parse(self, argument):
+        if isinstance(argument, str) and not argument.strip():
+            # `--workdir=$UNSET` trained into the working directory; elsewhere "" read as unset.
+            raise ValueError("the path is empty; give a file or folder name (is a shell "
+                             "variable in it unset?)")
         return os.path.expanduser(argument) if isinstance(argument, str) else argument
 
     def flag_type(self) -> str:
@@ -171,7 +175,7 @@ def _parse_flags_with_usage(argv: list[str]) -> list[str]:
     try:
         return FLAGS(argv)
     except flags.IllegalFlagValueError as error:
-        message = _config_value_error(error)
+        message = _config_value_error(error) or _path_value_error(error)
         if message:
             _exit_with(message)
         _report_flag_error(error)
@@ -187,6 +191,16 @@ def _report_flag_error(error: flags.Error) -> NoReturn:
     sys.stderr.write(f"FATAL Flags parsing error: {message}\n"
                      "Pass --helpshort or --helpfull to see help on flags.\n")
     sys.exit(1)
+
+
+def _path_value_error(error: flags.IllegalFlagValueError) -> str | None:
+    """The line for a path flag's value that _PathParser refuses (an empty one), else None."""
+    match = re.match(r"flag --([^=\s]+)=", str(error))
+    if not match or match.group(1) not in FLAGS:
+        return None
+    if not isinstance(FLAGS[match.group(1)].parser, _PathParser) or error.__context__ is None:
+        return None
+    return f"{str(error).split(': ', 1)[0].removeprefix('flag ')}: {error.__context__}."
 
 
 # What a config key of each absl parser's type takes, as the line for a wrong value says it.

@@ -738,3 +738,20 @@ def test_nesterov_without_momentum_is_refused():
                             "plain SGD.")
     config.optimizer.momentum = 0.9
     trainer.validate_config(config)
+
+
+@pytest.mark.parametrize("args", [
+    ["-m", "cer_jax.train", "--config=configs/vit.py:smoke", "--workdir="],
+    ["-m", "cer_jax.train", "--config=configs/vit.py:smoke", "--workdir", " "],
+    ["-m", "cer_jax.fuse", "--workdirs=a,b", "--out="],
+])
+def test_an_empty_path_flag_is_one_line_before_any_work(tmp_path, args):
+    """`--workdir=$WORKDIR` with the variable unset trained the whole run into the working
+    directory (checkpoints/, export/, config.json among the user's files)."""
+    out = subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    flag = args[-1].strip() if "=" in args[-1] else f"{args[-2]}={args[-1]}"
+    assert (out.returncode, out.stderr.strip().splitlines()) == (2, [
+        f"error: {flag}: the path is empty; give a file or folder name (is a shell variable in "
+        "it unset?)."])
+    assert not list(tmp_path.iterdir())
