@@ -293,6 +293,12 @@ def run(main: Callable[[Sequence[str]], None],
     def guarded(args: Sequence[str]) -> None:
         try:
             main(args)
+        except UsageError as e:  # absl's: the whole --help page above the line, status 1
+            if FLAGS.traceback:
+                raise
+            hint = (" (a value with spaces needs quotes)" if str(e).startswith("Unexpected")
+                    else "")
+            _exit_with(f"{str(e).rstrip('.')}{hint}; --help lists the flags.")
         except errors as e:
             if FLAGS.traceback:
                 raise

@@ -755,3 +755,19 @@ def test_an_empty_path_flag_is_one_line_before_any_work(tmp_path, args):
         f"error: {flag}: the path is empty; give a file or folder name (is a shell variable in "
         "it unset?)."])
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    # `--workdir=runs/my run` unquoted: the shell's second word.
+    (["-m", "cer_jax.train", "--config=configs/vit.py:smoke", "--workdir=runs/my", "run"],
+     "error: Unexpected arguments: run (a value with spaces needs quotes); --help lists the "
+     "flags."),
+    (["-m", "cer_jax.synthetic"], "error: Give --out=DIR (and/or --preview=PNG); --help lists "
+                                  "the flags."),
+])
+def test_a_usage_error_is_one_line_not_the_help_page(tmp_path, args, message):
+    """Was absl's whole --help page (40 lines) with the message last, exit status 1."""
+    out = subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    assert (out.returncode, out.stderr.strip().splitlines()) == (2, [message])
+    assert not list(tmp_path.iterdir())
