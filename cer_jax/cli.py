@@ -20,8 +20,10 @@ import importlib.util
 import logging as std_logging
 import os
 import re
+import signal
 import sys
 import textwrap
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn
 
@@ -282,6 +284,7 @@ def run(main: Callable[[Sequence[str]], None],
     huge_pages.restart_if_useful()
     quiet_native_logs()
     define_traceback_flag()
+    sys.unraisablehook = _ctrl_c_not_lost(sys.unraisablehook)
     errors = (UserError, *user_errors)
     argv = list(sys.argv)
     if resolve_argv is not None:
@@ -310,6 +313,22 @@ def run(main: Callable[[Sequence[str]], None],
             _exit_with(str(e) or f"stopped by {by}.", status=getattr(e, "exit_status", 130))
 
     app.run(guarded, argv=argv, flags_parser=_parse_flags)
+
+
+def _ctrl_c_not_lost(previous: Callable) -> Callable:
+    """An unraisablehook that sends a Ctrl-C swallowed by a callback again. A Ctrl-C whose
+    KeyboardInterrupt was raised inside a garbage-collector callback (JAX has one; the first
+    seconds of every tool) was "Exception ignored in: _xla_gc_callback" and the tool went on,
+    e.g. trained the whole run. The signal comes again a moment later from another thread, to
+    land outside the callback (and again, should it not)."""
+
+    def hook(unraisable) -> None:
+        if unraisable.exc_type is None or not issubclass(unraisable.exc_type, KeyboardInterrupt):
+            previous(unraisable)
+            return
+        threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+    return hook
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

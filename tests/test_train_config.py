@@ -771,3 +771,35 @@ def test_a_usage_error_is_one_line_not_the_help_page(tmp_path, args, message):
                          timeout=120)
     assert (out.returncode, out.stderr.strip().splitlines()) == (2, [message])
     assert not list(tmp_path.iterdir())
+
+
+CTRL_C_IN_A_GC_CALLBACK = """
+import gc, os, signal, time
+from cer_jax import cli
+
+def main(argv):
+    def callback(phase, info):  # as JAX's _xla_gc_callback, where a Ctrl-C may land
+        if phase == "start":
+            gc.callbacks.remove(callback)
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):
+                pass
+    gc.callbacks.append(callback)
+    gc.collect()
+    for _ in range(100):
+        time.sleep(0.1)
+    print("went on")
+
+cli.run(main)
+"""
+
+
+def test_a_ctrl_c_in_a_garbage_collector_callback_still_stops_the_tool():
+    """Ctrl-C in the first seconds of a tool often raised its KeyboardInterrupt inside JAX's
+    garbage-collector callback: Python printed "Exception ignored in: _xla_gc_callback" and the
+    tool went on (a whole training run, exit status 0)."""
+    out = subprocess.run([sys.executable, "-c", CTRL_C_IN_A_GC_CALLBACK], capture_output=True,
+                         text=True, timeout=120, cwd=ROOT)
+    assert (out.returncode, out.stderr.strip().splitlines()[-1:]) == (
+        128 + 2, ["error: stopped by Ctrl-C."]), out.stderr
+    assert "went on" not in out.stdout and "Exception ignored" not in out.stderr
