@@ -276,7 +276,8 @@ def run_demo(
     from cer_jax.data import pipeline
     from cer_jax.fusion import report as report_lib
 
-    synthetic.check_sizes("compound", num_train_images, num_test_images)  # before any drawing
+    synthetic.check_sizes("compound", num_train_images, num_test_images,  # before any drawing
+                          keys=synthetic.FLAG_KEYS)
     synthetic.check_folder("out", out)  # as given: abspath would make gs://b/x ./gs:/b/x
     out = os.path.abspath(out)
     prepare_out(out)

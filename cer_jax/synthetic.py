@@ -178,13 +178,17 @@ def check_seed(seed: int, key: str = "--seed") -> None:
         raise SyntheticSizeError(f"{key}={seed}: give a seed >= 0.")
 
 
+# The command lines' names of check_sizes' values (this module's and the demo's): a message
+# without them ("0 images cannot give ...") did not say which of the two counts was wrong.
+FLAG_KEYS = {"train": "--num_train_images", "test": "--num_test_images", "seed": "--seed"}
+
+
 def check_sizes(kind: str, num_train_images: int, num_test_images: int, seed: int = 0,
                 keys: Mapping[str, str] | None = None) -> dict[str, tuple[int, ...]]:
     """The per-class image counts of each split, or SyntheticSizeError before anything is drawn:
     every class needs 2 train images (train_fit and validation) and 1 test image, and the ids
     must fit RAF-DB's digits. `keys` ("train", "test", "seed": the config keys the values come
-    from) start each message; without them a size's message stands alone, as for the flags of
-    this module and the demo, whose names say which count is which."""
+    from, e.g. FLAG_KEYS) start each message; without them a size's message stands alone."""
     if kind not in CLASSES:
         raise SyntheticSizeError(f"kind must be one of {sorted(CLASSES)}, got {kind!r}.")
     keys = keys or {}
@@ -639,7 +643,8 @@ def main(argv: Sequence[str]) -> None:
         check_preview_path(values.preview)
         check_seed(values.seed)
     if values.out:
-        check_sizes(values.kind, values.num_train_images, values.num_test_images, values.seed)
+        check_sizes(values.kind, values.num_train_images, values.num_test_images, values.seed,
+                    keys=FLAG_KEYS)
         check_out_dir(values.out)
     if values.preview:
         preview(values.preview, kind=values.kind, seed=values.seed)

@@ -211,8 +211,8 @@ def test_fusion_reexports_stale_or_missing_member_exports(demo_run, tmp_path):
 def test_too_few_images_stop_the_demo_before_anything_is_written(tmp_path):
     with pytest.raises(synthetic.SyntheticSizeError) as e:
         demo.run_demo(str(tmp_path / "demo"), num_train_images=21)
-    assert str(e.value) == ("21 images cannot give each of the 11 compound classes at least 2: "
-                            "ask for at least 22.")
+    assert str(e.value) == ("--num_train_images=21: 21 images cannot give each of the 11 "
+                            "compound classes at least 2: ask for at least 22.")
     assert not (tmp_path / "demo").exists()
 
 

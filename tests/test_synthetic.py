@@ -345,7 +345,12 @@ def test_an_earlier_or_interrupted_synthetic_tree_is_redrawn(tmp_path, monkeypat
      "existing folder."),
     (["--preview={tmp}/p.jpg"], "--preview={tmp}/p.jpg must end in .png (the grid is saved as "
                                 "PNG)."),
-], ids=["rafdb_tree", "out_under_a_file", "preview_in_a_missing_folder", "preview_not_png"])
+    # Was "0 images cannot give ...": which of the two counts?
+    (["--out={tmp}/tree", "--num_test_images=0"],
+     "--num_test_images=0: 0 images cannot give each of the 11 compound classes at least 1: ask "
+     "for at least 11."),
+], ids=["rafdb_tree", "out_under_a_file", "preview_in_a_missing_folder", "preview_not_png",
+        "a_count_too_small"])
 def test_cli_refuses_bad_paths_in_one_line_before_drawing(tmp_path, flags, message):
     """Before: the tree overwritten; NotADirectoryError; FileNotFoundError after the drawing."""
     rafdb_files = _rafdb_lookalike(tmp_path / "rafdb")
