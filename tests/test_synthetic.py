@@ -260,6 +260,23 @@ def test_the_builder_cli_builds_from_home_relative_paths(tmp_path):
     assert not (tmp_path / "~").exists()
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    # `tfds build`'s flag: was absl's "Unknown command line flag 'config'".
+    (["--config=compound"], "error: --config=compound: this command takes "
+                            "--builder_config=compound (--config is a config file in the cer_jax "
+                            "commands)."),
+    # `--manual_dir=/data/RAF DB` unquoted: was absl's whole --help page, status 1.
+    (["--manual_dir=/data/RAF", "DB"], "error: Unexpected arguments: DB (a value with spaces "
+                                       "needs quotes); --help lists the flags."),
+])
+def test_the_builder_cli_says_a_mistake_in_one_line(tmp_path, args, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "tfds_rafdb.rafdb", "--manual_dir=m", f"--data_dir={tmp_path}",
+         *args], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert (result.returncode, result.stderr.strip().splitlines()[-1:]) == (2, [message])
+    assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())
+
+
 def test_every_rafdb_class_is_drawn_from_its_named_emotions():
     """The builder's class names (the one list) map to the emotions their words name."""
     assert synthetic.class_emotions("Sadly Fearful") == ("sadness", "fear")

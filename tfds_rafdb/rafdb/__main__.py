@@ -31,23 +31,34 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "Where TFDS writes the dataset
 
 
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    if len(argv) > 1:  # absl's UsageError printed the whole --help page, status 1
+        _exit_with(f"Unexpected arguments: {' '.join(argv[1:])} (a value with spaces needs "
+                   "quotes); --help lists the flags.")
     try:
         # The shell leaves `--data_dir=~/x` alone; gs:// paths pass through unchanged.
         builder = build(_BUILDER_CONFIG.value, os.path.expanduser(_MANUAL_DIR.value),
                         os.path.expanduser(_DATA_DIR.value))
     except RafDbLayoutError as e:  # a bad tree: the message names the file and line
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _exit_with(str(e))
     print(f"rafdb/{_BUILDER_CONFIG.value} ready in {builder.data_dir}")
     for name, split in builder.info.splits.items():
         print(f"  {name:<10s} {split.num_examples:6d} examples")
 
 
+def _exit_with(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl's parsing, but --help exits 0 after the help (absl's exits 1); a flag error keeps
-    status 1. (cer_jax.cli does the same for the cer_jax tools; this package never imports it.)"""
+    status 1. (cer_jax.cli does the same for the cer_jax tools; this package never imports it.)
+    `tfds build`'s `--config=NAME` was absl's "Unknown command line flag 'config'"."""
+    for arg in argv[1:]:
+        name, sep, value = arg.partition("=")
+        if name in ("--config", "-config"):
+            _exit_with(f"{arg}: this command takes --builder_config={value if sep else 'NAME'} "
+                       "(--config is a config file in the cer_jax commands).")
     try:
         return app.parse_flags_with_usage(argv)
     except SystemExit as e:
