@@ -402,9 +402,12 @@ def check_output_file(flag: str, value: str) -> None:
     """Before any work: `value` is not a folder, its folder can be made, a file can be written
     next to it."""
     path = epath.Path(value)
-    if path.is_dir():
+    # A new `--out=results/` passed every check (epath drops the /) and failed at the write,
+    # after the whole run's predictions, with "free space, or choose another path".
+    if path.is_dir() or value.endswith(("/", os.sep)):
         example = path / ("submission.txt" if flag == "submission" else "rows.csv")
-        raise UsageError(f"--{flag}={value} is a folder; give a file path (e.g. "
+        what = "is a folder" if path.is_dir() else "ends in /, a folder"
+        raise UsageError(f"--{flag}={value} {what}; give a file path (e.g. "
                          f"{os.fspath(example)}).")
     _check_folder_creatable(flag, value, path.parent)
     _probe_write(flag, value, path.parent / (path.name + ".partial"))

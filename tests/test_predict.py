@@ -309,6 +309,12 @@ def test_bad_outputs_are_usage_errors_before_the_model_is_loaded(tmp_path):
     assert error(out=tmp_path / "same.txt", abaw_frames=listed,
                  submission=tmp_path / "same.txt") == (
         f"--out and --submission are both {tmp_path / 'same.txt'}: give two files.")
+    # A new folder: was "cannot be written (No such file or directory): free space, ..." after
+    # the whole run's predictions.
+    results = tmp_path / "results"
+    assert error(out=f"{results}/") == (
+        f"--out={results}/ ends in /, a folder; give a file path (e.g. {results / 'rows.csv'}).")
+    assert not results.exists()
     # Good outputs: the ensemble is what fails, and nothing is written.
     new = tmp_path / "new"
     assert "not an ensemble directory" in error(out=new / "rows.csv", annotate=new / "ann",
