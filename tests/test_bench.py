@@ -350,6 +350,9 @@ def test_bad_models_or_json_flags_are_one_line_before_any_timing(tmp_path):
         (["--models=vit:test/8", f"--json={tmp_path}"],
          f"error: --json={tmp_path} is a folder; give a file name, e.g. "
          f"--json={tmp_path / 'bench.json'}."),
+        (["--models=vit:test/8", f"--json={tmp_path}/new/"],  # was: a file named new
+         f"error: --json={tmp_path}/new/ ends in /, a folder; give a file name, e.g. "
+         f"--json={tmp_path / 'new' / 'bench.json'}."),
     ]
     for flags, message in cases:
         proc = subprocess.run(

@@ -355,8 +355,10 @@ def check_output_file(flag: str, path: str) -> None:
     if paths.is_remote(path):
         return
     target = pathlib.Path(os.path.abspath(path))
-    if target.is_dir():
-        raise UserError(f"--{flag}={path} is a folder; give a file name, e.g. "
+    # A new `--json=results/`: abspath drops the /, and the figures went to a file `results`.
+    if target.is_dir() or path.endswith(("/", os.sep)):
+        what = "is a folder" if target.is_dir() else "ends in /, a folder"
+        raise UserError(f"--{flag}={path} {what}; give a file name, e.g. "
                         f"--{flag}={target / 'bench.json'}.")
     blocker = paths.file_in_the_way(target.parent)
     if blocker is not None:
