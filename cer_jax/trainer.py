@@ -98,6 +98,10 @@ class StopRequest:
                 signal.signal(signum, handler)
 
 
+# Path keys where an empty value is no path (validate_config refuses it).
+EMPTY_PATH_KEYS = (("init", "checkpoint"), ("init", "workdir"), ("dataset", "data_dir"),
+                   ("dataset", "manual_dir"), ("dataset", "cache_dir"))
+
 # The sections of a training config (configs/vit.py, manet.py, resnet50.py).
 TRAINING_SECTIONS = ("model", "dataset", "input", "training", "optimizer", "eval", "checkpoint",
                      "init")
@@ -205,6 +209,13 @@ def validate_config(config: ml_collections.ConfigDict, *, resuming: bool = False
             "list the splits, e.g. --config.export.splits=train_fit,validation,test."
         )
     init = config.init
+    # `--config.init.checkpoint=$WEIGHTS` with the variable unset read as no weights: the run
+    # trained from scratch without a word (an empty data folder: TFDS's default one).
+    for section, key in EMPTY_PATH_KEYS:
+        if config[section].get(key) is not None and not str(config[section][key]).strip():
+            fix = " to train from scratch" if section == "init" else ""
+            raise ConfigError(f"config.{section}.{key} is empty (a shell variable left unset?): "
+                              f"give a path, or leave the key out{fix}.")
     if init.get("checkpoint") and init.get("workdir"):
         raise ConfigError("Set at most one of init.checkpoint and init.workdir.")
     if init.get("keep_head") and not (init.get("checkpoint") or init.get("workdir")):

@@ -276,6 +276,11 @@ def _expect_error(config, workdir, error, pattern):
     ("input.color_jitter", (0.5, 0.5, 0.5, 0.7), "config.input.color_jitter=(0.5, 0.5, 0.5, 0.7): "
                                                  "brightness, contrast and saturation must be "
                                                  ">= 0 and hue in [0, 0.5] (torchvision)."),
+    # `--config.init.checkpoint=$WEIGHTS`, the variable unset: trained from scratch, silently.
+    ("init.checkpoint", "", "config.init.checkpoint is empty (a shell variable left unset?): "
+                            "give a path, or leave the key out to train from scratch."),
+    ("dataset.data_dir", " ", "config.dataset.data_dir is empty (a shell variable left unset?): "
+                              "give a path, or leave the key out."),
 ])
 def test_a_value_that_would_train_wrong_stops_before_any_work(tmp_path, key, value, message):
     """Each of these used to train silently wrong, or fail after the workdir was written."""
