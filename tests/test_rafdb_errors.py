@@ -56,6 +56,15 @@ def _build_fails(manual_dir: pathlib.Path, data_dir: pathlib.Path, config="compo
     return str(error.value)
 
 
+def test_the_splits_a_split_is_said_to_hold_are_what_it_holds(pristine, tmp_path):
+    """layout.SPLITS_WITHIN (fusion's leak report reads it) against the built file names."""
+    builder = rafdb.build("compound", str(pristine), str(tmp_path / "data"))
+    names = {split: sorted(example["file_name"].decode() for example in tfds.as_numpy(
+        builder.as_dataset(split=split))) for split in ("train", "train_fit", "validation")}
+    for whole, parts in layout.SPLITS_WITHIN.items():
+        assert names[whole] == sorted(name for part in parts for name in names[part])
+
+
 def test_missing_label_file_shows_layout_and_flag(tree, tmp_path):
     (tree / LABELS).unlink()
     message = _build_fails(tree, tmp_path / "data")

@@ -27,17 +27,6 @@ class _RafDbTestCase(tfds.testing.DatasetBuilderTestCase):
 
     test_session.__test__ = False
 
-    def test_splits_within(self):
-        """What layout.SPLITS_WITHIN says a split holds, it holds (file names), and no more."""
-        builder = rafdb_dataset_builder.Builder(config=self.BUILDER_CONFIG_NAMES_TO_TEST[0],
-                                                data_dir=self.get_temp_dir())
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-            manual_dir=self.EXAMPLE_DIR))
-        names = {split: sorted(ex["file_name"].decode() for ex in tfds.as_numpy(
-                     builder.as_dataset(split=split))) for split in self.SPLITS}
-        for whole, parts in layout.SPLITS_WITHIN.items():
-            self.assertEqual(names[whole], sorted(n for part in parts for n in names[part]))
-
 
 class CompoundTest(_RafDbTestCase):
     BUILDER_CONFIG_NAMES_TO_TEST = ["compound"]
