@@ -471,6 +471,11 @@ def run_bench_after(prelude: str, *flags: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+# One timed step of the smallest ViT: what a test of the bench's surroundings runs.
+TINY_RUN = ("--models=vit:test/8", "--image_size=32", "--batch_size=2", "--steps=1",
+            "--warmup=0")
+
+
 def _one_line_error(proc: subprocess.CompletedProcess, message: str) -> None:
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == f"error: {message}"
@@ -696,8 +701,7 @@ def test_a_run_whose_profiler_failed_does_not_point_to_tensorboard(tmp_path):
                "def broken(*args, **kwargs):\n"
                "    raise RuntimeError('CUPTI could not be loaded')\n"
                "jax.profiler.trace = broken")
-    proc = run_bench_after(prelude, "--models=vit:test/8", "--image_size=32", "--batch_size=2",
-                           "--steps=1", "--warmup=0", f"--profile={tmp_path}")
+    proc = run_bench_after(prelude, *TINY_RUN, f"--profile={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "tensorboard" not in proc.stdout
     assert proc.stdout.strip().splitlines()[-1] == (
@@ -765,8 +769,7 @@ def test_the_step_benchmark_runs_on_a_host_without_tensorflow_or_pytorch(tmp_pat
                "for name in ('tensorflow', 'tensorflow_datasets', 'clu', 'torch', 'transformers',\n"
                "             'cv2', 'PIL'):\n"
                "    sys.modules[name] = None")
-    proc = run_bench_after(prelude, "--models=vit:test/8", "--image_size=32", "--batch_size=2",
-                           "--steps=1", "--warmup=0", f"--json={tmp_path / 'bench.json'}")
+    proc = run_bench_after(prelude, *TINY_RUN, f"--json={tmp_path / 'bench.json'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| vit:test/8 | 2 | 32 | float32 |" in proc.stdout
     assert json.loads((tmp_path / "bench.json").read_text())["models"][0]["compile_train_s"] > 0

@@ -933,14 +933,25 @@ def test_a_cut_short_or_incomplete_export_is_one_line_naming_the_fix(tmp_path, d
     assert "\n" not in str(e.value)
 
 
-def test_an_unreadable_export_beside_a_best_checkpoint_is_written_anew(tmp_path, monkeypatch):
-    """Before: the cut-short export.json stopped fusion with a JSONDecodeError traceback although
-    the best checkpoint could write it again."""
+@pytest.mark.parametrize("damage", ["export.json cut short", "split cut short", "split removed"])
+def test_a_damaged_export_beside_a_best_checkpoint_is_written_anew(tmp_path, monkeypatch, damage):
+    """Before: a cut-short export.json stopped fusion with a JSONDecodeError traceback, and a
+    split file cut short or missing (an export copied with its workdir: export.json copies
+    before test.npz) was refused with 're-export with --config.reexport=True', which re-exports
+    every member, although the member's best checkpoint could write it again at once."""
     from cer_jax import export
 
     outputs = make_outputs(2.0, 1)
     a = write_export(str(tmp_path / "a"), "vit", outputs)
-    (tmp_path / "a" / "export" / "export.json").write_text('{"format": 2, "memb')
+    folder = tmp_path / "a" / "export"
+    if damage == "export.json cut short":
+        (folder / "export.json").write_text('{"format": 2, "memb')
+    else:  # export.json intact: the export looks current
+        monkeypatch.setattr(export, "export_is_current", lambda workdir: True)
+        if damage == "split cut short":
+            (folder / "test.npz").write_bytes((folder / "test.npz").read_bytes()[:40])
+        else:
+            (folder / "test.npz").unlink()
     exported = []
 
     def export_workdir(workdir, splits=None):  # the best checkpoint's export, as the trainer's
@@ -949,35 +960,6 @@ def test_an_unreadable_export_beside_a_best_checkpoint_is_written_anew(tmp_path,
         write_export(workdir, "vit", outputs)
 
     monkeypatch.setattr(members_lib.checkpointing, "holds_best_checkpoint", lambda workdir: True)
-    monkeypatch.setattr(export, "export_workdir", export_workdir)
-    (member,) = members_lib.load_members([a], ["validation", "test"])
-    assert exported == [a]
-    assert sorted(member.outputs["test"]["file_names"]) == sorted(outputs["test"]["file_names"])
-
-
-@pytest.mark.parametrize("damage", ["cut short", "removed"])
-def test_a_damaged_split_beside_a_best_checkpoint_is_written_anew(tmp_path, monkeypatch, damage):
-    """An export copied with its workdir and cut short (export.json copies before test.npz).
-    Before: refused with 're-export it (--config.reexport=True)', which re-exports every member,
-    although this member's best checkpoint could write it again at once, as a cut export.json."""
-    from cer_jax import export
-
-    outputs = make_outputs(2.0, 1)
-    a = write_export(str(tmp_path / "a"), "vit", outputs)
-    test_npz = tmp_path / "a" / "export" / "test.npz"
-    if damage == "cut short":
-        test_npz.write_bytes(test_npz.read_bytes()[:40])
-    else:
-        test_npz.unlink()
-    exported = []
-
-    def export_workdir(workdir, splits=None):  # the best checkpoint's export, as the trainer's
-        exported.append(workdir)
-        os.rename(os.path.join(workdir, "export"), str(tmp_path / "damaged"))
-        write_export(workdir, "vit", outputs)
-
-    monkeypatch.setattr(members_lib.checkpointing, "holds_best_checkpoint", lambda workdir: True)
-    monkeypatch.setattr(export, "export_is_current", lambda workdir: True)
     monkeypatch.setattr(export, "export_workdir", export_workdir)
     (member,) = members_lib.load_members([a], ["validation", "test"])
     assert exported == [a]
