@@ -172,7 +172,8 @@ def load_member(
     or `reexport` is set. `split_keys` names the fusion config key that asked for each split,
     for error messages."""
     exported = False
-    if checkpointing.holds_best_checkpoint(workdir):
+    has_best = checkpointing.holds_best_checkpoint(workdir)  # a listing (slow on gs://): once
+    if has_best:
         # A stale, missing or unreadable export is written anew from the checkpoint.
         if reexport or not export.export_is_current(workdir):
             logging.info("Exporting the best checkpoint of %s", workdir)
@@ -187,8 +188,7 @@ def load_member(
         error = e
     # Every process decides together: the export is a collective (one host's failed read alone
     # would leave the others waiting in it).
-    if (not exported and checkpointing.holds_best_checkpoint(workdir)
-            and sharding.any_process(error is not None)):
+    if not exported and has_best and sharding.any_process(error is not None):
         logging.warning("Exporting the best checkpoint of %s again: a file of its export is "
                         "cut short or missing", workdir)
         export.export_workdir(workdir)
@@ -196,7 +196,7 @@ def load_member(
     elif error is not None:
         raise error
     missing = [split for split in splits if split not in outputs]
-    if missing and checkpointing.holds_best_checkpoint(workdir):
+    if missing and has_best:
         logging.info("Exporting splits %s of %s", missing, workdir)
         export.export_workdir(workdir, splits=sorted({*outputs, *splits}))
         info, outputs = export.load_export(workdir)
