@@ -126,7 +126,8 @@ def define_flags() -> None:
                         "Default: CSV on stdout.")
     flags.DEFINE_bool("aligned", False, "Inputs are already aligned face crops: no detection.")
     flags.DEFINE_bool("flip_tta", False, "Average each member over the face and its mirror.")
-    flags.DEFINE_string("detector", "haar", "haar | yunet:MODEL.onnx | package.module:attr.")
+    flags.DEFINE_string("detector", None,
+                        "haar (the default) | yunet:MODEL.onnx | package.module:attr.")
     flags.DEFINE_integer("batch_size", 32, "Faces per forward pass.", lower_bound=1)
     flags.DEFINE_integer("smooth_window", 1, "Videos: average each track's probabilities over "
                          "this many processed frames, centred (an even window has one more "
@@ -1123,7 +1124,7 @@ def write_submission(path: str, entries: list[tuple[str, int]],
 
 
 def run(inputs: Sequence[str], *, ensemble: str, out: str | None = None, aligned: bool = False,
-        flip_tta: bool = False, detector: str = "haar", batch_size: int = 32,
+        flip_tta: bool = False, detector: str | None = None, batch_size: int = 32,
         smooth_window: int = 1, frame_step: int = 1, track: str = "iou",
         annotate: str | None = None, abaw_frames: str | None = None,
         submission: str | None = None, show_progress: bool = True,
@@ -1147,6 +1148,9 @@ def run(inputs: Sequence[str], *, ensemble: str, out: str | None = None, aligned
                          "list of C-EXPR-DB frames to predict).")
     if abaw_frames and not submission:
         submission = "submission.txt"
+    if aligned and detector is not None:
+        raise UsageError(f"--aligned takes each image as an aligned face and finds none, so "
+                         f"--detector={detector} would not be used: leave one of them out.")
     entries = read_frame_list(abaw_frames) if abaw_frames else []
     sources = expand_inputs(inputs, annotate)
     if not sources:
@@ -1180,7 +1184,8 @@ def run(inputs: Sequence[str], *, ensemble: str, out: str | None = None, aligned
                 "of the challenge's 7 (%s left out).", len(model.class_names),
                 ", ".join(c for i, c in enumerate(model.class_names) if i not in set(columns)))
     try:
-        face_detector = None if aligned else faces_lib.load_detector(detector)
+        face_detector = None if aligned else faces_lib.load_detector(
+            "haar" if detector is None else detector)
     except faces_lib.DetectorError as error:
         raise UsageError(str(error)) from error
     fmt = "jsonl" if out and out.lower().endswith((".jsonl", ".json")) else "csv"

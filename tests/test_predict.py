@@ -165,6 +165,12 @@ def test_aligned_inputs_and_user_errors(tmp_path, ensemble_dir):
                        aligned=True, flip_tta=True, show_progress=False) == 0
     row = read_csv(out)[0]
     assert (row["status"], row["x"], row["w"]) == ("ok", "0.0", "100.0")
+    with pytest.raises(predict.UsageError) as error:  # a detector it would not use
+        predict.run([os.fspath(face)], ensemble=ensemble_dir, aligned=True,
+                    detector="yunet:face.onnx", show_progress=False)
+    assert str(error.value) == (
+        "--aligned takes each image as an aligned face and finds none, so "
+        "--detector=yunet:face.onnx would not be used: leave one of them out.")
     eleven, _, _ = build_tiny_ensemble(tmp_path / "eleven", class_names=[f"c{i}" for i in
                                                                          range(11)])
     (tmp_path / "list.txt").write_text("v/00001.jpg\n")
