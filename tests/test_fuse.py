@@ -355,12 +355,18 @@ def test_bootstrap_intervals_match_a_slow_sklearn_reference(three_members, tmp_p
 def test_a_strategy_named_twice_keeps_every_interval_on_its_own_system(three_members, tmp_path):
     """--config.strategies=uniform_logits,uniform_logits,performance_weighted: the intervals
     are matched to systems by position, and the strategy fitted twice took the paper's fusion's
-    place, so its intervals were uniform_logits'."""
+    place, so its intervals were uniform_logits'. A split named twice in eval_splits is
+    reported once (it was scored, tabled and bootstrapped twice)."""
     reports = [evaluator.fuse(fusion_config(
         three_members, tmp_path / f"fusion{i}", strategies=strategies, ablation=False,
-        bootstrap_samples=50)) for i, strategies in enumerate(
-            ["uniform_logits,performance_weighted",
-             "uniform_logits,uniform_logits,performance_weighted"])]
+        bootstrap_samples=50, eval_splits=eval_splits)) for i, (strategies, eval_splits) in
+        enumerate([("uniform_logits,performance_weighted", ("validation", "test")),
+                   ("uniform_logits,uniform_logits,performance_weighted",
+                    ("validation", "test", "validation"))])]
+    assert reports[1]["eval_splits"] == ["validation", "test"]
+    once_md, twice_md = ((tmp_path / f"fusion{i}" / "report.md").read_text() for i in (0, 1))
+    header = "| system | kind | validation acc % | validation macro F1 % | test acc % |"
+    assert once_md.count(header) == twice_md.count(header) == 1
     once, twice = (report["strategies"]["performance_weighted"]["metrics"]["test"]
                    for report in reports)
     assert twice["accuracy_ci"] == once["accuracy_ci"]

@@ -254,6 +254,7 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
     with sharding.stop_together("the fusion's checks"):
         _check_config(config)
         config = copy.deepcopy(config)
+        config.eval_splits = tuple(dict.fromkeys(config.eval_splits))  # each reported once
         workdirs = _split_list(config.workdirs)
         # Each once: fitted, scored and reported once.
         strategy_names = list(dict.fromkeys(_split_list(config.strategies)))
