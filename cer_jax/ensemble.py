@@ -515,10 +515,11 @@ class Member:
 
         self._apply = apply
 
-    def outputs(self, faces: np.ndarray | Sequence[np.ndarray],
-                batch_bucket: int) -> tuple[np.ndarray, np.ndarray]:
-        """(logits [N, K], features [N, D]) of uint8 RGB faces ([N, H, W, 3], or [H, W, 3]
-        each, of any sizes)."""
+    def dispatch(self, faces: np.ndarray | Sequence[np.ndarray],
+                 batch_bucket: int) -> tuple[jax.Array, jax.Array, int]:
+        """(logits [B, K], features [B, D], N) of uint8 RGB faces ([N, H, W, 3], or [H, W, 3]
+        each, of any sizes), padded to a bucket B >= N and left on the device, still being
+        computed: the next member's host preprocessing overlaps this one's forward pass."""
         images = np.stack([eval_view(face, self.preprocessing) for face in faces])
         n = len(images)
         padded = max(batch_bucket, 1)
@@ -528,7 +529,7 @@ class Member:
             images = np.concatenate([images, np.zeros((padded - n, *images.shape[1:]),
                                                       images.dtype)])
         logits, features = self._apply(self.state, jnp.asarray(images))
-        return np.asarray(logits)[:n], np.asarray(features)[:n]
+        return logits, features, n
 
 
 @dataclasses.dataclass
@@ -596,12 +597,14 @@ class Ensemble:
             num_classes = len(self.class_names)
             return Prediction(np.zeros((0, num_classes)),
                               np.zeros((len(self.members), 0, num_classes)))
+        views = [faces] + ([[face[:, ::-1] for face in faces]] if flip_tta else [])
+        # Every forward pass is dispatched before any result is read.
+        pending = [[member.dispatch(view, batch_bucket) for view in views]
+                   for member in self.members]
         logits, features = [], []
-        for member in self.members:
-            z, f = member.outputs(faces, batch_bucket)
-            if flip_tta:
-                z2, f2 = member.outputs([face[:, ::-1] for face in faces], batch_bucket)
-                z, f = (z + z2) / 2, (f + f2) / 2
+        for outputs in pending:
+            z = np.mean([np.asarray(z)[:n] for z, _, n in outputs], axis=0)
+            f = np.mean([np.asarray(f)[:n] for _, f, n in outputs], axis=0)
             logits.append(z)
             features.append(f)
         data = strategies.FusionData(
