@@ -416,3 +416,25 @@ def test_the_dummy_data_tool_redraws_its_own_trees(tmp_path):
     (tmp_path / "compound" / "stale.txt").write_text("from an older run")
     tool.write_dummy_data(tmp_path)
     assert _files(tmp_path) == first
+
+
+def test_an_interrupted_dummy_data_tool_keeps_the_old_trees(tmp_path, monkeypatch):
+    """Before: each tree was deleted, then drawn in place, so a Ctrl-C left a half-drawn one."""
+    spec = importlib.util.spec_from_file_location("make_rafdb_dummy_data", _DUMMY_TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    tool.write_dummy_data(tmp_path)
+    first = _files(tmp_path)
+    write_tree = synthetic.write_tree
+
+    def interrupted(out_dir, **kwargs):
+        write_tree(out_dir, **{**kwargs, "num_train_images": 22, "num_test_images": 11})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synthetic, "write_tree", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tool.write_dummy_data(tmp_path)
+    assert {f: b for f, b in _files(tmp_path).items() if not f.startswith(".")} == first
+    monkeypatch.undo()
+    tool.write_dummy_data(tmp_path)  # the next run redraws over the leftover
+    assert _files(tmp_path) == first

@@ -8,9 +8,10 @@ without `Image/original/` (the builder does not read it), plus two cases the bui
 handle: one aligned image stored as a 90x90 greyscale JPEG (re-encoded to 100x100 RGB when
 built) and one image without its manual-landmark file (`has_landmarks=False`).
 
-Regenerating deletes the old `<out>/compound/` and `<out>/basic/` first, so it refuses (one
-line, exit status 2) unless each is missing, empty or a synthetic tree: `--out` pointed at a
-real RAF-DB folder must not delete the user's data.
+Regenerating replaces the old `<out>/compound/` and `<out>/basic/`, so it refuses (one line,
+exit status 2) unless each is missing, empty or a synthetic tree: `--out` pointed at a real
+RAF-DB folder must not delete the user's data. Each tree is drawn beside the old one
+(`<out>/.<kind>.partial/`) and replaces it once complete: an interrupted run keeps the old tree.
 """
 
 from __future__ import annotations
@@ -48,22 +49,26 @@ def check_out(out: pathlib.Path) -> None:
 def write_dummy_data(out: pathlib.Path) -> None:
     check_out(out)
     for kind, (num_train_images, num_test_images) in TREES.items():
-        root = out / kind
-        if root.exists():
-            shutil.rmtree(root)
+        staged = out / f".{kind}.partial"
+        if staged.exists():  # an interrupted run's
+            shutil.rmtree(staged)
         synthetic.write_tree(
-            root,
+            staged,
             kind=kind,
             num_train_images=num_train_images,
             num_test_images=num_test_images,
             seed=1,
         )
-        shutil.rmtree(root / layout.ORIGINAL_DIR)
+        shutil.rmtree(staged / layout.ORIGINAL_DIR)
         grey_name = layout.stem(layout.image_name(kind, "test", 1)) + layout.ALIGNED_SUFFIX
-        grey = root / layout.ALIGNED_DIR / grey_name
+        grey = staged / layout.ALIGNED_DIR / grey_name
         Image.open(grey).convert("L").resize((90, 90)).save(grey, format="JPEG", quality=90)
         no_landmarks = layout.stem(layout.image_name(kind, "test", 2)) + layout.ANNOTATION_SUFFIX
-        (root / layout.MANUAL_ANNOTATION_DIR / no_landmarks).unlink()
+        (staged / layout.MANUAL_ANNOTATION_DIR / no_landmarks).unlink()
+        root = out / kind
+        if root.exists():
+            shutil.rmtree(root)
+        staged.rename(root)
         print(f"wrote {root}")
 
 
