@@ -426,6 +426,35 @@ def test_empty_label_file(tree, tmp_path):
     assert re.match(rf"{re.escape(str(tree / LABELS))} lists no images\.\n", message)
 
 
+@pytest.mark.parametrize("kept, config, expected", [
+    ("train_", "compound", "lists no test image (test_0001.jpg, ...), so the test split would "
+     "be empty: RAF-DB's label file lists both splits; list those images too."),
+    ("test_", "compound", "lists no train image (train_0001.jpg, ...), so the train split would "
+     "be empty: RAF-DB's label file lists both splits; list those images too."),
+    ("test_", "compound_abaw7", "lists no train image of the classes rafdb/compound_abaw7 keeps "
+     "(train_0001.jpg, ...), so the train split would be empty"),
+    ("one per class", "compound", ": no class has 2 or more train images, so the validation "
+     "split (~10 % of each class's train images, held out) would be empty: list more train "
+     "images."),
+], ids=["no_test", "no_train", "abaw7_no_train", "no_validation"])
+def test_a_split_that_would_be_empty_is_one_line_before_writing(tree, tmp_path, kept, config,
+                                                                expected):
+    """TFDS wrote the other splits, then stopped with 'AssertionError: Failed to finalize
+    writing of split "test": No examples were yielded.' and a traceback."""
+    lines = _label_lines(tree)
+    if kept == "one per class":
+        first = {}
+        for line in lines:
+            if line.startswith("train_"):
+                first.setdefault(line.split()[1], line)
+        lines = [*first.values(), *(line for line in lines if line.startswith("test_"))]
+    else:
+        lines = [line for line in lines if line.startswith(kept)]
+    _write_label_lines(tree, lines)
+    message = _build_fails(tree, tmp_path / "data", config)
+    assert message.startswith(f"{tree / LABELS}{'' if expected[0] == ':' else ' '}{expected}")
+
+
 def test_failure_while_writing_leaves_no_dataset(tree, tmp_path):
     """A file that vanishes after validation fails the build midway; TFDS keeps nothing of it."""
     read = rafdb_dataset_builder._jpeg_bytes

@@ -192,14 +192,14 @@ signed by a researcher), unpack the archive, and pass the `compound/` (or `basic
         _log_left_out(records, config)
         train = [r for r in kept if r.split == "train"]
         # layout.SPLITS_WITHIN says what train holds (fusion reports a member trained on it).
-        return {
-            "train": self._generate_examples(train),
-            "validation": self._generate_examples([r for r in train if r.file_name in validation]),
-            "train_fit": self._generate_examples(
-                [r for r in train if r.file_name not in validation]
-            ),
-            "test": self._generate_examples([r for r in kept if r.split == "test"]),
+        splits = {
+            "train": train,
+            "validation": [r for r in train if r.file_name in validation],
+            "train_fit": [r for r in train if r.file_name not in validation],
+            "test": [r for r in kept if r.split == "test"],
         }
+        _check_no_split_empty(splits, root, config)
+        return {name: self._generate_examples(records) for name, records in splits.items()}
 
     def _generate_examples(self, records: list[layout.Record]):
         label_map = self.builder_config.label_map
@@ -225,6 +225,28 @@ def _jpeg_bytes(record: layout.Record) -> bytes:
         out = io.BytesIO()
         image.save(out, format="JPEG", quality=JPEG_QUALITY)
     return out.getvalue()
+
+
+def _check_no_split_empty(splits: dict[str, list[layout.Record]], root: epath.Path,
+                          config: RafDbConfig) -> None:
+    """TFDS cannot write an empty split: it stopped the build after writing the others with
+    'AssertionError: Failed to finalize writing of split "test": No examples were yielded.'"""
+    empty = [name for name, records in splits.items() if not records]
+    if not empty:
+        return
+    labels = root / layout.LABEL_FILE
+    kept = f" of the classes rafdb/{config.name} keeps" if None in config.label_map else ""
+    for split in ("train", "test"):
+        if split in empty:
+            raise layout.RafDbLayoutError(
+                f"{labels} lists no {split} image{kept} "
+                f"({layout.image_name(config.tree, split, 1)}, ...), so the {split} split "
+                "would be empty: RAF-DB's label file lists both splits; list those images too."
+            )
+    raise layout.RafDbLayoutError(
+        f"{labels}: no class{kept} has 2 or more train images, so the validation split (~10 % "
+        "of each class's train images, held out) would be empty: list more train images."
+    )
 
 
 def _log_left_out(records: list[layout.Record], config: RafDbConfig) -> None:
