@@ -498,6 +498,10 @@ def test_config_errors_name_the_key_and_the_fix(tmp_path, cache_dir, info, monke
     c = _config(cache_dir)
     c.dataset.update(name="no_such_dataset", synthetic=False)
     _error(c, r"config\.dataset\.name='no_such_dataset' is not a known TFDS dataset")
+    c.dataset.name = "rafdb/compound:2.0.0"  # was TFDS's AssertionError and its traceback
+    _error(c, r"^config\.dataset\.name='rafdb/compound:2\.0\.0': rafdb cannot be loaded at "
+              r"version 2\.0\.0, only: 1\.0\.0\. Name one of those versions after the ':', or "
+              r"none \(the newest\): 'rafdb/compound'\.$")
 
     c = _config(cache_dir)
     c.dataset.update(synthetic=False, data_dir=str(tmp_path / "empty"))

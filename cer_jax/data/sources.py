@@ -13,6 +13,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -264,6 +265,13 @@ class TfdsSource:
                 f"({first_line}). Use a registered TFDS name (e.g. 'rafdb/compound', "
                 "'rafdb/compound_abaw7', 'rafdb/basic') or 'folder' with "
                 "config.dataset.folder pointing at a <split>/<class>/<image> tree."
+            ) from e
+        except AssertionError as e:  # TFDS's word for a version it does not have
+            found = re.search(r"cannot be loaded at version .*", str(e))
+            said = (found.group(0) if found else str(e).strip()).rstrip(".")
+            raise DataConfigError(
+                f"config.dataset.name={config.name!r}: {family} {said}. Name one of those "
+                f"versions after the ':', or none (the newest): {config.name.split(':')[0]!r}."
             ) from e
 
         def check_tree() -> None:
