@@ -1,6 +1,7 @@
 """Input pipeline on a small synthetic RAF-DB (built once) and on a tiny image-folder tree."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -756,6 +757,33 @@ def test_unreadable_image_is_named(tmp_path):
         pipeline.train_iterator(config, info, global_batch_size=2, seed=0)
     with pytest.raises(DataConfigError, match=match):
         list(pipeline.eval_iterator(config, info, "train", global_batch_size=2))
+
+
+@pytest.mark.parametrize("change, said", [
+    ("remove", r"split 'test' 3 examples \(were 4\)"),  # was IndexError's traceback
+    ("add_class", r"classes a, b, c \(were b, c\); split 'test' 6 examples \(were 4\)"),
+])
+def test_a_folder_changed_during_the_run_stops_its_next_evaluation(tmp_path, change, said):
+    """An evaluation lists the folder again: a class folder added before the others shifted
+    every label after it (metrics silently wrong), an image taken out was an IndexError."""
+    root = tmp_path / "faces"
+    _write_folder(root, ["train", "test"], {"train": ["b", "c"], "test": ["b", "c"]})
+    config = _folder_config(root, image_size=8)
+    info = pipeline.get_dataset_info(config)
+    assert len(list(pipeline.eval_iterator(config, info, "test", global_batch_size=4))) == 1
+    if change == "remove":
+        os.remove(root / "test" / "c" / "1.png")
+    else:  # two images in each split
+        _write_folder(tmp_path / "new", ["train", "test"], {"train": ["a"], "test": ["a"]})
+        os.remove(tmp_path / "new" / "train" / "a" / "g.png")
+        for split in ("train", "test"):
+            os.rename(tmp_path / "new" / split / "a", root / split / "a")
+    with pytest.raises(DataConfigError) as e:
+        list(pipeline.eval_iterator(config, info, "test", global_batch_size=4))
+    assert re.fullmatch(
+        rf"folder:{re.escape(str(root))} changed since the run began: {said}\. Its "
+        r"evaluation of split 'test' would read other examples than the run's: put the data "
+        r"back as it was for this run \(a new run reads it as it is then\)\.", str(e.value))
 
 
 def test_an_image_one_host_cannot_read_stops_every_host_in_step(tmp_path, monkeypatch):

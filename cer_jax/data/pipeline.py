@@ -465,7 +465,7 @@ def eval_iterator(
     together = jax.distributed.is_initialized() and jax.process_count() > 1
     produced, error = 0, None
     try:
-        for b in _eval_batches(config, split, start, end, batch, num_batches * batch):
+        for b in _eval_batches(config, info, split, start, end, batch, num_batches * batch):
             produced += 1
             yield b
     except Exception as e:
@@ -484,8 +484,8 @@ def eval_iterator(
             hint=READ_HINT)
 
 
-def _eval_batches(config: ml_collections.ConfigDict, split: str, start: int, end: int,
-                  batch: int, rows: int) -> Iterator[dict[str, np.ndarray]]:
+def _eval_batches(config: ml_collections.ConfigDict, info: DatasetInfo, split: str, start: int,
+                  end: int, batch: int, rows: int) -> Iterator[dict[str, np.ndarray]]:
     """eval_iterator's batches of examples [start, end) of `split`, padded to `rows`."""
     tf = import_tf()
     in_cfg = config.input
@@ -504,6 +504,7 @@ def _eval_batches(config: ml_collections.ConfigDict, split: str, start: int, end
     row["file_name"] = tf.constant("")  # an object array is no tensor
     padding = tf.data.Dataset.from_tensors(row).repeat(rows - (end - start))
     source = open_source(config.dataset)
+    _check_unchanged(source.info, info, split)
     if end > start:
         examples = source.examples(split, np.arange(start, end))
         ds = examples.map(as_written(view), num_parallel_calls=tf.data.AUTOTUNE)
@@ -514,6 +515,26 @@ def _eval_batches(config: ml_collections.ConfigDict, split: str, start: int, end
     for b in _numpy_batches(ds, _naming_bad_files(source, split, np.arange(start, end))):
         b["file_name"] = np.asarray([f.decode("utf-8") for f in b["file_name"]], dtype=object)
         yield b
+
+
+def _check_unchanged(now: DatasetInfo, then: DatasetInfo, split: str) -> None:
+    """An evaluation opens its split again (an image folder is listed again): one changed since
+    the run began would be misread. A file taken out was an IndexError's traceback, a class
+    folder added shifted every label after it (metrics silently wrong), an image added was
+    left out."""
+    changes = []
+    if now.class_names != then.class_names:
+        changes.append(f"classes {', '.join(now.class_names)} (were "
+                       f"{', '.join(then.class_names)})")
+    if now.split_sizes.get(split) != then.split_sizes[split]:
+        changes.append(f"split {split!r} {now.split_sizes.get(split, 0)} examples (were "
+                       f"{then.split_sizes[split]})")
+    if changes:
+        raise DataConfigError(
+            f"{then.name} changed since the run began: {'; '.join(changes)}. Its evaluation of "
+            f"split {split!r} would read other examples than the run's: put the data back as "
+            "it was for this run (a new run reads it as it is then)."
+        )
 
 
 def _padding_batch(batch: int, size: int) -> dict[str, np.ndarray]:
