@@ -59,6 +59,7 @@ from etils import epath
 from flax import nnx
 
 from cer_jax import checkpointing, models, paths, sharding, train_state
+from cer_jax.data import augment
 from cer_jax.errors import UserError
 from cer_jax.fusion import strategies
 
@@ -70,9 +71,6 @@ MODEL_FILE = "model.npz"
 CONFIG_FILE = "config.json"
 ALIGNED_SIZE = 100  # RAF-DB's aligned faces: what the members were trained on.
 
-IMAGENET_MEAN = np.asarray((0.485, 0.456, 0.406), np.float32)
-IMAGENET_STD = np.asarray((0.229, 0.224, 0.225), np.float32)
-NORMALIZATIONS = ("imagenet", "minus_one_one", "unit")
 
 
 class EnsembleError(ValueError):
@@ -125,13 +123,15 @@ def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def normalize(image: np.ndarray, mode: str) -> np.ndarray:
+    """As `augment.normalize` (whose constants these are), in numpy."""
     if mode == "imagenet":
-        return (image - IMAGENET_MEAN) / IMAGENET_STD
+        return (image - np.float32(augment.IMAGENET_MEAN)) / np.float32(augment.IMAGENET_STD)
     if mode == "minus_one_one":
         return image * np.float32(2.0) - np.float32(1.0)
     if mode == "unit":
         return image
-    raise EnsembleError(f"Unknown normalization {mode!r}; choose one of {NORMALIZATIONS}.")
+    raise EnsembleError(
+        f"Unknown normalization {mode!r}; choose one of {augment.NORMALIZATIONS}.")
 
 
 def eval_view(image: np.ndarray, preprocessing: dict[str, Any]) -> np.ndarray:
