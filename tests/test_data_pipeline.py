@@ -952,3 +952,21 @@ def test_a_bad_synthetic_setting_names_its_config_key_before_drawing(tmp_path, k
         pipeline.get_dataset_info(config)
     assert str(e.value) == message
     assert not (tmp_path / "cache").exists()
+
+
+def test_an_image_taken_out_of_an_uncached_folder_during_training_is_one_line(tmp_path):
+    """input.cache=False reads each image every epoch: one deleted meanwhile was TensorFlow's
+    NotFoundError and its traceback."""
+    root = tmp_path / "faces"
+    _write_folder(root, ["train", "test"], {"train": ["b", "c"], "test": ["b", "c"]})
+    config = _folder_config(root, cache=False)
+    info = pipeline.get_dataset_info(config)
+    batches = pipeline.train_iterator(config, info, global_batch_size=2, seed=0)
+    next(batches)
+    os.remove(root / "train" / "c" / "1.png")
+    with pytest.raises(DataConfigError) as e:
+        for _ in range(20):  # 5 images: within a few epochs
+            next(batches)
+    assert str(e.value) == (
+        f"{root / 'train' / 'c' / '1.png'}: not found (split 'train'): it was there when the "
+        "run began. Put it back (a new run reads the data as they are then).")

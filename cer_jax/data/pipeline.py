@@ -252,16 +252,22 @@ def local_batch_size(global_batch_size: int) -> int:
 
 @contextlib.contextmanager
 def _naming_bad_files(source: Source, split: str, indices: np.ndarray) -> Iterator[None]:
-    """Turns a tf.data decode error into one that names the unreadable file."""
+    """Turns a tf.data decode error, or a file gone since the run began (input.cache=False
+    reads each image every epoch), into one that names the file."""
     # Bound now: an iterator collected at interpreter exit closes here after TensorFlow's
     # modules are torn down (`tf.errors` is None by then).
-    decode_error = import_tf().errors.InvalidArgumentError
+    errors = import_tf().errors
+    decode_error, not_found = errors.InvalidArgumentError, errors.NotFoundError
     try:
         yield
-    except decode_error as e:
+    except (decode_error, not_found) as e:
         bad = source.find_unreadable(split, indices)
         if bad is None:
             raise
+        if isinstance(e, not_found):
+            raise DataConfigError(
+                f"{bad}: not found (split {split!r}): it was there when the run began. Put "
+                "it back (a new run reads the data as they are then).") from e
         raise DataConfigError(
             f"{bad}: cannot be decoded as an image (split {split!r}). {source.unreadable_fix()}"
         ) from e
