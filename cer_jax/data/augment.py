@@ -333,10 +333,11 @@ def random_erasing(
     area: Sequence[float] = (0.02, 0.33),
     ratio: Sequence[float] = (0.3, 3.3),
 ) -> Tensor:
-    """Erases one random rectangle with uniform random values (torchvision RandomErasing).
+    """Erases one random rectangle with uniform random pixel values in [0, 1], before
+    normalisation (torchvision's RandomErasing(value='random') draws normal noise, after it).
 
-    Like torchvision, up to 10 candidate boxes are drawn and the first that fits is used; if
-    none fits the image is returned unchanged.
+    The box is torchvision's: up to 10 candidate boxes are drawn and the first that fits is
+    used; if none fits the image is returned unchanged.
     """
     tf = _tf()
     shape = tf.shape(image)

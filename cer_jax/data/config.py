@@ -99,8 +99,8 @@ def input_defaults() -> ml_collections.ConfigDict:
     )
     # Gaussian blur, separable, reflect padding; sigma drawn uniformly; prob 0 = off.
     c.blur = ml_collections.ConfigDict(dict(prob=0.0, sigma=(0.1, 2.0), kernel=5))
-    # Random erasing (timm / torchvision): one rectangle of relative area in `area`, aspect
-    # ratio in `ratio`, filled with uniform random values; prob 0 = off.
+    # Random erasing (torchvision's box): one rectangle of relative area in `area`, aspect
+    # ratio in `ratio`, filled with uniform random pixels before normalisation; prob 0 = off.
     c.random_erasing = ml_collections.ConfigDict(
         dict(prob=0.0, area=(0.02, 0.33), ratio=(0.3, 3.3))
     )
