@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import shutil
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -564,7 +565,8 @@ def write_tree(
 
     `out_dir` plays the role of RAF-DB's `basic/` or `compound/` folder: pass it to the TFDS
     builder as `--manual_dir`. `out_dir` must be new, empty or an earlier synthetic tree, whose
-    files are overwritten (OutputPathError otherwise, before anything is written). The marker
+    label file and image / annotation folders are replaced (OutputPathError otherwise, before
+    anything is written). The marker
     file is written first, so an interrupted run can be redrawn; the label file is removed
     first and written last, so such a run leaves a tree that the builder rejects rather than a
     partial one that it would read.
@@ -573,6 +575,7 @@ def write_tree(
     check_out_dir(out_dir)
     root = pathlib.Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
+    earlier = is_synthetic_tree(root)
     (root / MARKER_FILE).write_text(
         _README.format(
             version=VERSION,
@@ -584,6 +587,9 @@ def write_tree(
         )
     )
     (root / layout.LABEL_FILE).unlink(missing_ok=True)
+    if earlier:  # a larger earlier tree's images beyond this one's ids would stay beside it
+        for folder in _FOLDERS:
+            shutil.rmtree(root / folder, ignore_errors=True)
     for sub in (pathlib.Path(layout.LABEL_FILE).parent, *_FOLDERS):
         (root / sub).mkdir(parents=True, exist_ok=True)
 

@@ -349,6 +349,16 @@ def test_an_earlier_or_interrupted_synthetic_tree_is_redrawn(tmp_path, monkeypat
     assert _files(tmp_path / "stopped") == _files(tmp_path / "fresh")
 
 
+def test_a_smaller_tree_over_a_larger_one_leaves_none_of_its_images(tmp_path):
+    """Before: the earlier tree's images beyond the new one's ids stayed (a 130-image tree over
+    a 250-image one had 250 aligned faces, 120 of them in no label line)."""
+    synthetic.write_tree(tmp_path / "t", num_train_images=40, num_test_images=20)
+    synthetic.write_tree(tmp_path / "t", num_train_images=22, num_test_images=11)
+    synthetic.write_tree(tmp_path / "fresh", num_train_images=22, num_test_images=11)
+    assert _files(tmp_path / "t").keys() == _files(tmp_path / "fresh").keys()
+    assert _files(tmp_path / "t") == _files(tmp_path / "fresh")
+
+
 @pytest.mark.parametrize(("flags", "message"), [
     (["--out={tmp}/rafdb"],
      "--out={tmp}/rafdb is a folder with other files (no SYNTHETIC_README.txt: not a synthetic "
