@@ -183,7 +183,8 @@ def check_same_data(configs: dict[str, ml_collections.ConfigDict], out: str) -> 
             "synthetic_num_test_images": "num_test_images"}
     for member, config in configs.items():
         workdir = os.path.join(out, member)
-        if not os.path.isfile(os.path.join(workdir, checkpointing.CONFIG_FILE)):
+        # A run stopped before its first save left config.json alone: the trainer starts anew.
+        if not checkpointing.holds_checkpoints(workdir):
             continue
         saved = checkpointing.load_config(workdir).dataset
         if any(saved.get(key) != config.dataset[key] for key in keys):

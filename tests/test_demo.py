@@ -121,6 +121,21 @@ def test_other_data_sizes_into_an_earlier_demo_stop_in_one_line(demo_run):
                           for m in MODELS}, out)
 
 
+def test_a_member_stopped_before_its_first_save_does_not_hold_its_data_size(tmp_path):
+    """Before: a demo stopped (Ctrl-C twice) in its first member's first steps left config.json
+    alone, and a smaller demo into that --out stopped with 'its vit was trained on other
+    synthetic data' although nothing was trained (the trainer starts such a workdir anew)."""
+    from cer_jax import checkpointing
+
+    out = str(tmp_path)
+    data = os.path.join(out, "data")
+    checkpointing.save_config(demo.member_config("vit", data, 1.0, 3000, 300),
+                              os.path.join(out, "vit"))
+    configs = {m: demo.member_config(m, data, 0.02, 300, 300) for m in MODELS}
+    demo.check_same_data(configs, out)
+    demo.check_same_settings(configs, out)
+
+
 def test_another_steps_scale_into_an_earlier_demo_stops_in_one_line(demo_run, monkeypatch):
     """Before: the trainer resumed each member's 2-step run as a run of the new step count (its
     first steps on the old run's schedule), or given fewer steps exported the old run under the
