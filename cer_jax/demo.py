@@ -25,6 +25,7 @@ import difflib
 import glob
 import json
 import logging as std_logging
+import math
 import os
 import sys
 import time
@@ -55,8 +56,18 @@ _OUT = cli.define_path_flag("out", "/tmp/cer_jax_demo", "Folder for data, workdi
 _STEPS_SCALE = flags.DEFINE_float(
     "steps_scale", 1.0, "Multiplies every training run's number of steps (tests: e.g. 0.02)."
 )
-flags.register_validator("steps_scale", lambda scale: scale > 0,
-                         "--steps_scale must be > 0 (a multiplier of the training steps).")
+
+
+def check_steps_scale(scale: float) -> bool:
+    """--steps_scale: a finite number > 0 (inf passed a `> 0` check and was OverflowError's
+    traceback at the step count's round())."""
+    if not 0 < scale < math.inf:
+        raise flags.ValidationError(
+            "--steps_scale must be a finite number > 0 (a multiplier of the training steps).")
+    return True
+
+
+flags.register_validator("steps_scale", check_steps_scale)
 _NUM_TRAIN_IMAGES = flags.DEFINE_integer(
     "num_train_images",
     synthetic.NUM_TRAIN_IMAGES,

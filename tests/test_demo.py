@@ -186,6 +186,16 @@ def test_models_names_the_misspelt_member():
             demo.check_models(each_once)
 
 
+@pytest.mark.parametrize("scale", ["0", "-1", "inf", "nan"])
+def test_a_steps_scale_that_is_no_multiplier_is_a_flag_error(scale):
+    """Before: --steps_scale=inf passed the check and was OverflowError's traceback."""
+    with pytest.raises(demo.flags.ValidationError) as e:
+        demo.check_steps_scale(float(scale))
+    assert str(e.value) == ("--steps_scale must be a finite number > 0 (a multiplier of the "
+                            "training steps).")
+    assert demo.check_steps_scale(0.02)
+
+
 def test_too_few_train_images_for_a_batch_stop_the_demo_in_a_line_of_its_own():
     """Before: after drawing and building, the trainer's 'training.global_batch_size=32 is
     larger than the 11 examples of split 'train_fit'; lower it', a key the demo has no flag for
