@@ -646,10 +646,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     logging.warning("Stopped at step %d (%s); run again to resume.", step,
                                     result["stopped"])
                     break
+            # The last save is written in the background: waited for here, under the handlers,
+            # a SIGTERM meanwhile is one more stop below (it killed the process mid-save,
+            # losing that step and the training since the save before).
+            ckpts.wait()
         # A Ctrl-C or SIGTERM after the last check (in the final evaluation or save): the step
-        # is saved, so the run stops before its export, which the next run then does.
+        # is saved, so the run stops before its export, which the next run then does (a halt
+        # that a SIGTERM joined is a preemption, as in the loop).
         late = stop_request.agreed()
-        if late == "interrupted" or (late is not None and result["stopped"] is None):
+        if late is not None:
             result["stopped"] = late
     except KeyboardInterrupt:
         kept = (f"the checkpoint of step {last_saved} is kept: run again to resume from it"

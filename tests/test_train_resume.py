@@ -678,6 +678,38 @@ def test_sigterm_in_the_last_evaluation_stops_before_the_export_which_the_next_r
     assert result["stopped"] is None and result["step"] == TOTAL_STEPS and result["export"]
 
 
+class SigtermDeath(Exception):
+    """SIGTERM's default action, death at once, as a test can see it."""
+
+
+def test_sigterm_while_the_last_checkpoint_is_written_keeps_it(
+        tmp_path, synthetic_cache_dir, monkeypatch):
+    """Orbax writes a save in the background. The trainer waited for its last one after putting
+    the SIGTERM handler it found back: a preemption then killed the process mid-save, and the
+    step was lost with the training since the save before."""
+    workdir = tmp_path / "preempted_in_the_last_save"
+    wait, calls = checkpointing.Checkpoints.wait, []
+
+    def preempting(self):
+        calls.append(None)
+        if len(calls) == 1:  # the wait for step 8's save
+            os.kill(os.getpid(), signal.SIGTERM)
+        wait(self)
+
+    def dying(signum, frame):
+        raise SigtermDeath
+
+    monkeypatch.setattr(checkpointing.Checkpoints, "wait", preempting)
+    previous = signal.signal(signal.SIGTERM, dying)
+    try:
+        result = trainer.train_and_evaluate(tiny_config(synthetic_cache_dir), str(workdir))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert (result["stopped"], result["step"]) == ("preempted", TOTAL_STEPS)
+    assert saved_steps(workdir)[-1] == TOTAL_STEPS
+    assert not os.path.exists(workdir / "export")  # the next run does it
+
+
 def test_an_ignored_ctrl_c_stays_ignored(tmp_path, synthetic_cache_dir, press_ctrl_c):
     """A job started in the background (`cmd &` in a script) ignores SIGINT: so does its run."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
