@@ -383,6 +383,18 @@ def latest_saved_step(workdir: str) -> int | None:
     return max(ocp.path.step.checkpoint_steps(folder), default=None)
 
 
+def stopped_early(workdir: str) -> tuple[int, int] | None:
+    """(latest saved step, run length) of a run that stopped before its last step (halted,
+    preempted, or still training): its best checkpoint is not the one its finished run would
+    give. None when it finished, or when nothing says (no config.json length, no train state)."""
+    try:
+        total = int(load_config(workdir).dataset_info.total_steps)
+    except (WorkdirError, AttributeError, KeyError, TypeError):
+        return None
+    latest = latest_saved_step(workdir)
+    return (latest, total) if latest is not None and latest < total else None
+
+
 def best_step(workdir: str) -> int:
     path = workdir_path(workdir, BEST_DIR)
     step = None

@@ -422,6 +422,7 @@ def _check_run(config: ml_collections.ConfigDict, workdir: str
     if not resuming:  # weights that do not fit: one line before the data work, not after it
         warm_start.check_initial_weights(config)
         warm_start.check_input_normalization(config)
+        warm_start.check_source_run_finished(config)
     # First: an unset shard count takes the resumed run's.
     resolve_data_shards(config, workdir, resuming=resuming)
     config.input.seed = checkpointing.data_order_seed(config)  # recorded resolved

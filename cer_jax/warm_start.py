@@ -172,6 +172,20 @@ def _check_kept_checkpoint_head(checkpoint: str, class_names: list[str]) -> None
         checkpoint, source, list(class_names), why)
 
 
+def check_source_run_finished(config: ml_collections.ConfigDict) -> None:
+    """Warns when init.workdir's run stopped before its last step (halted, preempted, or still
+    training): the fine-tuning starts from its best checkpoint so far, which a `;` after a
+    preempted basic run (exit status 143) gave without a word. Only a warning: it may be meant."""
+    source = config.init.get("workdir")
+    stopped = checkpointing.stopped_early(source) if source else None
+    if stopped is not None:
+        logging.warning(
+            "init.workdir=%s stopped at step %d of %d (halted or preempted, or still training): "
+            "this run starts from its best checkpoint so far, not its finished run's; run "
+            "python -m cer_jax.train on %s again to finish it first, unless that is meant.",
+            source, *stopped, source)
+
+
 def check_input_normalization(config: ml_collections.ConfigDict) -> None:
     """Warns when init.checkpoint's network was pre-trained on inputs scaled otherwise than
     config.input.normalization scales them (DeiT's ImageNet mean/std fed [-1, 1], say): it

@@ -286,6 +286,32 @@ def test_a_resume_lists_the_workdirs_checkpoints_once_before_training(
     assert [str(folder) for folder in listed] == [str(workdir / "checkpoints")]
 
 
+def test_fine_tuning_from_a_run_that_stopped_early_says_so(
+        halted_workdir, tmp_path, synthetic_cache_dir, caplog):
+    """The README's fine-tuning from the basic run, after that run was halted or preempted (a
+    `;` in a script goes on after its exit status 143), started from a partly trained model
+    without a word."""
+    message = (f"init.workdir={halted_workdir} stopped at step 4 of {TOTAL_STEPS} (halted or "
+               "preempted, or still training): this run starts from its best checkpoint so "
+               f"far, not its finished run's; run python -m cer_jax.train on {halted_workdir} "
+               "again to finish it first, unless that is meant.")
+    config = tiny_config(synthetic_cache_dir, **{"init.workdir": str(halted_workdir)})
+    with caplog.at_level("WARNING"):
+        trainer.prepare(config, str(tmp_path / "fine_tuned"))
+    assert message in caplog.text
+
+    finished = tmp_path / "finished"  # at its last step: no warning
+    shutil.copytree(halted_workdir, finished)
+    recorded = json.loads((finished / "config.json").read_text())
+    recorded["dataset_info"]["total_steps"] = 4
+    (finished / "config.json").write_text(json.dumps(recorded))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        trainer.prepare(tiny_config(synthetic_cache_dir, **{"init.workdir": str(finished)}),
+                        str(tmp_path / "fine_tuned_from_finished"))
+    assert "stopped at step" not in caplog.text
+
+
 def test_keep_head_of_a_run_on_other_classes_is_refused_in_one_line(
         halted_workdir, tmp_path, synthetic_cache_dir):
     """basic-7 and the 7 C-EXPR-DB classes give heads of one shape: keep_head must compare the

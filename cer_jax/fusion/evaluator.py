@@ -218,12 +218,9 @@ def unfinished_members(members: Sequence[members_lib.Member]) -> list[str]:
     they are, but their best checkpoint is not what the finished run would give."""
     notes = []
     for member in members:
-        try:
-            total = int(checkpointing.load_config(member.workdir).dataset_info.total_steps)
-        except (checkpointing.WorkdirError, AttributeError, KeyError, TypeError):
-            continue  # an export-only workdir: nothing to read
-        latest = checkpointing.latest_saved_step(member.workdir)
-        if latest is not None and latest < total:
+        stopped = checkpointing.stopped_early(member.workdir)  # None for an export-only one
+        if stopped is not None:
+            latest, total = stopped
             notes.append(f"member {member.name} stopped at step {latest} of {total} (halted or "
                          f"preempted); run python -m cer_jax.train on {member.workdir} again to "
                          "finish it")
