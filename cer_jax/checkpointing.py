@@ -53,7 +53,7 @@ def _best_options(read_only: bool = False) -> ocp.CheckpointManagerOptions:
         )
     return ocp.CheckpointManagerOptions(
         max_to_keep=1, best_fn=_best_metric, best_mode="max",
-        multiprocessing_options=_barriers(BEST_DIR),
+        multiprocessing_options=_barriers(BEST_DIR), cleanup_tmp_directories=True,
     )
 
 
@@ -266,14 +266,19 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: str, *,
 
 
 class Checkpoints:
-    """The latest-N train states (resume) and the best model state of one workdir."""
+    """The latest-N train states (resume) and the best model state of one workdir.
+
+    A save cut short (killed in a preemption's grace period) leaves Orbax's temporary folder
+    (on gs://, a step folder without commit_success.txt), a whole train state that no later
+    save of another step removes: each manager deletes them when it opens."""
 
     def __init__(self, workdir: str, keep: int):
         self.workdir = workdir
         self.latest = ocp.CheckpointManager(
             workdir_path(workdir, LATEST_DIR),
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, multiprocessing_options=_barriers(LATEST_DIR)
+                max_to_keep=keep, create=True, multiprocessing_options=_barriers(LATEST_DIR),
+                cleanup_tmp_directories=True,
             ),
         )
         self.best = ocp.CheckpointManager(workdir_path(workdir, BEST_DIR), options=_best_options())

@@ -352,6 +352,28 @@ def test_a_best_step_saved_again_replaces_the_first(tmp_path, synthetic_cache_di
     ckpts.close()
 
 
+def test_a_save_cut_short_is_cleaned_up_by_the_next_run(tmp_path):
+    """A preemption's save killed in its grace period left Orbax's temporary folder, a whole
+    train state that no save of another step removed: each such kill cost that much disk."""
+    workdir = tmp_path / "run"
+    for folder in (checkpointing.LATEST_DIR, checkpointing.BEST_DIR):
+        leftover = workdir / folder / "5.orbax-checkpoint-tmp"
+        leftover.mkdir(parents=True)
+        (leftover / "array").write_bytes(bytes(1024))
+    state = {"step": np.int32(7), "params": {"w": np.ones(3, np.float32)},
+             "rest": {"mean": np.zeros(3, np.float32)}, "opt_state": {"mu": np.zeros(3)}}
+    ckpts = checkpointing.Checkpoints(str(workdir), keep=2)
+    try:
+        ckpts.save_latest(7, state)
+        ckpts.save_best(7, state, {checkpointing.BEST_METRIC: 0.5})
+        ckpts.wait()
+    finally:
+        ckpts.close()
+    for folder in (checkpointing.LATEST_DIR, checkpointing.BEST_DIR):
+        assert not [name for name in os.listdir(workdir / folder) if "tmp" in name], folder
+        assert os.path.isdir(workdir / folder / "7")
+
+
 def test_a_best_checkpoint_replaced_while_it_is_restored_gives_the_new_one(
         tmp_path, synthetic_cache_dir, monkeypatch):
     """Fusion (its export) reading a member whose run, still training, saves a better step and
