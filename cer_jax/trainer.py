@@ -521,7 +521,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if start_step:
         state = ckpts.restore_latest(jax.eval_shape(lambda: state), mesh, config)
         logging.info("Resumed %s at step %d.", workdir, start_step)
-        _warn_if_resized(workdir, start_step, total_steps)  # before config.json is rewritten
+        used = (config.dataset.train_split, *config.dataset.eval_splits)
+        _warn_if_resized(workdir, start_step, total_steps,  # before config.json is rewritten
+                         {split: int(info.split_sizes[split]) for split in used})
 
     config.dataset_info = ml_collections.ConfigDict(
         dict(num_classes=info.num_classes, class_names=list(info.class_names),
@@ -687,15 +689,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return result
 
 
-def _warn_if_resized(workdir: str, start_step: int, total_steps: int) -> None:
+def _warn_if_resized(workdir: str, start_step: int, total_steps: int,
+                     split_sizes: dict[str, int]) -> None:
     """A resume of another length than config.json records (training.num_steps / num_epochs,
     or the training split's size, changed) went on silently: its learning rate jumped onto the
-    new length's schedule, and one shortened below its step ended there with exit status 0."""
+    new length's schedule, and one shortened below its step ended there with exit status 0.
+    So did one whose splits (`split_sizes`, this run's) changed under the same dataset name
+    (images added to a dataset.folder, another synthetic size): it went on training, and
+    choosing its best checkpoint, on other examples than before."""
     try:
-        recorded = checkpointing.load_config(workdir).get("dataset_info") or {}
+        info = checkpointing.load_config(workdir).get("dataset_info") or {}
     except checkpointing.WorkdirError:  # no config.json: nothing recorded to compare
         return
-    recorded = recorded.get("total_steps")
+    sizes = info.get("split_sizes") or {}
+    changed = [f"{split} {sizes[split]} there, {size} here" for split, size in split_sizes.items()
+               if sizes.get(split) is not None and int(sizes[split]) != size]
+    if changed:
+        logging.warning("Resuming %s at step %d: its data changed since config.json was written "
+                        "(examples per split: %s); it goes on training, and choosing its best "
+                        "checkpoint, on other examples than before. Resume with the data it was "
+                        "trained on, or train anew in another --workdir.", workdir, start_step,
+                        "; ".join(changed))
+    recorded = info.get("total_steps")
     if recorded is None or recorded == total_steps:
         return
     then = ("it ends here: nothing is trained, its best checkpoint is exported"

@@ -267,6 +267,27 @@ def test_a_resume_of_another_run_length_says_so(halted_workdir, tmp_path, synthe
     assert "Resuming" not in caplog.text
 
 
+def test_a_resume_on_changed_data_says_so(halted_workdir, tmp_path, synthetic_cache_dir, caplog):
+    """The same dataset name over other images (a dataset.folder added to, another synthetic
+    size): the resumed run trained, and chose its best checkpoint, on other examples than the
+    run it went on, without a word (with training.num_steps its length does not change)."""
+    workdir = tmp_path / "run"
+    shutil.copytree(halted_workdir, workdir)
+    recorded = json.loads((workdir / "config.json").read_text())
+    size = recorded["dataset_info"]["split_sizes"]["validation"]
+    recorded["dataset_info"]["split_sizes"]["validation"] = size - 2  # 2 images added since
+    (workdir / "config.json").write_text(json.dumps(recorded))
+    config = tiny_config(synthetic_cache_dir, **{"training.halt_after_steps": 4})
+    with caplog.at_level("WARNING"):
+        trainer.train_and_evaluate(config, str(workdir))
+    assert (f"Resuming {workdir} at step 4: its data changed since config.json was written "
+            f"(examples per split: validation {size - 2} there, {size} here); it goes on "
+            "training, and choosing its best checkpoint, on other examples than before. Resume "
+            "with the data it was trained on, or train anew in another --workdir."
+            ) in caplog.text
+    assert "-step run and is now" not in caplog.text  # the same length
+
+
 def test_a_resume_lists_the_workdirs_checkpoints_once_before_training(
         halted_workdir, tmp_path, synthetic_cache_dir, monkeypatch):
     """Each listing is several requests on gs://: the checks before training listed the
