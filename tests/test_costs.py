@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
@@ -85,3 +86,34 @@ def test_costs_command_uses_absl_flags():
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| vit:test/8 |" in proc.stdout
+
+
+# The costs command, stopped by SIGTERM (what `timeout` sends) as it starts on ResNet.
+RUN_COSTS_STOPPED_AT_RESNET = """
+import os, runpy, signal, sys
+from cer_jax import models
+
+create = models.create_model
+
+def stop_at_resnet(name, **kwargs):
+    if name == "resnet":
+        os.kill(os.getpid(), signal.SIGTERM)
+    return create(name, **kwargs)
+
+models.create_model = stop_at_resnet
+sys.argv = ["cer_jax.bench.costs", *sys.argv[1:]]
+runpy.run_module("cer_jax.bench.costs", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_a_count_stopped_by_its_timeout_keeps_the_models_it_finished():
+    """bench/accelerator.sh gives the XLA:CPU count 100 s (`timeout 100 ... | tee`); the table
+    was printed only after the last model, so a count stopped in MA-Net left costs_cpu.txt
+    empty, the finished ViT-B/16 and ResNet-50 rows with it."""
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN_COSTS_STOPPED_AT_RESNET, "--models=vit:test/8,resnet:18",
+         "--image_size=16"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGTERM, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 3 and lines[2].startswith("| vit:test/8 | "), proc.stdout
+    assert lines[:2] == costs.TABLE_HEADER.splitlines()

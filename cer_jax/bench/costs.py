@@ -162,19 +162,22 @@ def model_costs(name: str, model_kwargs: dict[str, Any] | None = None, *, image_
     )
 
 
+TABLE_HEADER = ("| model | trainable parameters | forward GFLOPs / image | "
+                "train-step GFLOPs / image | train / forward |\n|---|---:|---:|---:|---:|")
+
+
+def table_row(c: Costs) -> str:
+    return (f"| {c.spec} | {c.params:,} | {c.forward_flops / 1e9:.2f} | "
+            f"{c.train_step_flops / 1e9:.2f} | {c.train_step_flops / c.forward_flops:.2f} |")
+
+
+def table_note(image_size: int) -> str:
+    return (f"\n{image_size}x{image_size} RGB input; FLOPs as counted by XLA "
+            f"({jax.default_backend()} backend), a multiply-add counting as 2.")
+
+
 def markdown_table(costs: Sequence[Costs], *, image_size: int) -> str:
-    lines = [
-        "| model | trainable parameters | forward GFLOPs / image | train-step GFLOPs / image "
-        "| train / forward |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for c in costs:
-        lines.append(f"| {c.spec} | {c.params:,} | {c.forward_flops / 1e9:.2f} | "
-                     f"{c.train_step_flops / 1e9:.2f} | "
-                     f"{c.train_step_flops / c.forward_flops:.2f} |")
-    lines.append(f"\n{image_size}x{image_size} RGB input; FLOPs as counted by XLA "
-                 f"({jax.default_backend()} backend), a multiply-add counting as 2.")
-    return "\n".join(lines)
+    return "\n".join([TABLE_HEADER, *map(table_row, costs), table_note(image_size)])
 
 
 def define_flags() -> None:
@@ -197,13 +200,15 @@ def main(argv: Sequence[str]) -> None:
     if not specs:  # as cer_jax.bench: an empty table would look like a result
         raise UserError(f"--models is empty: name the models to count, e.g. "
                         f"--models={DEFAULT_MODELS}.")
-    costs = []
-    for spec in specs:
-        name, kwargs = parse_model_spec(spec, image_size=cfg.image_size)
-        costs.append(model_costs(name, kwargs, image_size=cfg.image_size,
-                                 batch_size=cfg.batch_size, num_classes=cfg.num_classes,
-                                 spec=spec))
-    print(markdown_table(costs, image_size=cfg.image_size))
+    # Each row as soon as it is counted (flushed: stdout is often a pipe, e.g. tee): a count
+    # stopped by a timeout (bench/accelerator.sh gives it 100 s) keeps the models it finished.
+    parsed = [(spec, *parse_model_spec(spec, image_size=cfg.image_size)) for spec in specs]
+    print(TABLE_HEADER, flush=True)
+    for spec, name, kwargs in parsed:
+        print(table_row(model_costs(name, kwargs, image_size=cfg.image_size,
+                                    batch_size=cfg.batch_size, num_classes=cfg.num_classes,
+                                    spec=spec)), flush=True)
+    print(table_note(cfg.image_size))
 
 
 if __name__ == "__main__":
