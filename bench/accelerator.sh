@@ -13,6 +13,7 @@
 # Writes DIR/bench.txt (the tables), DIR/bench.json (every figure), DIR/profile/ (TensorBoard:
 # tensorboard --logdir DIR/profile, Profile tab), DIR/costs_cpu.txt (FLOPs counted by XLA:CPU,
 # a cross-check of the accelerator's cost analysis) and DIR/machine.txt.
+# The interpreter: $PYTHON, else python, else python3 (a bare host may have python3 only).
 set -euo pipefail
 
 out="bench_out/$(date -u +%Y%m%dT%H%M%SZ)"
@@ -23,7 +24,10 @@ models="vit:B/16,resnet:50,manet"
 image_size=224
 batch_flag=()  # default: each recipe's batch (96 / 96 / 128)
 input_batches=30
-python="${PYTHON:-python}"
+python="${PYTHON:-$(command -v python || command -v python3 || echo python)}"
+# The whole script ends within this many seconds of its start (a lent machine's 10 minutes,
+# less the package's install): the CPU cost count, last and optional, gets what is left.
+budget_s=570
 
 value() {
   # value OPTION ARGS...: the option's value, or one line and exit status 2 without one.
@@ -63,10 +67,23 @@ run() {
 }
 
 torch_flag=()
-# The PyTorch reference only where it runs on the same GPU (CUDA build of torch installed).
-if [[ "$torch" == auto ]] \
-  && "$python" -c "import torch, transformers; assert torch.cuda.is_available()" 2>/dev/null; then
-  torch_flag=(--compare_torch)
+# The PyTorch reference only where it runs on the same GPU (CUDA build of torch installed),
+# probed as the benchmark runs it: JAX's backend first, then PyTorch in the same process (a
+# PyTorch that imports alone but not beside JAX's CUDA libraries failed the whole benchmark
+# before its first model, every JAX figure with it).
+torch_probe='import jax; jax.devices()
+import torch, transformers
+assert torch.cuda.is_available(), "this PyTorch sees no CUDA GPU"
+torch.ones(1, device="cuda").sum().item()'
+if [[ "$torch" == auto ]]; then
+  if probe=$(XLA_PYTHON_CLIENT_PREALLOCATE=false "$python" -c "$torch_probe" 2>&1); then
+    torch_flag=(--compare_torch)
+  else
+    echo "PyTorch (CUDA build) and transformers do not run beside JAX here: no PyTorch" \
+      "comparison ($(printf '%s\n' "$probe" | grep -v '^ ' | tail -n 1))" >&2
+  fi
+fi
+if [[ ${#torch_flag[@]} -gt 0 ]]; then
   # Both frameworks in one process: JAX preallocates 75 % of the GPU by default, which would
   # leave PyTorch's allocator too little at the recipes' batches.
   export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.6}"
@@ -128,8 +145,17 @@ run "$out/bench.txt" timeout -k 20 450 "$python" -m cer_jax.bench --models="$mod
 
 # 2. FLOPs as XLA:CPU counts them (abstract models, compile only), to cross-check the
 #    accelerator's cost analysis (custom calls such as cuDNN convolutions may count differently).
-run "$out/costs_cpu.txt" env JAX_PLATFORMS=cpu timeout 100 "$python" -m cer_jax.bench.costs \
-  --models="$models" --image_size="$image_size" || echo "costs on CPU did not finish (optional)"
+#    At most 100 s, and only what is left of the script's budget: each row is printed as it is
+#    counted, so a count stopped by its timeout keeps the models it finished.
+costs_s=$((budget_s - SECONDS))
+if [[ "$dry_run" -eq 1 || "$costs_s" -gt 100 ]]; then costs_s=100; fi
+if [[ "$costs_s" -ge 10 ]]; then
+  run "$out/costs_cpu.txt" env JAX_PLATFORMS=cpu timeout "$costs_s" "$python" \
+    -m cer_jax.bench.costs --models="$models" --image_size="$image_size" \
+    || echo "costs on CPU did not finish (optional)"
+else
+  echo "no time left for the costs on CPU (optional): the script's ${budget_s} s are spent" >&2
+fi
 
 if [[ "$dry_run" -eq 0 ]]; then
   echo "figures in $out"

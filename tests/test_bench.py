@@ -270,6 +270,27 @@ def test_accelerator_script_goes_on_after_a_stopped_benchmark(tmp_path):
     assert proc.stdout.splitlines()[-1] == f"figures in {out}"
 
 
+def test_accelerator_script_ends_within_its_budget_after_a_long_benchmark(tmp_path):
+    """The benchmark's 450 s (+ 20 s to kill it) and the probes before it left the CPU cost
+    count its full 100 s: past the lent machine's 10 minutes. It now gets what is left of the
+    script's 570 s (bash's SECONDS, set here as if the benchmark had run 500 s)."""
+    python = _python_stopping_the_bench(tmp_path, costs='echo "the cost table"')
+    out = tmp_path / "out"
+    late = _script("--out", str(out), "--no-torch", tmp_path=tmp_path, PYTHON=str(python),
+                   SECONDS="500")
+    assert late.returncode == 0, late.stderr
+    (costs_cmd,) = (line for line in late.stdout.splitlines() if "cer_jax.bench.costs" in line)
+    limit = int(shlex.split(costs_cmd)[shlex.split(costs_cmd).index("timeout") + 1])
+    assert 40 <= limit <= 70, costs_cmd
+    assert (out / "costs_cpu.txt").read_text() == "the cost table\n"
+    spent = _script("--out", str(tmp_path / "spent"), "--no-torch", tmp_path=tmp_path,
+                    PYTHON=str(python), SECONDS="565")
+    assert spent.returncode == 0, spent.stderr
+    assert ("no time left for the costs on CPU (optional): the script's 570 s are spent"
+            in spent.stderr.splitlines())
+    assert not (tmp_path / "spent" / "costs_cpu.txt").exists()
+
+
 def test_accelerator_script_option_without_its_value_is_one_line(tmp_path):
     proc = _script("--dry-run", "--out", tmp_path=tmp_path)
     assert (proc.returncode, proc.stderr) == (2, "--out needs a value (see --help)\n")
@@ -293,6 +314,63 @@ def test_accelerator_script_measures_steps_without_tensorflow(tmp_path):
     assert bench[bench.index("-m") + 1] == "cer_jax.bench"
     assert not any(a.startswith("--input") for a in bench)
     assert "the input pipeline is not measured (no --input)" in proc.stderr
+
+
+def _bench_command(dry_run: subprocess.CompletedProcess) -> list[str]:
+    """The `cer_jax.bench` command a --dry-run of the script prints."""
+    assert dry_run.returncode == 0, dry_run.stderr[-3000:]
+    return shlex.split(dry_run.stdout.splitlines()[0][2:].split(" > ")[0])
+
+
+def test_accelerator_script_finds_python3_where_there_is_no_python(tmp_path):
+    """A bare GPU host may have `python3` only: the script ran `python`, its probes failed
+    silently and it ended at machine.txt with status 127 and no word (set -e)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").symlink_to(sys.executable)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    proc = subprocess.run(
+        ["bash", str(ACCELERATOR_SCRIPT), "--dry-run", "--no-torch"], capture_output=True,
+        text=True, timeout=300, cwd=ACCELERATOR_SCRIPT.parents[1],
+        env={**env, "JAX_PLATFORMS": "cpu", "PATH": f"{bin_dir}:/usr/bin:/bin"})
+    bench = _bench_command(proc)
+    assert bench[bench.index("-m") - 1] == str(bin_dir / "python3")
+
+
+def _fake_torch(tmp_path: pathlib.Path, *, beside_jax: str) -> dict[str, str]:
+    """PYTHONPATH with a CUDA 'PyTorch' (and transformers) that imports alone; imported after
+    JAX's backend started it raises as a PyTorch whose CUDA libraries clash with JAX's does,
+    where `beside_jax` is "fails"."""
+    fake = tmp_path / f"torch_{beside_jax}"
+    (fake / "torch").mkdir(parents=True)
+    (fake / "transformers").mkdir()
+    (fake / "transformers" / "__init__.py").write_text("")
+    (fake / "torch" / "__init__.py").write_text(
+        "from jax._src import xla_bridge\n"
+        f"if {beside_jax == 'fails'} and xla_bridge.backends_are_initialized():\n"
+        "    raise ImportError('libcublasLt.so.13: undefined symbol: cublasLtFake')\n"
+        "class _Tensor:\n"
+        "    def sum(self):\n        return self\n"
+        "    def item(self):\n        return 1.0\n"
+        "class cuda:\n"
+        "    is_available = staticmethod(lambda: True)\n"
+        "def ones(*args, **kwargs):\n    return _Tensor()\n")
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(fake),
+                                                        os.environ.get("PYTHONPATH")]))}
+
+
+def test_accelerator_script_leaves_out_a_pytorch_that_fails_beside_jax(tmp_path):
+    """The script probed PyTorch in a process of its own; the benchmark imports it after JAX's
+    backend started (jax-ml/jax#18032's order). A PyTorch that imports alone but not beside
+    JAX's CUDA libraries then failed the benchmark before its first model: every JAX figure
+    of the one lent GPU run lost. The probe now runs in the benchmark's order."""
+    works = _script("--dry-run", tmp_path=tmp_path, **_fake_torch(tmp_path, beside_jax="works"))
+    assert "--compare_torch" in _bench_command(works)
+    fails = _script("--dry-run", tmp_path=tmp_path, **_fake_torch(tmp_path, beside_jax="fails"))
+    assert "--compare_torch" not in _bench_command(fails)
+    assert ("PyTorch (CUDA build) and transformers do not run beside JAX here: no PyTorch "
+            "comparison (ImportError: libcublasLt.so.13: undefined symbol: cublasLtFake)"
+            in fails.stderr.splitlines())
 
 
 def test_input_without_tensorflow_is_one_line_before_any_work(tmp_path):
