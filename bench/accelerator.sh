@@ -136,10 +136,20 @@ run "$out/bench.txt" timeout -k 20 450 "$python" -m cer_jax.bench --models="$mod
   --warmup=3 "${input_flag[@]}" --profile="$out/profile" \
   --json="$out/bench.json" "${torch_flag[@]}" \
   || {
-    echo "the benchmark stopped (status $?): the models it finished are in $out/bench.json" >&2
-    # Their tables and the ensemble estimate, which the stopped run did not print.
-    if [[ -f "$out/bench.json" ]]; then
-      "$python" -m cer_jax.bench.report "$out/bench.json" | tee -a "$out/bench.txt" || true
+    status=$?
+    # A model that failed (its traceback above) costs that model only: the run went on to the
+    # others and printed every table ("complete" in bench.json), so nothing is printed again.
+    if [[ -f "$out/bench.json" ]] && "$python" -c 'import json, sys
+sys.exit(not json.load(open(sys.argv[1])).get("complete"))' "$out/bench.json" 2>/dev/null; then
+      echo "the benchmark ended with status $status: the models it could not time are" \
+        "named at the end of $out/bench.txt, the others' figures are in $out/bench.json" >&2
+    else
+      echo "the benchmark stopped (status $status): the models it finished are in" \
+        "$out/bench.json" >&2
+      # Their tables and the ensemble estimate, which the stopped run did not print.
+      if [[ -f "$out/bench.json" ]]; then
+        "$python" -m cer_jax.bench.report "$out/bench.json" | tee -a "$out/bench.txt" || true
+      fi
     fi
   }
 

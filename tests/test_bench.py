@@ -749,6 +749,66 @@ def test_accelerator_script_prints_the_tables_of_a_stopped_benchmark(tmp_path):
     assert text.rstrip().endswith("Not timed (the run stopped first): resnet:50.")
 
 
+def test_a_model_that_fails_costs_that_model_not_the_others(tmp_path):
+    """A model that failed on the device (out of memory at the recipe's batch, an XLA:GPU or
+    cuDNN error in one network) ended the whole benchmark: the models after it were never
+    timed on the one lent GPU run. The run goes on, prints the traceback for the record, names
+    the failed model in its tables and ends with status 1."""
+    prelude = ("from cer_jax.bench import throughput\n"
+               "timed = throughput.bench_model\n"
+               "def bench_model(setup, *args, **kwargs):\n"
+               "    if setup.spec == 'vit:test/8':\n"
+               "        raise RuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to '\n"
+               "                           'allocate 52.1GiB.\\nmore detail')\n"
+               "    return timed(setup, *args, **kwargs)\n"
+               "throughput.bench_model = bench_model")
+    out = tmp_path / "bench.json"
+    proc = run_bench_after(prelude, "--models=vit:test/8,resnet:18", "--image_size=32",
+                           "--batch_size=2", "--steps=1", "--warmup=0", f"--json={out}")
+    error = "RuntimeError: RESOURCE_EXHAUSTED: Out of memory while trying to allocate 52.1GiB."
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: not timed: vit:test/8 ({error}); the tracebacks are above, the other models' "
+        "figures in the tables.")
+    assert "Traceback (most recent call last)" in proc.stderr  # for the record
+    payload = json.loads(out.read_text())
+    assert [r["spec"] for r in payload["models"]] == ["resnet:18"]
+    assert payload["failed"] == {"vit:test/8": error} and payload["complete"]
+    assert "| resnet:18 | 2 | 32 | float32 |" in proc.stdout
+    assert f"Not timed (failed): vit:test/8: {error}" in proc.stdout.splitlines()
+    assert "  (without vit:test/8, not measured: the total is too low)" in proc.stdout
+
+
+def test_report_of_a_stopped_run_after_a_failed_model():
+    payload = {"machine": {"backend": "gpu"},
+               "settings": {"models": "vit:B/16,resnet:50,manet"},
+               "models": [_timed("vit:B/16", 96)], "failed": {"resnet:50": "RuntimeError: x"},
+               "ensemble": None}
+    text = report.summary(payload)
+    assert "  (without resnet:50, manet, not measured: the total is too low)" in text
+    assert text.endswith("Not timed (failed): resnet:50: RuntimeError: x\n\n"
+                         "Not timed (the run stopped first): manet.")
+
+
+def test_accelerator_script_does_not_print_a_finished_runs_tables_twice(tmp_path):
+    """A run that failed a model but timed the others printed every table itself and ends with
+    status 1: the script's reprint for a stopped run would repeat them all."""
+    payload = {"machine": {"backend": "gpu"}, "settings": {"models": "vit:B/16,resnet:50"},
+               "models": [_timed("vit:B/16", 96)], "failed": {"resnet:50": "RuntimeError: x"},
+               "ensemble": None, "complete": True}
+    (tmp_path / "done.json").write_text(json.dumps(payload))
+    python = _python_stopping_the_bench(
+        tmp_path, bench=f'for a in "$@"; do case "$a" in --json=*) cp {tmp_path}/done.json '
+        '"${a#--json=}";; esac; done; echo "the tables"')
+    out = tmp_path / "out"
+    proc = _script("--out", str(out), "--no-torch", tmp_path=tmp_path, PYTHON=str(python))
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "bench.txt").read_text() == "the tables\nstopped\n"
+    assert (f"the benchmark ended with status 124: the models it could not time are named at "
+            f"the end of {out}/bench.txt, the others' figures are in {out}/bench.json"
+            in proc.stderr.splitlines())
+
+
 def test_report_of_a_run_that_timed_no_model():
     payload = {"machine": {"backend": "gpu"}, "settings": {"models": "vit:B/16,manet"},
                "models": [], "ensemble": None}

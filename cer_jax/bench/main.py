@@ -18,6 +18,7 @@ import os
 import platform
 import sys
 import tempfile
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -76,15 +77,22 @@ def machine() -> dict[str, Any]:
     }
 
 
+class ModelsFailed(UserError):
+    """Some models could not be timed; the others were, and their figures are printed."""
+
+    exit_status = 1
+
+
 def write_json(info: dict[str, Any], results: list[dict[str, Any]],
-               estimate: dict[str, Any] | None) -> None:
+               estimate: dict[str, Any] | None, failed: dict[str, str],
+               complete: bool = False) -> None:
     if not FLAGS.json:
         return
     payload = {"machine": info, "settings": {
         "models": FLAGS.models, "batch_size": FLAGS.batch_size, "image_size": FLAGS.image_size,
         "precision": FLAGS.precision, "steps": FLAGS.steps, "warmup": FLAGS.warmup,
         "num_classes": FLAGS.num_classes, "argv": sys.argv},
-        "models": results, "ensemble": estimate}
+        "models": results, "failed": failed, "ensemble": estimate, "complete": complete}
     from cer_jax.bench import throughput
 
     throughput.write_json(FLAGS.json, payload)
@@ -150,44 +158,28 @@ def run(argv: Sequence[str]) -> None:
         train_state.check_model(setup.config, setup.num_classes)
     if FLAGS.compare_torch:
         throughput.check_torch(setup.name for setup in setups)
+    failed: dict[str, str] = {}
     for setup in setups:
-        spec = setup.spec
-        profile_dir = os.path.join(FLAGS.profile, spec.replace("/", "_").replace(":", "_")) \
-            if FLAGS.profile else None
-        reference = torch_error = None
-        if FLAGS.compare_torch:
-            from cer_jax.bench import torch_ref
-
-            reference = torch_ref.checked_reference_steps(setup)
-            if isinstance(reference, str):
-                torch_error, reference = reference, None
-                print(torch_error, file=sys.stderr, flush=True)
-        r = throughput.bench_model(setup, mesh, steps_=FLAGS.steps, warmup=FLAGS.warmup,
-                                   profile_dir=profile_dir, reference=reference)
-        del reference
-        if torch_error:
-            r["torch_error"] = torch_error
-        r["num_epochs"] = float(setup.config.training.get("num_epochs") or 0.0) or (
-            setup.config.training.num_steps * setup.config.training.global_batch_size
-            / ensemble_time.TRAIN_FIT)
-        r["recipe_batch_size"] = int(setup.config.training.global_batch_size)
-        if profile_dir:
-            r["profile_dir"] = profile_dir
-        if FLAGS.input:
-            r["input"] = input_bench.bench_input(
-                setup.config, batch_size=setup.batch_size, batches=FLAGS.input_batches,
-                cache_dir=FLAGS.input_cache_dir,
-                num_train_images=FLAGS.input_num_train_images)
-            r["input_bound"] = input_bench.bound(r["train_images_per_s_pipelined"], r["input"])
-            r["training_images_per_s"] = r["input_bound"]["training_images_per_s"]
+        try:
+            r = time_model(setup, mesh)
+        except Exception as e:  # noqa: BLE001 (one model's failure must not cost the others)
+            # The whole traceback for the record (an unattended device run has no second try).
+            traceback.print_exc()
+            failed[setup.spec] = f"{type(e).__name__}: " + (
+                str(e).strip().splitlines() or [""])[0]
+            print(f"{setup.spec}: not timed ({failed[setup.spec]})", file=sys.stderr,
+                  flush=True)
+            write_json(info, results, None, failed)
+            continue
         results.append(r)
-        write_json(info, results, None)  # after every model: a timeout keeps what was measured
-        print(f"{spec}: train {r['train_images_per_s']:.1f} img/s, eval "
+        write_json(info, results, None, failed)  # after every model: a timeout keeps it
+        print(f"{setup.spec}: train {r['train_images_per_s']:.1f} img/s, eval "
               f"{r['eval_images_per_s']:.1f} img/s", file=sys.stderr, flush=True)
 
-    estimate = ensemble_time.ensemble_estimate(results)
+    estimate = ensemble_time.ensemble_estimate(results) if results else None
     sections = [report.summary({"machine": info, "settings": {"models": FLAGS.models},
-                                "models": results, "ensemble": estimate})]
+                                "models": results, "failed": failed, "ensemble": estimate,
+                                "complete": True})]
     if FLAGS.profile:  # a failed profiler (no CUPTI...) cost that model's trace only
         written = [r["spec"] for r in results if not r.get("profile_error")]
         if written:
@@ -196,7 +188,48 @@ def run(argv: Sequence[str]) -> None:
                                               if len(written) < len(results) else ""))
         sections.extend(r["profile_error"] for r in results if r.get("profile_error"))
     print("\n\n".join(s for s in sections if s))
-    write_json(info, results, estimate)
+    write_json(info, results, estimate, failed, complete=True)
+    if failed:
+        raise ModelsFailed(
+            f"not timed: {'; '.join(f'{spec} ({error})' for spec, error in failed.items())}; "
+            "the tracebacks are above, the other models' figures in the tables.")
+
+
+def time_model(setup, mesh) -> dict[str, Any]:
+    """Every figure of one model (`throughput.Setup`): its PyTorch reference and input pipeline
+    where asked."""
+    from cer_jax.bench import ensemble_time, input_bench, throughput
+
+    spec = setup.spec
+    profile_dir = os.path.join(FLAGS.profile, spec.replace("/", "_").replace(":", "_")) \
+        if FLAGS.profile else None
+    reference = torch_error = None
+    if FLAGS.compare_torch:
+        from cer_jax.bench import torch_ref
+
+        reference = torch_ref.checked_reference_steps(setup)
+        if isinstance(reference, str):
+            torch_error, reference = reference, None
+            print(torch_error, file=sys.stderr, flush=True)
+    r = throughput.bench_model(setup, mesh, steps_=FLAGS.steps, warmup=FLAGS.warmup,
+                               profile_dir=profile_dir, reference=reference)
+    del reference
+    if torch_error:
+        r["torch_error"] = torch_error
+    r["num_epochs"] = float(setup.config.training.get("num_epochs") or 0.0) or (
+        setup.config.training.num_steps * setup.config.training.global_batch_size
+        / ensemble_time.TRAIN_FIT)
+    r["recipe_batch_size"] = int(setup.config.training.global_batch_size)
+    if profile_dir:
+        r["profile_dir"] = profile_dir
+    if FLAGS.input:
+        r["input"] = input_bench.bench_input(
+            setup.config, batch_size=setup.batch_size, batches=FLAGS.input_batches,
+            cache_dir=FLAGS.input_cache_dir,
+            num_train_images=FLAGS.input_num_train_images)
+        r["input_bound"] = input_bench.bound(r["train_images_per_s_pipelined"], r["input"])
+        r["training_images_per_s"] = r["input_bound"]["training_images_per_s"]
+    return r
 
 
 def main() -> None:

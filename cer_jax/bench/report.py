@@ -163,17 +163,22 @@ def summary(payload: dict[str, Any]) -> str:
     """Every table and verdict of a benchmark's JSON (`cer_jax.bench.main.write_json`); a run
     stopped before its last model names the models it did not time."""
     results = payload["models"]
+    failed = payload.get("failed") or {}
     asked = [s.strip() for s in payload["settings"]["models"].split(",") if s.strip()]
-    missing = asked[len(results):]  # the models are timed in the order given
+    done = {r["spec"] for r in results} | set(failed)
+    # The models are timed in the order given: those after the last one done were not reached.
+    last = max((asked.index(spec) for spec in done if spec in asked), default=-1)
+    missing = asked[last + 1:]
     estimate = payload.get("ensemble") or (
         ensemble_time.ensemble_estimate(results) if results else None)
     sections = [results_table(results) if results else "No model was timed.",
                 torch_table(results), input_lines(results),
                 goal_lines(results, payload["machine"]["backend"]),
-                ensemble_lines(results, estimate, missing)]
+                ensemble_lines(results, estimate, [*failed, *missing])]
     if results and not any("input" in r for r in results):
         sections.append("The input pipeline was not measured (no --input): these rates and the "
                         "ensemble estimate assume it keeps up with the step.")
+    sections.extend(f"Not timed (failed): {spec}: {error}" for spec, error in failed.items())
     if missing:
         sections.append(f"Not timed (the run stopped first): {', '.join(missing)}.")
     return "\n\n".join(s for s in sections if s)
