@@ -149,6 +149,10 @@ def test_peak_table_lookup():
     assert peaks.peak_flops("NVIDIA H100 NVL", "bfloat16") is None
     assert peaks.peak_flops("NVIDIA H200 NVL", "float32") is None
     assert peaks.lookup("NVIDIA GH200 480GB").name == "GH200"
+    assert peaks.lookup("NVIDIA A100 80GB PCIe").name == "A100"
+    assert peaks.lookup("TPU v6 lite").name == "TPU v6e"
+    # Another product whose name holds a listed one: no MFU rather than one against the A100's.
+    assert peaks.peak_flops("NVIDIA RTX A1000 6GB Laptop GPU", "bfloat16") is None
 
 
 def test_input_bound_and_ensemble_estimate():

@@ -30,6 +30,7 @@ is printed for them.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +70,8 @@ def lookup(device_kind: str) -> Peak | None:
     """The peak of a device by its `device_kind` ("TPU v5 lite", "NVIDIA H100 80GB HBM3"...)."""
     kind = device_kind.lower()
     for key, peak in PEAKS:
-        if key in kind:
+        # A key followed by a digit is another product: "a100" in "RTX A1000" (a laptop GPU).
+        if re.search(re.escape(key) + r"(?!\d)", kind):
             return peak
     return None
 
