@@ -24,7 +24,8 @@ models="vit:B/16,resnet:50,manet"
 image_size=224
 batch_flag=()  # default: each recipe's batch (96 / 96 / 128)
 input_batches=30
-python="${PYTHON:-$(command -v python || command -v python3 || echo python)}"
+python="${PYTHON:-python}"
+if [[ -z "${PYTHON:-}" ]] && ! command -v python >/dev/null; then python=python3; fi
 # The whole script ends within this many seconds of its start (a lent machine's 10 minutes,
 # less the package's install): the CPU cost count, last and optional, gets what is left.
 budget_s=570

@@ -338,7 +338,7 @@ def test_accelerator_script_finds_python3_where_there_is_no_python(tmp_path):
         text=True, timeout=300, cwd=ACCELERATOR_SCRIPT.parents[1],
         env={**env, "JAX_PLATFORMS": "cpu", "PATH": f"{bin_dir}:/usr/bin:/bin"})
     bench = _bench_command(proc)
-    assert bench[bench.index("-m") - 1] == str(bin_dir / "python3")
+    assert bench[bench.index("-m") - 1] == "python3"
 
 
 def _fake_torch(tmp_path: pathlib.Path, *, beside_jax: str) -> dict[str, str]:
