@@ -59,7 +59,6 @@ from etils import epath
 from flax import nnx
 
 from cer_jax import checkpointing, models, paths, sharding, train_state
-from cer_jax.data import augment
 from cer_jax.errors import UserError
 from cer_jax.fusion import strategies
 
@@ -124,6 +123,9 @@ def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def normalize(image: np.ndarray, mode: str) -> np.ndarray:
     """As `augment.normalize` (whose constants these are), in numpy."""
+    # Here, not at the top: importing the ensemble (cer_jax.predict) loads no input pipeline.
+    from cer_jax.data import augment
+
     if mode == "imagenet":
         return (image - np.float32(augment.IMAGENET_MEAN)) / np.float32(augment.IMAGENET_STD)
     if mode == "minus_one_one":

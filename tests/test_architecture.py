@@ -50,7 +50,6 @@ RANKS = {
     "cer_jax.fusion.evaluator": 7,
     "cer_jax.fusion": 0,
     "cer_jax.predict": 9,
-    "cer_jax.video": 9,
     "cer_jax.train": 10,
     "cer_jax.fuse": 10,
     "cer_jax.demo": 10,
@@ -88,8 +87,13 @@ def _imports(path: pathlib.Path, modules: set[str]) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # `from . import x` / `from ..y import z`: relative to this package
+                package = path.relative_to(ROOT).parent.parts
+                package = package[: len(package) - node.level + 1]
+                base = ".".join([*package, *([base] if base else [])])
+            names = [base] + [f"{base}.{alias.name}" for alias in node.names]
         else:
             continue
         found.update(name for name in names if name in modules)
@@ -132,13 +136,17 @@ def test_imports_point_down_the_rooms():
 # (module, modules it must not pull in when imported alone). The trainer covers the rooms below
 # it (steps, checkpointing, evaluate, export): none of them may import TensorFlow either.
 LIGHT = {
-    "cer_jax.models": ("tensorflow", "cer_jax.data", "cer_jax.config_base",
+    "cer_jax.models": ("tensorflow", "torch", "cer_jax.data", "cer_jax.config_base",
                        "cer_jax.train_state"),
     "cer_jax.trainer": ("tensorflow", "cer_jax.fusion.evaluator"),
     "cer_jax.config_base": ("tensorflow",),
     "cer_jax.fusion.evaluator": ("tensorflow", "cer_jax.trainer", "matplotlib.pyplot"),
     # What cer_jax.predict loads needs neither TensorFlow nor TFDS.
     "cer_jax.ensemble": ("tensorflow", "tensorflow_datasets", "cer_jax.data"),
+    "cer_jax.predict": ("tensorflow", "tensorflow_datasets", "torch", "cer_jax.data"),
+    # The step benchmark runs on a bare accelerator host (bench/accelerator.sh).
+    "cer_jax.bench.main": ("tensorflow", "tensorflow_datasets", "torch"),
+    "cer_jax.bench.throughput": ("tensorflow", "tensorflow_datasets", "torch"),
     "tfds_rafdb.rafdb": ("cer_jax",),
 }
 
