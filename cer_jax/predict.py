@@ -100,17 +100,14 @@ from cer_jax.paths import (
     is_remote,
     same_place,
 )
+from tfds_rafdb.layout import ABAW7_CLASSES  # the challenge's columns, in its order
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jfif", ".pgm",
                     ".ppm", ".gif")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv",
                     ".flv", ".3gp", ".ts", ".mts", ".m2ts")
-ABAW7_CLASSES = (
-    "Fearfully Surprised", "Happily Surprised", "Sadly Surprised", "Disgustedly Surprised",
-    "Angrily Surprised", "Sadly Fearful", "Sadly Angry",
-)
 ABAW_HEADER = "image_location," + ",".join(c.replace(" ", "_") for c in ABAW7_CLASSES)
-ABAW_FALLBACK_CLASS = 1  # Happily Surprised: the most frequent of the 7 classes in RAF-DB
+ABAW_FALLBACK_CLASS = ABAW7_CLASSES.index("Happily Surprised")  # the most frequent in RAF-DB
 
 _FLAGS = flags.FLAGS
 

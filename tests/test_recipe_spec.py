@@ -119,11 +119,15 @@ def test_label_spaces_are_the_datasets_orders():
 
 
 def test_submission_header_is_the_challenges():
+    """The submission's columns are the compound_abaw7 labels the members were trained on: one
+    tuple (a second copy in predict could drift from the builder's order)."""
     from cer_jax import predict
 
     assert predict.ABAW_HEADER == (
         "image_location,Fearfully_Surprised,Happily_Surprised,Sadly_Surprised,"
         "Disgustedly_Surprised,Angrily_Surprised,Sadly_Fearful,Sadly_Angry")
+    assert predict.ABAW7_CLASSES is layout.ABAW7_CLASSES
+    assert predict.ABAW7_CLASSES[predict.ABAW_FALLBACK_CLASS] == "Happily Surprised"
 
 
 def test_the_papers_fusion_is_on_and_chosen_on_validation():
