@@ -61,6 +61,7 @@ from flax import nnx
 from cer_jax import checkpointing, models, paths, sharding, train_state
 from cer_jax.errors import UserError
 from cer_jax.fusion import strategies
+from tfds_rafdb import layout
 
 FORMAT = 1
 KIND = "cer_jax.ensemble"
@@ -68,7 +69,7 @@ ENSEMBLE_FILE = "ensemble.json"
 STRATEGY_FILE = "strategy.npz"
 MODEL_FILE = "model.npz"
 CONFIG_FILE = "config.json"
-ALIGNED_SIZE = 100  # RAF-DB's aligned faces: what the members were trained on.
+ALIGNED_SIZE = layout.IMAGE_SIZE  # RAF-DB's aligned faces: what the members were trained on.
 
 
 

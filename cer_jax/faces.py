@@ -41,7 +41,9 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-ALIGNED_SIZE = 100
+from tfds_rafdb import layout
+
+ALIGNED_SIZE = layout.IMAGE_SIZE  # RAF-DB's aligned faces; RAFDB_TEMPLATE is in this frame
 RAFDB_TEMPLATE = np.array(
     [[32.5, 42.0], [67.5, 42.0], [50.0, 60.0], [36.0, 77.0], [64.0, 77.0]], np.float64
 )
@@ -270,7 +272,7 @@ def similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray:
 def align_face(image: np.ndarray, face: Face, size: int = ALIGNED_SIZE) -> np.ndarray:
     """The face as a RAF-DB-style aligned uint8 RGB crop [size, size, 3]."""
     landmarks = face.landmarks if face.landmarks is not None else box_landmarks(face.box)
-    matrix = similarity(np.asarray(landmarks, np.float64), RAFDB_TEMPLATE * (size / 100.0))
+    matrix = similarity(np.asarray(landmarks, np.float64), RAFDB_TEMPLATE * (size / ALIGNED_SIZE))
     scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
     # Shrinking a lot: warp to an integer multiple of the size, then area-average (no aliasing).
     factor = int(min(4, max(1, np.floor(1.0 / max(scale, 1e-6)))))

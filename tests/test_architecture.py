@@ -53,7 +53,8 @@ RANKS = {
     "cer_jax.train": 10,
     "cer_jax.fuse": 10,
     "cer_jax.demo": 10,
-    "tfds_rafdb": 0,
+    "tfds_rafdb": -1,  # layout: RAF-DB's names and sizes (numpy, etils only)
+    "tfds_rafdb.rafdb": 0,  # the TFDS builder
 }
 PACKAGES = ("cer_jax.models", "cer_jax.pretrained", "cer_jax.data", "cer_jax.bench",
             "tfds_rafdb")
