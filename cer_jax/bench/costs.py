@@ -26,9 +26,9 @@ from absl import app, flags
 from flax import nnx
 
 from cer_jax import cli, models
+from cer_jax.bench import DEFAULT_MODELS
 from cer_jax.errors import UserError
 
-DEFAULT_MODELS = "vit:B/16,resnet:50,manet"
 # What the part after ':' in a model spec sets, by model name.
 SHORTHAND = {"vit": ("variant", str), "resnet": ("depth", int), "manet": ("width", int)}
 
@@ -185,7 +185,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("image_size", 224, "Side of the square input.", lower_bound=1)
     flags.DEFINE_string("models", DEFAULT_MODELS,
                         "Comma-separated name[:variant|depth|width], e.g. "
-                        "vit:B/16,resnet:50,manet.")
+                        f"{DEFAULT_MODELS}.")
     flags.DEFINE_integer("batch_size", 1,
                          "Batch the programs are compiled for; figures are per image.",
                          lower_bound=1)

@@ -25,11 +25,11 @@ from typing import Any
 from absl import app, flags
 
 from cer_jax import cli
-from cer_jax.bench import report
+from cer_jax.bench import DEFAULT_MODELS, report
 from cer_jax.errors import UserError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("models", "vit:B/16,resnet:50,manet",
+flags.DEFINE_string("models", DEFAULT_MODELS,
                     "Comma-separated model shorthands or config files.")
 flags.DEFINE_integer("batch_size", None, "Global batch; default: the config's.", lower_bound=1)
 flags.DEFINE_integer("image_size", None, "Input side; default: the config's.", lower_bound=1)
@@ -103,8 +103,8 @@ def run(argv: Sequence[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     specs = [s.strip() for s in FLAGS.models.split(",") if s.strip()]
     if not specs:
-        raise UserError("--models is empty: name the models to time, e.g. "
-                        "--models=vit:B/16,resnet:50,manet.")
+        raise UserError(f"--models is empty: name the models to time, e.g. "
+                        f"--models={DEFAULT_MODELS}.")
     from cer_jax.bench import throughput
 
     if FLAGS.json:
