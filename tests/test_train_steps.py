@@ -228,6 +228,23 @@ def test_train_step_learns_a_fixed_batch():
     assert float(metrics["nonfinite"]) == 0.0
 
 
+def test_the_logged_gradient_norm_is_the_steps_gradient_norm():
+    """`train/grad_norm` (the step's grad_norm_sum): with plain SGD at rate 1 the update is
+    minus the gradient, so the norm of the parameters' change is the gradient's norm."""
+    graphdef, state, tx, mesh = _tiny_vit_state(
+        1.0, name="sgd", momentum=0.0, nesterov=False, weight_decay=0.0, grad_clip_norm=None)
+    rng = np.random.default_rng(3)
+    batch = {"image": rng.normal(size=(4, 16, 16, 3)).astype(np.float32),
+             "label": np.array([0, 1, 2, 1], np.int32)}
+    before = jax.tree.map(np.array, state["params"])  # the step donates its input state
+    state, metrics = steps.jit_train_step(graphdef, tx, mesh, num_classes=3)(
+        state, sharding.to_global(batch, mesh))
+    change = jax.tree.map(lambda a, b: np.asarray(a, np.float64) - b, state["params"], before)
+    assert float(metrics["grad_norm_sum"]) > 0.0
+    assert float(metrics["grad_norm_sum"]) == pytest.approx(
+        float(np.sqrt(sum(np.sum(c**2) for c in jax.tree.leaves(change)))), rel=1e-3)
+
+
 @pytest.mark.parametrize(("member", "size"), [
     ("vit", {"variant": "test/8"}), ("manet", {"width": 8}), ("resnet50", {"width": 8})])
 def test_bfloat16_computes_in_bfloat16_and_keeps_float32_state(member, size):
