@@ -33,7 +33,7 @@ numpy: TF's antialiased bilinear resize (`tf.image.resize(..., antialias=True)`,
 `scale_and_translate` with a triangle kernel) as two separable weight matrices, the optional
 resize-shorter + central crop, then the member's normalisation; it matches TF to ~1e-6.
 
-API: `write_ensemble`, `write_from_fusion` (called at the end of `cer_jax.fusion.fuse`),
+API: `write_ensemble`, `write_from_fusion` (called at the end of `cer_jax.fusion.evaluator.fuse`),
 `load_ensemble` -> `Ensemble.predict(faces)`, `eval_view`.
 """
 
@@ -426,7 +426,7 @@ def write_from_fusion(
     strategy: Any,
     class_names: Sequence[str],
 ) -> epath.Path | None:
-    """The ensemble of `cer_jax.fusion.fuse`: each member's best checkpoint (restored with
+    """The ensemble of `cer_jax.fusion.evaluator.fuse`: each member's best checkpoint (restored with
     `cer_jax.checkpointing.restore_best_state(member.workdir, ...)`) plus the fitted strategy.
 
     `members` are `cer_jax.fusion.members.Member`s (name, workdir, info). A member without a
