@@ -331,7 +331,10 @@ def test_sigterm_stops_a_multi_process_fuse_at_once(runs):
 def test_eval_rows_keep_their_whole_file_names_when_the_mesh_interleaves_hosts(tmp_path):
     logs = tmp_path / "logs"
     logs.mkdir()
-    command = [sys.executable, "tests/two_hosts_eval.py", str(tmp_path)]
+    # Run from the checkout (`-c` puts the working directory first on sys.path, as `-m` does
+    # for the trainer): a script's own folder would come first instead.
+    command = [sys.executable, "-c", "import runpy; runpy.run_path('tests/two_hosts_eval.py', "
+               "run_name='__main__')", str(tmp_path)]
     _wait(_launch_pair(tmp_path, tmp_path, logs, "eval", command, devices=2), logs, "eval")
     expected = [two_hosts_eval.file_name(i) for i in range(two_hosts_eval.SIZE)]
     assert max(len(name.encode()) for name in expected) > 700

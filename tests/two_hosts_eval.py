@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import sys
 
 SIZE = 12  # examples; each host's 6 fill 2 local batches of 4, the last one padded
 
@@ -29,7 +28,6 @@ def main() -> None:
     parser.add_argument("--num_processes", type=int)
     parser.add_argument("--process_id", type=int)
     args = parser.parse_args()
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # this checkout's code
 
     import jax
 
