@@ -228,21 +228,27 @@ def test_train_step_learns_a_fixed_batch():
     assert float(metrics["nonfinite"]) == 0.0
 
 
-def test_the_logged_gradient_norm_is_the_steps_gradient_norm():
-    """`train/grad_norm` (the step's grad_norm_sum): with plain SGD at rate 1 the update is
-    minus the gradient, so the norm of the parameters' change is the gradient's norm."""
+def test_the_logged_gradient_norm_and_accuracy_are_the_steps():
+    """`train/grad_norm` and `train/accuracy` (the step's grad_norm_sum and correct): with plain
+    SGD at rate 1 the update is minus the gradient, so the norm of the parameters' change is the
+    gradient's norm; labels are set so that 12 of the 16 predictions before the step are right."""
     graphdef, state, tx, mesh = _tiny_vit_state(
         1.0, name="sgd", momentum=0.0, nesterov=False, weight_decay=0.0, grad_clip_norm=None)
     rng = np.random.default_rng(3)
-    batch = {"image": rng.normal(size=(4, 16, 16, 3)).astype(np.float32),
-             "label": np.array([0, 1, 2, 1], np.int32)}
+    images = rng.normal(size=(16, 16, 16, 3)).astype(np.float32)
+    probe = {"image": images, "label": np.zeros(16, np.int32), "mask": np.ones(16, bool)}
+    # No dropout in this model: the eval step's logits are the train step's.
+    predicted = np.argmax(np.asarray(steps.jit_eval_step(graphdef, mesh, num_classes=3)(
+        state, sharding.to_global(probe, mesh))["logits"]), -1).astype(np.int32)
+    labels = np.where(np.arange(16) < 12, predicted, (predicted + 1) % 3).astype(np.int32)
     before = jax.tree.map(np.array, state["params"])  # the step donates its input state
     state, metrics = steps.jit_train_step(graphdef, tx, mesh, num_classes=3)(
-        state, sharding.to_global(batch, mesh))
+        state, sharding.to_global({"image": images, "label": labels}, mesh))
     change = jax.tree.map(lambda a, b: np.asarray(a, np.float64) - b, state["params"], before)
     assert float(metrics["grad_norm_sum"]) > 0.0
     assert float(metrics["grad_norm_sum"]) == pytest.approx(
         float(np.sqrt(sum(np.sum(c**2) for c in jax.tree.leaves(change)))), rel=1e-3)
+    assert (float(metrics["correct"]), float(metrics["count"])) == (12.0, 16.0)
 
 
 @pytest.mark.parametrize(("member", "size"), [
