@@ -518,12 +518,22 @@ def test_fusion_of_the_production_members_reexports_a_stale_one(fine_tuned, data
     best = manifest["step"]
     manifest["step"] = best - 1  # as if a later evaluation had found a better step
     manifest_path.write_text(json.dumps(manifest))
-    config = evaluator.load_default_config()
+    config = load_config("configs/fusion.py")  # as README's step 3 runs it: ablation too
     config.workdirs = ",".join(map(str, workdirs))
     config.out = str(tmp_path / "fusion")
-    config.ablation = False
     report = evaluator.fuse(config)
     assert [m["name"] for m in report["members"]] == list(MEMBERS)
+    # The ablation refits the paper's strategy on every subset of the members: one member
+    # alone scores as that member, all three as the strategy itself.
+    rows = {tuple(row["members"]): row["metrics"] for row in report["ablation"][
+        evaluator.strategies_lib.PAPER_STRATEGY]}
+    assert len(rows) == 7 and rows.keys() >= {(m,) for m in MEMBERS} | {MEMBERS}
+    for member in report["members"]:
+        for split in ("validation", "test"):
+            assert rows[(member["name"],)][split]["macro_f1"] == pytest.approx(
+                member["metrics"][split]["macro_f1"]), (member["name"], split)
+    paper = report["strategies"][evaluator.strategies_lib.PAPER_STRATEGY]["metrics"]["test"]
+    assert rows[MEMBERS]["test"]["macro_f1"] == pytest.approx(paper["macro_f1"])
     assert json.loads(manifest_path.read_text())["step"] == best  # re-exported
     reexported = export.load_export(str(workdirs[1]))[1]["test"]
     np.testing.assert_allclose(reexported["logits"], exported[1]["logits"], rtol=1e-5, atol=1e-5)
@@ -546,6 +556,65 @@ def test_fusion_of_the_production_members_reexports_a_stale_one(fine_tuned, data
         expected = np.exp(logits - logits.max(-1, keepdims=True))
         expected /= expected.sum(-1, keepdims=True)
         np.testing.assert_allclose(probabilities, expected, atol=1e-5, err_msg=member)
+
+
+def test_the_recipe_in_bfloat16_trains_exports_fuses_and_predicts_in_bfloat16(data, tmp_path):
+    """--config.model.dtype=bfloat16 (the configs' mixed precision for TPU / GPU) through a whole
+    run of the ViT recipe from its pre-trained file: float32 weights load into float32
+    parameters, the run evaluates and exports float32 arrays computed in bfloat16, re-exports its
+    best checkpoint the same, fuses, and the ensemble artefact predicts as the export.
+    test_train_steps checks that each member's step computes in bfloat16; what follows the step
+    is the same code for every member, so the cheapest recipe stands for the three."""
+    import ml_dtypes
+
+    from cer_jax import predict
+
+    member = "vit"
+    config = production_config(member, data)
+    config.model.dtype = "bfloat16"
+    source = source_model(config, **implied(member, _formats(member)[0]))
+    config.init.checkpoint = str(weight_files.FORMATS[MODEL_NAMES[member]][_formats(member)[0]](
+        source, tmp_path / "w"))
+    workdir = tmp_path / "run"
+    result, loaded = _train_with_spy(config, workdir)
+    assert result["stopped"] is None
+    assert {value.dtype for value in loaded.values()} == {np.dtype(np.float32)}
+    model, saved = checkpointing.restore_best_model(str(workdir))
+    assert saved.model.dtype == "bfloat16"
+    assert {v.get_value().dtype for v in core.model_arrays(model).values()} == {
+        np.dtype(np.float32)}
+    _, exported = export.load_export(str(workdir))
+    for split, arrays in exported.items():
+        features = arrays["features"]
+        assert arrays["logits"].dtype == features.dtype == np.float32, split
+        # The pooled features are the bfloat16 network's (each value a bfloat16 one), which a
+        # float32 evaluation would not give.
+        np.testing.assert_array_equal(
+            features.astype(ml_dtypes.bfloat16).astype(np.float32), features, err_msg=split)
+    shutil.rmtree(workdir / "export")
+    export.export_workdir(str(workdir))
+    _, again = export.load_export(str(workdir))
+    for split in exported:
+        np.testing.assert_array_equal(again[split]["features"], exported[split]["features"])
+
+    fusion = load_config("configs/fusion.py")
+    fusion.workdirs, fusion.out = str(workdir), str(tmp_path / "fusion")
+    # The strategies, ablation and bootstrap are the float32 fusion test's.
+    fusion.strategies, fusion.ablation, fusion.bootstrap_samples = "performance_weighted", False, 0
+    evaluator.fuse(fusion)
+    artefact = ensemble.load_ensemble(tmp_path / "fusion" / "ensemble")
+    test = {key: value[:12] for key, value in exported["test"].items()}
+    aligned = data / "compound" / "Image" / "aligned"
+    faces = np.stack([predict.read_image(str(aligned / str(name).replace(
+        ".jpg", "_aligned.jpg")))[0] for name in test["file_names"]])
+    # To bfloat16's precision: its numpy preprocessing matches TensorFlow's to ~1e-6, which
+    # may round a bfloat16 value the other way (8 bits of mantissa: 2**-8 relative).
+    _, features, count = artefact.members[0].dispatch(faces, batch_bucket=1)
+    np.testing.assert_allclose(np.asarray(features)[:count], test["features"], rtol=2**-6,
+                               atol=2**-6)
+    expected = np.exp(test["logits"] - test["logits"].max(-1, keepdims=True))
+    np.testing.assert_allclose(artefact.predict(faces).member_probabilities[0],
+                               expected / expected.sum(-1, keepdims=True), atol=1e-4)
 
 
 def _scalar_series(workdir: pathlib.Path) -> dict[str, dict[int, float]]:
