@@ -540,7 +540,10 @@ def test_config_errors_name_the_key_and_the_fix(tmp_path, cache_dir, info, monke
     _error(c, r"config\.input\.normalization='zscore': choose one of imagenet")
 
     c = _config(cache_dir, resize_size=16)
-    _error(c, r"config\.input\.resize_size=16: must be >= config\.input\.image_size=32")
+    assert _error(c, "resize_size") == (
+        "config.input.resize_size=16: must be >= config.input.image_size=32 for the "
+        "resize_crop modes: set it with the image size, e.g. --config.input.resize_size=37 "
+        "(the recipes' 256 for 224).")  # 32 * 256 / 224 = 36.6
 
     for bad in (0, -5):  # silently a buffer of 1: the same order every epoch, no shuffling
         c = _config(cache_dir, shuffle_buffer=bad)

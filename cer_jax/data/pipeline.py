@@ -96,7 +96,9 @@ def check_input_config(cfg: ml_collections.ConfigDict) -> None:
     need(
         not uses_resize_size or cfg.resize_size >= cfg.image_size,
         "resize_size",
-        f"must be >= config.input.image_size={cfg.image_size} for the resize_crop modes.",
+        f"must be >= config.input.image_size={cfg.image_size} for the resize_crop modes: "
+        f"set it with the image size, e.g. --config.input.resize_size="
+        f"{round(cfg.image_size * 256 / 224)} (the recipes' 256 for 224).",
     )
     need(
         cfg.color_jitter is None or len(cfg.color_jitter) == 4,
