@@ -400,6 +400,16 @@ def test_an_unwritable_input_cache_dir_is_one_line_naming_its_flag_before_any_ti
                           "folder; give a folder.")
 
 
+def test_a_gs_input_cache_dir_is_one_line_naming_its_flag_before_any_timing(tmp_path):
+    """The synthetic dataset --input times is drawn with local file calls: a gs:// folder was
+    a local folder named "gs:" and an error naming config.dataset.cache_dir after a timing."""
+    proc = _run("cer_jax.bench", *TINY, "--input", "--input_cache_dir=gs://my-bucket/cache",
+                cwd=tmp_path)
+    _one_line_error(proc, "--input_cache_dir=gs://my-bucket/cache: the synthetic dataset "
+                          "--input times is drawn on this machine's disk; give a local folder.")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(("spec", "image_size", "message"), [
     ("resnet:51", 32, "error: Unknown ResNet depth 51 (config key model.depth); choose one of "
                       "[18, 34, 50, 101, 152]."),

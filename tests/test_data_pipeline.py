@@ -711,6 +711,17 @@ def test_a_data_or_cache_dir_that_cannot_be_written_is_one_line(tmp_path, monkey
                             "denied); give a folder you can write to (it is made if missing).")
 
 
+def test_a_gs_cache_dir_is_one_line_and_makes_no_local_gs_folder(tmp_path, monkeypatch):
+    """The synthetic tree is drawn with local file calls: a gs:// cache_dir made a folder named
+    "gs:" in the working directory and failed naming --out and a scratch folder of its own."""
+    monkeypatch.chdir(tmp_path)
+    c = _config("gs://my-bucket/cache")
+    assert _error(c, "cache_dir") == (
+        "config.dataset.cache_dir='gs://my-bucket/cache': the synthetic tree is drawn and built "
+        "on this machine's disk; give a local folder (the default is ~/.cache/cer_jax).")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_manual_dir_is_reported(tmp_path):
     bad = tmp_path / "raf"
     bad.mkdir()

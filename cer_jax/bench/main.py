@@ -24,7 +24,7 @@ from typing import Any
 
 from absl import app, flags
 
-from cer_jax import cli
+from cer_jax import cli, paths
 from cer_jax.bench import DEFAULT_MODELS, report
 from cer_jax.errors import UserError
 
@@ -132,6 +132,10 @@ def run(argv: Sequence[str]) -> None:
 
         input_bench.check_sizes(FLAGS.input_num_train_images)
         # Written after the first model's timing: a bad folder fails now, named by its flag.
+        if paths.is_remote(FLAGS.input_cache_dir):  # drawn with local file calls
+            raise UserError(f"--input_cache_dir={FLAGS.input_cache_dir}: the synthetic dataset "
+                            "--input times is drawn on this machine's disk; give a local "
+                            "folder.")
         throughput.check_output_folder("input_cache_dir", FLAGS.input_cache_dir)
     from cer_jax import sharding, train_state
     from cer_jax.bench import ensemble_time

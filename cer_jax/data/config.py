@@ -32,7 +32,7 @@ def dataset_defaults() -> ml_collections.ConfigDict:
     c.synthetic_num_train_images = synthetic.NUM_TRAIN_IMAGES
     c.synthetic_num_test_images = synthetic.NUM_TEST_IMAGES
     c.synthetic_seed = 0
-    # Where synthetic trees and their TFDS builds live.
+    # Where synthetic trees and their TFDS builds live (a local folder: they are drawn here).
     c.cache_dir = "~/.cache/cer_jax"
     # For name="folder": root of a <split>/<class>/<image> tree. Class names are the sorted
     # sub-folder names and must be identical in every split.

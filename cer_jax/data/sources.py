@@ -136,6 +136,12 @@ def _synthetic_tree(config: ml_collections.ConfigDict, kind: str) -> str:
                           config.synthetic_num_test_images, config.synthetic_seed,
                           keys=_SYNTHETIC_KEYS)
     cache = _expand(config.cache_dir)
+    if paths.is_remote(cache):  # os.makedirs would make a local folder named "gs:"
+        raise DataConfigError(
+            f"config.dataset.cache_dir={config.cache_dir!r}: the synthetic tree is drawn and "
+            "built on this machine's disk; give a local folder (the default is "
+            "~/.cache/cer_jax)."
+        )
     # The generator version is part of the key: a changed drawing never reuses an older tree.
     tag = (
         f"{kind}-{config.synthetic_num_train_images}-{config.synthetic_num_test_images}"
