@@ -42,8 +42,12 @@ def main(argv: Sequence[str]) -> None:
     cli.initialize_distributed()
     config = evaluator.resolve_config(_CONFIG.value, _WORKDIRS.value, _OUT.value, _SELECT_ON.value)
     report = evaluator.fuse(config)
-    print(report_lib.summary_table(report))
-    print(f"\nReport written to {config.out} (report.md, report.json, PNGs, TensorBoard events).")
+    import jax
+
+    if jax.process_index() == 0:  # every process holds the report; one prints it, as it writes
+        print(report_lib.summary_table(report))
+        print(f"\nReport written to {config.out} (report.md, report.json, PNGs, TensorBoard "
+              "events).")
 
 
 if __name__ == "__main__":

@@ -408,6 +408,28 @@ def test_a_report_that_process_0_cannot_write_stops_every_host(tmp_path):
         f"process did not meet (process 0 writes it to {out}: see its log).")
 
 
+def test_a_two_process_fuse_prints_its_table_once(tmp_path):
+    """Every process computes the report, process 0 writes it: every process printed the
+    summary table and 'Report written to', so `launch/tpu.sh fuse` on a slice of N hosts
+    showed the table N times, interleaved."""
+    from test_fuse import QUALITY_SEED, make_outputs, write_export
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    members = [write_export(str(tmp_path / name), name, make_outputs(*QUALITY_SEED[name]))
+               for name in ("vit", "manet")]
+    out = tmp_path / "fusion"
+    command = [sys.executable, "-m", "cer_jax.fuse", f"--workdirs={','.join(members)}",
+               f"--out={out}", "--config.strategies=uniform_logits", "--config.ablation=False",
+               "--config.bootstrap_samples=0"]
+    first, second = _wait(_launch_pair(tmp_path, tmp_path, logs, "fuse_print", command), logs,
+                          "fuse_print", timeout=120)
+    assert _last_line(first) == (f"Report written to {out} (report.md, report.json, PNGs, "
+                                 "TensorBoard events).")
+    assert "| uniform_logits | fusion (best) |" in first
+    assert "| system |" not in second and "Report written to" not in second
+
+
 def test_an_earlier_ensemble_that_process_0_cannot_remove_stops_every_host(tmp_path):
     """Members without a checkpoint (no new ensemble) and an earlier ensemble under --out that
     process 0 cannot remove: every process stops with a line and exit status 2. Process 0
