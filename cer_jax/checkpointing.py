@@ -47,9 +47,11 @@ class WorkdirError(UserError):
 
 def _best_options(read_only: bool = False) -> ocp.CheckpointManagerOptions:
     if read_only:  # what a reader may not set, left unset (Orbax warns otherwise)
+        # No root metadata: its write ends in a barrier of every process, and a reader (a best
+        # step read on one host, a failed check elsewhere) must not be a collective.
         return ocp.CheckpointManagerOptions(
             best_fn=_best_metric, best_mode="max", read_only=True, save_interval_steps=0,
-            create=False,
+            create=False, save_root_metadata=False,
         )
     return ocp.CheckpointManagerOptions(
         max_to_keep=1, best_fn=_best_metric, best_mode="max",
@@ -428,6 +430,10 @@ def restore_best_state(
         config, int(config.dataset_info.num_classes)
     )
     step = best_step(workdir)
+    if jax.process_count() > 1:
+        # The newest any process saw: read at other moments while its run saved a better step,
+        # the processes restored different steps into one replicated model, silently.
+        step = sharding.max_over_processes(step)
     path = workdir_path(workdir, BEST_DIR)
     for _ in range(3):
         try:

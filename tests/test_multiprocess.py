@@ -430,6 +430,80 @@ def test_a_two_process_fuse_prints_its_table_once(tmp_path):
     assert "| system |" not in second and "Report written to" not in second
 
 
+# `python -m cer_jax.fuse` where process 1 reads each member at another moment than process 0,
+# as while the member's trainer replaces its export (on gs://, object by object) and saves a
+# better step: it finds the export stale, and first a best step that is gone.
+OTHER_MOMENT_FUSE = (
+    "import runpy, sys; from cer_jax import checkpointing, export\n"
+    "if '--process_id=1' in sys.argv:\n"
+    "    export.export_is_current = lambda workdir: False\n"
+    "    real, calls = checkpointing.best_step, []\n"
+    "    checkpointing.best_step = lambda w: real(w) - (calls.append(w) or len(calls) == 1)\n"
+    "runpy.run_module('cer_jax.fuse', run_name='__main__')"
+)
+
+
+@pytest.fixture(scope="module")
+def trained_vit(tmp_path_factory):
+    """(workdir, its export) of a finished 4-step ViT test/8 run on the synthetic data."""
+    from conftest import smoke_config
+
+    from cer_jax import trainer
+
+    base = tmp_path_factory.mktemp("trained_vit")
+    config = smoke_config("vit", base / "cache", **{
+        "model.variant": "test/8", "input.image_size": 32, "input.resize_size": 36,
+        "training.num_steps": 4, "training.eval_every_steps": 2,
+        "training.global_batch_size": 8, "eval.global_batch_size": 16})
+    trainer.train_and_evaluate(config, str(base / "vit"))
+    return base / "vit", export.load_export(str(base / "vit"))
+
+
+def test_an_init_workdir_that_one_host_lacks_stops_every_host(tmp_path, trained_vit):
+    """Reading init.workdir's best step made an Orbax CheckpointManager, whose start is a
+    barrier of every process: the host that lacked the workdir voted its error meanwhile, and
+    process 0 died in Orbax's barrier ('sync_global_devices name mismatch', a traceback; on a
+    TPU, a wait). Both now stop with a line."""
+    workdir, _ = trained_vit
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    missing = tmp_path / "only_on_host_0"
+    procs = _launch_pair(tmp_path / "run", tmp_path / "cache", logs, "one_host_init_workdir",
+                         command=[*_command(tmp_path / "run", tmp_path / "cache"),
+                                  f"--config.init.workdir={workdir}"],
+                         own=([], [f"--config.init.workdir={missing}"]))
+    first, second = _wait(procs, logs, "one_host_init_workdir", timeout=120, status=2)
+    assert _last_line(second).startswith(f"error: init.workdir={str(missing)!r}: ")
+    assert _last_line(first).startswith("error: process 1 stopped in the checks before training")
+
+
+def test_hosts_that_read_a_member_at_other_moments_export_it_together(tmp_path, trained_vit):
+    """Process 1 alone took a member's export for stale and re-exported it (an evaluation, all
+    collectives) while process 0 read the export: both waited, in collectives that do not
+    match. Nor may the processes restore different best steps into one replicated model. They
+    now decide together, on the newest step any of them saw."""
+    member, trained = tmp_path / "vit", trained_vit[1]
+    shutil.copytree(trained_vit[0], member)
+    copy = tmp_path / "vit_copy"
+    shutil.copytree(member, copy)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    out = tmp_path / "fusion"
+    command = [sys.executable, "-c", OTHER_MOMENT_FUSE, f"--workdirs={member},{copy}",
+               f"--out={out}", "--config.strategies=uniform_logits", "--config.ablation=False",
+               "--config.bootstrap_samples=0"]
+    _wait(_launch_pair(tmp_path, tmp_path, logs, "other_moment", command, devices=1), logs,
+          "other_moment", timeout=180)
+    for workdir in (member, copy):
+        manifest, arrays = export.load_export(str(workdir))
+        assert manifest["step"] == trained[0]["step"]
+        for split, split_arrays in trained[1].items():  # every row scored by the best model
+            assert arrays[split]["file_names"].tolist() == split_arrays["file_names"].tolist()
+            np.testing.assert_allclose(arrays[split]["logits"], split_arrays["logits"],
+                                       rtol=1e-4, atol=1e-4)
+    assert (out / "report.json").exists() and (out / "ensemble" / "ensemble.json").exists()
+
+
 def test_an_earlier_ensemble_that_process_0_cannot_remove_stops_every_host(tmp_path):
     """Members without a checkpoint (no new ensemble) and an earlier ensemble under --out that
     process 0 cannot remove: every process stops with a line and exit status 2. Process 0

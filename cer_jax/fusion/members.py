@@ -172,10 +172,14 @@ def load_member(
     or `reexport` is set. `split_keys` names the fusion config key that asked for each split,
     for error messages."""
     exported = False
-    has_best = checkpointing.holds_best_checkpoint(workdir)  # a listing (slow on gs://): once
+    # Every process decides together, as the export is a collective: a host that read the
+    # workdir while its trainer replaced the export (on gs://, object by object) or saved a
+    # new best would otherwise export alone while the others read, and every host wait.
+    # A listing (slow on gs://): once.
+    has_best = sharding.any_process(checkpointing.holds_best_checkpoint(workdir))
     if has_best:
         # A stale, missing or unreadable export is written anew from the checkpoint.
-        if reexport or not export.export_is_current(workdir):
+        if sharding.any_process(reexport or not export.export_is_current(workdir)):
             logging.info("Exporting the best checkpoint of %s", workdir)
             export.export_workdir(workdir)
             exported = True
