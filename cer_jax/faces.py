@@ -8,7 +8,8 @@ the detector finds them, 5 landmarks (eye centres, nose tip, mouth corners, imag
                         shipped in `cv2.data.haarcascades` by opencv-python(-headless) 4.x; the
                         5.x wheels dropped the cascades and `cv2.CascadeClassifier`)
     yunet:MODEL.onnx    OpenCV's YuNet (`cv2.FaceDetectorYN`, OpenCV >= 4.8) with a model file
-                        you bring (face_detection_yunet_2023mar.onnx); it also gives landmarks
+                        you bring (face_detection_yunet_2023mar.onnx; local or gs://); it also
+                        gives landmarks
     package.module:attr your own: attr is a detector (image -> list of `Face`), or a class
                         or function of no arguments that returns one; what it returns is
                         checked (`CheckedDetector`)
@@ -31,15 +32,20 @@ photo repeat its border.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import inspect
 import os
-from collections.abc import Callable, Iterable, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
 import cv2
 import numpy as np
+from etils import epath
+
+from cer_jax.paths import is_remote
 
 from tfds_rafdb import layout
 
@@ -124,6 +130,29 @@ class HaarDetector:
         ]
 
 
+@contextlib.contextmanager
+def _local_file(path: str) -> Iterator[str]:
+    """A local copy of the file `path` for OpenCV, which reads local files only: itself (`~`
+    expanded), or for a remote one (gs://..., read through epath) a temporary copy, removed
+    afterwards. FileNotFoundError when it is not a file."""
+    if not is_remote(path):
+        path = os.path.expanduser(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(path)
+        yield path
+        return
+    remote = epath.Path(path)
+    if not remote.is_file():
+        raise FileNotFoundError(path)
+    handle, local = tempfile.mkstemp(prefix="cer_jax_detector_", suffix=remote.suffix)
+    try:
+        with os.fdopen(handle, "wb") as target:
+            target.write(remote.read_bytes())
+        yield local
+    finally:
+        os.remove(local)
+
+
 class YuNetDetector:
     """OpenCV's YuNet CNN detector (`cv2.FaceDetectorYN`) with a model file; gives landmarks.
 
@@ -134,10 +163,13 @@ class YuNetDetector:
     def __init__(self, model: str, *, score_threshold: float = 0.7, max_side: int = 640):
         if not hasattr(cv2, "FaceDetectorYN"):
             raise DetectorError(f"OpenCV {cv2.__version__} has no cv2.FaceDetectorYN (>= 4.8).")
-        if not os.path.isfile(model):
-            raise DetectorError(f"YuNet model file {model!r} not found (--detector=yunet:PATH).")
         try:
-            self._detector = cv2.FaceDetectorYN.create(model, "", (320, 320), score_threshold)
+            with _local_file(model) as local:
+                self._detector = cv2.FaceDetectorYN.create(local, "", (320, 320),
+                                                           score_threshold)
+        except FileNotFoundError as error:
+            raise DetectorError(f"YuNet model file {model!r} not found (--detector=yunet:PATH)."
+                                ) from error
         except cv2.error as error:  # a Git LFS pointer or a web page saved as .onnx, say
             raise DetectorError(
                 f"YuNet model file {model!r} cannot be loaded by OpenCV {cv2.__version__} "

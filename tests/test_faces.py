@@ -158,6 +158,27 @@ def test_detector_specs(tmp_path):
     assert custom(np.zeros((10, 10, 3), np.uint8))[0].box == (1, 2, 3, 4)
 
 
+@pytest.mark.skipif(not hasattr(cv2, "FaceDetectorYN"), reason="OpenCV without YuNet")
+def test_a_yunet_model_on_gs_or_under_home_is_read(bucket, tmp_path, monkeypatch):
+    """OpenCV reads local files only: --detector=yunet:gs://... (beside an ensemble and inputs
+    on gs://) and yunet:~/... (no shell expands a ~ after 'yunet:') were 'not found'. Either
+    is read now: this ONNX model of another network gets as far as its own error."""
+    (bucket.root / "sface.onnx").write_bytes(identity_onnx())
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "sface.onnx").write_bytes(identity_onnx())
+    monkeypatch.setenv("HOME", str(home))
+    for model in ("gs://test-bucket/sface.onnx", "~/sface.onnx"):
+        with pytest.raises(faces.DetectorError) as e:
+            faces.load_detector(f"yunet:{model}")
+        assert str(e.value).startswith(f"YuNet model file {model!r} is an ONNX model but not "
+                                       "YuNet's")
+    with pytest.raises(faces.DetectorError) as e:
+        faces.load_detector("yunet:gs://test-bucket/missing.onnx")
+    assert str(e.value) == ("YuNet model file 'gs://test-bucket/missing.onnx' not found "
+                            "(--detector=yunet:PATH).")
+
+
 def identity_onnx() -> bytes:
     """A minimal valid ONNX model (Identity of a float [1, 3, 32, 32]), encoded by hand (the
     onnx package is not a dependency)."""
