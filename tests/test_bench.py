@@ -830,6 +830,17 @@ def test_report_of_a_run_that_timed_no_model():
                                        "Not timed (the run stopped first): vit:B/16, manet.")
 
 
+def test_report_reads_the_json_that_bench_wrote_on_gs(bucket, capsys):
+    """python -m cer_jax.bench --json=gs://... writes through epath; its report CLI read the
+    file with open(): 'No such file or directory' for the file the benchmark had written."""
+    payload = {"machine": {"backend": "gpu"}, "settings": {"models": "vit:B/16,manet"},
+               "models": [], "ensemble": None}
+    throughput.write_json("gs://test-bucket/runs/bench.json", payload)
+    assert (bucket.root / "runs" / "bench.json").is_file()
+    report.main(["report", "gs://test-bucket/runs/bench.json"])
+    assert capsys.readouterr().out == report.summary(payload) + "\n"
+
+
 def test_compile_times_read_from_a_persistent_cache_are_marked_so(tmp_path):
     """With JAX_COMPILATION_CACHE_DIR set, a second run's 'compile' times are cache reads (and
     the ensemble estimate's compile part with them): the header and the JSON said nothing."""

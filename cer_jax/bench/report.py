@@ -13,6 +13,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from etils import epath
+
 from cer_jax.bench import ensemble_time
 from cer_jax.errors import UserError
 
@@ -190,9 +192,8 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) != 2:
         raise UserError("usage: python -m cer_jax.bench.report BENCH_JSON (the --json file of "
                         "python -m cer_jax.bench or bench/accelerator.sh).")
-    try:
-        with open(argv[1]) as f:
-            payload = json.load(f)
+    try:  # through epath: bench --json may have written it to gs://
+        payload = json.loads(epath.Path(argv[1]).expanduser().read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"{argv[1]}: {e}") from e
     # What summary() reads first; anything else wrong past it is a bug, shown whole.
