@@ -46,7 +46,6 @@ import numpy as np
 from etils import epath
 
 from cer_jax.paths import is_remote
-
 from tfds_rafdb import layout
 
 ALIGNED_SIZE = layout.IMAGE_SIZE  # RAF-DB's aligned faces; RAFDB_TEMPLATE is in this frame
