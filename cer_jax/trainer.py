@@ -427,7 +427,25 @@ def _check_run(config: ml_collections.ConfigDict, workdir: str
     resolve_data_shards(config, workdir, resuming=resuming)
     config.input.seed = checkpointing.data_order_seed(config)  # recorded resolved
     checkpointing.check_same_run(config, workdir, resuming=resuming)
+    if resuming:
+        _keep_recorded_seed(config, workdir)
     return config, resuming
+
+
+def _keep_recorded_seed(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """A resume with another `seed` (input.seed given, so the data order is the same): `seed`
+    only initialised the model, which the resume restores, so it changes nothing; config.json
+    (and so export.json and the fusion report) recorded the new one, a seed that did not make
+    the model. It keeps the run's."""
+    try:
+        recorded = checkpointing.load_config(workdir).get("seed")
+    except checkpointing.WorkdirError:
+        return
+    if recorded is not None and recorded != config.seed:
+        logging.warning("Resuming %s: seed=%s here, %s there; the seed only initialises the "
+                        "model, which the resume restores, so the run keeps seed=%s.",
+                        workdir, config.seed, recorded, recorded)
+        config.seed = recorded
 
 
 def _check_data(config: ml_collections.ConfigDict, resuming: bool) -> Any:

@@ -307,6 +307,22 @@ def test_a_resume_lists_the_workdirs_checkpoints_once_before_training(
     assert [str(folder) for folder in listed] == [str(workdir / "checkpoints")]
 
 
+def test_a_resume_with_another_seed_keeps_the_runs_seed(halted_workdir, synthetic_cache_dir,
+                                                         caplog):
+    """With input.seed given (the same data order), another `seed` resumed: it changes nothing
+    (the resume restores the model it initialised), yet config.json, export.json and the
+    fusion report then named it as the run's seed."""
+    recorded = json.loads((halted_workdir / "config.json").read_text())
+    config = tiny_config(synthetic_cache_dir, **{
+        "seed": recorded["seed"] + 1, "input.seed": recorded["input"]["seed"]})
+    with caplog.at_level("WARNING"):
+        _, resolved = trainer.prepare(config, str(halted_workdir))
+    assert resolved.seed == recorded["seed"]
+    assert (f"Resuming {halted_workdir}: seed={recorded['seed'] + 1} here, {recorded['seed']} "
+            "there; the seed only initialises the model, which the resume restores, so the run "
+            f"keeps seed={recorded['seed']}.") in caplog.text
+
+
 def test_fine_tuning_from_a_run_that_stopped_early_says_so(
         halted_workdir, tmp_path, synthetic_cache_dir, caplog):
     """The README's fine-tuning from the basic run, after that run was halted or preempted (a
