@@ -742,18 +742,25 @@ def _timed(spec: str, batch: int) -> dict:
             "num_epochs": 30.0}
 
 
+def _script_after_a_stopped_bench(tmp_path: pathlib.Path, payload: dict, then: str = ":"
+                                  ) -> tuple[pathlib.Path, subprocess.CompletedProcess]:
+    """The script's --out and run, where the benchmark writes `payload` as its --json, runs
+    the shell command `then` and stops as its timeout does."""
+    (tmp_path / "written.json").write_text(json.dumps(payload))
+    python = _python_stopping_the_bench(
+        tmp_path, bench=f'for a in "$@"; do case "$a" in --json=*) cp {tmp_path}/written.json '
+        f'"${{a#--json=}}";; esac; done; {then}')
+    out = tmp_path / "out"
+    return out, _script("--out", str(out), "--no-torch", tmp_path=tmp_path, PYTHON=str(python))
+
+
 def test_accelerator_script_prints_the_tables_of_a_stopped_benchmark(tmp_path):
     """A benchmark stopped by its timeout printed no table and no ensemble estimate: the
     finished models' figures were only in bench.json. The script prints them from it, and
     names the models that were not timed."""
     payload = {"machine": {"backend": "gpu"}, "settings": {"models": "vit:B/16,resnet:50"},
                "models": [_timed("vit:B/16", 96)], "ensemble": None}
-    (tmp_path / "partial.json").write_text(json.dumps(payload))
-    python = _python_stopping_the_bench(
-        tmp_path, bench=f'for a in "$@"; do case "$a" in --json=*) cp {tmp_path}/partial.json '
-        '"${a#--json=}";; esac; done')
-    out = tmp_path / "out"
-    proc = _script("--out", str(out), "--no-torch", tmp_path=tmp_path, PYTHON=str(python))
+    out, proc = _script_after_a_stopped_bench(tmp_path, payload)
     assert proc.returncode == 0, proc.stderr
     text = (out / "bench.txt").read_text()
     assert "| vit:B/16 | 96 | 224 | bfloat16 | 40.0 / 10.0 | 3000.0 | 9000.0 |" in text
@@ -810,12 +817,7 @@ def test_accelerator_script_does_not_print_a_finished_runs_tables_twice(tmp_path
     payload = {"machine": {"backend": "gpu"}, "settings": {"models": "vit:B/16,resnet:50"},
                "models": [_timed("vit:B/16", 96)], "failed": {"resnet:50": "RuntimeError: x"},
                "ensemble": None, "complete": True}
-    (tmp_path / "done.json").write_text(json.dumps(payload))
-    python = _python_stopping_the_bench(
-        tmp_path, bench=f'for a in "$@"; do case "$a" in --json=*) cp {tmp_path}/done.json '
-        '"${a#--json=}";; esac; done; echo "the tables"')
-    out = tmp_path / "out"
-    proc = _script("--out", str(out), "--no-torch", tmp_path=tmp_path, PYTHON=str(python))
+    out, proc = _script_after_a_stopped_bench(tmp_path, payload, then='echo "the tables"')
     assert proc.returncode == 0, proc.stderr
     assert (out / "bench.txt").read_text() == "the tables\nstopped\n"
     assert (f"the benchmark ended with status 124: the models it could not time are named at "
