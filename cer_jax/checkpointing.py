@@ -37,6 +37,7 @@ from cer_jax.errors import UserError
 CONFIG_FILE = "config.json"
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
+EXPORT_DIR, EXPORT_FILE = "export", "export.json"  # written by cer_jax.export
 BEST_METRIC = "macro_f1"
 EVALUATION_PENDING = "evaluation_pending"  # latest-checkpoint metadata: see save_latest
 
@@ -304,10 +305,8 @@ class Checkpoints:
             self.latest.save(step, args=ocp.args.StandardSave(state), custom_metadata=metadata)
 
     def evaluation_pending(self, step: int) -> bool:
-        """Whether latest checkpoint `step` was saved in place of its evaluation (read it after
-        `restore_latest`, which tells Orbax how the step was saved)."""
-        metadata = self.latest.metadata(step)
-        return bool((getattr(metadata, "custom_metadata", None) or {}).get(EVALUATION_PENDING))
+        """Whether latest checkpoint `step` was saved in place of its evaluation."""
+        return _evaluation_pending(self.workdir, step)
 
     def save_best(
         self, step: int, state: train_state.TrainState, metrics: dict[str, float]
@@ -390,16 +389,34 @@ def latest_saved_step(workdir: str) -> int | None:
     return max(ocp.path.step.checkpoint_steps(folder), default=None)
 
 
-def stopped_early(workdir: str) -> tuple[int, int] | None:
-    """(latest saved step, run length) of a run that stopped before its last step (halted,
-    preempted, or still training): its best checkpoint is not the one its finished run would
-    give. None when it finished, or when nothing says (no config.json length, no train state)."""
+def _evaluation_pending(workdir: str, step: int) -> bool:
+    """Whether latest checkpoint `step` was saved in place of its evaluation (`save_latest`)."""
+    try:
+        metadata = ocp.metadata.get_step_metadata(workdir_path(workdir, LATEST_DIR, str(step)))
+    except ValueError:  # a step folder without Orbax's metadata file: saved with no flag
+        return False
+    return bool((metadata.custom_metadata or {}).get(EVALUATION_PENDING))
+
+
+def stopped_early(workdir: str) -> str | None:
+    """Where a run stopped before its end (halted, preempted, or still training), e.g. "at step
+    4 of 8": its best checkpoint is not the one its finished run would give. A run preempted in
+    its last log interval saved its last step without evaluating it (the resumed run does, then
+    exports). None when it finished, or when nothing says (no config.json length, no train
+    state)."""
     try:
         total = int(load_config(workdir).dataset_info.total_steps)
     except (WorkdirError, AttributeError, KeyError, TypeError):
         return None
     latest = latest_saved_step(workdir)
-    return (latest, total) if latest is not None and latest < total else None
+    if latest is None or latest > total:
+        return None
+    if latest < total:
+        return f"at step {latest} of {total}"
+    if _evaluation_pending(workdir, latest) and not workdir_path(
+            workdir, EXPORT_DIR, EXPORT_FILE).exists():
+        return f"at step {latest} of {total} before evaluating it"
+    return None
 
 
 def best_step(workdir: str) -> int:

@@ -33,11 +33,10 @@ import numpy as np
 from etils import epath
 
 from cer_jax import checkpointing, evaluate, paths, sharding, steps
+from cer_jax.checkpointing import EXPORT_DIR, EXPORT_FILE
 from cer_jax.data import pipeline, sources
 from cer_jax.errors import UserError
 
-EXPORT_DIR = "export"
-EXPORT_FILE = "export.json"
 FORMAT = 2
 ARRAYS = ("logits", "features", "labels", "file_names")
 

@@ -180,10 +180,10 @@ def check_source_run_finished(config: ml_collections.ConfigDict) -> None:
     stopped = checkpointing.stopped_early(source) if source else None
     if stopped is not None:
         logging.warning(
-            "init.workdir=%s stopped at step %d of %d (halted or preempted, or still training): "
-            "this run starts from its best checkpoint so far, not its finished run's; run "
+            "init.workdir=%s stopped %s (halted or preempted, or still training): this run "
+            "starts from its best checkpoint so far, not its finished run's; run "
             "python -m cer_jax.train on %s again to finish it first, unless that is meant.",
-            source, *stopped, source)
+            source, stopped, source)
 
 
 def check_input_normalization(config: ml_collections.ConfigDict) -> None:

@@ -763,6 +763,38 @@ def test_sigterm_in_the_last_evaluation_stops_before_the_export_which_the_next_r
     assert result["stopped"] is None and result["step"] == TOTAL_STEPS and result["export"]
 
 
+def test_a_run_preempted_in_its_last_log_interval_is_unfinished_until_resumed(
+        tmp_path, synthetic_cache_dir, monkeypatch, caplog):
+    """SIGTERM in step 7 of 8 saves step 8 without evaluating it (the resumed run does): its
+    best checkpoint is then step 4's. Fine-tuning or fusion from it said nothing, the run's last
+    step being saved."""
+    workdir = tmp_path / "preempted_in_the_last_interval"
+    add_metrics, calls = steps.add_metrics, []
+
+    def preempting(*args, **kwargs):
+        calls.append(None)
+        if len(calls) == TOTAL_STEPS - 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return add_metrics(*args, **kwargs)
+
+    monkeypatch.setattr(steps, "add_metrics", preempting)
+    result = trainer.train_and_evaluate(tiny_config(synthetic_cache_dir), str(workdir))
+    assert (result["stopped"], result["step"]) == ("preempted", TOTAL_STEPS)
+    assert checkpointing.best_step(str(workdir)) < TOTAL_STEPS
+    assert checkpointing.stopped_early(str(workdir)) == (
+        f"at step {TOTAL_STEPS} of {TOTAL_STEPS} before evaluating it")
+    config = tiny_config(synthetic_cache_dir, **{"init.workdir": str(workdir)})
+    with caplog.at_level("WARNING"):
+        trainer.prepare(config, str(tmp_path / "fine_tuned"))
+    assert (f"init.workdir={workdir} stopped at step {TOTAL_STEPS} of {TOTAL_STEPS} before "
+            "evaluating it (halted or preempted, or still training)") in caplog.text
+
+    monkeypatch.setattr(steps, "add_metrics", add_metrics)
+    result = trainer.train_and_evaluate(tiny_config(synthetic_cache_dir), str(workdir))
+    assert result["stopped"] is None and result["export"]
+    assert checkpointing.stopped_early(str(workdir)) is None
+
+
 class SigtermDeath(Exception):
     """SIGTERM's default action, death at once, as a test can see it."""
 

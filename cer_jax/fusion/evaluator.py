@@ -220,8 +220,7 @@ def unfinished_members(members: Sequence[members_lib.Member]) -> list[str]:
     for member in members:
         stopped = checkpointing.stopped_early(member.workdir)  # None for an export-only one
         if stopped is not None:
-            latest, total = stopped
-            notes.append(f"member {member.name} stopped at step {latest} of {total} (halted or "
+            notes.append(f"member {member.name} stopped {stopped} (halted or "
                          f"preempted); run python -m cer_jax.train on {member.workdir} again to "
                          "finish it")
     return notes
