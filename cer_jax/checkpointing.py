@@ -398,6 +398,23 @@ def _evaluation_pending(workdir: str, step: int) -> bool:
     return bool((metadata.custom_metadata or {}).get(EVALUATION_PENDING))
 
 
+def check_resumable(workdir: str) -> None:
+    """Refuses a workdir with an export and a best checkpoint but no train state (checkpoints/
+    deleted to save space once the run was over): training there started a new run at step 0
+    beside the old best checkpoint, which its evaluations then had to beat to replace, so that
+    hours later the export could be either run's. A run killed before its first train state was
+    saved has no export, and starts again."""
+    if latest_saved_step(workdir) is not None:
+        return
+    export_file = workdir_path(workdir, EXPORT_DIR, EXPORT_FILE)
+    if holds_best_checkpoint(workdir) and export_file.exists():
+        raise WorkdirError(
+            f"{workdir} holds an export and a best checkpoint but no train state to resume "
+            f"({workdir_path(workdir, LATEST_DIR)} is empty or deleted): training here would "
+            "start another run beside them. Use it as it is (python -m cer_jax.fuse, "
+            "cer_jax.predict), or train anew with a new --workdir.")
+
+
 def stopped_early(workdir: str) -> str | None:
     """Where a run stopped before its end (halted, preempted, or still training), e.g. "at step
     4 of 8": its best checkpoint is not the one its finished run would give. A run preempted in

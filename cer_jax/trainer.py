@@ -428,6 +428,7 @@ def _check_run(config: ml_collections.ConfigDict, workdir: str
     config.input.seed = checkpointing.data_order_seed(config)  # recorded resolved
     checkpointing.check_same_run(config, workdir, resuming=resuming)
     if resuming:
+        checkpointing.check_resumable(workdir)
         _keep_recorded_seed(config, workdir)
     return config, resuming
 

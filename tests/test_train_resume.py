@@ -323,6 +323,27 @@ def test_a_resume_with_another_seed_keeps_the_runs_seed(halted_workdir, syntheti
             f"keeps seed={recorded['seed']}.") in caplog.text
 
 
+def test_a_run_whose_train_states_were_deleted_is_not_trained_anew_beside_its_export(
+        halted_workdir, tmp_path, synthetic_cache_dir):
+    """checkpoints/ deleted to save space once a run was over: the same command again (a SLURM
+    script run again re-exports finished members) trained a new run from step 0 beside the old
+    best checkpoint and export, each new evaluation having to beat the old run's best."""
+    workdir = tmp_path / "train_states_deleted"
+    shutil.copytree(halted_workdir, workdir)
+    shutil.rmtree(workdir / "checkpoints")
+    config = tiny_config(synthetic_cache_dir)
+    trainer.prepare(config, str(workdir))  # no export: a run killed before its first save
+    (workdir / "export").mkdir()
+    (workdir / "export" / "export.json").write_text("{}")
+    with pytest.raises(UserError) as e:
+        trainer.prepare(config, str(workdir))
+    assert str(e.value) == (
+        f"{workdir} holds an export and a best checkpoint but no train state to resume "
+        f"({workdir / 'checkpoints'} is empty or deleted): training here would start another "
+        "run beside them. Use it as it is (python -m cer_jax.fuse, cer_jax.predict), or train "
+        "anew with a new --workdir.")
+
+
 def test_fine_tuning_from_a_run_that_stopped_early_says_so(
         halted_workdir, tmp_path, synthetic_cache_dir, caplog):
     """The README's fine-tuning from the basic run, after that run was halted or preempted (a
