@@ -301,7 +301,7 @@ check_args() {
       continue
     fi
     case "$arg" in
-      -*) ;;
+      -*) check_not_set_by_launcher "$usage" "$arg" ;;
       *)
         case "$prev" in
           --*=* | [!-]* | --) die "usage: launch/${0##*/} $usage ('$arg' is not an override: those are --config.KEY=VALUE; the other settings are environment variables: launch/${0##*/} --help)" ;;
@@ -310,6 +310,23 @@ check_args() {
     esac
     prev=$arg
   done
+}
+
+# Fails when override ARG of the command in USAGE is a flag the launcher gives the trainer
+# itself: absl keeps a flag's last value, so `ensemble RUNS --config=configs/vit.py:follow_up`
+# trained that ViT into RUNS/vit, RUNS/manet and RUNS/resnet50 (hours, then a fusion of three
+# ViTs), and a --workdir override sent every member into one workdir.
+check_not_set_by_launcher() {
+  local usage=$1 arg=$2 name command=${1%% *} script=launch/${0##*/}
+  name=${arg%%=*}
+  name=${name#-}
+  name=${name#-}
+  case "$command:$name" in
+    train:config) die "usage: $script $usage ('$arg' would replace CONFIG, as a flag's last value wins: give it as CONFIG)" ;;
+    train:workdir) die "usage: $script $usage ('$arg' would replace WORKDIR, as a flag's last value wins: give it as WORKDIR)" ;;
+    ensemble:config | ensemble:workdir | all:config | all:workdir)
+      die "usage: $script $usage ('$arg' would replace the $name of every member, as a flag's last value wins; to train the members otherwise, run $script train CONFIG WORKDIR for each, into RUNS/vit, RUNS/manet and RUNS/resnet50, then $script fuse)" ;;
+  esac
 }
 
 # Fails when COMMAND, which takes no arguments, got some: they used to be ignored.

@@ -880,6 +880,44 @@ def test_a_stray_argument_stops_before_anything_runs(env, tmp_path, script, args
     assert remote_python_argv(train)[-2:] == ["--config.training.num_epochs", "3"]
 
 
+@pytest.mark.parametrize("script,args,replaced", [
+    ("gpu.sh", ["ensemble", "runs", "--config=configs/vit.py:follow_up"], "the config of every"),
+    ("slurm.sh", ["ensemble", "/r", "--config.x=1", "-config", "configs/vit.py"],
+     "the config of every"),
+    ("tpu.sh", ["all", "--workdir=gs://b/one"], "the workdir of every"),
+    ("tpu.sh", ["train", "configs/vit.py", "gs://b/vit", "--config=configs/manet.py"], "CONFIG"),
+    ("gpu.sh", ["train", "configs/vit.py", "runs/vit", "--workdir", "runs/x"], "WORKDIR"),
+])
+def test_an_override_of_the_config_or_workdir_stops_before_anything_runs(env, tmp_path, script,
+                                                                        args, replaced):
+    """absl keeps a flag's last value: `ensemble RUNS --config=configs/vit.py:follow_up` trained
+    that ViT into RUNS/vit, RUNS/manet and RUNS/resnet50 (and a --workdir override sent every
+    member into one workdir), hours before the fusion of three ViTs."""
+    log = tmp_path / "calls.log"
+    rec_bin = tmp_path / "rec_bin"
+    rec_bin.mkdir()
+    for tool in ("gcloud", "python", "python3", "srun"):
+        _stub(rec_bin / tool, f'echo "{tool} $*" >> {shlex.quote(str(log))}\n')
+    (tmp_path / "tfds" / "rafdb" / "compound").mkdir(parents=True)
+    proc = subprocess.run(["bash", str(LAUNCH / script), *args], capture_output=True, text=True,
+                          timeout=30, env={**env, "BUCKET": "gs://b", "GPUS_PER_NODE": "1",
+                                           "LOCAL_DATA_DIR": str(tmp_path / "tfds"),
+                                           "PATH": f"{rec_bin}:/usr/bin:/bin"})
+    assert proc.returncode == 2 and proc.stdout == ""
+    (line,) = proc.stderr.splitlines()[-1:]
+    assert line.startswith(f"{script}: error: usage: launch/{script} {args[0]} ")
+    assert f"would replace {replaced}" in line
+    assert not log.exists()
+    # A key of the config, or a flag of another name, is an override as before.
+    positional = {"train": 3, "ensemble": 2, "all": 1}[args[0]]  # the command and its args
+    cmds = dry_run(script, *args[:positional], "--config.workdir_name=x", "--configs=y",
+                   env=env, BUCKET="gs://b", GPUS_PER_NODE="1", SMOKE="1")
+    trainings = [remote_python_argv(c) if is_tpu_ssh(c) else c for c in cmds
+                 if "cer_jax.train" in " ".join(c)]
+    assert trainings and all(c[-2:] == ["--config.workdir_name=x", "--configs=y"]
+                             for c in trainings)
+
+
 def test_scripts_are_strict_and_executable():
     for path in EXECUTABLES:
         text = path.read_text()
