@@ -8,7 +8,8 @@
 # Commands, in the order a first run needs them (`all` chains create .. ensemble):
 #   create               create the TPU VM or slice and wait until it is ready
 #                        (QUEUED=1: through a queued resource, which waits for capacity); one
-#                        that exists already (READY / ACTIVE) is kept, so `all` runs again
+#                        that exists already (READY / ACTIVE) is kept, so `all` runs again,
+#                        unless it is of another type than ACCELERATOR (then it stops)
 #   install              copy this checkout (its tracked and untracked, not ignored, files) to
 #                        every worker, make a Python $PYTHON_VERSION venv there (uv) and install
 #                        the checkout with the TPU build of JAX (and PyTorch's CPU build when a
@@ -211,33 +212,46 @@ weights_for() {
   esac
 }
 
-# The state of the TPU VM (QUEUED=1: of the queued resource), empty when there is none.
-existing_state() {
-  local field=state
-  if [ "$QUEUED" = 1 ]; then field=state.state; fi
+# The state and accelerator type of the TPU VM (QUEUED=1: of the queued resource and the TPU
+# it holds), tab separated; empty when there is none.
+existing_tpu() {
+  local fields=state,acceleratorType
+  if [ "$QUEUED" = 1 ]; then fields='state.state,tpu.nodeSpec[0].node.acceleratorType'; fi
   gcloud compute tpus "${RESOURCE[@]}" describe "$NAME" "${GCLOUD_FLAGS[@]}" \
-    --format="value($field)" 2>/dev/null || true
+    --format="value($fields)" 2>/dev/null || true
+}
+
+# Fails when the TPU that `create` keeps is of another type than ACCELERATOR: after a smoke run
+# on a v4-8, `ACCELERATOR=v4-32 launch/tpu.sh all` kept the v4-8 (one note among the output)
+# and trained on it.
+check_existing_type() {
+  local what=$1 type=$2
+  if [ -n "$type" ] && [ "$type" != "$ACCELERATOR" ]; then
+    die "$what is a $type, not the ACCELERATOR=$ACCELERATOR asked for: set ACCELERATOR=$type to use it, or launch/tpu.sh delete and run again (or set another TPU_NAME) for a $ACCELERATOR"
+  fi
 }
 
 cmd_create() {
   need gcloud
-  local version state=""
+  local version state="" type=""
   version=$(tpu_version)
   local what="TPU $TPU_NAME"
   if [ "$QUEUED" = 1 ]; then what="queued resource $QR_NAME"; fi
   if [ "$DRY_RUN" = 1 ]; then
-    note "created only when $(quote_cmd gcloud compute tpus "${RESOURCE[@]}" describe "$NAME" "${GCLOUD_FLAGS[@]}") finds none (a READY / ACTIVE one is kept; other states stop with their name)"
+    note "created only when $(quote_cmd gcloud compute tpus "${RESOURCE[@]}" describe "$NAME" "${GCLOUD_FLAGS[@]}") finds none (a READY / ACTIVE one of ACCELERATOR=$ACCELERATOR is kept; another type, or another state, stops with its name)"
   else
-    state=$(existing_state)
+    IFS=$'\t' read -r state type <<<"$(existing_tpu)" || true
   fi
   case "$state" in
     "") ;;
     READY | ACTIVE)
-      note "$what exists ($state): kept"
+      check_existing_type "$what" "$type"
+      note "$what exists ($state${type:+, $type}): kept"
       return
       ;;
     ACCEPTED | PROVISIONING | WAITING_FOR_RESOURCES | CREATING)
       if [ "$QUEUED" != 1 ]; then die "$what is $state: run again when it is READY"; fi
+      check_existing_type "$what" "$type"
       ;;
     *) die "$what is $state: launch/tpu.sh delete, then run again" ;;
   esac

@@ -488,6 +488,48 @@ def test_tpu_create_runs_again_over_an_existing_tpu(env, tmp_path, state, create
         assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.parametrize("queued,state", [("0", "READY"), ("1", "ACTIVE"),
+                                          ("1", "WAITING_FOR_RESOURCES")])
+def test_tpu_create_stops_at_an_existing_tpu_of_another_type(env, tmp_path, queued, state):
+    """After a smoke run on a v4-8, `ACCELERATOR=v4-32 launch/tpu.sh all` kept that v4-8 (one
+    note among the output) and trained on it, or waited for a queued v4-8."""
+    log = tmp_path / "gcloud.log"
+    rec_bin = tmp_path / "gcloud_bin"
+    rec_bin.mkdir()
+    # describe prints what its --format asks for: the state, then the type (Node.acceleratorType,
+    # in a queued resource its TPU's node spec), tab separated as gcloud's value() does.
+    fields = ("state.state,tpu.nodeSpec[0].node.acceleratorType" if queued == "1"
+              else "state,acceleratorType")
+    _stub(rec_bin / "gcloud", f'echo "$*" >> {shlex.quote(str(log))}\n'
+          'if [ "$4" = describe ]; then\n'
+          f'  case "$*" in *"--format=value({fields})"*) printf "%s\\tv4-8\\n" "$STATE" ;;\n'
+          # (the queued resource's wait, which describes its state alone, sees it ACTIVE)
+          '    *) if [ "$STATE" = WAITING_FOR_RESOURCES ]; then echo ACTIVE; else echo "$STATE"; fi'
+          ' ;; esac\n'
+          '  exit\n'
+          'fi\n')
+    what = "queued resource cer-jax-qr" if queued == "1" else "TPU cer-jax"
+
+    def create(accelerator):
+        proc = subprocess.run(["bash", str(LAUNCH / "tpu.sh"), "create"], capture_output=True,
+                              text=True, timeout=30,
+                              env={**env, "PATH": f"{rec_bin}:/usr/bin:/bin", "STATE": state,
+                                   "QUEUED": queued, "ACCELERATOR": accelerator})
+        calls = [line.split()[3] for line in log.read_text().splitlines()]
+        log.unlink()
+        return proc, calls
+
+    proc, calls = create("v4-32")
+    assert (proc.returncode, calls) == (2, ["describe"])
+    assert proc.stderr == (
+        f"tpu.sh: error: {what} is a v4-8, not the ACCELERATOR=v4-32 asked for: set "
+        "ACCELERATOR=v4-8 to use it, or launch/tpu.sh delete and run again (or set another "
+        "TPU_NAME) for a v4-32\n")
+    proc, calls = create("v4-8")
+    assert proc.returncode == 0, proc.stderr
+    assert "create" not in calls  # kept (a queued one waited for)
+
+
 @pytest.mark.parametrize("case", ["no data", "another config's data", "no manual dir",
                                   "no weights file", "a wrong manual dir"])
 def test_tpu_all_checks_what_upload_copies_before_it_creates_the_tpu(env, tmp_path, case):
