@@ -137,7 +137,7 @@ tpu_version() {
     v5litepod-* | v5e-*) printf 'v2-alpha-tpuv5-lite' ;;
     v5p-*) printf 'v2-alpha-tpuv5' ;;
     v6e-*) printf 'v2-alpha-tpuv6e' ;;
-    *) die "no default image for ACCELERATOR=$ACCELERATOR: set VERSION (gcloud compute tpus tpu-vm versions list)" ;;
+    *) die "ACCELERATOR=$ACCELERATOR: not a TPU type with a default image (v2-, v3-, v4-, v5litepod-, v5p- or v6e- and its size, e.g. v4-32: gcloud compute tpus tpu-vm accelerator-types list --zone=$ZONE); for another, set VERSION too (gcloud compute tpus tpu-vm versions list --zone=$ZONE)" ;;
   esac
 }
 
@@ -411,6 +411,8 @@ cmd_delete() {
 cmd_all() {
   need_bucket
   need gcloud
+  # A mistyped ACCELERATOR stops here, not after the dataset build below.
+  if [ "$CREATE" = 1 ]; then tpu_version >/dev/null; fi
   if [ "$UPLOAD" = 1 ] && [ "$SMOKE" != 1 ]; then
     check_upload_inputs
     build_dataset

@@ -530,6 +530,28 @@ def test_tpu_create_stops_at_an_existing_tpu_of_another_type(env, tmp_path, queu
     assert "create" not in calls  # kept (a queued one waited for)
 
 
+def test_tpu_all_stops_at_a_mistyped_accelerator_before_the_dataset_build(env, tmp_path):
+    """ACCELERATOR=v4_32 stopped at `create`, after `all` had built the dataset, and its line
+    said to set VERSION: a mistyped type is named as one, before anything runs."""
+    log = tmp_path / "calls.log"
+    rec_bin = tmp_path / "rec_bin"
+    rec_bin.mkdir()
+    for tool in ("gcloud", "python3"):
+        _stub(rec_bin / tool, f'echo "{tool} $*" >> {shlex.quote(str(log))}\n')
+    proc = subprocess.run(["bash", str(LAUNCH / "tpu.sh"), "all"], capture_output=True,
+                          text=True, timeout=30,
+                          env={**env, "BUCKET": "gs://b", "ACCELERATOR": "v4_32",
+                               "ZONE": "us-east5-a", "MANUAL_DIR": str(tmp_path),
+                               "PATH": f"{rec_bin}:/usr/bin:/bin"})
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == (
+        "tpu.sh: error: ACCELERATOR=v4_32: not a TPU type with a default image (v2-, v3-, v4-, "
+        "v5litepod-, v5p- or v6e- and its size, e.g. v4-32: gcloud compute tpus tpu-vm "
+        "accelerator-types list --zone=us-east5-a); for another, set VERSION too (gcloud "
+        "compute tpus tpu-vm versions list --zone=us-east5-a)\n")
+    assert not log.exists()
+
+
 @pytest.mark.parametrize("case", ["no data", "another config's data", "no manual dir",
                                   "no weights file", "a wrong manual dir"])
 def test_tpu_all_checks_what_upload_copies_before_it_creates_the_tpu(env, tmp_path, case):
