@@ -253,6 +253,13 @@ cmd_create() {
       if [ "$QUEUED" != 1 ]; then die "$what is $state: run again when it is READY"; fi
       check_existing_type "$what" "$type"
       ;;
+    # A TPU on its way back (a repair, a restart) or stopped keeps its capacity: deleting it,
+    # as the line below said for every other state, could lose a slice that took days to get.
+    STARTING | RESTARTING | REPAIRING | REIMAGING | UNHIDING)
+      die "$what is $state: run again when it is READY (no need to delete it)" ;;
+    STOPPED) die "$what is STOPPED: start it ($(quote_cmd gcloud compute tpus tpu-vm start "$TPU_NAME" "${GCLOUD_FLAGS[@]}")), then run again" ;;
+    STOPPING) die "$what is STOPPING: once it is STOPPED, start it ($(quote_cmd gcloud compute tpus tpu-vm start "$TPU_NAME" "${GCLOUD_FLAGS[@]}")), then run again" ;;
+    DELETING) die "$what is being deleted: run again when it is gone" ;;
     *) die "$what is $state: launch/tpu.sh delete, then run again" ;;
   esac
   local spot=()

@@ -488,6 +488,30 @@ def test_tpu_create_runs_again_over_an_existing_tpu(env, tmp_path, state, create
         assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.parametrize("state,fix", [
+    ("REPAIRING", "run again when it is READY (no need to delete it)"),
+    ("RESTARTING", "run again when it is READY (no need to delete it)"),
+    ("STOPPED", "start it (gcloud compute tpus tpu-vm start cer-jax --zone=us-central2-b), then "
+     "run again"),
+    ("STOPPING", "once it is STOPPED, start it (gcloud compute tpus tpu-vm start cer-jax "
+     "--zone=us-central2-b), then run again"),
+])
+def test_tpu_create_keeps_a_tpu_that_is_only_on_its_way_back(env, tmp_path, state, fix):
+    """A TPU being repaired or restarted, or a stopped one, was told `launch/tpu.sh delete`, as
+    a preempted one is: a slice that took days to get was given up for a wait or a start."""
+    log = tmp_path / "gcloud.log"
+    rec_bin = tmp_path / "gcloud_bin"
+    rec_bin.mkdir()
+    _stub(rec_bin / "gcloud", f'echo "$*" >> {shlex.quote(str(log))}\n'
+          'if [ "$4" = describe ]; then echo "$STATE"; fi\n')
+    proc = subprocess.run(["bash", str(LAUNCH / "tpu.sh"), "create"], capture_output=True,
+                          text=True, timeout=30,
+                          env={**env, "PATH": f"{rec_bin}:/usr/bin:/bin", "STATE": state})
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == f"tpu.sh: error: TPU cer-jax is {state}: {fix}\n"
+    assert [line.split()[3] for line in log.read_text().splitlines()] == ["describe"]
+
+
 @pytest.mark.parametrize("queued,state", [("0", "READY"), ("1", "ACTIVE"),
                                           ("1", "WAITING_FOR_RESOURCES")])
 def test_tpu_create_stops_at_an_existing_tpu_of_another_type(env, tmp_path, queued, state):
