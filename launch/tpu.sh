@@ -18,7 +18,8 @@
 #   check                every worker prints its process index, process count and devices
 #   upload               build the TFDS dataset here when MANUAL_DIR is set, then copy
 #                        LOCAL_DATA_DIR/rafdb to DATA_DIR and each local *_WEIGHTS file or folder
-#                        to WEIGHTS_DIR/<member>/ (with the config.json beside a file, if any)
+#                        to WEIGHTS_DIR/<member>/ (with the config.json and
+#                        preprocessor_config.json beside a file, if any)
 #   train CONFIG WORKDIR [OVERRIDES...]
 #                        one training, the same command on every worker at once; WORKDIR must
 #                        be gs://... (every host reads and writes the same run), CONFIG a file
@@ -359,7 +360,7 @@ cmd_upload() {
   check_upload_inputs
   build_dataset
   run gcloud storage rsync --recursive "$LOCAL_DATA_DIR/rafdb" "$DATA_DIR/rafdb"
-  local name file dest
+  local name file dest side
   for name in $MEMBERS; do
     file=$(member_weights "$name")
     case "$file" in
@@ -372,10 +373,16 @@ cmd_upload() {
       continue
     fi
     run gcloud storage cp "$file" "$dest"
-    # A Hugging Face file's config.json says how its network computes (ViT's GELU, LayerNorm eps).
-    if [ -f "$(dirname "$file")/config.json" ] && [ "${file##*/}" != config.json ]; then
-      run gcloud storage cp "$(dirname "$file")/config.json" "${dest%/*}/config.json"
-    fi
+    # The Hugging Face files the trainer reads beside the weights (cer_jax.pretrained.implied):
+    # config.json says how the network computes (ViT's GELU, LayerNorm eps) and names the
+    # head's classes; preprocessor_config.json the input mean/std it was pre-trained on, which
+    # the trainer warns about when the config feeds others (left behind, a run on the TPU gave
+    # no warning where the same run on a GPU did).
+    for side in config.json preprocessor_config.json; do
+      if [ -f "$(dirname "$file")/$side" ] && [ "${file##*/}" != "$side" ]; then
+        run gcloud storage cp "$(dirname "$file")/$side" "${dest%/*}/$side"
+      fi
+    done
   done
 }
 

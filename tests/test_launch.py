@@ -173,14 +173,17 @@ def test_tpu_all_from_nothing_to_fused_report(env, weights, tmp_path):
 def test_tpu_upload_keeps_each_members_weights_apart_with_their_config_json(env, tmp_path):
     """Hugging Face names both ViT's and ResNet50's weights model.safetensors: each member's go
     to a folder of its own on the bucket (they used to overwrite each other there), with the
-    config.json beside the file that says how the network computes; a snapshot folder is
-    copied whole."""
+    config.json beside the file that says how the network computes, and the
+    preprocessor_config.json whose input mean/std the trainer checks (it was left behind); a
+    snapshot folder is copied whole."""
     hub = {}
     for name in ("vit", "resnet50"):
         (tmp_path / name).mkdir()
         for file in ("model.safetensors", "config.json"):
             (tmp_path / name / file).write_text("x")
         hub[name] = tmp_path / name
+    # Its input mean/std, which the trainer compares with the config's (a warning).
+    (hub["vit"] / "preprocessor_config.json").write_text("x")
     extra = {"BUCKET": "gs://b", "VIT_WEIGHTS": str(hub["vit"] / "model.safetensors"),
              "RESNET50_WEIGHTS": str(hub["resnet50"] / "model.safetensors"),
              "MANET_WEIGHTS": str(hub["vit"]) + "/"}  # a folder (here: the ViT snapshot)
@@ -189,6 +192,8 @@ def test_tpu_upload_keeps_each_members_weights_apart_with_their_config_json(env,
     assert copies == [
         ["cp", str(hub["vit"] / "model.safetensors"), "gs://b/weights/vit/model.safetensors"],
         ["cp", str(hub["vit"] / "config.json"), "gs://b/weights/vit/config.json"],
+        ["cp", str(hub["vit"] / "preprocessor_config.json"),
+         "gs://b/weights/vit/preprocessor_config.json"],
         ["rsync", "--recursive", str(hub["vit"]), "gs://b/weights/manet/vit"],
         ["cp", str(hub["resnet50"] / "model.safetensors"),
          "gs://b/weights/resnet50/model.safetensors"],
