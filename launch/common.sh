@@ -324,6 +324,7 @@ check_not_set_by_launcher() {
   case "$command:$name" in
     train:config) die "usage: $script $usage ('$arg' would replace CONFIG, as a flag's last value wins: give it as CONFIG)" ;;
     train:workdir) die "usage: $script $usage ('$arg' would replace WORKDIR, as a flag's last value wins: give it as WORKDIR)" ;;
+    fuse:out | fuse:workdirs) die "usage: $script $usage ('$arg' would replace the --$name the launcher gives cer_jax.fuse, RUNS/fusion or the three members of RUNS; for another fusion, run python -m cer_jax.fuse yourself)" ;;
     ensemble:config | ensemble:workdir | all:config | all:workdir)
       die "usage: $script $usage ('$arg' would replace the $name of every member, as a flag's last value wins; to train the members otherwise, run $script train CONFIG WORKDIR for each, into RUNS/vit, RUNS/manet and RUNS/resnet50, then $script fuse)" ;;
   esac

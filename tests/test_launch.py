@@ -980,6 +980,9 @@ def test_a_stray_argument_stops_before_anything_runs(env, tmp_path, script, args
     ("tpu.sh", ["all", "--workdir=gs://b/one"], "the workdir of every"),
     ("tpu.sh", ["train", "configs/vit.py", "gs://b/vit", "--config=configs/manet.py"], "CONFIG"),
     ("gpu.sh", ["train", "configs/vit.py", "runs/vit", "--workdir", "runs/x"], "WORKDIR"),
+    # fuse's report (tpu.sh prints RUNS/fusion/report.md after it) would be an older one.
+    ("tpu.sh", ["fuse", "--out=gs://b/other"], "the --out"),
+    ("slurm.sh", ["fuse", "/r", "--workdirs", "/r/vit,/r/vit"], "the --workdirs"),
 ])
 def test_an_override_of_the_config_or_workdir_stops_before_anything_runs(env, tmp_path, script,
                                                                         args, replaced):
@@ -1002,11 +1005,13 @@ def test_an_override_of_the_config_or_workdir_stops_before_anything_runs(env, tm
     assert f"would replace {replaced}" in line
     assert not log.exists()
     # A key of the config, or a flag of another name, is an override as before.
-    positional = {"train": 3, "ensemble": 2, "all": 1}[args[0]]  # the command and its args
+    positional = {"train": 3, "ensemble": 2, "all": 1, "fuse": 2 if script != "tpu.sh" else 1
+                  }[args[0]]  # the command and its arguments
     cmds = dry_run(script, *args[:positional], "--config.workdir_name=x", "--configs=y",
                    env=env, BUCKET="gs://b", GPUS_PER_NODE="1", SMOKE="1")
+    module = "cer_jax.fuse" if args[0] == "fuse" else "cer_jax.train"
     trainings = [remote_python_argv(c) if is_tpu_ssh(c) else c for c in cmds
-                 if "cer_jax.train" in " ".join(c)]
+                 if module in " ".join(c)]
     assert trainings and all(c[-2:] == ["--config.workdir_name=x", "--configs=y"]
                              for c in trainings)
 
