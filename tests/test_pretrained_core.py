@@ -318,6 +318,25 @@ def test_reader_pytorch_file_empty_cut_short_or_not_pytorch_is_one_line(tmp_path
     assert set(readers.read_checkpoint(tmp_path / "legacy.pth")) == set(_state())
 
 
+def test_reader_legacy_pytorch_file_cut_anywhere_is_one_line(tmp_path):
+    """A legacy (PyTorch < 1.6, as the MA-Net release) file cut inside its pickle made torch's
+    weights-only unpickler fail with a bare IndexError or struct.error traceback, and cut in its
+    storages with "unexpected EOF ... might be corrupted" and no fix: one line at every length."""
+    state = {f"module.layer{i}.conv{j}.weight": torch.randn(2, 2) for i in range(20)
+             for j in range(3)}
+    torch.save({"state_dict": state, "epoch": 3}, tmp_path / "legacy.pth.tar",
+               _use_new_zipfile_serialization=False)
+    data = (tmp_path / "legacy.pth.tar").read_bytes()
+    cut = tmp_path / "cut.pth.tar"
+    for length in range(1, len(data), 13):
+        cut.write_bytes(data[:length])
+        with pytest.raises(readers.CheckpointReadError) as e:
+            readers.read_checkpoint(cut)
+        assert str(e.value) == (f"Cannot read checkpoint {str(cut)!r}: the file ends early (an "
+                                "interrupted download or copy?); download it again."), length
+    assert len(readers.read_checkpoint(tmp_path / "legacy.pth.tar")) == len(state)
+
+
 def _write_weights(path) -> None:
     arrays = {f"layer{i}.weight": np.full((64, 64), i, np.float32) for i in range(8)}
     if path.suffix == ".npz":

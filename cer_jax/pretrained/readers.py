@@ -13,6 +13,7 @@ import math
 import os
 import pickle
 import re
+import struct
 import zipfile
 from collections.abc import Mapping
 from typing import IO, Any
@@ -365,9 +366,11 @@ def _read_torch(file: epath.Path, shown: str) -> dict[str, np.ndarray]:
         f.seek(0)
         try:
             obj = _torch_load(torch, f, shown)
-        except (pickle.UnpicklingError, EOFError, RuntimeError):
+        except (pickle.UnpicklingError, EOFError, RuntimeError, IndexError, struct.error) as e:
             f.seek(0)
             start = f.read(16)
+            if start[:1] == b"\x80" and _cut_short(e):  # a legacy pickle cut short
+                raise CheckpointReadError(_ENDS_EARLY.format(shown=shown)) from e
             if start[:1] == b"\x80" or start[:2] == b"PK":
                 raise  # a pickle (torch.save before PyTorch 1.6) or a zip archive (since)
             # An empty file, an HTML error page, ...: torch's own message would suggest
@@ -394,6 +397,15 @@ def _read_torch(file: epath.Path, shown: str) -> dict[str, np.ndarray]:
     if out and all(key.startswith(_LIGHTNING_PREFIX) for key in out):
         out = {_strip_wrappers(key[len(_LIGHTNING_PREFIX):]): v for key, v in out.items()}
     return out
+
+
+def _cut_short(error: Exception) -> bool:
+    """Whether torch.load's `error` on a legacy (PyTorch < 1.6) pickle means the file ends
+    early: its weights-only unpickler then fails on a short read (an IndexError or a
+    struct.error from inside it, or an EOFError), and the storages after the pickle with
+    "unexpected EOF"; none of which says so."""
+    return (isinstance(error, (EOFError, IndexError, struct.error))
+            or "unexpected EOF" in str(error) or "truncated" in str(error))
 
 
 def _check_not_torchscript(f: IO[bytes], shown: str) -> None:
