@@ -256,6 +256,22 @@ def test_a_gap_checkpoint_into_a_class_token_model_names_the_pool_to_set(tmp_pat
     load_pretrained(_jax_vit("test/8", 32, pool="gap"), "vit", path)  # which then loads it
 
 
+@pytest.mark.parametrize("pool", ["cls", "gap"])
+def test_a_checkpoint_without_position_embedding_says_what_it_is(tmp_path, pool):
+    """big_vision's posemb='sincos2d' ViTs (GAP, no cls) save no position embedding: was
+    'missing: pos_embedding' (and cls) with the advice to check model.variant, which is right."""
+    npz = dict(np.load(wf.write_big_vision_npz(_jax_vit("test/8", 32), tmp_path)))
+    del npz["cls"], npz["pos_embedding"]  # as big_vision saves a sincos2d GAP ViT
+    path = tmp_path / "sincos2d.npz"
+    np.savez(path, **npz)
+    with pytest.raises(WeightImportError) as error:
+        load_pretrained(_jax_vit("test/8", 32, pool=pool), "vit", path)
+    assert str(error.value) == (
+        f"{path}: the checkpoint has no position embedding: its ViT computes a fixed one "
+        "(big_vision's posemb='sincos2d'), and cer_jax's ViT learns its own; use a ViT file with "
+        "a learnt one, e.g. an AugReg .npz (README, 'Bring pre-trained weights').")
+
+
 def test_backbone_shape_mismatch_is_a_clear_error(tmp_path):
     reference = _reference(ViTConfig(image_size=32, **{**TINY, "intermediate_size": 48}))
     reference.save_pretrained(tmp_path)

@@ -63,6 +63,13 @@ def convert(checkpoint: dict[str, np.ndarray], model) -> Converted:
     reader = {"npz": _from_npz, "timm": _from_timm, "hf": _from_hf}[detect_format(checkpoint)]
     arrays, origin = reader(checkpoint, heads)
     _check_size(arrays, model)
+    if "pos_embedding" not in arrays and "embedding/kernel" in arrays:
+        # Else assign lists it missing and says to check model.variant, which is right.
+        raise WeightImportError(
+            "the checkpoint has no position embedding: its ViT computes a fixed one (big_vision's "
+            "posemb='sincos2d'), and cer_jax's ViT learns its own; use a ViT file with a learnt "
+            "one, e.g. an AugReg .npz (README, 'Bring pre-trained weights')."
+        )
     dropped, resized = fit_tokens(arrays, model)
     unused = sorted({origin[name] for name in dropped})
     return Converted(arrays=arrays, unused=unused, resized=resized)
