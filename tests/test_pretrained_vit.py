@@ -150,6 +150,26 @@ def test_npz_computes_the_big_vision_network(big_vision_network, tmp_path, caplo
     assert np.abs(np.asarray(exact(jnp.asarray(images)).logits) - expected).max() > 1e-5
 
 
+def test_big_vision_npz_of_before_2022_computes_its_network(big_vision_network, tmp_path):
+    """big_vision's ViT kept its position embedding in the encoder before 2022
+    (`Transformer/pos_embedding`, with the class token's entry; big_vision's fix_old_checkpoints
+    still reads it): was 'tensors this importer does not understand (a different
+    architecture?): Transformer/pos_embedding'."""
+    model, reference = big_vision_network
+    state = wf.vit_hub_state(model)
+    npz = wf.to_augreg_npz(state, model.blocks[0].attn.num_heads, big_vision=True)
+    del npz["pos_embedding"]
+    npz["cls"] = state["vit.embeddings.cls_token"]
+    npz["Transformer/pos_embedding"] = state["vit.embeddings.position_embeddings"]
+    np.savez(tmp_path / "vit_2021.npz", **npz)
+    target = _jax_vit("test/8", 32, gelu_approximate=True, layer_norm_eps=1e-6)
+    report = load_pretrained(target, "vit", tmp_path / "vit_2021.npz", keep_head=True)
+    assert len(report.loaded) == 40 and report.unused == [] and report.resized == []
+    images = random_images(2, 32, seed=5)
+    np.testing.assert_allclose(target(jnp.asarray(images)).logits,
+                               torch_logits(reference, images), atol=1e-5, rtol=0)
+
+
 def test_timm_safetensors_logits_match(source, tmp_path):
     model, reference = source
     path = wf.write_timm_vit(model, tmp_path)

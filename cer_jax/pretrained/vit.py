@@ -4,7 +4,8 @@ Three formats, told apart by their key names:
 - `.npz` of the original vision_transformer / AugReg releases (`Transformer/encoderblock_{i}/
   MultiHeadDotProductAttention_1`, `Transformer/posembed_input/pos_embedding` with a class-token
   entry) and of big_vision (`MultiHeadDotProductAttention_0`, top-level `pos_embedding` without
-  one; scanned `Transformer/encoderblock/...` stacks are split per layer);
+  one, or before 2022 `Transformer/pos_embedding` with one; scanned `Transformer/encoderblock/...`
+  stacks are split per layer);
 - Hugging Face `model.safetensors` of `ViTForImageClassification` / `ViTModel` (`vit.` prefix
   optional, `classifier` head, `pooler` = pre-logits);
 - timm `vit_*` safetensors (fused `attn.qkv`).
@@ -292,7 +293,10 @@ def _from_npz(checkpoint, heads):
 
     rules: list[Rule] = [
         (r"cls", lambda m, v: ("cls", v)),
-        (r"(?:Transformer/posembed_input/)?pos_embedding", lambda m, v: ("pos_embedding", v)),
+        # vision_transformer's place, big_vision's before 2022 (its fix_old_checkpoints moves
+        # both), big_vision's now.
+        (r"(?:Transformer/(?:posembed_input/)?)?pos_embedding",
+         lambda m, v: ("pos_embedding", v)),
         (r"embedding/(kernel|bias)", lambda m, v: (f"embedding/{m.group(1)}", v)),
         (r"Transformer/encoderblock_(\d+)/((?:LayerNorm_[012]|MultiHeadDotProductAttention_[01]/"
          r"(?:query|key|value|out)|MlpBlock_[03]/Dense_[01])/(?:kernel|bias|scale))", in_block),
