@@ -6,10 +6,12 @@ r"""Predict compound expressions of the faces in photos and videos with an ensem
     python -m cer_jax.predict --ensemble=ENS videos/ --abaw_frames=test_frames.txt \
         --submission=predictions.txt
 
-Inputs are image files, video files and folders (searched recursively, sorted). Each face
-gives one row (CSV, or JSON lines when --out ends in .jsonl / .json): the source file, frame
-index and timestamp (videos), the face box in pixels, the track id (videos), the predicted
-class, every class's fused probability and each member's predicted class (UTF-8; a file name
+Inputs are image files, video files and folders (searched recursively, sorted; each folder
+once however many links lead to it; a subfolder that cannot be listed is left out with a
+warning). Each face gives one row (CSV, or JSON lines when --out ends in .jsonl / .json):
+the source file, frame index and timestamp (videos), the face box in pixels, the track id
+(videos), the predicted class, every class's fused probability and each member's predicted
+class (UTF-8; a file name
 that is not valid UTF-8 keeps its bytes). A file that cannot be read, an image without a face and
 a video that cannot be decoded each give a row whose `status` says so; processing goes on (a
 video's frames without a face have no row: a log line says how many). A
@@ -179,12 +181,28 @@ class Source:
 
 def _walk(folder: epath.Path, skip: str | None = None) -> list[epath.Path]:
     """Every file under `folder`, sorted (epath's rglob refuses '**' on remote paths), less
-    those in the folder `skip` (a `same_place` key)."""
-    files, stack = [], [folder]
+    those in the folder `skip` (a `same_place` key). Each folder is searched once, however many
+    links lead to it: two links back up the tree made 2^40 paths (a hang). A folder that cannot
+    be listed (no permission: a drive's lost+found) is left out with a warning; `folder`
+    itself is a UsageError."""
+    files: list[epath.Path] = []
+    stack, seen = [folder], {same_place(os.fspath(folder))}
     while stack:
-        for child in stack.pop().iterdir():
+        current = stack.pop()
+        try:
+            children = sorted(current.iterdir(), reverse=True)  # popped in sorted order
+        except io_errors() as error:
+            if current is folder:  # the folder named on the command line
+                raise UsageError(f"input folder {os.fspath(folder)!r} cannot be listed "
+                                 f"({error_reason(error)}): check its permissions.") from error
+            logging.warning("Cannot list the folder %s (%s): its files are left out.",
+                            os.fspath(current), error_reason(error))
+            continue
+        for child in children:
             if child.is_dir():
-                if skip is None or same_place(os.fspath(child)) != skip:
+                key = same_place(os.fspath(child))
+                if key != skip and key not in seen:
+                    seen.add(key)
                     stack.append(child)
             else:
                 files.append(child)

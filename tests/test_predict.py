@@ -272,6 +272,52 @@ def test_a_folder_says_which_files_it_skips(tmp_path, caplog):
             "(e.g. a.heic, notes.txt)") in caplog.text
 
 
+def test_a_folder_with_links_back_up_its_tree_is_searched_once(tmp_path):
+    """Two links to a folder above made every search path 2^40 folders deep (a hang); one link
+    found each file 40 times (a warning of 40 'later mentions' of files given once)."""
+    photos = tmp_path / "photos"
+    for sub in ("a", "b"):
+        (photos / sub).mkdir(parents=True)
+        os.symlink("..", photos / sub / "up")
+    (photos / "a" / "x.jpg").write_bytes(b"")
+    (photos / "y.jpg").write_bytes(b"")
+    script = ("import json, sys\nfrom cer_jax import predict\n"
+              "print(json.dumps([s.path for s in predict.expand_inputs([sys.argv[1]])]))")
+    result = subprocess.run([sys.executable, "-c", script, os.fspath(photos)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout) == [os.fspath(photos / "a" / "x.jpg"),
+                                         os.fspath(photos / "y.jpg")]
+    assert "later mention" not in result.stderr
+
+
+def test_a_folder_that_cannot_be_listed_is_left_out_with_a_warning(tmp_path, monkeypatch,
+                                                                   caplog):
+    """A drive's lost+found (root's, mode 700) inside an input folder was a PermissionError
+    traceback before any prediction."""
+    (tmp_path / "lost+found").mkdir()
+    (tmp_path / "lost+found" / "z.jpg").write_bytes(b"")
+    (tmp_path / "y.jpg").write_bytes(b"")
+    path_type = type(predict.epath.Path(tmp_path))
+    iterdir = path_type.iterdir
+
+    def listing(self):
+        if self.name in ("lost+found", "locked"):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(self))
+        return iterdir(self)
+
+    monkeypatch.setattr(path_type, "iterdir", listing)
+    assert predict.expand_inputs([os.fspath(tmp_path)]) == [
+        predict.Source(os.fspath(tmp_path / "y.jpg"), "image")]
+    assert (f"Cannot list the folder {tmp_path / 'lost+found'} (Permission denied): its files "
+            "are left out.") in caplog.text
+    (tmp_path / "locked").mkdir()
+    with pytest.raises(predict.UsageError, match=re.escape(
+            f"input folder '{tmp_path / 'locked'}' cannot be listed (Permission denied): check "
+            "its permissions.")):
+        predict.expand_inputs([os.fspath(tmp_path / "locked")])
+
+
 def noise_video(path, n, fps=10.0):
     """n different 64x64 frames (with --aligned each is one face: no detector, fast)."""
     rng = np.random.default_rng(0)
