@@ -287,11 +287,13 @@ def _opencv_can_name(path: str) -> bool:
 
 @contextlib.contextmanager
 def opencv_path(path: str) -> Iterator[str]:
-    """A local path OpenCV can open for the video `path`: itself; a symbolic link to it when its
-    name is not valid UTF-8; a temporary copy (through epath) of a remote one, since OpenCV
-    cannot read gs://. What was made is removed afterwards. Raises what reading raises."""
+    """A local path OpenCV can open for the video `path`: itself, made absolute (FFmpeg takes
+    a relative `take:2.mp4` or `day:1/clip.mp4` for a URL of protocol 'take' or 'day', and
+    cannot open it); a symbolic link to it when its name is not valid UTF-8; a temporary copy
+    (through epath) of a remote one, since OpenCV cannot read gs://. What was made is removed
+    afterwards. Raises what reading raises."""
     if not is_remote(path) and _opencv_can_name(path):
-        yield path
+        yield os.path.abspath(path)
         return
     suffix = epath.Path(path).suffix
     folder = tempfile.mkdtemp(prefix="cer_jax_predict_")

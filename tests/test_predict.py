@@ -944,6 +944,28 @@ def test_a_video_name_that_is_not_utf8_reaches_opencv_through_a_link(tmp_path, e
         cv2.CAP_PROP_FRAME_COUNT)) == 3
 
 
+def test_a_relative_video_name_with_a_colon_is_opened(tmp_path, ensemble_dir, monkeypatch):
+    """FFmpeg read `take:2.mp4` (or `day:1/clip.mp4`) as a URL of protocol 'take' ('day'):
+    'cannot open video' for a good video given by a relative path (an MJPG .avi escaped
+    through OpenCV's own reader)."""
+    (tmp_path / "day:1").mkdir()
+    for name in ("take:2.mp4", "day:1/clip.mp4"):
+        writer = cv2.VideoWriter(os.fspath(tmp_path / "plain.mp4"),
+                                 cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (64, 64))
+        for i in range(3):
+            writer.write(np.full((64, 64, 3), 40 * i, np.uint8))
+        writer.release()
+        os.replace(tmp_path / "plain.mp4", tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "rows.jsonl"
+    assert predict.run(["take:2.mp4", "day:1"], ensemble=ensemble_dir, aligned=True,
+                       out=os.fspath(out), annotate="annotated", show_progress=False) == 0
+    assert [(r["source"], r["frame"], r["status"]) for r in jsonl(out)] == [
+        (name, i, "ok") for name in ("take:2.mp4", "day:1/clip.mp4") for i in range(3)]
+    assert int(cv2.VideoCapture(os.fspath(tmp_path / "annotated" / "take:2.avi")).get(
+        cv2.CAP_PROP_FRAME_COUNT)) == 3
+
+
 def test_an_annotated_video_gets_a_new_files_mode_as_an_annotated_image_does(tmp_path,
                                                                              ensemble_dir):
     """It was staged through mkstemp, so the video came out private (0600) while the images,
