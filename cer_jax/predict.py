@@ -26,9 +26,10 @@ on stderr: `error: ...`), 130 stopped by Ctrl-C, 143 by SIGTERM.
 The outputs (--out, --submission, --annotate) are checked before the model is loaded: the folder
 must be creatable, a file target must not be a folder, an input or the frame list, --annotate
 must not be a file. The rows file and the submission are written to `<path>.partial` next to the
-target (for gs://, a local temporary file) and moved onto it once complete, so a failed or
-interrupted run (Ctrl-C, or the SIGTERM of timeout, SLURM or docker stop) leaves an earlier file
-as it was and no half-written one; if only that move fails the finished file is kept. Annotated
+target (for gs://, a local temporary file; a device or pipe such as /dev/null is written as it
+is) and moved onto it once complete, so a failed or interrupted run (Ctrl-C, or the SIGTERM of
+timeout, SLURM or docker stop) leaves an earlier file as it was and no half-written one; if
+only that move fails the finished file is kept. Annotated
 videos are staged the same way. An annotated copy never replaces an input (in the inputs' own
 folder, photo.jpg's copy is photo_1.jpg).
 
@@ -79,6 +80,7 @@ import os
 import secrets
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import time
@@ -315,10 +317,25 @@ def opencv_path(path: str) -> Iterator[str]:
 # --- outputs -----------------------------------------------------------------------------------
 
 
+def written_in_place(path: str | os.PathLike) -> bool:
+    """`path` is a device or a pipe (/dev/null, /dev/stdout to a pipe or terminal, a FIFO):
+    written as it is. A staged file renamed onto it replaced it (as root, /dev/null became a
+    regular file), and without root its folder (/dev) refused the staged file."""
+    if is_remote(path):
+        return False
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
 def staging_path(path: str | os.PathLike) -> str:
     """The local file an output is written to before it is published as `path`: its sibling
     `<path>.partial` (renamed onto it, atomically), or for a remote path a local temporary file
-    (copied there at the end)."""
+    (copied there at the end); a device or pipe (`written_in_place`) is its own."""
+    if written_in_place(path):
+        return os.fspath(path)
     if is_remote(path):
         handle, name = tempfile.mkstemp(prefix="cer_jax_predict_",
                                         suffix="_" + epath.Path(path).name)
@@ -332,7 +349,9 @@ def publish(flag: str, staged: str, target: str) -> None:
     error names it), so no finished work is lost. A local file is on disk before it is
     renamed, and the rename too (fsync): after a power loss `target` is the earlier file or
     this one, never an empty one. A remote file is copied beside `target` and renamed: a copy
-    cut short leaves the earlier file."""
+    cut short leaves the earlier file. A device or pipe was written in place: nothing to do."""
+    if staged == os.fspath(target):
+        return
     try:
         if is_remote(target):  # never a cut file over the earlier one
             copy_file_atomically(staged, epath.Path(target))
@@ -362,7 +381,8 @@ def _fsync(path: str, flags: int) -> None:
 
 
 def remove_quietly(path: str | None) -> None:
-    if path is not None:
+    """Removes a staged file; never a device or pipe written in place (/dev/null)."""
+    if path is not None and os.path.isfile(path):
         try:
             os.remove(path)
         except OSError:
@@ -428,7 +448,8 @@ def check_output_file(flag: str, value: str) -> None:
         raise UsageError(f"--{flag}={value} {what}; give a file path (e.g. "
                          f"{os.fspath(example)}).")
     _check_folder_creatable(flag, value, path.parent)
-    _probe_write(flag, value, path.parent / (path.name + ".partial"))
+    if not written_in_place(value):  # /dev/null: no staged file beside it
+        _probe_write(flag, value, path.parent / (path.name + ".partial"))
 
 
 def check_output_folder(flag: str, value: str) -> None:

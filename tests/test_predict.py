@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import unicodedata
 import zlib
@@ -535,6 +536,36 @@ def test_a_run_stopped_after_the_rows_were_published_says_so(tmp_path, ensemble_
         "not (an earlier --submission is as it was).")
     assert [r["status"] for r in read_csv(out)] == ["ok"] * 3  # the new rows
     assert sub.read_text() == "previous submission\n"
+
+
+def test_a_pipe_or_device_output_is_written_as_it_is(tmp_path, ensemble_dir):
+    """--out=/dev/null (rows unwanted beside a submission) or a FIFO was staged beside it and
+    renamed onto it: as root /dev/null became a regular file, without root /dev refused the
+    staged file ('cannot be written'). Here FIFOs (a test must not touch /dev/null)."""
+    noise_video(tmp_path / "clip.avi", 3)
+    frames = tmp_path / "frames.txt"
+    frames.write_text("clip/00001.jpg\nclip/00003.jpg\n")
+    outputs = {name: tmp_path / name for name in ("rows", "submission")}
+    read = {}
+
+    def reader(name):
+        with open(outputs[name]) as f:
+            read[name] = f.read()
+
+    threads = []
+    for name, path in outputs.items():
+        os.mkfifo(path)
+        threads.append(threading.Thread(target=reader, args=(name,), daemon=True))
+        threads[-1].start()
+    assert predict.run([os.fspath(tmp_path / "clip.avi")], ensemble=ensemble_dir, aligned=True,
+                       out=os.fspath(outputs["rows"]), abaw_frames=os.fspath(frames),
+                       submission=os.fspath(outputs["submission"]), show_progress=False) == 0
+    for thread in threads:
+        thread.join(timeout=30)
+    assert all(stat.S_ISFIFO(os.stat(path).st_mode) for path in outputs.values())
+    assert read["rows"].count(",ok,") == 3
+    assert read["submission"].splitlines()[0] == predict.ABAW_HEADER
+    assert sorted(os.listdir(tmp_path)) == ["clip.avi", "frames.txt", "rows", "submission"]
 
 
 def test_outputs_are_on_disk_before_they_replace_the_earlier_ones(tmp_path, ensemble_dir,
