@@ -27,7 +27,8 @@ estimated from the box (`HAAR_BOX_LANDMARKS`, fractions of the box: eyes at (0.3
 were measured with OpenCV's eye cascade inside the frontal-face boxes of the astronaut and
 Grace Hopper photographs: eye height 0.37-0.39, inter-ocular 0.34-0.47 of the box width), which
 makes the crop an upright square about 1.14x the Haar box, shifted up a little. Pixels beyond the
-photo repeat its border.
+photo repeat its border. A large face is warped at up to 32x the crop's side and area-averaged:
+its crop is that of the same photo made smaller.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ ALIGNED_SIZE = layout.IMAGE_SIZE  # RAF-DB's aligned faces; RAFDB_TEMPLATE is in
 RAFDB_TEMPLATE = np.array(
     [[32.5, 42.0], [67.5, 42.0], [50.0, 60.0], [36.0, 77.0], [64.0, 77.0]], np.float64
 )
+# align_face's largest warp is this many times the crop's side (32: 3200 x 3200 pixels, 30 MB).
+MAX_SUPERSAMPLING = 32
 HAAR_BOX_LANDMARKS = np.array(
     [[0.30, 0.38], [0.70, 0.38], [0.50, 0.58], [0.35, 0.78], [0.65, 0.78]], np.float64
 )
@@ -306,7 +309,9 @@ def align_face(image: np.ndarray, face: Face, size: int = ALIGNED_SIZE) -> np.nd
     matrix = similarity(np.asarray(landmarks, np.float64), RAFDB_TEMPLATE * (size / ALIGNED_SIZE))
     scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
     # Shrinking a lot: warp to an integer multiple of the size, then area-average (no aliasing).
-    factor = int(min(4, max(1, np.floor(1.0 / max(scale, 1e-6)))))
+    # Up to MAX_SUPERSAMPLING: a cap of 4 let a phone selfie's 2000-pixel face through with
+    # every 5th pixel sampled (its noise and texture aliased, 3x what averaging leaves).
+    factor = int(min(MAX_SUPERSAMPLING, max(1, np.floor(1.0 / max(scale, 1e-6)))))
     big = matrix * factor
     warped = cv2.warpAffine(
         image, big, (size * factor, size * factor), flags=cv2.INTER_LINEAR,
