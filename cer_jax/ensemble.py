@@ -474,10 +474,11 @@ def write_from_fusion(
     return path
 
 
-def _no_ensemble(out: str | os.PathLike[str], reason_no_new: str) -> None:
-    """Logs why fusion writes no ensemble and removes an earlier fusion's artefact at `out`
-    (it would not match the new report). Every process must call it: process 0 removes, and
-    every process raises when that failed (else the others would exit 0 while it failed)."""
+def remove_earlier(out: str | os.PathLike[str], why: str) -> bool:
+    """Removes an earlier fusion's artefact at `out`, which does not match the new report
+    (`why` says what comes instead); True if there was one. Every process must call it:
+    process 0 removes, and every process raises when that failed (else the others would exit 0
+    while it failed)."""
     stale = epath.Path(out)
 
     def remove() -> bool:
@@ -486,14 +487,20 @@ def _no_ensemble(out: str | os.PathLike[str], reason_no_new: str) -> None:
         stale.rmtree()
         return True
 
-    removed = sharding.on_process_0(
+    return bool(sharding.on_process_0(
         remove, "the removal of the earlier ensemble", where=f"removes {stale}",
         io_error=lambda reason: EnsembleWriteError(
             f"The earlier ensemble at {stale} could not be removed ({reason}) and does not "
-            f"match the new report (no new one is written: {reason_no_new}); remove it "
-            "yourself, or python -m cer_jax.predict --ensemble would still use it."))
+            f"match the new report ({why}); remove it yourself, or python -m cer_jax.predict "
+            "--ensemble would still use it.")))
+
+
+def _no_ensemble(out: str | os.PathLike[str], reason_no_new: str) -> None:
+    """Logs why fusion writes no ensemble and removes an earlier fusion's artefact at `out`
+    (it would not match the new report)."""
+    removed = remove_earlier(out, f"no new one is written: {reason_no_new}")
     logging.warning("No ensemble artefact written%s: %s.",
-                    f" (the earlier one at {stale} was removed)" if removed else "", reason_no_new)
+                    f" (the earlier one at {out} was removed)" if removed else "", reason_no_new)
 
 
 # --- loading and predicting ------------------------------------------------------------------

@@ -1078,7 +1078,30 @@ def test_an_earlier_ensemble_that_the_new_fusion_cannot_replace_is_removed(three
     evaluator.fuse(fusion_config(three_members, tmp_path / "out", ablation=False))
     assert (tmp_path / "out" / "report.json").exists()
     assert not stale.exists()
-    assert f"(the earlier one at {stale} was removed)" in caplog.text
+    assert "No ensemble artefact written: member vit has no restorable best checkpoint" \
+        in caplog.text
+
+
+def test_a_fusion_stopped_after_its_report_leaves_no_earlier_ensemble_beside_it(
+        three_members, tmp_path, monkeypatch):
+    """A rerun into an earlier --out writes its report, then restores the members' checkpoints
+    for the artefact (minutes): killed there (preempted, out of memory, Ctrl-C), the earlier
+    fusion's artefact stayed beside the new report, and predict used the old members under
+    the new report's numbers."""
+    out = tmp_path / "out"
+    stale = out / evaluator.ENSEMBLE_DIR
+    stale.mkdir(parents=True)
+    (stale / "ensemble.json").write_text('{"strategy": {"name": "an earlier run"}}')
+    (out / "report.json").write_text('{"members": []}')
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # as a SIGKILL: nothing after it runs
+
+    monkeypatch.setattr(evaluator.ensemble_lib, "write_from_fusion", killed)
+    with pytest.raises(KeyboardInterrupt):
+        evaluator.fuse(fusion_config(three_members, out, ablation=False, bootstrap_samples=0))
+    assert len(json.loads((out / "report.json").read_text())["members"]) == 3  # the new one
+    assert not stale.exists()
 
 
 @pytest.mark.xdist_group("smoke_data")  # the same worker as the other trained_runs users

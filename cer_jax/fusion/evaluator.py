@@ -385,6 +385,13 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "bootstrap": bootstrap,  # None: config key bootstrap_samples=0
         "config": config.to_dict(),
     }
+    # The earlier fusion's artefact matches the earlier report only: it goes before the new
+    # report comes, so that a run stopped while it restores the members for the new one
+    # (minutes; preempted, out of memory, Ctrl-C) leaves none beside the new report.
+    ensemble_dir = epath.Path(config.out) / ENSEMBLE_DIR
+    if ensemble_lib.remove_earlier(ensemble_dir, "the fusion writes its new one after the report"):
+        logging.info("Removed the earlier ensemble at %s: it belongs to the earlier report.",
+                     ensemble_dir)
     # Every process computes the same report; one writes it, and every process learns whether
     # it could: on several hosts the others would go on alone into the ensemble's restore.
     sharding.on_process_0(
@@ -397,9 +404,7 @@ def fuse(config: ml_collections.ConfigDict) -> dict[str, Any]:
     # The best strategy with the members' best checkpoints: the self-contained artefact that
     # python -m cer_jax.predict loads (none if a member has no checkpoint). Every process
     # restores the checkpoints (a collective); process 0 writes.
-    ensemble_lib.write_from_fusion(
-        epath.Path(config.out) / ENSEMBLE_DIR, members, fitted[best], class_names
-    )
+    ensemble_lib.write_from_fusion(ensemble_dir, members, fitted[best], class_names)
     return report
 
 
