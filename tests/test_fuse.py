@@ -758,6 +758,28 @@ def test_a_bad_strategy_option_stops_before_any_member_is_read(tmp_path, key, va
     assert not (tmp_path / "out").exists()
 
 
+def test_a_grid_too_fine_for_the_members_stops_before_any_member_is_read(tmp_path):
+    """optimised_weights.grid_step=0.001 and 4 members: 167,668,501 weight vectors, built one by
+    one, then searched 6 times or more (hours, tens of GB) before any word. The same step for
+    3 members (501,501) or with the grid left to 3 members passes this check."""
+    workdirs = [str(tmp_path / f"not_read_{i}") for i in range(4)]
+    config = fusion_config(workdirs, tmp_path / "out")
+    config.optimised_weights.grid_step = 0.001
+    with pytest.raises(evaluator.FusionConfigError) as e:
+        evaluator.fuse(config)
+    assert str(e.value) == (
+        "config key optimised_weights.grid_step=0.001 gives 4 members a grid of 167,668,501 "
+        "weight vectors (at most 1,000,000: the search would run for hours); use a coarser "
+        "grid_step (0.05: 1,771), or set optimised_weights.max_grid_members below 4 to search "
+        "by Dirichlet samples.")
+    for members, max_grid_members in ((workdirs[:3], 4), (workdirs, 3)):
+        config = fusion_config(members, tmp_path / "out")
+        config.optimised_weights.update(grid_step=0.001, max_grid_members=max_grid_members)
+        with pytest.raises(members_lib.MemberError, match="does not exist"):
+            evaluator.fuse(config)
+    assert not (tmp_path / "out").exists()
+
+
 def _outputs_with_train(quality, seed):
     """make_outputs plus RAF-DB's `train`: train_fit and validation together."""
     outputs = make_outputs(quality, seed)

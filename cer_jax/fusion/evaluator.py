@@ -123,7 +123,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
                 f"choose from: {', '.join(strategies_lib.STRATEGIES)}."
             )
         try:
-            strategies_lib.check_options(name, _options(config, name))
+            strategies_lib.check_options(name, _options(config, name), len(workdirs))
         except ValueError as e:
             raise FusionConfigError(str(e)) from e
 

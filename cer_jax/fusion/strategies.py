@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import itertools
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -131,6 +133,30 @@ def _check_grid_step(step: float) -> None:
         raise ValueError(f"grid step {step} (config key optimised_weights.grid_step) must divide 1")
 
 
+# Weight vectors an exhaustive grid may hold: ~25 s of search each fit on a 2-core machine, and
+# a fusion fits it 6 times or more (5 folds). Finer grids ran for hours (0.001 with 4 members:
+# 1.7e8 vectors, tens of GB) before any result.
+MAX_GRID_SIZE = 1_000_000
+
+
+def grid_size(num_members: int, step: float) -> int:
+    """How many weight vectors `simplex_grid(num_members, step)` holds."""
+    return math.comb(round(1.0 / step) + num_members - 1, num_members - 1)
+
+
+def _check_grid_size(num_members: int, step: float, max_grid_members: int) -> None:
+    if num_members > max_grid_members:
+        return  # Dirichlet samples, not the grid
+    size = grid_size(num_members, step)
+    if size > MAX_GRID_SIZE:
+        raise ValueError(
+            f"config key optimised_weights.grid_step={step} gives {num_members} members a grid "
+            f"of {size:,} weight vectors (at most {MAX_GRID_SIZE:,}: the search would run for "
+            f"hours); use a coarser grid_step (0.05: {grid_size(num_members, 0.05):,}), or set "
+            f"optimised_weights.max_grid_members below {num_members} to search by Dirichlet "
+            "samples.")
+
+
 def _at_least(low: int) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: v >= low), f">= {low}"
 
@@ -171,9 +197,10 @@ _OPTION_RANGES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
 }
 
 
-def check_options(name: str, options: dict[str, Any]) -> None:
+def check_options(name: str, options: dict[str, Any], num_members: int | None = None) -> None:
     """The option values of strategy `name` that can be checked without data (ValueError), so
-    that a bad one stops `cer_jax.fuse` before any member is loaded."""
+    that a bad one stops `cer_jax.fuse` before any member is loaded; with `num_members`, also
+    the size of optimised_weights' grid."""
     if name == "performance_weighted" and "metric" in options:
         _check_metric(options["metric"])
     elif name == "optimised_weights" and "grid_step" in options:
@@ -181,6 +208,12 @@ def check_options(name: str, options: dict[str, Any]) -> None:
     for key, (accepts, allowed) in _OPTION_RANGES.get(name, {}).items():
         if key in options and not accepts(options[key]):
             raise ValueError(f"config key {name}.{key}={options[key]!r} must be {allowed}.")
+    if name == "optimised_weights" and num_members is not None:
+        defaults = inspect.signature(optimised_weights).parameters
+        _check_grid_size(
+            num_members,
+            options.get("grid_step", defaults["grid_step"].default),
+            options.get("max_grid_members", defaults["max_grid_members"].default))
 
 
 def _score(labels: np.ndarray, probabilities: np.ndarray, metric: str) -> float:
@@ -280,6 +313,7 @@ def optimised_weights(
     del train
     probabilities = select.probabilities()
     num_members = select.num_members
+    _check_grid_size(num_members, grid_step, max_grid_members)
     if num_members <= max_grid_members:
         weights, score = _best_weights(
             simplex_grid(num_members, grid_step), probabilities, select.labels
