@@ -650,15 +650,21 @@ def test_refuses_a_member_without_the_needed_split(tmp_path):
         evaluator.fuse(fusion_config([a], tmp_path / "out"))
     # Before: "or change config keys eval_splits / train_split", and every other split is refused
     # as train_split; only feature_mlp (a default strategy) needs it.
+    # An export copied from elsewhere: export_workdir on it failed ("config.json not found");
+    # the split is exported where the member was trained (with a checkpoint, fusion does it).
     assert str(e.value) == (
-        f"Member workdir {a} has no exported train_fit split (it has: test, validation); export "
-        f"it with cer_jax.export.export_workdir({a!r}, splits=[...]) or drop feature_mlp from "
-        "config key strategies (only it needs the training split).")
+        f"Member workdir {a} has no exported train_fit split (it has: test, validation); it has "
+        "no best checkpoint to export it from (an export copied from elsewhere): export it where "
+        "the member was trained, with cer_jax.export.export_workdir(WORKDIR, splits=[...]), and "
+        "copy that export/ here, or drop feature_mlp from config key strategies (only it needs "
+        "the training split).")
     del outputs["test"]
     b = write_export(str(tmp_path / "b"), "vit", outputs)
     with pytest.raises(ValueError, match=re.escape(
-        "has no exported test split (it has: validation); export it with "
-        f"cer_jax.export.export_workdir({b!r}, splits=[...]) or change config key eval_splits.")):
+        "has no exported test split (it has: validation); it has no best checkpoint to export it "
+        "from (an export copied from elsewhere): export it where the member was trained, with "
+        "cer_jax.export.export_workdir(WORKDIR, splits=[...]), and copy that export/ here, or "
+        "change config key eval_splits.")):
         evaluator.fuse(fusion_config([b], tmp_path / "out", strategies="uniform_logits"))
     with pytest.raises(members_lib.MemberError, match="has neither a best checkpoint"):
         evaluator.fuse(fusion_config([str(tmp_path)], tmp_path / "out"))

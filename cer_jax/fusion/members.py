@@ -211,10 +211,17 @@ def load_member(
         change = ("drop feature_mlp from config key strategies (only it needs the training "
                   "split)" if any(keys.get(s) == "train_split" for s in missing)
                   else "change config key eval_splits")
+        # Without a best checkpoint here (an export copied from elsewhere), export_workdir on
+        # this workdir cannot work: the split is exported where the member was trained.
+        export_it = (f"export it with cer_jax.export.export_workdir({workdir!r}, splits=[...])"
+                     if has_best else
+                     "it has no best checkpoint to export it from (an export copied from "
+                     "elsewhere): export it where the member was trained, with "
+                     "cer_jax.export.export_workdir(WORKDIR, splits=[...]), and copy that "
+                     "export/ here,")
         raise MemberError(
             f"Member workdir {workdir} has no exported {', '.join(missing)} split "
-            f"(it has: {', '.join(sorted(outputs))}); export it with "
-            f"cer_jax.export.export_workdir({workdir!r}, splits=[...]) or {change}."
+            f"(it has: {', '.join(sorted(outputs))}); {export_it} or {change}."
         )
     for split in splits:
         logits = np.asarray(outputs[split]["logits"])
