@@ -186,7 +186,9 @@ def _walk(folder: epath.Path, skip: str | None = None) -> list[epath.Path]:
     those in the folder `skip` (a `same_place` key). Each folder is searched once, however many
     links lead to it: two links back up the tree made 2^40 paths (a hang). A folder that cannot
     be listed (no permission: a drive's lost+found) is left out with a warning; `folder`
-    itself is a UsageError."""
+    itself is a UsageError. Hidden files and folders are left out, as dataset.folder's reader
+    does: a folder copied from a Mac holds a `._photo.jpg` beside each photo (no image: a
+    failure row each, and exit status 1), and `.DS_Store`, `.ipynb_checkpoints/` copies."""
     files: list[epath.Path] = []
     stack, seen = [folder], {same_place(os.fspath(folder))}
     while stack:
@@ -201,6 +203,8 @@ def _walk(folder: epath.Path, skip: str | None = None) -> list[epath.Path]:
                             os.fspath(current), error_reason(error))
             continue
         for child in children:
+            if child.name.startswith("."):
+                continue
             if child.is_dir():
                 key = same_place(os.fspath(child))
                 if key != skip and key not in seen:
@@ -213,8 +217,9 @@ def _walk(folder: epath.Path, skip: str | None = None) -> list[epath.Path]:
 
 def expand_inputs(inputs: Sequence[str], annotate: str | None = None) -> list[Source]:
     """Files as given (kind by extension; unknown extensions are tried as images) and folders
-    searched recursively for image and video files, sorted; a folder's search leaves out the
-    `annotate` folder inside it (an earlier run's annotated copies are no inputs). A named path
+    searched recursively for image and video files (not hidden ones), sorted; a folder's
+    search leaves out the `annotate` folder inside it (an earlier run's annotated copies are no
+    inputs). A named path
     that does not exist is a UsageError. A file named twice (also through a folder, another
     spelling or a link) is kept once, at its first mention: twice would write its rows twice."""
     sources: list[Source] = []

@@ -273,6 +273,21 @@ def test_a_folder_says_which_files_it_skips(tmp_path, caplog):
             "(e.g. a.heic, notes.txt)") in caplog.text
 
 
+def test_a_folders_hidden_files_and_folders_are_left_out(tmp_path):
+    """A folder copied from a Mac holds macOS's `._photo.jpg` beside each photo (no image): each
+    was a failure row, and the run's exit status 1; a notebook's `.ipynb_checkpoints/` copy
+    gave its images' rows twice."""
+    (tmp_path / "photo.jpg").write_bytes(b"")
+    (tmp_path / "._photo.jpg").write_bytes(b"\x00\x05\x16\x07")
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    (tmp_path / ".ipynb_checkpoints" / "photo.jpg").write_bytes(b"")
+    assert predict.expand_inputs([os.fspath(tmp_path)]) == [
+        predict.Source(os.fspath(tmp_path / "photo.jpg"), "image")]
+    # Named on the command line, a hidden file is read.
+    assert predict.expand_inputs([os.fspath(tmp_path / "._photo.jpg")]) == [
+        predict.Source(os.fspath(tmp_path / "._photo.jpg"), "image")]
+
+
 def test_a_folder_with_links_back_up_its_tree_is_searched_once(tmp_path):
     """Two links to a folder above made every search path 2^40 folders deep (a hang); one link
     found each file 40 times (a warning of 40 'later mentions' of files given once)."""
