@@ -343,7 +343,8 @@ def write_best_images(writer: Any, step: int, images: dict[str, np.ndarray]) -> 
 
 class Throughput:
     """Training steps/s and images/s between log points, not counting the evaluations and
-    saves in between (CLU's ReportProgress counts them: its steps/s fell after every one)."""
+    saves in between (CLU's ReportProgress counts them: its steps/s fell after every one), nor
+    compilations (the trainer starts the clock after them)."""
 
     def __init__(self, global_batch_size: int) -> None:
         self._batch = global_batch_size
@@ -629,7 +630,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 state, metrics = train_fn(state, next(batches))
                 accumulated = steps.add_metrics(accumulated, metrics)
                 step += 1
-                if step == start_step + 1:  # after the compilation
+                if step == start_step + 1:  # after the compilations
+                    steps.compile_add_metrics(metrics)
                     throughput.resume(step)
                 is_eval = _is_boundary(step, eval_every) or step == total_steps
                 is_log = _is_boundary(step, log_every) or is_eval or step == total_steps
@@ -643,11 +645,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 stop = preempted or (halt is not None and halt <= step < total_steps)
                 is_ckpt = _is_boundary(step, ckpt_every) or step == total_steps or stop
                 sums = {k: float(v) for k, v in jax.device_get(accumulated).items()}
+                rates = throughput.rates(step)  # the steps alone: not this point's host work
                 check_finite(sums, last_checked + 1, step, last_saved, config=config)
                 last_checked, accumulated = step, None
                 result["train"] = train_metrics(sums, schedule(step - 1),
                                                 config.optimizer.head_lr_multiplier)
-                writer.write_scalars(step, {**result["train"], **throughput.rates(step)})
+                writer.write_scalars(step, {**result["train"], **rates})
                 report(step)
                 # A preempted host has seconds left: it saves at once and the resumed run
                 # evaluates this step first.
