@@ -48,8 +48,10 @@ def create_schedule(
         raise OptimConfigError(f"optimizer.lr={config.optimizer.lr} must be positive.")
     sched = config.schedule
     for key in ("warmup_steps", "warmup_epochs"):
-        if (sched.get(key) or 0) < 0:
-            raise OptimConfigError(f"schedule.{key}={sched[key]} must be >= 0.")
+        value = sched.get(key) or 0
+        if not 0 <= value < math.inf:  # NaN or infinity: a ValueError / OverflowError later
+            number = "" if value < 0 else " a finite number"
+            raise OptimConfigError(f"schedule.{key}={sched[key]} must be{number} >= 0.")
     warmup = min(warmup_steps(sched, steps_per_epoch), max(total_steps - 1, 0))
     name = sched.name
     _check_decay(sched)
@@ -101,10 +103,10 @@ def _check_decay(sched: ml_collections.ConfigDict) -> None:
             raise OptimConfigError(
                 f"schedule.{key}={sched[key]} must be {allowed} (schedule.name={sched.name!r})."
             )
-    if sched.name == "step" and not sched.step_every_epochs > 0:
-        raise OptimConfigError(
-            f"schedule.step_every_epochs={sched.step_every_epochs} must be > 0."
-        )
+    every = sched.step_every_epochs
+    if sched.name == "step" and not 0 < every < math.inf:
+        number = "" if every <= 0 else " a finite number"
+        raise OptimConfigError(f"schedule.step_every_epochs={every} must be{number} > 0.")
 
 
 def decay_mask(params: Mapping) -> Mapping:

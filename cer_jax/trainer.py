@@ -13,6 +13,7 @@ the first step, so a bad input never costs training time.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -159,6 +160,9 @@ def validate_config(config: ml_collections.ConfigDict, *, resuming: bool = False
         raise ConfigError(f"checkpoint.keep={config.checkpoint.keep} must be >= 1.")
     if num_epochs is not None and (num_epochs < 0 or (num_epochs == 0 and not num_steps)):
         raise ConfigError(f"training.num_epochs={num_epochs} must be > 0.")
+    if num_epochs is not None and not num_steps and not math.isfinite(num_epochs):
+        # Else an OverflowError / ValueError traceback once the data are checked.
+        raise ConfigError(f"training.num_epochs={num_epochs} must be a finite number > 0.")
     if not 0 <= config.training.label_smoothing < 1:
         raise ConfigError(
             f"training.label_smoothing={config.training.label_smoothing} must be in [0, 1).")

@@ -717,6 +717,29 @@ def test_a_zero_run_length_is_named_not_called_empty(config, key, message):
     assert str(e.value) == message
 
 
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("training.num_epochs", float("inf"), "training.num_epochs=inf must be a finite number > 0."),
+    ("training.num_epochs", float("nan"), "training.num_epochs=nan must be a finite number > 0."),
+    ("schedule.warmup_epochs", float("inf"),
+     "schedule.warmup_epochs=inf must be a finite number >= 0."),
+    ("schedule.warmup_epochs", float("nan"),
+     "schedule.warmup_epochs=nan must be a finite number >= 0."),
+    ("schedule.step_every_epochs", float("inf"),
+     "schedule.step_every_epochs=inf must be a finite number > 0."),
+])
+def test_an_epoch_count_that_is_not_finite_is_named(key, value, message):
+    """--config.training.num_epochs=inf (train "for ever") was an OverflowError traceback once
+    the data were checked, and an infinite warm-up or step-decay interval one at the start; a
+    NaN warm-up was 'cannot convert float NaN to integer', naming no key."""
+    config = load_config("configs/manet.py")
+    config.schedule.name = "step"
+    section, leaf = key.split(".")
+    config[section][leaf] = value
+    with pytest.raises(trainer.ConfigError) as e:
+        trainer.validate_config(config)
+    assert str(e.value) == message
+
+
 @pytest.mark.parametrize(("config", "name", "message"), [
     ("vit", "manet", "model.dropout is not an option of model 'manet' (config key model.name), "
                      "whose options are: dtype, path_b_order, width. Each model has its own "
