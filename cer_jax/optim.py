@@ -44,8 +44,8 @@ def create_schedule(
 ) -> optax.Schedule:
     """The learning rate at each step: linear warm-up, then the configured decay."""
     lr = float(config.optimizer.lr)
-    if not lr > 0:
-        raise OptimConfigError(f"optimizer.lr={config.optimizer.lr} must be positive.")
+    if not 0 < lr < math.inf:
+        raise OptimConfigError(f"optimizer.lr={config.optimizer.lr} must be a finite number > 0.")
     sched = config.schedule
     for key in ("warmup_steps", "warmup_epochs"):
         value = sched.get(key) or 0
@@ -127,9 +127,10 @@ def head_mask(params: Mapping, head_names: tuple[str, ...]) -> Mapping:
 def check_optimizer_config(opt: ml_collections.ConfigDict) -> None:
     """Rejects config.optimizer values that would train silently wrong (a negative decay or
     clipping norm, a momentum of 1 or more), naming the key."""
+    # An infinite decay or head multiplier trained to NaN, which the guard then blamed on lr.
     checks = [
-        ("weight_decay", opt.weight_decay >= 0, ">= 0"),
-        ("head_lr_multiplier", opt.head_lr_multiplier > 0, "> 0"),
+        ("weight_decay", 0 <= opt.weight_decay < math.inf, "a finite number >= 0"),
+        ("head_lr_multiplier", 0 < opt.head_lr_multiplier < math.inf, "a finite number > 0"),
         ("grad_clip_norm", opt.grad_clip_norm is None or opt.grad_clip_norm > 0,
          "> 0, or None for no clipping"),
         ("momentum", 0 <= (opt.momentum or 0) < 1, "in [0, 1)"),

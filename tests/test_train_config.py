@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 import re
@@ -261,11 +262,19 @@ def _expect_error(config, workdir, error, pattern):
     ("training.eval_every_steps", 0, "training.eval_every_steps=0 must be a positive number of "
                                      "steps."),
     ("checkpoint.keep", 0, "checkpoint.keep=0 must be >= 1."),
-    ("optimizer.weight_decay", -1.0, "optimizer.weight_decay=-1.0 must be >= 0."),
+    ("optimizer.weight_decay", -1.0, "optimizer.weight_decay=-1.0 must be a finite number >= "
+                                     "0."),
+    # Infinite: trained to NaN, which the non-finite guard then blamed on optimizer.lr.
+    ("optimizer.weight_decay", math.inf, "optimizer.weight_decay=inf must be a finite number >= "
+                                         "0."),
+    ("optimizer.head_lr_multiplier", math.inf, "optimizer.head_lr_multiplier=inf must be a "
+                                               "finite number > 0."),
+    ("optimizer.lr", math.inf, "optimizer.lr=inf must be a finite number > 0."),
     ("optimizer.grad_clip_norm", -1.0, "optimizer.grad_clip_norm=-1.0 must be > 0, or None for "
                                        "no clipping."),
     ("optimizer.momentum", 1.0, "optimizer.momentum=1.0 must be in [0, 1)."),
-    ("optimizer.head_lr_multiplier", -10.0, "optimizer.head_lr_multiplier=-10.0 must be > 0."),
+    ("optimizer.head_lr_multiplier", -10.0, "optimizer.head_lr_multiplier=-10.0 must be a "
+                                            "finite number > 0."),
     ("input.crop_scale", (1.2, 0.5), "config.input.crop_scale=(1.2, 0.5): give (min, max) "
                                      "fractions of the image area with 0 < min <= max <= 1."),
     ("input.blur.prob", 2.0, "config.input.blur.prob=2.0: a probability is in [0, 1]."),

@@ -172,7 +172,7 @@ def test_unknown_schedule_names_the_key():
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
-    ("optimizer.lr", 0.0, "optimizer.lr=0.0 must be positive."),
+    ("optimizer.lr", 0.0, "optimizer.lr=0.0 must be a finite number > 0."),
     ("schedule.warmup_epochs", -1.0, "schedule.warmup_epochs=-1.0 must be >= 0."),
     ("schedule.warmup_steps", -5, "schedule.warmup_steps=-5 must be >= 0."),
     ("schedule.end_lr_fraction", 1.5,
