@@ -955,23 +955,39 @@ def test_a_halt_at_the_last_step_finishes_the_run_with_one_compiled_eval_step(
     tmp_path, synthetic_cache_dir
 ):
     """halt_after_steps=num_steps is a finished run (exported), and the export evaluates the
-    best checkpoint with the eval step the periodic evaluations compiled."""
+    best checkpoint with the eval step the periodic evaluations compiled. Each step is traced
+    (so compiled) once: the train step over every step, the eval step over two evaluations of
+    two splits (a partial last batch in each) and the export of the best checkpoint."""
     from cer_jax import steps
 
     built = []
+    traced = {"train_step": 0, "eval_step": 0}
     real = steps.jit_eval_step
 
     def counting(*args, **kwargs):
         built.append(args)
         return real(*args, **kwargs)
 
+    def tracing(name):
+        step = getattr(steps, name)
+
+        def traced_step(*args, **kwargs):  # jit calls the Python function only to trace it
+            traced[name] += 1
+            return step(*args, **kwargs)
+
+        return traced_step
+
     config = tiny_config(synthetic_cache_dir, **{"training.halt_after_steps": TOTAL_STEPS})
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(steps, "jit_eval_step", counting)
+        for name in traced:
+            patch.setattr(steps, name, tracing(name))
         result = trainer.train_and_evaluate(config, str(tmp_path / "run"))
     assert result["stopped"] is None and result["step"] == TOTAL_STEPS
     assert os.path.isfile(tmp_path / "run" / "export" / "export.json")
     assert len(built) == 1
+    assert traced == {"train_step": 1, "eval_step": 1}
+    assert config.dataset.eval_splits == ("validation", "test")
     # A re-export (fusion's, of a stale export) writes the splits the run's export.splits
     # names, as the run did (it wrote the train and eval splits instead).
     assert config.export.splits == ("validation",)
