@@ -123,8 +123,9 @@ def run_eval(
 
     def collect(outputs: dict[str, jax.Array]) -> None:
         # Replicated outputs (the gather is inside the eval program): this host's copy is the
-        # whole batch, read without dispatching another program.
-        host = {key: np.asarray(value.addressable_data(0)) for key, value in outputs.items()}
+        # whole batch, read without dispatching another program, from the copy started below
+        # (value.addressable_data(0) is another array object, which copied again, blocking).
+        host = {key: np.asarray(value) for key, value in outputs.items()}
         mask = host.pop("mask").astype(bool)
         for key, value in host.items():
             parts.setdefault(key, []).append(value[mask])
