@@ -15,7 +15,8 @@ def classification_metrics(
     num_classes: int,
     class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Accuracy, macro F1 (sklearn's default label set, as the paper), per-class F1, confusion.
+    """Accuracy, macro F1 (sklearn's default label set, as the follow-up paper), per-class F1,
+    confusion.
 
     Per-class F1 and the confusion matrix always cover all `num_classes` classes, in label order.
     A class with no example in `labels` that is never predicted has F1 0/0: None (undefined),

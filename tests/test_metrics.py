@@ -15,7 +15,7 @@ def test_classification_metrics_by_hand():
     # a: P=1/2 R=1/2 -> 0.5; b: P=2/3 R=1 -> 0.8; c: P=1 R=1/2 -> 2/3; d absent everywhere:
     # 0/0, undefined (None), not sklearn's zero_division 0 (read as a class never recognised).
     assert m["per_class_f1"] == pytest.approx({"a": 0.5, "b": 0.8, "c": 2 / 3, "d": None})
-    # Macro F1 over the classes present (scikit-learn's default, as the paper reports it).
+    # Macro F1 over the classes present (scikit-learn's default, as the follow-up paper reports it).
     assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
     assert m["confusion_matrix"] == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]
     assert m["num_examples"] == 6

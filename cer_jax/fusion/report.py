@@ -36,9 +36,9 @@ def absent_classes_note(classes: Sequence[str], split: str) -> str:
     return (
         f"{split} has no example of {', '.join(classes)}: its F1 is n/a (0/0, undefined) for a "
         "system that never predicts it, and 0 for one that does. Macro F1 (scikit-learn's "
-        f"default, as the paper) averages over the classes in {split}'s labels or a system's "
-        "predictions, so it leaves n/a classes out: systems' macro F1 may average over "
-        "different classes."
+        f"default, as the follow-up paper) averages over the classes in {split}'s labels or a "
+        "system's predictions, so it leaves n/a classes out: systems' macro F1 may average "
+        "over different classes."
     )
 
 
