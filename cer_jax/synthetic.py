@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -243,6 +244,21 @@ def check_out_dir(out_dir: str | pathlib.Path) -> None:
             f"--out={out_dir} is a folder with other files (no {MARKER_FILE}: not a synthetic "
             "tree); the drawing would overwrite files of the same names, e.g. a real RAF-DB "
             "tree's. Give a new or empty folder.")
+
+
+def make_out_dir(out_dir: str | pathlib.Path, flag: str = "out") -> None:
+    """Before any drawing (the command lines'): `out_dir` is made and a file can be created in
+    it; else one line naming the flag, not an OSError's traceback after a preview was drawn."""
+    try:
+        pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out_dir).close()
+    except OSError as e:
+        raise cannot_write(flag, out_dir, e) from e
+
+
+def cannot_write(flag: str, value: str | pathlib.Path, error: OSError) -> OutputPathError:
+    return OutputPathError(f"--{flag}={value}: cannot write there ({paths.error_reason(error)});"
+                           " give a folder you can write.")
 
 
 def check_preview_path(path: str | pathlib.Path) -> None:
@@ -652,17 +668,24 @@ def main(argv: Sequence[str]) -> None:
         check_sizes(values.kind, values.num_train_images, values.num_test_images, values.seed,
                     keys=FLAG_KEYS)
         check_out_dir(values.out)
+        make_out_dir(values.out)
     if values.preview:
-        preview(values.preview, kind=values.kind, seed=values.seed)
+        try:
+            preview(values.preview, kind=values.kind, seed=values.seed)
+        except OSError as e:  # a full disk, say
+            raise cannot_write("preview", values.preview, e) from e
         print(f"Wrote a preview of SYNTHETIC faces to {values.preview}")
     if values.out:
-        summary = write_tree(
-            values.out,
-            kind=values.kind,
-            num_train_images=values.num_train_images,
-            num_test_images=values.num_test_images,
-            seed=values.seed,
-        )
+        try:
+            summary = write_tree(
+                values.out,
+                kind=values.kind,
+                num_train_images=values.num_train_images,
+                num_test_images=values.num_test_images,
+                seed=values.seed,
+            )
+        except OSError as e:  # a full disk, say: the label file, written last, is not there
+            raise cannot_write("out", values.out, e) from e
         print(
             f"Wrote a SYNTHETIC {summary.kind} tree (drawn faces, not RAF-DB) to {summary.out_dir}"
         )

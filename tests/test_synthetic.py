@@ -396,6 +396,21 @@ def test_cli_refuses_bad_paths_in_one_line_before_drawing(tmp_path, flags, messa
 _DUMMY_TOOL = pathlib.Path(__file__).parents[1] / "tools" / "make_rafdb_dummy_data.py"
 
 
+@pytest.mark.parametrize("command", [["-m", "cer_jax.synthetic", "--preview={tmp}/p.png"],
+                                     [str(_DUMMY_TOOL)]], ids=["synthetic", "dummy_data_tool"])
+def test_an_out_that_cannot_be_written_is_one_line_before_drawing(tmp_path, command):
+    """Before: FileNotFoundError's traceback from mkdir (as a read-only disk's OSError), after
+    the preview was drawn and written. /proc refuses new folders, also to root."""
+    out = "/proc/cer_jax_no_such_folder/tree"
+    result = subprocess.run(
+        [sys.executable, *(c.format(tmp=tmp_path) for c in command), f"--out={out}"],
+        capture_output=True, text=True, timeout=300)
+    assert (result.returncode, result.stderr) == (2, (
+        f"error: --out={out}: cannot write there (No such file or directory); give a folder you "
+        "can write.\n"))
+    assert not list(tmp_path.iterdir())  # no preview
+
+
 @pytest.mark.parametrize("out", ["{tmp}/RAF-DB", "~/RAF-DB"], ids=["path", "home"])
 def test_the_dummy_data_tool_never_deletes_a_real_rafdb_tree(tmp_path, out):
     """Before: `--out` at a RAF-DB folder rmtree'd its real compound/ and basic/ trees (and

@@ -75,7 +75,11 @@ def write_dummy_data(out: pathlib.Path) -> None:
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise cli.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    write_dummy_data(pathlib.Path(cli.FLAGS.out))
+    out = pathlib.Path(cli.FLAGS.out)
+    try:
+        write_dummy_data(out)
+    except OSError as e:  # a folder it cannot make or write, a full disk: one line
+        raise synthetic.cannot_write("out", out, e) from e
 
 
 if __name__ == "__main__":
