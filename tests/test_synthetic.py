@@ -268,6 +268,12 @@ def test_the_builder_cli_builds_from_home_relative_paths(tmp_path):
     # `--manual_dir=/data/RAF DB` unquoted: was absl's whole --help page, status 1.
     (["--manual_dir=/data/RAF", "DB"], "error: Unexpected arguments: DB (a value with spaces "
                                        "needs quotes); --help lists the flags."),
+    # `--manual_dir=$RAFDB` unset: was the working directory's layout error ("holds x/: point
+    # --manual_dir at one"); `--data_dir=` was "cannot write there (No such file or directory)".
+    (["--manual_dir="], "error: --manual_dir=: the path is empty; give a folder (is a shell "
+                        "variable in it unset?)."),
+    (["--data_dir="], "error: --data_dir=: the path is empty; give a folder (is a shell variable "
+                      "in it unset?)."),
 ])
 def test_the_builder_cli_says_a_mistake_in_one_line(tmp_path, args, message):
     result = subprocess.run(

@@ -34,6 +34,10 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:  # absl's UsageError printed the whole --help page, status 1
         _exit_with(f"Unexpected arguments: {' '.join(argv[1:])} (a value with spaces needs "
                    "quotes); --help lists the flags.")
+    for flag in (_MANUAL_DIR, _DATA_DIR):  # `--manual_dir=$UNSET` read the working directory
+        if not flag.value.strip():
+            _exit_with(f"--{flag.name}={flag.value}: the path is empty; give a folder (is a shell "
+                       "variable in it unset?).")
     try:
         # The shell leaves `--data_dir=~/x` alone; gs:// paths pass through unchanged.
         builder = build(_BUILDER_CONFIG.value, os.path.expanduser(_MANUAL_DIR.value),
