@@ -688,6 +688,19 @@ def test_faces_removes_its_scratch_folder_also_after_an_error(tmp_path, monkeypa
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--members="], "--members is empty: name the member configs, e.g. "
+                     "--members=configs/vit.py:smoke,configs/resnet50.py:smoke."),
+    (["--members=configs/nope.py", "configs/manet.py"],
+     "Unexpected arguments: configs/manet.py (a value with spaces needs quotes); --help lists "
+     "the flags."),
+], ids=["no_members", "an_argument"])
+def test_faces_input_errors_are_one_line(args, message):
+    """Before: --members= was a ZeroDivisionError's traceback; an argument was ignored (the
+    default members timed in its place)."""
+    _one_line_error(_run("cer_jax.bench.faces", *args), message)
+
+
 def test_costs_without_models_is_one_line():
     _one_line_error(_run("cer_jax.bench.costs", "--models="),
                     "--models is empty: name the models to count, e.g. "

@@ -24,6 +24,7 @@ from matplotlib import cbook
 
 from cer_jax import cli, ensemble, faces, predict, train_state
 from cer_jax.config_loading import load_config
+from cer_jax.errors import UserError
 from cer_jax.fusion import strategies
 
 _FRAMES = flags.DEFINE_integer("frames", 200, "Video frames (one face each).", lower_bound=1)
@@ -63,7 +64,11 @@ def write_video(path: str, frames: int) -> np.ndarray:
 
 
 def main(argv: Sequence[str]) -> None:
-    del argv
+    if len(argv) > 1:  # was ignored: `... configs/manet.py` timed the default members
+        raise cli.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    if not _MEMBERS.value:  # was a ZeroDivisionError's traceback
+        raise UserError("--members is empty: name the member configs, e.g. "
+                        "--members=configs/vit.py:smoke,configs/resnet50.py:smoke.")
     directory = tempfile.mkdtemp(prefix="cer_jax_faces_")
     try:
         measure(directory)
