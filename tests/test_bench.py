@@ -540,6 +540,23 @@ def test_report_cli_help_exits_0_and_its_input_errors_are_one_line(tmp_path):
            "that python -m cer_jax.bench --json=FILE wrote.\n")
 
 
+@pytest.mark.parametrize(("name", "reason"), [
+    ("empty.json", "is not JSON (Expecting value: line 1 column 1 (char 0))"),
+    ("runs", "cannot be read (Is a directory)"),
+    ("missing.json", "cannot be read (No such file or directory)"),
+])
+def test_report_cli_says_what_to_give_for_a_file_it_cannot_read(tmp_path, name, reason):
+    """Before: "error: runs: [Errno 21] Is a directory: 'runs'" and "error: empty.json:
+    Expecting value: line 1 column 1 (char 0)", without the file to give instead."""
+    (tmp_path / "empty.json").write_text("")
+    (tmp_path / "runs").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "cer_jax.bench.report", name],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert (proc.returncode, proc.stderr) == (
+        2, f"error: {name} {reason}: give the file that python -m cer_jax.bench --json=FILE "
+           "wrote.\n")
+
+
 # The tiny run of the findings: each error below must come before this model is timed.
 TINY = ("--models=vit:test/8", "--image_size=32", "--batch_size=4", "--steps=1", "--warmup=0")
 # Runs a module as `python -m` would, with `sys.argv[1]` (a package) made unimportable.

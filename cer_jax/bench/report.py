@@ -15,6 +15,7 @@ from typing import Any
 
 from etils import epath
 
+from cer_jax import paths
 from cer_jax.bench import ensemble_time
 from cer_jax.errors import UserError
 
@@ -192,15 +193,19 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) != 2:
         raise UserError("usage: python -m cer_jax.bench.report BENCH_JSON (the --json file of "
                         "python -m cer_jax.bench or bench/accelerator.sh).")
+    wrote = "give the file that python -m cer_jax.bench --json=FILE wrote."
     try:  # through epath: bench --json may have written it to gs://
-        payload = json.loads(epath.Path(argv[1]).expanduser().read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{argv[1]}: {e}") from e
+        text = epath.Path(argv[1]).expanduser().read_bytes()
+    except paths.io_errors() as e:  # was "[Errno 21] Is a directory: '...'", no way out
+        raise UserError(f"{argv[1]} cannot be read ({paths.error_reason(e)}): {wrote}") from e
+    try:
+        payload = json.loads(text)
+    except ValueError as e:  # was "Expecting value: line 1 column 1 (char 0)" alone
+        raise UserError(f"{argv[1]} is not JSON ({e}): {wrote}") from e
     # What summary() reads first; anything else wrong past it is a bug, shown whole.
     if not (isinstance(payload, dict) and isinstance(payload.get("models"), list)
             and isinstance(payload.get("settings"), dict)):
-        raise UserError(f"{argv[1]} is not a benchmark's --json file (no 'models'): give the "
-                        "file that python -m cer_jax.bench --json=FILE wrote.")
+        raise UserError(f"{argv[1]} is not a benchmark's --json file (no 'models'): {wrote}")
     print(summary(payload))
 
 
