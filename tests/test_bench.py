@@ -624,6 +624,26 @@ def test_xla_cpu_flags_with_a_bad_model_is_one_line_before_any_setting_runs(mode
     _one_line_error(proc, message)
 
 
+def test_xla_cpu_flags_with_an_argument_that_is_not_a_flag_is_one_line_before_any_setting():
+    """Its arguments after `--` go to each setting's cer_jax.bench: a word (a value after a
+    space) failed every run in turn, then a table of that error, exit status 0."""
+    proc = _run("cer_jax.bench.xla_cpu_flags", *TINY, "--settings=baseline,ynn",
+                "--nocompare_torch", "B/16")
+    _one_line_error(proc, "Unexpected arguments: B/16 (a value with spaces needs quotes); "
+                          "--help lists the flags.")
+
+
+def test_xla_cpu_flags_whose_setting_failed_ends_with_status_1():
+    """As cer_jax.bench's failed model: a setting whose run failed (here its cer_jax.bench
+    refused a flag passed after `--`) was a table row of absl's 'Pass --helpshort ...' line,
+    exit status 0."""
+    proc = _run("cer_jax.bench.xla_cpu_flags", *TINY, "--settings=baseline", "--nocompare_torch",
+                "--", "--bogus")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert ("| baseline | (failed: FATAL Flags parsing error: Unknown command line flag 'bogus') "
+            "| | | | | | | |") in proc.stdout.splitlines()
+
+
 def test_unwritable_json_or_profile_is_one_line_before_any_timing(tmp_path):
     a_file = tmp_path / "notes.txt"
     a_file.write_text("mine")

@@ -79,8 +79,9 @@ def table(runs: dict[str, dict]) -> str:
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, run in runs.items():
         if "error" in run:
-            lines.append(f"| {name} | (failed: {run['error'].strip().splitlines()[-1][:80]}) "
-                         "| | | | | | | |")
+            said = [line for line in run["error"].strip().splitlines()
+                    if not line.startswith("Pass --helpshort")]  # absl's, after its FATAL line
+            lines.append(f"| {name} | (failed: {said[-1][:80] if said else '?'}) | | | | | | | |")
             continue
         for i, r in enumerate(run["models"]):
             b = base[i] if base else None
@@ -110,7 +111,10 @@ def check_models() -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-    extra = list(argv[1:])  # passed through to cer_jax.bench
+    extra = list(argv[1:])  # after `--`: passed through to cer_jax.bench
+    words = [arg for arg in extra if not arg.startswith("-")]
+    if words:  # each setting's run failed on it in turn, then a table of that error, status 0
+        raise app.UsageError(f"Unexpected arguments: {' '.join(words)}")
     unknown = [s for s in FLAGS.settings if s not in SETTINGS]
     if unknown:
         raise app.UsageError(f"Unknown --settings {unknown}; use {', '.join(SETTINGS)}.")
@@ -134,6 +138,8 @@ def main(argv: Sequence[str]) -> None:
     if FLAGS.json:
         throughput.write_json(FLAGS.json, {"settings": {n: SETTINGS[n] for n in runs},
                                            "runs": runs})
+    if any("error" in run for run in runs.values()):  # as cer_jax.bench's failed model
+        sys.exit(1)
 
 
 if __name__ == "__main__":
