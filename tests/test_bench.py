@@ -400,6 +400,13 @@ def test_an_unwritable_input_cache_dir_is_one_line_naming_its_flag_before_any_ti
                           "folder; give a folder.")
 
 
+def test_too_few_input_images_is_one_line_naming_its_flag_before_any_timing():
+    """Was "5 images cannot give each of the 11 compound classes ...": which count?"""
+    _one_line_error(_run("cer_jax.bench", *TINY, "--input", "--input_num_train_images=5"),
+                    "--input_num_train_images=5: 5 images cannot give each of the 11 compound "
+                    "classes at least 2: ask for at least 22.")
+
+
 def test_a_gs_input_cache_dir_is_one_line_naming_its_flag_before_any_timing(tmp_path):
     """The synthetic dataset --input times is drawn with local file calls: a gs:// folder was
     a local folder named "gs:" and an error naming config.dataset.cache_dir after a timing."""

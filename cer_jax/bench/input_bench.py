@@ -33,7 +33,9 @@ def check_sizes(num_train_images: int) -> None:
     """Before any model is timed: a tree too small for every class is one line."""
     from cer_jax import synthetic
 
-    synthetic.check_sizes("compound", *synthetic_sizes(num_train_images))
+    # The message names the flag (it was "5 images cannot give ...", no flag said).
+    synthetic.check_sizes("compound", *synthetic_sizes(num_train_images),
+                          keys={"train": "--input_num_train_images"})
 
 
 def bench_input(config: ml_collections.ConfigDict, *, batch_size: int, batches: int,
