@@ -377,6 +377,22 @@ def test_files_that_are_not_images_are_logged_once_per_run(tmp_path, caplog):
                        "a/notes.txt"]
 
 
+def test_a_rafdb_tree_as_the_folder_says_how_to_read_it(tmp_path):
+    """A RAF-DB tree given as config.dataset.folder read Annotation/ as a split: "split folder
+    'Annotation' holds no images in its class folders"."""
+    from cer_jax import synthetic
+    from cer_jax.data import sources
+
+    synthetic.write_tree(tmp_path / "compound", num_train_images=22, num_test_images=11)
+    with pytest.raises(DataConfigError) as e:
+        sources.FolderSource(ml_collections.ConfigDict({"folder": str(tmp_path / "compound")}))
+    assert str(e.value) == (
+        f"config.dataset.folder={str(tmp_path / 'compound')!r} is a RAF-DB tree "
+        "(EmoLabel/list_patition_label.txt), not a <split>/<class>/<image> folder: read it with "
+        "--config.dataset.name=rafdb/compound (or rafdb/basic for the basic tree) "
+        f"--config.dataset.manual_dir={tmp_path / 'compound'} (README, \"Bring RAF-DB\").")
+
+
 def test_class_folders_without_split_folders_say_what_the_layout_is(tmp_path, caplog):
     """torchvision's ImageFolder layout, <class>/<image>, read each class as a split with no
     class folders: the error said "split folder 'happy' holds no images in its class folders"."""

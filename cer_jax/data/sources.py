@@ -27,6 +27,7 @@ from etils import epath
 
 from cer_jax import paths, sharding
 from cer_jax.errors import UserError
+from tfds_rafdb import layout
 
 # What tf.io.decode_image reads (GIF: its first frame); other files are skipped and logged.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -545,6 +546,12 @@ class FolderSource:
                 "config.dataset.name='folder', set config.dataset.folder to the root of a "
                 "<split>/<class>/<image> tree."
             )
+        if (root / layout.LABEL_FILE).is_file():  # was "split folder 'Annotation' holds no images"
+            raise DataConfigError(
+                f"config.dataset.folder={os.fspath(root)!r} is a RAF-DB tree ({layout.LABEL_FILE}"
+                "), not a <split>/<class>/<image> folder: read it with "
+                "--config.dataset.name=rafdb/compound (or rafdb/basic for the basic tree) "
+                f"--config.dataset.manual_dir={os.fspath(root)} (README, \"Bring RAF-DB\").")
         splits = _subdirs(root)
         if not splits:
             raise DataConfigError(
