@@ -31,12 +31,25 @@ if [[ -z "${PYTHON:-}" ]] && ! command -v python >/dev/null; then python=python3
 budget_s=570
 
 value() {
-  # value OPTION ARGS...: the option's value, or one line and exit status 2 without one.
-  if [[ $# -lt 2 || "$2" == --* ]]; then
+  # value OPTION ARGS...: the option's value, or one line and exit status 2 without one (an
+  # empty one too: `--out "$UNSET"` wrote bench.json, profile/ and machine.txt into /).
+  if [[ $# -lt 2 || -z "$2" || "$2" == --* ]]; then
     echo "$1 needs a value (see --help)" >&2
     exit 2
   fi
   printf '%s' "$2"
+}
+
+count() {
+  # count OPTION ARGS...: the option's value, a whole number >= 1, or one line and exit status
+  # 2 before any work (`--steps -1` failed the benchmark only after the probes, on the device).
+  local v
+  v=$(value "$@") || exit 2
+  if [[ ! "$v" =~ ^[1-9][0-9]*$ ]]; then
+    echo "$1 $v: give a whole number >= 1 (see --help)" >&2
+    exit 2
+  fi
+  printf '%s' "$v"
 }
 
 while [[ $# -gt 0 ]]; do
@@ -46,11 +59,11 @@ while [[ $# -gt 0 ]]; do
     --dry-run) dry_run=1 ;;
     --out) out=$(value "$@") || exit 2; shift ;;
     --no-torch) torch=no ;;
-    --steps) steps=$(value "$@") || exit 2; shift ;;
+    --steps) steps=$(count "$@") || exit 2; shift ;;
     --models) models=$(value "$@") || exit 2; shift ;;
-    --image_size) image_size=$(value "$@") || exit 2; shift ;;
-    --batch_size) batch_flag=(--batch_size="$(value "$@")") || exit 2; shift ;;
-    --input_batches) input_batches=$(value "$@") || exit 2; shift ;;
+    --image_size) image_size=$(count "$@") || exit 2; shift ;;
+    --batch_size) batch_flag=(--batch_size="$(count "$@")") || exit 2; shift ;;
+    --input_batches) input_batches=$(count "$@") || exit 2; shift ;;
     -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac

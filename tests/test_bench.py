@@ -300,6 +300,23 @@ def test_accelerator_script_option_without_its_value_is_one_line(tmp_path):
     assert (proc.returncode, proc.stderr) == (2, "--out needs a value (see --help)\n")
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    # `--out "$UNSET"`: bench.json, profile/, bench.txt and machine.txt went into /.
+    (["--out="], "--out needs a value (see --help)"),
+    (["--out", ""], "--out needs a value (see --help)"),
+    # Each reached cer_jax.bench (its flag error) only after the probes, on the lent device.
+    (["--steps", "-1"], "--steps -1: give a whole number >= 1 (see --help)"),
+    (["--batch_size=1.5"], "--batch_size 1.5: give a whole number >= 1 (see --help)"),
+    (["--image_size", "0"], "--image_size 0: give a whole number >= 1 (see --help)"),
+    (["--input_batches=ten"], "--input_batches ten: give a whole number >= 1 (see --help)"),
+], ids=["out_empty", "out_empty_after_a_space", "steps", "batch_size", "image_size",
+        "input_batches"])
+def test_accelerator_script_empty_or_bad_number_is_one_line_before_any_work(tmp_path, args,
+                                                                             message):
+    proc = _script("--dry-run", *args, tmp_path=tmp_path)
+    assert (proc.returncode, proc.stderr, proc.stdout) == (2, message + "\n", "")
+
+
 def _without_tensorflow(tmp_path: pathlib.Path) -> dict[str, str]:
     """PYTHONPATH under which `import tensorflow` fails, as on a host without it."""
     blocker = tmp_path / "no_tf" / "tensorflow"
