@@ -21,6 +21,7 @@ generator writes exactly what the builder reads.
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import shutil
 import tempfile
@@ -261,15 +262,17 @@ def cannot_write(flag: str, value: str | pathlib.Path, error: OSError) -> Output
                            " give a folder you can write.")
 
 
-def check_preview_path(path: str | pathlib.Path) -> None:
-    """Before anything is drawn: `path` is a .png file name in an existing folder."""
+def check_preview_path(path: str | pathlib.Path, out_dir: str | None = None) -> None:
+    """Before anything is drawn: `path` is a .png file name in an existing folder, or in
+    `out_dir`, which the tree's drawing makes first."""
     path = pathlib.Path(path)
     if path.suffix.lower() != ".png":
         raise OutputPathError(f"--preview={path} must end in .png (the grid is saved as PNG).")
     if path.is_dir():
         raise OutputPathError(f"--preview={path} is a folder; give a file path, e.g. "
                               f"{path / 'synthetic_faces.png'}.")
-    if not path.parent.is_dir():
+    in_out = out_dir is not None and os.path.abspath(path.parent) == os.path.abspath(out_dir)
+    if not path.parent.is_dir() and not in_out:
         what = "is a file" if path.parent.exists() else "does not exist"
         raise OutputPathError(f"--preview={path}: the folder {path.parent} {what}; give a path "
                               "in an existing folder.")
@@ -662,19 +665,14 @@ def main(argv: Sequence[str]) -> None:
         raise cli.UsageError("Give --out=DIR (and/or --preview=PNG).")
     # Every check before any drawing: a bad --out must not come after the preview's work.
     if values.preview:
-        check_preview_path(values.preview)
+        check_preview_path(values.preview, out_dir=values.out)
         check_seed(values.seed)
     if values.out:
         check_sizes(values.kind, values.num_train_images, values.num_test_images, values.seed,
                     keys=FLAG_KEYS)
         check_out_dir(values.out)
         make_out_dir(values.out)
-    if values.preview:
-        try:
-            preview(values.preview, kind=values.kind, seed=values.seed)
-        except OSError as e:  # a full disk, say
-            raise cannot_write("preview", values.preview, e) from e
-        print(f"Wrote a preview of SYNTHETIC faces to {values.preview}")
+    # The tree first: a preview saved in --out first made it "a folder with other files".
     if values.out:
         try:
             summary = write_tree(
@@ -694,6 +692,12 @@ def main(argv: Sequence[str]) -> None:
             summary.class_names, summary.train_counts, summary.test_counts, strict=True
         ):
             print(f"  {name:<24s} train {n_train:5d}  test {n_test:4d}")
+    if values.preview:
+        try:
+            preview(values.preview, kind=values.kind, seed=values.seed)
+        except OSError as e:  # a full disk, say
+            raise cannot_write("preview", values.preview, e) from e
+        print(f"Wrote a preview of SYNTHETIC faces to {values.preview}")
 
 
 def define_flags() -> None:

@@ -402,6 +402,23 @@ def test_cli_refuses_bad_paths_in_one_line_before_drawing(tmp_path, flags, messa
 _DUMMY_TOOL = pathlib.Path(__file__).parents[1] / "tools" / "make_rafdb_dummy_data.py"
 
 
+@pytest.mark.parametrize("made", [False, True], ids=["new_out", "empty_out"])
+def test_the_preview_may_go_into_the_tree_it_previews(tmp_path, made):
+    """Before: a new --out was 'the folder ... does not exist' for --preview=<out>/faces.png,
+    and an empty one got the preview, then was refused as 'a folder with other files'."""
+    if made:
+        (tmp_path / "tree").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "cer_jax.synthetic", f"--out={tmp_path}/tree",
+         f"--preview={tmp_path}/tree/faces.png", "--num_train_images=22",
+         "--num_test_images=11"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == (
+        f"Wrote a preview of SYNTHETIC faces to {tmp_path}/tree/faces.png")
+    assert synthetic.is_synthetic_tree(tmp_path / "tree")
+    assert (tmp_path / "tree" / LABELS).is_file() and (tmp_path / "tree" / "faces.png").is_file()
+
+
 @pytest.mark.parametrize("command", [["-m", "cer_jax.synthetic", "--preview={tmp}/p.png"],
                                      [str(_DUMMY_TOOL)]], ids=["synthetic", "dummy_data_tool"])
 def test_an_out_that_cannot_be_written_is_one_line_before_drawing(tmp_path, command):
