@@ -237,18 +237,25 @@ def missing_init_source(init: ml_collections.ConfigDict) -> str | None:
     """Why init.checkpoint / init.workdir cannot be read (the message of a fresh run's error),
     or None when it can (or none is set)."""
     # A folder is read through its weights file (a Hugging Face snapshot, say).
-    if init.get("checkpoint") and not epath.Path(init.checkpoint).expanduser().exists():
-        return (
-            f"init.checkpoint={init.checkpoint!r}: no such file or folder. Download the "
-            "pre-trained weights (see the README, 'Bring pre-trained weights') and pass their "
-            "path (local or gs://...), or unset init.checkpoint to train from scratch."
-        )
-    if init.get("workdir"):
-        try:
+    key = "checkpoint" if init.get("checkpoint") else "workdir"
+    try:
+        if init.get("checkpoint") and not epath.Path(init.checkpoint).expanduser().exists():
+            return (
+                f"init.checkpoint={init.checkpoint!r}: no such file or folder. Download the "
+                "pre-trained weights (see the README, 'Bring pre-trained weights') and pass "
+                "their path (local or gs://...), or unset init.checkpoint to train from scratch."
+            )
+        if init.get("workdir"):
             checkpointing.load_config(init.workdir)
             checkpointing.best_step(init.workdir)
-        except checkpointing.WorkdirError as e:
-            return f"init.workdir={init.workdir!r}: {e}"
+    except checkpointing.WorkdirError as e:
+        return f"init.workdir={init.workdir!r}: {e}"
+    except paths.io_errors() as e:  # gs:// without access (no credentials, no network): was
+        # a traceback, also on a resume, which needs no init source
+        access = (", and this machine's access to its bucket (gcloud auth application-default "
+                  "login)" if paths.is_remote(init[key]) else "")
+        return (f"init.{key}={init[key]!r} cannot be read ({paths.error_reason(e)}): check the "
+                f"path{access}, or unset init.{key} to train from scratch.")
     return None
 
 

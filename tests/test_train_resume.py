@@ -224,6 +224,37 @@ def test_a_resume_needs_no_init_source_which_a_fresh_run_still_checks(
         trainer.prepare(config, str(tmp_path / "fresh"))
 
 
+@pytest.mark.parametrize("key", ["init.checkpoint", "init.workdir"])
+def test_an_init_source_on_a_bucket_without_access_is_one_line_and_no_matter_on_a_resume(
+        halted_workdir, tmp_path, synthetic_cache_dir, caplog, monkeypatch, key):
+    """gs:// on a machine without access to the bucket (no credentials, no network): the
+    check that the file exists raised (TF's 'Could not resolve host', PermissionDenied) as a
+    traceback, also on a resume, which README says needs no init source."""
+    from etils import epath
+
+    gpath = type(epath.Path("gs://bucket/x"))
+    exists = gpath.exists
+
+    def no_access(self):
+        if os.fspath(self).startswith("gs://no-access/"):
+            raise PermissionError(13, "Permission denied", os.fspath(self))
+        return exists(self)
+
+    monkeypatch.setattr(gpath, "exists", no_access)
+    workdir = tmp_path / "run"
+    shutil.copytree(halted_workdir, workdir)
+    config = tiny_config(synthetic_cache_dir, **{key: "gs://no-access/weights"})
+    with caplog.at_level("INFO"):
+        trainer.prepare(config, str(workdir))
+    assert f"{key}=gs://no-access/weights cannot be read, and need not be" in caplog.text
+    with pytest.raises(trainer.ConfigError) as e:
+        trainer.prepare(config, str(tmp_path / "fresh"))
+    assert str(e.value) == (
+        f"{key}='gs://no-access/weights' cannot be read (Permission denied): check the path, "
+        "and this machine's access to its bucket (gcloud auth application-default login), or "
+        f"unset {key} to train from scratch.")
+
+
 def test_a_resume_without_its_init_source_builds_the_network_its_weights_implied(
         halted_workdir, tmp_path, synthetic_cache_dir):
     """A run from an AugReg .npz records the tanh GELU that the file implies. Relaunched without
