@@ -36,6 +36,15 @@ def error_reason(error: BaseException) -> str:
             or error.__class__.__name__)
 
 
+def cannot_read(what: str, path: str | os.PathLike[str], error: BaseException) -> str:
+    """'WHAT cannot be read (reason): check the path' (WHAT names the flag or key and `path`),
+    with the likely fix of a gs:// path that raised (no credentials, no network): this
+    machine's access to its bucket. Callers add the alternative, if any."""
+    access = (", and this machine's access to its bucket (gcloud auth application-default "
+              "login)" if is_remote(path) else "")
+    return f"{what} cannot be read ({error_reason(error)}): check the path{access}"
+
+
 def is_remote(path: str | os.PathLike[str]) -> bool:
     return "://" in os.fspath(path)
 

@@ -252,10 +252,8 @@ def missing_init_source(init: ml_collections.ConfigDict) -> str | None:
         return f"init.workdir={init.workdir!r}: {e}"
     except paths.io_errors() as e:  # gs:// without access (no credentials, no network): was
         # a traceback, also on a resume, which needs no init source
-        access = (", and this machine's access to its bucket (gcloud auth application-default "
-                  "login)" if paths.is_remote(init[key]) else "")
-        return (f"init.{key}={init[key]!r} cannot be read ({paths.error_reason(e)}): check the "
-                f"path{access}, or unset init.{key} to train from scratch.")
+        return (f"{paths.cannot_read(f'init.{key}={init[key]!r}', init[key], e)}, or unset "
+                f"init.{key} to train from scratch.")
     return None
 
 
@@ -410,7 +408,11 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, Any]:
 def _check_run(config: ml_collections.ConfigDict, workdir: str
                ) -> tuple[ml_collections.ConfigDict, bool]:
     """prepare's checks of the config, the weights and the workdir (no data, no collective)."""
-    resuming = checkpointing.holds_checkpoints(workdir)  # listed once (slow on gs://)
+    try:
+        resuming = checkpointing.holds_checkpoints(workdir)  # listed once (slow on gs://)
+    except paths.io_errors() as e:  # the first access: gs:// without access was a traceback
+        raise checkpointing.WorkdirError(
+            f"{paths.cannot_read(f'--workdir={workdir}', workdir, e)}.") from e
     validate_config(config, resuming=resuming)
     for key in ("folder", "data_dir", "manual_dir", "cache_dir"):  # as config.json records them
         if config.dataset.get(key):

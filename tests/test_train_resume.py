@@ -255,6 +255,34 @@ def test_an_init_source_on_a_bucket_without_access_is_one_line_and_no_matter_on_
         f"unset {key} to train from scratch.")
 
 
+def test_a_workdir_or_member_on_a_bucket_without_access_is_one_line(
+        tmp_path, synthetic_cache_dir, monkeypatch):
+    """--workdir=gs://... (or a fusion member there) on a machine without access to the bucket
+    was a traceback from the first listing."""
+    from etils import epath
+
+    from cer_jax.fusion import members as members_lib
+
+    gpath = type(epath.Path("gs://bucket/x"))
+    for method in ("exists", "is_dir"):
+        def no_access(self, original=getattr(gpath, method)):
+            if os.fspath(self).startswith("gs://no-access/"):
+                raise PermissionError(13, "Permission denied", os.fspath(self))
+            return original(self)
+        monkeypatch.setattr(gpath, method, no_access)
+    with pytest.raises(checkpointing.WorkdirError) as e:
+        trainer.prepare(tiny_config(synthetic_cache_dir), "gs://no-access/runs/vit")
+    assert str(e.value) == (
+        "--workdir=gs://no-access/runs/vit cannot be read (Permission denied): check the path, "
+        "and this machine's access to its bucket (gcloud auth application-default login).")
+    with pytest.raises(members_lib.MemberError) as e:
+        members_lib.check_members(["gs://no-access/runs/vit"], ["validation"])
+    assert str(e.value) == (
+        "Member workdir gs://no-access/runs/vit cannot be read (Permission denied): check the "
+        "path, and this machine's access to its bucket (gcloud auth application-default login) "
+        "(flag --workdirs / config key workdirs).")
+
+
 def test_a_resume_without_its_init_source_builds_the_network_its_weights_implied(
         halted_workdir, tmp_path, synthetic_cache_dir):
     """A run from an AugReg .npz records the tanh GELU that the file implies. Relaunched without

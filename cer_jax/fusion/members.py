@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from cer_jax import checkpointing, export, sharding
+from cer_jax import checkpointing, export, paths, sharding
 from cer_jax.errors import UserError
 from cer_jax.fusion.strategies import FusionData
 
@@ -53,7 +53,12 @@ class Member:
 
 def _require_workdir(workdir: str) -> None:
     path = checkpointing.workdir_path(workdir)
-    if not path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except paths.io_errors() as e:  # gs:// without access: was a traceback
+        raise MemberError(f"{paths.cannot_read(f'Member workdir {workdir}', workdir, e)} "
+                          "(flag --workdirs / config key workdirs).") from e
+    if not is_dir:
         what = "is a file, not a folder" if path.exists() else "does not exist"
         raise MemberError(
             f"Member workdir {workdir} {what} (flag --workdirs / config key workdirs); "
