@@ -207,6 +207,10 @@ def test_smoke_config_trains_by_epochs_when_told(tmp_path):
     (["--config", "configs/vit.py:smok"],
      "error: Unknown config argument 'smok' for configs/vit.py: use '', 'smoke' or "
      "'follow_up'."),
+    # A ViT's model.image_size is a reference to input.image_size, which the None override
+    # took: int()'s TypeError traceback in the input checks.
+    (["--config=configs/vit.py:smoke", "--config.model.image_size=None"],
+     "error: config.input.image_size=None: must be a positive number of pixels."),
 ])
 def test_a_bad_config_spec_or_none_override_is_one_line(tmp_path, args, message):
     out = subprocess.run([sys.executable, "-m", "cer_jax.train", f"--workdir={tmp_path / 'w'}",

@@ -85,7 +85,10 @@ def check_input_config(cfg: ml_collections.ConfigDict) -> None:
         f"choose one of {', '.join(_EVAL_RESIZES)}.",
     )
     need(cfg.balance in _BALANCES, "balance", f"choose one of {', '.join(_BALANCES)}.")
-    need(int(cfg.image_size) > 0, "image_size", "must be a positive number of pixels.")
+    # None (a ViT's model.image_size is a reference to it, which takes a None override) was
+    # int()'s TypeError traceback.
+    need(cfg.image_size is not None and int(cfg.image_size) > 0, "image_size",
+         "must be a positive number of pixels.")
     # 0 or less silently became a buffer of 1: no shuffling, every epoch in one order.
     need(cfg.shuffle_buffer is None or cfg.shuffle_buffer >= 1, "shuffle_buffer",
          "give a buffer of 1 or more examples (1: no shuffling), or None for the whole data "
