@@ -291,6 +291,8 @@ def run(main: Callable[[Sequence[str]], None],
         try:
             argv = resolve_argv(argv)
         except errors as e:
+            if _asks_for_traceback(argv):  # flags are not parsed yet: read the word itself
+                raise
             _exit_with(e)
 
     def guarded(args: Sequence[str]) -> None:
@@ -313,6 +315,13 @@ def run(main: Callable[[Sequence[str]], None],
             _exit_with(str(e) or f"stopped by {by}.", status=getattr(e, "exit_status", 130))
 
     app.run(guarded, argv=argv, flags_parser=_parse_flags)
+
+
+def _asks_for_traceback(argv: Sequence[str]) -> bool:
+    """Whether argv holds --traceback (or --traceback=true), as absl would read it."""
+    words = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+    return any(word.lstrip("-") in ("traceback", "traceback=true", "traceback=True",
+                                    "traceback=1") and word.startswith("-") for word in words)
 
 
 def _ctrl_c_not_lost(previous: Callable) -> Callable:

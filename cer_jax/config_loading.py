@@ -4,7 +4,8 @@ A path is read as given (relative to the working directory, `~` the home folder)
 `configs/<file>` path that is not there falls back to the copy installed with the package
 (`cer_jax.configs`), so the documented commands work from any directory and from an installed
 wheel. A remote file (gs://...) is read through etils epath into a local copy, which Python can
-import.
+import. A file that cannot be run as a config (a syntax error, no get_config(), an argument its
+get_config() does not take, a result that is no ConfigDict) is one line naming the file.
 
 Command-line overrides (`--config.KEY=VALUE`, parsed by ml_collections) also take `None` for a
 key that allows it (`--config.optimizer.grad_clip_norm=None`: no clipping), and a tuple key
@@ -19,16 +20,19 @@ import difflib
 import hashlib
 import importlib.resources
 import importlib.util
+import inspect
 import os
 import pathlib
 import re
 import tempfile
+import traceback
 from collections.abc import Iterable, Sequence
 
 import ml_collections
 from etils import epath
 from ml_collections.config_flags import config_flags, tuple_parser
 
+from cer_jax import paths
 from cer_jax.errors import UserError
 
 PACKAGED_PREFIX = "configs/"
@@ -45,14 +49,27 @@ def split_spec(spec: str) -> tuple[str, str]:
 
 
 def _local_copy(path: str) -> str:
-    """A remote config file's text in a local file named by its content (Python imports it)."""
+    """A remote config file's text in a local file (Python imports it)."""
     remote = epath.Path(path)
-    if not remote.is_file():
-        raise ConfigFileError(f"Config file {path!r} not found; check the path and your access.")
-    text = remote.read_bytes()
+    try:
+        if not remote.is_file():
+            raise ConfigFileError(
+                f"Config file {path!r} not found; check the path and your access.")
+        text = remote.read_bytes()
+    except paths.io_errors() as e:  # no network, no credentials: was the backend's traceback
+        raise ConfigFileError(
+            f"Config file {path!r} cannot be read ({paths.error_reason(e)}); check the path, "
+            "the network and your access (gcloud auth application-default login).") from e
+    return _copy(text, remote.name)
+
+
+def _copy(text: bytes, name: str) -> str:
+    """`text` in a local file named by its content and `name` without colons: ml_collections
+    reads `--config=FILE:ARG` up to the first colon, so a colon in the path cut it there."""
     folder = os.path.join(tempfile.gettempdir(), "cer_jax_configs")
     os.makedirs(folder, exist_ok=True)
-    local = os.path.join(folder, f"{hashlib.sha256(text).hexdigest()[:16]}-{remote.name}")
+    local = os.path.join(folder,
+                         f"{hashlib.sha256(text).hexdigest()[:16]}-{name.replace(':', '_')}")
     if not os.path.exists(local):  # written whole, then renamed: hosts may race here
         with tempfile.NamedTemporaryFile(dir=folder, delete=False) as f:
             f.write(text)
@@ -88,11 +105,74 @@ def resolve_config_path(path: str) -> str:
 def load_config(spec: str) -> ml_collections.ConfigDict:
     """'<file>.py[:<arg>]' -> the ConfigDict of the file's get_config(arg)."""
     path, arg = split_spec(spec)
-    file = resolve_config_path(path)
+    return _load_file(resolve_config_path(path), arg, path)
+
+
+def _load_file(file: str, arg: str, path: str) -> ml_collections.ConfigDict:
+    """get_config(arg) of the local `file`; `path` is the file as the user named it."""
     module_spec = importlib.util.spec_from_file_location("_cer_jax_config", file)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
+    args = (arg,) if arg else ()
+    try:
+        module_spec.loader.exec_module(module)
+        get_config = getattr(module, "get_config", None)
+        if not callable(get_config):
+            raise ConfigFileError(
+                f"Config file {path!r} has no get_config(): a config file defines "
+                "get_config() returning an ml_collections.ConfigDict (as configs/vit.py).")
+        _check_signature(get_config, args, path)
+        config = get_config(*args)
+    except UserError:
+        raise
+    except SyntaxError as e:
+        where = (f", line {e.lineno}" if e.filename == file else
+                 f" (in {e.filename}, line {e.lineno}, which it imports)")
+        raise ConfigFileError(f"Config file {path!r}{where}: {e.msg}; fix the file.") from e
+    except Exception as e:  # the file's own code failed (an import, a name): its bug, not ours
+        raise ConfigFileError(f"Config file {path!r}{_line_in(e, file)}: "
+                              f"{type(e).__name__}: {_reason(e)}; fix the file (--traceback "
+                              "shows where).") from e
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigFileError(
+            f"Config file {path!r}: get_config() returned {type(config).__name__}, not an "
+            "ml_collections.ConfigDict (a forgotten return?).")
+    return config
+
+
+def _check_signature(get_config, args: tuple[str, ...], path: str) -> None:
+    """One line for an argument after the colon that get_config() does not take, or for none
+    where it needs one (was Python's TypeError from inside flag parsing)."""
+    try:
+        signature = inspect.signature(get_config)
+    except ValueError:  # no signature to read (a builtin): let the call decide
+        return
+    try:
+        signature.bind(*args)
+    except TypeError:
+        if args and not signature.parameters:
+            raise ConfigFileError(
+                f"Config file {path!r} takes no argument (its get_config() has no parameter), "
+                f"not {args[0]!r}: use --config={path}.") from None
+        given = f"the argument {args[0]!r}" if args else "no argument"
+        raise ConfigFileError(
+            f"Config file {path!r}: its get_config{signature} cannot be called with {given}; "
+            f"give the argument it takes after a colon (--config={path}:ARG).") from None
+
+
+def _reason(error: BaseException) -> str:
+    """The error's words on one line; ml_collections' missing key is an AttributeError around
+    a KeyError whose text ends with "Did you mean ...?" on a line of its own."""
+    while error.args and isinstance(error.args[0], BaseException):
+        error = error.args[0]
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    return " ".join(str(text).split())
+
+
+def _line_in(error: BaseException, file: str) -> str:
+    """', line N' of the last line of `file` in the error's traceback, else ''."""
+    lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__)
+             if os.path.abspath(frame.filename) == os.path.abspath(file)]
+    return f", line {lines[-1]}" if lines else ""
 
 
 def resolve_config_flag(argv: list[str]) -> list[str]:
@@ -109,8 +189,11 @@ def resolve_config_flag(argv: list[str]) -> list[str]:
                 break
             i, value = i + 1, resolved[i + 1]
         path, rest = split_spec(value)
-        value = f"{resolve_config_path(path)}{':' + rest if rest else ''}"
-        load_config(value)
+        file = resolve_config_path(path)
+        if ":" in file:  # a folder such as runs:2: ml_collections would cut the path there
+            file = _copy(pathlib.Path(file).read_bytes(), os.path.basename(file))
+        _load_file(file, rest, path)
+        value = f"{file}{':' + rest if rest else ''}"
         resolved[i] = f"{name}={value}" if sep else value
     return resolved
 

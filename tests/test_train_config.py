@@ -86,6 +86,39 @@ def test_a_config_file_on_a_bucket_is_read_through_epath(bucket):
         load_config(f"{BUCKET}/exp/nope.py")
 
 
+@pytest.mark.parametrize("error", ["os", "tensorflow"])
+def test_a_config_file_on_a_bucket_that_cannot_be_read_is_one_line(monkeypatch, error):
+    """No network or no credentials: was the file system's traceback (TensorFlow's
+    FailedPreconditionError 'Could not resolve host: www.googleapis.com', through epath)."""
+    from cer_jax import config_loading
+
+    if error == "tensorflow":
+        import tensorflow as tf
+
+        failure = tf.errors.FailedPreconditionError(
+            None, None, "Error executing an HTTP request: libcurl code 6 meaning 'Could not "
+            "resolve hostname'\n\t when reading metadata of gs://b/vit.py")
+    else:
+        failure = PermissionError(13, "Permission denied")
+
+    class Unreadable:
+        def __init__(self, path):
+            self.name = "vit.py"
+
+        def is_file(self):
+            raise failure
+
+    monkeypatch.setattr(config_loading.epath, "Path", Unreadable)
+    reason = ("Permission denied" if error == "os" else
+              "Error executing an HTTP request: libcurl code 6 meaning 'Could not resolve "
+              "hostname'")
+    with pytest.raises(ConfigFileError) as raised:
+        load_config("gs://b/vit.py:smoke")
+    assert str(raised.value) == (
+        f"Config file 'gs://b/vit.py' cannot be read ({reason}); check the path, the network "
+        "and your access (gcloud auth application-default login).")
+
+
 @pytest.mark.parametrize(("config", "override", "message"), [
     ("resnet50", "model.name=vgg", "error: Unknown model 'vgg' (config key model.name)"),
     ("vit", "model.variant=Z/99", "error: Unknown ViT variant 'Z/99' (config key model.variant)"),
@@ -218,6 +251,74 @@ def test_a_bad_config_spec_or_none_override_is_one_line(tmp_path, args, message)
     assert (out.returncode, out.stderr.strip().splitlines()[-1]) == (2, message)
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "w").exists()
+
+
+OWN_CONFIG = """from cer_jax.config_base import get_base_config
+def get_config({params}):
+    config = get_base_config()
+{body}    return config
+"""
+
+
+@pytest.mark.parametrize(("text", "spec", "message"), [
+    ("def get_config(:\n    pass\n", "mine.py",
+     "error: Config file 'mine.py', line 1: invalid syntax; fix the file."),
+    ("import ml_collections\nCONFIG = ml_collections.ConfigDict()\n", "mine.py",
+     "error: Config file 'mine.py' has no get_config(): a config file defines get_config() "
+     "returning an ml_collections.ConfigDict (as configs/vit.py)."),
+    ("import no_such_module\n" + OWN_CONFIG.format(params="", body=""), "mine.py",
+     "error: Config file 'mine.py', line 1: ModuleNotFoundError: No module named "
+     "'no_such_module'; fix the file (--traceback shows where)."),
+    (OWN_CONFIG.format(params="", body="    config.trainng.num_steps = 5\n"), "mine.py",
+     "error: Config file 'mine.py', line 4: AttributeError: 'trainng' Did you mean "
+     "\"training\" instead of \"trainng\"?; fix the file (--traceback shows where)."),
+    (OWN_CONFIG.format(params="", body=""), "mine.py:smoke",
+     "error: Config file 'mine.py' takes no argument (its get_config() has no parameter), not "
+     "'smoke': use --config=mine.py."),
+    (OWN_CONFIG.format(params="size", body=""), "mine.py",
+     "error: Config file 'mine.py': its get_config(size) cannot be called with no argument; "
+     "give the argument it takes after a colon (--config=mine.py:ARG)."),
+    # ml_collections only logs a warning for None: absl then said '--config must have a value
+    # other than None', as if the flag were missing; a dict was an AttributeError traceback.
+    ("def get_config():\n    config = dict(model=dict(name='vit'))\n", "mine.py",
+     "error: Config file 'mine.py': get_config() returned NoneType, not an "
+     "ml_collections.ConfigDict (a forgotten return?)."),
+    ("def get_config():\n    return dict(model=dict(name='vit'))\n", "mine.py",
+     "error: Config file 'mine.py': get_config() returned dict, not an "
+     "ml_collections.ConfigDict (a forgotten return?)."),
+])
+def test_a_config_file_of_ones_own_that_cannot_run_is_one_line(tmp_path, text, spec, message):
+    """A syntax error, a failed import, a wrong argument or result of one's own config file was
+    Python's traceback from inside the flag parsing (exit status 1)."""
+    (tmp_path / "mine.py").write_text(text)
+    out = subprocess.run([sys.executable, "-m", "cer_jax.train", f"--workdir={tmp_path / 'w'}",
+                          f"--config={spec}"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    assert (out.returncode, out.stderr.strip().splitlines()) == (2, [message])
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_config_files_error_with_traceback_shows_it(tmp_path):
+    (tmp_path / "mine.py").write_text("import no_such_module\n")
+    out = subprocess.run([sys.executable, "-m", "cer_jax.train", f"--workdir={tmp_path / 'w'}",
+                          "--config=mine.py", "--traceback"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 1 and "Traceback" in out.stderr
+    assert "ModuleNotFoundError: No module named 'no_such_module'" in out.stderr
+
+
+def test_a_config_file_under_a_folder_with_a_colon_is_read(tmp_path):
+    """ml_collections reads `--config=FILE:ARG` up to the first colon: a config file in a
+    working directory such as /data/exp:2, or under sweeps/lr:3e-5/, was an OSError traceback
+    ('Configuration is not available ... /data/exp')."""
+    own = OWN_CONFIG.format(params="arg=None",
+                            body="    config.training.num_steps = 7 if arg else 5\n")
+    folder = tmp_path / "exp:2"
+    (folder / "lr:3").mkdir(parents=True)
+    (folder / "mine.py").write_text(own)
+    (folder / "lr:3" / "mine.py").write_text(own)
+    assert _parsed_config(folder, "--config=mine.py")["training"]["num_steps"] == 5
+    assert _parsed_config(tmp_path, "--config=exp:2/lr:3/mine.py:x")["training"]["num_steps"] == 7
 
 
 STOPPED_TOOL = """
