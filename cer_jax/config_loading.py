@@ -96,9 +96,16 @@ def resolve_config_path(path: str) -> str:
         packaged = _packaged_configs() / path.removeprefix(PACKAGED_PREFIX)
         if packaged.is_file():
             return os.fspath(packaged)
+    installed = sorted(PACKAGED_PREFIX + entry.name for entry in _packaged_configs().iterdir()
+                       if entry.name.endswith(".py") and not entry.name.startswith("_"))
+    # `vit.py` alone, `configs/vit` or `configs/resnet.py` meant an installed one.
+    stems = {os.path.splitext(name)[0].removeprefix(PACKAGED_PREFIX): name for name in installed}
+    stem = os.path.splitext(os.path.basename(path))[0]
+    close = [stems[s] for s in difflib.get_close_matches(stem, stems, n=1, cutoff=0.8)
+             if os.path.dirname(path) in ("", PACKAGED_PREFIX.rstrip("/"))]
     raise ConfigFileError(
-        f"Config file {path!r} not found in {os.getcwd()} nor among the installed configs; "
-        "pass e.g. 'configs/vit.py' or 'configs/vit.py:smoke'."
+        f"Config file {path!r} not found in {os.getcwd()} nor among the installed configs "
+        f"({', '.join(installed)}){f'; did you mean {close[0]!r}?' if close else '.'}"
     )
 
 

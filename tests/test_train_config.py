@@ -56,6 +56,24 @@ def test_load_config_falls_back_to_the_installed_configs(tmp_path, monkeypatch):
         load_config("configs/nope.py")
 
 
+@pytest.mark.parametrize(("spec", "close"), [
+    ("configs/fussion.py", "configs/fusion.py"),  # was told to pass 'configs/vit.py' (fuse!)
+    ("vit.py:smoke", "configs/vit.py"),
+    ("configs/resnet.py", "configs/resnet50.py"),
+    ("mine.py", None),
+    ("/elsewhere/vit.py", None),  # a path of one's own: no installed file meant
+])
+def test_a_config_file_not_found_names_the_installed_ones(tmp_path, monkeypatch, spec, close):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigFileError) as raised:
+        load_config(spec)
+    path = spec.removesuffix(":smoke")
+    assert str(raised.value) == (
+        f"Config file {path!r} not found in {tmp_path} nor among the installed configs "
+        "(configs/fusion.py, configs/manet.py, configs/resnet50.py, configs/vit.py)"
+        + (f"; did you mean {close!r}?" if close else "."))
+
+
 def test_config_paths_from_a_source_checkout_and_the_home_folder(tmp_path, monkeypatch):
     """A checkout put on PYTHONPATH, not installed, has no cer_jax.configs package: its
     configs/ folder is the fallback. `--config=~/x.py` is not expanded by the shell."""
