@@ -159,6 +159,14 @@ def test_a_config_file_on_a_bucket_that_cannot_be_read_is_one_line(monkeypatch, 
     ("vit", "trainng.num_steps=5", "error: --config.trainng.num_steps=5: the config has no key "
                                    "'trainng'. Did you mean \"training\" instead of "
                                    "\"trainng\"?"),
+    # A word in a tuple of numbers (a letter O for a zero): was a TypeError traceback.
+    ("vit", "input.crop_scale=0.5,1.O", "error: config.input.crop_scale=(0.5, '1.O'): give "
+                                        "(min, max) fractions of the image area with 0 < min "
+                                        "<= max <= 1."),
+    ("resnet50", "input.color_jitter=0.4,0.4,0.4,O.1", "error: config.input.color_jitter=(0.4, "
+                                                       "0.4, 0.4, 'O.1'): brightness, contrast "
+                                                       "and saturation must be >= 0 and hue in "
+                                                       "[0, 0.5] (torchvision)."),
     # Checked without weights too: a typo would otherwise surface only with them.
     ("manet", "init.manet_code_version=2022", "error: Unknown MA-Net code version '2022' (config "
                                               "key init.manet_code_version)"),

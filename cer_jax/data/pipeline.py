@@ -109,7 +109,8 @@ def check_input_config(cfg: ml_collections.ConfigDict) -> None:
         "give (brightness, contrast, saturation, hue), e.g. (0.5, 0.5, 0.5, 0.1), or None.",
     )
     need(
-        cfg.color_jitter is None or (all(v >= 0 for v in cfg.color_jitter[:3])
+        cfg.color_jitter is None or (_numbers(cfg.color_jitter)
+                                     and all(v >= 0 for v in cfg.color_jitter[:3])
                                      and 0 <= cfg.color_jitter[3] <= 0.5),
         "color_jitter",
         "brightness, contrast and saturation must be >= 0 and hue in [0, 0.5] (torchvision).",
@@ -142,10 +143,17 @@ def check_input_config(cfg: ml_collections.ConfigDict) -> None:
                    ("random_erasing.ratio", cfg.random_erasing.ratio, None, "aspect ratios")]
     for key, pair, upper, what in ranges:
         pair = tuple(pair)
-        if not (len(pair) == 2 and 0 < pair[0] <= pair[1] <= (upper or float("inf"))):
+        if not (len(pair) == 2 and _numbers(pair)
+                and 0 < pair[0] <= pair[1] <= (upper or float("inf"))):
             bound = f" <= {upper}" if upper else ""
             raise DataConfigError(f"config.input.{key}={pair!r}: give (min, max) {what} "
                                   f"with 0 < min <= max{bound}.")
+
+
+def _numbers(values) -> bool:
+    """Whether every value is a number: a word in a tuple override (`0.5,1.O`: a letter O) was
+    a TypeError traceback from the comparisons."""
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
 def get_dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
