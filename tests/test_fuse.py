@@ -730,7 +730,15 @@ def test_bad_config_values_are_named(three_members, tmp_path):
                            "split that choose the best strategy)."),
     ("feature_mlp.learning_rate", 0.0, "config key feature_mlp.learning_rate=0.0 must be > 0."),
     ("feature_mlp.hidden_sizes", (256, 0), "config key feature_mlp.hidden_sizes=(256, 0) must be "
-                                           "a list of sizes >= 1."),
+                                           "a list of whole sizes >= 1."),
+    # A word among the numbers (--config.feature_mlp.hidden_sizes=256,l28, a letter l): was the
+    # comparison's TypeError traceback.
+    ("feature_mlp.hidden_sizes", (256, "l28"), "config key feature_mlp.hidden_sizes=(256, 'l28') "
+                                               "must be a list of whole sizes >= 1."),
+    ("stacking.inverse_regularisation", (0.1, "l0"), "config key "
+                                                     "stacking.inverse_regularisation=(0.1, "
+                                                     "'l0') must be a non-empty list of values "
+                                                     "> 0."),
     ("stacking.inverse_regularisation", (), "config key stacking.inverse_regularisation=() must "
                                             "be a non-empty list of values > 0."),
     ("optimised_weights.refine_rounds", 5, "config key optimised_weights.refine_rounds=5 must be "

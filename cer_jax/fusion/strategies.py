@@ -186,7 +186,8 @@ _OPTION_RANGES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "seed": _SEED,
     },
     "feature_mlp": {
-        "hidden_sizes": ((lambda v: all(h >= 1 for h in v)), "a list of sizes >= 1"),
+        "hidden_sizes": ((lambda v: all(isinstance(h, int) and h >= 1 for h in v)),
+                         "a list of whole sizes >= 1"),
         "weight_decay": _at_least(0),
         "learning_rate": _positive(),
         "batch_size": _at_least(1),
@@ -195,6 +196,15 @@ _OPTION_RANGES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "seed": _SEED,
     },
 }
+
+
+def _accepts(accepts: Callable[[Any], bool], value: Any) -> bool:
+    """A word where a number goes (`--config.feature_mlp.hidden_sizes=256,l28`) is refused
+    with the range: it was the comparison's TypeError traceback."""
+    try:
+        return bool(accepts(value))
+    except TypeError:
+        return False
 
 
 def check_options(name: str, options: dict[str, Any], num_members: int | None = None) -> None:
@@ -206,7 +216,7 @@ def check_options(name: str, options: dict[str, Any], num_members: int | None = 
     elif name == "optimised_weights" and "grid_step" in options:
         _check_grid_step(options["grid_step"])
     for key, (accepts, allowed) in _OPTION_RANGES.get(name, {}).items():
-        if key in options and not accepts(options[key]):
+        if key in options and not _accepts(accepts, options[key]):
             raise ValueError(f"config key {name}.{key}={options[key]!r} must be {allowed}.")
     if name == "optimised_weights" and num_members is not None:
         defaults = inspect.signature(optimised_weights).parameters
