@@ -141,6 +141,8 @@ def test_a_config_file_on_a_bucket_that_cannot_be_read_is_one_line(monkeypatch, 
     ("resnet50", "model.name=vgg", "error: Unknown model 'vgg' (config key model.name)"),
     ("vit", "model.variant=Z/99", "error: Unknown ViT variant 'Z/99' (config key model.variant)"),
     ("resnet50", "model.depth=51", "error: Unknown ResNet depth 51 (config key model.depth)"),
+    ("resnet50", "model.width=0", "error: ResNet width (config key model.width) is 0; use a "
+                                  "whole number >= 1 (64 in ResNet-50, 16 in the smoke config)."),
     ("vit", "model.dtype=float16x", "error: model.dtype='float16x' is not a floating-point type: "
                                     "use float32, or bfloat16 for mixed precision on TPU / GPU."),
     # Was accepted, with no loss scaling: gradients underflow in real training.

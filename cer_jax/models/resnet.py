@@ -147,6 +147,10 @@ class ResNet(nnx.Module):
                 f"Unknown ResNet depth {depth} (config key model.depth); "
                 f"choose one of {sorted(STAGE_SIZES)}."
             )
+        if width < 1:  # was a ZeroDivisionError / shape traceback from the initialisers
+            raise ModelConfigError(
+                f"ResNet width (config key model.width) is {width}; use a whole number >= 1 "
+                "(64 in ResNet-50, 16 in the smoke config).")
         block_cls = Bottleneck if depth in BOTTLENECK_DEPTHS else BasicBlock
         self.conv1 = nnx.Conv(
             3, width, (7, 7), 2, padding=((3, 3), (3, 3)), use_bias=False, dtype=dtype,
