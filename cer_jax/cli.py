@@ -351,8 +351,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
         sys.argv = [sys.argv[0], *argv[1:]] if none_keys else sys.argv
     try:
         rest = parse_flags_with_help(argv)
-    except (AttributeError, KeyError) as e:
-        _exit_if_misspelt_key(e, argv)
+    except (AttributeError, KeyError, ValueError) as e:
+        if not isinstance(e, ValueError):
+            _exit_if_misspelt_key(e, argv)
+        _exit_if_key_path_breaks(argv)
         raise
     if "config" in FLAGS:
         _refuse_partial_sections(argv)
@@ -370,8 +372,10 @@ def define_config_file(name: str, default: str | None, help_text: str, **kwargs)
     `--config.KEY=...` was a traceback there, before `run`; it is the same one line here."""
     try:
         return config_flags.DEFINE_config_file(name, default, help_text, **kwargs)
-    except (AttributeError, KeyError) as e:
-        _exit_if_misspelt_key(e, sys.argv, default)
+    except (AttributeError, KeyError, ValueError) as e:
+        if not isinstance(e, ValueError):
+            _exit_if_misspelt_key(e, sys.argv, default)
+        _exit_if_key_path_breaks(sys.argv, default)
         raise
 
 
@@ -392,16 +396,53 @@ def _exit_if_misspelt_key(error: BaseException, argv: Sequence[str],
     _exit_with(f"{overrides[0]}: the config has no key {missing!r}. {hint}".rstrip())
 
 
-def _section_keys(argv: Sequence[str], section: list[str], default_config: str | None) -> str:
-    """'Its keys under model: depth, dtype, name, width.' for the config file that argv's
-    --config names, or "" where it cannot be read."""
+def _exit_if_key_path_breaks(argv: Sequence[str], default_config: str | None = None) -> None:
+    """One line for a `--config.KEY=...` whose KEY has an empty part (`--config.optimizer.=1`,
+    a shell variable left unset) or goes on below a single value (`--config.optimizer.lr.x=1`):
+    ml_collections' ValueError / KeyError traceback. Returns for any other error."""
+    if "--traceback" in argv:
+        return
+    config = _config_of(argv, default_config)
+    words = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+    for word in words:
+        name = word.split("=", 1)[0]
+        if not name.startswith("--config."):
+            continue
+        key = name.removeprefix("--config.")
+        parts = key.split(".")
+        if not all(parts):
+            _exit_with(f"{word}: the key {key!r} has an empty part; name each part, e.g. "
+                       "--config.SECTION.KEY=VALUE (a shell variable left unset?).")
+        node = config
+        for depth, part in enumerate(parts):
+            if node is None or part not in node:
+                break  # a missing key: _exit_if_misspelt_key's line
+            node = node[part]
+            below = ".".join(parts[:depth + 1])
+            if depth + 1 < len(parts) and not isinstance(node, ml_collections.ConfigDict):
+                _exit_with(f"{word}: {below} is one value ({node!r} in the config), not a "
+                           f"section with keys; set it with --config.{below}=VALUE.")
+
+
+def _config_of(argv: Sequence[str], default_config: str | None) -> ml_collections.ConfigDict | None:
+    """The config of the file argv's --config names (or `default_config`), None where it
+    cannot be read."""
     spec = default_config
     for i, arg in enumerate(argv):
         name, sep, value = arg.partition("=")
         if name in ("--config", "-config"):
             spec = value if sep else (argv[i + 1] if i + 1 < len(argv) else None)
     try:
-        node = config_loading.load_config(spec)
+        return config_loading.load_config(spec)
+    except Exception:  # noqa: BLE001 - only for a better line: the error stands without it
+        return None
+
+
+def _section_keys(argv: Sequence[str], section: list[str], default_config: str | None) -> str:
+    """'Its keys under model: depth, dtype, name, width.' for the config file that argv's
+    --config names, or "" where it cannot be read."""
+    node = _config_of(argv, default_config)
+    try:
         for part in section:
             node = node[part]
         keys = list(node.keys())

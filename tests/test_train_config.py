@@ -826,6 +826,14 @@ def test_incomplete_multi_process_flags_stop_with_one_line(tmp_path, tool, flags
                                   "section of the config, not one value; override its keys one "
                                   "by one (--config.input.affine.KEY=VALUE). Its keys under "
                                   "input.affine: degrees, prob, scale, shear, translate."),
+    # ml_collections' ValueError ('Could not parse ...') and KeyError ('Attribute <class
+    # 'float'>.x does not exist ...') tracebacks, status 1.
+    ("optimizer.=5", "error: --config.optimizer.=5: the key 'optimizer.' has an empty part; name "
+                     "each part, e.g. --config.SECTION.KEY=VALUE (a shell variable left "
+                     "unset?)."),
+    ("optimizer.lr.head=5", "error: --config.optimizer.lr.head=5: optimizer.lr is one value "
+                            "(0.001 in the config), not a section with keys; set it with "
+                            "--config.optimizer.lr=VALUE."),
 ])
 def test_an_override_of_the_wrong_type_is_one_line(tmp_path, override, message):
     """Was absl's two lines with Python's conversion error ("invalid literal for int() with base
@@ -834,6 +842,18 @@ def test_an_override_of_the_wrong_type_is_one_line(tmp_path, override, message):
                           "--config=configs/vit.py:smoke", f"--config.{override}"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert (out.returncode, out.stderr.strip().splitlines()) == (2, [message])
+
+
+def test_a_fusion_override_below_a_value_is_one_line(tmp_path):
+    """fuse's config is its default file, loaded (with the overrides) when the flag is defined:
+    the same line there."""
+    out = subprocess.run([sys.executable, "-m", "cer_jax.fuse", f"--out={tmp_path / 'f'}",
+                          "--workdirs=a,b", "--config.stacking.seed.x=1"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert (out.returncode, out.stderr.strip().splitlines()) == (2, [
+        "error: --config.stacking.seed.x=1: stacking.seed is one value (0 in the config), not a "
+        "section with keys; set it with --config.stacking.seed=VALUE."])
+    assert not (tmp_path / "f").exists()
 
 
 def test_a_dict_literal_with_every_key_of_a_section_still_overrides_it(tmp_path):
