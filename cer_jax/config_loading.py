@@ -57,9 +57,7 @@ def _local_copy(path: str) -> str:
                 f"Config file {path!r} not found; check the path and your access.")
         text = remote.read_bytes()
     except paths.io_errors() as e:  # no network, no credentials: was the backend's traceback
-        raise ConfigFileError(
-            f"Config file {path!r} cannot be read ({paths.error_reason(e)}); check the path, "
-            "the network and your access (gcloud auth application-default login).") from e
+        raise ConfigFileError(f"{paths.cannot_read(f'Config file {path!r}', path, e)}.") from e
     return _copy(text, remote.name)
 
 

@@ -133,8 +133,8 @@ def test_a_config_file_on_a_bucket_that_cannot_be_read_is_one_line(monkeypatch, 
     with pytest.raises(ConfigFileError) as raised:
         load_config("gs://b/vit.py:smoke")
     assert str(raised.value) == (
-        f"Config file 'gs://b/vit.py' cannot be read ({reason}); check the path, the network "
-        "and your access (gcloud auth application-default login).")
+        f"Config file 'gs://b/vit.py' cannot be read ({reason}): check the path, and this "
+        "machine's access to its bucket (gcloud auth application-default login).")
 
 
 @pytest.mark.parametrize(("config", "override", "message"), [
