@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from collections.abc import Iterator
 from typing import Any
 
@@ -153,7 +154,7 @@ def check_input_config(cfg: ml_collections.ConfigDict) -> None:
 def _numbers(values) -> bool:
     """Whether every value is a number: a word in a tuple override (`0.5,1.O`: a letter O) was
     a TypeError traceback from the comparisons."""
-    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    return all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values)
 
 
 def get_dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:

@@ -14,6 +14,7 @@ import dataclasses
 import inspect
 import itertools
 import math
+import numbers
 import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -186,7 +187,7 @@ _OPTION_RANGES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "seed": _SEED,
     },
     "feature_mlp": {
-        "hidden_sizes": ((lambda v: all(isinstance(h, int) and h >= 1 for h in v)),
+        "hidden_sizes": ((lambda v: all(isinstance(h, numbers.Integral) and h >= 1 for h in v)),
                          "a list of whole sizes >= 1"),
         "weight_decay": _at_least(0),
         "learning_rate": _positive(),
