@@ -1000,3 +1000,17 @@ def test_an_image_taken_out_of_an_uncached_folder_during_training_is_one_line(tm
     assert str(e.value) == (
         f"{root / 'train' / 'c' / '1.png'}: not found (split 'train'): it was there when the "
         "run began. Put it back (a new run reads the data as they are then).")
+
+
+def test_numpy_numbers_in_a_config_files_tuples_pass_the_number_checks():
+    """A config file may build its tuples with numpy: the check that refuses a word among the
+    numbers (`0.5,1.O`) must still take np.float32 and np.int64."""
+    from cer_jax.config_loading import load_config
+    from cer_jax.fusion import strategies
+
+    config = load_config("configs/vit.py")
+    config.input.crop_scale = (np.float32(0.08), np.float64(1.0))
+    pipeline.check_input_config(config.input)
+    strategies.check_options("feature_mlp", {"hidden_sizes": (np.int64(256),)})
+    with pytest.raises(ValueError):
+        strategies.check_options("feature_mlp", {"hidden_sizes": (np.float64(2.5),)})
