@@ -470,11 +470,23 @@ def test_tpu_refuses_local_workdirs_and_missing_bucket(env):
                    "'/home/me/tensorflow_datasets'); unset it for the one under BUCKET\n")
 
 
+_START = "start it (gcloud compute tpus tpu-vm start cer-jax --zone=us-central2-b), then run again"
+
+
 @pytest.mark.parametrize("state,created,error", [
-    ("", True, None), ("READY", False, None), ("PREEMPTED", False, "TPU cer-jax is PREEMPTED")])
+    ("", True, None), ("READY", False, None),
+    ("PREEMPTED", False, "launch/tpu.sh delete, then run again"),
+    # On its way back, or stopped: it was told `launch/tpu.sh delete`, as a preempted one is,
+    # and a slice that took days to get was given up for a wait or a start.
+    ("REPAIRING", False, "run again when it is READY (no need to delete it)"),
+    ("RESTARTING", False, "run again when it is READY (no need to delete it)"),
+    ("STOPPED", False, _START),
+    ("STOPPING", False, f"once it is STOPPED, {_START}"),
+])
 def test_tpu_create_runs_again_over_an_existing_tpu(env, tmp_path, state, created, error):
     """`all` runs again after a dropped connection: a READY TPU is kept, not created again
-    (which gcloud refuses: the run would stop before resuming); a preempted one is named."""
+    (which gcloud refuses: the run would stop before resuming); one in another state is named
+    with its fix."""
     log = tmp_path / "gcloud.log"
     rec_bin = tmp_path / "gcloud_bin"
     rec_bin.mkdir()
@@ -487,34 +499,10 @@ def test_tpu_create_runs_again_over_an_existing_tpu(env, tmp_path, state, create
     calls = [line.split()[3] for line in log.read_text().splitlines()]
     assert calls == (["describe", "create"] if created else ["describe"])
     if error:
-        assert proc.returncode == 2
-        assert proc.stderr == f"tpu.sh: error: {error}: launch/tpu.sh delete, then run again\n"
+        assert (proc.returncode, proc.stdout) == (2, "")
+        assert proc.stderr == f"tpu.sh: error: TPU cer-jax is {state}: {error}\n"
     else:
         assert proc.returncode == 0, proc.stderr
-
-
-@pytest.mark.parametrize("state,fix", [
-    ("REPAIRING", "run again when it is READY (no need to delete it)"),
-    ("RESTARTING", "run again when it is READY (no need to delete it)"),
-    ("STOPPED", "start it (gcloud compute tpus tpu-vm start cer-jax --zone=us-central2-b), then "
-     "run again"),
-    ("STOPPING", "once it is STOPPED, start it (gcloud compute tpus tpu-vm start cer-jax "
-     "--zone=us-central2-b), then run again"),
-])
-def test_tpu_create_keeps_a_tpu_that_is_only_on_its_way_back(env, tmp_path, state, fix):
-    """A TPU being repaired or restarted, or a stopped one, was told `launch/tpu.sh delete`, as
-    a preempted one is: a slice that took days to get was given up for a wait or a start."""
-    log = tmp_path / "gcloud.log"
-    rec_bin = tmp_path / "gcloud_bin"
-    rec_bin.mkdir()
-    _stub(rec_bin / "gcloud", f'echo "$*" >> {shlex.quote(str(log))}\n'
-          'if [ "$4" = describe ]; then echo "$STATE"; fi\n')
-    proc = subprocess.run(["bash", str(LAUNCH / "tpu.sh"), "create"], capture_output=True,
-                          text=True, timeout=30,
-                          env={**env, "PATH": f"{rec_bin}:/usr/bin:/bin", "STATE": state})
-    assert (proc.returncode, proc.stdout) == (2, "")
-    assert proc.stderr == f"tpu.sh: error: TPU cer-jax is {state}: {fix}\n"
-    assert [line.split()[3] for line in log.read_text().splitlines()] == ["describe"]
 
 
 @pytest.mark.parametrize("queued,state", [("0", "READY"), ("1", "ACTIVE"),
