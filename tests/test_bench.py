@@ -223,6 +223,30 @@ def test_goal_lines_name_the_part_that_dominates_a_missed_goal():
     assert report.goal_lines([step_bound], "cpu") == ""  # the goals are for accelerators
 
 
+def test_a_run_on_several_devices_is_not_judged_against_the_one_chip_goals(monkeypatch):
+    """The goals are for one chip: on an 8-chip host (a TPU v5e-8 VM, 8 GPUs) the benchmark
+    runs data-parallel on all of them, and its img/s "met" a goal no single chip met."""
+    eight_chips = _member("vit:B/16", blocked=12000.0, pipelined=12000.0)
+    line = report.goal_lines([eight_chips], "tpu", devices=8)
+    assert "meets" not in line and "misses" not in line
+    assert line == ("vit:B/16: 12000 img/s on 8 devices; the 4000 img/s goal is for one chip: "
+                    "not judged (run on one device to judge it, e.g. with "
+                    "CUDA_VISIBLE_DEVICES=0)")
+    member = {**eight_chips, "compile_train_s": 10.0, "compile_eval_s": 5.0,
+              "eval_images_per_s_pipelined": 30000.0, "num_epochs": 30.0,
+              "recipe_batch_size": 96}
+    estimate = ensemble_time.ensemble_estimate([member])
+    assert "meets the 15-minute goal" in report.ensemble_lines([member], estimate)
+    several = report.ensemble_lines([member], estimate, devices=8)
+    assert "meets" not in several and "on 8 devices; the 15-minute goal is for one chip" in several
+    # From the JSON: the machine's device count reaches both lines.
+    payload = {"machine": {"backend": "tpu", "device_count": 8}, "settings": {"models": "vit:B/16"},
+               "models": [], "failed": {}, "complete": True}
+    monkeypatch.setattr(report, "results_table", lambda results: "the table")
+    text = report.summary({**payload, "models": [member]})
+    assert "meets" not in text and text.count("not judged") == 2
+
+
 def _script(*args: str, tmp_path: pathlib.Path, **environ: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHON": sys.executable,
            "TMPDIR": str(tmp_path), **environ}  # --input draws its synthetic data in TMPDIR
