@@ -174,9 +174,41 @@ def test_input_bound_and_ensemble_estimate():
         "eval_s": (2 * (316 + 792) + 3954) / 2000.0, "total_s": 15.0 + 5.6 + 3.085})
     slow = estimate["members"]["slow input"]  # 2.5 x 28 = 70 steps, fed at 500 img/s
     assert (slow["steps"], slow["train_s"]) == (70, pytest.approx(70 * 100 / 500.0))
-    assert slow["eval_s"] == pytest.approx((2.5 * (316 + 792) + 3954) / 2000.0)
-    assert estimate["total_s"] == pytest.approx(23.685 + 15.0 + 14.0 + 3.362)
+    # Evaluated at steps 28, 56 and the last, 70: three evaluations, not 2.5.
+    assert slow["eval_s"] == pytest.approx((3 * (316 + 792) + 3954) / 2000.0)
+    assert estimate["total_s"] == pytest.approx(23.685 + 15.0 + 14.0 + 3.639)
     assert estimate["dominated_by"] == "compile"  # 30 s against 19.6 s training, 6.4 s eval
+
+
+def test_the_ensemble_estimate_counts_a_configs_num_steps_and_eval_every_steps():
+    """configs/vit.py:smoke trains training.num_steps=1000 steps and evaluates every 250: the
+    estimate took 1000 x 96 / 2,846 = 33.7 "epochs", so 979 steps and 33.7 evaluations."""
+    member = {"spec": "vit", "compile_train_s": 0.0, "compile_eval_s": 0.0,
+              "train_images_per_s_pipelined": 960.0, "eval_images_per_s_pipelined": 1000.0,
+              "num_epochs": 1000 * 96 / 2846, "recipe_batch_size": 96, "num_steps": 1000,
+              "eval_every_steps": 250}
+    m = ensemble_time.ensemble_estimate([member])["members"]["vit"]
+    assert (m["steps"], m["train_s"]) == (1000, pytest.approx(100.0))
+    assert m["eval_s"] == pytest.approx((4 * (316 + 792) + 3954) / 1000.0)
+    # An eval_every_steps alone (epochs as the recipe): every 100 of 30 x 29 = 870 steps, and
+    # the last one: 9 evaluations, not 30.
+    recipe = {**member, "num_epochs": 30.0, "num_steps": None, "eval_every_steps": 100}
+    m = ensemble_time.ensemble_estimate([recipe])["members"]["vit"]
+    assert m["steps"] == 870
+    assert m["eval_s"] == pytest.approx((9 * (316 + 792) + 3954) / 1000.0)
+
+
+def test_the_benchmark_json_carries_the_configs_num_steps_and_eval_every_steps(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cer_jax.bench", "--models=configs/vit.py:smoke,resnet:18",
+         "--image_size=32", "--batch_size=4", "--steps=1", "--warmup=0", f"--json={out}"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    smoke, recipe = json.loads(out.read_text())["models"]
+    assert (smoke["num_steps"], smoke["eval_every_steps"]) == (1000, 250)
+    assert (recipe["num_steps"], recipe["eval_every_steps"]) == (None, None)
+    assert "configs/vit.py:smoke: 1000 steps," in proc.stdout
 
 
 def test_an_ensemble_slowed_by_its_input_pipeline_names_the_input_as_its_largest_part():

@@ -5,9 +5,12 @@ train_fit ~2,846, validation ~316, test 792; shared/spec/datasets.md and the ~10
 hold-out of tfds_rafdb) costs
 
     compile (train + eval programs)
-  + epochs x (train_fit // batch) steps / train steps per s        (pipelined step rate, or the
-                                                                    input pipeline's if slower)
-  + epochs x (validation + test) images / eval images per s        (eval once per epoch)
+  + steps / train steps per s         (steps: training.num_steps, else epochs x (train_fit //
+                                       batch) rounded up, as the trainer counts them; pipelined
+                                       step rate, or the input pipeline's if slower)
+  + evaluations x (validation + test) images / eval images per s   (one every
+                                       training.eval_every_steps, else every epoch, and one
+                                       at the last step, as the trainer evaluates)
   + (train_fit + validation + test) images / eval images per s     (the final export)
 
 Not counted: process start, dataset preparation (once per machine), checkpoint writes (Orbax
@@ -17,21 +20,28 @@ saves asynchronously), host gaps of the eval loop's padding and gathering, and t
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 TRAIN_FIT, VALIDATION, TEST = 2846, 316, 792
 
 
-def member_seconds(result: dict[str, Any], *, num_epochs: float,
-                   global_batch_size: int) -> dict[str, float]:
+def member_seconds(result: dict[str, Any], *, num_epochs: float, global_batch_size: int,
+                   num_steps: int | None = None,
+                   eval_every_steps: int | None = None) -> dict[str, float]:
+    """`num_steps` / `eval_every_steps`: the config's training.num_steps (which wins over
+    `num_epochs`, as in the trainer) and training.eval_every_steps (None: every epoch)."""
     steps_per_epoch = TRAIN_FIT // global_batch_size
-    steps = int(num_epochs * steps_per_epoch + 0.999999)
+    steps = int(num_steps or math.ceil(round(num_epochs * steps_per_epoch, 9)))
+    eval_every = eval_every_steps or steps_per_epoch
+    evaluations = math.ceil(steps / eval_every)  # each boundary, and the last step
     train_rate = result.get("training_images_per_s") or result["train_images_per_s_pipelined"]
     eval_rate = result["eval_images_per_s_pipelined"]
     parts = {
         "compile_s": result["compile_train_s"] + result["compile_eval_s"],
         "train_s": steps * global_batch_size / train_rate,
-        "eval_s": (num_epochs * (VALIDATION + TEST) + TRAIN_FIT + VALIDATION + TEST) / eval_rate,
+        "eval_s": (evaluations * (VALIDATION + TEST) + TRAIN_FIT + VALIDATION + TEST)
+        / eval_rate,
     }
     parts["total_s"] = sum(parts.values())
     parts["steps"] = steps
@@ -42,7 +52,9 @@ def ensemble_estimate(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Per member (by result "spec") and in total; each result carries its recipe's
     "num_epochs" and "recipe_batch_size" (measured at the benchmark's batch size)."""
     members = {r["spec"]: member_seconds(r, num_epochs=r["num_epochs"],
-                                         global_batch_size=r["recipe_batch_size"])
+                                         global_batch_size=r["recipe_batch_size"],
+                                         num_steps=r.get("num_steps"),
+                                         eval_every_steps=r.get("eval_every_steps"))
                for r in results}
     total = sum(m["total_s"] for m in members.values())
     # The largest part: compile, train, eval, or input where a member's training runs at the

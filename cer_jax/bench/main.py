@@ -224,6 +224,10 @@ def time_model(setup, mesh) -> dict[str, Any]:
         setup.config.training.num_steps * setup.config.training.global_batch_size
         / ensemble_time.TRAIN_FIT)
     r["recipe_batch_size"] = int(setup.config.training.global_batch_size)
+    # The run's length and evaluation cadence where the config sets them (the smoke variants,
+    # a user's config): the estimate counted epochs only.
+    r["num_steps"] = int(setup.config.training.get("num_steps") or 0) or None
+    r["eval_every_steps"] = int(setup.config.training.get("eval_every_steps") or 0) or None
     if profile_dir:
         r["profile_dir"] = profile_dir
     if FLAGS.input:
