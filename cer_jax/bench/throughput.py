@@ -143,7 +143,8 @@ def compile_timed(jitted, *args) -> tuple[Any, float]:
 
 def time_steps(step: Callable[[], Any], *, warmup: int, steps_: int,
                reference: Callable[[], Any] | None = None) -> dict[str, float]:
-    """Median seconds of `steps_` blocked calls after `warmup`, and the mean of as many
+    """Median seconds of `steps_` blocked calls after `warmup` (and of the host's part of each:
+    until the call returned, the step queued), and the mean of as many
     back-to-back calls blocked once at the end (host dispatch overlapping device work), with
     this process's page faults and kernel CPU seconds per call over those (on CPU, what a step
     pays the kernel for fresh memory: `cer_jax.huge_pages`).
@@ -154,9 +155,14 @@ def time_steps(step: Callable[[], Any], *, warmup: int, steps_: int,
     steps of a pair alike. The untimed step absorbs the cost of the switch: the first JAX step
     after PyTorch's ran up to 25 % slower on the 2-core CPU, while the allocators re-warm.
     """
-    def timed(fn):
+    dispatch_times = []
+
+    def timed(fn, dispatches=None):
         start = time.perf_counter()
-        jax.block_until_ready(fn())
+        out = fn()
+        if dispatches is not None:  # the call returns once the step is queued (async dispatch)
+            dispatches.append(time.perf_counter() - start)
+        jax.block_until_ready(out)
         return time.perf_counter() - start
 
     for _ in range(warmup):
@@ -167,7 +173,7 @@ def time_steps(step: Callable[[], Any], *, warmup: int, steps_: int,
     for _ in range(steps_):
         if reference is not None:
             jax.block_until_ready(step())
-        times.append(timed(step))
+        times.append(timed(step, dispatch_times))
         if reference is not None:
             reference()
             reference_times.append(timed(reference))
@@ -180,7 +186,7 @@ def time_steps(step: Callable[[], Any], *, warmup: int, steps_: int,
     pipelined = (time.perf_counter() - start) / steps_
     after = resource.getrusage(resource.RUSAGE_SELF)
     result = {"median_s": statistics.median(times), "min_s": min(times),
-              "pipelined_s": pipelined,
+              "pipelined_s": pipelined, "dispatch_s": statistics.median(dispatch_times),
               "page_faults_per_step": (after.ru_minflt - usage.ru_minflt) / steps_,
               "kernel_s_per_step": (after.ru_stime - usage.ru_stime) / steps_}
     if reference is not None:
@@ -260,7 +266,7 @@ def bench_model(setup: Setup, mesh, *, steps_: int, warmup: int,
         "train_images_per_s_pipelined": b / train_t["pipelined_s"],
         "eval_images_per_s_pipelined": b / eval_t["pipelined_s"],
         **{f"{part}_{key}": t[key] for part, t in (("train", train_t), ("eval", eval_t))
-           for key in ("page_faults_per_step", "kernel_s_per_step")},
+           for key in ("page_faults_per_step", "kernel_s_per_step", "dispatch_s")},
         "train_flops_per_image": train_flops, "eval_flops_per_image": eval_flops,
         **memory_figures(train_c, peak_before),
     }
