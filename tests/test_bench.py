@@ -149,6 +149,9 @@ def test_peak_table_lookup():
     # The NVL cards are rated below the SXM ones and not listed: no MFU rather than a wrong one.
     assert peaks.peak_flops("NVIDIA H100 NVL", "bfloat16") is None
     assert peaks.peak_flops("NVIDIA H200 NVL", "float32") is None
+    # A MIG slice (CUDA's name for it) has a fraction of the chip: no MFU against the chip's.
+    assert peaks.peak_flops("NVIDIA H100 80GB HBM3 MIG 1g.10gb", "bfloat16") is None
+    assert peaks.peak_flops("NVIDIA A100-SXM4-40GB MIG 3g.20gb", "float32") is None
     assert peaks.lookup("NVIDIA GH200 480GB").name == "GH200"
     assert peaks.lookup("NVIDIA A100 80GB PCIe").name == "A100"
     assert peaks.lookup("TPU v6 lite").name == "TPU v6e"

@@ -18,8 +18,9 @@ are the vendors' dense (no structured sparsity) figures for one chip:
   https://resources.nvidia.com/en-us-tensor-core/nvidia-tensor-core-gpu-datasheet);
   H200 SXM 989 / 495 (NVIDIA H200 Tensor Core GPU data sheet,
   https://www.nvidia.com/en-us/data-center/h200/); the GH200's GPU has the H200 SXM's figures.
-  The NVL cards (H100 NVL, H200 NVL: lower clocks, lower peaks) are not listed: no MFU is
-  printed for them rather than one against the SXM peak.
+  The NVL cards (H100 NVL, H200 NVL: lower clocks, lower peaks) and MIG slices of any card
+  (a fraction of its SMs) are not listed: no MFU is printed for them rather than one against
+  the whole SXM chip's peak.
   float32 MFU on these GPUs is taken against the TF32 peak because XLA:GPU runs float32 dots
   and convolutions on TF32 tensor cores at JAX's default precision.
 
@@ -50,6 +51,9 @@ H200_SHEET = "NVIDIA H200 data sheet (dense)"
 # (substring of jax.Device.device_kind, lower case) -> peak. First match wins, so more specific
 # names come first ("tpu v5 lite" before "tpu v5", "h100 pcie" before "h100").
 PEAKS: tuple[tuple[str, Peak | None], ...] = (
+    # A MIG slice ("NVIDIA H100 80GB HBM3 MIG 1g.10gb") has a fraction of the chip's SMs: no
+    # MFU rather than one against the whole chip's peak (up to 7x too low).
+    (" mig", None),
     ("tpu v4", Peak("TPU v4", 275 * T, 275 * T, TPU_DOCS + "v4")),
     ("tpu v5 lite", Peak("TPU v5e", 197 * T, 197 * T, TPU_DOCS + "v5e")),
     ("tpu v5e", Peak("TPU v5e", 197 * T, 197 * T, TPU_DOCS + "v5e")),
