@@ -80,6 +80,11 @@ run() {
   fi
 }
 
+# One GPU, as the goals are for one chip: on a host with several, JAX took them all
+# (data-parallel) and the figures were several chips' worth. CUDA_VISIBLE_DEVICES set by the
+# caller (empty too) is kept; a TPU host's chips are all used (cer_jax.bench says so).
+export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES-0}"
+
 torch_flag=()
 # The PyTorch reference only where it runs on the same GPU (CUDA build of torch installed),
 # probed as the benchmark runs it: JAX's backend first, then PyTorch in the same process (a
@@ -115,6 +120,7 @@ if [[ "$dry_run" -eq 0 ]]; then
   mkdir -p "$out"
   {
     date -u
+    echo "CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES"
     "$python" -c "import jax; print(jax.devices()); print('JAX backend:', jax.default_backend())" \
       || true  # the check below says so in one line
     "$python" - <<'PY'

@@ -895,6 +895,20 @@ def test_accelerator_script_stops_at_once_when_jax_fell_back_to_the_cpu(tmp_path
     assert not (out / "bench.json").exists() and (out / "machine.txt").exists()
 
 
+@pytest.mark.parametrize("given, used", [(None, "0"), ("2,3", "2,3")])
+def test_accelerator_script_times_one_gpu_of_several(tmp_path, monkeypatch, given, used):
+    """The goals are for one chip: on an 8-GPU host JAX took all eight (data-parallel) and the
+    script's figures were eight GPUs' worth. It now runs on the first GPU unless the caller
+    chose (CUDA_VISIBLE_DEVICES, kept as given), and machine.txt says which."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    if given is not None:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", given)
+    out = tmp_path / "out"
+    proc = _script("--out", str(out), "--no-torch", tmp_path=tmp_path, JAX_PLATFORMS="")
+    assert proc.returncode == 1, proc.stderr[-3000:]  # stops at the CPU backend (no GPU here)
+    assert f"CUDA_VISIBLE_DEVICES={used}\n" in (out / "machine.txt").read_text()
+
+
 def _timed(spec: str, batch: int) -> dict:
     """One model's figures as bench.json holds them (the fields the tables read)."""
     return {"spec": spec, "batch_size": batch, "recipe_batch_size": batch, "image_size": 224,
