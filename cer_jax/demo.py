@@ -21,15 +21,18 @@ settings finished and exported (`finished_member`); a member's checkpoints of ot
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import errno
 import glob
 import json
 import logging as std_logging
 import math
 import os
+import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import ml_collections
 from absl import flags, logging
@@ -273,6 +276,45 @@ def prepare_out(out: str) -> None:
         ) from e
 
 
+# How a full disk reads where no OSError carries its errno (Orbax's tensorstore, TensorFlow).
+_DISK_FULL_WORDS = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
+
+
+def disk_full(error: BaseException | None) -> tuple[str, str | None] | None:
+    """(the OS's words, the file when known) when `error`, or one it was raised from or while
+    handling, says the disk is full; else None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return os.strerror(error.errno), error.filename
+        for words in _DISK_FULL_WORDS:
+            if words in str(error):
+                file = re.search(r'"(/[^"]+)"', str(error))  # tensorstore quotes its file
+                return words, file and file.group(1)
+        error = error.__cause__ or error.__context__
+    return None
+
+
+@contextlib.contextmanager
+def full_disk_as_one_line(out: str) -> Iterator[None]:
+    """A disk that fills up midway (the synthetic drawing, a checkpoint, an export, the report)
+    was a traceback of whichever library wrote, at its end Orbax's RESOURCE_EXHAUSTED: the fix
+    is the user's, and the same command then resumes."""
+    try:
+        yield
+    except Exception as e:
+        full = None if isinstance(e, synthetic.OutputPathError) else disk_full(e)
+        if full is None:
+            raise
+        words, file = full
+        writing = f", writing {file}" if file else ""
+        raise synthetic.OutputPathError(
+            f"--out={out}: a write failed, the disk is full ({words}{writing}); free space "
+            "there, or give a new --out on a larger disk, and run the same command again: it "
+            "resumes where it stopped.") from e
+
+
 def run_demo(
     out: str,
     steps_scale: float = 1.0,
@@ -284,15 +326,22 @@ def run_demo(
 
     `models`: member names (keys of TRAIN_STEPS); each trains into `<out>/<member>`.
     """
-    from cer_jax import trainer
-    from cer_jax.data import pipeline
-    from cer_jax.fusion import report as report_lib
-
     synthetic.check_sizes("compound", num_train_images, num_test_images,  # before any drawing
                           keys=synthetic.FLAG_KEYS)
     synthetic.check_folder("out", out)  # as given: abspath would make gs://b/x ./gs:/b/x
     out = os.path.abspath(out)
     prepare_out(out)
+    with full_disk_as_one_line(out):
+        return _run_stages(out, steps_scale, models, num_train_images, num_test_images)
+
+
+def _run_stages(out: str, steps_scale: float, models: Sequence[str], num_train_images: int,
+                num_test_images: int) -> dict:
+    """run_demo's work, once --out is checked and marked."""
+    from cer_jax import trainer
+    from cer_jax.data import pipeline
+    from cer_jax.fusion import report as report_lib
+
     data_dir = os.path.join(out, "data")
     total = len(models) + 2
     start = time.perf_counter()

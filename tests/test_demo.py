@@ -7,6 +7,7 @@ end-to-end test on real trainer workdirs.
 """
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -291,6 +292,49 @@ def test_an_out_that_cannot_be_written_stops_the_demo_in_one_line():
         demo.run_demo(out, num_train_images=22, num_test_images=11)
     assert str(e.value).startswith(f"--out={out}: cannot write there (")
     assert str(e.value).endswith("); give a folder you can write.")
+
+
+def test_a_disk_that_fills_up_while_drawing_stops_the_demo_in_one_line(tmp_path, monkeypatch):
+    """Before: OSError's traceback from the drawing's JPEG write (a real 3 MB tmpfs as --out)."""
+    def full(root, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{root}/Image/original/1.jpg")
+
+    monkeypatch.setattr(synthetic, "write_tree", full)
+    out = str(tmp_path / "demo")
+    with pytest.raises(synthetic.OutputPathError) as e:
+        demo.run_demo(out, num_train_images=22, num_test_images=11)
+    assert str(e.value).startswith(
+        f"--out={out}: a write failed, the disk is full (No space left on device, writing {out}/")
+    assert str(e.value).endswith(
+        "/Image/original/1.jpg); free space there, or give a new --out on a larger disk, and "
+        "run the same command again: it resumes where it stopped.")
+
+
+def test_a_disk_that_fills_up_at_a_checkpoint_stops_the_demo_in_one_line(tmp_path,
+                                                                        monkeypatch):
+    """Before: Orbax's ValueError (RESOURCE_EXHAUSTED) at the end of a page of tracebacks, CLU's
+    failed TensorBoard flush among them (a real 10 MB tmpfs as --out); another error stays as
+    it was."""
+    from cer_jax.data import pipeline
+
+    out = str(tmp_path / "demo")
+    file = f"{out}/vit/checkpoints/7.orbax-checkpoint-tmp/default.orbax-checkpoint-tmp/m.ocdbt"
+    orbax = ValueError(f'RESOURCE_EXHAUSTED: Error writing local file "{file}": Failed to '
+                       "write 116 bytes to file 11: No space left on device "
+                       "[os_error_code='28']")
+    monkeypatch.setattr(pipeline, "get_dataset_info", lambda config: (_ for _ in ()).throw(orbax))
+    with pytest.raises(synthetic.OutputPathError) as e:
+        demo.run_demo(out, num_train_images=22, num_test_images=11)
+    assert str(e.value) == (
+        f"--out={out}: a write failed, the disk is full (No space left on device, writing "
+        f"{file}); free space there, or give a new --out on a larger disk, and run the same "
+        "command again: it resumes where it stopped.")
+    assert e.value.__cause__ is orbax
+    other = ValueError("another error")
+    monkeypatch.setattr(pipeline, "get_dataset_info", lambda config: (_ for _ in ()).throw(other))
+    with pytest.raises(ValueError) as e:
+        demo.run_demo(out, num_train_images=22, num_test_images=11)
+    assert e.value is other
 
 
 def test_a_member_stopped_by_sigterm_stops_the_demo_before_the_next(demo_run, monkeypatch):
