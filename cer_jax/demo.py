@@ -32,7 +32,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import ml_collections
 from absl import flags, logging
@@ -117,9 +117,24 @@ def train_steps(member: str, steps_scale: float) -> int:
     return max(2, round(TRAIN_STEPS[member] * steps_scale))
 
 
-def expected_seconds(models: Sequence[str], steps_scale: float) -> float:
-    """The run's length on the development machine's 2 CPU cores, from MEMBER_SECONDS."""
-    return OTHER_SECONDS + steps_scale * sum(MEMBER_SECONDS[m] for m in models)
+def expected_seconds(models: Sequence[str], steps_scale: float,
+                     done: Mapping[str, float] | None = None) -> float:
+    """The run's length on the development machine's 2 CPU cores, from MEMBER_SECONDS; `done`:
+    each member's part trained earlier (1: finished and skipped), which a rerun does not redo."""
+    done = done or {}
+    return OTHER_SECONDS + steps_scale * sum(MEMBER_SECONDS[m] * (1 - done.get(m, 0))
+                                             for m in models)
+
+
+def trained_part(config: ml_collections.ConfigDict, workdir: str) -> float:
+    """The part of `workdir`'s run (of `config`'s steps) that its checkpoints hold: 1 when
+    finished with a current export, else from its last save, which the trainer resumes."""
+    from cer_jax import checkpointing
+
+    if finished_member(config, workdir) is not None:
+        return 1.0
+    saved = checkpointing.latest_saved_step(workdir) or 0
+    return min(saved / config.training.num_steps, 0.99)  # still to export at least
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -352,11 +367,16 @@ def _run_stages(out: str, steps_scale: float, models: Sequence[str], num_train_i
 
     check_same_data(configs, out)
     check_same_settings(configs, out)
-    seconds = expected_seconds(models, steps_scale)
+    # A rerun's estimate: what is left (a finished demo only fuses again).
+    done = {member: trained_part(config, os.path.join(out, member))
+            for member, config in configs.items()}
+    seconds = expected_seconds(models, steps_scale, done)
     about = f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
-    print(f"The demo: {total} stages, about {about} on 2 CPU cores like the development "
-          "machine's (more cores or an accelerator: less). Stop it at any time (Ctrl-C); the "
-          "same command resumes, skipping finished members.", flush=True)
+    earlier = [member for member in models if done[member]]
+    resumed = f" (less what {', '.join(earlier)} trained here earlier)" if earlier else ""
+    print(f"The demo: {total} stages, about {about}{resumed} on 2 CPU cores like the "
+          "development machine's (more cores or an accelerator: less). Stop it at any time "
+          "(Ctrl-C); the same command resumes, skipping finished members.", flush=True)
     banner(1, total, f"Synthetic RAF-DB compound ({num_train_images} train / {num_test_images} "
                      f"test images): drawing and building into {data_dir}")
     info = pipeline.get_dataset_info(configs[models[0]])

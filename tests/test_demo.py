@@ -93,6 +93,10 @@ def test_a_rerun_skips_the_members_it_finished(demo_run, monkeypatch):
     with contextlib.redirect_stdout(printed):
         demo.run_demo(out, steps_scale=STEPS_SCALE, models=MODELS, num_train_images=80,
                       num_test_images=30)
+    # Before: the estimate of a first run (about 10 min at full size) for a rerun that only fuses.
+    assert printed.getvalue().startswith(
+        f"The demo: 5 stages, about {demo.OTHER_SECONDS} s (less what vit, manet, resnet50 "
+        "trained here earlier) on 2 CPU cores")
     for stage, member in enumerate(MODELS, start=2):
         assert (f"=== [{stage}/5] {member}: trained earlier in {os.path.join(out, member)} "
                 f"({STEPS} steps), skipped ===") in printed.getvalue()
@@ -105,6 +109,14 @@ def test_a_rerun_skips_the_members_it_finished(demo_run, monkeypatch):
                                 vit) is None
     assert demo.finished_member(demo.member_config("vit", os.path.join(out, "data"), STEPS_SCALE,
                                                    90, 30), vit) is None
+
+
+def test_the_estimate_leaves_out_the_part_trained_earlier(tmp_path):
+    """A member resumed from half its steps counts half; a finished one nothing."""
+    assert demo.expected_seconds(["vit", "manet"], 1.0, {"vit": 1.0, "manet": 0.5}) == (
+        demo.OTHER_SECONDS + demo.MEMBER_SECONDS["manet"] / 2)
+    config = demo.member_config("vit", str(tmp_path / "data"), 1.0, 80, 30)
+    assert demo.trained_part(config, str(tmp_path / "vit")) == 0  # no workdir yet
 
 
 def test_other_data_sizes_into_an_earlier_demo_stop_in_one_line(demo_run):
