@@ -32,7 +32,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cer_jax import config_loading, huge_pages
-from cer_jax.errors import Terminated, UserError
+from cer_jax.errors import Terminated, UserError, disk_full
 
 FLAGS = flags.FLAGS
 # The flags defined through this module's helpers belong to the tool that calls them (its
@@ -313,6 +313,15 @@ def run(main: Callable[[Sequence[str]], None],
                 raise
             by = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C"
             _exit_with(str(e) or f"stopped by {by}.", status=getattr(e, "exit_status", 130))
+        except Exception as e:  # a full disk: a page of the writing library's tracebacks
+            full = disk_full(e)
+            if full is None or FLAGS.traceback:
+                raise
+            words, file = full
+            _exit_with(f"a write failed, the disk is full ({words}"
+                       f"{f', writing {file}' if file else ''}); free space there, or use a "
+                       "larger disk, and run the same command again (cer_jax.train resumes "
+                       "from its last saved step).")
 
     app.run(guarded, argv=argv, flags_parser=_parse_flags)
 

@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import errno
 import glob
 import json
 import logging as std_logging
 import math
 import os
-import re
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -37,7 +35,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import ml_collections
 from absl import flags, logging
 
-from cer_jax import cli, paths, synthetic
+from cer_jax import cli, errors, paths, synthetic
 from cer_jax.config_loading import load_config
 from cer_jax.errors import Terminated
 from cer_jax.fusion import evaluator
@@ -291,26 +289,6 @@ def prepare_out(out: str) -> None:
         ) from e
 
 
-# How a full disk reads where no OSError carries its errno (Orbax's tensorstore, TensorFlow).
-_DISK_FULL_WORDS = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
-
-
-def disk_full(error: BaseException | None) -> tuple[str, str | None] | None:
-    """(the OS's words, the file when known) when `error`, or one it was raised from or while
-    handling, says the disk is full; else None."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            return os.strerror(error.errno), error.filename
-        for words in _DISK_FULL_WORDS:
-            if words in str(error):
-                file = re.search(r'"(/[^"]+)"', str(error))  # tensorstore quotes its file
-                return words, file and file.group(1)
-        error = error.__cause__ or error.__context__
-    return None
-
-
 @contextlib.contextmanager
 def full_disk_as_one_line(out: str) -> Iterator[None]:
     """A disk that fills up midway (the synthetic drawing, a checkpoint, an export, the report)
@@ -319,7 +297,7 @@ def full_disk_as_one_line(out: str) -> Iterator[None]:
     try:
         yield
     except Exception as e:
-        full = None if isinstance(e, synthetic.OutputPathError) else disk_full(e)
+        full = None if isinstance(e, synthetic.OutputPathError) else errors.disk_full(e)
         if full is None:
             raise
         words, file = full

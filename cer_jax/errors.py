@@ -1,10 +1,13 @@
 """The exceptions that command-line tools print as one line instead of a traceback.
 
 `UserError` is bad input (exit status 2). `Terminated` is a run that SIGTERM stopped (exit
-status 143). `cer_jax.cli` prints either as `error: <message>`; every other exception is a bug
-and keeps its traceback.
+status 143). `cer_jax.cli` prints either as `error: <message>`, and a full disk (`disk_full`) as
+one line too; every other exception is a bug and keeps its traceback.
 """
 
+import errno
+import os
+import re
 import signal
 
 
@@ -30,3 +33,23 @@ class Terminated(KeyboardInterrupt):
     0, so that what a launcher runs next (the next member, the fusion) does not start."""
 
     exit_status = 128 + signal.SIGTERM
+
+
+# How a full disk reads where no OSError carries its errno (Orbax's tensorstore, TensorFlow).
+_DISK_FULL_WORDS = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
+
+
+def disk_full(error: BaseException | None) -> tuple[str, str | None] | None:
+    """(the OS's words, the file when known) when `error`, or one it was raised from or while
+    handling, says the disk is full; else None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return os.strerror(error.errno), error.filename
+        for words in _DISK_FULL_WORDS:
+            if words in str(error):
+                file = re.search(r'"(/[^"]+)"', str(error))  # tensorstore quotes its file
+                return words, file and file.group(1)
+        error = error.__cause__ or error.__context__
+    return None

@@ -380,6 +380,52 @@ def test_a_stopped_tool_is_one_line_and_exit_status_128_plus_the_signal(argv, st
     assert "Traceback" not in out.stderr
 
 
+FULL_DISK_TOOL = """
+import errno, os, sys
+from cer_jax import cli
+
+def main(argv):
+    if argv[1:] == ["orbax"]:  # Orbax's async save on a full disk (a real 10 MB tmpfs)
+        try:
+            raise OSError(errno.EIO, "write")
+        except OSError:
+            raise ValueError('RESOURCE_EXHAUSTED: Error writing local file "/w/checkpoints/7.'
+                             'orbax-checkpoint-tmp/m.ocdbt": Failed to write 116 bytes to file '
+                             "11: No space left on device [os_error_code='28']")
+    if argv[1:] == ["summary"]:  # raised while handling the disk's OSError
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            raise RuntimeError("flush failed")
+    raise ValueError("another error")
+
+cli.run(main)
+"""
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["orbax"], "error: a write failed, the disk is full (No space left on device, writing "
+                "/w/checkpoints/7.orbax-checkpoint-tmp/m.ocdbt); free space there, or use a "
+                "larger disk, and run the same command again (cer_jax.train resumes from its "
+                "last saved step)."),
+    (["summary"], "error: a write failed, the disk is full (No space left on device); free "
+                  "space there, or use a larger disk, and run the same command again "
+                  "(cer_jax.train resumes from its last saved step)."),
+    ([], None),
+])
+def test_a_full_disk_is_one_line_in_every_tool_and_other_errors_keep_their_traceback(argv,
+                                                                                     message):
+    """Training on a disk that filled up was a page of Orbax's and CLU's tracebacks ending in
+    RESOURCE_EXHAUSTED (only the demo said it in one line)."""
+    out = subprocess.run([sys.executable, "-c", FULL_DISK_TOOL, *argv], capture_output=True,
+                         text=True, timeout=120, cwd=ROOT)
+    if message is None:
+        assert out.returncode == 1 and "Traceback" in out.stderr, out.stderr
+        assert out.stderr.strip().splitlines()[-1] == "ValueError: another error"
+        return
+    assert (out.returncode, out.stderr.strip().splitlines()) == (2, [message])
+
+
 def _expect_error(config, workdir, error, pattern):
     with pytest.raises(error, match=pattern):
         trainer.train_and_evaluate(config, str(workdir))
