@@ -169,19 +169,20 @@ def test_input_bound_and_ensemble_estimate():
               "num_epochs": 2.0, "recipe_batch_size": 100}
     # By hand from RAF-DB compound (spec/datasets.md): 3,162 train = 2,846 train_fit + 316
     # validation, 792 test. 2,846 // 100 = 28 steps an epoch; each epoch evaluates validation
-    # and test, and the final export evaluates all 3,954 images.
+    # and test, and the final export evaluates all three splits, each padded to whole batches
+    # of 100 as the trainer evaluates them: 400 + 800 images, and 2,900 + 400 + 800.
     input_bound = {**member, "spec": "slow input", "num_epochs": 2.5,
                    "training_images_per_s": 500.0}
     estimate = ensemble_time.ensemble_estimate([member, input_bound])
     assert estimate["members"]["m"] == pytest.approx({
         "compile_s": 15.0, "steps": 56, "train_s": 56 * 100 / 1000.0,
-        "eval_s": (2 * (316 + 792) + 3954) / 2000.0, "total_s": 15.0 + 5.6 + 3.085})
+        "eval_s": (2 * (400 + 800) + 4100) / 2000.0, "total_s": 15.0 + 5.6 + 3.25})
     slow = estimate["members"]["slow input"]  # 2.5 x 28 = 70 steps, fed at 500 img/s
     assert (slow["steps"], slow["train_s"]) == (70, pytest.approx(70 * 100 / 500.0))
     # Evaluated at steps 28, 56 and the last, 70: three evaluations, not 2.5.
-    assert slow["eval_s"] == pytest.approx((3 * (316 + 792) + 3954) / 2000.0)
-    assert estimate["total_s"] == pytest.approx(23.685 + 15.0 + 14.0 + 3.639)
-    assert estimate["dominated_by"] == "compile"  # 30 s against 19.6 s training, 6.4 s eval
+    assert slow["eval_s"] == pytest.approx((3 * (400 + 800) + 4100) / 2000.0)
+    assert estimate["total_s"] == pytest.approx(23.85 + 15.0 + 14.0 + 3.85)
+    assert estimate["dominated_by"] == "compile"  # 30 s against 19.6 s training, 7.1 s eval
 
 
 def test_the_ensemble_estimate_counts_a_configs_num_steps_and_eval_every_steps():
@@ -193,13 +194,14 @@ def test_the_ensemble_estimate_counts_a_configs_num_steps_and_eval_every_steps()
               "eval_every_steps": 250}
     m = ensemble_time.ensemble_estimate([member])["members"]["vit"]
     assert (m["steps"], m["train_s"]) == (1000, pytest.approx(100.0))
-    assert m["eval_s"] == pytest.approx((4 * (316 + 792) + 3954) / 1000.0)
+    # Padded to batches of 96: validation 4 x 96 = 384, test 9 x 96 = 864, train_fit 2,880.
+    assert m["eval_s"] == pytest.approx((4 * (384 + 864) + 2880 + 384 + 864) / 1000.0)
     # An eval_every_steps alone (epochs as the recipe): every 100 of 30 x 29 = 870 steps, and
     # the last one: 9 evaluations, not 30.
     recipe = {**member, "num_epochs": 30.0, "num_steps": None, "eval_every_steps": 100}
     m = ensemble_time.ensemble_estimate([recipe])["members"]["vit"]
     assert m["steps"] == 870
-    assert m["eval_s"] == pytest.approx((9 * (316 + 792) + 3954) / 1000.0)
+    assert m["eval_s"] == pytest.approx((9 * (384 + 864) + 2880 + 384 + 864) / 1000.0)
 
 
 def test_the_benchmark_json_carries_the_configs_num_steps_and_eval_every_steps(tmp_path):
