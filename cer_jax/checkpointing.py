@@ -4,6 +4,7 @@
     <workdir>/checkpoints/   the latest `checkpoint.keep` train states, for resuming
     <workdir>/best/          the model state ({"params", "rest"}, no optimizer) of the step with
                              the best validation macro F1, for export, fusion and init.workdir
+    <workdir>/trainer.json   which trainer (host, pid, start time) last started on the workdir
 
 Restoring a model therefore never rebuilds an optimizer: a workdir trained with any optimizer
 or head learning rate restores the same way. Saves are asynchronous and atomic (Orbax writes to
@@ -19,6 +20,8 @@ import contextlib
 import json
 import os
 import random
+import socket
+import time
 from typing import Any
 
 import jax
@@ -40,6 +43,7 @@ BEST_DIR = "best"
 EXPORT_DIR, EXPORT_FILE = "export", "export.json"  # written by cer_jax.export
 BEST_METRIC = "macro_f1"
 EVALUATION_PENDING = "evaluation_pending"  # latest-checkpoint metadata: see save_latest
+TRAINER_FILE = "trainer.json"  # see TrainerClaim
 
 
 class WorkdirError(UserError):
@@ -300,6 +304,7 @@ class Checkpoints:
     ) -> None:
         """`evaluation_pending`: `step` is an evaluation step that was skipped (preemption);
         the resumed run evaluates it first (`evaluation_pending()`)."""
+        _reload(self.latest)
         if self.latest.latest_step() != step:
             metadata = {EVALUATION_PENDING: True} if evaluation_pending else None
             self.latest.save(step, args=ocp.args.StandardSave(state), custom_metadata=metadata)
@@ -315,6 +320,7 @@ class Checkpoints:
         was committed but before its latest checkpoint reached that step evaluates the step
         again when resumed; scoring higher there, it replaces it (Orbax refuses a step twice,
         `force` or not, so the resume would fail there every time)."""
+        _reload(self.best)
         if step in self.best.all_steps():
             self.best.delete(step)
         self.best.save(
@@ -361,6 +367,60 @@ class Checkpoints:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+class TrainerClaim:
+    """One trainer per workdir, the last one started. Two trainers on one workdir (a command run
+    twice, a job requeued while the first still ran) both trained and saved there: the later one
+    died in an Orbax traceback at a step the other had saved, best/ held a step of each run, and
+    the export could be either run's. Each trainer records itself in trainer.json when it starts;
+    before each save it reads the file back (process 0; every process learns the answer), and
+    a trainer that finds another one there stops in one line without saving, leaving the
+    workdir to the newer one, which resumed from the checkpoints saved before it started."""
+
+    def __init__(self, workdir: str) -> None:
+        self.workdir = workdir
+        self.path = workdir_path(workdir, TRAINER_FILE)
+        self.record = {"token": f"{random.getrandbits(63):016x}", "host": socket.gethostname(),
+                       "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        if jax.process_index() == 0:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            staged = self.path.parent / f".{TRAINER_FILE}.{self.record['token']}.tmp"
+            staged.write_text(json.dumps(self.record))
+            staged.replace(self.path)
+
+    def _newer(self) -> dict[str, Any] | None:
+        """The record of another trainer that started here since, or None (this one's, or none
+        readable: a workdir copied or cleaned by hand is no other trainer)."""
+        try:
+            record = json.loads(self.path.read_text())
+        except (*paths.io_errors(), ValueError):
+            return None
+        if not isinstance(record, dict) or record.get("token") in (None, self.record["token"]):
+            return None
+        return record
+
+    def check(self, step: int) -> None:
+        """Raises WorkdirError on every process when another trainer started on the workdir;
+        a collective: every process calls it before the same saves."""
+        newer = self._newer() if jax.process_index() == 0 else None
+        if not sharding.any_process(newer is not None):
+            return
+        who = (f" (host {newer.get('host')}, pid {newer.get('pid')}, started "
+               f"{newer.get('started')})" if newer else "")
+        raise WorkdirError(
+            f"Another trainer started on --workdir={self.workdir} after this one{who}: two "
+            "trainers there would overwrite each other's checkpoints. This one stops at step "
+            f"{step}, saving nothing more, and leaves the workdir to the other, which resumed from "
+            "its checkpoints; to train two runs at once, give each its own --workdir.")
+
+
+def _reload(manager: ocp.CheckpointManager) -> None:
+    """The manager's steps as they are on disk now, once its own last save is committed: a
+    trainer that took a workdir over (TrainerClaim) read them while the older one might still
+    save one more step, which its own save of that step then failed on (Orbax's traceback)."""
+    manager.wait_until_finished()
+    manager.reload()
 
 
 def holds_checkpoints(workdir: str) -> bool:

@@ -544,6 +544,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     model = train_state.create_model(config, info.num_classes, seed=config.seed)
     graphdef, params, _ = train_state.split_model(model)
     tx = optim.create_optimizer(config, schedule, params, train_state.head_names(model))
+    claim = checkpointing.TrainerClaim(workdir)  # before reading the step to resume
     ckpts = checkpointing.Checkpoints(workdir, keep=config.checkpoint.keep)
     start_step = ckpts.latest_step() or 0
     if start_step == 0:
@@ -613,6 +614,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                          scores["accuracy"], scores["macro_f1"], scores["loss"])
         best = result["eval"][config.checkpoint.best_split]["macro_f1"]
         if best > best_value:
+            claim.check(step)
             best_value, best_at = best, step
             ckpts.save_best(step, state, {checkpointing.BEST_METRIC: best})
         if best_at == step:  # also the best step again, after a kill before its latest save
@@ -675,6 +677,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     stop = stop or stop_reason is not None
                     is_ckpt = is_ckpt or stop
                 if is_ckpt:
+                    claim.check(step)
                     ckpts.save_latest(step, state, evaluation_pending=is_eval and preempted)
                     last_saved = step
                 writer.flush()
@@ -710,6 +713,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         raise Interrupted(f"stopped by Ctrl-C at step {step}, saved in {workdir}: run the same "
                           "command again to resume.")
     if result["stopped"] is None:
+        claim.check(step)  # else the export could be of the other trainer's best step
         best_graphdef, best_step, best_state, _ = checkpointing.restore_best_state(workdir, mesh)
         if best_graphdef != graphdef:  # not the network trained here: compile its own step
             eval_fn = steps.jit_eval_step(best_graphdef, mesh, num_classes=info.num_classes)

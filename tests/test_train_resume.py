@@ -631,6 +631,32 @@ def test_resume_gives_the_train_state_of_an_uninterrupted_run(
     )
 
 
+def test_a_trainer_started_on_the_same_workdir_takes_it_over_and_the_first_stops_unsaved(
+    halted_workdir, tmp_path, synthetic_cache_dir, monkeypatch
+):
+    """A second trainer on one workdir (the command run twice, a job requeued while the first
+    still ran): both saved there, and the first crashed in Orbax or exported the other's best."""
+    workdir = tmp_path / "twice"
+    shutil.copytree(halted_workdir, workdir)
+    other = {"token": "another", "host": "elsewhere", "pid": 4242, "started": "just now"}
+    predict_split = evaluate.predict_split
+
+    def second_trainer_starts(*args, **kwargs):  # during this run's evaluation of step 8
+        (workdir / "trainer.json").write_text(json.dumps(other))
+        return predict_split(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "predict_split", second_trainer_starts)
+    config = tiny_config(synthetic_cache_dir)
+    with pytest.raises(checkpointing.WorkdirError,
+                       match=r"Another trainer started on .* \(host elsewhere, pid 4242, .*"
+                             r"stops at step 8, saving nothing more"):
+        trainer.train_and_evaluate(config, str(workdir))
+    assert saved_steps(workdir) == [4]  # nothing of step 8, best or latest, no export
+    assert os.listdir(workdir / "best") == os.listdir(halted_workdir / "best")
+    assert not os.path.exists(workdir / "export")
+    assert json.loads((workdir / "trainer.json").read_text()) == other
+
+
 def test_non_finite_loss_stops_with_a_hint_and_keeps_the_last_good_checkpoint(
     halted_workdir, tmp_path, synthetic_cache_dir
 ):
