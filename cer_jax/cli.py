@@ -182,7 +182,26 @@ def _parse_flags_with_usage(argv: list[str]) -> list[str]:
             _exit_with(message)
         _report_flag_error(error)
     except flags.Error as error:
+        message = _override_without_config(error, argv)
+        if message:
+            _exit_with(message)
         _report_flag_error(error)
+
+
+def _override_without_config(error: flags.Error, argv: Sequence[str]) -> str | None:
+    """The line for a `--config.KEY=VALUE` override given with no --config before it: absl
+    named it an unknown flag ('config.KEY'), or said a value for --config was missing."""
+    if "config" not in FLAGS:
+        return None
+    match = (re.match(r"Unknown command line flag '(config\.[^']+)'", str(error))
+             or re.match(r"Found --(config\.\S+?)(?:=\S*)? in argv before a value for --config",
+                         str(error)))
+    if not match:
+        return None
+    override = next((arg for arg in argv if arg.split("=", 1)[0] == f"--{match.group(1)}"),
+                    f"--{match.group(1)}")
+    return (f"{override} overrides a key of a config file: give the file first, "
+            "--config=FILE (e.g. configs/vit.py), then its overrides.")
 
 
 def _report_flag_error(error: flags.Error) -> NoReturn:

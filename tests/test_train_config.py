@@ -1000,6 +1000,15 @@ def test_an_empty_path_flag_is_one_line_before_any_work(tmp_path, args):
      "flags."),
     (["-m", "cer_jax.synthetic"], "error: Give --out=DIR (and/or --preview=PNG); --help lists "
                                   "the flags."),
+    # An override with no --config (absl: "Unknown command line flag 'config.training...'"),
+    # or before it (ml_collections: "Found ... before a value for --config"): FATAL, status 1.
+    (["-m", "cer_jax.train", "--config.training.num_steps=4", "--workdir=w"],
+     "error: --config.training.num_steps=4 overrides a key of a config file: give the file "
+     "first, --config=FILE (e.g. configs/vit.py), then its overrides."),
+    (["-m", "cer_jax.train", "--config.optimizer.lr", "0.1", "--config=configs/vit.py:smoke",
+      "--workdir=w"],
+     "error: --config.optimizer.lr overrides a key of a config file: give the file first, "
+     "--config=FILE (e.g. configs/vit.py), then its overrides."),
 ])
 def test_a_usage_error_is_one_line_not_the_help_page(tmp_path, args, message):
     """Was absl's whole --help page (40 lines) with the message last, exit status 1."""
