@@ -39,6 +39,7 @@ from cer_jax import (
 from cer_jax.data import pipeline
 from cer_jax.errors import UserError
 from cer_jax.plots import confusion_matrix_image
+from tfds_rafdb import layout
 
 
 class ConfigError(UserError):
@@ -173,6 +174,17 @@ def validate_config(config: ml_collections.ConfigDict, *, resuming: bool = False
             "its own training images best. Choose it on a held-out split: "
             "--config.checkpoint.best_split=validation."
         )
+    within = layout.SPLITS_WITHIN.get(config.dataset.train_split, ())
+    if config.checkpoint.best_split in within and _is_rafdb(config.dataset.name):
+        # RAF-DB's `train` holds `validation`: the same choice on training images, unannounced.
+        raise ConfigError(
+            f"checkpoint.best_split={config.checkpoint.best_split!r} is part of "
+            f"dataset.train_split={config.dataset.train_split!r} (RAF-DB's "
+            f"{config.dataset.train_split} is {' + '.join(within)}): the best checkpoint would "
+            "be chosen on images the model is trained on. Train on the rest: "
+            f"--config.dataset.train_split="
+            f"{next(s for s in within if s != config.checkpoint.best_split)}."
+        )
     if config.checkpoint.best_split not in config.dataset.eval_splits:
         raise ConfigError(
             f"checkpoint.best_split={config.checkpoint.best_split!r} is not one of "
@@ -231,6 +243,11 @@ def validate_config(config: ml_collections.ConfigDict, *, resuming: bool = False
     missing = None if resuming else missing_init_source(init)
     if missing:
         raise ConfigError(missing)
+
+
+def _is_rafdb(name: str) -> bool:
+    """Whether dataset.name is one of the rafdb builder's ("rafdb", "rafdb/basic:1.0.0")."""
+    return str(name).split(":")[0].split("/")[0] == "rafdb"
 
 
 def missing_init_source(init: ml_collections.ConfigDict) -> str | None:

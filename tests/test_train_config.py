@@ -785,6 +785,11 @@ def test_best_split_must_be_evaluated(tmp_path):
      "checkpoint.best_split='train_fit' is the split the model is trained on "
      "(dataset.train_split): the best checkpoint would be the one that fits its own training "
      "images best. Choose it on a held-out split: --config.checkpoint.best_split=validation."),
+    # RAF-DB's train holds validation: chosen on training images all the same.
+    ({"dataset.train_split": "train"},
+     "checkpoint.best_split='validation' is part of dataset.train_split='train' (RAF-DB's "
+     "train is train_fit + validation): the best checkpoint would be chosen on images the "
+     "model is trained on. Train on the rest: --config.dataset.train_split=train_fit."),
     # A head kept from no weights: a run from scratch that the user took for a fine-tuning.
     ({"init.keep_head": True},
      "init.keep_head=True keeps the head of the loaded weights, but none are loaded "
@@ -799,7 +804,8 @@ def test_best_split_must_be_evaluated(tmp_path):
     ({"input.balance": "sampling", "input.shuffle_buffer": 100},
      "input.shuffle_buffer=100 is not read with input.balance='sampling', which shuffles each "
      "class's examples whole: leave it None, or choose another input.balance."),
-], ids=["best_split_is_train_split", "keep_head_without_weights", "empty_export_splits",
+], ids=["best_split_is_train_split", "best_split_within_train_split",
+        "keep_head_without_weights", "empty_export_splits",
         "shuffle_buffer_with_sampling"])
 def test_settings_that_are_probably_mistakes_are_refused_before_any_work(tmp_path, settings,
                                                                        message):
@@ -808,6 +814,14 @@ def test_settings_that_are_probably_mistakes_are_refused_before_any_work(tmp_pat
         section, name = key.split(".")
         config[section][name] = value
     _expect_error(config, tmp_path / "w", trainer.ConfigError, re.escape(message))
+
+
+def test_a_folder_split_named_train_holds_no_validation():
+    """Only RAF-DB's `train` holds `validation`: a folder's `train/` is a folder of its own."""
+    config = load_config("configs/vit.py:smoke")
+    config.dataset.update(name="folder", folder="/data/faces", synthetic=False,
+                          train_split="train")
+    trainer.validate_config(config)
 
 
 def test_an_empty_export_splits_override_is_the_same_line_before_any_work(tmp_path):
