@@ -792,6 +792,9 @@ def test_unreadable_image_is_named(tmp_path):
 @pytest.mark.parametrize("change, said", [
     ("remove", r"split 'test' 3 examples \(were 4\)"),  # was IndexError's traceback
     ("add_class", r"classes a, b, c \(were b, c\); split 'test' 6 examples \(were 4\)"),
+    # The same counts: evaluated against the new labels, not the run's (was not seen).
+    ("move", r"split 'test' lists other files \(an image moved to another class folder, "
+             r"renamed, or one taken out and another added\)"),
 ])
 def test_a_folder_changed_during_the_run_stops_its_next_evaluation(tmp_path, change, said):
     """An evaluation lists the folder again: a class folder added before the others shifted
@@ -803,6 +806,8 @@ def test_a_folder_changed_during_the_run_stops_its_next_evaluation(tmp_path, cha
     assert len(list(pipeline.eval_iterator(config, info, "test", global_batch_size=4))) == 1
     if change == "remove":
         os.remove(root / "test" / "c" / "1.png")
+    elif change == "move":
+        os.rename(root / "test" / "c" / "1.png", root / "test" / "b" / "2.png")
     else:  # two images in each split
         _write_folder(tmp_path / "new", ["train", "test"], {"train": ["a"], "test": ["a"]})
         os.remove(tmp_path / "new" / "train" / "a" / "g.png")

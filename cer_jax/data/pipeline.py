@@ -541,7 +541,7 @@ def _check_unchanged(now: DatasetInfo, then: DatasetInfo, split: str) -> None:
     """An evaluation opens its split again (an image folder is listed again): one changed since
     the run began would be misread. A file taken out was an IndexError's traceback, a class
     folder added shifted every label after it (metrics silently wrong), an image added was
-    left out."""
+    left out, an image moved to another class folder was scored under its new label."""
     changes = []
     if now.class_names != then.class_names:
         changes.append(f"classes {', '.join(now.class_names)} (were "
@@ -549,6 +549,9 @@ def _check_unchanged(now: DatasetInfo, then: DatasetInfo, split: str) -> None:
     if now.split_sizes.get(split) != then.split_sizes[split]:
         changes.append(f"split {split!r} {now.split_sizes.get(split, 0)} examples (were "
                        f"{then.split_sizes[split]})")
+    elif now.listings.get(split) != then.listings.get(split):  # the same counts
+        changes.append(f"split {split!r} lists other files (an image moved to another class "
+                       "folder, renamed, or one taken out and another added)")
     if changes:
         raise DataConfigError(
             f"{then.name} changed since the run began: {'; '.join(changes)}. Its evaluation of "

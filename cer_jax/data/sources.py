@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
+import hashlib
 import os
 import re
 import shutil
@@ -51,6 +52,9 @@ class DatasetInfo:
     num_classes: int
     class_names: tuple[str, ...]
     split_sizes: dict[str, int]
+    # Per split, a sha256 of what it lists (an image folder's <class>/<file> names), where the
+    # source can change under a run: its counts alone missed an image moved between classes.
+    listings: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @functools.cache
@@ -621,6 +625,8 @@ class FolderSource:
             num_classes=len(classes),
             class_names=tuple(classes),
             split_sizes={s: len(f) for s, f in self._files.items()},
+            listings={s: hashlib.sha256("\n".join(n for n, _ in f).encode()).hexdigest()
+                      for s, f in self._files.items()},
         )
 
     def _paths(self, split: str, indices: np.ndarray | None = None) -> list[str]:
