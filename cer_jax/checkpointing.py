@@ -43,6 +43,7 @@ BEST_DIR = "best"
 EXPORT_DIR, EXPORT_FILE = "export", "export.json"  # written by cer_jax.export
 BEST_METRIC = "macro_f1"
 EVALUATION_PENDING = "evaluation_pending"  # latest-checkpoint metadata: see save_latest
+BEST_SAVED = "best_saved"  # latest-checkpoint metadata: see save_latest
 TRAINER_FILE = "trainer.json"  # see TrainerClaim
 
 
@@ -300,14 +301,20 @@ class Checkpoints:
         return float((self.best.metrics(step) or {}).get(BEST_METRIC, float("-inf")))
 
     def save_latest(
-        self, step: int, state: train_state.TrainState, *, evaluation_pending: bool = False
+        self, step: int, state: train_state.TrainState, *, evaluation_pending: bool = False,
+        best_saved: bool = False,
     ) -> None:
         """`evaluation_pending`: `step` is an evaluation step that was skipped (preemption);
-        the resumed run evaluates it first (`evaluation_pending()`)."""
+        the resumed run evaluates it first (`evaluation_pending()`). `best_saved`: `step` was
+        also saved as the best; both saves are written in the background, so a kill (SIGKILL,
+        a lost host) may commit this one without the best, and the resumed run then evaluates
+        `step` again rather than go on with an earlier best."""
         _reload(self.latest)
         if self.latest.latest_step() != step:
-            metadata = {EVALUATION_PENDING: True} if evaluation_pending else None
-            self.latest.save(step, args=ocp.args.StandardSave(state), custom_metadata=metadata)
+            metadata = {key: True for key, flag in ((EVALUATION_PENDING, evaluation_pending),
+                                                     (BEST_SAVED, best_saved)) if flag}
+            self.latest.save(step, args=ocp.args.StandardSave(state),
+                             custom_metadata=metadata or None)
 
     def evaluation_pending(self, step: int) -> bool:
         """Whether latest checkpoint `step` was saved in place of its evaluation."""
@@ -450,12 +457,18 @@ def latest_saved_step(workdir: str) -> int | None:
 
 
 def _evaluation_pending(workdir: str, step: int) -> bool:
-    """Whether latest checkpoint `step` was saved in place of its evaluation (`save_latest`)."""
+    """Whether latest checkpoint `step` was saved in place of its evaluation, or as the best
+    step whose best checkpoint was never committed (`save_latest`)."""
     try:
         metadata = ocp.metadata.get_step_metadata(workdir_path(workdir, LATEST_DIR, str(step)))
     except ValueError:  # a step folder without Orbax's metadata file: saved with no flag
         return False
-    return bool((metadata.custom_metadata or {}).get(EVALUATION_PENDING))
+    flags = metadata.custom_metadata or {}
+    if flags.get(EVALUATION_PENDING):
+        return True
+    best = workdir_path(workdir, BEST_DIR)
+    return bool(flags.get(BEST_SAVED)) and not (
+        best.is_dir() and step in ocp.path.step.checkpoint_steps(best))
 
 
 def check_resumable(workdir: str) -> None:

@@ -646,9 +646,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     step = start_step
     try:
         if start_step and ckpts.evaluation_pending(start_step):
-            # Preempted at an evaluation, which was put off: the best step is chosen as if
-            # the run had never stopped.
-            logging.info("Evaluating step %d (skipped when the run was preempted).", step)
+            # Preempted at an evaluation, which was put off, or killed before the best
+            # checkpoint of this step was written: the best step is chosen as if the run had
+            # never stopped.
+            logging.info("Evaluating step %d again (its evaluation was put off at a preemption, "
+                         "or its best checkpoint was not written).", step)
             evaluate_and_keep_best(step)
         if halt is not None and halt <= start_step < total_steps:
             # The same command again after a halt (else it trained on to the next log step).
@@ -695,7 +697,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     is_ckpt = is_ckpt or stop
                 if is_ckpt:
                     claim.check(step)
-                    ckpts.save_latest(step, state, evaluation_pending=is_eval and preempted)
+                    ckpts.save_latest(step, state, evaluation_pending=is_eval and preempted,
+                                      best_saved=best_at == step)
                     last_saved = step
                 writer.flush()
                 throughput.resume(step)

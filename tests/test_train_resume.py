@@ -657,6 +657,27 @@ def test_a_trainer_started_on_the_same_workdir_takes_it_over_and_the_first_stops
     assert json.loads((workdir / "trainer.json").read_text()) == other
 
 
+def test_a_best_step_whose_best_checkpoint_was_never_written_is_evaluated_again(
+    halted_workdir, tmp_path, synthetic_cache_dir
+):
+    """The best and the latest checkpoint of a step are written in the background together: a
+    kill (SIGKILL, a lost host) that committed only the latest lost the new best for good (the
+    resumed run went on from an earlier best, which the export then used)."""
+    workdir = tmp_path / "lost_best"
+    shutil.copytree(halted_workdir, workdir)
+    assert sorted(os.listdir(workdir / "best")) == ["4"]  # the first evaluation: the best
+    shutil.rmtree(workdir / "best" / "4")  # as if killed before its commit
+    config = tiny_config(synthetic_cache_dir, **{"training.halt_after_steps": 4})
+    result = trainer.train_and_evaluate(config, str(workdir))
+    assert (result["stopped"], saved_steps(workdir)) == ("halted", [4])  # nothing trained
+    assert sorted(os.listdir(workdir / "best")) == ["4"]  # evaluated again and kept
+    ckpts = checkpointing.Checkpoints(str(workdir), keep=1)
+    try:
+        assert ckpts.best_value() == pytest.approx(result["eval"]["validation"]["macro_f1"])
+    finally:
+        ckpts.close()
+
+
 def test_non_finite_loss_stops_with_a_hint_and_keeps_the_last_good_checkpoint(
     halted_workdir, tmp_path, synthetic_cache_dir
 ):
