@@ -201,6 +201,20 @@ def test_exact_gelu_is_pytorchs_erf_form():
                                   jax.nn.gelu(x, approximate=True))
 
 
+@pytest.mark.parametrize("approximate", [False, True])
+def test_bfloat16_gelu_is_the_float32_gelu_rounded_once(approximate):
+    """In bfloat16, 0.5 + 0.5 * erf(x / sqrt 2) cancels in the negative tail: GELU(-3) came out
+    -0.0059 for -0.0040, and 0 below -3.25. PyTorch computes bfloat16 GELU in float32; so does
+    the model, to within one bfloat16 rounding, jitted or not."""
+    x = jnp.linspace(-8.0, 4.0, 4_801).astype(jnp.bfloat16)
+    want = jax.nn.gelu(x.astype(jnp.float32), approximate=approximate)
+    for fn in (vit.gelu, jax.jit(vit.gelu, static_argnums=1)):
+        got = fn(x, approximate)
+        assert got.dtype == jnp.bfloat16
+        # atol: float32's own cancellation far in the tail (the float32 test above)
+        np.testing.assert_allclose(got.astype(np.float32), want, rtol=2**-8, atol=2e-6)
+
+
 def test_stochastic_depth_drops_whole_examples_and_rescales_the_kept():
     """Drop path (timm's DropPath): each example's residual branch is dropped whole, or kept
     and scaled by 1 / (1 - rate), so its expectation is unchanged."""
