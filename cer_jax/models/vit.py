@@ -55,7 +55,8 @@ class SelfAttention(nnx.MultiHeadAttention):
     products as [batch, heads, positions, head_dim] batched matmuls: fewer, larger matmuls and
     one transpose instead of six (with the erf GELU below, ViT-B/16's train step at 224 px,
     batch 8 went from 7.00 to 6.56 s). GPU and TPU programs keep flax's code
-    (`platform_dependent`), and attention dropout always takes it.
+    (`platform_dependent`), and attention dropout always takes it. Without dropout, flax's
+    path is `jax.nn.dot_product_attention`: softmax in float32, as here.
     """
 
     def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
@@ -80,7 +81,11 @@ class SelfAttention(nnx.MultiHeadAttention):
         query, key, value = jnp.moveaxis(qkv, (-3, -2), (0, -3))
         query = query / jnp.sqrt(head_dim).astype(query.dtype)
         logits = jnp.matmul(query, jnp.swapaxes(key, -1, -2), precision=self.precision)
-        weights = jax.nn.softmax(logits).astype(query.dtype)
+        # The softmax in float32, as flax's path (jax.nn.dot_product_attention) takes it: in
+        # bfloat16, `logits - max` rounds (weights 4 % off). The logits stay in the compute
+        # dtype, so that the backward pass's matmuls do too.
+        weights = jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+                                 ).astype(query.dtype)
         out = jnp.swapaxes(jnp.matmul(weights, value, precision=self.precision), -3, -2)
         out = out.reshape(*batch, length, heads * head_dim)
         out_kernel = self.out.kernel[...].reshape(heads * head_dim, -1)
