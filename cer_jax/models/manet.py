@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cer_jax.models import ModelConfigError, ModelOutput, xla_cpu
+from cer_jax.models import HEAD_DTYPE, ModelConfigError, ModelOutput, xla_cpu
 
 PathBOrder = Literal["reverse", "forward"]
 PATH_B_ORDERS = ("reverse", "forward")
@@ -248,8 +248,8 @@ class MANet(nnx.Module):
         ms = dict(path_b_order=path_b_order, **kw)
         self.layer3_2 = make_layer(MulScaleBlock, 2 * w, 4 * w, 2, **ms)
         self.layer4_2 = make_layer(MulScaleBlock, 4 * w, 8 * w, 2, **ms)
-        self.fc_1 = linear(8 * w, num_classes, **kw)
-        self.fc_2 = linear(8 * w, num_classes, **kw)
+        self.fc_1 = linear(8 * w, num_classes, dtype=HEAD_DTYPE, rngs=rngs)
+        self.fc_2 = linear(8 * w, num_classes, dtype=HEAD_DTYPE, rngs=rngs)
 
     def trunk(self, images: jax.Array, train: bool) -> jax.Array:
         """ResNet-18 stem, layer1 and layer2: the shared stride-8 map."""
@@ -280,8 +280,8 @@ class MANet(nnx.Module):
         x = self.trunk(images.astype(self.dtype), train)
         local_features = global_average_pool(self.local_branch(x, train))
         global_features = global_average_pool(self.global_branch(x, train))
-        local_logits = self.fc_1(local_features).astype(jnp.float32)
-        global_logits = self.fc_2(global_features).astype(jnp.float32)
+        local_logits = self.fc_1(local_features)  # float32 (HEAD_DTYPE)
+        global_logits = self.fc_2(global_features)
         return ModelOutput(
             logits=LOCAL_WEIGHT * local_logits + GLOBAL_WEIGHT * global_logits,
             features=jnp.concatenate([local_features, global_features], axis=-1

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.typing import Dtype
 
-from cer_jax.models import ModelConfigError, ModelOutput, xla_cpu
+from cer_jax.models import HEAD_DTYPE, ModelConfigError, ModelOutput, xla_cpu
 
 STAGE_SIZES: dict[int, tuple[int, ...]] = {
     18: (2, 2, 2, 2),
@@ -170,7 +170,7 @@ class ResNet(nnx.Module):
                 in_features = features * block_cls.expansion
             setattr(self, f"layer{stage + 1}", nnx.List(blocks))
         self.num_features = in_features
-        self.head = nnx.Linear(in_features, num_classes, dtype=dtype, rngs=rngs)
+        self.head = nnx.Linear(in_features, num_classes, dtype=HEAD_DTYPE, rngs=rngs)
 
     def __call__(self, images: jax.Array, *, train: bool = False) -> ModelOutput:
         x = self.conv1(images)
@@ -181,7 +181,7 @@ class ResNet(nnx.Module):
             for block in stage:
                 x = block(x, train)
         features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-        logits = self.head(features.astype(x.dtype)).astype(jnp.float32)
+        logits = self.head(features)  # float32 (HEAD_DTYPE)
         return ModelOutput(logits=logits, features=features, head_logits=(logits,),
                            head_weights=(1.0,))
 

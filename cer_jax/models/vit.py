@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.typing import Dtype
 
-from cer_jax.models import ModelConfigError, ModelOutput
+from cer_jax.models import HEAD_DTYPE, ModelConfigError, ModelOutput
 
 # name -> (width, depth, mlp_dim, num_heads); big_vision sizes plus tiny ones for tests and
 # CPU smoke runs.
@@ -228,7 +228,7 @@ class ViT(nnx.Module):
         head_init = (
             nnx.initializers.zeros_init() if head_zeroinit else nnx.initializers.lecun_normal()
         )
-        self.head = nnx.Linear(features, num_classes, dtype=dtype, kernel_init=head_init,
+        self.head = nnx.Linear(features, num_classes, dtype=HEAD_DTYPE, kernel_init=head_init,
                                rngs=rngs)
 
     def __call__(self, images: jax.Array, *, train: bool = False) -> ModelOutput:
@@ -255,7 +255,7 @@ class ViT(nnx.Module):
         x = x[:, 0] if self.pool == "cls" else jnp.mean(x, axis=1)
         if self.pre_logits is not None:
             x = jnp.tanh(self.pre_logits(x))
-        logits = self.head(x).astype(jnp.float32)
+        logits = self.head(x)  # float32 (HEAD_DTYPE)
         features = x.astype(jnp.float32)
         return ModelOutput(logits=logits, features=features, head_logits=(logits,),
                            head_weights=(1.0,))
