@@ -458,7 +458,8 @@ def latest_saved_step(workdir: str) -> int | None:
 
 def _evaluation_pending(workdir: str, step: int) -> bool:
     """Whether latest checkpoint `step` was saved in place of its evaluation, or as the best
-    step whose best checkpoint was never committed (`save_latest`)."""
+    step whose best checkpoint was never committed (`save_latest`): best/ holds no step from
+    `step` on."""
     try:
         metadata = ocp.metadata.get_step_metadata(workdir_path(workdir, LATEST_DIR, str(step)))
     except ValueError:  # a step folder without Orbax's metadata file: saved with no flag
@@ -466,9 +467,11 @@ def _evaluation_pending(workdir: str, step: int) -> bool:
     flags = metadata.custom_metadata or {}
     if flags.get(EVALUATION_PENDING):
         return True
+    # A best step after `step` means the run went on past it, its best save committed first
+    # (Orbax saves one at a time), then replaced by the later better step.
     best = workdir_path(workdir, BEST_DIR)
     return bool(flags.get(BEST_SAVED)) and not (
-        best.is_dir() and step in ocp.path.step.checkpoint_steps(best))
+        best.is_dir() and max(ocp.path.step.checkpoint_steps(best), default=-1) >= step)
 
 
 def check_resumable(workdir: str) -> None:
