@@ -336,11 +336,8 @@ def run(main: Callable[[Sequence[str]], None],
             full = disk_full(e)
             if full is None or FLAGS.traceback:
                 raise
-            words, file = full
-            _exit_with(f"a write failed, the disk is full ({words}"
-                       f"{f', writing {file}' if file else ''}); free space there, or use a "
-                       "larger disk, and run the same command again (cer_jax.train resumes "
-                       "from its last saved step).")
+            _exit_with(f"{full}; free space there, or use a larger disk, and run the same "
+                       "command again (cer_jax.train resumes from its last saved step).")
 
     app.run(guarded, argv=argv, flags_parser=_parse_flags)
 

@@ -300,12 +300,9 @@ def full_disk_as_one_line(out: str) -> Iterator[None]:
         full = None if isinstance(e, synthetic.OutputPathError) else errors.disk_full(e)
         if full is None:
             raise
-        words, file = full
-        writing = f", writing {file}" if file else ""
         raise synthetic.OutputPathError(
-            f"--out={out}: a write failed, the disk is full ({words}{writing}); free space "
-            "there, or give a new --out on a larger disk, and run the same command again: it "
-            "resumes where it stopped.") from e
+            f"--out={out}: {full}; free space there, or give a new --out on a larger disk, and "
+            "run the same command again: it resumes where it stopped.") from e
 
 
 def run_demo(

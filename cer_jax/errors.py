@@ -39,17 +39,21 @@ class Terminated(KeyboardInterrupt):
 _DISK_FULL_WORDS = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
 
 
-def disk_full(error: BaseException | None) -> tuple[str, str | None] | None:
-    """(the OS's words, the file when known) when `error`, or one it was raised from or while
-    handling, says the disk is full; else None."""
+def disk_full(error: BaseException | None) -> str | None:
+    """'a write failed, the disk is full (the OS's words, writing FILE)' when `error`, or one it
+    was raised from or while handling, says so; else None. The caller adds the fix."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
+        words = file = None
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            return os.strerror(error.errno), error.filename
-        for words in _DISK_FULL_WORDS:
-            if words in str(error):
-                file = re.search(r'"(/[^"]+)"', str(error))  # tensorstore quotes its file
-                return words, file and file.group(1)
+            words, file = os.strerror(error.errno), error.filename
+        else:
+            words = next((w for w in _DISK_FULL_WORDS if w in str(error)), None)
+            quoted = re.search(r'"(/[^"]+)"', str(error))  # tensorstore quotes its file
+            file = quoted and quoted.group(1)
+        if words:
+            writing = f", writing {file}" if file else ""
+            return f"a write failed, the disk is full ({words}{writing})"
         error = error.__cause__ or error.__context__
     return None
