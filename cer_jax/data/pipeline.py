@@ -397,6 +397,7 @@ def _shard_stream(
     """One shard's endless stream of augmented batches of `batch`, from `start_step` on."""
     tf = import_tf()
     n = len(indices)
+
     def read(part: np.ndarray) -> Any:
         return source.examples(split, part).map(
             as_written(lambda ex: (ex["image"], ex["label"])), num_parallel_calls=tf.data.AUTOTUNE
